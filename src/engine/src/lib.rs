@@ -1,0 +1,22 @@
+//! icllm engine: pure LLM inference with resumable generation jobs.
+//!
+//! No IC dependency: it builds natively (CLI, tests) and for
+//! wasm32-unknown-unknown (the canister). The environment (instruction
+//! budget) is passed in through the [`job::Budget`] trait.
+//!
+//! Map:
+//! - [`format`]: GGUF (and later safetensors) readers; the only place that knows file keys.
+//! - [`tensor`]: ggml tensor types.
+//! - [`tokenizer`]: text ↔ token ids (SentencePiece now; BPE slots in beside it).
+//! - [`kernels`]: pure math (matvec, rmsnorm, rope, softmax, …), scalar oracles first.
+//! - [`model`]: resolved config, architecture table, weights, forward-pass stages.
+//! - [`sampler`]: logits → token, with explicit serializable RNG state.
+//! - [`job`]: the resumable generation state machine and the budget trait.
+
+pub mod format;
+pub mod job;
+pub mod kernels;
+pub mod model;
+pub mod sampler;
+pub mod tensor;
+pub mod tokenizer;

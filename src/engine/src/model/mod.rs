@@ -1,0 +1,1 @@
+//! Model config, weights and forward pass.

@@ -1,0 +1,31 @@
+//! `icllm`: the project's command-line tool.
+//!
+//! Each subcommand lives in its own module; `main` only parses and dispatches.
+
+mod generate;
+mod sim;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "icllm", version, about = "On-chain LLM inference for the Internet Computer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text natively with the engine (no canister).
+    Generate(generate::GenerateArgs),
+    /// Run any canister wasm in the local IC runtime, one line per step.
+    Sim(sim::SimArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Sim(args) => sim::run(args),
+    }
+}
