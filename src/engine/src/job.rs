@@ -1,1 +1,584 @@
 //! Resumable generation jobs.
+//!
+//! A [`Job`] is a prompt, sampling settings, a KV cache and a cursor. [`step`]
+//! runs units of the forward pass (see [`crate::model::forward`]) until the
+//! [`Budget`] refuses the next one, then returns; the next call resumes at the
+//! cursor. Between calls the whole job is plain data: [`JobState`] (small,
+//! serde) and [`KvCache`] (large, with a dirty range so only the rows written
+//! since the last checkpoint need saving).
+//!
+//! Units, in order, for a batch of tokens at positions `pos..pos + n`:
+//! ```text
+//! for layer in 0..n_layers: Attention(layer), Ffn(layer)
+//! Head   (only when the batch ends with the last known token: final norm, logits, sample)
+//! ```
+//! Prompt tokens go through the layers in batches whose size is chosen when
+//! the batch starts: the largest `n ≤ max_batch` for which the budget accepts
+//! the batch's most expensive unit (asked before the first unit runs). Generated tokens go one at a time. Results are bit-identical
+//! whatever the batch sizes and wherever the job was interrupted.
+
+use crate::model::forward;
+use crate::model::Model;
+use crate::sampler::{self, Rng, SamplingError, SamplingParams};
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// Default cap on prompt tokens processed together.
+pub const DEFAULT_MAX_BATCH: u32 = 64;
+
+/// Asked before each unit of work with the unit's estimated multiply-adds.
+///
+/// Returning `true` commits: the engine runs that unit right away. Returning
+/// `false` makes [`step`] return (the engine may first ask again with a
+/// smaller batch when a batch is being started). A budget that refuses
+/// everything yields a step with zero units: [`step`] never loops waiting.
+pub trait Budget {
+    fn can_afford(&mut self, macs: u64) -> bool;
+}
+
+/// Accepts every unit: runs a job to the end in one step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unlimited;
+
+impl Budget for Unlimited {
+    fn can_afford(&mut self, _macs: u64) -> bool {
+        true
+    }
+}
+
+/// Accepts a fixed number of units, whatever their cost.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitBudget {
+    pub remaining: u32,
+}
+
+impl UnitBudget {
+    pub fn new(units: u32) -> UnitBudget {
+        UnitBudget { remaining: units }
+    }
+}
+
+impl Budget for UnitBudget {
+    fn can_afford(&mut self, _macs: u64) -> bool {
+        if self.remaining == 0 {
+            return false;
+        }
+        self.remaining -= 1;
+        true
+    }
+}
+
+/// Which unit of the current batch runs next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    /// attn_norm + qkv → rope → write kv → attention → out proj + residual
+    Attention,
+    /// ffn_norm + SwiGLU FFN + residual
+    Ffn,
+    /// final norm → logits → sample
+    Head,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Position of the first token of the current batch; every earlier
+    /// position is in the KV cache for all layers.
+    pub pos: u32,
+    /// Tokens in the current batch; 0 = no batch started.
+    pub batch_len: u32,
+    pub layer: u32,
+    pub stage: Stage,
+}
+
+/// Why a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// A stop token (EOS) was sampled; it is not in `generated`.
+    Eos,
+    /// `max_new_tokens` tokens were generated.
+    MaxTokens,
+    /// The last generated token has no position left in the context.
+    ContextFull,
+}
+
+/// Result of one [`step`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// Stopped because the budget refused the next unit; call again.
+    Yielded,
+    Finished(FinishReason),
+    /// The job does not match the model or is corrupt; it cannot continue.
+    Failed(String),
+}
+
+/// What one [`step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub outcome: StepOutcome,
+    /// Units run in this step.
+    pub units: u32,
+    /// Estimated multiply-adds of those units.
+    pub macs: u64,
+    /// Tokens generated in this step, in order.
+    pub tokens: Vec<u32>,
+}
+
+/// Why a job could not be created.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    #[error("the prompt is empty: a job needs at least one token (e.g. BOS)")]
+    EmptyPrompt,
+    #[error("ctx_size must be at least 1")]
+    ZeroContext,
+    #[error(
+        "the prompt has {prompt_len} tokens but the context holds {ctx_size}: shorten the prompt or raise ctx_size"
+    )]
+    PromptTooLong { prompt_len: usize, ctx_size: u32 },
+    #[error("prompt token {index} has id {token}, outside the model's vocabulary of {vocab_size}")]
+    TokenOutOfVocab {
+        index: usize,
+        token: u32,
+        vocab_size: usize,
+    },
+    #[error("a KV cache of {ctx_size} positions does not fit in memory on this platform")]
+    ContextTooLarge { ctx_size: u32 },
+    #[error("invalid sampling parameters: {0}")]
+    Sampling(#[from] SamplingError),
+}
+
+/// Everything about a job except its KV cache: small, serde.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    params: SamplingParams,
+    max_new_tokens: u32,
+    ctx_size: u32,
+    stop_tokens: Vec<u32>,
+    max_batch: u32,
+    rng: Rng,
+    cursor: Cursor,
+    /// Hidden state of the current batch between units: (batch_len, dim).
+    hidden: Vec<f32>,
+    finished: Option<FinishReason>,
+    /// Units run over the job's life.
+    units_run: u64,
+}
+
+impl JobState {
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+    /// Generated tokens so far (stop tokens excluded).
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+    pub fn max_new_tokens(&self) -> u32 {
+        self.max_new_tokens
+    }
+    pub fn ctx_size(&self) -> u32 {
+        self.ctx_size
+    }
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+    pub fn max_batch(&self) -> u32 {
+        self.max_batch
+    }
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finished
+    }
+    pub fn units_run(&self) -> u64 {
+        self.units_run
+    }
+
+    /// Prompt and generated tokens: the sequence the cache is filled with.
+    fn total_tokens(&self) -> usize {
+        self.prompt.len() + self.generated.len()
+    }
+
+    fn token_at(&self, i: usize) -> u32 {
+        match i.checked_sub(self.prompt.len()) {
+            None => self.prompt[i],
+            Some(g) => self.generated[g],
+        }
+    }
+}
+
+/// Keys and values of every layer for every position of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvCache {
+    n_layers: u32,
+    ctx: u32,
+    kv_dim: u32,
+    /// (n_layers, ctx, kv_dim)
+    k: Vec<f32>,
+    /// (n_layers, ctx, kv_dim)
+    v: Vec<f32>,
+    /// Positions written (in any layer) since the last [`KvCache::take_dirty`].
+    dirty: Option<Range<u32>>,
+}
+
+impl KvCache {
+    /// A zeroed cache; `None` if its size overflows this platform's memory.
+    pub fn new(n_layers: usize, ctx: u32, kv_dim: usize) -> Option<KvCache> {
+        let len = n_layers.checked_mul(ctx as usize)?.checked_mul(kv_dim)?;
+        // Both halves, in bytes, must be addressable.
+        len.checked_mul(2 * std::mem::size_of::<f32>())?;
+        Some(KvCache {
+            n_layers: u32::try_from(n_layers).ok()?,
+            ctx,
+            kv_dim: u32::try_from(kv_dim).ok()?,
+            k: vec![0.0; len],
+            v: vec![0.0; len],
+            dirty: None,
+        })
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.n_layers as usize
+    }
+    pub fn ctx(&self) -> u32 {
+        self.ctx
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim as usize
+    }
+
+    /// Index range in `k`/`v` of `positions` of `layer`.
+    fn span(&self, layer: usize, positions: Range<u32>) -> Range<usize> {
+        let base = layer * self.ctx as usize;
+        let kv_dim = self.kv_dim as usize;
+        (base + positions.start as usize) * kv_dim..(base + positions.end as usize) * kv_dim
+    }
+
+    /// The whole layer: `(k, v)`, each (ctx, kv_dim).
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        let s = self.span(layer, 0..self.ctx);
+        (&self.k[s.clone()], &self.v[s])
+    }
+
+    /// Rows of `positions` in `layer`: `(k, v)`, each (positions.len(), kv_dim).
+    /// Panics if out of range (callers persist ranges from [`Self::take_dirty`]).
+    pub fn rows(&self, layer: usize, positions: Range<u32>) -> (&[f32], &[f32]) {
+        let s = self.span(layer, positions);
+        (&self.k[s.clone()], &self.v[s])
+    }
+
+    /// Writes `k`, `v` (n, kv_dim) at positions `pos0..pos0 + n` of `layer`
+    /// and marks them dirty.
+    pub fn write(&mut self, layer: usize, pos0: u32, k: &[f32], v: &[f32]) {
+        let n = (k.len() / self.kv_dim as usize) as u32;
+        let s = self.span(layer, pos0..pos0 + n);
+        self.k[s.clone()].copy_from_slice(k);
+        self.v[s].copy_from_slice(v);
+        let new = pos0..pos0 + n;
+        self.dirty = Some(match self.dirty.take() {
+            None => new,
+            Some(d) => d.start.min(new.start)..d.end.max(new.end),
+        });
+    }
+
+    /// Restores rows saved earlier (does not mark them dirty). `k`, `v` are
+    /// (n, kv_dim) for positions `pos0..pos0 + n` of `layer`.
+    pub fn restore_rows(&mut self, layer: usize, pos0: u32, k: &[f32], v: &[f32]) -> Result<(), String> {
+        let kv_dim = self.kv_dim as usize;
+        if k.len() != v.len() || !k.len().is_multiple_of(kv_dim) {
+            return Err(format!(
+                "k and v must both be n × {kv_dim} floats, got {} and {}",
+                k.len(),
+                v.len()
+            ));
+        }
+        let end = pos0 as u64 + (k.len() / kv_dim) as u64;
+        if layer >= self.n_layers as usize || end > self.ctx as u64 {
+            return Err(format!("rows {pos0}..{end} of layer {layer} are outside the cache"));
+        }
+        let s = self.span(layer, pos0..end as u32);
+        self.k[s.clone()].copy_from_slice(k);
+        self.v[s].copy_from_slice(v);
+        Ok(())
+    }
+
+    /// Positions written in any layer since the last call (rows of layers
+    /// not yet reached are stale but harmless to save: they are rewritten
+    /// and marked dirty again when their unit runs).
+    pub fn take_dirty(&mut self) -> Option<Range<u32>> {
+        self.dirty.take()
+    }
+
+    pub fn dirty(&self) -> Option<Range<u32>> {
+        self.dirty.clone()
+    }
+}
+
+/// A generation job: its state and its KV cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub state: JobState,
+    pub kv: KvCache,
+}
+
+impl Job {
+    /// A job that generates up to `max_new_tokens` after `prompt_tokens`
+    /// within `ctx_size` positions (which may exceed the model's trained
+    /// context). Stops at the model's EOS token, if it names one.
+    pub fn new(
+        model: &Model,
+        prompt_tokens: Vec<u32>,
+        params: SamplingParams,
+        max_new_tokens: u32,
+        ctx_size: u32,
+    ) -> Result<Job, JobError> {
+        let c = &model.config;
+        if prompt_tokens.is_empty() {
+            return Err(JobError::EmptyPrompt);
+        }
+        if ctx_size == 0 {
+            return Err(JobError::ZeroContext);
+        }
+        if prompt_tokens.len() > ctx_size as usize {
+            return Err(JobError::PromptTooLong {
+                prompt_len: prompt_tokens.len(),
+                ctx_size,
+            });
+        }
+        if let Some((index, &token)) = prompt_tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= c.vocab_size)
+        {
+            return Err(JobError::TokenOutOfVocab {
+                index,
+                token,
+                vocab_size: c.vocab_size,
+            });
+        }
+        params.validate()?;
+        let kv = KvCache::new(c.n_layers, ctx_size, c.kv_dim).ok_or(JobError::ContextTooLarge { ctx_size })?;
+        let state = JobState {
+            prompt: prompt_tokens,
+            generated: Vec::new(),
+            rng: Rng::new(params.seed),
+            params,
+            max_new_tokens,
+            ctx_size,
+            stop_tokens: c.eos_token_id.into_iter().collect(),
+            max_batch: DEFAULT_MAX_BATCH,
+            cursor: Cursor {
+                pos: 0,
+                batch_len: 0,
+                layer: 0,
+                stage: Stage::Attention,
+            },
+            hidden: Vec::new(),
+            finished: (max_new_tokens == 0).then_some(FinishReason::MaxTokens),
+            units_run: 0,
+        };
+        Ok(Job { state, kv })
+    }
+
+    /// Replaces the stop tokens (default: the model's EOS).
+    pub fn set_stop_tokens(&mut self, stop_tokens: Vec<u32>) {
+        self.state.stop_tokens = stop_tokens;
+    }
+
+    /// Caps the prompt batch size (at least 1). Takes effect at the next batch.
+    pub fn set_max_batch(&mut self, max_batch: u32) {
+        self.state.max_batch = max_batch.max(1);
+    }
+
+    /// Checks that the job fits the model and is internally consistent
+    /// (it may have been restored from storage).
+    fn check(&self, model: &Model) -> Result<(), String> {
+        let (c, s, kv) = (&model.config, &self.state, &self.kv);
+        if kv.n_layers() != c.n_layers || kv.kv_dim() != c.kv_dim {
+            return Err(format!(
+                "KV cache is {} layers × {} wide but the model has {} × {}",
+                kv.n_layers(),
+                kv.kv_dim(),
+                c.n_layers,
+                c.kv_dim
+            ));
+        }
+        if kv.k.len() != kv.v.len() || kv.k.len() != c.n_layers * kv.ctx as usize * c.kv_dim || kv.ctx != s.ctx_size {
+            return Err("KV cache size does not match its dimensions".into());
+        }
+        let cur = s.cursor;
+        if cur.pos as usize + cur.batch_len as usize > s.total_tokens().min(s.ctx_size as usize)
+            || cur.layer as usize >= c.n_layers
+            || s.hidden.len() != cur.batch_len as usize * c.dim
+            || s.max_batch == 0
+        {
+            return Err(format!(
+                "job cursor {cur:?} is inconsistent with its tokens or the model"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs units of `job` until `budget` refuses one or the job finishes.
+///
+/// A finished job returns `Finished` again with zero units. If the budget
+/// refuses even the first unit, the step returns `Yielded` with zero units:
+/// the caller decides whether to retry with a larger budget.
+pub fn step(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> StepReport {
+    let mut report = StepReport {
+        outcome: StepOutcome::Yielded,
+        units: 0,
+        macs: 0,
+        tokens: Vec::new(),
+    };
+    if let Some(reason) = job.state.finished {
+        report.outcome = StepOutcome::Finished(reason);
+        return report;
+    }
+    if let Err(msg) = job.check(model) {
+        report.outcome = StepOutcome::Failed(msg);
+        return report;
+    }
+    loop {
+        match run_unit(model, job, budget) {
+            Err(msg) => {
+                report.outcome = StepOutcome::Failed(msg);
+                return report;
+            }
+            Ok(None) => return report,
+            Ok(Some(done)) => {
+                report.units += 1;
+                report.macs += done.macs;
+                job.state.units_run += 1;
+                report.tokens.extend(done.token);
+                if let Some(reason) = job.state.finished {
+                    report.outcome = StepOutcome::Finished(reason);
+                    return report;
+                }
+            }
+        }
+    }
+}
+
+/// What one unit did.
+struct UnitDone {
+    macs: u64,
+    token: Option<u32>,
+}
+
+/// Runs the unit at the cursor if the budget accepts it: `Ok(None)` if refused.
+fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Option<UnitDone>, String> {
+    let c = &model.config;
+    let Job { state: s, kv } = job;
+    let cur = s.cursor;
+
+    if cur.batch_len == 0 {
+        // Start a batch: the largest the budget accepts for layer 0's attention.
+        let pending = s.total_tokens() - cur.pos as usize;
+        let room = (s.ctx_size - cur.pos) as usize;
+        let max_n = pending.min(s.max_batch as usize).min(room);
+        if max_n == 0 {
+            return Err(format!("no token to process at position {}", cur.pos));
+        }
+        // The budget is asked with the batch's most expensive unit, so that a
+        // batch it accepts now can also run its later units in later calls.
+        let largest_unit = |n| forward::attention_block_macs(model, cur.pos, n).max(forward::ffn_block_macs(model, n));
+        let Some(n) = (1..=max_n).rev().find(|&n| budget.can_afford(largest_unit(n))) else {
+            return Ok(None);
+        };
+        let macs = forward::attention_block_macs(model, cur.pos, n);
+        let tokens: Vec<u32> = (cur.pos as usize..cur.pos as usize + n)
+            .map(|i| s.token_at(i))
+            .collect();
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(format!("token id {t} is outside the vocabulary of {}", c.vocab_size));
+        }
+        // embed → hidden (n, dim), then layer 0's attention unit
+        s.hidden = vec![0.0; n * c.dim];
+        forward::embed(model, &tokens, &mut s.hidden);
+        forward::attention_block(model, 0, cur.pos, &mut s.hidden, kv);
+        s.cursor = Cursor {
+            pos: cur.pos,
+            batch_len: n as u32,
+            layer: 0,
+            stage: Stage::Ffn,
+        };
+        return Ok(Some(UnitDone { macs, token: None }));
+    }
+
+    let layer = cur.layer as usize;
+    let n = cur.batch_len as usize;
+    match cur.stage {
+        Stage::Attention => {
+            let macs = forward::attention_block_macs(model, cur.pos, n);
+            if !budget.can_afford(macs) {
+                return Ok(None);
+            }
+            forward::attention_block(model, layer, cur.pos, &mut s.hidden, kv);
+            s.cursor.stage = Stage::Ffn;
+            Ok(Some(UnitDone { macs, token: None }))
+        }
+        Stage::Ffn => {
+            let macs = forward::ffn_block_macs(model, n);
+            if !budget.can_afford(macs) {
+                return Ok(None);
+            }
+            forward::ffn_block(model, layer, &mut s.hidden);
+            if layer + 1 < c.n_layers {
+                s.cursor.layer += 1;
+                s.cursor.stage = Stage::Attention;
+            } else if cur.pos as usize + n == s.total_tokens() {
+                // The batch ends with the last known token: its logits are next.
+                s.cursor.stage = Stage::Head;
+            } else {
+                // A prompt batch whose logits nobody needs.
+                end_batch(s);
+            }
+            Ok(Some(UnitDone { macs, token: None }))
+        }
+        Stage::Head => {
+            let macs = forward::head_macs(model);
+            if !budget.can_afford(macs) {
+                return Ok(None);
+            }
+            // final norm → logits of the batch's last token → sample
+            let last = &s.hidden[(n - 1) * c.dim..n * c.dim];
+            let mut logits = vec![0.0f32; c.vocab_size];
+            forward::logits(model, last, &mut logits);
+            let history: Vec<u32> = s.prompt.iter().chain(&s.generated).copied().collect();
+            let token = sampler::sample(&mut logits, &history, &s.params, &mut s.rng);
+            end_batch(s);
+            if s.stop_tokens.contains(&token) {
+                s.finished = Some(FinishReason::Eos);
+                return Ok(Some(UnitDone { macs, token: None }));
+            }
+            s.generated.push(token);
+            if s.generated.len() >= s.max_new_tokens as usize {
+                s.finished = Some(FinishReason::MaxTokens);
+            } else if s.cursor.pos >= s.ctx_size {
+                s.finished = Some(FinishReason::ContextFull);
+            }
+            Ok(Some(UnitDone {
+                macs,
+                token: Some(token),
+            }))
+        }
+    }
+}
+
+/// The batch's tokens are in the cache for every layer: move past them.
+fn end_batch(s: &mut JobState) {
+    s.cursor = Cursor {
+        pos: s.cursor.pos + s.cursor.batch_len,
+        batch_len: 0,
+        layer: 0,
+        stage: Stage::Attention,
+    };
+    s.hidden.clear();
+}

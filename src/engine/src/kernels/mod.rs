@@ -1,1 +1,259 @@
-//! Pure math kernels.
+//! Pure math kernels: small functions over slices, no allocation inside.
+//!
+//! Every kernel here is the **scalar oracle**: later SIMD versions must agree
+//! with it, and tests compare against it. Weight matrices reach the kernels
+//! through one seam, [`dot_row`] (and [`matvec`] / [`matmul`] built on it),
+//! which dispatches on the tensor type so that quantized types slot in later
+//! without touching the forward pass.
+//!
+//! Determinism: the result of a dot product depends only on its two inputs,
+//! never on how many tokens are batched together or where a job was
+//! interrupted. [`matmul`] therefore calls exactly the same [`dot_row`] as
+//! [`matvec`] for every (row, token) pair.
+
+mod attention;
+mod rope;
+
+pub use attention::{attention, AttentionShape};
+pub use rope::{rope, RopeStyle, RopeTable};
+
+use crate::model::{Tensor, TensorData};
+
+/// Dot product of two f32 vectors of equal length.
+///
+/// Accumulates in 4 interleaved lanes (element `i` goes to lane `i % 4`),
+/// sums the lanes as `(l0 + l1) + (l2 + l3)`, then adds the tail in order.
+/// A wasm `f32x4` version can reproduce this order exactly.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let n4 = a.len() / 4 * 4;
+    let mut lanes = [0.0f32; 4];
+    for (ca, cb) in a[..n4].chunks_exact(4).zip(b[..n4].chunks_exact(4)) {
+        for l in 0..4 {
+            lanes[l] += ca[l] * cb[l];
+        }
+    }
+    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Dot product of an f16 row with an f32 vector, in the same lane order as
+/// [`dot_f32`] (each f16 widened to f32 exactly before multiplying).
+pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let n4 = a.len() / 4 * 4;
+    let mut lanes = [0.0f32; 4];
+    for (ca, cb) in a[..n4].chunks_exact(4).zip(b[..n4].chunks_exact(4)) {
+        for l in 0..4 {
+            lanes[l] += ca[l].to_f32() * cb[l];
+        }
+    }
+    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
+        sum += x.to_f32() * y;
+    }
+    sum
+}
+
+/// `W[row, :] · x` for a weight matrix `w` of shape (rows, cols), `x` (cols).
+/// The one place that dispatches on the weight type.
+pub fn dot_row(w: &Tensor, row: usize, x: &[f32]) -> f32 {
+    let cols = w.cols;
+    let span = row * cols..(row + 1) * cols;
+    match &w.data {
+        TensorData::F32(d) => dot_f32(&d[span], x),
+        TensorData::F16(d) => dot_f16(&d[span], x),
+    }
+}
+
+/// Copies row `row` of `w` (rows, cols) into `out` (cols) as f32
+/// (embedding lookup).
+pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
+    let cols = w.cols;
+    let span = row * cols..(row + 1) * cols;
+    match &w.data {
+        TensorData::F32(d) => out.copy_from_slice(&d[span]),
+        TensorData::F16(d) => {
+            for (o, h) in out.iter_mut().zip(&d[span]) {
+                *o = h.to_f32();
+            }
+        }
+    }
+}
+
+/// `out = W x`: `w` (rows, cols), `x` (cols), `out` (rows).
+pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
+    debug_assert_eq!(x.len(), w.cols);
+    debug_assert_eq!(out.len(), w.rows);
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_row(w, r, x);
+    }
+}
+
+/// Batched `out[t] = W x[t]` for `n_tokens` tokens: `w` (rows, cols),
+/// `xs` (n_tokens, cols), `out` (n_tokens, rows).
+///
+/// Each weight row is read once per batch (the row loop is outside); each
+/// (row, token) value is the same [`dot_row`] call [`matvec`] makes, so a
+/// token's result does not depend on the batch it is in.
+pub fn matmul(w: &Tensor, xs: &[f32], out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    debug_assert_eq!(xs.len() % cols, 0);
+    let n_tokens = xs.len() / cols;
+    debug_assert_eq!(out.len(), n_tokens * rows);
+    for r in 0..rows {
+        for t in 0..n_tokens {
+            out[t * rows + r] = dot_row(w, r, &xs[t * cols..(t + 1) * cols]);
+        }
+    }
+}
+
+/// RMS normalization: `out = x / sqrt(mean(x²) + eps) * weight`.
+/// `x`, `weight`, `out` all (dim).
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    debug_assert_eq!(x.len(), weight.len());
+    debug_assert_eq!(out.len(), x.len());
+    let mut ss = 0.0f32;
+    for v in x {
+        ss += v * v;
+    }
+    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (scale * v);
+    }
+}
+
+/// In-place softmax. An empty slice is left alone.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// SiLU (swish): `x * sigmoid(x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`; both (hidden_dim).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(gate.len(), up.len());
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `x += y`, elementwise.
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::GgmlType;
+
+    fn tensor_f32(rows: usize, cols: usize, data: Vec<f32>) -> Tensor {
+        Tensor {
+            ty: GgmlType::F32,
+            rows,
+            cols,
+            data: TensorData::F32(data),
+        }
+    }
+
+    fn naive_dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_naive_for_all_tail_lengths() {
+        for n in 0..13 {
+            let a = pseudo(n, 1);
+            let b = pseudo(n, 2);
+            assert!((dot_f32(&a, &b) as f64 - naive_dot(&a, &b)).abs() < 1e-5, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn f16_dot_equals_f32_dot_of_widened_values() {
+        let a16: Vec<half::f16> = pseudo(37, 3).into_iter().map(half::f16::from_f32).collect();
+        let a32: Vec<f32> = a16.iter().map(|h| h.to_f32()).collect();
+        let b = pseudo(37, 4);
+        assert_eq!(dot_f16(&a16, &b).to_bits(), dot_f32(&a32, &b).to_bits());
+    }
+
+    #[test]
+    fn matvec_is_row_major() {
+        // W = [[1, 2, 3], [4, 5, 6]] (2 rows × 3 cols)
+        let w = tensor_f32(2, 3, vec![1., 2., 3., 4., 5., 6.]);
+        let mut out = [0.0; 2];
+        matvec(&w, &[1., 0., -1.], &mut out);
+        assert_eq!(out, [-2., -2.]);
+    }
+
+    #[test]
+    fn matmul_is_bit_identical_to_matvec_per_token() {
+        let (rows, cols, n_tokens) = (7, 19, 5);
+        let w = tensor_f32(rows, cols, pseudo(rows * cols, 5));
+        let xs = pseudo(n_tokens * cols, 6);
+        let mut batched = vec![0.0; n_tokens * rows];
+        matmul(&w, &xs, &mut batched);
+        for t in 0..n_tokens {
+            let mut single = vec![0.0; rows];
+            matvec(&w, &xs[t * cols..(t + 1) * cols], &mut single);
+            for r in 0..rows {
+                assert_eq!(single[r].to_bits(), batched[t * rows + r].to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_normalizes() {
+        let x = [3.0, 4.0];
+        let mut out = [0.0; 2];
+        rmsnorm(&mut out, &x, &[1.0, 2.0], 0.0);
+        // rms = sqrt((9 + 16) / 2)
+        let rms = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6);
+        assert!((out[1] - 8.0 / rms).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_is_stable() {
+        let mut x = [1000.0, 1001.0, 999.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[0] && x[0] > x[2]);
+    }
+
+    #[test]
+    fn silu_values() {
+        assert_eq!(silu(0.0), 0.0);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+    }
+}

@@ -1,1 +1,45 @@
-//! Model config, weights and forward pass.
+//! Model config, architecture table, weights and the forward pass.
+//!
+//! - [`config`]: hyperparameters resolved once from the file ([`ModelConfig`]).
+//! - [`arch`]: one row per architecture ([`ArchSpec`]).
+//! - [`weights`]: owned tensors, [`Model`] and the incremental [`ModelLoader`].
+//! - [`forward`]: the forward pass as units (attention half, FFN half, head)
+//!   and their cost in multiply-adds.
+
+pub mod arch;
+pub mod config;
+pub mod forward;
+pub mod weights;
+
+pub use arch::{ArchSpec, Architecture};
+pub use config::ModelConfig;
+pub use weights::{LayerWeights, Model, ModelLoader, Tensor, TensorData};
+
+use crate::format::gguf::GgufError;
+
+/// Why a model could not be loaded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("model architecture {name:?} is not supported (supported: {supported})")]
+    UnknownArchitecture { name: String, supported: String },
+    #[error("model metadata {key:?}: {reason}")]
+    BadConfig { key: String, reason: String },
+    #[error("the model file has no tensor {0:?}")]
+    MissingTensor(String),
+    #[error("tensor {name:?} has dims {found} (ggml order), expected {expected}")]
+    TensorShape {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("tensor {name:?} has type {ty}, which is not supported yet (supported: f32, f16)")]
+    TensorType { name: String, ty: &'static str },
+    #[error("tensor {name:?}: {reason}")]
+    TensorBytes { name: String, reason: String },
+    #[error("tensor {0:?} is not one the model needs")]
+    UnexpectedTensor(String),
+    #[error("model is incomplete: {0} was not added")]
+    Incomplete(String),
+}

@@ -1,0 +1,193 @@
+//! Hyperparameters, resolved once from the file's metadata.
+
+use super::arch::Architecture;
+use super::ModelError;
+use crate::format::gguf::{Gguf, Value};
+use serde::{Deserialize, Serialize};
+
+/// Sanity caps on hyperparameters (a hostile header must not make us
+/// allocate absurd buffers before tensor shapes are checked).
+const MAX_DIM: usize = 1 << 16;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_HEADS: usize = 1 << 10;
+const MAX_VOCAB: usize = 1 << 22;
+
+/// Everything the forward pass needs to know about a model's shapes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub arch: Architecture,
+    /// Context length the model was trained with (a job may use more).
+    pub context_length: usize,
+    /// Width of the residual stream (`embedding_length`).
+    pub dim: usize,
+    pub n_layers: usize,
+    /// Width of the FFN hidden layer (`feed_forward_length`).
+    pub hidden_dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub vocab_size: usize,
+    pub rms_eps: f32,
+    pub rope_freq_base: f32,
+    /// Leading dimensions of each head that RoPE rotates.
+    pub rope_dims: usize,
+    /// Per-head width: `attention.key_length` if given, else `dim / n_heads`.
+    pub head_dim: usize,
+    /// Width of Q and of the attention output: `n_heads * head_dim`.
+    pub q_dim: usize,
+    /// Width of one K (or V) row in the cache: `n_kv_heads * head_dim`.
+    pub kv_dim: usize,
+    /// Query heads sharing one kv head: `n_heads / n_kv_heads`.
+    pub n_kv_groups: usize,
+    /// End-of-sequence token (`tokenizer.ggml.eos_token_id`), if the file names one.
+    pub eos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Reads `general.architecture` and the `{arch}.*` keys; the vocabulary
+    /// size comes from the token embedding tensor.
+    pub fn from_gguf(gguf: &Gguf) -> Result<ModelConfig, ModelError> {
+        let arch_name = gguf.get_str("general.architecture")?;
+        let arch = Architecture::from_name(arch_name).ok_or_else(|| ModelError::UnknownArchitecture {
+            name: arch_name.to_string(),
+            supported: Architecture::supported_names(),
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let count = |k: &str, max: usize| -> Result<usize, ModelError> {
+            let k = key(k);
+            let v = gguf.get_u64(&k)?;
+            positive(&k, v, max)
+        };
+        let optional = |k: &str| gguf.get(&key(k));
+
+        let context_length = count("context_length", usize::MAX)?;
+        let dim = count("embedding_length", MAX_DIM)?;
+        let n_layers = count("block_count", MAX_LAYERS)?;
+        let hidden_dim = count("feed_forward_length", MAX_DIM * 8)?;
+        let n_heads = count("attention.head_count", MAX_HEADS)?;
+        let n_kv_heads = match optional("attention.head_count_kv") {
+            None => n_heads,
+            Some(v) => positive(
+                &key("attention.head_count_kv"),
+                as_u64(&key("attention.head_count_kv"), v)?,
+                MAX_HEADS,
+            )?,
+        };
+        let rms_eps = gguf.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32;
+        let rope_freq_base = match optional("rope.freq_base") {
+            None => 10000.0,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(&key("rope.freq_base"), "expected a number"))? as f32,
+        };
+        let head_dim = match optional("attention.key_length") {
+            None => dim / n_heads,
+            Some(v) => positive(
+                &key("attention.key_length"),
+                as_u64(&key("attention.key_length"), v)?,
+                MAX_DIM,
+            )?,
+        };
+        let rope_dims = match optional("rope.dimension_count") {
+            None => head_dim,
+            Some(v) => as_u64(&key("rope.dimension_count"), v)? as usize,
+        };
+        let eos_token_id = gguf
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32);
+
+        let embd = gguf
+            .tensor("token_embd.weight")
+            .ok_or(ModelError::MissingTensor("token_embd.weight".into()))?;
+        let vocab_size = match embd.dims.as_slice() {
+            [d, v] if *d as usize == dim => positive("token_embd.weight rows", *v, MAX_VOCAB)?,
+            _ => {
+                return Err(ModelError::TensorShape {
+                    name: "token_embd.weight".into(),
+                    expected: format!("[{dim}, vocab]"),
+                    found: format!("{:?}", embd.dims),
+                })
+            }
+        };
+
+        // Shape consistency.
+        if dim % n_heads != 0 && optional("attention.key_length").is_none() {
+            return Err(bad(
+                &key("embedding_length"),
+                &format!("{dim} is not a multiple of head_count {n_heads}"),
+            ));
+        }
+        if n_heads % n_kv_heads != 0 {
+            return Err(bad(
+                &key("attention.head_count_kv"),
+                &format!("head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"),
+            ));
+        }
+        if head_dim % 2 != 0 {
+            return Err(bad(
+                &key("attention.head_count"),
+                &format!("head dimension {head_dim} is odd"),
+            ));
+        }
+        if rope_dims % 2 != 0 || rope_dims > head_dim {
+            return Err(bad(
+                &key("rope.dimension_count"),
+                &format!("{rope_dims} must be even and at most the head dimension {head_dim}"),
+            ));
+        }
+        if !(rms_eps.is_finite() && rms_eps >= 0.0) {
+            return Err(bad(
+                &key("attention.layer_norm_rms_epsilon"),
+                &format!("{rms_eps} is not a valid epsilon"),
+            ));
+        }
+        if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
+            return Err(bad(
+                &key("rope.freq_base"),
+                &format!("{rope_freq_base} is not a positive number"),
+            ));
+        }
+
+        Ok(ModelConfig {
+            arch,
+            context_length,
+            dim,
+            n_layers,
+            hidden_dim,
+            n_heads,
+            n_kv_heads,
+            vocab_size,
+            rms_eps,
+            rope_freq_base,
+            rope_dims,
+            head_dim,
+            q_dim: n_heads * head_dim,
+            kv_dim: n_kv_heads * head_dim,
+            n_kv_groups: n_heads / n_kv_heads,
+            eos_token_id,
+        })
+    }
+}
+
+fn bad(key: &str, reason: &str) -> ModelError {
+    ModelError::BadConfig {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn as_u64(key: &str, v: &Value) -> Result<u64, ModelError> {
+    v.as_u64().ok_or_else(|| {
+        bad(
+            key,
+            &format!("expected a non-negative integer, found {}", v.type_name()),
+        )
+    })
+}
+
+fn positive(key: &str, v: u64, max: usize) -> Result<usize, ModelError> {
+    if v == 0 || v > max as u64 {
+        return Err(bad(key, &format!("{v} is outside 1..={max}")));
+    }
+    Ok(v as usize)
+}

@@ -1,0 +1,132 @@
+//! The forward pass, cut into units a job can run one at a time.
+//!
+//! A batch of `n` consecutive tokens at positions `pos0..pos0 + n` flows
+//! through the layers as its hidden state `x` (n, dim). Per layer there are
+//! two units, [`attention_block`] and [`ffn_block`]; after the last layer,
+//! [`logits`] turns one hidden row into scores over the vocabulary.
+//! Every per-token computation is independent of `n` (same kernels, same
+//! summation order), so batching never changes a result.
+
+use super::Model;
+use crate::job::KvCache;
+use crate::kernels::{self, AttentionShape};
+
+/// Writes the embeddings of `tokens` into `x` (n_tokens, dim).
+/// Token ids must be `< vocab_size` (checked by the job).
+pub fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) {
+    let dim = model.config.dim;
+    for (row, &token) in x.chunks_exact_mut(dim).zip(tokens) {
+        kernels::row_to_f32(&model.tok_embd, token as usize, row);
+    }
+}
+
+/// Unit A of layer `layer`: `x += Wo · attention(rope(Wq·norm(x)), cache)`,
+/// writing this batch's K and V rows into the cache.
+/// `x` (n, dim) holds the batch at positions `pos0..pos0 + n`.
+pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &mut KvCache) {
+    let c = &model.config;
+    let w = &model.layers[layer];
+    let n = x.len() / c.dim;
+
+    // attn_norm: xb (n, dim)
+    let mut xb = vec![0.0f32; n * c.dim];
+    for (out, row) in xb.chunks_exact_mut(c.dim).zip(x.chunks_exact(c.dim)) {
+        kernels::rmsnorm(out, row, &w.attn_norm, c.rms_eps);
+    }
+
+    // qkv projections: q (n, q_dim), k (n, kv_dim), v (n, kv_dim)
+    let mut q = vec![0.0f32; n * c.q_dim];
+    let mut k = vec![0.0f32; n * c.kv_dim];
+    let mut v = vec![0.0f32; n * c.kv_dim];
+    kernels::matmul(&w.wq, &xb, &mut q);
+    kernels::matmul(&w.wk, &xb, &mut k);
+    kernels::matmul(&w.wv, &xb, &mut v);
+
+    // rope: rotate q and k of each token by its position
+    for t in 0..n {
+        let pos = pos0 + t as u32;
+        kernels::rope(&mut q[t * c.q_dim..(t + 1) * c.q_dim], c.head_dim, pos, &model.rope);
+        kernels::rope(&mut k[t * c.kv_dim..(t + 1) * c.kv_dim], c.head_dim, pos, &model.rope);
+    }
+
+    // write kv: the batch's rows go to the cache at pos0..pos0 + n
+    kv.write(layer, pos0, &k, &v);
+
+    // attention: each token attends to positions 0..=its own (causal)
+    let shape = AttentionShape {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+    };
+    let (k_cache, v_cache) = kv.layer(layer);
+    let mut att = vec![0.0f32; n * c.q_dim]; // (n, q_dim)
+    let mut scores = vec![0.0f32; pos0 as usize + n]; // (n_pos)
+    for t in 0..n {
+        let n_pos = pos0 as usize + t + 1;
+        let q_t = &q[t * c.q_dim..(t + 1) * c.q_dim];
+        let out = &mut att[t * c.q_dim..(t + 1) * c.q_dim];
+        kernels::attention(out, q_t, k_cache, v_cache, n_pos, shape, &mut scores);
+    }
+
+    // out projection + residual: x += Wo · att
+    let mut o = vec![0.0f32; n * c.dim];
+    kernels::matmul(&w.wo, &att, &mut o);
+    kernels::add_in_place(x, &o);
+}
+
+/// Unit B of layer `layer`: `x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))`.
+/// `x` (n, dim).
+pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
+    let c = &model.config;
+    let w = &model.layers[layer];
+    let n = x.len() / c.dim;
+
+    // ffn_norm: xb (n, dim)
+    let mut xb = vec![0.0f32; n * c.dim];
+    for (out, row) in xb.chunks_exact_mut(c.dim).zip(x.chunks_exact(c.dim)) {
+        kernels::rmsnorm(out, row, &w.ffn_norm, c.rms_eps);
+    }
+
+    // gate and up: (n, hidden_dim) each; SwiGLU into gate
+    let mut gate = vec![0.0f32; n * c.hidden_dim];
+    let mut up = vec![0.0f32; n * c.hidden_dim];
+    kernels::matmul(&w.w_gate, &xb, &mut gate);
+    kernels::matmul(&w.w_up, &xb, &mut up);
+    kernels::swiglu(&mut gate, &up);
+
+    // down projection + residual: x += W_down · gate
+    let mut down = vec![0.0f32; n * c.dim];
+    kernels::matmul(&w.w_down, &gate, &mut down);
+    kernels::add_in_place(x, &down);
+}
+
+/// Final norm and output head for one hidden row `x` (dim) → `logits` (vocab_size).
+pub fn logits(model: &Model, x: &[f32], logits: &mut [f32]) {
+    let c = &model.config;
+    let mut xb = vec![0.0f32; c.dim];
+    kernels::rmsnorm(&mut xb, x, &model.output_norm, c.rms_eps);
+    kernels::matvec(model.output_weights(), &xb, logits);
+}
+
+/// Multiply-adds of [`attention_block`] for `n` tokens at `pos0..pos0 + n`:
+/// the four projections plus scores and weighted sums over the cache.
+pub fn attention_block_macs(model: &Model, pos0: u32, n: usize) -> u64 {
+    let c = &model.config;
+    let proj = (c.dim * (c.q_dim + 2 * c.kv_dim) + c.q_dim * c.dim) as u64;
+    // Σ over the batch of (pos + 1) positions × (q·k and a·v) per head element.
+    let n = n as u64;
+    let positions = n * (pos0 as u64 + 1) + n * (n - 1) / 2;
+    n * proj + positions * 2 * c.q_dim as u64
+}
+
+/// Multiply-adds of [`ffn_block`] for `n` tokens.
+pub fn ffn_block_macs(model: &Model, n: usize) -> u64 {
+    let c = &model.config;
+    n as u64 * 3 * (c.dim * c.hidden_dim) as u64
+}
+
+/// Multiply-adds of [`logits`] plus sampling (one pass per vocabulary entry).
+pub fn head_macs(model: &Model) -> u64 {
+    let c = &model.config;
+    (c.dim * c.vocab_size + c.vocab_size) as u64
+}

@@ -1,0 +1,432 @@
+//! Generation on the shipped stories260K model: golden outputs from
+//! ../shared/README.md (llama2.c's reference), and the resumability promises:
+//! chunked == monolithic, serialize/restore between steps, batch size
+//! independence.
+
+use icllm_engine::format::gguf::Gguf;
+use icllm_engine::job::{step, Budget, FinishReason, Job, JobError, StepOutcome, UnitBudget, Unlimited};
+use icllm_engine::model::Model;
+use icllm_engine::sampler::SamplingParams;
+use icllm_engine::tokenizer::Tokenizer;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+const GOLDEN_PROMPT: &str = "Joe loves writing stories";
+const GOLDEN_IDS: [u32; 10] = [426, 346, 397, 355, 267, 337, 335, 345, 267, 422];
+const GOLDEN_TEXT: &str = ". He liked to play with his toy";
+const BOS_START: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
+const BOS_END: &str = "Lily didn't want to help her mom, so she";
+
+struct Stories {
+    model: Model,
+    tok: Tokenizer,
+}
+
+fn stories() -> &'static Stories {
+    static CELL: OnceLock<Stories> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260Ktok512.gguf");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let (model, gguf) = Model::from_gguf_bytes(&bytes).expect("stories260K loads");
+        let tok = Tokenizer::from_gguf(&gguf).expect("stories260K tokenizer");
+        Stories { model, tok }
+    })
+}
+
+fn golden_prompt() -> Vec<u32> {
+    stories().tok.encode(GOLDEN_PROMPT, true)
+}
+
+fn new_job(prompt: Vec<u32>, params: SamplingParams, n: u32, ctx: u32) -> Job {
+    Job::new(&stories().model, prompt, params, n, ctx).expect("valid job")
+}
+
+/// Runs a job to the end, `budget()` giving a fresh budget per step.
+fn run(job: &mut Job, mut budget: impl FnMut() -> Box<dyn Budget>) -> (Vec<u32>, FinishReason) {
+    let model = &stories().model;
+    for _ in 0..1_000_000 {
+        let report = step(model, job, budget().as_mut());
+        match report.outcome {
+            StepOutcome::Yielded => assert!(report.units > 0, "no progress"),
+            StepOutcome::Finished(reason) => return (job.state.generated().to_vec(), reason),
+            StepOutcome::Failed(msg) => panic!("job failed: {msg}"),
+        }
+    }
+    panic!("job did not finish");
+}
+
+fn run_unlimited(job: &mut Job) -> (Vec<u32>, FinishReason) {
+    run(job, || Box::new(Unlimited))
+}
+
+fn sampled() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.9,
+        min_p: 0.02,
+        seed: 1234,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn config_is_resolved_from_gguf_keys() {
+    let c = &stories().model.config;
+    assert_eq!(
+        (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size),
+        (64, 5, 8, 4, 512)
+    );
+    assert_eq!(
+        (c.head_dim, c.kv_dim, c.n_kv_groups, c.rope_dims, c.context_length),
+        (8, 32, 2, 8, 128)
+    );
+    assert_eq!(c.rope_freq_base, 10000.0);
+    assert_eq!(c.rms_eps, 1e-5);
+    assert!(
+        stories().model.output.is_some(),
+        "stories260K has its own output.weight"
+    );
+}
+
+#[test]
+fn golden_prompt_greedy_ids() {
+    let prompt = golden_prompt();
+    let mut job = new_job(prompt, SamplingParams::greedy(), 10, 128);
+    let (ids, reason) = run_unlimited(&mut job);
+    assert_eq!(ids, GOLDEN_IDS);
+    assert_eq!(reason, FinishReason::MaxTokens);
+    assert_eq!(stories().tok.decode(&ids), GOLDEN_TEXT);
+}
+
+#[test]
+fn bos_only_200_greedy_tokens_match_llama2c() {
+    let s = stories();
+    let bos = s.tok.bos_id().expect("BOS");
+    // 201 positions: beyond the trained context of 128, as llama.cpp allows.
+    let mut job = new_job(vec![bos], SamplingParams::greedy(), 200, 256);
+    let (ids, reason) = run_unlimited(&mut job);
+    assert_eq!(ids.len(), 200);
+    assert_eq!(reason, FinishReason::MaxTokens);
+    let text = s.tok.decode(&ids);
+    assert!(text.starts_with(BOS_START), "{text}");
+    assert!(text.ends_with(BOS_END), "{text}");
+}
+
+#[test]
+fn chunked_equals_monolithic_for_every_k_up_to_17() {
+    for params in [SamplingParams::greedy(), sampled()] {
+        let reference = run_unlimited(&mut new_job(golden_prompt(), params.clone(), 24, 128));
+        for k in 1..=17 {
+            let mut job = new_job(golden_prompt(), params.clone(), 24, 128);
+            let got = run(&mut job, || Box::new(UnitBudget::new(k)));
+            assert_eq!(got, reference, "k = {k}, params {params:?}");
+        }
+    }
+}
+
+#[test]
+fn serialize_and_restore_between_every_step() {
+    for params in [SamplingParams::greedy(), sampled()] {
+        let reference = run_unlimited(&mut new_job(golden_prompt(), params.clone(), 24, 128));
+        for k in [1, 2, 3, 5, 7, 11, 17] {
+            let mut job = new_job(golden_prompt(), params.clone(), 24, 128);
+            let got = loop {
+                let report = step(&stories().model, &mut job, &mut UnitBudget::new(k));
+                // Round-trip the whole job through CBOR.
+                let mut bytes = Vec::new();
+                ciborium::into_writer(&job, &mut bytes).unwrap();
+                job = ciborium::from_reader(bytes.as_slice()).unwrap();
+                match report.outcome {
+                    StepOutcome::Yielded => continue,
+                    StepOutcome::Finished(reason) => break (job.state.generated().to_vec(), reason),
+                    StepOutcome::Failed(msg) => panic!("{msg}"),
+                }
+            };
+            assert_eq!(got, reference, "k = {k}");
+        }
+    }
+}
+
+#[test]
+fn job_state_round_trips_through_json_between_steps() {
+    let reference = run_unlimited(&mut new_job(golden_prompt(), sampled(), 16, 128));
+    let mut job = new_job(golden_prompt(), sampled(), 16, 128);
+    let got = loop {
+        let report = step(&stories().model, &mut job, &mut UnitBudget::new(4));
+        let json = serde_json::to_string(&job.state).unwrap();
+        job.state = serde_json::from_str(&json).unwrap();
+        if let StepOutcome::Finished(reason) = report.outcome {
+            break (job.state.generated().to_vec(), reason);
+        }
+    };
+    assert_eq!(got, reference);
+}
+
+/// Simulates the canister: only the dirty KV rows and the small state are
+/// persisted after each step; each step restarts from a fresh job rebuilt
+/// from that storage.
+#[test]
+fn persisting_only_dirty_kv_rows_is_enough() {
+    let model = &stories().model;
+    let reference = run_unlimited(&mut new_job(golden_prompt(), sampled(), 20, 128));
+    let fresh = new_job(golden_prompt(), sampled(), 20, 128);
+    let (mut stored_state, mut stored_kv) = (fresh.state.clone(), fresh.kv.clone());
+    let got = loop {
+        // Restore: a zeroed cache with the stored rows copied in.
+        let mut job = new_job(golden_prompt(), sampled(), 20, 128);
+        job.state = stored_state.clone();
+        for layer in 0..job.kv.n_layers() {
+            let (k, v) = stored_kv.layer(layer);
+            job.kv.restore_rows(layer, 0, k, v).unwrap();
+        }
+        assert_eq!(job.kv.dirty(), None, "restoring does not mark rows dirty");
+        let report = step(model, &mut job, &mut UnitBudget::new(6));
+        // Persist: the state and the dirty rows only.
+        stored_state = job.state.clone();
+        if let Some(range) = job.kv.take_dirty() {
+            for layer in 0..job.kv.n_layers() {
+                let (k, v) = job.kv.rows(layer, range.clone());
+                stored_kv.restore_rows(layer, range.start, k, v).unwrap();
+            }
+        }
+        if let StepOutcome::Finished(reason) = report.outcome {
+            break (job.state.generated().to_vec(), reason);
+        }
+    };
+    assert_eq!(got, reference);
+}
+
+#[test]
+fn batch_size_does_not_change_results() {
+    // A longer prompt so that batches really split it.
+    let prompt = stories()
+        .tok
+        .encode("Once upon a time, there was a big red ball that liked to bounce", true);
+    assert!(prompt.len() > 12);
+    let mut single = new_job(prompt.clone(), sampled(), 12, 128);
+    single.set_max_batch(1);
+    let reference = run_unlimited(&mut single);
+    for cap in [2, 3, 4, 7, 16, 64] {
+        for k in [1, 3, 11] {
+            let mut job = new_job(prompt.clone(), sampled(), 12, 128);
+            job.set_max_batch(cap);
+            assert_eq!(
+                run(&mut job, || Box::new(UnitBudget::new(k))),
+                reference,
+                "cap {cap}, k {k}"
+            );
+        }
+    }
+}
+
+/// Accepts units up to a cost each, a fixed number of times.
+struct MacBudget {
+    max_macs: u64,
+    units: u32,
+    asked: Vec<u64>,
+}
+
+impl Budget for MacBudget {
+    fn can_afford(&mut self, macs: u64) -> bool {
+        self.asked.push(macs);
+        if self.units == 0 || macs > self.max_macs {
+            return false;
+        }
+        self.units -= 1;
+        true
+    }
+}
+
+#[test]
+fn batch_adapts_to_the_budget() {
+    let model = &stories().model;
+    let prompt = golden_prompt();
+    use icllm_engine::model::forward::{attention_block_macs, ffn_block_macs};
+    // Batches are chosen by their most expensive unit.
+    let largest = |n| attention_block_macs(model, 0, n).max(ffn_block_macs(model, n));
+    let (one, four) = (largest(1), largest(4));
+    assert!(largest(5) > four);
+    let mut job = new_job(prompt.clone(), SamplingParams::greedy(), 10, 128);
+    let mut budget = MacBudget {
+        max_macs: four,
+        units: 1,
+        asked: Vec::new(),
+    };
+    let report = step(model, &mut job, &mut budget);
+    assert_eq!(report.units, 1);
+    assert_eq!(job.state.cursor().batch_len, 4, "largest batch whose unit fits");
+    assert!(budget.asked.len() > 1, "larger batches were asked first");
+    // A budget that cannot afford even one token's unit: zero progress, no loop.
+    let before = job.clone();
+    let mut tiny = MacBudget {
+        max_macs: one / 2,
+        units: 100,
+        asked: Vec::new(),
+    };
+    let report = step(model, &mut job, &mut tiny);
+    assert_eq!((report.outcome, report.units), (StepOutcome::Yielded, 0));
+    assert_eq!(job, before);
+    // And the adaptive run still gives the golden ids.
+    let (ids, _) = run(&mut job, || {
+        Box::new(MacBudget {
+            max_macs: four,
+            units: 5,
+            asked: Vec::new(),
+        })
+    });
+    assert_eq!(ids, GOLDEN_IDS);
+}
+
+#[test]
+fn fresh_job_with_refusing_budget_yields_zero_units() {
+    let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 10, 128);
+    let report = step(&stories().model, &mut job, &mut UnitBudget::new(0));
+    assert_eq!(
+        (report.outcome, report.units, report.tokens.len()),
+        (StepOutcome::Yielded, 0, 0)
+    );
+}
+
+#[test]
+fn step_reports_units_and_tokens() {
+    let model = &stories().model;
+    let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 10, 128);
+    // Prefill (one batch): 5 layers × 2 units + head.
+    let r = step(model, &mut job, &mut UnitBudget::new(11));
+    assert_eq!((r.units, r.tokens.as_slice()), (11, &GOLDEN_IDS[..1]));
+    assert!(r.macs > 0);
+    let r = step(model, &mut job, &mut UnitBudget::new(22));
+    assert_eq!(r.tokens, &GOLDEN_IDS[1..3]);
+    let r = step(model, &mut job, &mut Unlimited);
+    assert_eq!(r.tokens, &GOLDEN_IDS[3..]);
+    assert_eq!(r.outcome, StepOutcome::Finished(FinishReason::MaxTokens));
+    // A finished job stays finished.
+    let r = step(model, &mut job, &mut Unlimited);
+    assert_eq!(
+        (r.outcome, r.units),
+        (StepOutcome::Finished(FinishReason::MaxTokens), 0)
+    );
+    assert_eq!(job.state.units_run(), 11 + 9 * 11);
+}
+
+#[test]
+fn generation_stops_at_the_end_of_the_context() {
+    let prompt = golden_prompt();
+    let ctx = prompt.len() as u32 + 4;
+    let mut job = new_job(prompt.clone(), SamplingParams::greedy(), 100, ctx);
+    let (ids, reason) = run_unlimited(&mut job);
+    assert_eq!(reason, FinishReason::ContextFull);
+    // Positions 0..ctx were processed; the last one's logits gave one more token.
+    assert_eq!(ids.len(), 5);
+    assert_eq!(ids, GOLDEN_IDS[..5]);
+    // A prompt that fills the context exactly still yields one token.
+    let mut full = new_job(prompt.clone(), SamplingParams::greedy(), 100, prompt.len() as u32);
+    assert_eq!(
+        run_unlimited(&mut full),
+        (GOLDEN_IDS[..1].to_vec(), FinishReason::ContextFull)
+    );
+}
+
+#[test]
+fn generation_stops_at_eos() {
+    let s = stories();
+    let eos = s.tok.eos_id().expect("EOS");
+    assert_eq!(s.model.config.eos_token_id, Some(eos));
+    // Make the 3rd golden token a stop token.
+    let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 10, 128);
+    job.set_stop_tokens(vec![GOLDEN_IDS[2]]);
+    assert_eq!(run_unlimited(&mut job), (GOLDEN_IDS[..2].to_vec(), FinishReason::Eos));
+}
+
+#[test]
+fn job_errors_are_clear() {
+    let model = &stories().model;
+    let greedy = SamplingParams::greedy;
+    let err = |r: Result<Job, JobError>| r.unwrap_err();
+
+    let e = err(Job::new(model, vec![1; 200], greedy(), 10, 128));
+    assert_eq!(
+        e,
+        JobError::PromptTooLong {
+            prompt_len: 200,
+            ctx_size: 128
+        }
+    );
+    assert!(
+        e.to_string().contains("200 tokens") && e.to_string().contains("128"),
+        "{e}"
+    );
+
+    let e = err(Job::new(model, vec![], greedy(), 10, 128));
+    assert_eq!(e, JobError::EmptyPrompt);
+
+    let e = err(Job::new(model, vec![1], greedy(), 10, 0));
+    assert_eq!(e, JobError::ZeroContext);
+
+    let e = err(Job::new(model, vec![1, 600], greedy(), 10, 128));
+    assert_eq!(
+        e,
+        JobError::TokenOutOfVocab {
+            index: 1,
+            token: 600,
+            vocab_size: 512
+        }
+    );
+    assert!(e.to_string().contains("600"), "{e}");
+
+    let bad_temp = SamplingParams {
+        temperature: -1.0,
+        ..greedy()
+    };
+    let e = err(Job::new(model, vec![1], bad_temp, 10, 128));
+    assert!(e.to_string().contains("temperature"), "{e}");
+
+    let bad_top_p = SamplingParams {
+        top_p: 1.5,
+        ..Default::default()
+    };
+    let e = err(Job::new(model, vec![1], bad_top_p, 10, 128));
+    assert!(e.to_string().contains("top_p must be in (0, 1]"), "{e}");
+}
+
+#[test]
+fn a_job_for_another_model_fails_instead_of_panicking() {
+    let model = &stories().model;
+    let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 10, 128);
+    job.kv = icllm_engine::job::KvCache::new(3, 128, 32).unwrap();
+    let report = step(model, &mut job, &mut Unlimited);
+    assert!(
+        matches!(report.outcome, StepOutcome::Failed(ref m) if m.contains("layers")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn zero_max_tokens_finishes_immediately() {
+    let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 0, 128);
+    let r = step(&stories().model, &mut job, &mut Unlimited);
+    assert_eq!(
+        (r.outcome, r.units),
+        (StepOutcome::Finished(FinishReason::MaxTokens), 0)
+    );
+}
+
+#[test]
+fn incremental_loader_builds_the_same_model() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260Ktok512.gguf");
+    let bytes = std::fs::read(path).unwrap();
+    let gguf = Gguf::parse(&bytes).unwrap();
+    let mut loader = icllm_engine::model::ModelLoader::new(&gguf).unwrap();
+    // Feed in reverse file order through `needed()`, copying each tensor to
+    // an odd (unaligned) offset first.
+    let infos: Vec<_> = loader.needed().cloned().collect();
+    assert_eq!(infos.len(), 3 + 5 * 9);
+    for info in infos.iter().rev() {
+        let mut buf = vec![0u8; info.size as usize + 1];
+        buf[1..].copy_from_slice(&bytes[info.byte_range()]);
+        loader.add_tensor(&info.name, &buf[1..]).unwrap();
+    }
+    assert!(loader.next_needed().is_none());
+    assert_eq!(&loader.finish().unwrap(), &stories().model);
+}
