@@ -7,7 +7,13 @@
 
 use super::{keys, TokenType, TokenizerError};
 use crate::format::gguf::{Gguf, Value};
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+/// A fixed-key hasher: deterministic everywhere, and no call for randomness
+/// (there is none to be had on wasm32-unknown-unknown).
+type IdMap = HashMap<String, u32, BuildHasherDefault<DefaultHasher>>;
 
 /// Most tokens a vocabulary may hold (the largest real ones have ~260k).
 pub const MAX_VOCAB: usize = 1 << 20;
@@ -40,7 +46,7 @@ pub struct Vocab {
     texts: Vec<String>,
     types: Vec<TokenType>,
     /// Text → id; when two ids share a text the last one wins (as in llama.cpp).
-    ids: HashMap<String, u32>,
+    ids: IdMap,
     bos: Option<u32>,
     eos: Option<u32>,
     unk: Option<u32>,
@@ -111,7 +117,7 @@ impl Vocab {
             }
         };
 
-        let mut ids = HashMap::with_capacity(n);
+        let mut ids = IdMap::with_capacity_and_hasher(n, Default::default());
         for (i, t) in texts.iter().enumerate() {
             ids.insert(t.clone(), i as u32);
         }
