@@ -1,0 +1,231 @@
+//! The canister's candid types: what dApps send and receive.
+//! `candid/icllm.did` must describe exactly these (checked by a test).
+
+use candid::{CandidType, Deserialize, Principal};
+use serde::Serialize;
+
+pub type JobId = u64;
+
+/// Every refusal the canister gives for bad input or missing rights.
+/// Each carries a message a user can act on.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum ApiError {
+    /// The caller may not do this (not a controller, not allowed by policy, not the job's owner).
+    NotAuthorized(String),
+    /// No job with this id (or not one of the caller's).
+    NotFound(String),
+    /// A request field is invalid (prompt too long, bad sampling settings, bad chunk…).
+    InvalidArgument(String),
+    /// A per-caller or global limit would be exceeded.
+    QuotaExceeded(String),
+    /// No model is ready yet (none uploaded, or still verifying/loading).
+    ModelNotReady(String),
+    /// The upload could not proceed or failed verification.
+    Upload(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, Default)]
+pub struct InitArgs {
+    pub policy: Option<AccessPolicy>,
+    pub limits: Option<Limits>,
+    /// Instructions one message may use before the canister stops its work
+    /// (default: the IC's 40 B). Lower it when running under a smaller limit.
+    pub message_instruction_limit: Option<u64>,
+    /// Enables test-only fault injection (`debug_inject_trap`). Never on in production.
+    pub enable_fault_injection: Option<bool>,
+}
+
+/// Who may start jobs.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AccessPolicy {
+    pub mode: AccessMode,
+    /// Whether the anonymous principal may start jobs (only in `Open` mode).
+    pub allow_anonymous: bool,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum AccessMode {
+    /// Any authenticated principal.
+    Open,
+    /// Only the listed principals (controllers always may).
+    Allowlist(Vec<Principal>),
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Unfinished jobs one caller may have at once.
+    pub max_active_jobs_per_caller: u32,
+    /// Unfinished jobs in the canister at once (each holds a KV slot).
+    pub max_active_jobs: u32,
+    /// Total bytes of stable memory the KV slots may take.
+    pub max_kv_bytes: u64,
+    /// Largest `max_tokens` a job may ask for.
+    pub max_new_tokens: u32,
+    /// Finished jobs kept per caller before the oldest are deleted.
+    pub max_finished_jobs_per_caller: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_active_jobs_per_caller: 4,
+            max_active_jobs: 64,
+            max_kv_bytes: 8 << 30,
+            max_new_tokens: 4096,
+            max_finished_jobs_per_caller: 100,
+        }
+    }
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, Default)]
+pub struct JobRequest {
+    pub prompt: String,
+    pub max_tokens: u32,
+    /// 0 = greedy. Default 0.8.
+    pub temperature: Option<f32>,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f32>,
+    /// Seed of the job's RNG; drawn from `raw_rand` when absent.
+    pub seed: Option<u64>,
+    /// Context size for this job (default: the model's trained context).
+    pub ctx_size: Option<u32>,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum JobStatus {
+    /// Waiting for the model to load or for its first step.
+    Queued,
+    /// Processing prompt tokens.
+    Prefilling,
+    Generating,
+    /// Finished: `eos`, `max_tokens` or `context_full`.
+    Done(String),
+    Cancelled,
+    Failed(String),
+}
+
+impl JobStatus {
+    pub fn is_active(&self) -> bool {
+        matches!(self, JobStatus::Queued | JobStatus::Prefilling | JobStatus::Generating)
+    }
+}
+
+/// A job as `poll` shows it. `text`/`tokens` hold only what was generated
+/// from token index `since` on; `next_since` is what to pass next time.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct JobView {
+    pub id: JobId,
+    pub status: JobStatus,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub next_since: u32,
+    pub prompt_tokens: u32,
+    pub prompt_tokens_processed: u32,
+    pub generated_tokens: u32,
+    /// Update and timer messages that advanced this job.
+    pub messages: u64,
+    /// Instructions spent on this job's steps.
+    pub instructions: u64,
+    /// Cycles those messages cost (1 per instruction + the per-message fee).
+    pub cycles: u128,
+    /// The most instructions one message spent on this job.
+    pub max_message_instructions: u64,
+    pub prompt_instructions: u64,
+    pub created_at_ns: u64,
+    pub updated_at_ns: u64,
+}
+
+/// What one `step` did.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct StepProgress {
+    pub status: JobStatus,
+    pub units: u32,
+    pub new_tokens: u32,
+    pub generated_tokens: u32,
+    pub instructions: u64,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub owner: Principal,
+    pub status: JobStatus,
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    pub created_at_ns: u64,
+    pub updated_at_ns: u64,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct UploadBegin {
+    pub size: u64,
+    /// SHA-256 of the whole file (32 bytes).
+    pub sha256: Vec<u8>,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum UploadState {
+    /// No upload under way.
+    Idle,
+    /// Chunks are being received.
+    Receiving,
+    /// `upload_finalize` was called: hashing the file (across messages).
+    Verifying,
+    /// Hash matched: parsing and loading weights into the heap (across messages).
+    Loading,
+    /// The upload became the active model.
+    Done,
+    Failed(String),
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct UploadStatus {
+    pub state: UploadState,
+    pub size: u64,
+    pub received_bytes: u64,
+    /// Byte ranges `[start, end)` not yet received.
+    pub missing: Vec<(u64, u64)>,
+    /// Bytes hashed (while verifying) or loaded (while loading).
+    pub progress_bytes: u64,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct ModelInfo {
+    /// `none`, `loading`, `ready` or `failed: …`.
+    pub state: String,
+    pub architecture: String,
+    pub file_size: u64,
+    pub sha256: Vec<u8>,
+    pub n_layers: u32,
+    pub dim: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub ffn_dim: u32,
+    pub vocab_size: u32,
+    pub context_length: u32,
+    /// Each tensor type present and how many tensors use it, e.g. `f32 ×57`.
+    pub tensor_types: Vec<String>,
+    pub tokenizer: String,
+    pub heap_bytes: u64,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct Health {
+    pub model_state: String,
+    pub active_jobs: u32,
+    pub total_jobs: u64,
+    pub scheduler_armed: bool,
+    pub heap_bytes: u64,
+    pub stable_bytes: u64,
+    pub cycle_balance: u128,
+    pub message_instruction_limit: u64,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct SettingsView {
+    pub policy: AccessPolicy,
+    pub limits: Limits,
+    pub message_instruction_limit: u64,
+}

@@ -1,0 +1,80 @@
+//! The instruction budget of one message, as the engine sees it.
+//!
+//! The engine asks `can_afford(macs)` before each unit of work. We answer from
+//! the replica's own counter (`performance_counter(0)`), an estimate of the
+//! unit's cost learned from the units already run, and a reserve kept back
+//! for the checkpoint that ends every step.
+
+use std::cell::Cell;
+
+/// Instructions per multiply-add assumed before any unit was measured.
+/// Deliberately pessimistic (scalar f32 costs ~6 per MAC); it adapts after one unit.
+const PRIOR_INSTRUCTIONS_PER_MAC: f64 = 16.0;
+/// Fixed instructions charged per unit on top of its MACs (loop and call overhead).
+const UNIT_OVERHEAD: u64 = 50_000;
+
+thread_local! {
+    /// Highest instructions/MAC seen so far (heap only: relearned after an upgrade).
+    static LEARNED_RATIO: Cell<f64> = const { Cell::new(0.0) };
+}
+
+/// Budget for the rest of this message: stop when the next unit might not
+/// fit below `limit - reserve`.
+pub struct MessageBudget<F: Fn() -> u64> {
+    counter: F,
+    limit: u64,
+    reserve: u64,
+    last: Option<(u64, u64)>,
+    pub units: u32,
+}
+
+impl<F: Fn() -> u64> MessageBudget<F> {
+    /// `counter` reads the instructions used so far in this message.
+    pub fn new(counter: F, limit: u64, reserve: u64) -> Self {
+        MessageBudget {
+            counter,
+            limit,
+            reserve,
+            last: None,
+            units: 0,
+        }
+    }
+
+    /// Instructions still available before the reserve.
+    pub fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.reserve).saturating_sub((self.counter)())
+    }
+
+    fn ratio() -> f64 {
+        let learned = LEARNED_RATIO.with(|r| r.get());
+        if learned > 0.0 {
+            learned
+        } else {
+            PRIOR_INSTRUCTIONS_PER_MAC
+        }
+    }
+
+    /// Cost estimate of a unit of `macs` multiply-adds, with 25 % headroom.
+    pub fn estimate(macs: u64) -> u64 {
+        (macs as f64 * Self::ratio() * 1.25) as u64 + UNIT_OVERHEAD
+    }
+}
+
+impl<F: Fn() -> u64> icllm_engine::job::Budget for MessageBudget<F> {
+    fn can_afford(&mut self, macs: u64) -> bool {
+        let now = (self.counter)();
+        // Learn from the unit that just ran.
+        if let Some((start, prev_macs)) = self.last.take() {
+            if prev_macs > 0 {
+                let observed = now.saturating_sub(start).saturating_sub(UNIT_OVERHEAD / 2) as f64 / prev_macs as f64;
+                LEARNED_RATIO.with(|r| r.set(r.get().max(observed)));
+            }
+        }
+        let fits = now.saturating_add(Self::estimate(macs)).saturating_add(self.reserve) <= self.limit;
+        if fits {
+            self.last = Some((now, macs));
+            self.units += 1;
+        }
+        fits
+    }
+}

@@ -1,0 +1,494 @@
+//! Generation jobs: the durable record, the KV slots, and one bounded step.
+//!
+//! A job's durable state is its [`JobRecord`] (CBOR in `memory::JOBS`) plus
+//! the KV rows in its slot of `memory::KV`. The heap keeps the engine `Job`
+//! (with the full KV cache) of recently stepped jobs as a cache; after an
+//! upgrade, or after eviction, it is rebuilt from the record and the slot.
+//! Every step ends with a checkpoint: the KV rows it wrote and the record.
+
+use crate::api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobSummary, JobView, StepProgress};
+use crate::memory::{self, Memory};
+use crate::model_store::{LoadedModel, ModelRef};
+use crate::settings::{self, Cbor};
+use crate::state::{self, CachedJob};
+use candid::Principal;
+use ic_stable_structures::{Memory as _, StableBTreeMap};
+use icllm_engine::job::{step, Budget, FinishReason, Job, JobState, KvCache, StepOutcome};
+use icllm_engine::sampler::SamplingParams;
+use icllm_engine::tokenizer::StreamDecoder;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+
+/// Cycles the IC charges per update message on top of 1 per instruction.
+pub const CYCLES_PER_MESSAGE: u128 = 5_000_000;
+/// Engine jobs kept in the heap cache at most.
+const MAX_CACHED_JOBS: usize = 64;
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub owner: Principal,
+    pub status: JobStatus,
+    /// The engine's resumable state (cursor, tokens, RNG, pending activations).
+    pub engine: JobState,
+    pub kv_slot: Option<u32>,
+    /// KV positions `[0, kv_rows_saved)` are in the slot.
+    pub kv_rows_saved: u32,
+    /// Text of the generated tokens; `text_ends[i]` is its length after token i.
+    pub text: String,
+    pub text_ends: Vec<u32>,
+    pub decoder: StreamDecoder,
+    pub messages: u64,
+    pub instructions: u64,
+    pub prompt_instructions: u64,
+    pub max_message_instructions: u64,
+    pub created_at_ns: u64,
+    pub updated_at_ns: u64,
+}
+
+thread_local! {
+    static JOBS: RefCell<StableBTreeMap<JobId, Cbor<JobRecord>, Memory>> =
+        RefCell::new(StableBTreeMap::init(memory::get(memory::JOBS)));
+}
+
+pub fn get(id: JobId) -> Option<JobRecord> {
+    JOBS.with(|j| j.borrow().get(&id)).map(|c| c.0)
+}
+
+fn put(rec: &JobRecord) {
+    JOBS.with(|j| j.borrow_mut().insert(rec.id, Cbor(rec.clone())));
+}
+
+pub fn count() -> u64 {
+    JOBS.with(|j| j.borrow().len())
+}
+
+/// Ids of unfinished jobs, for rebuilding the scheduler's list after an upgrade.
+pub fn scan_active() -> Vec<JobId> {
+    JOBS.with(|j| {
+        j.borrow()
+            .iter()
+            .filter(|e| e.value().0.status.is_active())
+            .map(|e| *e.key())
+            .collect()
+    })
+}
+
+/// Summaries of the jobs of `owner` (all jobs when `owner` is None).
+pub fn list(owner: Option<Principal>) -> Vec<JobSummary> {
+    JOBS.with(|j| {
+        j.borrow()
+            .iter()
+            .map(|e| e.value().0)
+            .filter(|r| owner.is_none_or(|o| r.owner == o))
+            .map(|r| JobSummary {
+                id: r.id,
+                owner: r.owner,
+                status: r.status.clone(),
+                prompt_tokens: r.engine.prompt().len() as u32,
+                generated_tokens: r.engine.generated().len() as u32,
+                created_at_ns: r.created_at_ns,
+                updated_at_ns: r.updated_at_ns,
+            })
+            .collect()
+    })
+}
+
+/// Validates a request and turns it into an engine job on `loaded`.
+pub fn create(
+    loaded: &LoadedModel,
+    owner: Principal,
+    req: &JobRequest,
+    seed: u64,
+    now: u64,
+) -> ApiResult<(JobRecord, Job)> {
+    let (limits, ctx_max) = settings::read(|s| (s.limits.clone(), s.kv_slot_ctx));
+    if req.max_tokens == 0 || req.max_tokens > limits.max_new_tokens {
+        return Err(ApiError::InvalidArgument(format!(
+            "max_tokens must be between 1 and {} (got {})",
+            limits.max_new_tokens, req.max_tokens
+        )));
+    }
+    let ctx_size = req.ctx_size.unwrap_or(loaded.model.config.context_length as u32);
+    if ctx_size == 0 || ctx_size > ctx_max {
+        return Err(ApiError::InvalidArgument(format!(
+            "ctx_size must be between 1 and {ctx_max} on this canister (got {ctx_size})"
+        )));
+    }
+    let params = SamplingParams {
+        temperature: req.temperature.unwrap_or(0.8),
+        top_k: req.top_k.unwrap_or(40),
+        top_p: req.top_p.unwrap_or(0.95),
+        seed,
+        ..SamplingParams::default()
+    };
+    params
+        .validate()
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let tok = &loaded.tokenizer;
+    let prompt = tok.encode(&req.prompt, tok.add_bos_default());
+    if prompt.is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "the prompt encodes to no tokens and the model adds no BOS".into(),
+        ));
+    }
+    if prompt.len() >= ctx_size as usize {
+        return Err(ApiError::InvalidArgument(format!(
+            "the prompt is {} tokens; the context holds {ctx_size}, leaving no room to generate",
+            prompt.len()
+        )));
+    }
+    let context_token = prompt.last().copied();
+    let job = Job::new(&loaded.model, prompt, params, req.max_tokens, ctx_size)
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    let id = settings::mutate(|s| {
+        let id = s.next_job_id;
+        s.next_job_id += 1;
+        id
+    });
+    let rec = JobRecord {
+        id,
+        owner,
+        status: JobStatus::Queued,
+        engine: job.state.clone(),
+        kv_slot: None,
+        kv_rows_saved: 0,
+        text: String::new(),
+        text_ends: Vec::new(),
+        decoder: StreamDecoder::new(tok, context_token),
+        messages: 0,
+        instructions: 0,
+        prompt_instructions: 0,
+        max_message_instructions: 0,
+        created_at_ns: now,
+        updated_at_ns: now,
+    };
+    Ok((rec, job))
+}
+
+/// Claims a KV slot for a new job and stores it. Fails when the slots (the
+/// global cap on active jobs and KV memory) are all taken.
+pub fn insert_new(mut rec: JobRecord, job: Job) -> ApiResult<JobId> {
+    let slot = settings::mutate(|s| {
+        let cap = (s.limits.max_kv_bytes / s.kv_slot_bytes.max(1)).min(s.limits.max_active_jobs as u64) as usize;
+        if let Some(i) = s.kv_slots.iter().position(|o| o.is_none()) {
+            if i < cap {
+                s.kv_slots[i] = Some(rec.id);
+                return Some(i as u32);
+            }
+        }
+        if s.kv_slots.len() < cap {
+            s.kv_slots.push(Some(rec.id));
+            return Some(s.kv_slots.len() as u32 - 1);
+        }
+        None
+    });
+    let Some(slot) = slot else {
+        return Err(ApiError::QuotaExceeded(
+            "the canister is running as many jobs as its KV memory allows; try again later".into(),
+        ));
+    };
+    let slot_bytes = settings::read(|s| s.kv_slot_bytes);
+    if !memory::ensure_size(&memory::get(memory::KV), (slot as u64 + 1) * slot_bytes) {
+        free_slot(slot);
+        return Err(ApiError::QuotaExceeded("stable memory is full".into()));
+    }
+    rec.kv_slot = Some(slot);
+    put(&rec);
+    let id = rec.id;
+    state::mutate(|s| {
+        s.active.insert(id);
+        s.clock += 1;
+        let last_used = s.clock;
+        s.job_cache.insert(id, CachedJob { job, last_used });
+    });
+    Ok(id)
+}
+
+fn free_slot(slot: u32) {
+    settings::mutate(|s| {
+        if let Some(o) = s.kv_slots.get_mut(slot as usize) {
+            *o = None;
+        }
+    });
+}
+
+/// Removes a finished/cancelled job from the active set, cache and KV slot.
+fn retire(rec: &mut JobRecord) {
+    if let Some(slot) = rec.kv_slot.take() {
+        free_slot(slot);
+    }
+    state::mutate(|s| {
+        s.active.remove(&rec.id);
+        s.job_cache.remove(&rec.id);
+    });
+}
+
+pub fn cancel(id: JobId) -> ApiResult<JobStatus> {
+    let mut rec = get(id).ok_or_else(|| crate::access::not_found(id))?;
+    if rec.status.is_active() {
+        rec.status = JobStatus::Cancelled;
+        retire(&mut rec);
+        rec.updated_at_ns = ic_cdk::api::time();
+        put(&rec);
+    }
+    Ok(rec.status)
+}
+
+/// Fails every active job (the model they ran on was replaced).
+pub fn fail_all_active(reason: &str) {
+    for id in state::read(|s| s.active.iter().copied().collect::<Vec<_>>()) {
+        if let Some(mut rec) = get(id) {
+            rec.status = JobStatus::Failed(reason.to_string());
+            retire(&mut rec);
+            put(&rec);
+        }
+    }
+}
+
+/// Geometry of KV slots: `(layer, k|v, pos, kv_dim)` f32, with `ctx` positions per slot.
+#[derive(Clone, Copy)]
+struct KvGeometry {
+    slot_bytes: u64,
+    ctx: u64,
+    row_bytes: u64,
+}
+
+impl KvGeometry {
+    fn current() -> KvGeometry {
+        settings::read(|s| KvGeometry {
+            slot_bytes: s.kv_slot_bytes,
+            ctx: s.kv_slot_ctx as u64,
+            row_bytes: s.kv_row_bytes,
+        })
+    }
+
+    /// Offset of row `pos` of K (`which` 0) or V (1) of `layer` in `slot`.
+    fn offset(&self, slot: u32, layer: usize, which: u64, pos: u64) -> u64 {
+        slot as u64 * self.slot_bytes + ((layer as u64 * 2 + which) * self.ctx + pos) * self.row_bytes
+    }
+}
+
+/// Writes KV rows `[start, end)` of every layer to the job's slot.
+fn save_kv(kv: &KvCache, slot: u32, start: u32, end: u32) {
+    let g = KvGeometry::current();
+    let mem = memory::get(memory::KV);
+    for layer in 0..kv.n_layers() {
+        let (k, v) = kv.rows(layer, start..end);
+        mem.write(g.offset(slot, layer, 0, start as u64), f32_bytes(k));
+        mem.write(g.offset(slot, layer, 1, start as u64), f32_bytes(v));
+    }
+}
+
+/// Rebuilds an engine job from its record and KV slot.
+fn restore(model: &LoadedModel, rec: &JobRecord) -> Job {
+    let c = &model.model.config;
+    let kv = KvCache::new(c.n_layers, rec.engine.ctx_size(), c.kv_dim)
+        .expect("a KV cache this size was allocated when the job started");
+    let mut job = Job {
+        state: rec.engine.clone(),
+        kv,
+    };
+    if let Some(slot) = rec.kv_slot {
+        let g = KvGeometry::current();
+        let mem = memory::get(memory::KV);
+        let rows = rec.kv_rows_saved as usize;
+        let mut buf = vec![0u8; rows * g.row_bytes as usize];
+        let mut k = vec![0f32; rows * g.row_bytes as usize / 4];
+        let mut v = k.clone();
+        for layer in 0..job.kv.n_layers() {
+            mem.read(g.offset(slot, layer, 0, 0), &mut buf);
+            bytes_to_f32(&buf, &mut k);
+            mem.read(g.offset(slot, layer, 1, 0), &mut buf);
+            bytes_to_f32(&buf, &mut v);
+            job.kv
+                .restore_rows(layer, 0, &k, &v)
+                .expect("rows fit the cache they came from");
+        }
+        job.kv.take_dirty();
+    }
+    job
+}
+
+fn f32_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
+}
+
+fn bytes_to_f32(b: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+/// Takes the engine job out of the cache (or rebuilds it); the caller puts it back.
+fn take_job(model: &LoadedModel, rec: &JobRecord) -> Job {
+    if let Some(c) = state::mutate(|s| s.job_cache.remove(&rec.id)) {
+        return c.job;
+    }
+    restore(model, rec)
+}
+
+fn put_back(id: JobId, job: Job) {
+    state::mutate(|s| {
+        s.clock += 1;
+        let last_used = s.clock;
+        s.job_cache.insert(id, CachedJob { job, last_used });
+        while s.job_cache.len() > MAX_CACHED_JOBS {
+            let oldest = s.job_cache.iter().min_by_key(|(_, c)| c.last_used).map(|(id, _)| *id);
+            match oldest {
+                Some(o) => s.job_cache.remove(&o),
+                None => break,
+            };
+        }
+    });
+}
+
+/// Advances one job under `budget`, then checkpoints. `counter` reads the
+/// instructions used so far in this message.
+pub fn step_job(
+    model: &ModelRef,
+    id: JobId,
+    budget: &mut dyn Budget,
+    counter: &dyn Fn() -> u64,
+) -> ApiResult<StepProgress> {
+    let start = counter();
+    let mut rec = get(id).ok_or_else(|| crate::access::not_found(id))?;
+    if !rec.status.is_active() {
+        return Ok(progress(&rec, 0, 0, 0));
+    }
+    let Some(_guard) = state::JobGuard::acquire(id) else {
+        return Ok(progress(&rec, 0, 0, 0));
+    };
+    let mut job = take_job(model, &rec);
+    let before_generated = job.state.generated().len();
+    let was_prefilling = is_prefilling(&job.state);
+    let report = step(&model.model, &mut job, budget);
+    let outcome = &report.outcome;
+
+    // Text of the new tokens.
+    let new_tokens: Vec<u32> = job.state.generated()[before_generated..].to_vec();
+    for &t in &new_tokens {
+        let piece = rec.decoder.push(&model.tokenizer, t);
+        rec.text.push_str(&piece);
+        rec.text_ends.push(rec.text.len() as u32);
+    }
+
+    // Checkpoint: the KV rows this step wrote, then the record.
+    if let (Some(slot), Some(dirty)) = (rec.kv_slot, job.kv.take_dirty()) {
+        save_kv(&job.kv, slot, dirty.start, dirty.end);
+        rec.kv_rows_saved = rec.kv_rows_saved.max(dirty.end);
+    }
+    rec.engine = job.state.clone();
+    rec.status = match outcome {
+        StepOutcome::Yielded if is_prefilling(&rec.engine) => JobStatus::Prefilling,
+        StepOutcome::Yielded => JobStatus::Generating,
+        StepOutcome::Finished(reason) => {
+            let tail = rec.decoder.finish();
+            rec.text.push_str(&tail);
+            if let Some(last) = rec.text_ends.last_mut() {
+                *last = rec.text.len() as u32;
+            }
+            JobStatus::Done(finish_name(reason).into())
+        }
+        StepOutcome::Failed(e) => JobStatus::Failed(e.clone()),
+    };
+    let finished = !rec.status.is_active();
+    if finished {
+        retire(&mut rec);
+    } else {
+        put_back(id, job);
+    }
+    let used = counter().saturating_sub(start);
+    rec.messages += 1;
+    rec.instructions += used;
+    if was_prefilling {
+        rec.prompt_instructions += used;
+    }
+    rec.max_message_instructions = rec.max_message_instructions.max(counter());
+    rec.updated_at_ns = ic_cdk::api::time();
+    put(&rec);
+    Ok(progress(&rec, report.units, new_tokens.len() as u32, used))
+}
+
+/// A job is prefilling until its first token is sampled.
+fn is_prefilling(s: &JobState) -> bool {
+    s.generated().is_empty() && s.finish_reason().is_none()
+}
+
+fn finish_name(r: &FinishReason) -> &'static str {
+    match r {
+        FinishReason::Eos => "eos",
+        FinishReason::MaxTokens => "max_tokens",
+        FinishReason::ContextFull => "context_full",
+    }
+}
+
+fn progress(rec: &JobRecord, units: u32, new_tokens: u32, instructions: u64) -> StepProgress {
+    StepProgress {
+        status: rec.status.clone(),
+        units,
+        new_tokens,
+        generated_tokens: rec.engine.generated().len() as u32,
+        instructions,
+    }
+}
+
+/// The job as `poll` shows it, with only the tokens from index `since` on.
+pub fn view(rec: &JobRecord, since: u32) -> JobView {
+    let generated = rec.engine.generated();
+    let since = (since as usize).min(generated.len());
+    let text_from = if since == 0 {
+        0
+    } else {
+        rec.text_ends[since - 1] as usize
+    };
+    JobView {
+        id: rec.id,
+        status: rec.status.clone(),
+        text: rec.text[text_from.min(rec.text.len())..].to_string(),
+        tokens: generated[since..].to_vec(),
+        next_since: generated.len() as u32,
+        prompt_tokens: rec.engine.prompt().len() as u32,
+        prompt_tokens_processed: (rec.engine.cursor().pos as usize).min(rec.engine.prompt().len()) as u32,
+        generated_tokens: generated.len() as u32,
+        messages: rec.messages,
+        instructions: rec.instructions,
+        cycles: rec.instructions as u128 + rec.messages as u128 * CYCLES_PER_MESSAGE,
+        max_message_instructions: rec.max_message_instructions,
+        prompt_instructions: rec.prompt_instructions,
+        created_at_ns: rec.created_at_ns,
+        updated_at_ns: rec.updated_at_ns,
+    }
+}
+
+/// Deletes the oldest finished jobs of `owner` beyond `keep`.
+pub fn prune_finished(owner: Principal, keep: u32) {
+    let mut done: Vec<(u64, JobId)> = JOBS.with(|j| {
+        j.borrow()
+            .iter()
+            .map(|e| e.value().0)
+            .filter(|r| r.owner == owner && !r.status.is_active())
+            .map(|r| (r.updated_at_ns, r.id))
+            .collect()
+    });
+    if done.len() <= keep as usize {
+        return;
+    }
+    done.sort();
+    let excess = done.len() - keep as usize;
+    JOBS.with(|j| {
+        let mut j = j.borrow_mut();
+        for (_, id) in done.into_iter().take(excess) {
+            j.remove(&id);
+        }
+    });
+}
+
+/// Unfinished jobs of `owner`.
+pub fn active_count(owner: Principal) -> u32 {
+    let ids = state::read(|s| s.active.iter().copied().collect::<Vec<_>>());
+    ids.into_iter()
+        .filter(|id| get(*id).is_some_and(|r| r.owner == owner))
+        .count() as u32
+}

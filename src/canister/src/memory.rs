@@ -1,0 +1,62 @@
+//! Stable memory: the one place that owns the `MemoryManager` and its ids.
+//!
+//! ```text
+//! stable memory (ic-stable-structures MemoryManager, 8 MiB buckets)
+//! ┌──────────────┬──────────────────────────────────────────────────────────┐
+//! │ MemoryId 0   │ SETTINGS: StableCell<Cbor<Settings>>                     │
+//! │              │   access policy, quotas, message budget, which model     │
+//! │              │   slot is active, upload progress (ranges received)      │
+//! │ MemoryId 1   │ MODEL_SLOT_0: raw bytes of a model file (GGUF)           │
+//! │ MemoryId 2   │ MODEL_SLOT_1: the other slot; an upload writes into the  │
+//! │              │   inactive slot so the active model stays usable until   │
+//! │              │   the new one verifies and loads                         │
+//! │ MemoryId 3   │ JOBS: StableBTreeMap<JobId, Cbor<JobRecord>>             │
+//! │              │   owner, request, status, engine state (cursor, tokens,  │
+//! │              │   RNG, pending activations), text, counters              │
+//! │ MemoryId 4   │ KV: raw region, KV slot s at s * slot_bytes;             │
+//! │              │   a slot holds (layer, pos, kv_dim) f32 rows for K then V │
+//! └──────────────┴──────────────────────────────────────────────────────────┘
+//! ```
+//! Nothing durable lives only in the heap, so there is no `pre_upgrade`:
+//! every step checkpoints what it changed before its message ends.
+//! Retired ids: none yet (never reuse an id for another structure).
+
+use ic_stable_structures::memory_manager::{MemoryId, MemoryManager, VirtualMemory};
+use ic_stable_structures::DefaultMemoryImpl;
+use std::cell::RefCell;
+
+pub type Memory = VirtualMemory<DefaultMemoryImpl>;
+
+pub const SETTINGS: MemoryId = MemoryId::new(0);
+pub const MODEL_SLOT_0: MemoryId = MemoryId::new(1);
+pub const MODEL_SLOT_1: MemoryId = MemoryId::new(2);
+pub const JOBS: MemoryId = MemoryId::new(3);
+pub const KV: MemoryId = MemoryId::new(4);
+
+/// Size of one stable-memory page as `Memory::size` counts it.
+pub const WASM_PAGE: u64 = 65536;
+
+thread_local! {
+    static MANAGER: RefCell<MemoryManager<DefaultMemoryImpl>> =
+        RefCell::new(MemoryManager::init(DefaultMemoryImpl::default()));
+}
+
+pub fn get(id: MemoryId) -> Memory {
+    MANAGER.with(|m| m.borrow().get(id))
+}
+
+pub fn model_slot(slot: u8) -> Memory {
+    get(if slot == 0 { MODEL_SLOT_0 } else { MODEL_SLOT_1 })
+}
+
+/// Grows `mem` so that `[0, end)` is addressable. Returns false if stable
+/// memory is exhausted.
+pub fn ensure_size(mem: &Memory, end: u64) -> bool {
+    use ic_stable_structures::Memory as _;
+    let have = mem.size() * WASM_PAGE;
+    if end <= have {
+        return true;
+    }
+    let pages = (end - have).div_ceil(WASM_PAGE);
+    mem.grow(pages) >= 0
+}

@@ -1,0 +1,65 @@
+//! Heap state: hot copies and caches of what stable memory holds durably.
+//! Lost on upgrade by design; `post_upgrade` rebuilds it.
+
+use crate::api::JobId;
+use crate::model_store::{ModelRef, Pipeline};
+use icllm_engine::job::Job;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Default)]
+pub struct HeapState {
+    /// The model jobs run on, once loaded.
+    pub model: Option<ModelRef>,
+    /// A model being verified and/or loaded (a new upload, or a reload after an upgrade).
+    pub pipeline: Option<Pipeline>,
+    /// Why the last pipeline failed (shown by `model_info`/`health` until the next one starts).
+    pub pipeline_error: Option<String>,
+    /// Engine jobs (with their KV cache) of recently stepped active jobs.
+    pub job_cache: BTreeMap<JobId, CachedJob>,
+    /// Ids of unfinished jobs (the scheduler's work list).
+    pub active: BTreeSet<JobId>,
+    /// The job the scheduler served last (round-robin continues after it).
+    pub last_served: JobId,
+    /// Jobs being stepped right now (see `JobGuard`).
+    pub stepping: BTreeSet<JobId>,
+    /// The scheduler's interval timer, while armed.
+    pub scheduler: Option<ic_cdk_timers::TimerId>,
+    /// Monotonic use counter for LRU eviction of `job_cache`.
+    pub clock: u64,
+}
+
+pub struct CachedJob {
+    pub job: Job,
+    pub last_used: u64,
+}
+
+thread_local! {
+    static STATE: RefCell<HeapState> = RefCell::new(HeapState::default());
+}
+
+pub fn read<R>(f: impl FnOnce(&HeapState) -> R) -> R {
+    STATE.with(|s| f(&s.borrow()))
+}
+
+pub fn mutate<R>(f: impl FnOnce(&mut HeapState) -> R) -> R {
+    STATE.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// Marks a job as being stepped; released on drop. Keeps a timer step and an
+/// explicit `step` from working on the same job at once (a step that awaits,
+/// now or in the future, would otherwise interleave with another).
+#[must_use]
+pub struct JobGuard(JobId);
+
+impl JobGuard {
+    pub fn acquire(id: JobId) -> Option<JobGuard> {
+        mutate(|s| s.stepping.insert(id)).then_some(JobGuard(id))
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        mutate(|s| s.stepping.remove(&self.0));
+    }
+}

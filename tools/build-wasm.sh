@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds every canister wasm of the workspace (the product canister and the
+# small canisters the runtime tests use) once, with the `canister` profile:
+#   target/wasm32-unknown-unknown/canister/<crate>.wasm
+set -euo pipefail
+cd "$(dirname "$0")/.."
+packages=(-p icllm-canister)
+for dir in integration-tests/canisters/*/; do
+  [ -f "$dir/Cargo.toml" ] || continue
+  name=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$dir/Cargo.toml" | head -n1)
+  packages+=(-p "$name")
+done
+cargo build --profile canister --target wasm32-unknown-unknown "${packages[@]}"
