@@ -1,0 +1,155 @@
+//! `icllm generate`: run the engine natively on a GGUF model.
+//!
+//! Prints only the generated text to stdout (streamed, flushed per token,
+//! then a final newline) and statistics to stderr.
+
+use anyhow::{bail, Context};
+use icllm_engine::job::{step, FinishReason, Job, StepOutcome, UnitBudget};
+use icllm_engine::model::Model;
+use icllm_engine::sampler::SamplingParams;
+use icllm_engine::tokenizer::{StreamDecoder, Tokenizer};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// GGUF model file.
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Text to continue (BOS is added in front). Without it, generation starts from BOS alone.
+    #[arg(long, short = 'p')]
+    pub prompt: Option<String>,
+    /// Maximum number of tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    pub n_predict: u32,
+    /// Sampling temperature; 0 = greedy (argmax).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: u32,
+    /// Nucleus sampling threshold in (0, 1] (1 = off).
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    pub min_p: f32,
+    /// Penalty for tokens among the last 64 (1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repeat_penalty: f32,
+    /// RNG seed (default: from the clock, printed with the statistics).
+    #[arg(long, short = 's')]
+    pub seed: Option<u64>,
+    /// Context size in tokens (default: the model's trained context; may exceed it).
+    #[arg(long, short = 'c')]
+    pub ctx_size: Option<u32>,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let t_load = Instant::now();
+    let bytes = std::fs::read(&args.model).with_context(|| format!("cannot read {}", args.model.display()))?;
+    let (model, gguf) =
+        Model::from_gguf_bytes(&bytes).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let tok =
+        Tokenizer::from_gguf(&gguf).with_context(|| format!("no usable tokenizer in {}", args.model.display()))?;
+    drop(bytes);
+    let load_time = t_load.elapsed();
+
+    // BOS + prompt; BOS alone without a prompt.
+    let prompt = match &args.prompt {
+        Some(text) => tok.encode(text, true),
+        None => match tok.bos_id() {
+            Some(bos) => vec![bos],
+            None => bail!("the model has no BOS token: give a --prompt"),
+        },
+    };
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        seed,
+        ..SamplingParams::default()
+    };
+    let ctx_size = match args.ctx_size {
+        Some(c) => c,
+        None => u32::try_from(model.config.context_length).unwrap_or(u32::MAX),
+    };
+    let mut job = Job::new(&model, prompt.clone(), params, args.n_predict, ctx_size)?;
+
+    // One unit per step, so each token is printed as soon as it is sampled.
+    // Results equal an uninterrupted run (chunked == monolithic).
+    let mut decoder = StreamDecoder::new(&tok, prompt.last().copied());
+    let mut stdout = std::io::stdout().lock();
+    let t_start = Instant::now();
+    let mut first_token_at: Option<Duration> = None;
+    let reason = loop {
+        let report = step(&model, &mut job, &mut UnitBudget::new(1));
+        for &id in &report.tokens {
+            first_token_at.get_or_insert_with(|| t_start.elapsed());
+            stdout.write_all(decoder.push(&tok, id).as_bytes())?;
+            stdout.flush()?;
+        }
+        match report.outcome {
+            StepOutcome::Yielded => {}
+            StepOutcome::Finished(reason) => break reason,
+            StepOutcome::Failed(msg) => bail!("generation failed: {msg}"),
+        }
+    };
+    writeln!(stdout, "{}", decoder.finish())?;
+    stdout.flush()?;
+    let total = t_start.elapsed();
+
+    // Statistics.
+    let n_prompt = prompt.len();
+    let n_gen = job.state.generated().len();
+    let prefill = first_token_at.unwrap_or(total);
+    let decode = total.saturating_sub(prefill);
+    let per_sec = |n: usize, d: Duration| {
+        if d.as_secs_f64() > 0.0 {
+            n as f64 / d.as_secs_f64()
+        } else {
+            0.0
+        }
+    };
+    let reason = match reason {
+        FinishReason::Eos => "end of text",
+        FinishReason::MaxTokens => "token limit",
+        FinishReason::ContextFull => "context full",
+    };
+    eprintln!();
+    eprintln!(
+        "model:      {} ({:?}, load {} ms)",
+        args.model.display(),
+        model.config.arch,
+        load_time.as_millis()
+    );
+    eprintln!(
+        "prompt:     {n_prompt} tokens, {:.1} ms (incl. first token)",
+        ms(prefill)
+    );
+    eprintln!(
+        "generated:  {n_gen} tokens, {:.1} ms, {:.1} tokens/s after the first",
+        ms(total),
+        per_sec(n_gen.saturating_sub(1), decode)
+    );
+    eprintln!(
+        "overall:    {:.1} tokens/s; stopped: {reason}; seed {seed}; ctx {ctx_size}",
+        per_sec(n_gen, total)
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
