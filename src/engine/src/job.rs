@@ -411,6 +411,9 @@ impl Job {
         if kv.k.len() != kv.v.len() || kv.k.len() != c.n_layers * kv.ctx as usize * c.kv_dim || kv.ctx != s.ctx_size {
             return Err("KV cache size does not match its dimensions".into());
         }
+        s.params
+            .validate()
+            .map_err(|e| format!("job sampling parameters: {e}"))?;
         let cur = s.cursor;
         if cur.pos as usize + cur.batch_len as usize > s.total_tokens().min(s.ctx_size as usize)
             || cur.layer as usize >= c.n_layers
