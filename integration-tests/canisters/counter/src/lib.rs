@@ -1,0 +1,135 @@
+//! Counter test canister for the local IC runtime.
+//!
+//! Heap state (`COUNTER`), stable memory (first 8 bytes mirror the counter),
+//! methods that trap after mutating both, an endless loop, `raw_rand`, and
+//! upgrade hooks that keep the counter only through stable memory.
+
+use std::cell::Cell;
+
+thread_local! {
+    static COUNTER: Cell<u64> = const { Cell::new(0) };
+    static POST_UPGRADE_RAN: Cell<bool> = const { Cell::new(false) };
+}
+
+fn ensure_stable() {
+    if ic_cdk::stable::stable_size() == 0 {
+        ic_cdk::stable::stable_grow(1).expect("stable_grow");
+    }
+}
+
+fn stable_value() -> u64 {
+    if ic_cdk::stable::stable_size() == 0 {
+        return 0;
+    }
+    let mut buf = [0u8; 8];
+    ic_cdk::stable::stable_read(0, &mut buf);
+    u64::from_le_bytes(buf)
+}
+
+fn set_stable_value(v: u64) {
+    ensure_stable();
+    ic_cdk::stable::stable_write(0, &v.to_le_bytes());
+}
+
+#[ic_cdk::init]
+fn init(start: u64) {
+    COUNTER.with(|c| c.set(start));
+}
+
+/// Increments the heap counter and mirrors it into stable memory.
+#[ic_cdk::update]
+fn increment() -> u64 {
+    let v = COUNTER.with(|c| c.get()) + 1;
+    COUNTER.with(|c| c.set(v));
+    set_stable_value(v);
+    v
+}
+
+/// Adds `n`, returns the new value.
+#[ic_cdk::update]
+fn add(n: u64) -> u64 {
+    let v = COUNTER.with(|c| c.get()) + n;
+    COUNTER.with(|c| c.set(v));
+    set_stable_value(v);
+    v
+}
+
+/// Mutates heap and stable memory (and grows stable memory), then traps.
+#[ic_cdk::update]
+fn increment_then_trap() -> u64 {
+    COUNTER.with(|c| c.set(c.get() + 1000));
+    set_stable_value(123_456);
+    ic_cdk::stable::stable_grow(3).expect("stable_grow");
+    ic_cdk::trap("boom after mutating");
+}
+
+/// Mutates state, then loops forever (until the instruction limit).
+#[ic_cdk::update]
+fn increment_then_loop() -> u64 {
+    COUNTER.with(|c| c.set(c.get() + 1000));
+    set_stable_value(999);
+    let mut x: u64 = 1;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+        if x == 0 {
+            break;
+        }
+    }
+    x
+}
+
+/// A query that mutates the heap: the change must be discarded.
+#[ic_cdk::query]
+fn get_and_mutate() -> u64 {
+    COUNTER.with(|c| {
+        let v = c.get();
+        c.set(v + 500);
+        v
+    })
+}
+
+#[ic_cdk::query]
+fn get() -> u64 {
+    COUNTER.with(|c| c.get())
+}
+
+#[ic_cdk::query]
+fn get_stable() -> u64 {
+    stable_value()
+}
+
+#[ic_cdk::query]
+fn stable_pages() -> u64 {
+    ic_cdk::stable::stable_size()
+}
+
+#[ic_cdk::query]
+fn post_upgrade_ran() -> bool {
+    POST_UPGRADE_RAN.with(|c| c.get())
+}
+
+/// Returns 32 bytes from the management canister's `raw_rand`.
+#[ic_cdk::update]
+async fn rand() -> Vec<u8> {
+    ic_cdk::call::Call::bounded_wait(candid::Principal::management_canister(), "raw_rand")
+        .await
+        .expect("raw_rand call")
+        .candid::<Vec<u8>>()
+        .expect("raw_rand reply")
+}
+
+#[ic_cdk::query]
+fn whoami() -> candid::Principal {
+    ic_cdk::api::msg_caller()
+}
+
+#[ic_cdk::pre_upgrade]
+fn pre_upgrade() {
+    set_stable_value(COUNTER.with(|c| c.get()));
+}
+
+#[ic_cdk::post_upgrade]
+fn post_upgrade() {
+    // Heap is fresh here: COUNTER is 0 until restored from stable memory.
+    POST_UPGRADE_RAN.with(|c| c.set(true));
+}

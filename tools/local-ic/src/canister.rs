@@ -1,0 +1,270 @@
+//! One installed canister: its wasmtime store and instance, and the
+//! begin / execute / finish cycle of a message with rollback.
+
+use candid::Principal;
+use wasmtime::{Engine, Global, Instance, Linker, Memory, Module, Ref, Store, Val};
+
+use crate::instrument::{self, ModuleInfo, COUNTER_EXPORT, MEMORY_EXPORT, TABLE_EXPORT};
+use crate::memory_snapshot::HeapTracker;
+use crate::stable::StableMemory;
+use crate::system_api::{self, Callback, HostState, MessageContext};
+use crate::types::ExecError;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// An exported function `() -> ()` (e.g. `canister_update inc`).
+    Export(String),
+    /// A function-table entry `(env: i32) -> ()` (ic0 callbacks).
+    Table(Callback),
+}
+
+/// Result of running a message whose changes are still pending
+/// (see [`Canister::finish`]).
+#[derive(Debug)]
+pub struct Execution {
+    pub result: Result<(), ExecError>,
+    pub instructions: u64,
+    pub dirtied_heap_pages: u64,
+    pub dirtied_stable_pages: u64,
+    /// The message context with its staged outputs.
+    pub msg: MessageContext,
+}
+
+pub struct Canister {
+    pub id: Principal,
+    pub info: ModuleInfo,
+    store: Store<HostState>,
+    instance: Instance,
+    memory: Option<Memory>,
+    counter: Global,
+    globals: Vec<(Global, Val)>,
+    heap: Option<HeapTracker>,
+}
+
+/// Compiles and validates a module (instrumenting it), checking imports.
+pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<(Module, ModuleInfo), ExecError> {
+    let instrumented = instrument::instrument(wasm).map_err(ExecError::InvalidWasm)?;
+    let missing = system_api::unsupported_imports(&instrumented.info.function_imports);
+    if !missing.is_empty() {
+        return Err(ExecError::InvalidWasm(format!(
+            "Wasm module has an invalid import section. Module imports function(s) that \
+             local-ic does not provide: {}",
+            missing.join(", ")
+        )));
+    }
+    let module = Module::new(engine, &instrumented.wasm)
+        .map_err(|e| ExecError::InvalidWasm(format!("compilation failed: {e:#}")))?;
+    Ok((module, instrumented.info))
+}
+
+impl Canister {
+    /// Instantiates `module` with the given host state (stable memory is
+    /// carried over by upgrades).
+    pub fn instantiate(
+        engine: &Engine,
+        linker: &Linker<HostState>,
+        module: &Module,
+        info: ModuleInfo,
+        host: HostState,
+    ) -> Result<Self, (ExecError, HostState)> {
+        let id = host.canister_id;
+        let mut store = Store::new(engine, host);
+        let instance = match linker.instantiate(&mut store, module) {
+            Ok(i) => i,
+            Err(e) => {
+                let reason = ExecError::InvalidWasm(format!("instantiation failed: {e:#}"));
+                return Err((reason, store.into_data()));
+            }
+        };
+        let memory = instance.get_memory(&mut store, MEMORY_EXPORT);
+        let Some(counter) = instance.get_global(&mut store, COUNTER_EXPORT) else {
+            let reason = ExecError::Internal("instruction counter not exported".into());
+            return Err((reason, store.into_data()));
+        };
+        let mut globals = Vec::new();
+        for name in &info.mutable_global_exports {
+            let Some(g) = instance.get_global(&mut store, name) else {
+                let reason = ExecError::Internal(format!("global {name} not exported"));
+                return Err((reason, store.into_data()));
+            };
+            let v = g.get(&mut store);
+            globals.push((g, v));
+        }
+        store.data_mut().memory = memory;
+        store.data_mut().counter = Some(counter);
+        let heap = memory.map(|m| HeapTracker::new(m.data(&store)));
+        Ok(Self {
+            id,
+            info,
+            store,
+            instance,
+            memory,
+            counter,
+            globals,
+            heap,
+        })
+    }
+
+    pub fn host(&self) -> &HostState {
+        self.store.data()
+    }
+
+    pub fn host_mut(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    /// Moves the stable memory out (upgrades), leaving an empty one.
+    pub fn take_stable(&mut self) -> StableMemory {
+        std::mem::take(&mut self.store.data_mut().stable)
+    }
+
+    pub fn put_stable(&mut self, stable: StableMemory) {
+        self.store.data_mut().stable = stable;
+    }
+
+    pub fn exports(&self, name: &str) -> bool {
+        self.info.function_exports.contains(name)
+    }
+
+    /// Runs `entry` as one message with `limit` instructions. The caller
+    /// must hold [`crate::memory_snapshot::exclusive`] and must call
+    /// [`Self::finish`] afterwards. `continue_stable_log` keeps the stable
+    /// undo log of a previous pending message (upgrade: pre + post).
+    pub fn execute(
+        &mut self,
+        entry: &Entry,
+        msg: MessageContext,
+        limit: u64,
+        continue_stable_log: bool,
+    ) -> Execution {
+        let limit_i64 = limit.min(i64::MAX as u64) as i64;
+        if let Err(e) = self.counter.set(&mut self.store, Val::I64(limit_i64)) {
+            return self.failed_early(msg, ExecError::Internal(e.to_string()));
+        }
+        for (g, v) in self.globals.iter_mut() {
+            *v = g.get(&mut self.store);
+        }
+        if !continue_stable_log {
+            self.store.data_mut().stable.begin();
+        }
+        self.store.data_mut().msg = msg;
+        self.store.data_mut().msg.limit = limit;
+        if let Some(heap) = self.heap.as_mut() {
+            heap.begin();
+        }
+
+        let call = match entry {
+            Entry::Export(name) => self
+                .instance
+                .get_typed_func::<(), ()>(&mut self.store, name)
+                .map_err(|e| ExecError::Internal(format!("export {name}: {e}")))
+                .map(|f| f.call(&mut self.store, ())),
+            Entry::Table(cb) => self.table_func(*cb).map(|f| f.call(&mut self.store, cb.env)),
+        };
+
+        let left = self
+            .counter
+            .get(&mut self.store)
+            .i64()
+            .unwrap_or(i64::MIN);
+        let dirtied_heap_pages = match (self.heap.as_mut(), self.memory) {
+            (Some(heap), Some(mem)) => heap.collect(mem.data(&self.store)) as u64,
+            _ => 0,
+        };
+        let host_trap = self.store.data_mut().msg.trap.take();
+        let result = match call {
+            Err(e) => Err(e),
+            Ok(Ok(())) if left < 0 => Err(ExecError::InstructionLimitExceeded(limit)),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(host_trap.unwrap_or_else(|| {
+                if left < 0 {
+                    ExecError::InstructionLimitExceeded(limit)
+                } else {
+                    ExecError::Trapped(trap_text(&err))
+                }
+            })),
+        };
+        let instructions = if left < 0 {
+            limit
+        } else {
+            (limit_i64 - left) as u64
+        };
+        let state = self.store.data_mut();
+        let msg = std::mem::replace(
+            &mut state.msg,
+            MessageContext::new(crate::types::MessageKind::Update, "", vec![], Principal::anonymous()),
+        );
+        Execution {
+            result,
+            instructions,
+            dirtied_heap_pages,
+            dirtied_stable_pages: state.stable.dirty_pages(),
+            msg,
+        }
+    }
+
+    fn failed_early(&mut self, msg: MessageContext, err: ExecError) -> Execution {
+        Execution {
+            result: Err(err),
+            instructions: 0,
+            dirtied_heap_pages: 0,
+            dirtied_stable_pages: 0,
+            msg,
+        }
+    }
+
+    fn table_func(&mut self, cb: Callback) -> Result<wasmtime::TypedFunc<u32, ()>, ExecError> {
+        let not_found = ExecError::FunctionNotFound(0, cb.fun);
+        let table = self
+            .instance
+            .get_table(&mut self.store, TABLE_EXPORT)
+            .ok_or(not_found.clone())?;
+        match table.get(&mut self.store, cb.fun as u64) {
+            Some(Ref::Func(Some(f))) => f
+                .typed::<u32, ()>(&self.store)
+                .map_err(|_| ExecError::Trapped("function invocation failed: signature mismatch".into())),
+            _ => Err(not_found),
+        }
+    }
+
+    /// Commits (`true`) or rolls back the pending message.
+    pub fn finish(&mut self, commit: bool) {
+        match (self.heap.as_mut(), self.memory) {
+            (Some(heap), Some(mem)) if commit => heap.commit(mem.data(&self.store)),
+            (Some(heap), Some(mem)) => heap.rollback(mem.data_mut(&mut self.store)),
+            _ => {}
+        }
+        if commit {
+            self.store.data_mut().stable.commit();
+            // The saved values are the committed state from now on.
+            for (g, v) in self.globals.iter_mut() {
+                *v = g.get(&mut self.store);
+            }
+        } else {
+            self.store.data_mut().stable.rollback();
+            for (g, v) in &self.globals {
+                // Restoring a value of the global's own type cannot fail.
+                let _ = g.set(&mut self.store, *v);
+            }
+        }
+    }
+}
+
+/// The replica's trap wording for wasm traps.
+fn trap_text(err: &wasmtime::Error) -> String {
+    use wasmtime::Trap;
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::UnreachableCodeReached) => "unreachable".into(),
+        Some(Trap::MemoryOutOfBounds) => "heap out of bounds".into(),
+        Some(Trap::IntegerDivisionByZero) => "integer division by 0".into(),
+        Some(Trap::IntegerOverflow) => "integer overflow".into(),
+        Some(Trap::StackOverflow) => "stack overflow".into(),
+        Some(Trap::TableOutOfBounds) => "table out of bounds".into(),
+        Some(Trap::IndirectCallToNull) => "indirect call to null".into(),
+        Some(Trap::BadSignature) => "function invocation failed".into(),
+        Some(Trap::BadConversionToInteger) => "invalid conversion to integer".into(),
+        Some(other) => other.to_string(),
+        None => format!("{err:#}"),
+    }
+}

@@ -1,0 +1,523 @@
+//! Rewrites a canister module so it counts its own instructions with the
+//! replica's weights, the way the replica does it
+//! (`rs/embedders/src/wasm_utils/instrumentation.rs`):
+//!
+//! * a new mutable `i64` global, the *counter*, holds the instructions still
+//!   available in the current message; the host sets it to the message's
+//!   limit before the message and reads it afterwards;
+//! * every basic block starts with `counter -= <sum of the block's weights>`
+//!   (block boundaries and weights: [`crate::weights`]); function entries
+//!   cost [`weights::FUNCTION_ENTRY`] extra;
+//! * at every function entry and loop header the counter is checked: if it is
+//!   negative the code executes `unreachable`. The host tells this trap from
+//!   a genuine `unreachable` by the counter's sign (negative = out of
+//!   instructions), so no host call sits on the hot path;
+//! * `memory.copy` / `memory.fill` / `memory.init` additionally subtract
+//!   their byte count at run time (a scratch local holds the length).
+//!
+//! The rewrite also exports what the host needs but a Rust canister does not
+//! export: the counter, the memory, the function table (ic-cdk passes
+//! callbacks as table indices) and every mutable global (so the host can
+//! snapshot and restore `__stack_pointer` & co. when a message traps).
+//! Function indices are unchanged (nothing is imported), so the name section
+//! and element segments stay valid.
+
+use std::collections::BTreeSet;
+
+use wasm_encoder::reencode::{self, Reencode};
+use wasm_encoder::{
+    BlockType, ConstExpr, ExportKind, ExportSection, Function, GlobalSection, GlobalType,
+    Instruction, SectionId, ValType,
+};
+use wasmparser::{Operator, Payload, TypeRef, Validator, WasmFeatures};
+
+use crate::weights;
+
+/// Export name of the injected instruction counter global.
+pub const COUNTER_EXPORT: &str = "__local_ic_instructions";
+/// Export name under which memory 0 is (re-)exported.
+pub const MEMORY_EXPORT: &str = "__local_ic_memory";
+/// Export name under which table 0 is (re-)exported.
+pub const TABLE_EXPORT: &str = "__local_ic_table";
+/// Prefix of the export names of the module's own mutable globals.
+pub const GLOBAL_EXPORT_PREFIX: &str = "__local_ic_global_";
+
+/// Initial value of the counter: large, so a start function (rare in
+/// canisters) runs without tripping the check before the host sets a limit.
+const COUNTER_INIT: i64 = i64::MAX / 2;
+
+/// What the runtime needs to know about a module besides its code.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleInfo {
+    /// Imported functions as `(module, name)`.
+    pub function_imports: Vec<(String, String)>,
+    /// Imports that are not functions (memories, tables, globals) as
+    /// `(module, name)`: canisters may not import these.
+    pub other_imports: Vec<(String, String)>,
+    /// Names of exported functions (e.g. `canister_update inc`).
+    pub function_exports: BTreeSet<String>,
+    /// Whether the module has a (defined) memory.
+    pub has_memory: bool,
+    /// Whether the module has a table.
+    pub has_table: bool,
+    /// Export names of the mutable globals the rewrite exported.
+    pub mutable_global_exports: Vec<String>,
+}
+
+/// An instrumented module and what was learnt about it.
+#[derive(Debug, Clone)]
+pub struct Instrumented {
+    /// The rewritten module, ready for `wasmtime::Module::new`.
+    pub wasm: Vec<u8>,
+    pub info: ModuleInfo,
+}
+
+/// The features the IC accepts. Relaxed SIMD and threads are rejected (they
+/// are not deterministic), as is everything beyond wasm 2.0 except memory64,
+/// which is parsed so that it can be refused with a clear message.
+fn ic_features() -> WasmFeatures {
+    WasmFeatures::WASM2 | WasmFeatures::MEMORY64
+}
+
+/// Validates `wasm` against the IC's feature set and instruments it.
+/// Errors are human-readable reasons (without the "not valid" prefix).
+pub fn instrument(wasm: &[u8]) -> Result<Instrumented, String> {
+    if wasm.len() < 8 || &wasm[0..4] != b"\0asm" {
+        if wasm.starts_with(&[0x1f, 0x8b]) {
+            return Err("gzip-compressed modules are not supported by local-ic; \
+                        pass the uncompressed .wasm"
+                .into());
+        }
+        return Err("the file is not a WebAssembly module (bad magic number)".into());
+    }
+    Validator::new_with_features(ic_features())
+        .validate_all(wasm)
+        .map_err(|e| format!("Wasm module failed validation: {e}"))?;
+
+    let pre = prescan(wasm)?;
+    let mut rewriter = Rewriter {
+        pre: &pre,
+        next_defined_func: 0,
+        globals_emitted: false,
+        exports_emitted: false,
+    };
+    let mut module = wasm_encoder::Module::new();
+    rewriter
+        .parse_core_module(&mut module, wasmparser::Parser::new(0), wasm)
+        .map_err(|e| format!("instrumentation failed: {e}"))?;
+    let out = module.finish();
+    // Cheap insurance: a rewrite bug should show up here, not as a confusing
+    // wasmtime error.
+    Validator::new_with_features(ic_features())
+        .validate_all(&out)
+        .map_err(|e| format!("internal error: instrumented module is invalid: {e}"))?;
+    Ok(Instrumented {
+        wasm: out,
+        info: pre.info,
+    })
+}
+
+/// Facts gathered before rewriting.
+struct Prescan {
+    info: ModuleInfo,
+    /// Parameter count of every type in the type section (0 for non-func types).
+    type_params: Vec<u32>,
+    /// Type index of each defined function.
+    defined_func_types: Vec<u32>,
+    imported_globals: u32,
+    defined_globals: u32,
+    /// Indices of the defined mutable globals.
+    mutable_globals: Vec<u32>,
+    memory64: bool,
+}
+
+impl Prescan {
+    fn counter_index(&self) -> u32 {
+        self.imported_globals + self.defined_globals
+    }
+}
+
+fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
+    let mut pre = Prescan {
+        info: ModuleInfo::default(),
+        type_params: Vec::new(),
+        defined_func_types: Vec::new(),
+        imported_globals: 0,
+        defined_globals: 0,
+        mutable_globals: Vec::new(),
+        memory64: false,
+    };
+    let err = |e: wasmparser::BinaryReaderError| e.to_string();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(err)? {
+            Payload::TypeSection(reader) => {
+                for ty in reader.into_iter_err_on_gc_types() {
+                    pre.type_params.push(ty.map_err(err)?.params().len() as u32);
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.map_err(err)?;
+                    let key = (import.module.to_string(), import.name.to_string());
+                    match import.ty {
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => {
+                            pre.info.function_imports.push(key)
+                        }
+                        TypeRef::Global(_) => {
+                            pre.imported_globals += 1;
+                            pre.info.other_imports.push(key);
+                        }
+                        TypeRef::Memory(m) => {
+                            pre.memory64 |= m.memory64;
+                            pre.info.other_imports.push(key);
+                        }
+                        _ => pre.info.other_imports.push(key),
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for ty in reader {
+                    pre.defined_func_types.push(ty.map_err(err)?);
+                }
+            }
+            Payload::TableSection(reader) => {
+                pre.info.has_table |= reader.count() > 0;
+            }
+            Payload::MemorySection(reader) => {
+                for mem in reader {
+                    let mem = mem.map_err(err)?;
+                    pre.memory64 |= mem.memory64;
+                    pre.info.has_memory = true;
+                }
+            }
+            Payload::GlobalSection(reader) => {
+                for global in reader {
+                    let global = global.map_err(err)?;
+                    let index = pre.imported_globals + pre.defined_globals;
+                    if global.ty.mutable {
+                        pre.mutable_globals.push(index);
+                    }
+                    pre.defined_globals += 1;
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(err)?;
+                    if export.kind == wasmparser::ExternalKind::Func {
+                        pre.info.function_exports.insert(export.name.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if pre.memory64 {
+        return Err("wasm64 (memory64) canisters are not supported by local-ic yet".into());
+    }
+    if !pre.info.other_imports.is_empty() {
+        let names: Vec<String> = pre
+            .info
+            .other_imports
+            .iter()
+            .map(|(m, n)| format!("{m}.{n}"))
+            .collect();
+        return Err(format!(
+            "Wasm module has an invalid import section. Only functions may be imported, \
+             but the module imports {}",
+            names.join(", ")
+        ));
+    }
+    pre.info.mutable_global_exports = pre
+        .mutable_globals
+        .iter()
+        .map(|i| format!("{GLOBAL_EXPORT_PREFIX}{i}"))
+        .collect();
+    Ok(pre)
+}
+
+struct Rewriter<'p> {
+    pre: &'p Prescan,
+    next_defined_func: usize,
+    globals_emitted: bool,
+    exports_emitted: bool,
+}
+
+/// Sections that come after the global section in a module.
+fn after_globals(s: Option<SectionId>) -> bool {
+    matches!(
+        s,
+        None | Some(SectionId::Export)
+            | Some(SectionId::Start)
+            | Some(SectionId::Element)
+            | Some(SectionId::DataCount)
+            | Some(SectionId::Code)
+            | Some(SectionId::Data)
+    )
+}
+
+/// Sections that come after the export section in a module.
+fn after_exports(s: Option<SectionId>) -> bool {
+    after_globals(s) && s != Some(SectionId::Export)
+}
+
+impl Rewriter<'_> {
+    fn add_counter_global(&mut self, globals: &mut GlobalSection) {
+        globals.global(
+            GlobalType {
+                val_type: ValType::I64,
+                mutable: true,
+                shared: false,
+            },
+            &ConstExpr::i64_const(COUNTER_INIT),
+        );
+        self.globals_emitted = true;
+    }
+
+    fn add_exports(&mut self, exports: &mut ExportSection) {
+        exports.export(COUNTER_EXPORT, ExportKind::Global, self.pre.counter_index());
+        if self.pre.info.has_memory {
+            exports.export(MEMORY_EXPORT, ExportKind::Memory, 0);
+        }
+        if self.pre.info.has_table {
+            exports.export(TABLE_EXPORT, ExportKind::Table, 0);
+        }
+        for (index, name) in self
+            .pre
+            .mutable_globals
+            .iter()
+            .zip(&self.pre.info.mutable_global_exports)
+        {
+            exports.export(name, ExportKind::Global, *index);
+        }
+        self.exports_emitted = true;
+    }
+
+    fn charge(&self, f: &mut Function, amount: u64) {
+        let counter = self.pre.counter_index();
+        f.instruction(&Instruction::GlobalGet(counter));
+        f.instruction(&Instruction::I64Const(amount as i64));
+        f.instruction(&Instruction::I64Sub);
+        f.instruction(&Instruction::GlobalSet(counter));
+    }
+
+    fn check(&self, f: &mut Function) {
+        let counter = self.pre.counter_index();
+        f.instruction(&Instruction::GlobalGet(counter));
+        f.instruction(&Instruction::I64Const(0));
+        f.instruction(&Instruction::I64LtS);
+        f.instruction(&Instruction::If(BlockType::Empty));
+        f.instruction(&Instruction::Unreachable);
+        f.instruction(&Instruction::End);
+    }
+
+    /// Charges the byte count on top of the stack (kept there) to the counter.
+    fn charge_dynamic(&self, f: &mut Function, scratch: u32) {
+        let counter = self.pre.counter_index();
+        f.instruction(&Instruction::LocalTee(scratch));
+        f.instruction(&Instruction::GlobalGet(counter));
+        f.instruction(&Instruction::LocalGet(scratch));
+        f.instruction(&Instruction::I64ExtendI32U);
+        f.instruction(&Instruction::I64Sub);
+        f.instruction(&Instruction::GlobalSet(counter));
+    }
+}
+
+fn is_bulk(op: &Operator<'_>) -> bool {
+    matches!(
+        op,
+        Operator::MemoryCopy { .. } | Operator::MemoryFill { .. } | Operator::MemoryInit { .. }
+    )
+}
+
+/// Splits a function body into basic blocks: returns, per operator index,
+/// the charge of the block starting there (None if no block starts there).
+pub(crate) fn block_charges(ops: &[Operator<'_>], memory64: bool) -> Vec<Option<u64>> {
+    let mut charges: Vec<Option<u64>> = vec![None; ops.len()];
+    let mut current = 0usize;
+    if !ops.is_empty() {
+        charges[0] = Some(weights::FUNCTION_ENTRY);
+    }
+    for (i, op) in ops.iter().enumerate() {
+        if let Some(c) = charges[current].as_mut() {
+            *c += weights::weight(op, memory64);
+        }
+        if weights::ends_block(op) && i + 1 < ops.len() {
+            current = i + 1;
+            charges[current] = Some(0);
+        }
+    }
+    charges
+}
+
+impl Reencode for Rewriter<'_> {
+    type Error = std::convert::Infallible;
+
+    fn parse_global_section(
+        &mut self,
+        globals: &mut GlobalSection,
+        section: wasmparser::GlobalSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        reencode::utils::parse_global_section(self, globals, section)?;
+        self.add_counter_global(globals);
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        reencode::utils::parse_export_section(self, exports, section)?;
+        self.add_exports(exports);
+        Ok(())
+    }
+
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        _after: Option<SectionId>,
+        before: Option<SectionId>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        // Modules without a global or export section still need ours.
+        if !self.globals_emitted && after_globals(before) {
+            let mut globals = GlobalSection::new();
+            self.add_counter_global(&mut globals);
+            module.section(&globals);
+        }
+        if !self.exports_emitted && after_exports(before) {
+            let mut exports = ExportSection::new();
+            self.add_exports(&mut exports);
+            module.section(&exports);
+        }
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut wasm_encoder::CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        let type_index = self.pre.defined_func_types[self.next_defined_func];
+        self.next_defined_func += 1;
+        let mut local_count = self.pre.type_params[type_index as usize];
+        let mut locals = Vec::new();
+        for pair in func.get_locals_reader()? {
+            let (count, ty) = pair?;
+            local_count += count;
+            locals.push((count, self.val_type(ty)?));
+        }
+        let mut reader = func.get_operators_reader()?;
+        let mut ops = Vec::new();
+        while !reader.eof() {
+            ops.push(reader.read()?);
+        }
+        let scratch = if ops.iter().any(is_bulk) {
+            locals.push((1, ValType::I32));
+            Some(local_count)
+        } else {
+            None
+        };
+        let charges = block_charges(&ops, self.pre.memory64);
+
+        let mut f = Function::new(locals);
+        let mut after_loop = false;
+        for (i, op) in ops.into_iter().enumerate() {
+            if let Some(charge) = charges[i] {
+                if charge > 0 {
+                    self.charge(&mut f, charge);
+                }
+            }
+            if i == 0 || after_loop {
+                self.check(&mut f);
+            }
+            after_loop = matches!(op, Operator::Loop { .. });
+            if is_bulk(&op) {
+                if let Some(scratch) = scratch {
+                    self.charge_dynamic(&mut f, scratch);
+                }
+            }
+            f.instruction(&self.instruction(op)?);
+        }
+        code.function(&f);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops_of(wat_src: &str) -> Vec<Operator<'static>> {
+        let wasm: &'static [u8] = Box::leak(wat::parse_str(wat_src).unwrap().into_boxed_slice());
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            if let Payload::CodeSectionEntry(body) = payload.unwrap() {
+                let mut r = body.get_operators_reader().unwrap();
+                let mut ops = Vec::new();
+                while !r.eof() {
+                    ops.push(r.read().unwrap());
+                }
+                return ops;
+            }
+        }
+        panic!("no code");
+    }
+
+    #[test]
+    fn straight_line_function_is_one_block() {
+        // local.get 1 + local.get 1 + i32.add 1 + end 0, + entry 1 = 4
+        let ops = ops_of(
+            r#"(module (func (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))"#,
+        );
+        let charges = block_charges(&ops, false);
+        assert_eq!(charges[0], Some(4));
+        assert_eq!(charges.iter().flatten().count(), 1);
+    }
+
+    #[test]
+    fn loop_body_is_its_own_block() {
+        let ops = ops_of(
+            r#"(module (func (param i32)
+                 (loop $l
+                   local.get 0
+                   i32.const 1
+                   i32.sub
+                   local.tee 0
+                   br_if $l)))"#,
+        );
+        let charges = block_charges(&ops, false);
+        // Entry block: entry 1 + loop 0 = 1.
+        assert_eq!(charges[0], Some(1));
+        // Loop body: get 1, const 1, sub 1, tee 1, br_if 2 = 6.
+        assert_eq!(charges[1], Some(6));
+    }
+
+    #[test]
+    fn rejects_garbage_and_relaxed_simd() {
+        assert!(instrument(b"definitely not wasm").is_err());
+        let relaxed = wat::parse_str(
+            r#"(module (func (param v128 v128) (result v128)
+                local.get 0 local.get 1 f32x4.relaxed_min))"#,
+        )
+        .unwrap();
+        let err = instrument(&relaxed).unwrap_err();
+        assert!(err.contains("relaxed"), "{err}");
+        let threads = wat::parse_str(r#"(module (memory 1 1 shared))"#).unwrap();
+        let err = instrument(&threads).unwrap_err();
+        assert!(err.contains("thread"), "{err}");
+    }
+
+    #[test]
+    fn module_without_globals_or_exports_gets_both() {
+        let wasm = wat::parse_str(r#"(module (func nop))"#).unwrap();
+        let out = instrument(&wasm).unwrap();
+        let mut exports = Vec::new();
+        for payload in wasmparser::Parser::new(0).parse_all(&out.wasm) {
+            if let Payload::ExportSection(r) = payload.unwrap() {
+                for e in r {
+                    exports.push(e.unwrap().name.to_string());
+                }
+            }
+        }
+        assert_eq!(exports, vec![COUNTER_EXPORT.to_string()]);
+    }
+}

@@ -1,0 +1,61 @@
+//! # local-ic: a local Internet Computer runtime
+//!
+//! Executes the **real canister wasm** with wasmtime and the `ic0` system API,
+//! faithfully enough that what passes here passes on the IC:
+//!
+//! * **Instruction counting with the replica's weights**: the module is
+//!   rewritten ([`instrument`]) to charge each basic block's weight
+//!   ([`weights`]) against a counter, like the replica's instrumentation;
+//!   bulk memory ops and system API calls charge per byte; stable writes
+//!   charge per newly dirtied page. `ic0.performance_counter(0)` returns this
+//!   count. wasmtime fuel is not used.
+//! * **Per-message limits** ([`Limits`]): 40 B update/timer, 5 B query,
+//!   300 B install/upgrade, 200 M inspect_message; exceeding one traps with
+//!   the replica's wording.
+//! * **Rollback**: a trap restores heap, mutable globals and stable memory;
+//!   query changes are always discarded. The heap is tracked with kernel
+//!   soft-dirty bits ([`memory_snapshot`]), so the cost follows the pages a
+//!   message wrote, not the heap size.
+//! * **Messages as on the IC**: inter-canister calls (self-calls, which
+//!   ic-cdk-timers uses, and the management canister's `raw_rand`) are
+//!   queued and run after the current message; callbacks run as their own
+//!   messages through the module's function table; the global timer fires
+//!   as `canister_global_timer` when the controllable clock passes it.
+//! * **Reports** per message ([`MessageReport`]) and totals per method
+//!   ([`Runtime::stats`]).
+//!
+//! ```no_run
+//! use local_ic::{Runtime, RuntimeConfig};
+//! use candid::{Encode, Decode, Principal};
+//! let wasm = std::fs::read("counter.wasm").unwrap();
+//! let mut rt = Runtime::new(RuntimeConfig::default());
+//! let id = rt.install(&wasm, Encode!(&0u64).unwrap(), vec![Principal::anonymous()]).unwrap();
+//! let reply = rt.update(id, Principal::anonymous(), "increment", Encode!().unwrap()).unwrap();
+//! println!("{} after {} instructions", Decode!(&reply.bytes, u64).unwrap(), reply.report.instructions);
+//! ```
+//!
+//! ## Known deviations from the replica
+//! * A trapped message that grew the heap with `memory.grow` leaves the
+//!   extra pages in place (zeroed): wasm memories cannot shrink.
+//! * Table mutations (`table.set/grow`) are not rolled back.
+//! * No deterministic time slicing, no cycles accounting beyond a fixed
+//!   balance, no per-message stable-memory access limits, no heartbeats,
+//!   no certificates (`data_certificate_present` is 0), wasm32 only.
+//! * The heap's per-page costs the replica charges for first touching
+//!   pages are not charged.
+
+pub mod canister;
+pub mod instrument;
+pub mod memory_snapshot;
+pub mod runtime;
+pub mod stable;
+pub mod system_api;
+pub mod types;
+pub mod weights;
+
+pub use candid::Principal;
+pub use runtime::{canister_id, CanisterId, Runtime};
+pub use types::{
+    Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply,
+    RuntimeConfig, Stats,
+};

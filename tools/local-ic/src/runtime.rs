@@ -1,0 +1,970 @@
+//! The simulated subnet: clock, canisters, message queue, call contexts.
+//!
+//! Messages run one at a time. A message's outgoing calls are queued when it
+//! commits and executed after it, each as its own message; responses run the
+//! caller's reply/reject callback as yet another message, as on the IC.
+//! Every public operation (install, update, query, advance_time, ...) runs
+//! until the queue is empty (bounded by [`Limits::max_messages_per_operation`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use candid::Principal;
+use wasmtime::{Config, Engine, Linker, OptLevel, Strategy};
+
+use crate::canister::{self, Canister, Entry, Execution};
+use crate::memory_snapshot;
+use crate::stable::StableMemory;
+use crate::system_api::{self, HostState, MessageContext, OutgoingCall, Response};
+use crate::types::*;
+
+/// A canister's id.
+pub type CanisterId = Principal;
+
+/// Id of a call context.
+type CtxId = u64;
+
+/// Who is waiting for a call context's response.
+#[derive(Debug)]
+enum Origin {
+    /// An ingress message of a top-level [`Runtime::update`] call.
+    Ingress(u64),
+    /// Another (or the same) canister's call.
+    Canister {
+        caller: Principal,
+        caller_ctx: CtxId,
+        call: OutgoingCall,
+    },
+    /// A system task (timer): nobody waits.
+    System,
+}
+
+#[derive(Debug)]
+struct CallContext {
+    canister: Principal,
+    origin: Origin,
+    responded: bool,
+    outstanding: usize,
+    instructions: u64,
+    deadline: u64,
+}
+
+/// How a call context ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Reply(Vec<u8>),
+    Reject(RejectCode, String),
+    Failed(Error),
+}
+
+#[derive(Debug)]
+enum Queued {
+    Request {
+        from: Principal,
+        from_ctx: CtxId,
+        call: OutgoingCall,
+    },
+    Response {
+        to: Principal,
+        ctx: CtxId,
+        call: OutgoingCall,
+        result: Result<Vec<u8>, (RejectCode, String)>,
+    },
+}
+
+/// One simulated subnet. See the crate docs for what is modelled.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    canisters: BTreeMap<Principal, Canister>,
+    next_canister: u64,
+    now: u64,
+    rand_calls: u64,
+    queue: VecDeque<Queued>,
+    contexts: HashMap<CtxId, CallContext>,
+    next_ctx: CtxId,
+    next_ingress: u64,
+    ingress_results: HashMap<u64, Result<Vec<u8>, Error>>,
+    reports: Vec<MessageReport>,
+    stats: Stats,
+    logs: Vec<(Principal, String)>,
+}
+
+/// The wasmtime configuration: Cranelift at full speed, SIMD on, relaxed
+/// SIMD and threads off (the IC rejects them), no fuel (the module counts
+/// its own instructions).
+fn engine() -> Engine {
+    let mut config = Config::new();
+    config
+        .strategy(Strategy::Cranelift)
+        .cranelift_opt_level(OptLevel::Speed)
+        .parallel_compilation(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(false)
+        .wasm_bulk_memory(true)
+        .wasm_multi_value(true);
+    Engine::new(&config).expect("static wasmtime configuration is valid")
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Self {
+        // Probe (once per process) before any message holds the lock.
+        memory_snapshot::soft_dirty_supported();
+        let engine = engine();
+        let linker = system_api::linker(&engine).expect("ic0 linker definitions are valid");
+        Self {
+            engine,
+            linker,
+            now: config.start_time_nanos,
+            config,
+            canisters: BTreeMap::new(),
+            next_canister: 0,
+            rand_calls: 0,
+            queue: VecDeque::new(),
+            contexts: HashMap::new(),
+            next_ctx: 0,
+            next_ingress: 0,
+            ingress_results: HashMap::new(),
+            reports: Vec::new(),
+            stats: Stats::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Accessors
+    // ------------------------------------------------------------------
+
+    pub fn limits(&self) -> Limits {
+        self.config.limits
+    }
+
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.config.limits = limits;
+    }
+
+    /// Current time, nanoseconds since the Unix epoch.
+    pub fn time_nanos(&self) -> u64 {
+        self.now
+    }
+
+    /// Every message executed so far, in order.
+    pub fn reports(&self) -> &[MessageReport] {
+        &self.reports
+    }
+
+    pub fn last_report(&self) -> Option<&MessageReport> {
+        self.reports.last()
+    }
+
+    /// Running totals per canister and method.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// `ic0.debug_print` output of every canister, in order.
+    pub fn logs(&self) -> &[(Principal, String)] {
+        &self.logs
+    }
+
+    /// Ids of the installed canisters.
+    pub fn canisters(&self) -> Vec<CanisterId> {
+        self.canisters.keys().copied().collect()
+    }
+
+    /// The canister's global timer deadline (0 = not armed).
+    pub fn global_timer(&self, id: CanisterId) -> Option<u64> {
+        self.canisters.get(&id).map(|c| c.host().global_timer)
+    }
+
+    /// Stable memory size in wasm pages.
+    pub fn stable_size(&self, id: CanisterId) -> Option<u64> {
+        self.canisters.get(&id).map(|c| c.host().stable.size())
+    }
+
+    // ------------------------------------------------------------------
+    // Install / upgrade
+    // ------------------------------------------------------------------
+
+    /// Creates a canister, installs `wasm` and runs `canister_init(init_arg)`
+    /// with the first controller (or anonymous) as caller.
+    pub fn install(
+        &mut self,
+        wasm: &[u8],
+        init_arg: Vec<u8>,
+        controllers: Vec<Principal>,
+    ) -> Result<CanisterId, Error> {
+        let _guard = memory_snapshot::exclusive();
+        let id = canister_id(self.next_canister);
+        let fail = |reason| Error::Canister {
+            canister: id,
+            reason,
+            report: None,
+        };
+        let (module, info) = canister::compile(&self.engine, wasm).map_err(fail)?;
+        let host = HostState {
+            canister_id: id,
+            controllers: controllers.clone(),
+            stable: StableMemory::default(),
+            memory: None,
+            counter: None,
+            cycles: self.config.initial_cycles,
+            canister_version: 1,
+            global_timer: 0,
+            print_debug: self.config.print_debug,
+            msg: MessageContext::new(MessageKind::Init, "", vec![], Principal::anonymous()),
+        };
+        let mut canister = Canister::instantiate(&self.engine, &self.linker, &module, info, host)
+            .map_err(|(e, _)| fail(e))?;
+        self.next_canister += 1;
+        if canister.exports("canister_init") {
+            let caller = controllers.first().copied().unwrap_or(Principal::anonymous());
+            let msg = MessageContext::new(MessageKind::Init, "canister_init", init_arg, caller);
+            let limit = self.config.limits.install;
+            let exec = canister.execute(&Entry::Export("canister_init".into()), msg, limit, false);
+            let (report, result) = self.conclude(&mut canister, exec, "canister_init", true);
+            if let Err(reason) = result {
+                return Err(Error::Canister {
+                    canister: id,
+                    reason,
+                    report: Some(Box::new(report)),
+                });
+            }
+        }
+        self.canisters.insert(id, canister);
+        Ok(id)
+    }
+
+    /// Upgrades `id` to `wasm`: `canister_pre_upgrade` on the old instance,
+    /// a fresh instance (empty heap, global timer cleared, stable memory
+    /// kept), `canister_post_upgrade(arg)`. Both hooks share the install
+    /// limit; if either fails the canister is left exactly as before.
+    /// Returns a combined report (instructions of both hooks).
+    pub fn upgrade(
+        &mut self,
+        id: CanisterId,
+        wasm: &[u8],
+        arg: Vec<u8>,
+        caller: Principal,
+    ) -> Result<MessageReport, Error> {
+        let _guard = memory_snapshot::exclusive();
+        let mut old = self.canisters.remove(&id).ok_or(Error::CanisterNotFound(id))?;
+        let result = self.upgrade_inner(&mut old, wasm, arg, caller);
+        match result {
+            Ok((new, report)) => {
+                self.canisters.insert(id, new);
+                Ok(report)
+            }
+            Err(e) => {
+                self.canisters.insert(id, old);
+                Err(e)
+            }
+        }
+    }
+
+    fn upgrade_inner(
+        &mut self,
+        old: &mut Canister,
+        wasm: &[u8],
+        arg: Vec<u8>,
+        caller: Principal,
+    ) -> Result<(Canister, MessageReport), Error> {
+        let id = old.id;
+        let fail = |reason, report: Option<MessageReport>| Error::Canister {
+            canister: id,
+            reason,
+            report: report.map(Box::new),
+        };
+        let (module, info) = canister::compile(&self.engine, wasm).map_err(|e| fail(e, None))?;
+        let limit = self.config.limits.install;
+
+        let mut pre_instructions = 0;
+        let mut pre_report = None;
+        if old.exports("canister_pre_upgrade") {
+            let msg = MessageContext::new(MessageKind::PreUpgrade, "canister_pre_upgrade", vec![], caller);
+            let exec = old.execute(&Entry::Export("canister_pre_upgrade".into()), msg, limit, false);
+            pre_instructions = exec.instructions;
+            if exec.result.is_err() {
+                let (report, result) = self.conclude(old, exec, "canister_pre_upgrade", true);
+                return Err(fail(result.err().expect("failed"), Some(report)));
+            }
+            pre_report = Some(self.report_of(old, &exec, "canister_pre_upgrade", true));
+        } else {
+            old.host_mut().stable.begin();
+        }
+        // The old instance stays pending (its heap is irrelevant after a
+        // successful upgrade, restored after a failed one).
+        let stable = old.take_stable();
+        let host = HostState {
+            canister_id: id,
+            controllers: old.host().controllers.clone(),
+            stable,
+            memory: None,
+            counter: None,
+            cycles: old.host().cycles,
+            canister_version: old.host().canister_version + 1,
+            global_timer: 0,
+            print_debug: self.config.print_debug,
+            msg: MessageContext::new(MessageKind::PostUpgrade, "", vec![], caller),
+        };
+        let mut new = match Canister::instantiate(&self.engine, &self.linker, &module, info, host) {
+            Ok(c) => c,
+            Err((reason, mut host)) => {
+                old.put_stable(std::mem::take(&mut host.stable));
+                old.finish(false);
+                return Err(fail(reason, None));
+            }
+        };
+        let mut post_report = None;
+        if new.exports("canister_post_upgrade") {
+            let msg = MessageContext::new(MessageKind::PostUpgrade, "canister_post_upgrade", arg, caller);
+            let exec = new.execute(
+                &Entry::Export("canister_post_upgrade".into()),
+                msg,
+                limit.saturating_sub(pre_instructions),
+                true,
+            );
+            let failed = exec.result.is_err();
+            let exceeded = matches!(exec.result, Err(ExecError::InstructionLimitExceeded(_)));
+            let (report, result) = self.conclude(&mut new, exec, "canister_post_upgrade", true);
+            if failed {
+                old.put_stable(new.take_stable());
+                old.finish(false);
+                let reason = if exceeded {
+                    ExecError::InstructionLimitExceeded(limit)
+                } else {
+                    result.err().expect("failed")
+                };
+                return Err(fail(reason, Some(report)));
+            }
+            post_report = Some(report);
+        } else {
+            new.finish(true);
+        }
+        if let Some(r) = &pre_report {
+            self.record(r.clone());
+        }
+        let mut combined = post_report.or(pre_report).unwrap_or_else(|| MessageReport {
+            canister: id,
+            method: "canister_post_upgrade".into(),
+            kind: MessageKind::PostUpgrade,
+            caller,
+            instructions: 0,
+            limit,
+            stable_bytes_read: 0,
+            stable_bytes_written: 0,
+            dirtied_stable_pages: 0,
+            dirtied_heap_pages: 0,
+            committed: true,
+            error: None,
+        });
+        combined.method = "upgrade".into();
+        combined.instructions = pre_instructions
+            + if combined.kind == MessageKind::PostUpgrade {
+                combined.instructions
+            } else {
+                0
+            };
+        combined.limit = limit;
+        Ok((new, combined))
+    }
+
+    // ------------------------------------------------------------------
+    // Calls
+    // ------------------------------------------------------------------
+
+    /// An ingress update call: `canister_inspect_message` first (if
+    /// exported), then the method, then everything it triggered (self-calls,
+    /// callbacks) until the queue is empty.
+    pub fn update(
+        &mut self,
+        id: CanisterId,
+        caller: Principal,
+        method: &str,
+        arg: Vec<u8>,
+    ) -> Result<Reply, Error> {
+        let _guard = memory_snapshot::exclusive();
+        let start = self.reports.len();
+        let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
+        let update_export = format!("canister_update {method}");
+        let query_export = format!("canister_query {method}");
+        let (export, kind) = if canister.exports(&update_export) {
+            (update_export, MessageKind::Update)
+        } else if canister.exports(&query_export) {
+            // A query called as an update: runs replicated, changes discarded.
+            (query_export, MessageKind::Query)
+        } else {
+            return Err(Error::Canister {
+                canister: id,
+                reason: ExecError::MethodNotFound {
+                    kind: "update",
+                    name: method.to_string(),
+                },
+                report: None,
+            });
+        };
+        if canister.exports("canister_inspect_message") {
+            self.inspect(id, caller, method, &arg)?;
+        }
+        let ingress = self.next_ingress;
+        self.next_ingress += 1;
+        let ctx = self.new_context(id, Origin::Ingress(ingress));
+        let limit = self.config.limits.update;
+        // The outcome reaches the caller through the call context.
+        let _ = self.run_in_context(id, ctx, Entry::Export(export), kind, method, arg, caller, None, limit);
+        self.drain();
+        self.finish_call(id, ingress, start)
+    }
+
+    fn inspect(&mut self, id: CanisterId, caller: Principal, method: &str, arg: &[u8]) -> Result<(), Error> {
+        let limit = self.config.limits.inspect_message;
+        let msg = MessageContext::new(MessageKind::InspectMessage, method, arg.to_vec(), caller);
+        let canister = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
+        let exec = canister.execute(&Entry::Export("canister_inspect_message".into()), msg, limit, false);
+        let accepted = exec.msg.accepted;
+        let mut canister = self.canisters.remove(&id).ok_or(Error::CanisterNotFound(id))?;
+        let (report, result) = self.conclude(&mut canister, exec, "canister_inspect_message", false);
+        self.canisters.insert(id, canister);
+        let reason = match result {
+            Err(e) => e,
+            Ok(()) if !accepted => ExecError::MessageRejected,
+            Ok(()) => return Ok(()),
+        };
+        Err(Error::Canister {
+            canister: id,
+            reason,
+            report: Some(Box::new(report)),
+        })
+    }
+
+    /// A query call (non-replicated): changes are always discarded.
+    pub fn query(
+        &mut self,
+        id: CanisterId,
+        caller: Principal,
+        method: &str,
+        arg: Vec<u8>,
+    ) -> Result<Reply, Error> {
+        let _guard = memory_snapshot::exclusive();
+        let canister = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
+        let export = [
+            format!("canister_query {method}"),
+            format!("canister_composite_query {method}"),
+        ]
+        .into_iter()
+        .find(|e| canister.exports(e));
+        let Some(export) = export else {
+            return Err(Error::Canister {
+                canister: id,
+                reason: ExecError::MethodNotFound {
+                    kind: "query",
+                    name: method.to_string(),
+                },
+                report: None,
+            });
+        };
+        let mut msg = MessageContext::new(MessageKind::Query, method, arg, caller);
+        msg.time = self.now;
+        let exec = canister.execute(&Entry::Export(export), msg, self.config.limits.query, false);
+        let response = exec.msg.response.clone();
+        let mut canister = self.canisters.remove(&id).ok_or(Error::CanisterNotFound(id))?;
+        let (report, result) = self.conclude(&mut canister, exec, method, false);
+        self.canisters.insert(id, canister);
+        if let Err(reason) = result {
+            return Err(Error::Canister {
+                canister: id,
+                reason,
+                report: Some(Box::new(report)),
+            });
+        }
+        match response {
+            Some(Response::Reply(bytes)) => Ok(Reply {
+                bytes,
+                report: report.clone(),
+                messages: vec![report],
+            }),
+            Some(Response::Reject(message)) => Err(Error::Rejected {
+                canister: id,
+                code: RejectCode::CanisterReject,
+                message,
+            }),
+            None => Err(Error::NoResponse(id)),
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Time and timers
+    // ------------------------------------------------------------------
+
+    /// Advances the clock by `d`. Timers due within the interval fire in
+    /// deadline order, the clock standing at each deadline while its
+    /// messages run (so a chain of timers set from timers runs through).
+    /// Returns the reports of every message run.
+    pub fn advance_time(&mut self, d: Duration) -> Vec<MessageReport> {
+        let _guard = memory_snapshot::exclusive();
+        let start = self.reports.len();
+        let target = self.now.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64);
+        let mut fired = 0usize;
+        while let Some((deadline, id)) = self.next_due(target) {
+            self.now = self.now.max(deadline);
+            self.fire_timer(id);
+            self.drain();
+            fired += 1;
+            if fired >= self.config.limits.max_messages_per_operation {
+                break;
+            }
+        }
+        self.now = target;
+        self.reports[start..].to_vec()
+    }
+
+    /// One round: every canister whose timer is due fires it, then queued
+    /// messages run until the queue is empty.
+    pub fn tick(&mut self) -> Vec<MessageReport> {
+        let _guard = memory_snapshot::exclusive();
+        let start = self.reports.len();
+        let due: Vec<Principal> = self
+            .canisters
+            .iter()
+            .filter(|(_, c)| {
+                let t = c.host().global_timer;
+                t != 0 && t <= self.now && c.exports("canister_global_timer")
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.fire_timer(id);
+        }
+        self.drain();
+        self.reports[start..].to_vec()
+    }
+
+    fn next_due(&self, target: u64) -> Option<(u64, Principal)> {
+        self.canisters
+            .iter()
+            .filter(|(_, c)| c.exports("canister_global_timer"))
+            .map(|(id, c)| (c.host().global_timer, *id))
+            .filter(|(t, _)| *t != 0 && *t <= target)
+            .min()
+    }
+
+    fn fire_timer(&mut self, id: Principal) {
+        let Some(canister) = self.canisters.get_mut(&id) else {
+            return;
+        };
+        // The IC deactivates the timer before running the task.
+        canister.host_mut().global_timer = 0;
+        let ctx = self.new_context(id, Origin::System);
+        let limit = self.config.limits.update;
+        // A failed timer message is visible in its report; nobody waits for it.
+        let _ = self.run_in_context(
+            id,
+            ctx,
+            Entry::Export("canister_global_timer".into()),
+            MessageKind::GlobalTimer,
+            "canister_global_timer",
+            vec![],
+            id,
+            None,
+            limit,
+        );
+    }
+
+    // ------------------------------------------------------------------
+    // Message machinery
+    // ------------------------------------------------------------------
+
+    fn new_context(&mut self, canister: Principal, origin: Origin) -> CtxId {
+        let id = self.next_ctx;
+        self.next_ctx += 1;
+        self.contexts.insert(
+            id,
+            CallContext {
+                canister,
+                origin,
+                responded: false,
+                outstanding: 0,
+                instructions: 0,
+                deadline: 0,
+            },
+        );
+        id
+    }
+
+    /// Runs one message in call context `ctx` and settles the context.
+    #[allow(clippy::too_many_arguments)]
+    fn run_in_context(
+        &mut self,
+        id: Principal,
+        ctx: CtxId,
+        entry: Entry,
+        kind: MessageKind,
+        method: &str,
+        arg: Vec<u8>,
+        caller: Principal,
+        reject: Option<(u32, String)>,
+        limit: u64,
+    ) -> Result<(), ExecError> {
+        let Some(mut canister) = self.canisters.remove(&id) else {
+            return Err(ExecError::Internal(format!("canister {id} vanished")));
+        };
+        let (responded, ctx_instructions, deadline) = self
+            .contexts
+            .get(&ctx)
+            .map(|c| (c.responded, c.instructions, c.deadline))
+            .unwrap_or((true, 0, 0));
+        let mut msg = MessageContext::new(kind, method, arg, caller);
+        msg.time = self.now;
+        msg.reject = reject;
+        msg.call_context_instructions = ctx_instructions;
+        msg.deadline = deadline;
+        msg.can_respond = msg.can_respond && !responded;
+        let exec = canister.execute(&entry, msg, limit, false);
+        let instructions = exec.instructions;
+        let committed = exec.result.is_ok() && kind != MessageKind::Query;
+        let response = if committed || kind == MessageKind::Query {
+            exec.msg.response.clone()
+        } else {
+            None
+        };
+        let calls = if committed { exec.msg.calls.clone() } else { Vec::new() };
+        let (_, result) = self.conclude(&mut canister, exec, method, committed);
+        self.canisters.insert(id, canister);
+
+        if let Some(c) = self.contexts.get_mut(&ctx) {
+            c.instructions += instructions;
+            c.outstanding += calls.len();
+        }
+        for call in calls {
+            self.queue.push_back(Queued::Request {
+                from: id,
+                from_ctx: ctx,
+                call,
+            });
+        }
+        let outcome = match (response, &result) {
+            (Some(Response::Reply(bytes)), Ok(())) => Some(Outcome::Reply(bytes)),
+            (Some(Response::Reject(m)), Ok(())) => Some(Outcome::Reject(RejectCode::CanisterReject, m)),
+            (_, Err(reason)) => Some(Outcome::Failed(Error::Canister {
+                canister: id,
+                reason: reason.clone(),
+                report: self.reports.last().cloned().map(Box::new),
+            })),
+            (None, Ok(())) => None,
+        };
+        self.settle(ctx, outcome);
+        result
+    }
+
+    /// Answers the context if this message did (or trapped with nothing
+    /// else pending); forgets it once answered and idle.
+    fn settle(&mut self, ctx: CtxId, outcome: Option<Outcome>) {
+        let Some(c) = self.contexts.get(&ctx) else {
+            return;
+        };
+        let outcome = match outcome {
+            Some(Outcome::Failed(_)) if c.responded || c.outstanding > 0 => None,
+            Some(o) if !c.responded => Some(o),
+            None if !c.responded && c.outstanding == 0 => {
+                Some(Outcome::Failed(Error::NoResponse(c.canister)))
+            }
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            self.respond(ctx, outcome);
+        }
+        if let Some(c) = self.contexts.get(&ctx) {
+            if c.responded && c.outstanding == 0 {
+                self.contexts.remove(&ctx);
+            }
+        }
+    }
+
+    fn respond(&mut self, ctx: CtxId, outcome: Outcome) {
+        let Some(c) = self.contexts.get_mut(&ctx) else {
+            return;
+        };
+        c.responded = true;
+        let canister = c.canister;
+        match &c.origin {
+            Origin::System => {}
+            Origin::Ingress(ingress) => {
+                let result = match outcome {
+                    Outcome::Reply(bytes) => Ok(bytes),
+                    Outcome::Reject(code, message) => Err(Error::Rejected {
+                        canister,
+                        code,
+                        message,
+                    }),
+                    Outcome::Failed(e) => Err(e),
+                };
+                self.ingress_results.insert(*ingress, result);
+            }
+            Origin::Canister {
+                caller,
+                caller_ctx,
+                call,
+            } => {
+                let result = match outcome {
+                    Outcome::Reply(bytes) => Ok(bytes),
+                    Outcome::Reject(code, message) => Err((code, message)),
+                    Outcome::Failed(e) => Err((RejectCode::CanisterError, e.to_string())),
+                };
+                self.queue.push_back(Queued::Response {
+                    to: *caller,
+                    ctx: *caller_ctx,
+                    call: call.clone(),
+                    result,
+                });
+            }
+        }
+    }
+
+    /// Runs queued messages until the queue is empty (or the bound).
+    fn drain(&mut self) {
+        let mut ran = 0usize;
+        while let Some(item) = self.queue.pop_front() {
+            ran += 1;
+            if ran > self.config.limits.max_messages_per_operation {
+                self.queue.push_front(item);
+                break;
+            }
+            match item {
+                Queued::Request { from, from_ctx, call } => self.deliver_request(from, from_ctx, call),
+                Queued::Response {
+                    to,
+                    ctx,
+                    call,
+                    result,
+                } => self.deliver_response(to, ctx, call, result),
+            }
+        }
+    }
+
+    fn deliver_request(&mut self, from: Principal, from_ctx: CtxId, call: OutgoingCall) {
+        let callee = call.callee;
+        if callee == Principal::management_canister() {
+            let result = self.management_call(&call);
+            self.queue.push_back(Queued::Response {
+                to: from,
+                ctx: from_ctx,
+                call,
+                result,
+            });
+            return;
+        }
+        let export = format!("canister_update {}", call.method);
+        let reject = match self.canisters.get(&callee) {
+            None => Some((RejectCode::DestinationInvalid, format!("Canister {callee} not found"))),
+            Some(c) if !c.exports(&export) => Some((
+                RejectCode::CanisterError,
+                Error::Canister {
+                    canister: callee,
+                    reason: ExecError::MethodNotFound {
+                        kind: "update",
+                        name: call.method.clone(),
+                    },
+                    report: None,
+                }
+                .to_string(),
+            )),
+            Some(_) => None,
+        };
+        if let Some(result) = reject {
+            self.queue.push_back(Queued::Response {
+                to: from,
+                ctx: from_ctx,
+                call,
+                result: Err(result),
+            });
+            return;
+        }
+        let deadline = call
+            .timeout_seconds
+            .map(|s| self.now + s as u64 * 1_000_000_000)
+            .unwrap_or(0);
+        let method = call.method.clone();
+        let arg = call.arg.clone();
+        let ctx = self.new_context(
+            callee,
+            Origin::Canister {
+                caller: from,
+                caller_ctx: from_ctx,
+                call,
+            },
+        );
+        if let Some(c) = self.contexts.get_mut(&ctx) {
+            c.deadline = deadline;
+        }
+        let limit = self.config.limits.update;
+        let _ = self.run_in_context(
+            callee,
+            ctx,
+            Entry::Export(export),
+            MessageKind::Update,
+            &method,
+            arg,
+            from,
+            None,
+            limit,
+        );
+    }
+
+    fn deliver_response(
+        &mut self,
+        to: Principal,
+        ctx: CtxId,
+        call: OutgoingCall,
+        result: Result<Vec<u8>, (RejectCode, String)>,
+    ) {
+        if let Some(c) = self.contexts.get_mut(&ctx) {
+            c.outstanding = c.outstanding.saturating_sub(1);
+        }
+        if !self.canisters.contains_key(&to) {
+            return;
+        }
+        let (callback, arg, reject, label) = match result {
+            Ok(bytes) => (call.on_reply, bytes, None, "reply callback"),
+            Err((code, message)) => (call.on_reject, vec![], Some((code as u32, message)), "reject callback"),
+        };
+        let method = format!("{} ({label})", call.method);
+        let limit = self.config.limits.update;
+        let result = self.run_in_context(
+            to,
+            ctx,
+            Entry::Table(callback),
+            MessageKind::Callback,
+            &method,
+            arg,
+            call.callee,
+            reject,
+            limit,
+        );
+        if let (Err(_), Some(cleanup)) = (result, call.on_cleanup) {
+            let method = format!("{} (cleanup)", call.method);
+            let _ = self.run_in_context(
+                to,
+                ctx,
+                Entry::Table(cleanup),
+                MessageKind::Cleanup,
+                &method,
+                vec![],
+                call.callee,
+                None,
+                limit,
+            );
+        }
+    }
+
+    /// The management canister, as far as canisters here need it.
+    fn management_call(&mut self, call: &OutgoingCall) -> Result<Vec<u8>, (RejectCode, String)> {
+        match call.method.as_str() {
+            "raw_rand" => {
+                let bytes = random_bytes(self.config.seed, self.rand_calls);
+                self.rand_calls += 1;
+                candid::encode_one(bytes.to_vec()).map_err(|e| (RejectCode::SysFatal, e.to_string()))
+            }
+            other => Err((
+                RejectCode::DestinationInvalid,
+                format!("local-ic: management canister method '{other}' is not supported"),
+            )),
+        }
+    }
+
+    /// Builds the report, finishes (commit/rollback) and records.
+    fn conclude(
+        &mut self,
+        canister: &mut Canister,
+        exec: Execution,
+        method: &str,
+        commit_if_ok: bool,
+    ) -> (MessageReport, Result<(), ExecError>) {
+        let commit = commit_if_ok && exec.result.is_ok();
+        canister.finish(commit);
+        if commit {
+            if let Some(t) = exec.msg.timer {
+                canister.host_mut().global_timer = t;
+            }
+        }
+        let report = self.report_of(canister, &exec, method, commit);
+        self.record(report.clone());
+        (report, exec.result)
+    }
+
+    fn report_of(&mut self, canister: &Canister, exec: &Execution, method: &str, committed: bool) -> MessageReport {
+        for line in &exec.msg.logs {
+            self.logs.push((canister.id, line.clone()));
+        }
+        MessageReport {
+            canister: canister.id,
+            method: method.to_string(),
+            kind: exec.msg.kind,
+            caller: exec.msg.caller,
+            instructions: exec.instructions,
+            limit: exec.msg.limit,
+            stable_bytes_read: exec.msg.stable_bytes_read,
+            stable_bytes_written: exec.msg.stable_bytes_written,
+            dirtied_stable_pages: exec.dirtied_stable_pages,
+            dirtied_heap_pages: exec.dirtied_heap_pages,
+            committed,
+            error: exec.result.as_ref().err().map(|e| e.to_string()),
+        }
+    }
+
+    fn record(&mut self, report: MessageReport) {
+        let s = self
+            .stats
+            .entry((report.canister, report.method.clone()))
+            .or_default();
+        s.messages += 1;
+        s.instructions += report.instructions;
+        s.max_instructions = s.max_instructions.max(report.instructions);
+        s.stable_bytes_read += report.stable_bytes_read;
+        s.stable_bytes_written += report.stable_bytes_written;
+        s.traps += report.error.is_some() as u64;
+        self.reports.push(report);
+    }
+
+    fn finish_call(&mut self, id: Principal, ingress: u64, start: usize) -> Result<Reply, Error> {
+        let messages = self.reports[start..].to_vec();
+        match self.ingress_results.remove(&ingress) {
+            Some(Ok(bytes)) => Ok(Reply {
+                bytes,
+                report: messages.first().cloned().ok_or_else(|| {
+                    Error::Unsupported("reply without an executed message".into())
+                })?,
+                messages,
+            }),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Unsupported(format!(
+                "the call to canister {id} is still waiting for a response after {} messages",
+                messages.len()
+            ))),
+        }
+    }
+}
+
+/// IC-style canister id for index `n` (`rrkah-fqaaa-aaaaa-aaaaq-cai` is 0).
+pub fn canister_id(n: u64) -> Principal {
+    let mut bytes = [0u8; 10];
+    bytes[..8].copy_from_slice(&n.to_be_bytes());
+    bytes[8] = 1;
+    bytes[9] = 1;
+    Principal::from_slice(&bytes)
+}
+
+/// 32 deterministic bytes from the seed and the call number (splitmix64).
+fn random_bytes(seed: u64, n: u64) -> [u8; 32] {
+    let mut state = seed ^ n.wrapping_mul(0xD6E8_FEB8_6659_FD93).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_exact_mut(8) {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        chunk.copy_from_slice(&z.to_le_bytes());
+    }
+    out
+}

@@ -1,0 +1,819 @@
+//! The `ic0` system API: host state of one canister and the linker that
+//! exposes it to the module.
+//!
+//! Every call charges the replica's fixed overhead (dfinity/ic
+//! `rs/embedders/src/wasmtime_embedder/system_api_complexity.rs`, the `new`
+//! metering constants) plus one instruction per byte moved, straight into
+//! the module's instruction counter, so `performance_counter(0)` and the
+//! limits see them. Effects that must not survive a trap (reply, timer,
+//! outgoing calls) are staged in [`MessageContext`] and applied by the
+//! runtime only when the message commits; stable memory has its own undo log.
+
+use candid::Principal;
+use wasmtime::{Caller, Engine, Global, Linker, Memory, Val};
+
+use crate::stable::{StableMemory, MAX_PAGES, WASM_PAGE};
+use crate::types::{ExecError, MessageKind};
+
+/// Replica overheads (instructions) per system API call.
+pub mod overhead {
+    pub const DEFAULT: u64 = 500;
+    pub const CALL_NEW: u64 = 1_500;
+    pub const CALL_PERFORM: u64 = 5_000;
+    pub const DEBUG_PRINT: u64 = 100;
+    pub const IS_CONTROLLER: u64 = 1_000;
+    pub const PERFORMANCE_COUNTER: u64 = 200;
+    pub const STABLE_SIZE: u64 = 20;
+    pub const STABLE_READ: u64 = 20;
+    pub const STABLE_WRITE: u64 = 20;
+    /// Per 4 KiB stable page first written in a message (application subnet).
+    pub const DIRTY_STABLE_PAGE: u64 = 1_000;
+}
+
+/// Cycles the replica charges for a call: base fee plus per-byte fee
+/// (13-node subnet), as `ic0.cost_call` reports them.
+const CALL_BASE_FEE: u128 = 260_000;
+const CALL_BYTE_FEE: u128 = 1_000;
+
+/// The `ic0` functions this runtime provides. A module importing anything
+/// else is refused at install time, naming the missing functions.
+pub const PROVIDED: &[&str] = &[
+    "msg_arg_data_size",
+    "msg_arg_data_copy",
+    "msg_caller_size",
+    "msg_caller_copy",
+    "msg_reject_code",
+    "msg_reject_msg_size",
+    "msg_reject_msg_copy",
+    "msg_deadline",
+    "msg_reply_data_append",
+    "msg_reply",
+    "msg_reject",
+    "msg_method_name_size",
+    "msg_method_name_copy",
+    "accept_message",
+    "msg_cycles_available128",
+    "msg_cycles_refunded128",
+    "msg_cycles_accept128",
+    "canister_self_size",
+    "canister_self_copy",
+    "canister_cycle_balance128",
+    "canister_liquid_cycle_balance128",
+    "canister_status",
+    "canister_version",
+    "is_controller",
+    "in_replicated_execution",
+    "call_new",
+    "call_on_cleanup",
+    "call_data_append",
+    "call_with_best_effort_response",
+    "call_cycles_add128",
+    "call_perform",
+    "cost_call",
+    "stable_size",
+    "stable_grow",
+    "stable_read",
+    "stable_write",
+    "stable64_size",
+    "stable64_grow",
+    "stable64_read",
+    "stable64_write",
+    "certified_data_set",
+    "data_certificate_present",
+    "data_certificate_size",
+    "data_certificate_copy",
+    "time",
+    "global_timer_set",
+    "performance_counter",
+    "debug_print",
+    "trap",
+];
+
+/// A function-table index plus its environment argument (ic0 callbacks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Callback {
+    pub fun: u32,
+    pub env: u32,
+}
+
+/// A call the canister made (`call_new` ... `call_perform`).
+#[derive(Debug, Clone)]
+pub struct OutgoingCall {
+    pub callee: Principal,
+    pub method: String,
+    pub arg: Vec<u8>,
+    pub on_reply: Callback,
+    pub on_reject: Callback,
+    pub on_cleanup: Option<Callback>,
+    pub cycles: u128,
+    /// Set by `call_with_best_effort_response`.
+    pub timeout_seconds: Option<u32>,
+}
+
+/// How the message answered its call context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Reply(Vec<u8>),
+    Reject(String),
+}
+
+/// Inputs and staged outputs of the message in flight.
+#[derive(Debug)]
+pub struct MessageContext {
+    pub kind: MessageKind,
+    pub method: String,
+    pub arg: Vec<u8>,
+    pub caller: Principal,
+    /// Reject code and message, in a reject callback.
+    pub reject: Option<(u32, String)>,
+    pub time: u64,
+    pub limit: u64,
+    /// Instructions of earlier messages of the same call context.
+    pub call_context_instructions: u64,
+    /// `msg_deadline`: 0 for guaranteed-response calls.
+    pub deadline: u64,
+    /// Whether the call context can still be answered.
+    pub can_respond: bool,
+    // Outputs.
+    pub reply_data: Vec<u8>,
+    pub response: Option<Response>,
+    pub accepted: bool,
+    pub timer: Option<u64>,
+    pub new_call: Option<OutgoingCall>,
+    pub calls: Vec<OutgoingCall>,
+    pub trap: Option<ExecError>,
+    pub stable_bytes_read: u64,
+    pub stable_bytes_written: u64,
+    pub logs: Vec<String>,
+}
+
+impl MessageContext {
+    pub fn new(kind: MessageKind, method: &str, arg: Vec<u8>, caller: Principal) -> Self {
+        Self {
+            kind,
+            method: method.to_string(),
+            arg,
+            caller,
+            reject: None,
+            time: 0,
+            limit: 0,
+            call_context_instructions: 0,
+            deadline: 0,
+            can_respond: matches!(
+                kind,
+                MessageKind::Update | MessageKind::Query | MessageKind::Callback
+            ),
+            reply_data: Vec::new(),
+            response: None,
+            accepted: false,
+            timer: None,
+            new_call: None,
+            calls: Vec::new(),
+            trap: None,
+            stable_bytes_read: 0,
+            stable_bytes_written: 0,
+            logs: Vec::new(),
+        }
+    }
+}
+
+/// Everything the host functions of one canister see.
+pub struct HostState {
+    pub canister_id: Principal,
+    pub controllers: Vec<Principal>,
+    pub stable: StableMemory,
+    pub memory: Option<Memory>,
+    pub counter: Option<Global>,
+    pub cycles: u128,
+    pub canister_version: u64,
+    /// Committed global timer deadline (0 = not set).
+    pub global_timer: u64,
+    pub print_debug: bool,
+    pub msg: MessageContext,
+}
+
+type Ctx<'a> = Caller<'a, HostState>;
+
+/// Records `err` as the message's failure and aborts execution.
+fn fail<T>(caller: &mut Ctx<'_>, err: ExecError) -> wasmtime::Result<T> {
+    let text = err.to_string();
+    caller.data_mut().msg.trap = Some(err);
+    Err(wasmtime::Error::msg(text))
+}
+
+fn violation<T>(caller: &mut Ctx<'_>, text: String) -> wasmtime::Result<T> {
+    fail(caller, ExecError::ContractViolation(text))
+}
+
+/// Subtracts `amount` from the instruction counter; traps at the limit.
+fn charge(caller: &mut Ctx<'_>, amount: u64) -> wasmtime::Result<()> {
+    let Some(counter) = caller.data().counter else {
+        return Ok(());
+    };
+    let left = counter.get(&mut *caller).i64().unwrap_or(0);
+    let left = left.saturating_sub(amount.min(i64::MAX as u64) as i64);
+    counter.set(&mut *caller, Val::I64(left))?;
+    if left < 0 {
+        let limit = caller.data().msg.limit;
+        return fail(caller, ExecError::InstructionLimitExceeded(limit));
+    }
+    Ok(())
+}
+
+/// Instructions used so far in this message.
+fn used(caller: &mut Ctx<'_>) -> u64 {
+    let limit = caller.data().msg.limit;
+    let left = caller
+        .data()
+        .counter
+        .map(|c| c.get(&mut *caller).i64().unwrap_or(0))
+        .unwrap_or(limit as i64);
+    (limit as i64 - left).max(0) as u64
+}
+
+fn require(caller: &mut Ctx<'_>, api: &str, allowed: &[MessageKind]) -> wasmtime::Result<()> {
+    let kind = caller.data().msg.kind;
+    if allowed.contains(&kind) {
+        Ok(())
+    } else {
+        violation(
+            caller,
+            format!("\"ic0_{api}\" cannot be executed in {} mode", kind.mode_name()),
+        )
+    }
+}
+
+fn read_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+    let Some(memory) = caller.data().memory else {
+        return violation(caller, format!("ic0.{api}: the module has no memory"));
+    };
+    let data = memory.data(&*caller);
+    let (start, end) = (ptr as usize, ptr as usize + len as usize);
+    match data.get(start..end) {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => {
+            let size = data.len();
+            violation(
+                caller,
+                format!("ic0.{api} heap: src={ptr} + length={len} exceeds the slice size={size}"),
+            )
+        }
+    }
+}
+
+fn write_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
+    let Some(memory) = caller.data().memory else {
+        return violation(caller, format!("ic0.{api}: the module has no memory"));
+    };
+    let data = memory.data_mut(&mut *caller);
+    let size = data.len();
+    match data.get_mut(ptr as usize..ptr as usize + bytes.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(bytes);
+            Ok(())
+        }
+        None => violation(
+            caller,
+            format!(
+                "ic0.{api} heap: dst={ptr} + length={} exceeds the slice size={size}",
+                bytes.len()
+            ),
+        ),
+    }
+}
+
+/// `xxx_copy(dst, offset, size)` from a host-side byte string.
+fn copy_out(
+    caller: &mut Ctx<'_>,
+    api: &str,
+    source: &[u8],
+    dst: u32,
+    offset: u32,
+    size: u32,
+) -> wasmtime::Result<()> {
+    charge(caller, overhead::DEFAULT + size as u64)?;
+    let (start, end) = (offset as usize, offset as usize + size as usize);
+    let Some(chunk) = source.get(start..end) else {
+        return violation(
+            caller,
+            format!(
+                "ic0.{api} payload: src={offset} + length={size} exceeds the slice size={}",
+                source.len()
+            ),
+        );
+    };
+    let chunk = chunk.to_vec();
+    write_heap(caller, api, dst, &chunk)
+}
+
+const UPDATE_LIKE: &[MessageKind] = &[
+    MessageKind::Update,
+    MessageKind::Callback,
+    MessageKind::GlobalTimer,
+    MessageKind::Cleanup,
+];
+const CAN_REPLY: &[MessageKind] = &[
+    MessageKind::Update,
+    MessageKind::Query,
+    MessageKind::Callback,
+];
+const HAS_ARG: &[MessageKind] = &[
+    MessageKind::Init,
+    MessageKind::PostUpgrade,
+    MessageKind::Update,
+    MessageKind::Query,
+    MessageKind::InspectMessage,
+    MessageKind::Callback,
+];
+
+fn stable_write(caller: &mut Ctx<'_>, api: &str, offset: u64, src: u32, size: u32) -> wasmtime::Result<()> {
+    charge(caller, overhead::STABLE_WRITE + size as u64)?;
+    let bytes = read_heap(caller, api, src, size)?;
+    match caller.data_mut().stable.write(offset, &bytes) {
+        Ok(new_pages) => {
+            caller.data_mut().msg.stable_bytes_written += size as u64;
+            charge(caller, new_pages * overhead::DIRTY_STABLE_PAGE)
+        }
+        Err(_) => fail(caller, ExecError::Trapped("stable memory out of bounds".into())),
+    }
+}
+
+fn stable_read(caller: &mut Ctx<'_>, api: &str, dst: u32, offset: u64, size: u32) -> wasmtime::Result<()> {
+    charge(caller, overhead::STABLE_READ + size as u64)?;
+    let mut buf = vec![0u8; size as usize];
+    if caller.data().stable.read(offset, &mut buf).is_err() {
+        return fail(caller, ExecError::Trapped("stable memory out of bounds".into()));
+    }
+    caller.data_mut().msg.stable_bytes_read += size as u64;
+    write_heap(caller, api, dst, &buf)
+}
+
+fn to_u32(caller: &mut Ctx<'_>, api: &str, v: u64) -> wasmtime::Result<u32> {
+    match u32::try_from(v) {
+        Ok(v) => Ok(v),
+        Err(_) => violation(caller, format!("ic0.{api}: address {v} beyond the 32-bit heap")),
+    }
+}
+
+/// Builds the linker with every function of [`PROVIDED`] under `ic0`.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut l = Linker::new(engine);
+
+    // --- message arguments, caller, method name -------------------------
+    l.func_wrap("ic0", "msg_arg_data_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        require(&mut c, "msg_arg_data_size", HAS_ARG)?;
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().msg.arg.len() as u32)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_arg_data_copy",
+        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+            require(&mut c, "msg_arg_data_copy", HAS_ARG)?;
+            let arg = std::mem::take(&mut c.data_mut().msg.arg);
+            let r = copy_out(&mut c, "msg_arg_data_copy", &arg, dst, off, size);
+            c.data_mut().msg.arg = arg;
+            r
+        },
+    )?;
+    l.func_wrap("ic0", "msg_caller_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().msg.caller.as_slice().len() as u32)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_caller_copy",
+        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+            let caller = c.data().msg.caller;
+            copy_out(&mut c, "msg_caller_copy", caller.as_slice(), dst, off, size)
+        },
+    )?;
+    l.func_wrap("ic0", "msg_method_name_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().msg.method.len() as u32)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_method_name_copy",
+        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+            let name = c.data().msg.method.clone();
+            copy_out(&mut c, "msg_method_name_copy", name.as_bytes(), dst, off, size)
+        },
+    )?;
+    l.func_wrap("ic0", "msg_deadline", |mut c: Ctx<'_>| -> wasmtime::Result<u64> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().msg.deadline)
+    })?;
+    l.func_wrap("ic0", "accept_message", |mut c: Ctx<'_>| {
+        require(&mut c, "accept_message", &[MessageKind::InspectMessage])?;
+        charge(&mut c, overhead::DEFAULT)?;
+        if c.data().msg.accepted {
+            return violation(&mut c, "ic0.accept_message: the message was already accepted".into());
+        }
+        c.data_mut().msg.accepted = true;
+        Ok(())
+    })?;
+
+    // --- reject information (callbacks) ----------------------------------
+    l.func_wrap("ic0", "msg_reject_code", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        require(&mut c, "msg_reject_code", &[MessageKind::Callback, MessageKind::Cleanup])?;
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().msg.reject.as_ref().map_or(0, |r| r.0))
+    })?;
+    l.func_wrap("ic0", "msg_reject_msg_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        match c.data().msg.reject.as_ref() {
+            Some((_, m)) => Ok(m.len() as u32),
+            None => violation(&mut c, "\"ic0_msg_reject_msg_size\" cannot be executed outside a reject callback".into()),
+        }
+    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_reject_msg_copy",
+        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+            let Some((_, text)) = c.data().msg.reject.clone() else {
+                return violation(&mut c, "\"ic0_msg_reject_msg_copy\" cannot be executed outside a reject callback".into());
+            };
+            copy_out(&mut c, "msg_reject_msg_copy", text.as_bytes(), dst, off, size)
+        },
+    )?;
+
+    // --- replying ---------------------------------------------------------
+    fn check_can_respond(c: &mut Ctx<'_>, api: &str) -> wasmtime::Result<()> {
+        require(c, api, CAN_REPLY)?;
+        if !c.data().msg.can_respond || c.data().msg.response.is_some() {
+            return violation(c, format!("ic0.{api}: the call is already replied"));
+        }
+        Ok(())
+    }
+    l.func_wrap("ic0", "msg_reply_data_append", |mut c: Ctx<'_>, src: u32, size: u32| {
+        check_can_respond(&mut c, "msg_reply_data_append")?;
+        charge(&mut c, overhead::DEFAULT + size as u64)?;
+        let bytes = read_heap(&mut c, "msg_reply_data_append", src, size)?;
+        c.data_mut().msg.reply_data.extend_from_slice(&bytes);
+        Ok(())
+    })?;
+    l.func_wrap("ic0", "msg_reply", |mut c: Ctx<'_>| {
+        check_can_respond(&mut c, "msg_reply")?;
+        charge(&mut c, overhead::DEFAULT)?;
+        let data = std::mem::take(&mut c.data_mut().msg.reply_data);
+        c.data_mut().msg.response = Some(Response::Reply(data));
+        Ok(())
+    })?;
+    l.func_wrap("ic0", "msg_reject", |mut c: Ctx<'_>, src: u32, size: u32| {
+        check_can_respond(&mut c, "msg_reject")?;
+        charge(&mut c, overhead::DEFAULT + size as u64)?;
+        let bytes = read_heap(&mut c, "msg_reject", src, size)?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        c.data_mut().msg.response = Some(Response::Reject(text));
+        Ok(())
+    })?;
+
+    // --- cycles (modelled as a plentiful fixed balance) -------------------
+    for name in ["msg_cycles_available128", "msg_cycles_refunded128"] {
+        l.func_wrap("ic0", name, move |mut c: Ctx<'_>, dst: u32| {
+            charge(&mut c, overhead::DEFAULT)?;
+            write_heap(&mut c, name, dst, &0u128.to_le_bytes())
+        })?;
+    }
+    l.func_wrap(
+        "ic0",
+        "msg_cycles_accept128",
+        |mut c: Ctx<'_>, _high: u64, _low: u64, dst: u32| {
+            charge(&mut c, overhead::DEFAULT)?;
+            write_heap(&mut c, "msg_cycles_accept128", dst, &0u128.to_le_bytes())
+        },
+    )?;
+    for name in ["canister_cycle_balance128", "canister_liquid_cycle_balance128"] {
+        l.func_wrap("ic0", name, move |mut c: Ctx<'_>, dst: u32| {
+            charge(&mut c, overhead::DEFAULT)?;
+            let cycles = c.data().cycles;
+            write_heap(&mut c, name, dst, &cycles.to_le_bytes())
+        })?;
+    }
+    l.func_wrap(
+        "ic0",
+        "cost_call",
+        |mut c: Ctx<'_>, method_name_size: u64, payload_size: u64, dst: u32| {
+            charge(&mut c, overhead::DEFAULT)?;
+            let cost = CALL_BASE_FEE
+                + CALL_BYTE_FEE * (method_name_size as u128 + payload_size as u128);
+            write_heap(&mut c, "cost_call", dst, &cost.to_le_bytes())
+        },
+    )?;
+
+    // --- canister information ---------------------------------------------
+    l.func_wrap("ic0", "canister_self_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().canister_id.as_slice().len() as u32)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "canister_self_copy",
+        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+            let id = c.data().canister_id;
+            copy_out(&mut c, "canister_self_copy", id.as_slice(), dst, off, size)
+        },
+    )?;
+    l.func_wrap("ic0", "canister_status", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(1) // running
+    })?;
+    l.func_wrap("ic0", "canister_version", |mut c: Ctx<'_>| -> wasmtime::Result<u64> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().canister_version)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "is_controller",
+        |mut c: Ctx<'_>, src: u32, size: u32| -> wasmtime::Result<u32> {
+            charge(&mut c, overhead::IS_CONTROLLER + size as u64)?;
+            let bytes = read_heap(&mut c, "is_controller", src, size)?;
+            match Principal::try_from_slice(&bytes) {
+                Ok(p) => Ok(c.data().controllers.contains(&p) as u32),
+                Err(_) => violation(&mut c, "ic0.is_controller: invalid principal id".into()),
+            }
+        },
+    )?;
+    l.func_wrap("ic0", "in_replicated_execution", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        let kind = c.data().msg.kind;
+        Ok(!matches!(kind, MessageKind::Query | MessageKind::InspectMessage) as u32)
+    })?;
+    l.func_wrap("ic0", "certified_data_set", |mut c: Ctx<'_>, _src: u32, size: u32| {
+        charge(&mut c, overhead::DEFAULT + size as u64)?;
+        if size > 32 {
+            return violation(&mut c, "ic0_certified_data_set failed because the passed data must be no larger than 32 bytes".into());
+        }
+        Ok(())
+    })?;
+    l.func_wrap("ic0", "data_certificate_present", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(0)
+    })?;
+    l.func_wrap("ic0", "data_certificate_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        violation(&mut c, "local-ic has no data certificates (data_certificate_present is 0)".into())
+    })?;
+    l.func_wrap(
+        "ic0",
+        "data_certificate_copy",
+        |mut c: Ctx<'_>, _dst: u32, _off: u32, _size: u32| -> wasmtime::Result<()> {
+            violation(&mut c, "local-ic has no data certificates (data_certificate_present is 0)".into())
+        },
+    )?;
+
+    // --- inter-canister calls -------------------------------------------
+    l.func_wrap(
+        "ic0",
+        "call_new",
+        |mut c: Ctx<'_>,
+         callee_src: u32,
+         callee_size: u32,
+         name_src: u32,
+         name_size: u32,
+         reply_fun: u32,
+         reply_env: u32,
+         reject_fun: u32,
+         reject_env: u32| {
+            require(&mut c, "call_new", UPDATE_LIKE)?;
+            charge(&mut c, overhead::CALL_NEW + callee_size as u64 + name_size as u64)?;
+            let callee = read_heap(&mut c, "call_new", callee_src, callee_size)?;
+            let name = read_heap(&mut c, "call_new", name_src, name_size)?;
+            let Ok(callee) = Principal::try_from_slice(&callee) else {
+                return violation(&mut c, "ic0.call_new: invalid callee principal".into());
+            };
+            let Ok(method) = String::from_utf8(name) else {
+                return violation(&mut c, "ic0.call_new: method name is not UTF-8".into());
+            };
+            c.data_mut().msg.new_call = Some(OutgoingCall {
+                callee,
+                method,
+                arg: Vec::new(),
+                on_reply: Callback { fun: reply_fun, env: reply_env },
+                on_reject: Callback { fun: reject_fun, env: reject_env },
+                on_cleanup: None,
+                cycles: 0,
+                timeout_seconds: None,
+            });
+            Ok(())
+        },
+    )?;
+    fn with_call(
+        c: &mut Ctx<'_>,
+        api: &str,
+        f: impl FnOnce(&mut OutgoingCall),
+    ) -> wasmtime::Result<()> {
+        match c.data_mut().msg.new_call.as_mut() {
+            Some(call) => {
+                f(call);
+                Ok(())
+            }
+            None => violation(c, format!("ic0.{api}: no call is under construction (call_new first)")),
+        }
+    }
+    l.func_wrap("ic0", "call_on_cleanup", |mut c: Ctx<'_>, fun: u32, env: u32| {
+        charge(&mut c, overhead::DEFAULT)?;
+        with_call(&mut c, "call_on_cleanup", |call| {
+            call.on_cleanup = Some(Callback { fun, env })
+        })
+    })?;
+    l.func_wrap("ic0", "call_data_append", |mut c: Ctx<'_>, src: u32, size: u32| {
+        charge(&mut c, overhead::DEFAULT + size as u64)?;
+        let bytes = read_heap(&mut c, "call_data_append", src, size)?;
+        with_call(&mut c, "call_data_append", |call| call.arg.extend_from_slice(&bytes))
+    })?;
+    l.func_wrap("ic0", "call_with_best_effort_response", |mut c: Ctx<'_>, timeout: u32| {
+        charge(&mut c, overhead::DEFAULT)?;
+        with_call(&mut c, "call_with_best_effort_response", |call| {
+            call.timeout_seconds = Some(timeout.clamp(1, 300))
+        })
+    })?;
+    l.func_wrap("ic0", "call_cycles_add128", |mut c: Ctx<'_>, high: u64, low: u64| {
+        charge(&mut c, overhead::DEFAULT)?;
+        let amount = ((high as u128) << 64) | low as u128;
+        with_call(&mut c, "call_cycles_add128", |call| call.cycles += amount)
+    })?;
+    l.func_wrap("ic0", "call_perform", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::CALL_PERFORM)?;
+        match c.data_mut().msg.new_call.take() {
+            Some(call) => {
+                let extra = CALL_BASE_FEE
+                    + CALL_BYTE_FEE * (call.method.len() + call.arg.len()) as u128
+                    + call.cycles;
+                let state = c.data_mut();
+                state.cycles = state.cycles.saturating_sub(extra);
+                state.msg.calls.push(call);
+                Ok(0)
+            }
+            None => violation(&mut c, "ic0.call_perform: no call is under construction".into()),
+        }
+    })?;
+
+    // --- stable memory ------------------------------------------------------
+    l.func_wrap("ic0", "stable64_size", |mut c: Ctx<'_>| -> wasmtime::Result<u64> {
+        charge(&mut c, overhead::STABLE_SIZE)?;
+        Ok(c.data().stable.size())
+    })?;
+    l.func_wrap("ic0", "stable64_grow", |mut c: Ctx<'_>, pages: u64| -> wasmtime::Result<i64> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data_mut().stable.grow(pages))
+    })?;
+    l.func_wrap(
+        "ic0",
+        "stable64_write",
+        |mut c: Ctx<'_>, offset: u64, src: u64, size: u64| {
+            let src = to_u32(&mut c, "stable64_write", src)?;
+            let size = to_u32(&mut c, "stable64_write", size)?;
+            stable_write(&mut c, "stable64_write", offset, src, size)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable64_read",
+        |mut c: Ctx<'_>, dst: u64, offset: u64, size: u64| {
+            let dst = to_u32(&mut c, "stable64_read", dst)?;
+            let size = to_u32(&mut c, "stable64_read", size)?;
+            stable_read(&mut c, "stable64_read", dst, offset, size)
+        },
+    )?;
+    const MAX_32_BIT_PAGES: u64 = 65536;
+    l.func_wrap("ic0", "stable_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::STABLE_SIZE)?;
+        let size = c.data().stable.size();
+        if size > MAX_32_BIT_PAGES {
+            return fail(&mut c, ExecError::Trapped("32 bit stable memory api used on a memory larger than 4GB".into()));
+        }
+        Ok(size as u32)
+    })?;
+    l.func_wrap("ic0", "stable_grow", |mut c: Ctx<'_>, pages: u32| -> wasmtime::Result<i32> {
+        charge(&mut c, overhead::DEFAULT)?;
+        let size = c.data().stable.size();
+        if size + pages as u64 > MAX_32_BIT_PAGES.min(MAX_PAGES) {
+            return Ok(-1);
+        }
+        Ok(c.data_mut().stable.grow(pages as u64) as i32)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "stable_write",
+        |mut c: Ctx<'_>, offset: u32, src: u32, size: u32| {
+            stable_write(&mut c, "stable_write", offset as u64, src, size)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable_read",
+        |mut c: Ctx<'_>, dst: u32, offset: u32, size: u32| {
+            stable_read(&mut c, "stable_read", dst, offset as u64, size)
+        },
+    )?;
+
+    // --- time, timer, counters --------------------------------------------
+    l.func_wrap("ic0", "time", |mut c: Ctx<'_>| -> wasmtime::Result<u64> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(c.data().msg.time)
+    })?;
+    l.func_wrap("ic0", "global_timer_set", |mut c: Ctx<'_>, ts: u64| -> wasmtime::Result<u64> {
+        require(
+            &mut c,
+            "global_timer_set",
+            &[
+                MessageKind::Init,
+                MessageKind::PreUpgrade,
+                MessageKind::PostUpgrade,
+                MessageKind::Update,
+                MessageKind::Callback,
+                MessageKind::Cleanup,
+                MessageKind::GlobalTimer,
+            ],
+        )?;
+        charge(&mut c, overhead::DEFAULT)?;
+        let state = c.data_mut();
+        let previous = state.msg.timer.unwrap_or(state.global_timer);
+        state.msg.timer = Some(ts);
+        Ok(previous)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "performance_counter",
+        |mut c: Ctx<'_>, kind: u32| -> wasmtime::Result<u64> {
+            charge(&mut c, overhead::PERFORMANCE_COUNTER)?;
+            let now = used(&mut c);
+            match kind {
+                0 => Ok(now),
+                1 => Ok(c.data().msg.call_context_instructions + now),
+                other => violation(&mut c, format!("Error getting performance counter type {other}")),
+            }
+        },
+    )?;
+
+    // --- debugging and traps -----------------------------------------------
+    l.func_wrap("ic0", "debug_print", |mut c: Ctx<'_>, src: u32, size: u32| {
+        charge(&mut c, overhead::DEBUG_PRINT + size as u64)?;
+        let bytes = read_heap(&mut c, "debug_print", src, size)?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if c.data().print_debug {
+            eprintln!("[canister {}] {text}", c.data().canister_id);
+        }
+        c.data_mut().msg.logs.push(text);
+        Ok(())
+    })?;
+    l.func_wrap("ic0", "trap", |mut c: Ctx<'_>, src: u32, size: u32| -> wasmtime::Result<()> {
+        charge(&mut c, overhead::DEFAULT + size as u64)?;
+        let bytes = read_heap(&mut c, "trap", src, size)?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        fail(&mut c, ExecError::CalledTrap(text))
+    })?;
+
+    Ok(l)
+}
+
+/// Names of `ic0` imports of a module this runtime does not provide, plus
+/// imports from modules other than `ic0`, as `module.name`.
+pub fn unsupported_imports(imports: &[(String, String)]) -> Vec<String> {
+    imports
+        .iter()
+        .filter(|(m, n)| m != "ic0" || !PROVIDED.contains(&n.as_str()))
+        .map(|(m, n)| format!("{m}.{n}"))
+        .collect()
+}
+
+/// Wasm page size of the heap, for reports.
+pub const HEAP_PAGE: u64 = WASM_PAGE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_provided_name_is_defined() {
+        let engine = Engine::default();
+        let linker = linker(&engine).unwrap();
+        let mut store = wasmtime::Store::new(
+            &engine,
+            HostState {
+                canister_id: Principal::anonymous(),
+                controllers: vec![],
+                stable: StableMemory::default(),
+                memory: None,
+                counter: None,
+                cycles: 0,
+                canister_version: 0,
+                global_timer: 0,
+                print_debug: false,
+                msg: MessageContext::new(MessageKind::Update, "", vec![], Principal::anonymous()),
+            },
+        );
+        for name in PROVIDED {
+            assert!(linker.get(&mut store, "ic0", name).is_ok(), "{name} missing");
+        }
+        assert_eq!(
+            unsupported_imports(&[
+                ("ic0".into(), "msg_reply".into()),
+                ("ic0".into(), "mint_cycles".into()),
+                ("env".into(), "foo".into())
+            ]),
+            vec!["ic0.mint_cycles".to_string(), "env.foo".to_string()]
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! Public value types: limits, configuration, reports, errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use candid::Principal;
+
+/// Per-message instruction limits (application subnet defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Update calls, inter-canister calls, callbacks and timer messages.
+    pub update: u64,
+    /// Query calls.
+    pub query: u64,
+    /// `canister_init`, or `canister_pre_upgrade` + `canister_post_upgrade` together.
+    pub install: u64,
+    /// `canister_inspect_message`.
+    pub inspect_message: u64,
+    /// Safety valve: most messages one `update` / `advance_time` / `tick` may
+    /// run before it stops draining the queue (a canister re-arming its timer
+    /// in the past would otherwise run forever).
+    pub max_messages_per_operation: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            update: 40_000_000_000,
+            query: 5_000_000_000,
+            install: 300_000_000_000,
+            inspect_message: 200_000_000,
+            max_messages_per_operation: 100_000,
+        }
+    }
+}
+
+/// Configuration of a [`crate::Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub limits: Limits,
+    /// Seed of `raw_rand`: same seed, same random bytes.
+    pub seed: u64,
+    /// Initial clock, nanoseconds since the Unix epoch.
+    pub start_time_nanos: u64,
+    /// Cycle balance every canister starts with.
+    pub initial_cycles: u128,
+    /// Echo `ic0.debug_print` to stderr (always kept in [`crate::Runtime::logs`]).
+    pub print_debug: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            seed: 0,
+            // 2025-01-01T00:00:00Z: a fixed, realistic time.
+            start_time_nanos: 1_735_689_600_000_000_000,
+            initial_cycles: 100_000_000_000_000,
+            print_debug: false,
+        }
+    }
+}
+
+/// What kind of message ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MessageKind {
+    Init,
+    PreUpgrade,
+    PostUpgrade,
+    /// `canister_update <name>` (ingress or inter-canister, see `caller`).
+    Update,
+    /// `canister_query <name>`.
+    Query,
+    InspectMessage,
+    /// `canister_global_timer`.
+    GlobalTimer,
+    /// A reply or reject callback of an inter-canister call.
+    Callback,
+    /// A `call_on_cleanup` closure after a trapping callback.
+    Cleanup,
+}
+
+impl MessageKind {
+    /// Mode name as the replica uses it in "cannot be executed in X mode".
+    pub fn mode_name(self) -> &'static str {
+        match self {
+            MessageKind::Init => "init",
+            MessageKind::PreUpgrade => "pre_upgrade",
+            MessageKind::PostUpgrade => "post_upgrade",
+            MessageKind::Update => "update",
+            MessageKind::Query => "non-replicated query",
+            MessageKind::InspectMessage => "inspect message",
+            MessageKind::GlobalTimer => "system task",
+            MessageKind::Callback => "reply callback",
+            MessageKind::Cleanup => "cleanup",
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            MessageKind::Init => "init",
+            MessageKind::PreUpgrade => "pre_upgrade",
+            MessageKind::PostUpgrade => "post_upgrade",
+            MessageKind::Update => "update",
+            MessageKind::Query => "query",
+            MessageKind::InspectMessage => "inspect_message",
+            MessageKind::GlobalTimer => "timer",
+            MessageKind::Callback => "callback",
+            MessageKind::Cleanup => "cleanup",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What one executed message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageReport {
+    pub canister: Principal,
+    /// Method name, or the system method (`canister_init`, `canister_global_timer`, ...).
+    pub method: String,
+    pub kind: MessageKind,
+    pub caller: Principal,
+    /// Weighted instructions, as `performance_counter(0)` would report at
+    /// the end of the message (system API charges included).
+    pub instructions: u64,
+    /// The limit this message ran under.
+    pub limit: u64,
+    pub stable_bytes_read: u64,
+    pub stable_bytes_written: u64,
+    /// 4 KiB stable pages first written in this message (charged extra).
+    pub dirtied_stable_pages: u64,
+    /// 4 KiB heap pages the message wrote (soft-dirty tracking).
+    pub dirtied_heap_pages: u64,
+    /// Whether the message's changes were kept (false for traps and queries).
+    pub committed: bool,
+    /// The error if the message trapped.
+    pub error: Option<String>,
+}
+
+/// Running totals for one method.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MethodStats {
+    pub messages: u64,
+    pub instructions: u64,
+    pub max_instructions: u64,
+    pub stable_bytes_read: u64,
+    pub stable_bytes_written: u64,
+    pub traps: u64,
+}
+
+/// Totals per `(canister, method)` (method as in [`MessageReport::method`]).
+pub type Stats = BTreeMap<(Principal, String), MethodStats>;
+
+/// A successful reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Candid-encoded reply.
+    pub bytes: Vec<u8>,
+    /// Report of the message the call started with.
+    pub report: MessageReport,
+    /// Every message the call ran (its own first, then callbacks, self-calls
+    /// and everything else the queue held), in execution order.
+    pub messages: Vec<MessageReport>,
+}
+
+/// Reject codes of the IC interface specification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectCode {
+    SysFatal = 1,
+    SysTransient = 2,
+    DestinationInvalid = 3,
+    CanisterReject = 4,
+    CanisterError = 5,
+    SysUnknown = 6,
+}
+
+/// Why a message failed, worded as the replica's `HypervisorError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("Canister exceeded the limit of {0} instructions for single message execution.")]
+    InstructionLimitExceeded(u64),
+    #[error("Canister called `ic0.trap` with message: '{0}'")]
+    CalledTrap(String),
+    #[error("Canister trapped: {0}")]
+    Trapped(String),
+    #[error("Canister has no {kind} method '{name}'.")]
+    MethodNotFound { kind: &'static str, name: String },
+    #[error("Canister violated contract: {0}")]
+    ContractViolation(String),
+    #[error("Canister's Wasm module is not valid: {0}")]
+    InvalidWasm(String),
+    #[error("Canister rejected the message")]
+    MessageRejected,
+    #[error("Canister requested to invoke a non-existent Wasm function {1} from table {0}")]
+    FunctionNotFound(u32, u32),
+    #[error("local-ic internal error: {0}")]
+    Internal(String),
+}
+
+/// Errors of the runtime's API, displayed with the IC's wording.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The message trapped or could not run ("Error from Canister <id>: ...").
+    #[error("Error from Canister {canister}: {reason}")]
+    Canister {
+        canister: Principal,
+        reason: ExecError,
+        /// Report of the failed message, when one ran.
+        report: Option<Box<MessageReport>>,
+    },
+    /// The call was rejected (by the canister with `msg_reject`, or by the
+    /// system, e.g. an unsupported management canister method).
+    #[error("Canister {canister} rejected the call (reject code {}): {message}", *code as u32)]
+    Rejected {
+        canister: Principal,
+        code: RejectCode,
+        message: String,
+    },
+    #[error("Canister {0} did not produce a response")]
+    NoResponse(Principal),
+    #[error("Canister {0} not found")]
+    CanisterNotFound(Principal),
+    /// Something this runtime does not model.
+    #[error("local-ic: {0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// The reason, if this is a canister execution error.
+    pub fn reason(&self) -> Option<&ExecError> {
+        match self {
+            Error::Canister { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The report of the failed message, if one ran.
+    pub fn report(&self) -> Option<&MessageReport> {
+        match self {
+            Error::Canister { report, .. } => report.as_deref(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The runtime against real ic-cdk canisters (integration-tests/canisters).
+
+mod common;
+
+use std::time::Duration;
+
+use candid::{Decode, Encode, Principal};
+use common::{controller, runtime, user, wasm};
+use local_ic::{Error, ExecError, Limits, MessageKind, Runtime, RuntimeConfig};
+
+fn install_counter(rt: &mut Runtime, start: u64) -> Principal {
+    rt.install(&wasm("counter"), Encode!(&start).unwrap(), vec![controller()])
+        .expect("install counter")
+}
+
+fn call_u64(rt: &mut Runtime, id: Principal, method: &str) -> u64 {
+    let reply = rt.update(id, user(), method, Encode!().unwrap()).expect(method);
+    Decode!(&reply.bytes, u64).unwrap()
+}
+
+fn query_u64(rt: &mut Runtime, id: Principal, method: &str) -> u64 {
+    let reply = rt.query(id, user(), method, Encode!().unwrap()).expect(method);
+    Decode!(&reply.bytes, u64).unwrap()
+}
+
+#[test]
+fn counter_updates_persist_queries_do_not() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 10);
+    assert_eq!(call_u64(&mut rt, id, "increment"), 11);
+    let reply = rt.update(id, user(), "increment", Encode!().unwrap()).unwrap();
+    assert_eq!(Decode!(&reply.bytes, u64).unwrap(), 12);
+    let r = &reply.report;
+    assert_eq!(r.kind, MessageKind::Update);
+    assert!(r.instructions > 0 && r.committed);
+    assert_eq!(r.stable_bytes_written, 8);
+    eprintln!("increment: {} instructions", r.instructions);
+
+    // The query mutates the heap; the change must not survive.
+    assert_eq!(query_u64(&mut rt, id, "get_and_mutate"), 12);
+    assert_eq!(query_u64(&mut rt, id, "get_and_mutate"), 12);
+    assert_eq!(query_u64(&mut rt, id, "get"), 12);
+    assert_eq!(query_u64(&mut rt, id, "get_stable"), 12);
+
+    let stats = rt.stats();
+    let inc = &stats[&(id, "increment".to_string())];
+    assert_eq!(inc.messages, 2);
+}
+
+#[test]
+fn trapping_update_leaves_no_trace() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    assert_eq!(call_u64(&mut rt, id, "increment"), 1);
+    let pages = rt.stable_size(id).unwrap();
+
+    let err = rt
+        .update(id, user(), "increment_then_trap", Encode!().unwrap())
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("Error from Canister {id}: Canister called `ic0.trap` with message: '")),
+        "{text}"
+    );
+    assert!(text.contains("boom after mutating"), "{text}");
+    let report = err.report().expect("report of the trapped message");
+    assert!(!report.committed);
+    assert!(report.stable_bytes_written > 0);
+
+    assert_eq!(query_u64(&mut rt, id, "get"), 1, "heap rolled back");
+    assert_eq!(query_u64(&mut rt, id, "get_stable"), 1, "stable rolled back");
+    assert_eq!(rt.stable_size(id).unwrap(), pages, "stable growth rolled back");
+    assert_eq!(call_u64(&mut rt, id, "increment"), 2, "canister still works");
+}
+
+#[test]
+fn endless_loop_hits_the_limit_and_rolls_back() {
+    let mut rt = runtime();
+    rt.set_limits(Limits {
+        update: 50_000_000,
+        ..Limits::default()
+    });
+    let id = install_counter(&mut rt, 5);
+    let err = rt
+        .update(id, user(), "increment_then_loop", Encode!().unwrap())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "Error from Canister {id}: Canister exceeded the limit of 50000000 instructions for single message execution."
+        )
+    );
+    assert_eq!(err.reason(), Some(&ExecError::InstructionLimitExceeded(50_000_000)));
+    assert_eq!(err.report().unwrap().instructions, 50_000_000);
+    assert_eq!(query_u64(&mut rt, id, "get"), 5);
+    assert_eq!(query_u64(&mut rt, id, "get_stable"), 0);
+    assert_eq!(call_u64(&mut rt, id, "increment"), 6);
+}
+
+#[test]
+fn default_limit_wording() {
+    let err = ExecError::InstructionLimitExceeded(Limits::default().update);
+    assert_eq!(
+        err.to_string(),
+        "Canister exceeded the limit of 40000000000 instructions for single message execution."
+    );
+}
+
+#[test]
+fn raw_rand_is_32_bytes_fresh_and_seeded() {
+    fn three(seed: u64) -> Vec<Vec<u8>> {
+        let mut rt = Runtime::new(RuntimeConfig {
+            seed,
+            ..RuntimeConfig::default()
+        });
+        let id = install_counter(&mut rt, 0);
+        (0..3)
+            .map(|_| {
+                let reply = rt.update(id, user(), "rand", Encode!().unwrap()).expect("rand");
+                // ingress, then the reply callback that answers it
+                assert!(reply.messages.iter().any(|m| m.kind == MessageKind::Callback));
+                Decode!(&reply.bytes, Vec<u8>).unwrap()
+            })
+            .collect()
+    }
+    let a = three(1);
+    assert!(a.iter().all(|r| r.len() == 32));
+    assert_ne!(a[0], a[1]);
+    assert_ne!(a[1], a[2]);
+    assert_eq!(a, three(1), "same seed, same bytes");
+    assert_ne!(a, three(2), "different seed, different bytes");
+}
+
+#[test]
+fn unknown_method_and_bad_candid_are_clear_errors() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    let err = rt.update(id, user(), "nope", Encode!().unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("Error from Canister {id}: Canister has no update method 'nope'.")
+    );
+    let err = rt.query(id, user(), "increment", Encode!().unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("Error from Canister {id}: Canister has no query method 'increment'.")
+    );
+    // `add` takes a nat64; give it text.
+    let err = rt.update(id, user(), "add", Encode!(&"seven").unwrap()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("Canister called `ic0.trap`"), "{text}");
+    assert!(text.to_lowercase().contains("decode") || text.contains("type"), "{text}");
+    let err = rt.update(id, user(), "add", b"garbage".to_vec()).unwrap_err();
+    assert!(matches!(err.reason(), Some(ExecError::CalledTrap(_))), "{err}");
+    assert_eq!(query_u64(&mut rt, id, "get"), 0);
+}
+
+#[test]
+fn not_a_canister_is_refused_at_install() {
+    let mut rt = runtime();
+    let err = rt.install(b"this is not wasm", vec![], vec![]).unwrap_err();
+    assert!(
+        err.to_string().contains("Canister's Wasm module is not valid: the file is not a WebAssembly module"),
+        "{err}"
+    );
+    let unknown_import = wat::parse_str(
+        r#"(module
+             (import "ic0" "msg_reply" (func))
+             (import "ic0" "mint_free_cycles" (func (param i32)))
+             (import "env" "memcpy" (func))
+             (memory 1)
+             (func (export "canister_update x")))"#,
+    )
+    .unwrap();
+    let err = rt.install(&unknown_import, vec![], vec![]).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("ic0.mint_free_cycles"), "{text}");
+    assert!(text.contains("env.memcpy"), "{text}");
+    assert!(!text.contains("ic0.msg_reply"), "{text}");
+    assert!(rt.canisters().is_empty());
+}
+
+#[test]
+fn upgrade_keeps_stable_resets_heap_runs_post_upgrade() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 40);
+    assert_eq!(call_u64(&mut rt, id, "increment"), 41);
+    let reply = rt.query(id, user(), "post_upgrade_ran", Encode!().unwrap()).unwrap();
+    assert!(!Decode!(&reply.bytes, bool).unwrap());
+
+    let report = rt
+        .upgrade(id, &wasm("counter"), Encode!().unwrap(), controller())
+        .expect("upgrade");
+    assert!(report.instructions > 0);
+    assert_eq!(query_u64(&mut rt, id, "get"), 0, "heap reset");
+    assert_eq!(query_u64(&mut rt, id, "get_stable"), 41, "stable kept");
+    let reply = rt.query(id, user(), "post_upgrade_ran", Encode!().unwrap()).unwrap();
+    assert!(Decode!(&reply.bytes, bool).unwrap(), "post_upgrade ran");
+}
+
+#[test]
+fn failed_upgrade_leaves_the_canister_as_it_was() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 7);
+    assert_eq!(call_u64(&mut rt, id, "increment"), 8);
+    // The timers canister's post_upgrade wants a bool: decoding "()" traps.
+    let err = rt
+        .upgrade(id, &wasm("timers"), Encode!().unwrap(), controller())
+        .unwrap_err();
+    assert!(matches!(err.reason(), Some(ExecError::CalledTrap(_))), "{err}");
+    assert_eq!(query_u64(&mut rt, id, "get"), 8, "old heap intact");
+    assert_eq!(query_u64(&mut rt, id, "get_stable"), 8, "pre_upgrade write undone");
+    assert_eq!(call_u64(&mut rt, id, "increment"), 9);
+}
+
+#[test]
+fn timer_chain_runs_each_timer_as_its_own_message() {
+    let mut rt = runtime();
+    rt.set_limits(Limits {
+        update: 2_000_000,
+        ..Limits::default()
+    });
+    let id = rt.install(&wasm("timers"), vec![], vec![controller()]).unwrap();
+    // 5 timers, 1 s apart, each ~1.2 M instructions: together far above the
+    // 2 M limit, each alone below it.
+    rt.update(id, user(), "start_chain", Encode!(&5u64, &1u64, &100_000u32).unwrap())
+        .unwrap();
+    let reports = rt.advance_time(Duration::from_secs(10));
+    let fired = Decode!(&rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes, Vec<u64>).unwrap();
+    assert_eq!(fired, vec![0, 1, 2, 3, 4]);
+    let timer_msgs = reports.iter().filter(|r| r.kind == MessageKind::GlobalTimer).count();
+    assert_eq!(timer_msgs, 5, "one canister_global_timer per step");
+    let executors: Vec<_> = reports
+        .iter()
+        .filter(|r| r.method.contains("timer_executor") && r.kind == MessageKind::Update)
+        .collect();
+    assert_eq!(executors.len(), 5);
+    let total: u64 = executors.iter().map(|r| r.instructions).sum();
+    assert!(total > 2_000_000, "together above one message's limit: {total}");
+    for r in &executors {
+        assert!(r.committed && r.error.is_none(), "{r:?}");
+        assert!(r.instructions > 100_000 && r.instructions < 2_000_000, "{r:?}");
+    }
+    // The tasks' own performance_counter(0) readings are per message.
+    let instr = Decode!(
+        &rt.query(id, user(), "timer_instructions", Encode!().unwrap()).unwrap().bytes,
+        Vec<u64>
+    )
+    .unwrap();
+    assert_eq!(instr.len(), 5);
+    assert!(instr.iter().all(|&i| i < 2_000_000 && i > 100_000), "{instr:?}");
+}
+
+#[test]
+fn timers_do_not_survive_upgrade_unless_rearmed() {
+    let mut rt = runtime();
+    let id = rt.install(&wasm("timers"), vec![], vec![controller()]).unwrap();
+    rt.update(id, user(), "start_chain", Encode!(&1u64, &5u64, &10u32).unwrap())
+        .unwrap();
+    assert_ne!(rt.global_timer(id), Some(0));
+    rt.upgrade(id, &wasm("timers"), Encode!(&false).unwrap(), controller())
+        .unwrap();
+    assert_eq!(rt.global_timer(id), Some(0), "upgrade clears the global timer");
+    let reports = rt.advance_time(Duration::from_secs(60));
+    assert!(reports.is_empty(), "{reports:?}");
+    let fired = Decode!(&rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes, Vec<u64>).unwrap();
+    assert!(fired.is_empty());
+
+    // Re-armed in post_upgrade: fires.
+    rt.upgrade(id, &wasm("timers"), Encode!(&true).unwrap(), controller())
+        .unwrap();
+    rt.advance_time(Duration::from_secs(2));
+    let fired = Decode!(&rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes, Vec<u64>).unwrap();
+    assert_eq!(fired, vec![100]);
+}
+
+#[test]
+fn caller_is_passed_through() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    let reply = rt.query(id, user(), "whoami", Encode!().unwrap()).unwrap();
+    assert_eq!(Decode!(&reply.bytes, Principal).unwrap(), user());
+}
+
+#[test]
+fn errors_name_the_canister() {
+    let mut rt = runtime();
+    let missing = local_ic::canister_id(99);
+    let err = rt.update(missing, user(), "x", vec![]).unwrap_err();
+    assert!(matches!(err, Error::CanisterNotFound(_)));
+    assert_eq!(err.to_string(), format!("Canister {missing} not found"));
+}
