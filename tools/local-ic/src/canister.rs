@@ -60,33 +60,34 @@ pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<(Module, ModuleInfo), Exe
 
 impl Canister {
     /// Instantiates `module` with the given host state (stable memory is
-    /// carried over by upgrades).
+    /// carried over by upgrades). On failure the host state is handed back
+    /// so an upgrade can return the stable memory to the old instance.
     pub fn instantiate(
         engine: &Engine,
         linker: &Linker<HostState>,
         module: &Module,
         info: ModuleInfo,
         host: HostState,
-    ) -> Result<Self, (ExecError, HostState)> {
+    ) -> Result<Self, Box<(ExecError, HostState)>> {
         let id = host.canister_id;
         let mut store = Store::new(engine, host);
         let instance = match linker.instantiate(&mut store, module) {
             Ok(i) => i,
             Err(e) => {
                 let reason = ExecError::InvalidWasm(format!("instantiation failed: {e:#}"));
-                return Err((reason, store.into_data()));
+                return Err(Box::new((reason, store.into_data())));
             }
         };
         let memory = instance.get_memory(&mut store, MEMORY_EXPORT);
         let Some(counter) = instance.get_global(&mut store, COUNTER_EXPORT) else {
             let reason = ExecError::Internal("instruction counter not exported".into());
-            return Err((reason, store.into_data()));
+            return Err(Box::new((reason, store.into_data())));
         };
         let mut globals = Vec::new();
         for name in &info.mutable_global_exports {
             let Some(g) = instance.get_global(&mut store, name) else {
                 let reason = ExecError::Internal(format!("global {name} not exported"));
-                return Err((reason, store.into_data()));
+                return Err(Box::new((reason, store.into_data())));
             };
             let v = g.get(&mut store);
             globals.push((g, v));
@@ -131,13 +132,7 @@ impl Canister {
     /// must hold [`crate::memory_snapshot::exclusive`] and must call
     /// [`Self::finish`] afterwards. `continue_stable_log` keeps the stable
     /// undo log of a previous pending message (upgrade: pre + post).
-    pub fn execute(
-        &mut self,
-        entry: &Entry,
-        msg: MessageContext,
-        limit: u64,
-        continue_stable_log: bool,
-    ) -> Execution {
+    pub fn execute(&mut self, entry: &Entry, msg: MessageContext, limit: u64, continue_stable_log: bool) -> Execution {
         let limit_i64 = limit.min(i64::MAX as u64) as i64;
         if let Err(e) = self.counter.set(&mut self.store, Val::I64(limit_i64)) {
             return self.failed_early(msg, ExecError::Internal(e.to_string()));
@@ -163,11 +158,7 @@ impl Canister {
             Entry::Table(cb) => self.table_func(*cb).map(|f| f.call(&mut self.store, cb.env)),
         };
 
-        let left = self
-            .counter
-            .get(&mut self.store)
-            .i64()
-            .unwrap_or(i64::MIN);
+        let left = self.counter.get(&mut self.store).i64().unwrap_or(i64::MIN);
         let dirtied_heap_pages = match (self.heap.as_mut(), self.memory) {
             (Some(heap), Some(mem)) => heap.collect(mem.data(&self.store)) as u64,
             _ => 0,
@@ -185,11 +176,7 @@ impl Canister {
                 }
             })),
         };
-        let instructions = if left < 0 {
-            limit
-        } else {
-            (limit_i64 - left) as u64
-        };
+        let instructions = if left < 0 { limit } else { (limit_i64 - left) as u64 };
         let state = self.store.data_mut();
         let msg = std::mem::replace(
             &mut state.msg,

@@ -26,8 +26,8 @@ use std::collections::BTreeSet;
 
 use wasm_encoder::reencode::{self, Reencode};
 use wasm_encoder::{
-    BlockType, ConstExpr, ExportKind, ExportSection, Function, GlobalSection, GlobalType,
-    Instruction, SectionId, ValType,
+    BlockType, ConstExpr, ExportKind, ExportSection, Function, GlobalSection, GlobalType, Instruction, SectionId,
+    ValType,
 };
 use wasmparser::{Operator, Payload, TypeRef, Validator, WasmFeatures};
 
@@ -160,9 +160,7 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
                     let import = import.map_err(err)?;
                     let key = (import.module.to_string(), import.name.to_string());
                     match import.ty {
-                        TypeRef::Func(_) | TypeRef::FuncExact(_) => {
-                            pre.info.function_imports.push(key)
-                        }
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => pre.info.function_imports.push(key),
                         TypeRef::Global(_) => {
                             pre.imported_globals += 1;
                             pre.info.other_imports.push(key);
@@ -215,12 +213,7 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
         return Err("wasm64 (memory64) canisters are not supported by local-ic yet".into());
     }
     if !pre.info.other_imports.is_empty() {
-        let names: Vec<String> = pre
-            .info
-            .other_imports
-            .iter()
-            .map(|(m, n)| format!("{m}.{n}"))
-            .collect();
+        let names: Vec<String> = pre.info.other_imports.iter().map(|(m, n)| format!("{m}.{n}")).collect();
         return Err(format!(
             "Wasm module has an invalid import section. Only functions may be imported, \
              but the module imports {}",
@@ -465,9 +458,7 @@ mod tests {
     #[test]
     fn straight_line_function_is_one_block() {
         // local.get 1 + local.get 1 + i32.add 1 + end 0, + entry 1 = 4
-        let ops = ops_of(
-            r#"(module (func (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))"#,
-        );
+        let ops = ops_of(r#"(module (func (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))"#);
         let charges = block_charges(&ops, false);
         assert_eq!(charges[0], Some(4));
         assert_eq!(charges.iter().flatten().count(), 1);

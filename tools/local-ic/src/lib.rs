@@ -56,6 +56,5 @@ pub mod weights;
 pub use candid::Principal;
 pub use runtime::{canister_id, CanisterId, Runtime};
 pub use types::{
-    Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply,
-    RuntimeConfig, Stats,
+    Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply, RuntimeConfig, Stats,
 };

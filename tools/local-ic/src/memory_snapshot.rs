@@ -49,9 +49,7 @@ fn clear_refs() -> bool {
 
 fn pagemap() -> Option<&'static File> {
     static PAGEMAP: OnceLock<Option<File>> = OnceLock::new();
-    PAGEMAP
-        .get_or_init(|| File::open("/proc/self/pagemap").ok())
-        .as_ref()
+    PAGEMAP.get_or_init(|| File::open("/proc/self/pagemap").ok()).as_ref()
 }
 
 /// Soft-dirty flags of the pages covering `[addr, addr + len)`.

@@ -7,10 +7,14 @@
 //! until the queue is empty (bounded by [`Limits::max_messages_per_operation`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use candid::Principal;
-use wasmtime::{Config, Engine, Linker, OptLevel, Strategy};
+use wasmtime::{Config, Engine, Linker, Module, OptLevel, Strategy};
+
+use crate::instrument::ModuleInfo;
 
 use crate::canister::{self, Canister, Entry, Execution};
 use crate::memory_snapshot;
@@ -94,7 +98,44 @@ pub struct Runtime {
 /// The wasmtime configuration: Cranelift at full speed, SIMD on, relaxed
 /// SIMD and threads off (the IC rejects them), no fuel (the module counts
 /// its own instructions).
+///
+/// One engine per process: compiled modules can then be shared between
+/// runtimes (see [`compile_cached`]).
 fn engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(new_engine).clone()
+}
+
+/// Compiles (instrumenting) `wasm`, reusing the result for identical bytes:
+/// Cranelift takes seconds for a real canister and tests install the same
+/// module many times.
+fn compile_cached(engine: &Engine, wasm: &[u8]) -> Result<(Module, ModuleInfo), ExecError> {
+    type Cache = Mutex<HashMap<u64, Vec<(Arc<[u8]>, Module, ModuleInfo)>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    wasm.hash(&mut hasher);
+    let key = hasher.finish();
+    let cache = CACHE.get_or_init(Default::default);
+    {
+        let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m, i)) = cache
+            .get(&key)
+            .and_then(|v| v.iter().find(|(bytes, _, _)| &bytes[..] == wasm))
+        {
+            return Ok((m.clone(), i.clone()));
+        }
+    }
+    let (module, info) = canister::compile(engine, wasm)?;
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .push((Arc::from(wasm), module.clone(), info.clone()));
+    Ok((module, info))
+}
+
+fn new_engine() -> Engine {
     let mut config = Config::new();
     config
         .strategy(Strategy::Cranelift)
@@ -202,7 +243,7 @@ impl Runtime {
             reason,
             report: None,
         };
-        let (module, info) = canister::compile(&self.engine, wasm).map_err(fail)?;
+        let (module, info) = compile_cached(&self.engine, wasm).map_err(fail)?;
         let host = HostState {
             canister_id: id,
             controllers: controllers.clone(),
@@ -216,11 +257,12 @@ impl Runtime {
             msg: MessageContext::new(MessageKind::Init, "", vec![], Principal::anonymous()),
         };
         let mut canister = Canister::instantiate(&self.engine, &self.linker, &module, info, host)
-            .map_err(|(e, _)| fail(e))?;
+            .map_err(|failure| fail(failure.0))?;
         self.next_canister += 1;
         if canister.exports("canister_init") {
             let caller = controllers.first().copied().unwrap_or(Principal::anonymous());
-            let msg = MessageContext::new(MessageKind::Init, "canister_init", init_arg, caller);
+            let mut msg = MessageContext::new(MessageKind::Init, "canister_init", init_arg, caller);
+            msg.time = self.now;
             let limit = self.config.limits.install;
             let exec = canister.execute(&Entry::Export("canister_init".into()), msg, limit, false);
             let (report, result) = self.conclude(&mut canister, exec, "canister_init", true);
@@ -276,20 +318,25 @@ impl Runtime {
             reason,
             report: report.map(Box::new),
         };
-        let (module, info) = canister::compile(&self.engine, wasm).map_err(|e| fail(e, None))?;
+        let (module, info) = compile_cached(&self.engine, wasm).map_err(|e| fail(e, None))?;
         let limit = self.config.limits.install;
 
         let mut pre_instructions = 0;
         let mut pre_report = None;
         if old.exports("canister_pre_upgrade") {
-            let msg = MessageContext::new(MessageKind::PreUpgrade, "canister_pre_upgrade", vec![], caller);
+            let mut msg = MessageContext::new(MessageKind::PreUpgrade, "canister_pre_upgrade", vec![], caller);
+            msg.time = self.now;
             let exec = old.execute(&Entry::Export("canister_pre_upgrade".into()), msg, limit, false);
             pre_instructions = exec.instructions;
-            if exec.result.is_err() {
+            if exec.result.is_ok() {
+                pre_report = Some(self.report_of(old, &exec, "canister_pre_upgrade", true));
+            } else {
                 let (report, result) = self.conclude(old, exec, "canister_pre_upgrade", true);
-                return Err(fail(result.err().expect("failed"), Some(report)));
+                let reason = result
+                    .err()
+                    .unwrap_or_else(|| ExecError::Internal("pre_upgrade failed".into()));
+                return Err(fail(reason, Some(report)));
             }
-            pre_report = Some(self.report_of(old, &exec, "canister_pre_upgrade", true));
         } else {
             old.host_mut().stable.begin();
         }
@@ -310,7 +357,8 @@ impl Runtime {
         };
         let mut new = match Canister::instantiate(&self.engine, &self.linker, &module, info, host) {
             Ok(c) => c,
-            Err((reason, mut host)) => {
+            Err(failure) => {
+                let (reason, mut host) = *failure;
                 old.put_stable(std::mem::take(&mut host.stable));
                 old.finish(false);
                 return Err(fail(reason, None));
@@ -318,23 +366,22 @@ impl Runtime {
         };
         let mut post_report = None;
         if new.exports("canister_post_upgrade") {
-            let msg = MessageContext::new(MessageKind::PostUpgrade, "canister_post_upgrade", arg, caller);
+            let mut msg = MessageContext::new(MessageKind::PostUpgrade, "canister_post_upgrade", arg, caller);
+            msg.time = self.now;
             let exec = new.execute(
                 &Entry::Export("canister_post_upgrade".into()),
                 msg,
                 limit.saturating_sub(pre_instructions),
                 true,
             );
-            let failed = exec.result.is_err();
-            let exceeded = matches!(exec.result, Err(ExecError::InstructionLimitExceeded(_)));
             let (report, result) = self.conclude(&mut new, exec, "canister_post_upgrade", true);
-            if failed {
+            if let Err(reason) = result {
                 old.put_stable(new.take_stable());
                 old.finish(false);
-                let reason = if exceeded {
-                    ExecError::InstructionLimitExceeded(limit)
-                } else {
-                    result.err().expect("failed")
+                // The budget is shared: report the upgrade's limit.
+                let reason = match reason {
+                    ExecError::InstructionLimitExceeded(_) => ExecError::InstructionLimitExceeded(limit),
+                    other => other,
                 };
                 return Err(fail(reason, Some(report)));
             }
@@ -377,13 +424,7 @@ impl Runtime {
     /// An ingress update call: `canister_inspect_message` first (if
     /// exported), then the method, then everything it triggered (self-calls,
     /// callbacks) until the queue is empty.
-    pub fn update(
-        &mut self,
-        id: CanisterId,
-        caller: Principal,
-        method: &str,
-        arg: Vec<u8>,
-    ) -> Result<Reply, Error> {
+    pub fn update(&mut self, id: CanisterId, caller: Principal, method: &str, arg: Vec<u8>) -> Result<Reply, Error> {
         let _guard = memory_snapshot::exclusive();
         let start = self.reports.len();
         let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
@@ -419,7 +460,8 @@ impl Runtime {
 
     fn inspect(&mut self, id: CanisterId, caller: Principal, method: &str, arg: &[u8]) -> Result<(), Error> {
         let limit = self.config.limits.inspect_message;
-        let msg = MessageContext::new(MessageKind::InspectMessage, method, arg.to_vec(), caller);
+        let mut msg = MessageContext::new(MessageKind::InspectMessage, method, arg.to_vec(), caller);
+        msg.time = self.now;
         let canister = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
         let exec = canister.execute(&Entry::Export("canister_inspect_message".into()), msg, limit, false);
         let accepted = exec.msg.accepted;
@@ -439,13 +481,7 @@ impl Runtime {
     }
 
     /// A query call (non-replicated): changes are always discarded.
-    pub fn query(
-        &mut self,
-        id: CanisterId,
-        caller: Principal,
-        method: &str,
-        arg: Vec<u8>,
-    ) -> Result<Reply, Error> {
+    pub fn query(&mut self, id: CanisterId, caller: Principal, method: &str, arg: Vec<u8>) -> Result<Reply, Error> {
         let _guard = memory_snapshot::exclusive();
         let canister = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
         let export = [
@@ -666,9 +702,7 @@ impl Runtime {
         let outcome = match outcome {
             Some(Outcome::Failed(_)) if c.responded || c.outstanding > 0 => None,
             Some(o) if !c.responded => Some(o),
-            None if !c.responded && c.outstanding == 0 => {
-                Some(Outcome::Failed(Error::NoResponse(c.canister)))
-            }
+            None if !c.responded && c.outstanding == 0 => Some(Outcome::Failed(Error::NoResponse(c.canister))),
             _ => None,
         };
         if let Some(outcome) = outcome {
@@ -732,12 +766,7 @@ impl Runtime {
             }
             match item {
                 Queued::Request { from, from_ctx, call } => self.deliver_request(from, from_ctx, call),
-                Queued::Response {
-                    to,
-                    ctx,
-                    call,
-                    result,
-                } => self.deliver_response(to, ctx, call, result),
+                Queued::Response { to, ctx, call, result } => self.deliver_response(to, ctx, call, result),
             }
         }
     }
@@ -913,10 +942,7 @@ impl Runtime {
     }
 
     fn record(&mut self, report: MessageReport) {
-        let s = self
-            .stats
-            .entry((report.canister, report.method.clone()))
-            .or_default();
+        let s = self.stats.entry((report.canister, report.method.clone())).or_default();
         s.messages += 1;
         s.instructions += report.instructions;
         s.max_instructions = s.max_instructions.max(report.instructions);
@@ -931,9 +957,10 @@ impl Runtime {
         match self.ingress_results.remove(&ingress) {
             Some(Ok(bytes)) => Ok(Reply {
                 bytes,
-                report: messages.first().cloned().ok_or_else(|| {
-                    Error::Unsupported("reply without an executed message".into())
-                })?,
+                report: messages
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| Error::Unsupported("reply without an executed message".into()))?,
                 messages,
             }),
             Some(Err(e)) => Err(e),
@@ -945,7 +972,8 @@ impl Runtime {
     }
 }
 
-/// IC-style canister id for index `n` (`rrkah-fqaaa-aaaaa-aaaaq-cai` is 0).
+/// IC-style canister id for index `n` (0 is `rwlgt-iiaaa-aaaaa-aaaaa-cai`,
+/// the first id the IC ever assigned; installs count up from there).
 pub fn canister_id(n: u64) -> Principal {
     let mut bytes = [0u8; 10];
     bytes[..8].copy_from_slice(&n.to_be_bytes());
@@ -956,7 +984,9 @@ pub fn canister_id(n: u64) -> Principal {
 
 /// 32 deterministic bytes from the seed and the call number (splitmix64).
 fn random_bytes(seed: u64, n: u64) -> [u8; 32] {
-    let mut state = seed ^ n.wrapping_mul(0xD6E8_FEB8_6659_FD93).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut state = seed
+        ^ n.wrapping_mul(0xD6E8_FEB8_6659_FD93)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut out = [0u8; 32];
     for chunk in out.chunks_exact_mut(8) {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -105,8 +105,7 @@ impl StableMemory {
             let chunk = (pos / WASM_PAGE) as usize;
             let within = (pos % WASM_PAGE) as usize;
             let n = (WASM_PAGE as usize - within).min(data.len() - done);
-            let slot = self.chunks[chunk]
-                .get_or_insert_with(|| vec![0u8; WASM_PAGE as usize].into_boxed_slice());
+            let slot = self.chunks[chunk].get_or_insert_with(|| vec![0u8; WASM_PAGE as usize].into_boxed_slice());
             slot[within..within + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }

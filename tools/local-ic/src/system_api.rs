@@ -159,10 +159,7 @@ impl MessageContext {
             limit: 0,
             call_context_instructions: 0,
             deadline: 0,
-            can_respond: matches!(
-                kind,
-                MessageKind::Update | MessageKind::Query | MessageKind::Callback
-            ),
+            can_respond: matches!(kind, MessageKind::Update | MessageKind::Query | MessageKind::Callback),
             reply_data: Vec::new(),
             response: None,
             accepted: false,
@@ -283,14 +280,7 @@ fn write_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, bytes: &[u8]) -> wasmti
 }
 
 /// `xxx_copy(dst, offset, size)` from a host-side byte string.
-fn copy_out(
-    caller: &mut Ctx<'_>,
-    api: &str,
-    source: &[u8],
-    dst: u32,
-    offset: u32,
-    size: u32,
-) -> wasmtime::Result<()> {
+fn copy_out(caller: &mut Ctx<'_>, api: &str, source: &[u8], dst: u32, offset: u32, size: u32) -> wasmtime::Result<()> {
     charge(caller, overhead::DEFAULT + size as u64)?;
     let (start, end) = (offset as usize, offset as usize + size as usize);
     let Some(chunk) = source.get(start..end) else {
@@ -312,11 +302,7 @@ const UPDATE_LIKE: &[MessageKind] = &[
     MessageKind::GlobalTimer,
     MessageKind::Cleanup,
 ];
-const CAN_REPLY: &[MessageKind] = &[
-    MessageKind::Update,
-    MessageKind::Query,
-    MessageKind::Callback,
-];
+const CAN_REPLY: &[MessageKind] = &[MessageKind::Update, MessageKind::Query, MessageKind::Callback];
 const HAS_ARG: &[MessageKind] = &[
     MessageKind::Init,
     MessageKind::PostUpgrade,
@@ -388,10 +374,14 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             copy_out(&mut c, "msg_caller_copy", caller.as_slice(), dst, off, size)
         },
     )?;
-    l.func_wrap("ic0", "msg_method_name_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-        charge(&mut c, overhead::DEFAULT)?;
-        Ok(c.data().msg.method.len() as u32)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_method_name_size",
+        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+            charge(&mut c, overhead::DEFAULT)?;
+            Ok(c.data().msg.method.len() as u32)
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "msg_method_name_copy",
@@ -416,23 +406,37 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
 
     // --- reject information (callbacks) ----------------------------------
     l.func_wrap("ic0", "msg_reject_code", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-        require(&mut c, "msg_reject_code", &[MessageKind::Callback, MessageKind::Cleanup])?;
+        require(
+            &mut c,
+            "msg_reject_code",
+            &[MessageKind::Callback, MessageKind::Cleanup],
+        )?;
         charge(&mut c, overhead::DEFAULT)?;
         Ok(c.data().msg.reject.as_ref().map_or(0, |r| r.0))
     })?;
-    l.func_wrap("ic0", "msg_reject_msg_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-        charge(&mut c, overhead::DEFAULT)?;
-        match c.data().msg.reject.as_ref() {
-            Some((_, m)) => Ok(m.len() as u32),
-            None => violation(&mut c, "\"ic0_msg_reject_msg_size\" cannot be executed outside a reject callback".into()),
-        }
-    })?;
+    l.func_wrap(
+        "ic0",
+        "msg_reject_msg_size",
+        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+            charge(&mut c, overhead::DEFAULT)?;
+            match c.data().msg.reject.as_ref() {
+                Some((_, m)) => Ok(m.len() as u32),
+                None => violation(
+                    &mut c,
+                    "\"ic0_msg_reject_msg_size\" cannot be executed outside a reject callback".into(),
+                ),
+            }
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "msg_reject_msg_copy",
         |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
             let Some((_, text)) = c.data().msg.reject.clone() else {
-                return violation(&mut c, "\"ic0_msg_reject_msg_copy\" cannot be executed outside a reject callback".into());
+                return violation(
+                    &mut c,
+                    "\"ic0_msg_reject_msg_copy\" cannot be executed outside a reject callback".into(),
+                );
             };
             copy_out(&mut c, "msg_reject_msg_copy", text.as_bytes(), dst, off, size)
         },
@@ -496,8 +500,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         "cost_call",
         |mut c: Ctx<'_>, method_name_size: u64, payload_size: u64, dst: u32| {
             charge(&mut c, overhead::DEFAULT)?;
-            let cost = CALL_BASE_FEE
-                + CALL_BYTE_FEE * (method_name_size as u128 + payload_size as u128);
+            let cost = CALL_BASE_FEE + CALL_BYTE_FEE * (method_name_size as u128 + payload_size as u128);
             write_heap(&mut c, "cost_call", dst, &cost.to_le_bytes())
         },
     )?;
@@ -535,30 +538,51 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             }
         },
     )?;
-    l.func_wrap("ic0", "in_replicated_execution", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-        charge(&mut c, overhead::DEFAULT)?;
-        let kind = c.data().msg.kind;
-        Ok(!matches!(kind, MessageKind::Query | MessageKind::InspectMessage) as u32)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "in_replicated_execution",
+        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+            charge(&mut c, overhead::DEFAULT)?;
+            let kind = c.data().msg.kind;
+            Ok(!matches!(kind, MessageKind::Query | MessageKind::InspectMessage) as u32)
+        },
+    )?;
     l.func_wrap("ic0", "certified_data_set", |mut c: Ctx<'_>, _src: u32, size: u32| {
         charge(&mut c, overhead::DEFAULT + size as u64)?;
         if size > 32 {
-            return violation(&mut c, "ic0_certified_data_set failed because the passed data must be no larger than 32 bytes".into());
+            return violation(
+                &mut c,
+                "ic0_certified_data_set failed because the passed data must be no larger than 32 bytes".into(),
+            );
         }
         Ok(())
     })?;
-    l.func_wrap("ic0", "data_certificate_present", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-        charge(&mut c, overhead::DEFAULT)?;
-        Ok(0)
-    })?;
-    l.func_wrap("ic0", "data_certificate_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-        violation(&mut c, "local-ic has no data certificates (data_certificate_present is 0)".into())
-    })?;
+    l.func_wrap(
+        "ic0",
+        "data_certificate_present",
+        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+            charge(&mut c, overhead::DEFAULT)?;
+            Ok(0)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "data_certificate_size",
+        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+            violation(
+                &mut c,
+                "local-ic has no data certificates (data_certificate_present is 0)".into(),
+            )
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "data_certificate_copy",
         |mut c: Ctx<'_>, _dst: u32, _off: u32, _size: u32| -> wasmtime::Result<()> {
-            violation(&mut c, "local-ic has no data certificates (data_certificate_present is 0)".into())
+            violation(
+                &mut c,
+                "local-ic has no data certificates (data_certificate_present is 0)".into(),
+            )
         },
     )?;
 
@@ -589,8 +613,14 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
                 callee,
                 method,
                 arg: Vec::new(),
-                on_reply: Callback { fun: reply_fun, env: reply_env },
-                on_reject: Callback { fun: reject_fun, env: reject_env },
+                on_reply: Callback {
+                    fun: reply_fun,
+                    env: reply_env,
+                },
+                on_reject: Callback {
+                    fun: reject_fun,
+                    env: reject_env,
+                },
                 on_cleanup: None,
                 cycles: 0,
                 timeout_seconds: None,
@@ -598,11 +628,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             Ok(())
         },
     )?;
-    fn with_call(
-        c: &mut Ctx<'_>,
-        api: &str,
-        f: impl FnOnce(&mut OutgoingCall),
-    ) -> wasmtime::Result<()> {
+    fn with_call(c: &mut Ctx<'_>, api: &str, f: impl FnOnce(&mut OutgoingCall)) -> wasmtime::Result<()> {
         match c.data_mut().msg.new_call.as_mut() {
             Some(call) => {
                 f(call);
@@ -622,12 +648,16 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         let bytes = read_heap(&mut c, "call_data_append", src, size)?;
         with_call(&mut c, "call_data_append", |call| call.arg.extend_from_slice(&bytes))
     })?;
-    l.func_wrap("ic0", "call_with_best_effort_response", |mut c: Ctx<'_>, timeout: u32| {
-        charge(&mut c, overhead::DEFAULT)?;
-        with_call(&mut c, "call_with_best_effort_response", |call| {
-            call.timeout_seconds = Some(timeout.clamp(1, 300))
-        })
-    })?;
+    l.func_wrap(
+        "ic0",
+        "call_with_best_effort_response",
+        |mut c: Ctx<'_>, timeout: u32| {
+            charge(&mut c, overhead::DEFAULT)?;
+            with_call(&mut c, "call_with_best_effort_response", |call| {
+                call.timeout_seconds = Some(timeout.clamp(1, 300))
+            })
+        },
+    )?;
     l.func_wrap("ic0", "call_cycles_add128", |mut c: Ctx<'_>, high: u64, low: u64| {
         charge(&mut c, overhead::DEFAULT)?;
         let amount = ((high as u128) << 64) | low as u128;
@@ -637,9 +667,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         charge(&mut c, overhead::CALL_PERFORM)?;
         match c.data_mut().msg.new_call.take() {
             Some(call) => {
-                let extra = CALL_BASE_FEE
-                    + CALL_BYTE_FEE * (call.method.len() + call.arg.len()) as u128
-                    + call.cycles;
+                let extra = CALL_BASE_FEE + CALL_BYTE_FEE * (call.method.len() + call.arg.len()) as u128 + call.cycles;
                 let state = c.data_mut();
                 state.cycles = state.cycles.saturating_sub(extra);
                 state.msg.calls.push(call);
@@ -654,10 +682,14 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         charge(&mut c, overhead::STABLE_SIZE)?;
         Ok(c.data().stable.size())
     })?;
-    l.func_wrap("ic0", "stable64_grow", |mut c: Ctx<'_>, pages: u64| -> wasmtime::Result<i64> {
-        charge(&mut c, overhead::DEFAULT)?;
-        Ok(c.data_mut().stable.grow(pages))
-    })?;
+    l.func_wrap(
+        "ic0",
+        "stable64_grow",
+        |mut c: Ctx<'_>, pages: u64| -> wasmtime::Result<i64> {
+            charge(&mut c, overhead::DEFAULT)?;
+            Ok(c.data_mut().stable.grow(pages))
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "stable64_write",
@@ -681,18 +713,25 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         charge(&mut c, overhead::STABLE_SIZE)?;
         let size = c.data().stable.size();
         if size > MAX_32_BIT_PAGES {
-            return fail(&mut c, ExecError::Trapped("32 bit stable memory api used on a memory larger than 4GB".into()));
+            return fail(
+                &mut c,
+                ExecError::Trapped("32 bit stable memory api used on a memory larger than 4GB".into()),
+            );
         }
         Ok(size as u32)
     })?;
-    l.func_wrap("ic0", "stable_grow", |mut c: Ctx<'_>, pages: u32| -> wasmtime::Result<i32> {
-        charge(&mut c, overhead::DEFAULT)?;
-        let size = c.data().stable.size();
-        if size + pages as u64 > MAX_32_BIT_PAGES.min(MAX_PAGES) {
-            return Ok(-1);
-        }
-        Ok(c.data_mut().stable.grow(pages as u64) as i32)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "stable_grow",
+        |mut c: Ctx<'_>, pages: u32| -> wasmtime::Result<i32> {
+            charge(&mut c, overhead::DEFAULT)?;
+            let size = c.data().stable.size();
+            if size + pages as u64 > MAX_32_BIT_PAGES.min(MAX_PAGES) {
+                return Ok(-1);
+            }
+            Ok(c.data_mut().stable.grow(pages as u64) as i32)
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "stable_write",
@@ -703,9 +742,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "stable_read",
-        |mut c: Ctx<'_>, dst: u32, offset: u32, size: u32| {
-            stable_read(&mut c, "stable_read", dst, offset as u64, size)
-        },
+        |mut c: Ctx<'_>, dst: u32, offset: u32, size: u32| stable_read(&mut c, "stable_read", dst, offset as u64, size),
     )?;
 
     // --- time, timer, counters --------------------------------------------
@@ -713,26 +750,30 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         charge(&mut c, overhead::DEFAULT)?;
         Ok(c.data().msg.time)
     })?;
-    l.func_wrap("ic0", "global_timer_set", |mut c: Ctx<'_>, ts: u64| -> wasmtime::Result<u64> {
-        require(
-            &mut c,
-            "global_timer_set",
-            &[
-                MessageKind::Init,
-                MessageKind::PreUpgrade,
-                MessageKind::PostUpgrade,
-                MessageKind::Update,
-                MessageKind::Callback,
-                MessageKind::Cleanup,
-                MessageKind::GlobalTimer,
-            ],
-        )?;
-        charge(&mut c, overhead::DEFAULT)?;
-        let state = c.data_mut();
-        let previous = state.msg.timer.unwrap_or(state.global_timer);
-        state.msg.timer = Some(ts);
-        Ok(previous)
-    })?;
+    l.func_wrap(
+        "ic0",
+        "global_timer_set",
+        |mut c: Ctx<'_>, ts: u64| -> wasmtime::Result<u64> {
+            require(
+                &mut c,
+                "global_timer_set",
+                &[
+                    MessageKind::Init,
+                    MessageKind::PreUpgrade,
+                    MessageKind::PostUpgrade,
+                    MessageKind::Update,
+                    MessageKind::Callback,
+                    MessageKind::Cleanup,
+                    MessageKind::GlobalTimer,
+                ],
+            )?;
+            charge(&mut c, overhead::DEFAULT)?;
+            let state = c.data_mut();
+            let previous = state.msg.timer.unwrap_or(state.global_timer);
+            state.msg.timer = Some(ts);
+            Ok(previous)
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "performance_counter",
@@ -758,12 +799,16 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         c.data_mut().msg.logs.push(text);
         Ok(())
     })?;
-    l.func_wrap("ic0", "trap", |mut c: Ctx<'_>, src: u32, size: u32| -> wasmtime::Result<()> {
-        charge(&mut c, overhead::DEFAULT + size as u64)?;
-        let bytes = read_heap(&mut c, "trap", src, size)?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        fail(&mut c, ExecError::CalledTrap(text))
-    })?;
+    l.func_wrap(
+        "ic0",
+        "trap",
+        |mut c: Ctx<'_>, src: u32, size: u32| -> wasmtime::Result<()> {
+            charge(&mut c, overhead::DEFAULT + size as u64)?;
+            let bytes = read_heap(&mut c, "trap", src, size)?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            fail(&mut c, ExecError::CalledTrap(text))
+        },
+    )?;
 
     Ok(l)
 }

@@ -59,7 +59,9 @@ fn trapping_update_leaves_no_trace() {
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.starts_with(&format!("Error from Canister {id}: Canister called `ic0.trap` with message: '")),
+        text.starts_with(&format!(
+            "Error from Canister {id}: Canister called `ic0.trap` with message: '"
+        )),
         "{text}"
     );
     assert!(text.contains("boom after mutating"), "{text}");
@@ -149,7 +151,10 @@ fn unknown_method_and_bad_candid_are_clear_errors() {
     let err = rt.update(id, user(), "add", Encode!(&"seven").unwrap()).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("Canister called `ic0.trap`"), "{text}");
-    assert!(text.to_lowercase().contains("decode") || text.contains("type"), "{text}");
+    assert!(
+        text.to_lowercase().contains("decode") || text.contains("type"),
+        "{text}"
+    );
     let err = rt.update(id, user(), "add", b"garbage".to_vec()).unwrap_err();
     assert!(matches!(err.reason(), Some(ExecError::CalledTrap(_))), "{err}");
     assert_eq!(query_u64(&mut rt, id, "get"), 0);
@@ -160,7 +165,8 @@ fn not_a_canister_is_refused_at_install() {
     let mut rt = runtime();
     let err = rt.install(b"this is not wasm", vec![], vec![]).unwrap_err();
     assert!(
-        err.to_string().contains("Canister's Wasm module is not valid: the file is not a WebAssembly module"),
+        err.to_string()
+            .contains("Canister's Wasm module is not valid: the file is not a WebAssembly module"),
         "{err}"
     );
     let unknown_import = wat::parse_str(
@@ -226,7 +232,11 @@ fn timer_chain_runs_each_timer_as_its_own_message() {
     rt.update(id, user(), "start_chain", Encode!(&5u64, &1u64, &100_000u32).unwrap())
         .unwrap();
     let reports = rt.advance_time(Duration::from_secs(10));
-    let fired = Decode!(&rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes, Vec<u64>).unwrap();
+    let fired = Decode!(
+        &rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes,
+        Vec<u64>
+    )
+    .unwrap();
     assert_eq!(fired, vec![0, 1, 2, 3, 4]);
     let timer_msgs = reports.iter().filter(|r| r.kind == MessageKind::GlobalTimer).count();
     assert_eq!(timer_msgs, 5, "one canister_global_timer per step");
@@ -243,7 +253,9 @@ fn timer_chain_runs_each_timer_as_its_own_message() {
     }
     // The tasks' own performance_counter(0) readings are per message.
     let instr = Decode!(
-        &rt.query(id, user(), "timer_instructions", Encode!().unwrap()).unwrap().bytes,
+        &rt.query(id, user(), "timer_instructions", Encode!().unwrap())
+            .unwrap()
+            .bytes,
         Vec<u64>
     )
     .unwrap();
@@ -263,14 +275,23 @@ fn timers_do_not_survive_upgrade_unless_rearmed() {
     assert_eq!(rt.global_timer(id), Some(0), "upgrade clears the global timer");
     let reports = rt.advance_time(Duration::from_secs(60));
     assert!(reports.is_empty(), "{reports:?}");
-    let fired = Decode!(&rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes, Vec<u64>).unwrap();
+    let fired = Decode!(
+        &rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes,
+        Vec<u64>
+    )
+    .unwrap();
     assert!(fired.is_empty());
 
     // Re-armed in post_upgrade: fires.
     rt.upgrade(id, &wasm("timers"), Encode!(&true).unwrap(), controller())
         .unwrap();
+    assert!(rt.tick().is_empty(), "re-armed 1 s ahead of the clock: not due yet");
     rt.advance_time(Duration::from_secs(2));
-    let fired = Decode!(&rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes, Vec<u64>).unwrap();
+    let fired = Decode!(
+        &rt.query(id, user(), "fired", Encode!().unwrap()).unwrap().bytes,
+        Vec<u64>
+    )
+    .unwrap();
     assert_eq!(fired, vec![100]);
 }
 
