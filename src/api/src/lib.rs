@@ -1,4 +1,5 @@
-//! The canister's candid types: what dApps send and receive.
+//! The icllm canister's candid interface: what dApps send and receive.
+//! Shared by the canister and its clients (the CLI, tests, other canisters).
 //! `candid/icllm.did` must describe exactly these (checked by a test).
 
 use candid::{CandidType, Deserialize, Principal};

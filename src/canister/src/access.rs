@@ -1,8 +1,8 @@
 //! Who may do what. Pure functions of (caller, policy, controllers) so the
 //! rules are testable without a replica.
 
-use crate::api::{AccessMode, AccessPolicy, ApiError, ApiResult};
 use candid::Principal;
+use icllm_api::{AccessMode, AccessPolicy, ApiError, ApiResult};
 
 /// Administration (upload, settings, admin views) is for controllers only.
 pub fn require_controller(caller: Principal, is_controller: bool) -> ApiResult<()> {

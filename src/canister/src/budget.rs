@@ -5,6 +5,7 @@
 //! unit's cost learned from the units already run, and a reserve kept back
 //! for the checkpoint that ends every step.
 
+use icllm_engine::job::Phase;
 use std::cell::Cell;
 
 /// Instructions per multiply-add assumed before any unit was measured.
@@ -24,8 +25,13 @@ pub struct MessageBudget<F: Fn() -> u64> {
     counter: F,
     limit: u64,
     reserve: u64,
+    /// Counter and MACs when the last accepted unit started.
     last: Option<(u64, u64)>,
-    pub units: u32,
+    /// Phase of the unit running now, and the counter when it started.
+    current: Option<(Phase, u64)>,
+    /// Instructions of the units run so far, by phase.
+    pub prefill_instructions: u64,
+    pub decode_instructions: u64,
 }
 
 impl<F: Fn() -> u64> MessageBudget<F> {
@@ -36,8 +42,30 @@ impl<F: Fn() -> u64> MessageBudget<F> {
             limit,
             reserve,
             last: None,
-            units: 0,
+            current: None,
+            prefill_instructions: 0,
+            decode_instructions: 0,
         }
+    }
+
+    /// Charges the instructions since the current unit started to its phase.
+    fn close_unit(&mut self, now: u64) {
+        if let Some((phase, start)) = self.current.take() {
+            let used = now.saturating_sub(start);
+            match phase {
+                Phase::Prefill => self.prefill_instructions += used,
+                Phase::Decode => self.decode_instructions += used,
+            }
+        }
+    }
+
+    /// Ends accounting: everything since the last unit started goes to its
+    /// phase. Returns the phase of the last unit, if any ran.
+    pub fn finish(&mut self) -> Option<Phase> {
+        let phase = self.current.map(|(p, _)| p);
+        let now = (self.counter)();
+        self.close_unit(now);
+        phase
     }
 
     /// Instructions still available before the reserve.
@@ -73,8 +101,13 @@ impl<F: Fn() -> u64> icllm_engine::job::Budget for MessageBudget<F> {
         let fits = now.saturating_add(Self::estimate(macs)).saturating_add(self.reserve) <= self.limit;
         if fits {
             self.last = Some((now, macs));
-            self.units += 1;
         }
         fits
+    }
+
+    fn unit_started(&mut self, phase: Phase) {
+        let now = (self.counter)();
+        self.close_unit(now);
+        self.current = Some((phase, now));
     }
 }

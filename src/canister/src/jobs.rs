@@ -6,14 +6,15 @@
 //! upgrade, or after eviction, it is rebuilt from the record and the slot.
 //! Every step ends with a checkpoint: the KV rows it wrote and the record.
 
-use crate::api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobSummary, JobView, StepProgress};
+use crate::budget::MessageBudget;
 use crate::memory::{self, Memory};
 use crate::model_store::{LoadedModel, ModelRef};
 use crate::settings::{self, Cbor};
 use crate::state::{self, CachedJob};
 use candid::Principal;
 use ic_stable_structures::{Memory as _, StableBTreeMap};
-use icllm_engine::job::{step, Budget, FinishReason, Job, JobState, KvCache, StepOutcome};
+use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobSummary, JobView, StepProgress};
+use icllm_engine::job::{step, FinishReason, Job, JobState, KvCache, Phase, StepOutcome};
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
 use serde::{Deserialize, Serialize};
@@ -346,10 +347,10 @@ fn put_back(id: JobId, job: Job) {
 
 /// Advances one job under `budget`, then checkpoints. `counter` reads the
 /// instructions used so far in this message.
-pub fn step_job(
+pub fn step_job<F: Fn() -> u64>(
     model: &ModelRef,
     id: JobId,
-    budget: &mut dyn Budget,
+    budget: &mut MessageBudget<F>,
     counter: &dyn Fn() -> u64,
 ) -> ApiResult<StepProgress> {
     let start = counter();
@@ -399,12 +400,15 @@ pub fn step_job(
     } else {
         put_back(id, job);
     }
+    // Accounting: the units' instructions by phase; the rest of this step
+    // (restoring, decoding text, checkpointing) goes to the phase of its last unit.
+    let last_phase = budget.finish();
     let used = counter().saturating_sub(start);
+    let overhead = used.saturating_sub(budget.prefill_instructions + budget.decode_instructions);
+    let overhead_is_prefill = last_phase.map_or(was_prefilling, |p| p == Phase::Prefill);
     rec.messages += 1;
     rec.instructions += used;
-    if was_prefilling {
-        rec.prompt_instructions += used;
-    }
+    rec.prompt_instructions += budget.prefill_instructions + if overhead_is_prefill { overhead } else { 0 };
     rec.max_message_instructions = rec.max_message_instructions.max(counter());
     rec.updated_at_ns = ic_cdk::api::time();
     put(&rec);

@@ -6,7 +6,6 @@
 //! `access` (who may do what). Stable layout: see `memory`.
 
 pub mod access;
-pub mod api;
 pub mod budget;
 pub mod jobs;
 pub mod memory;
@@ -17,10 +16,10 @@ pub mod settings;
 pub mod state;
 pub mod upload;
 
-use api::*;
 use candid::Principal;
 use ic_cdk::api::{is_controller, msg_caller};
 use ic_cdk::{init, inspect_message, post_upgrade, query, update};
+use icllm_api::*;
 
 fn caller_is_controller() -> (Principal, bool) {
     let caller = msg_caller();
@@ -335,3 +334,27 @@ fn inspect_message() {
 }
 
 ic_cdk::export_candid!();
+
+/// The interface as candid text, embedded in the wasm as the
+/// `icp:public candid:service` custom section that tools read.
+#[cfg(target_arch = "wasm32")]
+#[unsafe(link_section = "icp:public candid:service")]
+#[used]
+static CANDID_SERVICE: [u8; include_bytes!("../../../candid/icllm.did").len()] =
+    *include_bytes!("../../../candid/icllm.did");
+
+#[cfg(test)]
+mod interface_tests {
+    use candid_parser::utils::{service_equal, CandidSource};
+
+    /// `candid/icllm.did` describes exactly the endpoints and types in this crate.
+    #[test]
+    fn did_file_matches_the_rust_interface() {
+        let generated = super::__export_service();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../candid/icllm.did");
+        let file = std::fs::read_to_string(path).expect("candid/icllm.did exists");
+        if let Err(e) = service_equal(CandidSource::Text(&generated), CandidSource::Text(&file)) {
+            panic!("candid/icllm.did is out of date ({e}). The code's interface is:\n{generated}");
+        }
+    }
+}

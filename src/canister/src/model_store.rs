@@ -7,10 +7,10 @@
 //! the model's size needs; `advance` does as much as the message budget
 //! allows and returns.
 
-use crate::api::ModelInfo;
 use crate::memory;
 use crate::settings::ModelSlot;
 use ic_stable_structures::Memory as _;
+use icllm_api::ModelInfo;
 use icllm_engine::format::gguf::{Gguf, GgufError};
 use icllm_engine::model::{Model, ModelLoader};
 use icllm_engine::tokenizer::Tokenizer;

@@ -5,10 +5,10 @@
 //! scheduler. It is disarmed when no work is left and re-armed by whatever
 //! creates work (a job, a finalize, `post_upgrade`).
 
-use crate::api::UploadState;
 use crate::budget::MessageBudget;
 use crate::model_store::{LoadedModel, Progress, Purpose};
 use crate::{jobs, settings, state};
+use icllm_api::UploadState;
 use std::rc::Rc;
 use std::time::Duration;
 

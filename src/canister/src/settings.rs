@@ -1,9 +1,9 @@
 //! Durable settings and bookkeeping, one CBOR record in `memory::SETTINGS`.
 
-use crate::api::{AccessMode, AccessPolicy, JobId, Limits, UploadState};
 use crate::memory::{self, Memory};
 use ic_stable_structures::storable::Bound;
 use ic_stable_structures::{StableCell, Storable};
+use icllm_api::{AccessMode, AccessPolicy, JobId, Limits, UploadState};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
 use std::cell::RefCell;

@@ -1,8 +1,8 @@
 //! Heap state: hot copies and caches of what stable memory holds durably.
 //! Lost on upgrade by design; `post_upgrade` rebuilds it.
 
-use crate::api::JobId;
 use crate::model_store::{ModelRef, Pipeline};
+use icllm_api::JobId;
 use icllm_engine::job::Job;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,11 +5,11 @@
 //! messages; the slot becomes active only if all of it succeeds, so a bad
 //! upload never disturbs the model in use.
 
-use crate::api::{ApiError, ApiResult, UploadBegin, UploadState, UploadStatus};
 use crate::model_store::Pipeline;
 use crate::settings::{self, ModelSlot, UploadRecord};
 use crate::{memory, ranges, scheduler, state};
 use ic_stable_structures::Memory as _;
+use icllm_api::{ApiError, ApiResult, UploadBegin, UploadState, UploadStatus};
 
 /// Largest chunk accepted: the 2 MiB ingress limit minus room for the envelope.
 pub const MAX_CHUNK_BYTES: usize = 2 * 1024 * 1024 - 64 * 1024;

@@ -34,6 +34,19 @@ pub const DEFAULT_MAX_BATCH: u32 = 64;
 /// everything yields a step with zero units: [`step`] never loops waiting.
 pub trait Budget {
     fn can_afford(&mut self, macs: u64) -> bool;
+
+    /// Called right after the budget accepted a unit, with the unit's phase,
+    /// so a budget can account its costs to prompt processing or generation.
+    fn unit_started(&mut self, _phase: Phase) {}
+}
+
+/// Whether a unit processes prompt tokens or generated ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The unit's batch holds prompt tokens (its head samples the first generated token).
+    Prefill,
+    /// The unit processes a generated token.
+    Decode,
 }
 
 /// Accepts every unit: runs a job to the end in one step.
@@ -197,6 +210,16 @@ impl JobState {
     }
     pub fn units_run(&self) -> u64 {
         self.units_run
+    }
+
+    /// The phase of the unit at the cursor: prefill while the current (or
+    /// next) batch starts inside the prompt.
+    pub fn phase(&self) -> Phase {
+        if (self.cursor.pos as usize) < self.prompt.len() {
+            Phase::Prefill
+        } else {
+            Phase::Decode
+        }
     }
 
     /// Prompt and generated tokens: the sequence the cache is filled with.
@@ -495,6 +518,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
         let Some(n) = (1..=max_n).rev().find(|&n| budget.can_afford(largest_unit(n))) else {
             return Ok(None);
         };
+        budget.unit_started(s.phase());
         let macs = forward::attention_block_macs(model, cur.pos, n);
         let tokens: Vec<u32> = (cur.pos as usize..cur.pos as usize + n)
             .map(|i| s.token_at(i))
@@ -523,6 +547,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             if !budget.can_afford(macs) {
                 return Ok(None);
             }
+            budget.unit_started(s.phase());
             forward::attention_block(model, layer, cur.pos, &mut s.hidden, kv);
             s.cursor.stage = Stage::Ffn;
             Ok(Some(UnitDone { macs, token: None }))
@@ -532,6 +557,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             if !budget.can_afford(macs) {
                 return Ok(None);
             }
+            budget.unit_started(s.phase());
             forward::ffn_block(model, layer, &mut s.hidden);
             if layer + 1 < c.n_layers {
                 s.cursor.layer += 1;
@@ -550,6 +576,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             if !budget.can_afford(macs) {
                 return Ok(None);
             }
+            budget.unit_started(s.phase());
             // final norm → logits of the batch's last token → sample
             let last = &s.hidden[(n - 1) * c.dim..n * c.dim];
             let mut logits = vec![0.0f32; c.vocab_size];

@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; `main` only parses and dispatches.
 
 mod generate;
+mod run;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Generate text natively with the engine (no canister).
     Generate(generate::GenerateArgs),
+    /// Run the canister in the local IC runtime: upload the model, generate through timers.
+    Run(run::RunArgs),
     /// Run any canister wasm in the local IC runtime, one line per step.
     Sim(sim::SimArgs),
 }
@@ -26,6 +29,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Run(args) => run::run(args),
         Command::Sim(args) => sim::run(args),
     }
 }

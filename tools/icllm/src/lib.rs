@@ -1,0 +1,4 @@
+//! Library side of the `icllm` tool: the local-canister driver shared by the
+//! CLI subcommands and the integration tests.
+
+pub mod local_canister;

@@ -1,0 +1,213 @@
+//! The icllm canister running in the local IC runtime, driven through its
+//! real candid API: install, chunked upload, jobs, timers, upgrades.
+//! `icllm run`, `icllm bench` and the integration tests all go through here.
+
+use anyhow::{anyhow, bail, Context, Result};
+use candid::utils::{ArgumentDecoder, ArgumentEncoder};
+use candid::{decode_args, encode_args, Principal};
+use icllm_api::*;
+use local_ic::{CanisterId, Limits, MessageReport, Runtime, RuntimeConfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Bytes per `upload_chunk` call: under the 2 MiB ingress limit with room for the envelope.
+pub const UPLOAD_CHUNK_BYTES: usize = 1_900_000;
+/// Simulated time between scheduler rounds.
+pub const ROUND: Duration = Duration::from_millis(1);
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
+}
+
+/// Where `tools/build-wasm.sh` puts the canister wasm.
+pub fn default_wasm_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("wasm32-unknown-unknown/canister/icllm_canister.wasm")
+}
+
+/// Builds the canister wasm with cargo (release profile `canister`, SIMD128).
+pub fn build_wasm() -> Result<PathBuf> {
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--profile",
+            "canister",
+            "--target",
+            "wasm32-unknown-unknown",
+            "-p",
+            "icllm-canister",
+        ])
+        .status()
+        .context("running cargo to build the canister wasm")?;
+    if !status.success() {
+        bail!("building the canister wasm failed ({status})");
+    }
+    Ok(default_wasm_path())
+}
+
+/// The canister wasm: `path` if given, else the default build output, built if missing.
+pub fn find_or_build_wasm(path: Option<&Path>) -> Result<Vec<u8>> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None if default_wasm_path().exists() => default_wasm_path(),
+        None => {
+            eprintln!("building the canister wasm (once)…");
+            build_wasm()?
+        }
+    };
+    std::fs::read(&path).with_context(|| format!("reading canister wasm {}", path.display()))
+}
+
+/// The principal that installs and controls the canister in local runs.
+pub fn controller() -> Principal {
+    Principal::from_slice(&[0xC0, 0x17, 0x01])
+}
+
+/// A distinct non-anonymous user principal for tests.
+pub fn user(n: u8) -> Principal {
+    Principal::from_slice(&[0x05, 0xE5, n])
+}
+
+pub struct LocalCanister {
+    pub rt: Runtime,
+    pub id: CanisterId,
+    pub wasm: Vec<u8>,
+}
+
+impl LocalCanister {
+    /// Installs the canister with `init`, the runtime enforcing `update_limit`
+    /// instructions per update/timer message.
+    pub fn install(wasm: Vec<u8>, init: InitArgs, update_limit: u64) -> Result<LocalCanister> {
+        let limits = Limits {
+            update: update_limit,
+            ..Limits::default()
+        };
+        let mut rt = Runtime::new(RuntimeConfig {
+            limits,
+            ..RuntimeConfig::default()
+        });
+        let arg = encode_args((Some(init),))?;
+        let id = rt
+            .install(&wasm, arg, vec![controller()])
+            .map_err(|e| anyhow!("install: {e}"))?;
+        Ok(LocalCanister { rt, id, wasm })
+    }
+
+    /// An update call with typed arguments and reply.
+    pub fn update<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
+        &mut self,
+        caller: Principal,
+        method: &str,
+        args: A,
+    ) -> Result<R, local_ic::Error> {
+        let bytes = encode_args(args).expect("candid encoding of our own types");
+        let reply = self.rt.update(self.id, caller, method, bytes)?;
+        Ok(decode_args(&reply.bytes).unwrap_or_else(|e| panic!("{method} replied with unexpected candid: {e}")))
+    }
+
+    /// A query call with typed arguments and reply.
+    pub fn query<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
+        &mut self,
+        caller: Principal,
+        method: &str,
+        args: A,
+    ) -> Result<R, local_ic::Error> {
+        let bytes = encode_args(args).expect("candid encoding of our own types");
+        let reply = self.rt.query(self.id, caller, method, bytes)?;
+        Ok(decode_args(&reply.bytes).unwrap_or_else(|e| panic!("{method} replied with unexpected candid: {e}")))
+    }
+
+    /// One scheduler round: advance the clock and run the timer messages due.
+    pub fn round(&mut self) -> Vec<MessageReport> {
+        self.rt.advance_time(ROUND)
+    }
+
+    /// Uploads `bytes` as the model through the chunk API (chunks in the
+    /// order given by `order`, default ascending), finalizes, and runs
+    /// rounds until the model is verified and loaded.
+    pub fn upload_model(&mut self, bytes: &[u8], sha256: [u8; 32]) -> Result<UploadStatus> {
+        let begin = UploadBegin {
+            size: bytes.len() as u64,
+            sha256: sha256.to_vec(),
+        };
+        let (r,): (ApiResult<UploadStatus>,) = self.update(controller(), "upload_begin", (begin,))?;
+        r.map_err(|e| anyhow!("upload_begin: {e:?}"))?;
+        for (i, chunk) in bytes.chunks(UPLOAD_CHUNK_BYTES).enumerate() {
+            let offset = (i * UPLOAD_CHUNK_BYTES) as u64;
+            let (r,): (ApiResult<UploadStatus>,) = self.update(
+                controller(),
+                "upload_chunk",
+                (offset, serde_bytes::ByteBuf::from(chunk.to_vec())),
+            )?;
+            r.map_err(|e| anyhow!("upload_chunk at {offset}: {e:?}"))?;
+        }
+        self.finalize_upload()
+    }
+
+    /// Finalizes and runs rounds until the upload is done or failed.
+    pub fn finalize_upload(&mut self) -> Result<UploadStatus> {
+        let (r,): (ApiResult<UploadStatus>,) = self.update(controller(), "upload_finalize", ())?;
+        let mut status = r.map_err(|e| anyhow!("upload_finalize: {e:?}"))?;
+        for _ in 0..1_000_000 {
+            match &status.state {
+                UploadState::Done => return Ok(status),
+                UploadState::Failed(reason) => bail!("the upload failed: {reason}"),
+                _ => {}
+            }
+            self.round();
+            let (r,): (ApiResult<UploadStatus>,) = self.query(controller(), "upload_status", ())?;
+            status = r.map_err(|e| anyhow!("upload_status: {e:?}"))?;
+        }
+        bail!("the upload did not finish")
+    }
+
+    pub fn start_job(&mut self, caller: Principal, req: JobRequest) -> Result<ApiResult<JobId>, local_ic::Error> {
+        self.update(caller, "start_job", (req,)).map(|(r,)| r)
+    }
+
+    pub fn poll(&mut self, caller: Principal, id: JobId, since: u32) -> Result<ApiResult<JobView>, local_ic::Error> {
+        self.query(caller, "poll", (id, Some(since))).map(|(r,)| r)
+    }
+
+    pub fn step(&mut self, caller: Principal, id: JobId) -> Result<ApiResult<StepProgress>, local_ic::Error> {
+        self.update(caller, "step", (id,)).map(|(r,)| r)
+    }
+
+    /// Upgrades the canister to its own wasm (heap reset, stable memory kept).
+    pub fn upgrade(&mut self) -> Result<MessageReport> {
+        let arg = encode_args((None::<InitArgs>,))?;
+        let wasm = self.wasm.clone();
+        self.rt
+            .upgrade(self.id, &wasm, arg, controller())
+            .map_err(|e| anyhow!("upgrade: {e}"))
+    }
+
+    /// Runs rounds until job `id` is no longer active, calling `on_view`
+    /// with each new poll (text since the previous one). Returns the final view.
+    pub fn run_job(&mut self, caller: Principal, id: JobId, mut on_view: impl FnMut(&JobView)) -> Result<JobView> {
+        let mut since = 0;
+        for _ in 0..10_000_000u64 {
+            let view = self.poll(caller, id, since)?.map_err(|e| anyhow!("poll: {e:?}"))?;
+            on_view(&view);
+            since = view.next_since;
+            if !view.status.is_active() {
+                return self.poll(caller, id, 0)?.map_err(|e| anyhow!("poll: {e:?}"));
+            }
+            self.round();
+        }
+        bail!("job {id} did not finish")
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}

@@ -1,0 +1,102 @@
+//! `icllm run`: the whole product on one machine. Builds (or finds) the
+//! canister wasm, installs it in the local IC runtime, uploads the model
+//! through the real chunk API, starts a job, lets the canister's timers drive
+//! it to the end while streaming new text to stdout, then prints statistics
+//! to stderr as `key: value` lines.
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use icllm::local_canister::{controller, find_or_build_wasm, sha256, LocalCanister};
+use icllm_api::{InitArgs, JobRequest, JobStatus};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The IC's instruction limit per update/timer message.
+const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// GGUF model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (BOS alone when absent).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n: u32,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<u32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// RNG seed; drawn from the canister's raw_rand when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Context size of the job (default: the model's trained context).
+    #[arg(long)]
+    ctx_size: Option<u32>,
+    /// Instructions per update/timer message in the local runtime.
+    #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
+    instruction_limit: u64,
+    /// Canister wasm to run (default: the workspace build, built if missing).
+    #[arg(long)]
+    wasm: Option<PathBuf>,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let wasm = find_or_build_wasm(args.wasm.as_deref())?;
+    let model = std::fs::read(&args.model).map_err(|e| anyhow!("reading {}: {e}", args.model.display()))?;
+    let init = InitArgs {
+        message_instruction_limit: Some(args.instruction_limit),
+        ..InitArgs::default()
+    };
+    let mut canister = LocalCanister::install(wasm, init, args.instruction_limit)?;
+    canister.upload_model(&model, sha256(&model))?;
+
+    let req = JobRequest {
+        prompt: args.prompt.unwrap_or_default(),
+        max_tokens: args.n,
+        temperature: Some(args.temperature),
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        ctx_size: args.ctx_size,
+    };
+    let first_report = canister.rt.reports().len();
+    let id = canister
+        .start_job(controller(), req)?
+        .map_err(|e| anyhow!("start_job: {e:?}"))?;
+    let mut out = std::io::stdout().lock();
+    let view = canister.run_job(controller(), id, |v| {
+        let _ = out.write_all(v.text.as_bytes());
+        let _ = out.flush();
+    })?;
+    writeln!(out)?;
+    if let JobStatus::Failed(reason) = &view.status {
+        return Err(anyhow!("the job failed: {reason}"));
+    }
+
+    let max_message = canister.rt.reports()[first_report..]
+        .iter()
+        .filter(|r| r.committed)
+        .map(|r| r.instructions)
+        .max()
+        .unwrap_or(0);
+    let decode_instructions = view.instructions.saturating_sub(view.prompt_instructions);
+    let per_token = decode_instructions as f64 / view.generated_tokens.max(1) as f64;
+    let per_prompt_token = view.prompt_instructions as f64 / view.prompt_tokens.max(1) as f64;
+    eprintln!("status: {:?}", view.status);
+    eprintln!("prompt_tokens: {}", view.prompt_tokens);
+    eprintln!("generated_tokens: {}", view.generated_tokens);
+    eprintln!("messages: {}", view.messages);
+    eprintln!("instructions: {}", view.instructions);
+    eprintln!("instructions_per_token: {per_token:.0}");
+    eprintln!("prompt_instructions_per_token: {per_prompt_token:.0}");
+    eprintln!("tokens_per_message: {:.0}", IC_UPDATE_LIMIT as f64 / per_token.max(1.0));
+    eprintln!("max_message_instructions: {max_message}");
+    eprintln!("cycles: {}", view.cycles);
+    Ok(())
+}
