@@ -283,7 +283,14 @@ impl Gguf {
             tensors.push(info);
         }
 
-        Ok(Gguf { version, metadata, tensors, alignment, data_offset, file_len })
+        Ok(Gguf {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            file_len,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -319,12 +326,18 @@ impl Gguf {
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.metadata.get(key).ok_or_else(|| GgufError::BadKey { key: key.into(), reason: "missing".into() })
+        self.metadata.get(key).ok_or_else(|| GgufError::BadKey {
+            key: key.into(),
+            reason: "missing".into(),
+        })
     }
 }
 
 fn wrong_type(key: &str, expected: &str, v: &Value) -> GgufError {
-    GgufError::BadKey { key: key.into(), reason: format!("expected {expected}, found {}", v.type_name()) }
+    GgufError::BadKey {
+        key: key.into(),
+        reason: format!("expected {expected}, found {}", v.type_name()),
+    }
 }
 
 fn check_limit(what: &'static str, value: u64, limit: u64) -> Result<(), GgufError> {
@@ -348,8 +361,12 @@ fn resolve_tensor(
     alignment: u32,
     file_len: u64,
 ) -> Result<TensorInfo, GgufError> {
-    let bad = |name: &str, reason: String| GgufError::BadTensor { name: name.to_string(), reason };
-    let ty = GgmlType::from_id(type_id).ok_or_else(|| bad(&name, format!("unknown or unsupported ggml type id {type_id}")))?;
+    let bad = |name: &str, reason: String| GgufError::BadTensor {
+        name: name.to_string(),
+        reason,
+    };
+    let ty = GgmlType::from_id(type_id)
+        .ok_or_else(|| bad(&name, format!("unknown or unsupported ggml type id {type_id}")))?;
     let mut n: u64 = 1;
     for &d in &dims {
         if d == 0 {
@@ -362,7 +379,13 @@ fn resolve_tensor(
     }
     let block = ty.block_size() as u64;
     if dims[0] % block != 0 {
-        return Err(bad(&name, format!("row length {} is not a multiple of the {ty:?} block size {block}", dims[0])));
+        return Err(bad(
+            &name,
+            format!(
+                "row length {} is not a multiple of the {ty:?} block size {block}",
+                dims[0]
+            ),
+        ));
     }
     let size = n / block * ty.block_bytes() as u64;
     if rel_offset % alignment as u64 != 0 {
@@ -371,11 +394,22 @@ fn resolve_tensor(
     let offset = data_offset
         .checked_add(rel_offset)
         .ok_or_else(|| bad(&name, format!("offset {rel_offset} overflows")))?;
-    let end = offset.checked_add(size).ok_or_else(|| bad(&name, format!("offset {rel_offset} overflows")))?;
+    let end = offset
+        .checked_add(size)
+        .ok_or_else(|| bad(&name, format!("offset {rel_offset} overflows")))?;
     if end > file_len {
-        return Err(bad(&name, format!("data [{offset}, {end}) lies past the end of the file ({file_len} bytes)")));
+        return Err(bad(
+            &name,
+            format!("data [{offset}, {end}) lies past the end of the file ({file_len} bytes)"),
+        ));
     }
-    Ok(TensorInfo { name, dims, ty, offset, size })
+    Ok(TensorInfo {
+        name,
+        dims,
+        ty,
+        offset,
+        size,
+    })
 }
 
 /// A bounds-checked little-endian cursor over the header bytes.
@@ -465,7 +499,11 @@ impl<'a> Reader<'a> {
                 let min_elem = min_value_size(elem_type).ok_or(GgufError::BadValueType(elem_type))?;
                 let needed = len.saturating_mul(min_elem);
                 if needed > self.remaining() {
-                    return Err(GgufError::Truncated { offset: self.pos as u64, needed, len: self.bytes.len() as u64 });
+                    return Err(GgufError::Truncated {
+                        offset: self.pos as u64,
+                        needed,
+                        len: self.bytes.len() as u64,
+                    });
                 }
                 let mut items = Vec::with_capacity(len as usize);
                 for _ in 0..len {
@@ -605,12 +643,25 @@ mod tests {
         let md = vec![
             ("general.architecture".to_string(), Value::String("llama".into())),
             ("x.count".to_string(), Value::U32(7)),
-            ("x.list".to_string(), Value::Array(vec![Value::String("a".into()), Value::String("bc".into())])),
+            (
+                "x.list".to_string(),
+                Value::Array(vec![Value::String("a".into()), Value::String("bc".into())]),
+            ),
             ("x.f".to_string(), Value::F32(1.5)),
         ];
         let t = vec![
-            TensorData { name: "a".into(), dims: vec![4, 2], ty: GgmlType::F32, bytes: vec![1; 32] },
-            TensorData { name: "b".into(), dims: vec![3], ty: GgmlType::F16, bytes: vec![2; 6] },
+            TensorData {
+                name: "a".into(),
+                dims: vec![4, 2],
+                ty: GgmlType::F32,
+                bytes: vec![1; 32],
+            },
+            TensorData {
+                name: "b".into(),
+                dims: vec![3],
+                ty: GgmlType::F16,
+                bytes: vec![2; 6],
+            },
         ];
         write(&md, &t)
     }
