@@ -283,6 +283,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candid::Encode;
     use clap::FromArgMatches;
 
     fn parse(argv: &[&str]) -> Vec<Step> {
@@ -328,11 +329,11 @@ mod tests {
     fn call_text_splits_into_method_and_candid() {
         let (m, bytes) = parse_call("add (5 : nat64)").unwrap();
         assert_eq!(m, "add");
-        assert_eq!(bytes, candid::Encode!(&5u64).unwrap());
+        assert_eq!(bytes, Encode!(&5u64).unwrap());
         let (m, bytes) = parse_call("get").unwrap();
         assert_eq!(m, "get");
-        assert_eq!(bytes, candid::Encode!().unwrap());
+        assert_eq!(bytes, Encode!().unwrap());
         assert!(parse_call("add (5 : nat64").is_err());
-        assert_eq!(reply_text(&candid::Encode!(&42u64).unwrap()), "(42 : nat64)");
+        assert_eq!(reply_text(&Encode!(&42u64).unwrap()), "(42 : nat64)");
     }
 }

@@ -15,7 +15,8 @@
 //! * **Rollback**: a trap restores heap, mutable globals and stable memory;
 //!   query changes are always discarded. The heap is tracked with kernel
 //!   soft-dirty bits ([`memory_snapshot`]), so the cost follows the pages a
-//!   message wrote, not the heap size.
+//!   message wrote, not the heap size — where the kernel supports them; the
+//!   fallback (used on the project's VMs) copies the whole heap per message.
 //! * **Messages as on the IC**: inter-canister calls (self-calls, which
 //!   ic-cdk-timers uses, and the management canister's `raw_rand`) are
 //!   queued and run after the current message; callbacks run as their own
@@ -40,10 +41,19 @@
 //! * Table mutations (`table.set/grow`) are not rolled back.
 //! * No deterministic time slicing, no cycles accounting beyond a fixed
 //!   balance, no per-message stable-memory access limits, no heartbeats,
-//!   no certificates (`data_certificate_present` is 0), wasm32 only.
+//!   no certificates (`data_certificate_present` is 0), no argument/reply
+//!   size limits (2 MiB / 3 MiB), no module size/global count checks beyond
+//!   validation, wasm32 only (the instrumentation already knows wasm64 load
+//!   and store weights; the ic0 imports would need i64 variants).
 //! * The heap's per-page costs the replica charges for first touching
 //!   pages are not charged.
+//! * Error texts follow the replica's current `HypervisorError` wording
+//!   ("Error from Canister <id>: Canister called `ic0.trap` with message:
+//!   '...'") without the trailing help/doc-link sentences.
+//! * Unlisted SIMD/float ops weigh 1 (ic-facts.md's table), which may
+//!   differ from the replica for rare ops (e.g. `f64x2.div`).
 
+pub mod backend;
 pub mod canister;
 pub mod instrument;
 pub mod memory_snapshot;
