@@ -5,6 +5,9 @@ use candid::Principal;
 use wasmtime::{Engine, Global, Instance, Linker, Memory, Module, Ref, Store, Val};
 
 use crate::instrument::{self, ModuleInfo, COUNTER_EXPORT, MEMORY_EXPORT, TABLE_EXPORT};
+use std::sync::Arc;
+
+use crate::cow_memory::{self, CowState};
 use crate::memory_snapshot::HeapTracker;
 use crate::stable::StableMemory;
 use crate::system_api::{self, Callback, HostState, MessageContext};
@@ -39,7 +42,16 @@ pub struct Canister {
     memory: Option<Memory>,
     counter: Global,
     globals: Vec<(Global, Val)>,
-    heap: Option<HeapTracker>,
+    heap: Option<Heap>,
+}
+
+/// How the heap's writes are tracked for rollback.
+enum Heap {
+    /// Copy-on-write memory (O(pages written)), see [`crate::cow_memory`].
+    Cow(Arc<CowState>),
+    /// Shadow copy with soft-dirty bits or full copies, see
+    /// [`crate::memory_snapshot`].
+    Shadow(HeapTracker),
 }
 
 /// Compiles and validates a module (instrumenting it), checking imports.
@@ -71,6 +83,7 @@ impl Canister {
     ) -> Result<Self, Box<(ExecError, HostState)>> {
         let id = host.canister_id;
         let mut store = Store::new(engine, host);
+        cow_memory::take_created();
         let instance = match linker.instantiate(&mut store, module) {
             Ok(i) => i,
             Err(e) => {
@@ -94,7 +107,19 @@ impl Canister {
         }
         store.data_mut().memory = memory;
         store.data_mut().counter = Some(counter);
-        let heap = memory.map(|m| HeapTracker::new(m.data(&store)));
+        let created = cow_memory::take_created();
+        let heap = memory.map(|m| {
+            let base = m.data_ptr(&store) as usize;
+            match created.into_iter().find(|c| c.base() == base) {
+                Some(cow) => {
+                    // Data segments were written at instantiation: commit them.
+                    cow.collect();
+                    commit_cow(&cow);
+                    Heap::Cow(cow)
+                }
+                None => Heap::Shadow(HeapTracker::new(m.data(&store))),
+            }
+        });
         Ok(Self {
             id,
             info,
@@ -145,7 +170,7 @@ impl Canister {
         }
         self.store.data_mut().msg = msg;
         self.store.data_mut().msg.limit = limit;
-        if let Some(heap) = self.heap.as_mut() {
+        if let Some(Heap::Shadow(heap)) = self.heap.as_mut() {
             heap.begin();
         }
 
@@ -160,7 +185,8 @@ impl Canister {
 
         let left = self.counter.get(&mut self.store).i64().unwrap_or(i64::MIN);
         let dirtied_heap_pages = match (self.heap.as_mut(), self.memory) {
-            (Some(heap), Some(mem)) => heap.collect(mem.data(&self.store)) as u64,
+            (Some(Heap::Shadow(heap)), Some(mem)) => heap.collect(mem.data(&self.store)) as u64,
+            (Some(Heap::Cow(cow)), _) => cow.collect() as u64,
             _ => 0,
         };
         let host_trap = self.store.data_mut().msg.trap.take();
@@ -218,8 +244,10 @@ impl Canister {
     /// Commits (`true`) or rolls back the pending message.
     pub fn finish(&mut self, commit: bool) {
         match (self.heap.as_mut(), self.memory) {
-            (Some(heap), Some(mem)) if commit => heap.commit(mem.data(&self.store)),
-            (Some(heap), Some(mem)) => heap.rollback(mem.data_mut(&mut self.store)),
+            (Some(Heap::Shadow(heap)), Some(mem)) if commit => heap.commit(mem.data(&self.store)),
+            (Some(Heap::Shadow(heap)), Some(mem)) => heap.rollback(mem.data_mut(&mut self.store)),
+            (Some(Heap::Cow(cow)), _) if commit => commit_cow(cow),
+            (Some(Heap::Cow(cow)), _) => cow.rollback(),
             _ => {}
         }
         if commit {
@@ -235,6 +263,21 @@ impl Canister {
                 let _ = g.set(&mut self.store, *v);
             }
         }
+    }
+}
+
+/// Commits copy-on-write pages. Failing means the host ran out of memory
+/// for the memfd: the heap state could no longer be rolled back correctly.
+fn commit_cow(cow: &CowState) {
+    if let Err(e) = cow.commit() {
+        panic!("local-ic: cannot commit heap pages to the memfd: {e}");
+    }
+}
+
+/// Whether this canister's heap uses copy-on-write tracking.
+impl Canister {
+    pub fn heap_is_copy_on_write(&self) -> bool {
+        matches!(self.heap, Some(Heap::Cow(_)))
     }
 }
 

@@ -13,10 +13,11 @@
 //!   300 B install/upgrade, 200 M inspect_message; exceeding one traps with
 //!   the replica's wording.
 //! * **Rollback**: a trap restores heap, mutable globals and stable memory;
-//!   query changes are always discarded. The heap is tracked with kernel
-//!   soft-dirty bits ([`memory_snapshot`]), so the cost follows the pages a
-//!   message wrote, not the heap size — where the kernel supports them; the
-//!   fallback (used on the project's VMs) copies the whole heap per message.
+//!   query changes are always discarded. The heap is a copy-on-write
+//!   mapping of a memfd ([`cow_memory`]), so commit and rollback cost
+//!   follows the pages a message wrote, not the heap size. Where that is
+//!   unavailable, kernel soft-dirty bits or, last, full copies
+//!   ([`memory_snapshot`]) take over.
 //! * **Messages as on the IC**: inter-canister calls (self-calls, which
 //!   ic-cdk-timers uses, and the management canister's `raw_rand`) are
 //!   queued and run after the current message; callbacks run as their own
@@ -55,6 +56,7 @@
 
 pub mod backend;
 pub mod canister;
+pub mod cow_memory;
 pub mod instrument;
 pub mod memory_snapshot;
 pub mod runtime;

@@ -19,13 +19,11 @@
 //! false and the tracker falls back to treating every page as dirty, i.e. a
 //! full copy per message (correct, but O(heap): ~0.1-0.2 s per GB).
 //!
-//! **This is the case on the project's build machines** (Firecracker VM
-//! kernel 6.18: writes do not set bit 55; probed 2026-11), so the fallback
-//! is what runs there. The way to O(dirty pages) without soft-dirty is a
-//! custom wasmtime `MemoryCreator` mapping the heap `MAP_PRIVATE` over a
-//! memfd holding the committed state: written pages become private
-//! anonymous copies (pagemap bit 61 clear), commit = `pwrite` them into the
-//! memfd + `MADV_DONTNEED`, rollback = `MADV_DONTNEED` alone.
+//! Soft-dirty bits do **not** work on the project's build machines
+//! (Firecracker VM kernel 6.18: writes do not set bit 55; probed 2026-11).
+//! There the runtime uses [`crate::cow_memory`] instead (copy-on-write over
+//! a memfd, O(pages written) without soft-dirty); this module is the
+//! fallback for hosts where that is unavailable too.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

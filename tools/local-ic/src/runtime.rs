@@ -145,6 +145,12 @@ fn new_engine() -> Engine {
         .wasm_relaxed_simd(false)
         .wasm_bulk_memory(true)
         .wasm_multi_value(true);
+    if crate::cow_memory::supported() {
+        // wasmtime's own CoW memory images only work with its mmap memories.
+        config
+            .with_host_memory(Arc::new(crate::cow_memory::CowMemoryCreator))
+            .memory_init_cow(false);
+    }
     Engine::new(&config).expect("static wasmtime configuration is valid")
 }
 

@@ -34,7 +34,15 @@ fn counter_updates_persist_queries_do_not() {
     assert_eq!(r.kind, MessageKind::Update);
     assert!(r.instructions > 0 && r.committed);
     assert_eq!(r.stable_bytes_written, 8);
-    eprintln!("increment: {} instructions", r.instructions);
+    eprintln!(
+        "increment: {} instructions, {} heap pages written",
+        r.instructions, r.dirtied_heap_pages
+    );
+    if local_ic::cow_memory::supported() || local_ic::memory_snapshot::soft_dirty_supported() {
+        // Incremental tracking: a handful of pages (stack, counter,
+        // allocator), not the whole heap.
+        assert!(r.dirtied_heap_pages > 0 && r.dirtied_heap_pages < 64, "{r:?}");
+    }
 
     // The query mutates the heap; the change must not survive.
     assert_eq!(query_u64(&mut rt, id, "get_and_mutate"), 12);
