@@ -432,7 +432,6 @@ impl Runtime {
     /// callbacks) until the queue is empty.
     pub fn update(&mut self, id: CanisterId, caller: Principal, method: &str, arg: Vec<u8>) -> Result<Reply, Error> {
         let _guard = memory_snapshot::exclusive();
-        let start = self.reports.len();
         let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
         let update_export = format!("canister_update {method}");
         let query_export = format!("canister_query {method}");
@@ -454,6 +453,9 @@ impl Runtime {
         if canister.exports("canister_inspect_message") {
             self.inspect(id, caller, method, &arg)?;
         }
+        // The reply's messages start with the call itself (the inspect
+        // message, if any, is in `reports()`).
+        let start = self.reports.len();
         let ingress = self.next_ingress;
         self.next_ingress += 1;
         let ctx = self.new_context(id, Origin::Ingress(ingress));

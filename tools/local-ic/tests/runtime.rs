@@ -319,3 +319,21 @@ fn errors_name_the_canister() {
     assert!(matches!(err, Error::CanisterNotFound(_)));
     assert_eq!(err.to_string(), format!("Canister {missing} not found"));
 }
+
+#[test]
+fn inspect_message_filters_ingress_updates() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    let err = rt.update(id, user(), "forbidden", Encode!().unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("Error from Canister {id}: Canister rejected the message")
+    );
+    assert_eq!(err.report().unwrap().kind, MessageKind::InspectMessage);
+    assert_eq!(query_u64(&mut rt, id, "get"), 0, "the update never ran");
+    // Accepted calls run inspect first, then the method.
+    let reply = rt.update(id, user(), "increment", Encode!().unwrap()).unwrap();
+    assert_eq!(reply.report.kind, MessageKind::Update);
+    let kinds: Vec<MessageKind> = rt.reports().iter().rev().take(2).map(|r| r.kind).collect();
+    assert_eq!(kinds, vec![MessageKind::Update, MessageKind::InspectMessage]);
+}

@@ -133,3 +133,18 @@ fn post_upgrade() {
     // Heap is fresh here: COUNTER is 0 until restored from stable memory.
     POST_UPGRADE_RAN.with(|c| c.set(true));
 }
+
+/// Ingress filter: `forbidden` is never accepted; everything else is.
+#[ic_cdk::inspect_message]
+fn inspect() {
+    if ic_cdk::api::msg_method_name() != "forbidden" {
+        ic_cdk::api::accept_message();
+    }
+}
+
+/// Only reachable if inspect_message accepted the call (it never does).
+#[ic_cdk::update]
+fn forbidden() -> u64 {
+    COUNTER.with(|c| c.set(c.get() + 1_000_000));
+    0
+}

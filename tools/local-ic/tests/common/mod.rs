@@ -20,19 +20,23 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-static BUILD: Mutex<()> = Mutex::new(());
+/// Canisters already brought up to date by this test process.
+static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// The wasm of test canister `name` (crate `test-canister-<name>` under
-/// integration-tests/canisters), built with the `canister` profile if it is
-/// not there yet. `cargo test` does not hold the build lock while tests
-/// run, so the nested build does not deadlock; tools/build-test-canisters.sh
-/// builds them up front (CI does that to keep the output tidy).
+/// integration-tests/canisters), built with the `canister` profile. Cargo is
+/// run once per canister and test process (a no-op when up to date, so a
+/// stale wasm is never tested); `cargo test` does not hold the build lock
+/// while tests run, so this nested build does not deadlock. Set
+/// `LOCAL_IC_NO_BUILD=1` to use prebuilt files only
+/// (tools/build-test-canisters.sh builds them all).
 pub fn wasm(name: &str) -> Vec<u8> {
     let path = target_dir()
         .join("wasm32-unknown-unknown/canister")
         .join(format!("{name}.wasm"));
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let skip = std::env::var_os("LOCAL_IC_NO_BUILD").is_some() && path.exists();
+    if !skip && !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace_root())
@@ -50,6 +54,7 @@ pub fn wasm(name: &str) -> Vec<u8> {
             .status()
             .expect("run cargo to build a test canister");
         assert!(status.success(), "building test canister {name} failed");
+        built.push(name.to_string());
     }
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
