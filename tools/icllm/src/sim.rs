@@ -20,6 +20,7 @@ use local_ic::{Error, Limits, MessageKind, MessageReport, Reply, Runtime, Runtim
 #[derive(Args, Debug)]
 #[command(after_help = "Candid arguments are typed as written: a method taking nat64 \
     needs '(42 : nat64)'; a bare '(42)' is an int and the canister's decoder rejects it.\n\
+    Set LOCAL_IC_MODULE_CACHE=DIR to keep compiled modules between runs.\n\
     Example: icllm sim --wasm counter.wasm --init '(0 : nat64)' --call 'increment' \
     --query 'get' --upgrade --advance-time 5")]
 pub struct SimArgs {

@@ -5,7 +5,10 @@ use candid::Principal;
 use wasmtime::{Engine, Global, Instance, Linker, Memory, Module, Ref, Store, Val};
 
 use crate::instrument::{self, ModuleInfo, COUNTER_EXPORT, MEMORY_EXPORT, TABLE_EXPORT};
+use std::path::Path;
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use crate::cow_memory::{self, CowState};
 use crate::memory_snapshot::HeapTracker;
@@ -55,7 +58,8 @@ enum Heap {
 }
 
 /// Compiles and validates a module (instrumenting it), checking imports.
-pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<(Module, ModuleInfo), ExecError> {
+/// `cache_dir`: see [`crate::RuntimeConfig::module_cache_dir`].
+pub fn compile(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> Result<(Module, ModuleInfo), ExecError> {
     let instrumented = instrument::instrument(wasm).map_err(ExecError::InvalidWasm)?;
     let missing = system_api::unsupported_imports(&instrumented.info.function_imports);
     if !missing.is_empty() {
@@ -65,9 +69,42 @@ pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<(Module, ModuleInfo), Exe
             missing.join(", ")
         )));
     }
-    let module = Module::new(engine, &instrumented.wasm)
+    let module = load_or_compile(engine, &instrumented.wasm, cache_dir)
         .map_err(|e| ExecError::InvalidWasm(format!("compilation failed: {e:#}")))?;
     Ok((module, instrumented.info))
+}
+
+/// Compiles the instrumented module, or loads it from `cache_dir` where an
+/// earlier run stored it (Cranelift needs seconds for a real canister,
+/// milliseconds to load). Entries are keyed by the SHA-256 of the
+/// instrumented module; wasmtime itself refuses files from another version
+/// or configuration, which then are simply recompiled.
+fn load_or_compile(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<Module> {
+    let Some(dir) = cache_dir else {
+        return Module::new(engine, wasm);
+    };
+    let digest = Sha256::digest(wasm);
+    let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{name}.cwasm"));
+    if path.exists() {
+        // SAFETY: the file was written by `Module::serialize` below into a
+        // cache directory the user chose for this runtime; wasmtime checks
+        // its version and configuration header before using it.
+        if let Ok(module) = unsafe { Module::deserialize_file(engine, &path) } {
+            return Ok(module);
+        }
+    }
+    let module = Module::new(engine, wasm)?;
+    // Best effort: a failed write only costs a recompilation next time.
+    if std::fs::create_dir_all(dir).is_ok() {
+        if let Ok(bytes) = module.serialize() {
+            let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+    Ok(module)
 }
 
 impl Canister {

@@ -109,7 +109,11 @@ fn engine() -> Engine {
 /// Compiles (instrumenting) `wasm`, reusing the result for identical bytes:
 /// Cranelift takes seconds for a real canister and tests install the same
 /// module many times.
-fn compile_cached(engine: &Engine, wasm: &[u8]) -> Result<(Module, ModuleInfo), ExecError> {
+fn compile_cached(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&std::path::Path>,
+) -> Result<(Module, ModuleInfo), ExecError> {
     type Cache = Mutex<HashMap<u64, Vec<(Arc<[u8]>, Module, ModuleInfo)>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -125,7 +129,7 @@ fn compile_cached(engine: &Engine, wasm: &[u8]) -> Result<(Module, ModuleInfo), 
             return Ok((m.clone(), i.clone()));
         }
     }
-    let (module, info) = canister::compile(engine, wasm)?;
+    let (module, info) = canister::compile(engine, wasm, cache_dir)?;
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -249,7 +253,8 @@ impl Runtime {
             reason,
             report: None,
         };
-        let (module, info) = compile_cached(&self.engine, wasm).map_err(fail)?;
+        let (module, info) =
+            compile_cached(&self.engine, wasm, self.config.module_cache_dir.as_deref()).map_err(fail)?;
         let host = HostState {
             canister_id: id,
             controllers: controllers.clone(),
@@ -324,7 +329,8 @@ impl Runtime {
             reason,
             report: report.map(Box::new),
         };
-        let (module, info) = compile_cached(&self.engine, wasm).map_err(|e| fail(e, None))?;
+        let (module, info) =
+            compile_cached(&self.engine, wasm, self.config.module_cache_dir.as_deref()).map_err(|e| fail(e, None))?;
         let limit = self.config.limits.install;
 
         let mut pre_instructions = 0;

@@ -46,6 +46,9 @@ pub struct RuntimeConfig {
     pub initial_cycles: u128,
     /// Echo `ic0.debug_print` to stderr (always kept in [`crate::Runtime::logs`]).
     pub print_debug: bool,
+    /// Directory for compiled modules, reused across processes (compiling a
+    /// real canister takes seconds). Default: `$LOCAL_IC_MODULE_CACHE`, if set.
+    pub module_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -57,6 +60,7 @@ impl Default for RuntimeConfig {
             start_time_nanos: 1_735_689_600_000_000_000,
             initial_cycles: 100_000_000_000_000,
             print_debug: false,
+            module_cache_dir: std::env::var_os("LOCAL_IC_MODULE_CACHE").map(Into::into),
         }
     }
 }

@@ -8,11 +8,10 @@ use std::time::Duration;
 use candid::{Decode, Encode};
 use common::{controller, user, wasm};
 use local_ic::backend::backends;
-use local_ic::RuntimeConfig;
 
 #[test]
 fn counter_and_timers_on_every_backend() {
-    for mut ic in backends(RuntimeConfig::default()) {
+    for mut ic in backends(common::config()) {
         let name = ic.name();
         let id = ic
             .install(&wasm("counter"), Encode!(&3u64).unwrap(), controller())

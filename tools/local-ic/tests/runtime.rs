@@ -121,7 +121,7 @@ fn raw_rand_is_32_bytes_fresh_and_seeded() {
     fn three(seed: u64) -> Vec<Vec<u8>> {
         let mut rt = Runtime::new(RuntimeConfig {
             seed,
-            ..RuntimeConfig::default()
+            ..common::config()
         });
         let id = install_counter(&mut rt, 0);
         (0..3)

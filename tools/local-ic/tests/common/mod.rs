@@ -67,6 +67,15 @@ pub fn user() -> Principal {
     Principal::from_slice(&[0x05, 0xE4])
 }
 
+/// Runtime config of the tests: compiled modules are cached in the target
+/// directory so repeated test runs skip Cranelift.
+pub fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        module_cache_dir: Some(target_dir().join("local-ic-module-cache")),
+        ..RuntimeConfig::default()
+    }
+}
+
 pub fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig::default())
+    Runtime::new(config())
 }
