@@ -49,8 +49,8 @@
 //! * The heap's per-page costs the replica charges for first touching
 //!   pages are not charged.
 //! * Error texts follow the replica's current `HypervisorError` wording
-//!   ("Error from Canister <id>: Canister called `ic0.trap` with message:
-//!   '...'") without the trailing help/doc-link sentences.
+//!   (`Error from Canister <id>: Canister called ic0.trap with message:
+//!   '...'`) without the trailing help/doc-link sentences.
 //! * Unlisted SIMD/float ops weigh 1 (ic-facts.md's table), which may
 //!   differ from the replica for rare ops (e.g. `f64x2.div`).
 

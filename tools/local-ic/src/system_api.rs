@@ -12,7 +12,7 @@
 use candid::Principal;
 use wasmtime::{Caller, Engine, Global, Linker, Memory, Val};
 
-use crate::stable::{StableMemory, MAX_PAGES, WASM_PAGE};
+use crate::stable::{StableMemory, MAX_PAGES};
 use crate::types::{ExecError, MessageKind};
 
 /// Replica overheads (instructions) per system API call.
@@ -822,9 +822,6 @@ pub fn unsupported_imports(imports: &[(String, String)]) -> Vec<String> {
         .map(|(m, n)| format!("{m}.{n}"))
         .collect()
 }
-
-/// Wasm page size of the heap, for reports.
-pub const HEAP_PAGE: u64 = WASM_PAGE;
 
 #[cfg(test)]
 mod tests {

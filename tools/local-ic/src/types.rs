@@ -206,7 +206,7 @@ pub enum ExecError {
 /// Errors of the runtime's API, displayed with the IC's wording.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The message trapped or could not run ("Error from Canister <id>: ...").
+    /// The message trapped or could not run (`Error from Canister <id>: ...`).
     #[error("Error from Canister {canister}: {reason}")]
     Canister {
         canister: Principal,
