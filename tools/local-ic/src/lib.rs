@@ -36,6 +36,19 @@
 //! println!("{} after {} instructions", Decode!(&reply.bytes, u64).unwrap(), reply.report.instructions);
 //! ```
 //!
+//! ## Tests and test canisters
+//! `tools/local-ic/tests/` drives small ic-cdk canisters from
+//! `integration-tests/canisters/{counter,metering,timers}` (crates
+//! `test-canister-<name>`). The tests find their wasm at
+//! `${CARGO_TARGET_DIR:-<workspace>/target}/wasm32-unknown-unknown/canister/<name>.wasm`
+//! and run `cargo build --profile canister --target wasm32-unknown-unknown
+//! -p test-canister-<name>` once per test process to keep it current
+//! (`tools/build-test-canisters.sh` builds all of them up front). Compiled
+//! modules are cached under `<target>/local-ic-module-cache`
+//! ([`RuntimeConfig::module_cache_dir`]). With `--features pocket-ic` and
+//! `POCKET_IC_BIN` set, [`backend::backends`] adds PocketIC to the scenarios
+//! written against [`backend::Backend`].
+//!
 //! ## Known deviations from the replica
 //! * A trapped message that grew the heap with `memory.grow` leaves the
 //!   extra pages in place (zeroed): wasm memories cannot shrink.
