@@ -25,10 +25,8 @@ pub struct MessageBudget<F: Fn() -> u64> {
     counter: F,
     limit: u64,
     reserve: u64,
-    /// Counter and MACs when the last accepted unit started.
-    last: Option<(u64, u64)>,
-    /// Phase of the unit running now, and the counter when it started.
-    current: Option<(Phase, u64)>,
+    /// The unit running now: its phase, the counter when it started, its MACs.
+    current: Option<(Phase, u64, u64)>,
     /// Instructions of the units run so far, by phase.
     pub prefill_instructions: u64,
     pub decode_instructions: u64,
@@ -41,31 +39,10 @@ impl<F: Fn() -> u64> MessageBudget<F> {
             counter,
             limit,
             reserve,
-            last: None,
             current: None,
             prefill_instructions: 0,
             decode_instructions: 0,
         }
-    }
-
-    /// Charges the instructions since the current unit started to its phase.
-    fn close_unit(&mut self, now: u64) {
-        if let Some((phase, start)) = self.current.take() {
-            let used = now.saturating_sub(start);
-            match phase {
-                Phase::Prefill => self.prefill_instructions += used,
-                Phase::Decode => self.decode_instructions += used,
-            }
-        }
-    }
-
-    /// Ends accounting: everything since the last unit started goes to its
-    /// phase. Returns the phase of the last unit, if any ran.
-    pub fn finish(&mut self) -> Option<Phase> {
-        let phase = self.current.map(|(p, _)| p);
-        let now = (self.counter)();
-        self.close_unit(now);
-        phase
     }
 
     /// Instructions still available before the reserve.
@@ -86,28 +63,42 @@ impl<F: Fn() -> u64> MessageBudget<F> {
     pub fn estimate(macs: u64) -> u64 {
         (macs as f64 * Self::ratio() * 1.25) as u64 + UNIT_OVERHEAD
     }
+
+    /// Ends the current unit: charges its instructions to its phase and
+    /// learns its cost per multiply-add.
+    fn close_unit(&mut self, now: u64) {
+        if let Some((phase, start, macs)) = self.current.take() {
+            let used = now.saturating_sub(start);
+            match phase {
+                Phase::Prefill => self.prefill_instructions += used,
+                Phase::Decode => self.decode_instructions += used,
+            }
+            if macs > 0 {
+                let observed = used.saturating_sub(UNIT_OVERHEAD / 2) as f64 / macs as f64;
+                LEARNED_RATIO.with(|r| r.set(r.get().max(observed)));
+            }
+        }
+    }
+
+    /// Ends accounting: everything since the last unit started goes to its
+    /// phase. Returns the phase of the last unit, if any ran.
+    pub fn finish(&mut self) -> Option<Phase> {
+        let phase = self.current.map(|(p, _, _)| p);
+        let now = (self.counter)();
+        self.close_unit(now);
+        phase
+    }
 }
 
 impl<F: Fn() -> u64> icllm_engine::job::Budget for MessageBudget<F> {
     fn can_afford(&mut self, macs: u64) -> bool {
         let now = (self.counter)();
-        // Learn from the unit that just ran.
-        if let Some((start, prev_macs)) = self.last.take() {
-            if prev_macs > 0 {
-                let observed = now.saturating_sub(start).saturating_sub(UNIT_OVERHEAD / 2) as f64 / prev_macs as f64;
-                LEARNED_RATIO.with(|r| r.set(r.get().max(observed)));
-            }
-        }
-        let fits = now.saturating_add(Self::estimate(macs)).saturating_add(self.reserve) <= self.limit;
-        if fits {
-            self.last = Some((now, macs));
-        }
-        fits
+        now.saturating_add(Self::estimate(macs)).saturating_add(self.reserve) <= self.limit
     }
 
-    fn unit_started(&mut self, phase: Phase) {
+    fn unit_started(&mut self, phase: Phase, macs: u64) {
         let now = (self.counter)();
         self.close_unit(now);
-        self.current = Some((phase, now));
+        self.current = Some((phase, now, macs));
     }
 }

@@ -345,16 +345,16 @@ fn put_back(id: JobId, job: Job) {
     });
 }
 
-/// Advances one job under `budget`, then checkpoints. `counter` reads the
-/// instructions used so far in this message.
+/// Advances job `rec` under `budget`, then checkpoints. `counter` reads the
+/// instructions used so far in this message; the whole message is charged
+/// to the job.
 pub fn step_job<F: Fn() -> u64>(
     model: &ModelRef,
-    id: JobId,
+    mut rec: JobRecord,
     budget: &mut MessageBudget<F>,
     counter: &dyn Fn() -> u64,
 ) -> ApiResult<StepProgress> {
-    let start = counter();
-    let mut rec = get(id).ok_or_else(|| crate::access::not_found(id))?;
+    let id = rec.id;
     if !rec.status.is_active() {
         return Ok(progress(&rec, 0, 0, 0));
     }
@@ -403,7 +403,7 @@ pub fn step_job<F: Fn() -> u64>(
     // Accounting: the units' instructions by phase; the rest of this step
     // (restoring, decoding text, checkpointing) goes to the phase of its last unit.
     let last_phase = budget.finish();
-    let used = counter().saturating_sub(start);
+    let used = counter();
     let overhead = used.saturating_sub(budget.prefill_instructions + budget.decode_instructions);
     let overhead_is_prefill = last_phase.map_or(was_prefilling, |p| p == Phase::Prefill);
     rec.messages += 1;

@@ -176,10 +176,10 @@ fn owned_job(id: JobId) -> ApiResult<jobs::JobRecord> {
 /// Advances the job by as much as this message's budget allows.
 #[update]
 fn step(id: JobId) -> ApiResult<StepProgress> {
-    owned_job(id)?;
+    let rec = owned_job(id)?;
     let model = ready_model()?;
     let mut budget = scheduler::message_budget();
-    jobs::step_job(&model, id, &mut budget, &scheduler::counter)
+    jobs::step_job(&model, rec, &mut budget, &scheduler::counter)
 }
 
 /// The job's state and the text generated from token index `since` on.

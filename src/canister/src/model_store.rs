@@ -17,14 +17,23 @@ use icllm_engine::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
 
-/// Bytes hashed or read per piece: small enough to fit any sane budget.
+/// Most bytes hashed or read per piece.
 const PIECE: u64 = 4 << 20;
-/// Instructions per byte assumed for hashing (sha2 in wasm is ~15–20).
-const HASH_COST_PER_BYTE: u64 = 30;
-/// Instructions per byte assumed for reading and converting a tensor.
-const LOAD_COST_PER_BYTE: u64 = 12;
-/// Instructions per byte assumed for parsing a header prefix.
-const PARSE_COST_PER_BYTE: u64 = 120;
+/// Fewest bytes worth a piece (smaller pieces would only add overhead).
+const MIN_PIECE: u64 = 16 << 10;
+/// Instructions per byte assumed for hashing (measured: sha2 costs ~77 per
+/// byte in the canister wasm, stable read included).
+const HASH_COST_PER_BYTE: u64 = 100;
+/// Instructions per byte assumed for reading weights from stable memory.
+const READ_COST_PER_BYTE: u64 = 4;
+/// Instructions per byte assumed for converting a tensor into heap weights.
+const CONVERT_COST_PER_BYTE: u64 = 12;
+/// Instructions per byte assumed for reading and parsing a header prefix
+/// (measured: ~8 for a 64 KiB prefix, ~7 for a 4 MiB one).
+const PARSE_COST_PER_BYTE: u64 = 30;
+/// Instructions assumed for assembling the model once every tensor is in
+/// (measured: ~0.3 M for stories260K).
+const FINISH_COST: u64 = 2_000_000;
 
 /// A model ready for jobs.
 pub struct LoadedModel {
@@ -53,6 +62,7 @@ pub enum Phase {
     Tensors {
         gguf: Box<Gguf>,
         loader: Box<ModelLoader>,
+        tokenizer: Box<Tokenizer>,
         staged: Vec<u8>,
         loaded_bytes: u64,
     },
@@ -108,8 +118,10 @@ impl Pipeline {
         matches!(self.phase, Phase::Hashing { .. })
     }
 
-    /// Works until `remaining()` says the next piece would not fit.
-    pub fn advance(&mut self, remaining: &dyn Fn() -> u64) -> Progress {
+    /// Works until `remaining()` says the next piece would not fit. `fresh`
+    /// is what a whole message offers: work that would not fit even there
+    /// fails with a clear message instead of waiting forever.
+    pub fn advance(&mut self, remaining: &dyn Fn() -> u64, fresh: u64) -> Progress {
         let blob = memory::model_slot(self.slot.slot);
         loop {
             match &mut self.phase {
@@ -128,8 +140,11 @@ impl Pipeline {
                         };
                         continue;
                     }
-                    let n = PIECE.min(self.slot.size - *done);
-                    if remaining() < n * HASH_COST_PER_BYTE {
+                    let left = self.slot.size - *done;
+                    let Some(n) = piece(left, HASH_COST_PER_BYTE, remaining(), fresh) else {
+                        return too_small("hashing the upload", fresh);
+                    };
+                    if n == 0 {
                         return Progress::Working { bytes: *done };
                     }
                     let mut buf = vec![0u8; n as usize];
@@ -139,7 +154,12 @@ impl Pipeline {
                 }
                 Phase::Header { prefix_len } => {
                     let n = *prefix_len;
-                    if remaining() < n * PARSE_COST_PER_BYTE {
+                    // Parsing, then building the tokenizer and the loader from it.
+                    let cost = 2 * n * PARSE_COST_PER_BYTE;
+                    if cost > fresh {
+                        return too_small("parsing the GGUF header", fresh);
+                    }
+                    if remaining() < cost {
                         return Progress::Working { bytes: 0 };
                     }
                     let mut prefix = vec![0u8; n as usize];
@@ -163,13 +183,18 @@ impl Pipeline {
                     ..
                 } => {
                     let Some(info) = loader.next_needed().cloned() else {
+                        if remaining() < FINISH_COST {
+                            return Progress::Working { bytes: *loaded_bytes };
+                        }
                         return self.finish();
                     };
                     // Stage the tensor's bytes piece by piece, then convert it.
                     if (staged.len() as u64) < info.size {
                         let at = staged.len() as u64;
-                        let n = PIECE.min(info.size - at);
-                        if remaining() < n * LOAD_COST_PER_BYTE {
+                        let Some(n) = piece(info.size - at, READ_COST_PER_BYTE, remaining(), fresh) else {
+                            return too_small("reading weights", fresh);
+                        };
+                        if n == 0 {
                             return Progress::Working { bytes: *loaded_bytes };
                         }
                         staged.resize((at + n) as usize, 0);
@@ -177,7 +202,11 @@ impl Pipeline {
                         *loaded_bytes += n;
                         continue;
                     }
-                    if remaining() < info.size * LOAD_COST_PER_BYTE {
+                    let cost = info.size * CONVERT_COST_PER_BYTE;
+                    if cost > fresh {
+                        return too_small(&format!("converting tensor {} ({} bytes)", info.name, info.size), fresh);
+                    }
+                    if remaining() < cost {
                         return Progress::Working { bytes: *loaded_bytes };
                     }
                     if let Err(e) = loader.add_tensor(&info.name, staged) {
@@ -190,14 +219,16 @@ impl Pipeline {
     }
 
     fn finish(&mut self) -> Progress {
-        let Phase::Tensors { gguf, loader, .. } = std::mem::replace(&mut self.phase, Phase::Header { prefix_len: 0 })
+        let Phase::Tensors {
+            gguf,
+            loader,
+            tokenizer,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Header { prefix_len: 0 })
         else {
             unreachable!("finish is called in the Tensors phase")
         };
-        let tokenizer = match Tokenizer::from_gguf(&gguf) {
-            Ok(t) => t,
-            Err(e) => return Progress::Failed(format!("tokenizer: {e}")),
-        };
+        let tokenizer = *tokenizer;
         let weight_bytes = loader.total_bytes();
         let model = match loader.finish() {
             Ok(m) => m,
@@ -215,18 +246,38 @@ impl Pipeline {
 
 fn start_loading(gguf: Gguf) -> Result<Phase, String> {
     let loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
-    // Refuse a bad tokenizer now rather than after loading gigabytes.
-    Tokenizer::from_gguf(&gguf).map_err(|e| format!("tokenizer: {e}"))?;
+    // Built now: a bad tokenizer is refused before gigabytes are loaded.
+    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| format!("tokenizer: {e}"))?;
     Ok(Phase::Tensors {
         gguf: Box::new(gguf),
         loader: Box::new(loader),
+        tokenizer: Box::new(tokenizer),
         staged: Vec::new(),
         loaded_bytes: 0,
     })
 }
 
 fn first_prefix(size: u64) -> u64 {
-    size.min(1 << 20)
+    size.min(64 << 10)
+}
+
+/// Bytes of the next piece of `left` at `cost` instructions per byte:
+/// `Some(0)` = wait for the next message; `None` = not even a fresh message
+/// could do a useful piece.
+fn piece(left: u64, cost: u64, remaining: u64, fresh: u64) -> Option<u64> {
+    let want = left.min(PIECE);
+    let useful = want.min(MIN_PIECE);
+    if useful * cost > fresh {
+        return None;
+    }
+    let n = want.min(remaining / cost);
+    Some(if n >= useful { n } else { 0 })
+}
+
+fn too_small(what: &str, fresh: u64) -> Progress {
+    Progress::Failed(format!(
+        "{what} does not fit in one message of {fresh} instructions; raise the message instruction limit"
+    ))
 }
 
 fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot, weight_bytes: u64) -> ModelInfo {

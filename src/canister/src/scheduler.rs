@@ -12,9 +12,16 @@ use icllm_api::UploadState;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Instructions kept back in every message for the checkpoint and the reply.
+/// How often the scheduler runs while there is work. The IC fires a due
+/// timer at most once per round (about a second on application subnets), so
+/// anything below the round time means "every round".
+const TICK_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Instructions kept back in every message for what follows the last unit:
+/// the checkpoint (KV rows, job record) and the reply. 1 % of the limit,
+/// at least 1.5 M (a stories260K checkpoint with a 16-token batch costs ~1 M).
 pub fn reserve(limit: u64) -> u64 {
-    (limit / 50).clamp(200_000, 2_000_000_000)
+    (limit / 100).clamp(1_500_000, 400_000_000)
 }
 
 pub fn counter() -> u64 {
@@ -40,17 +47,17 @@ pub fn ensure_armed() {
     if !has_work() || state::read(|s| s.scheduler.is_some()) {
         return;
     }
-    let id = ic_cdk_timers::set_timer_interval(Duration::from_nanos(1), || async { tick() });
+    let id = ic_cdk_timers::set_timer_interval(TICK_INTERVAL, || async { tick() });
     state::mutate(|s| s.scheduler = Some(id));
 }
 
 /// One scheduler message.
 pub fn tick() {
     advance_pipeline();
-    if let Some(id) = next_job() {
-        if let Some(model) = state::read(|s| s.model.clone()) {
+    if let (Some(id), Some(model)) = (next_job(), state::read(|s| s.model.clone())) {
+        if let Some(rec) = jobs::get(id) {
             let mut budget = message_budget();
-            let _ = jobs::step_job(&model, id, &mut budget, &counter);
+            let _ = jobs::step_job(&model, rec, &mut budget, &counter);
         }
     }
     if !has_work() {
@@ -82,8 +89,10 @@ pub fn advance_pipeline() {
         return;
     };
     let limit = message_limit();
-    let remaining = move || limit.saturating_sub(reserve(limit)).saturating_sub(counter());
-    let progress = pipeline.advance(&remaining);
+    let usable = limit.saturating_sub(reserve(limit));
+    let remaining = move || usable.saturating_sub(counter());
+    // A fresh message also pays the scheduler's own overhead: leave 10 %.
+    let progress = pipeline.advance(&remaining, usable / 10 * 9);
     let purpose = pipeline.purpose;
     match progress {
         Progress::Working { .. } => {

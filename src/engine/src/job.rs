@@ -35,9 +35,11 @@ pub const DEFAULT_MAX_BATCH: u32 = 64;
 pub trait Budget {
     fn can_afford(&mut self, macs: u64) -> bool;
 
-    /// Called right after the budget accepted a unit, with the unit's phase,
-    /// so a budget can account its costs to prompt processing or generation.
-    fn unit_started(&mut self, _phase: Phase) {}
+    /// Called right after the budget accepted a unit, with the unit's phase
+    /// and its own multiply-adds (a batch start is asked with its largest
+    /// unit but runs a smaller one first), so a budget can account costs by
+    /// phase and learn its cost per multiply-add from what actually ran.
+    fn unit_started(&mut self, _phase: Phase, _macs: u64) {}
 }
 
 /// Whether a unit processes prompt tokens or generated ones.
@@ -173,6 +175,7 @@ pub struct JobState {
     rng: Rng,
     cursor: Cursor,
     /// Hidden state of the current batch between units: (batch_len, dim).
+    #[serde(with = "f32_bytes")]
     hidden: Vec<f32>,
     finished: Option<FinishReason>,
     /// Units run over the job's life.
@@ -518,8 +521,8 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
         let Some(n) = (1..=max_n).rev().find(|&n| budget.can_afford(largest_unit(n))) else {
             return Ok(None);
         };
-        budget.unit_started(s.phase());
         let macs = forward::attention_block_macs(model, cur.pos, n);
+        budget.unit_started(s.phase(), macs);
         let tokens: Vec<u32> = (cur.pos as usize..cur.pos as usize + n)
             .map(|i| s.token_at(i))
             .collect();
@@ -547,7 +550,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             if !budget.can_afford(macs) {
                 return Ok(None);
             }
-            budget.unit_started(s.phase());
+            budget.unit_started(s.phase(), macs);
             forward::attention_block(model, layer, cur.pos, &mut s.hidden, kv);
             s.cursor.stage = Stage::Ffn;
             Ok(Some(UnitDone { macs, token: None }))
@@ -557,7 +560,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             if !budget.can_afford(macs) {
                 return Ok(None);
             }
-            budget.unit_started(s.phase());
+            budget.unit_started(s.phase(), macs);
             forward::ffn_block(model, layer, &mut s.hidden);
             if layer + 1 < c.n_layers {
                 s.cursor.layer += 1;
@@ -576,7 +579,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             if !budget.can_afford(macs) {
                 return Ok(None);
             }
-            budget.unit_started(s.phase());
+            budget.unit_started(s.phase(), macs);
             // final norm → logits of the batch's last token → sample
             let last = &s.hidden[(n - 1) * c.dim..n * c.dim];
             let mut logits = vec![0.0f32; c.vocab_size];
@@ -611,4 +614,47 @@ fn end_batch(s: &mut JobState) {
         stage: Stage::Attention,
     };
     s.hidden.clear();
+}
+
+/// Serializes an f32 vector as little-endian bytes: compact, and far cheaper
+/// to encode than one float at a time (CBOR would try shorter float widths
+/// for each). Accepts a sequence of numbers too, for self-describing formats
+/// like JSON.
+mod f32_bytes {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<f32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("little-endian f32 bytes")
+            }
+            fn visit_bytes<E: Error>(self, b: &[u8]) -> Result<Vec<f32>, E> {
+                if !b.len().is_multiple_of(4) {
+                    return Err(E::custom(format!("{} bytes is not a whole number of f32s", b.len())));
+                }
+                Ok(b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            }
+            fn visit_byte_buf<E: Error>(self, b: Vec<u8>) -> Result<Vec<f32>, E> {
+                self.visit_bytes(&b)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                self.visit_bytes(&bytes)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
 }

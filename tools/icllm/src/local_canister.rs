@@ -155,7 +155,7 @@ impl LocalCanister {
     pub fn finalize_upload(&mut self) -> Result<UploadStatus> {
         let (r,): (ApiResult<UploadStatus>,) = self.update(controller(), "upload_finalize", ())?;
         let mut status = r.map_err(|e| anyhow!("upload_finalize: {e:?}"))?;
-        for _ in 0..1_000_000 {
+        for _ in 0..100_000 {
             match &status.state {
                 UploadState::Done => return Ok(status),
                 UploadState::Failed(reason) => bail!("the upload failed: {reason}"),

@@ -75,6 +75,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let _ = out.flush();
     })?;
     writeln!(out)?;
+    out.flush()?;
     if let JobStatus::Failed(reason) = &view.status {
         return Err(anyhow!("the job failed: {reason}"));
     }

@@ -1,0 +1,488 @@
+//! The icllm canister wasm in the local IC runtime: what README and design
+//! promise dApps. Golden outputs come from ../shared/README.md.
+
+use candid::Principal;
+use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
+use icllm_api::*;
+use std::sync::OnceLock;
+
+/// From ../shared/README.md: greedy continuation of "Joe loves writing stories".
+const GOLDEN_PROMPT: &str = "Joe loves writing stories";
+const GOLDEN_IDS: [u32; 10] = [426, 346, 397, 355, 267, 337, 335, 345, 267, 422];
+const GOLDEN_TEXT: &str = ". He liked to play with his toy";
+const IC_LIMIT: u64 = 40_000_000_000;
+
+fn model_bytes() -> &'static [u8] {
+    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stories260Ktok512.gguf");
+        std::fs::read(path).expect("models/stories260Ktok512.gguf is shipped")
+    })
+}
+
+fn wasm() -> Vec<u8> {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| find_or_build_wasm(None).expect("canister wasm"))
+        .clone()
+}
+
+/// A canister with the stories260K model loaded, running under `limit`
+/// instructions per message (the runtime enforces it; the canister is told).
+fn canister_with_model(limit: u64) -> LocalCanister {
+    let init = InitArgs {
+        message_instruction_limit: Some(limit),
+        ..InitArgs::default()
+    };
+    let mut c = LocalCanister::install(wasm(), init, limit).expect("install");
+    let model = model_bytes();
+    c.upload_model(model, sha256(model)).expect("upload");
+    c
+}
+
+fn greedy(prompt: &str, max_tokens: u32) -> JobRequest {
+    JobRequest {
+        prompt: prompt.into(),
+        max_tokens,
+        temperature: Some(0.0),
+        seed: Some(1),
+        ..JobRequest::default()
+    }
+}
+
+fn start(c: &mut LocalCanister, caller: Principal, req: JobRequest) -> JobId {
+    c.start_job(caller, req)
+        .expect("start_job call")
+        .expect("start_job accepted")
+}
+
+fn final_view(c: &mut LocalCanister, caller: Principal, id: JobId) -> JobView {
+    c.poll(caller, id, 0).expect("poll call").expect("poll accepted")
+}
+
+/// Every committed update/timer message stayed under the runtime's limit.
+fn assert_no_message_over(c: &LocalCanister, limit: u64) {
+    for r in c.rt.reports() {
+        assert!(
+            r.instructions <= limit,
+            "message {} used {} > {limit}",
+            r.method,
+            r.instructions
+        );
+    }
+}
+
+#[test]
+fn golden_prompt_through_timers() {
+    let mut c = canister_with_model(IC_LIMIT);
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+    let view = c.run_job(controller(), id, |_| {}).unwrap();
+    assert_eq!(view.status, JobStatus::Done("max_tokens".into()));
+    assert_eq!(view.tokens, GOLDEN_IDS);
+    assert_eq!(view.text, GOLDEN_TEXT);
+    assert_eq!(view.prompt_tokens, 16, "BOS + 15 SPM tokens");
+    assert!(view.instructions > 0 && view.cycles > view.instructions as u128);
+}
+
+/// The reference run: one canister, the IC's limit, no interruptions.
+fn reference_ids(prompt: &str, n: u32) -> Vec<u32> {
+    static REF: OnceLock<Vec<u32>> = OnceLock::new();
+    assert_eq!((prompt, n), (GOLDEN_PROMPT, 40));
+    REF.get_or_init(|| {
+        let mut c = canister_with_model(IC_LIMIT);
+        let id = start(&mut c, controller(), greedy(prompt, n));
+        c.run_job(controller(), id, |_| {}).unwrap().tokens
+    })
+    .clone()
+}
+
+#[test]
+fn small_message_limit_needs_many_timer_messages_and_gives_identical_ids() {
+    let expected = reference_ids(GOLDEN_PROMPT, 40);
+    assert_eq!(expected[..10], GOLDEN_IDS);
+    let limit = 6_000_000;
+    let mut c = canister_with_model(limit);
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
+    let mut seen_text = String::new();
+    let view = c.run_job(controller(), id, |v| seen_text.push_str(&v.text)).unwrap();
+    assert_eq!(view.tokens, expected);
+    assert_eq!(seen_text, view.text, "incremental polls add up to the whole text");
+    assert!(view.messages >= 24, "only {} messages", view.messages);
+    assert!(view.max_message_instructions <= limit);
+    assert_no_message_over(&c, limit);
+}
+
+#[test]
+fn explicit_steps_alone_finish_the_job() {
+    let expected = reference_ids(GOLDEN_PROMPT, 40);
+    let limit = 15_000_000;
+    let mut c = canister_with_model(limit);
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
+    // The clock never advances, so no timer fires: only `step` drives the job.
+    let mut steps = 0;
+    loop {
+        let p = c.step(controller(), id).expect("step call").expect("step accepted");
+        steps += 1;
+        if !p.status.is_active() {
+            break;
+        }
+        assert!(steps < 1000, "job does not finish");
+    }
+    assert!(steps > 5);
+    assert_eq!(final_view(&mut c, controller(), id).tokens, expected);
+    assert_no_message_over(&c, limit);
+}
+
+#[test]
+fn upgrades_between_messages_do_not_change_the_tokens() {
+    let expected = reference_ids(GOLDEN_PROMPT, 40);
+    let limit = 12_000_000;
+    // Upgrade after 1 message (inside prompt processing), after 3, and then every 4.
+    let mut c = canister_with_model(limit);
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
+    let mut rounds = 0;
+    let mut upgrades = 0;
+    let mut upgraded_while_prefilling = false;
+    loop {
+        let v = final_view(&mut c, controller(), id);
+        if !v.status.is_active() {
+            break;
+        }
+        if rounds == 1 || rounds == 3 || (rounds > 3 && rounds % 4 == 0) {
+            upgraded_while_prefilling |= v.status == JobStatus::Prefilling;
+            c.upgrade().expect("upgrade");
+            upgrades += 1;
+        }
+        c.round();
+        rounds += 1;
+        assert!(rounds < 5000);
+    }
+    let v = final_view(&mut c, controller(), id);
+    assert_eq!(v.tokens, expected);
+    assert!(upgrades >= 3, "{upgrades} upgrades");
+    assert!(upgraded_while_prefilling, "no upgrade landed during prompt processing");
+}
+
+#[test]
+fn a_trap_during_a_step_leaves_the_last_checkpoint() {
+    let expected = reference_ids(GOLDEN_PROMPT, 40);
+    let limit = 12_000_000;
+    let mut c = canister_with_model(limit);
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
+    for _ in 0..4 {
+        c.step(controller(), id).unwrap().unwrap();
+    }
+    let before = final_view(&mut c, controller(), id);
+    assert!(before.status.is_active());
+    // Fault: tell the canister it may use far more than the runtime allows,
+    // so the next step runs into the runtime's limit and traps.
+    let (r,): (ApiResult<()>,) = c
+        .update(controller(), "set_message_instruction_limit", (limit * 100,))
+        .unwrap();
+    r.unwrap();
+    let err = c.step(controller(), id).expect_err("the step must trap at the limit");
+    assert!(
+        err.to_string().contains("exceeded the limit of 12000000 instructions"),
+        "{err}"
+    );
+    let after = final_view(&mut c, controller(), id);
+    assert_eq!(after.tokens, before.tokens);
+    assert_eq!(after.prompt_tokens_processed, before.prompt_tokens_processed);
+    assert_eq!(after.messages, before.messages);
+    // Repair and finish.
+    let (r,): (ApiResult<()>,) = c
+        .update(controller(), "set_message_instruction_limit", (limit,))
+        .unwrap();
+    r.unwrap();
+    let v = c.run_job(controller(), id, |_| {}).unwrap();
+    assert_eq!(v.tokens, expected);
+}
+
+fn upload_status(c: &mut LocalCanister) -> UploadStatus {
+    let (r,): (ApiResult<UploadStatus>,) = c.query(controller(), "upload_status", ()).unwrap();
+    r.unwrap()
+}
+
+fn chunk(c: &mut LocalCanister, caller: Principal, offset: u64, data: &[u8]) -> ApiResult<UploadStatus> {
+    let (r,): (ApiResult<UploadStatus>,) = c
+        .update(
+            caller,
+            "upload_chunk",
+            (offset, serde_bytes::ByteBuf::from(data.to_vec())),
+        )
+        .unwrap();
+    r
+}
+
+fn begin(c: &mut LocalCanister, size: usize, sha: [u8; 32]) -> ApiResult<UploadStatus> {
+    let (r,): (ApiResult<UploadStatus>,) = c
+        .update(
+            controller(),
+            "upload_begin",
+            (UploadBegin {
+                size: size as u64,
+                sha256: sha.to_vec(),
+            },),
+        )
+        .unwrap();
+    r
+}
+
+fn finalize_until_settled(c: &mut LocalCanister) -> UploadStatus {
+    let (r,): (ApiResult<UploadStatus>,) = c.update(controller(), "upload_finalize", ()).unwrap();
+    r.unwrap();
+    for _ in 0..10_000 {
+        let s = upload_status(c);
+        if matches!(s.state, UploadState::Done | UploadState::Failed(_)) {
+            return s;
+        }
+        c.round();
+    }
+    panic!("upload never settled");
+}
+
+fn model_state(c: &mut LocalCanister) -> String {
+    let (info,): (ModelInfo,) = c.query(user(9), "model_info", ()).unwrap();
+    info.state
+}
+
+#[test]
+fn upload_chunks_out_of_order_and_resent() {
+    let init = InitArgs {
+        message_instruction_limit: Some(IC_LIMIT),
+        ..InitArgs::default()
+    };
+    let mut c = LocalCanister::install(wasm(), init, IC_LIMIT).unwrap();
+    let model = model_bytes();
+    begin(&mut c, model.len(), sha256(model)).unwrap();
+    // Small chunks, last first, with one resent.
+    let size = 100_000;
+    let offsets: Vec<usize> = (0..model.len()).step_by(size).collect();
+    for &o in offsets.iter().rev() {
+        chunk(&mut c, controller(), o as u64, &model[o..(o + size).min(model.len())]).unwrap();
+    }
+    chunk(&mut c, controller(), 0, &model[..size]).unwrap();
+    let s = upload_status(&mut c);
+    assert!(s.missing.is_empty());
+    assert_eq!(s.received_bytes, model.len() as u64);
+    assert_eq!(finalize_until_settled(&mut c).state, UploadState::Done);
+    let (info,): (ModelInfo,) = c.query(user(9), "model_info", ()).unwrap();
+    assert_eq!((info.state.as_str(), info.architecture.as_str()), ("ready", "llama"));
+    assert_eq!(
+        (info.n_layers, info.dim, info.vocab_size, info.context_length),
+        (5, 64, 512, 128)
+    );
+    assert_eq!(info.sha256, sha256(model).to_vec());
+    // And it generates.
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+    assert_eq!(c.run_job(controller(), id, |_| {}).unwrap().text, GOLDEN_TEXT);
+}
+
+#[test]
+fn bad_uploads_are_refused_and_the_previous_model_stays_usable() {
+    let mut c = canister_with_model(IC_LIMIT);
+    let model = model_bytes().to_vec();
+
+    // Wrong sha256.
+    begin(&mut c, model.len(), [7; 32]).unwrap();
+    for (i, part) in model.chunks(UPLOAD_CHUNK_BYTES).enumerate() {
+        chunk(&mut c, controller(), (i * UPLOAD_CHUNK_BYTES) as u64, part).unwrap();
+    }
+    match finalize_until_settled(&mut c).state {
+        UploadState::Failed(reason) => assert!(reason.contains("sha256 mismatch"), "{reason}"),
+        s => panic!("wrong hash accepted: {s:?}"),
+    }
+
+    // A missing range: finalize refuses and says what is missing.
+    begin(&mut c, model.len(), sha256(&model)).unwrap();
+    chunk(&mut c, controller(), 0, &model[..1000]).unwrap();
+    let (r,): (ApiResult<UploadStatus>,) = c.update(controller(), "upload_finalize", ()).unwrap();
+    match r {
+        Err(ApiError::Upload(m)) => assert!(m.contains("missing"), "{m}"),
+        other => panic!("finalize with a gap: {other:?}"),
+    }
+    // A chunk past the end, and an empty one.
+    assert!(matches!(
+        chunk(&mut c, controller(), model.len() as u64, &[1]),
+        Err(ApiError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        chunk(&mut c, controller(), 0, &[]),
+        Err(ApiError::InvalidArgument(_))
+    ));
+
+    // Not a GGUF file (hash matches, content does not parse).
+    let junk = vec![0x42u8; 5000];
+    begin(&mut c, junk.len(), sha256(&junk)).unwrap();
+    chunk(&mut c, controller(), 0, &junk).unwrap();
+    match finalize_until_settled(&mut c).state {
+        UploadState::Failed(reason) => assert!(reason.contains("GGUF"), "{reason}"),
+        s => panic!("junk accepted: {s:?}"),
+    }
+
+    // A truncated GGUF file.
+    let cut = &model[..model.len() / 2];
+    begin(&mut c, cut.len(), sha256(cut)).unwrap();
+    chunk(&mut c, controller(), 0, cut).unwrap();
+    match finalize_until_settled(&mut c).state {
+        UploadState::Failed(reason) => assert!(reason.contains("past the end"), "{reason}"),
+        s => panic!("truncated file accepted: {s:?}"),
+    }
+
+    // The model loaded first still serves jobs.
+    assert_eq!(model_state(&mut c), "ready");
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+    assert_eq!(c.run_job(controller(), id, |_| {}).unwrap().text, GOLDEN_TEXT);
+}
+
+#[test]
+fn access_rules() {
+    let mut c = canister_with_model(IC_LIMIT);
+    let (alice, bob) = (user(1), user(2));
+
+    // Only controllers upload or change settings.
+    let (r,): (ApiResult<UploadStatus>,) = c
+        .update(
+            controller(),
+            "upload_begin",
+            (UploadBegin {
+                size: 10,
+                sha256: vec![0; 32],
+            },),
+        )
+        .unwrap();
+    r.unwrap();
+    let err = c
+        .update::<_, (ApiResult<UploadStatus>,)>(alice, "upload_chunk", (0u64, serde_bytes::ByteBuf::from(vec![1u8])))
+        .expect_err("inspect_message drops a non-controller's chunk");
+    assert!(err.to_string().contains("rejected"), "{err}");
+    let (r,): (ApiResult<UploadStatus>,) = c.query(alice, "upload_status", ()).unwrap();
+    assert!(matches!(r, Err(ApiError::NotAuthorized(_))));
+
+    // Anonymous callers are refused by default.
+    assert!(c.start_job(Principal::anonymous(), greedy("Hi", 3)).is_err());
+
+    // A job belongs to its owner.
+    let id = start(&mut c, alice, greedy(GOLDEN_PROMPT, 5));
+    assert!(matches!(c.poll(bob, id, 0).unwrap(), Err(ApiError::NotFound(_))));
+    assert!(matches!(c.step(bob, id).unwrap(), Err(ApiError::NotFound(_))));
+    let (r,): (ApiResult<JobStatus>,) = c.update(bob, "cancel", (id,)).unwrap();
+    assert!(matches!(r, Err(ApiError::NotFound(_))));
+    let (bobs,): (Vec<JobSummary>,) = c.query(bob, "list_jobs", ()).unwrap();
+    assert!(bobs.is_empty());
+    let (alices,): (Vec<JobSummary>,) = c.query(alice, "list_jobs", ()).unwrap();
+    assert_eq!(alices.len(), 1);
+    let (r,): (ApiResult<Vec<JobSummary>>,) = c.query(alice, "admin_list_jobs", ()).unwrap();
+    assert!(matches!(r, Err(ApiError::NotAuthorized(_))));
+    assert!(c.poll(alice, id, 0).unwrap().is_ok());
+    let (r,): (ApiResult<JobStatus>,) = c.update(alice, "cancel", (id,)).unwrap();
+    assert_eq!(r.unwrap(), JobStatus::Cancelled);
+
+    // Allowlist policy.
+    let policy = AccessPolicy {
+        mode: AccessMode::Allowlist(vec![alice]),
+        allow_anonymous: false,
+    };
+    let (r,): (ApiResult<()>,) = c.update(controller(), "set_policy", (policy,)).unwrap();
+    r.unwrap();
+    assert!(
+        c.start_job(bob, greedy("Hi", 3)).is_err(),
+        "bob is not on the allowlist"
+    );
+    start(&mut c, alice, greedy("Hi", 3));
+
+    // Quotas: per caller.
+    let limits = Limits {
+        max_active_jobs_per_caller: 1,
+        ..Limits::default()
+    };
+    let (r,): (ApiResult<()>,) = c.update(controller(), "set_limits", (limits,)).unwrap();
+    r.unwrap();
+    match c.start_job(alice, greedy("Hi", 3)).unwrap() {
+        Err(ApiError::QuotaExceeded(m)) => assert!(m.contains("unfinished jobs"), "{m}"),
+        other => panic!("per-caller quota not enforced: {other:?}"),
+    }
+}
+
+#[test]
+fn bad_job_requests_get_clear_errors() {
+    let mut c = canister_with_model(IC_LIMIT);
+    let long_prompt = "Once upon a time there was a dog. ".repeat(40);
+    match c.start_job(controller(), greedy(&long_prompt, 10)).unwrap() {
+        Err(ApiError::InvalidArgument(m)) => assert!(m.contains("context"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let mut bad = greedy("Hi", 10);
+    bad.temperature = Some(-1.0);
+    assert!(matches!(
+        c.start_job(controller(), bad).unwrap(),
+        Err(ApiError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.start_job(controller(), greedy("Hi", 0)).unwrap(),
+        Err(ApiError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.poll(controller(), 999, 0).unwrap(),
+        Err(ApiError::NotFound(_))
+    ));
+
+    // No model: a fresh canister says so.
+    let mut empty = LocalCanister::install(wasm(), InitArgs::default(), IC_LIMIT).unwrap();
+    match empty.start_job(controller(), greedy("Hi", 3)).unwrap() {
+        Err(ApiError::ModelNotReady(m)) => assert!(m.contains("no model"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn seedless_jobs_draw_their_seed_from_raw_rand() {
+    let mut c = canister_with_model(IC_LIMIT);
+    let req = JobRequest {
+        prompt: "Once".into(),
+        max_tokens: 20,
+        temperature: Some(1.0),
+        ..JobRequest::default()
+    };
+    let a = start(&mut c, controller(), req.clone());
+    let b = start(&mut c, controller(), req);
+    let ta = c.run_job(controller(), a, |_| {}).unwrap().tokens;
+    let tb = c.run_job(controller(), b, |_| {}).unwrap().tokens;
+    assert_ne!(ta, tb, "two raw_rand seeds gave the same sampled text");
+}
+
+#[test]
+fn forty_concurrent_jobs_from_several_principals_all_finish() {
+    let limit = 30_000_000;
+    let mut c = canister_with_model(limit);
+    let limits = Limits {
+        max_active_jobs_per_caller: 10,
+        ..Limits::default()
+    };
+    let (r,): (ApiResult<()>,) = c.update(controller(), "set_limits", (limits,)).unwrap();
+    r.unwrap();
+    let prompts = ["Joe loves writing stories", "Once upon a time", "The cat", "Lily"];
+    let mut jobs = Vec::new();
+    for i in 0..40u8 {
+        let owner = user(1 + i % 4);
+        let id = start(&mut c, owner, greedy(prompts[(i % 4) as usize], 12));
+        jobs.push((owner, id, i % 4));
+    }
+    // Round-robin: after 40 scheduler messages every job has had one.
+    for _ in 0..40 {
+        c.round();
+    }
+    for &(owner, id, _) in &jobs {
+        let v = final_view(&mut c, owner, id);
+        assert!(v.messages >= 1, "job {id} got no message in the first 40 rounds");
+    }
+    let mut by_prompt: [Option<Vec<u32>>; 4] = Default::default();
+    for &(owner, id, p) in &jobs {
+        let v = c.run_job(owner, id, |_| {}).unwrap();
+        assert_eq!(v.status, JobStatus::Done("max_tokens".into()));
+        // Same prompt, greedy: same tokens, whatever the interleaving.
+        let prev = by_prompt[p as usize].get_or_insert_with(|| v.tokens.clone());
+        assert_eq!(*prev, v.tokens);
+    }
+    assert_eq!(by_prompt[0].as_deref().unwrap()[..10], GOLDEN_IDS);
+    assert_no_message_over(&c, limit);
+}
