@@ -13,7 +13,9 @@ pub mod weights;
 
 pub use arch::{ArchSpec, Architecture};
 pub use config::ModelConfig;
-pub use weights::{LayerWeights, Model, ModelLoader, Tensor, TensorData};
+pub use weights::{
+    wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, Tensor, TensorData, WantedTensor,
+};
 
 use crate::format::gguf::GgufError;
 
