@@ -5,7 +5,7 @@
 //! budget) is passed in through the [`job::Budget`] trait.
 //!
 //! Map:
-//! - [`format`]: GGUF (and later safetensors) readers; the only place that knows file keys.
+//! - [`format`]: GGUF and Hugging Face (config.json + safetensors) readers; the only place that knows file keys and tensor names.
 //! - [`tensor`]: ggml tensor types.
 //! - [`tokenizer`]: text ↔ token ids (SentencePiece now; BPE slots in beside it).
 //! - [`kernels`]: pure math (matvec, rmsnorm, rope, softmax, …), scalar oracles first.

@@ -18,12 +18,15 @@ pub use weights::{
 };
 
 use crate::format::gguf::GgufError;
+use crate::format::hf::HfError;
 
 /// Why a model could not be loaded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Hf(HfError),
     #[error("model architecture {name:?} is not supported (supported: {supported})")]
     UnknownArchitecture { name: String, supported: String },
     #[error("model metadata {key:?}: {reason}")]
