@@ -436,7 +436,7 @@ fn llama3_rope_scaling_matches_the_converters_rope_freqs() {
             }
         })
         .collect();
-    assert!(ff.iter().any(|&f| f == 1.0) && ff.iter().any(|&f| f == 8.0));
+    assert!(ff.contains(&1.0) && ff.contains(&8.0));
     assert!(ff.iter().any(|&f| f > 1.0 && f < 8.0), "{ff:?}");
     let (gguf_model, _) = Model::from_gguf_bytes(&gguf_bytes(&s, &weights, Dtype::F32, Some(ff))).unwrap();
     assert_same_logits(&hf_model, &gguf_model, 1e-6);

@@ -174,7 +174,7 @@ impl ModelConfig {
     pub fn check(&self, key: impl Fn(ConfigField) -> String) -> Result<(), ModelError> {
         let c = self;
         let err = |field, reason: String| Err(bad(&key(field), &reason));
-        if c.n_heads % c.n_kv_heads != 0 {
+        if !c.n_heads.is_multiple_of(c.n_kv_heads) {
             return err(
                 ConfigField::KvHeads,
                 format!(
@@ -183,10 +183,10 @@ impl ModelConfig {
                 ),
             );
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             return err(ConfigField::HeadDim, format!("head dimension {} is odd", c.head_dim));
         }
-        if c.rope_dims % 2 != 0 || c.rope_dims > c.head_dim {
+        if !c.rope_dims.is_multiple_of(2) || c.rope_dims > c.head_dim {
             return err(
                 ConfigField::RopeDims,
                 format!(
