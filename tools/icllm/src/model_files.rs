@@ -34,7 +34,7 @@ impl ModelPath {
         } else if path.exists() {
             Ok(ModelPath::Gguf(path.to_path_buf()))
         } else {
-            bail!("{} does not exist", path.display())
+            bail!("cannot read {}: no such file or directory", path.display())
         }
     }
 }
