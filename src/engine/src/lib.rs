@@ -5,7 +5,8 @@
 //! budget) is passed in through the [`job::Budget`] trait.
 //!
 //! Map:
-//! - [`format`]: GGUF (and later safetensors) readers; the only place that knows file keys.
+//! - [`chat`]: chat templates (minijinja) and their stop strings.
+//! - [`format`]: GGUF and Hugging Face (config.json + safetensors) readers; the only place that knows file keys and tensor names.
 //! - [`tensor`]: ggml tensor types.
 //! - [`tokenizer`]: text ↔ token ids (SentencePiece now; BPE slots in beside it).
 //! - [`kernels`]: pure math (matvec, rmsnorm, rope, softmax, …), scalar oracles first.
@@ -13,6 +14,7 @@
 //! - [`sampler`]: logits → token, with explicit serializable RNG state.
 //! - [`job`]: the resumable generation state machine and the budget trait.
 
+pub mod chat;
 pub mod format;
 pub mod job;
 pub mod kernels;

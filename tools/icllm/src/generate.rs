@@ -1,25 +1,32 @@
-//! `icllm generate`: run the engine natively on a GGUF model.
+//! `icllm generate`: run the engine natively on a GGUF model or a Hugging
+//! Face checkpoint directory.
 //!
 //! Prints only the generated text to stdout (streamed, flushed per token,
-//! then a final newline) and statistics to stderr.
+//! then a final newline) and statistics to stderr. With `--chat` the prompt
+//! becomes one user turn of the model's chat template, and generation stops
+//! at the template's end-of-turn tokens.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use icllm_engine::job::{step, FinishReason, Job, StepOutcome, UnitBudget};
-use icllm_engine::model::Model;
 use icllm_engine::sampler::SamplingParams;
-use icllm_engine::tokenizer::{StreamDecoder, Tokenizer};
+use icllm_engine::tokenizer::StreamDecoder;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// GGUF model file.
+    /// GGUF model file or Hugging Face checkpoint directory.
     #[arg(long, short = 'm')]
     pub model: PathBuf,
-    /// Text to continue (BOS is added in front). Without it, generation starts from BOS alone.
+    /// Text to continue (BOS is added in front when the tokenizer wants it;
+    /// special-token texts are recognized). Without it, generation starts from BOS alone.
     #[arg(long, short = 'p')]
     pub prompt: Option<String>,
+    /// Send --prompt as a user message through the model's chat template and
+    /// stop at its end-of-turn tokens.
+    #[arg(long, requires = "prompt")]
+    pub chat: bool,
     /// Maximum number of tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     pub n_predict: u32,
@@ -48,17 +55,23 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let t_load = Instant::now();
-    let bytes = std::fs::read(&args.model).with_context(|| format!("cannot read {}", args.model.display()))?;
-    let (model, gguf) =
-        Model::from_gguf_bytes(&bytes).with_context(|| format!("cannot load {}", args.model.display()))?;
-    let tok =
-        Tokenizer::from_gguf(&gguf).with_context(|| format!("no usable tokenizer in {}", args.model.display()))?;
-    drop(bytes);
+    let loaded = crate::model_files::load(&args.model)?;
+    let model = &loaded.model;
+    let tok = loaded.tokenizer()?;
     let load_time = t_load.elapsed();
 
-    // BOS + prompt; BOS alone without a prompt.
+    // BOS + prompt; BOS alone without a prompt; the templated user turn with --chat.
+    let mut stop_tokens = None;
     let prompt = match &args.prompt {
-        Some(text) => tok.encode(text, true),
+        Some(text) if args.chat => {
+            let Some(template) = &loaded.chat_template else {
+                bail!("{} has no chat template: drop --chat", args.model.display());
+            };
+            let (ids, stops) = crate::model_files::encode_chat(tok, template, text)?;
+            stop_tokens = Some(stops);
+            ids
+        }
+        Some(text) => crate::model_files::encode_prompt(tok, text),
         None => match tok.bos_id() {
             Some(bos) => vec![bos],
             None => bail!("the model has no BOS token: give a --prompt"),
@@ -78,19 +91,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(c) => c,
         None => u32::try_from(model.config.context_length).unwrap_or(u32::MAX),
     };
-    let mut job = Job::new(&model, prompt.clone(), params, args.n_predict, ctx_size)?;
+    let mut job = Job::new(model, prompt.clone(), params, args.n_predict, ctx_size)?;
+    if let Some(stops) = stop_tokens {
+        job.set_stop_tokens(stops);
+    }
 
     // One unit per step, so each token is printed as soon as it is sampled.
     // Results equal an uninterrupted run (chunked == monolithic).
-    let mut decoder = StreamDecoder::new(&tok, prompt.last().copied());
+    let mut decoder = StreamDecoder::new(tok, prompt.last().copied());
     let mut stdout = std::io::stdout().lock();
     let t_start = Instant::now();
     let mut first_token_at: Option<Duration> = None;
     let reason = loop {
-        let report = step(&model, &mut job, &mut UnitBudget::new(1));
+        let report = step(model, &mut job, &mut UnitBudget::new(1));
         for &id in &report.tokens {
             first_token_at.get_or_insert_with(|| t_start.elapsed());
-            stdout.write_all(decoder.push(&tok, id).as_bytes())?;
+            stdout.write_all(decoder.push(tok, id).as_bytes())?;
             stdout.flush()?;
         }
         match report.outcome {
@@ -116,6 +132,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     };
     let reason = match reason {
+        FinishReason::Eos if args.chat => "end of turn",
         FinishReason::Eos => "end of text",
         FinishReason::MaxTokens => "token limit",
         FinishReason::ContextFull => "context full",

@@ -3,6 +3,9 @@
 //! Each subcommand lives in its own module; `main` only parses and dispatches.
 
 mod generate;
+mod inspect;
+mod logits;
+mod model_files;
 mod run;
 mod sim;
 
@@ -23,6 +26,10 @@ enum Command {
     Run(run::RunArgs),
     /// Run any canister wasm in the local IC runtime, one line per step.
     Sim(sim::SimArgs),
+    /// Print a prompt's token ids and the logits at its last position, as JSON.
+    Logits(logits::LogitsArgs),
+    /// Describe a GGUF file or Hugging Face checkpoint: architecture, shapes, types, tokenizer.
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +38,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Run(args) => run::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Logits(args) => logits::run(args),
+        Command::Inspect(args) => inspect::run(args),
     }
 }

@@ -2,3 +2,4 @@
 //! inside this module; the rest of the engine sees a resolved `ModelConfig`.
 
 pub mod gguf;
+pub mod hf;

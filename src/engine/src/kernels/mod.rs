@@ -15,7 +15,7 @@ mod attention;
 mod rope;
 
 pub use attention::{attention, AttentionShape};
-pub use rope::{rope, RopeStyle, RopeTable};
+pub use rope::{llama3_rope_freq_factors, rope, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};
 

@@ -17,14 +17,35 @@ pub struct RopeTable {
     pub style: RopeStyle,
     /// Leading dimensions of each head that are rotated (even, ≤ head_dim).
     pub rope_dims: usize,
-    /// (rope_dims / 2): `inv_freq[j] = base^(-2j / rope_dims)`.
+    /// (rope_dims / 2): `inv_freq[j] = base^(-2j / rope_dims) · freq_scale / factor[j]`.
     inv_freq: Vec<f64>,
 }
 
 impl RopeTable {
     pub fn new(style: RopeStyle, rope_dims: usize, freq_base: f32) -> RopeTable {
+        Self::scaled(style, rope_dims, freq_base, 1.0, None)
+    }
+
+    /// A table with scaled frequencies, as ggml's `rope_ext` computes them:
+    /// every frequency is multiplied by `freq_scale` (linear scaling: 1 /
+    /// factor) and pair `j`'s is divided by `freq_factors[j]` when given
+    /// (Llama 3.1's `rope_freqs.weight`, see [`llama3_rope_freq_factors`]).
+    /// `freq_factors` must hold `rope_dims / 2` values (checked by the loader).
+    pub fn scaled(
+        style: RopeStyle,
+        rope_dims: usize,
+        freq_base: f32,
+        freq_scale: f32,
+        freq_factors: Option<&[f32]>,
+    ) -> RopeTable {
         let inv_freq = (0..rope_dims / 2)
-            .map(|j| (freq_base as f64).powf(-((2 * j) as f64) / rope_dims as f64))
+            .map(|j| {
+                let f = (freq_base as f64).powf(-((2 * j) as f64) / rope_dims as f64) * freq_scale as f64;
+                match freq_factors {
+                    Some(ff) => f / ff[j] as f64,
+                    None => f,
+                }
+            })
             .collect();
         RopeTable {
             style,
@@ -38,6 +59,45 @@ impl RopeTable {
         let theta = pos as f64 * self.inv_freq[j];
         (theta.cos() as f32, theta.sin() as f32)
     }
+}
+
+/// Llama 3.1's RoPE frequency factors (`rope_scaling.rope_type = "llama3"`):
+/// one divisor per rotated pair, `rope_dims / 2` values, as the GGUF
+/// converter stores them in `rope_freqs.weight`.
+///
+/// With `wavelen = 2π / base^(-2j / rope_dims)`: pairs whose wavelength is
+/// shorter than `original_context / high_freq_factor` keep their frequency
+/// (divisor 1), those longer than `original_context / low_freq_factor` are
+/// slowed by `factor`, and those between are interpolated smoothly:
+/// `1 / ((1 - s) / factor + s)` with `s = (original_context / wavelen - low) / (high - low)`.
+/// The caller checks `high_freq_factor > low_freq_factor > 0` and `factor > 0`.
+pub fn llama3_rope_freq_factors(
+    rope_dims: usize,
+    freq_base: f32,
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    original_context: usize,
+) -> Vec<f32> {
+    let (factor, low, high) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64);
+    let original = original_context as f64;
+    let low_freq_wavelen = original / low;
+    let high_freq_wavelen = original / high;
+    (0..rope_dims / 2)
+        .map(|j| {
+            let freq = (freq_base as f64).powf(-((2 * j) as f64) / rope_dims as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let divisor = if wavelen < high_freq_wavelen {
+                1.0
+            } else if wavelen > low_freq_wavelen {
+                factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            divisor as f32
+        })
+        .collect()
 }
 
 /// Rotates every head of `x` (n_heads, head_dim) in place for position `pos`.
@@ -88,6 +148,31 @@ mod tests {
         rope(&mut x, 4, 1, &table);
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
         assert_eq!(x[1], 0.0);
+    }
+
+    #[test]
+    fn freq_factors_divide_frequencies() {
+        let plain = RopeTable::new(RopeStyle::Neox, 4, 10000.0);
+        let scaled = RopeTable::scaled(RopeStyle::Neox, 4, 10000.0, 0.5, Some(&[2.0, 4.0]));
+        // pair 0: 1 · 0.5 / 2; pair 1: 0.01 · 0.5 / 4
+        assert!((scaled.inv_freq[0] - 0.25).abs() < 1e-12);
+        assert!((scaled.inv_freq[1] - plain.inv_freq[1] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn llama3_factors_keep_high_slow_low_and_blend_between() {
+        // Llama 3.1's published values: factor 8, low 1, high 4, 8192 tokens, base 500000.
+        let ff = llama3_rope_freq_factors(128, 500000.0, 8.0, 1.0, 4.0, 8192);
+        assert_eq!(ff.len(), 64);
+        assert_eq!(ff[0], 1.0); // wavelength 2π, far below 8192 / 4
+        assert_eq!(ff[63], 8.0); // the slowest pairs are slowed by the factor
+        let mid: Vec<f32> = ff.iter().copied().filter(|&f| f > 1.0 && f < 8.0).collect();
+        assert!(!mid.is_empty(), "some pairs are interpolated");
+        assert!(ff.windows(2).all(|w| w[0] <= w[1]), "monotone in wavelength");
+        // One value by hand: j = 32 → freq = 500000^(-1/2) ≈ 1/707.1, wavelen ≈ 4442.9,
+        // between 8192 / 4 and 8192: s = (8192 / 4442.9 - 1) / 3 ≈ 0.2813,
+        // divisor = 1 / ((1 - s) / 8 + s) ≈ 2.6945.
+        assert!((ff[32] - 2.6945).abs() < 1e-3, "{}", ff[32]);
     }
 
     #[test]

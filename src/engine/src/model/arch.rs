@@ -1,9 +1,24 @@
 //! The architecture table: what distinguishes one llama-family architecture
 //! from another, as data read by the one forward pass.
 //!
-//! Adding an architecture (qwen2: qkv bias, NeoX RoPE; qwen3: q/k norm) means
-//! adding a variant and a row here, plus the optional tensors the row asks
-//! for in `weights.rs`; the forward pass checks the flags, it is not forked.
+//! Adding an architecture means adding a variant and a row here; the loader
+//! asks for the optional tensors a row names (biases, q/k norms) and the
+//! forward pass applies whatever was loaded: it is never forked per model.
+//!
+//! Semantics checked against llama.cpp (`llama-arch.cpp`, `llama-model.cpp`)
+//! and Hugging Face transformers (`modeling_llama.py`, `modeling_qwen2.py`,
+//! `modeling_qwen3.py`):
+//! - **llama** (TinyStories, TinyLlama, SmolLM2, Llama 3.x): no biases, RoPE on
+//!   adjacent pairs in GGUF (the converter permutes the q/k rows of the HF
+//!   checkpoint, which rotates halves); Llama 3.1+ scales RoPE frequencies by
+//!   the optional `rope_freqs.weight` tensor (see [`crate::kernels::llama3_rope_freq_factors`]).
+//! - **qwen2** (Qwen2, Qwen2.5): bias vectors on the q, k and v projections;
+//!   NeoX RoPE (halves), with no permutation by the converter.
+//! - **qwen3**: no biases; q and k RMS-normalized per head (weights of length
+//!   `head_dim`) after projection and before RoPE; NeoX RoPE; `head_dim` is
+//!   given explicitly (128) so `n_heads * head_dim` may differ from `dim`.
+//!
+//! All three may tie the output head to the token embedding.
 
 use crate::kernels::RopeStyle;
 use serde::{Deserialize, Serialize};
@@ -12,6 +27,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Architecture {
     Llama,
+    Qwen2,
+    Qwen3,
 }
 
 /// One row of the architecture table.
@@ -31,14 +48,32 @@ pub struct ArchSpec {
 }
 
 /// Every supported architecture.
-pub const ARCHITECTURES: &[ArchSpec] = &[ArchSpec {
-    name: "llama",
-    arch: Architecture::Llama,
-    rope_style: RopeStyle::Normal,
-    qkv_bias: false,
-    qk_norm: false,
-    output_may_be_tied: true,
-}];
+pub const ARCHITECTURES: &[ArchSpec] = &[
+    ArchSpec {
+        name: "llama",
+        arch: Architecture::Llama,
+        rope_style: RopeStyle::Normal,
+        qkv_bias: false,
+        qk_norm: false,
+        output_may_be_tied: true,
+    },
+    ArchSpec {
+        name: "qwen2",
+        arch: Architecture::Qwen2,
+        rope_style: RopeStyle::Neox,
+        qkv_bias: true,
+        qk_norm: false,
+        output_may_be_tied: true,
+    },
+    ArchSpec {
+        name: "qwen3",
+        arch: Architecture::Qwen3,
+        rope_style: RopeStyle::Neox,
+        qkv_bias: false,
+        qk_norm: true,
+        output_may_be_tied: true,
+    },
+];
 
 impl Architecture {
     /// The row for a `general.architecture` name, if supported.
@@ -71,5 +106,6 @@ mod tests {
             assert_eq!(spec.arch.spec(), spec);
         }
         assert_eq!(Architecture::from_name("mamba"), None);
+        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3");
     }
 }

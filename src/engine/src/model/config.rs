@@ -12,6 +12,20 @@ const MAX_LAYERS: usize = 1 << 10;
 const MAX_HEADS: usize = 1 << 10;
 const MAX_VOCAB: usize = 1 << 22;
 
+/// The hyperparameter a config check is about, so each format can name its
+/// own key in the error (GGUF `llama.attention.head_count`, HF `num_attention_heads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigField {
+    Dim,
+    Heads,
+    KvHeads,
+    HeadDim,
+    RopeDims,
+    RmsEps,
+    RopeBase,
+    RopeScale,
+}
+
 /// Everything the forward pass needs to know about a model's shapes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -28,6 +42,10 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub rms_eps: f32,
     pub rope_freq_base: f32,
+    /// Multiplies every RoPE frequency: 1 unless the model uses linear
+    /// scaling (then 1 / factor). Llama 3.1's per-frequency factors are a
+    /// tensor (`rope_freqs.weight`), not part of the config.
+    pub rope_freq_scale: f32,
     /// Leading dimensions of each head that RoPE rotates.
     pub rope_dims: usize,
     /// Per-head width: `attention.key_length` if given, else `dim / n_heads`.
@@ -110,45 +128,14 @@ impl ModelConfig {
             }
         };
 
-        // Shape consistency.
+        let rope_freq_scale = rope_scale_from_gguf(gguf, arch_name)?;
         if dim % n_heads != 0 && optional("attention.key_length").is_none() {
             return Err(bad(
                 &key("embedding_length"),
                 &format!("{dim} is not a multiple of head_count {n_heads}"),
             ));
         }
-        if n_heads % n_kv_heads != 0 {
-            return Err(bad(
-                &key("attention.head_count_kv"),
-                &format!("head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"),
-            ));
-        }
-        if head_dim % 2 != 0 {
-            return Err(bad(
-                &key("attention.head_count"),
-                &format!("head dimension {head_dim} is odd"),
-            ));
-        }
-        if rope_dims % 2 != 0 || rope_dims > head_dim {
-            return Err(bad(
-                &key("rope.dimension_count"),
-                &format!("{rope_dims} must be even and at most the head dimension {head_dim}"),
-            ));
-        }
-        if !(rms_eps.is_finite() && rms_eps >= 0.0) {
-            return Err(bad(
-                &key("attention.layer_norm_rms_epsilon"),
-                &format!("{rms_eps} is not a valid epsilon"),
-            ));
-        }
-        if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
-            return Err(bad(
-                &key("rope.freq_base"),
-                &format!("{rope_freq_base} is not a positive number"),
-            ));
-        }
-
-        Ok(ModelConfig {
+        let config = ModelConfig {
             arch,
             context_length,
             dim,
@@ -165,11 +152,100 @@ impl ModelConfig {
             kv_dim: n_kv_heads * head_dim,
             n_kv_groups: n_heads / n_kv_heads,
             eos_token_id,
-        })
+            rope_freq_scale,
+        };
+        config.check(|field| {
+            key(match field {
+                ConfigField::Dim => "embedding_length",
+                ConfigField::Heads => "attention.head_count",
+                ConfigField::KvHeads => "attention.head_count_kv",
+                ConfigField::HeadDim => "attention.key_length",
+                ConfigField::RopeDims => "rope.dimension_count",
+                ConfigField::RmsEps => "attention.layer_norm_rms_epsilon",
+                ConfigField::RopeBase => "rope.freq_base",
+                ConfigField::RopeScale => "rope.scaling.factor",
+            })
+        })?;
+        Ok(config)
+    }
+
+    /// Consistency checks shared by every format; `key` names the field in
+    /// the format's own terms for the error message.
+    pub fn check(&self, key: impl Fn(ConfigField) -> String) -> Result<(), ModelError> {
+        let c = self;
+        let err = |field, reason: String| Err(bad(&key(field), &reason));
+        if !c.n_heads.is_multiple_of(c.n_kv_heads) {
+            return err(
+                ConfigField::KvHeads,
+                format!(
+                    "head count {} is not a multiple of the kv head count {}",
+                    c.n_heads, c.n_kv_heads
+                ),
+            );
+        }
+        if !c.head_dim.is_multiple_of(2) {
+            return err(ConfigField::HeadDim, format!("head dimension {} is odd", c.head_dim));
+        }
+        if !c.rope_dims.is_multiple_of(2) || c.rope_dims > c.head_dim {
+            return err(
+                ConfigField::RopeDims,
+                format!(
+                    "{} must be even and at most the head dimension {}",
+                    c.rope_dims, c.head_dim
+                ),
+            );
+        }
+        if !(c.rms_eps.is_finite() && c.rms_eps >= 0.0) {
+            return err(ConfigField::RmsEps, format!("{} is not a valid epsilon", c.rms_eps));
+        }
+        if !(c.rope_freq_base.is_finite() && c.rope_freq_base > 0.0) {
+            return err(
+                ConfigField::RopeBase,
+                format!("{} is not a positive number", c.rope_freq_base),
+            );
+        }
+        if !(c.rope_freq_scale.is_finite() && c.rope_freq_scale > 0.0) {
+            return err(
+                ConfigField::RopeScale,
+                format!("frequency scale {} is not a positive number", c.rope_freq_scale),
+            );
+        }
+        Ok(())
     }
 }
 
-fn bad(key: &str, reason: &str) -> ModelError {
+/// `{arch}.rope.scaling.type` and `.factor`: "none" (or absent) gives 1,
+/// "linear" gives 1 / factor; other kinds (yarn, longrope) are refused.
+/// Llama 3.1 GGUF files carry their scaling as the `rope_freqs.weight` tensor.
+fn rope_scale_from_gguf(gguf: &Gguf, arch: &str) -> Result<f32, ModelError> {
+    let type_key = format!("{arch}.rope.scaling.type");
+    let factor_key = format!("{arch}.rope.scaling.factor");
+    let kind = match gguf.get(&type_key) {
+        None => "none",
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| bad(&type_key, &format!("expected a string, found {}", v.type_name())))?,
+    };
+    match kind {
+        "none" => Ok(1.0),
+        "linear" => {
+            let factor = gguf
+                .get(&factor_key)
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| bad(&factor_key, "linear RoPE scaling needs a numeric factor"))?;
+            if !(factor.is_finite() && factor > 0.0) {
+                return Err(bad(&factor_key, &format!("{factor} is not a positive number")));
+            }
+            Ok((1.0 / factor) as f32)
+        }
+        other => Err(bad(
+            &type_key,
+            &format!("RoPE scaling {other:?} is not supported (supported: none, linear)"),
+        )),
+    }
+}
+
+pub(crate) fn bad(key: &str, reason: &str) -> ModelError {
     ModelError::BadConfig {
         key: key.to_string(),
         reason: reason.to_string(),

@@ -21,7 +21,9 @@ pub fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) {
 }
 
 /// Unit A of layer `layer`: `x += Wo · attention(rope(Wq·norm(x)), cache)`,
-/// writing this batch's K and V rows into the cache.
+/// writing this batch's K and V rows into the cache. The architecture's
+/// optional steps apply when their weights were loaded: q/k/v biases after
+/// the projections, per-head q/k RMSNorm before RoPE.
 /// `x` (n, dim) holds the batch at positions `pos0..pos0 + n`.
 pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &mut KvCache) {
     let c = &model.config;
@@ -41,6 +43,19 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     kernels::matmul(&w.wq, &xb, &mut q);
     kernels::matmul(&w.wk, &xb, &mut k);
     kernels::matmul(&w.wv, &xb, &mut v);
+
+    // qkv bias (qwen2): added to every token's row
+    if let Some(b) = &w.qkv_bias {
+        add_to_rows(&mut q, &b.q);
+        add_to_rows(&mut k, &b.k);
+        add_to_rows(&mut v, &b.v);
+    }
+
+    // q/k norm (qwen3): RMSNorm of each head of q and k, before RoPE
+    if let Some(norm) = &w.qk_norm {
+        rmsnorm_heads(&mut q, &norm.q, c.rms_eps);
+        rmsnorm_heads(&mut k, &norm.k, c.rms_eps);
+    }
 
     // rope: rotate q and k of each token by its position
     for t in 0..n {
@@ -72,6 +87,22 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     let mut o = vec![0.0f32; n * c.dim];
     kernels::matmul(&w.wo, &att, &mut o);
     kernels::add_in_place(x, &o);
+}
+
+/// `x[t] += bias` for every row `t` of `x` (n, bias.len()).
+fn add_to_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        kernels::add_in_place(row, bias);
+    }
+}
+
+/// RMSNorm of every head of `x` (n * heads, head_dim) with `weight` (head_dim).
+fn rmsnorm_heads(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mut head = vec![0.0f32; weight.len()];
+    for h in x.chunks_exact_mut(weight.len()) {
+        head.copy_from_slice(h);
+        kernels::rmsnorm(h, &head, weight, eps);
+    }
 }
 
 /// Unit B of layer `layer`: `x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))`.

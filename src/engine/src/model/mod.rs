@@ -13,15 +13,20 @@ pub mod weights;
 
 pub use arch::{ArchSpec, Architecture};
 pub use config::ModelConfig;
-pub use weights::{LayerWeights, Model, ModelLoader, Tensor, TensorData};
+pub use weights::{
+    wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, Tensor, TensorData, WantedTensor,
+};
 
 use crate::format::gguf::GgufError;
+use crate::format::hf::HfError;
 
 /// Why a model could not be loaded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Hf(HfError),
     #[error("model architecture {name:?} is not supported (supported: {supported})")]
     UnknownArchitecture { name: String, supported: String },
     #[error("model metadata {key:?}: {reason}")]

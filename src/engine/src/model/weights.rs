@@ -101,6 +101,32 @@ pub struct LayerWeights {
     pub w_up: Tensor,
     /// (dim, hidden_dim)
     pub w_down: Tensor,
+    /// Biases of the q, k, v projections: (q_dim), (kv_dim), (kv_dim);
+    /// present when the architecture has them (qwen2).
+    pub qkv_bias: Option<QkvBias>,
+    /// Per-head RMSNorm weights of q and k, each (head_dim); present when
+    /// the architecture has them (qwen3).
+    pub qk_norm: Option<QkNorm>,
+}
+
+/// Bias vectors of the q, k and v projections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QkvBias {
+    /// (q_dim)
+    pub q: Vec<f32>,
+    /// (kv_dim)
+    pub k: Vec<f32>,
+    /// (kv_dim)
+    pub v: Vec<f32>,
+}
+
+/// RMSNorm weights applied to each head of q and k before RoPE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QkNorm {
+    /// (head_dim)
+    pub q: Vec<f32>,
+    /// (head_dim)
+    pub k: Vec<f32>,
 }
 
 /// A loaded model: read-only during generation.
@@ -115,7 +141,8 @@ pub struct Model {
     pub output_norm: Vec<f32>,
     /// (vocab_size, dim); `None` when tied to `tok_embd`
     pub output: Option<Tensor>,
-    /// RoPE frequencies derived from the config.
+    /// RoPE frequencies derived from the config (and `rope_freqs.weight`
+    /// when the model scales them per frequency, as Llama 3.1 does).
     pub rope: RopeTable,
 }
 
@@ -161,6 +188,89 @@ enum Slot {
     Gate(usize),
     Up(usize),
     Down(usize),
+    BiasQ(usize),
+    BiasK(usize),
+    BiasV(usize),
+    QNorm(usize),
+    KNorm(usize),
+    RopeFreqs,
+}
+
+/// A tensor a model needs: its GGUF-style name and its dims in ggml order
+/// (`dims[0]` contiguous; vectors have one dim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+}
+
+/// The tensors (name, slot, rows, cols) a model with this config needs.
+/// `has_output`: the file has an output head (else it is tied to the
+/// embedding, which the architecture must allow); `has_rope_freqs`: the
+/// file has Llama 3.1's per-frequency RoPE factors.
+fn wanted(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<(Slot, String, usize, usize)> {
+    let c = config;
+    let spec = c.arch.spec();
+    let mut wanted: Vec<(Slot, String, usize, usize)> = vec![
+        (Slot::TokEmbd, "token_embd.weight".into(), c.vocab_size, c.dim),
+        (Slot::OutputNorm, "output_norm.weight".into(), 1, c.dim),
+    ];
+    if has_output || !spec.output_may_be_tied {
+        wanted.push((Slot::Output, "output.weight".into(), c.vocab_size, c.dim));
+    }
+    if has_rope_freqs {
+        wanted.push((Slot::RopeFreqs, "rope_freqs.weight".into(), 1, c.rope_dims / 2));
+    }
+    for l in 0..c.n_layers {
+        let name = |s: &str| format!("blk.{l}.{s}.weight");
+        wanted.extend([
+            (Slot::AttnNorm(l), name("attn_norm"), 1, c.dim),
+            (Slot::Wq(l), name("attn_q"), c.q_dim, c.dim),
+            (Slot::Wk(l), name("attn_k"), c.kv_dim, c.dim),
+            (Slot::Wv(l), name("attn_v"), c.kv_dim, c.dim),
+            (Slot::Wo(l), name("attn_output"), c.dim, c.q_dim),
+            (Slot::FfnNorm(l), name("ffn_norm"), 1, c.dim),
+            (Slot::Gate(l), name("ffn_gate"), c.hidden_dim, c.dim),
+            (Slot::Up(l), name("ffn_up"), c.hidden_dim, c.dim),
+            (Slot::Down(l), name("ffn_down"), c.dim, c.hidden_dim),
+        ]);
+        if spec.qkv_bias {
+            let bias = |s: &str| format!("blk.{l}.{s}.bias");
+            wanted.extend([
+                (Slot::BiasQ(l), bias("attn_q"), 1, c.q_dim),
+                (Slot::BiasK(l), bias("attn_k"), 1, c.kv_dim),
+                (Slot::BiasV(l), bias("attn_v"), 1, c.kv_dim),
+            ]);
+        }
+        if spec.qk_norm {
+            wanted.extend([
+                (Slot::QNorm(l), name("attn_q_norm"), 1, c.head_dim),
+                (Slot::KNorm(l), name("attn_k_norm"), 1, c.head_dim),
+            ]);
+        }
+    }
+    wanted
+}
+
+/// ggml-order dims of a (rows, cols) tensor; rows = 1 is a vector.
+fn ggml_dims(rows: usize, cols: usize) -> Vec<u64> {
+    if rows == 1 {
+        vec![cols as u64]
+    } else {
+        vec![cols as u64, rows as u64]
+    }
+}
+
+/// Every tensor a model with this config needs (see [`ModelLoader::from_tensors`]),
+/// so that other formats can check shapes in their own terms.
+pub fn wanted_tensors(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<WantedTensor> {
+    wanted(config, has_output, has_rope_freqs)
+        .into_iter()
+        .map(|(_, name, rows, cols)| WantedTensor {
+            name,
+            dims: ggml_dims(rows, cols),
+        })
+        .collect()
 }
 
 /// One tensor the model needs.
@@ -189,39 +299,23 @@ pub struct ModelLoader {
 impl ModelLoader {
     pub fn new(gguf: &Gguf) -> Result<ModelLoader, ModelError> {
         let config = ModelConfig::from_gguf(gguf)?;
-        let spec = config.arch.spec();
-        let c = &config;
-        let mut wanted: Vec<(Slot, String, usize, usize)> = vec![
-            (Slot::TokEmbd, "token_embd.weight".into(), c.vocab_size, c.dim),
-            (Slot::OutputNorm, "output_norm.weight".into(), 1, c.dim),
-        ];
-        if gguf.tensor("output.weight").is_some() || !spec.output_may_be_tied {
-            wanted.push((Slot::Output, "output.weight".into(), c.vocab_size, c.dim));
-        }
-        for l in 0..c.n_layers {
-            let name = |s: &str| format!("blk.{l}.{s}.weight");
-            wanted.extend([
-                (Slot::AttnNorm(l), name("attn_norm"), 1, c.dim),
-                (Slot::Wq(l), name("attn_q"), c.q_dim, c.dim),
-                (Slot::Wk(l), name("attn_k"), c.kv_dim, c.dim),
-                (Slot::Wv(l), name("attn_v"), c.kv_dim, c.dim),
-                (Slot::Wo(l), name("attn_output"), c.dim, c.q_dim),
-                (Slot::FfnNorm(l), name("ffn_norm"), 1, c.dim),
-                (Slot::Gate(l), name("ffn_gate"), c.hidden_dim, c.dim),
-                (Slot::Up(l), name("ffn_up"), c.hidden_dim, c.dim),
-                (Slot::Down(l), name("ffn_down"), c.dim, c.hidden_dim),
-            ]);
-        }
-        let mut needed = Vec::with_capacity(wanted.len());
-        for (slot, name, rows, cols) in wanted {
-            let info = gguf
-                .tensor(&name)
-                .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
-            let expected: Vec<u64> = if rows == 1 {
-                vec![cols as u64]
-            } else {
-                vec![cols as u64, rows as u64]
-            };
+        ModelLoader::from_tensors(config, |name| gguf.tensor(name))
+    }
+
+    /// A loader for `config` over a file whose tensors `lookup` describes by
+    /// GGUF-style name. The output head is expected when `lookup` has
+    /// `output.weight` (else tied), the RoPE factors when it has
+    /// `rope_freqs.weight`. `TensorInfo::offset` orders the tensors.
+    pub fn from_tensors<'a>(
+        config: ModelConfig,
+        lookup: impl Fn(&str) -> Option<&'a TensorInfo>,
+    ) -> Result<ModelLoader, ModelError> {
+        let has_output = lookup("output.weight").is_some();
+        let has_rope_freqs = lookup("rope_freqs.weight").is_some();
+        let mut needed = Vec::new();
+        for (slot, name, rows, cols) in wanted(&config, has_output, has_rope_freqs) {
+            let info = lookup(&name).ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
+            let expected = ggml_dims(rows, cols);
             if info.dims != expected {
                 return Err(ModelError::TensorShape {
                     name,
@@ -290,42 +384,64 @@ impl ModelLoader {
         let mut tok_embd = None;
         let mut output_norm = None;
         let mut output = None;
-        let mut parts: Vec<[Option<Tensor>; 9]> = (0..config.n_layers).map(|_| Default::default()).collect();
+        let mut rope_freqs = None;
+        let mut parts: Vec<LayerParts> = (0..config.n_layers).map(|_| LayerParts::default()).collect();
         for n in self.needed {
             let t = n.loaded.ok_or_else(|| ModelError::Incomplete(n.info.name.clone()))?;
             match n.slot {
                 Slot::TokEmbd => tok_embd = Some(t),
                 Slot::OutputNorm => output_norm = Some(t.into_f32_vec()),
                 Slot::Output => output = Some(t),
-                Slot::AttnNorm(l) => parts[l][0] = Some(t),
-                Slot::Wq(l) => parts[l][1] = Some(t),
-                Slot::Wk(l) => parts[l][2] = Some(t),
-                Slot::Wv(l) => parts[l][3] = Some(t),
-                Slot::Wo(l) => parts[l][4] = Some(t),
-                Slot::FfnNorm(l) => parts[l][5] = Some(t),
-                Slot::Gate(l) => parts[l][6] = Some(t),
-                Slot::Up(l) => parts[l][7] = Some(t),
-                Slot::Down(l) => parts[l][8] = Some(t),
+                Slot::RopeFreqs => rope_freqs = Some(t.into_f32_vec()),
+                Slot::AttnNorm(l) => parts[l].attn_norm = Some(t),
+                Slot::Wq(l) => parts[l].wq = Some(t),
+                Slot::Wk(l) => parts[l].wk = Some(t),
+                Slot::Wv(l) => parts[l].wv = Some(t),
+                Slot::Wo(l) => parts[l].wo = Some(t),
+                Slot::FfnNorm(l) => parts[l].ffn_norm = Some(t),
+                Slot::Gate(l) => parts[l].gate = Some(t),
+                Slot::Up(l) => parts[l].up = Some(t),
+                Slot::Down(l) => parts[l].down = Some(t),
+                Slot::BiasQ(l) => parts[l].bq = Some(t.into_f32_vec()),
+                Slot::BiasK(l) => parts[l].bk = Some(t.into_f32_vec()),
+                Slot::BiasV(l) => parts[l].bv = Some(t.into_f32_vec()),
+                Slot::QNorm(l) => parts[l].q_norm = Some(t.into_f32_vec()),
+                Slot::KNorm(l) => parts[l].k_norm = Some(t.into_f32_vec()),
             }
         }
         let missing = |what: &str| ModelError::Incomplete(what.to_string());
         let mut layers = Vec::with_capacity(config.n_layers);
         for (l, p) in parts.into_iter().enumerate() {
-            let [an, q, k, v, o, fnorm, g, u, d] = p;
             let take = |t: Option<Tensor>| t.ok_or_else(|| missing(&format!("block {l}")));
+            let qkv_bias = match (p.bq, p.bk, p.bv) {
+                (Some(q), Some(k), Some(v)) => Some(QkvBias { q, k, v }),
+                _ => None,
+            };
+            let qk_norm = match (p.q_norm, p.k_norm) {
+                (Some(q), Some(k)) => Some(QkNorm { q, k }),
+                _ => None,
+            };
             layers.push(LayerWeights {
-                attn_norm: take(an)?.into_f32_vec(),
-                wq: take(q)?,
-                wk: take(k)?,
-                wv: take(v)?,
-                wo: take(o)?,
-                ffn_norm: take(fnorm)?.into_f32_vec(),
-                w_gate: take(g)?,
-                w_up: take(u)?,
-                w_down: take(d)?,
+                attn_norm: take(p.attn_norm)?.into_f32_vec(),
+                wq: take(p.wq)?,
+                wk: take(p.wk)?,
+                wv: take(p.wv)?,
+                wo: take(p.wo)?,
+                ffn_norm: take(p.ffn_norm)?.into_f32_vec(),
+                w_gate: take(p.gate)?,
+                w_up: take(p.up)?,
+                w_down: take(p.down)?,
+                qkv_bias,
+                qk_norm,
             });
         }
-        let rope = RopeTable::new(config.arch.spec().rope_style, config.rope_dims, config.rope_freq_base);
+        let rope = RopeTable::scaled(
+            config.arch.spec().rope_style,
+            config.rope_dims,
+            config.rope_freq_base,
+            config.rope_freq_scale,
+            rope_freqs.as_deref(),
+        );
         Ok(Model {
             tok_embd: tok_embd.ok_or_else(|| missing("token_embd.weight"))?,
             output_norm: output_norm.ok_or_else(|| missing("output_norm.weight"))?,
@@ -335,4 +451,23 @@ impl ModelLoader {
             config,
         })
     }
+}
+
+/// The tensors of one block as they arrive.
+#[derive(Default)]
+struct LayerParts {
+    attn_norm: Option<Tensor>,
+    wq: Option<Tensor>,
+    wk: Option<Tensor>,
+    wv: Option<Tensor>,
+    wo: Option<Tensor>,
+    ffn_norm: Option<Tensor>,
+    gate: Option<Tensor>,
+    up: Option<Tensor>,
+    down: Option<Tensor>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
 }

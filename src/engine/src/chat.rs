@@ -1,0 +1,308 @@
+//! Chat templates: the model's own Jinja template turns a conversation into
+//! the prompt text the model was trained on.
+//!
+//! The template comes from `tokenizer_config.json` (`chat_template`, a
+//! string or a list of named templates) or from GGUF metadata
+//! (`tokenizer.chat_template`). It is rendered with minijinja configured the
+//! way Hugging Face's `apply_chat_template` configures Jinja2: `trim_blocks`
+//! and `lstrip_blocks` on; Python string/dict/list methods (`.strip()`,
+//! `.startswith()`, `.split()`, `.items()`, …) through minijinja-contrib's
+//! pycompat; `raise_exception(msg)` fails the render with `msg`; variables
+//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
+//!
+//! `strftime_now` is deliberately **not** defined: rendering must not depend
+//! on the wall clock (a canister replays it; tests compare texts), so
+//! templates that date their system prompt use their own default (Llama 3.x:
+//! "26 Jul 2024"). Tools are not passed (`tools` is undefined).
+//!
+//! [`ChatTemplate::stop_strings`] reports the texts that end the assistant's
+//! turn: EOS and the end-of-turn markers the template itself writes
+//! (`<|im_end|>`, `<|eot_id|>`, …); the caller maps them to token ids.
+
+use crate::format::gguf::Gguf;
+use minijinja::{Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// GGUF metadata key of the template.
+pub const GGUF_CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+
+/// End-of-turn markers of the common template families; those that occur in
+/// a template's text are among its stop strings.
+const END_OF_TURN_MARKERS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "</s>",
+];
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant` (templates may know others, e.g. `tool`).
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+    pub fn system(content: &str) -> Message {
+        Message::new("system", content)
+    }
+    pub fn user(content: &str) -> Message {
+        Message::new("user", content)
+    }
+    pub fn assistant(content: &str) -> Message {
+        Message::new("assistant", content)
+    }
+}
+
+/// Why a template could not be loaded or rendered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    #[error("tokenizer_config.json: {0}")]
+    Config(String),
+    #[error("the chat template does not parse: {0}")]
+    Syntax(String),
+    #[error("the chat template failed: {0}")]
+    Render(String),
+}
+
+/// A compiled chat template with the special-token texts it may refer to.
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token`/`eos_token` are the texts of those
+    /// tokens (empty when the model has none).
+    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<ChatTemplate, ChatError> {
+        let mut env = Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(|e| ChatError::Syntax(e.to_string()))?,
+        );
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| ChatError::Syntax(describe(&e)))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos_token: bos_token.unwrap_or_default().to_string(),
+            eos_token: eos_token.unwrap_or_default().to_string(),
+        })
+    }
+
+    /// The template of a Hugging Face `tokenizer_config.json`, if it has one
+    /// (`chat_template` as a string, or the entry named "default" of a list
+    /// of `{name, template}`), with its `bos_token`/`eos_token` (strings or
+    /// `{"content": …}` objects). `separate_template`: the text of a
+    /// `chat_template.jinja` file, which newer checkpoints ship instead.
+    pub fn from_tokenizer_config(
+        tokenizer_config_json: &str,
+        separate_template: Option<&str>,
+    ) -> Result<Option<ChatTemplate>, ChatError> {
+        let config: serde_json::Value = serde_json::from_str(tokenizer_config_json)
+            .map_err(|e| ChatError::Config(format!("not valid JSON: {e}")))?;
+        let token_text = |key: &str| -> Option<String> {
+            match config.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        let source = match (separate_template, config.get("chat_template")) {
+            (Some(text), _) => text.to_string(),
+            (None, None | Some(serde_json::Value::Null)) => return Ok(None),
+            (None, Some(serde_json::Value::String(s))) => s.clone(),
+            (None, Some(serde_json::Value::Array(list))) => {
+                let named = |want: &str| {
+                    list.iter()
+                        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(want))
+                };
+                let entry = named("default")
+                    .or_else(|| list.first())
+                    .ok_or_else(|| ChatError::Config("chat_template is an empty list".into()))?;
+                entry
+                    .get("template")
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| ChatError::Config("chat_template entry has no \"template\" string".into()))?
+                    .to_string()
+            }
+            (None, Some(other)) => {
+                return Err(ChatError::Config(format!(
+                    "chat_template must be a string or a list, found {other}"
+                )))
+            }
+        };
+        ChatTemplate::new(
+            &source,
+            token_text("bos_token").as_deref(),
+            token_text("eos_token").as_deref(),
+        )
+        .map(Some)
+    }
+
+    /// The template of a GGUF file (`tokenizer.chat_template`), if it has
+    /// one, with the texts of its BOS and EOS tokens.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Option<ChatTemplate>, ChatError> {
+        let Some(source) = gguf.get(GGUF_CHAT_TEMPLATE).and_then(|v| v.as_str()) else {
+            return Ok(None);
+        };
+        let token_text = |key: &str| -> Option<String> {
+            let id = gguf.get(key)?.as_u64()? as usize;
+            let tokens = gguf.get("tokenizer.ggml.tokens")?.as_array()?;
+            tokens.get(id)?.as_str().map(str::to_string)
+        };
+        ChatTemplate::new(
+            source,
+            token_text("tokenizer.ggml.bos_token_id").as_deref(),
+            token_text("tokenizer.ggml.eos_token_id").as_deref(),
+        )
+        .map(Some)
+    }
+
+    /// The template text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends with
+    /// the header of an assistant turn, ready for the model to continue.
+    /// The result contains special-token texts (`<|im_start|>`, and BOS when
+    /// the template writes it): tokenize it with special-token parsing and
+    /// without adding another BOS.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ChatError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatError::Syntax(describe(&e)))?;
+        template
+            .render(minijinja::context! {
+                messages => messages
+                    .iter()
+                    .map(|m| minijinja::context! { role => &m.role, content => &m.content })
+                    .collect::<Vec<_>>(),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|e| ChatError::Render(describe(&e)))
+    }
+
+    /// Texts that end the assistant's turn: EOS, then the end-of-turn
+    /// markers the template writes, without duplicates.
+    pub fn stop_strings(&self) -> Vec<String> {
+        let mut stops = Vec::new();
+        if !self.eos_token.is_empty() {
+            stops.push(self.eos_token.clone());
+        }
+        for marker in END_OF_TURN_MARKERS {
+            if self.source.contains(marker) && !stops.iter().any(|s| s == marker) {
+                stops.push(marker.to_string());
+            }
+        }
+        stops
+    }
+
+    /// [`Self::stop_strings`] as token ids, through `token_id` (the
+    /// tokenizer's text → id lookup); texts that are not one token are skipped.
+    pub fn stop_token_ids(&self, token_id: impl Fn(&str) -> Option<u32>) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.stop_strings().iter().filter_map(|s| token_id(s)).collect();
+        ids.dedup();
+        ids
+    }
+}
+
+/// A minijinja error with its cause chain on one line.
+fn describe(e: &minijinja::Error) -> String {
+    let mut text = match e.detail() {
+        Some(detail) if e.kind() == ErrorKind::InvalidOperation => detail.to_string(),
+        _ => e.to_string(),
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raise_exception_fails_the_render_with_its_message() {
+        let t = ChatTemplate::new(
+            "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}ok",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.render(&[Message::user("x")], false).unwrap(), "ok");
+        let err = t.render(&[Message::assistant("x")], false).unwrap_err();
+        assert_eq!(
+            err,
+            ChatError::Render("Conversations must start with a user message".into())
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let err = ChatTemplate::new("{% for m in messages %}", None, None).unwrap_err();
+        assert!(matches!(err, ChatError::Syntax(_)), "{err}");
+    }
+
+    #[test]
+    fn python_methods_and_block_trimming() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}\n  {{ m.content.strip().upper() }}|{{ m.content.startswith(' a') }}\n{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        // As Jinja2 with trim_blocks + lstrip_blocks: the newline after a
+        // block tag goes, indentation before an expression stays.
+        assert_eq!(t.render(&[Message::user(" ab ")], false).unwrap(), "  AB|True\n");
+    }
+
+    #[test]
+    fn list_of_named_templates_and_token_objects() {
+        let config = r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}D"}],
+                         "bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"}"#;
+        let t = ChatTemplate::from_tokenizer_config(config, None).unwrap().unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "<s>D");
+        assert_eq!(t.stop_strings(), vec!["</s>".to_string()]);
+        assert!(ChatTemplate::from_tokenizer_config("{}", None).unwrap().is_none());
+    }
+}

@@ -1,0 +1,152 @@
+//! Chat templates render the texts their models were trained on.
+//!
+//! Expected strings are written by hand from each template's documented
+//! format, not taken from this project's output:
+//! - `../shared/tokenizers/qwen2.5/tokenizer_config.json` carries the
+//!   ChatML template of the Qwen3 generation (with `<think>` handling, and
+//!   no default system prompt: with no system message the text starts at
+//!   the user turn);
+//! - Llama 3.2 Instruct's template (tests/data, see its README): a system
+//!   header always comes first, dated "26 Jul 2024" because `strftime_now`
+//!   is not defined (see `chat.rs`).
+
+use icllm_engine::chat::{ChatTemplate, Message};
+use std::path::PathBuf;
+
+fn shared(path: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn qwen() -> ChatTemplate {
+    ChatTemplate::from_tokenizer_config(&shared("tokenizers/qwen2.5/tokenizer_config.json"), None)
+        .unwrap()
+        .expect("the Qwen tokenizer_config has a chat_template")
+}
+
+fn llama() -> ChatTemplate {
+    let template = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama3.2-instruct.chat_template.jinja"),
+    )
+    .unwrap();
+    let config = shared("tokenizers/llama3.2/tokenizer_config.json");
+    // The base model's config has no template of its own …
+    assert!(ChatTemplate::from_tokenizer_config(&config, None).unwrap().is_none());
+    // … so the Instruct template is supplied as a separate file, with the config's tokens.
+    ChatTemplate::from_tokenizer_config(&config, Some(&template))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn qwen_single_user_message() {
+    assert_eq!(
+        qwen().render(&[Message::user("Hi")], true).unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn qwen_system_message() {
+    assert_eq!(
+        qwen()
+            .render(&[Message::system("You are a pirate."), Message::user("Hi")], true)
+            .unwrap(),
+        "<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn qwen_multi_turn() {
+    let conversation = [
+        Message::user("Hi"),
+        Message::assistant("Hello! How can I help?"),
+        Message::user("Tell me a joke."),
+    ];
+    assert_eq!(
+        qwen().render(&conversation, true).unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\nHello! How can I help?<|im_end|>\n\
+         <|im_start|>user\nTell me a joke.<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn qwen_final_assistant_turn_gets_its_think_block() {
+    // An assistant turn after the last user query is rendered with its
+    // (empty or extracted) reasoning: exercises .strip/.lstrip/.split.
+    let t = qwen();
+    assert_eq!(
+        t.render(&[Message::user("Hi"), Message::assistant("Hello!")], false)
+            .unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nHello!<|im_end|>\n"
+    );
+    assert_eq!(
+        t.render(
+            &[
+                Message::user("Hi"),
+                Message::assistant("<think>\nponder\n</think>\n\nHello!")
+            ],
+            false
+        )
+        .unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\nponder\n</think>\n\nHello!<|im_end|>\n"
+    );
+}
+
+#[test]
+fn qwen_stop_strings() {
+    // eos_token is <|im_end|>; <|endoftext|> does not occur in the template.
+    assert_eq!(qwen().stop_strings(), vec!["<|im_end|>".to_string()]);
+}
+
+#[test]
+fn llama_single_user_message() {
+    assert_eq!(
+        llama().render(&[Message::user("Hi")], true).unwrap(),
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n\
+         Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>\
+         <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+}
+
+#[test]
+fn llama_system_message_and_multi_turn() {
+    let conversation = [
+        Message::system("  You are a pirate.\n"), // trimmed by the template
+        Message::user("Hi"),
+        Message::assistant("Arr!"),
+        Message::user("Tell me a joke."),
+    ];
+    assert_eq!(
+        llama().render(&conversation, true).unwrap(),
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n\
+         Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nYou are a pirate.<|eot_id|>\
+         <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\nArr!<|eot_id|>\
+         <|start_header_id|>user<|end_header_id|>\n\nTell me a joke.<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    // Without the generation prompt the text ends after the last turn.
+    let text = llama().render(&conversation[..2], false).unwrap();
+    assert!(
+        text.ends_with("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn llama_stop_strings() {
+    let stops = llama().stop_strings();
+    assert_eq!(stops, vec!["<|end_of_text|>".to_string(), "<|eot_id|>".to_string()]);
+    let ids = llama().stop_token_ids(|t| match t {
+        "<|end_of_text|>" => Some(128001),
+        "<|eot_id|>" => Some(128009),
+        _ => None,
+    });
+    assert_eq!(ids, vec![128001, 128009]);
+}

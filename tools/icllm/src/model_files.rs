@@ -1,0 +1,153 @@
+//! Opening what a user points `--model` at: a GGUF file, or a Hugging Face
+//! checkpoint directory (config.json, *.safetensors, tokenizer.json,
+//! tokenizer_config.json and maybe chat_template.jinja). Shared by
+//! `generate`, `logits` and `inspect`.
+
+use anyhow::{bail, Context};
+use icllm_engine::chat::ChatTemplate;
+use icllm_engine::format::hf;
+use icllm_engine::model::Model;
+use icllm_engine::tokenizer::{EncodeOptions, Tokenizer};
+use std::path::{Path, PathBuf};
+
+/// A separate template file that newer HF checkpoints ship.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// Which format a path holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPath {
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+}
+
+impl ModelPath {
+    pub fn new(path: &Path) -> anyhow::Result<ModelPath> {
+        if path.is_dir() {
+            if !path.join(hf::CONFIG_FILE).exists() {
+                bail!(
+                    "{} is a directory without {}: not a Hugging Face checkpoint",
+                    path.display(),
+                    hf::CONFIG_FILE
+                );
+            }
+            Ok(ModelPath::HfDir(path.to_path_buf()))
+        } else if path.exists() {
+            Ok(ModelPath::Gguf(path.to_path_buf()))
+        } else {
+            bail!("cannot read {}: no such file or directory", path.display())
+        }
+    }
+}
+
+/// A loaded model with what came with it.
+pub struct Loaded {
+    pub model: Model,
+    /// `None` with the reason when the files have no usable tokenizer.
+    pub tokenizer: Result<Tokenizer, String>,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl Loaded {
+    pub fn tokenizer(&self) -> anyhow::Result<&Tokenizer> {
+        self.tokenizer.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    match ModelPath::new(path)? {
+        ModelPath::Gguf(file) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (model, gguf) =
+                Model::from_gguf_bytes(&bytes).with_context(|| format!("cannot load {}", file.display()))?;
+            let tokenizer =
+                Tokenizer::from_gguf(&gguf).map_err(|e| format!("no usable tokenizer in {}: {e}", file.display()));
+            let chat_template =
+                ChatTemplate::from_gguf(&gguf).with_context(|| format!("the chat template of {}", file.display()))?;
+            Ok(Loaded {
+                model,
+                tokenizer,
+                chat_template,
+            })
+        }
+        ModelPath::HfDir(dir) => {
+            let model = hf::load_dir(&dir).with_context(|| format!("cannot load {}", dir.display()))?;
+            let tokenizer = hf_tokenizer(&dir).map_err(|e| format!("{e:#}"));
+            let chat_template = hf_chat_template(&dir)?;
+            Ok(Loaded {
+                model,
+                tokenizer,
+                chat_template,
+            })
+        }
+    }
+}
+
+/// Reads `dir/name` as text; `None` if the file is absent.
+pub fn read_optional(dir: &Path, name: &str) -> anyhow::Result<Option<String>> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The tokenizer of a checkpoint directory (tokenizer.json + tokenizer_config.json).
+pub fn hf_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
+    let Some(json) = read_optional(dir, hf::TOKENIZER_FILE)? else {
+        bail!("{} has no {}", dir.display(), hf::TOKENIZER_FILE);
+    };
+    let config = read_optional(dir, hf::TOKENIZER_CONFIG_FILE)?;
+    hf_tokenizer_from_json(&json, config.as_deref())
+        .with_context(|| format!("cannot load {}", dir.join(hf::TOKENIZER_FILE).display()))
+}
+
+/// The one line that builds a tokenizer from tokenizer.json.
+fn hf_tokenizer_from_json(_json: &str, _config: Option<&str>) -> anyhow::Result<Tokenizer> {
+    // The byte-level BPE tokenizer (`Tokenizer::from_hf_json(json, config)`) is
+    // being written on another branch; until it lands, HF checkpoints run with
+    // token ids only (`icllm logits --ids`).
+    bail!("tokenizer.json is not supported yet (the BPE tokenizer has not landed)")
+}
+
+/// The chat template of a checkpoint directory, if it has one.
+pub fn hf_chat_template(dir: &Path) -> anyhow::Result<Option<ChatTemplate>> {
+    let Some(config) = read_optional(dir, hf::TOKENIZER_CONFIG_FILE)? else {
+        return Ok(None);
+    };
+    let separate = read_optional(dir, CHAT_TEMPLATE_FILE)?;
+    ChatTemplate::from_tokenizer_config(&config, separate.as_deref())
+        .with_context(|| format!("the chat template of {}", dir.display()))
+}
+
+/// The ids of a plain prompt: BOS as the tokenizer wants it, special-token
+/// texts recognized.
+pub fn encode_prompt(tok: &Tokenizer, text: &str) -> Vec<u32> {
+    tok.encode_with(
+        text,
+        EncodeOptions {
+            add_bos: tok.add_bos_default(),
+            parse_special: true,
+        },
+    )
+}
+
+/// The ids of `user_text` as one user turn in the model's chat template,
+/// ending with the assistant header; and the tokens that end the reply.
+pub fn encode_chat(tok: &Tokenizer, template: &ChatTemplate, user_text: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+    let text = template.render(&[icllm_engine::chat::Message::user(user_text)], true)?;
+    // Templates that write BOS themselves must not get a second one.
+    let writes_bos = !template.bos_token().is_empty() && text.starts_with(template.bos_token());
+    let ids = tok.encode_with(
+        &text,
+        EncodeOptions {
+            add_bos: tok.add_bos_default() && !writes_bos,
+            parse_special: true,
+        },
+    );
+    let mut stops = template.stop_token_ids(|t| tok.token_id(t));
+    if let Some(id) = tok.eos_id().filter(|id| !stops.contains(id)) {
+        stops.push(id);
+    }
+    Ok((ids, stops))
+}
