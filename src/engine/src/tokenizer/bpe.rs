@@ -20,13 +20,13 @@
 //! tokens render as their text and control tokens as nothing (as SPM does,
 //! and as llama.cpp's detokenizer without `special`).
 
+use super::hash::FastBuild;
 use super::pretok::{PreTokenizer, PreTokenizerSpec, BYTE_TO_CHAR};
 use super::vocab::{check_len, optional_bool, Fragment, SpecialDefaults, Vocab};
 use super::{keys, EncodeOptions, TokenType, TokenizerError};
 use crate::format::gguf::Gguf;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 const NONE: u32 = u32::MAX;
 
@@ -55,28 +55,7 @@ struct Merge {
     id: u32,
 }
 
-type MergeMap = HashMap<u64, Merge, BuildHasherDefault<PairHasher>>;
-
-/// A fixed multiplicative hash for the packed id pairs (deterministic, no
-/// randomness needed, and much cheaper than SipHash on the hot path).
-#[derive(Default)]
-struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
+type MergeMap = HashMap<u64, Merge, FastBuild>;
 
 fn pair_key(left: u32, right: u32) -> u64 {
     (left as u64) << 32 | right as u64
@@ -147,7 +126,7 @@ impl BpeTokenizer {
         let vocab = parts.vocab;
         let n = vocab.len();
 
-        let mut merges = MergeMap::default();
+        let mut merges = MergeMap::with_capacity_and_hasher(parts.merges.size_hint().0, Default::default());
         let mut joined = String::new();
         for (rank, m) in parts.merges.enumerate() {
             let (left, right) = m?;

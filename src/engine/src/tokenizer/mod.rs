@@ -25,6 +25,7 @@
 //! user-defined tokens to their text.
 
 mod bpe;
+mod hash;
 mod hf;
 mod pretok;
 mod spm;

@@ -6,15 +6,13 @@
 //! metadata ([`Vocab::from_gguf`]) or from parts another format supplies
 //! ([`VocabParts`], for Hugging Face `tokenizer.json`).
 
+use super::hash::FastBuild;
 use super::{keys, TokenType, TokenizerError};
 use crate::format::gguf::{Gguf, Value};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 
-/// A fixed-key hasher: deterministic everywhere, and no call for randomness
-/// (there is none to be had on wasm32-unknown-unknown).
-type IdMap = HashMap<String, u32, BuildHasherDefault<DefaultHasher>>;
+/// Text → id, with a fixed-key hasher (see [`super::hash`]).
+type IdMap = HashMap<String, u32, FastBuild>;
 
 /// Most tokens a vocabulary may hold (the largest real ones have ~260k).
 pub const MAX_VOCAB: usize = 1 << 20;
