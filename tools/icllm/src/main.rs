@@ -5,6 +5,7 @@
 mod generate;
 mod run;
 mod sim;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run any canister wasm in the local IC runtime, one line per step.
     Sim(sim::SimArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +34,6 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Run(args) => run::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     }
 }
