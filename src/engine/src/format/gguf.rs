@@ -378,7 +378,7 @@ fn resolve_tensor(
             .ok_or_else(|| bad(&name, format!("shape {dims:?} has too many elements")))?;
     }
     let block = ty.block_size() as u64;
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(bad(
             &name,
             format!(
@@ -388,7 +388,7 @@ fn resolve_tensor(
         ));
     }
     let size = n / block * ty.block_bytes() as u64;
-    if rel_offset % alignment as u64 != 0 {
+    if !rel_offset.is_multiple_of(alignment as u64) {
         return Err(bad(&name, format!("offset {rel_offset} is not aligned to {alignment}")));
     }
     let offset = data_offset

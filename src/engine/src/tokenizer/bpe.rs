@@ -42,7 +42,7 @@ pub struct BpeTokenizer {
     ignore_merges: bool,
     add_eos: bool,
     /// The byte-level token of each byte (NONE if the vocabulary lacks it).
-    byte_ids: [u32; 256],
+    byte_ids: Box<[u32; 256]>,
     /// The bytes each token decodes to, concatenated (as in SPM).
     piece_bytes: Vec<u8>,
     piece_offsets: Vec<u32>,
@@ -144,7 +144,7 @@ impl BpeTokenizer {
             merges.entry(pair_key(l, r)).or_insert(Merge { rank: rank as u32, id });
         }
 
-        let mut byte_ids = [NONE; 256];
+        let mut byte_ids = Box::new([NONE; 256]);
         let mut buf = [0u8; 4];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = vocab.id(BYTE_TO_CHAR[b].encode_utf8(&mut buf)).unwrap_or(NONE);
