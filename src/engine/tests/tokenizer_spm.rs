@@ -5,44 +5,16 @@ use icllm_engine::format::gguf::Gguf;
 use icllm_engine::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
 use std::path::PathBuf;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn read(path: PathBuf) -> Vec<u8> {
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
+mod common;
+use common::{read, root, vectors, vocab_file};
 
 fn load(path: PathBuf) -> Tokenizer {
     let bytes = read(path);
     Tokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap()
 }
 
-fn vocab_file(name: &str) -> PathBuf {
-    root().join("../shared/vocab").join(name)
-}
-
 fn stories() -> Tokenizer {
     load(root().join("models/stories260Ktok512.gguf"))
-}
-
-/// The cases of `<name>.inp` / `<name>.out`: each text is followed by
-/// "\n__ggml_vocab_test__\n"; each `.out` line holds the ids of one case.
-fn vectors(name: &str) -> Vec<(String, Vec<u32>)> {
-    let inp = String::from_utf8(read(vocab_file(&format!("{name}.inp")))).unwrap();
-    let out = String::from_utf8(read(vocab_file(&format!("{name}.out")))).unwrap();
-    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
-    assert_eq!(texts.pop(), Some(""), "{name}.inp must end with the separator");
-    let ids: Vec<Vec<u32>> = out
-        .lines()
-        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
-        .collect();
-    assert_eq!(
-        texts.len(),
-        ids.len(),
-        "{name}: .inp and .out disagree on the number of cases"
-    );
-    texts.into_iter().map(String::from).zip(ids).collect()
 }
 
 fn check_vectors(name: &str) {

@@ -8,6 +8,7 @@ mod logits;
 mod model_files;
 mod run;
 mod sim;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Describe a GGUF file or Hugging Face checkpoint: architecture, shapes, types, tokenizer.
     Inspect(inspect::InspectArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => sim::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     }
 }

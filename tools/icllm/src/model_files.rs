@@ -98,16 +98,8 @@ pub fn hf_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
         bail!("{} has no {}", dir.display(), hf::TOKENIZER_FILE);
     };
     let config = read_optional(dir, hf::TOKENIZER_CONFIG_FILE)?;
-    hf_tokenizer_from_json(&json, config.as_deref())
+    Tokenizer::from_hf_json(&json, config.as_deref())
         .with_context(|| format!("cannot load {}", dir.join(hf::TOKENIZER_FILE).display()))
-}
-
-/// The one line that builds a tokenizer from tokenizer.json.
-fn hf_tokenizer_from_json(_json: &str, _config: Option<&str>) -> anyhow::Result<Tokenizer> {
-    // The byte-level BPE tokenizer (`Tokenizer::from_hf_json(json, config)`) is
-    // being written on another branch; until it lands, HF checkpoints run with
-    // token ids only (`icllm logits --ids`).
-    bail!("tokenizer.json is not supported yet (the BPE tokenizer has not landed)")
 }
 
 /// The chat template of a checkpoint directory, if it has one.

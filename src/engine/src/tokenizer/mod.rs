@@ -1,10 +1,11 @@
 //! Text ↔ token ids.
 //!
 //! [`Tokenizer`] is the seam the rest of the engine uses: it is built from the
-//! tokenizer metadata of a GGUF file ([`Tokenizer::from_gguf`]) and dispatches
-//! on its kind. Only SentencePiece ([`SpmTokenizer`], `tokenizer.ggml.model =
-//! "llama"`) exists now; a BPE kind (`"gpt2"`) will be another variant holding
-//! the same [`Vocab`] plus its merges.
+//! tokenizer metadata of a GGUF file ([`Tokenizer::from_gguf`]) or from a
+//! Hugging Face `tokenizer.json` ([`Tokenizer::from_hf_json`]) and dispatches
+//! on its kind: SentencePiece ([`SpmTokenizer`], `tokenizer.ggml.model =
+//! "llama"`) or byte-level BPE ([`BpeTokenizer`], `"gpt2"`). Both hold a
+//! [`Vocab`]; BPE adds its merges and pre-tokenizer.
 //!
 //! Decoding is byte-oriented: every token renders to a fixed byte string
 //! (its *piece*; control tokens render to nothing), and text is the UTF-8 of
@@ -16,11 +17,21 @@
 //! Behaviour follows llama.cpp (`llama-vocab.cpp`), checked against its test
 //! vectors, with one documented difference in decoding: like llama2.c (and
 //! SentencePiece itself), the leading space of the first piece after BOS is
-//! dropped, not only at the very start of the sequence.
+//! dropped, not only at the very start of the sequence. A tokenizer.json is
+//! read the way Hugging Face `tokenizers` reads it (its `ignore_merges`, its
+//! post-processor's BOS), which is where the two can differ.
+//!
+//! In both kinds, control tokens (BOS, `<|im_end|>`, …) decode to nothing and
+//! user-defined tokens to their text.
 
+mod bpe;
+mod hash;
+mod hf;
+mod pretok;
 mod spm;
 mod vocab;
 
+pub use bpe::BpeTokenizer;
 pub use spm::SpmTokenizer;
 pub use vocab::{Vocab, MAX_VOCAB};
 
@@ -38,6 +49,11 @@ pub mod keys {
     pub const UNK_ID: &str = "tokenizer.ggml.unknown_token_id";
     pub const EOT_ID: &str = "tokenizer.ggml.eot_token_id";
     pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+    pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
+    /// BPE: the merge rules, `"left right"`, in rank order.
+    pub const MERGES: &str = "tokenizer.ggml.merges";
+    /// BPE: the name of the pre-tokenizer (`"llama-bpe"`, `"qwen2"`, …).
+    pub const PRE: &str = "tokenizer.ggml.pre";
     pub const ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
     /// Read only to recognise models with tokenizer quirks (Phi-3).
     pub const GENERAL_NAME: &str = "general.name";
@@ -62,8 +78,16 @@ pub enum TokenizerError {
         id: u64,
         vocab_size: usize,
     },
-    #[error("unsupported tokenizer model {0:?} (supported: \"llama\", SentencePiece)")]
+    #[error("unsupported tokenizer model {0:?} (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE))")]
     UnsupportedModel(String),
+    #[error("unknown BPE pre-tokenizer {0:?} (tokenizer.ggml.pre); known: default, llama-bpe, qwen2, gpt-2, deepseek-llm, deepseek-coder, falcon, mpt, starcoder, refact, command-r, …")]
+    UnsupportedPreTokenizer(String),
+    #[error("pre-tokenizer pattern {pattern:?} does not compile: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("tokenizer.json: {0}")]
+    HfJson(String),
+    #[error("tokenizer.json: unsupported {what} (supported: byte-level BPE as used by GPT-2, Llama 3, Qwen2)")]
+    HfUnsupported { what: String },
 }
 
 /// A token's type, as `tokenizer.ggml.token_type` stores it.
@@ -114,6 +138,7 @@ pub struct EncodeOptions {
 #[derive(Debug, Clone)]
 pub enum Tokenizer {
     Spm(SpmTokenizer),
+    Bpe(BpeTokenizer),
 }
 
 impl Tokenizer {
@@ -128,14 +153,26 @@ impl Tokenizer {
         })?;
         match model {
             "llama" => Ok(Tokenizer::Spm(SpmTokenizer::from_gguf(g)?)),
+            "gpt2" => Ok(Tokenizer::Bpe(BpeTokenizer::from_gguf(g)?)),
             other => Err(TokenizerError::UnsupportedModel(other.to_string())),
         }
+    }
+
+    /// Builds a byte-level BPE tokenizer from a Hugging Face `tokenizer.json`
+    /// and, when at hand, its `tokenizer_config.json` (which names BOS/EOS
+    /// and may switch BOS on or off).
+    pub fn from_hf_json(
+        tokenizer_json: &str,
+        tokenizer_config_json: Option<&str>,
+    ) -> Result<Tokenizer, TokenizerError> {
+        Ok(Tokenizer::Bpe(hf::from_hf_json(tokenizer_json, tokenizer_config_json)?))
     }
 
     /// The vocabulary shared by all kinds.
     pub fn vocab(&self) -> &Vocab {
         match self {
             Tokenizer::Spm(t) => t.vocab(),
+            Tokenizer::Bpe(t) => t.vocab(),
         }
     }
 
@@ -143,6 +180,7 @@ impl Tokenizer {
     pub fn model_name(&self) -> &'static str {
         match self {
             Tokenizer::Spm(_) => "llama",
+            Tokenizer::Bpe(_) => "gpt2",
         }
     }
 
@@ -160,6 +198,7 @@ impl Tokenizer {
     pub fn encode_with(&self, text: &str, opts: EncodeOptions) -> Vec<u32> {
         match self {
             Tokenizer::Spm(t) => t.encode(text, opts),
+            Tokenizer::Bpe(t) => t.encode(text, opts),
         }
     }
 
@@ -179,6 +218,7 @@ impl Tokenizer {
     pub fn piece(&self, id: u32) -> &[u8] {
         match self {
             Tokenizer::Spm(t) => t.piece(id),
+            Tokenizer::Bpe(t) => t.piece(id),
         }
     }
 
@@ -187,6 +227,7 @@ impl Tokenizer {
     pub fn strips_leading_space(&self) -> bool {
         match self {
             Tokenizer::Spm(t) => t.add_space_prefix(),
+            Tokenizer::Bpe(_) => false,
         }
     }
 
@@ -230,9 +271,22 @@ impl Tokenizer {
     }
 
     /// Whether prompts should start with BOS (`tokenizer.ggml.add_bos_token`;
-    /// true for SPM when absent).
+    /// when absent: true for SPM, and for BPE as llama.cpp decides by
+    /// pre-tokenizer (Llama 3: yes, GPT-2: no); for tokenizer.json, what its
+    /// post-processor adds).
     pub fn add_bos_default(&self) -> bool {
-        self.vocab().add_bos()
+        self.vocab().add_bos() && self.bos_id().is_some()
+    }
+
+    /// Whether prompts should end with EOS (`tokenizer.ggml.add_eos_token`,
+    /// or a tokenizer.json post-processor that appends one). Callers append
+    /// it themselves: [`EncodeOptions`] only covers BOS.
+    pub fn add_eos_default(&self) -> bool {
+        let add = match self {
+            Tokenizer::Spm(_) => false,
+            Tokenizer::Bpe(t) => t.add_eos(),
+        };
+        add && self.eos_id().is_some()
     }
 }
 

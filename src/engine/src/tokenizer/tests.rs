@@ -181,10 +181,29 @@ fn add_space_prefix_off() {
 #[test]
 fn metadata_errors() {
     let mut md = metadata();
-    set(&mut md, "tokenizer.ggml.model", Value::String("gpt2".into()));
+    set(&mut md, "tokenizer.ggml.model", Value::String("bert".into()));
     let e = load(&md).unwrap_err();
-    assert_eq!(e, TokenizerError::UnsupportedModel("gpt2".into()));
-    assert!(e.to_string().contains("unsupported tokenizer model \"gpt2\""), "{e}");
+    assert_eq!(e, TokenizerError::UnsupportedModel("bert".into()));
+    assert!(e.to_string().contains("unsupported tokenizer model \"bert\""), "{e}");
+
+    // BPE needs merges, and a pre-tokenizer it knows.
+    let mut md = metadata();
+    set(&mut md, "tokenizer.ggml.model", Value::String("gpt2".into()));
+    assert_eq!(load(&md).unwrap_err(), TokenizerError::MissingKey { key: keys::MERGES });
+    set(
+        &mut md,
+        "tokenizer.ggml.merges",
+        Value::Array(vec![Value::String("a b".into())]),
+    );
+    set(&mut md, "tokenizer.ggml.pre", Value::String("no-such-pre".into()));
+    assert_eq!(
+        load(&md).unwrap_err(),
+        TokenizerError::UnsupportedPreTokenizer("no-such-pre".into())
+    );
+    set(&mut md, "tokenizer.ggml.pre", Value::String("gpt-2".into()));
+    let t = load(&md).unwrap();
+    assert_eq!(t.model_name(), "gpt2");
+    assert_eq!(t.encode("ab", false), vec![id(&t, "ab")], "the merge a b applies");
 
     let mut md = metadata();
     md.retain(|(k, _)| k != "tokenizer.ggml.model");

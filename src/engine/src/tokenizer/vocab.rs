@@ -2,18 +2,17 @@
 //! text → id map, the special ids, and the pre-split of raw text around
 //! user-defined (and optionally control) tokens.
 //!
-//! SPM uses it now; the BPE tokenizer will hold the same [`Vocab`] beside its
-//! merges.
+//! SPM and BPE tokenizers both hold one [`Vocab`]; it is built from GGUF
+//! metadata ([`Vocab::from_gguf`]) or from parts another format supplies
+//! ([`VocabParts`], for Hugging Face `tokenizer.json`).
 
+use super::hash::FastBuild;
 use super::{keys, TokenType, TokenizerError};
 use crate::format::gguf::{Gguf, Value};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 
-/// A fixed-key hasher: deterministic everywhere, and no call for randomness
-/// (there is none to be had on wasm32-unknown-unknown).
-type IdMap = HashMap<String, u32, BuildHasherDefault<DefaultHasher>>;
+/// Text → id, with a fixed-key hasher (see [`super::hash`]).
+type IdMap = HashMap<String, u32, FastBuild>;
 
 /// Most tokens a vocabulary may hold (the largest real ones have ~260k).
 pub const MAX_VOCAB: usize = 1 << 20;
@@ -28,6 +27,8 @@ const EOG_TEXTS: &[&str] = &[
     "<|endoftext|>",
     "<|eom_id|>",
     "<EOT>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
 ];
 
 /// Default special ids of a kind, used when the file does not name them.
@@ -37,6 +38,21 @@ pub(crate) struct SpecialDefaults {
     pub eos: Option<u32>,
     pub unk: Option<u32>,
     pub add_bos: bool,
+}
+
+/// What a vocabulary is made of, before the derived tables are built.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VocabParts {
+    pub texts: Vec<String>,
+    pub types: Vec<TokenType>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    /// End-of-turn token named by the source (besides the texts in [`EOG_TEXTS`]).
+    pub eot: Option<u32>,
+    pub add_bos: bool,
+    /// Specials that swallow the whitespace after them.
+    pub rstrip: Vec<u32>,
 }
 
 /// Token texts, types and special ids.
@@ -117,16 +133,64 @@ impl Vocab {
             }
         };
 
-        let mut ids = IdMap::with_capacity_and_hasher(n, Default::default());
-        for (i, t) in texts.iter().enumerate() {
-            ids.insert(t.clone(), i as u32);
-        }
-
         let bos = special_id(g, keys::BOS_ID, defaults.bos, n)?;
         let eos = special_id(g, keys::EOS_ID, defaults.eos, n)?;
         let unk = special_id(g, keys::UNK_ID, defaults.unk, n)?;
         let eot = special_id(g, keys::EOT_ID, None, n)?;
         let add_bos = optional_bool(g, keys::ADD_BOS)?.unwrap_or(defaults.add_bos);
+        let mut vocab = Vocab::from_parts(VocabParts {
+            texts,
+            types,
+            bos,
+            eos,
+            unk,
+            eot,
+            add_bos,
+            rstrip: Vec::new(),
+        });
+
+        // llama.cpp's Phi-3 quirk (chosen by model name, as llama.cpp does):
+        // every special token but <unk>, <s> and <|endoftext|> eats the
+        // whitespace that follows it, so "<|user|>\nHi" encodes like "<|user|>Hi".
+        let name = match g.get(keys::GENERAL_NAME) {
+            Some(v) => v.as_str().unwrap_or("").to_ascii_lowercase(),
+            None => String::new(),
+        };
+        if name.contains("phi-3") || name.contains("phi3") {
+            let keep: Vec<u32> = ["<unk>", "<s>", "<|endoftext|>"]
+                .iter()
+                .filter_map(|t| vocab.id(t))
+                .collect();
+            let mut rstrip: Vec<u32> = vocab.specials.iter().copied().filter(|id| !keep.contains(id)).collect();
+            rstrip.extend(vocab.id("</s>"));
+            rstrip.sort_unstable();
+            rstrip.dedup();
+            vocab.rstrip = rstrip;
+        }
+        Ok(vocab)
+    }
+
+    /// Builds the text → id map, the end-of-generation set and the special
+    /// token candidates from `parts` (whose `texts` and `types` have one entry
+    /// per id and whose ids are in range).
+    pub(crate) fn from_parts(parts: VocabParts) -> Vocab {
+        let VocabParts {
+            texts,
+            types,
+            bos,
+            eos,
+            unk,
+            eot,
+            add_bos,
+            mut rstrip,
+        } = parts;
+        let n = texts.len();
+        debug_assert_eq!(types.len(), n);
+
+        let mut ids = IdMap::with_capacity_and_hasher(n, Default::default());
+        for (i, t) in texts.iter().enumerate() {
+            ids.insert(t.clone(), i as u32);
+        }
 
         let mut eog: Vec<u32> = eos.into_iter().chain(eot).collect();
         eog.extend(EOG_TEXTS.iter().filter_map(|t| ids.get(*t).copied()));
@@ -144,27 +208,10 @@ impl Vocab {
         // Longest first, so that "<|end|>" is not cut out of "<|endoftext|>";
         // stable, so equal lengths keep id order.
         specials.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
+        rstrip.sort_unstable();
+        rstrip.dedup();
 
-        // llama.cpp's Phi-3 quirk (chosen by model name, as llama.cpp does):
-        // every special token but <unk>, <s> and <|endoftext|> eats the
-        // whitespace that follows it, so "<|user|>\nHi" encodes like "<|user|>Hi".
-        let name = match g.get(keys::GENERAL_NAME) {
-            Some(v) => v.as_str().unwrap_or("").to_ascii_lowercase(),
-            None => String::new(),
-        };
-        let mut rstrip = Vec::new();
-        if name.contains("phi-3") || name.contains("phi3") {
-            let keep: Vec<u32> = ["<unk>", "<s>", "<|endoftext|>"]
-                .iter()
-                .filter_map(|t| ids.get(*t).copied())
-                .collect();
-            rstrip = specials.iter().copied().filter(|id| !keep.contains(id)).collect();
-            rstrip.extend(ids.get("</s>").copied());
-            rstrip.sort_unstable();
-            rstrip.dedup();
-        }
-
-        Ok(Vocab {
+        Vocab {
             texts,
             types,
             ids,
@@ -175,7 +222,7 @@ impl Vocab {
             add_bos,
             specials,
             rstrip,
-        })
+        }
     }
 
     pub fn len(&self) -> usize {
