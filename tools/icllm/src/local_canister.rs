@@ -45,14 +45,15 @@ pub fn build_wasm() -> Result<PathBuf> {
             "icllm-canister",
         ])
         .status()
-        .context("running cargo to build the canister wasm")?;
+        .context("running cargo to build the canister wasm (pass --wasm FILE to use a prebuilt one)")?;
     if !status.success() {
         bail!("building the canister wasm failed ({status})");
     }
     Ok(default_wasm_path())
 }
 
-/// The canister wasm: `path` if given, else the default build output, built if missing.
+/// The canister wasm: `path` if given, else the default build output, built
+/// if missing.
 pub fn find_or_build_wasm(path: Option<&Path>) -> Result<Vec<u8>> {
     let path = match path {
         Some(p) => p.to_path_buf(),
@@ -61,6 +62,16 @@ pub fn find_or_build_wasm(path: Option<&Path>) -> Result<Vec<u8>> {
             eprintln!("building the canister wasm (once)…");
             build_wasm()?
         }
+    };
+    std::fs::read(&path).with_context(|| format!("reading canister wasm {}", path.display()))
+}
+
+/// The canister wasm: `path` if given, else rebuilt from the workspace
+/// sources (a no-op when up to date), so the CLI never runs a stale build.
+pub fn build_or_read_wasm(path: Option<&Path>) -> Result<Vec<u8>> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => build_wasm()?,
     };
     std::fs::read(&path).with_context(|| format!("reading canister wasm {}", path.display()))
 }

@@ -6,7 +6,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::Args;
-use icllm::local_canister::{controller, find_or_build_wasm, sha256, LocalCanister};
+use icllm::local_canister::{build_or_read_wasm, controller, sha256, LocalCanister};
 use icllm_api::{InitArgs, JobRequest, JobStatus};
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,13 +41,13 @@ pub struct RunArgs {
     /// Instructions per update/timer message in the local runtime.
     #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
     instruction_limit: u64,
-    /// Canister wasm to run (default: the workspace build, built if missing).
+    /// Canister wasm to run (default: built from the workspace with cargo).
     #[arg(long)]
     wasm: Option<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let wasm = find_or_build_wasm(args.wasm.as_deref())?;
+    let wasm = build_or_read_wasm(args.wasm.as_deref())?;
     let model = std::fs::read(&args.model).map_err(|e| anyhow!("reading {}: {e}", args.model.display()))?;
     let init = InitArgs {
         message_instruction_limit: Some(args.instruction_limit),
