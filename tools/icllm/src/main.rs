@@ -8,6 +8,7 @@ mod logits;
 mod model_files;
 mod run;
 mod sim;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Describe a GGUF file or Hugging Face checkpoint: architecture, shapes, types, tokenizer.
     Inspect(inspect::InspectArgs),
+    /// Write a GGUF with random weights and the exact shapes of a published model.
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => sim::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }

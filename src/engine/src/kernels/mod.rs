@@ -26,9 +26,7 @@ pub use attention::{attention, AttentionShape};
 pub use rope::{llama3_rope_freq_factors, rope, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};
-use crate::quant::{
-    dequantize_blocks, quantize_act_q8, quantize_act_q8k, Block, BlockQ8A, BlockQ8K,
-};
+use crate::quant::{dequantize_blocks, quantize_act_q8, quantize_act_q8k, Block, BlockQ8A, BlockQ8K};
 use crate::tensor::GgmlType;
 
 /// Dot product of two f32 vectors of equal length.

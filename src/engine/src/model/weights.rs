@@ -9,9 +9,7 @@ use super::config::ModelConfig;
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
-use crate::quant::{
-    blocks_from_le_bytes, quantize_row_bytes, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0,
-};
+use crate::quant::{blocks_from_le_bytes, quantize_row_bytes, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0};
 use crate::tensor::GgmlType;
 
 /// Typed element storage of a tensor.
@@ -62,7 +60,7 @@ impl Tensor {
     /// For block types, `cols` must be a multiple of the block size.
     pub fn from_le_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Tensor, String> {
         rows.checked_mul(cols).ok_or("element count overflows")?;
-        if cols % ty.block_size() != 0 {
+        if !cols.is_multiple_of(ty.block_size()) {
             return Err(format!(
                 "rows of {cols} elements are not a whole number of {} blocks ({} elements each)",
                 ty.name(),

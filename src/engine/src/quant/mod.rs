@@ -30,7 +30,10 @@ mod quantize;
 pub use dequant::{
     dequantize_row_q4_0, dequantize_row_q4_k, dequantize_row_q5_k, dequantize_row_q6_k, dequantize_row_q8_0,
 };
-pub use quantize::{quantize_row_q4_0, quantize_row_q4_k, quantize_row_q5_k, quantize_row_q6_k, quantize_row_q8_0};
+pub use quantize::{
+    quantize_row_q4_0, quantize_row_q4_k, quantize_row_q4_k_with, quantize_row_q5_k, quantize_row_q5_k_with,
+    quantize_row_q6_k, quantize_row_q6_k_with, quantize_row_q8_0, Search,
+};
 
 use crate::tensor::GgmlType;
 use half::f16;
@@ -283,7 +286,7 @@ impl Block for BlockQ6K {
 
 /// Copies `bytes` (a whole number of blocks) into typed blocks.
 pub fn blocks_from_le_bytes<B: Block>(bytes: &[u8]) -> Result<Vec<B>, String> {
-    if bytes.len() % B::BYTES != 0 {
+    if !bytes.len().is_multiple_of(B::BYTES) {
         return Err(format!(
             "{} bytes is not a whole number of {} blocks ({} bytes each)",
             bytes.len(),
@@ -320,7 +323,10 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -404,7 +410,12 @@ pub fn dequantize_act_q8k(blocks: &[BlockQ8K]) -> Vec<f32> {
 /// Quantizes a row of `ty` into its file bytes. Float types are converted;
 /// `x.len()` must be a multiple of the type's block size.
 pub fn quantize_row_bytes(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
-    if x.len() % ty.block_size() != 0 {
+    quantize_row_bytes_with(ty, x, Search::Ggml)
+}
+
+/// As [`quantize_row_bytes`], with a choice of K-quant scale search.
+pub fn quantize_row_bytes_with(ty: GgmlType, x: &[f32], search: Search) -> Result<Vec<u8>, String> {
+    if !x.len().is_multiple_of(ty.block_size()) {
         return Err(format!(
             "row of {} is not a multiple of the {} block size {}",
             x.len(),
@@ -424,9 +435,9 @@ pub fn quantize_row_bytes(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
             .collect(),
         GgmlType::Q8_0 => blocks_to_le_bytes(&quantize_row_q8_0(x)),
         GgmlType::Q4_0 => blocks_to_le_bytes(&quantize_row_q4_0(x)),
-        GgmlType::Q4K => blocks_to_le_bytes(&quantize_row_q4_k(x)),
-        GgmlType::Q5K => blocks_to_le_bytes(&quantize_row_q5_k(x)),
-        GgmlType::Q6K => blocks_to_le_bytes(&quantize_row_q6_k(x)),
+        GgmlType::Q4K => blocks_to_le_bytes(&quantize_row_q4_k_with(x, search)),
+        GgmlType::Q5K => blocks_to_le_bytes(&quantize_row_q5_k_with(x, search)),
+        GgmlType::Q6K => blocks_to_le_bytes(&quantize_row_q6_k_with(x, search)),
         other => return Err(format!("cannot quantize to {}", other.name())),
     })
 }

@@ -11,10 +11,20 @@
 //!   19 candidate scales (`make_qx_quants`, weights `x²`), then the 16 scales
 //!   quantized to int8 against the largest.
 
-use super::{
-    pack_scale_min_k4, scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K,
-};
+use super::{pack_scale_min_k4, scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
 use half::f16;
+
+/// How hard the K-quant quantizers search for sub-block scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Search {
+    /// ggml's reference search (`make_qkx2_quants` with 20/15 candidate
+    /// scales, `make_qx_quants` with 19): what tests and real conversions use.
+    Ggml,
+    /// The first candidate only (the min/max grid): about 10x faster and a
+    /// little less accurate; for synthetic benchmark weights, whose values
+    /// do not matter.
+    Fast,
+}
 
 /// Below this a group counts as all zero (ggml's `GROUP_MAX_EPS`).
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -100,6 +110,9 @@ fn make_qkx2_quants(
         let diff = scale * l[i] as f32 + min - x[i];
         best_error += weights[i] * diff * diff;
     }
+    if nstep < 1 {
+        return (scale, -min);
+    }
     let mut laux = [0u8; QK8_0];
     let laux = &mut laux[..n];
     for is in 0..=nstep {
@@ -142,7 +155,7 @@ fn make_qkx2_quants(
 /// weights `x²`, trying 19 scales around `nmax / max` and keeping the best
 /// least-squares one. Returns the scale (negative when the largest-magnitude
 /// value is positive, as in ggml).
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], search: Search) -> f32 {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &v in x {
@@ -167,6 +180,12 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
         (sumlx, suml2)
     };
     let mut iscale = -(nmax as f32) / max;
+    if search == Search::Fast {
+        for (li, &v) in l.iter_mut().zip(x) {
+            *li = (quant(iscale, v) + nmax) as i8;
+        }
+        return 1.0 / iscale;
+    }
     let (sumlx, suml2) = sums(iscale);
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
@@ -191,7 +210,14 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 
 /// Shared by Q4_K and Q5_K: the sub-block fits, the 6-bit scales and mins,
 /// and the final quants `L` (0..=nmax) per element.
-fn quantize_superblock_kx(x: &[f32], nmax: i32, rmin: f32, rdelta: f32, nstep: i32) -> (f16, f16, [u8; 12], [u8; QK_K]) {
+fn quantize_superblock_kx(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    search: Search,
+) -> (f16, f16, [u8; 12], [u8; QK_K]) {
     let mut l = [0u8; QK_K];
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
@@ -199,6 +225,7 @@ fn quantize_superblock_kx(x: &[f32], nmax: i32, rmin: f32, rdelta: f32, nstep: i
         let xs = &x[32 * j..32 * j + 32];
         let av_x = (xs.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
         let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+        let nstep = if search == Search::Fast { 0 } else { nstep };
         let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], rmin, rdelta, nstep);
         scales[j] = s;
         mins[j] = m;
@@ -227,10 +254,15 @@ fn quantize_superblock_kx(x: &[f32], nmax: i32, rmin: f32, rdelta: f32, nstep: i
 }
 
 pub fn quantize_row_q4_k(x: &[f32]) -> Vec<BlockQ4K> {
+    quantize_row_q4_k_with(x, Search::Ggml)
+}
+
+/// As [`quantize_row_q4_k`], with a choice of scale search.
+pub fn quantize_row_q4_k_with(x: &[f32], search: Search) -> Vec<BlockQ4K> {
     assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
     x.chunks_exact(QK_K)
         .map(|c| {
-            let (d, dmin, scales, l) = quantize_superblock_kx(c, 15, -1.0, 0.1, 20);
+            let (d, dmin, scales, l) = quantize_superblock_kx(c, 15, -1.0, 0.1, 20, search);
             let mut qs = [0u8; QK_K / 2];
             for ch in 0..4 {
                 for i in 0..32 {
@@ -243,10 +275,15 @@ pub fn quantize_row_q4_k(x: &[f32]) -> Vec<BlockQ4K> {
 }
 
 pub fn quantize_row_q5_k(x: &[f32]) -> Vec<BlockQ5K> {
+    quantize_row_q5_k_with(x, Search::Ggml)
+}
+
+/// As [`quantize_row_q5_k`], with a choice of scale search.
+pub fn quantize_row_q5_k_with(x: &[f32], search: Search) -> Vec<BlockQ5K> {
     assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
     x.chunks_exact(QK_K)
         .map(|c| {
-            let (d, dmin, scales, l) = quantize_superblock_kx(c, 31, -0.5, 0.1, 15);
+            let (d, dmin, scales, l) = quantize_superblock_kx(c, 31, -0.5, 0.1, 15, search);
             let mut qs = [0u8; QK_K / 2];
             let mut qh = [0u8; QK_K / 8];
             for ch in 0..4 {
@@ -268,6 +305,11 @@ pub fn quantize_row_q5_k(x: &[f32]) -> Vec<BlockQ5K> {
 }
 
 pub fn quantize_row_q6_k(x: &[f32]) -> Vec<BlockQ6K> {
+    quantize_row_q6_k_with(x, Search::Ggml)
+}
+
+/// As [`quantize_row_q6_k`], with a choice of scale search.
+pub fn quantize_row_q6_k_with(x: &[f32], search: Search) -> Vec<BlockQ6K> {
     assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
     x.chunks_exact(QK_K)
         .map(|c| {
@@ -276,7 +318,7 @@ pub fn quantize_row_q6_k(x: &[f32]) -> Vec<BlockQ6K> {
             let mut max_scale = 0.0f32;
             let mut max_abs_scale = 0.0f32;
             for (j, s) in scales.iter_mut().enumerate() {
-                *s = make_qx_quants(32, &c[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+                *s = make_qx_quants(32, &c[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16], search);
                 if s.abs() > max_abs_scale {
                     max_abs_scale = s.abs();
                     max_scale = *s;

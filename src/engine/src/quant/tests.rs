@@ -9,7 +9,13 @@ use crate::model::Tensor;
 use crate::synth::Rng;
 
 /// Every quantized weight type, with its name for messages.
-const QUANT_TYPES: [GgmlType; 5] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+const QUANT_TYPES: [GgmlType; 5] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
 
 fn gaussian(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
@@ -50,7 +56,13 @@ fn scale_offsets(ty: GgmlType) -> &'static [usize] {
 
 /// A (rows, cols) tensor of `ty` from raw block bytes, with every f16 scale
 /// set by `scale`.
-fn tensor_from_random_blocks(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng, scale: &mut dyn FnMut(&mut Rng) -> f32) -> Tensor {
+fn tensor_from_random_blocks(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    rng: &mut Rng,
+    scale: &mut dyn FnMut(&mut Rng) -> f32,
+) -> Tensor {
     let mut bytes = random_bytes(rng, ty.row_bytes(cols) * rows);
     for block in bytes.chunks_exact_mut(ty.block_bytes()) {
         for &off in scale_offsets(ty) {
@@ -201,6 +213,20 @@ fn round_trip_error_is_within_ggml_figures() {
     // Float types.
     assert!(relative_rmse(GgmlType::F16, &x) < 3e-4);
     assert!(relative_rmse(GgmlType::BF16, &x) < 3e-3);
+}
+
+#[test]
+fn fast_search_costs_little_accuracy() {
+    let x = gaussian(256 * 32, 12);
+    for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        let y_bytes = quantize_row_bytes_with(ty, &x, Search::Fast).unwrap();
+        let y = Tensor::from_le_bytes(ty, 1, x.len(), &y_bytes).unwrap().to_f32_vec();
+        let err: f64 = x.iter().zip(&y).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+        let fast = (err / x.iter().map(|a| (*a as f64).powi(2)).sum::<f64>()).sqrt();
+        let exact = relative_rmse(ty, &x);
+        eprintln!("{}: fast {fast:.5}, ggml search {exact:.5}", ty.name());
+        assert!(fast < exact * 1.3, "{}: fast {fast} vs {exact}", ty.name());
+    }
 }
 
 #[test]
@@ -380,7 +406,11 @@ fn q8k_block_sums_are_group_sums() {
 fn rows_that_are_not_whole_blocks_are_refused() {
     for ty in QUANT_TYPES {
         let cols = ty.block_size() + 16;
-        assert!(Tensor::from_le_bytes(ty, 1, cols, &[0u8; 1024]).is_err(), "{}", ty.name());
+        assert!(
+            Tensor::from_le_bytes(ty, 1, cols, &[0u8; 1024]).is_err(),
+            "{}",
+            ty.name()
+        );
         assert!(Tensor::quantize_from_f32(ty, 1, cols, &vec![0.0; cols]).is_err());
     }
 }

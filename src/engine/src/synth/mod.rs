@@ -15,7 +15,7 @@ pub use shapes::{shape, Arch, Shape, Vocab, SHAPES};
 
 use crate::format::gguf::writer::{self, TensorHeader};
 use crate::format::gguf::Value;
-use crate::quant::quantize_row_bytes;
+use crate::quant::{quantize_row_bytes, quantize_row_bytes_with, Search};
 use crate::tensor::GgmlType;
 use std::io::{self, Write};
 
@@ -83,7 +83,12 @@ impl QuantMix {
                     .strip_prefix("blk.")
                     .and_then(|r| r.split('.').next())
                     .and_then(|l| l.parse::<usize>().ok());
-                let more_bits = |i: usize| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i >= n_layers / 8 && (i - n_layers / 8) % 3 == 2);
+                // llama.cpp's use_more_bits: the first and last eighth, and every
+                // third layer in between.
+                let more_bits = |i: usize| {
+                    let (lo, hi) = (n_layers / 8, 7 * n_layers / 8);
+                    i < lo || i >= hi || (i - lo) % 3 == 2
+                };
                 if is_output_head {
                     GgmlType::Q6K
                 } else if let Some(l) = layer.filter(|_| name.contains("attn_v.") || name.contains("ffn_down.")) {
@@ -110,9 +115,9 @@ impl QuantMix {
 
 /// The type to use for rows of `cols` elements when `ty`'s blocks do not fit.
 pub fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
-    if cols % ty.block_size() == 0 {
+    if cols.is_multiple_of(ty.block_size()) {
         ty
-    } else if cols % 32 == 0 {
+    } else if cols.is_multiple_of(32) {
         GgmlType::Q8_0
     } else if ty == GgmlType::F32 {
         GgmlType::F32
@@ -164,6 +169,9 @@ pub struct SynthOptions {
     pub tokenizer: Vec<(String, Value)>,
     /// Worker threads for generating and quantizing rows (1 = none).
     pub threads: usize,
+    /// K-quant scale search: [`Search::Ggml`] (default) or the ~10x faster
+    /// [`Search::Fast`] for large benchmark models.
+    pub search: Search,
 }
 
 impl SynthOptions {
@@ -174,6 +182,7 @@ impl SynthOptions {
             layers: None,
             tokenizer: Vec::new(),
             threads: 1,
+            search: Search::Ggml,
         }
     }
 }
@@ -204,7 +213,11 @@ pub fn plan(shape: &Shape, quant: QuantMix, n_layers: usize) -> Vec<PlannedTenso
     // quantizes it as such).
     out.push(matrix("token_embd.weight".into(), dim, vocab, shape.tied_embeddings));
     if shape.llama3_rope.is_some() {
-        out.push(vector("rope_freqs.weight".into(), head_dim / 2, Init::Llama3RopeFactors));
+        out.push(vector(
+            "rope_freqs.weight".into(),
+            head_dim / 2,
+            Init::Llama3RopeFactors,
+        ));
     }
     for l in 0..n_layers {
         let n = |s: &str| format!("blk.{l}.{s}");
@@ -283,7 +296,9 @@ pub fn metadata(shape: &Shape, opts: &SynthOptions, n_layers: usize) -> Vec<(Str
 /// tokenizer is not at hand: it has the right size, and text round-trips
 /// byte by byte.
 pub fn synthetic_vocab(n: usize) -> Vec<(String, Value)> {
-    let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(gpt2_byte_char(b).to_string())).collect();
+    let mut tokens: Vec<Value> = (0..=255u8)
+        .map(|b| Value::String(gpt2_byte_char(b).to_string()))
+        .collect();
     let mut types = vec![Value::I32(1); 256];
     let eos = tokens.len() as u32;
     tokens.push(Value::String("<|endoftext|>".into()));
@@ -341,7 +356,7 @@ pub fn write_gguf<W: Write>(shape: &Shape, opts: &SynthOptions, out: &mut W) -> 
             out.write_all(&vec![0u8; pad])?;
             written += pad as u64;
         }
-        let bytes = tensor_bytes(shape, t, opts.seed, opts.threads, out)?;
+        let bytes = tensor_bytes(shape, t, opts.seed, opts.threads, opts.search, out)?;
         debug_assert_eq!(bytes, t.header().data_bytes());
         written += bytes;
         n_params += t.dims.iter().product::<u64>();
@@ -368,7 +383,14 @@ fn row_seed(seed: u64, name: &str, row: u64) -> u64 {
 
 /// Generates `t`'s values row by row, converts them to its type and writes
 /// them; returns the bytes written.
-fn tensor_bytes<W: Write>(shape: &Shape, t: &PlannedTensor, seed: u64, threads: usize, out: &mut W) -> io::Result<u64> {
+fn tensor_bytes<W: Write>(
+    shape: &Shape,
+    t: &PlannedTensor,
+    seed: u64,
+    threads: usize,
+    search: Search,
+    out: &mut W,
+) -> io::Result<u64> {
     let cols = t.dims[0] as usize;
     let rows: u64 = t.dims.iter().skip(1).product();
     let make_row = |r: u64| -> Vec<u8> {
@@ -382,7 +404,7 @@ fn tensor_bytes<W: Write>(shape: &Shape, t: &PlannedTensor, seed: u64, threads: 
             }
             Init::Llama3RopeFactors => llama3_rope_factors(shape, cols),
         };
-        quantize_row_bytes(t.ty, &values).expect("planned types fit their rows")
+        quantize_row_bytes_with(t.ty, &values, search).expect("planned types fit their rows")
     };
     let mut written = 0u64;
     // Rows are made in chunks, each chunk split across the workers, then
@@ -403,7 +425,10 @@ fn tensor_bytes<W: Write>(shape: &Shape, t: &PlannedTensor, seed: u64, threads: 
                         s.spawn(move || (a..b).flat_map(make_row).collect::<Vec<u8>>())
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("worker panicked"))
+                    .collect()
             })
         };
         for p in parts {
@@ -469,7 +494,10 @@ pub fn quantize_gguf(bytes: &[u8], mix: QuantMix) -> Result<Vec<u8>, String> {
     let mut tensors = Vec::with_capacity(gguf.tensors.len());
     for info in &gguf.tensors {
         let data = bytes.get(info.byte_range()).ok_or("tensor outside the file")?;
-        let (cols, rows) = (info.dims[0] as usize, info.dims.iter().skip(1).product::<u64>() as usize);
+        let (cols, rows) = (
+            info.dims[0] as usize,
+            info.dims.iter().skip(1).product::<u64>() as usize,
+        );
         let src = Tensor::from_le_bytes(info.ty, rows, cols, data).map_err(|e| format!("{}: {e}", info.name))?;
         let is_matrix = info.dims.len() == 2 && info.name.ends_with(".weight");
         let is_head = info.name == "output.weight" || (tied && info.name == "token_embd.weight");

@@ -34,8 +34,18 @@ fn every_shape_has_its_published_geometry() {
         assert_eq!(g.tensor("output.weight").is_none(), s.tied_embeddings, "{}", s.name);
         let q = g.tensor("blk.0.attn_q.weight").unwrap();
         assert_eq!(q.dims, vec![s.dim as u64, (s.n_heads * s.head_dim()) as u64]);
-        assert_eq!(g.tensor("blk.0.attn_q.bias").is_some(), s.arch == Arch::Qwen2, "{}", s.name);
-        assert_eq!(g.tensor("blk.0.attn_k_norm.weight").is_some(), s.arch == Arch::Qwen3, "{}", s.name);
+        assert_eq!(
+            g.tensor("blk.0.attn_q.bias").is_some(),
+            s.arch == Arch::Qwen2,
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            g.tensor("blk.0.attn_k_norm.weight").is_some(),
+            s.arch == Arch::Qwen3,
+            "{}",
+            s.name
+        );
         let params: u64 = g
             .tensors
             .iter()
@@ -47,7 +57,10 @@ fn every_shape_has_its_published_geometry() {
             // The loader accepts the file: names, shapes and types.
             let loader = ModelLoader::new(&g).unwrap_or_else(|e| panic!("{}: {e}", s.name));
             let c: &ModelConfig = loader.config();
-            assert_eq!((c.dim, c.n_heads, c.n_kv_heads, c.hidden_dim), (s.dim, s.n_heads, s.n_kv_heads, s.hidden_dim));
+            assert_eq!(
+                (c.dim, c.n_heads, c.n_kv_heads, c.hidden_dim),
+                (s.dim, s.n_heads, s.n_kv_heads, s.hidden_dim)
+            );
             assert_eq!(c.vocab_size, s.vocab_size);
         }
     }
@@ -75,7 +88,7 @@ fn q4_k_m_follows_llama_cpp_rules() {
     assert_eq!(ty("blk.5.attn_q.weight"), GgmlType::Q4K);
     // use_more_bits(i, 28): i < 3, i >= 24, (i - 3) % 3 == 2.
     for l in 0..28 {
-        let more = l < 3 || l >= 24 || (l >= 3 && (l - 3) % 3 == 2);
+        let more = !(3..24).contains(&l) || (l - 3) % 3 == 2;
         let want = if more { GgmlType::Q6K } else { GgmlType::Q4K };
         assert_eq!(ty(&format!("blk.{l}.attn_v.weight")), want, "layer {l}");
         assert_eq!(ty(&format!("blk.{l}.ffn_down.weight")), want, "layer {l}");
@@ -141,7 +154,13 @@ fn synthetic_vocab_spells_bytes_like_gpt2() {
     assert_eq!(gpt2_byte_char(b' '), 'Ġ');
     assert_eq!(gpt2_byte_char(b'\n'), 'Ċ');
     let v = synthetic_vocab(1000);
-    let tokens = v.iter().find(|(k, _)| k == "tokenizer.ggml.tokens").unwrap().1.as_array().unwrap();
+    let tokens = v
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .unwrap()
+        .1
+        .as_array()
+        .unwrap();
     assert_eq!(tokens.len(), 1000);
     let distinct: std::collections::BTreeSet<_> = tokens.iter().map(|t| t.as_str().unwrap()).collect();
     assert_eq!(distinct.len(), 1000);
