@@ -4,10 +4,15 @@
 #   target/wasm32-unknown-unknown/canister/<crate>.wasm
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(-p icllm-canister)
+# The product canister alone first: `icllm run` rebuilds it the same way, so
+# the two invocations share one set of resolved features (no rebuilds).
+cargo build --profile canister --target wasm32-unknown-unknown -p icllm-canister
+packages=()
 for dir in integration-tests/canisters/*/; do
   [ -f "$dir/Cargo.toml" ] || continue
   name=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$dir/Cargo.toml" | head -n1)
   packages+=(-p "$name")
 done
-cargo build --profile canister --target wasm32-unknown-unknown "${packages[@]}"
+if [ ${#packages[@]} -gt 0 ]; then
+  cargo build --profile canister --target wasm32-unknown-unknown "${packages[@]}"
+fi

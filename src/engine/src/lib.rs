@@ -8,6 +8,7 @@
 //! - [`chat`]: chat templates (minijinja) and their stop strings.
 //! - [`format`]: GGUF and Hugging Face (config.json + safetensors) readers; the only place that knows file keys and tensor names.
 //! - [`tensor`]: ggml tensor types.
+//! - [`quant`]: ggml block formats: layouts, scalar dequantizers (oracles) and quantizers.
 //! - [`tokenizer`]: text ↔ token ids (SentencePiece now; BPE slots in beside it).
 //! - [`kernels`]: pure math (matvec, rmsnorm, rope, softmax, …), scalar oracles first.
 //! - [`model`]: resolved config, architecture table, weights, forward-pass stages.
@@ -19,6 +20,8 @@ pub mod format;
 pub mod job;
 pub mod kernels;
 pub mod model;
+pub mod quant;
 pub mod sampler;
+pub mod synth;
 pub mod tensor;
 pub mod tokenizer;

@@ -9,6 +9,7 @@ mod model_files;
 mod run;
 mod sim;
 mod tokenize;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
+    /// Write a GGUF with random weights and the exact shapes of a published model.
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }

@@ -545,13 +545,43 @@ pub mod writer {
         pub bytes: Vec<u8>,
     }
 
-    /// Serializes a version-3 GGUF file.
-    pub fn write(metadata: &[(String, Value)], tensors: &[TensorData]) -> Vec<u8> {
-        let alignment = metadata
+    /// A tensor's header entry, for writing the data separately
+    /// ([`write_header`]): name, ggml-order dims and type.
+    pub struct TensorHeader {
+        pub name: String,
+        pub dims: Vec<u64>,
+        pub ty: GgmlType,
+    }
+
+    impl TensorHeader {
+        /// Bytes of the tensor's data (`dims[0]` a multiple of the block size).
+        pub fn data_bytes(&self) -> u64 {
+            let rows: u64 = self.dims.iter().skip(1).product();
+            self.ty.row_bytes(self.dims[0] as usize) as u64 * rows
+        }
+    }
+
+    /// The alignment the metadata asks for (`general.alignment`, default 32).
+    pub fn alignment(metadata: &[(String, Value)]) -> u64 {
+        metadata
             .iter()
             .find(|(k, _)| k == "general.alignment")
             .and_then(|(_, v)| v.as_u64())
-            .unwrap_or(DEFAULT_ALIGNMENT as u64) as usize;
+            .unwrap_or(DEFAULT_ALIGNMENT as u64)
+    }
+
+    /// Zero bytes that pad `len` up to a multiple of `alignment`.
+    pub fn padding(len: u64, alignment: u64) -> usize {
+        (len.div_ceil(alignment) * alignment - len) as usize
+    }
+
+    /// Serializes a version-3 GGUF header, padded up to where tensor data
+    /// starts. Streaming writers then write each tensor's
+    /// [`TensorHeader::data_bytes`] bytes in the given order, each but the
+    /// first preceded by [`padding`] to the alignment (the file ends right
+    /// after the last tensor).
+    pub fn write_header(metadata: &[(String, Value)], tensors: &[TensorHeader]) -> Vec<u8> {
+        let alignment = alignment(metadata);
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -562,8 +592,7 @@ pub mod writer {
             out.extend_from_slice(&value_type(v).to_le_bytes());
             put_value(&mut out, v);
         }
-        let mut offset = 0usize;
-        let mut offsets = Vec::new();
+        let mut offset = 0u64;
         for t in tensors {
             put_string(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
@@ -571,14 +600,32 @@ pub mod writer {
                 out.extend_from_slice(&d.to_le_bytes());
             }
             out.extend_from_slice(&(t.ty.id()).to_le_bytes());
-            out.extend_from_slice(&(offset as u64).to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + t.bytes.len()).div_ceil(alignment) * alignment;
+            out.extend_from_slice(&offset.to_le_bytes());
+            offset += t.data_bytes();
+            offset += padding(offset, alignment) as u64;
         }
-        let data_start = out.len().div_ceil(alignment) * alignment;
-        out.resize(data_start, 0);
-        for (t, off) in tensors.iter().zip(offsets) {
-            out.resize(data_start + off, 0);
+        let pad = padding(out.len() as u64, alignment);
+        out.resize(out.len() + pad, 0);
+        out
+    }
+
+    /// Serializes a version-3 GGUF file.
+    pub fn write(metadata: &[(String, Value)], tensors: &[TensorData]) -> Vec<u8> {
+        let alignment = alignment(metadata);
+        let headers: Vec<TensorHeader> = tensors
+            .iter()
+            .map(|t| TensorHeader {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+            })
+            .collect();
+        let mut out = write_header(metadata, &headers);
+        for (i, t) in tensors.iter().enumerate() {
+            if i > 0 {
+                let pad = padding(out.len() as u64, alignment);
+                out.resize(out.len() + pad, 0);
+            }
             out.extend_from_slice(&t.bytes);
         }
         out

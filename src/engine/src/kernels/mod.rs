@@ -1,23 +1,33 @@
-//! Pure math kernels: small functions over slices, no allocation inside.
+//! Pure math kernels: small functions over slices, no allocation inside
+//! (except the activation quantization buffers of [`matvec`] / [`matmul`]).
 //!
 //! Every kernel here is the **scalar oracle**: later SIMD versions must agree
 //! with it, and tests compare against it. Weight matrices reach the kernels
-//! through one seam, [`dot_row`] (and [`matvec`] / [`matmul`] built on it),
-//! which dispatches on the tensor type so that quantized types slot in later
-//! without touching the forward pass.
+//! through one seam, [`dot_row_prepared`] (and [`matvec`] / [`matmul`] built on
+//! it), which dispatches on the tensor type.
+//!
+//! Float weights (F32, F16, BF16) multiply the f32 activations directly.
+//! Quantized weights multiply int8 activations: [`PreparedActs::new`]
+//! quantizes a vector once for the weight type (Q8 blocks of 32 for
+//! Q8_0/Q4_0, Q8_K blocks of 256 for the K-quants, as ggml does), and every
+//! row's dot product reuses it (see [`quant`] for the block kernels).
 //!
 //! Determinism: the result of a dot product depends only on its two inputs,
 //! never on how many tokens are batched together or where a job was
-//! interrupted. [`matmul`] therefore calls exactly the same [`dot_row`] as
-//! [`matvec`] for every (row, token) pair.
+//! interrupted. [`matmul`] therefore prepares each token's activations
+//! exactly as [`matvec`] does and calls the same [`dot_row_prepared`] for
+//! every (row, token) pair.
 
 mod attention;
+pub mod quant;
 mod rope;
 
 pub use attention::{attention, AttentionShape};
 pub use rope::{llama3_rope_freq_factors, rope, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};
+use crate::quant::{dequantize_blocks, quantize_act_q8, quantize_act_q8k, Block, BlockQ8A, BlockQ8K};
+use crate::tensor::GgmlType;
 
 /// Dot product of two f32 vectors of equal length.
 ///
@@ -58,22 +68,87 @@ pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
     sum
 }
 
-/// `W[row, :] · x` for a weight matrix `w` of shape (rows, cols), `x` (cols).
-/// The one place that dispatches on the weight type.
-pub fn dot_row(w: &Tensor, row: usize, x: &[f32]) -> f32 {
-    let cols = w.cols;
-    let span = row * cols..(row + 1) * cols;
-    match &w.data {
-        TensorData::F32(d) => dot_f32(&d[span], x),
-        TensorData::F16(d) => dot_f16(&d[span], x),
+/// An activation vector in the form a weight type's dot product consumes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum PreparedActs {
+    /// Float weights use the f32 vector as it is.
+    #[default]
+    Float,
+    /// For Q8_0 and Q4_0 weights: int8 blocks of 32.
+    Q8(Vec<BlockQ8A>),
+    /// For K-quant weights: Q8_K blocks of 256 with per-16 sums.
+    Q8K(Vec<BlockQ8K>),
+}
+
+impl PreparedActs {
+    /// Prepares `x` for dot products with weights of type `ty`.
+    pub fn new(ty: GgmlType, x: &[f32]) -> PreparedActs {
+        let mut p = PreparedActs::Float;
+        p.prepare(ty, x);
+        p
+    }
+
+    /// As [`PreparedActs::new`], reusing this value's buffer when it can.
+    pub fn prepare(&mut self, ty: GgmlType, x: &[f32]) {
+        match ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => {
+                if !matches!(self, PreparedActs::Q8(_)) {
+                    *self = PreparedActs::Q8(Vec::new());
+                }
+                if let PreparedActs::Q8(v) = self {
+                    quantize_act_q8(x, v);
+                }
+            }
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+                if !matches!(self, PreparedActs::Q8K(_)) {
+                    *self = PreparedActs::Q8K(Vec::new());
+                }
+                if let PreparedActs::Q8K(v) = self {
+                    quantize_act_q8k(x, v);
+                }
+            }
+            _ => *self = PreparedActs::Float,
+        }
     }
 }
 
-/// Copies row `row` of `w` (rows, cols) into `out` (cols) as f32
-/// (embedding lookup).
+/// `W[row, :] · x` for a weight matrix `w` of shape (rows, cols), `x` (cols),
+/// with `xq` = `PreparedActs::new(w.ty, x)`. The one place that dispatches on
+/// the weight type.
+pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) -> f32 {
+    let cols = w.cols;
+    let span = row * cols..(row + 1) * cols;
+    // Blocks of this row, for a block type of `n` elements.
+    let blocks = |n: usize| row * cols / n..(row + 1) * cols / n;
+    match (&w.data, xq) {
+        (TensorData::F32(d), _) => dot_f32(&d[span], x),
+        (TensorData::F16(d), _) => dot_f16(&d[span], x),
+        (TensorData::BF16(d), _) => quant::dot_bf16(&d[span], x),
+        (TensorData::Q8_0(b), PreparedActs::Q8(a)) => quant::vec_dot_q8_0_q8_0(&b[blocks(32)], a),
+        (TensorData::Q4_0(b), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&b[blocks(32)], a),
+        (TensorData::Q4K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&b[blocks(256)], a),
+        (TensorData::Q5K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&b[blocks(256)], a),
+        (TensorData::Q6K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q6_k_q8_k(&b[blocks(256)], a),
+        // Activations prepared for another type: prepare them here (slow, never on the hot path).
+        _ => dot_row_prepared(w, row, x, &PreparedActs::new(w.ty, x)),
+    }
+}
+
+/// `W[row, :] · x`, preparing `x` for the weight type on the way (use
+/// [`matvec`] or [`dot_row_prepared`] to prepare once for many rows).
+pub fn dot_row(w: &Tensor, row: usize, x: &[f32]) -> f32 {
+    dot_row_prepared(w, row, x, &PreparedActs::new(w.ty, x))
+}
+
+/// Copies row `row` of `w` (rows, cols) into `out` (cols) as f32,
+/// dequantizing quantized types (embedding lookup).
 pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
     let cols = w.cols;
     let span = row * cols..(row + 1) * cols;
+    fn deq<B: Block>(b: &[B], row: usize, cols: usize, out: &mut [f32]) {
+        let per_row = cols / B::ELEMS;
+        dequantize_blocks(&b[row * per_row..(row + 1) * per_row], out);
+    }
     match &w.data {
         TensorData::F32(d) => out.copy_from_slice(&d[span]),
         TensorData::F16(d) => {
@@ -81,32 +156,46 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
                 *o = h.to_f32();
             }
         }
+        TensorData::BF16(d) => {
+            for (o, h) in out.iter_mut().zip(&d[span]) {
+                *o = h.to_f32();
+            }
+        }
+        TensorData::Q8_0(b) => deq(b, row, cols, out),
+        TensorData::Q4_0(b) => deq(b, row, cols, out),
+        TensorData::Q4K(b) => deq(b, row, cols, out),
+        TensorData::Q5K(b) => deq(b, row, cols, out),
+        TensorData::Q6K(b) => deq(b, row, cols, out),
     }
 }
 
 /// `out = W x`: `w` (rows, cols), `x` (cols), `out` (rows).
+/// Quantized weights: `x` is quantized once, then every row reuses it.
 pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
     debug_assert_eq!(x.len(), w.cols);
     debug_assert_eq!(out.len(), w.rows);
+    let xq = PreparedActs::new(w.ty, x);
     for (r, o) in out.iter_mut().enumerate() {
-        *o = dot_row(w, r, x);
+        *o = dot_row_prepared(w, r, x, &xq);
     }
 }
 
 /// Batched `out[t] = W x[t]` for `n_tokens` tokens: `w` (rows, cols),
 /// `xs` (n_tokens, cols), `out` (n_tokens, rows).
 ///
-/// Each weight row is read once per batch (the row loop is outside); each
-/// (row, token) value is the same [`dot_row`] call [`matvec`] makes, so a
-/// token's result does not depend on the batch it is in.
+/// Each token's activations are prepared once per batch, as [`matvec`]
+/// prepares them; each weight row is read once per batch (the row loop is
+/// outside); each (row, token) value is the same [`dot_row_prepared`] call
+/// [`matvec`] makes, so a token's result does not depend on the batch it is in.
 pub fn matmul(w: &Tensor, xs: &[f32], out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     debug_assert_eq!(xs.len() % cols, 0);
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
+    let xqs: Vec<PreparedActs> = xs.chunks_exact(cols).map(|x| PreparedActs::new(w.ty, x)).collect();
     for r in 0..rows {
-        for t in 0..n_tokens {
-            out[t * rows + r] = dot_row(w, r, &xs[t * cols..(t + 1) * cols]);
+        for (t, xq) in xqs.iter().enumerate() {
+            out[t * rows + r] = dot_row_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
         }
     }
 }

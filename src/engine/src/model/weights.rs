@@ -9,13 +9,25 @@ use super::config::ModelConfig;
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
+use crate::quant::{blocks_from_le_bytes, quantize_row_bytes, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0};
 use crate::tensor::GgmlType;
 
 /// Typed element storage of a tensor.
+///
+/// Quantized types are kept as ggml's blocks (`Vec<Block…>`, row-major: row
+/// `r` is blocks `r * cols / block_size..`), copied field by field out of the
+/// file bytes, so the kernels read them with no alignment assumption and no
+/// conversion; the heap holds the same number of bytes as the file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
+    BF16(Vec<half::bf16>),
+    Q8_0(Vec<BlockQ8_0>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
 }
 
 /// A weight matrix, row-major (rows, cols). A GGUF tensor with ggml dims
@@ -31,12 +43,30 @@ pub struct Tensor {
 impl Tensor {
     /// Whether the kernels can compute with this type.
     pub fn supported_type(ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::F32 | GgmlType::F16)
+        matches!(
+            ty,
+            GgmlType::F32
+                | GgmlType::F16
+                | GgmlType::BF16
+                | GgmlType::Q8_0
+                | GgmlType::Q4_0
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
+        )
     }
 
     /// Copies little-endian file bytes into a typed (rows, cols) tensor.
+    /// For block types, `cols` must be a multiple of the block size.
     pub fn from_le_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Tensor, String> {
-        let n = rows.checked_mul(cols).ok_or("element count overflows")?;
+        rows.checked_mul(cols).ok_or("element count overflows")?;
+        if !cols.is_multiple_of(ty.block_size()) {
+            return Err(format!(
+                "rows of {cols} elements are not a whole number of {} blocks ({} elements each)",
+                ty.name(),
+                ty.block_size()
+            ));
+        }
         let expected = ty.row_bytes(cols).checked_mul(rows).ok_or("byte size overflows")?;
         if bytes.len() != expected {
             return Err(format!("expected {expected} bytes, got {}", bytes.len()));
@@ -54,28 +84,54 @@ impl Tensor {
                     .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
                     .collect(),
             ),
+            GgmlType::BF16 => TensorData::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+            ),
+            GgmlType::Q8_0 => TensorData::Q8_0(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q4_0 => TensorData::Q4_0(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q4K => TensorData::Q4K(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q5K => TensorData::Q5K(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q6K => TensorData::Q6K(blocks_from_le_bytes(bytes)?),
             other => {
                 return Err(format!(
-                    "type {} is not supported yet (supported: f32, f16)",
+                    "type {} is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K)",
                     other.name()
                 ))
             }
         };
-        debug_assert_eq!(
-            n,
-            match &data {
-                TensorData::F32(v) => v.len(),
-                TensorData::F16(v) => v.len(),
-            }
-        );
         Ok(Tensor { ty, rows, cols, data })
+    }
+
+    /// Quantizes (or converts) row-major f32 values into a (rows, cols)
+    /// tensor of type `ty` with the scalar quantizers (tests, synthetic models).
+    pub fn quantize_from_f32(ty: GgmlType, rows: usize, cols: usize, values: &[f32]) -> Result<Tensor, String> {
+        if values.len() != rows * cols {
+            return Err(format!("{} values for a ({rows}, {cols}) tensor", values.len()));
+        }
+        let mut bytes = Vec::with_capacity(ty.row_bytes(cols) * rows);
+        for row in values.chunks_exact(cols.max(1)) {
+            bytes.extend(quantize_row_bytes(ty, row)?);
+        }
+        Tensor::from_le_bytes(ty, rows, cols, &bytes)
+    }
+
+    /// All values as f32, row-major (dequantizing block types).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            crate::kernels::row_to_f32(self, r, row);
+        }
+        out
     }
 
     /// The tensor as a plain f32 vector (for norm weights).
     fn into_f32_vec(self) -> Vec<f32> {
         match self.data {
             TensorData::F32(v) => v,
-            TensorData::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
+            _ => self.to_f32_vec(),
         }
     }
 }

@@ -1,0 +1,96 @@
+//! Scalar dequantizers: the oracle for every quantized kernel.
+//! Each writes `blocks.len() * elements_per_block` values into `y`.
+
+use super::{scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
+
+/// `y = q * d` per block of 32.
+pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK8_0);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK8_0)) {
+        let d = b.d.to_f32();
+        for (o, &q) in out.iter_mut().zip(&b.qs) {
+            *o = q as f32 * d;
+        }
+    }
+}
+
+/// `y = (q - 8) * d`; byte `j` holds elements `j` (low nibble) and `j + 16`.
+pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK8_0);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK8_0)) {
+        let d = b.d.to_f32();
+        for (j, &q) in b.qs.iter().enumerate() {
+            out[j] = ((q & 0xF) as i32 - 8) as f32 * d;
+            out[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+/// Sub-block `j` (32 elements) is `d * sc_j * q - dmin * m_j`.
+pub fn dequantize_row_q4_k(blocks: &[BlockQ4K], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK_K);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+        for (c, chunk) in out.chunks_exact_mut(64).enumerate() {
+            let q = &b.qs[32 * c..32 * c + 32];
+            let (sc1, m1) = scale_min_k4(2 * c, &b.scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &b.scales);
+            let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+            let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+            for l in 0..32 {
+                chunk[l] = d1 * (q[l] & 0xF) as f32 - m1;
+                chunk[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// As Q4_K with a fifth bit: sub-block `j`'s element `l` has its high bit at
+/// bit `j` of `qh[l]`.
+pub fn dequantize_row_q5_k(blocks: &[BlockQ5K], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK_K);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+        for (c, chunk) in out.chunks_exact_mut(64).enumerate() {
+            let ql = &b.qs[32 * c..32 * c + 32];
+            let (sc1, m1) = scale_min_k4(2 * c, &b.scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &b.scales);
+            let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+            let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+            let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
+            for l in 0..32 {
+                let h1 = if b.qh[l] & u1 != 0 { 16 } else { 0 };
+                let h2 = if b.qh[l] & u2 != 0 { 16 } else { 0 };
+                chunk[l] = d1 * ((ql[l] & 0xF) + h1) as f32 - m1;
+                chunk[l + 32] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// The 6-bit quant of element `i` (0..256) of a Q6_K block, minus 32.
+///
+/// Each half (128 elements) uses 64 bytes of `ql` and 32 of `qh`: element
+/// `l + 32k` (l < 32, k < 4) takes its low 4 bits from `ql[l + 32 (k & 1)]`
+/// (low nibble for k < 2, high for k >= 2) and its high 2 bits from bits
+/// `2k..2k+2` of `qh[l]`.
+#[inline]
+pub(crate) fn q6k_quant(b: &BlockQ6K, i: usize) -> i8 {
+    let (half, r) = (i / 128, i % 128);
+    let (k, l) = (r / 32, r % 32);
+    let ql = b.ql[64 * half + l + 32 * (k & 1)];
+    let lo = if k < 2 { ql & 0xF } else { ql >> 4 };
+    let hi = (b.qh[32 * half + l] >> (2 * k)) & 3;
+    (lo | (hi << 4)) as i8 - 32
+}
+
+/// Sub-block `j` (16 elements) is `d * scales[j] * (q - 32)`.
+pub fn dequantize_row_q6_k(blocks: &[BlockQ6K], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK_K);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = b.d.to_f32();
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = d * b.scales[i / 16] as f32 * q6k_quant(b, i) as f32;
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Quantized block formats, exactly as ggml lays them out
+//! (`ggml-common.h`), with a scalar dequantizer per type (the oracle every
+//! dot product is tested against) and a scalar quantizer per type (for tests
+//! and `synth`).
+//!
+//! | type | elements | bytes | layout |
+//! |---|---|---|---|
+//! | [`BlockQ8_0`] | 32 | 34 | `d: f16, qs: [i8; 32]`; `x = q * d` |
+//! | [`BlockQ4_0`] | 32 | 18 | `d: f16, qs: [u8; 16]`; low nibbles are elements 0..16, high nibbles 16..32; `x = (q - 8) * d` |
+//! | [`BlockQ4K`] | 256 | 144 | `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; 8 sub-blocks of 32 with 6-bit scale and min; `x = d * sc * q - dmin * m` |
+//! | [`BlockQ5K`] | 256 | 176 | as Q4_K plus `qh: [u8; 32]`, the fifth bit of each quant |
+//! | [`BlockQ6K`] | 256 | 210 | `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; 16 sub-blocks of 16; `x = d * sc * (q - 32)` |
+//! | [`BlockQ8K`] | 256 | 292 | `d: f32, qs: [i8; 256], bsums: [i16; 16]`: activations for the K-quant dot products |
+//!
+//! In memory, weights stay in these structs (`Vec<Block…>`, copied out of the
+//! file bytes field by field at load: no alignment assumption, no unsafe).
+//! Scales stay f16 as in the file: for the K-quants that is two conversions
+//! per 256 weights; for Q8_0/Q4_0 it is one per 32, which a SIMD kernel may
+//! prefer to repack to f32 at load (issue 6 measures it).
+//!
+//! Activations are quantized once per matvec into [`BlockQ8A`] (blocks of 32,
+//! f32 scale: for Q8_0/Q4_0 weights) or [`BlockQ8K`] (blocks of 256 with
+//! per-16 sums: for the K-quants), like ggml's `quantize_row_q8_0` /
+//! `quantize_row_q8_K`. Rounding is ties-to-even (`f32x4.nearest` in wasm),
+//! so a SIMD quantizer can match the scalar one bit for bit.
+
+mod dequant;
+mod quantize;
+
+pub use dequant::{
+    dequantize_row_q4_0, dequantize_row_q4_k, dequantize_row_q5_k, dequantize_row_q6_k, dequantize_row_q8_0,
+};
+pub use quantize::{
+    quantize_row_q4_0, quantize_row_q4_k, quantize_row_q4_k_with, quantize_row_q5_k, quantize_row_q5_k_with,
+    quantize_row_q6_k, quantize_row_q6_k_with, quantize_row_q8_0, Search,
+};
+
+use crate::tensor::GgmlType;
+use half::f16;
+use std::mem::size_of;
+
+/// Elements per block of the 32-element formats (Q8_0, Q4_0).
+pub const QK8_0: usize = 32;
+/// Elements per super-block of the K-quants.
+pub const QK_K: usize = 256;
+
+/// Q8_0: 32 weights, one f16 scale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; QK8_0],
+}
+const _: () = assert!(size_of::<BlockQ8_0>() == 34);
+
+/// Q4_0: 32 weights in nibbles, one f16 scale; value `(q - 8) * d`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    /// Byte `j`: element `j` in the low nibble, element `j + 16` in the high one.
+    pub qs: [u8; QK8_0 / 2],
+}
+const _: () = assert!(size_of::<BlockQ4_0>() == 18);
+
+/// Q4_K: 256 weights in 8 sub-blocks of 32, each with a 6-bit scale and a
+/// 6-bit min; value `d * sc[j] * q - dmin * m[j]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4K {
+    /// Super-block scale of the sub-block scales.
+    pub d: f16,
+    /// Super-block scale of the sub-block mins.
+    pub dmin: f16,
+    /// 8 scales and 8 mins, 6 bits each (see [`scale_min_k4`]).
+    pub scales: [u8; 12],
+    /// 64-element chunk `c` lives in `qs[32c..32c + 32]`: sub-block `2c` in
+    /// the low nibbles, sub-block `2c + 1` in the high nibbles.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(size_of::<BlockQ4K>() == 144);
+
+/// Q5_K: Q4_K plus a fifth bit per weight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ5K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    /// Bit `j` of `qh[l]` is the high bit of element `l` of sub-block `j`.
+    pub qh: [u8; QK_K / 8],
+    /// Low 4 bits, arranged as Q4_K's `qs`.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(size_of::<BlockQ5K>() == 176);
+
+/// Q6_K: 256 weights in 16 sub-blocks of 16 with signed 8-bit scales;
+/// value `d * scales[j] * (q - 32)`, `q` 6 bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ6K {
+    /// Low 4 bits of the quants.
+    pub ql: [u8; QK_K / 2],
+    /// High 2 bits of the quants.
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: f16,
+}
+const _: () = assert!(size_of::<BlockQ6K>() == 210);
+
+/// Q8_K: ggml's activation block for the K-quant dot products: 256 int8
+/// values, an f32 scale, and the sum of each group of 16 quants (so a dot
+/// product can subtract mins and offsets without touching the quants again).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+const _: () = assert!(size_of::<BlockQ8K>() == 292);
+
+/// An activation block of 32 int8 values with an f32 scale: what Q8_0 and
+/// Q4_0 weights are multiplied with. (ggml uses `block_q8_0`, whose f16 scale
+/// loses a little precision; an f32 scale costs nothing here.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8A {
+    pub d: f32,
+    pub qs: [i8; QK8_0],
+}
+const _: () = assert!(size_of::<BlockQ8A>() == 36);
+
+/// A ggml block format: its type, size, byte codec and scalar dequantizer.
+pub trait Block: Copy + Sized + 'static {
+    const TYPE: GgmlType;
+    /// Elements per block.
+    const ELEMS: usize;
+    /// Bytes per block in a file (equal to `size_of::<Self>()`).
+    const BYTES: usize;
+    /// Reads one block from exactly `Self::BYTES` little-endian bytes.
+    fn read(b: &[u8]) -> Self;
+    /// Appends the block's little-endian bytes.
+    fn write(&self, out: &mut Vec<u8>);
+    /// Writes the block's `Self::ELEMS` values into `out` (the oracle).
+    fn dequantize(&self, out: &mut [f32]);
+    /// Quantizes a row whose length is a multiple of `Self::ELEMS`.
+    fn quantize_row(x: &[f32]) -> Vec<Self>;
+}
+
+fn rd_f16(b: &[u8], at: usize) -> f16 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn rd_array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    b[at..at + N].try_into().expect("slice of length N")
+}
+
+fn rd_i8_array<const N: usize>(b: &[u8], at: usize) -> [i8; N] {
+    std::array::from_fn(|i| b[at + i] as i8)
+}
+
+impl Block for BlockQ8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    const ELEMS: usize = QK8_0;
+    const BYTES: usize = 34;
+    fn read(b: &[u8]) -> Self {
+        BlockQ8_0 {
+            d: rd_f16(b, 0),
+            qs: rd_i8_array(b, 2),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend(self.qs.iter().map(|&q| q as u8));
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q8_0(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q8_0(x)
+    }
+}
+
+impl Block for BlockQ4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    const ELEMS: usize = QK8_0;
+    const BYTES: usize = 18;
+    fn read(b: &[u8]) -> Self {
+        BlockQ4_0 {
+            d: rd_f16(b, 0),
+            qs: rd_array(b, 2),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q4_0(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q4_0(x)
+    }
+}
+
+impl Block for BlockQ4K {
+    const TYPE: GgmlType = GgmlType::Q4K;
+    const ELEMS: usize = QK_K;
+    const BYTES: usize = 144;
+    fn read(b: &[u8]) -> Self {
+        BlockQ4K {
+            d: rd_f16(b, 0),
+            dmin: rd_f16(b, 2),
+            scales: rd_array(b, 4),
+            qs: rd_array(b, 16),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.dmin.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.scales);
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q4_k(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q4_k(x)
+    }
+}
+
+impl Block for BlockQ5K {
+    const TYPE: GgmlType = GgmlType::Q5K;
+    const ELEMS: usize = QK_K;
+    const BYTES: usize = 176;
+    fn read(b: &[u8]) -> Self {
+        BlockQ5K {
+            d: rd_f16(b, 0),
+            dmin: rd_f16(b, 2),
+            scales: rd_array(b, 4),
+            qh: rd_array(b, 16),
+            qs: rd_array(b, 48),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.dmin.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.scales);
+        out.extend_from_slice(&self.qh);
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q5_k(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q5_k(x)
+    }
+}
+
+impl Block for BlockQ6K {
+    const TYPE: GgmlType = GgmlType::Q6K;
+    const ELEMS: usize = QK_K;
+    const BYTES: usize = 210;
+    fn read(b: &[u8]) -> Self {
+        BlockQ6K {
+            ql: rd_array(b, 0),
+            qh: rd_array(b, 128),
+            scales: rd_i8_array(b, 192),
+            d: rd_f16(b, 208),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.ql);
+        out.extend_from_slice(&self.qh);
+        out.extend(self.scales.iter().map(|&s| s as u8));
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q6_k(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q6_k(x)
+    }
+}
+
+/// Copies `bytes` (a whole number of blocks) into typed blocks.
+pub fn blocks_from_le_bytes<B: Block>(bytes: &[u8]) -> Result<Vec<B>, String> {
+    if !bytes.len().is_multiple_of(B::BYTES) {
+        return Err(format!(
+            "{} bytes is not a whole number of {} blocks ({} bytes each)",
+            bytes.len(),
+            B::TYPE.name(),
+            B::BYTES
+        ));
+    }
+    Ok(bytes.chunks_exact(B::BYTES).map(B::read).collect())
+}
+
+/// The file bytes of `blocks`.
+pub fn blocks_to_le_bytes<B: Block>(blocks: &[B]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blocks.len() * B::BYTES);
+    for b in blocks {
+        b.write(&mut out);
+    }
+    out
+}
+
+/// Dequantizes `blocks` into `out` (`blocks.len() * B::ELEMS` values).
+pub fn dequantize_blocks<B: Block>(blocks: &[B], out: &mut [f32]) {
+    debug_assert_eq!(out.len(), blocks.len() * B::ELEMS);
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(B::ELEMS)) {
+        b.dequantize(o);
+    }
+}
+
+/// Scale and min `j` (0..8) of a Q4_K/Q5_K `scales` array: the first four
+/// pairs are the low 6 bits of bytes `j` and `j + 4`; the last four take
+/// their low 4 bits from byte `j + 4` (scale: low nibble, min: high nibble)
+/// and their top 2 bits from the spare top bits of bytes `j - 4` and `j`.
+#[inline]
+pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Packs 8 six-bit scales and mins the way [`scale_min_k4`] unpacks them.
+pub fn pack_scale_min_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut q = [0u8; 12];
+    for j in 0..8 {
+        let (ls, lm) = (sc[j].min(63), m[j].min(63));
+        if j < 4 {
+            q[j] |= ls;
+            q[j + 4] |= lm;
+        } else {
+            q[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            q[j - 4] |= (ls >> 4) << 6;
+            q[j] |= (lm >> 4) << 6;
+        }
+    }
+    q
+}
+
+/// Symmetric int8 quantization of one block: `d = max|x| / 127`, `q =
+/// nearest_even(x / d)` clamped to ±127. Returns `d` (0 for an all-zero block).
+#[inline]
+fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = ((v * id).round_ties_even() as i32).clamp(-127, 127) as i8;
+    }
+    d
+}
+
+/// Quantizes activations `x` (a multiple of 32 long) into 32-element int8
+/// blocks, for dot products with Q8_0 and Q4_0 weights.
+pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
+    debug_assert_eq!(x.len() % QK8_0, 0);
+    out.clear();
+    out.extend(x.chunks_exact(QK8_0).map(|c| {
+        let mut b = BlockQ8A { d: 0.0, qs: [0; QK8_0] };
+        b.d = quantize_i8_block(c, &mut b.qs);
+        b
+    }));
+}
+
+/// Quantizes activations `x` (a multiple of 256 long) into Q8_K blocks with
+/// per-16 sums, for dot products with K-quant weights.
+pub fn quantize_act_q8k(x: &[f32], out: &mut Vec<BlockQ8K>) {
+    debug_assert_eq!(x.len() % QK_K, 0);
+    out.clear();
+    out.extend(x.chunks_exact(QK_K).map(|c| {
+        let mut b = BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        };
+        b.d = quantize_i8_block(c, &mut b.qs);
+        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+        }
+        b
+    }));
+}
+
+/// Dequantizes activation blocks (for tests: the int8 activations as f32).
+pub fn dequantize_act_q8(blocks: &[BlockQ8A]) -> Vec<f32> {
+    blocks
+        .iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+        .collect()
+}
+
+/// Dequantizes Q8_K activation blocks (for tests).
+pub fn dequantize_act_q8k(blocks: &[BlockQ8K]) -> Vec<f32> {
+    blocks
+        .iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+        .collect()
+}
+
+/// Quantizes a row of `ty` into its file bytes. Float types are converted;
+/// `x.len()` must be a multiple of the type's block size.
+pub fn quantize_row_bytes(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>, String> {
+    quantize_row_bytes_with(ty, x, Search::Ggml)
+}
+
+/// As [`quantize_row_bytes`], with a choice of K-quant scale search.
+pub fn quantize_row_bytes_with(ty: GgmlType, x: &[f32], search: Search) -> Result<Vec<u8>, String> {
+    if !x.len().is_multiple_of(ty.block_size()) {
+        return Err(format!(
+            "row of {} is not a multiple of the {} block size {}",
+            x.len(),
+            ty.name(),
+            ty.block_size()
+        ));
+    }
+    Ok(match ty {
+        GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => x
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => x
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
+            .collect(),
+        GgmlType::Q8_0 => blocks_to_le_bytes(&quantize_row_q8_0(x)),
+        GgmlType::Q4_0 => blocks_to_le_bytes(&quantize_row_q4_0(x)),
+        GgmlType::Q4K => blocks_to_le_bytes(&quantize_row_q4_k_with(x, search)),
+        GgmlType::Q5K => blocks_to_le_bytes(&quantize_row_q5_k_with(x, search)),
+        GgmlType::Q6K => blocks_to_le_bytes(&quantize_row_q6_k_with(x, search)),
+        other => return Err(format!("cannot quantize to {}", other.name())),
+    })
+}
+
+#[cfg(test)]
+mod tests;

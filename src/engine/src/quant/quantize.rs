@@ -1,0 +1,363 @@
+//! Scalar weight quantizers, following ggml's reference quantizers
+//! (`quantize_row_*_ref`, no importance matrix):
+//! - Q8_0: `d = max|x| / 127`, `q = round(x / d)`.
+//! - Q4_0: `d = max / -8` (the signed value of largest magnitude), `q = min(15, trunc(x / d + 8.5))`.
+//! - Q4_K / Q5_K: per sub-block of 32, an affine fit `x ≈ scale * q - min` by
+//!   a weighted least-squares search over candidate scales (ggml's
+//!   `make_qkx2_quants`), then the 8 scales and mins quantized to 6 bits
+//!   against the super-block maxima, then the quants recomputed with the
+//!   rounded scales.
+//! - Q6_K: per sub-block of 16, a symmetric fit with a weighted search over
+//!   19 candidate scales (`make_qx_quants`, weights `x²`), then the 16 scales
+//!   quantized to int8 against the largest.
+
+use super::{pack_scale_min_k4, scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
+use half::f16;
+
+/// How hard the K-quant quantizers search for sub-block scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Search {
+    /// ggml's reference search (`make_qkx2_quants` with 20/15 candidate
+    /// scales, `make_qx_quants` with 19): what tests and real conversions use.
+    Ggml,
+    /// The first candidate only (the min/max grid): about 10x faster and a
+    /// little less accurate; for synthetic benchmark weights, whose values
+    /// do not matter.
+    Fast,
+}
+
+/// Below this a group counts as all zero (ggml's `GROUP_MAX_EPS`).
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Round to nearest, ties to even (ggml's `nearest_int` for the values that occur here).
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
+
+pub fn quantize_row_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
+    assert_eq!(x.len() % QK8_0, 0, "row length must be a multiple of 32");
+    x.chunks_exact(QK8_0)
+        .map(|c| {
+            let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            BlockQ8_0 {
+                d: f16::from_f32(d),
+                qs: std::array::from_fn(|i| (c[i] * id).round() as i8),
+            }
+        })
+        .collect()
+}
+
+pub fn quantize_row_q4_0(x: &[f32]) -> Vec<BlockQ4_0> {
+    assert_eq!(x.len() % QK8_0, 0, "row length must be a multiple of 32");
+    x.chunks_exact(QK8_0)
+        .map(|c| {
+            // The value of largest magnitude, with its sign: it maps to q = 0 (-8 · d).
+            let mut amax = 0.0f32;
+            let mut max = 0.0f32;
+            for &v in c {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
+            BlockQ4_0 {
+                d: f16::from_f32(d),
+                qs: std::array::from_fn(|j| q(c[j]) | (q(c[j + 16]) << 4)),
+            }
+        })
+        .collect()
+}
+
+/// Fits `x ≈ scale * L - min` with `L` in `0..=nmax`, minimizing the
+/// `weights`-weighted squared error: starts from the min/max grid, then tries
+/// `nstep + 1` scales `(nmax + rmin + rdelta * i) / (max - min)` and for each
+/// solves the 2×2 least-squares problem for scale and min given the rounded
+/// `L`. Returns `(scale, min)` (min ≥ 0, subtracted) and fills `l`.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum_w: f32 = weights.iter().sum();
+    let sum_x: f32 = weights.iter().zip(x).map(|(w, v)| w * v).sum();
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l.fill(0);
+        return (0.0, -min);
+    }
+    let quant = |iscale: f32, min: f32, v: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..n {
+        l[i] = quant(iscale, min, x[i]);
+        let diff = scale * l[i] as f32 + min - x[i];
+        best_error += weights[i] * diff * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    let mut laux = [0u8; QK8_0];
+    let laux = &mut laux[..n];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            let li = quant(iscale, min, x[i]);
+            laux[i] = li;
+            let (w, lf) = (weights[i], li as f32);
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let err: f32 = (0..n)
+                .map(|i| {
+                    let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                    weights[i] * diff * diff
+                })
+                .sum();
+            if err < best_error {
+                l.copy_from_slice(laux);
+                best_error = err;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Fits `x ≈ scale * L` with `L` in `-nmax..nmax` (stored as `L + nmax`),
+/// weights `x²`, trying 19 scales around `nmax / max` and keeping the best
+/// least-squares one. Returns the scale (negative when the largest-magnitude
+/// value is positive, as in ggml).
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], search: Search) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let quant = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for &v in x {
+            let li = quant(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * li;
+            suml2 += w * li * li;
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -(nmax as f32) / max;
+    if search == Search::Fast {
+        for (li, &v) in l.iter_mut().zip(x) {
+            *li = (quant(iscale, v) + nmax) as i8;
+        }
+        return 1.0 / iscale;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    let mut best_iscale = iscale;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+            best_iscale = iscale;
+        }
+    }
+    for (li, &v) in l.iter_mut().zip(x) {
+        *li = (quant(best_iscale, v) + nmax) as i8;
+    }
+    scale
+}
+
+/// Shared by Q4_K and Q5_K: the sub-block fits, the 6-bit scales and mins,
+/// and the final quants `L` (0..=nmax) per element.
+fn quantize_superblock_kx(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    search: Search,
+) -> (f16, f16, [u8; 12], [u8; QK_K]) {
+    let mut l = [0u8; QK_K];
+    let mut scales = [0.0f32; 8];
+    let mut mins = [0.0f32; 8];
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let av_x = (xs.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
+        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+        let nstep = if search == Search::Fast { 0 } else { nstep };
+        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], rmin, rdelta, nstep);
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let max_scale = scales.iter().copied().fold(0.0f32, f32::max);
+    let max_min = mins.iter().copied().fold(0.0f32, f32::max);
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let ls: [u8; 8] = std::array::from_fn(|j| nearest_int(inv_scale * scales[j]).clamp(0, 63) as u8);
+    let lm: [u8; 8] = std::array::from_fn(|j| nearest_int(inv_min * mins[j]).clamp(0, 63) as u8);
+    let packed = pack_scale_min_k4(&ls, &lm);
+    let d = f16::from_f32(max_scale / 63.0);
+    let dmin = f16::from_f32(max_min / 63.0);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &packed);
+        let dj = d.to_f32() * sc as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * m as f32;
+        for i in 32 * j..32 * j + 32 {
+            l[i] = nearest_int((x[i] + dm) / dj).clamp(0, nmax) as u8;
+        }
+    }
+    (d, dmin, packed, l)
+}
+
+pub fn quantize_row_q4_k(x: &[f32]) -> Vec<BlockQ4K> {
+    quantize_row_q4_k_with(x, Search::Ggml)
+}
+
+/// As [`quantize_row_q4_k`], with a choice of scale search.
+pub fn quantize_row_q4_k_with(x: &[f32], search: Search) -> Vec<BlockQ4K> {
+    assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
+    x.chunks_exact(QK_K)
+        .map(|c| {
+            let (d, dmin, scales, l) = quantize_superblock_kx(c, 15, -1.0, 0.1, 20, search);
+            let mut qs = [0u8; QK_K / 2];
+            for ch in 0..4 {
+                for i in 0..32 {
+                    qs[32 * ch + i] = l[64 * ch + i] | (l[64 * ch + 32 + i] << 4);
+                }
+            }
+            BlockQ4K { d, dmin, scales, qs }
+        })
+        .collect()
+}
+
+pub fn quantize_row_q5_k(x: &[f32]) -> Vec<BlockQ5K> {
+    quantize_row_q5_k_with(x, Search::Ggml)
+}
+
+/// As [`quantize_row_q5_k`], with a choice of scale search.
+pub fn quantize_row_q5_k_with(x: &[f32], search: Search) -> Vec<BlockQ5K> {
+    assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
+    x.chunks_exact(QK_K)
+        .map(|c| {
+            let (d, dmin, scales, l) = quantize_superblock_kx(c, 31, -0.5, 0.1, 15, search);
+            let mut qs = [0u8; QK_K / 2];
+            let mut qh = [0u8; QK_K / 8];
+            for ch in 0..4 {
+                for i in 0..32 {
+                    let (l1, l2) = (l[64 * ch + i], l[64 * ch + 32 + i]);
+                    qs[32 * ch + i] = (l1 & 0xF) | ((l2 & 0xF) << 4);
+                    qh[i] |= ((l1 >> 4) << (2 * ch)) | ((l2 >> 4) << (2 * ch + 1));
+                }
+            }
+            BlockQ5K {
+                d,
+                dmin,
+                scales,
+                qh,
+                qs,
+            }
+        })
+        .collect()
+}
+
+pub fn quantize_row_q6_k(x: &[f32]) -> Vec<BlockQ6K> {
+    quantize_row_q6_k_with(x, Search::Ggml)
+}
+
+/// As [`quantize_row_q6_k`], with a choice of scale search.
+pub fn quantize_row_q6_k_with(x: &[f32], search: Search) -> Vec<BlockQ6K> {
+    assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
+    x.chunks_exact(QK_K)
+        .map(|c| {
+            let mut l = [0i8; QK_K];
+            let mut scales = [0.0f32; 16];
+            let mut max_scale = 0.0f32;
+            let mut max_abs_scale = 0.0f32;
+            for (j, s) in scales.iter_mut().enumerate() {
+                *s = make_qx_quants(32, &c[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16], search);
+                if s.abs() > max_abs_scale {
+                    max_abs_scale = s.abs();
+                    max_scale = *s;
+                }
+            }
+            let mut b = BlockQ6K {
+                ql: [0; QK_K / 2],
+                qh: [0; QK_K / 4],
+                scales: [0; 16],
+                d: f16::from_f32(0.0),
+            };
+            if max_abs_scale < GROUP_MAX_EPS {
+                return b;
+            }
+            let iscale = -128.0 / max_scale;
+            b.d = f16::from_f32(1.0 / iscale);
+            for (q, s) in b.scales.iter_mut().zip(&scales) {
+                *q = nearest_int(iscale * s).min(127) as i8;
+            }
+            for j in 0..16 {
+                let d = b.d.to_f32() * b.scales[j] as f32;
+                if d == 0.0 {
+                    continue;
+                }
+                for i in 16 * j..16 * j + 16 {
+                    l[i] = (nearest_int(c[i] / d).clamp(-32, 31) + 32) as i8;
+                }
+            }
+            // Pack: see `q6k_quant` for the bit positions.
+            for half in 0..2 {
+                let lh = &l[128 * half..128 * half + 128];
+                for i in 0..32 {
+                    let q = |k: usize| lh[i + 32 * k] as u8;
+                    b.ql[64 * half + i] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+                    b.ql[64 * half + 32 + i] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+                    b.qh[32 * half + i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+                }
+            }
+            b
+        })
+        .collect()
+}
