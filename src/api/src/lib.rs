@@ -80,9 +80,20 @@ impl Default for Limits {
     }
 }
 
+/// One turn of a conversation (`system`, `user`, `assistant`, …).
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, Default)]
 pub struct JobRequest {
+    /// Plain text continued as is (ignored when `messages` is given).
     pub prompt: String,
+    /// A conversation: rendered with the model's own chat template, the
+    /// assistant's turn generated, stopping at the template's end of turn.
+    pub messages: Option<Vec<ChatMessage>>,
     pub max_tokens: u32,
     /// 0 = greedy. Default 0.8.
     pub temperature: Option<f32>,

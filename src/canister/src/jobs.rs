@@ -14,6 +14,7 @@ use crate::state::{self, CachedJob};
 use candid::Principal;
 use ic_stable_structures::{Memory as _, StableBTreeMap};
 use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobSummary, JobView, StepProgress};
+use icllm_engine::chat::{encode_chat, Message};
 use icllm_engine::job::{step, FinishReason, Job, JobState, KvCache, Phase, StepOutcome};
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
@@ -127,7 +128,18 @@ pub fn create(
         .validate()
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     let tok = &loaded.tokenizer;
-    let prompt = tok.encode(&req.prompt, tok.add_bos_default());
+    let (prompt, stop_tokens) = match &req.messages {
+        None => (tok.encode(&req.prompt, tok.add_bos_default()), None),
+        Some(messages) => {
+            let template = loaded.chat_template.as_ref().ok_or_else(|| {
+                ApiError::InvalidArgument("the model has no chat template: send `prompt` instead of `messages`".into())
+            })?;
+            let messages: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
+            let (ids, stops) = encode_chat(tok, template, &messages)
+                .map_err(|e| ApiError::InvalidArgument(format!("the chat template failed on these messages: {e}")))?;
+            (ids, Some(stops))
+        }
+    };
     if prompt.is_empty() {
         return Err(ApiError::InvalidArgument(
             "the prompt encodes to no tokens and the model adds no BOS".into(),
@@ -140,8 +152,11 @@ pub fn create(
         )));
     }
     let context_token = prompt.last().copied();
-    let job = Job::new(&loaded.model, prompt, params, req.max_tokens, ctx_size)
+    let mut job = Job::new(&loaded.model, prompt, params, req.max_tokens, ctx_size)
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    if let Some(stops) = stop_tokens {
+        job.set_stop_tokens(stops);
+    }
     let id = settings::mutate(|s| {
         let id = s.next_job_id;
         s.next_job_id += 1;

@@ -11,6 +11,7 @@ use crate::memory;
 use crate::settings::ModelSlot;
 use ic_stable_structures::Memory as _;
 use icllm_api::ModelInfo;
+use icllm_engine::chat::ChatTemplate;
 use icllm_engine::format::gguf::{Gguf, GgufError};
 use icllm_engine::model::{Model, ModelLoader};
 use icllm_engine::tokenizer::Tokenizer;
@@ -39,6 +40,8 @@ const FINISH_COST: u64 = 2_000_000;
 pub struct LoadedModel {
     pub model: Model,
     pub tokenizer: Tokenizer,
+    /// The model's own chat template (GGUF `tokenizer.chat_template`), if any.
+    pub chat_template: Option<ChatTemplate>,
     pub slot: ModelSlot,
     pub info: ModelInfo,
 }
@@ -234,10 +237,15 @@ impl Pipeline {
             Ok(m) => m,
             Err(e) => return Progress::Failed(format!("model: {e}")),
         };
+        let chat_template = match ChatTemplate::from_gguf(&gguf) {
+            Ok(t) => t,
+            Err(e) => return Progress::Failed(format!("chat template: {e}")),
+        };
         let info = describe(&gguf, &model, &tokenizer, &self.slot, weight_bytes);
         Progress::Ready(Box::new(LoadedModel {
             model,
             tokenizer,
+            chat_template,
             slot: self.slot.clone(),
             info,
         }))

@@ -8,8 +8,8 @@ mod logits;
 mod model_files;
 mod run;
 mod sim;
-mod tokenize;
 mod synth;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 

@@ -124,22 +124,12 @@ pub fn encode_prompt(tok: &Tokenizer, text: &str) -> Vec<u32> {
     )
 }
 
-/// The ids of `user_text` as one user turn in the model's chat template,
-/// ending with the assistant header; and the tokens that end the reply.
+/// One user turn through the model's chat template: prompt ids and the ids
+/// that end the model's turn.
 pub fn encode_chat(tok: &Tokenizer, template: &ChatTemplate, user_text: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
-    let text = template.render(&[icllm_engine::chat::Message::user(user_text)], true)?;
-    // Templates that write BOS themselves must not get a second one.
-    let writes_bos = !template.bos_token().is_empty() && text.starts_with(template.bos_token());
-    let ids = tok.encode_with(
-        &text,
-        EncodeOptions {
-            add_bos: tok.add_bos_default() && !writes_bos,
-            parse_special: true,
-        },
-    );
-    let mut stops = template.stop_token_ids(|t| tok.token_id(t));
-    if let Some(id) = tok.eos_id().filter(|id| !stops.contains(id)) {
-        stops.push(id);
-    }
-    Ok((ids, stops))
+    Ok(icllm_engine::chat::encode_chat(
+        tok,
+        template,
+        &[icllm_engine::chat::Message::user(user_text)],
+    )?)
 }

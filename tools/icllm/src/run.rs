@@ -7,7 +7,7 @@
 use anyhow::{anyhow, Result};
 use clap::Args;
 use icllm::local_canister::{build_or_read_wasm, controller, sha256, LocalCanister};
-use icllm_api::{InitArgs, JobRequest, JobStatus};
+use icllm_api::{ChatMessage, InitArgs, JobRequest, JobStatus};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// RNG seed; drawn from the canister's raw_rand when absent.
     #[arg(long)]
     seed: Option<u64>,
+    /// Send --prompt as a user message through the model's chat template
+    /// (rendered by the canister) and stop at the end of the assistant's turn.
+    #[arg(long)]
+    chat: bool,
     /// Context size of the job (default: the model's trained context).
     #[arg(long)]
     ctx_size: Option<u32>,
@@ -56,8 +60,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut canister = LocalCanister::install(wasm, init, args.instruction_limit)?;
     canister.upload_model(&model, sha256(&model))?;
 
+    let prompt = args.prompt.unwrap_or_default();
+    let messages = args.chat.then(|| {
+        vec![ChatMessage {
+            role: "user".into(),
+            content: prompt.clone(),
+        }]
+    });
     let req = JobRequest {
-        prompt: args.prompt.unwrap_or_default(),
+        prompt,
+        messages,
         max_tokens: args.n,
         temperature: Some(args.temperature),
         top_k: args.top_k,

@@ -61,3 +61,54 @@ fn run_under_a_small_instruction_limit_gives_the_same_text_in_more_messages() {
     assert!(stat(&stderr, "messages") >= 5, "{stderr}");
     assert!(stat(&stderr, "max_message_instructions") <= limit, "{stderr}");
 }
+
+/// `--chat`: the canister renders the model's own template. stories260K with a
+/// template that wraps the user's text as "<text> stories" turns the chat
+/// prompt "Joe loves writing" into the golden prompt.
+#[test]
+fn run_chat_renders_the_models_template_in_the_canister() {
+    use icllm_engine::format::gguf::{writer, Gguf, Value};
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/stories260Ktok512.gguf"
+    ))
+    .unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut meta: Vec<(String, Value)> = g.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    meta.push((
+        "tokenizer.chat_template".into(),
+        Value::String("{% for m in messages %}{{ m.content }} stories{% endfor %}".into()),
+    ));
+    let tensors: Vec<writer::TensorData> = g
+        .tensors
+        .iter()
+        .map(|t| writer::TensorData {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            bytes: bytes[t.byte_range()].to_vec(),
+        })
+        .collect();
+    let path = std::env::temp_dir().join(format!("icllm-run-chat-{}.gguf", std::process::id()));
+    std::fs::write(&path, writer::write(&meta, &tensors)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_icllm"))
+        .args([
+            "run",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt",
+            "Joe loves writing",
+            "--chat",
+            "-n",
+            "10",
+        ])
+        .args(["--temperature", "0"])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        ". He liked to play with his toy\n"
+    );
+}
