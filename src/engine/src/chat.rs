@@ -257,6 +257,31 @@ fn describe(e: &minijinja::Error) -> String {
     text
 }
 
+/// A conversation rendered with `template` (generation prompt added) and
+/// tokenized with special tokens recognized: the prompt ids, and the ids that
+/// end the model's turn (the template's stop tokens and EOS).
+pub fn encode_chat(
+    tok: &crate::tokenizer::Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+) -> Result<(Vec<u32>, Vec<u32>), ChatError> {
+    let text = template.render(messages, true)?;
+    // Templates that write BOS themselves must not get a second one.
+    let writes_bos = !template.bos_token().is_empty() && text.starts_with(template.bos_token());
+    let ids = tok.encode_with(
+        &text,
+        crate::tokenizer::EncodeOptions {
+            add_bos: tok.add_bos_default() && !writes_bos,
+            parse_special: true,
+        },
+    );
+    let mut stops = template.stop_token_ids(|t| tok.token_id(t));
+    if let Some(id) = tok.eos_id().filter(|id| !stops.contains(id)) {
+        stops.push(id);
+    }
+    Ok((ids, stops))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,29 +330,4 @@ mod tests {
         assert_eq!(t.stop_strings(), vec!["</s>".to_string()]);
         assert!(ChatTemplate::from_tokenizer_config("{}", None).unwrap().is_none());
     }
-}
-
-/// A conversation rendered with `template` (generation prompt added) and
-/// tokenized with special tokens recognized: the prompt ids, and the ids that
-/// end the model's turn (the template's stop tokens and EOS).
-pub fn encode_chat(
-    tok: &crate::tokenizer::Tokenizer,
-    template: &ChatTemplate,
-    messages: &[Message],
-) -> Result<(Vec<u32>, Vec<u32>), ChatError> {
-    let text = template.render(messages, true)?;
-    // Templates that write BOS themselves must not get a second one.
-    let writes_bos = !template.bos_token().is_empty() && text.starts_with(template.bos_token());
-    let ids = tok.encode_with(
-        &text,
-        crate::tokenizer::EncodeOptions {
-            add_bos: tok.add_bos_default() && !writes_bos,
-            parse_special: true,
-        },
-    );
-    let mut stops = template.stop_token_ids(|t| tok.token_id(t));
-    if let Some(id) = tok.eos_id().filter(|id| !stops.contains(id)) {
-        stops.push(id);
-    }
-    Ok((ids, stops))
 }
