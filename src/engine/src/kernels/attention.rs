@@ -1,6 +1,6 @@
 //! Attention of one query position over the KV cache.
 
-use super::{dot_f32, softmax};
+use super::{dot_f32, simd, softmax, SIMD};
 
 /// Head layout of an attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub fn attention(
         // Scores of this head against every cached key.
         for (t, s) in scores.iter_mut().enumerate() {
             let k = &k_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];
-            *s = dot_f32(q_h, k) * scale;
+            *s = if SIMD { simd::dot_f32(q_h, k) } else { dot_f32(q_h, k) } * scale;
         }
         softmax(scores);
         // Weighted sum of the values, position by position.
@@ -49,8 +49,12 @@ pub fn attention(
         out_h.fill(0.0);
         for (t, &a) in scores.iter().enumerate() {
             let v = &v_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];
-            for (o, x) in out_h.iter_mut().zip(v) {
-                *o += a * x;
+            if SIMD {
+                simd::axpy(out_h, a, v);
+            } else {
+                for (o, x) in out_h.iter_mut().zip(v) {
+                    *o += a * x;
+                }
             }
         }
     }
