@@ -38,23 +38,25 @@ pub fn attention(
     for h in 0..n_heads {
         let q_h = &q[h * head_dim..(h + 1) * head_dim];
         let kv_off = (h / group) * head_dim;
+        let out_h = &mut out[h * head_dim..(h + 1) * head_dim];
+        if SIMD {
+            simd::attention_scores(scores, q_h, k_cache, kv_dim, kv_off, scale);
+            softmax(scores);
+            simd::attention_values(out_h, scores, v_cache, kv_dim, kv_off);
+            continue;
+        }
         // Scores of this head against every cached key.
         for (t, s) in scores.iter_mut().enumerate() {
             let k = &k_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];
-            *s = if SIMD { simd::dot_f32(q_h, k) } else { dot_f32(q_h, k) } * scale;
+            *s = dot_f32(q_h, k) * scale;
         }
         softmax(scores);
         // Weighted sum of the values, position by position.
-        let out_h = &mut out[h * head_dim..(h + 1) * head_dim];
         out_h.fill(0.0);
         for (t, &a) in scores.iter().enumerate() {
             let v = &v_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];
-            if SIMD {
-                simd::axpy(out_h, a, v);
-            } else {
-                for (o, x) in out_h.iter_mut().zip(v) {
-                    *o += a * x;
-                }
+            for (o, x) in out_h.iter_mut().zip(v) {
+                *o += a * x;
             }
         }
     }

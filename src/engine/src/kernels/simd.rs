@@ -311,6 +311,86 @@ pub fn dot4_f16(rows: [&[half::f16]; 4], x: &[f32]) -> [f32; 4] {
     out
 }
 
+/// Scores of one query head against `n_pos` cached keys:
+/// `scores[t] = dot(q_h, k_cache[t * stride + off..][..head_dim]) * scale`,
+/// each dot bit for bit [`super::dot_f32`]; `q_h` is loaded once for all
+/// positions when `head_dim` is 8 or 4 (the common small heads) and the loop
+/// has no bounds checks.
+pub fn attention_scores(scores: &mut [f32], q_h: &[f32], k_cache: &[f32], stride: usize, off: usize, scale: f32) {
+    let hd = q_h.len();
+    let n_pos = scores.len();
+    if n_pos == 0 {
+        return;
+    }
+    assert!(off + hd <= stride && (n_pos - 1) * stride + off + hd <= k_cache.len());
+    let pk = k_cache.as_ptr();
+    let ps = scores.as_mut_ptr();
+    match hd {
+        // SAFETY (both arms): row t spans t * stride + off .. + hd, checked above.
+        8 => unsafe {
+            let (q0, q1) = (F32x4::load(q_h.as_ptr()), F32x4::load(q_h.as_ptr().add(4)));
+            for t in 0..n_pos {
+                let k = pk.add(t * stride + off);
+                let acc = F32x4::zero()
+                    .add(q0.mul(F32x4::load(k)))
+                    .add(q1.mul(F32x4::load(k.add(4))));
+                *ps.add(t) = reduce(acc) * scale;
+            }
+        },
+        4 => unsafe {
+            let q0 = F32x4::load(q_h.as_ptr());
+            for t in 0..n_pos {
+                let acc = F32x4::zero().add(q0.mul(F32x4::load(pk.add(t * stride + off))));
+                *ps.add(t) = reduce(acc) * scale;
+            }
+        },
+        _ => {
+            for (t, s) in scores.iter_mut().enumerate() {
+                *s = dot_f32(q_h, &k_cache[t * stride + off..t * stride + off + hd]) * scale;
+            }
+        }
+    }
+}
+
+/// `out_h = Σ_t scores[t] * v_cache[t * stride + off..][..head_dim]`, summed
+/// in position order from zero, each element exactly as the scalar loop.
+pub fn attention_values(out_h: &mut [f32], scores: &[f32], v_cache: &[f32], stride: usize, off: usize) {
+    let hd = out_h.len();
+    let n_pos = scores.len();
+    out_h.fill(0.0);
+    if n_pos == 0 {
+        return;
+    }
+    assert!(off + hd <= stride && (n_pos - 1) * stride + off + hd <= v_cache.len());
+    let pv = v_cache.as_ptr();
+    match hd {
+        // SAFETY (both arms): row t spans t * stride + off .. + hd, checked above.
+        8 => unsafe {
+            let (mut o0, mut o1) = (F32x4::zero(), F32x4::zero());
+            for (t, &a) in scores.iter().enumerate() {
+                let v = pv.add(t * stride + off);
+                let av = F32x4::splat(a);
+                o0 = o0.add(av.mul(F32x4::load(v)));
+                o1 = o1.add(av.mul(F32x4::load(v.add(4))));
+            }
+            o0.store(out_h.as_mut_ptr());
+            o1.store(out_h.as_mut_ptr().add(4));
+        },
+        4 => unsafe {
+            let mut o0 = F32x4::zero();
+            for (t, &a) in scores.iter().enumerate() {
+                o0 = o0.add(F32x4::splat(a).mul(F32x4::load(pv.add(t * stride + off))));
+            }
+            o0.store(out_h.as_mut_ptr());
+        },
+        _ => {
+            for (t, &a) in scores.iter().enumerate() {
+                axpy(out_h, a, &v_cache[t * stride + off..t * stride + off + hd]);
+            }
+        }
+    }
+}
+
 /// `out += a * v`, elementwise (attention's weighted sum of values);
 /// each element is computed as the scalar `o += a * x`.
 #[inline]
@@ -459,6 +539,31 @@ mod tests {
                 assert_eq!(dot_f16(&rows[r], &x).to_bits(), want, "n = {n}");
                 assert_eq!(four[r].to_bits(), want, "n = {n}");
             }
+        }
+    }
+
+    #[test]
+    fn attention_kernels_match_scalar() {
+        for hd in [4, 8, 12, 6] {
+            let (n_pos, stride, off) = (13, 3 * hd, hd);
+            let k = pseudo(n_pos * stride, 21);
+            let v = pseudo(n_pos * stride, 22);
+            let q = pseudo(hd, 23);
+            let mut s = vec![0.0; n_pos];
+            attention_scores(&mut s, &q, &k, stride, off, 0.3);
+            for t in 0..n_pos {
+                let want = super::super::dot_f32(&q, &k[t * stride + off..t * stride + off + hd]) * 0.3;
+                assert_eq!(s[t].to_bits(), want.to_bits(), "hd {hd} t {t}");
+            }
+            let mut out = vec![1.0; hd];
+            attention_values(&mut out, &s, &v, stride, off);
+            let mut want = vec![0.0f32; hd];
+            for (t, &a) in s.iter().enumerate() {
+                for (o, x) in want.iter_mut().zip(&v[t * stride + off..t * stride + off + hd]) {
+                    *o += a * x;
+                }
+            }
+            assert_eq!(out, want, "hd {hd}");
         }
     }
 
