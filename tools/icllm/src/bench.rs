@@ -14,6 +14,8 @@ use clap::Args;
 use icllm::local_canister::{controller, find_or_build_wasm, sha256, LocalCanister};
 use icllm_api::{ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView};
 use icllm_engine::model::{forward, Model};
+use icllm_engine::synth::{self, QuantMix, SynthOptions};
+use icllm_engine::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 /// The IC's instruction limit per update/timer message.
@@ -24,8 +26,18 @@ const MIN_RESERVE: u64 = 1_500_000;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// GGUF model file.
+    #[arg(long, required_unless_present = "shape", conflicts_with = "shape")]
+    model: Option<PathBuf>,
+    /// Synthetic random weights with a published shape instead of a file
+    /// (stories15M, stories110M, smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, ...).
     #[arg(long)]
-    model: PathBuf,
+    shape: Option<String>,
+    /// Tensor types of `--shape`: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m.
+    #[arg(long, default_value = "q8_0")]
+    quant: String,
+    /// Only the first N layers of `--shape` (quick runs; per-token numbers shrink accordingly).
+    #[arg(long)]
+    layers: Option<usize>,
     /// Context size of the job (default: prompt + generated tokens).
     #[arg(long)]
     ctx: Option<u32>,
@@ -98,11 +110,35 @@ fn set_limit(c: &mut LocalCanister, limit: u64) -> Result<()> {
     r.map_err(|e| anyhow!("set_message_instruction_limit: {e:?}"))
 }
 
+/// The model's name and GGUF bytes: the file, or synthetic weights for `--shape`.
+fn model_bytes(args: &BenchArgs) -> Result<(String, Vec<u8>)> {
+    if let Some(path) = &args.model {
+        let bytes = std::fs::read(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        return Ok((path.display().to_string(), bytes));
+    }
+    let name = args.shape.as_deref().unwrap_or_default();
+    let Some(shape) = synth::shape(name) else {
+        let names: Vec<&str> = synth::SHAPES.iter().map(|s| s.name).collect();
+        bail!("unknown shape {name:?} (known: {})", names.join(", "));
+    };
+    let Some(quant) = QuantMix::parse(&args.quant) else {
+        bail!("unknown quant type {:?} (known: {})", args.quant, QuantMix::NAMES);
+    };
+    let mut opts = SynthOptions::new(quant);
+    opts.layers = args.layers;
+    opts.search = icllm_engine::quant::Search::Fast;
+    opts.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut bytes = Vec::new();
+    synth::write_gguf(shape, &opts, &mut bytes).map_err(|e| anyhow!("synthesizing {name}: {e}"))?;
+    Ok((format!("{name} {} (synthetic)", args.quant), bytes))
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let wasm = find_or_build_wasm(args.wasm.as_deref())?;
-    let bytes = std::fs::read(&args.model).map_err(|e| anyhow!("reading {}: {e}", args.model.display()))?;
-    let loaded = crate::model_files::load(&args.model)?;
-    let model = &loaded.model;
+    let (name, bytes) = model_bytes(&args)?;
+    let (model, gguf) = Model::from_gguf_bytes(&bytes).map_err(|e| anyhow!("cannot load {name}: {e}"))?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).ok();
+    let model = &model;
     let cfg = &model.config;
     let (mut n_prompt, n_gen) = (args.prompt_tokens.max(1), args.gen_tokens.max(1));
     let trained = cfg.context_length as u32;
@@ -117,7 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         n_prompt = ctx - n_gen - 1;
     }
-    let text_ids = loaded.tokenizer.as_ref().ok().map(|t| {
+    let text_ids = tokenizer.as_ref().map(|t| {
         crate::model_files::encode_prompt(
             t,
             "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun with her dog.",
@@ -186,7 +222,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let prefill_tokens_per_message = (limit - ovh) / per_prompt_token.max(1.0);
 
     let report = serde_json::json!({
-        "model": args.model.display().to_string(),
+        "model": name,
         "architecture": format!("{:?}", cfg.arch),
         "dim": cfg.dim,
         "n_layers": cfg.n_layers,

@@ -222,7 +222,24 @@ pub fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
     let p = rows.map(|r| r.as_ptr());
     let px = x.as_ptr();
     let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
+    let n16 = n / 16 * 16;
     let mut i = 0;
+    // 16 columns per pass: one address per row, four loads at constant
+    // offsets (each lane still accumulates its elements in order).
+    while i < n16 {
+        // SAFETY: i + 16 <= n16 <= n = every row's length.
+        unsafe {
+            let (x, r0, r1, r2, r3) = (px.add(i), p[0].add(i), p[1].add(i), p[2].add(i), p[3].add(i));
+            for j in [0, 4, 8, 12] {
+                let xv = F32x4::load(x.add(j));
+                a0 = a0.add(F32x4::load(r0.add(j)).mul(xv));
+                a1 = a1.add(F32x4::load(r1.add(j)).mul(xv));
+                a2 = a2.add(F32x4::load(r2.add(j)).mul(xv));
+                a3 = a3.add(F32x4::load(r3.add(j)).mul(xv));
+            }
+        }
+        i += 16;
+    }
     while i < n4 {
         // SAFETY: i + 4 <= n4 <= n = every row's length.
         unsafe {
