@@ -187,7 +187,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let overhead = if args.no_overhead {
         None
     } else {
-        let small = MIN_RESERVE + (3.0 * per_token) as u64 + 200_000;
+        // The canister accepts no limit under 10 M.
+        let small = (MIN_RESERVE + (3.0 * per_token) as u64 + 200_000).max(10_000_000);
         set_limit(&mut c, small)?;
         let many = run_job(&mut c, req)?;
         set_limit(&mut c, args.instruction_limit)?;
