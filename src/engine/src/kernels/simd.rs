@@ -24,6 +24,8 @@ mod imp {
     #[derive(Clone, Copy)]
     pub struct F32x4(v128);
 
+    // Named like the wasm intrinsics; operator traits would hide the cost.
+    #[allow(clippy::should_implement_trait)]
     impl F32x4 {
         #[inline(always)]
         pub fn zero() -> Self {
@@ -111,6 +113,8 @@ mod imp {
     #[derive(Clone, Copy)]
     pub struct F32x4([f32; 4]);
 
+    // Named like the wasm intrinsics; operator traits would hide the cost.
+    #[allow(clippy::should_implement_trait)]
     impl F32x4 {
         #[inline(always)]
         pub fn zero() -> Self {
