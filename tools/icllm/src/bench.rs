@@ -84,7 +84,19 @@ fn run_job(c: &mut LocalCanister, req: JobRequest) -> Result<RunTotals> {
     let id = c
         .start_job(controller(), req)?
         .map_err(|e| anyhow!("start_job: {e:?}"))?;
-    let view = c.run_job(controller(), id, |_| {})?;
+    let view = match c.run_job(controller(), id, |_| {}) {
+        Ok(v) => v,
+        Err(e) => {
+            // What the runtime saw last, to tell a canister bug from a runtime one.
+            for r in c.rt.reports().iter().rev().take(4) {
+                eprintln!(
+                    "last messages: {} {:?} instructions {} / {} committed {} dirtied stable pages {} error {:?}",
+                    r.method, r.kind, r.instructions, r.limit, r.committed, r.dirtied_stable_pages, r.error
+                );
+            }
+            return Err(e);
+        }
+    };
     if let JobStatus::Failed(reason) = &view.status {
         bail!("the job failed: {reason}");
     }
