@@ -103,6 +103,9 @@ pub struct JobRequest {
     pub seed: Option<u64>,
     /// Context size for this job (default: the model's trained context).
     pub ctx_size: Option<u32>,
+    /// Token ids to use as the prompt instead of encoding `prompt` (which
+    /// must then be empty); no BOS is added. For benchmarks and exact replays.
+    pub prompt_tokens: Option<Vec<u32>>,
 }
 
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]

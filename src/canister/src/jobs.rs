@@ -128,9 +128,23 @@ pub fn create(
         .validate()
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     let tok = &loaded.tokenizer;
-    let (prompt, stop_tokens) = match &req.messages {
-        None => (tok.encode(&req.prompt, tok.add_bos_default()), None),
-        Some(messages) => {
+    let (prompt, stop_tokens) = match (&req.prompt_tokens, &req.messages) {
+        (Some(_), _) if !req.prompt.is_empty() || req.messages.is_some() => {
+            return Err(ApiError::InvalidArgument(
+                "give one of prompt, messages and prompt_tokens".into(),
+            ))
+        }
+        (Some(ids), _) => {
+            let vocab = loaded.model.config.vocab_size;
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "prompt token {bad} is outside the vocabulary ({vocab})"
+                )));
+            }
+            (ids.clone(), None)
+        }
+        (None, None) => (tok.encode(&req.prompt, tok.add_bos_default()), None),
+        (None, Some(messages)) => {
             let template = loaded.chat_template.as_ref().ok_or_else(|| {
                 ApiError::InvalidArgument("the model has no chat template: send `prompt` instead of `messages`".into())
             })?;

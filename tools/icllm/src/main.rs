@@ -2,6 +2,7 @@
 //!
 //! Each subcommand lives in its own module; `main` only parses and dispatches.
 
+mod bench;
 mod generate;
 mod inspect;
 mod logits;
@@ -36,6 +37,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Write a GGUF with random weights and the exact shapes of a published model.
     Synth(synth::SynthArgs),
+    /// Measure IC-weighted instructions per token in the local IC runtime.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

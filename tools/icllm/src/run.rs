@@ -76,6 +76,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         ctx_size: args.ctx_size,
+        prompt_tokens: None,
     };
     let first_report = canister.rt.reports().len();
     let id = canister

@@ -1,6 +1,6 @@
 //! Attention of one query position over the KV cache.
 
-use super::{dot_f32, softmax};
+use super::{dot_f32, simd, softmax, SIMD};
 
 /// Head layout of an attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,13 @@ pub fn attention(
     for h in 0..n_heads {
         let q_h = &q[h * head_dim..(h + 1) * head_dim];
         let kv_off = (h / group) * head_dim;
+        let out_h = &mut out[h * head_dim..(h + 1) * head_dim];
+        if SIMD {
+            simd::attention_scores(scores, q_h, k_cache, kv_dim, kv_off, scale);
+            softmax(scores);
+            simd::attention_values(out_h, scores, v_cache, kv_dim, kv_off);
+            continue;
+        }
         // Scores of this head against every cached key.
         for (t, s) in scores.iter_mut().enumerate() {
             let k = &k_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];
@@ -45,7 +52,6 @@ pub fn attention(
         }
         softmax(scores);
         // Weighted sum of the values, position by position.
-        let out_h = &mut out[h * head_dim..(h + 1) * head_dim];
         out_h.fill(0.0);
         for (t, &a) in scores.iter().enumerate() {
             let v = &v_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];

@@ -21,6 +21,11 @@
 mod attention;
 pub mod quant;
 mod rope;
+pub mod simd;
+
+/// The canister build (wasm32 + simd128) runs the [`simd`] kernels; every
+/// other build runs the scalar oracles below. Both give the same bits.
+pub(crate) const SIMD: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 
 pub use attention::{attention, AttentionShape};
 pub use rope::{llama3_rope_freq_factors, rope, RopeStyle, RopeTable};
@@ -121,6 +126,8 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
     // Blocks of this row, for a block type of `n` elements.
     let blocks = |n: usize| row * cols / n..(row + 1) * cols / n;
     match (&w.data, xq) {
+        (TensorData::F32(d), _) if SIMD => simd::dot_f32(&d[span], x),
+        (TensorData::F16(d), _) if SIMD => simd::dot_f16(&d[span], x),
         (TensorData::F32(d), _) => dot_f32(&d[span], x),
         (TensorData::F16(d), _) => dot_f16(&d[span], x),
         (TensorData::BF16(d), _) => quant::dot_bf16(&d[span], x),
@@ -138,6 +145,18 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
 /// [`matvec`] or [`dot_row_prepared`] to prepare once for many rows).
 pub fn dot_row(w: &Tensor, row: usize, x: &[f32]) -> f32 {
     dot_row_prepared(w, row, x, &PreparedActs::new(w.ty, x))
+}
+
+/// Rows `row..row + 4` of `w` against `x`, each the same value as
+/// [`dot_row_prepared`]; the SIMD build loads `x` once for the four rows.
+pub fn dot_4rows_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) -> [f32; 4] {
+    let cols = w.cols;
+    let span = |i: usize| (row + i) * cols..(row + i + 1) * cols;
+    match &w.data {
+        TensorData::F32(d) if SIMD => simd::dot4_f32([0, 1, 2, 3].map(|i| &d[span(i)]), x),
+        TensorData::F16(d) if SIMD => simd::dot4_f16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
+        _ => [0, 1, 2, 3].map(|i| dot_row_prepared(w, row + i, x, xq)),
+    }
 }
 
 /// Copies row `row` of `w` (rows, cols) into `out` (cols) as f32,
@@ -175,7 +194,11 @@ pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
     debug_assert_eq!(x.len(), w.cols);
     debug_assert_eq!(out.len(), w.rows);
     let xq = PreparedActs::new(w.ty, x);
-    for (r, o) in out.iter_mut().enumerate() {
+    let rows4 = w.rows / 4 * 4;
+    for (r, o) in out[..rows4].chunks_exact_mut(4).enumerate() {
+        o.copy_from_slice(&dot_4rows_prepared(w, 4 * r, x, &xq));
+    }
+    for (r, o) in out.iter_mut().enumerate().skip(rows4) {
         *o = dot_row_prepared(w, r, x, &xq);
     }
 }
@@ -193,7 +216,14 @@ pub fn matmul(w: &Tensor, xs: &[f32], out: &mut [f32]) {
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
     let xqs: Vec<PreparedActs> = xs.chunks_exact(cols).map(|x| PreparedActs::new(w.ty, x)).collect();
-    for r in 0..rows {
+    let rows4 = rows / 4 * 4;
+    for r in (0..rows4).step_by(4) {
+        for (t, xq) in xqs.iter().enumerate() {
+            let v = dot_4rows_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
+            out[t * rows + r..t * rows + r + 4].copy_from_slice(&v);
+        }
+    }
+    for r in rows4..rows {
         for (t, xq) in xqs.iter().enumerate() {
             out[t * rows + r] = dot_row_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
         }
@@ -217,7 +247,12 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
 
 /// In-place softmax. An empty slice is left alone.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // With a NaN score every output is NaN either way, whichever max is taken.
+    let max = if SIMD && !x.is_empty() {
+        simd::max(x)
+    } else {
+        x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    };
     let mut sum = 0.0f32;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
@@ -244,6 +279,9 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 /// `x += y`, elementwise.
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     debug_assert_eq!(x.len(), y.len());
+    if SIMD {
+        return simd::add_in_place(x, y);
+    }
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }

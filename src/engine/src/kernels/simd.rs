@@ -1,0 +1,610 @@
+//! SIMD versions of the hot kernels, written against a tiny 4-lane type
+//! [`F32x4`].
+//!
+//! On `wasm32` with `simd128` enabled (the canister build), `F32x4` is a
+//! `v128` and every method is one or two wasm SIMD instructions. Elsewhere
+//! it is a plain `[f32; 4]` with the same lane semantics, so native tests run
+//! exactly the lane logic the canister runs and compare it with the scalar
+//! oracles in [`super`] bit for bit.
+//!
+//! Lane order: every dot product accumulates element `i` into lane `i % 4`
+//! with a separate multiply then add (wasm has no fused multiply-add, and
+//! neither does the scalar oracle), reduces as `(l0 + l1) + (l2 + l3)` and
+//! then adds the tail in order: exactly [`super::dot_f32`]. Several rows
+//! computed together ([`dot4_f32`]) each keep their own accumulator, so a
+//! row's value does not depend on its neighbours.
+//!
+//! No relaxed SIMD (the IC rejects it).
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod imp {
+    use core::arch::wasm32::*;
+
+    /// Four f32 lanes in one `v128`.
+    #[derive(Clone, Copy)]
+    pub struct F32x4(v128);
+
+    // Named like the wasm intrinsics; operator traits would hide the cost.
+    #[allow(clippy::should_implement_trait)]
+    impl F32x4 {
+        #[inline(always)]
+        pub fn zero() -> Self {
+            F32x4(f32x4_splat(0.0))
+        }
+        #[inline(always)]
+        pub fn splat(v: f32) -> Self {
+            F32x4(f32x4_splat(v))
+        }
+        /// Loads 4 f32 at `p`.
+        ///
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const f32) -> Self {
+            F32x4(v128_load(p as *const v128))
+        }
+        /// # Safety
+        /// `p..p + 4` must be writable.
+        #[inline(always)]
+        pub unsafe fn store(self, p: *mut f32) {
+            v128_store(p as *mut v128, self.0)
+        }
+        #[inline(always)]
+        pub fn add(self, o: Self) -> Self {
+            F32x4(f32x4_add(self.0, o.0))
+        }
+        #[inline(always)]
+        pub fn mul(self, o: Self) -> Self {
+            F32x4(f32x4_mul(self.0, o.0))
+        }
+        #[inline(always)]
+        pub fn max(self, o: Self) -> Self {
+            F32x4(f32x4_max(self.0, o.0))
+        }
+        #[inline(always)]
+        pub fn lanes(self) -> [f32; 4] {
+            [
+                f32x4_extract_lane::<0>(self.0),
+                f32x4_extract_lane::<1>(self.0),
+                f32x4_extract_lane::<2>(self.0),
+                f32x4_extract_lane::<3>(self.0),
+            ]
+        }
+        /// Widens 4 sign-extended f16 bit patterns (i32 lanes) to f32, exactly.
+        #[inline(always)]
+        fn from_f16_i32(v: v128) -> Self {
+            // v = h as i16 as i32. v << 13 puts h's exponent+mantissa at bits
+            // 13..28 and copies of the sign at 28..31; keep bit 31 and 13..27.
+            let s = v128_and(i32x4_shl(v, 13), i32x4_splat(0x8FFF_E000u32 as i32));
+            // As an f32 that is x · 2^-112 for normals and subnormals alike.
+            let r = f32x4_mul(s, f32x4_splat(f32::from_bits(0x7780_0000))); // 2^112
+                                                                            // Inf/NaN (exponent all ones): force the f32 exponent to all ones.
+            let e = i32x4_splat(0x0F80_0000);
+            let is_special = i32x4_eq(v128_and(s, e), e);
+            F32x4(v128_or(r, v128_and(is_special, i32x4_splat(0x7F80_0000))))
+        }
+        /// Loads 8 f16 at `p` as two f32x4 (elements 0..4 and 4..8).
+        ///
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_f16x8(p: *const u16) -> (Self, Self) {
+            let h = v128_load(p as *const v128);
+            (
+                Self::from_f16_i32(i32x4_extend_low_i16x8(h)),
+                Self::from_f16_i32(i32x4_extend_high_i16x8(h)),
+            )
+        }
+        /// Loads 4 f16 at `p` as f32x4.
+        ///
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_f16x4(p: *const u16) -> Self {
+            let h = v128_load64_zero(p as *const u64);
+            Self::from_f16_i32(i32x4_extend_low_i16x8(h))
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod imp {
+    /// Four f32 lanes; the portable stand-in for a wasm `v128`.
+    #[derive(Clone, Copy)]
+    pub struct F32x4([f32; 4]);
+
+    // Named like the wasm intrinsics; operator traits would hide the cost.
+    #[allow(clippy::should_implement_trait)]
+    impl F32x4 {
+        #[inline(always)]
+        pub fn zero() -> Self {
+            F32x4([0.0; 4])
+        }
+        #[inline(always)]
+        pub fn splat(v: f32) -> Self {
+            F32x4([v; 4])
+        }
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const f32) -> Self {
+            F32x4(core::ptr::read_unaligned(p as *const [f32; 4]))
+        }
+        /// # Safety
+        /// `p..p + 4` must be writable.
+        #[inline(always)]
+        pub unsafe fn store(self, p: *mut f32) {
+            core::ptr::write_unaligned(p as *mut [f32; 4], self.0)
+        }
+        #[inline(always)]
+        pub fn add(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| self.0[l] + o.0[l]))
+        }
+        #[inline(always)]
+        pub fn mul(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| self.0[l] * o.0[l]))
+        }
+        /// Lane-wise max (the callers only pass non-NaN values).
+        #[inline(always)]
+        pub fn max(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| {
+                if self.0[l] > o.0[l] {
+                    self.0[l]
+                } else {
+                    o.0[l]
+                }
+            }))
+        }
+        #[inline(always)]
+        pub fn lanes(self) -> [f32; 4] {
+            self.0
+        }
+        /// The same bit trick as the wasm version, lane by lane.
+        #[inline(always)]
+        fn from_f16_bits(h: u16) -> f32 {
+            let v = h as i16 as i32;
+            let s = ((v << 13) as u32) & 0x8FFF_E000;
+            let r = (f32::from_bits(s) * f32::from_bits(0x7780_0000)).to_bits();
+            let special = if s & 0x0F80_0000 == 0x0F80_0000 { 0x7F80_0000 } else { 0 };
+            f32::from_bits(r | special)
+        }
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_f16x8(p: *const u16) -> (Self, Self) {
+            (Self::load_f16x4(p), Self::load_f16x4(p.add(4)))
+        }
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_f16x4(p: *const u16) -> Self {
+            let h = core::ptr::read_unaligned(p as *const [u16; 4]);
+            F32x4(h.map(Self::from_f16_bits))
+        }
+    }
+}
+
+pub use imp::F32x4;
+
+#[inline(always)]
+fn reduce(acc: F32x4) -> f32 {
+    let l = acc.lanes();
+    (l[0] + l[1]) + (l[2] + l[3])
+}
+
+/// [`super::dot_f32`], bit for bit, 4 lanes at a time.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let n4 = a.len() / 4 * 4;
+    let mut acc = F32x4::zero();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= len of both.
+        unsafe {
+            acc = acc.add(F32x4::load(pa.add(i)).mul(F32x4::load(pb.add(i))));
+        }
+        i += 4;
+    }
+    let mut sum = reduce(acc);
+    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Four rows against one vector: `[r0·x, r1·x, r2·x, r3·x]`, each bit for bit
+/// [`super::dot_f32`]; `x` is loaded once for the four rows.
+#[inline]
+pub fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    let n = x.len();
+    for r in &rows {
+        assert_eq!(r.len(), n);
+    }
+    let n4 = n / 4 * 4;
+    let p = rows.map(|r| r.as_ptr());
+    let px = x.as_ptr();
+    let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
+    let n16 = n / 16 * 16;
+    let mut i = 0;
+    // 16 columns per pass: one address per row, four loads at constant
+    // offsets (each lane still accumulates its elements in order).
+    while i < n16 {
+        // SAFETY: i + 16 <= n16 <= n = every row's length.
+        unsafe {
+            let (x, r0, r1, r2, r3) = (px.add(i), p[0].add(i), p[1].add(i), p[2].add(i), p[3].add(i));
+            for j in [0, 4, 8, 12] {
+                let xv = F32x4::load(x.add(j));
+                a0 = a0.add(F32x4::load(r0.add(j)).mul(xv));
+                a1 = a1.add(F32x4::load(r1.add(j)).mul(xv));
+                a2 = a2.add(F32x4::load(r2.add(j)).mul(xv));
+                a3 = a3.add(F32x4::load(r3.add(j)).mul(xv));
+            }
+        }
+        i += 16;
+    }
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= n = every row's length.
+        unsafe {
+            let xv = F32x4::load(px.add(i));
+            a0 = a0.add(F32x4::load(p[0].add(i)).mul(xv));
+            a1 = a1.add(F32x4::load(p[1].add(i)).mul(xv));
+            a2 = a2.add(F32x4::load(p[2].add(i)).mul(xv));
+            a3 = a3.add(F32x4::load(p[3].add(i)).mul(xv));
+        }
+        i += 4;
+    }
+    let mut out = [reduce(a0), reduce(a1), reduce(a2), reduce(a3)];
+    for (o, r) in out.iter_mut().zip(rows) {
+        for (w, v) in r[n4..].iter().zip(&x[n4..]) {
+            *o += w * v;
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn f16_ptr(a: &[half::f16]) -> *const u16 {
+    a.as_ptr() as *const u16
+}
+
+/// [`super::dot_f16`], bit for bit: f16 widened with a SIMD bit trick.
+#[inline]
+pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let n = a.len();
+    let (n8, n4) = (n / 8 * 8, n / 4 * 4);
+    let mut acc = F32x4::zero();
+    let (pa, pb) = (f16_ptr(a), b.as_ptr());
+    let mut i = 0;
+    while i < n8 {
+        // SAFETY: i + 8 <= n8 <= n.
+        unsafe {
+            let (w0, w1) = F32x4::load_f16x8(pa.add(i));
+            acc = acc.add(w0.mul(F32x4::load(pb.add(i))));
+            acc = acc.add(w1.mul(F32x4::load(pb.add(i + 4))));
+        }
+        i += 8;
+    }
+    if i < n4 {
+        // SAFETY: i + 4 == n4 <= n.
+        unsafe {
+            acc = acc.add(F32x4::load_f16x4(pa.add(i)).mul(F32x4::load(pb.add(i))));
+        }
+    }
+    let mut sum = reduce(acc);
+    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
+        sum += x.to_f32() * y;
+    }
+    sum
+}
+
+/// Four f16 rows against one vector, each bit for bit [`super::dot_f16`].
+#[inline]
+pub fn dot4_f16(rows: [&[half::f16]; 4], x: &[f32]) -> [f32; 4] {
+    let n = x.len();
+    for r in &rows {
+        assert_eq!(r.len(), n);
+    }
+    let n4 = n / 4 * 4;
+    let p = rows.map(f16_ptr);
+    let px = x.as_ptr();
+    let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= n = every row's length.
+        unsafe {
+            let xv = F32x4::load(px.add(i));
+            a0 = a0.add(F32x4::load_f16x4(p[0].add(i)).mul(xv));
+            a1 = a1.add(F32x4::load_f16x4(p[1].add(i)).mul(xv));
+            a2 = a2.add(F32x4::load_f16x4(p[2].add(i)).mul(xv));
+            a3 = a3.add(F32x4::load_f16x4(p[3].add(i)).mul(xv));
+        }
+        i += 4;
+    }
+    let mut out = [reduce(a0), reduce(a1), reduce(a2), reduce(a3)];
+    for (o, r) in out.iter_mut().zip(rows) {
+        for (w, v) in r[n4..].iter().zip(&x[n4..]) {
+            *o += w.to_f32() * v;
+        }
+    }
+    out
+}
+
+/// Scores of one query head against `n_pos` cached keys:
+/// `scores[t] = dot(q_h, k_cache[t * stride + off..][..head_dim]) * scale`,
+/// each dot bit for bit [`super::dot_f32`]; `q_h` is loaded once for all
+/// positions when `head_dim` is 8 or 4 (the common small heads) and the loop
+/// has no bounds checks.
+pub fn attention_scores(scores: &mut [f32], q_h: &[f32], k_cache: &[f32], stride: usize, off: usize, scale: f32) {
+    let hd = q_h.len();
+    let n_pos = scores.len();
+    if n_pos == 0 {
+        return;
+    }
+    assert!(off + hd <= stride && (n_pos - 1) * stride + off + hd <= k_cache.len());
+    let pk = k_cache.as_ptr();
+    let ps = scores.as_mut_ptr();
+    match hd {
+        // SAFETY (both arms): row t spans t * stride + off .. + hd, checked above.
+        8 => unsafe {
+            let (q0, q1) = (F32x4::load(q_h.as_ptr()), F32x4::load(q_h.as_ptr().add(4)));
+            for t in 0..n_pos {
+                let k = pk.add(t * stride + off);
+                let acc = F32x4::zero()
+                    .add(q0.mul(F32x4::load(k)))
+                    .add(q1.mul(F32x4::load(k.add(4))));
+                *ps.add(t) = reduce(acc) * scale;
+            }
+        },
+        4 => unsafe {
+            let q0 = F32x4::load(q_h.as_ptr());
+            for t in 0..n_pos {
+                let acc = F32x4::zero().add(q0.mul(F32x4::load(pk.add(t * stride + off))));
+                *ps.add(t) = reduce(acc) * scale;
+            }
+        },
+        _ => {
+            for (t, s) in scores.iter_mut().enumerate() {
+                *s = dot_f32(q_h, &k_cache[t * stride + off..t * stride + off + hd]) * scale;
+            }
+        }
+    }
+}
+
+/// `out_h = Σ_t scores[t] * v_cache[t * stride + off..][..head_dim]`, summed
+/// in position order from zero, each element exactly as the scalar loop.
+pub fn attention_values(out_h: &mut [f32], scores: &[f32], v_cache: &[f32], stride: usize, off: usize) {
+    let hd = out_h.len();
+    let n_pos = scores.len();
+    out_h.fill(0.0);
+    if n_pos == 0 {
+        return;
+    }
+    assert!(off + hd <= stride && (n_pos - 1) * stride + off + hd <= v_cache.len());
+    let pv = v_cache.as_ptr();
+    match hd {
+        // SAFETY (both arms): row t spans t * stride + off .. + hd, checked above.
+        8 => unsafe {
+            let (mut o0, mut o1) = (F32x4::zero(), F32x4::zero());
+            for (t, &a) in scores.iter().enumerate() {
+                let v = pv.add(t * stride + off);
+                let av = F32x4::splat(a);
+                o0 = o0.add(av.mul(F32x4::load(v)));
+                o1 = o1.add(av.mul(F32x4::load(v.add(4))));
+            }
+            o0.store(out_h.as_mut_ptr());
+            o1.store(out_h.as_mut_ptr().add(4));
+        },
+        4 => unsafe {
+            let mut o0 = F32x4::zero();
+            for (t, &a) in scores.iter().enumerate() {
+                o0 = o0.add(F32x4::splat(a).mul(F32x4::load(pv.add(t * stride + off))));
+            }
+            o0.store(out_h.as_mut_ptr());
+        },
+        _ => {
+            for (t, &a) in scores.iter().enumerate() {
+                axpy(out_h, a, &v_cache[t * stride + off..t * stride + off + hd]);
+            }
+        }
+    }
+}
+
+/// `out += a * v`, elementwise (attention's weighted sum of values);
+/// each element is computed as the scalar `o += a * x`.
+#[inline]
+pub fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
+    assert_eq!(out.len(), v.len());
+    let n4 = out.len() / 4 * 4;
+    let av = F32x4::splat(a);
+    let (po, pv) = (out.as_mut_ptr(), v.as_ptr());
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= len of both.
+        unsafe {
+            F32x4::load(po.add(i))
+                .add(av.mul(F32x4::load(pv.add(i))))
+                .store(po.add(i));
+        }
+        i += 4;
+    }
+    for (o, x) in out[n4..].iter_mut().zip(&v[n4..]) {
+        *o += a * x;
+    }
+}
+
+/// `x += y`, elementwise.
+#[inline]
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len());
+    let n4 = x.len() / 4 * 4;
+    let (px, py) = (x.as_mut_ptr(), y.as_ptr());
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= len of both.
+        unsafe {
+            F32x4::load(px.add(i)).add(F32x4::load(py.add(i))).store(px.add(i));
+        }
+        i += 4;
+    }
+    for (a, b) in x[n4..].iter_mut().zip(&y[n4..]) {
+        *a += b;
+    }
+}
+
+/// Maximum of a non-empty slice without NaNs (softmax's shift); the same
+/// value as the scalar fold for such inputs.
+#[inline]
+pub fn max(x: &[f32]) -> f32 {
+    let n4 = x.len() / 4 * 4;
+    let mut m = f32::NEG_INFINITY;
+    if n4 > 0 {
+        let p = x.as_ptr();
+        // SAFETY: n4 >= 4.
+        let mut acc = unsafe { F32x4::load(p) };
+        let mut i = 4;
+        while i < n4 {
+            // SAFETY: i + 4 <= n4.
+            acc = acc.max(unsafe { F32x4::load(p.add(i)) });
+            i += 4;
+        }
+        for l in acc.lanes() {
+            if l > m {
+                m = l;
+            }
+        }
+    }
+    for &v in &x[n4..] {
+        if v > m {
+            m = v;
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn f16_bit_trick_widens_every_f16_exactly() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for chunk in all.chunks_exact(8) {
+            // SAFETY: chunk has 8 elements.
+            let (lo, hi) = unsafe { F32x4::load_f16x8(chunk.as_ptr()) };
+            let got = [lo.lanes(), hi.lanes()].concat();
+            for (&h, g) in chunk.iter().zip(got) {
+                let want = half::f16::from_bits(h).to_f32();
+                if want.is_nan() {
+                    assert!(g.is_nan(), "{h:#06x}");
+                } else {
+                    assert_eq!(g.to_bits(), want.to_bits(), "{h:#06x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_f32_is_the_oracle_bit_for_bit() {
+        for n in 0..70 {
+            let a = pseudo(n, 1 + n as u32);
+            let b = pseudo(n, 100 + n as u32);
+            assert_eq!(
+                dot_f32(&a, &b).to_bits(),
+                super::super::dot_f32(&a, &b).to_bits(),
+                "n = {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot4_f32_is_the_oracle_per_row() {
+        for n in [0, 1, 3, 4, 7, 8, 13, 64, 67, 288] {
+            let rows: Vec<Vec<f32>> = (0..4).map(|r| pseudo(n, 7 + r)).collect();
+            let x = pseudo(n, 99);
+            let got = dot4_f32([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
+            for r in 0..4 {
+                assert_eq!(
+                    got[r].to_bits(),
+                    super::super::dot_f32(&rows[r], &x).to_bits(),
+                    "n = {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn f16_dots_are_the_oracle_bit_for_bit() {
+        for n in [0, 1, 3, 4, 5, 8, 9, 12, 13, 16, 37, 64, 67] {
+            let rows: Vec<Vec<half::f16>> = (0..4)
+                .map(|r| pseudo(n, 11 + r).into_iter().map(half::f16::from_f32).collect())
+                .collect();
+            let x = pseudo(n, 5);
+            let four = dot4_f16([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
+            for r in 0..4 {
+                let want = super::super::dot_f16(&rows[r], &x).to_bits();
+                assert_eq!(dot_f16(&rows[r], &x).to_bits(), want, "n = {n}");
+                assert_eq!(four[r].to_bits(), want, "n = {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn attention_kernels_match_scalar() {
+        for hd in [4, 8, 12, 6] {
+            let (n_pos, stride, off) = (13, 3 * hd, hd);
+            let k = pseudo(n_pos * stride, 21);
+            let v = pseudo(n_pos * stride, 22);
+            let q = pseudo(hd, 23);
+            let mut s = vec![0.0; n_pos];
+            attention_scores(&mut s, &q, &k, stride, off, 0.3);
+            for t in 0..n_pos {
+                let want = super::super::dot_f32(&q, &k[t * stride + off..t * stride + off + hd]) * 0.3;
+                assert_eq!(s[t].to_bits(), want.to_bits(), "hd {hd} t {t}");
+            }
+            let mut out = vec![1.0; hd];
+            attention_values(&mut out, &s, &v, stride, off);
+            let mut want = vec![0.0f32; hd];
+            for (t, &a) in s.iter().enumerate() {
+                for (o, x) in want.iter_mut().zip(&v[t * stride + off..t * stride + off + hd]) {
+                    *o += a * x;
+                }
+            }
+            assert_eq!(out, want, "hd {hd}");
+        }
+    }
+
+    #[test]
+    fn elementwise_kernels_match_scalar() {
+        for n in [0, 1, 4, 7, 8, 33] {
+            let v = pseudo(n, 3);
+            let mut a = pseudo(n, 4);
+            let mut b = a.clone();
+            axpy(&mut a, 0.37, &v);
+            for (o, x) in b.iter_mut().zip(&v) {
+                *o += 0.37 * x;
+            }
+            assert_eq!(a, b);
+            add_in_place(&mut a, &v);
+            super::super::add_in_place(&mut b, &v);
+            assert_eq!(a, b);
+            if n > 0 {
+                assert_eq!(max(&v), v.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            }
+        }
+    }
+}
