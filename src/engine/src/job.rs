@@ -655,6 +655,8 @@ mod f32_bytes {
                 self.visit_bytes(&bytes)
             }
         }
-        d.deserialize_bytes(V)
+        // byte_buf, not bytes: some decoders (ciborium) serve borrowed bytes
+        // only up to a small scratch size; a batch's activations are larger.
+        d.deserialize_byte_buf(V)
     }
 }

@@ -148,6 +148,28 @@ fn serialize_and_restore_between_every_step() {
     }
 }
 
+/// A long prompt stopped in the middle of a batch carries (batch, dim)
+/// activations larger than a CBOR decoder's scratch buffer (4 KiB in
+/// ciborium): they must still round-trip, and the run must not change.
+#[test]
+fn a_large_mid_batch_state_round_trips_through_cbor() {
+    let prompt: Vec<u32> = golden_prompt().iter().cycle().take(100).copied().collect();
+    let reference = run_unlimited(&mut new_job(prompt.clone(), SamplingParams::greedy(), 8, 128));
+    let mut job = new_job(prompt, SamplingParams::greedy(), 8, 128);
+    let got = loop {
+        let report = step(&stories().model, &mut job, &mut UnitBudget::new(3));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&job.state, &mut bytes).unwrap();
+        job.state = ciborium::from_reader(bytes.as_slice()).expect("state decodes");
+        match report.outcome {
+            StepOutcome::Yielded => continue,
+            StepOutcome::Finished(reason) => break (job.state.generated().to_vec(), reason),
+            StepOutcome::Failed(msg) => panic!("{msg}"),
+        }
+    };
+    assert_eq!(got, reference);
+}
+
 #[test]
 fn job_state_round_trips_through_json_between_steps() {
     let reference = run_unlimited(&mut new_job(golden_prompt(), sampled(), 16, 128));
