@@ -11,7 +11,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use icllm::local_canister::{controller, find_or_build_wasm, sha256, LocalCanister};
+use icllm::local_canister::{build_or_read_wasm, controller, sha256, LocalCanister};
 use icllm_api::{ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView};
 use icllm_engine::model::{forward, Model};
 use icllm_engine::synth::{self, QuantMix, SynthOptions};
@@ -56,7 +56,7 @@ pub struct BenchArgs {
     /// Print one JSON object instead of `key: value` lines.
     #[arg(long)]
     json: bool,
-    /// Canister wasm to run (default: the workspace build, built if missing).
+    /// Canister wasm to run (default: built from the workspace with cargo).
     #[arg(long)]
     wasm: Option<PathBuf>,
 }
@@ -146,7 +146,7 @@ fn model_bytes(args: &BenchArgs) -> Result<(String, Vec<u8>)> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let wasm = find_or_build_wasm(args.wasm.as_deref())?;
+    let wasm = build_or_read_wasm(args.wasm.as_deref())?;
     let (name, bytes) = model_bytes(&args)?;
     let (model, gguf) = Model::from_gguf_bytes(&bytes).map_err(|e| anyhow!("cannot load {name}: {e}"))?;
     let tokenizer = Tokenizer::from_gguf(&gguf).ok();
