@@ -546,3 +546,40 @@ fn forty_concurrent_jobs_from_several_principals_all_finish() {
     assert_eq!(by_prompt[0].as_deref().unwrap()[..10], GOLDEN_IDS);
     assert_no_message_over(&c, limit);
 }
+
+#[test]
+fn max_context_lets_jobs_run_past_the_trained_context() {
+    let init = InitArgs {
+        max_context: Some(256),
+        ..InitArgs::default()
+    };
+    let mut c = LocalCanister::install(wasm(), init, IC_LIMIT).unwrap();
+    let model = model_bytes();
+    c.upload_model(model, sha256(model)).unwrap();
+    // 16 prompt tokens + 200 generated: past stories260K's trained 128.
+    let mut req = greedy("", 200);
+    req.ctx_size = Some(256);
+    let id = start(&mut c, controller(), req);
+    let v = c.run_job(controller(), id, |_| {}).unwrap();
+    assert_eq!(v.status, JobStatus::Done("max_tokens".into()));
+    assert_eq!(v.generated_tokens, 200);
+    // From BOS alone, llama2.c's reference story (../shared/README.md).
+    assert!(
+        v.text
+            .starts_with("Once upon a time, there was a little girl named Lily."),
+        "{}",
+        v.text
+    );
+    assert!(
+        v.text.ends_with("Lily didn't want to help her mom, so she"),
+        "{}",
+        v.text
+    );
+    // Beyond the configured maximum: refused with the reason.
+    let mut too_big = greedy("Hi", 10);
+    too_big.ctx_size = Some(300);
+    match c.start_job(controller(), too_big).unwrap() {
+        Err(ApiError::InvalidArgument(m)) => assert!(m.contains("ctx_size"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -34,8 +34,10 @@ pub struct InitArgs {
     /// Instructions one message may use before the canister stops its work
     /// (default: the IC's 40 B). Lower it when running under a smaller limit.
     pub message_instruction_limit: Option<u64>,
-    /// Enables test-only fault injection (`debug_inject_trap`). Never on in production.
-    pub enable_fault_injection: Option<bool>,
+    /// Largest context (positions) a job may ask for; fixes the size of each
+    /// job's KV slot when a model is activated. Default: the model's trained
+    /// context. May exceed it, as llama.cpp allows.
+    pub max_context: Option<u32>,
 }
 
 /// Who may start jobs.

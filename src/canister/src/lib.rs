@@ -43,8 +43,8 @@ fn apply_init_args(args: Option<InitArgs>) {
         if let Some(n) = a.message_instruction_limit {
             s.message_instruction_limit = n;
         }
-        if let Some(f) = a.enable_fault_injection {
-            s.fault_injection = f;
+        if let Some(n) = a.max_context.filter(|&n| n > 0) {
+            s.max_context = Some(n);
         }
     });
 }

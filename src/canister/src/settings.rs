@@ -40,7 +40,6 @@ pub struct Settings {
     pub policy: AccessPolicy,
     pub limits: Limits,
     pub message_instruction_limit: u64,
-    pub fault_injection: bool,
     /// The model jobs run on, if any.
     pub active_model: Option<ModelSlot>,
     /// An upload under way (or failed) into the other slot.
@@ -67,7 +66,6 @@ impl Default for Settings {
             },
             limits: Limits::default(),
             message_instruction_limit: IC_MESSAGE_INSTRUCTION_LIMIT,
-            fault_injection: false,
             active_model: None,
             upload: None,
             next_job_id: 1,
