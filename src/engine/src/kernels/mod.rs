@@ -40,35 +40,29 @@ use crate::tensor::GgmlType;
 /// sums the lanes as `(l0 + l1) + (l2 + l3)`, then adds the tail in order.
 /// A wasm `f32x4` version can reproduce this order exactly.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let n4 = a.len() / 4 * 4;
-    let mut lanes = [0.0f32; 4];
-    for (ca, cb) in a[..n4].chunks_exact(4).zip(b[..n4].chunks_exact(4)) {
-        for l in 0..4 {
-            lanes[l] += ca[l] * cb[l];
-        }
-    }
-    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
-        sum += x * y;
-    }
-    sum
+    dot_widened(a, b, |x| x)
 }
 
 /// Dot product of an f16 row with an f32 vector, in the same lane order as
 /// [`dot_f32`] (each f16 widened to f32 exactly before multiplying).
 pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    dot_widened(a, b, half::f16::to_f32)
+}
+
+/// [`dot_f32`]'s order for any float weight type, each weight widened to f32
+/// exactly before it is multiplied: the one scalar oracle the float types share.
+pub(crate) fn dot_widened<T: Copy>(a: &[T], b: &[f32], widen: impl Fn(T) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let n4 = a.len() / 4 * 4;
     let mut lanes = [0.0f32; 4];
     for (ca, cb) in a[..n4].chunks_exact(4).zip(b[..n4].chunks_exact(4)) {
         for l in 0..4 {
-            lanes[l] += ca[l].to_f32() * cb[l];
+            lanes[l] += widen(ca[l]) * cb[l];
         }
     }
     let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
-        sum += x.to_f32() * y;
+    for (&x, y) in a[n4..].iter().zip(&b[n4..]) {
+        sum += widen(x) * y;
     }
     sum
 }

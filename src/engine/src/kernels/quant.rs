@@ -146,17 +146,5 @@ pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
 /// Dot product of a bf16 row with an f32 vector, in [`super::dot_f32`]'s lane
 /// order (each bf16 widened to f32 exactly).
 pub fn dot_bf16(a: &[half::bf16], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let n4 = a.len() / 4 * 4;
-    let mut lanes = [0.0f32; 4];
-    for (ca, cb) in a[..n4].chunks_exact(4).zip(b[..n4].chunks_exact(4)) {
-        for l in 0..4 {
-            lanes[l] += ca[l].to_f32() * cb[l];
-        }
-    }
-    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    for (x, y) in a[n4..].iter().zip(&b[n4..]) {
-        sum += x.to_f32() * y;
-    }
-    sum
+    super::dot_widened(a, b, half::bf16::to_f32)
 }
