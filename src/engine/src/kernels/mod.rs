@@ -22,6 +22,7 @@ mod attention;
 pub mod quant;
 mod rope;
 pub mod simd;
+mod simd_quant;
 
 /// The canister build (wasm32 + simd128) runs the [`simd`] kernels; every
 /// other build runs the scalar oracles below. Both give the same bits.
@@ -125,7 +126,7 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
         (TensorData::F32(d), _) => dot_f32(&d[span], x),
         (TensorData::F16(d), _) => dot_f16(&d[span], x),
         (TensorData::BF16(d), _) => quant::dot_bf16(&d[span], x),
-        (TensorData::Q8_0(b), PreparedActs::Q8(a)) => quant::vec_dot_q8_0_q8_0(&b[blocks(32)], a),
+        (TensorData::Q8_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q8_0_q8_0(&p.row_blocks(row), a),
         (TensorData::Q4_0(b), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&b[blocks(32)], a),
         (TensorData::Q4K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&b[blocks(256)], a),
         (TensorData::Q5K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&b[blocks(256)], a),
@@ -146,9 +147,13 @@ pub fn dot_row(w: &Tensor, row: usize, x: &[f32]) -> f32 {
 pub fn dot_4rows_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) -> [f32; 4] {
     let cols = w.cols;
     let span = |i: usize| (row + i) * cols..(row + i + 1) * cols;
-    match &w.data {
-        TensorData::F32(d) if SIMD => simd::dot4_f32([0, 1, 2, 3].map(|i| &d[span(i)]), x),
-        TensorData::F16(d) if SIMD => simd::dot4_f16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
+    match (&w.data, xq) {
+        // Packed weights: the portable lane code is bit for bit the oracle, so every build runs it.
+        (TensorData::Q8_0(p), PreparedActs::Q8(a)) if row.is_multiple_of(4) => {
+            simd_quant::dot4_q8_0(p.group(row / 4), a)
+        }
+        (TensorData::F32(d), _) if SIMD => simd::dot4_f32([0, 1, 2, 3].map(|i| &d[span(i)]), x),
+        (TensorData::F16(d), _) if SIMD => simd::dot4_f16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
         _ => [0, 1, 2, 3].map(|i| dot_row_prepared(w, row + i, x, xq)),
     }
 }
@@ -174,7 +179,7 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
                 *o = h.to_f32();
             }
         }
-        TensorData::Q8_0(b) => deq(b, row, cols, out),
+        TensorData::Q8_0(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q4_0(b) => deq(b, row, cols, out),
         TensorData::Q4K(b) => deq(b, row, cols, out),
         TensorData::Q5K(b) => deq(b, row, cols, out),

@@ -41,7 +41,7 @@ mod imp {
         /// `p..p + 4` must be readable.
         #[inline(always)]
         pub unsafe fn load(p: *const f32) -> Self {
-            F32x4(v128_load(p as *const v128))
+            F32x4(core::ptr::read_unaligned(p as *const v128))
         }
         /// # Safety
         /// `p..p + 4` must be writable.
@@ -89,7 +89,7 @@ mod imp {
         /// `p..p + 8` must be readable.
         #[inline(always)]
         pub unsafe fn load_f16x8(p: *const u16) -> (Self, Self) {
-            let h = v128_load(p as *const v128);
+            let h = core::ptr::read_unaligned(p as *const v128);
             (
                 Self::from_f16_i32(i32x4_extend_low_i16x8(h)),
                 Self::from_f16_i32(i32x4_extend_high_i16x8(h)),
@@ -103,6 +103,89 @@ mod imp {
         pub unsafe fn load_f16x4(p: *const u16) -> Self {
             let h = v128_load64_zero(p as *const u64);
             Self::from_f16_i32(i32x4_extend_low_i16x8(h))
+        }
+    }
+    /// Sixteen i8 lanes (also used for u8 nibbles 0..=15, which are valid i8).
+    #[derive(Clone, Copy)]
+    pub struct I8x16(v128);
+    /// Eight i16 lanes.
+    #[derive(Clone, Copy)]
+    pub struct I16x8(v128);
+    /// Four i32 lanes.
+    #[derive(Clone, Copy)]
+    pub struct I32x4(v128);
+
+    impl I8x16 {
+        /// Loads 16 bytes at `p`.
+        ///
+        /// # Safety
+        /// `p..p + 16` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const i8) -> Self {
+            I8x16(core::ptr::read_unaligned(p as *const v128))
+        }
+        /// Low nibble of each byte (0..=15).
+        #[inline(always)]
+        pub fn low_nibbles(self) -> Self {
+            I8x16(v128_and(self.0, u8x16_splat(0x0F)))
+        }
+        /// High nibble of each byte (0..=15).
+        #[inline(always)]
+        pub fn high_nibbles(self) -> Self {
+            I8x16(u8x16_shr(self.0, 4))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I16x8 {
+        /// `a[i] * b[i]` for lanes 0..8, widened to i16 (exact).
+        #[inline(always)]
+        pub fn mul_low(a: I8x16, b: I8x16) -> Self {
+            I16x8(i16x8_extmul_low_i8x16(a.0, b.0))
+        }
+        /// `a[i] * b[i]` for lanes 8..16, widened to i16 (exact).
+        #[inline(always)]
+        pub fn mul_high(a: I8x16, b: I8x16) -> Self {
+            I16x8(i16x8_extmul_high_i8x16(a.0, b.0))
+        }
+        /// Wrapping lane-wise add (callers keep sums in range).
+        #[inline(always)]
+        pub fn add(self, o: Self) -> Self {
+            I16x8(i16x8_add(self.0, o.0))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I32x4 {
+        /// Lane `i` = `v[2i] + v[2i + 1]`, widened (exact).
+        #[inline(always)]
+        pub fn sum_pairs(v: I16x8) -> Self {
+            I32x4(i32x4_extadd_pairwise_i16x8(v.0))
+        }
+        #[inline(always)]
+        pub fn add(self, o: Self) -> Self {
+            I32x4(i32x4_add(self.0, o.0))
+        }
+        /// `[Σ a, Σ b, Σ c, Σ d]`: the lane sums of four vectors (exact).
+        #[inline(always)]
+        pub fn sum4(a: Self, b: Self, c: Self, d: Self) -> Self {
+            let ab = i32x4_add(
+                i32x4_shuffle::<0, 1, 4, 5>(a.0, b.0),
+                i32x4_shuffle::<2, 3, 6, 7>(a.0, b.0),
+            );
+            let cd = i32x4_add(
+                i32x4_shuffle::<0, 1, 4, 5>(c.0, d.0),
+                i32x4_shuffle::<2, 3, 6, 7>(c.0, d.0),
+            );
+            I32x4(i32x4_add(
+                i32x4_shuffle::<0, 2, 4, 6>(ab, cd),
+                i32x4_shuffle::<1, 3, 5, 7>(ab, cd),
+            ))
+        }
+        /// Each lane converted to f32 (round to nearest even, like `as f32`).
+        #[inline(always)]
+        pub fn to_f32(self) -> F32x4 {
+            F32x4(f32x4_convert_i32x4(self.0))
         }
     }
 }
@@ -182,9 +265,72 @@ mod imp {
             F32x4(h.map(Self::from_f16_bits))
         }
     }
+    /// Sixteen i8 lanes (also used for u8 nibbles 0..=15, which are valid i8).
+    #[derive(Clone, Copy)]
+    pub struct I8x16([i8; 16]);
+    /// Eight i16 lanes.
+    #[derive(Clone, Copy)]
+    pub struct I16x8([i16; 8]);
+    /// Four i32 lanes.
+    #[derive(Clone, Copy)]
+    pub struct I32x4([i32; 4]);
+
+    impl I8x16 {
+        /// # Safety
+        /// `p..p + 16` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const i8) -> Self {
+            I8x16(core::ptr::read_unaligned(p as *const [i8; 16]))
+        }
+        #[inline(always)]
+        pub fn low_nibbles(self) -> Self {
+            I8x16(self.0.map(|v| v & 0x0F))
+        }
+        #[inline(always)]
+        pub fn high_nibbles(self) -> Self {
+            I8x16(self.0.map(|v| ((v as u8) >> 4) as i8))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I16x8 {
+        #[inline(always)]
+        pub fn mul_low(a: I8x16, b: I8x16) -> Self {
+            I16x8(core::array::from_fn(|i| a.0[i] as i16 * b.0[i] as i16))
+        }
+        #[inline(always)]
+        pub fn mul_high(a: I8x16, b: I8x16) -> Self {
+            I16x8(core::array::from_fn(|i| a.0[i + 8] as i16 * b.0[i + 8] as i16))
+        }
+        #[inline(always)]
+        pub fn add(self, o: Self) -> Self {
+            I16x8(core::array::from_fn(|i| self.0[i].wrapping_add(o.0[i])))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I32x4 {
+        #[inline(always)]
+        pub fn sum_pairs(v: I16x8) -> Self {
+            I32x4(core::array::from_fn(|i| v.0[2 * i] as i32 + v.0[2 * i + 1] as i32))
+        }
+        #[inline(always)]
+        pub fn add(self, o: Self) -> Self {
+            I32x4(core::array::from_fn(|i| self.0[i].wrapping_add(o.0[i])))
+        }
+        #[inline(always)]
+        pub fn sum4(a: Self, b: Self, c: Self, d: Self) -> Self {
+            let s = |v: Self| v.0.iter().fold(0i32, |x, y| x.wrapping_add(*y));
+            I32x4([s(a), s(b), s(c), s(d)])
+        }
+        #[inline(always)]
+        pub fn to_f32(self) -> F32x4 {
+            F32x4(self.0.map(|v| v as f32))
+        }
+    }
 }
 
-pub use imp::F32x4;
+pub use imp::{F32x4, I16x8, I32x4, I8x16};
 
 #[inline(always)]
 fn reduce(acc: F32x4) -> f32 {

@@ -9,7 +9,8 @@ use super::config::ModelConfig;
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
-use crate::quant::{blocks_from_le_bytes, quantize_row_bytes, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0};
+use crate::quant::packed::{BlockQ8_0x4, Interleaved};
+use crate::quant::{blocks_from_le_bytes, quantize_row_bytes, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K};
 use crate::tensor::GgmlType;
 
 /// Typed element storage of a tensor.
@@ -23,7 +24,8 @@ pub enum TensorData {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
     BF16(Vec<half::bf16>),
-    Q8_0(Vec<BlockQ8_0>),
+    /// Repacked in groups of four rows with f32 scales (see [`crate::quant::packed`]).
+    Q8_0(Interleaved<BlockQ8_0x4>),
     Q4_0(Vec<BlockQ4_0>),
     Q4K(Vec<BlockQ4K>),
     Q5K(Vec<BlockQ5K>),
@@ -90,7 +92,7 @@ impl Tensor {
                     .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
                     .collect(),
             ),
-            GgmlType::Q8_0 => TensorData::Q8_0(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q8_0 => TensorData::Q8_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q4_0 => TensorData::Q4_0(blocks_from_le_bytes(bytes)?),
             GgmlType::Q4K => TensorData::Q4K(blocks_from_le_bytes(bytes)?),
             GgmlType::Q5K => TensorData::Q5K(blocks_from_le_bytes(bytes)?),

@@ -25,6 +25,7 @@
 //! so a SIMD quantizer can match the scalar one bit for bit.
 
 mod dequant;
+pub mod packed;
 mod quantize;
 
 pub use dequant::{
