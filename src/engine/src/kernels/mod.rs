@@ -128,9 +128,9 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
         (TensorData::BF16(d), _) => quant::dot_bf16(&d[span], x),
         (TensorData::Q8_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q8_0_q8_0(&p.row_blocks(row), a),
         (TensorData::Q4_0(b), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&b[blocks(32)], a),
-        (TensorData::Q4K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&b[blocks(256)], a),
+        (TensorData::Q4K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&p.row_blocks(row), a),
         (TensorData::Q5K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&b[blocks(256)], a),
-        (TensorData::Q6K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q6_k_q8_k(&b[blocks(256)], a),
+        (TensorData::Q6K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q6_k_q8_k(&p.row_blocks(row), a),
         // Activations prepared for another type: prepare them here (slow, never on the hot path).
         _ => dot_row_prepared(w, row, x, &PreparedActs::new(w.ty, x)),
     }
@@ -151,6 +151,12 @@ pub fn dot_4rows_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) 
         // Packed weights: the portable lane code is bit for bit the oracle, so every build runs it.
         (TensorData::Q8_0(p), PreparedActs::Q8(a)) if row.is_multiple_of(4) => {
             simd_quant::dot4_q8_0(p.group(row / 4), a)
+        }
+        (TensorData::Q4K(p), PreparedActs::Q8K(a)) if row.is_multiple_of(4) => {
+            simd_quant::dot4_q4_k(p.group(row / 4), a)
+        }
+        (TensorData::Q6K(p), PreparedActs::Q8K(a)) if row.is_multiple_of(4) => {
+            simd_quant::dot4_q6_k(p.group(row / 4), a)
         }
         (TensorData::F32(d), _) if SIMD => simd::dot4_f32([0, 1, 2, 3].map(|i| &d[span(i)]), x),
         (TensorData::F16(d), _) if SIMD => simd::dot4_f16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
@@ -181,9 +187,9 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
         }
         TensorData::Q8_0(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q4_0(b) => deq(b, row, cols, out),
-        TensorData::Q4K(b) => deq(b, row, cols, out),
+        TensorData::Q4K(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q5K(b) => deq(b, row, cols, out),
-        TensorData::Q6K(b) => deq(b, row, cols, out),
+        TensorData::Q6K(p) => dequantize_blocks(&p.row_blocks(row), out),
     }
 }
 

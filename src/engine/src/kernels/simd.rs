@@ -188,6 +188,72 @@ mod imp {
             F32x4(f32x4_convert_i32x4(self.0))
         }
     }
+    impl I8x16 {
+        /// Bitwise or.
+        #[inline(always)]
+        pub fn or(self, o: Self) -> Self {
+            I8x16(v128_or(self.0, o.0))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I16x8 {
+        /// Loads 8 i16 at `p`.
+        ///
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const i16) -> Self {
+            I16x8(core::ptr::read_unaligned(p as *const v128))
+        }
+        /// `*p` in all eight lanes (`v128.load16_splat`).
+        ///
+        /// # Safety
+        /// `p` must be readable.
+        #[inline(always)]
+        pub unsafe fn splat_load(p: *const i16) -> Self {
+            I16x8(v128_load16_splat(p as *const u16))
+        }
+        /// `[a0 + a1, a2 + a3, .., b6 + b7]` narrowed to i16 (callers keep
+        /// the sums in range, so the saturation never applies).
+        #[inline(always)]
+        pub fn sum_pairs_narrow(a: Self, b: Self) -> Self {
+            I16x8(i16x8_narrow_i32x4(
+                i32x4_extadd_pairwise_i16x8(a.0),
+                i32x4_extadd_pairwise_i16x8(b.0),
+            ))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I32x4 {
+        #[inline(always)]
+        pub fn zero() -> Self {
+            I32x4(i32x4_splat(0))
+        }
+        /// Lane `i` = `a[2i]·b[2i] + a[2i+1]·b[2i+1]` (`i32x4.dot_i16x8_s`, exact).
+        #[inline(always)]
+        pub fn dot(a: I16x8, b: I16x8) -> Self {
+            I32x4(i32x4_dot_i16x8(a.0, b.0))
+        }
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            I32x4(i32x4_sub(self.0, o.0))
+        }
+        /// Each lane shifted left by `n`.
+        #[inline(always)]
+        pub fn shl(self, n: u32) -> Self {
+            I32x4(i32x4_shl(self.0, n))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl F32x4 {
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            F32x4(f32x4_sub(self.0, o.0))
+        }
+    }
 }
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -326,6 +392,63 @@ mod imp {
         #[inline(always)]
         pub fn to_f32(self) -> F32x4 {
             F32x4(self.0.map(|v| v as f32))
+        }
+    }
+    impl I8x16 {
+        #[inline(always)]
+        pub fn or(self, o: Self) -> Self {
+            I8x16(core::array::from_fn(|i| self.0[i] | o.0[i]))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I16x8 {
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const i16) -> Self {
+            I16x8(core::ptr::read_unaligned(p as *const [i16; 8]))
+        }
+        /// # Safety
+        /// `p` must be readable.
+        #[inline(always)]
+        pub unsafe fn splat_load(p: *const i16) -> Self {
+            I16x8([core::ptr::read_unaligned(p); 8])
+        }
+        #[inline(always)]
+        pub fn sum_pairs_narrow(a: Self, b: Self) -> Self {
+            let pair = |v: &[i16; 8], i: usize| (v[2 * i] as i32 + v[2 * i + 1] as i32).clamp(-32768, 32767) as i16;
+            I16x8(core::array::from_fn(|i| if i < 4 { pair(&a.0, i) } else { pair(&b.0, i - 4) }))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl I32x4 {
+        #[inline(always)]
+        pub fn zero() -> Self {
+            I32x4([0; 4])
+        }
+        #[inline(always)]
+        pub fn dot(a: I16x8, b: I16x8) -> Self {
+            I32x4(core::array::from_fn(|i| {
+                (a.0[2 * i] as i32 * b.0[2 * i] as i32).wrapping_add(a.0[2 * i + 1] as i32 * b.0[2 * i + 1] as i32)
+            }))
+        }
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            I32x4(core::array::from_fn(|i| self.0[i].wrapping_sub(o.0[i])))
+        }
+        #[inline(always)]
+        pub fn shl(self, n: u32) -> Self {
+            I32x4(self.0.map(|v| v.wrapping_shl(n)))
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    impl F32x4 {
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| self.0[l] - o.0[l]))
         }
     }
 }

@@ -12,8 +12,8 @@
 //! exact are stated at each kernel.
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
-use crate::quant::packed::BlockQ8_0x4;
-use crate::quant::BlockQ8A;
+use crate::quant::packed::{BlockQ4Kx4, BlockQ6Kx4, BlockQ8_0x4};
+use crate::quant::{BlockQ8A, BlockQ8K};
 
 /// Σ over 32 lanes of `w · x` as four i32 partial sums.
 /// |w| ≤ 128, |x| ≤ 127 (activations are clamped to ±127), so a pair of
@@ -56,12 +56,103 @@ pub fn dot4_q8_0(w: &[BlockQ8_0x4], x: &[BlockQ8A]) -> [f32; 4] {
     acc.lanes()
 }
 
+/// Σ over 16 lanes of `w · x` as eight i16 partial sums (two products each;
+/// the caller's bounds keep them in range).
+#[inline(always)]
+fn dot16_i16(w: I8x16, x: I8x16) -> I16x8 {
+    I16x8::mul_low(w, x).add(I16x8::mul_high(w, x))
+}
+
+/// Rows `4g..4g + 4` of a packed Q4_K matrix against Q8_K activations: each
+/// lane bit for bit [`super::quant::vec_dot_q4_k_q8_k`] of that row.
+///
+/// Per 32-element sub-block, nibble × int8 products (≤ 15 · 127) are summed
+/// four to an i16 lane (≤ 7,620), then `i32x4.dot_i16x8_s` with the splatted
+/// scale (≤ 63) adds them into i32. The mins term uses the activations'
+/// per-16 sums, paired to per-32 sums (|Σ| ≤ 4,064: fits i16).
+#[inline]
+pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
+    assert_eq!(w.len(), x.len());
+    let mut acc = F32x4::zero();
+    let (mut pw, mut px) = (w.as_ptr(), x.as_ptr());
+    // SAFETY: pw < end and x has as many blocks as w; every load reads
+    // inside one block's arrays (16 bytes of qs, 8 i16 of scales/mins/bsums).
+    unsafe {
+        let end = pw.add(w.len());
+        while pw < end {
+            let (wb, xb) = (&*pw, &*px);
+            let xq = xb.qs.as_ptr();
+            let xs: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)));
+            let bsum32 = I16x8::sum_pairs_narrow(I16x8::load(xb.bsums.as_ptr()), I16x8::load(xb.bsums.as_ptr().add(8)));
+            let row = |r: usize| {
+                let (q, sc) = (wb.qs[r].as_ptr(), wb.scales[r].as_ptr());
+                let mut isc = I32x4::zero();
+                for c in 0..4 {
+                    let (q0, q1) = (I8x16::load(q.add(32 * c) as *const i8), I8x16::load(q.add(32 * c + 16) as *const i8));
+                    let lo = dot16_i16(q0.low_nibbles(), xs[4 * c]).add(dot16_i16(q1.low_nibbles(), xs[4 * c + 1]));
+                    let hi = dot16_i16(q0.high_nibbles(), xs[4 * c + 2]).add(dot16_i16(q1.high_nibbles(), xs[4 * c + 3]));
+                    isc = isc.add(I32x4::dot(lo, I16x8::splat_load(sc.add(2 * c))));
+                    isc = isc.add(I32x4::dot(hi, I16x8::splat_load(sc.add(2 * c + 1))));
+                }
+                (isc, I32x4::dot(I16x8::load(wb.mins[r].as_ptr()), bsum32))
+            };
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let isc = I32x4::sum4(r0.0, r1.0, r2.0, r3.0).to_f32();
+            let imin = I32x4::sum4(r0.1, r1.1, r2.1, r3.1).to_f32();
+            let xd = F32x4::splat(xb.d);
+            let dd = F32x4::load(wb.d.as_ptr()).mul(xd);
+            let dm = F32x4::load(wb.dmin.as_ptr()).mul(xd);
+            acc = acc.add(dd.mul(isc).sub(dm.mul(imin)));
+            pw = pw.add(1);
+            px = px.add(1);
+        }
+    }
+    acc.lanes()
+}
+
+/// Rows `4g..4g + 4` of a packed Q6_K matrix against Q8_K activations: each
+/// lane bit for bit [`super::quant::vec_dot_q6_k_q8_k`] of that row.
+///
+/// Quants are stored as `q - 32` in -32..=31, so a pair of products is at
+/// most 2 · 32 · 127 = 8,128 in magnitude; each 16-element group's sum is
+/// scaled by its i16-widened scale with `i32x4.dot_i16x8_s`.
+#[inline]
+pub fn dot4_q6_k(w: &[BlockQ6Kx4], x: &[BlockQ8K]) -> [f32; 4] {
+    assert_eq!(w.len(), x.len());
+    let mut acc = F32x4::zero();
+    let (mut pw, mut px) = (w.as_ptr(), x.as_ptr());
+    // SAFETY: as in `dot4_q4_k`.
+    unsafe {
+        let end = pw.add(w.len());
+        while pw < end {
+            let (wb, xb) = (&*pw, &*px);
+            let xq = xb.qs.as_ptr();
+            let xs: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)));
+            let row = |r: usize| {
+                let (q, sc) = (wb.qs[r].as_ptr(), wb.scales[r].as_ptr());
+                let mut isc = I32x4::zero();
+                for (g, &xg) in xs.iter().enumerate() {
+                    let s = dot16_i16(I8x16::load(q.add(16 * g)), xg);
+                    isc = isc.add(I32x4::dot(s, I16x8::splat_load(sc.add(g))));
+                }
+                isc
+            };
+            let isc = I32x4::sum4(row(0), row(1), row(2), row(3)).to_f32();
+            let dd = F32x4::load(wb.d.as_ptr()).mul(F32x4::splat(xb.d));
+            acc = acc.add(dd.mul(isc));
+            pw = pw.add(1);
+            px = px.add(1);
+        }
+    }
+    acc.lanes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::quant::vec_dot_q8_0_q8_0;
-    use crate::quant::packed::Interleaved;
-    use crate::quant::{blocks_to_le_bytes, quantize_act_q8, BlockQ8_0};
+    use crate::quant::packed::{Interleaved, PackedBlock};
+    use crate::quant::{blocks_to_le_bytes, quantize_act_q8, quantize_act_q8k, BlockQ8_0};
     use half::f16;
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
@@ -122,6 +213,63 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Packs `blocks` ((rows, cols) of `P::Src`) and checks every lane of the
+    /// SIMD kernel against the scalar oracle on the original blocks.
+    fn check_k<P: PackedBlock>(
+        blocks: &[P::Src],
+        rows: usize,
+        cols: usize,
+        kernel: fn(&[P], &[BlockQ8K]) -> [f32; 4],
+        oracle: fn(&[P::Src], &[BlockQ8K]) -> f32,
+    ) {
+        let packed = Interleaved::<P>::from_le_bytes(&blocks_to_le_bytes(blocks), rows, cols).unwrap();
+        for seed in 0..3 {
+            let mut x = pseudo(cols, 40 + seed);
+            if seed == 1 {
+                x[3] = -1e20; // one block's activations almost all round to 0
+            }
+            let mut xq = Vec::new();
+            quantize_act_q8k(&x, &mut xq);
+            let per_row = cols / 256;
+            for g in 0..rows.div_ceil(4) {
+                let got = kernel(packed.group(g), &xq);
+                for (lane, got) in got.iter().enumerate() {
+                    let r = 4 * g + lane;
+                    if r < rows {
+                        let want = oracle(&blocks[r * per_row..(r + 1) * per_row], &xq);
+                        assert_eq!(got.to_bits(), want.to_bits(), "({rows}, {cols}) row {r} seed {seed}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Blocks with every bit pattern the format allows (raw bytes), finite scales.
+    fn raw_blocks<B: crate::quant::Block>(n: usize, seed: usize, fix: impl Fn(B) -> B) -> Vec<B> {
+        let raw: Vec<u8> = (0..n * B::BYTES).map(|i| ((i * 131 + seed * 17) % 251) as u8).collect();
+        raw.chunks_exact(B::BYTES).map(|c| fix(B::read(c))).collect()
+    }
+
+    #[test]
+    fn dot4_k_quants_are_the_oracle_bit_for_bit() {
+        use crate::kernels::quant::{vec_dot_q4_k_q8_k, vec_dot_q6_k_q8_k};
+        use crate::quant::{quantize_row_q4_k, quantize_row_q6_k, BlockQ4K, BlockQ6K};
+        for (rows, cols) in [(4, 256), (7, 512), (8, 1024)] {
+            let v = pseudo(rows * cols, rows as u32 + cols as u32);
+            check_k::<BlockQ4Kx4>(&quantize_row_q4_k(&v), rows, cols, dot4_q4_k, vec_dot_q4_k_q8_k);
+            check_k::<BlockQ6Kx4>(&quantize_row_q6_k(&v), rows, cols, dot4_q6_k, vec_dot_q6_k_q8_k);
+            let n = rows * cols / 256;
+            let q4: Vec<BlockQ4K> = raw_blocks(n, cols, |b: BlockQ4K| BlockQ4K {
+                d: f16::from_f32(0.01),
+                dmin: f16::from_bits(0x7BFF),
+                ..b
+            });
+            check_k::<BlockQ4Kx4>(&q4, rows, cols, dot4_q4_k, vec_dot_q4_k_q8_k);
+            let q6: Vec<BlockQ6K> = raw_blocks(n, rows, |b: BlockQ6K| BlockQ6K { d: f16::from_bits(0x0001), ..b });
+            check_k::<BlockQ6Kx4>(&q6, rows, cols, dot4_q6_k, vec_dot_q6_k_q8_k);
         }
     }
 }

@@ -9,8 +9,8 @@ use super::config::ModelConfig;
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
-use crate::quant::packed::{BlockQ8_0x4, Interleaved};
-use crate::quant::{blocks_from_le_bytes, quantize_row_bytes, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K};
+use crate::quant::packed::{BlockQ4Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved};
+use crate::quant::{blocks_from_le_bytes, quantize_row_bytes, BlockQ4_0, BlockQ5K};
 use crate::tensor::GgmlType;
 
 /// Typed element storage of a tensor.
@@ -27,9 +27,11 @@ pub enum TensorData {
     /// Repacked in groups of four rows with f32 scales (see [`crate::quant::packed`]).
     Q8_0(Interleaved<BlockQ8_0x4>),
     Q4_0(Vec<BlockQ4_0>),
-    Q4K(Vec<BlockQ4K>),
+    /// Repacked (see [`crate::quant::packed`]).
+    Q4K(Interleaved<BlockQ4Kx4>),
     Q5K(Vec<BlockQ5K>),
-    Q6K(Vec<BlockQ6K>),
+    /// Repacked, quants unpacked to int8 (see [`crate::quant::packed`]).
+    Q6K(Interleaved<BlockQ6Kx4>),
 }
 
 /// A weight matrix, row-major (rows, cols). A GGUF tensor with ggml dims
@@ -94,9 +96,9 @@ impl Tensor {
             ),
             GgmlType::Q8_0 => TensorData::Q8_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q4_0 => TensorData::Q4_0(blocks_from_le_bytes(bytes)?),
-            GgmlType::Q4K => TensorData::Q4K(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q4K => TensorData::Q4K(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q5K => TensorData::Q5K(blocks_from_le_bytes(bytes)?),
-            GgmlType::Q6K => TensorData::Q6K(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q6K => TensorData::Q6K(Interleaved::from_le_bytes(bytes, rows, cols)?),
             other => {
                 return Err(format!(
                     "type {} is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K)",

@@ -18,7 +18,8 @@
 //! [`crate::kernels::quant`] stay the definition of every dot product and the
 //! SIMD kernels are tested against them on the original blocks.
 
-use super::{Block, BlockQ8_0, QK8_0};
+use super::dequant::q6k_quant;
+use super::{pack_scale_min_k4, scale_min_k4, Block, BlockQ4K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
 use half::f16;
 use std::mem::size_of;
 
@@ -60,6 +61,99 @@ impl PackedBlock for BlockQ8_0x4 {
             d: f16::from_f32(self.d[lane]),
             qs: self.qs[lane],
         }
+    }
+}
+
+/// Q4_K for four rows: f32 super-block scales, the eight 6-bit sub-block
+/// scales and mins unpacked to i16 (ready for `v128.load16_splat` and
+/// `i32x4.dot_i16x8_s`), nibbles as in the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4Kx4 {
+    pub d: [f32; 4],
+    pub dmin: [f32; 4],
+    pub scales: [[i16; 8]; 4],
+    pub mins: [[i16; 8]; 4],
+    pub qs: [[u8; QK_K / 2]; 4],
+}
+const _: () = assert!(size_of::<BlockQ4Kx4>() == 672);
+
+impl PackedBlock for BlockQ4Kx4 {
+    type Src = BlockQ4K;
+    fn pack(rows: [Option<BlockQ4K>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ4K {
+                d: f16::ZERO,
+                dmin: f16::ZERO,
+                scales: [0; 12],
+                qs: [0; QK_K / 2],
+            })
+        });
+        BlockQ4Kx4 {
+            d: rows.map(|b| b.d.to_f32()),
+            dmin: rows.map(|b| b.dmin.to_f32()),
+            scales: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).0 as i16)),
+            mins: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).1 as i16)),
+            qs: rows.map(|b| b.qs),
+        }
+    }
+    fn unpack(&self, lane: usize) -> BlockQ4K {
+        BlockQ4K {
+            d: f16::from_f32(self.d[lane]),
+            dmin: f16::from_f32(self.dmin[lane]),
+            scales: pack_scale_min_k4(&self.scales[lane].map(|v| v as u8), &self.mins[lane].map(|v| v as u8)),
+            qs: self.qs[lane],
+        }
+    }
+}
+
+/// Q6_K for four rows: f32 scale, the sixteen sub-block scales widened to
+/// i16, and each 6-bit quant unpacked to one signed byte `q - 32` in element
+/// order (a third more bytes than the file's bit planes, but the kernel then
+/// reads plain int8 like Q8_0's instead of reassembling bits per weight).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ6Kx4 {
+    pub d: [f32; 4],
+    pub scales: [[i16; QK_K / 16]; 4],
+    pub qs: [[i8; QK_K]; 4],
+}
+const _: () = assert!(size_of::<BlockQ6Kx4>() == 1168);
+
+impl PackedBlock for BlockQ6Kx4 {
+    type Src = BlockQ6K;
+    fn pack(rows: [Option<BlockQ6K>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ6K {
+                ql: [0; QK_K / 2],
+                qh: [0x00; QK_K / 4],
+                scales: [0; QK_K / 16],
+                d: f16::ZERO,
+            })
+        });
+        BlockQ6Kx4 {
+            d: rows.map(|b| b.d.to_f32()),
+            scales: rows.map(|b| b.scales.map(|s| s as i16)),
+            qs: rows.map(|b| std::array::from_fn(|i| q6k_quant(&b, i))),
+        }
+    }
+    fn unpack(&self, lane: usize) -> BlockQ6K {
+        // The inverse of `q6k_quant`'s bit layout.
+        let mut b = BlockQ6K {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: self.scales[lane].map(|s| s as i8),
+            d: f16::from_f32(self.d[lane]),
+        };
+        for (i, &q) in self.qs[lane].iter().enumerate() {
+            let q = (q as i32 + 32) as u8;
+            let (half, r) = (i / 128, i % 128);
+            let (k, l) = (r / 32, r % 32);
+            let ql = &mut b.ql[64 * half + l + 32 * (k & 1)];
+            *ql |= if k < 2 { q & 0xF } else { (q & 0xF) << 4 };
+            b.qh[32 * half + l] |= (q >> 4) << (2 * k);
+        }
+        b
     }
 }
 
@@ -148,5 +242,35 @@ mod tests {
             assert_eq!(packed.row_blocks(r), src[r * 3..r * 3 + 3]);
         }
         assert!(Interleaved::<BlockQ8_0x4>::from_le_bytes(&[0; 33], 1, 32).is_err());
+    }
+
+    fn roundtrip<P: PackedBlock>(src: Vec<P::Src>, rows: usize, cols: usize)
+    where
+        P::Src: PartialEq + std::fmt::Debug,
+    {
+        let packed = Interleaved::<P>::from_le_bytes(&blocks_to_le_bytes(&src), rows, cols).unwrap();
+        let per_row = cols / P::Src::ELEMS;
+        for r in 0..rows {
+            assert_eq!(packed.row_blocks(r), src[r * per_row..(r + 1) * per_row], "row {r}");
+        }
+    }
+
+    #[test]
+    fn k_quants_pack_and_unpack_every_row_exactly() {
+        let (rows, cols) = (5, 512);
+        let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        roundtrip::<BlockQ4Kx4>(crate::quant::quantize_row_q4_k(&v), rows, cols);
+        roundtrip::<BlockQ6Kx4>(crate::quant::quantize_row_q6_k(&v), rows, cols);
+        // Raw bit patterns, not only what our quantizer writes: every scale bit and quant bit.
+        let raw: Vec<u8> = (0..rows * 2 * BlockQ6K::BYTES).map(|i| (i * 131 % 251) as u8).collect();
+        let blocks: Vec<BlockQ6K> = raw.chunks_exact(BlockQ6K::BYTES).map(BlockQ6K::read).collect();
+        let blocks: Vec<BlockQ6K> = blocks.into_iter().map(|mut b| { b.d = f16::from_f32(0.5); b }).collect();
+        roundtrip::<BlockQ6Kx4>(blocks, rows, cols);
+        let raw: Vec<u8> = (0..rows * 2 * BlockQ4K::BYTES).map(|i| (i * 67 % 253) as u8).collect();
+        let blocks: Vec<BlockQ4K> = raw
+            .chunks_exact(BlockQ4K::BYTES)
+            .map(|c| BlockQ4K { d: f16::from_f32(0.25), dmin: f16::from_f32(-0.5), ..BlockQ4K::read(c) })
+            .collect();
+        roundtrip::<BlockQ4Kx4>(blocks, rows, cols);
     }
 }
