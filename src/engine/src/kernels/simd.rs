@@ -194,6 +194,15 @@ mod imp {
         pub fn or(self, o: Self) -> Self {
             I8x16(v128_or(self.0, o.0))
         }
+        #[inline(always)]
+        pub fn splat(v: i8) -> Self {
+            I8x16(i8x16_splat(v))
+        }
+        /// Wrapping lane-wise subtraction.
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            I8x16(i8x16_sub(self.0, o.0))
+        }
     }
 
     #[allow(clippy::should_implement_trait)]
@@ -206,13 +215,17 @@ mod imp {
         pub unsafe fn load(p: *const i16) -> Self {
             I16x8(core::ptr::read_unaligned(p as *const v128))
         }
-        /// `*p` in all eight lanes (`v128.load16_splat`).
+        /// `*p` in all eight lanes.
+        ///
+        /// The read is volatile on purpose: otherwise LLVM merges the splats
+        /// of neighbouring scales into one vector load plus an
+        /// `i8x16.shuffle` per scale, which the IC charges more for.
         ///
         /// # Safety
         /// `p` must be readable.
         #[inline(always)]
         pub unsafe fn splat_load(p: *const i16) -> Self {
-            I16x8(v128_load16_splat(p as *const u16))
+            I16x8(i16x8_splat(core::ptr::read_volatile(p)))
         }
         /// `[a0 + a1, a2 + a3, .., b6 + b7]` narrowed to i16 (callers keep
         /// the sums in range, so the saturation never applies).
@@ -398,6 +411,14 @@ mod imp {
         #[inline(always)]
         pub fn or(self, o: Self) -> Self {
             I8x16(core::array::from_fn(|i| self.0[i] | o.0[i]))
+        }
+        #[inline(always)]
+        pub fn splat(v: i8) -> Self {
+            I8x16([v; 16])
+        }
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            I8x16(core::array::from_fn(|i| self.0[i].wrapping_sub(o.0[i])))
         }
     }
 

@@ -63,13 +63,26 @@ fn dot16_i16(w: I8x16, x: I8x16) -> I16x8 {
     I16x8::mul_low(w, x).add(I16x8::mul_high(w, x))
 }
 
+/// Repeats `$body` with `$i` bound to each literal: straight-line code, so
+/// every load's offset is a constant (LLVM does not reliably unroll these
+/// loops itself, and a loop index costs address arithmetic per load).
+macro_rules! unroll {
+    ($i:ident in [$($v:literal),*] $body:block) => {
+        $( { let $i: usize = $v; $body } )*
+    };
+}
+
 /// Rows `4g..4g + 4` of a packed Q4_K matrix against Q8_K activations: each
 /// lane bit for bit [`super::quant::vec_dot_q4_k_q8_k`] of that row.
 ///
-/// Per 32-element sub-block, nibble × int8 products (≤ 15 · 127) are summed
-/// four to an i16 lane (≤ 7,620), then `i32x4.dot_i16x8_s` with the splatted
-/// scale (≤ 63) adds them into i32. The mins term uses the activations'
-/// per-16 sums, paired to per-32 sums (|Σ| ≤ 4,064: fits i16).
+/// Nibbles are shifted to `q - 8` (-8..=7) so both `extmul` operands are
+/// signed bytes (with unsigned nibbles LLVM rewrites the multiply into
+/// widen-then-multiply, three instructions instead of one); the shift is
+/// undone exactly in integers: `Σ q·x = Σ (q - 8)·x + 8 · Σ x`, with `Σ x`
+/// per 32-element sub-block from the activations' per-16 sums.
+///
+/// Bounds: products ≤ 8 · 127, four to an i16 lane (≤ 4,064); scales ≤ 63
+/// applied by `i32x4.dot_i16x8_s`; per-32 activation sums ≤ 4,064 (i16).
 #[inline]
 pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
     assert_eq!(w.len(), x.len());
@@ -82,20 +95,8 @@ pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
         while pw < end {
             let (wb, xb) = (&*pw, &*px);
             let xq = xb.qs.as_ptr();
-            let xs: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)));
             let bsum32 = I16x8::sum_pairs_narrow(I16x8::load(xb.bsums.as_ptr()), I16x8::load(xb.bsums.as_ptr().add(8)));
-            let row = |r: usize| {
-                let (q, sc) = (wb.qs[r].as_ptr(), wb.scales[r].as_ptr());
-                let mut isc = I32x4::zero();
-                for c in 0..4 {
-                    let (q0, q1) = (I8x16::load(q.add(32 * c) as *const i8), I8x16::load(q.add(32 * c + 16) as *const i8));
-                    let lo = dot16_i16(q0.low_nibbles(), xs[4 * c]).add(dot16_i16(q1.low_nibbles(), xs[4 * c + 1]));
-                    let hi = dot16_i16(q0.high_nibbles(), xs[4 * c + 2]).add(dot16_i16(q1.high_nibbles(), xs[4 * c + 3]));
-                    isc = isc.add(I32x4::dot(lo, I16x8::splat_load(sc.add(2 * c))));
-                    isc = isc.add(I32x4::dot(hi, I16x8::splat_load(sc.add(2 * c + 1))));
-                }
-                (isc, I32x4::dot(I16x8::load(wb.mins[r].as_ptr()), bsum32))
-            };
+            let row = |r: usize| q4_k_row(wb, r, xq, bsum32);
             let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
             let isc = I32x4::sum4(r0.0, r1.0, r2.0, r3.0).to_f32();
             let imin = I32x4::sum4(r0.1, r1.1, r2.1, r3.1).to_f32();
@@ -127,16 +128,7 @@ pub fn dot4_q6_k(w: &[BlockQ6Kx4], x: &[BlockQ8K]) -> [f32; 4] {
         while pw < end {
             let (wb, xb) = (&*pw, &*px);
             let xq = xb.qs.as_ptr();
-            let xs: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)));
-            let row = |r: usize| {
-                let (q, sc) = (wb.qs[r].as_ptr(), wb.scales[r].as_ptr());
-                let mut isc = I32x4::zero();
-                for (g, &xg) in xs.iter().enumerate() {
-                    let s = dot16_i16(I8x16::load(q.add(16 * g)), xg);
-                    isc = isc.add(I32x4::dot(s, I16x8::splat_load(sc.add(g))));
-                }
-                isc
-            };
+            let row = |r: usize| q6_k_row(wb, r, xq);
             let isc = I32x4::sum4(row(0), row(1), row(2), row(3)).to_f32();
             let dd = F32x4::load(wb.d.as_ptr()).mul(F32x4::splat(xb.d));
             acc = acc.add(dd.mul(isc));
@@ -145,6 +137,46 @@ pub fn dot4_q6_k(w: &[BlockQ6Kx4], x: &[BlockQ8K]) -> [f32; 4] {
         }
     }
     acc.lanes()
+}
+
+/// Row `r` of a packed Q4_K block against one Q8_K block's quants `xq`:
+/// `(isc, imin)` as four i32 partial sums each (see [`dot4_q4_k`]).
+///
+/// # Safety
+/// `xq` must point at 256 readable bytes.
+#[inline(always)]
+unsafe fn q4_k_row(wb: &BlockQ4Kx4, r: usize, xq: *const i8, bsum32: I16x8) -> (I32x4, I32x4) {
+    let (q, sc) = (wb.qs[r].as_ptr() as *const i8, wb.scales[r].as_ptr());
+    let eight = I8x16::splat(8);
+    // 8 · Σ_j sc_j · Σx_j: the nibble shift, undone.
+    let mut isc = I32x4::dot(I16x8::load(sc), bsum32).shl(3);
+    unroll!(c in [0, 1, 2, 3] {
+        let (q0, q1) = (I8x16::load(q.add(32 * c)), I8x16::load(q.add(32 * c + 16)));
+        let x = xq.add(64 * c);
+        let lo = dot16_i16(q0.low_nibbles().sub(eight), I8x16::load(x))
+            .add(dot16_i16(q1.low_nibbles().sub(eight), I8x16::load(x.add(16))));
+        let hi = dot16_i16(q0.high_nibbles().sub(eight), I8x16::load(x.add(32)))
+            .add(dot16_i16(q1.high_nibbles().sub(eight), I8x16::load(x.add(48))));
+        isc = isc.add(I32x4::dot(lo, I16x8::splat_load(sc.add(2 * c))));
+        isc = isc.add(I32x4::dot(hi, I16x8::splat_load(sc.add(2 * c + 1))));
+    });
+    (isc, I32x4::dot(I16x8::load(wb.mins[r].as_ptr()), bsum32))
+}
+
+/// Row `r` of a packed Q6_K block against one Q8_K block's quants `xq`:
+/// `isc` as four i32 partial sums (see [`dot4_q6_k`]).
+///
+/// # Safety
+/// `xq` must point at 256 readable bytes.
+#[inline(always)]
+unsafe fn q6_k_row(wb: &BlockQ6Kx4, r: usize, xq: *const i8) -> I32x4 {
+    let (q, sc) = (wb.qs[r].as_ptr(), wb.scales[r].as_ptr());
+    let mut isc = I32x4::zero();
+    unroll!(g in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+        let s = dot16_i16(I8x16::load(q.add(16 * g)), I8x16::load(xq.add(16 * g)));
+        isc = isc.add(I32x4::dot(s, I16x8::splat_load(sc.add(g))));
+    });
+    isc
 }
 
 #[cfg(test)]
