@@ -6,7 +6,7 @@
 //!
 //! Map:
 //! - [`chat`]: chat templates (minijinja) and their stop strings.
-//! - [`format`]: GGUF and Hugging Face (config.json + safetensors) readers; the only place that knows file keys and tensor names.
+//! - [`format`]: GGUF and Hugging Face (config.json + safetensors) readers, the GGUF writer and the HF → GGUF converter; the only place that knows file keys and tensor names.
 //! - [`tensor`]: ggml tensor types.
 //! - [`quant`]: ggml block formats: layouts, scalar dequantizers (oracles) and quantizers.
 //! - [`tokenizer`]: text ↔ token ids (SentencePiece now; BPE slots in beside it).

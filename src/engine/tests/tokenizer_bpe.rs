@@ -6,8 +6,9 @@
 //! Vector files without a vocabulary here (so not tested): chameleon,
 //! command-r, deepseek-r1-qwen, roberta-bpe (their `.gguf` is absent).
 
-use icllm_engine::format::gguf::Gguf;
-use icllm_engine::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
+use icllm_engine::chat::{encode_chat, ChatTemplate, Message};
+use icllm_engine::format::gguf::{writer, Gguf, Value};
+use icllm_engine::tokenizer::{EncodeOptions, GgufVocabOptions, StreamDecoder, Tokenizer};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -162,6 +163,83 @@ fn special_tokens_and_end_of_generation() {
     let ids = l.encode_with("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>", parse);
     assert_eq!(ids[0], id(l, "<|start_header_id|>"));
     assert_eq!(*ids.last().unwrap(), id(l, "<|eot_id|>"));
+}
+
+/// tokenizer.json → GGUF metadata (as `icllm convert` writes it, padded to
+/// the model's vocabulary, with config.json's BOS/EOS) → tokenizer: the same
+/// ids as the tokenizer.json one on every vector (llama-bpe case 43
+/// included, where Hugging Face and the vectors differ), with and without
+/// special-token parsing, and the same chat prompts.
+#[test]
+fn tokenizer_json_converted_to_gguf_gives_the_same_ids() {
+    // (model, vectors, embedding rows, config.json bos / eos, expected tokenizer.ggml.pre)
+    for (model, vectors_name, pad_to, config_ids, pre) in [
+        ("qwen2.5", "ggml-vocab-qwen2.gguf", 151_936, (151_643, 151_645), "qwen2"),
+        (
+            "llama3.2",
+            "ggml-vocab-llama-bpe.gguf",
+            128_256,
+            (128_000, 128_001),
+            "smaug-bpe",
+        ),
+    ] {
+        let hf = if model == "qwen2.5" { qwen() } else { llama3() };
+        let mut md = hf
+            .gguf_metadata(GgufVocabOptions {
+                pad_to,
+                config_bos: Some(config_ids.0),
+                config_eos: Some(config_ids.1),
+            })
+            .unwrap();
+        let config = String::from_utf8(read(hf_dir(model).join("tokenizer_config.json"))).unwrap();
+        // Llama 3.2's base config has no template: the Instruct one comes as a separate file.
+        let separate = (model == "llama3.2").then(|| {
+            String::from_utf8(read(
+                root().join("src/engine/tests/data/llama3.2-instruct.chat_template.jinja"),
+            ))
+            .unwrap()
+        });
+        let hf_template = ChatTemplate::from_tokenizer_config(&config, separate.as_deref())
+            .unwrap()
+            .unwrap();
+        md.push((
+            "tokenizer.chat_template".into(),
+            Value::String(hf_template.source().to_string()),
+        ));
+        let bytes = writer::write(&md, &[]);
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), pre, "{model}");
+        let tok = Tokenizer::from_gguf(&g).unwrap();
+        assert_eq!(tok.vocab_size(), pad_to.max(hf.vocab_size()), "{model}: padded");
+        assert_eq!(tok.eos_id(), hf.eos_id(), "{model}");
+        assert_eq!(tok.add_bos_default(), hf.add_bos_default(), "{model}");
+        let mut texts: Vec<String> = vectors(vectors_name).into_iter().map(|(t, _)| t).collect();
+        texts.push("<|im_start|>user\nHi<|im_end|>\n<think>x</think><|endoftext|>".into());
+        texts.push("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>".into());
+        for (i, text) in texts.iter().enumerate() {
+            for parse_special in [false, true] {
+                let opts = EncodeOptions {
+                    add_bos: hf.add_bos_default(),
+                    parse_special,
+                };
+                let want = hf.encode_with(text, opts);
+                let got = tok.encode_with(text, opts);
+                assert_eq!(got, want, "{model} text {i} {text:?} (parse_special {parse_special})");
+                assert_eq!(tok.decode(&got), hf.decode(&want), "{model} text {i}");
+            }
+        }
+        let template = ChatTemplate::from_gguf(&g).unwrap().unwrap();
+        let chat = [Message::system("You are brief."), Message::user("Hello, 世界!")];
+        assert_eq!(
+            encode_chat(&tok, &template, &chat).unwrap(),
+            encode_chat(hf, &hf_template, &chat).unwrap(),
+            "{model}: chat prompt and stop tokens"
+        );
+        eprintln!(
+            "{model}: {} texts give the same ids through GGUF (tokenizer.ggml.pre = {pre})",
+            texts.len()
+        );
+    }
 }
 
 #[test]

@@ -25,7 +25,8 @@ const MIN_RESERVE: u64 = 1_500_000;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// GGUF model file.
+    /// GGUF model file, or Hugging Face checkpoint directory (converted to
+    /// GGUF in memory, tensor types kept).
     #[arg(long, required_unless_present = "shape", conflicts_with = "shape")]
     model: Option<PathBuf>,
     /// Synthetic random weights with a published shape instead of a file
@@ -122,10 +123,11 @@ fn set_limit(c: &mut LocalCanister, limit: u64) -> Result<()> {
     r.map_err(|e| anyhow!("set_message_instruction_limit: {e:?}"))
 }
 
-/// The model's name and GGUF bytes: the file, or synthetic weights for `--shape`.
+/// The model's name and GGUF bytes: the file (a checkpoint directory
+/// converted), or synthetic weights for `--shape`.
 fn model_bytes(args: &BenchArgs) -> Result<(String, Vec<u8>)> {
     if let Some(path) = &args.model {
-        let bytes = std::fs::read(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        let bytes = crate::model_files::canister_model_bytes(path)?;
         return Ok((path.display().to_string(), bytes));
     }
     let name = args.shape.as_deref().unwrap_or_default();
@@ -146,8 +148,8 @@ fn model_bytes(args: &BenchArgs) -> Result<(String, Vec<u8>)> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let wasm = build_or_read_wasm(args.wasm.as_deref())?;
     let (name, bytes) = model_bytes(&args)?;
+    let wasm = build_or_read_wasm(args.wasm.as_deref())?;
     let (model, gguf) = Model::from_gguf_bytes(&bytes).map_err(|e| anyhow!("cannot load {name}: {e}"))?;
     let tokenizer = Tokenizer::from_gguf(&gguf).ok();
     let model = &model;

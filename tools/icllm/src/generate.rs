@@ -51,6 +51,9 @@ pub struct GenerateArgs {
     /// Context size in tokens (default: the model's trained context; may exceed it).
     #[arg(long, short = 'c')]
     pub ctx_size: Option<u32>,
+    /// Also print the generated token ids (`generated_ids: [...]` on stderr).
+    #[arg(long)]
+    pub print_ids: bool,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -157,6 +160,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         "overall:    {:.1} tokens/s; stopped: {reason}; seed {seed}; ctx {ctx_size}",
         per_sec(n_gen, total)
     );
+    if args.print_ids {
+        eprintln!("generated_ids: {:?}", job.state.generated());
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; `main` only parses and dispatches.
 
 mod bench;
+mod convert;
 mod generate;
 mod inspect;
 mod logits;
@@ -39,6 +40,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Measure IC-weighted instructions per token in the local IC runtime.
     Bench(bench::BenchArgs),
+    /// Convert a Hugging Face checkpoint directory to one GGUF file (optionally quantized).
+    Convert(convert::ConvertArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Convert(args) => convert::run(args),
     }
 }

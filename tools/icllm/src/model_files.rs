@@ -1,17 +1,20 @@
 //! Opening what a user points `--model` at: a GGUF file, or a Hugging Face
 //! checkpoint directory (config.json, *.safetensors, tokenizer.json,
 //! tokenizer_config.json and maybe chat_template.jinja). Shared by
-//! `generate`, `logits` and `inspect`.
+//! `generate`, `logits` and `inspect`, which load either natively, and by
+//! `run` and `bench`, which upload GGUF bytes to the canister (a checkpoint
+//! directory is converted in memory first: the canister keeps one format).
 
 use anyhow::{bail, Context};
 use icllm_engine::chat::ChatTemplate;
+use icllm_engine::format::convert::{convert_dir, ConvertOptions};
 use icllm_engine::format::hf;
 use icllm_engine::model::Model;
 use icllm_engine::tokenizer::{EncodeOptions, Tokenizer};
 use std::path::{Path, PathBuf};
 
 /// A separate template file that newer HF checkpoints ship.
-pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+pub use icllm_engine::format::convert::CHAT_TEMPLATE_FILE;
 
 /// Which format a path holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,70 @@ impl ModelPath {
         } else {
             bail!("cannot read {}: no such file or directory", path.display())
         }
+    }
+}
+
+/// Worker threads for quantizing: the machine's cores.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The GGUF bytes to upload to the canister for `path`: a GGUF file as it
+/// is, or a Hugging Face checkpoint directory converted in memory (said on
+/// stderr), tensor types kept.
+pub fn canister_model_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    match ModelPath::new(path)? {
+        ModelPath::Gguf(file) => std::fs::read(&file).with_context(|| format!("cannot read {}", file.display())),
+        ModelPath::HfDir(dir) => {
+            eprintln!(
+                "converting the Hugging Face checkpoint {} to GGUF in memory (the canister loads GGUF; `icllm convert` writes it to a file)",
+                dir.display()
+            );
+            let mut bytes = Vec::new();
+            let opts = ConvertOptions {
+                quant: None,
+                threads: threads(),
+            };
+            let summary = convert_dir(&dir, &opts, &mut bytes)
+                .with_context(|| format!("cannot convert {} to GGUF", dir.display()))?;
+            eprintln!("converted: {}", describe_conversion(&summary.plan, summary.bytes));
+            Ok(bytes)
+        }
+    }
+}
+
+/// One line about a conversion: architecture, tensors by type, size, tokenizer.
+pub fn describe_conversion(plan: &icllm_engine::format::convert::ConvertPlan, bytes: u64) -> String {
+    let mut types: Vec<(&str, usize)> = Vec::new();
+    for t in &plan.tensors {
+        match types.iter_mut().find(|(n, _)| *n == t.ty.name()) {
+            Some((_, c)) => *c += 1,
+            None => types.push((t.ty.name(), 1)),
+        }
+    }
+    let types: Vec<String> = types.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+    format!(
+        "{}, {} tensors ({}), {}; tokenizer {} tokens (vocabulary {}), tokenizer.ggml.pre {}; chat template: {}",
+        plan.config.arch.spec().name,
+        plan.tensors.len(),
+        types.join(", "),
+        size(bytes),
+        plan.tokenizer_tokens,
+        plan.config.vocab_size,
+        plan.pre_tokenizer,
+        if plan.has_chat_template { "yes" } else { "no" },
+    )
+}
+
+/// A byte count for people: kB, MB or GB with one decimal.
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `icllm run`: the whole product on one machine. Builds (or finds) the
 //! canister wasm, installs it in the local IC runtime, uploads the model
-//! through the real chunk API, starts a job, lets the canister's timers drive
+//! (a GGUF file, or a Hugging Face checkpoint directory converted to GGUF in
+//! memory) through the real chunk API, starts a job, lets the canister's timers drive
 //! it to the end while streaming new text to stdout, then prints statistics
 //! to stderr as `key: value` lines.
 
@@ -16,7 +17,8 @@ const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// GGUF model file.
+    /// GGUF model file, or Hugging Face checkpoint directory (converted to
+    /// GGUF in memory before the upload).
     #[arg(long)]
     model: PathBuf,
     /// Prompt text (BOS alone when absent).
@@ -48,11 +50,15 @@ pub struct RunArgs {
     /// Canister wasm to run (default: built from the workspace with cargo).
     #[arg(long)]
     wasm: Option<PathBuf>,
+    /// Also print the generated token ids (`generated_ids: [...]` on stderr).
+    #[arg(long)]
+    print_ids: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    // The model first: a checkpoint that cannot be converted fails before the build.
+    let model = crate::model_files::canister_model_bytes(&args.model)?;
     let wasm = build_or_read_wasm(args.wasm.as_deref())?;
-    let model = std::fs::read(&args.model).map_err(|e| anyhow!("reading {}: {e}", args.model.display()))?;
     let init = InitArgs {
         message_instruction_limit: Some(args.instruction_limit),
         ..InitArgs::default()
@@ -112,5 +118,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     eprintln!("tokens_per_message: {:.0}", IC_UPDATE_LIMIT as f64 / per_token.max(1.0));
     eprintln!("max_message_instructions: {max_message}");
     eprintln!("cycles: {}", view.cycles);
+    if args.print_ids {
+        eprintln!("generated_ids: {:?}", view.tokens);
+    }
     Ok(())
 }

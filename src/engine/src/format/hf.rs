@@ -19,8 +19,9 @@
 //! - **RoPE scaling.** `rope_scaling` of type `llama3` becomes the
 //!   `rope_freqs.weight` tensor the converter would write
 //!   ([`llama3_rope_freq_factors`]); `linear` becomes a frequency scale;
-//! - **BF16** tensors are widened to F32 as they are added (the kernels have
-//!   no BF16 path yet; when they do, BF16 can pass through like F16).
+//! - **BF16** tensors are widened to F32 as they are added (exact; the BF16
+//!   kernels widen each weight the same way, so [`super::convert`], which
+//!   keeps them BF16 in the GGUF file, loads to bit-identical logits).
 //!
 //! Loading is incremental like GGUF's: [`HfLoader::new`] takes the config and
 //! the shard headers (a few kilobytes at the start of each file, see
@@ -186,6 +187,12 @@ impl HfConfig {
 
     fn rope(&self) -> Option<&HfRopeScaling> {
         self.rope_scaling.as_ref().or(self.rope_parameters.as_ref())
+    }
+
+    /// The factor of `linear` RoPE scaling, if the config asks for it
+    /// ([`Self::resolve`] checks it is a positive number).
+    pub fn linear_rope_factor(&self) -> Option<f64> {
+        self.rope().filter(|r| r.kind() == "linear").and_then(|r| r.factor)
     }
 
     /// Step two: the engine's config. Required: hidden_size,
@@ -365,6 +372,15 @@ impl HfDtype {
         }
     }
 
+    /// The ggml type with the same element encoding.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            HfDtype::F32 => GgmlType::F32,
+            HfDtype::F16 => GgmlType::F16,
+            HfDtype::BF16 => GgmlType::BF16,
+        }
+    }
+
     /// The ggml type the loader stores it as (BF16 is widened to F32).
     fn stored_as(self) -> GgmlType {
         match self {
@@ -523,6 +539,14 @@ pub struct TensorSource {
     pub shape: Vec<u64>,
     /// Permute rows within each of this many heads (q/k of llama, see the module doc).
     permute_heads: Option<usize>,
+}
+
+impl TensorSource {
+    /// For llama's q/k: the number of heads whose rows the converter's
+    /// permutation reorders ([`permute_rope_halves_to_pairs`]).
+    pub fn permute_heads(&self) -> Option<usize> {
+        self.permute_heads
+    }
 }
 
 /// Loads a model from a Hugging Face checkpoint tensor by tensor.
@@ -722,7 +746,7 @@ impl HfLoader {
 /// `heads` heads of `rows_per_head` rows, HF row `i * half + j` (i ∈ {0, 1},
 /// j < half = rows_per_head / 2) becomes row `2j + i`, so that the rotation
 /// partners of `rotate_half` become adjacent pairs. `row_bytes`: bytes per row.
-fn permute_rope_halves_to_pairs(data: &[u8], heads: usize, row_bytes: usize) -> Vec<u8> {
+pub(crate) fn permute_rope_halves_to_pairs(data: &[u8], heads: usize, row_bytes: usize) -> Vec<u8> {
     let rows = data.len() / row_bytes;
     let rows_per_head = rows / heads;
     let half = rows_per_head / 2;
@@ -740,26 +764,49 @@ fn permute_rope_halves_to_pairs(data: &[u8], heads: usize, row_bytes: usize) -> 
     out
 }
 
-/// Loads a checkpoint directory natively: `config.json`, then the shards
-/// named by `model.safetensors.index.json` (or `model.safetensors`, or every
-/// `*.safetensors` file), one file in memory at a time.
-pub fn load_dir(dir: &std::path::Path) -> Result<Model, ModelError> {
-    use std::io::Read;
-    let read_text = |name: &str| -> Result<Option<String>, HfError> {
-        match std::fs::read_to_string(dir.join(name)) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(HfError::Json {
-                file: name.into(),
-                reason: format!("cannot read: {e}"),
-            }),
+/// The parts of a checkpoint directory read before any tensor data:
+/// `config.json`, the shard files (in loading order) and their headers.
+#[derive(Debug, Clone)]
+pub struct DirHeaders {
+    pub config_json: String,
+    pub files: Vec<String>,
+    pub headers: Vec<ShardHeader>,
+}
+
+/// Reads `dir/name` as text; `None` when the file does not exist.
+pub fn read_optional_text(dir: &std::path::Path, name: &str) -> Result<Option<String>, HfError> {
+    match std::fs::read_to_string(dir.join(name)) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(HfError::Json {
+            file: name.into(),
+            reason: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// The error for a shard file that cannot be read.
+fn shard_io_error(file: &str, e: std::io::Error) -> HfError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        HfError::MissingShard { file: file.into() }
+    } else {
+        HfError::Header {
+            file: file.into(),
+            reason: format!("cannot read: {e}"),
         }
-    };
-    let config_json = read_text(CONFIG_FILE)?.ok_or_else(|| HfError::Json {
+    }
+}
+
+/// Reads a checkpoint directory's `config.json` and the headers of the
+/// shards named by `model.safetensors.index.json` (or `model.safetensors`,
+/// or every `*.safetensors` file): a few kilobytes per shard.
+pub fn read_dir_headers(dir: &std::path::Path) -> Result<DirHeaders, ModelError> {
+    use std::io::Read;
+    let config_json = read_optional_text(dir, CONFIG_FILE)?.ok_or_else(|| HfError::Json {
         file: CONFIG_FILE.into(),
         reason: format!("missing in {}", dir.display()),
     })?;
-    let files = match read_text(INDEX_FILE)? {
+    let files = match read_optional_text(dir, INDEX_FILE)? {
         Some(index) => shard_files(Some(&index))?,
         None if dir.join(SINGLE_SHARD_FILE).exists() => vec![SINGLE_SHARD_FILE.to_string()],
         None => {
@@ -778,22 +825,10 @@ pub fn load_dir(dir: &std::path::Path) -> Result<Model, ModelError> {
             files
         }
     };
-    let io_err = |file: &str, e: std::io::Error| -> ModelError {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            HfError::MissingShard { file: file.into() }.into()
-        } else {
-            HfError::Header {
-                file: file.into(),
-                reason: format!("cannot read: {e}"),
-            }
-            .into()
-        }
-    };
-    // Headers first (a few kilobytes per file).
     let mut headers = Vec::with_capacity(files.len());
     for file in &files {
-        let mut f = std::fs::File::open(dir.join(file)).map_err(|e| io_err(file, e))?;
-        let file_len = f.metadata().map_err(|e| io_err(file, e))?.len();
+        let mut f = std::fs::File::open(dir.join(file)).map_err(|e| shard_io_error(file, e))?;
+        let file_len = f.metadata().map_err(|e| shard_io_error(file, e))?.len();
         let mut first8 = [0u8; 8];
         f.read_exact(&mut first8).map_err(|_| HfError::Header {
             file: file.clone(),
@@ -807,13 +842,29 @@ pub fn load_dir(dir: &std::path::Path) -> Result<Model, ModelError> {
         }
         let mut prefix = first8.to_vec();
         prefix.resize(n as usize, 0);
-        f.read_exact(&mut prefix[8..]).map_err(|e| io_err(file, e))?;
+        f.read_exact(&mut prefix[8..]).map_err(|e| shard_io_error(file, e))?;
         headers.push(ShardHeader::parse(file, &prefix, file_len)?);
     }
+    Ok(DirHeaders {
+        config_json,
+        files,
+        headers,
+    })
+}
+
+/// Loads a checkpoint directory natively: `config.json`, then the shards
+/// named by `model.safetensors.index.json` (or `model.safetensors`, or every
+/// `*.safetensors` file), one file in memory at a time.
+pub fn load_dir(dir: &std::path::Path) -> Result<Model, ModelError> {
+    let DirHeaders {
+        config_json,
+        files,
+        headers,
+    } = read_dir_headers(dir)?;
     let mut loader = HfLoader::new(&config_json, &headers)?;
     // Then each file's tensors, one file in memory at a time.
     for file in &files {
-        let bytes = std::fs::read(dir.join(file)).map_err(|e| io_err(file, e))?;
+        let bytes = std::fs::read(dir.join(file)).map_err(|e| shard_io_error(file, e))?;
         while let Some(src) = loader.next_needed().filter(|s| &s.file == file) {
             let (name, range) = (src.hf_name.clone(), src.range.clone());
             let data = bytes

@@ -209,6 +209,27 @@ impl BpeTokenizer {
         self.add_eos
     }
 
+    /// Whether a word that is itself a token is emitted without merging.
+    pub fn ignore_merges(&self) -> bool {
+        self.ignore_merges
+    }
+
+    pub(crate) fn pre_tokenizer(&self) -> &PreTokenizer {
+        &self.pre
+    }
+
+    /// The usable merge rules as (left id, right id), lowest rank first:
+    /// the list that, read back, gives this tokenizer's merges (rules that
+    /// can never apply, and later duplicates of a pair, are left out).
+    pub fn merges_by_rank(&self) -> Vec<(u32, u32)> {
+        let mut merges: Vec<(u32, u64)> = self.merges.iter().map(|(&key, m)| (m.rank, key)).collect();
+        merges.sort_unstable();
+        merges
+            .into_iter()
+            .map(|(_, key)| ((key >> 32) as u32, key as u32))
+            .collect()
+    }
+
     /// The bytes token `id` decodes to; empty for control tokens and ids out of range.
     pub fn piece(&self, id: u32) -> &[u8] {
         let i = id as usize;

@@ -176,7 +176,17 @@ fn type_of(v: &Value) -> &str {
 }
 
 pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeTokenizer, TokenizerError> {
-    let tj: TokenizerJson = serde_json::from_str(json).map_err(|e| TokenizerError::HfJson(e.to_string()))?;
+    let tj: TokenizerJson = serde_json::from_str(json).map_err(|e| {
+        // Models of another kind (Unigram, WordPiece) have another shape:
+        // name the kind rather than the first field that does not fit.
+        let kind = serde_json::from_str::<Value>(json)
+            .ok()
+            .and_then(|v| Some(v.get("model")?.get("type")?.as_str()?.to_string()));
+        match kind {
+            Some(kind) if kind != "BPE" => unsupported(format!("model type {kind:?}")),
+            _ => TokenizerError::HfJson(e.to_string()),
+        }
+    })?;
     let config: Option<Value> = match config_json {
         Some(c) => {
             Some(serde_json::from_str(c).map_err(|e| TokenizerError::HfJson(format!("tokenizer_config.json: {e}")))?)

@@ -29,10 +29,12 @@ mod hash;
 mod hf;
 mod pretok;
 mod spm;
+mod to_gguf;
 mod vocab;
 
 pub use bpe::BpeTokenizer;
 pub use spm::SpmTokenizer;
+pub use to_gguf::GgufVocabOptions;
 pub use vocab::{Vocab, MAX_VOCAB};
 
 use crate::format::gguf::Gguf;
@@ -88,6 +90,8 @@ pub enum TokenizerError {
     HfJson(String),
     #[error("tokenizer.json: unsupported {what} (supported: byte-level BPE as used by GPT-2, Llama 3, Qwen2)")]
     HfUnsupported { what: String },
+    #[error("the tokenizer cannot be written as GGUF metadata: {0}")]
+    NotGguf(String),
 }
 
 /// A token's type, as `tokenizer.ggml.token_type` stores it.
@@ -119,6 +123,19 @@ impl TokenType {
             5 => TokenType::Unused,
             6 => TokenType::Byte,
             _ => TokenType::Undefined,
+        }
+    }
+
+    /// The value `tokenizer.ggml.token_type` stores for this type.
+    pub fn to_gguf(self) -> i32 {
+        match self {
+            TokenType::Undefined => 0,
+            TokenType::Normal => 1,
+            TokenType::Unknown => 2,
+            TokenType::Control => 3,
+            TokenType::UserDefined => 4,
+            TokenType::Unused => 5,
+            TokenType::Byte => 6,
         }
     }
 }

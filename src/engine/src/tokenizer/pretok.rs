@@ -120,6 +120,39 @@ impl PreTokenizerSpec {
     }
 }
 
+/// The `tokenizer.ggml.pre` names a converter may write, one per distinct
+/// behaviour, in order of preference (the name llama.cpp's converter gives
+/// the best-known model with that behaviour). Aliases with the same
+/// patterns and flags (`llama3`, `starcoder`, …) are left out.
+const GGUF_NAMES_BY_PREFERENCE: &[&str] = &[
+    "llama-bpe",
+    "smaug-bpe",
+    "qwen2",
+    "gpt-2",
+    "smollm",
+    "deepseek-llm",
+    "deepseek-coder",
+    "falcon",
+    "default",
+    "gpt-4o",
+    "tekken",
+    "chameleon",
+    "poro-chat",
+    "viking",
+];
+
+impl PreTokenizerSpec {
+    /// The `tokenizer.ggml.pre` name whose patterns are exactly `patterns`
+    /// and whose `ignore_merges` is `ignore_merges`: the name under which a
+    /// GGUF file gives the same words and the same merging as the source.
+    pub fn gguf_name_for(patterns: &[&str], ignore_merges: bool) -> Option<&'static str> {
+        GGUF_NAMES_BY_PREFERENCE.iter().copied().find(|name| {
+            Self::for_gguf_name(name)
+                .is_ok_and(|spec| spec.ignore_merges == ignore_merges && spec.patterns.iter().eq(patterns.iter()))
+        })
+    }
+}
+
 /// A compiled list of splitting patterns (see the module doc).
 #[derive(Debug, Clone)]
 pub(crate) struct PreTokenizer {
@@ -144,6 +177,11 @@ impl PreTokenizer {
             splits,
             add_prefix_space,
         })
+    }
+
+    /// The splitting patterns, in the order they apply.
+    pub fn patterns(&self) -> Vec<&str> {
+        self.splits.iter().map(Regex::as_str).collect()
     }
 
     /// Cuts `text` into words, appending them to `words` (cleared first);
@@ -251,6 +289,29 @@ mod tests {
             assert_eq!(char_to_byte(BYTE_TO_CHAR[b as usize]), Some(b));
         }
         assert_eq!(char_to_byte('€'), None);
+    }
+
+    #[test]
+    fn gguf_names_are_found_by_their_patterns() {
+        for name in GGUF_NAMES_BY_PREFERENCE {
+            let spec = PreTokenizerSpec::for_gguf_name(name).unwrap();
+            let patterns: Vec<&str> = spec.patterns.iter().map(String::as_str).collect();
+            assert_eq!(
+                PreTokenizerSpec::gguf_name_for(&patterns, spec.ignore_merges),
+                Some(*name),
+                "{name} is shadowed by an earlier name with the same behaviour"
+            );
+        }
+        // Llama 3's pattern: merged always (Hugging Face) or not for whole-token words (llama.cpp).
+        assert_eq!(
+            PreTokenizerSpec::gguf_name_for(&[LLAMA3_PATTERN], false),
+            Some("smaug-bpe")
+        );
+        assert_eq!(
+            PreTokenizerSpec::gguf_name_for(&[r"\p{N}", GPT2_PATTERN], false),
+            Some("smollm")
+        );
+        assert_eq!(PreTokenizerSpec::gguf_name_for(&[r"\p{N}+"], false), None);
     }
 
     #[test]

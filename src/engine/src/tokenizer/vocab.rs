@@ -266,6 +266,11 @@ impl Vocab {
         self.eog.binary_search(&id).is_ok()
     }
 
+    /// Specials that swallow the whitespace after them, sorted.
+    pub(crate) fn rstrip_ids(&self) -> &[u32] {
+        &self.rstrip
+    }
+
     /// Cuts `text` around verbatim occurrences of special tokens, as llama.cpp
     /// does before running the tokenizer proper: user-defined tokens are always
     /// matched; control and unknown tokens only when `parse_special` is set.

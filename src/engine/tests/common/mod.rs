@@ -35,3 +35,4 @@ pub fn vectors(name: &str) -> Vec<(String, Vec<u32>)> {
     );
     texts.into_iter().map(String::from).zip(ids).collect()
 }
+pub mod tiny_hf;
