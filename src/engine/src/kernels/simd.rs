@@ -516,15 +516,16 @@ pub fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
     let p = rows.map(|r| r.as_ptr());
     let px = x.as_ptr();
     let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
-    let n16 = n / 16 * 16;
+    let n32 = n / 32 * 32;
     let mut i = 0;
-    // 16 columns per pass: one address per row, four loads at constant
-    // offsets (each lane still accumulates its elements in order).
-    while i < n16 {
-        // SAFETY: i + 16 <= n16 <= n = every row's length.
+    // 32 columns per pass: one address per row, eight loads at constant
+    // offsets (each lane still accumulates its elements in order); the
+    // per-pass address and loop arithmetic is spread over 128 multiply-adds.
+    while i < n32 {
+        // SAFETY: i + 32 <= n32 <= n = every row's length.
         unsafe {
             let (x, r0, r1, r2, r3) = (px.add(i), p[0].add(i), p[1].add(i), p[2].add(i), p[3].add(i));
-            for j in [0, 4, 8, 12] {
+            for j in [0, 4, 8, 12, 16, 20, 24, 28] {
                 let xv = F32x4::load(x.add(j));
                 a0 = a0.add(F32x4::load(r0.add(j)).mul(xv));
                 a1 = a1.add(F32x4::load(r1.add(j)).mul(xv));
@@ -532,7 +533,7 @@ pub fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
                 a3 = a3.add(F32x4::load(r3.add(j)).mul(xv));
             }
         }
-        i += 16;
+        i += 32;
     }
     while i < n4 {
         // SAFETY: i + 4 <= n4 <= n = every row's length.

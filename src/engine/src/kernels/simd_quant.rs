@@ -31,26 +31,39 @@ fn dot32(w0: I8x16, w1: I8x16, x0: I8x16, x1: I8x16) -> I32x4 {
 #[inline]
 pub fn dot4_q8_0(w: &[BlockQ8_0x4], x: &[BlockQ8A]) -> [f32; 4] {
     assert_eq!(w.len(), x.len());
+    /// One block of the four rows, accumulated into `acc` (the oracle's f32 step).
+    ///
+    /// # Safety
+    /// `wb` and `xb` must be valid blocks (the loads stay inside them).
+    #[inline(always)]
+    unsafe fn block(acc: F32x4, wb: &BlockQ8_0x4, xb: &BlockQ8A) -> F32x4 {
+        let (x0, x1) = (I8x16::load(xb.qs.as_ptr()), I8x16::load(xb.qs.as_ptr().add(16)));
+        let row = |r: usize| {
+            let q = wb.qs[r].as_ptr();
+            dot32(I8x16::load(q), I8x16::load(q.add(16)), x0, x1)
+        };
+        let isum = I32x4::sum4(row(0), row(1), row(2), row(3));
+        let dd = F32x4::load(wb.d.as_ptr()).mul(F32x4::splat(xb.d));
+        acc.add(dd.mul(isum.to_f32()))
+    }
     let mut acc = F32x4::zero();
-    // Pointer walks (not indexing): each load is then `base + constant`,
-    // which becomes the load's free `offset=` immediate.
+    // Pointer walks (not indexing), two blocks per pass: each load is then
+    // `base + constant` (the load's free `offset=` immediate) and the loop
+    // arithmetic is paid once per 256 multiply-adds.
     let (mut pw, mut px) = (w.as_ptr(), x.as_ptr());
-    // SAFETY: pw < end, and x has as many blocks as w, so both point at a
-    // valid block; every load reads 16 bytes of a `qs` array or 4 f32 of `d`.
+    // SAFETY: pw + 1 < end (or pw < end for the last block), and x has as
+    // many blocks as w, so every block read is in bounds.
     unsafe {
         let end = pw.add(w.len());
-        while pw < end {
-            let (wb, xb) = (&*pw, &*px);
-            let (x0, x1) = (I8x16::load(xb.qs.as_ptr()), I8x16::load(xb.qs.as_ptr().add(16)));
-            let row = |r: usize| {
-                let q = wb.qs[r].as_ptr();
-                dot32(I8x16::load(q), I8x16::load(q.add(16)), x0, x1)
-            };
-            let isum = I32x4::sum4(row(0), row(1), row(2), row(3));
-            let dd = F32x4::load(wb.d.as_ptr()).mul(F32x4::splat(xb.d));
-            acc = acc.add(dd.mul(isum.to_f32()));
-            pw = pw.add(1);
-            px = px.add(1);
+        let end2 = pw.add(w.len() / 2 * 2);
+        while pw < end2 {
+            acc = block(acc, &*pw, &*px);
+            acc = block(acc, &*pw.add(1), &*px.add(1));
+            pw = pw.add(2);
+            px = px.add(2);
+        }
+        if pw < end {
+            acc = block(acc, &*pw, &*px);
         }
     }
     acc.lanes()
