@@ -148,6 +148,17 @@ mod imp {
         pub fn mul_high(a: I8x16, b: I8x16) -> Self {
             I16x8(i16x8_extmul_high_i8x16(a.0, b.0))
         }
+        /// As [`Self::mul_low`], both operands read as unsigned bytes
+        /// (products ≤ 65,025 wrap in i16; callers keep them small).
+        #[inline(always)]
+        pub fn mul_low_u(a: I8x16, b: I8x16) -> Self {
+            I16x8(u16x8_extmul_low_u8x16(a.0, b.0))
+        }
+        /// As [`Self::mul_high`], both operands read as unsigned bytes.
+        #[inline(always)]
+        pub fn mul_high_u(a: I8x16, b: I8x16) -> Self {
+            I16x8(u16x8_extmul_high_u8x16(a.0, b.0))
+        }
         /// Wrapping lane-wise add (callers keep sums in range).
         #[inline(always)]
         pub fn add(self, o: Self) -> Self {
@@ -203,6 +214,11 @@ mod imp {
         pub fn sub(self, o: Self) -> Self {
             I8x16(i8x16_sub(self.0, o.0))
         }
+        /// Each signed byte plus 128, as an unsigned byte (sign bit flipped).
+        #[inline(always)]
+        pub fn offset_to_u8(self) -> Self {
+            I8x16(v128_xor(self.0, u8x16_splat(0x80)))
+        }
     }
 
     #[allow(clippy::should_implement_trait)]
@@ -243,6 +259,14 @@ mod imp {
         #[inline(always)]
         pub fn zero() -> Self {
             I32x4(i32x4_splat(0))
+        }
+        /// Loads 4 i32 at `p`.
+        ///
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const i32) -> Self {
+            I32x4(core::ptr::read_unaligned(p as *const v128))
         }
         /// Lane `i` = `a[2i]·b[2i] + a[2i+1]·b[2i+1]` (`i32x4.dot_i16x8_s`, exact).
         #[inline(always)]
@@ -382,6 +406,18 @@ mod imp {
             I16x8(core::array::from_fn(|i| a.0[i + 8] as i16 * b.0[i + 8] as i16))
         }
         #[inline(always)]
+        pub fn mul_low_u(a: I8x16, b: I8x16) -> Self {
+            I16x8(core::array::from_fn(|i| {
+                (a.0[i] as u8 as u16 * b.0[i] as u8 as u16) as i16
+            }))
+        }
+        #[inline(always)]
+        pub fn mul_high_u(a: I8x16, b: I8x16) -> Self {
+            I16x8(core::array::from_fn(|i| {
+                (a.0[i + 8] as u8 as u16 * b.0[i + 8] as u8 as u16) as i16
+            }))
+        }
+        #[inline(always)]
         pub fn add(self, o: Self) -> Self {
             I16x8(core::array::from_fn(|i| self.0[i].wrapping_add(o.0[i])))
         }
@@ -420,6 +456,10 @@ mod imp {
         pub fn sub(self, o: Self) -> Self {
             I8x16(core::array::from_fn(|i| self.0[i].wrapping_sub(o.0[i])))
         }
+        #[inline(always)]
+        pub fn offset_to_u8(self) -> Self {
+            I8x16(self.0.map(|v| ((v as u8) ^ 0x80) as i8))
+        }
     }
 
     #[allow(clippy::should_implement_trait)]
@@ -439,7 +479,13 @@ mod imp {
         #[inline(always)]
         pub fn sum_pairs_narrow(a: Self, b: Self) -> Self {
             let pair = |v: &[i16; 8], i: usize| (v[2 * i] as i32 + v[2 * i + 1] as i32).clamp(-32768, 32767) as i16;
-            I16x8(core::array::from_fn(|i| if i < 4 { pair(&a.0, i) } else { pair(&b.0, i - 4) }))
+            I16x8(core::array::from_fn(|i| {
+                if i < 4 {
+                    pair(&a.0, i)
+                } else {
+                    pair(&b.0, i - 4)
+                }
+            }))
         }
     }
 
@@ -448,6 +494,12 @@ mod imp {
         #[inline(always)]
         pub fn zero() -> Self {
             I32x4([0; 4])
+        }
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load(p: *const i32) -> Self {
+            I32x4(core::ptr::read_unaligned(p as *const [i32; 4]))
         }
         #[inline(always)]
         pub fn dot(a: I16x8, b: I16x8) -> Self {

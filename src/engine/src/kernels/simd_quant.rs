@@ -88,14 +88,16 @@ macro_rules! unroll {
 /// Rows `4g..4g + 4` of a packed Q4_K matrix against Q8_K activations: each
 /// lane bit for bit [`super::quant::vec_dot_q4_k_q8_k`] of that row.
 ///
-/// Nibbles are shifted to `q - 8` (-8..=7) so both `extmul` operands are
-/// signed bytes (with unsigned nibbles LLVM rewrites the multiply into
-/// widen-then-multiply, three instructions instead of one); the shift is
-/// undone exactly in integers: `Σ q·x = Σ (q - 8)·x + 8 · Σ x`, with `Σ x`
-/// per 32-element sub-block from the activations' per-16 sums.
+/// The activations are offset to unsigned bytes (`x + 128`, one xor per
+/// vector for all four rows) so nibble × activation is one unsigned
+/// `extmul` (with a signed operand LLVM rewrites it into widen-then-multiply,
+/// three instructions); the offset's share, `128 · Σ_j sc_j · Σ q`, is
+/// precomputed per row at load ([`BlockQ4Kx4::qcorr`]) and subtracted
+/// exactly in integers.
 ///
-/// Bounds: products ≤ 8 · 127, four to an i16 lane (≤ 4,064); scales ≤ 63
-/// applied by `i32x4.dot_i16x8_s`; per-32 activation sums ≤ 4,064 (i16).
+/// Bounds: products ≤ 15 · 255, four to an i16 lane (≤ 15,300); scales ≤ 63
+/// applied by `i32x4.dot_i16x8_s`; per-32 activation sums for the mins ≤
+/// 4,064 (i16).
 #[inline]
 pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
     assert_eq!(w.len(), x.len());
@@ -108,10 +110,13 @@ pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
         while pw < end {
             let (wb, xb) = (&*pw, &*px);
             let xq = xb.qs.as_ptr();
+            let xu: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)).offset_to_u8());
             let bsum32 = I16x8::sum_pairs_narrow(I16x8::load(xb.bsums.as_ptr()), I16x8::load(xb.bsums.as_ptr().add(8)));
-            let row = |r: usize| q4_k_row(wb, r, xq, bsum32);
+            let row = |r: usize| q4_k_row(wb, r, &xu, bsum32);
             let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let isc = I32x4::sum4(r0.0, r1.0, r2.0, r3.0).to_f32();
+            let isc = I32x4::sum4(r0.0, r1.0, r2.0, r3.0)
+                .sub(I32x4::load(wb.qcorr.as_ptr()))
+                .to_f32();
             let imin = I32x4::sum4(r0.1, r1.1, r2.1, r3.1).to_f32();
             let xd = F32x4::splat(xb.d);
             let dd = F32x4::load(wb.d.as_ptr()).mul(xd);
@@ -152,24 +157,18 @@ pub fn dot4_q6_k(w: &[BlockQ6Kx4], x: &[BlockQ8K]) -> [f32; 4] {
     acc.lanes()
 }
 
-/// Row `r` of a packed Q4_K block against one Q8_K block's quants `xq`:
-/// `(isc, imin)` as four i32 partial sums each (see [`dot4_q4_k`]).
-///
-/// # Safety
-/// `xq` must point at 256 readable bytes.
+/// Row `r` of a packed Q4_K block against one Q8_K block's activations
+/// offset to unsigned bytes: `(Σ_j sc_j · Σ q·(x + 128), imin)` as four i32
+/// partial sums each (see [`dot4_q4_k`]).
 #[inline(always)]
-unsafe fn q4_k_row(wb: &BlockQ4Kx4, r: usize, xq: *const i8, bsum32: I16x8) -> (I32x4, I32x4) {
+unsafe fn q4_k_row(wb: &BlockQ4Kx4, r: usize, xu: &[I8x16; 16], bsum32: I16x8) -> (I32x4, I32x4) {
     let (q, sc) = (wb.qs[r].as_ptr() as *const i8, wb.scales[r].as_ptr());
-    let eight = I8x16::splat(8);
-    // 8 · Σ_j sc_j · Σx_j: the nibble shift, undone.
-    let mut isc = I32x4::dot(I16x8::load(sc), bsum32).shl(3);
+    let dot16_u = |w: I8x16, x: I8x16| I16x8::mul_low_u(w, x).add(I16x8::mul_high_u(w, x));
+    let mut isc = I32x4::zero();
     unroll!(c in [0, 1, 2, 3] {
         let (q0, q1) = (I8x16::load(q.add(32 * c)), I8x16::load(q.add(32 * c + 16)));
-        let x = xq.add(64 * c);
-        let lo = dot16_i16(q0.low_nibbles().sub(eight), I8x16::load(x))
-            .add(dot16_i16(q1.low_nibbles().sub(eight), I8x16::load(x.add(16))));
-        let hi = dot16_i16(q0.high_nibbles().sub(eight), I8x16::load(x.add(32)))
-            .add(dot16_i16(q1.high_nibbles().sub(eight), I8x16::load(x.add(48))));
+        let lo = dot16_u(q0.low_nibbles(), xu[4 * c]).add(dot16_u(q1.low_nibbles(), xu[4 * c + 1]));
+        let hi = dot16_u(q0.high_nibbles(), xu[4 * c + 2]).add(dot16_u(q1.high_nibbles(), xu[4 * c + 3]));
         isc = isc.add(I32x4::dot(lo, I16x8::splat_load(sc.add(2 * c))));
         isc = isc.add(I32x4::dot(hi, I16x8::splat_load(sc.add(2 * c + 1))));
     });
@@ -313,7 +312,10 @@ mod tests {
                 ..b
             });
             check_k::<BlockQ4Kx4>(&q4, rows, cols, dot4_q4_k, vec_dot_q4_k_q8_k);
-            let q6: Vec<BlockQ6K> = raw_blocks(n, rows, |b: BlockQ6K| BlockQ6K { d: f16::from_bits(0x0001), ..b });
+            let q6: Vec<BlockQ6K> = raw_blocks(n, rows, |b: BlockQ6K| BlockQ6K {
+                d: f16::from_bits(0x0001),
+                ..b
+            });
             check_k::<BlockQ6Kx4>(&q6, rows, cols, dot4_q6_k, vec_dot_q6_k_q8_k);
         }
     }

@@ -72,11 +72,28 @@ impl PackedBlock for BlockQ8_0x4 {
 pub struct BlockQ4Kx4 {
     pub d: [f32; 4],
     pub dmin: [f32; 4],
+    /// `128 · Σ_j scales[j] · Σ q` over sub-block `j`'s quants, per row: lets
+    /// the kernel multiply nibbles with activations offset to unsigned bytes
+    /// (`x + 128`) and subtract the offset's contribution exactly.
+    pub qcorr: [i32; 4],
     pub scales: [[i16; 8]; 4],
     pub mins: [[i16; 8]; 4],
     pub qs: [[u8; QK_K / 2]; 4],
 }
-const _: () = assert!(size_of::<BlockQ4Kx4>() == 672);
+const _: () = assert!(size_of::<BlockQ4Kx4>() == 688);
+
+/// [`BlockQ4Kx4::qcorr`] of one ggml block.
+fn q4_k_offset_correction(b: &BlockQ4K) -> i32 {
+    (0..4)
+        .map(|c| {
+            let q = &b.qs[32 * c..32 * c + 32];
+            let lo: i32 = q.iter().map(|&v| (v & 0xF) as i32).sum();
+            let hi: i32 = q.iter().map(|&v| (v >> 4) as i32).sum();
+            scale_min_k4(2 * c, &b.scales).0 as i32 * lo + scale_min_k4(2 * c + 1, &b.scales).0 as i32 * hi
+        })
+        .sum::<i32>()
+        * 128
+}
 
 impl PackedBlock for BlockQ4Kx4 {
     type Src = BlockQ4K;
@@ -92,6 +109,7 @@ impl PackedBlock for BlockQ4Kx4 {
         BlockQ4Kx4 {
             d: rows.map(|b| b.d.to_f32()),
             dmin: rows.map(|b| b.dmin.to_f32()),
+            qcorr: rows.map(|b| q4_k_offset_correction(&b)),
             scales: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).0 as i16)),
             mins: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).1 as i16)),
             qs: rows.map(|b| b.qs),
@@ -258,18 +276,30 @@ mod tests {
     #[test]
     fn k_quants_pack_and_unpack_every_row_exactly() {
         let (rows, cols) = (5, 512);
-        let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect();
         roundtrip::<BlockQ4Kx4>(crate::quant::quantize_row_q4_k(&v), rows, cols);
         roundtrip::<BlockQ6Kx4>(crate::quant::quantize_row_q6_k(&v), rows, cols);
         // Raw bit patterns, not only what our quantizer writes: every scale bit and quant bit.
         let raw: Vec<u8> = (0..rows * 2 * BlockQ6K::BYTES).map(|i| (i * 131 % 251) as u8).collect();
         let blocks: Vec<BlockQ6K> = raw.chunks_exact(BlockQ6K::BYTES).map(BlockQ6K::read).collect();
-        let blocks: Vec<BlockQ6K> = blocks.into_iter().map(|mut b| { b.d = f16::from_f32(0.5); b }).collect();
+        let blocks: Vec<BlockQ6K> = blocks
+            .into_iter()
+            .map(|mut b| {
+                b.d = f16::from_f32(0.5);
+                b
+            })
+            .collect();
         roundtrip::<BlockQ6Kx4>(blocks, rows, cols);
         let raw: Vec<u8> = (0..rows * 2 * BlockQ4K::BYTES).map(|i| (i * 67 % 253) as u8).collect();
         let blocks: Vec<BlockQ4K> = raw
             .chunks_exact(BlockQ4K::BYTES)
-            .map(|c| BlockQ4K { d: f16::from_f32(0.25), dmin: f16::from_f32(-0.5), ..BlockQ4K::read(c) })
+            .map(|c| BlockQ4K {
+                d: f16::from_f32(0.25),
+                dmin: f16::from_f32(-0.5),
+                ..BlockQ4K::read(c)
+            })
             .collect();
         roundtrip::<BlockQ4Kx4>(blocks, rows, cols);
     }
