@@ -200,20 +200,6 @@ mod imp {
         }
     }
     impl I8x16 {
-        /// Bitwise or.
-        #[inline(always)]
-        pub fn or(self, o: Self) -> Self {
-            I8x16(v128_or(self.0, o.0))
-        }
-        #[inline(always)]
-        pub fn splat(v: i8) -> Self {
-            I8x16(i8x16_splat(v))
-        }
-        /// Wrapping lane-wise subtraction.
-        #[inline(always)]
-        pub fn sub(self, o: Self) -> Self {
-            I8x16(i8x16_sub(self.0, o.0))
-        }
         /// Each signed byte plus 128, as an unsigned byte (sign bit flipped).
         #[inline(always)]
         pub fn offset_to_u8(self) -> Self {
@@ -444,18 +430,6 @@ mod imp {
         }
     }
     impl I8x16 {
-        #[inline(always)]
-        pub fn or(self, o: Self) -> Self {
-            I8x16(core::array::from_fn(|i| self.0[i] | o.0[i]))
-        }
-        #[inline(always)]
-        pub fn splat(v: i8) -> Self {
-            I8x16([v; 16])
-        }
-        #[inline(always)]
-        pub fn sub(self, o: Self) -> Self {
-            I8x16(core::array::from_fn(|i| self.0[i].wrapping_sub(o.0[i])))
-        }
         #[inline(always)]
         pub fn offset_to_u8(self) -> Self {
             I8x16(self.0.map(|v| ((v as u8) ^ 0x80) as i8))
