@@ -22,7 +22,7 @@ mod attention;
 pub mod quant;
 mod rope;
 pub mod simd;
-mod simd_quant;
+pub(crate) mod simd_quant;
 
 /// The canister build (wasm32 + simd128) runs the [`simd`] kernels; every
 /// other build runs the scalar oracles below. Both give the same bits.
@@ -90,8 +90,8 @@ impl PreparedActs {
 
     /// As [`PreparedActs::new`], reusing this value's buffer when it can.
     pub fn prepare(&mut self, ty: GgmlType, x: &[f32]) {
-        match ty {
-            GgmlType::Q8_0 | GgmlType::Q4_0 => {
+        match ActFamily::of(ty) {
+            ActFamily::Q8 => {
                 if !matches!(self, PreparedActs::Q8(_)) {
                     *self = PreparedActs::Q8(Vec::new());
                 }
@@ -99,7 +99,7 @@ impl PreparedActs {
                     quantize_act_q8(x, v);
                 }
             }
-            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            ActFamily::Q8K => {
                 if !matches!(self, PreparedActs::Q8K(_)) {
                     *self = PreparedActs::Q8K(Vec::new());
                 }
@@ -107,7 +107,25 @@ impl PreparedActs {
                     quantize_act_q8k(x, v);
                 }
             }
-            _ => *self = PreparedActs::Float,
+            ActFamily::Float => *self = PreparedActs::Float,
+        }
+    }
+}
+
+/// Which activation form a weight type multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActFamily {
+    Float,
+    Q8,
+    Q8K,
+}
+
+impl ActFamily {
+    fn of(ty: GgmlType) -> Self {
+        match ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => ActFamily::Q8,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => ActFamily::Q8K,
+            _ => ActFamily::Float,
         }
     }
 }
@@ -216,11 +234,62 @@ pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
 /// outside); each (row, token) value is the same [`dot_row_prepared`] call
 /// [`matvec`] makes, so a token's result does not depend on the batch it is in.
 pub fn matmul(w: &Tensor, xs: &[f32], out: &mut [f32]) {
+    matmul_shared(w, &mut SharedActs::new(xs, w.cols), out)
+}
+
+/// A batch of activation rows, prepared for each weight family (float, Q8
+/// blocks, Q8_K blocks) the first time a weight of that family asks, so the
+/// projections that read the same input (q, k and v; gate and up) quantize it
+/// once. Preparation depends only on the rows and the family, so sharing it
+/// changes no result.
+pub struct SharedActs<'a> {
+    xs: &'a [f32],
+    cols: usize,
+    q8: Vec<PreparedActs>,
+    q8k: Vec<PreparedActs>,
+    float: Vec<PreparedActs>,
+}
+
+impl<'a> SharedActs<'a> {
+    /// `xs` is (n_tokens, cols).
+    pub fn new(xs: &'a [f32], cols: usize) -> Self {
+        debug_assert!(cols > 0 && xs.len().is_multiple_of(cols));
+        SharedActs {
+            xs,
+            cols,
+            q8: Vec::new(),
+            q8k: Vec::new(),
+            float: Vec::new(),
+        }
+    }
+
+    /// Each token's activations prepared for weights of type `ty`.
+    fn prepared(&mut self, ty: GgmlType) -> &[PreparedActs] {
+        let slot = match ActFamily::of(ty) {
+            ActFamily::Q8 => &mut self.q8,
+            ActFamily::Q8K => &mut self.q8k,
+            ActFamily::Float => &mut self.float,
+        };
+        if slot.is_empty() {
+            *slot = self
+                .xs
+                .chunks_exact(self.cols)
+                .map(|x| PreparedActs::new(ty, x))
+                .collect();
+        }
+        slot
+    }
+}
+
+/// [`matmul`] with activations shared between weights that read the same
+/// input (see [`SharedActs`]).
+pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
-    debug_assert_eq!(xs.len() % cols, 0);
+    assert_eq!(acts.cols, cols);
+    let xs = acts.xs;
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
-    let xqs: Vec<PreparedActs> = xs.chunks_exact(cols).map(|x| PreparedActs::new(w.ty, x)).collect();
+    let xqs = acts.prepared(w.ty);
     let rows4 = rows / 4 * 4;
     for r in (0..rows4).step_by(4) {
         for (t, xq) in xqs.iter().enumerate() {

@@ -277,6 +277,53 @@ mod imp {
             F32x4(f32x4_sub(self.0, o.0))
         }
     }
+    impl F32x4 {
+        /// Lane-wise |x|.
+        #[inline(always)]
+        pub fn abs(self) -> Self {
+            F32x4(f32x4_abs(self.0))
+        }
+        /// Round to nearest, ties to even, then to i32 saturating (NaN → 0):
+        /// `x.round_ties_even() as i32` per lane.
+        #[inline(always)]
+        pub fn round_to_i32(self) -> I32x4 {
+            I32x4(i32x4_trunc_sat_f32x4(f32x4_nearest(self.0)))
+        }
+    }
+
+    impl I32x4 {
+        /// Each lane clamped to `-m..=m`.
+        #[inline(always)]
+        pub fn clamp_sym(self, m: i32) -> Self {
+            I32x4(i32x4_max(i32x4_min(self.0, i32x4_splat(m)), i32x4_splat(-m)))
+        }
+        /// Sixteen lanes of four vectors, each in i8 range, narrowed to bytes.
+        #[inline(always)]
+        pub fn narrow_to_i8(a: Self, b: Self, c: Self, d: Self) -> I8x16 {
+            I8x16(i8x16_narrow_i16x8(
+                i16x8_narrow_i32x4(a.0, b.0),
+                i16x8_narrow_i32x4(c.0, d.0),
+            ))
+        }
+    }
+
+    impl I8x16 {
+        /// Stores 16 bytes at `p`.
+        ///
+        /// # Safety
+        /// `p..p + 16` must be writable.
+        #[inline(always)]
+        pub unsafe fn store(self, p: *mut i8) {
+            core::ptr::write_unaligned(p as *mut v128, self.0)
+        }
+        /// Σ of the 16 signed bytes.
+        #[inline(always)]
+        pub fn sum(self) -> i32 {
+            let v = i32x4_extadd_pairwise_i16x8(i16x8_extadd_pairwise_i8x16(self.0));
+            (i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v))
+                + (i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v))
+        }
+    }
 }
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -496,6 +543,41 @@ mod imp {
         #[inline(always)]
         pub fn sub(self, o: Self) -> Self {
             F32x4(core::array::from_fn(|l| self.0[l] - o.0[l]))
+        }
+    }
+    impl F32x4 {
+        #[inline(always)]
+        pub fn abs(self) -> Self {
+            F32x4(self.0.map(f32::abs))
+        }
+        #[inline(always)]
+        pub fn round_to_i32(self) -> I32x4 {
+            I32x4(self.0.map(|v| v.round_ties_even() as i32))
+        }
+    }
+
+    impl I32x4 {
+        #[inline(always)]
+        pub fn clamp_sym(self, m: i32) -> Self {
+            I32x4(self.0.map(|v| v.clamp(-m, m)))
+        }
+        #[inline(always)]
+        pub fn narrow_to_i8(a: Self, b: Self, c: Self, d: Self) -> I8x16 {
+            let all = [a.0, b.0, c.0, d.0];
+            I8x16(core::array::from_fn(|i| all[i / 4][i % 4].clamp(-128, 127) as i8))
+        }
+    }
+
+    impl I8x16 {
+        /// # Safety
+        /// `p..p + 16` must be writable.
+        #[inline(always)]
+        pub unsafe fn store(self, p: *mut i8) {
+            core::ptr::write_unaligned(p as *mut [i8; 16], self.0)
+        }
+        #[inline(always)]
+        pub fn sum(self) -> i32 {
+            self.0.iter().map(|&v| v as i32).sum()
         }
     }
 }

@@ -15,6 +15,48 @@ use super::simd::{F32x4, I16x8, I32x4, I8x16};
 use crate::quant::packed::{BlockQ4Kx4, BlockQ6Kx4, BlockQ8_0x4};
 use crate::quant::{BlockQ8A, BlockQ8K};
 
+/// [`crate::quant`]'s symmetric int8 quantization of one activation block
+/// (`x.len()` a multiple of 16), bit for bit: the same `max |x|` (max is
+/// exact in any order), the same `d` and `1 / d`, each quant
+/// `nearest_even(x · id)` saturated and clamped to ±127. Returns `d`.
+#[inline]
+pub fn quantize_block_i8(x: &[f32], qs: &mut [i8]) -> f32 {
+    assert!(x.len() == qs.len() && x.len().is_multiple_of(16));
+    let n = x.len();
+    let px = x.as_ptr();
+    // SAFETY: every load/store covers i..i + 16 <= n elements.
+    unsafe {
+        let mut m = F32x4::zero();
+        let mut i = 0;
+        while i < n {
+            m = m.max(F32x4::load(px.add(i)).abs());
+            i += 4;
+        }
+        let l = m.lanes();
+        // Lanes hold |x| ≥ 0; NaN inputs give garbage either way.
+        let amax = l.iter().fold(0.0f32, |a, &v| a.max(v));
+        let d = amax / 127.0;
+        let id = F32x4::splat(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let q = |j: usize| F32x4::load(px.add(j)).mul(id).round_to_i32().clamp_sym(127);
+        let mut i = 0;
+        while i < n {
+            I32x4::narrow_to_i8(q(i), q(i + 4), q(i + 8), q(i + 12)).store(qs.as_mut_ptr().add(i));
+            i += 16;
+        }
+        d
+    }
+}
+
+/// Σ of each group of 16 quants (Q8_K's `bsums`).
+#[inline]
+pub fn group_sums_16(qs: &[i8], out: &mut [i16]) {
+    assert_eq!(qs.len(), out.len() * 16);
+    for (o, g) in out.iter_mut().zip(qs.chunks_exact(16)) {
+        // SAFETY: g has 16 elements.
+        *o = unsafe { I8x16::load(g.as_ptr()) }.sum() as i16;
+    }
+}
+
 /// Σ over 32 lanes of `w · x` as four i32 partial sums.
 /// |w| ≤ 128, |x| ≤ 127 (activations are clamped to ±127), so a pair of
 /// products is at most 32,512 in magnitude and fits i16.
@@ -317,6 +359,34 @@ mod tests {
                 ..b
             });
             check_k::<BlockQ6Kx4>(&q6, rows, cols, dot4_q6_k, vec_dot_q6_k_q8_k);
+        }
+    }
+
+    #[test]
+    fn simd_activation_quantization_is_the_scalar_one_bit_for_bit() {
+        for seed in 0..20u32 {
+            let mut x = pseudo(256, seed);
+            match seed % 5 {
+                0 => x.iter_mut().for_each(|v| *v = 0.0),
+                1 => x[7] = 3.0e38,
+                2 => x.iter_mut().for_each(|v| *v *= 1e-40), // subnormals
+                3 => x[200] = -x[200] * 1000.0,
+                _ => {}
+            }
+            for n in [16, 32, 256] {
+                let mut want = vec![0i8; n];
+                let mut got = vec![0i8; n];
+                let dw = crate::quant::quantize_i8_block_scalar(&x[..n], &mut want);
+                let dg = quantize_block_i8(&x[..n], &mut got);
+                assert_eq!(dg.to_bits(), dw.to_bits(), "seed {seed} n {n}");
+                assert_eq!(got, want, "seed {seed} n {n}");
+            }
+            let mut sums = [0i16; 16];
+            let q: Vec<i8> = (0..256).map(|i| ((i as u32 * 2654435761 + seed) >> 24) as i8).collect();
+            group_sums_16(&q, &mut sums);
+            for (g, s) in sums.iter().enumerate() {
+                assert_eq!(*s as i32, q[16 * g..16 * g + 16].iter().map(|&v| v as i32).sum::<i32>());
+            }
         }
     }
 }

@@ -40,9 +40,10 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     let mut q = vec![0.0f32; n * c.q_dim];
     let mut k = vec![0.0f32; n * c.kv_dim];
     let mut v = vec![0.0f32; n * c.kv_dim];
-    kernels::matmul(&w.wq, &xb, &mut q);
-    kernels::matmul(&w.wk, &xb, &mut k);
-    kernels::matmul(&w.wv, &xb, &mut v);
+    let mut acts = kernels::SharedActs::new(&xb, c.dim);
+    kernels::matmul_shared(&w.wq, &mut acts, &mut q);
+    kernels::matmul_shared(&w.wk, &mut acts, &mut k);
+    kernels::matmul_shared(&w.wv, &mut acts, &mut v);
 
     // qkv bias (qwen2): added to every token's row
     if let Some(b) = &w.qkv_bias {
@@ -121,8 +122,9 @@ pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
     // gate and up: (n, hidden_dim) each; SwiGLU into gate
     let mut gate = vec![0.0f32; n * c.hidden_dim];
     let mut up = vec![0.0f32; n * c.hidden_dim];
-    kernels::matmul(&w.w_gate, &xb, &mut gate);
-    kernels::matmul(&w.w_up, &xb, &mut up);
+    let mut acts = kernels::SharedActs::new(&xb, c.dim);
+    kernels::matmul_shared(&w.w_gate, &mut acts, &mut gate);
+    kernels::matmul_shared(&w.w_up, &mut acts, &mut up);
     kernels::swiglu(&mut gate, &up);
 
     // down projection + residual: x += W_down · gate

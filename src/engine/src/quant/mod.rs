@@ -350,8 +350,18 @@ pub fn pack_scale_min_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
 
 /// Symmetric int8 quantization of one block: `d = max|x| / 127`, `q =
 /// nearest_even(x / d)` clamped to ±127. Returns `d` (0 for an all-zero block).
+/// The canister build runs the SIMD version, which gives the same bits.
 #[inline]
 fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    if crate::kernels::SIMD && x.len().is_multiple_of(16) {
+        crate::kernels::simd_quant::quantize_block_i8(x, qs)
+    } else {
+        quantize_i8_block_scalar(x, qs)
+    }
+}
+
+/// The scalar oracle of [`quantize_i8_block`].
+pub(crate) fn quantize_i8_block_scalar(x: &[f32], qs: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -385,8 +395,12 @@ pub fn quantize_act_q8k(x: &[f32], out: &mut Vec<BlockQ8K>) {
             bsums: [0; QK_K / 16],
         };
         b.d = quantize_i8_block(c, &mut b.qs);
-        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
-            *s = g.iter().map(|&q| q as i16).sum();
+        if crate::kernels::SIMD {
+            crate::kernels::simd_quant::group_sums_16(&b.qs, &mut b.bsums);
+        } else {
+            for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *s = g.iter().map(|&q| q as i16).sum();
+            }
         }
         b
     }));
