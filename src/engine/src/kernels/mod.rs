@@ -19,6 +19,7 @@
 //! every (row, token) pair.
 
 mod attention;
+pub mod exp;
 pub mod quant;
 mod rope;
 pub mod simd;
@@ -319,17 +320,33 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// In-place softmax. An empty slice is left alone.
+/// In-place softmax. An empty slice is left alone. The canister build runs
+/// the SIMD passes, which give the same bits as [`softmax_scalar`].
 pub fn softmax(x: &mut [f32]) {
+    if !SIMD || x.is_empty() {
+        return softmax_scalar(x);
+    }
+    let sum = simd::exp_shifted_sum(x, simd::max(x));
+    simd::div_in_place(x, sum);
+}
+
+/// The scalar oracle of [`softmax`]: shift by the max, [`exp::exp`], sum in
+/// [`dot_f32`]'s lane order (element `i` to lane `i % 4`, lanes as
+/// `(l0 + l1) + (l2 + l3)`, then the tail), divide.
+pub fn softmax_scalar(x: &mut [f32]) {
     // With a NaN score every output is NaN either way, whichever max is taken.
-    let max = if SIMD && !x.is_empty() {
-        simd::max(x)
-    } else {
-        x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-    };
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let n4 = x.len() / 4 * 4;
+    let mut lanes = [0.0f32; 4];
+    for c in x[..n4].chunks_exact_mut(4) {
+        for (l, v) in c.iter_mut().enumerate() {
+            *v = exp::exp(*v - max);
+            lanes[l] += *v;
+        }
+    }
+    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for v in &mut x[n4..] {
+        *v = exp::exp(*v - max);
         sum += *v;
     }
     for v in x.iter_mut() {
@@ -337,13 +354,21 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// SiLU (swish): `x * sigmoid(x)`.
+/// SiLU (swish): `x * sigmoid(x)`, computed as `x / (1 + exp(-x))`.
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp::exp(-x))
 }
 
 /// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`; both (hidden_dim).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    if SIMD {
+        return simd::swiglu(gate, up);
+    }
+    swiglu_scalar(gate, up)
+}
+
+/// The scalar oracle of [`swiglu`].
+pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
     for (g, u) in gate.iter_mut().zip(up) {
         *g = silu(*g) * u;

@@ -324,6 +324,31 @@ mod imp {
                 + (i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v))
         }
     }
+    #[allow(clippy::should_implement_trait)]
+    impl F32x4 {
+        /// Lane-wise min (NaN propagates, like the oracle's comparisons).
+        #[inline(always)]
+        pub fn min(self, o: Self) -> Self {
+            F32x4(f32x4_min(self.0, o.0))
+        }
+        /// Round to nearest, ties to even.
+        #[inline(always)]
+        pub fn round(self) -> Self {
+            F32x4(f32x4_nearest(self.0))
+        }
+        #[inline(always)]
+        pub fn div(self, o: Self) -> Self {
+            F32x4(f32x4_div(self.0, o.0))
+        }
+        /// `2^n` per lane for integral lanes `n` in -126..=127.
+        #[inline(always)]
+        pub fn pow2i(self) -> Self {
+            F32x4(i32x4_shl(
+                i32x4_add(i32x4_trunc_sat_f32x4(self.0), i32x4_splat(127)),
+                23,
+            ))
+        }
+    }
 }
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -363,14 +388,17 @@ mod imp {
         pub fn mul(self, o: Self) -> Self {
             F32x4(core::array::from_fn(|l| self.0[l] * o.0[l]))
         }
-        /// Lane-wise max (the callers only pass non-NaN values).
+        /// Lane-wise max; NaN if either lane is NaN (as `f32x4.max`).
         #[inline(always)]
         pub fn max(self, o: Self) -> Self {
             F32x4(core::array::from_fn(|l| {
-                if self.0[l] > o.0[l] {
-                    self.0[l]
+                let (a, b) = (self.0[l], o.0[l]);
+                if a.is_nan() || b.is_nan() {
+                    f32::NAN
+                } else if a > b {
+                    a
                 } else {
-                    o.0[l]
+                    b
                 }
             }))
         }
@@ -578,6 +606,34 @@ mod imp {
         #[inline(always)]
         pub fn sum(self) -> i32 {
             self.0.iter().map(|&v| v as i32).sum()
+        }
+    }
+    #[allow(clippy::should_implement_trait)]
+    impl F32x4 {
+        #[inline(always)]
+        pub fn min(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| {
+                let (a, b) = (self.0[l], o.0[l]);
+                if a.is_nan() || b.is_nan() {
+                    f32::NAN
+                } else if a < b {
+                    a
+                } else {
+                    b
+                }
+            }))
+        }
+        #[inline(always)]
+        pub fn round(self) -> Self {
+            F32x4(self.0.map(f32::round_ties_even))
+        }
+        #[inline(always)]
+        pub fn div(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| self.0[l] / o.0[l]))
+        }
+        #[inline(always)]
+        pub fn pow2i(self) -> Self {
+            F32x4(self.0.map(|n| super::super::exp::pow2i(n as i32)))
         }
     }
 }
@@ -883,6 +939,89 @@ pub fn max(x: &[f32]) -> f32 {
     m
 }
 
+/// [`super::exp::exp`] on four lanes, bit for bit (the same operations in
+/// the same order; NaN lanes stay NaN).
+#[inline(always)]
+pub fn exp4(x: F32x4) -> F32x4 {
+    use super::exp::{EXP_MAX_ARG, EXP_MIN_ARG, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+    // max/min with the bound second: a NaN lane stays NaN, as in the oracle.
+    let x = x.max(F32x4::splat(EXP_MIN_ARG)).min(F32x4::splat(EXP_MAX_ARG));
+    let n = x.mul(F32x4::splat(LOG2E)).round();
+    let r = x.sub(n.mul(F32x4::splat(LN2_HI)));
+    let r = r.sub(n.mul(F32x4::splat(LN2_LO)));
+    let mut p = F32x4::splat(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
+        p = p.mul(r).add(F32x4::splat(c));
+    }
+    let y = p.mul(r.mul(r)).add(r).add(F32x4::splat(1.0));
+    y.mul(n.pow2i())
+}
+
+/// Softmax's middle pass: `x[i] = exp(x[i] - max)` and their sum, summed as
+/// [`super::softmax`]'s oracle sums (lane `i % 4`, then the tail).
+#[inline]
+pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
+    let n4 = x.len() / 4 * 4;
+    let p = x.as_mut_ptr();
+    let m = F32x4::splat(max);
+    let mut acc = F32x4::zero();
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= len.
+        unsafe {
+            let e = exp4(F32x4::load(p.add(i)).sub(m));
+            e.store(p.add(i));
+            acc = acc.add(e);
+        }
+        i += 4;
+    }
+    let mut sum = reduce(acc);
+    for v in &mut x[n4..] {
+        *v = super::exp::exp(*v - max);
+        sum += *v;
+    }
+    sum
+}
+
+/// `x[i] /= d`.
+#[inline]
+pub fn div_in_place(x: &mut [f32], d: f32) {
+    let n4 = x.len() / 4 * 4;
+    let p = x.as_mut_ptr();
+    let dv = F32x4::splat(d);
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= len.
+        unsafe { F32x4::load(p.add(i)).div(dv).store(p.add(i)) };
+        i += 4;
+    }
+    for v in &mut x[n4..] {
+        *v /= d;
+    }
+}
+
+/// [`super::swiglu`], bit for bit: `gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`.
+#[inline]
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    let n4 = gate.len() / 4 * 4;
+    let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+    let (zero, one) = (F32x4::zero(), F32x4::splat(1.0));
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= len of both.
+        unsafe {
+            let g = F32x4::load(pg.add(i));
+            let s = g.div(one.add(exp4(zero.sub(g))));
+            s.mul(F32x4::load(pu.add(i))).store(pg.add(i));
+        }
+        i += 4;
+    }
+    for (g, u) in gate[n4..].iter_mut().zip(&up[n4..]) {
+        *g = super::silu(*g) * u;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1004,6 +1143,51 @@ mod tests {
             if n > 0 {
                 assert_eq!(max(&v), v.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             }
+        }
+    }
+
+    #[test]
+    fn exp_softmax_and_swiglu_are_the_oracles_bit_for_bit() {
+        let mut xs = pseudo(4099, 77);
+        for (i, v) in xs.iter_mut().enumerate() {
+            *v *= (i % 97) as f32; // -96..96
+        }
+        xs.extend([
+            0.0,
+            -0.0,
+            88.0,
+            88.5,
+            -87.0,
+            -90.0,
+            1e30,
+            -1e30,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.5,
+        ]);
+        for c in xs.chunks_exact(4) {
+            // SAFETY: c has 4 elements.
+            let got = exp4(unsafe { F32x4::load(c.as_ptr()) }).lanes();
+            for (g, &x) in got.iter().zip(c) {
+                let want = super::super::exp::exp(x);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "exp({x})"
+                );
+            }
+        }
+        for n in [0, 1, 3, 4, 5, 17, 64] {
+            let v = pseudo(n, 5 + n as u32).iter().map(|x| x * 20.0).collect::<Vec<_>>();
+            let (mut a, mut b) = (v.clone(), v.clone());
+            super::super::softmax(&mut a);
+            super::super::softmax_scalar(&mut b);
+            assert_eq!(a, b, "softmax n = {n}");
+            let up = pseudo(n, 9);
+            let (mut a, mut b) = (v.clone(), v.clone());
+            swiglu(&mut a, &up);
+            super::super::swiglu_scalar(&mut b, &up);
+            assert_eq!(a, b, "swiglu n = {n}");
         }
     }
 }
