@@ -144,6 +144,7 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
         (TensorData::F16(d), _) if SIMD => simd::dot_f16(&d[span], x),
         (TensorData::F32(d), _) => dot_f32(&d[span], x),
         (TensorData::F16(d), _) => dot_f16(&d[span], x),
+        (TensorData::BF16(d), _) if SIMD => simd::dot_bf16(&d[span], x),
         (TensorData::BF16(d), _) => quant::dot_bf16(&d[span], x),
         (TensorData::Q8_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q8_0_q8_0(&p.row_blocks(row), a),
         (TensorData::Q4_0(b), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&b[blocks(32)], a),
@@ -179,6 +180,7 @@ pub fn dot_4rows_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) 
         }
         (TensorData::F32(d), _) if SIMD => simd::dot4_f32([0, 1, 2, 3].map(|i| &d[span(i)]), x),
         (TensorData::F16(d), _) if SIMD => simd::dot4_f16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
+        (TensorData::BF16(d), _) if SIMD => simd::dot4_bf16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
         _ => [0, 1, 2, 3].map(|i| dot_row_prepared(w, row + i, x, xq)),
     }
 }

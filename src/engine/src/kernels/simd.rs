@@ -104,6 +104,15 @@ mod imp {
             let h = v128_load64_zero(p as *const u64);
             Self::from_f16_i32(i32x4_extend_low_i16x8(h))
         }
+        /// Loads 4 bf16 at `p` as f32x4 (exact: the bits shifted up 16).
+        ///
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_bf16x4(p: *const u16) -> Self {
+            let h = v128_load64_zero(p as *const u64);
+            F32x4(i32x4_shl(u32x4_extend_low_u16x8(h), 16))
+        }
     }
     /// Sixteen i8 lanes (also used for u8 nibbles 0..=15, which are valid i8).
     #[derive(Clone, Copy)]
@@ -427,6 +436,13 @@ mod imp {
         pub unsafe fn load_f16x4(p: *const u16) -> Self {
             let h = core::ptr::read_unaligned(p as *const [u16; 4]);
             F32x4(h.map(Self::from_f16_bits))
+        }
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_bf16x4(p: *const u16) -> Self {
+            let h = core::ptr::read_unaligned(p as *const [u16; 4]);
+            F32x4(h.map(|b| f32::from_bits((b as u32) << 16)))
         }
     }
     /// Sixteen i8 lanes (also used for u8 nibbles 0..=15, which are valid i8).
@@ -755,15 +771,81 @@ pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
     sum
 }
 
+/// A 16-bit float weight type the SIMD kernels widen exactly to f32.
+pub trait Half16: Copy {
+    /// Loads 4 values at `p` widened to f32.
+    ///
+    /// # Safety
+    /// `p..p + 4` must be readable.
+    unsafe fn load4(p: *const u16) -> F32x4;
+    fn widen(self) -> f32;
+}
+
+impl Half16 for half::f16 {
+    #[inline(always)]
+    unsafe fn load4(p: *const u16) -> F32x4 {
+        F32x4::load_f16x4(p)
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl Half16 for half::bf16 {
+    #[inline(always)]
+    unsafe fn load4(p: *const u16) -> F32x4 {
+        F32x4::load_bf16x4(p)
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// Four f16 rows against one vector, each bit for bit [`super::dot_f16`].
 #[inline]
 pub fn dot4_f16(rows: [&[half::f16]; 4], x: &[f32]) -> [f32; 4] {
+    dot4_half(rows, x)
+}
+
+/// Four bf16 rows against one vector, each bit for bit [`super::quant::dot_bf16`].
+#[inline]
+pub fn dot4_bf16(rows: [&[half::bf16]; 4], x: &[f32]) -> [f32; 4] {
+    dot4_half(rows, x)
+}
+
+/// One bf16 row against one vector, bit for bit [`super::quant::dot_bf16`].
+#[inline]
+pub fn dot_bf16(a: &[half::bf16], x: &[f32]) -> f32 {
+    let n = x.len();
+    assert_eq!(a.len(), n);
+    let n4 = n / 4 * 4;
+    let (pa, px) = (a.as_ptr() as *const u16, x.as_ptr());
+    let mut acc = F32x4::zero();
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= n.
+        unsafe { acc = acc.add(F32x4::load_bf16x4(pa.add(i)).mul(F32x4::load(px.add(i)))) };
+        i += 4;
+    }
+    let mut sum = reduce(acc);
+    for (w, v) in a[n4..].iter().zip(&x[n4..]) {
+        sum += w.to_f32() * v;
+    }
+    sum
+}
+
+/// Four 16-bit-float rows against one vector, each in [`super::dot_f32`]'s
+/// lane order with every weight widened exactly.
+#[inline(always)]
+fn dot4_half<H: Half16>(rows: [&[H]; 4], x: &[f32]) -> [f32; 4] {
     let n = x.len();
     for r in &rows {
         assert_eq!(r.len(), n);
     }
     let n4 = n / 4 * 4;
-    let p = rows.map(f16_ptr);
+    let p = rows.map(|r| r.as_ptr() as *const u16);
     let px = x.as_ptr();
     let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
     let mut i = 0;
@@ -771,17 +853,17 @@ pub fn dot4_f16(rows: [&[half::f16]; 4], x: &[f32]) -> [f32; 4] {
         // SAFETY: i + 4 <= n4 <= n = every row's length.
         unsafe {
             let xv = F32x4::load(px.add(i));
-            a0 = a0.add(F32x4::load_f16x4(p[0].add(i)).mul(xv));
-            a1 = a1.add(F32x4::load_f16x4(p[1].add(i)).mul(xv));
-            a2 = a2.add(F32x4::load_f16x4(p[2].add(i)).mul(xv));
-            a3 = a3.add(F32x4::load_f16x4(p[3].add(i)).mul(xv));
+            a0 = a0.add(H::load4(p[0].add(i)).mul(xv));
+            a1 = a1.add(H::load4(p[1].add(i)).mul(xv));
+            a2 = a2.add(H::load4(p[2].add(i)).mul(xv));
+            a3 = a3.add(H::load4(p[3].add(i)).mul(xv));
         }
         i += 4;
     }
     let mut out = [reduce(a0), reduce(a1), reduce(a2), reduce(a3)];
     for (o, r) in out.iter_mut().zip(rows) {
         for (w, v) in r[n4..].iter().zip(&x[n4..]) {
-            *o += w.to_f32() * v;
+            *o += w.widen() * v;
         }
     }
     out
@@ -1188,6 +1270,22 @@ mod tests {
             swiglu(&mut a, &up);
             super::super::swiglu_scalar(&mut b, &up);
             assert_eq!(a, b, "swiglu n = {n}");
+        }
+    }
+
+    #[test]
+    fn bf16_dots_are_the_oracle_bit_for_bit() {
+        for n in [0, 1, 3, 4, 5, 8, 13, 64, 67] {
+            let rows: Vec<Vec<half::bf16>> = (0..4)
+                .map(|r| pseudo(n, 31 + r).into_iter().map(half::bf16::from_f32).collect())
+                .collect();
+            let x = pseudo(n, 6);
+            let four = dot4_bf16([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
+            for r in 0..4 {
+                let want = super::super::quant::dot_bf16(&rows[r], &x).to_bits();
+                assert_eq!(dot_bf16(&rows[r], &x).to_bits(), want, "n = {n}");
+                assert_eq!(four[r].to_bits(), want, "n = {n}");
+            }
         }
     }
 }
