@@ -33,7 +33,7 @@ pub use attention::{attention, AttentionShape};
 pub use rope::{llama3_rope_freq_factors, rope, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};
-use crate::quant::{dequantize_blocks, quantize_act_q8, quantize_act_q8k, Block, BlockQ8A, BlockQ8K};
+use crate::quant::{dequantize_blocks, quantize_act_q8, quantize_act_q8k, BlockQ8A, BlockQ8K};
 use crate::tensor::GgmlType;
 
 /// Dot product of two f32 vectors of equal length.
@@ -137,8 +137,6 @@ impl ActFamily {
 pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) -> f32 {
     let cols = w.cols;
     let span = row * cols..(row + 1) * cols;
-    // Blocks of this row, for a block type of `n` elements.
-    let blocks = |n: usize| row * cols / n..(row + 1) * cols / n;
     match (&w.data, xq) {
         (TensorData::F32(d), _) if SIMD => simd::dot_f32(&d[span], x),
         (TensorData::F16(d), _) if SIMD => simd::dot_f16(&d[span], x),
@@ -147,9 +145,9 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
         (TensorData::BF16(d), _) if SIMD => simd::dot_bf16(&d[span], x),
         (TensorData::BF16(d), _) => quant::dot_bf16(&d[span], x),
         (TensorData::Q8_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q8_0_q8_0(&p.row_blocks(row), a),
-        (TensorData::Q4_0(b), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&b[blocks(32)], a),
+        (TensorData::Q4_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&p.row_blocks(row), a),
         (TensorData::Q4K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&p.row_blocks(row), a),
-        (TensorData::Q5K(b), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&b[blocks(256)], a),
+        (TensorData::Q5K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&p.row_blocks(row), a),
         (TensorData::Q6K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q6_k_q8_k(&p.row_blocks(row), a),
         // Activations prepared for another type: prepare them here (slow, never on the hot path).
         _ => dot_row_prepared(w, row, x, &PreparedActs::new(w.ty, x)),
@@ -178,6 +176,12 @@ pub fn dot_4rows_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) 
         (TensorData::Q6K(p), PreparedActs::Q8K(a)) if row.is_multiple_of(4) => {
             simd_quant::dot4_q6_k(p.group(row / 4), a)
         }
+        (TensorData::Q5K(p), PreparedActs::Q8K(a)) if row.is_multiple_of(4) => {
+            simd_quant::dot4_q5_k(p.group(row / 4), a)
+        }
+        (TensorData::Q4_0(p), PreparedActs::Q8(a)) if row.is_multiple_of(4) => {
+            simd_quant::dot4_q4_0(p.group(row / 4), a)
+        }
         (TensorData::F32(d), _) if SIMD => simd::dot4_f32([0, 1, 2, 3].map(|i| &d[span(i)]), x),
         (TensorData::F16(d), _) if SIMD => simd::dot4_f16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
         (TensorData::BF16(d), _) if SIMD => simd::dot4_bf16([0, 1, 2, 3].map(|i| &d[span(i)]), x),
@@ -190,10 +194,6 @@ pub fn dot_4rows_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) 
 pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
     let cols = w.cols;
     let span = row * cols..(row + 1) * cols;
-    fn deq<B: Block>(b: &[B], row: usize, cols: usize, out: &mut [f32]) {
-        let per_row = cols / B::ELEMS;
-        dequantize_blocks(&b[row * per_row..(row + 1) * per_row], out);
-    }
     match &w.data {
         TensorData::F32(d) => out.copy_from_slice(&d[span]),
         TensorData::F16(d) => {
@@ -207,9 +207,9 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
             }
         }
         TensorData::Q8_0(p) => dequantize_blocks(&p.row_blocks(row), out),
-        TensorData::Q4_0(b) => deq(b, row, cols, out),
+        TensorData::Q4_0(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q4K(p) => dequantize_blocks(&p.row_blocks(row), out),
-        TensorData::Q5K(b) => deq(b, row, cols, out),
+        TensorData::Q5K(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q6K(p) => dequantize_blocks(&p.row_blocks(row), out),
     }
 }

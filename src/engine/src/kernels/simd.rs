@@ -124,6 +124,7 @@ mod imp {
     #[derive(Clone, Copy)]
     pub struct I32x4(v128);
 
+    #[allow(clippy::should_implement_trait)]
     impl I8x16 {
         /// Loads 16 bytes at `p`.
         ///
@@ -208,11 +209,36 @@ mod imp {
             F32x4(f32x4_convert_i32x4(self.0))
         }
     }
+    #[allow(clippy::should_implement_trait)]
     impl I8x16 {
         /// Each signed byte plus 128, as an unsigned byte (sign bit flipped).
         #[inline(always)]
         pub fn offset_to_u8(self) -> Self {
             I8x16(v128_xor(self.0, u8x16_splat(0x80)))
+        }
+        /// Bitwise or.
+        #[inline(always)]
+        pub fn or(self, o: Self) -> Self {
+            I8x16(v128_or(self.0, o.0))
+        }
+        #[inline(always)]
+        pub fn splat(v: i8) -> Self {
+            I8x16(i8x16_splat(v))
+        }
+        /// Wrapping lane-wise subtraction.
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            I8x16(i8x16_sub(self.0, o.0))
+        }
+        /// Bit `b` (0..8) of each byte, moved to bit 4: 0 or 16.
+        #[inline(always)]
+        pub fn bit_to_16(self, b: u32) -> Self {
+            let moved = if b <= 4 {
+                i8x16_shl(self.0, 4 - b)
+            } else {
+                u8x16_shr(self.0, b - 4)
+            };
+            I8x16(v128_and(moved, u8x16_splat(0x10)))
         }
     }
 
@@ -455,6 +481,7 @@ mod imp {
     #[derive(Clone, Copy)]
     pub struct I32x4([i32; 4]);
 
+    #[allow(clippy::should_implement_trait)]
     impl I8x16 {
         /// # Safety
         /// `p..p + 16` must be readable.
@@ -520,10 +547,27 @@ mod imp {
             F32x4(self.0.map(|v| v as f32))
         }
     }
+    #[allow(clippy::should_implement_trait)]
     impl I8x16 {
         #[inline(always)]
         pub fn offset_to_u8(self) -> Self {
             I8x16(self.0.map(|v| ((v as u8) ^ 0x80) as i8))
+        }
+        #[inline(always)]
+        pub fn or(self, o: Self) -> Self {
+            I8x16(core::array::from_fn(|i| self.0[i] | o.0[i]))
+        }
+        #[inline(always)]
+        pub fn splat(v: i8) -> Self {
+            I8x16([v; 16])
+        }
+        #[inline(always)]
+        pub fn sub(self, o: Self) -> Self {
+            I8x16(core::array::from_fn(|i| self.0[i].wrapping_sub(o.0[i])))
+        }
+        #[inline(always)]
+        pub fn bit_to_16(self, b: u32) -> Self {
+            I8x16(self.0.map(|v| ((((v as u8) >> b) & 1) << 4) as i8))
         }
     }
 

@@ -12,7 +12,7 @@
 //! exact are stated at each kernel.
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
-use crate::quant::packed::{BlockQ4Kx4, BlockQ6Kx4, BlockQ8_0x4};
+use crate::quant::packed::{BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4};
 use crate::quant::{BlockQ8A, BlockQ8K};
 
 /// [`crate::quant`]'s symmetric int8 quantization of one activation block
@@ -169,6 +169,95 @@ pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
         }
     }
     acc.lanes()
+}
+
+/// Rows `4g..4g + 4` of a packed Q4_0 matrix against Q8 activations: each
+/// lane bit for bit [`super::quant::vec_dot_q4_0_q8_0`] of that row.
+/// Quants `nibble - 8` are signed bytes in -8..=7 (products ≤ 8 · 127, four
+/// to an i16 lane).
+#[inline]
+pub fn dot4_q4_0(w: &[BlockQ4_0x4], x: &[BlockQ8A]) -> [f32; 4] {
+    assert_eq!(w.len(), x.len());
+    let mut acc = F32x4::zero();
+    let (mut pw, mut px) = (w.as_ptr(), x.as_ptr());
+    let eight = I8x16::splat(8);
+    // SAFETY: pw < end and x has as many blocks as w.
+    unsafe {
+        let end = pw.add(w.len());
+        while pw < end {
+            let (wb, xb) = (&*pw, &*px);
+            let (x0, x1) = (I8x16::load(xb.qs.as_ptr()), I8x16::load(xb.qs.as_ptr().add(16)));
+            let row = |r: usize| {
+                let q = I8x16::load(wb.qs[r].as_ptr() as *const i8);
+                let s = dot16_i16(q.low_nibbles().sub(eight), x0).add(dot16_i16(q.high_nibbles().sub(eight), x1));
+                I32x4::sum_pairs(s)
+            };
+            let isum = I32x4::sum4(row(0), row(1), row(2), row(3));
+            let dd = F32x4::load(wb.d.as_ptr()).mul(F32x4::splat(xb.d));
+            acc = acc.add(dd.mul(isum.to_f32()));
+            pw = pw.add(1);
+            px = px.add(1);
+        }
+    }
+    acc.lanes()
+}
+
+/// Rows `4g..4g + 4` of a packed Q5_K matrix against Q8_K activations: each
+/// lane bit for bit [`super::quant::vec_dot_q5_k_q8_k`] of that row; as
+/// [`dot4_q4_k`] with the fifth bit or-ed into each nibble (products
+/// ≤ 31 · 255, four to an i16 lane: ≤ 31,620).
+#[inline]
+pub fn dot4_q5_k(w: &[BlockQ5Kx4], x: &[BlockQ8K]) -> [f32; 4] {
+    assert_eq!(w.len(), x.len());
+    let mut acc = F32x4::zero();
+    let (mut pw, mut px) = (w.as_ptr(), x.as_ptr());
+    // SAFETY: as in `dot4_q4_k`.
+    unsafe {
+        let end = pw.add(w.len());
+        while pw < end {
+            let (wb, xb) = (&*pw, &*px);
+            let xq = xb.qs.as_ptr();
+            let xu: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)).offset_to_u8());
+            let bsum32 = I16x8::sum_pairs_narrow(I16x8::load(xb.bsums.as_ptr()), I16x8::load(xb.bsums.as_ptr().add(8)));
+            let row = |r: usize| q5_k_row(wb, r, &xu, bsum32);
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let isc = I32x4::sum4(r0.0, r1.0, r2.0, r3.0)
+                .sub(I32x4::load(wb.qcorr.as_ptr()))
+                .to_f32();
+            let imin = I32x4::sum4(r0.1, r1.1, r2.1, r3.1).to_f32();
+            let xd = F32x4::splat(xb.d);
+            let dd = F32x4::load(wb.d.as_ptr()).mul(xd);
+            let dm = F32x4::load(wb.dmin.as_ptr()).mul(xd);
+            acc = acc.add(dd.mul(isc).sub(dm.mul(imin)));
+            pw = pw.add(1);
+            px = px.add(1);
+        }
+    }
+    acc.lanes()
+}
+
+/// Row `r` of a packed Q5_K block (see [`dot4_q5_k`] and [`q4_k_row`]).
+#[inline(always)]
+unsafe fn q5_k_row(wb: &BlockQ5Kx4, r: usize, xu: &[I8x16; 16], bsum32: I16x8) -> (I32x4, I32x4) {
+    let (q, sc) = (wb.qs[r].as_ptr() as *const i8, wb.scales[r].as_ptr());
+    let (h0, h1) = (
+        I8x16::load(wb.qh[r].as_ptr() as *const i8),
+        I8x16::load(wb.qh[r].as_ptr().add(16) as *const i8),
+    );
+    let dot16_u = |w: I8x16, x: I8x16| I16x8::mul_low_u(w, x).add(I16x8::mul_high_u(w, x));
+    let mut isc = I32x4::zero();
+    unroll!(c in [0, 1, 2, 3] {
+        let (q0, q1) = (I8x16::load(q.add(32 * c)), I8x16::load(q.add(32 * c + 16)));
+        // Bit `b` of each qh byte moved to bit 4 (value 16).
+        let (b_lo, b_hi) = (2 * c as u32, 2 * c as u32 + 1);
+        let lo = dot16_u(q0.low_nibbles().or(h0.bit_to_16(b_lo)), xu[4 * c])
+            .add(dot16_u(q1.low_nibbles().or(h1.bit_to_16(b_lo)), xu[4 * c + 1]));
+        let hi = dot16_u(q0.high_nibbles().or(h0.bit_to_16(b_hi)), xu[4 * c + 2])
+            .add(dot16_u(q1.high_nibbles().or(h1.bit_to_16(b_hi)), xu[4 * c + 3]));
+        isc = isc.add(I32x4::dot(lo, I16x8::splat_load(sc.add(2 * c))));
+        isc = isc.add(I32x4::dot(hi, I16x8::splat_load(sc.add(2 * c + 1))));
+    });
+    (isc, I32x4::dot(I16x8::load(wb.mins[r].as_ptr()), bsum32))
 }
 
 /// Rows `4g..4g + 4` of a packed Q6_K matrix against Q8_K activations: each
@@ -341,8 +430,9 @@ mod tests {
 
     #[test]
     fn dot4_k_quants_are_the_oracle_bit_for_bit() {
+        use crate::kernels::quant::vec_dot_q5_k_q8_k;
         use crate::kernels::quant::{vec_dot_q4_k_q8_k, vec_dot_q6_k_q8_k};
-        use crate::quant::{quantize_row_q4_k, quantize_row_q6_k, BlockQ4K, BlockQ6K};
+        use crate::quant::{quantize_row_q4_k, quantize_row_q5_k, quantize_row_q6_k, BlockQ4K, BlockQ5K, BlockQ6K};
         for (rows, cols) in [(4, 256), (7, 512), (8, 1024)] {
             let v = pseudo(rows * cols, rows as u32 + cols as u32);
             check_k::<BlockQ4Kx4>(&quantize_row_q4_k(&v), rows, cols, dot4_q4_k, vec_dot_q4_k_q8_k);
@@ -359,6 +449,40 @@ mod tests {
                 ..b
             });
             check_k::<BlockQ6Kx4>(&q6, rows, cols, dot4_q6_k, vec_dot_q6_k_q8_k);
+            check_k::<BlockQ5Kx4>(&quantize_row_q5_k(&v), rows, cols, dot4_q5_k, vec_dot_q5_k_q8_k);
+            let q5: Vec<BlockQ5K> = raw_blocks(n, cols + 1, |b: BlockQ5K| BlockQ5K {
+                d: f16::from_f32(-0.02),
+                dmin: f16::from_f32(3.0),
+                ..b
+            });
+            check_k::<BlockQ5Kx4>(&q5, rows, cols, dot4_q5_k, vec_dot_q5_k_q8_k);
+        }
+    }
+
+    #[test]
+    fn dot4_q4_0_is_the_oracle_bit_for_bit() {
+        use crate::kernels::quant::vec_dot_q4_0_q8_0;
+        use crate::quant::{quantize_row_q4_0, BlockQ4_0};
+        for (rows, cols) in [(4, 32), (6, 96), (8, 288)] {
+            let mut blocks = quantize_row_q4_0(&pseudo(rows * cols, 3 + rows as u32));
+            let raw: Vec<BlockQ4_0> = raw_blocks(blocks.len(), cols, |b: BlockQ4_0| BlockQ4_0 {
+                d: f16::from_f32(1.5),
+                ..b
+            });
+            blocks.iter_mut().zip(raw).step_by(2).for_each(|(b, r)| *b = r);
+            let packed = Interleaved::<BlockQ4_0x4>::from_le_bytes(&blocks_to_le_bytes(&blocks), rows, cols).unwrap();
+            let mut xq = Vec::new();
+            quantize_act_q8(&pseudo(cols, 8), &mut xq);
+            let per_row = cols / 32;
+            for g in 0..rows.div_ceil(4) {
+                for (lane, got) in dot4_q4_0(packed.group(g), &xq).iter().enumerate() {
+                    let r = 4 * g + lane;
+                    if r < rows {
+                        let want = vec_dot_q4_0_q8_0(&blocks[r * per_row..(r + 1) * per_row], &xq);
+                        assert_eq!(got.to_bits(), want.to_bits(), "({rows}, {cols}) row {r}");
+                    }
+                }
+            }
         }
     }
 

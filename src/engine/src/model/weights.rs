@@ -9,8 +9,8 @@ use super::config::ModelConfig;
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
-use crate::quant::packed::{BlockQ4Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved};
-use crate::quant::{blocks_from_le_bytes, quantize_row_bytes, BlockQ4_0, BlockQ5K};
+use crate::quant::packed::{BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved};
+use crate::quant::quantize_row_bytes;
 use crate::tensor::GgmlType;
 
 /// Typed element storage of a tensor.
@@ -26,10 +26,12 @@ pub enum TensorData {
     BF16(Vec<half::bf16>),
     /// Repacked in groups of four rows with f32 scales (see [`crate::quant::packed`]).
     Q8_0(Interleaved<BlockQ8_0x4>),
-    Q4_0(Vec<BlockQ4_0>),
+    /// Repacked (see [`crate::quant::packed`]).
+    Q4_0(Interleaved<BlockQ4_0x4>),
     /// Repacked (see [`crate::quant::packed`]).
     Q4K(Interleaved<BlockQ4Kx4>),
-    Q5K(Vec<BlockQ5K>),
+    /// Repacked (see [`crate::quant::packed`]).
+    Q5K(Interleaved<BlockQ5Kx4>),
     /// Repacked, quants unpacked to int8 (see [`crate::quant::packed`]).
     Q6K(Interleaved<BlockQ6Kx4>),
 }
@@ -95,9 +97,9 @@ impl Tensor {
                     .collect(),
             ),
             GgmlType::Q8_0 => TensorData::Q8_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q4_0 => TensorData::Q4_0(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q4_0 => TensorData::Q4_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q4K => TensorData::Q4K(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q5K => TensorData::Q5K(blocks_from_le_bytes(bytes)?),
+            GgmlType::Q5K => TensorData::Q5K(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q6K => TensorData::Q6K(Interleaved::from_le_bytes(bytes, rows, cols)?),
             other => {
                 return Err(format!(

@@ -19,7 +19,7 @@
 //! SIMD kernels are tested against them on the original blocks.
 
 use super::dequant::q6k_quant;
-use super::{pack_scale_min_k4, scale_min_k4, Block, BlockQ4K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
+use super::{pack_scale_min_k4, scale_min_k4, Block, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
 use half::f16;
 use std::mem::size_of;
 
@@ -175,6 +175,99 @@ impl PackedBlock for BlockQ6Kx4 {
     }
 }
 
+/// Q4_0 for four rows: f32 scales, nibbles as in the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_0x4 {
+    pub d: [f32; 4],
+    pub qs: [[u8; QK8_0 / 2]; 4],
+}
+const _: () = assert!(size_of::<BlockQ4_0x4>() == 80);
+
+impl PackedBlock for BlockQ4_0x4 {
+    type Src = BlockQ4_0;
+    fn pack(rows: [Option<BlockQ4_0>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ4_0 {
+                d: f16::ZERO,
+                qs: [0x88; QK8_0 / 2],
+            })
+        });
+        BlockQ4_0x4 {
+            d: rows.map(|b| b.d.to_f32()),
+            qs: rows.map(|b| b.qs),
+        }
+    }
+    fn unpack(&self, lane: usize) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: f16::from_f32(self.d[lane]),
+            qs: self.qs[lane],
+        }
+    }
+}
+
+/// Q5_K for four rows: as [`BlockQ4Kx4`] plus the fifth bits as in the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ5Kx4 {
+    pub d: [f32; 4],
+    pub dmin: [f32; 4],
+    /// `128 · Σ_j scales[j] · Σ q` (5-bit quants), as [`BlockQ4Kx4::qcorr`].
+    pub qcorr: [i32; 4],
+    pub scales: [[i16; 8]; 4],
+    pub mins: [[i16; 8]; 4],
+    pub qh: [[u8; QK_K / 8]; 4],
+    pub qs: [[u8; QK_K / 2]; 4],
+}
+const _: () = assert!(size_of::<BlockQ5Kx4>() == 816);
+
+/// [`BlockQ5Kx4::qcorr`] of one ggml block.
+fn q5_k_offset_correction(b: &BlockQ5K) -> i32 {
+    (0..4)
+        .map(|c| {
+            let q = &b.qs[32 * c..32 * c + 32];
+            let h = |l: usize, bit: usize| ((b.qh[l] >> bit) & 1) as i32 * 16;
+            let lo: i32 = (0..32).map(|l| (q[l] & 0xF) as i32 + h(l, 2 * c)).sum();
+            let hi: i32 = (0..32).map(|l| (q[l] >> 4) as i32 + h(l, 2 * c + 1)).sum();
+            scale_min_k4(2 * c, &b.scales).0 as i32 * lo + scale_min_k4(2 * c + 1, &b.scales).0 as i32 * hi
+        })
+        .sum::<i32>()
+        * 128
+}
+
+impl PackedBlock for BlockQ5Kx4 {
+    type Src = BlockQ5K;
+    fn pack(rows: [Option<BlockQ5K>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ5K {
+                d: f16::ZERO,
+                dmin: f16::ZERO,
+                scales: [0; 12],
+                qh: [0; QK_K / 8],
+                qs: [0; QK_K / 2],
+            })
+        });
+        BlockQ5Kx4 {
+            d: rows.map(|b| b.d.to_f32()),
+            dmin: rows.map(|b| b.dmin.to_f32()),
+            qcorr: rows.map(|b| q5_k_offset_correction(&b)),
+            scales: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).0 as i16)),
+            mins: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).1 as i16)),
+            qh: rows.map(|b| b.qh),
+            qs: rows.map(|b| b.qs),
+        }
+    }
+    fn unpack(&self, lane: usize) -> BlockQ5K {
+        BlockQ5K {
+            d: f16::from_f32(self.d[lane]),
+            dmin: f16::from_f32(self.dmin[lane]),
+            scales: pack_scale_min_k4(&self.scales[lane].map(|v| v as u8), &self.mins[lane].map(|v| v as u8)),
+            qh: self.qh[lane],
+            qs: self.qs[lane],
+        }
+    }
+}
+
 /// A quantized (rows, cols) matrix in groups of four rows: group `g` holds
 /// rows `4g..4g + 4`, its blocks in column order.
 #[derive(Debug, Clone, PartialEq)]
@@ -302,5 +395,16 @@ mod tests {
             })
             .collect();
         roundtrip::<BlockQ4Kx4>(blocks, rows, cols);
+        let raw: Vec<u8> = (0..rows * 2 * BlockQ5K::BYTES).map(|i| (i * 89 % 241) as u8).collect();
+        let blocks: Vec<BlockQ5K> = raw
+            .chunks_exact(BlockQ5K::BYTES)
+            .map(|c| BlockQ5K {
+                d: f16::from_f32(0.25),
+                dmin: f16::from_f32(0.5),
+                ..BlockQ5K::read(c)
+            })
+            .collect();
+        roundtrip::<BlockQ5Kx4>(blocks, rows, cols);
+        roundtrip::<BlockQ4_0x4>(crate::quant::quantize_row_q4_0(&v), rows, cols);
     }
 }
