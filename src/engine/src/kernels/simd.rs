@@ -947,8 +947,17 @@ pub fn attention_scores(scores: &mut [f32], q_h: &[f32], k_cache: &[f32], stride
             }
         },
         _ => {
-            for (t, s) in scores.iter_mut().enumerate() {
-                *s = dot_f32(q_h, &k_cache[t * stride + off..t * stride + off + hd]) * scale;
+            // Four positions per pass: q_h is loaded once for the four keys.
+            let key = |t: usize| &k_cache[t * stride + off..t * stride + off + hd];
+            let n4 = n_pos / 4 * 4;
+            for t in (0..n4).step_by(4) {
+                let d = dot4_f32([key(t), key(t + 1), key(t + 2), key(t + 3)], q_h);
+                for (s, v) in scores[t..t + 4].iter_mut().zip(d) {
+                    *s = v * scale;
+                }
+            }
+            for (t, s) in scores.iter_mut().enumerate().skip(n4) {
+                *s = dot_f32(q_h, key(t)) * scale;
             }
         }
     }
@@ -986,7 +995,35 @@ pub fn attention_values(out_h: &mut [f32], scores: &[f32], v_cache: &[f32], stri
             o0.store(out_h.as_mut_ptr());
         },
         _ => {
-            for (t, &a) in scores.iter().enumerate() {
+            // Four positions per pass over each 4-wide chunk of the output
+            // (each element still sums its positions in order).
+            let n4 = n_pos / 4 * 4;
+            let (h4, po) = (hd / 4 * 4, out_h.as_mut_ptr());
+            for t in (0..n4).step_by(4) {
+                let a = [0, 1, 2, 3].map(|i| F32x4::splat(scores[t + i]));
+                // SAFETY: rows t..t + 4 exist (t + 3 < n_pos, checked above);
+                // chunk c + 4 <= h4 <= hd stays inside each row and out_h.
+                unsafe {
+                    let v = [0, 1, 2, 3].map(|i| pv.add((t + i) * stride + off));
+                    let mut c = 0;
+                    while c < h4 {
+                        let mut o = F32x4::load(po.add(c));
+                        o = o.add(a[0].mul(F32x4::load(v[0].add(c))));
+                        o = o.add(a[1].mul(F32x4::load(v[1].add(c))));
+                        o = o.add(a[2].mul(F32x4::load(v[2].add(c))));
+                        o = o.add(a[3].mul(F32x4::load(v[3].add(c))));
+                        o.store(po.add(c));
+                        c += 4;
+                    }
+                }
+                for i in 0..4 {
+                    let row = &v_cache[(t + i) * stride + off..(t + i) * stride + off + hd];
+                    for (o, x) in out_h[h4..].iter_mut().zip(&row[h4..]) {
+                        *o += scores[t + i] * x;
+                    }
+                }
+            }
+            for (t, &a) in scores.iter().enumerate().skip(n4) {
                 axpy(out_h, a, &v_cache[t * stride + off..t * stride + off + hd]);
             }
         }
@@ -1229,7 +1266,7 @@ mod tests {
 
     #[test]
     fn attention_kernels_match_scalar() {
-        for hd in [4, 8, 12, 6] {
+        for hd in [4, 8, 12, 6, 64, 37] {
             let (n_pos, stride, off) = (13, 3 * hd, hd);
             let k = pseudo(n_pos * stride, 21);
             let v = pseudo(n_pos * stride, 22);
