@@ -309,14 +309,17 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
 
 /// RMS normalization: `out = x / sqrt(mean(x²) + eps) * weight`.
 /// `x`, `weight`, `out` all (dim).
+///
+/// `Σ x²` is summed in [`dot_f32`]'s lane order, so the canister's SIMD
+/// version ([`simd::dot_f32`], [`simd::scale_mul`]) gives the same bits.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     debug_assert_eq!(x.len(), weight.len());
     debug_assert_eq!(out.len(), x.len());
-    let mut ss = 0.0f32;
-    for v in x {
-        ss += v * v;
-    }
+    let ss = if SIMD { simd::dot_f32(x, x) } else { dot_f32(x, x) };
     let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    if SIMD {
+        return simd::scale_mul(out, x, weight, scale);
+    }
     for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
         *o = w * (scale * v);
     }

@@ -1053,6 +1053,29 @@ pub fn axpy(out: &mut [f32], a: f32, v: &[f32]) {
     }
 }
 
+/// `out[i] = w[i] * (scale * x[i])` (RMSNorm's last step), each element as
+/// the scalar expression.
+#[inline]
+pub fn scale_mul(out: &mut [f32], x: &[f32], w: &[f32], scale: f32) {
+    assert!(out.len() == x.len() && x.len() == w.len());
+    let n4 = x.len() / 4 * 4;
+    let (po, px, pw) = (out.as_mut_ptr(), x.as_ptr(), w.as_ptr());
+    let sv = F32x4::splat(scale);
+    let mut i = 0;
+    while i < n4 {
+        // SAFETY: i + 4 <= n4 <= len of all three.
+        unsafe {
+            F32x4::load(pw.add(i))
+                .mul(sv.mul(F32x4::load(px.add(i))))
+                .store(po.add(i))
+        };
+        i += 4;
+    }
+    for ((o, v), w) in out[n4..].iter_mut().zip(&x[n4..]).zip(&w[n4..]) {
+        *o = w * (scale * v);
+    }
+}
+
 /// `x += y`, elementwise.
 #[inline]
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -1303,6 +1326,12 @@ mod tests {
             add_in_place(&mut a, &v);
             super::super::add_in_place(&mut b, &v);
             assert_eq!(a, b);
+            let (w, mut o1, mut o2) = (pseudo(n, 8), vec![0.0; n], vec![0.0; n]);
+            scale_mul(&mut o1, &v, &w, 0.731);
+            for ((o, x), w) in o2.iter_mut().zip(&v).zip(&w) {
+                *o = w * (0.731 * x);
+            }
+            assert_eq!(o1, o2);
             if n > 0 {
                 assert_eq!(max(&v), v.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             }
