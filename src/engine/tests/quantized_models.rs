@@ -225,3 +225,24 @@ fn synthetic_model_in_every_type_tracks_its_f32_version() {
         assert!(a.min_cosine >= min_cos, "{name}: cosine {}", a.min_cosine);
     }
 }
+
+#[test]
+fn f16_widened_at_load_gives_the_f16_kernels_bits() {
+    use icllm_engine::model::TensorData;
+    let bytes = synth::quantize_gguf(&stories_bytes(), QuantMix::parse("f16").unwrap()).unwrap();
+    let (widened, _) = Model::from_gguf_bytes(&bytes).unwrap();
+    let (kept, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_f16()).unwrap();
+    assert_eq!(widened.layers[0].wq.ty, GgmlType::F16);
+    assert!(
+        matches!(widened.layers[0].wq.data, TensorData::F32(_)),
+        "a small model is widened"
+    );
+    assert!(matches!(kept.layers[0].wq.data, TensorData::F16(_)));
+    let (a, b) = (
+        all_logits(&widened, &STORIES_TOKENS),
+        all_logits(&kept, &STORIES_TOKENS),
+    );
+    for (ra, rb) in a.iter().zip(&b) {
+        assert!(ra.iter().zip(rb).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}

@@ -211,8 +211,18 @@ pub struct Model {
 impl Model {
     /// Parses and loads a whole GGUF file held in memory (native use).
     pub fn from_gguf_bytes(bytes: &[u8]) -> Result<(Model, Gguf), ModelError> {
+        Model::from_gguf_bytes_with(bytes, |_| {})
+    }
+
+    /// As [`Model::from_gguf_bytes`], letting `configure` adjust the loader
+    /// first (e.g. [`ModelLoader::keep_f16`]).
+    pub fn from_gguf_bytes_with(
+        bytes: &[u8],
+        configure: impl FnOnce(&mut ModelLoader),
+    ) -> Result<(Model, Gguf), ModelError> {
         let gguf = Gguf::parse(bytes)?;
         let mut loader = ModelLoader::new(&gguf)?;
+        configure(&mut loader);
         while let Some(info) = loader.next_needed() {
             let (name, range) = (info.name.clone(), info.byte_range());
             let data = bytes.get(range).ok_or_else(|| ModelError::TensorBytes {
@@ -356,7 +366,17 @@ struct Needed {
 pub struct ModelLoader {
     config: ModelConfig,
     needed: Vec<Needed>,
+    /// Whether F16 matrices are widened to f32 as they are added (see
+    /// [`F16_WIDEN_MAX_BYTES`]).
+    widen_f16: bool,
 }
+
+/// F16 weight matrices are widened to f32 at load when the whole model then
+/// still takes at most this many bytes: the f32 kernels cost about a third of
+/// the instructions per multiply-add of the f16 ones in wasm (no per-weight
+/// conversion), exactly the same values (every f16 is an f32), at twice the
+/// heap. Larger models keep f16 to fit the canister's 4 GiB heap.
+pub const F16_WIDEN_MAX_BYTES: u64 = 2 << 30;
 
 impl ModelLoader {
     pub fn new(gguf: &Gguf) -> Result<ModelLoader, ModelError> {
@@ -400,11 +420,33 @@ impl ModelLoader {
             });
         }
         needed.sort_by_key(|n| n.info.offset);
-        Ok(ModelLoader { config, needed })
+        let total: u64 = needed.iter().map(|n| n.info.size).sum();
+        let f16: u64 = needed
+            .iter()
+            .filter(|n| n.info.ty == GgmlType::F16 && n.rows > 1)
+            .map(|n| n.info.size)
+            .sum();
+        let widen_f16 = f16 > 0 && total.saturating_add(f16) <= F16_WIDEN_MAX_BYTES;
+        Ok(ModelLoader {
+            config,
+            needed,
+            widen_f16,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Keeps F16 matrices as f16 even when widening them would fit (half the
+    /// heap, about three times the instructions per multiply-add).
+    pub fn keep_f16(&mut self) {
+        self.widen_f16 = false;
+    }
+
+    /// Whether F16 matrices will be widened to f32 (see [`F16_WIDEN_MAX_BYTES`]).
+    pub fn widens_f16(&self) -> bool {
+        self.widen_f16
     }
 
     /// Every tensor the model needs, in file order.
@@ -432,10 +474,16 @@ impl ModelLoader {
         if n.loaded.is_some() {
             return Err(ModelError::UnexpectedTensor(format!("{name} (already added)")));
         }
-        let t = Tensor::from_le_bytes(n.info.ty, n.rows, n.cols, bytes).map_err(|reason| ModelError::TensorBytes {
-            name: name.to_string(),
-            reason,
-        })?;
+        let mut t =
+            Tensor::from_le_bytes(n.info.ty, n.rows, n.cols, bytes).map_err(|reason| ModelError::TensorBytes {
+                name: name.to_string(),
+                reason,
+            })?;
+        if self.widen_f16 {
+            if let TensorData::F16(h) = &t.data {
+                t.data = TensorData::F32(h.iter().map(|v| v.to_f32()).collect());
+            }
+        }
         n.loaded = Some(t);
         Ok(())
     }
