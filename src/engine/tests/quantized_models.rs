@@ -231,7 +231,7 @@ fn f16_widened_at_load_gives_the_f16_kernels_bits() {
     use icllm_engine::model::TensorData;
     let bytes = synth::quantize_gguf(&stories_bytes(), QuantMix::parse("f16").unwrap()).unwrap();
     let (widened, _) = Model::from_gguf_bytes(&bytes).unwrap();
-    let (kept, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_f16()).unwrap();
+    let (kept, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_16_bit_floats()).unwrap();
     assert_eq!(widened.layers[0].wq.ty, GgmlType::F16);
     assert!(
         matches!(widened.layers[0].wq.data, TensorData::F32(_)),

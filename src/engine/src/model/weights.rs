@@ -215,7 +215,7 @@ impl Model {
     }
 
     /// As [`Model::from_gguf_bytes`], letting `configure` adjust the loader
-    /// first (e.g. [`ModelLoader::keep_f16`]).
+    /// first (e.g. [`ModelLoader::keep_16_bit_floats`]).
     pub fn from_gguf_bytes_with(
         bytes: &[u8],
         configure: impl FnOnce(&mut ModelLoader),
@@ -366,16 +366,17 @@ struct Needed {
 pub struct ModelLoader {
     config: ModelConfig,
     needed: Vec<Needed>,
-    /// Whether F16 matrices are widened to f32 as they are added (see
-    /// [`F16_WIDEN_MAX_BYTES`]).
+    /// Whether F16 and BF16 matrices are widened to f32 as they are added
+    /// (see [`F16_WIDEN_MAX_BYTES`]).
     widen_f16: bool,
 }
 
-/// F16 weight matrices are widened to f32 at load when the whole model then
-/// still takes at most this many bytes: the f32 kernels cost about a third of
-/// the instructions per multiply-add of the f16 ones in wasm (no per-weight
-/// conversion), exactly the same values (every f16 is an f32), at twice the
-/// heap. Larger models keep f16 to fit the canister's 4 GiB heap.
+/// F16 and BF16 weight matrices are widened to f32 at load when the whole
+/// model then still takes at most this many bytes: the f32 kernels cost
+/// about a third (f16) or a half (bf16) of the instructions per multiply-add
+/// in wasm (no per-weight conversion), exactly the same values (every f16
+/// and bf16 is an f32), at twice the heap. Larger models keep 16-bit weights
+/// to fit the canister's 4 GiB heap.
 pub const F16_WIDEN_MAX_BYTES: u64 = 2 << 30;
 
 impl ModelLoader {
@@ -423,7 +424,7 @@ impl ModelLoader {
         let total: u64 = needed.iter().map(|n| n.info.size).sum();
         let f16: u64 = needed
             .iter()
-            .filter(|n| n.info.ty == GgmlType::F16 && n.rows > 1)
+            .filter(|n| matches!(n.info.ty, GgmlType::F16 | GgmlType::BF16) && n.rows > 1)
             .map(|n| n.info.size)
             .sum();
         let widen_f16 = f16 > 0 && total.saturating_add(f16) <= F16_WIDEN_MAX_BYTES;
@@ -438,14 +439,14 @@ impl ModelLoader {
         &self.config
     }
 
-    /// Keeps F16 matrices as f16 even when widening them would fit (half the
-    /// heap, about three times the instructions per multiply-add).
-    pub fn keep_f16(&mut self) {
+    /// Keeps F16 and BF16 matrices as they are even when widening them would
+    /// fit (half the heap, two to three times the instructions per multiply-add).
+    pub fn keep_16_bit_floats(&mut self) {
         self.widen_f16 = false;
     }
 
-    /// Whether F16 matrices will be widened to f32 (see [`F16_WIDEN_MAX_BYTES`]).
-    pub fn widens_f16(&self) -> bool {
+    /// Whether F16 and BF16 matrices will be widened to f32 (see [`F16_WIDEN_MAX_BYTES`]).
+    pub fn widens_16_bit_floats(&self) -> bool {
         self.widen_f16
     }
 
@@ -480,8 +481,10 @@ impl ModelLoader {
                 reason,
             })?;
         if self.widen_f16 {
-            if let TensorData::F16(h) = &t.data {
-                t.data = TensorData::F32(h.iter().map(|v| v.to_f32()).collect());
+            match &t.data {
+                TensorData::F16(h) => t.data = TensorData::F32(h.iter().map(|v| v.to_f32()).collect()),
+                TensorData::BF16(h) => t.data = TensorData::F32(h.iter().map(|v| v.to_f32()).collect()),
+                _ => {}
             }
         }
         n.loaded = Some(t);
