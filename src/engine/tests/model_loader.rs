@@ -164,7 +164,10 @@ fn f16_weights_load_and_agree_with_f32() {
             .flat_map(|c| half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
             .collect();
     }
-    let f16_model = load(&parts).unwrap();
+    // Kept as f16 (a model this small would otherwise be widened to f32 at load).
+    let f16_model = Model::from_gguf_bytes_with(&write(&parts.0, &parts.1), |l| l.keep_16_bit_floats())
+        .unwrap()
+        .0;
     assert!(matches!(f16_model.layers[0].wq.data, Weights::F16(_)));
     assert!(matches!(f16_model.tok_embd.data, Weights::F16(_)));
 
