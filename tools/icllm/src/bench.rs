@@ -304,8 +304,12 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
     });
     let prompt = synthetic_prompt(model, text_ids, n_prompt as usize);
 
+    // KV slots sized for the jobs run here, not for the trained context
+    // (qwen3's 40 960 positions would exceed the canister's KV quota).
+    let max_context = ctx.max(args.overhead_prompt_tokens + args.overhead_gen_tokens + 1);
     let init = InitArgs {
         message_instruction_limit: Some(args.instruction_limit),
+        max_context: Some(max_context),
         ..InitArgs::default()
     };
     let mut c = LocalCanister::install(wasm, init, args.instruction_limit)?;
@@ -351,7 +355,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
         let (p, g) = (args.overhead_prompt_tokens.max(1), args.overhead_gen_tokens.max(2));
         let short = JobRequest {
             max_tokens: g,
-            ctx_size: Some((p + g + 1).min(trained.max(p + g + 1))),
+            ctx_size: Some(p + g + 1),
             prompt_tokens: Some(prompt.iter().copied().cycle().take(p as usize).collect()),
             ..req.clone()
         };
@@ -459,7 +463,13 @@ fn table(args: &BenchArgs, wasm: Vec<u8>) -> Result<()> {
             table: false,
             ..args.clone()
         };
-        let r = bench_one(&a, wasm.clone())?;
+        let r = match bench_one(&a, wasm.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("bench: {shape} {quant} failed: {e:#}");
+                serde_json::json!({ "model": format!("{shape} {quant}"), "error": format!("{e:#}") })
+            }
+        };
         if args.json {
             println!("{r}");
         }
@@ -473,6 +483,10 @@ fn table(args: &BenchArgs, wasm: Vec<u8>) -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (shape, quant, target, reference, r) in rows {
+        if let Some(e) = r["error"].as_str() {
+            println!("| {shape} {} | failed: {e} |||||||||| ", quant.to_uppercase());
+            continue;
+        }
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         let ipm_target = match quant {
             "f32" => " (≤ 1.6)",
