@@ -8,13 +8,14 @@
 //! i.e. around position 128.
 //!
 //! The fixed cost of a message is measured by difference on a short job
-//! (`--overhead-prompt-tokens` 8, `--overhead-gen-tokens` 16) run twice: in
-//! one message, then under a per-message limit that fits one or two
-//! tokens. Both runs do the same work (the prompt fits one batch in both;
-//! decode is one token per unit anyway), so the extra instructions divided
-//! by the extra job messages is the fixed cost of a message. The short job
-//! keeps this second measurement to a few dozen token evaluations, whatever
-//! the main run's length.
+//! (`--overhead-prompt-tokens` 1, `--overhead-gen-tokens` 8) run twice:
+//! under the main run's limit, then under a limit that fits only a few
+//! units (a layer's attention or FFN, or the head). Both runs do the same
+//! units (with a one-token prompt every unit processes one token, however
+//! the messages cut the job), so the extra instructions divided by the
+//! extra job messages is the fixed cost of a message. The short job keeps
+//! this second measurement to a few token evaluations, whatever the main
+//! run's length.
 //!
 //! `--table` runs every target shape of issue 6 and prints the README's
 //! markdown table.
@@ -77,11 +78,12 @@ pub struct BenchArgs {
     /// position, prompt + gen / 2 (128 with the defaults).
     #[arg(long, default_value_t = 16)]
     gen_tokens: u32,
-    /// Prompt tokens of the short job that measures the fixed cost per message.
-    #[arg(long, default_value_t = 8)]
+    /// Prompt tokens of the short job that measures the fixed cost per
+    /// message (more than 1 lets the runs batch the prompt differently).
+    #[arg(long, default_value_t = 1)]
     overhead_prompt_tokens: u32,
     /// Generated tokens of that job.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     overhead_gen_tokens: u32,
     /// Instructions per message for the main run (the IC's 40 B by default).
     #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
@@ -98,6 +100,22 @@ pub struct BenchArgs {
     /// Print the job's progress after every scheduler round (stderr).
     #[arg(long)]
     trace: bool,
+    /// Synthesize `--shape` afresh instead of reusing the file an earlier
+    /// bench left in `<target>/icllm-synth-cache` (random weights either way;
+    /// synthesis takes a minute or more for the 1B+ shapes).
+    #[arg(long)]
+    no_synth_cache: bool,
+}
+
+/// Bump when the synthetic files' contents change on purpose.
+const SYNTH_CACHE_VERSION: u32 = 1;
+
+/// Where synthesized models are kept between runs.
+fn synth_cache_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| icllm::local_canister::workspace_root().join("target"))
+        .join("icllm-synth-cache")
 }
 
 /// One job's totals, from the job view and the runtime's message reports.
@@ -205,13 +223,35 @@ fn model_bytes(args: &BenchArgs) -> Result<(String, Vec<u8>)> {
     let Some(quant) = QuantMix::parse(&args.quant) else {
         bail!("unknown quant type {:?} (known: {})", args.quant, QuantMix::NAMES);
     };
+    let label = format!("{name} {} (synthetic)", args.quant);
+    let layers = args.layers.map_or("all".to_string(), |l| l.to_string());
+    let cached = synth_cache_dir().join(format!(
+        "v{SYNTH_CACHE_VERSION}-{name}-{}-{layers}.gguf",
+        args.quant.to_lowercase()
+    ));
+    if !args.no_synth_cache {
+        if let Ok(bytes) = std::fs::read(&cached) {
+            eprintln!("bench: synthetic weights from {}", cached.display());
+            return Ok((label, bytes));
+        }
+    }
     let mut opts = SynthOptions::new(quant);
     opts.layers = args.layers;
     opts.search = icllm_engine::quant::Search::Fast;
     opts.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut bytes = Vec::new();
     synth::write_gguf(shape, &opts, &mut bytes).map_err(|e| anyhow!("synthesizing {name}: {e}"))?;
-    Ok((format!("{name} {} (synthetic)", args.quant), bytes))
+    if !args.no_synth_cache {
+        // Best effort: a failed write only costs a synthesis next time.
+        let tmp = cached.with_extension(format!("{}.tmp", std::process::id()));
+        let stored = std::fs::create_dir_all(synth_cache_dir())
+            .and_then(|_| std::fs::write(&tmp, &bytes))
+            .and_then(|_| std::fs::rename(&tmp, &cached));
+        if stored.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok((label, bytes))
 }
 
 /// Wall-clock time of each phase, printed to stderr as it ends.
@@ -360,16 +400,15 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
             ..req.clone()
         };
         let one = run_job(&mut c, short.clone(), args.trace)?;
-        // Room for about two decode tokens, and for the prompt's largest unit
-        // (so the prompt stays one batch and both runs do the same work),
-        // with the canister's reserve counted twice (see budget.rs); the
-        // canister accepts no limit under 10 M.
-        let largest_prefill_unit = forward::attention_block_macs(model, 0, p as usize)
+        // Room for the job's largest unit three times over (the canister
+        // estimates a unit at 1.25 x the highest instructions per MAC it has
+        // seen), with its reserve counted twice (see budget.rs); the canister
+        // accepts no limit under 10 M.
+        let largest_unit = forward::attention_block_macs(model, p + g, p as usize)
             .max(forward::ffn_block_macs(model, p as usize))
             .max(forward::head_macs(model)) as f64;
-        let small = (2.0 * per_token)
-            .max(2.0 * largest_prefill_unit * ipm.max(1.0))
-            .max(10_000_000.0) as u64;
+        let ratio = ipm.max(per_prompt_token / prefill_macs_per_token).max(1.0);
+        let small = (3.0 * largest_unit * ratio).max(10_000_000.0) as u64;
         let small = small + 2 * MIN_RESERVE.max(small / 100);
         set_limit(&mut c, small)?;
         let many = run_job(&mut c, short, args.trace)?;

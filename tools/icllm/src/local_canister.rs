@@ -100,9 +100,17 @@ impl LocalCanister {
             update: update_limit,
             ..Limits::default()
         };
+        // Compiled modules are kept beside the build (`$LOCAL_IC_MODULE_CACHE`
+        // wins): Cranelift needs seconds for the canister, loading milliseconds.
+        let defaults = RuntimeConfig::default();
+        let module_cache_dir = defaults
+            .module_cache_dir
+            .clone()
+            .or_else(|| default_wasm_path().parent().map(|p| p.join("local-ic-module-cache")));
         let mut rt = Runtime::new(RuntimeConfig {
             limits,
-            ..RuntimeConfig::default()
+            module_cache_dir,
+            ..defaults
         });
         let arg = encode_args((Some(init),))?;
         let id = rt
