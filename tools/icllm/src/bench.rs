@@ -346,7 +346,17 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
 
     // KV slots sized for the jobs run here, not for the trained context
     // (qwen3's 40 960 positions would exceed the canister's KV quota).
-    let max_context = ctx.max(args.overhead_prompt_tokens + args.overhead_gen_tokens + 1);
+    // The short job must cost a few times the canister's smallest limit
+    // (10 M) to take several messages under it: tiny models generate more
+    // tokens (a token costs at least one instruction per multiply-add).
+    let token_macs = cfg.n_layers as u64
+        * (forward::attention_block_macs(model, 0, 1) + forward::ffn_block_macs(model, 1))
+        + forward::head_macs(model);
+    let overhead_prompt = args.overhead_prompt_tokens.max(1);
+    let overhead_gen = (args.overhead_gen_tokens.max(2) as u64)
+        .max(40_000_000u64.div_ceil(token_macs.max(1)))
+        .min(trained.saturating_sub(overhead_prompt + 1).max(2) as u64) as u32;
+    let max_context = ctx.max(overhead_prompt + overhead_gen + 1);
     let init = InitArgs {
         message_instruction_limit: Some(args.instruction_limit),
         max_context: Some(max_context),
@@ -392,7 +402,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
     let overhead = if args.no_overhead {
         None
     } else {
-        let (p, g) = (args.overhead_prompt_tokens.max(1), args.overhead_gen_tokens.max(2));
+        let (p, g) = (overhead_prompt, overhead_gen);
         let short = JobRequest {
             max_tokens: g,
             ctx_size: Some(p + g + 1),
@@ -418,11 +428,16 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
         }
         let extra = many.view.messages.saturating_sub(one.view.messages);
         if extra == 0 {
-            bail!("the small-limit run took no more messages than the large one");
+            bail!(
+                "the small-limit run ({small} instructions per message) took no more messages than the large one ({} job messages, {} instructions)",
+                one.view.messages,
+                one.view.instructions
+            );
         }
         let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / extra as f64;
         Some(serde_json::json!({
             "limit": small,
+            "job_tokens": [p, g],
             "messages": [one.view.messages, many.view.messages],
             // Inside the job's message (what the 40 B limit sees).
             "message": per(many.view.instructions, one.view.instructions).round(),
