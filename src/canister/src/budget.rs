@@ -96,9 +96,48 @@ impl<F: Fn() -> u64> icllm_engine::job::Budget for MessageBudget<F> {
         now.saturating_add(Self::estimate(macs)).saturating_add(self.reserve) <= self.limit
     }
 
+    /// A prompt batch is sized as if the message had already used `reserve`:
+    /// its later units run in fresh messages, whose start (the scheduler,
+    /// loading the job) may cost more than this one's did. Without the
+    /// allowance a batch sized right at the limit could never continue: every
+    /// later message would refuse its next unit (the bench's small-limit run
+    /// did exactly that).
+    fn can_afford_batch(&mut self, macs: u64) -> bool {
+        let now = (self.counter)().max(self.reserve);
+        now.saturating_add(Self::estimate(macs)).saturating_add(self.reserve) <= self.limit
+    }
+
     fn unit_started(&mut self, phase: Phase, macs: u64) {
         let now = (self.counter)();
         self.close_unit(now);
         self.current = Some((phase, now, macs));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use icllm_engine::job::Budget;
+
+    /// A batch accepted at the very start of one message can continue at the
+    /// start of the next even when that one starts later (up to the reserve).
+    #[test]
+    fn a_batch_accepted_in_one_message_continues_in_the_next() {
+        let macs = 1_000_000;
+        let reserve = 2_000_000;
+        let est = MessageBudget::<fn() -> u64>::estimate(macs);
+        let limit = 2 * reserve + est;
+        for start in [0, 100_000, reserve] {
+            let mut b = MessageBudget::new(move || start, limit, reserve);
+            assert!(b.can_afford_batch(macs), "start {start}");
+            let mut later = MessageBudget::new(move || reserve, limit, reserve);
+            assert!(later.can_afford(macs), "start {start}");
+            let mut tight = MessageBudget::new(move || start, limit - 1, reserve);
+            assert!(!tight.can_afford_batch(macs), "start {start}");
+        }
+        // Units inside a batch are judged on the counter alone.
+        let mut b = MessageBudget::new(|| 0, reserve + est, reserve);
+        assert!(b.can_afford(macs));
+        assert!(!b.can_afford_batch(macs));
     }
 }

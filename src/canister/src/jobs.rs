@@ -57,6 +57,13 @@ pub fn get(id: JobId) -> Option<JobRecord> {
     JOBS.with(|j| j.borrow().get(&id)).map(|c| c.0)
 }
 
+/// The job's record: the heap copy of a cached (recently stepped) job, else
+/// decoded from the job table. Same contents either way: the copy is
+/// replaced whenever the record is written, and both roll back together.
+pub fn get_hot(id: JobId) -> Option<JobRecord> {
+    state::read(|s| s.job_cache.get(&id).map(|c| c.record.clone())).or_else(|| get(id))
+}
+
 fn put(rec: &JobRecord) {
     JOBS.with(|j| j.borrow_mut().insert(rec.id, Cbor(rec.clone())));
 }
@@ -230,7 +237,14 @@ pub fn insert_new(mut rec: JobRecord, job: Job) -> ApiResult<JobId> {
         s.active.insert(id);
         s.clock += 1;
         let last_used = s.clock;
-        s.job_cache.insert(id, CachedJob { job, last_used });
+        s.job_cache.insert(
+            id,
+            CachedJob {
+                job,
+                last_used,
+                record: rec,
+            },
+        );
     });
     Ok(id)
 }
@@ -359,11 +373,11 @@ fn take_job(model: &LoadedModel, rec: &JobRecord) -> Job {
     restore(model, rec)
 }
 
-fn put_back(id: JobId, job: Job) {
+fn put_back(id: JobId, job: Job, record: JobRecord) {
     state::mutate(|s| {
         s.clock += 1;
         let last_used = s.clock;
-        s.job_cache.insert(id, CachedJob { job, last_used });
+        s.job_cache.insert(id, CachedJob { job, last_used, record });
         while s.job_cache.len() > MAX_CACHED_JOBS {
             let oldest = s.job_cache.iter().min_by_key(|(_, c)| c.last_used).map(|(id, _)| *id);
             match oldest {
@@ -424,11 +438,12 @@ pub fn step_job<F: Fn() -> u64>(
         StepOutcome::Failed(e) => JobStatus::Failed(e.clone()),
     };
     let finished = !rec.status.is_active();
-    if finished {
+    let keep = if finished {
         retire(&mut rec);
+        None
     } else {
-        put_back(id, job);
-    }
+        Some(job)
+    };
     // Accounting: the units' instructions by phase; the rest of this step
     // (restoring, decoding text, checkpointing) goes to the phase of its last unit.
     let last_phase = budget.finish();
@@ -441,7 +456,11 @@ pub fn step_job<F: Fn() -> u64>(
     rec.max_message_instructions = rec.max_message_instructions.max(counter());
     rec.updated_at_ns = ic_cdk::api::time();
     put(&rec);
-    Ok(progress(&rec, report.units, new_tokens.len() as u32, used))
+    let progress = progress(&rec, report.units, new_tokens.len() as u32, used);
+    if let Some(job) = keep {
+        put_back(id, job, rec);
+    }
+    Ok(progress)
 }
 
 /// A job is prefilling until its first token is sampled.

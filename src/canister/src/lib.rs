@@ -168,7 +168,7 @@ async fn random_seed() -> ApiResult<u64> {
 
 fn owned_job(id: JobId) -> ApiResult<jobs::JobRecord> {
     let (caller, ctl) = caller_is_controller();
-    let rec = jobs::get(id).ok_or_else(|| access::not_found(id))?;
+    let rec = jobs::get_hot(id).ok_or_else(|| access::not_found(id))?;
     access::may_access_job(caller, ctl, rec.owner, id)?;
     Ok(rec)
 }

@@ -55,7 +55,7 @@ pub fn ensure_armed() {
 pub fn tick() {
     advance_pipeline();
     if let (Some(id), Some(model)) = (next_job(), state::read(|s| s.model.clone())) {
-        if let Some(rec) = jobs::get(id) {
+        if let Some(rec) = jobs::get_hot(id) {
             let mut budget = message_budget();
             let _ = jobs::step_job(&model, rec, &mut budget, &counter);
         }

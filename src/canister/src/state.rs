@@ -32,6 +32,10 @@ pub struct HeapState {
 pub struct CachedJob {
     pub job: Job,
     pub last_used: u64,
+    /// The job's record as last written to stable memory (every write of a
+    /// cached job's record goes through `jobs`, which keeps this in step),
+    /// so the scheduler need not decode it from the job table each message.
+    pub record: crate::jobs::JobRecord,
 }
 
 thread_local! {

@@ -35,6 +35,14 @@ pub const DEFAULT_MAX_BATCH: u32 = 64;
 pub trait Budget {
     fn can_afford(&mut self, macs: u64) -> bool;
 
+    /// Asked before a prompt batch starts, with the batch's most expensive
+    /// unit. Its later units are asked with [`Budget::can_afford`] in later
+    /// calls, whose own starting costs may differ: a budget may answer this
+    /// more strictly so that a batch it accepts can always continue.
+    fn can_afford_batch(&mut self, macs: u64) -> bool {
+        self.can_afford(macs)
+    }
+
     /// Called right after the budget accepted a unit, with the unit's phase
     /// and its own multiply-adds (a batch start is asked with its largest
     /// unit but runs a smaller one first), so a budget can account costs by
@@ -518,7 +526,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
         // The budget is asked with the batch's most expensive unit, so that a
         // batch it accepts now can also run its later units in later calls.
         let largest_unit = |n| forward::attention_block_macs(model, cur.pos, n).max(forward::ffn_block_macs(model, n));
-        let Some(n) = (1..=max_n).rev().find(|&n| budget.can_afford(largest_unit(n))) else {
+        let Some(n) = (1..=max_n).rev().find(|&n| budget.can_afford_batch(largest_unit(n))) else {
             return Ok(None);
         };
         let macs = forward::attention_block_macs(model, cur.pos, n);

@@ -3,11 +3,22 @@
 //! through the chunk API, runs a job of `--prompt-tokens` prompt tokens and
 //! `--gen-tokens` generated tokens (greedy), and reports IC-weighted
 //! instructions from the job's own accounting (the canister charges each
-//! unit to its phase, so the prompt/decode split is exact).
+//! unit to its phase, so the prompt/decode split is exact). With the
+//! defaults (120 + 16) decode is measured at context positions 120..135,
+//! i.e. around position 128.
 //!
-//! The fixed cost of a message is measured by difference: the same job is
-//! run again with a per-message limit that fits only a few tokens, and the
-//! extra instructions are divided by the extra messages.
+//! The fixed cost of a message is measured by difference on a short job
+//! (`--overhead-prompt-tokens` 1, `--overhead-gen-tokens` 8) run twice:
+//! under the main run's limit, then under a limit that fits only a few
+//! units (a layer's attention or FFN, or the head). Both runs do the same
+//! units (with a one-token prompt every unit processes one token, however
+//! the messages cut the job), so the extra instructions divided by the
+//! extra job messages is the fixed cost of a message. The short job keeps
+//! this second measurement to a few token evaluations, whatever the main
+//! run's length.
+//!
+//! `--table` runs every target shape of issue 6 and prints the README's
+//! markdown table.
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -17,41 +28,68 @@ use icllm_engine::model::{forward, Model};
 use icllm_engine::synth::{self, QuantMix, SynthOptions};
 use icllm_engine::tokenizer::Tokenizer;
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// The IC's instruction limit per update/timer message.
 const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 /// The canister's minimum checkpoint reserve (scheduler::reserve).
 const MIN_RESERVE: u64 = 1_500_000;
+/// Job messages without progress after which a run is declared stuck.
+const STUCK_AFTER_MESSAGES: u64 = 200;
 
-#[derive(Args, Debug)]
+/// The shapes of issue 6's target table: (shape, quant, target tokens per
+/// 40 B decode message, reference).
+pub const TARGETS: &[(&str, &str, u32, &str)] = &[
+    ("stories15M", "f32", 1500, "llama2.c canister: 200+"),
+    ("stories110M", "q8_0", 400, "llama2.c canister fails with a prompt"),
+    ("smollm2-135m", "q8_0", 300, "llama.cpp canister: 40"),
+    ("qwen2.5-0.5b", "q8_0", 100, "llama.cpp canister: 25"),
+    ("qwen3-0.6b", "q4_k_m", 80, "candle canister: ~5"),
+    ("llama3.2-1b", "q4_k_m", 40, "llama.cpp canister: 4"),
+    ("qwen3-1.7b", "q4_k_m", 25, "llama.cpp canister: 6"),
+];
+
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// GGUF model file, or Hugging Face checkpoint directory (converted to
     /// GGUF in memory, tensor types kept).
-    #[arg(long, required_unless_present = "shape", conflicts_with = "shape")]
+    #[arg(long, conflicts_with_all = ["shape", "table"])]
     model: Option<PathBuf>,
     /// Synthetic random weights with a published shape instead of a file
     /// (stories15M, stories110M, smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, ...).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "table")]
     shape: Option<String>,
     /// Tensor types of `--shape`: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m.
     #[arg(long, default_value = "q8_0")]
     quant: String,
+    /// Every shape of the target table, one after the other; prints the
+    /// README's markdown table (with `--json`: one JSON object per line).
+    #[arg(long)]
+    table: bool,
     /// Only the first N layers of `--shape` (quick runs; per-token numbers shrink accordingly).
     #[arg(long)]
     layers: Option<usize>,
-    /// Context size of the job (default: prompt + generated tokens).
+    /// Context size of the job (default: prompt + generated tokens + 1).
     #[arg(long)]
     ctx: Option<u32>,
     /// Prompt tokens (prefill).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 120)]
     prompt_tokens: u32,
-    /// Generated tokens (decode, greedy).
-    #[arg(long, default_value_t = 32)]
+    /// Generated tokens (decode, greedy); decode is reported at the middle
+    /// position, prompt + gen / 2 (128 with the defaults).
+    #[arg(long, default_value_t = 16)]
     gen_tokens: u32,
+    /// Prompt tokens of the short job that measures the fixed cost per
+    /// message (more than 1 lets the runs batch the prompt differently).
+    #[arg(long, default_value_t = 1)]
+    overhead_prompt_tokens: u32,
+    /// Generated tokens of that job.
+    #[arg(long, default_value_t = 8)]
+    overhead_gen_tokens: u32,
     /// Instructions per message for the main run (the IC's 40 B by default).
     #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
     instruction_limit: u64,
-    /// Skip the second run that measures the fixed cost per message.
+    /// Skip the runs that measure the fixed cost per message.
     #[arg(long)]
     no_overhead: bool,
     /// Print one JSON object instead of `key: value` lines.
@@ -60,14 +98,36 @@ pub struct BenchArgs {
     /// Canister wasm to run (default: built from the workspace with cargo).
     #[arg(long)]
     wasm: Option<PathBuf>,
+    /// Print the job's progress after every scheduler round (stderr).
+    #[arg(long)]
+    trace: bool,
+    /// Synthesize `--shape` afresh instead of reusing the file an earlier
+    /// bench left in `<target>/icllm-synth-cache` (random weights either way;
+    /// synthesis takes a minute or more for the 1B+ shapes).
+    #[arg(long)]
+    no_synth_cache: bool,
+}
+
+/// Bump when the synthetic files' contents change on purpose.
+const SYNTH_CACHE_VERSION: u32 = 1;
+
+/// Where synthesized models are kept between runs.
+fn synth_cache_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| icllm::local_canister::workspace_root().join("target"))
+        .join("icllm-synth-cache")
 }
 
 /// One job's totals, from the job view and the runtime's message reports.
 struct RunTotals {
     view: JobView,
-    /// Committed messages that ran while the job was active, and their instructions.
-    messages: u64,
-    message_instructions: u64,
+    /// Instructions of every committed update-type message that ran while
+    /// the job was active (scheduler ticks: global timer, the timer's
+    /// self-call, its callback), `start_job` excluded.
+    all_instructions: u64,
+    /// Those messages' heap dirty-page charge, and their pages.
+    heap_dirty_page_instructions: u64,
     max_dirtied_heap_pages: u64,
     stable_bytes_written: u64,
 }
@@ -80,14 +140,32 @@ fn synthetic_prompt(model: &Model, tokens: Option<Vec<u32>>, n: usize) -> Vec<u3
     }
 }
 
-fn run_job(c: &mut LocalCanister, req: JobRequest) -> Result<RunTotals> {
+fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTotals> {
     let first = c.rt.reports().len();
     let id = c
         .start_job(controller(), req)?
         .map_err(|e| anyhow!("start_job: {e:?}"))?;
-    let view = match c.run_job(controller(), id, |_| {}) {
-        Ok(v) => v,
-        Err(e) => {
+    // A job whose messages stop making progress would otherwise run for ever.
+    let mut last_progress = (0u32, 0u32, 0u64);
+    let mut stuck = false;
+    let result = c.run_job_while(controller(), id, |v| {
+        if trace {
+            eprintln!(
+                "trace: {:?} prompt {}/{} generated {} messages {} instructions {}",
+                v.status, v.prompt_tokens_processed, v.prompt_tokens, v.generated_tokens, v.messages, v.instructions
+            );
+        }
+        let progress = (v.prompt_tokens_processed, v.generated_tokens);
+        if progress != (last_progress.0, last_progress.1) {
+            last_progress = (progress.0, progress.1, v.messages);
+        } else if v.messages > last_progress.2 + STUCK_AFTER_MESSAGES {
+            stuck = true;
+        }
+        !stuck
+    });
+    let view = match result {
+        Ok(v) if !stuck => v,
+        other => {
             // What the runtime saw last, to tell a canister bug from a runtime one.
             for r in c.rt.reports().iter().rev().take(4) {
                 eprintln!(
@@ -95,7 +173,14 @@ fn run_job(c: &mut LocalCanister, req: JobRequest) -> Result<RunTotals> {
                     r.method, r.kind, r.instructions, r.limit, r.committed, r.dirtied_stable_pages, r.error
                 );
             }
-            return Err(e);
+            return match other {
+                Err(e) => Err(e),
+                Ok(_) => Err(anyhow!(
+                    "the job made no progress in {STUCK_AFTER_MESSAGES} messages (prompt {} tokens processed, {} generated)",
+                    last_progress.0,
+                    last_progress.1
+                )),
+            };
         }
     };
     if let JobStatus::Failed(reason) = &view.status {
@@ -107,8 +192,8 @@ fn run_job(c: &mut LocalCanister, req: JobRequest) -> Result<RunTotals> {
         .filter(|r| r.kind != local_ic::MessageKind::Query)
         .collect();
     Ok(RunTotals {
-        messages: reports.len() as u64,
-        message_instructions: reports.iter().map(|r| r.instructions).sum(),
+        all_instructions: reports.iter().map(|r| r.instructions).sum(),
+        heap_dirty_page_instructions: reports.iter().map(|r| r.heap_dirty_page_instructions).sum(),
         max_dirtied_heap_pages: reports.iter().map(|r| r.dirtied_heap_pages).max().unwrap_or(0),
         stable_bytes_written: reports.iter().map(|r| r.stable_bytes_written).sum(),
         view,
@@ -130,7 +215,9 @@ fn model_bytes(args: &BenchArgs) -> Result<(String, Vec<u8>)> {
         let bytes = crate::model_files::canister_model_bytes(path)?;
         return Ok((path.display().to_string(), bytes));
     }
-    let name = args.shape.as_deref().unwrap_or_default();
+    let Some(name) = args.shape.as_deref() else {
+        bail!("give --model, --shape or --table");
+    };
     let Some(shape) = synth::shape(name) else {
         let names: Vec<&str> = synth::SHAPES.iter().map(|s| s.name).collect();
         bail!("unknown shape {name:?} (known: {})", names.join(", "));
@@ -138,20 +225,104 @@ fn model_bytes(args: &BenchArgs) -> Result<(String, Vec<u8>)> {
     let Some(quant) = QuantMix::parse(&args.quant) else {
         bail!("unknown quant type {:?} (known: {})", args.quant, QuantMix::NAMES);
     };
+    let label = format!("{name} {} (synthetic)", args.quant);
+    let layers = args.layers.map_or("all".to_string(), |l| l.to_string());
+    let cached = synth_cache_dir().join(format!(
+        "v{SYNTH_CACHE_VERSION}-{name}-{}-{layers}.gguf",
+        args.quant.to_lowercase()
+    ));
+    if !args.no_synth_cache {
+        if let Ok(bytes) = std::fs::read(&cached) {
+            eprintln!("bench: synthetic weights from {}", cached.display());
+            return Ok((label, bytes));
+        }
+    }
     let mut opts = SynthOptions::new(quant);
     opts.layers = args.layers;
     opts.search = icllm_engine::quant::Search::Fast;
     opts.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut bytes = Vec::new();
     synth::write_gguf(shape, &opts, &mut bytes).map_err(|e| anyhow!("synthesizing {name}: {e}"))?;
-    Ok((format!("{name} {} (synthetic)", args.quant), bytes))
+    if !args.no_synth_cache {
+        // Best effort: a failed write only costs a synthesis next time.
+        let tmp = cached.with_extension(format!("{}.tmp", std::process::id()));
+        let stored = std::fs::create_dir_all(synth_cache_dir())
+            .and_then(|_| std::fs::write(&tmp, &bytes))
+            .and_then(|_| std::fs::rename(&tmp, &cached));
+        if stored.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok((label, bytes))
+}
+
+/// Wall-clock time of each phase, printed to stderr as it ends.
+struct Timings {
+    start: Instant,
+    last: Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl Timings {
+    fn new() -> Timings {
+        let now = Instant::now();
+        Timings {
+            start: now,
+            last: now,
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        let secs = (now - self.last).as_secs_f64();
+        eprintln!("bench: {phase}: {secs:.1} s");
+        self.phases.push((phase, secs));
+        self.last = now;
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in &self.phases {
+            m.insert(k.to_string(), serde_json::json!((v * 10.0).round() / 10.0));
+        }
+        m.insert(
+            "total".into(),
+            serde_json::json!(((self.start.elapsed().as_secs_f64()) * 10.0).round() / 10.0),
+        );
+        serde_json::Value::Object(m)
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let (name, bytes) = model_bytes(&args)?;
     let wasm = build_or_read_wasm(args.wasm.as_deref())?;
+    if args.table {
+        return table(&args, wasm);
+    }
+    let report = bench_one(&args, wasm)?;
+    print_report(&report, args.json);
+    Ok(())
+}
+
+fn print_report(report: &serde_json::Value, json: bool) {
+    if json {
+        println!("{report}");
+    } else {
+        for (k, v) in report.as_object().expect("an object") {
+            println!("{k}: {v}");
+        }
+    }
+}
+
+/// Measures one model; returns the report object.
+fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
+    let mut t = Timings::new();
+    let (name, bytes) = model_bytes(args)?;
+    t.lap("model bytes (synthesis)");
     let (model, gguf) = Model::from_gguf_bytes(&bytes).map_err(|e| anyhow!("cannot load {name}: {e}"))?;
     let tokenizer = Tokenizer::from_gguf(&gguf).ok();
+    drop(gguf);
+    t.lap("native model load (for MAC counts)");
     let model = &model;
     let cfg = &model.config;
     let (mut n_prompt, n_gen) = (args.prompt_tokens.max(1), args.gen_tokens.max(1));
@@ -175,50 +346,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
     });
     let prompt = synthetic_prompt(model, text_ids, n_prompt as usize);
 
+    // KV slots sized for the jobs run here, not for the trained context
+    // (qwen3's 40 960 positions would exceed the canister's KV quota).
+    // The short job must cost a few times the canister's smallest limit
+    // (10 M) to take several messages under it: tiny models generate more
+    // tokens (a token costs at least one instruction per multiply-add).
+    let token_macs = cfg.n_layers as u64
+        * (forward::attention_block_macs(model, 0, 1) + forward::ffn_block_macs(model, 1))
+        + forward::head_macs(model);
+    let overhead_prompt = args.overhead_prompt_tokens.max(1);
+    let overhead_gen = (args.overhead_gen_tokens.max(2) as u64)
+        .max(40_000_000u64.div_ceil(token_macs.max(1)))
+        .min(trained.saturating_sub(overhead_prompt + 1).max(2) as u64) as u32;
+    let max_context = ctx.max(overhead_prompt + overhead_gen + 1);
     let init = InitArgs {
         message_instruction_limit: Some(args.instruction_limit),
+        max_context: Some(max_context),
         ..InitArgs::default()
     };
     let mut c = LocalCanister::install(wasm, init, args.instruction_limit)?;
+    t.lap("install");
     c.upload_model(&bytes, sha256(&bytes))?;
+    let stable_model_bytes = bytes.len();
+    drop(bytes);
+    t.lap("upload, verify and load in the canister");
     let req = JobRequest {
         max_tokens: n_gen,
         temperature: Some(0.0),
         seed: Some(1),
         ctx_size: Some(ctx),
-        prompt_tokens: Some(prompt),
+        prompt_tokens: Some(prompt.clone()),
         ..JobRequest::default()
     };
-    let main = run_job(&mut c, req.clone())?;
+    let main = run_job(&mut c, req.clone(), args.trace)?;
+    t.lap("main run");
     let (health,): (Health,) = c.query(controller(), "health", ())?;
     let v = &main.view;
     let gen = v.generated_tokens.max(1) as f64;
     let decode_instr = v.instructions.saturating_sub(v.prompt_instructions) as f64;
     let per_token = decode_instr / gen;
     let per_prompt_token = v.prompt_instructions as f64 / v.prompt_tokens.max(1) as f64;
-
-    // Fixed cost per message: the same job again in messages that fit a few tokens.
-    let overhead = if args.no_overhead {
-        None
-    } else {
-        // The canister accepts no limit under 10 M.
-        let small = (MIN_RESERVE + (3.0 * per_token) as u64 + 200_000).max(10_000_000);
-        set_limit(&mut c, small)?;
-        let many = run_job(&mut c, req)?;
-        set_limit(&mut c, args.instruction_limit)?;
-        if many.view.tokens != main.view.tokens {
-            bail!("the job's tokens changed with the message size");
-        }
-        let extra_messages = many.messages.saturating_sub(main.messages);
-        (extra_messages > 0).then(|| {
-            (
-                many.message_instructions.saturating_sub(main.message_instructions) as f64 / extra_messages as f64,
-                many.messages,
-                many.max_dirtied_heap_pages,
-                many.stable_bytes_written / many.messages.max(1),
-            )
-        })
-    };
 
     // Multiply-adds from the engine's cost model.
     let layers = cfg.n_layers as u64;
@@ -231,12 +398,68 @@ pub fn run(args: BenchArgs) -> Result<()> {
             + forward::ffn_block_macs(model, n_prompt as usize))
         + forward::head_macs(model);
     let prefill_macs_per_token = prefill_macs as f64 / n_prompt as f64;
+    let ipm = per_token / macs_per_token as f64;
+
+    // Fixed cost per message: a short job in one message, then in many.
+    let overhead = if args.no_overhead {
+        None
+    } else {
+        let (p, g) = (overhead_prompt, overhead_gen);
+        let short = JobRequest {
+            max_tokens: g,
+            ctx_size: Some(p + g + 1),
+            prompt_tokens: Some(prompt.iter().copied().cycle().take(p as usize).collect()),
+            ..req.clone()
+        };
+        let one = run_job(&mut c, short.clone(), args.trace)?;
+        // Room for the job's largest unit three times over (the canister
+        // estimates a unit at 1.25 x the highest instructions per MAC it has
+        // seen), with its reserve counted twice (see budget.rs); the canister
+        // accepts no limit under 10 M.
+        let largest_unit = forward::attention_block_macs(model, p + g, p as usize)
+            .max(forward::ffn_block_macs(model, p as usize))
+            .max(forward::head_macs(model)) as f64;
+        let ratio = ipm.max(per_prompt_token / prefill_macs_per_token).max(1.0);
+        let small = (3.0 * largest_unit * ratio).max(10_000_000.0) as u64;
+        let small = small + 2 * MIN_RESERVE.max(small / 100);
+        set_limit(&mut c, small)?;
+        let many = run_job(&mut c, short, args.trace)?;
+        set_limit(&mut c, args.instruction_limit)?;
+        if many.view.tokens != one.view.tokens {
+            bail!("the job's tokens changed with the message size");
+        }
+        let extra = many.view.messages.saturating_sub(one.view.messages);
+        if extra == 0 {
+            bail!(
+                "the small-limit run ({small} instructions per message) took no more messages than the large one ({} job messages, {} instructions)",
+                one.view.messages,
+                one.view.instructions
+            );
+        }
+        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / extra as f64;
+        Some(serde_json::json!({
+            "limit": small,
+            "job_tokens": [p, g],
+            "messages": [one.view.messages, many.view.messages],
+            // Inside the job's message (what the 40 B limit sees).
+            "message": per(many.view.instructions, one.view.instructions).round(),
+            // Every message of a scheduler tick (global timer, self-call, callback).
+            "tick": per(many.all_instructions, one.all_instructions).round(),
+            "heap_dirty_page_instructions_per_message":
+                (many.heap_dirty_page_instructions as f64 / many.view.messages.max(1) as f64).round(),
+            "max_dirtied_heap_pages": many.max_dirtied_heap_pages,
+            "stable_bytes_written_per_message": many.stable_bytes_written / many.view.messages.max(1),
+        }))
+    };
+    if overhead.is_some() {
+        t.lap("fixed-cost runs");
+    }
     let limit = IC_UPDATE_LIMIT as f64;
-    let ovh = overhead.map(|o| o.0).unwrap_or(0.0);
+    let ovh = overhead.as_ref().map_or(0.0, |o| o["message"].as_f64().unwrap_or(0.0));
     let tokens_per_message = (limit - ovh) / per_token.max(1.0);
     let prefill_tokens_per_message = (limit - ovh) / per_prompt_token.max(1.0);
 
-    let report = serde_json::json!({
+    Ok(serde_json::json!({
         "model": name,
         "architecture": format!("{:?}", cfg.arch),
         "dim": cfg.dim,
@@ -248,29 +471,112 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "decode_context_position": decode_pos,
         "instructions_per_token": per_token.round(),
         "prefill_instructions_per_token": per_prompt_token.round(),
-        "message_overhead_instructions": overhead.map(|o| o.0.round()),
-        "overhead_run_messages": overhead.map(|o| o.1),
-        "overhead_run_max_dirtied_heap_pages": overhead.map(|o| o.2),
-        "overhead_run_stable_bytes_written_per_message": overhead.map(|o| o.3),
+        "message_overhead_instructions": overhead.as_ref().map(|o| o["message"].clone()),
+        "tick_overhead_instructions": overhead.as_ref().map(|o| o["tick"].clone()),
+        "heap_dirty_page_instructions_per_message":
+            overhead.as_ref().map(|o| o["heap_dirty_page_instructions_per_message"].clone()),
+        "overhead_run": overhead,
         "tokens_per_message": tokens_per_message.floor(),
         "prefill_tokens_per_message": prefill_tokens_per_message.floor(),
         "macs_per_token": macs_per_token,
-        "instructions_per_mac": per_token / macs_per_token as f64,
+        "instructions_per_mac": ipm,
         "prefill_macs_per_token": prefill_macs_per_token.round(),
         "prefill_instructions_per_mac": per_prompt_token / prefill_macs_per_token,
         "messages": v.messages,
         "max_message_instructions": v.max_message_instructions,
+        "heap_dirty_page_instructions": main.heap_dirty_page_instructions,
         "max_dirtied_heap_pages": main.max_dirtied_heap_pages,
         "stable_bytes_written": main.stable_bytes_written,
         "heap_bytes": health.heap_bytes,
         "stable_bytes": health.stable_bytes,
-    });
-    if args.json {
-        println!("{report}");
+        "model_file_bytes": stable_model_bytes,
+        "wall_seconds": t.json(),
+    }))
+}
+
+fn millions(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2} B", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1} M", x / 1e6)
     } else {
-        for (k, v) in report.as_object().expect("an object") {
-            println!("{k}: {v}");
+        format!("{:.0} k", x / 1e3)
+    }
+}
+
+fn mib(x: f64) -> String {
+    format!("{:.0} MiB", x / (1024.0 * 1024.0))
+}
+
+/// Every target shape, one after the other, as the README's markdown table.
+fn table(args: &BenchArgs, wasm: Vec<u8>) -> Result<()> {
+    let mut rows = Vec::new();
+    for &(shape, quant, target, reference) in TARGETS {
+        eprintln!("bench: {shape} {quant}");
+        let a = BenchArgs {
+            shape: Some(shape.into()),
+            quant: quant.into(),
+            table: false,
+            ..args.clone()
+        };
+        let r = match bench_one(&a, wasm.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("bench: {shape} {quant} failed: {e:#}");
+                serde_json::json!({ "model": format!("{shape} {quant}"), "error": format!("{e:#}") })
+            }
+        };
+        if args.json {
+            println!("{r}");
         }
+        rows.push((shape, quant, target, reference, r));
+    }
+    if args.json {
+        return Ok(());
+    }
+    println!(
+        "| model | decode instr/token (position) | prefill instr/token | fixed cost per message (per tick) | heap dirty-page charge per message | decode tokens per 40 B message (target) | prefill tokens per 40 B message | MACs/token | instr/MAC (target) | heap | stable |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (shape, quant, target, reference, r) in rows {
+        if let Some(e) = r["error"].as_str() {
+            println!("| {shape} {} | failed: {e} |||||||||| ", quant.to_uppercase());
+            continue;
+        }
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        let ipm_target = match quant {
+            "f32" => " (≤ 1.6)",
+            "q8_0" => " (≤ 0.7)",
+            _ => "",
+        };
+        let overhead = match (
+            r["message_overhead_instructions"].as_f64(),
+            r["tick_overhead_instructions"].as_f64(),
+        ) {
+            (Some(m), Some(t)) => format!("{} ({})", millions(m), millions(t)),
+            _ => "—".into(),
+        };
+        let dirty = r["heap_dirty_page_instructions_per_message"]
+            .as_f64()
+            .map_or("—".into(), millions);
+        let prefill_half = if f("prefill_instructions_per_token") <= f("instructions_per_token") / 2.0 {
+            "✓"
+        } else {
+            "✗ (target ≤ ½ decode)"
+        };
+        println!(
+            "| {shape} {} | {} ({}) | {} {prefill_half} | {overhead} | {dirty} | {} (≥ {target}; {reference}) | {} | {} | {:.2}{ipm_target} | {} | {} |",
+            quant.to_uppercase(),
+            millions(f("instructions_per_token")),
+            r["decode_context_position"],
+            millions(f("prefill_instructions_per_token")),
+            f("tokens_per_message"),
+            f("prefill_tokens_per_message"),
+            millions(f("macs_per_token")),
+            f("instructions_per_mac"),
+            mib(f("heap_bytes")),
+            mib(f("stable_bytes")),
+        );
     }
     Ok(())
 }

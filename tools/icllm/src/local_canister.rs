@@ -100,9 +100,17 @@ impl LocalCanister {
             update: update_limit,
             ..Limits::default()
         };
+        // Compiled modules are kept beside the build (`$LOCAL_IC_MODULE_CACHE`
+        // wins): Cranelift needs seconds for the canister, loading milliseconds.
+        let defaults = RuntimeConfig::default();
+        let module_cache_dir = defaults
+            .module_cache_dir
+            .clone()
+            .or_else(|| default_wasm_path().parent().map(|p| p.join("local-ic-module-cache")));
         let mut rt = Runtime::new(RuntimeConfig {
             limits,
-            ..RuntimeConfig::default()
+            module_cache_dir,
+            ..defaults
         });
         let arg = encode_args((Some(init),))?;
         let id = rt
@@ -203,10 +211,26 @@ impl LocalCanister {
     /// Runs rounds until job `id` is no longer active, calling `on_view`
     /// with each new poll (text since the previous one). Returns the final view.
     pub fn run_job(&mut self, caller: Principal, id: JobId, mut on_view: impl FnMut(&JobView)) -> Result<JobView> {
+        self.run_job_while(caller, id, |v| {
+            on_view(v);
+            true
+        })
+    }
+
+    /// Like [`Self::run_job`], but stops early (returning the last view) when
+    /// `on_view` returns false.
+    pub fn run_job_while(
+        &mut self,
+        caller: Principal,
+        id: JobId,
+        mut on_view: impl FnMut(&JobView) -> bool,
+    ) -> Result<JobView> {
         let mut since = 0;
         for _ in 0..10_000_000u64 {
             let view = self.poll(caller, id, since)?.map_err(|e| anyhow!("poll: {e:?}"))?;
-            on_view(&view);
+            if !on_view(&view) {
+                return Ok(view);
+            }
             since = view.next_since;
             if !view.status.is_active() {
                 return self.poll(caller, id, 0)?.map_err(|e| anyhow!("poll: {e:?}"));

@@ -3,7 +3,9 @@
 //!
 //! Steps (`--call`, `--query`, `--upgrade`, `--advance-time`, `--tick`) run
 //! in the order they appear on the command line. Each prints exactly one
-//! line: the reply in candid text followed by ` instructions=N`, or the
+//! line: the reply in candid text followed by ` instructions=N` (and
+//! ` heap_dirty_page_instructions=N`, the replica's charge for the heap
+//! pages the messages dirtied, counted apart), or the
 //! error in the IC's wording. A trap does not end the run; later steps see
 //! the rolled-back state. Installation problems and bad options end the run
 //! with an error (exit code 1). Canister debug output and `--stats` go to
@@ -174,6 +176,10 @@ fn call_line(result: Result<Reply, Error>) -> String {
                     reply.messages.len()
                 ));
             }
+            let dirty: u64 = reply.messages.iter().map(|m| m.heap_dirty_page_instructions).sum();
+            if dirty > 0 {
+                line.push_str(&format!(" heap_dirty_page_instructions={dirty}"));
+            }
             line
         }
         Err(e) => error_line(&e),
@@ -187,6 +193,10 @@ fn timer_line(prefix: &str, reports: &[MessageReport]) -> String {
         "{prefix}, ran {timers} timer messages ({} messages in all) instructions={total}",
         reports.len()
     );
+    let dirty: u64 = reports.iter().map(|r| r.heap_dirty_page_instructions).sum();
+    if dirty > 0 {
+        line.push_str(&format!(" heap_dirty_page_instructions={dirty}"));
+    }
     let traps: Vec<&MessageReport> = reports.iter().filter(|r| r.error.is_some()).collect();
     if let Some(first) = traps.first() {
         line.push_str(&format!(

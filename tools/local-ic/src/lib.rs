@@ -59,8 +59,13 @@
 //!   size limits (2 MiB / 3 MiB), no module size/global count checks beyond
 //!   validation, wasm32 only (the instrumentation already knows wasm64 load
 //!   and store weights; the ic0 imports would need i64 variants).
-//! * The heap's per-page costs the replica charges for first touching
-//!   pages are not charged.
+//! * The replica's charge for heap pages a message dirties (1,000
+//!   instructions per 4 KiB page, [`HEAP_DIRTY_PAGE_OVERHEAD`]) is applied
+//!   after the message, as there, and reported apart
+//!   ([`MessageReport::heap_dirty_page_instructions`]); `instructions`
+//!   is what `performance_counter(0)` sees. Dirty pages are the 4 KiB pages
+//!   written; the replica's tracker may count a few more (prefetched pages
+//!   it marks speculatively dirty and keeps when their contents changed).
 //! * Error texts follow the replica's current `HypervisorError` wording
 //!   (`Error from Canister <id>: Canister called ic0.trap with message:
 //!   '...'`) without the trailing help/doc-link sentences.
@@ -82,4 +87,5 @@ pub use candid::Principal;
 pub use runtime::{canister_id, CanisterId, Runtime};
 pub use types::{
     Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply, RuntimeConfig, Stats,
+    HEAP_DIRTY_PAGE_OVERHEAD,
 };

@@ -415,6 +415,7 @@ impl Runtime {
             stable_bytes_written: 0,
             dirtied_stable_pages: 0,
             dirtied_heap_pages: 0,
+            heap_dirty_page_instructions: 0,
             committed: true,
             error: None,
         });
@@ -950,6 +951,11 @@ impl Runtime {
             stable_bytes_written: exec.msg.stable_bytes_written,
             dirtied_stable_pages: exec.dirtied_stable_pages,
             dirtied_heap_pages: exec.dirtied_heap_pages,
+            heap_dirty_page_instructions: if exec.msg.kind == MessageKind::Query {
+                0
+            } else {
+                exec.dirtied_heap_pages * self.config.heap_dirty_page_overhead
+            },
             committed,
             error: exec.result.as_ref().err().map(|e| e.to_string()),
         }

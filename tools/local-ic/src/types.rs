@@ -49,7 +49,31 @@ pub struct RuntimeConfig {
     /// Directory for compiled modules, reused across processes (compiling a
     /// real canister takes seconds). Default: `$LOCAL_IC_MODULE_CACHE`, if set.
     pub module_cache_dir: Option<std::path::PathBuf>,
+    /// Instructions the replica charges per 4 KiB heap page an update-type
+    /// message dirties ([`HEAP_DIRTY_PAGE_OVERHEAD`]; 0 switches the charge
+    /// off). Reported apart, in [`MessageReport::heap_dirty_page_instructions`].
+    pub heap_dirty_page_overhead: u64,
 }
+
+/// Instructions per 4 KiB wasm32 heap page a message dirties, on application
+/// (and system) subnets. dfinity/ic: `WasmtimeInstance::run` in
+/// `rs/embedders/src/wasmtime_embedder.rs` ("Charge for dirty wasm heap
+/// pages") subtracts `dirty_page_overhead × wasm_dirty_pages.len()` from the
+/// instruction counter after the message's code has run; the hypervisor
+/// (`rs/execution_environment/src/hypervisor.rs`, `Hypervisor::new`) sets that
+/// overhead to `SchedulerConfig::dirty_page_overhead`, which is
+/// `DEFAULT_DIRTY_PAGE_OVERHEAD = 1_000` in `rs/config/src/subnet_config.rs`
+/// (wasm64: × `WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER = 4`,
+/// `rs/config/src/embedders.rs`). The same constant is the stable-memory
+/// per-page charge ([`crate::system_api::overhead::DIRTY_STABLE_PAGE`]).
+///
+/// It is charged after the code ran, so `performance_counter` never sees it
+/// and it cannot make the message trap (the executed count is capped at the
+/// limit); it does count as executed instructions (cycles). Non-replicated
+/// queries track no modifications and pay nothing. Pages only read cost
+/// nothing on the heap (the replica counts accessed pages for metrics and,
+/// on stable memory, for the 2 GiB per-message access limit).
+pub const HEAP_DIRTY_PAGE_OVERHEAD: u64 = 1_000;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -61,6 +85,7 @@ impl Default for RuntimeConfig {
             initial_cycles: 100_000_000_000_000,
             print_debug: false,
             module_cache_dir: std::env::var_os("LOCAL_IC_MODULE_CACHE").map(Into::into),
+            heap_dirty_page_overhead: HEAP_DIRTY_PAGE_OVERHEAD,
         }
     }
 }
@@ -135,12 +160,25 @@ pub struct MessageReport {
     pub stable_bytes_written: u64,
     /// 4 KiB stable pages first written in this message (charged extra).
     pub dirtied_stable_pages: u64,
-    /// 4 KiB heap pages the message wrote (soft-dirty tracking).
+    /// 4 KiB heap pages the message wrote.
     pub dirtied_heap_pages: u64,
+    /// What the replica charges for those pages after the message ran
+    /// (`dirtied_heap_pages × RuntimeConfig::heap_dirty_page_overhead`, 0 for
+    /// queries). Not part of [`Self::instructions`]: see
+    /// [`HEAP_DIRTY_PAGE_OVERHEAD`] and [`Self::charged_instructions`].
+    pub heap_dirty_page_instructions: u64,
     /// Whether the message's changes were kept (false for traps and queries).
     pub committed: bool,
     /// The error if the message trapped.
     pub error: Option<String>,
+}
+
+impl MessageReport {
+    /// Instructions the replica counts for the message (cycles are charged
+    /// for these): the code's own plus the heap dirty-page charge.
+    pub fn charged_instructions(&self) -> u64 {
+        self.instructions + self.heap_dirty_page_instructions
+    }
 }
 
 /// Running totals for one method.

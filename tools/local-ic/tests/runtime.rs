@@ -43,8 +43,19 @@ fn counter_updates_persist_queries_do_not() {
         // allocator), not the whole heap.
         assert!(r.dirtied_heap_pages > 0 && r.dirtied_heap_pages < 64, "{r:?}");
     }
+    // The replica's charge for dirtied heap pages, reported apart.
+    assert_eq!(
+        r.heap_dirty_page_instructions,
+        r.dirtied_heap_pages * local_ic::HEAP_DIRTY_PAGE_OVERHEAD
+    );
+    assert_eq!(
+        r.charged_instructions(),
+        r.instructions + r.heap_dirty_page_instructions
+    );
 
-    // The query mutates the heap; the change must not survive.
+    // The query mutates the heap; the change must not survive (nor is it charged).
+    let q = rt.query(id, user(), "get_and_mutate", Encode!().unwrap()).unwrap();
+    assert_eq!(q.report.heap_dirty_page_instructions, 0);
     assert_eq!(query_u64(&mut rt, id, "get_and_mutate"), 12);
     assert_eq!(query_u64(&mut rt, id, "get_and_mutate"), 12);
     assert_eq!(query_u64(&mut rt, id, "get"), 12);
@@ -336,4 +347,16 @@ fn inspect_message_filters_ingress_updates() {
     assert_eq!(reply.report.kind, MessageKind::Update);
     let kinds: Vec<MessageKind> = rt.reports().iter().rev().take(2).map(|r| r.kind).collect();
     assert_eq!(kinds, vec![MessageKind::Update, MessageKind::InspectMessage]);
+}
+
+#[test]
+fn heap_dirty_page_charge_can_be_switched_off() {
+    let mut rt = Runtime::new(RuntimeConfig {
+        heap_dirty_page_overhead: 0,
+        ..RuntimeConfig::default()
+    });
+    let id = install_counter(&mut rt, 1);
+    let reply = rt.update(id, user(), "increment", Encode!().unwrap()).unwrap();
+    assert_eq!(reply.report.heap_dirty_page_instructions, 0);
+    assert_eq!(reply.report.charged_instructions(), reply.report.instructions);
 }

@@ -1,0 +1,51 @@
+//! `icllm bench`: the keys issue 6 asks for, on the shipped model and on a
+//! two-layer synthetic shape, including the fixed cost per message.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_icllm"))
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--prompt-tokens", "24", "--gen-tokens", "8"])
+        .output()
+        .expect("icllm runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "icllm bench failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+}
+
+fn check(r: &serde_json::Value) {
+    for key in [
+        "instructions_per_token",
+        "prefill_instructions_per_token",
+        "message_overhead_instructions",
+        "tick_overhead_instructions",
+        "tokens_per_message",
+        "prefill_tokens_per_message",
+        "macs_per_token",
+        "heap_bytes",
+        "stable_bytes",
+    ] {
+        let v = r[key].as_f64().unwrap_or_else(|| panic!("no number at {key}: {r}"));
+        assert!(v > 0.0, "{key} is {v}: {r}");
+    }
+    assert!(r["heap_dirty_page_instructions_per_message"].as_f64().is_some(), "{r}");
+    assert_eq!(r["decode_context_position"], 28, "{r}");
+    let ipm = r["instructions_per_mac"].as_f64().unwrap();
+    assert!(ipm > 0.1 && ipm < 100.0, "{r}");
+}
+
+#[test]
+fn bench_reports_every_key_for_the_shipped_model() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/stories260Ktok512.gguf");
+    check(&bench(&["--model", model]));
+}
+
+#[test]
+fn bench_runs_a_synthetic_shape() {
+    let r = bench(&["--shape", "stories15M", "--quant", "q8_0", "--layers", "2"]);
+    check(&r);
+    assert_eq!(r["n_layers"], 2, "{r}");
+}
