@@ -14,6 +14,7 @@ use icllm_api::ModelInfo;
 use icllm_engine::chat::ChatTemplate;
 use icllm_engine::format::gguf::{Gguf, GgufError};
 use icllm_engine::model::{Model, ModelLoader};
+use icllm_engine::tensor::GgmlType;
 use icllm_engine::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
@@ -27,8 +28,49 @@ const MIN_PIECE: u64 = 16 << 10;
 const HASH_COST_PER_BYTE: u64 = 100;
 /// Instructions per byte assumed for reading weights from stable memory.
 const READ_COST_PER_BYTE: u64 = 4;
-/// Instructions per byte assumed for converting a tensor into heap weights.
-const CONVERT_COST_PER_BYTE: u64 = 12;
+/// Instructions per byte assumed for converting a tensor of type `ty` into
+/// heap weights (repacking, widening): about 1.5 x what the canister wasm
+/// measured (icllm bench with a per-tensor counter: F32 2.7, F16 27.3,
+/// BF16 6.4, Q8_0 8.9, Q4_0 11.4, Q4_K 40.2, Q5_K 27.8, Q6_K 79.0), or what
+/// this canister has seen for the type since it started, if more. Too low a
+/// figure lets a message take on a tensor it cannot finish: the message
+/// traps at the limit and the pipeline retries it for ever (a single
+/// 12-per-byte figure did that once the quantized types were repacked at
+/// load: qwen3-0.6b's 128 MB Q6_K embedding costs 10 B).
+fn convert_cost_per_byte(ty: GgmlType) -> u64 {
+    let prior = match ty {
+        GgmlType::F32 => 4,
+        GgmlType::BF16 => 10,
+        GgmlType::Q8_0 => 14,
+        GgmlType::Q4_0 => 18,
+        GgmlType::F16 => 40,
+        GgmlType::Q5K => 42,
+        GgmlType::Q4K => 60,
+        GgmlType::Q6K => 120,
+        _ => 160,
+    };
+    SEEN_CONVERT_COST
+        .with(|m| m.borrow().get(&(ty as u32)).copied().unwrap_or(0))
+        .max(prior)
+}
+
+thread_local! {
+    /// Highest instructions per byte seen converting each tensor type, × 1.25.
+    static SEEN_CONVERT_COST: std::cell::RefCell<std::collections::BTreeMap<u32, u64>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+fn learn_convert_cost(ty: GgmlType, bytes: u64, instructions: u64) {
+    if bytes < MIN_PIECE {
+        return; // small tensors are dominated by fixed costs
+    }
+    let per_byte = (instructions / bytes) * 5 / 4 + 1;
+    SEEN_CONVERT_COST.with(|m| {
+        let mut m = m.borrow_mut();
+        let e = m.entry(ty as u32).or_default();
+        *e = (*e).max(per_byte);
+    });
+}
 /// Instructions per byte assumed for reading and parsing a header prefix
 /// (measured: ~8 for a 64 KiB prefix, ~7 for a 4 MiB one).
 const PARSE_COST_PER_BYTE: u64 = 30;
@@ -205,16 +247,19 @@ impl Pipeline {
                         *loaded_bytes += n;
                         continue;
                     }
-                    let cost = info.size * CONVERT_COST_PER_BYTE;
+                    let cost = info.size * convert_cost_per_byte(info.ty);
                     if cost > fresh {
                         return too_small(&format!("converting tensor {} ({} bytes)", info.name, info.size), fresh);
                     }
                     if remaining() < cost {
                         return Progress::Working { bytes: *loaded_bytes };
                     }
+                    let before = remaining();
                     if let Err(e) = loader.add_tensor(&info.name, staged) {
                         return Progress::Failed(format!("tensor {}: {e}", info.name));
                     }
+                    let used = before.saturating_sub(remaining());
+                    learn_convert_cost(info.ty, info.size, used);
                     staged.clear();
                 }
             }

@@ -35,7 +35,7 @@ const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 /// The canister's minimum checkpoint reserve (scheduler::reserve).
 const MIN_RESERVE: u64 = 1_500_000;
 /// Job messages without progress after which a run is declared stuck.
-const STUCK_AFTER_MESSAGES: u64 = 200;
+const STUCK_AFTER_MESSAGES: u64 = 50;
 
 /// The shapes of issue 6's target table: (shape, quant, target tokens per
 /// 40 B decode message, reference).
@@ -140,6 +140,18 @@ fn synthetic_prompt(model: &Model, tokens: Option<Vec<u32>>, n: usize) -> Vec<u3
     }
 }
 
+/// A job that stopped making progress (its next unit never fits the limit).
+#[derive(Debug)]
+struct Stuck(String);
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stuck {}
+
 fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTotals> {
     let first = c.rt.reports().len();
     let id = c
@@ -163,9 +175,17 @@ fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTot
         }
         !stuck
     });
+    if stuck {
+        // Leave no active job behind (the caller may retry with another limit).
+        let _: Result<(ApiResult<JobStatus>,), _> = c.update(controller(), "cancel", (id,));
+        return Err(anyhow!(Stuck(format!(
+            "the job made no progress in {STUCK_AFTER_MESSAGES} messages (prompt {} tokens processed, {} generated)",
+            last_progress.0, last_progress.1
+        ))));
+    }
     let view = match result {
-        Ok(v) if !stuck => v,
-        other => {
+        Ok(v) => v,
+        Err(e) => {
             // What the runtime saw last, to tell a canister bug from a runtime one.
             for r in c.rt.reports().iter().rev().take(4) {
                 eprintln!(
@@ -173,14 +193,7 @@ fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTot
                     r.method, r.kind, r.instructions, r.limit, r.committed, r.dirtied_stable_pages, r.error
                 );
             }
-            return match other {
-                Err(e) => Err(e),
-                Ok(_) => Err(anyhow!(
-                    "the job made no progress in {STUCK_AFTER_MESSAGES} messages (prompt {} tokens processed, {} generated)",
-                    last_progress.0,
-                    last_progress.1
-                )),
-            };
+            return Err(e);
         }
     };
     if let JobStatus::Failed(reason) = &view.status {
@@ -422,8 +435,20 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
         let ratio = ipm.max(per_prompt_token / prefill_macs_per_token).max(1.0);
         let small = (3.0 * largest_unit * ratio).max(10_000_000.0) as u64;
         let small = small + 2 * MIN_RESERVE.max(small / 100);
-        set_limit(&mut c, small)?;
-        let many = run_job(&mut c, short, args.trace)?;
+        // The canister estimates every unit with the highest instructions
+        // per MAC any unit showed, so the head may need more than its own
+        // ratio suggests: double the limit until the job moves.
+        let mut small = small;
+        let many = loop {
+            set_limit(&mut c, small)?;
+            match run_job(&mut c, short.clone(), args.trace) {
+                Err(e) if e.downcast_ref::<Stuck>().is_some() && small < args.instruction_limit / 4 => {
+                    eprintln!("bench: {e} under {small} instructions per message; doubling the limit");
+                    small *= 2;
+                }
+                other => break other?,
+            }
+        };
         set_limit(&mut c, args.instruction_limit)?;
         if many.view.tokens != one.view.tokens {
             bail!("the job's tokens changed with the message size");
