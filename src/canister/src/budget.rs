@@ -17,6 +17,9 @@ const UNIT_OVERHEAD: u64 = 50_000;
 thread_local! {
     /// Highest instructions/MAC seen so far (heap only: relearned after an upgrade).
     static LEARNED_RATIO: Cell<f64> = const { Cell::new(0.0) };
+    /// Lowest instructions/MAC seen so far: what the big matrix units (the
+    /// output head, the FFN) cost, whose fixed per-unit costs are negligible.
+    static LEARNED_MIN_RATIO: Cell<f64> = const { Cell::new(0.0) };
 }
 
 /// Budget for the rest of this message: stop when the next unit might not
@@ -27,6 +30,8 @@ pub struct MessageBudget<F: Fn() -> u64> {
     reserve: u64,
     /// The unit running now: its phase, the counter when it started, its MACs.
     current: Option<(Phase, u64, u64)>,
+    /// Units started in this message.
+    units: u32,
     /// Instructions of the units run so far, by phase.
     pub prefill_instructions: u64,
     pub decode_instructions: u64,
@@ -40,6 +45,7 @@ impl<F: Fn() -> u64> MessageBudget<F> {
             limit,
             reserve,
             current: None,
+            units: 0,
             prefill_instructions: 0,
             decode_instructions: 0,
         }
@@ -64,6 +70,22 @@ impl<F: Fn() -> u64> MessageBudget<F> {
         (macs as f64 * Self::ratio() * 1.25) as u64 + UNIT_OVERHEAD
     }
 
+    /// The estimate for the first unit of a message. [`Self::estimate`]
+    /// applies the highest ratio seen (small units, whose fixed costs weigh
+    /// most) to every unit, which overestimates a big matrix unit several
+    /// times over; under a small message limit the output head would then
+    /// never start and the job would stall for ever. The first unit is
+    /// judged at the lowest ratio seen instead: if even that is optimistic the
+    /// message traps and rolls back, no worse than never trying.
+    fn first_unit_estimate(macs: u64) -> u64 {
+        let min = LEARNED_MIN_RATIO.with(|r| r.get());
+        if min > 0.0 {
+            (macs as f64 * min * 1.25) as u64 + UNIT_OVERHEAD
+        } else {
+            Self::estimate(macs)
+        }
+    }
+
     /// Ends the current unit: charges its instructions to its phase and
     /// learns its cost per multiply-add.
     fn close_unit(&mut self, now: u64) {
@@ -76,6 +98,10 @@ impl<F: Fn() -> u64> MessageBudget<F> {
             if macs > 0 {
                 let observed = used.saturating_sub(UNIT_OVERHEAD / 2) as f64 / macs as f64;
                 LEARNED_RATIO.with(|r| r.set(r.get().max(observed)));
+                LEARNED_MIN_RATIO.with(|r| {
+                    let min = r.get();
+                    r.set(if min > 0.0 { min.min(observed) } else { observed });
+                });
             }
         }
     }
@@ -93,7 +119,12 @@ impl<F: Fn() -> u64> MessageBudget<F> {
 impl<F: Fn() -> u64> icllm_engine::job::Budget for MessageBudget<F> {
     fn can_afford(&mut self, macs: u64) -> bool {
         let now = (self.counter)();
-        now.saturating_add(Self::estimate(macs)).saturating_add(self.reserve) <= self.limit
+        let estimate = if self.units == 0 {
+            Self::first_unit_estimate(macs)
+        } else {
+            Self::estimate(macs)
+        };
+        now.saturating_add(estimate).saturating_add(self.reserve) <= self.limit
     }
 
     /// A prompt batch is sized as if the message had already used `reserve`:
@@ -111,6 +142,7 @@ impl<F: Fn() -> u64> icllm_engine::job::Budget for MessageBudget<F> {
         let now = (self.counter)();
         self.close_unit(now);
         self.current = Some((phase, now, macs));
+        self.units += 1;
     }
 }
 
@@ -139,5 +171,25 @@ mod tests {
         let mut b = MessageBudget::new(|| 0, reserve + est, reserve);
         assert!(b.can_afford(macs));
         assert!(!b.can_afford_batch(macs));
+    }
+
+    #[test]
+    fn the_first_unit_of_a_message_is_judged_at_the_lowest_ratio_seen() {
+        use std::rc::Rc;
+        // Learn a high ratio from a small unit and a low one from a big unit.
+        let clock = Rc::new(Cell::new(0u64));
+        let c = clock.clone();
+        let mut b = MessageBudget::new(move || c.get(), u64::MAX, 0);
+        b.unit_started(Phase::Decode, 1_000);
+        clock.set(1_000 * 40 + UNIT_OVERHEAD / 2); // 40 per MAC
+        b.unit_started(Phase::Decode, 10_000_000);
+        clock.set(clock.get() + 10_000_000 + UNIT_OVERHEAD / 2); // 1 per MAC
+        b.finish();
+        // A 10 M-MAC unit: at 40 per MAC it never fits 100 M; at 1 it does.
+        let limit = 100_000_000;
+        let mut fresh = MessageBudget::new(|| 0, limit, 1_000_000);
+        assert!(fresh.can_afford(10_000_000), "the first unit of a message");
+        fresh.unit_started(Phase::Decode, 1);
+        assert!(!fresh.can_afford(10_000_000), "later units use the highest ratio");
     }
 }
