@@ -70,13 +70,14 @@ impl<F: Fn() -> u64> MessageBudget<F> {
         (macs as f64 * Self::ratio() * 1.25) as u64 + UNIT_OVERHEAD
     }
 
-    /// The estimate for the first unit of a message. [`Self::estimate`]
-    /// applies the highest ratio seen (small units, whose fixed costs weigh
-    /// most) to every unit, which overestimates a big matrix unit several
-    /// times over; under a small message limit the output head would then
-    /// never start and the job would stall for ever. The first unit is
-    /// judged at the lowest ratio seen instead: if even that is optimistic the
-    /// message traps and rolls back, no worse than never trying.
+    /// The estimate for the first unit of a message that [`Self::estimate`]
+    /// says no message could fit. That estimate applies the highest ratio
+    /// seen (small units, whose fixed costs weigh most) to every unit, which
+    /// overestimates a big matrix unit several times over; under a small
+    /// message limit the output head would then never start and the job
+    /// would stall for ever. Such a unit is judged at the lowest ratio seen
+    /// instead: if even that is optimistic the message traps and rolls back,
+    /// no worse than never trying.
     fn first_unit_estimate(macs: u64) -> u64 {
         let min = LEARNED_MIN_RATIO.with(|r| r.get());
         if min > 0.0 {
@@ -119,10 +120,14 @@ impl<F: Fn() -> u64> MessageBudget<F> {
 impl<F: Fn() -> u64> icllm_engine::job::Budget for MessageBudget<F> {
     fn can_afford(&mut self, macs: u64) -> bool {
         let now = (self.counter)();
-        let estimate = if self.units == 0 {
+        let estimate = Self::estimate(macs);
+        // Only a unit that no message could ever start at the highest ratio
+        // is tried at the lowest one: elsewhere an optimistic estimate would
+        // risk a trap, and a trap is retried (and paid for) every round.
+        let estimate = if self.units == 0 && estimate.saturating_add(self.reserve) > self.limit {
             Self::first_unit_estimate(macs)
         } else {
-            Self::estimate(macs)
+            estimate
         };
         now.saturating_add(estimate).saturating_add(self.reserve) <= self.limit
     }
@@ -174,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_unit_of_a_message_is_judged_at_the_lowest_ratio_seen() {
+    fn a_unit_no_message_could_fit_is_tried_first_at_the_lowest_ratio_seen() {
         use std::rc::Rc;
         // Learn a high ratio from a small unit and a low one from a big unit.
         let clock = Rc::new(Cell::new(0u64));
@@ -191,5 +196,8 @@ mod tests {
         assert!(fresh.can_afford(10_000_000), "the first unit of a message");
         fresh.unit_started(Phase::Decode, 1);
         assert!(!fresh.can_afford(10_000_000), "later units use the highest ratio");
+        // A unit a fresh message could fit at the highest ratio keeps that estimate.
+        let mut late = MessageBudget::new(|| 60_000_000, limit, 1_000_000);
+        assert!(!late.can_afford(1_000_000), "50 M estimated, 39 M left");
     }
 }
