@@ -257,6 +257,58 @@ fn a_trap_during_a_step_leaves_the_last_checkpoint() {
     assert_eq!(v.tokens, expected);
 }
 
+/// Background steps that trap are counted (a trap rolls back its own message
+/// only: the scheduler calls the step on its own canister and sees the
+/// reject); each retry halves the job's budget, so jobs get through a limit
+/// set above the runtime's, and other jobs keep their turns meanwhile.
+#[test]
+fn background_steps_that_trap_are_retried_with_smaller_budgets() {
+    let expected = reference_ids(GOLDEN_PROMPT, 40);
+    let limit = 12_000_000;
+    let mut c = canister_with_model(limit);
+    // Fault: the canister may use 20x what the runtime allows.
+    let (r,): (ApiResult<()>,) = c
+        .update(controller(), "set_message_instruction_limit", (limit * 20,))
+        .unwrap();
+    r.unwrap();
+    let a = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
+    let b = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
+    let va = c.run_job(controller(), a, |_| {}).unwrap();
+    let vb = c.run_job(controller(), b, |_| {}).unwrap();
+    assert_eq!(va.tokens, expected);
+    assert_eq!(vb.tokens, expected);
+    let trapped = c.rt.reports().iter().filter(|r| r.error.is_some()).count();
+    assert!(trapped >= 2, "the fault made steps trap ({trapped} did)");
+    assert_no_message_over(&c, limit);
+}
+
+/// A job whose step traps however small its budget fails with a clear
+/// reason after a bounded number of attempts instead of being retried every
+/// round, and the canister goes on serving.
+#[test]
+fn a_job_whose_step_always_traps_fails_with_a_reason() {
+    let limit = 12_000_000;
+    let mut c = canister_with_model(limit);
+    let (r,): (ApiResult<()>,) = c
+        .update(controller(), "set_message_instruction_limit", (u64::MAX / 4,))
+        .unwrap();
+    r.unwrap();
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 20));
+    let v = c.run_job(controller(), id, |_| {}).unwrap();
+    match &v.status {
+        JobStatus::Failed(reason) => assert!(reason.contains("trapped 8 times in a row"), "{reason}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    // Repaired, the canister serves new jobs.
+    let (r,): (ApiResult<()>,) = c
+        .update(controller(), "set_message_instruction_limit", (limit,))
+        .unwrap();
+    r.unwrap();
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+    let v = c.run_job(controller(), id, |_| {}).unwrap();
+    assert_eq!(v.tokens, GOLDEN_IDS);
+}
+
 fn upload_status(c: &mut LocalCanister) -> UploadStatus {
     let (r,): (ApiResult<UploadStatus>,) = c.query(controller(), "upload_status", ()).unwrap();
     r.unwrap()

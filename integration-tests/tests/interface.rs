@@ -8,15 +8,15 @@ use std::collections::BTreeMap;
 const DID: &str = include_str!("../../candid/icllm.did");
 
 /// `method name → is query` from the wasm's `canister_update` / `canister_query`
-/// exports, without ic-cdk's internal timer executor (a self-call target, not
-/// part of the interface).
+/// exports, without ic-cdk's internal timer executor and the scheduler's
+/// commit point (self-call targets, not part of the interface).
 fn exported_methods(wasm: &[u8]) -> BTreeMap<String, bool> {
     let mut methods = BTreeMap::new();
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         if let wasmparser::Payload::ExportSection(exports) = payload.expect("valid wasm") {
             for export in exports {
                 let name = export.expect("valid export").name;
-                if name.contains("<ic-cdk internal>") {
+                if name.contains("<ic-cdk internal>") || name.contains("<icllm internal>") {
                     continue;
                 }
                 if let Some(m) = name.strip_prefix("canister_update ") {

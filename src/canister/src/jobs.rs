@@ -279,6 +279,18 @@ pub fn cancel(id: JobId) -> ApiResult<JobStatus> {
     Ok(rec.status)
 }
 
+/// Fails one active job with `reason`.
+pub fn fail(id: JobId, reason: &str) {
+    if let Some(mut rec) = get(id) {
+        if rec.status.is_active() {
+            rec.status = JobStatus::Failed(reason.to_string());
+            retire(&mut rec);
+            rec.updated_at_ns = ic_cdk::api::time();
+            put(&rec);
+        }
+    }
+}
+
 /// Fails every active job (the model they ran on was replaced).
 pub fn fail_all_active(reason: &str) {
     for id in state::read(|s| s.active.iter().copied().collect::<Vec<_>>()) {

@@ -222,6 +222,17 @@ fn set_limits(limits: Limits) -> ApiResult<()> {
     Ok(())
 }
 
+/// One background step of a job, called by the scheduler on this canister
+/// itself so that a step that traps comes back to it as a reject (see
+/// `scheduler::background_step`). Not part of the interface.
+#[update(name = "<icllm internal> step", hidden = true)]
+fn internal_step(id: JobId, shift: u32) {
+    if msg_caller() != ic_cdk::api::canister_self() {
+        ic_cdk::trap("only the canister's own scheduler calls this method");
+    }
+    scheduler::run_background_step(id, shift);
+}
+
 /// Sets the instructions one message may use (the subnet's limit; lower it to
 /// leave headroom or when running under a smaller limit).
 #[update]

@@ -8,7 +8,7 @@
 use crate::budget::MessageBudget;
 use crate::model_store::{LoadedModel, Progress, Purpose};
 use crate::{jobs, settings, state};
-use icllm_api::UploadState;
+use icllm_api::{JobId, UploadState};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -47,17 +47,26 @@ pub fn ensure_armed() {
     if !has_work() || state::read(|s| s.scheduler.is_some()) {
         return;
     }
-    let id = ic_cdk_timers::set_timer_interval(TICK_INTERVAL, || async { tick() });
+    let id = ic_cdk_timers::set_timer_interval(TICK_INTERVAL, || async { tick().await });
     state::mutate(|s| s.scheduler = Some(id));
 }
 
-/// One scheduler message.
-pub fn tick() {
+/// Background steps of one job that may trap in a row before the job fails.
+/// Each retry runs with half the instructions of the one before, so a job
+/// whose budget estimate is too optimistic (or a limit set above the
+/// subnet's) gets through; one that traps however small its budget fails
+/// with a clear reason instead of being retried every round for ever.
+pub const MAX_STEP_TRAPS: u32 = 8;
+
+/// The internal method that runs one background step (see [`background_step`]).
+pub const STEP_METHOD: &str = "<icllm internal> step";
+
+/// One scheduler message: the model pipeline, then one job's step.
+pub async fn tick() {
     advance_pipeline();
-    if let (Some(id), Some(model)) = (next_job(), state::read(|s| s.model.clone())) {
-        if let Some(rec) = jobs::get_hot(id) {
-            let mut budget = message_budget();
-            let _ = jobs::step_job(&model, rec, &mut budget, &counter);
+    if state::read(|s| s.model.is_some()) {
+        if let Some(id) = next_job() {
+            background_step(id).await;
         }
     }
     if !has_work() {
@@ -65,6 +74,70 @@ pub fn tick() {
             ic_cdk_timers::clear_timer(id);
         }
     }
+}
+
+/// Steps job `id` in a message of its own: a call from the canister to
+/// itself ([`STEP_METHOD`]).
+///
+/// A trap rolls back everything its message did, so a step that traps inside
+/// the scheduler's message would leave no trace: the round-robin would pick
+/// the same job again every round and starve the others. Run as a call, the
+/// step's trap comes back here as a reject, in a message of its own that
+/// does not trap: the trap is counted, the next attempt gets half the
+/// budget, and after [`MAX_STEP_TRAPS`] in a row the job fails.
+async fn background_step(id: JobId) {
+    let Some(shift) = state::mutate(|s| {
+        if !s.step_pending.insert(id) {
+            return None; // a step of this job is already under way
+        }
+        let t = s.step_traps.entry(id).or_default();
+        Some(t.shift)
+    }) else {
+        return;
+    };
+    let reply = ic_cdk::call::Call::unbounded_wait(ic_cdk::api::canister_self(), STEP_METHOD)
+        .with_args(&(id, shift))
+        .await;
+    let failed = state::mutate(|s| {
+        s.step_pending.remove(&id);
+        let t = s.step_traps.entry(id).or_default();
+        match reply {
+            Ok(_) => {
+                t.in_a_row = 0;
+                None
+            }
+            Err(_) => {
+                t.in_a_row += 1;
+                t.shift = t.shift.max(t.in_a_row);
+                (t.in_a_row >= MAX_STEP_TRAPS).then_some(*t)
+            }
+        }
+    });
+    if let Some(t) = failed {
+        state::mutate(|s| s.step_traps.remove(&id));
+        jobs::fail(
+            id,
+            &format!(
+                "its step trapped {} times in a row, the last with 1/{} of the message instruction limit",
+                t.in_a_row,
+                1u64 << (t.shift - 1).min(63)
+            ),
+        );
+    }
+    if !state::read(|s| s.active.contains(&id)) {
+        state::mutate(|s| s.step_traps.remove(&id));
+    }
+}
+
+/// The body of [`STEP_METHOD`]: one step of job `id` with the message limit
+/// halved `shift` times.
+pub fn run_background_step(id: JobId, shift: u32) {
+    let (Some(model), Some(rec)) = (state::read(|s| s.model.clone()), jobs::get_hot(id)) else {
+        return;
+    };
+    let limit = (message_limit() >> shift.min(32)).max(1);
+    let mut budget = MessageBudget::new(counter as fn() -> u64, limit, reserve(limit).min(limit / 2));
+    let _ = jobs::step_job(&model, rec, &mut budget, &counter);
 }
 
 /// The active job after the last one served (round-robin).

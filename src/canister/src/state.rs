@@ -27,6 +27,19 @@ pub struct HeapState {
     pub scheduler: Option<ic_cdk_timers::TimerId>,
     /// Monotonic use counter for LRU eviction of `job_cache`.
     pub clock: u64,
+    /// Background steps that trapped, by job (see `scheduler::background_step`).
+    pub step_traps: BTreeMap<JobId, StepTraps>,
+    /// Jobs whose background step call is under way.
+    pub step_pending: BTreeSet<JobId>,
+}
+
+/// How a job's background steps have been trapping.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTraps {
+    /// Steps that trapped since the last one that returned.
+    pub in_a_row: u32,
+    /// Halvings of the message budget this job's steps use from now on.
+    pub shift: u32,
 }
 
 pub struct CachedJob {
