@@ -142,6 +142,20 @@ macro_rules! unroll {
 /// 4,064 (i16).
 #[inline]
 pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
+    dot4_k_with_mins(w, x, |wb| (&wb.d, &wb.dmin, &wb.qcorr), q4_k_row)
+}
+
+/// The super-block loop Q4_K and Q5_K share: activations offset to unsigned
+/// bytes once for the four rows, `row` gives each row's `(Σ sc·Σ q·(x + 128),
+/// Σ m·Σ x)` partial sums, then the oracle's f32 step with the offset's
+/// share (`qcorr`) removed. `head` gives a block's `(d, dmin, qcorr)`.
+#[inline(always)]
+fn dot4_k_with_mins<B>(
+    w: &[B],
+    x: &[BlockQ8K],
+    head: impl Fn(&B) -> (&[f32; 4], &[f32; 4], &[i32; 4]),
+    row: unsafe fn(&B, usize, &[I8x16; 16], I16x8) -> (I32x4, I32x4),
+) -> [f32; 4] {
     assert_eq!(w.len(), x.len());
     let mut acc = F32x4::zero();
     let (mut pw, mut px) = (w.as_ptr(), x.as_ptr());
@@ -154,15 +168,16 @@ pub fn dot4_q4_k(w: &[BlockQ4Kx4], x: &[BlockQ8K]) -> [f32; 4] {
             let xq = xb.qs.as_ptr();
             let xu: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)).offset_to_u8());
             let bsum32 = I16x8::sum_pairs_narrow(I16x8::load(xb.bsums.as_ptr()), I16x8::load(xb.bsums.as_ptr().add(8)));
-            let row = |r: usize| q4_k_row(wb, r, &xu, bsum32);
+            let row = |r: usize| row(wb, r, &xu, bsum32);
+            let (d, dmin, qcorr) = head(wb);
             let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
             let isc = I32x4::sum4(r0.0, r1.0, r2.0, r3.0)
-                .sub(I32x4::load(wb.qcorr.as_ptr()))
+                .sub(I32x4::load(qcorr.as_ptr()))
                 .to_f32();
             let imin = I32x4::sum4(r0.1, r1.1, r2.1, r3.1).to_f32();
             let xd = F32x4::splat(xb.d);
-            let dd = F32x4::load(wb.d.as_ptr()).mul(xd);
-            let dm = F32x4::load(wb.dmin.as_ptr()).mul(xd);
+            let dd = F32x4::load(d.as_ptr()).mul(xd);
+            let dm = F32x4::load(dmin.as_ptr()).mul(xd);
             acc = acc.add(dd.mul(isc).sub(dm.mul(imin)));
             pw = pw.add(1);
             px = px.add(1);
@@ -208,32 +223,7 @@ pub fn dot4_q4_0(w: &[BlockQ4_0x4], x: &[BlockQ8A]) -> [f32; 4] {
 /// ≤ 31 · 255, four to an i16 lane: ≤ 31,620).
 #[inline]
 pub fn dot4_q5_k(w: &[BlockQ5Kx4], x: &[BlockQ8K]) -> [f32; 4] {
-    assert_eq!(w.len(), x.len());
-    let mut acc = F32x4::zero();
-    let (mut pw, mut px) = (w.as_ptr(), x.as_ptr());
-    // SAFETY: as in `dot4_q4_k`.
-    unsafe {
-        let end = pw.add(w.len());
-        while pw < end {
-            let (wb, xb) = (&*pw, &*px);
-            let xq = xb.qs.as_ptr();
-            let xu: [I8x16; 16] = std::array::from_fn(|i| I8x16::load(xq.add(16 * i)).offset_to_u8());
-            let bsum32 = I16x8::sum_pairs_narrow(I16x8::load(xb.bsums.as_ptr()), I16x8::load(xb.bsums.as_ptr().add(8)));
-            let row = |r: usize| q5_k_row(wb, r, &xu, bsum32);
-            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let isc = I32x4::sum4(r0.0, r1.0, r2.0, r3.0)
-                .sub(I32x4::load(wb.qcorr.as_ptr()))
-                .to_f32();
-            let imin = I32x4::sum4(r0.1, r1.1, r2.1, r3.1).to_f32();
-            let xd = F32x4::splat(xb.d);
-            let dd = F32x4::load(wb.d.as_ptr()).mul(xd);
-            let dm = F32x4::load(wb.dmin.as_ptr()).mul(xd);
-            acc = acc.add(dd.mul(isc).sub(dm.mul(imin)));
-            pw = pw.add(1);
-            px = px.add(1);
-        }
-    }
-    acc.lanes()
+    dot4_k_with_mins(w, x, |wb| (&wb.d, &wb.dmin, &wb.qcorr), q5_k_row)
 }
 
 /// Row `r` of a packed Q5_K block (see [`dot4_q5_k`] and [`q4_k_row`]).
@@ -325,22 +315,11 @@ unsafe fn q6_k_row(wb: &BlockQ6Kx4, r: usize, xq: *const i8) -> I32x4 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::pseudo;
     use crate::kernels::quant::vec_dot_q8_0_q8_0;
     use crate::quant::packed::{Interleaved, PackedBlock};
     use crate::quant::{blocks_to_le_bytes, quantize_act_q8, quantize_act_q8k, BlockQ8_0};
     use half::f16;
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Random Q8_0 rows plus edge cases: all-zero blocks, -128 quants,
     /// extreme and subnormal scales.
