@@ -332,9 +332,12 @@ pub struct BlockKWidex4<S> {
 }
 const _: () = assert!(size_of::<BlockKWidex4<BlockQ4K>>() == 1184);
 
+/// One K-quant row block as plain values: `(d, dmin, scales, mins, quants)`.
+type KRow = (f16, f16, [u8; 8], [u8; 8], [u8; QK_K]);
+
 impl<S> BlockKWidex4<S> {
-    /// Packs four rows given as `(d, dmin, scales, mins, quants)`.
-    fn from_rows(rows: [(f16, f16, [u8; 8], [u8; 8], [u8; QK_K]); 4]) -> Self {
+    /// Packs four rows.
+    fn from_rows(rows: [KRow; 4]) -> Self {
         let mut qs = [0; 4 * QK_K];
         interleave_pairs([0, 1, 2, 3].map(|r| &rows[r].4[..]), &mut qs);
         BlockKWidex4 {
@@ -347,8 +350,8 @@ impl<S> BlockKWidex4<S> {
         }
     }
 
-    /// Row `lane` as `(d, dmin, scales, mins, quants)`.
-    fn lane(&self, lane: usize) -> (f16, f16, [u8; 8], [u8; 8], [u8; QK_K]) {
+    /// Row `lane`.
+    fn lane(&self, lane: usize) -> KRow {
         let mut q = [0; QK_K];
         pair_lane(&self.qs, lane, &mut q);
         (
