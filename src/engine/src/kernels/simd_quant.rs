@@ -143,11 +143,18 @@ unsafe fn pair_splats<const P: usize>(a: *const i16) -> [I16x8; P] {
 trait Stationary {
     type Block: crate::quant::packed::PackedBlock;
     type Act;
-    /// A column block's activations, ready for every row group.
+    /// Column blocks per step: a step folds this many consecutive blocks of
+    /// a row group (fewer loop passes and accumulator loads for small blocks).
+    const BLOCKS: usize;
+    /// `BLOCKS` column blocks' activations, ready for every row group.
     type State;
-    fn prepare(x: &Self::Act) -> Self::State;
-    /// `acc` plus one row group's block times the prepared activations.
-    fn step(acc: F32x4, w: &Self::Block, s: &Self::State) -> F32x4;
+    fn prepare(x: &[Self::Act]) -> Self::State;
+    /// `acc` plus one row group's `BLOCKS` blocks at `w` times the prepared
+    /// activations, block after block.
+    ///
+    /// # Safety
+    /// `w..w + BLOCKS` must be valid blocks.
+    unsafe fn step(acc: F32x4, w: *const Self::Block, s: &Self::State) -> F32x4;
 }
 
 /// `out = W x` for a packed matrix, **activation-stationary**: for each
@@ -160,11 +167,12 @@ trait Stationary {
 #[inline(always)]
 fn matvec_stationary<K: Stationary>(w: &Interleaved<K::Block>, x: &[K::Act], out: &mut [f32]) {
     let (groups, bpr) = (w.groups(), w.blocks_per_row());
-    assert_eq!(x.len(), bpr);
+    assert!(x.len() == bpr && bpr.is_multiple_of(K::BLOCKS));
     assert_eq!(out.len(), w.rows());
     let mut acc = vec![[0.0f32; 4]; groups];
     let blocks = w.blocks();
-    for (j, xb) in x.iter().enumerate() {
+    for (step, xb) in x.chunks_exact(K::BLOCKS).enumerate() {
+        let j = step * K::BLOCKS;
         let s = K::prepare(xb);
         // SAFETY: group g's block j is blocks[g * bpr + j], g < groups, and
         // acc has one [f32; 4] per group.
@@ -172,7 +180,7 @@ fn matvec_stationary<K: Stationary>(w: &Interleaved<K::Block>, x: &[K::Act], out
             // Two groups per pass, the stride in bytes computed once: the
             // loop's own arithmetic is then about 7 instructions per group.
             let stride = bpr * std::mem::size_of::<K::Block>();
-            let block = |p: *const u8| &*(p as *const K::Block);
+            let block = |p: *const u8| p as *const K::Block;
             let mut pw = blocks.as_ptr().add(j) as *const u8;
             let mut pa = acc.as_mut_ptr() as *mut f32;
             let end = pa.add(4 * groups);
@@ -194,29 +202,36 @@ fn matvec_stationary<K: Stationary>(w: &Interleaved<K::Block>, x: &[K::Act], out
 }
 
 /// `out = W x` for a packed Q8_0 matrix: each row bit for bit
-/// [`super::quant::vec_dot_q8_0_q8_0`].
+/// [`super::quant::vec_dot_q8_0_q8_0`]. Two blocks per step when the row
+/// length allows (0.79 → 0.75 weighted instructions per multiply-add).
 pub fn matvec_q8_0(w: &Interleaved<BlockQ8_0x4>, x: &[BlockQ8A], out: &mut [f32]) {
-    matvec_stationary::<Q8_0Kernel>(w, x, out)
+    if w.blocks_per_row().is_multiple_of(2) {
+        matvec_stationary::<Q8_0Kernel<2>>(w, x, out)
+    } else {
+        matvec_stationary::<Q8_0Kernel<1>>(w, x, out)
+    }
 }
 
-struct Q8_0Kernel;
-impl Stationary for Q8_0Kernel {
+struct Q8_0Kernel<const N: usize>;
+impl<const N: usize> Stationary for Q8_0Kernel<N> {
     type Block = BlockQ8_0x4;
     type Act = BlockQ8A;
-    type State = ([I16x8; 16], F32x4);
+    const BLOCKS: usize = N;
+    type State = [([I16x8; 16], F32x4); N];
     #[inline(always)]
-    fn prepare(xb: &BlockQ8A) -> Self::State {
+    fn prepare(x: &[BlockQ8A]) -> Self::State {
         // SAFETY: qw has 32 elements.
-        (unsafe { pair_splats::<16>(xb.qw.as_ptr()) }, F32x4::splat(xb.d))
+        std::array::from_fn(|i| (unsafe { pair_splats::<16>(x[i].qw.as_ptr()) }, F32x4::splat(x[i].d)))
     }
     #[inline(always)]
-    fn step(acc: F32x4, wb: &BlockQ8_0x4, (a, xd): &Self::State) -> F32x4 {
-        // SAFETY: qs has 128 bytes, d 4 elements.
-        unsafe {
+    unsafe fn step(mut acc: F32x4, w: *const BlockQ8_0x4, s: &Self::State) -> F32x4 {
+        for (i, (a, xd)) in s.iter().enumerate() {
+            let wb = &*w.add(i);
             let isum = dot_pairs::<16, false>(wb.qs.as_ptr() as *const u8, a);
             let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
-            acc.add(dd.mul(isum.to_f32()))
+            acc = acc.add(dd.mul(isum.to_f32()));
         }
+        acc
     }
 }
 
@@ -241,9 +256,11 @@ where
 {
     type Block = BlockKWidex4<S>;
     type Act = BlockQ8K;
+    const BLOCKS: usize = 1;
     type State = ([[I16x8; 16]; 8], [I16x8; 4], F32x4);
     #[inline(always)]
-    fn prepare(xb: &BlockQ8K) -> Self::State {
+    fn prepare(x: &[BlockQ8K]) -> Self::State {
+        let xb = &x[0];
         // SAFETY: qw has 256 and bsums32 8 elements.
         unsafe {
             let a = xb.qw.as_ptr();
@@ -252,23 +269,21 @@ where
         }
     }
     #[inline(always)]
-    fn step(acc: F32x4, wb: &BlockKWidex4<S>, (subs, bsums, xd): &Self::State) -> F32x4 {
-        // SAFETY: every load stays inside the block's arrays.
-        unsafe {
-            let q = wb.qs.as_ptr();
-            let sub = |j: usize| {
-                dot_pairs::<16, true>(q.add(128 * j), &subs[j]).mul(I32x4::load_i16x4(wb.scales[j].as_ptr()))
-            };
-            let mut isc = sub(0);
-            unroll!(j in [1, 2, 3, 4, 5, 6, 7] {
-                isc = isc.add(sub(j));
-            });
-            let min = |k: usize| I32x4::dot(I16x8::load(wb.min_pairs[k].as_ptr()), bsums[k]);
-            let imin = min(0).add(min(1)).add(min(2)).add(min(3));
-            let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
-            let dm = F32x4::load(wb.dmin.as_ptr()).mul(*xd);
-            acc.add(dd.mul(isc.to_f32()).sub(dm.mul(imin.to_f32())))
-        }
+    unsafe fn step(acc: F32x4, w: *const BlockKWidex4<S>, (subs, bsums, xd): &Self::State) -> F32x4 {
+        let wb = &*w;
+        // Every load below stays inside the block's arrays.
+        let q = wb.qs.as_ptr();
+        let sub =
+            |j: usize| dot_pairs::<16, true>(q.add(128 * j), &subs[j]).mul(I32x4::load_i16x4(wb.scales[j].as_ptr()));
+        let mut isc = sub(0);
+        unroll!(j in [1, 2, 3, 4, 5, 6, 7] {
+            isc = isc.add(sub(j));
+        });
+        let min = |k: usize| I32x4::dot(I16x8::load(wb.min_pairs[k].as_ptr()), bsums[k]);
+        let imin = min(0).add(min(1)).add(min(2)).add(min(3));
+        let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
+        let dm = F32x4::load(wb.dmin.as_ptr()).mul(*xd);
+        acc.add(dd.mul(isc.to_f32()).sub(dm.mul(imin.to_f32())))
     }
 }
 
@@ -286,9 +301,11 @@ struct Q6KKernel;
 impl Stationary for Q6KKernel {
     type Block = BlockQ6Kx4;
     type Act = BlockQ8K;
+    const BLOCKS: usize = 1;
     type State = ([[I16x8; 8]; 16], F32x4);
     #[inline(always)]
-    fn prepare(xb: &BlockQ8K) -> Self::State {
+    fn prepare(x: &[BlockQ8K]) -> Self::State {
+        let xb = &x[0];
         // SAFETY: qw has 256 elements.
         unsafe {
             let a = xb.qw.as_ptr();
@@ -299,20 +316,18 @@ impl Stationary for Q6KKernel {
         }
     }
     #[inline(always)]
-    fn step(acc: F32x4, wb: &BlockQ6Kx4, (groups, xd): &Self::State) -> F32x4 {
-        // SAFETY: every load stays inside the block's arrays.
-        unsafe {
-            let q = wb.qs.as_ptr() as *const u8;
-            let group = |g: usize| {
-                dot_pairs::<8, false>(q.add(64 * g), &groups[g]).mul(I32x4::load_i16x4(wb.scales[g].as_ptr()))
-            };
-            let mut isc = group(0);
-            unroll!(g in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
-                isc = isc.add(group(g));
-            });
-            let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
-            acc.add(dd.mul(isc.to_f32()))
-        }
+    unsafe fn step(acc: F32x4, w: *const BlockQ6Kx4, (groups, xd): &Self::State) -> F32x4 {
+        let wb = &*w;
+        // Every load below stays inside the block's arrays.
+        let q = wb.qs.as_ptr() as *const u8;
+        let group =
+            |g: usize| dot_pairs::<8, false>(q.add(64 * g), &groups[g]).mul(I32x4::load_i16x4(wb.scales[g].as_ptr()));
+        let mut isc = group(0);
+        unroll!(g in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+            isc = isc.add(group(g));
+        });
+        let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
+        acc.add(dd.mul(isc.to_f32()))
     }
 }
 
@@ -492,7 +507,7 @@ mod tests {
 
     #[test]
     fn matvec_q8_0_is_the_oracle_bit_for_bit() {
-        for (rows, cols) in [(4, 32), (8, 96), (12, 288), (5, 64)] {
+        for (rows, cols) in [(4, 32), (8, 96), (12, 288), (5, 64), (7, 256)] {
             let blocks = q8_0_rows(rows, cols, rows as u32 * 7 + cols as u32);
             let packed = Interleaved::<BlockQ8_0x4>::from_le_bytes(&blocks_to_le_bytes(&blocks), rows, cols).unwrap();
             let mut x = pseudo(cols, 3);
