@@ -635,3 +635,23 @@ fn max_context_lets_jobs_run_past_the_trained_context() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_context_whose_kv_cache_would_not_fit_the_heap_is_refused_with_the_numbers() {
+    let init = InitArgs {
+        max_context: Some(4_000_000),
+        ..InitArgs::default()
+    };
+    let mut c = LocalCanister::install(wasm(), init, IC_LIMIT).unwrap();
+    let model = model_bytes();
+    c.upload_model(model, sha256(model)).unwrap();
+    // stories260K: 5 layers × 2 × 32 f32 per position; 4 M positions are 4.9 GiB.
+    let mut req = greedy("Hi", 3);
+    req.ctx_size = Some(4_000_000);
+    match c.start_job(controller(), req).unwrap() {
+        Err(ApiError::InvalidArgument(m)) => {
+            assert!(m.contains("KV cache") && m.contains("positions fit"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -278,7 +278,6 @@ impl Pipeline {
             unreachable!("finish is called in the Tensors phase")
         };
         let tokenizer = *tokenizer;
-        let weight_bytes = loader.total_bytes();
         let model = match loader.finish() {
             Ok(m) => m,
             Err(e) => return Progress::Failed(format!("model: {e}")),
@@ -287,7 +286,7 @@ impl Pipeline {
             Ok(t) => t,
             Err(e) => return Progress::Failed(format!("chat template: {e}")),
         };
-        let info = describe(&gguf, &model, &tokenizer, &self.slot, weight_bytes);
+        let info = describe(&gguf, &model, &tokenizer, &self.slot);
         Progress::Ready(Box::new(LoadedModel {
             model,
             tokenizer,
@@ -300,6 +299,18 @@ impl Pipeline {
 
 fn start_loading(gguf: Gguf) -> Result<Phase, String> {
     let loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
+    // Refused now, with the numbers, rather than by an allocation that traps
+    // half-way through gigabytes of tensors.
+    let (weights, staged) = (loader.heap_bytes(), loader.needed().map(|t| t.size).max().unwrap_or(0));
+    if weights + staged > memory::HEAP_BUDGET {
+        return Err(format!(
+            "the model needs {} MiB of heap once repacked (plus {} MiB to stage its largest tensor while loading); \
+             a canister has {} MiB for weights and KV caches",
+            weights >> 20,
+            staged >> 20,
+            memory::HEAP_BUDGET >> 20
+        ));
+    }
     // Built now: a bad tokenizer is refused before gigabytes are loaded.
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| format!("tokenizer: {e}"))?;
     Ok(Phase::Tensors {
@@ -334,7 +345,7 @@ fn too_small(what: &str, fresh: u64) -> Progress {
     ))
 }
 
-fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot, weight_bytes: u64) -> ModelInfo {
+fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot) -> ModelInfo {
     let c = &model.config;
     let mut types: std::collections::BTreeMap<&str, u32> = Default::default();
     for t in &gguf.tensors {
@@ -354,7 +365,7 @@ fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot,
         context_length: c.context_length as u32,
         tensor_types: types.into_iter().map(|(t, n)| format!("{t} ×{n}")).collect(),
         tokenizer: tokenizer.model_name().to_string(),
-        heap_bytes: weight_bytes,
+        heap_bytes: model.heap_bytes(),
     }
 }
 

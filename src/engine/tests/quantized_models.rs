@@ -271,3 +271,22 @@ fn k_quants_widened_to_bytes_at_load_give_the_nibble_kernels_bits() {
         }
     }
 }
+
+#[test]
+fn the_loader_knows_the_heap_a_model_will_take() {
+    for mix in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"] {
+        let bytes = synth_256_bytes(QuantMix::parse(mix).unwrap());
+        for keep in [false, true] {
+            let mut planned = 0;
+            let (model, _) = Model::from_gguf_bytes_with(&bytes, |l| {
+                if keep {
+                    l.keep_16_bit_floats();
+                    l.keep_k_nibbles();
+                }
+                planned = l.heap_bytes();
+            })
+            .unwrap();
+            assert_eq!(planned, model.heap_bytes(), "{mix} keep {keep}");
+        }
+    }
+}

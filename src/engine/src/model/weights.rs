@@ -144,6 +144,44 @@ impl Tensor {
         Tensor::from_le_bytes(ty, rows, cols, &bytes)
     }
 
+    /// Heap bytes of the tensor's data.
+    pub fn heap_bytes(&self) -> u64 {
+        (match &self.data {
+            TensorData::F32(v) => v.len() * 4,
+            TensorData::F16(v) => v.len() * 2,
+            TensorData::BF16(v) => v.len() * 2,
+            TensorData::Q8_0(p) => p.heap_bytes(),
+            TensorData::Q4_0(p) => p.heap_bytes(),
+            TensorData::Q4K(p) => p.heap_bytes(),
+            TensorData::Q4KWide(p) => p.heap_bytes(),
+            TensorData::Q5K(p) => p.heap_bytes(),
+            TensorData::Q5KWide(p) => p.heap_bytes(),
+            TensorData::Q6K(p) => p.heap_bytes(),
+        }) as u64
+    }
+
+    /// Heap bytes a (rows, cols) tensor of type `ty` will take once loaded
+    /// ([`Tensor::heap_bytes`]), F16/BF16 widened to f32 if `widen_f16`,
+    /// Q4_K/Q5_K in the byte layout if `widen_k`.
+    pub fn planned_heap_bytes(ty: GgmlType, rows: usize, cols: usize, widen_f16: bool, widen_k: bool) -> u64 {
+        use std::mem::size_of;
+        let (rows, cols) = (rows as u64, cols as u64);
+        let packed = |size: usize, elems: u64| rows.div_ceil(4) * (cols / elems) * size as u64;
+        match ty {
+            GgmlType::F32 => rows * cols * 4,
+            GgmlType::F16 | GgmlType::BF16 if widen_f16 && rows > 1 => rows * cols * 4,
+            GgmlType::F16 | GgmlType::BF16 => rows * cols * 2,
+            GgmlType::Q8_0 => packed(size_of::<BlockQ8_0x4>(), 32),
+            GgmlType::Q4_0 => packed(size_of::<BlockQ4_0x4>(), 32),
+            GgmlType::Q4K if widen_k => packed(size_of::<BlockKWidex4<BlockQ4K>>(), 256),
+            GgmlType::Q4K => packed(size_of::<BlockQ4Kx4>(), 256),
+            GgmlType::Q5K if widen_k => packed(size_of::<BlockKWidex4<BlockQ5K>>(), 256),
+            GgmlType::Q5K => packed(size_of::<BlockQ5Kx4>(), 256),
+            GgmlType::Q6K => packed(size_of::<BlockQ6Kx4>(), 256),
+            _ => ty.row_bytes(cols as usize) as u64 * rows,
+        }
+    }
+
     /// All values as f32, row-major (dequantizing block types).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];
@@ -260,6 +298,30 @@ impl Model {
         self.output.as_ref().unwrap_or(&self.tok_embd)
     }
 
+    /// Heap bytes of the weights (every tensor's data, norms and biases
+    /// included; the RoPE table, a few KiB, aside).
+    pub fn heap_bytes(&self) -> u64 {
+        let vec = |v: &[f32]| v.len() as u64 * 4;
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|t| t.heap_bytes())
+                    .sum::<u64>()
+                    + vec(&l.attn_norm)
+                    + vec(&l.ffn_norm)
+                    + l.qkv_bias.as_ref().map_or(0, |b| vec(&b.q) + vec(&b.k) + vec(&b.v))
+                    + l.qk_norm.as_ref().map_or(0, |n| vec(&n.q) + vec(&n.k))
+            })
+            .sum();
+        self.tok_embd.heap_bytes()
+            + self.output.as_ref().map_or(0, |t| t.heap_bytes())
+            + vec(&self.output_norm)
+            + layers
+    }
+
     pub fn arch(&self) -> &'static ArchSpec {
         self.config.arch.spec()
     }
@@ -286,6 +348,24 @@ enum Slot {
     QNorm(usize),
     KNorm(usize),
     RopeFreqs,
+}
+
+impl Slot {
+    /// Whether the slot keeps its tensor (a weight matrix) rather than an f32 vector.
+    fn is_matrix(self) -> bool {
+        matches!(
+            self,
+            Slot::TokEmbd
+                | Slot::Output
+                | Slot::Wq(_)
+                | Slot::Wk(_)
+                | Slot::Wv(_)
+                | Slot::Wo(_)
+                | Slot::Gate(_)
+                | Slot::Up(_)
+                | Slot::Down(_)
+        )
+    }
 }
 
 /// A tensor a model needs: its GGUF-style name and its dims in ggml order
@@ -402,13 +482,6 @@ pub struct ModelLoader {
 /// the KV cache and the load buffers.
 pub const K_WIDEN_MAX_BYTES: u64 = 5 << 29;
 
-/// Heap bytes of a Q4_K or Q5_K tensor of `file_bytes` in the byte layout.
-fn k_wide_bytes(ty: GgmlType, file_bytes: u64) -> u64 {
-    let blocks = file_bytes / ty.row_bytes(QK_K_ELEMS) as u64;
-    blocks * (std::mem::size_of::<BlockKWidex4<BlockQ4K>>() / 4) as u64
-}
-const QK_K_ELEMS: usize = crate::quant::QK_K;
-
 /// F16 and BF16 weight matrices are widened to f32 at load when the whole
 /// model then still takes at most this many bytes: the f32 kernels cost
 /// about a third (f16) or a half (bf16) of the instructions per multiply-add
@@ -459,26 +532,24 @@ impl ModelLoader {
             });
         }
         needed.sort_by_key(|n| n.info.offset);
-        let total: u64 = needed.iter().map(|n| n.info.size).sum();
-        let f16: u64 = needed
-            .iter()
-            .filter(|n| matches!(n.info.ty, GgmlType::F16 | GgmlType::BF16) && n.rows > 1)
-            .map(|n| n.info.size)
-            .sum();
-        let widen_f16 = f16 > 0 && total.saturating_add(f16) <= F16_WIDEN_MAX_BYTES;
-        let after_f16 = if widen_f16 { total + f16 } else { total };
-        let k_growth: u64 = needed
-            .iter()
-            .filter(|n| matches!(n.info.ty, GgmlType::Q4K | GgmlType::Q5K))
-            .map(|n| k_wide_bytes(n.info.ty, n.info.size).saturating_sub(n.info.size))
-            .sum();
-        let widen_k = after_f16.saturating_add(k_growth) <= K_WIDEN_MAX_BYTES;
-        Ok(ModelLoader {
+        let mut loader = ModelLoader {
             config,
             needed,
-            widen_f16,
-            widen_k,
-        })
+            widen_f16: false,
+            widen_k: false,
+        };
+        let has = |l: &ModelLoader, types: &[GgmlType]| l.needed.iter().any(|n| types.contains(&n.info.ty));
+        loader.widen_f16 = has(&loader, &[GgmlType::F16, GgmlType::BF16]) && {
+            let mut widened = loader.clone();
+            widened.widen_f16 = true;
+            widened.heap_bytes() <= F16_WIDEN_MAX_BYTES
+        };
+        loader.widen_k = has(&loader, &[GgmlType::Q4K, GgmlType::Q5K]) && {
+            let mut widened = loader.clone();
+            widened.widen_k = true;
+            widened.heap_bytes() <= K_WIDEN_MAX_BYTES
+        };
+        Ok(loader)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -520,6 +591,22 @@ impl ModelLoader {
     /// Total bytes of tensor data the model needs.
     pub fn total_bytes(&self) -> u64 {
         self.needed.iter().map(|n| n.info.size).sum()
+    }
+
+    /// Heap bytes the loaded weights will take (after repacking and the
+    /// widening chosen): [`Model::heap_bytes`] of the finished model.
+    pub fn heap_bytes(&self) -> u64 {
+        self.needed
+            .iter()
+            .map(|n| match n.slot {
+                Slot::RopeFreqs => 0,
+                s if s.is_matrix() => {
+                    Tensor::planned_heap_bytes(n.info.ty, n.rows, n.cols, self.widen_f16, self.widen_k)
+                }
+                // Norms and biases end as f32 vectors.
+                _ => (n.rows * n.cols * 4) as u64,
+            })
+            .sum()
     }
 
     /// Adds one tensor: `bytes` is its whole data (`info.byte_range()` of the file).
