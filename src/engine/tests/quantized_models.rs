@@ -236,7 +236,7 @@ fn f16_widened_at_load_gives_the_f16_kernels_bits() {
     let (kept, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_16_bit_floats()).unwrap();
     assert_eq!(widened.layers[0].wq.ty, GgmlType::F16);
     assert!(
-        matches!(widened.layers[0].wq.data, TensorData::F32(_)),
+        matches!(widened.layers[0].wq.data, TensorData::F32Rows(_)),
         "a small model is widened"
     );
     assert!(matches!(kept.layers[0].wq.data, TensorData::F16(_)));

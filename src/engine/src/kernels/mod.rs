@@ -23,6 +23,7 @@ pub mod exp;
 pub mod quant;
 mod rope;
 pub mod simd;
+pub(crate) mod simd_f32;
 pub(crate) mod simd_quant;
 
 /// The canister build (wasm32 + simd128) runs the [`simd`] kernels; every
@@ -138,6 +139,11 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
     let cols = w.cols;
     let span = row * cols..(row + 1) * cols;
     match (&w.data, xq) {
+        (TensorData::F32Rows(m), _) => {
+            let mut r = vec![0.0; cols];
+            m.row(row, &mut r);
+            dot_f32(&r, x)
+        }
         (TensorData::F32(d), _) if SIMD => simd::dot_f32(&d[span], x),
         (TensorData::F16(d), _) if SIMD => simd::dot_f16(&d[span], x),
         (TensorData::F32(d), _) => dot_f32(&d[span], x),
@@ -192,6 +198,7 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
     let span = row * cols..(row + 1) * cols;
     match &w.data {
         TensorData::F32(d) => out.copy_from_slice(&d[span]),
+        TensorData::F32Rows(m) => m.row(row, out),
         TensorData::F16(d) => {
             for (o, h) in out.iter_mut().zip(&d[span]) {
                 *o = h.to_f32();
@@ -216,8 +223,9 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
 /// (Q8_0, Q6_K, widened Q4_K/Q5_K: activation-stationary, see
 /// [`simd_quant::matvec_q8_0`]); `false` for the other types, which go row
 /// group by row group. Each output is bit for bit its row's oracle.
-fn matvec_whole(w: &Tensor, xq: &PreparedActs, out: &mut [f32]) -> bool {
+fn matvec_whole(w: &Tensor, x: &[f32], xq: &PreparedActs, out: &mut [f32]) -> bool {
     match (&w.data, xq) {
+        (TensorData::F32Rows(m), _) => simd_f32::matvec_rows_in_lanes(m, x, out),
         (TensorData::Q8_0(p), PreparedActs::Q8(a)) => simd_quant::matvec_q8_0(p, a, out),
         (TensorData::Q6K(p), PreparedActs::Q8K(a)) => simd_quant::matvec_q6_k(p, a, out),
         (TensorData::Q4KWide(p), PreparedActs::Q8K(a)) => simd_quant::matvec_k_wide(p, a, out),
@@ -233,7 +241,7 @@ pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
     debug_assert_eq!(x.len(), w.cols);
     debug_assert_eq!(out.len(), w.rows);
     let xq = PreparedActs::new(w.ty, x);
-    if matvec_whole(w, &xq, out) {
+    if matvec_whole(w, x, &xq, out) {
         return;
     }
     let rows4 = w.rows / 4 * 4;
@@ -312,9 +320,12 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
     let xqs = acts.prepared(w.ty);
-    if xqs.first().is_some_and(|xq| matvec_whole(w, xq, &mut out[..rows])) {
+    if xqs
+        .first()
+        .is_some_and(|xq| matvec_whole(w, &xs[..cols], xq, &mut out[..rows]))
+    {
         for (t, xq) in xqs.iter().enumerate().skip(1) {
-            matvec_whole(w, xq, &mut out[t * rows..(t + 1) * rows]);
+            matvec_whole(w, &xs[t * cols..(t + 1) * cols], xq, &mut out[t * rows..(t + 1) * rows]);
         }
         return;
     }

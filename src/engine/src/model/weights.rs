@@ -9,7 +9,9 @@ use super::config::ModelConfig;
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
-use crate::quant::packed::{BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved};
+use crate::quant::packed::{
+    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, RowsInLanes,
+};
 use crate::quant::{quantize_row_bytes, BlockQ4K, BlockQ5K};
 use crate::tensor::GgmlType;
 
@@ -21,7 +23,11 @@ use crate::tensor::GgmlType;
 /// conversion; the heap holds the same number of bytes as the file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
+    /// Vectors (one row).
     F32(Vec<f32>),
+    /// Matrices of f32 (and of f16/bf16 widened at load), four rows per
+    /// group in the lanes (see [`RowsInLanes`]).
+    F32Rows(RowsInLanes),
     F16(Vec<half::f16>),
     BF16(Vec<half::bf16>),
     /// Repacked in groups of four rows with f32 scales (see [`crate::quant::packed`]).
@@ -96,12 +102,15 @@ impl Tensor {
             return Err(format!("expected {expected} bytes, got {}", bytes.len()));
         }
         let data = match ty {
-            GgmlType::F32 => TensorData::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
+            GgmlType::F32 => {
+                let value =
+                    |i: usize| f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+                if rows > 1 {
+                    TensorData::F32Rows(RowsInLanes::from_fn(rows, cols, value))
+                } else {
+                    TensorData::F32((0..cols).map(value).collect())
+                }
+            }
             GgmlType::F16 => TensorData::F16(
                 bytes
                     .chunks_exact(2)
@@ -148,6 +157,7 @@ impl Tensor {
     pub fn heap_bytes(&self) -> u64 {
         (match &self.data {
             TensorData::F32(v) => v.len() * 4,
+            TensorData::F32Rows(m) => m.heap_bytes(),
             TensorData::F16(v) => v.len() * 2,
             TensorData::BF16(v) => v.len() * 2,
             TensorData::Q8_0(p) => p.heap_bytes(),
@@ -168,8 +178,9 @@ impl Tensor {
         let (rows, cols) = (rows as u64, cols as u64);
         let packed = |size: usize, elems: u64| rows.div_ceil(4) * (cols / elems) * size as u64;
         match ty {
+            GgmlType::F32 if rows > 1 => rows.div_ceil(4) * 4 * cols * 4,
             GgmlType::F32 => rows * cols * 4,
-            GgmlType::F16 | GgmlType::BF16 if widen_f16 && rows > 1 => rows * cols * 4,
+            GgmlType::F16 | GgmlType::BF16 if widen_f16 && rows > 1 => rows.div_ceil(4) * 4 * cols * 4,
             GgmlType::F16 | GgmlType::BF16 => rows * cols * 2,
             GgmlType::Q8_0 => packed(size_of::<BlockQ8_0x4>(), 32),
             GgmlType::Q4_0 => packed(size_of::<BlockQ4_0x4>(), 32),
@@ -626,9 +637,14 @@ impl ModelLoader {
             }
         })?;
         if self.widen_f16 {
+            let (rows, cols) = (t.rows, t.cols);
             match &t.data {
-                TensorData::F16(h) => t.data = TensorData::F32(h.iter().map(|v| v.to_f32()).collect()),
-                TensorData::BF16(h) => t.data = TensorData::F32(h.iter().map(|v| v.to_f32()).collect()),
+                TensorData::F16(h) if rows > 1 => {
+                    t.data = TensorData::F32Rows(RowsInLanes::new(h, rows, cols, half::f16::to_f32))
+                }
+                TensorData::BF16(h) if rows > 1 => {
+                    t.data = TensorData::F32Rows(RowsInLanes::new(h, rows, cols, half::bf16::to_f32))
+                }
                 _ => {}
             }
         }

@@ -541,6 +541,73 @@ impl<P: PackedBlock> Interleaved<P> {
     }
 }
 
+/// A float (rows, cols) matrix with the rows of each group of four in the
+/// lanes: element `(4g + r, c)` is at `(g · cols + c) · 4 + r`. One
+/// `v128.load` then gives column `c` of four rows, and multiplying it by
+/// `x[c]` splatted accumulates each row in its own lane
+/// ([`crate::kernels::simd_f32`]). Padding rows are zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowsInLanes {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl RowsInLanes {
+    /// Interleaves row-major `values` ((rows, cols), converted by `to_f32`).
+    pub fn new<T: Copy>(values: &[T], rows: usize, cols: usize, to_f32: impl Fn(T) -> f32) -> Self {
+        assert_eq!(values.len(), rows * cols);
+        RowsInLanes::from_fn(rows, cols, |i| to_f32(values[i]))
+    }
+
+    /// Interleaves a (rows, cols) matrix whose row-major element `i` is
+    /// `value(i)` (no row-major copy is made: the heap holds one matrix).
+    pub fn from_fn(rows: usize, cols: usize, value: impl Fn(usize) -> f32) -> Self {
+        let groups = rows.div_ceil(4);
+        let mut data = vec![0.0f32; groups * cols * 4];
+        for r in 0..rows {
+            let (g, lane) = (r / 4, r % 4);
+            for c in 0..cols {
+                data[(g * cols + c) * 4 + lane] = value(r * cols + c);
+            }
+        }
+        RowsInLanes { data, rows, cols }
+    }
+
+    /// Row `row` into `out` (cols).
+    pub fn row(&self, row: usize, out: &mut [f32]) {
+        let (g, lane) = (row / 4, row % 4);
+        let group = &self.data[g * self.cols * 4..(g + 1) * self.cols * 4];
+        for (o, c) in out.iter_mut().zip(group.chunks_exact(4)) {
+            *o = c[lane];
+        }
+    }
+
+    /// The interleaved values of group `g` (`cols · 4`).
+    #[inline]
+    pub fn group(&self, g: usize) -> &[f32] {
+        &self.data[g * self.cols * 4..(g + 1) * self.cols * 4]
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of four-row groups.
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(4)
+    }
+
+    /// Heap bytes of the values (padding rows included).
+    pub fn heap_bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
