@@ -103,7 +103,8 @@ pub struct JobRequest {
     pub top_p: Option<f32>,
     /// Seed of the job's RNG; drawn from `raw_rand` when absent.
     pub seed: Option<u64>,
-    /// Context size for this job (default: the model's trained context).
+    /// Context size for this job (default: the model's trained context,
+    /// capped so that four jobs' KV caches fit the heap beside the weights).
     pub ctx_size: Option<u32>,
     /// Token ids to use as the prompt instead of encoding `prompt` (which
     /// must then be empty); no BOS is added. For benchmarks and exact replays.

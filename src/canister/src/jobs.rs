@@ -123,10 +123,14 @@ pub fn create(
     let kv_room = memory::HEAP_BUDGET.saturating_sub(loaded.info.heap_bytes);
     let per_position = KvCache::bytes_for(c.n_layers, 1, c.kv_dim);
     let ctx_fits = (kv_room / per_position).min(u32::MAX as u64) as u32;
-    // By default the trained context, or as much of it as the heap holds.
+    // By default the trained context, capped so that four jobs' caches fit
+    // the heap together (2,048 positions if only one does): a default that
+    // filled the heap would make concurrent jobs evict and reload each
+    // other's caches from stable memory every step.
+    let ctx_default = (ctx_fits / 4).max(ctx_fits.min(2048));
     let ctx_size = req
         .ctx_size
-        .unwrap_or((c.context_length as u32).min(ctx_max).min(ctx_fits));
+        .unwrap_or((c.context_length as u32).min(ctx_max).min(ctx_default));
     if ctx_size == 0 || ctx_size > ctx_max {
         return Err(ApiError::InvalidArgument(format!(
             "ctx_size must be between 1 and {ctx_max} on this canister (got {ctx_size})"
