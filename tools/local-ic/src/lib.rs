@@ -77,6 +77,7 @@ pub mod canister;
 pub mod cow_memory;
 pub mod instrument;
 pub mod memory_snapshot;
+pub mod profile;
 pub mod runtime;
 pub mod stable;
 pub mod system_api;
@@ -84,6 +85,7 @@ pub mod types;
 pub mod weights;
 
 pub use candid::Principal;
+pub use profile::{FunctionProfile, Profile};
 pub use runtime::{canister_id, CanisterId, Runtime};
 pub use types::{
     Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply, RuntimeConfig, Stats,
