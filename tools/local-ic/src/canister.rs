@@ -263,6 +263,16 @@ impl Canister {
             heap.begin();
         }
 
+        // Queries (changes always discarded) are left out of the profile.
+        let discarded = matches!(
+            self.store.data().msg.kind,
+            crate::types::MessageKind::Query | crate::types::MessageKind::InspectMessage
+        );
+        let profile_before: Option<Vec<Val>> = match &self.profile {
+            Some(p) if discarded => Some(p.functions.iter().map(|(_, g)| g.get(&mut self.store)).collect()),
+            _ => None,
+        };
+
         let call = match entry {
             Entry::Export(name) => self
                 .instance
@@ -293,7 +303,15 @@ impl Canister {
         };
         let instructions = if left < 0 { limit } else { (limit_i64 - left) as u64 };
         if let Some(p) = self.profile.as_mut() {
-            p.executed += (limit_i64 as i128 - left as i128).max(0) as u64;
+            match profile_before {
+                Some(values) => {
+                    for ((_, g), v) in p.functions.iter().zip(values) {
+                        // Restoring a value of the global's own type cannot fail.
+                        let _ = g.set(&mut self.store, v);
+                    }
+                }
+                None => p.executed += (limit_i64 as i128 - left as i128).max(0) as u64,
+            }
         }
         let state = self.store.data_mut();
         let msg = std::mem::replace(

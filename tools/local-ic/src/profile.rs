@@ -7,8 +7,11 @@
 //! function it was inlined into). Instruction counts themselves are the same
 //! as without profiling.
 //!
-//! The counters accumulate over every message the canister instance ran,
-//! committed or rolled back (they measure work done, not state), and start
+//! The counters accumulate over every update-type message the canister
+//! instance ran (init, upgrade hooks, updates, timers, callbacks), committed
+//! or rolled back (they measure work done, not state); queries and
+//! `canister_inspect_message`, whose changes are always discarded, are left
+//! out. They start
 //! from zero again after an upgrade (a new instance). Take two snapshots
 //! with [`crate::Runtime::profile`] and subtract them ([`Profile::since`]) to
 //! profile a stretch of messages.

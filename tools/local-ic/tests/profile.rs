@@ -6,7 +6,8 @@ use candid::Principal;
 use local_ic::{Profile, Runtime, RuntimeConfig};
 
 /// `canister_init` runs `leaf` ten times and fills 1,000 bytes, without any
-/// system call; `canister_update run` does the same and replies.
+/// system call; `canister_update run` and `canister_query q` do the same and
+/// reply.
 const MODULE: &str = r#"
 (module
   (import "ic0" "msg_reply" (func $reply))
@@ -23,7 +24,8 @@ const MODULE: &str = r#"
       local.get 0 i32.const 1 i32.add local.tee 0 i32.const 10 i32.lt_u br_if $l)
     i32.const 1000 call $fill)
   (func (export "canister_init") call $work)
-  (func (export "canister_update run") call $work call $reply))
+  (func (export "canister_update run") call $work call $reply)
+  (func (export "canister_query q") call $work call $reply))
 "#;
 
 fn runtime(profile: bool) -> Runtime {
@@ -81,4 +83,9 @@ fn per_function_attribution_sums_to_the_counter() {
     assert_eq!(run.attributed() + run.system_api(), run.executed);
     assert_eq!(count(&run, "hello::leaf"), 40);
     assert_eq!(count(&run, "fill"), 1104);
+
+    // Queries are left out (their changes are always discarded).
+    let before = rt.profile(id).unwrap();
+    rt.query(id, controller, "q", vec![]).unwrap();
+    assert_eq!(rt.profile(id).unwrap(), before);
 }
