@@ -656,7 +656,6 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     Ok((report, profiles))
 }
 
-
 fn millions(x: f64) -> String {
     if x >= 1e9 {
         format!("{:.2} B", x / 1e9)
