@@ -332,6 +332,17 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// Index of the largest value, the first one on ties, NaN counting as
+/// smallest: [`crate::sampler::argmax`] (the oracle); the canister build runs
+/// [`simd::argmax`], which returns the same index.
+pub fn argmax(x: &[f32]) -> usize {
+    if SIMD {
+        simd::argmax(x)
+    } else {
+        crate::sampler::argmax(x)
+    }
+}
+
 /// In-place softmax. An empty slice is left alone. The canister build runs
 /// the SIMD passes, which give the same bits as [`softmax_scalar`].
 pub fn softmax(x: &mut [f32]) {

@@ -54,6 +54,17 @@ mod imp {
         pub fn even(a: Self, b: Self) -> Self {
             F32x4(i32x4_shuffle::<0, 2, 4, 6>(a.0, b.0))
         }
+        /// Per lane, `self` where `self > o`, else `o` (NaN lanes of `self`
+        /// never win).
+        #[inline(always)]
+        pub fn select_gt(self, o: Self) -> Self {
+            F32x4(v128_bitselect(self.0, o.0, f32x4_gt(self.0, o.0)))
+        }
+        /// Whether some lane of `self` equals (`==`) the same lane of `o`.
+        #[inline(always)]
+        pub fn any_eq(self, o: Self) -> bool {
+            v128_any_true(f32x4_eq(self.0, o.0))
+        }
         /// Lanes 1 and 3 of `a`, then of `b`: `[a1, a3, b1, b3]`.
         #[inline(always)]
         pub fn odd(a: Self, b: Self) -> Self {
@@ -429,6 +440,22 @@ mod imp {
         #[inline(always)]
         pub fn even(a: Self, b: Self) -> Self {
             F32x4([a.0[0], a.0[2], b.0[0], b.0[2]])
+        }
+        /// Per lane, `self` where `self > o`, else `o`.
+        #[inline(always)]
+        pub fn select_gt(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| {
+                if self.0[l] > o.0[l] {
+                    self.0[l]
+                } else {
+                    o.0[l]
+                }
+            }))
+        }
+        /// Whether some lane of `self` equals (`==`) the same lane of `o`.
+        #[inline(always)]
+        pub fn any_eq(self, o: Self) -> bool {
+            (0..4).any(|l| self.0[l] == o.0[l])
         }
         /// `[a1, a3, b1, b3]`, as the wasm version.
         #[inline(always)]
@@ -1276,6 +1303,48 @@ pub fn max(x: &[f32]) -> f32 {
     m
 }
 
+/// [`crate::sampler::argmax`], the same index: the first position of the
+/// largest non-NaN value (ties between `-0.0` and `0.0` included), 0 if all
+/// are NaN or `x` is empty. Two SIMD passes (the maximum, then its first
+/// position) instead of a scalar compare-and-branch per element.
+pub fn argmax(x: &[f32]) -> usize {
+    let n = x.len();
+    let n16 = n / 16 * 16;
+    let n4 = n / 4 * 4;
+    let p = x.as_ptr();
+    let mut m = F32x4::splat(f32::NEG_INFINITY);
+    let mut i = 0;
+    // SAFETY (both loops): i + 16 <= n16 <= n, then i + 4 <= n4 <= n.
+    while i < n16 {
+        unsafe {
+            m = F32x4::load(p.add(i)).select_gt(m);
+            m = F32x4::load(p.add(i + 4)).select_gt(m);
+            m = F32x4::load(p.add(i + 8)).select_gt(m);
+            m = F32x4::load(p.add(i + 12)).select_gt(m);
+        }
+        i += 16;
+    }
+    while i < n4 {
+        m = unsafe { F32x4::load(p.add(i)) }.select_gt(m);
+        i += 4;
+    }
+    let mut best = f32::NEG_INFINITY;
+    for v in m.lanes().into_iter().chain(x[n4..].iter().copied()) {
+        if v > best {
+            best = v;
+        }
+    }
+    // The first element equal to the maximum: a vector test per four, then
+    // the four one by one. (No match: every element is NaN.)
+    let b = F32x4::splat(best);
+    let mut i = 0;
+    // SAFETY: i + 4 <= n4 <= n.
+    while i < n4 && !unsafe { F32x4::load(p.add(i)) }.any_eq(b) {
+        i += 4;
+    }
+    x[i..].iter().position(|&v| v == best).map_or(0, |j| i + j)
+}
+
 /// [`super::exp::exp`] on four lanes, bit for bit (the same operations in
 /// the same order; NaN lanes stay NaN).
 #[inline(always)]
@@ -1432,6 +1501,46 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn argmax_is_the_oracle() {
+        let oracle = crate::sampler::argmax;
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, 0.0, -0.0, 1.0, -1.0];
+        for n in 0..70 {
+            let base = pseudo(n, 3 + n as u32);
+            assert_eq!(argmax(&base), oracle(&base), "n = {n}");
+            // Specials and ties planted at a few places, alone and together.
+            for (k, &sp) in specials.iter().enumerate() {
+                for at in [0, n / 3, n / 2, n.saturating_sub(1)] {
+                    if n == 0 {
+                        continue;
+                    }
+                    let mut v = base.clone();
+                    v[at] = sp;
+                    assert_eq!(argmax(&v), oracle(&v), "n {n} at {at} special {sp}");
+                    v[(at + 1 + k) % n] = sp;
+                    assert_eq!(argmax(&v), oracle(&v), "n {n} at {at} special {sp} twice");
+                    let all: Vec<f32> = vec![sp; n];
+                    assert_eq!(argmax(&all), oracle(&all), "n {n} all {sp}");
+                    let mut mixed = vec![f32::NAN; n];
+                    mixed[at] = sp;
+                    assert_eq!(argmax(&mixed), oracle(&mixed), "n {n} NaNs and {sp} at {at}");
+                }
+            }
+            // Ties of the maximum.
+            if n >= 3 {
+                let mut v = base.clone();
+                v[n - 1] = 5.0;
+                v[n / 2] = 5.0;
+                assert_eq!(argmax(&v), oracle(&v), "n {n} tie");
+                v[0] = -0.0;
+                v[n - 1] = 0.0;
+                v[n / 2] = -1e30;
+                let zeros: Vec<f32> = v.iter().map(|&x| if x > 0.0 { -x } else { x }).collect();
+                assert_eq!(argmax(&zeros), oracle(&zeros), "n {n} signed zeros");
             }
         }
     }
