@@ -1091,6 +1091,95 @@ fn dot4_half<H: Half16>(rows: [&[H]; 4], x: &[f32]) -> [f32; 4] {
     out
 }
 
+/// Attention kernels for one fixed head size, unrolled over its 4-wide
+/// chunks (offsets `$j`, in elements) so the query (scores) or the output
+/// accumulators (values) stay in locals and every load has a constant
+/// offset. Four positions per pass. Each value is bit for bit what the
+/// generic paths compute: scores as [`super::dot_f32`] (lanes from zero, then
+/// `(l0 + l1) + (l2 + l3)`) times `scale`, values as `o += a * v` position by
+/// position from zero.
+macro_rules! attention_fixed {
+    ($scores:ident, $values:ident, $($j:literal)*) => {
+        /// # Safety
+        /// `q..q + hd` readable; for `t < n_pos`, `k + t * stride + off .. + hd`
+        /// readable; `s..s + n_pos` writable.
+        #[inline(never)]
+        unsafe fn $scores(
+            s: *mut f32,
+            n_pos: usize,
+            q: *const f32,
+            k: *const f32,
+            stride: usize,
+            off: usize,
+            scale: f32,
+        ) {
+            let qv = [$(F32x4::load(q.add($j))),*];
+            let sc = F32x4::splat(scale);
+            let n4 = n_pos / 4 * 4;
+            let mut t = 0;
+            while t < n4 {
+                let k0 = k.add(t * stride + off);
+                let (k1, k2, k3) = (k0.add(stride), k0.add(2 * stride), k0.add(3 * stride));
+                let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
+                $(
+                    a0 = a0.add(qv[$j / 4].mul(F32x4::load(k0.add($j))));
+                    a1 = a1.add(qv[$j / 4].mul(F32x4::load(k1.add($j))));
+                    a2 = a2.add(qv[$j / 4].mul(F32x4::load(k2.add($j))));
+                    a3 = a3.add(qv[$j / 4].mul(F32x4::load(k3.add($j))));
+                )*
+                reduce4(a0, a1, a2, a3).mul(sc).store(s.add(t));
+                t += 4;
+            }
+            while t < n_pos {
+                let k0 = k.add(t * stride + off);
+                let mut a0 = F32x4::zero();
+                $( a0 = a0.add(qv[$j / 4].mul(F32x4::load(k0.add($j)))); )*
+                *s.add(t) = reduce(a0) * scale;
+                t += 1;
+            }
+        }
+
+        /// # Safety
+        /// `a..a + n_pos` readable; for `t < n_pos`, `v + t * stride + off .. + hd`
+        /// readable; `o..o + hd` writable.
+        #[inline(never)]
+        unsafe fn $values(o: *mut f32, a: *const f32, n_pos: usize, v: *const f32, stride: usize, off: usize) {
+            let mut acc = [$({ let _ = $j; F32x4::zero() }),*];
+            let n4 = n_pos / 4 * 4;
+            let mut t = 0;
+            while t < n4 {
+                let v0 = v.add(t * stride + off);
+                let (v1, v2, v3) = (v0.add(stride), v0.add(2 * stride), v0.add(3 * stride));
+                let (s0, s1) = (F32x4::splat(*a.add(t)), F32x4::splat(*a.add(t + 1)));
+                let (s2, s3) = (F32x4::splat(*a.add(t + 2)), F32x4::splat(*a.add(t + 3)));
+                $(
+                    acc[$j / 4] = acc[$j / 4]
+                        .add(s0.mul(F32x4::load(v0.add($j))))
+                        .add(s1.mul(F32x4::load(v1.add($j))))
+                        .add(s2.mul(F32x4::load(v2.add($j))))
+                        .add(s3.mul(F32x4::load(v3.add($j))));
+                )*
+                t += 4;
+            }
+            while t < n_pos {
+                let v0 = v.add(t * stride + off);
+                let s0 = F32x4::splat(*a.add(t));
+                $( acc[$j / 4] = acc[$j / 4].add(s0.mul(F32x4::load(v0.add($j)))); )*
+                t += 1;
+            }
+            $( acc[$j / 4].store(o.add($j)); )*
+        }
+    };
+}
+
+attention_fixed!(scores_32, values_32, 0 4 8 12 16 20 24 28);
+attention_fixed!(scores_48, values_48, 0 4 8 12 16 20 24 28 32 36 40 44);
+attention_fixed!(scores_64, values_64, 0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60);
+attention_fixed!(
+    scores_128, values_128,
+    0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60 64 68 72 76 80 84 88 92 96 100 104 108 112 116 120 124
+);
+
 /// Scores of one query head against `n_pos` cached keys:
 /// `scores[t] = dot(q_h, k_cache[t * stride + off..][..head_dim]) * scale`,
 /// each dot bit for bit [`super::dot_f32`]; `q_h` is loaded once for all
@@ -1124,6 +1213,10 @@ pub fn attention_scores(scores: &mut [f32], q_h: &[f32], k_cache: &[f32], stride
                 *ps.add(t) = reduce(acc) * scale;
             }
         },
+        32 => unsafe { scores_32(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
+        48 => unsafe { scores_48(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
+        64 => unsafe { scores_64(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
+        128 => unsafe { scores_128(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
         _ => {
             // Four positions per pass: q_h is loaded once for the four keys.
             let key = |t: usize| &k_cache[t * stride + off..t * stride + off + hd];
@@ -1172,6 +1265,10 @@ pub fn attention_values(out_h: &mut [f32], scores: &[f32], v_cache: &[f32], stri
             }
             o0.store(out_h.as_mut_ptr());
         },
+        32 => unsafe { values_32(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
+        48 => unsafe { values_48(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
+        64 => unsafe { values_64(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
+        128 => unsafe { values_128(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
         _ => {
             // Four positions per pass over each 4-wide chunk of the output
             // (each element still sums its positions in order).
@@ -1563,8 +1660,11 @@ mod tests {
 
     #[test]
     fn attention_kernels_match_scalar() {
-        for hd in [4, 8, 12, 6, 64, 37] {
-            let (n_pos, stride, off) = (13, 3 * hd, hd);
+        for (hd, n_pos) in [4, 8, 12, 6, 32, 48, 64, 128, 37]
+            .into_iter()
+            .flat_map(|hd| [1, 3, 4, 5, 8, 13].map(|n| (hd, n)))
+        {
+            let (stride, off) = (3 * hd, hd);
             let k = pseudo(n_pos * stride, 21);
             let v = pseudo(n_pos * stride, 22);
             let q = pseudo(hd, 23);
@@ -1582,7 +1682,8 @@ mod tests {
                     *o += a * x;
                 }
             }
-            assert_eq!(out, want, "hd {hd}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "hd {hd} n_pos {n_pos}");
         }
     }
 
