@@ -224,8 +224,10 @@ pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
     }
     let xq = PreparedActs::new(w.ty, x);
     let rows4 = w.rows / 4 * 4;
-    for (r, o) in out[..rows4].chunks_exact_mut(4).enumerate() {
-        o.copy_from_slice(&dot_4rows_prepared(w, 4 * r, x, &xq));
+    if !packed_groups(w, std::slice::from_ref(&xq), rows4, out) {
+        for (r, o) in out[..rows4].chunks_exact_mut(4).enumerate() {
+            o.copy_from_slice(&dot_4rows_prepared(w, 4 * r, x, &xq));
+        }
     }
     for (r, o) in out.iter_mut().enumerate().skip(rows4) {
         *o = dot_row_prepared(w, r, x, &xq);
@@ -301,15 +303,72 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     debug_assert_eq!(out.len(), n_tokens * rows);
     let xqs = acts.prepared(w.ty);
     let rows4 = rows / 4 * 4;
-    for r in (0..rows4).step_by(4) {
-        for (t, xq) in xqs.iter().enumerate() {
-            let v = dot_4rows_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
-            out[t * rows + r..t * rows + r + 4].copy_from_slice(&v);
+    if !packed_groups(w, xqs, rows4, out) {
+        for r in (0..rows4).step_by(4) {
+            for (t, xq) in xqs.iter().enumerate() {
+                let v = dot_4rows_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
+                out[t * rows + r..t * rows + r + 4].copy_from_slice(&v);
+            }
         }
     }
     for r in rows4..rows {
         for (t, xq) in xqs.iter().enumerate() {
             out[t * rows + r] = dot_row_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
+        }
+    }
+}
+
+/// For packed (quantized) weights: rows `0..rows4` of `w` against every
+/// token's prepared activations into `out` (n_tokens, rows), with the
+/// weight type matched once per matrix instead of once per 4-row group; each
+/// group is the same kernel call [`dot_4rows_prepared`] makes, so the values
+/// are the same. Returns false (nothing written) for other weights.
+fn packed_groups(w: &Tensor, xqs: &[PreparedActs], rows4: usize, out: &mut [f32]) -> bool {
+    let q8 = || -> Option<Vec<&[BlockQ8A]>> {
+        xqs.iter()
+            .map(|a| match a {
+                PreparedActs::Q8(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect()
+    };
+    let q8k = || -> Option<Vec<&[BlockQ8K]>> {
+        xqs.iter()
+            .map(|a| match a {
+                PreparedActs::Q8K(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect()
+    };
+    let rows = w.rows;
+    match &w.data {
+        TensorData::Q8_0(p) => {
+            q8().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q8_0(p.group(g), x)))
+        }
+        TensorData::Q4_0(p) => {
+            q8().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q4_0(p.group(g), x)))
+        }
+        TensorData::Q4K(p) => {
+            q8k().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q4_k(p.group(g), x)))
+        }
+        TensorData::Q5K(p) => {
+            q8k().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q5_k(p.group(g), x)))
+        }
+        TensorData::Q6K(p) => {
+            q8k().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q6_k(p.group(g), x)))
+        }
+        _ => None,
+    }
+    .is_some()
+}
+
+/// `out[t * rows + r..][..4] = dot(r / 4, &acts[t])` for every 4-row group
+/// `r < rows4` (outer) and token `t` (inner).
+#[inline(always)]
+fn each_group<A>(rows: usize, rows4: usize, acts: &[A], out: &mut [f32], dot: impl Fn(usize, &A) -> [f32; 4]) {
+    for r in (0..rows4).step_by(4) {
+        for (t, a) in acts.iter().enumerate() {
+            out[t * rows + r..t * rows + r + 4].copy_from_slice(&dot(r / 4, a));
         }
     }
 }
