@@ -30,7 +30,7 @@ pub(crate) mod simd_quant;
 pub(crate) const SIMD: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 
 pub use attention::{attention, AttentionShape};
-pub use rope::{llama3_rope_freq_factors, rope, RopeStyle, RopeTable};
+pub use rope::{llama3_rope_freq_factors, rope, rope_heads, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};
 use crate::quant::{dequantize_blocks, quantize_act_q8, quantize_act_q8k, BlockQ8A, BlockQ8K};

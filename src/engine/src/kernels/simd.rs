@@ -1239,12 +1239,16 @@ pub fn attention_scores(scores: &mut [f32], q_h: &[f32], k_cache: &[f32], stride
 pub fn attention_values(out_h: &mut [f32], scores: &[f32], v_cache: &[f32], stride: usize, off: usize) {
     let hd = out_h.len();
     let n_pos = scores.len();
-    out_h.fill(0.0);
     if n_pos == 0 {
+        out_h.fill(0.0);
         return;
     }
     assert!(off + hd <= stride && (n_pos - 1) * stride + off + hd <= v_cache.len());
     let pv = v_cache.as_ptr();
+    // The fixed-size paths write every element; the others accumulate into it.
+    if !matches!(hd, 8 | 4 | 32 | 48 | 64 | 128) {
+        out_h.fill(0.0);
+    }
     match hd {
         // SAFETY (both arms): row t spans t * stride + off .. + hd, checked above.
         8 => unsafe {

@@ -61,8 +61,11 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     // rope: rotate q and k of each token by its position
     for t in 0..n {
         let pos = pos0 + t as u32;
-        kernels::rope(&mut q[t * c.q_dim..(t + 1) * c.q_dim], c.head_dim, pos, &model.rope);
-        kernels::rope(&mut k[t * c.kv_dim..(t + 1) * c.kv_dim], c.head_dim, pos, &model.rope);
+        let (q_t, k_t) = (
+            &mut q[t * c.q_dim..(t + 1) * c.q_dim],
+            &mut k[t * c.kv_dim..(t + 1) * c.kv_dim],
+        );
+        kernels::rope_heads(&mut [q_t, k_t], c.head_dim, pos, &model.rope);
     }
 
     // write kv: the batch's rows go to the cache at pos0..pos0 + n
