@@ -366,9 +366,13 @@ fn packed_groups(w: &Tensor, xqs: &[PreparedActs], rows4: usize, out: &mut [f32]
 /// `r < rows4` (outer) and token `t` (inner).
 #[inline(always)]
 fn each_group<A>(rows: usize, rows4: usize, acts: &[A], out: &mut [f32], dot: impl Fn(usize, &A) -> [f32; 4]) {
-    for r in (0..rows4).step_by(4) {
+    assert!(rows4 <= rows && rows4.is_multiple_of(4) && out.len() >= acts.len() * rows);
+    let po = out.as_mut_ptr();
+    for g in 0..rows4 / 4 {
         for (t, a) in acts.iter().enumerate() {
-            out[t * rows + r..t * rows + r + 4].copy_from_slice(&dot(r / 4, a));
+            let v = dot(g, a);
+            // SAFETY: t * rows + 4 * g + 4 <= t * rows + rows4 <= out.len() (checked above).
+            unsafe { core::ptr::copy_nonoverlapping(v.as_ptr(), po.add(t * rows + 4 * g), 4) };
         }
     }
 }
