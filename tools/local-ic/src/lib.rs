@@ -25,6 +25,9 @@
 //!   as `canister_global_timer` when the controllable clock passes it.
 //! * **Reports** per message ([`MessageReport`]) and totals per method
 //!   ([`Runtime::stats`]).
+//! * **Per-function profiles** (opt-in, [`RuntimeConfig::profile`]): every
+//!   basic block's charge also lands in a counter of the function it belongs
+//!   to ([`profile`], [`Runtime::profile`]); counts are unchanged.
 //!
 //! ```no_run
 //! use local_ic::{Runtime, RuntimeConfig};
