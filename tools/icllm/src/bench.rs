@@ -402,9 +402,14 @@ impl PhaseProfiles {
             }
             println!();
             println!(
-                "{phase} profile: {} instructions per token over {tokens} tokens (the job's own accounting: {})",
+                "{phase} profile: {} instructions per token over {tokens} tokens (the job's own accounting: {}{})",
                 millions(total / tokens),
-                millions(accounted)
+                millions(accounted),
+                if phase == "decode" {
+                    " per generated token, the first of which the prompt's head samples"
+                } else {
+                    ""
+                }
             );
             println!("{:>14} {:>7} {:>7}  function", "instr/token", "share", "cumul.");
             let mut cumulative = 0.0;
@@ -416,7 +421,7 @@ impl PhaseProfiles {
                 .collect();
             if p.system_api() > 0 {
                 rows.push(("<system API (ic0 calls: stable memory, ...)>".into(), p.system_api()));
-                rows.sort_by(|a, b| b.1.cmp(&a.1));
+                rows.sort_by_key(|r| std::cmp::Reverse(r.1));
                 rows.truncate(n.max(1));
             }
             for (name, instructions) in rows {
