@@ -915,18 +915,117 @@ unsafe fn dot8_f32(r: *const f32, stride: usize, x: *const f32, n: usize) -> [F3
     [F32x4::load(v.as_ptr()), F32x4::load(v.as_ptr().add(4))]
 }
 
+/// [`dot8_f32`] for sixteen consecutive rows, as four vectors of four rows:
+/// every `x` load serves sixteen rows (0.05 fewer instructions per
+/// multiply-add than eight).
+///
+/// # Safety
+/// Rows `r + k * stride .. + n` (k < 16) and `x .. x + n` must be readable.
+#[inline(always)]
+unsafe fn dot16_f32(r: *const f32, stride: usize, x: *const f32, n: usize) -> [F32x4; 4] {
+    let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15]: [*const f32; 16] =
+        core::array::from_fn(|k| r.add(k * stride));
+    let mut a0 = F32x4::zero();
+    let mut a1 = F32x4::zero();
+    let mut a2 = F32x4::zero();
+    let mut a3 = F32x4::zero();
+    let mut a4 = F32x4::zero();
+    let mut a5 = F32x4::zero();
+    let mut a6 = F32x4::zero();
+    let mut a7 = F32x4::zero();
+    let mut a8 = F32x4::zero();
+    let mut a9 = F32x4::zero();
+    let mut a10 = F32x4::zero();
+    let mut a11 = F32x4::zero();
+    let mut a12 = F32x4::zero();
+    let mut a13 = F32x4::zero();
+    let mut a14 = F32x4::zero();
+    let mut a15 = F32x4::zero();
+    let n4 = n / 4 * 4;
+    let mut i = 0;
+    // As in dot8_f32: one address per row per pass, constant offsets, unrolled by hand.
+    macro_rules! pass {
+        ($($j:literal)*) => {{
+            let x = x.add(i);
+            let [p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14, p15] = [r0.add(i), r1.add(i), r2.add(i), r3.add(i), r4.add(i), r5.add(i), r6.add(i), r7.add(i), r8.add(i), r9.add(i), r10.add(i), r11.add(i), r12.add(i), r13.add(i), r14.add(i), r15.add(i)];
+            $(
+                let xv = F32x4::load(x.add($j));
+                a0 = a0.add(F32x4::load(p0.add($j)).mul(xv));
+                a1 = a1.add(F32x4::load(p1.add($j)).mul(xv));
+                a2 = a2.add(F32x4::load(p2.add($j)).mul(xv));
+                a3 = a3.add(F32x4::load(p3.add($j)).mul(xv));
+                a4 = a4.add(F32x4::load(p4.add($j)).mul(xv));
+                a5 = a5.add(F32x4::load(p5.add($j)).mul(xv));
+                a6 = a6.add(F32x4::load(p6.add($j)).mul(xv));
+                a7 = a7.add(F32x4::load(p7.add($j)).mul(xv));
+                a8 = a8.add(F32x4::load(p8.add($j)).mul(xv));
+                a9 = a9.add(F32x4::load(p9.add($j)).mul(xv));
+                a10 = a10.add(F32x4::load(p10.add($j)).mul(xv));
+                a11 = a11.add(F32x4::load(p11.add($j)).mul(xv));
+                a12 = a12.add(F32x4::load(p12.add($j)).mul(xv));
+                a13 = a13.add(F32x4::load(p13.add($j)).mul(xv));
+                a14 = a14.add(F32x4::load(p14.add($j)).mul(xv));
+                a15 = a15.add(F32x4::load(p15.add($j)).mul(xv));
+            )*
+        }};
+    }
+    while i + 64 <= n {
+        pass!(0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60);
+        i += 64;
+    }
+    if i + 32 <= n {
+        pass!(0 4 8 12 16 20 24 28);
+        i += 32;
+    }
+    while i < n4 {
+        pass!(0);
+        i += 4;
+    }
+    let out = [
+        reduce4(a0, a1, a2, a3),
+        reduce4(a4, a5, a6, a7),
+        reduce4(a8, a9, a10, a11),
+        reduce4(a12, a13, a14, a15),
+    ];
+    if n4 == n {
+        return out;
+    }
+    // The tail, added in order after the reduction (as `dot_f32`).
+    let mut v: [f32; 16] = core::array::from_fn(|k| out[k / 4].lanes()[k % 4]);
+    for (k, o) in v.iter_mut().enumerate() {
+        let p = r.add(k * stride);
+        for c in n4..n {
+            *o += *p.add(c) * *x.add(c);
+        }
+    }
+    core::array::from_fn(|q| F32x4::load(v.as_ptr().add(4 * q)))
+}
+
 /// `out[t] = W xs[t]` for a row-major f32 matrix `w` (rows, cols) and
 /// `xs` (n_tokens, cols) into `out` (n_tokens, rows): every value bit for
-/// bit [`super::dot_f32`] of its row and token. Eight rows per pass
-/// ([`dot8_f32`]), then four ([`dot4_f32`]), then one; no per-row-group
-/// dispatch or slicing.
+/// bit [`super::dot_f32`] of its row and token. Sixteen rows per pass
+/// ([`dot16_f32`]), then eight ([`dot8_f32`]), four ([`dot4_f32`]), one; no
+/// per-row-group dispatch or slicing.
 pub fn matmul_f32(w: &[f32], cols: usize, xs: &[f32], out: &mut [f32]) {
     assert!(cols > 0 && w.len().is_multiple_of(cols) && xs.len().is_multiple_of(cols));
     let (rows, n_tokens) = (w.len() / cols, xs.len() / cols);
     assert_eq!(out.len(), rows * n_tokens);
-    let rows8 = rows / 8 * 8;
+    let (rows16, rows8) = (rows / 16 * 16, rows / 8 * 8);
     let (pw, px, po) = (w.as_ptr(), xs.as_ptr(), out.as_mut_ptr());
-    for r in (0..rows8).step_by(8) {
+    for r in (0..rows16).step_by(16) {
+        for t in 0..n_tokens {
+            // SAFETY: rows r..r + 16 <= rows of w and token t < n_tokens of
+            // xs, `cols` each (checked above); out[t * rows + r..][..16] is
+            // inside out (rows * n_tokens).
+            unsafe {
+                let v = dot16_f32(pw.add(r * cols), cols, px.add(t * cols), cols);
+                for (q, v) in v.into_iter().enumerate() {
+                    v.store(po.add(t * rows + r + 4 * q));
+                }
+            }
+        }
+    }
+    for r in (rows16..rows8).step_by(8) {
         for t in 0..n_tokens {
             // SAFETY: rows r..r + 8 <= rows of w and token t < n_tokens of
             // xs, `cols` each (checked above); out[t * rows + r..][..8] is
@@ -1584,7 +1683,7 @@ mod tests {
     #[test]
     fn matmul_f32_is_the_oracle_per_row_and_token() {
         for cols in [1, 3, 4, 7, 32, 36, 64, 67, 96, 100, 131, 288] {
-            for rows in [1, 3, 4, 5, 8, 9, 12, 13, 16, 21] {
+            for rows in [1, 3, 4, 5, 8, 9, 12, 13, 16, 21, 32, 45] {
                 for n_tokens in [1, 2, 3] {
                     let w = pseudo(rows * cols, (7 * rows + cols) as u32);
                     let xs = pseudo(n_tokens * cols, 99 + cols as u32);
