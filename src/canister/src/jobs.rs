@@ -118,10 +118,26 @@ pub fn create(
             limits.max_new_tokens, req.max_tokens
         )));
     }
-    let ctx_size = req.ctx_size.unwrap_or(loaded.model.config.context_length as u32);
+    let c = &loaded.model.config;
+    // The job's KV cache lives in the heap beside the weights while it runs.
+    let kv_room = memory::HEAP_BUDGET.saturating_sub(loaded.info.heap_bytes);
+    let per_position = KvCache::bytes_for(c.n_layers, 1, c.kv_dim);
+    let ctx_fits = (kv_room / per_position).min(u32::MAX as u64) as u32;
+    // By default the trained context, or as much of it as the heap holds.
+    let ctx_size = req
+        .ctx_size
+        .unwrap_or((c.context_length as u32).min(ctx_max).min(ctx_fits));
     if ctx_size == 0 || ctx_size > ctx_max {
         return Err(ApiError::InvalidArgument(format!(
             "ctx_size must be between 1 and {ctx_max} on this canister (got {ctx_size})"
+        )));
+    }
+    if ctx_size > ctx_fits {
+        return Err(ApiError::InvalidArgument(format!(
+            "ctx_size {ctx_size} needs {} MiB of KV cache in the heap beside the model's {} MiB; \
+             at most {ctx_fits} positions fit",
+            KvCache::bytes_for(c.n_layers, ctx_size, c.kv_dim) >> 20,
+            loaded.info.heap_bytes >> 20
         )));
     }
     let params = SamplingParams {
@@ -173,6 +189,7 @@ pub fn create(
         )));
     }
     let context_token = prompt.last().copied();
+    make_room(loaded, KvCache::bytes_for(c.n_layers, ctx_size, c.kv_dim));
     let mut job = Job::new(&loaded.model, prompt, params, req.max_tokens, ctx_size)
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     if let Some(stops) = stop_tokens {
@@ -382,7 +399,27 @@ fn take_job(model: &LoadedModel, rec: &JobRecord) -> Job {
     if let Some(c) = state::mutate(|s| s.job_cache.remove(&rec.id)) {
         return c.job;
     }
+    let c = &model.model.config;
+    make_room(model, KvCache::bytes_for(c.n_layers, rec.engine.ctx_size(), c.kv_dim));
     restore(model, rec)
+}
+
+/// Evicts the least recently used cached jobs until a KV cache of `bytes`
+/// more fits the heap beside the weights and the cached jobs' caches
+/// ([`memory::HEAP_BUDGET`]). Evicting loses nothing: every step ends with
+/// the job's record and KV rows in stable memory, from which it is rebuilt.
+fn make_room(model: &LoadedModel, bytes: u64) {
+    let room = memory::HEAP_BUDGET.saturating_sub(model.info.heap_bytes);
+    state::mutate(|s| loop {
+        let cached: u64 = s.job_cache.values().map(|c| c.job.kv.heap_bytes()).sum();
+        if cached + bytes <= room {
+            return;
+        }
+        match s.job_cache.iter().min_by_key(|(_, c)| c.last_used).map(|(id, _)| *id) {
+            Some(oldest) => s.job_cache.remove(&oldest),
+            None => return,
+        };
+    });
 }
 
 fn put_back(id: JobId, job: Job, record: JobRecord) {

@@ -33,6 +33,11 @@ pub const MODEL_SLOT_1: MemoryId = MemoryId::new(2);
 pub const JOBS: MemoryId = MemoryId::new(3);
 pub const KV: MemoryId = MemoryId::new(4);
 
+/// Heap the model's weights and the cached jobs' KV caches may take together:
+/// wasm32's 4 GiB less room for everything else (the stack, the tensor the
+/// load pipeline stages, activations, records, the allocator's slack).
+pub const HEAP_BUDGET: u64 = (4 << 30) - (512 << 20);
+
 /// Size of one stable-memory page as `Memory::size` counts it.
 pub const WASM_PAGE: u64 = 65536;
 

@@ -30,23 +30,24 @@ const HASH_COST_PER_BYTE: u64 = 100;
 const READ_COST_PER_BYTE: u64 = 4;
 /// Instructions per byte assumed for converting a tensor of type `ty` into
 /// heap weights (repacking, widening): about 1.5 x what the canister wasm
-/// measured (icllm bench with a per-tensor counter: F32 2.7, F16 27.3,
-/// BF16 6.4, Q8_0 8.9, Q4_0 11.4, Q4_K 40.2, Q5_K 27.8, Q6_K 79.0), or what
-/// this canister has seen for the type since it started, if more. Too low a
-/// figure lets a message take on a tensor it cannot finish: the message
-/// traps at the limit and the pipeline retries it for ever (a single
-/// 12-per-byte figure did that once the quantized types were repacked at
-/// load: qwen3-0.6b's 128 MB Q6_K embedding costs 10 B).
+/// measured with a per-tensor counter (F32 7.7, F16 34.1 and BF16 13.5 for
+/// matrices interleaved four rows to the lanes; Q8_0 25.8, Q4_0 11.4, Q6_K
+/// 70.6; Q4_K 81.5 and Q5_K 117 into bytes, 40.2 and 27.8 as nibbles), or
+/// what this canister has seen for the type since it started, if more. The
+/// figure must not be low: it lets a message take on a tensor it cannot
+/// finish, and the message traps at the limit (a single 12-per-byte figure
+/// did that once the quantized types were repacked at load: qwen3-0.6b's
+/// 128 MB Q6_K embedding costs 10 B).
 fn convert_cost_per_byte(ty: GgmlType) -> u64 {
     let prior = match ty {
-        GgmlType::F32 => 4,
-        GgmlType::BF16 => 10,
-        GgmlType::Q8_0 => 14,
+        GgmlType::F32 => 12,
+        GgmlType::BF16 => 20,
         GgmlType::Q4_0 => 18,
-        GgmlType::F16 => 40,
-        GgmlType::Q5K => 42,
-        GgmlType::Q4K => 60,
+        GgmlType::Q8_0 => 40,
+        GgmlType::F16 => 52,
+        GgmlType::Q4K => 120,
         GgmlType::Q6K => 120,
+        GgmlType::Q5K => 175,
         _ => 160,
     };
     SEEN_CONVERT_COST
@@ -277,7 +278,6 @@ impl Pipeline {
             unreachable!("finish is called in the Tensors phase")
         };
         let tokenizer = *tokenizer;
-        let weight_bytes = loader.total_bytes();
         let model = match loader.finish() {
             Ok(m) => m,
             Err(e) => return Progress::Failed(format!("model: {e}")),
@@ -286,7 +286,7 @@ impl Pipeline {
             Ok(t) => t,
             Err(e) => return Progress::Failed(format!("chat template: {e}")),
         };
-        let info = describe(&gguf, &model, &tokenizer, &self.slot, weight_bytes);
+        let info = describe(&gguf, &model, &tokenizer, &self.slot);
         Progress::Ready(Box::new(LoadedModel {
             model,
             tokenizer,
@@ -299,6 +299,18 @@ impl Pipeline {
 
 fn start_loading(gguf: Gguf) -> Result<Phase, String> {
     let loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
+    // Refused now, with the numbers, rather than by an allocation that traps
+    // half-way through gigabytes of tensors.
+    let (weights, staged) = (loader.heap_bytes(), loader.needed().map(|t| t.size).max().unwrap_or(0));
+    if weights + staged > memory::HEAP_BUDGET {
+        return Err(format!(
+            "the model needs {} MiB of heap once repacked (plus {} MiB to stage its largest tensor while loading); \
+             a canister has {} MiB for weights and KV caches",
+            weights >> 20,
+            staged >> 20,
+            memory::HEAP_BUDGET >> 20
+        ));
+    }
     // Built now: a bad tokenizer is refused before gigabytes are loaded.
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| format!("tokenizer: {e}"))?;
     Ok(Phase::Tensors {
@@ -333,7 +345,7 @@ fn too_small(what: &str, fresh: u64) -> Progress {
     ))
 }
 
-fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot, weight_bytes: u64) -> ModelInfo {
+fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot) -> ModelInfo {
     let c = &model.config;
     let mut types: std::collections::BTreeMap<&str, u32> = Default::default();
     for t in &gguf.tensors {
@@ -353,7 +365,7 @@ fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot,
         context_length: c.context_length as u32,
         tensor_types: types.into_iter().map(|(t, n)| format!("{t} ×{n}")).collect(),
         tokenizer: tokenizer.model_name().to_string(),
-        heap_bytes: weight_bytes,
+        heap_bytes: model.heap_bytes(),
     }
 }
 

@@ -279,6 +279,16 @@ impl KvCache {
     pub fn n_layers(&self) -> usize {
         self.n_layers as usize
     }
+
+    /// Heap bytes of the K and V rows.
+    pub fn heap_bytes(&self) -> u64 {
+        KvCache::bytes_for(self.n_layers as usize, self.ctx, self.kv_dim as usize)
+    }
+
+    /// Heap bytes a cache of this shape takes ([`KvCache::heap_bytes`]).
+    pub fn bytes_for(n_layers: usize, ctx: u32, kv_dim: usize) -> u64 {
+        2 * n_layers as u64 * ctx as u64 * kv_dim as u64 * std::mem::size_of::<f32>() as u64
+    }
     pub fn ctx(&self) -> u32 {
         self.ctx
     }

@@ -175,24 +175,26 @@ const SYNTH_SHAPE: Shape = Shape {
     vocab: Vocab::LlamaSpm,
 };
 
-#[test]
-fn synthetic_model_in_every_type_tracks_its_f32_version() {
-    // The stories260K vocabulary (512 tokens) as the tokenizer.
+/// [`SYNTH_SHAPE`] in `quant` (seed 42) as GGUF bytes, with the stories260K
+/// vocabulary (512 tokens) as the tokenizer.
+fn synth_256_bytes(quant: QuantMix) -> Vec<u8> {
     let (_, gguf) = Model::from_gguf_bytes(&stories_bytes()).unwrap();
-    let tokenizer: Vec<_> = gguf
+    let mut opts = SynthOptions::new(quant);
+    opts.seed = 42;
+    opts.tokenizer = gguf
         .metadata
         .iter()
         .filter(|(k, _)| k.starts_with("tokenizer."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let build = |quant: QuantMix| {
-        let mut opts = SynthOptions::new(quant);
-        opts.seed = 42;
-        opts.tokenizer = tokenizer.clone();
-        let mut bytes = Vec::new();
-        synth::write_gguf(&SYNTH_SHAPE, &opts, &mut bytes).unwrap();
-        Model::from_gguf_bytes(&bytes).unwrap().0
-    };
+    let mut bytes = Vec::new();
+    synth::write_gguf(&SYNTH_SHAPE, &opts, &mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn synthetic_model_in_every_type_tracks_its_f32_version() {
+    let build = |quant: QuantMix| Model::from_gguf_bytes(&synth_256_bytes(quant)).unwrap().0;
     let reference = build(QuantMix::Uniform(GgmlType::F32));
     let tokens: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
     let ref_logits = all_logits(&reference, &tokens);
@@ -234,7 +236,7 @@ fn f16_widened_at_load_gives_the_f16_kernels_bits() {
     let (kept, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_16_bit_floats()).unwrap();
     assert_eq!(widened.layers[0].wq.ty, GgmlType::F16);
     assert!(
-        matches!(widened.layers[0].wq.data, TensorData::F32(_)),
+        matches!(widened.layers[0].wq.data, TensorData::F32Rows(_)),
         "a small model is widened"
     );
     assert!(matches!(kept.layers[0].wq.data, TensorData::F16(_)));
@@ -244,5 +246,47 @@ fn f16_widened_at_load_gives_the_f16_kernels_bits() {
     );
     for (ra, rb) in a.iter().zip(&b) {
         assert!(ra.iter().zip(rb).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}
+
+#[test]
+fn k_quants_widened_to_bytes_at_load_give_the_nibble_kernels_bits() {
+    use icllm_engine::model::TensorData;
+    for mix in ["q4_k", "q5_k"] {
+        let bytes = synth_256_bytes(QuantMix::parse(mix).unwrap());
+        let (wide, _) = Model::from_gguf_bytes(&bytes).unwrap();
+        let (nibbles, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_k_nibbles()).unwrap();
+        assert!(
+            matches!(wide.layers[0].wq.data, TensorData::Q4KWide(_) | TensorData::Q5KWide(_)),
+            "{mix}: a small model gets the byte layout"
+        );
+        assert!(matches!(
+            nibbles.layers[0].wq.data,
+            TensorData::Q4K(_) | TensorData::Q5K(_)
+        ));
+        let tokens: Vec<u32> = (0..16u32).map(|i| (i * 37 + 5) % 512).collect();
+        let (a, b) = (all_logits(&wide, &tokens), all_logits(&nibbles, &tokens));
+        for (ra, rb) in a.iter().zip(&b) {
+            assert!(ra.iter().zip(rb).all(|(x, y)| x.to_bits() == y.to_bits()), "{mix}");
+        }
+    }
+}
+
+#[test]
+fn the_loader_knows_the_heap_a_model_will_take() {
+    for mix in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"] {
+        let bytes = synth_256_bytes(QuantMix::parse(mix).unwrap());
+        for keep in [false, true] {
+            let mut planned = 0;
+            let (model, _) = Model::from_gguf_bytes_with(&bytes, |l| {
+                if keep {
+                    l.keep_16_bit_floats();
+                    l.keep_k_nibbles();
+                }
+                planned = l.heap_bytes();
+            })
+            .unwrap();
+            assert_eq!(planned, model.heap_bytes(), "{mix} keep {keep}");
+        }
     }
 }

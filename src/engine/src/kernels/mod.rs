@@ -23,6 +23,7 @@ pub mod exp;
 pub mod quant;
 mod rope;
 pub mod simd;
+pub(crate) mod simd_f32;
 pub(crate) mod simd_quant;
 
 /// The canister build (wasm32 + simd128) runs the [`simd`] kernels; every
@@ -138,6 +139,11 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
     let cols = w.cols;
     let span = row * cols..(row + 1) * cols;
     match (&w.data, xq) {
+        (TensorData::F32Rows(m), _) => {
+            let mut r = vec![0.0; cols];
+            m.row(row, &mut r);
+            dot_f32(&r, x)
+        }
         (TensorData::F32(d), _) if SIMD => simd::dot_f32(&d[span], x),
         (TensorData::F16(d), _) if SIMD => simd::dot_f16(&d[span], x),
         (TensorData::F32(d), _) => dot_f32(&d[span], x),
@@ -148,6 +154,8 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
         (TensorData::Q4_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&p.row_blocks(row), a),
         (TensorData::Q4K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&p.row_blocks(row), a),
         (TensorData::Q5K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&p.row_blocks(row), a),
+        (TensorData::Q4KWide(p), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&p.row_blocks(row), a),
+        (TensorData::Q5KWide(p), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&p.row_blocks(row), a),
         (TensorData::Q6K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q6_k_q8_k(&p.row_blocks(row), a),
         // Activations prepared for another type: prepare them here (slow, never on the hot path).
         _ => dot_row_prepared(w, row, x, &PreparedActs::new(w.ty, x)),
@@ -167,14 +175,8 @@ pub fn dot_4rows_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) 
     let span = |i: usize| (row + i) * cols..(row + i + 1) * cols;
     match (&w.data, xq) {
         // Packed weights: the portable lane code is bit for bit the oracle, so every build runs it.
-        (TensorData::Q8_0(p), PreparedActs::Q8(a)) if row.is_multiple_of(4) => {
-            simd_quant::dot4_q8_0(p.group(row / 4), a)
-        }
         (TensorData::Q4K(p), PreparedActs::Q8K(a)) if row.is_multiple_of(4) => {
             simd_quant::dot4_q4_k(p.group(row / 4), a)
-        }
-        (TensorData::Q6K(p), PreparedActs::Q8K(a)) if row.is_multiple_of(4) => {
-            simd_quant::dot4_q6_k(p.group(row / 4), a)
         }
         (TensorData::Q5K(p), PreparedActs::Q8K(a)) if row.is_multiple_of(4) => {
             simd_quant::dot4_q5_k(p.group(row / 4), a)
@@ -196,6 +198,7 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
     let span = row * cols..(row + 1) * cols;
     match &w.data {
         TensorData::F32(d) => out.copy_from_slice(&d[span]),
+        TensorData::F32Rows(m) => m.row(row, out),
         TensorData::F16(d) => {
             for (o, h) in out.iter_mut().zip(&d[span]) {
                 *o = h.to_f32();
@@ -210,8 +213,26 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
         TensorData::Q4_0(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q4K(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q5K(p) => dequantize_blocks(&p.row_blocks(row), out),
+        TensorData::Q4KWide(p) => dequantize_blocks(&p.row_blocks(row), out),
+        TensorData::Q5KWide(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q6K(p) => dequantize_blocks(&p.row_blocks(row), out),
     }
+}
+
+/// `out = W x` in one pass over the whole matrix for the byte-layout types
+/// (Q8_0, Q6_K, widened Q4_K/Q5_K: activation-stationary, see
+/// [`simd_quant::matvec_q8_0`]); `false` for the other types, which go row
+/// group by row group. Each output is bit for bit its row's oracle.
+fn matvec_whole(w: &Tensor, x: &[f32], xq: &PreparedActs, out: &mut [f32]) -> bool {
+    match (&w.data, xq) {
+        (TensorData::F32Rows(m), _) => simd_f32::matvec_rows_in_lanes(m, x, out),
+        (TensorData::Q8_0(p), PreparedActs::Q8(a)) => simd_quant::matvec_q8_0(p, a, out),
+        (TensorData::Q6K(p), PreparedActs::Q8K(a)) => simd_quant::matvec_q6_k(p, a, out),
+        (TensorData::Q4KWide(p), PreparedActs::Q8K(a)) => simd_quant::matvec_k_wide(p, a, out),
+        (TensorData::Q5KWide(p), PreparedActs::Q8K(a)) => simd_quant::matvec_k_wide(p, a, out),
+        _ => return false,
+    }
+    true
 }
 
 /// `out = W x`: `w` (rows, cols), `x` (cols), `out` (rows).
@@ -223,6 +244,9 @@ pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
         return simd::matmul_f32(d, w.cols, x, out);
     }
     let xq = PreparedActs::new(w.ty, x);
+    if matvec_whole(w, x, &xq, out) {
+        return;
+    }
     let rows4 = w.rows / 4 * 4;
     if !packed_groups(w, std::slice::from_ref(&xq), rows4, out) {
         for (r, o) in out[..rows4].chunks_exact_mut(4).enumerate() {
@@ -238,9 +262,12 @@ pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
 /// `xs` (n_tokens, cols), `out` (n_tokens, rows).
 ///
 /// Each token's activations are prepared once per batch, as [`matvec`]
-/// prepares them; each weight row is read once per batch (the row loop is
-/// outside); each (row, token) value is the same [`dot_row_prepared`] call
-/// [`matvec`] makes, so a token's result does not depend on the batch it is in.
+/// prepares them, and each (row, token) value is the one [`matvec`] gives,
+/// so a token's result does not depend on the batch it is in. The
+/// byte-layout types run [`matvec`]'s whole-matrix pass per token (the IC
+/// charges instructions, not memory traffic, so reading the weights once per
+/// batch would save nothing there); the others read each row once per batch
+/// (the row loop is outside).
 pub fn matmul(w: &Tensor, xs: &[f32], out: &mut [f32]) {
     matmul_shared(w, &mut SharedActs::new(xs, w.cols), out)
 }
@@ -302,6 +329,15 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
     let xqs = acts.prepared(w.ty);
+    if xqs
+        .first()
+        .is_some_and(|xq| matvec_whole(w, &xs[..cols], xq, &mut out[..rows]))
+    {
+        for (t, xq) in xqs.iter().enumerate().skip(1) {
+            matvec_whole(w, &xs[t * cols..(t + 1) * cols], xq, &mut out[t * rows..(t + 1) * rows]);
+        }
+        return;
+    }
     let rows4 = rows / 4 * 4;
     if !packed_groups(w, xqs, rows4, out) {
         for r in (0..rows4).step_by(4) {
@@ -318,7 +354,9 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     }
 }
 
-/// For packed (quantized) weights: rows `0..rows4` of `w` against every
+/// For the packed (quantized) weights that go 4-row group by group (Q4_0,
+/// and Q4_K/Q5_K when not widened; the byte-layout types take
+/// [`matvec_whole`]): rows `0..rows4` of `w` against every
 /// token's prepared activations into `out` (n_tokens, rows), with the
 /// weight type matched once per matrix instead of once per 4-row group; each
 /// group is the same kernel call [`dot_4rows_prepared`] makes, so the values
@@ -342,9 +380,6 @@ fn packed_groups(w: &Tensor, xqs: &[PreparedActs], rows4: usize, out: &mut [f32]
     };
     let rows = w.rows;
     match &w.data {
-        TensorData::Q8_0(p) => {
-            q8().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q8_0(p.group(g), x)))
-        }
         TensorData::Q4_0(p) => {
             q8().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q4_0(p.group(g), x)))
         }
@@ -353,9 +388,6 @@ fn packed_groups(w: &Tensor, xqs: &[PreparedActs], rows4: usize, out: &mut [f32]
         }
         TensorData::Q5K(p) => {
             q8k().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q5_k(p.group(g), x)))
-        }
-        TensorData::Q6K(p) => {
-            q8k().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q6_k(p.group(g), x)))
         }
         _ => None,
     }

@@ -285,6 +285,44 @@ mod imp {
         pub unsafe fn splat_load(p: *const i16) -> Self {
             I16x8(i16x8_splat(core::ptr::read_volatile(p)))
         }
+        /// Eight signed bytes at `p`, each widened to i16 (`i16x8.load8x8_s`).
+        ///
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_i8x8(p: *const i8) -> Self {
+            I16x8(i16x8_load_extend_i8x8(p))
+        }
+        /// Eight unsigned bytes at `p`, each widened to i16 (`i16x8.load8x8_u`).
+        ///
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_u8x8(p: *const u8) -> Self {
+            I16x8(u16x8_load_extend_u8x8(p))
+        }
+        /// The two i16 at `p` repeated four times, `[p0, p1, p0, p1, ..]`
+        /// (`v128.load32_splat`).
+        ///
+        /// # Safety
+        /// `p..p + 2` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_pair_splat(p: *const i16) -> Self {
+            I16x8(v128_load32_splat(p as *const u32))
+        }
+        /// Stores the eight lanes at `p`.
+        ///
+        /// # Safety
+        /// `p..p + 8` must be writable.
+        #[inline(always)]
+        pub unsafe fn store(self, p: *mut i16) {
+            core::ptr::write_unaligned(p as *mut v128, self.0)
+        }
+        /// Lanes 0..8 of `v` and lanes 8..16, each widened to i16.
+        #[inline(always)]
+        pub fn widen(v: I8x16) -> (Self, Self) {
+            (I16x8(i16x8_extend_low_i8x16(v.0)), I16x8(i16x8_extend_high_i8x16(v.0)))
+        }
         /// `[a0 + a1, a2 + a3, .., b6 + b7]` narrowed to i16 (callers keep
         /// the sums in range, so the saturation never applies).
         #[inline(always)]
@@ -314,6 +352,19 @@ mod imp {
         #[inline(always)]
         pub fn dot(a: I16x8, b: I16x8) -> Self {
             I32x4(i32x4_dot_i16x8(a.0, b.0))
+        }
+        /// Four i16 at `p`, each widened to i32 (`i32x4.load16x4_s`).
+        ///
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_i16x4(p: *const i16) -> Self {
+            I32x4(i32x4_load_extend_i16x4(p))
+        }
+        /// Wrapping lane-wise product (callers keep it in range).
+        #[inline(always)]
+        pub fn mul(self, o: Self) -> Self {
+            I32x4(i32x4_mul(self.0, o.0))
         }
         #[inline(always)]
         pub fn sub(self, o: Self) -> Self {
@@ -632,6 +683,38 @@ mod imp {
         pub unsafe fn splat_load(p: *const i16) -> Self {
             I16x8([core::ptr::read_unaligned(p); 8])
         }
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_i8x8(p: *const i8) -> Self {
+            I16x8(core::ptr::read_unaligned(p as *const [i8; 8]).map(|v| v as i16))
+        }
+        /// # Safety
+        /// `p..p + 8` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_u8x8(p: *const u8) -> Self {
+            I16x8(core::ptr::read_unaligned(p as *const [u8; 8]).map(|v| v as i16))
+        }
+        /// # Safety
+        /// `p..p + 2` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_pair_splat(p: *const i16) -> Self {
+            let [a, b] = core::ptr::read_unaligned(p as *const [i16; 2]);
+            I16x8([a, b, a, b, a, b, a, b])
+        }
+        /// # Safety
+        /// `p..p + 8` must be writable.
+        #[inline(always)]
+        pub unsafe fn store(self, p: *mut i16) {
+            core::ptr::write_unaligned(p as *mut [i16; 8], self.0)
+        }
+        #[inline(always)]
+        pub fn widen(v: I8x16) -> (Self, Self) {
+            (
+                I16x8(core::array::from_fn(|i| v.0[i] as i16)),
+                I16x8(core::array::from_fn(|i| v.0[i + 8] as i16)),
+            )
+        }
         #[inline(always)]
         pub fn sum_pairs_narrow(a: Self, b: Self) -> Self {
             let pair = |v: &[i16; 8], i: usize| (v[2 * i] as i32 + v[2 * i + 1] as i32).clamp(-32768, 32767) as i16;
@@ -662,6 +745,16 @@ mod imp {
             I32x4(core::array::from_fn(|i| {
                 (a.0[2 * i] as i32 * b.0[2 * i] as i32).wrapping_add(a.0[2 * i + 1] as i32 * b.0[2 * i + 1] as i32)
             }))
+        }
+        /// # Safety
+        /// `p..p + 4` must be readable.
+        #[inline(always)]
+        pub unsafe fn load_i16x4(p: *const i16) -> Self {
+            I32x4(core::ptr::read_unaligned(p as *const [i16; 4]).map(|v| v as i32))
+        }
+        #[inline(always)]
+        pub fn mul(self, o: Self) -> Self {
+            I32x4(core::array::from_fn(|i| self.0[i].wrapping_mul(o.0[i])))
         }
         #[inline(always)]
         pub fn sub(self, o: Self) -> Self {

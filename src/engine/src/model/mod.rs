@@ -15,6 +15,7 @@ pub use arch::{ArchSpec, Architecture};
 pub use config::ModelConfig;
 pub use weights::{
     wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, Tensor, TensorData, WantedTensor,
+    F16_WIDEN_MAX_BYTES, K_WIDEN_MAX_BYTES,
 };
 
 use crate::format::gguf::GgufError;

@@ -118,8 +118,14 @@ pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; QK_K],
     pub bsums: [i16; QK_K / 16],
+    /// The sums of each group of 32 (`bsums[2j] + bsums[2j + 1]`): what the
+    /// K-quant mins multiply.
+    pub bsums32: [i16; QK_K / 32],
+    /// `qs` widened to i16: the operand of `i32x4.dot_i16x8_s` in the
+    /// byte-layout kernels ([`crate::quant::packed`]).
+    pub qw: [i16; QK_K],
 }
-const _: () = assert!(size_of::<BlockQ8K>() == 292);
+const _: () = assert!(size_of::<BlockQ8K>() == 820);
 
 /// An activation block of 32 int8 values with an f32 scale: what Q8_0 and
 /// Q4_0 weights are multiplied with. (ggml uses `block_q8_0`, whose f16 scale
@@ -129,8 +135,10 @@ const _: () = assert!(size_of::<BlockQ8K>() == 292);
 pub struct BlockQ8A {
     pub d: f32,
     pub qs: [i8; QK8_0],
+    /// `qs` widened to i16 (see [`BlockQ8K::qw`]).
+    pub qw: [i16; QK8_0],
 }
-const _: () = assert!(size_of::<BlockQ8A>() == 36);
+const _: () = assert!(size_of::<BlockQ8A>() == 100);
 
 /// A ggml block format: its type, size, byte codec and scalar dequantizer.
 pub trait Block: Copy + Sized + 'static {
@@ -377,8 +385,13 @@ pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
     debug_assert_eq!(x.len() % QK8_0, 0);
     out.clear();
     out.extend(x.chunks_exact(QK8_0).map(|c| {
-        let mut b = BlockQ8A { d: 0.0, qs: [0; QK8_0] };
+        let mut b = BlockQ8A {
+            d: 0.0,
+            qs: [0; QK8_0],
+            qw: [0; QK8_0],
+        };
         b.d = quantize_i8_block(c, &mut b.qs);
+        crate::kernels::simd_quant::widen_i8(&b.qs, &mut b.qw);
         b
     }));
 }
@@ -393,6 +406,8 @@ pub fn quantize_act_q8k(x: &[f32], out: &mut Vec<BlockQ8K>) {
             d: 0.0,
             qs: [0; QK_K],
             bsums: [0; QK_K / 16],
+            bsums32: [0; QK_K / 32],
+            qw: [0; QK_K],
         };
         b.d = quantize_i8_block(c, &mut b.qs);
         if crate::kernels::SIMD {
@@ -402,6 +417,10 @@ pub fn quantize_act_q8k(x: &[f32], out: &mut Vec<BlockQ8K>) {
                 *s = g.iter().map(|&q| q as i16).sum();
             }
         }
+        for (s, pair) in b.bsums32.iter_mut().zip(b.bsums.chunks_exact(2)) {
+            *s = pair[0] + pair[1];
+        }
+        crate::kernels::simd_quant::widen_i8(&b.qs, &mut b.qw);
         b
     }));
 }

@@ -101,7 +101,8 @@ fn block_sizes_match_the_type_table() {
     assert_eq!(BlockQ4K::BYTES, GgmlType::Q4K.block_bytes());
     assert_eq!(BlockQ5K::BYTES, GgmlType::Q5K.block_bytes());
     assert_eq!(BlockQ6K::BYTES, GgmlType::Q6K.block_bytes());
-    assert_eq!(std::mem::size_of::<BlockQ8K>(), GgmlType::Q8K.block_bytes());
+    // ggml's Q8_K fields first, then the in-memory extras (sums per 32, i16 quants).
+    assert_eq!(std::mem::offset_of!(BlockQ8K, bsums32), GgmlType::Q8K.block_bytes());
     assert_eq!(BlockQ4K::ELEMS, GgmlType::Q4K.block_size());
 }
 
