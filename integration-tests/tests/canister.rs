@@ -165,8 +165,9 @@ fn small_message_limit_needs_many_timer_messages_and_gives_identical_ids() {
     let view = c.run_job(controller(), id, |v| seen_text.push_str(&v.text)).unwrap();
     assert_eq!(view.tokens, expected);
     assert_eq!(seen_text, view.text, "incremental polls add up to the whole text");
-    // 15 messages with the SIMD kernels (~0.9 M instructions per token).
-    assert!(view.messages >= 12, "only {} messages", view.messages);
+    // 14 messages with the SIMD kernels (~0.8 M instructions per token;
+    // uploading the model needs about this limit, so it cannot go lower).
+    assert!(view.messages >= 11, "only {} messages", view.messages);
     assert!(view.max_message_instructions <= limit);
     assert_no_message_over(&c, limit);
 }
@@ -194,11 +195,18 @@ fn explicit_steps_alone_finish_the_job() {
 
 #[test]
 fn upgrades_between_messages_do_not_change_the_tokens() {
-    let expected = reference_ids(GOLDEN_PROMPT, 40);
+    // A prompt long enough that processing it takes more than one message
+    // (the golden prompt alone now fits in one), and its reference run.
+    let prompt = [GOLDEN_PROMPT; 3].join(". ");
+    let expected = {
+        let mut c = canister_with_model(IC_LIMIT);
+        let id = start(&mut c, controller(), greedy(&prompt, 40));
+        c.run_job(controller(), id, |_| {}).unwrap().tokens
+    };
     let limit = 12_000_000;
     // Upgrade after 1 message (inside prompt processing), after 3, and then every 4.
     let mut c = canister_with_model(limit);
-    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
+    let id = start(&mut c, controller(), greedy(&prompt, 40));
     let mut rounds = 0;
     let mut upgrades = 0;
     let mut upgraded_while_prefilling = false;
@@ -228,7 +236,9 @@ fn a_trap_during_a_step_leaves_the_last_checkpoint() {
     let limit = 12_000_000;
     let mut c = canister_with_model(limit);
     let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 40));
-    for _ in 0..4 {
+    // Two full steps: what is left of the job (~0.8 M instructions per
+    // token) still needs more than one message.
+    for _ in 0..2 {
         c.step(controller(), id).unwrap().unwrap();
     }
     let before = final_view(&mut c, controller(), id);

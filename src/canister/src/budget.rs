@@ -11,6 +11,10 @@ use std::cell::Cell;
 /// Instructions per multiply-add assumed before any unit was measured.
 /// Deliberately pessimistic (scalar f32 costs ~6 per MAC); it adapts after one unit.
 const PRIOR_INSTRUCTIONS_PER_MAC: f64 = 16.0;
+/// The ratio [`MessageBudget::first_unit_estimate`] assumes while nothing
+/// has been measured (a fresh or upgraded canister): above every kernel's
+/// measured cost (1.1-2.6 per MAC on the bench shapes), far below the prior.
+const FIRST_UNIT_PRIOR_RATIO: f64 = 4.0;
 /// Fixed instructions charged per unit on top of its MACs (loop and call overhead).
 const UNIT_OVERHEAD: u64 = 50_000;
 
@@ -77,14 +81,16 @@ impl<F: Fn() -> u64> MessageBudget<F> {
     /// message limit the output head would then never start and the job
     /// would stall for ever. Such a unit is judged at the lowest ratio seen
     /// instead: if even that is optimistic the message traps and rolls back,
-    /// no worse than never trying.
+    /// no worse than never trying. With nothing learned yet (the ratios live
+    /// in the heap, so an upgrade forgets them) it is judged at
+    /// [`FIRST_UNIT_PRIOR_RATIO`]: a prompt batch sized before an upgrade
+    /// from the learned ratio would otherwise never continue after it, as
+    /// the prior (16 per MAC) puts its units above any message (seen: a job
+    /// that made no progress for thousands of messages).
     fn first_unit_estimate(macs: u64) -> u64 {
         let min = LEARNED_MIN_RATIO.with(|r| r.get());
-        if min > 0.0 {
-            (macs as f64 * min * 1.25) as u64 + UNIT_OVERHEAD
-        } else {
-            Self::estimate(macs)
-        }
+        let ratio = if min > 0.0 { min } else { FIRST_UNIT_PRIOR_RATIO };
+        (macs as f64 * ratio * 1.25) as u64 + UNIT_OVERHEAD
     }
 
     /// Ends the current unit: charges its instructions to its phase and
@@ -176,6 +182,27 @@ mod tests {
         let mut b = MessageBudget::new(|| 0, reserve + est, reserve);
         assert!(b.can_afford(macs));
         assert!(!b.can_afford_batch(macs));
+    }
+
+    #[test]
+    fn with_nothing_learned_a_unit_no_message_could_fit_is_tried_at_the_first_unit_prior() {
+        // A fresh thread: nothing learned (as after an upgrade).
+        std::thread::spawn(|| {
+            let macs = 1_000_000;
+            let limit = 10_000_000;
+            assert!(
+                MessageBudget::<fn() -> u64>::estimate(macs) > limit,
+                "the prior rules it out"
+            );
+            let mut fresh = MessageBudget::new(|| 0, limit, 1_000_000);
+            assert!(fresh.can_afford(macs), "tried as the first unit of a message");
+            fresh.unit_started(Phase::Prefill, 1);
+            let mut b = MessageBudget::new(|| 0, limit, 1_000_000);
+            b.unit_started(Phase::Prefill, 1);
+            assert!(!b.can_afford(macs), "not after another unit");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -600,7 +600,8 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             budget.unit_started(s.phase(), macs);
             // final norm → logits of the batch's last token → sample
             let last = &s.hidden[(n - 1) * c.dim..n * c.dim];
-            let mut logits = vec![0.0f32; c.vocab_size];
+            // Every element is written by the head (scratch: not zeroed first).
+            let mut logits = crate::scratch::Scratch::new(c.vocab_size);
             forward::logits(model, last, &mut logits);
             let history: Vec<u32> = s.prompt.iter().chain(&s.generated).copied().collect();
             let token = sampler::sample(&mut logits, &history, &s.params, &mut s.rng);

@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod sampler;
+pub mod scratch;
 pub mod synth;
 pub mod tensor;
 pub mod tokenizer;

@@ -152,7 +152,7 @@ pub fn apply_repeat_penalty(logits: &mut [f32], history: &[u32], params: &Sampli
 pub fn sample(logits: &mut [f32], history: &[u32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     apply_repeat_penalty(logits, history, params);
     if params.temperature == 0.0 || logits.len() <= 1 {
-        return argmax(logits) as u32;
+        return kernels::argmax(logits) as u32;
     }
 
     // Candidates sorted by logit, descending (ties: lower id first).

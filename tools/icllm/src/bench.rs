@@ -19,6 +19,17 @@
 //!
 //! `--table` runs every target shape of issue 6 and prints the README's
 //! markdown table.
+//!
+//! `--profile [N]` runs the canister in a profiling runtime (a counter per
+//! wasm function, names from the wasm's `name` section, which the canister
+//! build keeps) and prints the top N functions by IC-weighted instructions
+//! per token, for decode and for prefill, to stdout after the report. The
+//! main job gives prefill + decode; a second job with the same prompt and
+//! one generated token (prefill and the sampling of its first token) is
+//! the prefill profile, and the difference of the two, over the extra
+//! generated tokens, is the decode profile. Code inlined into a function
+//! counts for that function; the host's system-API charges (stable memory
+//! reads/writes, ...) are one line of their own.
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -92,6 +103,11 @@ pub struct BenchArgs {
     /// Skip the runs that measure the fixed cost per message.
     #[arg(long)]
     no_overhead: bool,
+    /// Per-function profile: the top N functions (default 25) by IC-weighted
+    /// instructions per decode token and per prefill token (runs an extra
+    /// prefill-only job; the profiling runtime is slower, counts unchanged).
+    #[arg(long, num_args = 0..=1, default_missing_value = "25", value_name = "N", conflicts_with = "table")]
+    profile: Option<usize>,
     /// Print one JSON object instead of `key: value` lines.
     #[arg(long)]
     json: bool,
@@ -312,8 +328,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.table {
         return table(&args, wasm);
     }
-    let report = bench_one(&args, wasm)?;
+    let (report, profiles) = bench_one(&args, wasm)?;
     print_report(&report, args.json);
+    if let Some(p) = profiles {
+        p.print(args.profile.unwrap_or(25), args.json);
+    }
     Ok(())
 }
 
@@ -327,8 +346,101 @@ fn print_report(report: &serde_json::Value, json: bool) {
     }
 }
 
-/// Measures one model; returns the report object.
-fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
+/// Per-function profiles of the two phases (`--profile`), per token.
+struct PhaseProfiles {
+    decode: local_ic::Profile,
+    decode_tokens: u64,
+    prefill: local_ic::Profile,
+    prefill_tokens: u64,
+    /// The job's own accounting, per token, for comparison.
+    decode_per_token: f64,
+    prefill_per_token: f64,
+}
+
+/// Function names as printed: generic arguments of long names elided.
+fn short_name(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_string();
+    }
+    let mut s: String = name.chars().take(width - 1).collect();
+    s.push('…');
+    s
+}
+
+impl PhaseProfiles {
+    fn print(&self, n: usize, json: bool) {
+        let phases = [
+            ("decode", &self.decode, self.decode_tokens, self.decode_per_token),
+            ("prefill", &self.prefill, self.prefill_tokens, self.prefill_per_token),
+        ];
+        for (phase, p, tokens, accounted) in phases {
+            let tokens = tokens.max(1) as f64;
+            let total = p.executed as f64;
+            if json {
+                let top: Vec<_> = p
+                    .top()
+                    .into_iter()
+                    .take(n)
+                    .map(|f| {
+                        serde_json::json!({
+                            "function": f.name,
+                            "instructions_per_token": (f.instructions as f64 / tokens).round(),
+                            "share": f.instructions as f64 / total.max(1.0),
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "profile": phase,
+                    "tokens": tokens,
+                    "instructions_per_token": (total / tokens).round(),
+                    "system_api_per_token": (p.system_api() as f64 / tokens).round(),
+                    "job_accounting_per_token": accounted.round(),
+                    "top": top,
+                });
+                println!("{v}");
+                continue;
+            }
+            println!();
+            println!(
+                "{phase} profile: {} instructions per token over {tokens} tokens (the job's own accounting: {}{})",
+                millions(total / tokens),
+                millions(accounted),
+                if phase == "decode" {
+                    " per generated token, the first of which the prompt's head samples"
+                } else {
+                    ""
+                }
+            );
+            println!("{:>14} {:>7} {:>7}  function", "instr/token", "share", "cumul.");
+            let mut cumulative = 0.0;
+            let mut rows: Vec<(String, u64)> = p
+                .top()
+                .into_iter()
+                .take(n)
+                .map(|f| (short_name(&f.name, 140), f.instructions))
+                .collect();
+            if p.system_api() > 0 {
+                rows.push(("<system API (ic0 calls: stable memory, ...)>".into(), p.system_api()));
+                rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+                rows.truncate(n.max(1));
+            }
+            for (name, instructions) in rows {
+                let share = instructions as f64 / total.max(1.0);
+                cumulative += share;
+                println!(
+                    "{:>14.0} {:>6.2}% {:>6.1}%  {name}",
+                    instructions as f64 / tokens,
+                    100.0 * share,
+                    100.0 * cumulative
+                );
+            }
+        }
+    }
+}
+
+/// Measures one model; returns the report object (and the profiles with
+/// `--profile`).
+fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Option<PhaseProfiles>)> {
     let mut t = Timings::new();
     let (name, bytes) = model_bytes(args)?;
     t.lap("model bytes (synthesis)");
@@ -377,7 +489,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
         max_context: Some(max_context),
         ..InitArgs::default()
     };
-    let mut c = LocalCanister::install(wasm, init, args.instruction_limit)?;
+    let mut c = LocalCanister::install_with(wasm, init, args.instruction_limit, args.profile.is_some())?;
     t.lap("install");
     c.upload_model(&bytes, sha256(&bytes))?;
     let stable_model_bytes = bytes.len();
@@ -391,8 +503,37 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
         prompt_tokens: Some(prompt.clone()),
         ..JobRequest::default()
     };
+    let profile_start = c.rt.profile(c.id);
     let main = run_job(&mut c, req.clone(), args.trace)?;
     t.lap("main run");
+    let profiles = match profile_start {
+        Some(start) if args.profile.is_some() => {
+            let mid = c.rt.profile(c.id).expect("a profiling runtime");
+            let whole = mid.since(&start);
+            let prefill_only = JobRequest {
+                max_tokens: 1,
+                ..req.clone()
+            };
+            let p = run_job(&mut c, prefill_only, args.trace)?;
+            let prefill = c.rt.profile(c.id).expect("a profiling runtime").since(&mid);
+            t.lap("prefill-only run (profile)");
+            let v = &main.view;
+            let decode_tokens = v.generated_tokens.saturating_sub(p.view.generated_tokens) as u64;
+            if decode_tokens == 0 {
+                bail!("--profile needs --gen-tokens of 2 or more");
+            }
+            let n_gen = v.generated_tokens.max(1) as f64;
+            Some(PhaseProfiles {
+                decode: whole.since(&prefill),
+                decode_tokens,
+                prefill,
+                prefill_tokens: p.view.prompt_tokens as u64,
+                decode_per_token: v.instructions.saturating_sub(v.prompt_instructions) as f64 / n_gen,
+                prefill_per_token: v.prompt_instructions as f64 / v.prompt_tokens.max(1) as f64,
+            })
+        }
+        _ => None,
+    };
     let (health,): (Health,) = c.query(controller(), "health", ())?;
     let v = &main.view;
     let gen = v.generated_tokens.max(1) as f64;
@@ -484,7 +625,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
     let tokens_per_message = (limit - ovh) / per_token.max(1.0);
     let prefill_tokens_per_message = (limit - ovh) / per_prompt_token.max(1.0);
 
-    Ok(serde_json::json!({
+    let report = serde_json::json!({
         "model": name,
         "architecture": format!("{:?}", cfg.arch),
         "dim": cfg.dim,
@@ -516,7 +657,8 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
         "stable_bytes": health.stable_bytes,
         "model_file_bytes": stable_model_bytes,
         "wall_seconds": t.json(),
-    }))
+    });
+    Ok((report, profiles))
 }
 
 fn millions(x: f64) -> String {
@@ -545,7 +687,7 @@ fn table(args: &BenchArgs, wasm: Vec<u8>) -> Result<()> {
             ..args.clone()
         };
         let r = match bench_one(&a, wasm.clone()) {
-            Ok(r) => r,
+            Ok((r, _)) => r,
             Err(e) => {
                 eprintln!("bench: {shape} {quant} failed: {e:#}");
                 serde_json::json!({ "model": format!("{shape} {quant}"), "error": format!("{e:#}") })

@@ -96,6 +96,13 @@ impl LocalCanister {
     /// Installs the canister with `init`, the runtime enforcing `update_limit`
     /// instructions per update/timer message.
     pub fn install(wasm: Vec<u8>, init: InitArgs, update_limit: u64) -> Result<LocalCanister> {
+        Self::install_with(wasm, init, update_limit, false)
+    }
+
+    /// [`Self::install`], optionally in a profiling runtime
+    /// (`RuntimeConfig::profile`: a counter per wasm function, read with
+    /// `rt.profile(id)`; slower, same counts).
+    pub fn install_with(wasm: Vec<u8>, init: InitArgs, update_limit: u64, profile: bool) -> Result<LocalCanister> {
         let limits = Limits {
             update: update_limit,
             ..Limits::default()
@@ -110,6 +117,7 @@ impl LocalCanister {
         let mut rt = Runtime::new(RuntimeConfig {
             limits,
             module_cache_dir,
+            profile,
             ..defaults
         });
         let arg = encode_args((Some(init),))?;

@@ -58,7 +58,10 @@ fn run_under_a_small_instruction_limit_gives_the_same_text_in_more_messages() {
     let limit = 8_000_000u64;
     let (stdout, stderr) = icllm_run(&["--instruction-limit", &limit.to_string()]);
     assert_eq!(stdout, ". He liked to play with his toy\n");
-    assert!(stat(&stderr, "messages") >= 5, "{stderr}");
+    // At least as many messages as the limit forces (3 for this job at the
+    // time of writing; a fixed count breaks whenever a token gets cheaper).
+    let (messages, instructions) = (stat(&stderr, "messages"), stat(&stderr, "instructions"));
+    assert!(messages >= instructions.div_ceil(limit).max(3), "{stderr}");
     assert!(stat(&stderr, "max_message_instructions") <= limit, "{stderr}");
 }
 

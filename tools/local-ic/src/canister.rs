@@ -4,7 +4,8 @@
 use candid::Principal;
 use wasmtime::{Engine, Global, Instance, Linker, Memory, Module, Ref, Store, Val};
 
-use crate::instrument::{self, ModuleInfo, COUNTER_EXPORT, MEMORY_EXPORT, TABLE_EXPORT};
+use crate::instrument::{self, ModuleInfo, COUNTER_EXPORT, MEMORY_EXPORT, PROFILE_EXPORT_PREFIX, TABLE_EXPORT};
+use crate::profile::{FunctionProfile, Profile};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -46,6 +47,14 @@ pub struct Canister {
     counter: Global,
     globals: Vec<(Global, Val)>,
     heap: Option<Heap>,
+    /// Profiling instances: the per-function counters and the total charged.
+    profile: Option<ProfileCounters>,
+}
+
+struct ProfileCounters {
+    /// (function index, its counter global)
+    functions: Vec<(u32, Global)>,
+    executed: u64,
 }
 
 /// How the heap's writes are tracked for rollback.
@@ -59,8 +68,13 @@ enum Heap {
 
 /// Compiles and validates a module (instrumenting it), checking imports.
 /// `cache_dir`: see [`crate::RuntimeConfig::module_cache_dir`].
-pub fn compile(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> Result<(Module, ModuleInfo), ExecError> {
-    let instrumented = instrument::instrument(wasm).map_err(ExecError::InvalidWasm)?;
+pub fn compile(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+    options: instrument::Options,
+) -> Result<(Module, ModuleInfo), ExecError> {
+    let instrumented = instrument::instrument_with(wasm, options).map_err(ExecError::InvalidWasm)?;
     let missing = system_api::unsupported_imports(&instrumented.info.function_imports);
     if !missing.is_empty() {
         return Err(ExecError::InvalidWasm(format!(
@@ -142,6 +156,20 @@ impl Canister {
             let v = g.get(&mut store);
             globals.push((g, v));
         }
+        let profile = if info.profiled_functions.is_empty() {
+            None
+        } else {
+            let mut functions = Vec::with_capacity(info.profiled_functions.len());
+            for &index in &info.profiled_functions {
+                let name = format!("{PROFILE_EXPORT_PREFIX}{index}");
+                let Some(g) = instance.get_global(&mut store, &name) else {
+                    let reason = ExecError::Internal(format!("global {name} not exported"));
+                    return Err(Box::new((reason, store.into_data())));
+                };
+                functions.push((index, g));
+            }
+            Some(ProfileCounters { functions, executed: 0 })
+        };
         store.data_mut().memory = memory;
         store.data_mut().counter = Some(counter);
         let created = cow_memory::take_created();
@@ -166,6 +194,7 @@ impl Canister {
             counter,
             globals,
             heap,
+            profile,
         })
     }
 
@@ -184,6 +213,29 @@ impl Canister {
 
     pub fn put_stable(&mut self, stable: StableMemory) {
         self.store.data_mut().stable = stable;
+    }
+
+    /// The per-function profile so far (profiling instances only).
+    pub fn profile(&mut self) -> Option<Profile> {
+        let p = self.profile.as_ref()?;
+        let functions = p
+            .functions
+            .iter()
+            .map(|&(index, g)| FunctionProfile {
+                index,
+                name: self
+                    .info
+                    .function_names
+                    .get(&index)
+                    .cloned()
+                    .unwrap_or_else(|| format!("func[{index}]")),
+                instructions: g.get(&mut self.store).i64().unwrap_or(0).max(0) as u64,
+            })
+            .collect();
+        Some(Profile {
+            functions,
+            executed: p.executed,
+        })
     }
 
     pub fn exports(&self, name: &str) -> bool {
@@ -210,6 +262,16 @@ impl Canister {
         if let Some(Heap::Shadow(heap)) = self.heap.as_mut() {
             heap.begin();
         }
+
+        // Queries (changes always discarded) are left out of the profile.
+        let discarded = matches!(
+            self.store.data().msg.kind,
+            crate::types::MessageKind::Query | crate::types::MessageKind::InspectMessage
+        );
+        let profile_before: Option<Vec<Val>> = match &self.profile {
+            Some(p) if discarded => Some(p.functions.iter().map(|(_, g)| g.get(&mut self.store)).collect()),
+            _ => None,
+        };
 
         let call = match entry {
             Entry::Export(name) => self
@@ -240,6 +302,17 @@ impl Canister {
             })),
         };
         let instructions = if left < 0 { limit } else { (limit_i64 - left) as u64 };
+        if let Some(p) = self.profile.as_mut() {
+            match profile_before {
+                Some(values) => {
+                    for ((_, g), v) in p.functions.iter().zip(values) {
+                        // Restoring a value of the global's own type cannot fail.
+                        let _ = g.set(&mut self.store, v);
+                    }
+                }
+                None => p.executed += (limit_i64 as i128 - left as i128).max(0) as u64,
+            }
+        }
         let state = self.store.data_mut();
         let msg = std::mem::replace(
             &mut state.msg,

@@ -21,6 +21,16 @@
 //! snapshot and restore `__stack_pointer` & co. when a message traps).
 //! Function indices are unchanged (nothing is imported), so the name section
 //! and element segments stay valid.
+//!
+//! **Profiling** ([`Options::profile`], off by default): every defined
+//! function also gets a mutable `i64` global of its own, exported as
+//! [`PROFILE_EXPORT_PREFIX`]`<function index>`, to which every block charge
+//! of the function (and the byte count of its bulk memory ops) is *added*
+//! beside the counter's subtraction. The counter's code and charges are the
+//! same as without profiling, so instruction counts do not change; the sum of
+//! the profile globals is what the counter lost to wasm code (the host's
+//! system-API charges go to no function). The function names come from the
+//! module's `name` section, demangled ([`ModuleInfo::function_names`]).
 
 use std::collections::BTreeSet;
 
@@ -42,6 +52,18 @@ pub const TABLE_EXPORT: &str = "__local_ic_table";
 /// Prefix of the export names of the module's own mutable globals.
 pub const GLOBAL_EXPORT_PREFIX: &str = "__local_ic_global_";
 
+/// Prefix of the export names of the per-function profile globals
+/// (profiling builds only), followed by the function index.
+pub const PROFILE_EXPORT_PREFIX: &str = "__local_ic_profile_";
+
+/// How to instrument.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// Also count each function's charges in a global of its own (see the
+    /// module documentation). Slower; counts are unchanged.
+    pub profile: bool,
+}
+
 /// Initial value of the counter: large, so a start function (rare in
 /// canisters) runs without tripping the check before the host sets a limit.
 const COUNTER_INIT: i64 = i64::MAX / 2;
@@ -62,6 +84,12 @@ pub struct ModuleInfo {
     pub has_table: bool,
     /// Export names of the mutable globals the rewrite exported.
     pub mutable_global_exports: Vec<String>,
+    /// Profiling builds: the index of every defined function, in order (its
+    /// profile global is exported as [`PROFILE_EXPORT_PREFIX`]`<index>`).
+    pub profiled_functions: Vec<u32>,
+    /// Profiling builds: demangled names from the `name` section, by
+    /// function index (without the Rust hash suffix).
+    pub function_names: std::collections::BTreeMap<u32, String>,
 }
 
 /// An instrumented module and what was learnt about it.
@@ -82,6 +110,11 @@ fn ic_features() -> WasmFeatures {
 /// Validates `wasm` against the IC's feature set and instruments it.
 /// Errors are human-readable reasons (without the "not valid" prefix).
 pub fn instrument(wasm: &[u8]) -> Result<Instrumented, String> {
+    instrument_with(wasm, Options::default())
+}
+
+/// [`instrument`] with options (profiling).
+pub fn instrument_with(wasm: &[u8], options: Options) -> Result<Instrumented, String> {
     if wasm.len() < 8 || &wasm[0..4] != b"\0asm" {
         if wasm.starts_with(&[0x1f, 0x8b]) {
             return Err("gzip-compressed modules are not supported by local-ic; \
@@ -94,9 +127,17 @@ pub fn instrument(wasm: &[u8]) -> Result<Instrumented, String> {
         .validate_all(wasm)
         .map_err(|e| format!("Wasm module failed validation: {e}"))?;
 
-    let pre = prescan(wasm)?;
+    let mut pre = prescan(wasm)?;
+    if options.profile {
+        pre.info.profiled_functions = (0..pre.defined_func_types.len() as u32)
+            .map(|i| pre.info.function_imports.len() as u32 + i)
+            .collect();
+        pre.info.function_names = function_names(wasm);
+    }
     let mut rewriter = Rewriter {
         pre: &pre,
+        profile: options.profile,
+        current_profile_global: None,
         next_defined_func: 0,
         globals_emitted: false,
         exports_emitted: false,
@@ -135,6 +176,33 @@ impl Prescan {
     fn counter_index(&self) -> u32 {
         self.imported_globals + self.defined_globals
     }
+
+    /// The profile global of the `defined`-th defined function.
+    fn profile_global(&self, defined: usize) -> u32 {
+        self.counter_index() + 1 + defined as u32
+    }
+}
+
+/// Demangled function names from the `name` section (empty without one).
+fn function_names(wasm: &[u8]) -> std::collections::BTreeMap<u32, String> {
+    let mut names = std::collections::BTreeMap::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let Ok(Payload::CustomSection(section)) = payload else {
+            continue;
+        };
+        let wasmparser::KnownCustom::Name(reader) = section.as_known() else {
+            continue;
+        };
+        for sub in reader.into_iter().flatten() {
+            if let wasmparser::Name::Function(map) = sub {
+                for naming in map.into_iter().flatten() {
+                    let name = format!("{:#}", rustc_demangle::demangle(naming.name));
+                    names.insert(naming.index, name);
+                }
+            }
+        }
+    }
+    names
 }
 
 fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
@@ -230,6 +298,9 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
 
 struct Rewriter<'p> {
     pre: &'p Prescan,
+    profile: bool,
+    /// The profile global of the function being rewritten (profiling only).
+    current_profile_global: Option<u32>,
     next_defined_func: usize,
     globals_emitted: bool,
     exports_emitted: bool,
@@ -263,6 +334,18 @@ impl Rewriter<'_> {
             },
             &ConstExpr::i64_const(COUNTER_INIT),
         );
+        if self.profile {
+            for _ in &self.pre.defined_func_types {
+                globals.global(
+                    GlobalType {
+                        val_type: ValType::I64,
+                        mutable: true,
+                        shared: false,
+                    },
+                    &ConstExpr::i64_const(0),
+                );
+            }
+        }
         self.globals_emitted = true;
     }
 
@@ -282,6 +365,12 @@ impl Rewriter<'_> {
         {
             exports.export(name, ExportKind::Global, *index);
         }
+        if self.profile {
+            for (defined, func) in self.pre.info.profiled_functions.iter().enumerate() {
+                let name = format!("{PROFILE_EXPORT_PREFIX}{func}");
+                exports.export(&name, ExportKind::Global, self.pre.profile_global(defined));
+            }
+        }
         self.exports_emitted = true;
     }
 
@@ -291,6 +380,12 @@ impl Rewriter<'_> {
         f.instruction(&Instruction::I64Const(amount as i64));
         f.instruction(&Instruction::I64Sub);
         f.instruction(&Instruction::GlobalSet(counter));
+        if let Some(p) = self.current_profile_global {
+            f.instruction(&Instruction::GlobalGet(p));
+            f.instruction(&Instruction::I64Const(amount as i64));
+            f.instruction(&Instruction::I64Add);
+            f.instruction(&Instruction::GlobalSet(p));
+        }
     }
 
     fn check(&self, f: &mut Function) {
@@ -312,6 +407,13 @@ impl Rewriter<'_> {
         f.instruction(&Instruction::I64ExtendI32U);
         f.instruction(&Instruction::I64Sub);
         f.instruction(&Instruction::GlobalSet(counter));
+        if let Some(p) = self.current_profile_global {
+            f.instruction(&Instruction::GlobalGet(p));
+            f.instruction(&Instruction::LocalGet(scratch));
+            f.instruction(&Instruction::I64ExtendI32U);
+            f.instruction(&Instruction::I64Add);
+            f.instruction(&Instruction::GlobalSet(p));
+        }
     }
 }
 
@@ -391,6 +493,7 @@ impl Reencode for Rewriter<'_> {
         func: wasmparser::FunctionBody<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         let type_index = self.pre.defined_func_types[self.next_defined_func];
+        self.current_profile_global = self.profile.then(|| self.pre.profile_global(self.next_defined_func));
         self.next_defined_func += 1;
         let mut local_count = self.pre.type_params[type_index as usize];
         let mut locals = Vec::new();

@@ -25,6 +25,9 @@
 //!   as `canister_global_timer` when the controllable clock passes it.
 //! * **Reports** per message ([`MessageReport`]) and totals per method
 //!   ([`Runtime::stats`]).
+//! * **Per-function profiles** (opt-in, [`RuntimeConfig::profile`]): every
+//!   basic block's charge also lands in a counter of the function it belongs
+//!   to ([`profile`], [`Runtime::profile`]); counts are unchanged.
 //!
 //! ```no_run
 //! use local_ic::{Runtime, RuntimeConfig};
@@ -77,6 +80,7 @@ pub mod canister;
 pub mod cow_memory;
 pub mod instrument;
 pub mod memory_snapshot;
+pub mod profile;
 pub mod runtime;
 pub mod stable;
 pub mod system_api;
@@ -84,6 +88,7 @@ pub mod types;
 pub mod weights;
 
 pub use candid::Principal;
+pub use profile::{FunctionProfile, Profile};
 pub use runtime::{canister_id, CanisterId, Runtime};
 pub use types::{
     Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply, RuntimeConfig, Stats,

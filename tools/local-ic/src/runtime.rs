@@ -14,7 +14,7 @@ use std::time::Duration;
 use candid::Principal;
 use wasmtime::{Config, Engine, Linker, Module, OptLevel, Strategy};
 
-use crate::instrument::ModuleInfo;
+use crate::instrument::{self, ModuleInfo};
 
 use crate::canister::{self, Canister, Entry, Execution};
 use crate::memory_snapshot;
@@ -113,29 +113,31 @@ fn compile_cached(
     engine: &Engine,
     wasm: &[u8],
     cache_dir: Option<&std::path::Path>,
+    options: instrument::Options,
 ) -> Result<(Module, ModuleInfo), ExecError> {
-    type Cache = Mutex<HashMap<u64, Vec<(Arc<[u8]>, Module, ModuleInfo)>>>;
+    type Cache = Mutex<HashMap<u64, Vec<(Arc<[u8]>, instrument::Options, Module, ModuleInfo)>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     wasm.hash(&mut hasher);
+    options.hash(&mut hasher);
     let key = hasher.finish();
     let cache = CACHE.get_or_init(Default::default);
     {
         let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, m, i)) = cache
+        if let Some((_, _, m, i)) = cache
             .get(&key)
-            .and_then(|v| v.iter().find(|(bytes, _, _)| &bytes[..] == wasm))
+            .and_then(|v| v.iter().find(|(bytes, o, _, _)| &bytes[..] == wasm && *o == options))
         {
             return Ok((m.clone(), i.clone()));
         }
     }
-    let (module, info) = canister::compile(engine, wasm, cache_dir)?;
+    let (module, info) = canister::compile(engine, wasm, cache_dir, options)?;
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(key)
         .or_default()
-        .push((Arc::from(wasm), module.clone(), info.clone()));
+        .push((Arc::from(wasm), options, module.clone(), info.clone()));
     Ok((module, info))
 }
 
@@ -229,6 +231,18 @@ impl Runtime {
         self.canisters.get(&id).map(|c| c.host().global_timer)
     }
 
+    /// The canister's per-function instruction profile so far (runtimes with
+    /// [`RuntimeConfig::profile`] only; see [`crate::profile`]).
+    pub fn profile(&mut self, id: CanisterId) -> Option<crate::Profile> {
+        self.canisters.get_mut(&id)?.profile()
+    }
+
+    fn instrument_options(&self) -> instrument::Options {
+        instrument::Options {
+            profile: self.config.profile,
+        }
+    }
+
     /// Stable memory size in wasm pages.
     pub fn stable_size(&self, id: CanisterId) -> Option<u64> {
         self.canisters.get(&id).map(|c| c.host().stable.size())
@@ -253,8 +267,13 @@ impl Runtime {
             reason,
             report: None,
         };
-        let (module, info) =
-            compile_cached(&self.engine, wasm, self.config.module_cache_dir.as_deref()).map_err(fail)?;
+        let (module, info) = compile_cached(
+            &self.engine,
+            wasm,
+            self.config.module_cache_dir.as_deref(),
+            self.instrument_options(),
+        )
+        .map_err(fail)?;
         let host = HostState {
             canister_id: id,
             controllers: controllers.clone(),
@@ -329,8 +348,13 @@ impl Runtime {
             reason,
             report: report.map(Box::new),
         };
-        let (module, info) =
-            compile_cached(&self.engine, wasm, self.config.module_cache_dir.as_deref()).map_err(|e| fail(e, None))?;
+        let (module, info) = compile_cached(
+            &self.engine,
+            wasm,
+            self.config.module_cache_dir.as_deref(),
+            self.instrument_options(),
+        )
+        .map_err(|e| fail(e, None))?;
         let limit = self.config.limits.install;
 
         let mut pre_instructions = 0;

@@ -53,6 +53,10 @@ pub struct RuntimeConfig {
     /// message dirties ([`HEAP_DIRTY_PAGE_OVERHEAD`]; 0 switches the charge
     /// off). Reported apart, in [`MessageReport::heap_dirty_page_instructions`].
     pub heap_dirty_page_overhead: u64,
+    /// Instrument modules with a counter per function as well
+    /// ([`crate::profile`], read with [`crate::Runtime::profile`]). Counts
+    /// are unchanged; execution is slower. Default: off.
+    pub profile: bool,
 }
 
 /// Instructions per 4 KiB wasm32 heap page a message dirties, on application
@@ -86,6 +90,7 @@ impl Default for RuntimeConfig {
             print_debug: false,
             module_cache_dir: std::env::var_os("LOCAL_IC_MODULE_CACHE").map(Into::into),
             heap_dirty_page_overhead: HEAP_DIRTY_PAGE_OVERHEAD,
+            profile: false,
         }
     }
 }

@@ -31,7 +31,7 @@ pub(crate) mod simd_quant;
 pub(crate) const SIMD: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 
 pub use attention::{attention, AttentionShape};
-pub use rope::{llama3_rope_freq_factors, rope, RopeStyle, RopeTable};
+pub use rope::{llama3_rope_freq_factors, rope, rope_heads, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};
 use crate::quant::{dequantize_blocks, quantize_act_q8, quantize_act_q8k, BlockQ8A, BlockQ8K};
@@ -240,13 +240,18 @@ fn matvec_whole(w: &Tensor, x: &[f32], xq: &PreparedActs, out: &mut [f32]) -> bo
 pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
     debug_assert_eq!(x.len(), w.cols);
     debug_assert_eq!(out.len(), w.rows);
+    if let (true, TensorData::F32(d)) = (SIMD, &w.data) {
+        return simd::matmul_f32(d, w.cols, x, out);
+    }
     let xq = PreparedActs::new(w.ty, x);
     if matvec_whole(w, x, &xq, out) {
         return;
     }
     let rows4 = w.rows / 4 * 4;
-    for (r, o) in out[..rows4].chunks_exact_mut(4).enumerate() {
-        o.copy_from_slice(&dot_4rows_prepared(w, 4 * r, x, &xq));
+    if !packed_groups(w, std::slice::from_ref(&xq), rows4, out) {
+        for (r, o) in out[..rows4].chunks_exact_mut(4).enumerate() {
+            o.copy_from_slice(&dot_4rows_prepared(w, 4 * r, x, &xq));
+        }
     }
     for (r, o) in out.iter_mut().enumerate().skip(rows4) {
         *o = dot_row_prepared(w, r, x, &xq);
@@ -317,6 +322,10 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(acts.cols, cols);
     let xs = acts.xs;
+    if let (true, TensorData::F32(d)) = (SIMD, &w.data) {
+        // Same values as the row loop below (each one `dot_f32`).
+        return simd::matmul_f32(d, cols, xs, out);
+    }
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
     let xqs = acts.prepared(w.ty);
@@ -330,15 +339,72 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
         return;
     }
     let rows4 = rows / 4 * 4;
-    for r in (0..rows4).step_by(4) {
-        for (t, xq) in xqs.iter().enumerate() {
-            let v = dot_4rows_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
-            out[t * rows + r..t * rows + r + 4].copy_from_slice(&v);
+    if !packed_groups(w, xqs, rows4, out) {
+        for r in (0..rows4).step_by(4) {
+            for (t, xq) in xqs.iter().enumerate() {
+                let v = dot_4rows_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
+                out[t * rows + r..t * rows + r + 4].copy_from_slice(&v);
+            }
         }
     }
     for r in rows4..rows {
         for (t, xq) in xqs.iter().enumerate() {
             out[t * rows + r] = dot_row_prepared(w, r, &xs[t * cols..(t + 1) * cols], xq);
+        }
+    }
+}
+
+/// For the packed (quantized) weights that go 4-row group by group (Q4_0,
+/// and Q4_K/Q5_K when not widened; the byte-layout types take
+/// [`matvec_whole`]): rows `0..rows4` of `w` against every
+/// token's prepared activations into `out` (n_tokens, rows), with the
+/// weight type matched once per matrix instead of once per 4-row group; each
+/// group is the same kernel call [`dot_4rows_prepared`] makes, so the values
+/// are the same. Returns false (nothing written) for other weights.
+fn packed_groups(w: &Tensor, xqs: &[PreparedActs], rows4: usize, out: &mut [f32]) -> bool {
+    let q8 = || -> Option<Vec<&[BlockQ8A]>> {
+        xqs.iter()
+            .map(|a| match a {
+                PreparedActs::Q8(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect()
+    };
+    let q8k = || -> Option<Vec<&[BlockQ8K]>> {
+        xqs.iter()
+            .map(|a| match a {
+                PreparedActs::Q8K(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect()
+    };
+    let rows = w.rows;
+    match &w.data {
+        TensorData::Q4_0(p) => {
+            q8().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q4_0(p.group(g), x)))
+        }
+        TensorData::Q4K(p) => {
+            q8k().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q4_k(p.group(g), x)))
+        }
+        TensorData::Q5K(p) => {
+            q8k().map(|a| each_group(rows, rows4, &a, out, |g, x| simd_quant::dot4_q5_k(p.group(g), x)))
+        }
+        _ => None,
+    }
+    .is_some()
+}
+
+/// `out[t * rows + r..][..4] = dot(r / 4, &acts[t])` for every 4-row group
+/// `r < rows4` (outer) and token `t` (inner).
+#[inline(always)]
+fn each_group<A>(rows: usize, rows4: usize, acts: &[A], out: &mut [f32], dot: impl Fn(usize, &A) -> [f32; 4]) {
+    assert!(rows4 <= rows && rows4.is_multiple_of(4) && out.len() >= acts.len() * rows);
+    let po = out.as_mut_ptr();
+    for g in 0..rows4 / 4 {
+        for (t, a) in acts.iter().enumerate() {
+            let v = dot(g, a);
+            // SAFETY: t * rows + 4 * g + 4 <= t * rows + rows4 <= out.len() (checked above).
+            unsafe { core::ptr::copy_nonoverlapping(v.as_ptr(), po.add(t * rows + 4 * g), 4) };
         }
     }
 }
@@ -358,6 +424,17 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
     for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
         *o = w * (scale * v);
+    }
+}
+
+/// Index of the largest value, the first one on ties, NaN counting as
+/// smallest: [`crate::sampler::argmax`] (the oracle); the canister build runs
+/// [`simd::argmax`], which returns the same index.
+pub fn argmax(x: &[f32]) -> usize {
+    if SIMD {
+        simd::argmax(x)
+    } else {
+        crate::sampler::argmax(x)
     }
 }
 

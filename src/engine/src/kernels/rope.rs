@@ -103,18 +103,36 @@ pub fn llama3_rope_freq_factors(
 /// Rotates every head of `x` (n_heads, head_dim) in place for position `pos`.
 /// Dimensions at and beyond `table.rope_dims` in each head are left alone.
 pub fn rope(x: &mut [f32], head_dim: usize, pos: u32, table: &RopeTable) {
-    debug_assert_eq!(x.len() % head_dim, 0);
+    rope_heads(&mut [x], head_dim, pos, table)
+}
+
+/// [`rope`] on several vectors of heads at the same position (a token's q
+/// and k): each pair's cos and sin (f64 trigonometry) are computed once for
+/// all of them. The same values as one [`rope`] call per vector.
+pub fn rope_heads(xs: &mut [&mut [f32]], head_dim: usize, pos: u32, table: &RopeTable) {
     let half = table.rope_dims / 2;
-    for j in 0..half {
-        let (cos, sin) = table.cos_sin(j, pos);
+    let angles: Vec<(f32, f32)> = (0..half).map(|j| table.cos_sin(j, pos)).collect();
+    for x in xs.iter_mut() {
+        debug_assert_eq!(x.len() % head_dim, 0);
         for head in x.chunks_exact_mut(head_dim) {
-            let (a, b) = match table.style {
-                RopeStyle::Normal => (2 * j, 2 * j + 1),
-                RopeStyle::Neox => (j, j + half),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
+            let rotated = &mut head[..2 * half];
+            match table.style {
+                RopeStyle::Normal => {
+                    for (pair, &(cos, sin)) in rotated.chunks_exact_mut(2).zip(&angles) {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * cos - x1 * sin;
+                        pair[1] = x0 * sin + x1 * cos;
+                    }
+                }
+                RopeStyle::Neox => {
+                    let (lo, hi) = rotated.split_at_mut(half);
+                    for ((a, b), &(cos, sin)) in lo.iter_mut().zip(hi.iter_mut()).zip(&angles) {
+                        let (x0, x1) = (*a, *b);
+                        *a = x0 * cos - x1 * sin;
+                        *b = x0 * sin + x1 * cos;
+                    }
+                }
+            }
         }
     }
 }
@@ -173,6 +191,45 @@ mod tests {
         // between 8192 / 4 and 8192: s = (8192 / 4442.9 - 1) / 3 ≈ 0.2813,
         // divisor = 1 / ((1 - s) / 8 + s) ≈ 2.6945.
         assert!((ff[32] - 2.6945).abs() < 1e-3, "{}", ff[32]);
+    }
+
+    /// The rotation as it was first written (pair-major, angles per pair):
+    /// `rope_heads` must give the same bits.
+    fn rope_pairwise(x: &mut [f32], head_dim: usize, pos: u32, table: &RopeTable) {
+        let half = table.rope_dims / 2;
+        for j in 0..half {
+            let (cos, sin) = table.cos_sin(j, pos);
+            for head in x.chunks_exact_mut(head_dim) {
+                let (a, b) = match table.style {
+                    RopeStyle::Normal => (2 * j, 2 * j + 1),
+                    RopeStyle::Neox => (j, j + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+
+    #[test]
+    fn rope_heads_is_the_pairwise_rotation() {
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            for (head_dim, rope_dims) in [(8, 8), (12, 8), (64, 64), (6, 4)] {
+                let table = RopeTable::new(style, rope_dims, 10000.0);
+                for pos in [0, 1, 7, 130, 5000] {
+                    let q0: Vec<f32> = (0..3 * head_dim).map(|i| ((i * 37 % 19) as f32 - 9.0) / 7.0).collect();
+                    let k0: Vec<f32> = (0..head_dim).map(|i| ((i * 11 % 13) as f32 - 6.0) / 5.0).collect();
+                    let (mut q1, mut k1) = (q0.clone(), k0.clone());
+                    rope_pairwise(&mut q1, head_dim, pos, &table);
+                    rope_pairwise(&mut k1, head_dim, pos, &table);
+                    let (mut q2, mut k2) = (q0.clone(), k0.clone());
+                    rope_heads(&mut [&mut q2, &mut k2], head_dim, pos, &table);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&q1), bits(&q2), "{style:?} {head_dim} {rope_dims} {pos}");
+                    assert_eq!(bits(&k1), bits(&k2), "{style:?} {head_dim} {rope_dims} {pos}");
+                }
+            }
+        }
     }
 
     #[test]

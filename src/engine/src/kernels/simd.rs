@@ -47,7 +47,28 @@ mod imp {
         /// `p..p + 4` must be writable.
         #[inline(always)]
         pub unsafe fn store(self, p: *mut f32) {
-            v128_store(p as *mut v128, self.0)
+            core::ptr::write_unaligned(p as *mut v128, self.0)
+        }
+        /// Lanes 0 and 2 of `a`, then of `b`: `[a0, a2, b0, b2]`.
+        #[inline(always)]
+        pub fn even(a: Self, b: Self) -> Self {
+            F32x4(i32x4_shuffle::<0, 2, 4, 6>(a.0, b.0))
+        }
+        /// Per lane, `self` where `self > o`, else `o` (NaN lanes of `self`
+        /// never win).
+        #[inline(always)]
+        pub fn select_gt(self, o: Self) -> Self {
+            F32x4(v128_bitselect(self.0, o.0, f32x4_gt(self.0, o.0)))
+        }
+        /// Whether some lane of `self` equals (`==`) the same lane of `o`.
+        #[inline(always)]
+        pub fn any_eq(self, o: Self) -> bool {
+            v128_any_true(f32x4_eq(self.0, o.0))
+        }
+        /// Lanes 1 and 3 of `a`, then of `b`: `[a1, a3, b1, b3]`.
+        #[inline(always)]
+        pub fn odd(a: Self, b: Self) -> Self {
+            F32x4(i32x4_shuffle::<1, 3, 5, 7>(a.0, b.0))
         }
         #[inline(always)]
         pub fn add(self, o: Self) -> Self {
@@ -466,6 +487,32 @@ mod imp {
         pub unsafe fn store(self, p: *mut f32) {
             core::ptr::write_unaligned(p as *mut [f32; 4], self.0)
         }
+        /// `[a0, a2, b0, b2]`, as the wasm version.
+        #[inline(always)]
+        pub fn even(a: Self, b: Self) -> Self {
+            F32x4([a.0[0], a.0[2], b.0[0], b.0[2]])
+        }
+        /// Per lane, `self` where `self > o`, else `o`.
+        #[inline(always)]
+        pub fn select_gt(self, o: Self) -> Self {
+            F32x4(core::array::from_fn(|l| {
+                if self.0[l] > o.0[l] {
+                    self.0[l]
+                } else {
+                    o.0[l]
+                }
+            }))
+        }
+        /// Whether some lane of `self` equals (`==`) the same lane of `o`.
+        #[inline(always)]
+        pub fn any_eq(self, o: Self) -> bool {
+            (0..4).any(|l| self.0[l] == o.0[l])
+        }
+        /// `[a1, a3, b1, b3]`, as the wasm version.
+        #[inline(always)]
+        pub fn odd(a: Self, b: Self) -> Self {
+            F32x4([a.0[1], a.0[3], b.0[1], b.0[3]])
+        }
         #[inline(always)]
         pub fn add(self, o: Self) -> Self {
             F32x4(core::array::from_fn(|l| self.0[l] + o.0[l]))
@@ -799,6 +846,17 @@ fn reduce(acc: F32x4) -> f32 {
     (l[0] + l[1]) + (l[2] + l[3])
 }
 
+/// `[reduce(a), reduce(b), reduce(c), reduce(d)]` with the same additions
+/// (`(l0 + l1) + (l2 + l3)`, operands in that order), done on whole vectors:
+/// two transposing shuffle rounds instead of sixteen lane extractions.
+#[inline(always)]
+fn reduce4(a: F32x4, b: F32x4, c: F32x4, d: F32x4) -> F32x4 {
+    // [a0 + a1, a2 + a3, b0 + b1, b2 + b3] and the same for c, d.
+    let ab = F32x4::even(a, b).add(F32x4::odd(a, b));
+    let cd = F32x4::even(c, d).add(F32x4::odd(c, d));
+    F32x4::even(ab, cd).add(F32x4::odd(ab, cd))
+}
+
 /// [`super::dot_f32`], bit for bit, 4 lanes at a time.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -863,13 +921,232 @@ pub fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
         }
         i += 4;
     }
-    let mut out = [reduce(a0), reduce(a1), reduce(a2), reduce(a3)];
+    let mut out = reduce4(a0, a1, a2, a3).lanes();
     for (o, r) in out.iter_mut().zip(rows) {
         for (w, v) in r[n4..].iter().zip(&x[n4..]) {
             *o += w * v;
         }
     }
     out
+}
+
+/// Eight consecutive rows (`r`, `r + stride`, ...) against `x`, `n`
+/// columns each, as two vectors of four rows: each row bit for bit
+/// [`super::dot_f32`] (lane order as in [`dot4_f32`]). Every `x` load serves eight rows, so the per-column
+/// `x` loads and the per-pass address arithmetic cost half what
+/// [`dot4_f32`] pays per multiply-add.
+///
+/// # Safety
+/// Rows `r + k * stride .. + n` (k < 8) and `x .. x + n` must be readable.
+#[inline(always)]
+unsafe fn dot8_f32(r: *const f32, stride: usize, x: *const f32, n: usize) -> [F32x4; 2] {
+    let (r0, r1, r2, r3) = (r, r.add(stride), r.add(2 * stride), r.add(3 * stride));
+    let (r4, r5, r6, r7) = (
+        r.add(4 * stride),
+        r.add(5 * stride),
+        r.add(6 * stride),
+        r.add(7 * stride),
+    );
+    let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
+    let (mut a4, mut a5, mut a6, mut a7) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
+    let n4 = n / 4 * 4;
+    let mut i = 0;
+    // One address per row per pass, loads at constant offsets. Unrolled by
+    // hand: LLVM leaves a loop over the offsets of this size rolled, reading
+    // each offset from a stack array.
+    macro_rules! pass {
+        ($($j:literal)*) => {{
+            let (x, p0, p1, p2, p3) = (x.add(i), r0.add(i), r1.add(i), r2.add(i), r3.add(i));
+            let (p4, p5, p6, p7) = (r4.add(i), r5.add(i), r6.add(i), r7.add(i));
+            $(
+                let xv = F32x4::load(x.add($j));
+                a0 = a0.add(F32x4::load(p0.add($j)).mul(xv));
+                a1 = a1.add(F32x4::load(p1.add($j)).mul(xv));
+                a2 = a2.add(F32x4::load(p2.add($j)).mul(xv));
+                a3 = a3.add(F32x4::load(p3.add($j)).mul(xv));
+                a4 = a4.add(F32x4::load(p4.add($j)).mul(xv));
+                a5 = a5.add(F32x4::load(p5.add($j)).mul(xv));
+                a6 = a6.add(F32x4::load(p6.add($j)).mul(xv));
+                a7 = a7.add(F32x4::load(p7.add($j)).mul(xv));
+            )*
+        }};
+    }
+    // 64 columns per pass (the address and loop arithmetic spread over 512
+    // multiply-adds), then one of 32 (e.g. 288 = 4 * 64 + 32).
+    while i + 64 <= n {
+        pass!(0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60);
+        i += 64;
+    }
+    if i + 32 <= n {
+        pass!(0 4 8 12 16 20 24 28);
+        i += 32;
+    }
+    while i < n4 {
+        let xv = F32x4::load(x.add(i));
+        a0 = a0.add(F32x4::load(r0.add(i)).mul(xv));
+        a1 = a1.add(F32x4::load(r1.add(i)).mul(xv));
+        a2 = a2.add(F32x4::load(r2.add(i)).mul(xv));
+        a3 = a3.add(F32x4::load(r3.add(i)).mul(xv));
+        a4 = a4.add(F32x4::load(r4.add(i)).mul(xv));
+        a5 = a5.add(F32x4::load(r5.add(i)).mul(xv));
+        a6 = a6.add(F32x4::load(r6.add(i)).mul(xv));
+        a7 = a7.add(F32x4::load(r7.add(i)).mul(xv));
+        i += 4;
+    }
+    let out = [reduce4(a0, a1, a2, a3), reduce4(a4, a5, a6, a7)];
+    if n4 == n {
+        return out;
+    }
+    // The tail, added in order after the reduction (as `dot_f32`).
+    let mut v = [out[0].lanes(), out[1].lanes()].concat();
+    for (k, o) in v.iter_mut().enumerate() {
+        let p = r.add(k * stride);
+        for c in n4..n {
+            *o += *p.add(c) * *x.add(c);
+        }
+    }
+    [F32x4::load(v.as_ptr()), F32x4::load(v.as_ptr().add(4))]
+}
+
+/// [`dot8_f32`] for sixteen consecutive rows, as four vectors of four rows:
+/// every `x` load serves sixteen rows (0.05 fewer instructions per
+/// multiply-add than eight).
+///
+/// # Safety
+/// Rows `r + k * stride .. + n` (k < 16) and `x .. x + n` must be readable.
+#[inline(always)]
+unsafe fn dot16_f32(r: *const f32, stride: usize, x: *const f32, n: usize) -> [F32x4; 4] {
+    let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15]: [*const f32; 16] =
+        core::array::from_fn(|k| r.add(k * stride));
+    let mut a0 = F32x4::zero();
+    let mut a1 = F32x4::zero();
+    let mut a2 = F32x4::zero();
+    let mut a3 = F32x4::zero();
+    let mut a4 = F32x4::zero();
+    let mut a5 = F32x4::zero();
+    let mut a6 = F32x4::zero();
+    let mut a7 = F32x4::zero();
+    let mut a8 = F32x4::zero();
+    let mut a9 = F32x4::zero();
+    let mut a10 = F32x4::zero();
+    let mut a11 = F32x4::zero();
+    let mut a12 = F32x4::zero();
+    let mut a13 = F32x4::zero();
+    let mut a14 = F32x4::zero();
+    let mut a15 = F32x4::zero();
+    let n4 = n / 4 * 4;
+    let mut i = 0;
+    // As in dot8_f32: one address per row per pass, constant offsets, unrolled by hand.
+    macro_rules! pass {
+        ($($j:literal)*) => {{
+            let x = x.add(i);
+            let [p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14, p15] = [r0.add(i), r1.add(i), r2.add(i), r3.add(i), r4.add(i), r5.add(i), r6.add(i), r7.add(i), r8.add(i), r9.add(i), r10.add(i), r11.add(i), r12.add(i), r13.add(i), r14.add(i), r15.add(i)];
+            $(
+                let xv = F32x4::load(x.add($j));
+                a0 = a0.add(F32x4::load(p0.add($j)).mul(xv));
+                a1 = a1.add(F32x4::load(p1.add($j)).mul(xv));
+                a2 = a2.add(F32x4::load(p2.add($j)).mul(xv));
+                a3 = a3.add(F32x4::load(p3.add($j)).mul(xv));
+                a4 = a4.add(F32x4::load(p4.add($j)).mul(xv));
+                a5 = a5.add(F32x4::load(p5.add($j)).mul(xv));
+                a6 = a6.add(F32x4::load(p6.add($j)).mul(xv));
+                a7 = a7.add(F32x4::load(p7.add($j)).mul(xv));
+                a8 = a8.add(F32x4::load(p8.add($j)).mul(xv));
+                a9 = a9.add(F32x4::load(p9.add($j)).mul(xv));
+                a10 = a10.add(F32x4::load(p10.add($j)).mul(xv));
+                a11 = a11.add(F32x4::load(p11.add($j)).mul(xv));
+                a12 = a12.add(F32x4::load(p12.add($j)).mul(xv));
+                a13 = a13.add(F32x4::load(p13.add($j)).mul(xv));
+                a14 = a14.add(F32x4::load(p14.add($j)).mul(xv));
+                a15 = a15.add(F32x4::load(p15.add($j)).mul(xv));
+            )*
+        }};
+    }
+    while i + 64 <= n {
+        pass!(0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60);
+        i += 64;
+    }
+    if i + 32 <= n {
+        pass!(0 4 8 12 16 20 24 28);
+        i += 32;
+    }
+    while i < n4 {
+        pass!(0);
+        i += 4;
+    }
+    let out = [
+        reduce4(a0, a1, a2, a3),
+        reduce4(a4, a5, a6, a7),
+        reduce4(a8, a9, a10, a11),
+        reduce4(a12, a13, a14, a15),
+    ];
+    if n4 == n {
+        return out;
+    }
+    // The tail, added in order after the reduction (as `dot_f32`).
+    let mut v: [f32; 16] = core::array::from_fn(|k| out[k / 4].lanes()[k % 4]);
+    for (k, o) in v.iter_mut().enumerate() {
+        let p = r.add(k * stride);
+        for c in n4..n {
+            *o += *p.add(c) * *x.add(c);
+        }
+    }
+    core::array::from_fn(|q| F32x4::load(v.as_ptr().add(4 * q)))
+}
+
+/// `out[t] = W xs[t]` for a row-major f32 matrix `w` (rows, cols) and
+/// `xs` (n_tokens, cols) into `out` (n_tokens, rows): every value bit for
+/// bit [`super::dot_f32`] of its row and token. Sixteen rows per pass
+/// ([`dot16_f32`]), then eight ([`dot8_f32`]), four ([`dot4_f32`]), one; no
+/// per-row-group dispatch or slicing.
+pub fn matmul_f32(w: &[f32], cols: usize, xs: &[f32], out: &mut [f32]) {
+    assert!(cols > 0 && w.len().is_multiple_of(cols) && xs.len().is_multiple_of(cols));
+    let (rows, n_tokens) = (w.len() / cols, xs.len() / cols);
+    assert_eq!(out.len(), rows * n_tokens);
+    let (rows16, rows8) = (rows / 16 * 16, rows / 8 * 8);
+    let (pw, px, po) = (w.as_ptr(), xs.as_ptr(), out.as_mut_ptr());
+    for r in (0..rows16).step_by(16) {
+        for t in 0..n_tokens {
+            // SAFETY: rows r..r + 16 <= rows of w and token t < n_tokens of
+            // xs, `cols` each (checked above); out[t * rows + r..][..16] is
+            // inside out (rows * n_tokens).
+            unsafe {
+                let v = dot16_f32(pw.add(r * cols), cols, px.add(t * cols), cols);
+                for (q, v) in v.into_iter().enumerate() {
+                    v.store(po.add(t * rows + r + 4 * q));
+                }
+            }
+        }
+    }
+    for r in (rows16..rows8).step_by(8) {
+        for t in 0..n_tokens {
+            // SAFETY: rows r..r + 8 <= rows of w and token t < n_tokens of
+            // xs, `cols` each (checked above); out[t * rows + r..][..8] is
+            // inside out (rows * n_tokens).
+            unsafe {
+                let [lo, hi] = dot8_f32(pw.add(r * cols), cols, px.add(t * cols), cols);
+                lo.store(po.add(t * rows + r));
+                hi.store(po.add(t * rows + r + 4));
+            }
+        }
+    }
+    let row = |r: usize| &w[r * cols..(r + 1) * cols];
+    let mut r = rows8;
+    if r + 4 <= rows {
+        for t in 0..n_tokens {
+            let v = dot4_f32(
+                [row(r), row(r + 1), row(r + 2), row(r + 3)],
+                &xs[t * cols..(t + 1) * cols],
+            );
+            out[t * rows + r..t * rows + r + 4].copy_from_slice(&v);
+        }
+        r += 4;
+    }
+    for r in r..rows {
+        for t in 0..n_tokens {
+            out[t * rows + r] = dot_f32(row(r), &xs[t * cols..(t + 1) * cols]);
+        }
+    }
 }
 
 #[inline(always)]
@@ -997,7 +1274,7 @@ fn dot4_half<H: Half16>(rows: [&[H]; 4], x: &[f32]) -> [f32; 4] {
         }
         i += 4;
     }
-    let mut out = [reduce(a0), reduce(a1), reduce(a2), reduce(a3)];
+    let mut out = reduce4(a0, a1, a2, a3).lanes();
     for (o, r) in out.iter_mut().zip(rows) {
         for (w, v) in r[n4..].iter().zip(&x[n4..]) {
             *o += w.widen() * v;
@@ -1005,6 +1282,95 @@ fn dot4_half<H: Half16>(rows: [&[H]; 4], x: &[f32]) -> [f32; 4] {
     }
     out
 }
+
+/// Attention kernels for one fixed head size, unrolled over its 4-wide
+/// chunks (offsets `$j`, in elements) so the query (scores) or the output
+/// accumulators (values) stay in locals and every load has a constant
+/// offset. Four positions per pass. Each value is bit for bit what the
+/// generic paths compute: scores as [`super::dot_f32`] (lanes from zero, then
+/// `(l0 + l1) + (l2 + l3)`) times `scale`, values as `o += a * v` position by
+/// position from zero.
+macro_rules! attention_fixed {
+    ($scores:ident, $values:ident, $($j:literal)*) => {
+        /// # Safety
+        /// `q..q + hd` readable; for `t < n_pos`, `k + t * stride + off .. + hd`
+        /// readable; `s..s + n_pos` writable.
+        #[inline(never)]
+        unsafe fn $scores(
+            s: *mut f32,
+            n_pos: usize,
+            q: *const f32,
+            k: *const f32,
+            stride: usize,
+            off: usize,
+            scale: f32,
+        ) {
+            let qv = [$(F32x4::load(q.add($j))),*];
+            let sc = F32x4::splat(scale);
+            let n4 = n_pos / 4 * 4;
+            let mut t = 0;
+            while t < n4 {
+                let k0 = k.add(t * stride + off);
+                let (k1, k2, k3) = (k0.add(stride), k0.add(2 * stride), k0.add(3 * stride));
+                let (mut a0, mut a1, mut a2, mut a3) = (F32x4::zero(), F32x4::zero(), F32x4::zero(), F32x4::zero());
+                $(
+                    a0 = a0.add(qv[$j / 4].mul(F32x4::load(k0.add($j))));
+                    a1 = a1.add(qv[$j / 4].mul(F32x4::load(k1.add($j))));
+                    a2 = a2.add(qv[$j / 4].mul(F32x4::load(k2.add($j))));
+                    a3 = a3.add(qv[$j / 4].mul(F32x4::load(k3.add($j))));
+                )*
+                reduce4(a0, a1, a2, a3).mul(sc).store(s.add(t));
+                t += 4;
+            }
+            while t < n_pos {
+                let k0 = k.add(t * stride + off);
+                let mut a0 = F32x4::zero();
+                $( a0 = a0.add(qv[$j / 4].mul(F32x4::load(k0.add($j)))); )*
+                *s.add(t) = reduce(a0) * scale;
+                t += 1;
+            }
+        }
+
+        /// # Safety
+        /// `a..a + n_pos` readable; for `t < n_pos`, `v + t * stride + off .. + hd`
+        /// readable; `o..o + hd` writable.
+        #[inline(never)]
+        unsafe fn $values(o: *mut f32, a: *const f32, n_pos: usize, v: *const f32, stride: usize, off: usize) {
+            let mut acc = [$({ let _ = $j; F32x4::zero() }),*];
+            let n4 = n_pos / 4 * 4;
+            let mut t = 0;
+            while t < n4 {
+                let v0 = v.add(t * stride + off);
+                let (v1, v2, v3) = (v0.add(stride), v0.add(2 * stride), v0.add(3 * stride));
+                let (s0, s1) = (F32x4::splat(*a.add(t)), F32x4::splat(*a.add(t + 1)));
+                let (s2, s3) = (F32x4::splat(*a.add(t + 2)), F32x4::splat(*a.add(t + 3)));
+                $(
+                    acc[$j / 4] = acc[$j / 4]
+                        .add(s0.mul(F32x4::load(v0.add($j))))
+                        .add(s1.mul(F32x4::load(v1.add($j))))
+                        .add(s2.mul(F32x4::load(v2.add($j))))
+                        .add(s3.mul(F32x4::load(v3.add($j))));
+                )*
+                t += 4;
+            }
+            while t < n_pos {
+                let v0 = v.add(t * stride + off);
+                let s0 = F32x4::splat(*a.add(t));
+                $( acc[$j / 4] = acc[$j / 4].add(s0.mul(F32x4::load(v0.add($j)))); )*
+                t += 1;
+            }
+            $( acc[$j / 4].store(o.add($j)); )*
+        }
+    };
+}
+
+attention_fixed!(scores_32, values_32, 0 4 8 12 16 20 24 28);
+attention_fixed!(scores_48, values_48, 0 4 8 12 16 20 24 28 32 36 40 44);
+attention_fixed!(scores_64, values_64, 0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60);
+attention_fixed!(
+    scores_128, values_128,
+    0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60 64 68 72 76 80 84 88 92 96 100 104 108 112 116 120 124
+);
 
 /// Scores of one query head against `n_pos` cached keys:
 /// `scores[t] = dot(q_h, k_cache[t * stride + off..][..head_dim]) * scale`,
@@ -1039,6 +1405,10 @@ pub fn attention_scores(scores: &mut [f32], q_h: &[f32], k_cache: &[f32], stride
                 *ps.add(t) = reduce(acc) * scale;
             }
         },
+        32 => unsafe { scores_32(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
+        48 => unsafe { scores_48(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
+        64 => unsafe { scores_64(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
+        128 => unsafe { scores_128(ps, n_pos, q_h.as_ptr(), pk, stride, off, scale) },
         _ => {
             // Four positions per pass: q_h is loaded once for the four keys.
             let key = |t: usize| &k_cache[t * stride + off..t * stride + off + hd];
@@ -1061,12 +1431,16 @@ pub fn attention_scores(scores: &mut [f32], q_h: &[f32], k_cache: &[f32], stride
 pub fn attention_values(out_h: &mut [f32], scores: &[f32], v_cache: &[f32], stride: usize, off: usize) {
     let hd = out_h.len();
     let n_pos = scores.len();
-    out_h.fill(0.0);
     if n_pos == 0 {
+        out_h.fill(0.0);
         return;
     }
     assert!(off + hd <= stride && (n_pos - 1) * stride + off + hd <= v_cache.len());
     let pv = v_cache.as_ptr();
+    // The fixed-size paths write every element; the others accumulate into it.
+    if !matches!(hd, 8 | 4 | 32 | 48 | 64 | 128) {
+        out_h.fill(0.0);
+    }
     match hd {
         // SAFETY (both arms): row t spans t * stride + off .. + hd, checked above.
         8 => unsafe {
@@ -1087,6 +1461,10 @@ pub fn attention_values(out_h: &mut [f32], scores: &[f32], v_cache: &[f32], stri
             }
             o0.store(out_h.as_mut_ptr());
         },
+        32 => unsafe { values_32(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
+        48 => unsafe { values_48(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
+        64 => unsafe { values_64(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
+        128 => unsafe { values_128(out_h.as_mut_ptr(), scores.as_ptr(), n_pos, pv, stride, off) },
         _ => {
             // Four positions per pass over each 4-wide chunk of the output
             // (each element still sums its positions in order).
@@ -1216,6 +1594,48 @@ pub fn max(x: &[f32]) -> f32 {
         }
     }
     m
+}
+
+/// [`crate::sampler::argmax`], the same index: the first position of the
+/// largest non-NaN value (ties between `-0.0` and `0.0` included), 0 if all
+/// are NaN or `x` is empty. Two SIMD passes (the maximum, then its first
+/// position) instead of a scalar compare-and-branch per element.
+pub fn argmax(x: &[f32]) -> usize {
+    let n = x.len();
+    let n16 = n / 16 * 16;
+    let n4 = n / 4 * 4;
+    let p = x.as_ptr();
+    let mut m = F32x4::splat(f32::NEG_INFINITY);
+    let mut i = 0;
+    // SAFETY (both loops): i + 16 <= n16 <= n, then i + 4 <= n4 <= n.
+    while i < n16 {
+        unsafe {
+            m = F32x4::load(p.add(i)).select_gt(m);
+            m = F32x4::load(p.add(i + 4)).select_gt(m);
+            m = F32x4::load(p.add(i + 8)).select_gt(m);
+            m = F32x4::load(p.add(i + 12)).select_gt(m);
+        }
+        i += 16;
+    }
+    while i < n4 {
+        m = unsafe { F32x4::load(p.add(i)) }.select_gt(m);
+        i += 4;
+    }
+    let mut best = f32::NEG_INFINITY;
+    for v in m.lanes().into_iter().chain(x[n4..].iter().copied()) {
+        if v > best {
+            best = v;
+        }
+    }
+    // The first element equal to the maximum: a vector test per four, then
+    // the four one by one. (No match: every element is NaN.)
+    let b = F32x4::splat(best);
+    let mut i = 0;
+    // SAFETY: i + 4 <= n4 <= n.
+    while i < n4 && !unsafe { F32x4::load(p.add(i)) }.any_eq(b) {
+        i += 4;
+    }
+    x[i..].iter().position(|&v| v == best).map_or(0, |j| i + j)
 }
 
 /// [`super::exp::exp`] on four lanes, bit for bit (the same operations in
@@ -1354,6 +1774,71 @@ mod tests {
     }
 
     #[test]
+    fn matmul_f32_is_the_oracle_per_row_and_token() {
+        for cols in [1, 3, 4, 7, 32, 36, 64, 67, 96, 100, 131, 288] {
+            for rows in [1, 3, 4, 5, 8, 9, 12, 13, 16, 21, 32, 45] {
+                for n_tokens in [1, 2, 3] {
+                    let w = pseudo(rows * cols, (7 * rows + cols) as u32);
+                    let xs = pseudo(n_tokens * cols, 99 + cols as u32);
+                    let mut out = vec![f32::NAN; rows * n_tokens];
+                    matmul_f32(&w, cols, &xs, &mut out);
+                    for t in 0..n_tokens {
+                        for r in 0..rows {
+                            let want =
+                                super::super::dot_f32(&w[r * cols..(r + 1) * cols], &xs[t * cols..(t + 1) * cols]);
+                            assert_eq!(
+                                out[t * rows + r].to_bits(),
+                                want.to_bits(),
+                                "cols {cols} rows {rows} token {t} row {r}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn argmax_is_the_oracle() {
+        let oracle = crate::sampler::argmax;
+        let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, 0.0, -0.0, 1.0, -1.0];
+        for n in 0..70 {
+            let base = pseudo(n, 3 + n as u32);
+            assert_eq!(argmax(&base), oracle(&base), "n = {n}");
+            // Specials and ties planted at a few places, alone and together.
+            for (k, &sp) in specials.iter().enumerate() {
+                for at in [0, n / 3, n / 2, n.saturating_sub(1)] {
+                    if n == 0 {
+                        continue;
+                    }
+                    let mut v = base.clone();
+                    v[at] = sp;
+                    assert_eq!(argmax(&v), oracle(&v), "n {n} at {at} special {sp}");
+                    v[(at + 1 + k) % n] = sp;
+                    assert_eq!(argmax(&v), oracle(&v), "n {n} at {at} special {sp} twice");
+                    let all: Vec<f32> = vec![sp; n];
+                    assert_eq!(argmax(&all), oracle(&all), "n {n} all {sp}");
+                    let mut mixed = vec![f32::NAN; n];
+                    mixed[at] = sp;
+                    assert_eq!(argmax(&mixed), oracle(&mixed), "n {n} NaNs and {sp} at {at}");
+                }
+            }
+            // Ties of the maximum.
+            if n >= 3 {
+                let mut v = base.clone();
+                v[n - 1] = 5.0;
+                v[n / 2] = 5.0;
+                assert_eq!(argmax(&v), oracle(&v), "n {n} tie");
+                v[0] = -0.0;
+                v[n - 1] = 0.0;
+                v[n / 2] = -1e30;
+                let zeros: Vec<f32> = v.iter().map(|&x| if x > 0.0 { -x } else { x }).collect();
+                assert_eq!(argmax(&zeros), oracle(&zeros), "n {n} signed zeros");
+            }
+        }
+    }
+
+    #[test]
     fn f16_dots_are_the_oracle_bit_for_bit() {
         for n in [0, 1, 3, 4, 5, 8, 9, 12, 13, 16, 37, 64, 67] {
             let rows: Vec<Vec<half::f16>> = (0..4)
@@ -1371,8 +1856,11 @@ mod tests {
 
     #[test]
     fn attention_kernels_match_scalar() {
-        for hd in [4, 8, 12, 6, 64, 37] {
-            let (n_pos, stride, off) = (13, 3 * hd, hd);
+        for (hd, n_pos) in [4, 8, 12, 6, 32, 48, 64, 128, 37]
+            .into_iter()
+            .flat_map(|hd| [1, 3, 4, 5, 8, 13].map(|n| (hd, n)))
+        {
+            let (stride, off) = (3 * hd, hd);
             let k = pseudo(n_pos * stride, 21);
             let v = pseudo(n_pos * stride, 22);
             let q = pseudo(hd, 23);
@@ -1390,7 +1878,8 @@ mod tests {
                     *o += a * x;
                 }
             }
-            assert_eq!(out, want, "hd {hd}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "hd {hd} n_pos {n_pos}");
         }
     }
 

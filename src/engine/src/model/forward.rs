@@ -10,6 +10,7 @@
 use super::Model;
 use crate::job::KvCache;
 use crate::kernels::{self, AttentionShape};
+use crate::scratch::Scratch;
 
 /// Writes the embeddings of `tokens` into `x` (n_tokens, dim).
 /// Token ids must be `< vocab_size` (checked by the job).
@@ -31,15 +32,15 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     let n = x.len() / c.dim;
 
     // attn_norm: xb (n, dim)
-    let mut xb = vec![0.0f32; n * c.dim];
+    let mut xb = Scratch::new(n * c.dim);
     for (out, row) in xb.chunks_exact_mut(c.dim).zip(x.chunks_exact(c.dim)) {
         kernels::rmsnorm(out, row, &w.attn_norm, c.rms_eps);
     }
 
     // qkv projections: q (n, q_dim), k (n, kv_dim), v (n, kv_dim)
-    let mut q = vec![0.0f32; n * c.q_dim];
-    let mut k = vec![0.0f32; n * c.kv_dim];
-    let mut v = vec![0.0f32; n * c.kv_dim];
+    let mut q = Scratch::new(n * c.q_dim);
+    let mut k = Scratch::new(n * c.kv_dim);
+    let mut v = Scratch::new(n * c.kv_dim);
     let mut acts = kernels::SharedActs::new(&xb, c.dim);
     kernels::matmul_shared(&w.wq, &mut acts, &mut q);
     kernels::matmul_shared(&w.wk, &mut acts, &mut k);
@@ -61,8 +62,11 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     // rope: rotate q and k of each token by its position
     for t in 0..n {
         let pos = pos0 + t as u32;
-        kernels::rope(&mut q[t * c.q_dim..(t + 1) * c.q_dim], c.head_dim, pos, &model.rope);
-        kernels::rope(&mut k[t * c.kv_dim..(t + 1) * c.kv_dim], c.head_dim, pos, &model.rope);
+        let (q_t, k_t) = (
+            &mut q[t * c.q_dim..(t + 1) * c.q_dim],
+            &mut k[t * c.kv_dim..(t + 1) * c.kv_dim],
+        );
+        kernels::rope_heads(&mut [q_t, k_t], c.head_dim, pos, &model.rope);
     }
 
     // write kv: the batch's rows go to the cache at pos0..pos0 + n
@@ -75,8 +79,8 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
         head_dim: c.head_dim,
     };
     let (k_cache, v_cache) = kv.layer(layer);
-    let mut att = vec![0.0f32; n * c.q_dim]; // (n, q_dim)
-    let mut scores = vec![0.0f32; pos0 as usize + n]; // (n_pos)
+    let mut att = Scratch::new(n * c.q_dim); // (n, q_dim)
+    let mut scores = Scratch::new(pos0 as usize + n); // (n_pos)
     for t in 0..n {
         let n_pos = pos0 as usize + t + 1;
         let q_t = &q[t * c.q_dim..(t + 1) * c.q_dim];
@@ -85,7 +89,7 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     }
 
     // out projection + residual: x += Wo · att
-    let mut o = vec![0.0f32; n * c.dim];
+    let mut o = Scratch::new(n * c.dim);
     kernels::matmul(&w.wo, &att, &mut o);
     kernels::add_in_place(x, &o);
 }
@@ -99,7 +103,7 @@ fn add_to_rows(x: &mut [f32], bias: &[f32]) {
 
 /// RMSNorm of every head of `x` (n * heads, head_dim) with `weight` (head_dim).
 fn rmsnorm_heads(x: &mut [f32], weight: &[f32], eps: f32) {
-    let mut head = vec![0.0f32; weight.len()];
+    let mut head = Scratch::new(weight.len());
     for h in x.chunks_exact_mut(weight.len()) {
         head.copy_from_slice(h);
         kernels::rmsnorm(h, &head, weight, eps);
@@ -114,21 +118,21 @@ pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
     let n = x.len() / c.dim;
 
     // ffn_norm: xb (n, dim)
-    let mut xb = vec![0.0f32; n * c.dim];
+    let mut xb = Scratch::new(n * c.dim);
     for (out, row) in xb.chunks_exact_mut(c.dim).zip(x.chunks_exact(c.dim)) {
         kernels::rmsnorm(out, row, &w.ffn_norm, c.rms_eps);
     }
 
     // gate and up: (n, hidden_dim) each; SwiGLU into gate
-    let mut gate = vec![0.0f32; n * c.hidden_dim];
-    let mut up = vec![0.0f32; n * c.hidden_dim];
+    let mut gate = Scratch::new(n * c.hidden_dim);
+    let mut up = Scratch::new(n * c.hidden_dim);
     let mut acts = kernels::SharedActs::new(&xb, c.dim);
     kernels::matmul_shared(&w.w_gate, &mut acts, &mut gate);
     kernels::matmul_shared(&w.w_up, &mut acts, &mut up);
     kernels::swiglu(&mut gate, &up);
 
     // down projection + residual: x += W_down · gate
-    let mut down = vec![0.0f32; n * c.dim];
+    let mut down = Scratch::new(n * c.dim);
     kernels::matmul(&w.w_down, &gate, &mut down);
     kernels::add_in_place(x, &down);
 }
@@ -136,7 +140,7 @@ pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
 /// Final norm and output head for one hidden row `x` (dim) → `logits` (vocab_size).
 pub fn logits(model: &Model, x: &[f32], logits: &mut [f32]) {
     let c = &model.config;
-    let mut xb = vec![0.0f32; c.dim];
+    let mut xb = Scratch::new(c.dim);
     kernels::rmsnorm(&mut xb, x, &model.output_norm, c.rms_eps);
     kernels::matvec(model.output_weights(), &xb, logits);
 }
