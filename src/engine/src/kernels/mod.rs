@@ -240,9 +240,6 @@ fn matvec_whole(w: &Tensor, x: &[f32], xq: &PreparedActs, out: &mut [f32]) -> bo
 pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
     debug_assert_eq!(x.len(), w.cols);
     debug_assert_eq!(out.len(), w.rows);
-    if let (true, TensorData::F32(d)) = (SIMD, &w.data) {
-        return simd::matmul_f32(d, w.cols, x, out);
-    }
     let xq = PreparedActs::new(w.ty, x);
     if matvec_whole(w, x, &xq, out) {
         return;
@@ -322,10 +319,6 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(acts.cols, cols);
     let xs = acts.xs;
-    if let (true, TensorData::F32(d)) = (SIMD, &w.data) {
-        // Same values as the row loop below (each one `dot_f32`).
-        return simd::matmul_f32(d, cols, xs, out);
-    }
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
     let xqs = acts.prepared(w.ty);

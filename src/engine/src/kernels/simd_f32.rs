@@ -30,36 +30,45 @@ pub fn matvec_rows_in_lanes(w: &RowsInLanes, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), cols);
     assert_eq!(out.len(), w.rows());
     let n4 = cols / 4 * 4;
-    // acc[g][l] = A_l of group g.
-    let mut acc = vec![[F32x4::zero(); 4]; groups];
+    // acc[g][l] = A_l of group g. Filled by the first pass (each lane class
+    // starting from 0.0, as `dot_f32`'s lanes do), not zeroed beforehand.
+    let mut acc: Vec<[F32x4; 4]> = Vec::with_capacity(groups);
     let base = w.group(0).as_ptr();
     let stride = cols * 4;
     let mut c0 = 0;
-    while c0 + CHUNK <= n4 {
-        // SAFETY: c0 + CHUNK <= cols.
-        let xs: [F32x4; CHUNK] = std::array::from_fn(|i| F32x4::splat(unsafe { *x.get_unchecked(c0 + i) }));
-        // SAFETY: group g's columns c0..c0 + CHUNK are at base + g · stride + 4 c0.
-        unsafe {
-            let mut pw = base.add(4 * c0);
-            for a in acc.iter_mut() {
-                chunk128(pw, &xs, a);
-                pw = pw.add(stride);
+    /// One chunk of every group: pushes the accumulators on the first pass.
+    macro_rules! pass {
+        ($chunk:ident, $c:expr) => {{
+            // SAFETY: c0 + C <= cols.
+            let xs: [F32x4; $c] = std::array::from_fn(|i| F32x4::splat(unsafe { *x.get_unchecked(c0 + i) }));
+            // SAFETY: group g's columns c0..c0 + C are at base + g · stride + 4 c0.
+            unsafe {
+                let mut pw = base.add(4 * c0);
+                if acc.is_empty() {
+                    for _ in 0..groups {
+                        let mut a = [F32x4::zero(); 4];
+                        $chunk::<true>(pw, &xs, &mut a);
+                        acc.push(a);
+                        pw = pw.add(stride);
+                    }
+                } else {
+                    for a in acc.iter_mut() {
+                        $chunk::<false>(pw, &xs, a);
+                        pw = pw.add(stride);
+                    }
+                }
             }
-        }
-        c0 += CHUNK;
+            c0 += $c;
+        }};
+    }
+    while c0 + CHUNK <= n4 {
+        pass!(chunk128, CHUNK);
     }
     while c0 + SMALL <= n4 {
-        // SAFETY: c0 + SMALL <= cols.
-        let xs: [F32x4; SMALL] = std::array::from_fn(|i| F32x4::splat(unsafe { *x.get_unchecked(c0 + i) }));
-        // SAFETY: as above.
-        unsafe {
-            let mut pw = base.add(4 * c0);
-            for a in acc.iter_mut() {
-                chunk16(pw, &xs, a);
-                pw = pw.add(stride);
-            }
-        }
-        c0 += SMALL;
+        pass!(chunk16, SMALL);
+    }
+    if acc.is_empty() {
+        acc.resize(groups, [F32x4::zero(); 4]);
     }
     // The last columns of whole fours, one column of four rows at a time.
     for (g, a) in acc.iter_mut().enumerate() {
@@ -71,34 +80,39 @@ pub fn matvec_rows_in_lanes(w: &RowsInLanes, x: &[f32], out: &mut [f32]) {
             }
         }
     }
+    let full = w.rows() / 4;
     for (g, a) in acc.iter().enumerate() {
         let mut sum = a[0].add(a[1]).add(a[2].add(a[3]));
         for (c, &xc) in x.iter().enumerate().skip(n4) {
             // SAFETY: c < cols.
             sum = sum.add(unsafe { F32x4::load(base.add(g * stride + c * 4)) }.mul(F32x4::splat(xc)));
         }
-        let lanes = sum.lanes();
-        for (r, v) in lanes.iter().enumerate() {
-            if let Some(o) = out.get_mut(4 * g + r) {
-                *o = *v;
+        if g < full {
+            // SAFETY: rows 4g..4g + 4 < rows.
+            unsafe { sum.store(out.as_mut_ptr().add(4 * g)) };
+        } else {
+            for (o, v) in out[4 * g..].iter_mut().zip(sum.lanes()) {
+                *o = v;
             }
         }
     }
 }
 
-/// Defines `$name(pw, xs, a)`: adds a chunk of `$c` columns of a group (`pw`
-/// = its first column) to the four lane-class accumulators, each as one
-/// chain of `$c / 4` terms in column order (straight-line: constant load
-/// offsets, each chain on the wasm stack).
+/// Defines `$name::<FIRST>(pw, xs, a)`: a chunk of `$c` columns of a group
+/// (`pw` = its first column) added to the four lane-class accumulators `a`
+/// (to 0.0 instead when `FIRST`), each as one chain of `$c / 4` terms in
+/// column order, stored as soon as it ends (straight-line: constant load
+/// offsets, each chain on the wasm stack; returning the four chains
+/// together made LLVM hoist every load into a local, 2 more per term).
 macro_rules! chunk_fn {
     ($name:ident, $c:expr, [$($k:literal),*]) => {
         /// # Safety
         /// `pw..pw + 4 · C` must be readable.
         #[inline(always)]
-        unsafe fn $name(pw: *const f32, xs: &[F32x4; $c], a: &mut [F32x4; 4]) {
+        unsafe fn $name<const FIRST: bool>(pw: *const f32, xs: &[F32x4; $c], a: &mut [F32x4; 4]) {
             macro_rules! chain {
                 ($l:literal) => {{
-                    let mut s = a[$l];
+                    let mut s = if FIRST { F32x4::zero() } else { a[$l] };
                     $(
                         s = s.add(F32x4::load(pw.add(4 * (4 * $k + $l))).mul(xs[4 * $k + $l]));
                     )*

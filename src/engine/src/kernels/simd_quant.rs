@@ -167,37 +167,69 @@ trait Stationary {
 #[inline(always)]
 fn matvec_stationary<K: Stationary>(w: &Interleaved<K::Block>, x: &[K::Act], out: &mut [f32]) {
     let (groups, bpr) = (w.groups(), w.blocks_per_row());
-    assert!(x.len() == bpr && bpr.is_multiple_of(K::BLOCKS));
+    assert!(x.len() == bpr && bpr.is_multiple_of(K::BLOCKS) && bpr > 0);
     assert_eq!(out.len(), w.rows());
-    let mut acc = vec![[0.0f32; 4]; groups];
-    let blocks = w.blocks();
+    // The accumulators: `out` itself when it holds whole groups (no copy),
+    // else room for the padded last group. Never zeroed: the first column
+    // block's pass writes every group, starting each row from 0.0.
+    let mut spare: Vec<[f32; 4]> = Vec::new();
+    let pa = if out.len() == 4 * groups {
+        out.as_mut_ptr()
+    } else {
+        spare.reserve_exact(groups);
+        spare.as_mut_ptr() as *mut f32
+    };
+    let stride = bpr * std::mem::size_of::<K::Block>();
     for (step, xb) in x.chunks_exact(K::BLOCKS).enumerate() {
-        let j = step * K::BLOCKS;
         let s = K::prepare(xb);
-        // SAFETY: group g's block j is blocks[g * bpr + j], g < groups, and
-        // acc has one [f32; 4] per group.
+        // SAFETY: group g's block `step · BLOCKS` is at blocks + g · stride
+        // + step · BLOCKS, g < groups; pa has room for 4 · groups f32.
         unsafe {
-            // Two groups per pass, the stride in bytes computed once: the
-            // loop's own arithmetic is then about 7 instructions per group.
-            let stride = bpr * std::mem::size_of::<K::Block>();
-            let block = |p: *const u8| p as *const K::Block;
-            let mut pw = blocks.as_ptr().add(j) as *const u8;
-            let mut pa = acc.as_mut_ptr() as *mut f32;
-            let end = pa.add(4 * groups);
-            let end2 = pa.add(4 * (groups / 2 * 2));
-            while pa < end2 {
-                K::step(F32x4::load(pa), block(pw), &s).store(pa);
-                K::step(F32x4::load(pa.add(4)), block(pw.add(stride)), &s).store(pa.add(4));
-                pw = pw.add(2 * stride);
-                pa = pa.add(8);
-            }
-            if pa < end {
-                K::step(F32x4::load(pa), block(pw), &s).store(pa);
+            let pw = w.blocks().as_ptr().add(step * K::BLOCKS) as *const u8;
+            if step == 0 {
+                fold_groups::<K, true>(&s, pw, stride, pa, groups);
+            } else {
+                fold_groups::<K, false>(&s, pw, stride, pa, groups);
             }
         }
     }
-    for (o, v) in out.iter_mut().zip(acc.iter().flatten()) {
-        *o = *v;
+    if out.len() != 4 * groups {
+        // SAFETY: the first pass wrote all `groups` accumulators.
+        unsafe { spare.set_len(groups) };
+        for (o, v) in out.iter_mut().zip(spare.iter().flatten()) {
+            *o = *v;
+        }
+    }
+}
+
+/// One column step of [`matvec_stationary`] over every row group: `acc +=
+/// K::step(..)` (or `= K::step(0.0, ..)` on the `FIRST` step), two groups
+/// per pass with the stride in bytes computed once, so the loop's own
+/// arithmetic is about 7 instructions per group.
+///
+/// # Safety
+/// `pw + g · stride` must be valid blocks and `pa..pa + 4 · groups` writable
+/// (and readable unless `FIRST`).
+#[inline(always)]
+unsafe fn fold_groups<K: Stationary, const FIRST: bool>(
+    s: &K::State,
+    mut pw: *const u8,
+    stride: usize,
+    mut pa: *mut f32,
+    groups: usize,
+) {
+    let acc = |p: *mut f32| if FIRST { F32x4::zero() } else { F32x4::load(p) };
+    let block = |p: *const u8| p as *const K::Block;
+    let end = pa.add(4 * groups);
+    let end2 = pa.add(4 * (groups / 2 * 2));
+    while pa < end2 {
+        K::step(acc(pa), block(pw), s).store(pa);
+        K::step(acc(pa.add(4)), block(pw.add(stride)), s).store(pa.add(4));
+        pw = pw.add(2 * stride);
+        pa = pa.add(8);
+    }
+    if pa < end {
+        K::step(acc(pa), block(pw), s).store(pa);
     }
 }
 
