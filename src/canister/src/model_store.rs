@@ -300,14 +300,21 @@ impl Pipeline {
 fn start_loading(gguf: Gguf) -> Result<Phase, String> {
     let loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
     // Refused now, with the numbers, rather than by an allocation that traps
-    // half-way through gigabytes of tensors.
+    // half-way through gigabytes of tensors (and again at every retry). The
+    // active model keeps serving while this one loads, so it counts too,
+    // with the KV caches of the jobs cached beside it.
     let (weights, staged) = (loader.heap_bytes(), loader.needed().map(|t| t.size).max().unwrap_or(0));
-    if weights + staged > memory::HEAP_BUDGET {
+    let in_use = crate::state::read(|s| {
+        s.model.as_ref().map_or(0, |m| m.info.heap_bytes)
+            + s.job_cache.values().map(|c| c.job.kv.heap_bytes()).sum::<u64>()
+    });
+    if weights + staged + in_use > memory::HEAP_BUDGET {
         return Err(format!(
-            "the model needs {} MiB of heap once repacked (plus {} MiB to stage its largest tensor while loading); \
-             a canister has {} MiB for weights and KV caches",
+            "the model needs {} MiB of heap once repacked (plus {} MiB to stage its largest tensor while loading) \
+             beside {} MiB the active model and its cached jobs hold; a canister has {} MiB for weights and KV caches",
             weights >> 20,
             staged >> 20,
+            in_use >> 20,
             memory::HEAP_BUDGET >> 20
         ));
     }
