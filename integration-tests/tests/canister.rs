@@ -665,3 +665,74 @@ fn a_context_whose_kv_cache_would_not_fit_the_heap_is_refused_with_the_numbers()
         other => panic!("{other:?}"),
     }
 }
+
+/// Uploads `bytes` into the spare slot and waits until the upload settles.
+fn upload(c: &mut LocalCanister, bytes: &[u8]) -> UploadState {
+    begin(c, bytes.len(), sha256(bytes)).unwrap();
+    for (i, part) in bytes.chunks(UPLOAD_CHUNK_BYTES).enumerate() {
+        chunk(c, controller(), (i * UPLOAD_CHUNK_BYTES) as u64, part).unwrap();
+    }
+    finalize_until_settled(c).state
+}
+
+#[test]
+fn a_model_that_fits_only_alone_replaces_the_active_one_and_a_failed_one_brings_it_back() {
+    use icllm_engine::format::gguf::writer::{write, TensorData};
+    use icllm_engine::format::gguf::{Gguf, Value};
+    let model = model_bytes();
+    let mut probe = canister_with_model(IC_LIMIT);
+    let (info,): (ModelInfo,) = probe.query(user(9), "model_info", ()).unwrap();
+    let heap = info.heap_bytes;
+    // Room for the weights, the largest tensor staged (tok_embd, 128 KiB)
+    // and a job's KV cache, but not for two copies of the weights.
+    let init = InitArgs {
+        heap_budget: Some(heap + heap / 2 + (256 << 10)),
+        ..InitArgs::default()
+    };
+    let mut c = LocalCanister::install(wasm(), init, IC_LIMIT).unwrap();
+    c.upload_model(model, sha256(model)).unwrap();
+    let waiting = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+
+    // The same model again: it cannot load beside the active one, so that one
+    // makes way (its job fails with the reason) and the new one serves.
+    assert_eq!(upload(&mut c, model), UploadState::Done);
+    match final_view(&mut c, controller(), waiting).status {
+        JobStatus::Failed(reason) => assert!(reason.contains("do not fit the heap together"), "{reason}"),
+        s => panic!("{s:?}"),
+    }
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+    assert_eq!(c.run_job(controller(), id, |_| {}).unwrap().text, GOLDEN_TEXT);
+
+    // A model whose chat template does not compile fails only after its
+    // tensors are loaded (the active one already gone): the active model
+    // is loaded back from its slot.
+    let gguf = Gguf::parse(model).unwrap();
+    let mut metadata: Vec<(String, Value)> = gguf.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    metadata.retain(|(k, _)| k != "tokenizer.chat_template");
+    metadata.push(("tokenizer.chat_template".into(), Value::String("{% if %}".into())));
+    let tensors: Vec<TensorData> = gguf
+        .tensors
+        .iter()
+        .map(|t| TensorData {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            bytes: model[t.byte_range()].to_vec(),
+        })
+        .collect();
+    let broken = write(&metadata, &tensors);
+    match upload(&mut c, &broken) {
+        UploadState::Failed(reason) => assert!(reason.contains("chat template"), "{reason}"),
+        s => panic!("{s:?}"),
+    }
+    assert_ne!(model_state(&mut c), "ready", "the active model made way for the upload");
+    for _ in 0..1000 {
+        if model_state(&mut c) == "ready" {
+            break;
+        }
+        c.round();
+    }
+    assert_eq!(model_state(&mut c), "ready");
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+    assert_eq!(c.run_job(controller(), id, |_| {}).unwrap().text, GOLDEN_TEXT);
+}

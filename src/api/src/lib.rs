@@ -38,6 +38,10 @@ pub struct InitArgs {
     /// job's KV slot when a model is activated. Default: the model's trained
     /// context. May exceed it, as llama.cpp allows.
     pub max_context: Option<u32>,
+    /// Heap bytes the weights and the running jobs' KV caches may take
+    /// together (default: 3.5 GiB, wasm32's 4 GiB less room for the rest).
+    /// Lower it to leave room for other heap state.
+    pub heap_budget: Option<u64>,
 }
 
 /// Who may start jobs.

@@ -120,7 +120,7 @@ pub fn create(
     }
     let c = &loaded.model.config;
     // The job's KV cache lives in the heap beside the weights while it runs.
-    let kv_room = memory::HEAP_BUDGET.saturating_sub(loaded.info.heap_bytes);
+    let kv_room = settings::read(|s| s.heap_budget()).saturating_sub(loaded.info.heap_bytes);
     let per_position = KvCache::bytes_for(c.n_layers, 1, c.kv_dim);
     let ctx_fits = (kv_room / per_position).min(u32::MAX as u64) as u32;
     // By default the trained context, capped so that four jobs' caches fit
@@ -410,10 +410,10 @@ fn take_job(model: &LoadedModel, rec: &JobRecord) -> Job {
 
 /// Evicts the least recently used cached jobs until a KV cache of `bytes`
 /// more fits the heap beside the weights and the cached jobs' caches
-/// ([`memory::HEAP_BUDGET`]). Evicting loses nothing: every step ends with
+/// ([`settings::Settings::heap_budget`]). Evicting loses nothing: every step ends with
 /// the job's record and KV rows in stable memory, from which it is rebuilt.
 fn make_room(model: &LoadedModel, bytes: u64) {
-    let room = memory::HEAP_BUDGET.saturating_sub(model.info.heap_bytes);
+    let room = settings::read(|s| s.heap_budget()).saturating_sub(model.info.heap_bytes);
     state::mutate(|s| loop {
         let cached: u64 = s.job_cache.values().map(|c| c.job.kv.heap_bytes()).sum();
         if cached + bytes <= room {

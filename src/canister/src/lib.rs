@@ -46,6 +46,9 @@ fn apply_init_args(args: Option<InitArgs>) {
         if let Some(n) = a.max_context.filter(|&n| n > 0) {
             s.max_context = Some(n);
         }
+        if let Some(n) = a.heap_budget.filter(|&n| n > 0) {
+            s.heap_budget = Some(n.min(memory::HEAP_BUDGET));
+        }
     });
 }
 

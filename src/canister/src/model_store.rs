@@ -211,7 +211,7 @@ impl Pipeline {
                     let mut prefix = vec![0u8; n as usize];
                     blob.read(0, &mut prefix);
                     match Gguf::parse_header(&prefix, self.slot.size) {
-                        Ok(gguf) => match start_loading(gguf) {
+                        Ok(gguf) => match start_loading(gguf, self.purpose) {
                             Ok(phase) => self.phase = phase,
                             Err(e) => return Progress::Failed(e),
                         },
@@ -297,26 +297,37 @@ impl Pipeline {
     }
 }
 
-fn start_loading(gguf: Gguf) -> Result<Phase, String> {
+fn start_loading(gguf: Gguf, purpose: Purpose) -> Result<Phase, String> {
     let loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
     // Refused now, with the numbers, rather than by an allocation that traps
-    // half-way through gigabytes of tensors (and again at every retry). The
-    // active model keeps serving while this one loads, so it counts too,
-    // with the KV caches of the jobs cached beside it.
+    // half-way through gigabytes of tensors (and again at every retry).
     let (weights, staged) = (loader.heap_bytes(), loader.needed().map(|t| t.size).max().unwrap_or(0));
+    let budget = crate::settings::read(|s| s.heap_budget());
+    if weights + staged > budget {
+        return Err(format!(
+            "the model needs {} MiB of heap once repacked (plus {} MiB to stage its largest tensor while loading); \
+             this canister has {} MiB for weights and KV caches",
+            weights >> 20,
+            staged >> 20,
+            budget >> 20
+        ));
+    }
+    // The active model keeps serving while a new upload loads, unless the
+    // two (with the active jobs' KV caches) do not fit the heap together:
+    // then it makes way now. Its jobs fail with the reason; if this load
+    // fails, the scheduler reloads it from its slot.
     let in_use = crate::state::read(|s| {
         s.model.as_ref().map_or(0, |m| m.info.heap_bytes)
             + s.job_cache.values().map(|c| c.job.kv.heap_bytes()).sum::<u64>()
     });
-    if weights + staged + in_use > memory::HEAP_BUDGET {
-        return Err(format!(
-            "the model needs {} MiB of heap once repacked (plus {} MiB to stage its largest tensor while loading) \
-             beside {} MiB the active model and its cached jobs hold; a canister has {} MiB for weights and KV caches",
-            weights >> 20,
-            staged >> 20,
-            in_use >> 20,
-            memory::HEAP_BUDGET >> 20
-        ));
+    if purpose == Purpose::Activate && in_use > 0 && weights + staged + in_use > budget {
+        crate::jobs::fail_all_active(
+            "the model is being replaced by a new upload, and the two do not fit the heap together",
+        );
+        crate::state::mutate(|s| {
+            s.model = None;
+            s.job_cache.clear();
+        });
     }
     // Built now: a bad tokenizer is refused before gigabytes are loaded.
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| format!("tokenizer: {e}"))?;

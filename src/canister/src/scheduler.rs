@@ -6,7 +6,7 @@
 //! creates work (a job, a finalize, `post_upgrade`).
 
 use crate::budget::MessageBudget;
-use crate::model_store::{LoadedModel, Progress, Purpose};
+use crate::model_store::{LoadedModel, Pipeline, Progress, Purpose};
 use crate::{jobs, settings, state};
 use icllm_api::{JobId, UploadState};
 use std::rc::Rc;
@@ -180,6 +180,14 @@ pub fn advance_pipeline() {
                 set_upload_state(UploadState::Failed(reason.clone()));
             }
             state::mutate(|s| s.pipeline_error = Some(reason));
+            // An upload that made the active model leave the heap (see
+            // `model_store::start_loading`) failed: bring that model back.
+            if let (true, Some(slot)) = (
+                state::read(|s| s.model.is_none()),
+                settings::read(|s| s.active_model.clone()),
+            ) {
+                state::mutate(|s| s.pipeline = Some(Pipeline::reload(slot)));
+            }
         }
     }
 }

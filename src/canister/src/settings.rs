@@ -55,6 +55,16 @@ pub struct Settings {
     pub kv_row_bytes: u64,
     /// Largest context a job may ask for (default: the model's trained context).
     pub max_context: Option<u32>,
+    /// Heap for weights and KV caches (default [`crate::memory::HEAP_BUDGET`]).
+    #[serde(default)]
+    pub heap_budget: Option<u64>,
+}
+
+impl Settings {
+    /// Heap bytes the weights and the cached jobs' KV caches may take together.
+    pub fn heap_budget(&self) -> u64 {
+        self.heap_budget.unwrap_or(crate::memory::HEAP_BUDGET)
+    }
 }
 
 impl Default for Settings {
@@ -74,6 +84,7 @@ impl Default for Settings {
             kv_slot_ctx: 0,
             kv_row_bytes: 0,
             max_context: None,
+            heap_budget: None,
         }
     }
 }
