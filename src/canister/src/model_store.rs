@@ -31,8 +31,9 @@ const READ_COST_PER_BYTE: u64 = 4;
 /// Instructions per byte assumed for converting a tensor of type `ty` into
 /// heap weights (repacking, widening): about 1.5 x what the canister wasm
 /// measured with a per-tensor counter (F32 7.7, F16 34.1 and BF16 13.5 for
-/// matrices interleaved four rows to the lanes; Q8_0 25.8, Q4_0 11.4, Q6_K
-/// 70.6; Q4_K 81.5 and Q5_K 117 into bytes, 40.2 and 27.8 as nibbles), or
+/// matrices interleaved four rows to the lanes; Q8_0 25.8, Q6_K 70.6; Q4_0
+/// 99.7, Q4_K 81.5 and Q5_K 117 into bytes, 11.4, 40.2 and 27.8 as
+/// nibbles), or
 /// what this canister has seen for the type since it started, if more. The
 /// figure must not be low: it lets a message take on a tensor it cannot
 /// finish, and the message traps at the limit (a single 12-per-byte figure
@@ -42,7 +43,7 @@ fn convert_cost_per_byte(ty: GgmlType) -> u64 {
     let prior = match ty {
         GgmlType::F32 => 12,
         GgmlType::BF16 => 20,
-        GgmlType::Q4_0 => 18,
+        GgmlType::Q4_0 => 150,
         GgmlType::Q8_0 => 40,
         GgmlType::F16 => 52,
         GgmlType::Q4K => 120,

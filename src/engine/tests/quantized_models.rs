@@ -250,19 +250,22 @@ fn f16_widened_at_load_gives_the_f16_kernels_bits() {
 }
 
 #[test]
-fn k_quants_widened_to_bytes_at_load_give_the_nibble_kernels_bits() {
+fn nibble_quants_widened_to_bytes_at_load_give_the_nibble_kernels_bits() {
     use icllm_engine::model::TensorData;
-    for mix in ["q4_k", "q5_k"] {
+    for mix in ["q4_k", "q5_k", "q4_0"] {
         let bytes = synth_256_bytes(QuantMix::parse(mix).unwrap());
         let (wide, _) = Model::from_gguf_bytes(&bytes).unwrap();
-        let (nibbles, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_k_nibbles()).unwrap();
+        let (nibbles, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_nibbles()).unwrap();
         assert!(
-            matches!(wide.layers[0].wq.data, TensorData::Q4KWide(_) | TensorData::Q5KWide(_)),
+            matches!(
+                wide.layers[0].wq.data,
+                TensorData::Q4KWide(_) | TensorData::Q5KWide(_) | TensorData::Q4_0Wide(_)
+            ),
             "{mix}: a small model gets the byte layout"
         );
         assert!(matches!(
             nibbles.layers[0].wq.data,
-            TensorData::Q4K(_) | TensorData::Q5K(_)
+            TensorData::Q4K(_) | TensorData::Q5K(_) | TensorData::Q4_0(_)
         ));
         let tokens: Vec<u32> = (0..16u32).map(|i| (i * 37 + 5) % 512).collect();
         let (a, b) = (all_logits(&wide, &tokens), all_logits(&nibbles, &tokens));
@@ -281,7 +284,7 @@ fn the_loader_knows_the_heap_a_model_will_take() {
             let (model, _) = Model::from_gguf_bytes_with(&bytes, |l| {
                 if keep {
                     l.keep_16_bit_floats();
-                    l.keep_k_nibbles();
+                    l.keep_nibbles();
                 }
                 planned = l.heap_bytes();
             })

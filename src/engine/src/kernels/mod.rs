@@ -152,6 +152,7 @@ pub fn dot_row_prepared(w: &Tensor, row: usize, x: &[f32], xq: &PreparedActs) ->
         (TensorData::BF16(d), _) => quant::dot_bf16(&d[span], x),
         (TensorData::Q8_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q8_0_q8_0(&p.row_blocks(row), a),
         (TensorData::Q4_0(p), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&p.row_blocks(row), a),
+        (TensorData::Q4_0Wide(p), PreparedActs::Q8(a)) => quant::vec_dot_q4_0_q8_0(&p.row_blocks(row), a),
         (TensorData::Q4K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&p.row_blocks(row), a),
         (TensorData::Q5K(p), PreparedActs::Q8K(a)) => quant::vec_dot_q5_k_q8_k(&p.row_blocks(row), a),
         (TensorData::Q4KWide(p), PreparedActs::Q8K(a)) => quant::vec_dot_q4_k_q8_k(&p.row_blocks(row), a),
@@ -211,6 +212,7 @@ pub fn row_to_f32(w: &Tensor, row: usize, out: &mut [f32]) {
         }
         TensorData::Q8_0(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q4_0(p) => dequantize_blocks(&p.row_blocks(row), out),
+        TensorData::Q4_0Wide(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q4K(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q5K(p) => dequantize_blocks(&p.row_blocks(row), out),
         TensorData::Q4KWide(p) => dequantize_blocks(&p.row_blocks(row), out),
@@ -227,6 +229,7 @@ fn matvec_whole(w: &Tensor, x: &[f32], xq: &PreparedActs, out: &mut [f32]) -> bo
     match (&w.data, xq) {
         (TensorData::F32Rows(m), _) => simd_f32::matvec_rows_in_lanes(m, x, out),
         (TensorData::Q8_0(p), PreparedActs::Q8(a)) => simd_quant::matvec_q8_0(p, a, out),
+        (TensorData::Q4_0Wide(p), PreparedActs::Q8(a)) => simd_quant::matvec_q8_0(p, a, out),
         (TensorData::Q6K(p), PreparedActs::Q8K(a)) => simd_quant::matvec_q6_k(p, a, out),
         (TensorData::Q4KWide(p), PreparedActs::Q8K(a)) => simd_quant::matvec_k_wide(p, a, out),
         (TensorData::Q5KWide(p), PreparedActs::Q8K(a)) => simd_quant::matvec_k_wide(p, a, out),

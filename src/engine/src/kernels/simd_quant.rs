@@ -12,7 +12,9 @@
 //! exact are stated at each kernel.
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
-use crate::quant::packed::{BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved};
+use crate::quant::packed::{
+    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8x4, Interleaved, PackedBlock,
+};
 use crate::quant::{BlockQ8A, BlockQ8K};
 
 /// [`crate::quant`]'s symmetric int8 quantization of one activation block
@@ -233,20 +235,28 @@ unsafe fn fold_groups<K: Stationary, const FIRST: bool>(
     }
 }
 
-/// `out = W x` for a packed Q8_0 matrix: each row bit for bit
-/// [`super::quant::vec_dot_q8_0_q8_0`]. Two blocks per step when the row
-/// length allows (0.79 → 0.75 weighted instructions per multiply-add).
-pub fn matvec_q8_0(w: &Interleaved<BlockQ8_0x4>, x: &[BlockQ8A], out: &mut [f32]) {
+/// `out = W x` for a packed Q8_0 matrix (or Q4_0 widened to bytes): each
+/// row bit for bit [`super::quant::vec_dot_q8_0_q8_0`] (or
+/// `vec_dot_q4_0_q8_0`: the same sum with quants `nibble - 8`). Two blocks
+/// per step when the row length allows (0.79 → 0.75 weighted instructions
+/// per multiply-add).
+pub fn matvec_q8_0<S: 'static>(w: &Interleaved<BlockQ8x4<S>>, x: &[BlockQ8A], out: &mut [f32])
+where
+    BlockQ8x4<S>: PackedBlock,
+{
     if w.blocks_per_row().is_multiple_of(2) {
-        matvec_stationary::<Q8_0Kernel<2>>(w, x, out)
+        matvec_stationary::<Q8_0Kernel<S, 2>>(w, x, out)
     } else {
-        matvec_stationary::<Q8_0Kernel<1>>(w, x, out)
+        matvec_stationary::<Q8_0Kernel<S, 1>>(w, x, out)
     }
 }
 
-struct Q8_0Kernel<const N: usize>;
-impl<const N: usize> Stationary for Q8_0Kernel<N> {
-    type Block = BlockQ8_0x4;
+struct Q8_0Kernel<S, const N: usize>(std::marker::PhantomData<S>);
+impl<S: 'static, const N: usize> Stationary for Q8_0Kernel<S, N>
+where
+    BlockQ8x4<S>: PackedBlock,
+{
+    type Block = BlockQ8x4<S>;
     type Act = BlockQ8A;
     const BLOCKS: usize = N;
     type State = [([I16x8; 16], F32x4); N];
@@ -256,7 +266,7 @@ impl<const N: usize> Stationary for Q8_0Kernel<N> {
         std::array::from_fn(|i| (unsafe { pair_splats::<16>(x[i].qw.as_ptr()) }, F32x4::splat(x[i].d)))
     }
     #[inline(always)]
-    unsafe fn step(mut acc: F32x4, w: *const BlockQ8_0x4, s: &Self::State) -> F32x4 {
+    unsafe fn step(mut acc: F32x4, w: *const BlockQ8x4<S>, s: &Self::State) -> F32x4 {
         for (i, (a, xd)) in s.iter().enumerate() {
             let wb = &*w.add(i);
             let isum = dot_pairs::<16, false>(wb.qs.as_ptr() as *const u8, a);
@@ -509,7 +519,7 @@ mod tests {
     use super::*;
     use crate::kernels::pseudo;
     use crate::kernels::quant::vec_dot_q8_0_q8_0;
-    use crate::quant::packed::{Interleaved, PackedBlock};
+    use crate::quant::packed::{BlockQ8_0x4, Interleaved, PackedBlock};
     use crate::quant::{blocks_to_le_bytes, quantize_act_q8, quantize_act_q8k, BlockQ8_0};
     use half::f16;
 
@@ -661,7 +671,7 @@ mod tests {
     fn dot4_q4_0_is_the_oracle_bit_for_bit() {
         use crate::kernels::quant::vec_dot_q4_0_q8_0;
         use crate::quant::{quantize_row_q4_0, BlockQ4_0};
-        for (rows, cols) in [(4, 32), (6, 96), (8, 288)] {
+        for (rows, cols) in [(4, 32), (6, 96), (8, 288), (5, 256)] {
             let mut blocks = quantize_row_q4_0(&pseudo(rows * cols, 3 + rows as u32));
             let raw: Vec<BlockQ4_0> = raw_blocks(blocks.len(), cols, |b: BlockQ4_0| BlockQ4_0 {
                 d: f16::from_f32(1.5),
@@ -680,6 +690,19 @@ mod tests {
                         assert_eq!(got.to_bits(), want.to_bits(), "({rows}, {cols}) row {r}");
                     }
                 }
+            }
+            // The byte layout of the same blocks through the Q8_0 matvec.
+            let wide = Interleaved::<crate::quant::packed::BlockQ4_0Widex4>::from_le_bytes(
+                &blocks_to_le_bytes(&blocks),
+                rows,
+                cols,
+            )
+            .unwrap();
+            let mut got = vec![f32::NAN; rows];
+            matvec_q8_0(&wide, &xq, &mut got);
+            for (r, got) in got.iter().enumerate() {
+                let want = vec_dot_q4_0_q8_0(&blocks[r * per_row..(r + 1) * per_row], &xq);
+                assert_eq!(got.to_bits(), want.to_bits(), "wide ({rows}, {cols}) row {r}");
             }
         }
     }

@@ -10,7 +10,8 @@ use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
 use crate::quant::packed::{
-    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, RowsInLanes,
+    BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved,
+    RowsInLanes,
 };
 use crate::quant::{quantize_row_bytes, BlockQ4K, BlockQ5K};
 use crate::tensor::GgmlType;
@@ -32,8 +33,10 @@ pub enum TensorData {
     BF16(Vec<half::bf16>),
     /// Repacked in groups of four rows with f32 scales (see [`crate::quant::packed`]).
     Q8_0(Interleaved<BlockQ8_0x4>),
-    /// Repacked (see [`crate::quant::packed`]).
+    /// Repacked, nibbles kept (see [`crate::quant::packed`]).
     Q4_0(Interleaved<BlockQ4_0x4>),
+    /// Repacked, quants widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
+    Q4_0Wide(Interleaved<BlockQ4_0Widex4>),
     /// Repacked, nibbles kept (see [`crate::quant::packed`]).
     Q4K(Interleaved<BlockQ4Kx4>),
     /// Repacked, quants widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
@@ -124,6 +127,7 @@ impl Tensor {
                     .collect(),
             ),
             GgmlType::Q8_0 => TensorData::Q8_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
+            GgmlType::Q4_0 if widen_k => TensorData::Q4_0Wide(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q4_0 => TensorData::Q4_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q4K if widen_k => TensorData::Q4KWide(Interleaved::from_le_bytes(bytes, rows, cols)?),
             GgmlType::Q4K => TensorData::Q4K(Interleaved::from_le_bytes(bytes, rows, cols)?),
@@ -162,6 +166,7 @@ impl Tensor {
             TensorData::BF16(v) => v.len() * 2,
             TensorData::Q8_0(p) => p.heap_bytes(),
             TensorData::Q4_0(p) => p.heap_bytes(),
+            TensorData::Q4_0Wide(p) => p.heap_bytes(),
             TensorData::Q4K(p) => p.heap_bytes(),
             TensorData::Q4KWide(p) => p.heap_bytes(),
             TensorData::Q5K(p) => p.heap_bytes(),
@@ -183,6 +188,7 @@ impl Tensor {
             GgmlType::F16 | GgmlType::BF16 if widen_f16 && rows > 1 => rows.div_ceil(4) * 4 * cols * 4,
             GgmlType::F16 | GgmlType::BF16 => rows * cols * 2,
             GgmlType::Q8_0 => packed(size_of::<BlockQ8_0x4>(), 32),
+            GgmlType::Q4_0 if widen_k => packed(size_of::<BlockQ4_0Widex4>(), 32),
             GgmlType::Q4_0 => packed(size_of::<BlockQ4_0x4>(), 32),
             GgmlType::Q4K if widen_k => packed(size_of::<BlockKWidex4<BlockQ4K>>(), 256),
             GgmlType::Q4K => packed(size_of::<BlockQ4Kx4>(), 256),
@@ -480,15 +486,16 @@ pub struct ModelLoader {
     /// Whether F16 and BF16 matrices are widened to f32 as they are added
     /// (see [`F16_WIDEN_MAX_BYTES`]).
     widen_f16: bool,
-    /// Whether Q4_K and Q5_K quants are widened to bytes as they are added
-    /// (see [`K_WIDEN_MAX_BYTES`]).
+    /// Whether Q4_0, Q4_K and Q5_K quants are widened to bytes as they are
+    /// added (see [`K_WIDEN_MAX_BYTES`]).
     widen_k: bool,
 }
 
-/// Q4_K and Q5_K matrices are repacked with one byte per quant
-/// ([`BlockKWidex4`]) when the whole model then takes at most this many
-/// bytes of heap: about a third fewer instructions per multiply-add than the
-/// nibble layout, the same values, 1.72× (Q4_K) or 1.45× (Q5_K) the bytes.
+/// Q4_K, Q5_K and Q4_0 matrices are repacked with one byte per quant
+/// ([`BlockKWidex4`], [`BlockQ4_0Widex4`]) when the whole model then takes
+/// at most this many bytes of heap: about 40 % fewer instructions per
+/// multiply-add than the nibble layouts, the same values, 1.72× (Q4_K),
+/// 1.45× (Q5_K) or 1.8× (Q4_0) the bytes.
 /// Larger models keep the nibbles to fit the canister's 4 GiB heap beside
 /// the KV cache and the load buffers.
 pub const K_WIDEN_MAX_BYTES: u64 = 5 << 29;
@@ -555,7 +562,7 @@ impl ModelLoader {
             widened.widen_f16 = true;
             widened.heap_bytes() <= F16_WIDEN_MAX_BYTES
         };
-        loader.widen_k = has(&loader, &[GgmlType::Q4K, GgmlType::Q5K]) && {
+        loader.widen_k = has(&loader, &[GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q5K]) && {
             let mut widened = loader.clone();
             widened.widen_k = true;
             widened.heap_bytes() <= K_WIDEN_MAX_BYTES
@@ -578,14 +585,15 @@ impl ModelLoader {
         self.widen_f16
     }
 
-    /// Keeps Q4_K and Q5_K quants as nibbles even when the byte layout
-    /// would fit (58 % of its heap, about 1.4× the instructions per multiply-add).
-    pub fn keep_k_nibbles(&mut self) {
+    /// Keeps Q4_0, Q4_K and Q5_K quants as nibbles even when the byte
+    /// layouts would fit (55–70 % of their heap, about 1.6× the instructions
+    /// per multiply-add).
+    pub fn keep_nibbles(&mut self) {
         self.widen_k = false;
     }
 
-    /// Whether Q4_K and Q5_K quants will be widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
-    pub fn widens_k_quants(&self) -> bool {
+    /// Whether Q4_0, Q4_K and Q5_K quants will be widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
+    pub fn widens_nibbles(&self) -> bool {
         self.widen_k
     }
 

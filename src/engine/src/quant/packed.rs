@@ -63,15 +63,67 @@ pub fn pair_lane<T: Copy>(interleaved: &[T], lane: usize, out: &mut [T]) {
     }
 }
 
-/// Q8_0 for four rows: f32 scales, then the four rows' 32 quants
-/// interleaved by column pairs ([`interleave_pairs`]).
+/// A block of 32 signed byte quants with one scale, for four rows (`S`:
+/// Q8_0, or Q4_0 widened to bytes `nibble - 8` when the model fits, see
+/// [`crate::model::K_WIDEN_MAX_BYTES`]): f32 scales, then the four rows' 32
+/// quants interleaved by column pairs ([`interleave_pairs`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
-pub struct BlockQ8_0x4 {
+pub struct BlockQ8x4<S> {
     pub d: [f32; 4],
     pub qs: [i8; 4 * QK8_0],
+    _src: std::marker::PhantomData<S>,
 }
+/// Q8_0 for four rows.
+pub type BlockQ8_0x4 = BlockQ8x4<BlockQ8_0>;
+/// Q4_0 for four rows, quants widened to bytes.
+pub type BlockQ4_0Widex4 = BlockQ8x4<BlockQ4_0>;
 const _: () = assert!(size_of::<BlockQ8_0x4>() == 144);
+
+impl<S> BlockQ8x4<S> {
+    fn from_rows(d: [f32; 4], quants: [[i8; QK8_0]; 4]) -> Self {
+        let mut qs = [0; 4 * QK8_0];
+        interleave_pairs([0, 1, 2, 3].map(|r| &quants[r][..]), &mut qs);
+        BlockQ8x4 {
+            d,
+            qs,
+            _src: std::marker::PhantomData,
+        }
+    }
+
+    fn lane(&self, lane: usize) -> [i8; QK8_0] {
+        let mut q = [0; QK8_0];
+        pair_lane(&self.qs, lane, &mut q);
+        q
+    }
+}
+
+impl PackedBlock for BlockQ4_0Widex4 {
+    type Src = BlockQ4_0;
+    fn pack(rows: [Option<BlockQ4_0>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ4_0 {
+                d: f16::ZERO,
+                qs: [0x88; QK8_0 / 2],
+            })
+        });
+        // Element j is the low nibble of qs[j], element j + 16 the high one.
+        let quants = rows.map(|b| {
+            std::array::from_fn(|j| {
+                let byte = b.qs[j % 16];
+                (if j < 16 { byte & 0xF } else { byte >> 4 }) as i8 - 8
+            })
+        });
+        Self::from_rows(rows.map(|b| b.d.to_f32()), quants)
+    }
+    fn unpack(&self, lane: usize) -> BlockQ4_0 {
+        let q = self.lane(lane);
+        BlockQ4_0 {
+            d: f16::from_f32(self.d[lane]),
+            qs: std::array::from_fn(|j| (q[j] + 8) as u8 | ((q[j + 16] + 8) as u8) << 4),
+        }
+    }
+}
 
 impl PackedBlock for BlockQ8_0x4 {
     type Src = BlockQ8_0;
@@ -82,19 +134,12 @@ impl PackedBlock for BlockQ8_0x4 {
                 qs: [0; QK8_0],
             })
         });
-        let mut qs = [0; 4 * QK8_0];
-        interleave_pairs([0, 1, 2, 3].map(|r| &rows[r].qs[..]), &mut qs);
-        BlockQ8_0x4 {
-            d: rows.map(|b| b.d.to_f32()),
-            qs,
-        }
+        Self::from_rows(rows.map(|b| b.d.to_f32()), rows.map(|b| b.qs))
     }
     fn unpack(&self, lane: usize) -> BlockQ8_0 {
-        let mut qs = [0; QK8_0];
-        pair_lane(&self.qs, lane, &mut qs);
         BlockQ8_0 {
             d: f16::from_f32(self.d[lane]),
-            qs,
+            qs: self.lane(lane),
         }
     }
 }
@@ -685,5 +730,17 @@ mod tests {
         roundtrip::<BlockKWidex4<BlockQ5K>>(crate::quant::quantize_row_q5_k(&v), rows, cols);
         roundtrip::<BlockKWidex4<BlockQ4K>>(crate::quant::quantize_row_q4_k(&v), rows, cols);
         roundtrip::<BlockQ4_0x4>(crate::quant::quantize_row_q4_0(&v), rows, cols);
+        roundtrip::<BlockQ4_0Widex4>(crate::quant::quantize_row_q4_0(&v), rows, cols);
+        let raw: Vec<u8> = (0..rows * 16 * BlockQ4_0::BYTES)
+            .map(|i| (i * 71 % 239) as u8)
+            .collect();
+        let blocks: Vec<BlockQ4_0> = raw
+            .chunks_exact(BlockQ4_0::BYTES)
+            .map(|c| BlockQ4_0 {
+                d: f16::from_f32(0.75),
+                ..BlockQ4_0::read(c)
+            })
+            .collect();
+        roundtrip::<BlockQ4_0Widex4>(blocks, rows, cols);
     }
 }
