@@ -736,3 +736,29 @@ fn a_model_that_fits_only_alone_replaces_the_active_one_and_a_failed_one_brings_
     let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
     assert_eq!(c.run_job(controller(), id, |_| {}).unwrap().text, GOLDEN_TEXT);
 }
+
+#[test]
+fn a_model_that_fits_only_in_its_compact_layout_is_loaded_compact() {
+    use icllm_engine::model::Model;
+    use icllm_engine::synth::{self, QuantMix};
+    let f16 = synth::quantize_gguf(model_bytes(), QuantMix::parse("f16").unwrap()).unwrap();
+    let (widened, gguf) = Model::from_gguf_bytes(&f16).unwrap();
+    let (kept, _) = Model::from_gguf_bytes_with(&f16, |l| l.keep_16_bit_floats()).unwrap();
+    let staged = gguf.tensors.iter().map(|t| t.size).max().unwrap();
+    assert!(widened.heap_bytes() > kept.heap_bytes());
+    // Room for the model at 16 bits (and a job's KV cache), not widened to f32.
+    let init = InitArgs {
+        heap_budget: Some((kept.heap_bytes() + widened.heap_bytes()) / 2 + staged),
+        ..InitArgs::default()
+    };
+    let mut c = LocalCanister::install(wasm(), init, IC_LIMIT).unwrap();
+    c.upload_model(&f16, sha256(&f16)).unwrap();
+    let (info,): (ModelInfo,) = c.query(user(9), "model_info", ()).unwrap();
+    assert_eq!(info.heap_bytes, kept.heap_bytes());
+    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+    let v = c.run_job(controller(), id, |_| {}).unwrap();
+    assert_eq!(
+        (v.status, v.generated_tokens),
+        (JobStatus::Done("max_tokens".into()), 10)
+    );
+}

@@ -299,11 +299,19 @@ impl Pipeline {
 }
 
 fn start_loading(gguf: Gguf, purpose: Purpose) -> Result<Phase, String> {
-    let loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
+    let mut loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
+    let staged = loader.needed().map(|t| t.size).max().unwrap_or(0);
+    let budget = crate::settings::read(|s| s.heap_budget());
+    // The faster layouts take more heap: drop them if the model only fits without.
+    if loader.heap_bytes() + staged > budget {
+        loader.keep_nibbles();
+    }
+    if loader.heap_bytes() + staged > budget {
+        loader.keep_16_bit_floats();
+    }
     // Refused now, with the numbers, rather than by an allocation that traps
     // half-way through gigabytes of tensors (and again at every retry).
-    let (weights, staged) = (loader.heap_bytes(), loader.needed().map(|t| t.size).max().unwrap_or(0));
-    let budget = crate::settings::read(|s| s.heap_budget());
+    let weights = loader.heap_bytes();
     if weights + staged > budget {
         return Err(format!(
             "the model needs {} MiB of heap once repacked (plus {} MiB to stage its largest tensor while loading); \
