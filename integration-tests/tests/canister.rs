@@ -677,8 +677,8 @@ fn upload(c: &mut LocalCanister, bytes: &[u8]) -> UploadState {
 
 #[test]
 fn a_model_that_fits_only_alone_replaces_the_active_one_and_a_failed_one_brings_it_back() {
-    use icllm_engine::format::gguf::writer::{write, TensorData};
-    use icllm_engine::format::gguf::{Gguf, Value};
+    use icllm_engine::format::gguf::writer::{parts_of, write};
+    use icllm_engine::format::gguf::Value;
     let model = model_bytes();
     let mut probe = canister_with_model(IC_LIMIT);
     let (info,): (ModelInfo,) = probe.query(user(9), "model_info", ()).unwrap();
@@ -706,20 +706,9 @@ fn a_model_that_fits_only_alone_replaces_the_active_one_and_a_failed_one_brings_
     // A model whose chat template does not compile fails only after its
     // tensors are loaded (the active one already gone): the active model
     // is loaded back from its slot.
-    let gguf = Gguf::parse(model).unwrap();
-    let mut metadata: Vec<(String, Value)> = gguf.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let (mut metadata, tensors) = parts_of(model).unwrap();
     metadata.retain(|(k, _)| k != "tokenizer.chat_template");
     metadata.push(("tokenizer.chat_template".into(), Value::String("{% if %}".into())));
-    let tensors: Vec<TensorData> = gguf
-        .tensors
-        .iter()
-        .map(|t| TensorData {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-            bytes: model[t.byte_range()].to_vec(),
-        })
-        .collect();
     let broken = write(&metadata, &tensors);
     match upload(&mut c, &broken) {
         UploadState::Failed(reason) => assert!(reason.contains("chat template"), "{reason}"),

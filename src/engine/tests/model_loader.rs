@@ -2,7 +2,7 @@
 //! tied embeddings and F16 weights. Variants are built by rewriting the
 //! shipped stories260K file with the GGUF writer.
 
-use icllm_engine::format::gguf::writer::{write, TensorData};
+use icllm_engine::format::gguf::writer::{parts_of, write, Parts};
 use icllm_engine::format::gguf::{Gguf, Value};
 use icllm_engine::job::{step, Job, StepOutcome, Unlimited};
 use icllm_engine::model::{forward, Model, ModelError, TensorData as Weights};
@@ -11,29 +11,16 @@ use icllm_engine::tensor::GgmlType;
 use std::path::PathBuf;
 
 /// stories260K as (metadata, tensors), ready to be edited and rewritten.
-fn stories_parts() -> (Vec<(String, Value)>, Vec<TensorData>) {
+fn stories_parts() -> Parts {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260Ktok512.gguf");
-    let bytes = std::fs::read(path).unwrap();
-    let gguf = Gguf::parse(&bytes).unwrap();
-    let metadata = gguf.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let tensors = gguf
-        .tensors
-        .iter()
-        .map(|t| TensorData {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-            bytes: bytes[t.byte_range()].to_vec(),
-        })
-        .collect();
-    (metadata, tensors)
+    parts_of(&std::fs::read(path).unwrap()).unwrap()
 }
 
-fn load(parts: &(Vec<(String, Value)>, Vec<TensorData>)) -> Result<Model, ModelError> {
+fn load(parts: &Parts) -> Result<Model, ModelError> {
     Model::from_gguf_bytes(&write(&parts.0, &parts.1)).map(|(m, _)| m)
 }
 
-fn set_key(parts: &mut (Vec<(String, Value)>, Vec<TensorData>), key: &str, value: Value) {
+fn set_key(parts: &mut Parts, key: &str, value: Value) {
     parts.0.retain(|(k, _)| k != key);
     parts.0.push((key.to_string(), value));
 }

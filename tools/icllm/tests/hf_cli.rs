@@ -3,7 +3,7 @@
 //! Hugging Face checkpoint (PyTorch names and shapes, q/k rows in HF's
 //! rotate-half order).
 
-use icllm_engine::format::gguf::writer::{write, TensorData};
+use icllm_engine::format::gguf::writer::{parts_of, write};
 use icllm_engine::format::gguf::{Gguf, Value};
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::{Path, PathBuf};
@@ -229,22 +229,11 @@ fn generate_chat_uses_the_template_and_needs_one() {
     // With a template that wraps the user's text as "<text> stories", the
     // chat prompt "Joe loves writing" is the golden prompt.
     let bytes = std::fs::read(stories()).unwrap();
-    let g = Gguf::parse(&bytes).unwrap();
-    let mut meta: Vec<(String, Value)> = g.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let (mut meta, tensors) = parts_of(&bytes).unwrap();
     meta.push((
         "tokenizer.chat_template".into(),
         Value::String("{% for m in messages %}{{ m.content }} stories{% endfor %}".into()),
     ));
-    let tensors: Vec<TensorData> = g
-        .tensors
-        .iter()
-        .map(|t| TensorData {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-            bytes: bytes[t.byte_range()].to_vec(),
-        })
-        .collect();
     let dir = tmp_dir("chat");
     let path = dir.join("stories-chat.gguf");
     std::fs::write(&path, write(&meta, &tensors)).unwrap();

@@ -545,6 +545,27 @@ pub mod writer {
         pub bytes: Vec<u8>,
     }
 
+    /// A file's metadata and tensors (with their bytes), as [`write`] takes them.
+    pub type Parts = (Vec<(String, Value)>, Vec<TensorData>);
+
+    /// A whole GGUF file as [`Parts`], ready to be edited and written again
+    /// with [`write`] (tests and tools that rewrite a model).
+    pub fn parts_of(bytes: &[u8]) -> Result<Parts, super::GgufError> {
+        let gguf = super::Gguf::parse(bytes)?;
+        let metadata = gguf.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let tensors = gguf
+            .tensors
+            .iter()
+            .map(|t| TensorData {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+                bytes: bytes[t.byte_range()].to_vec(),
+            })
+            .collect();
+        Ok((metadata, tensors))
+    }
+
     /// A tensor's header entry, for writing the data separately
     /// ([`write_header`]): name, ggml-order dims and type.
     pub struct TensorHeader {

@@ -190,8 +190,8 @@ impl PackedBlock for BlockQ4Kx4 {
             d: rows.map(|b| b.d.to_f32()),
             dmin: rows.map(|b| b.dmin.to_f32()),
             qcorr: rows.map(|b| q4_k_offset_correction(&b)),
-            scales: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).0 as i16)),
-            mins: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).1 as i16)),
+            scales: rows.map(|b| scales_mins(&b.scales).0.map(i16::from)),
+            mins: rows.map(|b| scales_mins(&b.scales).1.map(i16::from)),
             qs: rows.map(|b| b.qs),
         }
     }
@@ -338,8 +338,8 @@ impl PackedBlock for BlockQ5Kx4 {
             d: rows.map(|b| b.d.to_f32()),
             dmin: rows.map(|b| b.dmin.to_f32()),
             qcorr: rows.map(|b| q5_k_offset_correction(&b)),
-            scales: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).0 as i16)),
-            mins: rows.map(|b| std::array::from_fn(|j| scale_min_k4(j, &b.scales).1 as i16)),
+            scales: rows.map(|b| scales_mins(&b.scales).0.map(i16::from)),
+            mins: rows.map(|b| scales_mins(&b.scales).1.map(i16::from)),
             qh: rows.map(|b| b.qh),
             qs: rows.map(|b| b.qs),
         }
@@ -415,6 +415,28 @@ fn scales_mins(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (sm.map(|v| v.0), sm.map(|v| v.1))
 }
 
+/// The 256 nibbles of a Q4_K/Q5_K block in element order: element `64c + l`
+/// is the low nibble of `qs[32c + l]`, element `64c + 32 + l` its high one.
+fn k_nibbles(qs: &[u8; QK_K / 2]) -> [u8; QK_K] {
+    std::array::from_fn(|i| {
+        let byte = qs[32 * (i / 64) + i % 32];
+        if i % 64 < 32 {
+            byte & 0xF
+        } else {
+            byte >> 4
+        }
+    })
+}
+
+/// The inverse of [`k_nibbles`] (the low four bits of each quant).
+fn k_pack_nibbles(q: &[u8; QK_K]) -> [u8; QK_K / 2] {
+    let mut qs = [0u8; QK_K / 2];
+    for (i, &v) in q.iter().enumerate() {
+        qs[32 * (i / 64) + i % 32] |= if i % 64 < 32 { v & 0xF } else { (v & 0xF) << 4 };
+    }
+    qs
+}
+
 impl PackedBlock for BlockKWidex4<BlockQ4K> {
     type Src = BlockQ4K;
     fn pack(rows: [Option<BlockQ4K>; 4]) -> Self {
@@ -422,30 +444,17 @@ impl PackedBlock for BlockKWidex4<BlockQ4K> {
             None => (f16::ZERO, f16::ZERO, [0; 8], [0; 8], [0; QK_K]),
             Some(b) => {
                 let (sc, m) = scales_mins(&b.scales);
-                // Element 64c + l is the low nibble of qs[32c + l], 64c + 32 + l its high nibble.
-                let q = std::array::from_fn(|i| {
-                    let byte = b.qs[32 * (i / 64) + i % 32];
-                    if i % 64 < 32 {
-                        byte & 0xF
-                    } else {
-                        byte >> 4
-                    }
-                });
-                (b.d, b.dmin, sc, m, q)
+                (b.d, b.dmin, sc, m, k_nibbles(&b.qs))
             }
         }))
     }
     fn unpack(&self, lane: usize) -> BlockQ4K {
         let (d, dmin, sc, m, q) = self.lane(lane);
-        let mut qs = [0u8; QK_K / 2];
-        for (i, &v) in q.iter().enumerate() {
-            qs[32 * (i / 64) + i % 32] |= if i % 64 < 32 { v } else { v << 4 };
-        }
         BlockQ4K {
             d,
             dmin,
             scales: pack_scale_min_k4(&sc, &m),
-            qs,
+            qs: k_pack_nibbles(&q),
         }
     }
 }
@@ -457,22 +466,19 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
             None => (f16::ZERO, f16::ZERO, [0; 8], [0; 8], [0; QK_K]),
             Some(b) => {
                 let (sc, m) = scales_mins(&b.scales);
-                // As Q4_K, plus bit `i / 32` of qh[i % 32] as the fifth bit (16).
-                let q = std::array::from_fn(|i| {
-                    let byte = b.qs[32 * (i / 64) + i % 32];
-                    let nibble = if i % 64 < 32 { byte & 0xF } else { byte >> 4 };
-                    nibble | ((b.qh[i % 32] >> (i / 32)) & 1) << 4
-                });
+                // The Q4_K nibbles plus bit `i / 32` of qh[i % 32] as the fifth bit (16).
+                let mut q = k_nibbles(&b.qs);
+                for (i, v) in q.iter_mut().enumerate() {
+                    *v |= ((b.qh[i % 32] >> (i / 32)) & 1) << 4;
+                }
                 (b.d, b.dmin, sc, m, q)
             }
         }))
     }
     fn unpack(&self, lane: usize) -> BlockQ5K {
         let (d, dmin, sc, m, q) = self.lane(lane);
-        let mut qs = [0u8; QK_K / 2];
         let mut qh = [0u8; QK_K / 8];
         for (i, &v) in q.iter().enumerate() {
-            qs[32 * (i / 64) + i % 32] |= if i % 64 < 32 { v & 0xF } else { (v & 0xF) << 4 };
             qh[i % 32] |= (v >> 4) << (i / 32);
         }
         BlockQ5K {
@@ -480,7 +486,7 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
             dmin,
             scales: pack_scale_min_k4(&sc, &m),
             qh,
-            qs,
+            qs: k_pack_nibbles(&q),
         }
     }
 }
