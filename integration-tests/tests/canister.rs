@@ -195,18 +195,41 @@ fn explicit_steps_alone_finish_the_job() {
 
 #[test]
 fn upgrades_between_messages_do_not_change_the_tokens() {
+    upgrades_between_messages_keep(KvCacheType::F32);
+}
+
+/// The int8 KV cache is saved to stable memory in its own encoding and
+/// rebuilt after upgrades bit for bit too; on the golden prompt it gives
+/// the golden ids (through the wasm SIMD kernels).
+#[test]
+fn a_q8_kv_cache_survives_upgrades_and_gives_the_golden_ids() {
+    let mut c = canister_with_model(IC_LIMIT);
+    let req = JobRequest {
+        kv_cache: Some(KvCacheType::Q8),
+        ..greedy(GOLDEN_PROMPT, 10)
+    };
+    let id = start(&mut c, controller(), req);
+    assert_eq!(c.run_job(controller(), id, |_| {}).unwrap().tokens, GOLDEN_IDS);
+    upgrades_between_messages_keep(KvCacheType::Q8);
+}
+
+fn upgrades_between_messages_keep(kv_cache: KvCacheType) {
     // A prompt long enough that processing it takes more than one message
     // (the golden prompt alone now fits in one), and its reference run.
     let prompt = [GOLDEN_PROMPT; 3].join(". ");
+    let req = JobRequest {
+        kv_cache: Some(kv_cache),
+        ..greedy(&prompt, 40)
+    };
     let expected = {
         let mut c = canister_with_model(IC_LIMIT);
-        let id = start(&mut c, controller(), greedy(&prompt, 40));
+        let id = start(&mut c, controller(), req.clone());
         c.run_job(controller(), id, |_| {}).unwrap().tokens
     };
     let limit = 12_000_000;
     // Upgrade after 1 message (inside prompt processing), after 3, and then every 4.
     let mut c = canister_with_model(limit);
-    let id = start(&mut c, controller(), greedy(&prompt, 40));
+    let id = start(&mut c, controller(), req);
     let mut rounds = 0;
     let mut upgrades = 0;
     let mut upgraded_while_prefilling = false;

@@ -113,6 +113,19 @@ pub struct JobRequest {
     /// Token ids to use as the prompt instead of encoding `prompt` (which
     /// must then be empty); no BOS is added. For benchmarks and exact replays.
     pub prompt_tokens: Option<Vec<u32>>,
+    /// How the job's KV cache stores keys and values (default `F32`).
+    pub kv_cache: Option<KvCacheType>,
+}
+
+/// Storage of a job's KV cache.
+#[derive(CandidType, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvCacheType {
+    /// f32: exact.
+    #[default]
+    F32,
+    /// int8 blocks with f32 scales: 3.5× smaller, and attention about 2.5×
+    /// cheaper at long contexts; rounding changes as with int8 activations.
+    Q8,
 }
 
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -13,9 +13,10 @@ use crate::settings::{self, Cbor};
 use crate::state::{self, CachedJob};
 use candid::Principal;
 use ic_stable_structures::{Memory as _, StableBTreeMap};
-use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobSummary, JobView, StepProgress};
+use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobSummary, JobView, KvCacheType, StepProgress};
 use icllm_engine::chat::{encode_chat, Message};
-use icllm_engine::job::{step, FinishReason, Job, JobState, KvCache, Phase, StepOutcome};
+use icllm_engine::job::{step, FinishReason, Job, JobState, KvCache, KvShape, KvType, Phase, StepOutcome};
+use icllm_engine::kv::Which;
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
 use serde::{Deserialize, Serialize};
@@ -119,10 +120,15 @@ pub fn create(
         )));
     }
     let c = &loaded.model.config;
+    let kv_type = match req.kv_cache.unwrap_or_default() {
+        KvCacheType::F32 => KvType::F32,
+        KvCacheType::Q8 => KvType::Q8,
+    };
+    let kv_shape = KvShape::of(c);
+    kv_shape.check(kv_type).map_err(ApiError::InvalidArgument)?;
     // The job's KV cache lives in the heap beside the weights while it runs.
     let kv_room = settings::read(|s| s.heap_budget()).saturating_sub(loaded.info.heap_bytes);
-    let per_position = KvCache::bytes_for(c.n_layers, 1, c.kv_dim);
-    let ctx_fits = (kv_room / per_position).min(u32::MAX as u64) as u32;
+    let ctx_fits = kv_shape.max_ctx(kv_type, kv_room).min(u32::MAX as u64) as u32;
     // By default the trained context, capped so that four jobs' caches fit
     // the heap together (2,048 positions if only one does): a default that
     // filled the heap would make concurrent jobs evict and reload each
@@ -138,9 +144,10 @@ pub fn create(
     }
     if ctx_size > ctx_fits {
         return Err(ApiError::InvalidArgument(format!(
-            "ctx_size {ctx_size} needs {} MiB of KV cache in the heap beside the model's {} MiB; \
+            "ctx_size {ctx_size} needs {} MiB of {} KV cache in the heap beside the model's {} MiB; \
              at most {ctx_fits} positions fit",
-            KvCache::bytes_for(c.n_layers, ctx_size, c.kv_dim) >> 20,
+            kv_shape.heap_bytes(kv_type, ctx_size) >> 20,
+            kv_type.name(),
             loaded.info.heap_bytes >> 20
         )));
     }
@@ -193,8 +200,8 @@ pub fn create(
         )));
     }
     let context_token = prompt.last().copied();
-    make_room(loaded, KvCache::bytes_for(c.n_layers, ctx_size, c.kv_dim));
-    let mut job = Job::new(&loaded.model, prompt, params, req.max_tokens, ctx_size)
+    make_room(loaded, kv_shape.heap_bytes(kv_type, ctx_size));
+    let mut job = Job::with_kv_type(&loaded.model, prompt, params, req.max_tokens, ctx_size, kv_type)
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     if let Some(stops) = stop_tokens {
         job.set_stop_tokens(stops);
@@ -323,7 +330,10 @@ pub fn fail_all_active(reason: &str) {
     }
 }
 
-/// Geometry of KV slots: `(layer, k|v, pos, kv_dim)` f32, with `ctx` positions per slot.
+/// Geometry of KV slots: `(layer, k|v)` regions of `ctx` f32 rows of
+/// `row_bytes`, where a job writes its rows as [`KvCache::encode_rows`]
+/// does (an f32 cache fills them; a q8 cache's rows are shorter and packed
+/// from the start of each region).
 #[derive(Clone, Copy)]
 struct KvGeometry {
     slot_bytes: u64,
@@ -340,9 +350,11 @@ impl KvGeometry {
         })
     }
 
-    /// Offset of row `pos` of K (`which` 0) or V (1) of `layer` in `slot`.
-    fn offset(&self, slot: u32, layer: usize, which: u64, pos: u64) -> u64 {
-        slot as u64 * self.slot_bytes + ((layer as u64 * 2 + which) * self.ctx + pos) * self.row_bytes
+    /// Offset of row `pos` of `which` of `layer` in `slot`, for rows of
+    /// `row` bytes ([`KvCache::row_bytes`], at most `row_bytes`).
+    fn offset(&self, slot: u32, layer: usize, which: Which, pos: u64, row: usize) -> u64 {
+        let region = layer as u64 * 2 + matches!(which, Which::V) as u64;
+        slot as u64 * self.slot_bytes + region * self.ctx * self.row_bytes + pos * row as u64
     }
 }
 
@@ -350,17 +362,21 @@ impl KvGeometry {
 fn save_kv(kv: &KvCache, slot: u32, start: u32, end: u32) {
     let g = KvGeometry::current();
     let mem = memory::get(memory::KV);
+    let mut buf = Vec::new();
     for layer in 0..kv.n_layers() {
-        let (k, v) = kv.rows(layer, start..end);
-        mem.write(g.offset(slot, layer, 0, start as u64), f32_bytes(k));
-        mem.write(g.offset(slot, layer, 1, start as u64), f32_bytes(v));
+        for which in [Which::K, Which::V] {
+            buf.clear();
+            kv.encode_rows(layer, start..end, which, &mut buf);
+            let row = kv.row_bytes(which);
+            mem.write(g.offset(slot, layer, which, start as u64, row), &buf);
+        }
     }
 }
 
 /// Rebuilds an engine job from its record and KV slot.
 fn restore(model: &LoadedModel, rec: &JobRecord) -> Job {
     let c = &model.model.config;
-    let kv = KvCache::new(c.n_layers, rec.engine.ctx_size(), c.kv_dim)
+    let kv = KvCache::with_type(KvShape::of(c), rec.engine.ctx_size(), rec.engine.kv_type())
         .expect("a KV cache this size was allocated when the job started");
     let mut job = Job {
         state: rec.engine.clone(),
@@ -370,32 +386,19 @@ fn restore(model: &LoadedModel, rec: &JobRecord) -> Job {
         let g = KvGeometry::current();
         let mem = memory::get(memory::KV);
         let rows = rec.kv_rows_saved as usize;
-        let mut buf = vec![0u8; rows * g.row_bytes as usize];
-        let mut k = vec![0f32; rows * g.row_bytes as usize / 4];
-        let mut v = k.clone();
         for layer in 0..job.kv.n_layers() {
-            mem.read(g.offset(slot, layer, 0, 0), &mut buf);
-            bytes_to_f32(&buf, &mut k);
-            mem.read(g.offset(slot, layer, 1, 0), &mut buf);
-            bytes_to_f32(&buf, &mut v);
-            job.kv
-                .restore_rows(layer, 0, &k, &v)
-                .expect("rows fit the cache they came from");
+            for which in [Which::K, Which::V] {
+                let row = job.kv.row_bytes(which);
+                let mut buf = vec![0u8; rows * row];
+                mem.read(g.offset(slot, layer, which, 0, row), &mut buf);
+                job.kv
+                    .decode_rows(layer, 0, which, &buf)
+                    .expect("rows fit the cache they came from");
+            }
         }
         job.kv.take_dirty();
     }
     job
-}
-
-fn f32_bytes(x: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding or invalid bit patterns; u8 has alignment 1.
-    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
-}
-
-fn bytes_to_f32(b: &[u8], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
-        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    }
 }
 
 /// Takes the engine job out of the cache (or rebuilds it); the caller puts it back.
@@ -404,7 +407,10 @@ fn take_job(model: &LoadedModel, rec: &JobRecord) -> Job {
         return c.job;
     }
     let c = &model.model.config;
-    make_room(model, KvCache::bytes_for(c.n_layers, rec.engine.ctx_size(), c.kv_dim));
+    make_room(
+        model,
+        KvShape::of(c).heap_bytes(rec.engine.kv_type(), rec.engine.ctx_size()),
+    );
     restore(model, rec)
 }
 

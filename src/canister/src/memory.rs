@@ -14,7 +14,9 @@
 //! │              │   owner, request, status, engine state (cursor, tokens,  │
 //! │              │   RNG, pending activations), text, counters              │
 //! │ MemoryId 4   │ KV: raw region, KV slot s at s * slot_bytes;             │
-//! │              │   a slot holds (layer, pos, kv_dim) f32 rows for K then V │
+//! │              │   a slot holds, per layer, a K then a V region of ctx    │
+//! │              │   f32-sized rows; a job writes its positions there as    │
+//! │              │   KvCache::encode_rows (f32, or shorter q8 rows packed)  │
 //! └──────────────┴──────────────────────────────────────────────────────────┘
 //! ```
 //! Nothing durable lives only in the heap, so there is no `pre_upgrade`:

@@ -21,7 +21,8 @@ use crate::model::forward;
 use crate::model::Model;
 use crate::sampler::{self, Rng, SamplingError, SamplingParams};
 use serde::{Deserialize, Serialize};
-use std::ops::Range;
+
+pub use crate::kv::{KvCache, KvShape, KvType};
 
 /// Default cap on prompt tokens processed together.
 pub const DEFAULT_MAX_BATCH: u32 = 64;
@@ -166,6 +167,8 @@ pub enum JobError {
     },
     #[error("a KV cache of {ctx_size} positions does not fit in memory on this platform")]
     ContextTooLarge { ctx_size: u32 },
+    #[error("{0}")]
+    KvType(String),
     #[error("invalid sampling parameters: {0}")]
     Sampling(#[from] SamplingError),
 }
@@ -178,6 +181,10 @@ pub struct JobState {
     params: SamplingParams,
     max_new_tokens: u32,
     ctx_size: u32,
+    /// How the KV cache stores keys and values (records from before the
+    /// choice existed were f32).
+    #[serde(default)]
+    kv_type: KvType,
     stop_tokens: Vec<u32>,
     max_batch: u32,
     rng: Rng,
@@ -206,6 +213,9 @@ impl JobState {
     }
     pub fn ctx_size(&self) -> u32 {
         self.ctx_size
+    }
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
     pub fn stop_tokens(&self) -> &[u32] {
         &self.stop_tokens
@@ -246,123 +256,6 @@ impl JobState {
     }
 }
 
-/// Keys and values of every layer for every position of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KvCache {
-    n_layers: u32,
-    ctx: u32,
-    kv_dim: u32,
-    /// (n_layers, ctx, kv_dim)
-    k: Vec<f32>,
-    /// (n_layers, ctx, kv_dim)
-    v: Vec<f32>,
-    /// Positions written (in any layer) since the last [`KvCache::take_dirty`].
-    dirty: Option<Range<u32>>,
-}
-
-impl KvCache {
-    /// A zeroed cache; `None` if its size overflows this platform's memory.
-    pub fn new(n_layers: usize, ctx: u32, kv_dim: usize) -> Option<KvCache> {
-        let len = n_layers.checked_mul(ctx as usize)?.checked_mul(kv_dim)?;
-        // Both halves, in bytes, must be addressable.
-        len.checked_mul(2 * std::mem::size_of::<f32>())?;
-        Some(KvCache {
-            n_layers: u32::try_from(n_layers).ok()?,
-            ctx,
-            kv_dim: u32::try_from(kv_dim).ok()?,
-            k: vec![0.0; len],
-            v: vec![0.0; len],
-            dirty: None,
-        })
-    }
-
-    pub fn n_layers(&self) -> usize {
-        self.n_layers as usize
-    }
-
-    /// Heap bytes of the K and V rows.
-    pub fn heap_bytes(&self) -> u64 {
-        KvCache::bytes_for(self.n_layers as usize, self.ctx, self.kv_dim as usize)
-    }
-
-    /// Heap bytes a cache of this shape takes ([`KvCache::heap_bytes`]).
-    pub fn bytes_for(n_layers: usize, ctx: u32, kv_dim: usize) -> u64 {
-        2 * n_layers as u64 * ctx as u64 * kv_dim as u64 * std::mem::size_of::<f32>() as u64
-    }
-    pub fn ctx(&self) -> u32 {
-        self.ctx
-    }
-    pub fn kv_dim(&self) -> usize {
-        self.kv_dim as usize
-    }
-
-    /// Index range in `k`/`v` of `positions` of `layer`.
-    fn span(&self, layer: usize, positions: Range<u32>) -> Range<usize> {
-        let base = layer * self.ctx as usize;
-        let kv_dim = self.kv_dim as usize;
-        (base + positions.start as usize) * kv_dim..(base + positions.end as usize) * kv_dim
-    }
-
-    /// The whole layer: `(k, v)`, each (ctx, kv_dim).
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        let s = self.span(layer, 0..self.ctx);
-        (&self.k[s.clone()], &self.v[s])
-    }
-
-    /// Rows of `positions` in `layer`: `(k, v)`, each (positions.len(), kv_dim).
-    /// Panics if out of range (callers persist ranges from [`Self::take_dirty`]).
-    pub fn rows(&self, layer: usize, positions: Range<u32>) -> (&[f32], &[f32]) {
-        let s = self.span(layer, positions);
-        (&self.k[s.clone()], &self.v[s])
-    }
-
-    /// Writes `k`, `v` (n, kv_dim) at positions `pos0..pos0 + n` of `layer`
-    /// and marks them dirty.
-    pub fn write(&mut self, layer: usize, pos0: u32, k: &[f32], v: &[f32]) {
-        let n = (k.len() / self.kv_dim as usize) as u32;
-        let s = self.span(layer, pos0..pos0 + n);
-        self.k[s.clone()].copy_from_slice(k);
-        self.v[s].copy_from_slice(v);
-        let new = pos0..pos0 + n;
-        self.dirty = Some(match self.dirty.take() {
-            None => new,
-            Some(d) => d.start.min(new.start)..d.end.max(new.end),
-        });
-    }
-
-    /// Restores rows saved earlier (does not mark them dirty). `k`, `v` are
-    /// (n, kv_dim) for positions `pos0..pos0 + n` of `layer`.
-    pub fn restore_rows(&mut self, layer: usize, pos0: u32, k: &[f32], v: &[f32]) -> Result<(), String> {
-        let kv_dim = self.kv_dim as usize;
-        if k.len() != v.len() || !k.len().is_multiple_of(kv_dim) {
-            return Err(format!(
-                "k and v must both be n × {kv_dim} floats, got {} and {}",
-                k.len(),
-                v.len()
-            ));
-        }
-        let end = pos0 as u64 + (k.len() / kv_dim) as u64;
-        if layer >= self.n_layers as usize || end > self.ctx as u64 {
-            return Err(format!("rows {pos0}..{end} of layer {layer} are outside the cache"));
-        }
-        let s = self.span(layer, pos0..end as u32);
-        self.k[s.clone()].copy_from_slice(k);
-        self.v[s].copy_from_slice(v);
-        Ok(())
-    }
-
-    /// Positions written in any layer since the last call (rows of layers
-    /// not yet reached are stale but harmless to save: they are rewritten
-    /// and marked dirty again when their unit runs).
-    pub fn take_dirty(&mut self) -> Option<Range<u32>> {
-        self.dirty.take()
-    }
-
-    pub fn dirty(&self) -> Option<Range<u32>> {
-        self.dirty.clone()
-    }
-}
-
 /// A generation job: its state and its KV cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -380,6 +273,18 @@ impl Job {
         params: SamplingParams,
         max_new_tokens: u32,
         ctx_size: u32,
+    ) -> Result<Job, JobError> {
+        Job::with_kv_type(model, prompt_tokens, params, max_new_tokens, ctx_size, KvType::F32)
+    }
+
+    /// [`Job::new`] with a KV cache of type `kv_type`.
+    pub fn with_kv_type(
+        model: &Model,
+        prompt_tokens: Vec<u32>,
+        params: SamplingParams,
+        max_new_tokens: u32,
+        ctx_size: u32,
+        kv_type: KvType,
     ) -> Result<Job, JobError> {
         let c = &model.config;
         if prompt_tokens.is_empty() {
@@ -406,7 +311,9 @@ impl Job {
             });
         }
         params.validate()?;
-        let kv = KvCache::new(c.n_layers, ctx_size, c.kv_dim).ok_or(JobError::ContextTooLarge { ctx_size })?;
+        let shape = KvShape::of(c);
+        shape.check(kv_type).map_err(JobError::KvType)?;
+        let kv = KvCache::with_type(shape, ctx_size, kv_type).ok_or(JobError::ContextTooLarge { ctx_size })?;
         let state = JobState {
             prompt: prompt_tokens,
             generated: Vec::new(),
@@ -414,6 +321,7 @@ impl Job {
             params,
             max_new_tokens,
             ctx_size,
+            kv_type,
             stop_tokens: c.eos_token_id.into_iter().collect(),
             max_batch: DEFAULT_MAX_BATCH,
             cursor: Cursor {
@@ -443,17 +351,15 @@ impl Job {
     /// (it may have been restored from storage).
     fn check(&self, model: &Model) -> Result<(), String> {
         let (c, s, kv) = (&model.config, &self.state, &self.kv);
-        if kv.n_layers() != c.n_layers || kv.kv_dim() != c.kv_dim {
+        if kv.shape() != KvShape::of(c) {
             return Err(format!(
-                "KV cache is {} layers × {} wide but the model has {} × {}",
-                kv.n_layers(),
-                kv.kv_dim(),
-                c.n_layers,
-                c.kv_dim
+                "KV cache is {:?} but the model's is {:?}",
+                kv.shape(),
+                KvShape::of(c)
             ));
         }
-        if kv.k.len() != kv.v.len() || kv.k.len() != c.n_layers * kv.ctx as usize * c.kv_dim || kv.ctx != s.ctx_size {
-            return Err("KV cache size does not match its dimensions".into());
+        if !kv.is_consistent() || kv.ctx() != s.ctx_size || kv.kv_type() != s.kv_type {
+            return Err("KV cache size or type does not match the job".into());
         }
         s.params
             .validate()
@@ -635,47 +541,28 @@ fn end_batch(s: &mut JobState) {
     s.hidden.clear();
 }
 
-/// Serializes an f32 vector as little-endian bytes: compact, and far cheaper
-/// to encode than one float at a time (CBOR would try shorter float widths
-/// for each). Accepts a sequence of numbers too, for self-describing formats
-/// like JSON.
+/// Serializes an f32 vector as little-endian bytes ([`crate::serde_bytes`]):
+/// compact, and far cheaper to encode than one float at a time (CBOR would
+/// try shorter float widths for each).
 mod f32_bytes {
-    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::de::Error;
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        s.serialize_bytes(&bytes)
+        crate::serde_bytes::serialize(&bytes, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Vec<f32>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("little-endian f32 bytes")
-            }
-            fn visit_bytes<E: Error>(self, b: &[u8]) -> Result<Vec<f32>, E> {
-                if !b.len().is_multiple_of(4) {
-                    return Err(E::custom(format!("{} bytes is not a whole number of f32s", b.len())));
-                }
-                Ok(b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect())
-            }
-            fn visit_byte_buf<E: Error>(self, b: Vec<u8>) -> Result<Vec<f32>, E> {
-                self.visit_bytes(&b)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
-                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    bytes.push(b);
-                }
-                self.visit_bytes(&bytes)
-            }
+        let b = crate::serde_bytes::deserialize(d)?;
+        if !b.len().is_multiple_of(4) {
+            return Err(D::Error::custom(format!(
+                "{} bytes is not a whole number of f32s",
+                b.len()
+            )));
         }
-        // byte_buf, not bytes: some decoders (ciborium) serve borrowed bytes
-        // only up to a small scratch size; a batch's activations are larger.
-        d.deserialize_byte_buf(V)
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 }

@@ -161,7 +161,7 @@ fn f16_weights_load_and_agree_with_f32() {
     // Logits of the golden prompt's last token agree closely.
     let logits = |model: &Model| {
         let c = &model.config;
-        let mut kv = icllm_engine::job::KvCache::new(c.n_layers, 128, c.kv_dim).unwrap();
+        let mut kv = icllm_engine::job::KvCache::new(icllm_engine::kv::KvShape::of(c), 128).unwrap();
         let mut x = vec![0.0; GOLDEN_PROMPT.len() * c.dim];
         forward::embed(model, &GOLDEN_PROMPT, &mut x);
         for layer in 0..c.n_layers {

@@ -16,7 +16,7 @@ fn stories_bytes() -> Vec<u8> {
 /// Logits at every position of `tokens` (one batch through every layer).
 fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     let c = &model.config;
-    let mut kv = KvCache::new(c.n_layers, tokens.len() as u32 + 1, c.kv_dim).unwrap();
+    let mut kv = KvCache::new(icllm_engine::kv::KvShape::of(c), tokens.len() as u32 + 1).unwrap();
     let mut x = vec![0.0f32; tokens.len() * c.dim];
     forward::embed(model, tokens, &mut x);
     for l in 0..c.n_layers {
@@ -35,7 +35,7 @@ fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
 /// Greedy continuation of `prompt` for `n` tokens.
 fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let c = &model.config;
-    let mut kv = KvCache::new(c.n_layers, (prompt.len() + n) as u32, c.kv_dim).unwrap();
+    let mut kv = KvCache::new(icllm_engine::kv::KvShape::of(c), (prompt.len() + n) as u32).unwrap();
     let mut tokens = prompt.to_vec();
     let mut pos0 = 0usize;
     let mut out = Vec::new();

@@ -83,6 +83,9 @@ pub struct BenchArgs {
     /// Context size of the job (default: prompt + generated tokens + 1).
     #[arg(long)]
     ctx: Option<u32>,
+    /// KV cache storage of the jobs: f32 or q8.
+    #[arg(long, default_value = "f32")]
+    kv_cache: icllm_engine::kv::KvType,
     /// Prompt tokens (prefill).
     #[arg(long, default_value_t = 120)]
     prompt_tokens: u32,
@@ -501,6 +504,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         seed: Some(1),
         ctx_size: Some(ctx),
         prompt_tokens: Some(prompt.clone()),
+        kv_cache: Some(crate::api_kv_type(args.kv_cache)),
         ..JobRequest::default()
     };
     let profile_start = c.rt.profile(c.id);
@@ -632,6 +636,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "n_layers": cfg.n_layers,
         "vocab_size": cfg.vocab_size,
         "weights_type": format!("{:?}", model.layers.first().map(|l| l.wq.ty)),
+        "kv_cache": args.kv_cache.name(),
         "prompt_tokens": v.prompt_tokens,
         "generated_tokens": v.generated_tokens,
         "decode_context_position": decode_pos,

@@ -51,6 +51,9 @@ pub struct GenerateArgs {
     /// Context size in tokens (default: the model's trained context; may exceed it).
     #[arg(long, short = 'c')]
     pub ctx_size: Option<u32>,
+    /// KV cache storage: f32 (exact) or q8 (int8 blocks with f32 scales).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: icllm_engine::kv::KvType,
     /// Also print the generated token ids (`generated_ids: [...]` on stderr).
     #[arg(long)]
     pub print_ids: bool,
@@ -94,7 +97,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(c) => c,
         None => u32::try_from(model.config.context_length).unwrap_or(u32::MAX),
     };
-    let mut job = Job::new(model, prompt.clone(), params, args.n_predict, ctx_size)?;
+    let mut job = Job::with_kv_type(model, prompt.clone(), params, args.n_predict, ctx_size, args.kv_cache)?;
     if let Some(stops) = stop_tokens {
         job.set_stop_tokens(stops);
     }

@@ -6,7 +6,7 @@
 //! engine with other implementations, and formats with each other.
 
 use anyhow::{bail, Context};
-use icllm_engine::job::KvCache;
+use icllm_engine::job::{KvCache, KvShape};
 use icllm_engine::model::{forward, Model};
 use std::path::PathBuf;
 
@@ -57,7 +57,7 @@ pub fn last_logits(model: &Model, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
         bail!("token id {bad} is outside the vocabulary of {}", c.vocab_size);
     }
     let n = u32::try_from(ids.len()).context("prompt too long")?;
-    let mut kv = KvCache::new(c.n_layers, n, c.kv_dim).context("the KV cache does not fit in memory")?;
+    let mut kv = KvCache::new(KvShape::of(c), n).context("the KV cache does not fit in memory")?;
     let mut x = vec![0.0f32; ids.len() * c.dim]; // (n, dim)
     forward::embed(model, ids, &mut x);
     for layer in 0..c.n_layers {

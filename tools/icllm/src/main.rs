@@ -58,3 +58,11 @@ fn main() -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(args),
     }
 }
+
+/// The canister interface's name for an engine KV cache type.
+fn api_kv_type(t: icllm_engine::kv::KvType) -> icllm_api::KvCacheType {
+    match t {
+        icllm_engine::kv::KvType::F32 => icllm_api::KvCacheType::F32,
+        icllm_engine::kv::KvType::Q8 => icllm_api::KvCacheType::Q8,
+    }
+}

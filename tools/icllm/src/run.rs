@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Context size of the job (default: the model's trained context).
     #[arg(long)]
     ctx_size: Option<u32>,
+    /// KV cache storage: f32 (exact) or q8 (int8 blocks: 3.5x smaller,
+    /// faster attention at long contexts, rounding as int8 activations).
+    #[arg(long, default_value = "f32")]
+    kv_cache: icllm_engine::kv::KvType,
     /// Instructions per update/timer message in the local runtime.
     #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
     instruction_limit: u64,
@@ -83,6 +87,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         seed: args.seed,
         ctx_size: args.ctx_size,
         prompt_tokens: None,
+        kv_cache: Some(crate::api_kv_type(args.kv_cache)),
     };
     let first_report = canister.rt.reports().len();
     let id = canister

@@ -30,7 +30,7 @@ pub(crate) mod simd_quant;
 /// other build runs the scalar oracles below. Both give the same bits.
 pub(crate) const SIMD: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 
-pub use attention::{attention, AttentionShape};
+pub use attention::{attention, attention_q8, attention_q8_scalar, AttentionShape};
 pub use rope::{llama3_rope_freq_factors, rope, rope_heads, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};

@@ -13,7 +13,7 @@
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
 use crate::quant::packed::{
-    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8x4, Interleaved, PackedBlock,
+    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, BlockQ8x4, Interleaved, PackedBlock,
 };
 use crate::quant::{BlockQ8A, BlockQ8K};
 
@@ -35,8 +35,9 @@ pub fn quantize_block_i8(x: &[f32], qs: &mut [i8]) -> f32 {
             i += 4;
         }
         let l = m.lanes();
-        // Lanes hold |x| ≥ 0; NaN inputs give garbage either way.
-        let amax = l.iter().fold(0.0f32, |a, &v| a.max(v));
+        // Lanes hold |x| ≥ 0; NaN inputs give garbage either way. A compare,
+        // not f32::max: that is a libm call (`fmaxf`) in wasm, 18 per lane.
+        let amax = l.iter().fold(0.0f32, |a, &v| if v > a { v } else { a });
         let d = amax / 127.0;
         let id = F32x4::splat(if d != 0.0 { 1.0 / d } else { 0.0 });
         let q = |j: usize| F32x4::load(px.add(j)).mul(id).round_to_i32().clamp_sym(127);
@@ -168,9 +169,18 @@ trait Stationary {
 /// saves an activation load per column pair.
 #[inline(always)]
 fn matvec_stationary<K: Stationary>(w: &Interleaved<K::Block>, x: &[K::Act], out: &mut [f32]) {
-    let (groups, bpr) = (w.groups(), w.blocks_per_row());
-    assert!(x.len() == bpr && bpr.is_multiple_of(K::BLOCKS) && bpr > 0);
-    assert_eq!(out.len(), w.rows());
+    assert!(x.len() == w.blocks_per_row() && out.len() == w.rows());
+    matvec_stationary_view::<K>(w.blocks(), w.blocks_per_row(), x, out)
+}
+
+/// [`matvec_stationary`] over the first `out.len()` rows and the first
+/// `x.len()` column blocks of a matrix given as its packed blocks, groups
+/// of four rows in order, `bpr` blocks per group.
+#[inline(always)]
+fn matvec_stationary_view<K: Stationary>(blocks: &[K::Block], bpr: usize, x: &[K::Act], out: &mut [f32]) {
+    let groups = out.len().div_ceil(4);
+    assert!(x.len() <= bpr && x.len().is_multiple_of(K::BLOCKS) && !x.is_empty());
+    assert!(blocks.len() >= groups * bpr);
     // The accumulators: `out` itself when it holds whole groups (no copy),
     // else room for the padded last group. Never zeroed: the first column
     // block's pass writes every group, starting each row from 0.0.
@@ -187,7 +197,7 @@ fn matvec_stationary<K: Stationary>(w: &Interleaved<K::Block>, x: &[K::Act], out
         // SAFETY: group g's block `step · BLOCKS` is at blocks + g · stride
         // + step · BLOCKS, g < groups; pa has room for 4 · groups f32.
         unsafe {
-            let pw = w.blocks().as_ptr().add(step * K::BLOCKS) as *const u8;
+            let pw = blocks.as_ptr().add(step * K::BLOCKS) as *const u8;
             if step == 0 {
                 fold_groups::<K, true>(&s, pw, stride, pa, groups);
             } else {
@@ -248,6 +258,19 @@ where
         matvec_stationary::<Q8_0Kernel<S, 2>>(w, x, out)
     } else {
         matvec_stationary::<Q8_0Kernel<S, 1>>(w, x, out)
+    }
+}
+
+/// `out = W x` over the first `out.len()` rows and `x.len()` column blocks
+/// of a Q8_0 byte-layout matrix given as its blocks, `bpr` per group of four
+/// rows: the int8 KV cache's keys (rows are positions) and transposed values
+/// (columns are positions), which grow one position at a time. Each row
+/// bit for bit `Σ_b (d_w · d_x) · isum_b` in block order from 0.0.
+pub fn matvec_q8_0_view(blocks: &[BlockQ8_0x4], bpr: usize, x: &[BlockQ8A], out: &mut [f32]) {
+    if x.len().is_multiple_of(2) {
+        matvec_stationary_view::<Q8_0Kernel<crate::quant::BlockQ8_0, 2>>(blocks, bpr, x, out)
+    } else {
+        matvec_stationary_view::<Q8_0Kernel<crate::quant::BlockQ8_0, 1>>(blocks, bpr, x, out)
     }
 }
 

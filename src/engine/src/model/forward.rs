@@ -8,8 +8,8 @@
 //! summation order), so batching never changes a result.
 
 use super::Model;
-use crate::job::KvCache;
 use crate::kernels::{self, AttentionShape};
+use crate::kv::KvCache;
 use crate::scratch::Scratch;
 
 /// Writes the embeddings of `tokens` into `x` (n_tokens, dim).
@@ -78,14 +78,12 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
         n_kv_heads: c.n_kv_heads,
         head_dim: c.head_dim,
     };
-    let (k_cache, v_cache) = kv.layer(layer);
     let mut att = Scratch::new(n * c.q_dim); // (n, q_dim)
-    let mut scores = Scratch::new(pos0 as usize + n); // (n_pos)
     for t in 0..n {
         let n_pos = pos0 as usize + t + 1;
         let q_t = &q[t * c.q_dim..(t + 1) * c.q_dim];
         let out = &mut att[t * c.q_dim..(t + 1) * c.q_dim];
-        kernels::attention(out, q_t, k_cache, v_cache, n_pos, shape, &mut scores);
+        kv.attend(layer, q_t, n_pos, shape, out);
     }
 
     // out projection + residual: x += Wo · att

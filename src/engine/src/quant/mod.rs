@@ -360,7 +360,7 @@ pub fn pack_scale_min_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
 /// nearest_even(x / d)` clamped to ±127. Returns `d` (0 for an all-zero block).
 /// The canister build runs the SIMD version, which gives the same bits.
 #[inline]
-fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
+pub(crate) fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
     if crate::kernels::SIMD && x.len().is_multiple_of(16) {
         crate::kernels::simd_quant::quantize_block_i8(x, qs)
     } else {

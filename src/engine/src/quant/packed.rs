@@ -91,10 +91,27 @@ impl<S> BlockQ8x4<S> {
         }
     }
 
-    fn lane(&self, lane: usize) -> [i8; QK8_0] {
+    /// Row `lane`'s 32 quants.
+    pub(crate) fn lane(&self, lane: usize) -> [i8; QK8_0] {
         let mut q = [0; QK8_0];
         pair_lane(&self.qs, lane, &mut q);
         q
+    }
+
+    /// A block of zero quants with scales `d` (the int8 KV cache's blocks
+    /// before anything is written).
+    pub(crate) fn with_scales(d: [f32; 4]) -> Self {
+        Self::from_rows(d, [[0; QK8_0]; 4])
+    }
+
+    /// Sets row `lane`'s scale and quants (the int8 KV cache writes one
+    /// position at a time).
+    pub(crate) fn set_lane(&mut self, lane: usize, d: f32, q: &[i8; QK8_0]) {
+        self.d[lane] = d;
+        for (p, pair) in q.chunks_exact(2).enumerate() {
+            self.qs[8 * p + 2 * lane] = pair[0];
+            self.qs[8 * p + 2 * lane + 1] = pair[1];
+        }
     }
 }
 

@@ -330,7 +330,7 @@ pub fn gguf_bytes_with(
 /// Logits at the last position after running `tokens` through the model.
 pub fn last_logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
     let c = &model.config;
-    let mut kv = KvCache::new(c.n_layers, 64, c.kv_dim).unwrap();
+    let mut kv = KvCache::new(icllm_engine::kv::KvShape::of(c), 64).unwrap();
     let mut x = vec![0.0; tokens.len() * c.dim];
     forward::embed(model, tokens, &mut x);
     for layer in 0..c.n_layers {
