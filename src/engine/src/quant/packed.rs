@@ -81,7 +81,8 @@ fn f16_le(b: &[u8], at: usize) -> f32 {
 /// `2r`, `2r + 1`: eight bytes of [`interleave_pairs`]'s order.
 #[inline(always)]
 fn pair_word<const N: usize>(rows: &[&[u8; N]; 4], at: usize) -> u64 {
-    let h = |r: usize| u16::from_le_bytes([rows[r][at], rows[r][at + 1]]) as u64;
+    // One 16-bit load per row (byte by byte, LLVM merges only row 0's).
+    let h = |r: usize| u16::from_le_bytes(rows[r][at..at + 2].try_into().expect("two bytes")) as u64;
     h(0) | (h(1) << 16) | (h(2) << 32) | (h(3) << 48)
 }
 
@@ -210,18 +211,19 @@ impl PackedBlock for BlockQ4_0Widex4 {
     }
     fn pack_le(rows: [&[u8]; 4]) -> Self {
         let rows = block_arrays::<{ BlockQ4_0::BYTES }>(rows);
-        let mut qs = [0i8; 4 * QK8_0];
+        let mut out = BlockQ8x4 {
+            d: rows.map(|b| f16_le(b, 0)),
+            qs: [0; 4 * QK8_0],
+            _src: std::marker::PhantomData,
+        };
+        let qs = &mut out.qs;
         // Column pair p: the low nibbles of bytes 2p, 2p + 1; pair p + 8 their high nibbles.
         for p in 0..QK8_0 / 4 {
             let w = pair_word(&rows, 2 + 2 * p);
-            put_word(&mut qs, p, sub_bytes(w & bytes(0x0F), 8));
-            put_word(&mut qs, p + QK8_0 / 4, sub_bytes((w >> 4) & bytes(0x0F), 8));
+            put_word(qs, p, sub_bytes(w & bytes(0x0F), 8));
+            put_word(qs, p + QK8_0 / 4, sub_bytes((w >> 4) & bytes(0x0F), 8));
         }
-        BlockQ8x4 {
-            d: rows.map(|b| f16_le(b, 0)),
-            qs,
-            _src: std::marker::PhantomData,
-        }
+        out
     }
     fn unpack(&self, lane: usize) -> BlockQ4_0 {
         let q = self.lane(lane);
@@ -245,15 +247,16 @@ impl PackedBlock for BlockQ8_0x4 {
     }
     fn pack_le(rows: [&[u8]; 4]) -> Self {
         let rows = block_arrays::<{ BlockQ8_0::BYTES }>(rows);
-        let mut qs = [0i8; 4 * QK8_0];
-        for p in 0..QK8_0 / 2 {
-            put_word(&mut qs, p, pair_word(&rows, 2 + 2 * p));
-        }
-        BlockQ8x4 {
+        let mut out = BlockQ8x4 {
             d: rows.map(|b| f16_le(b, 0)),
-            qs,
+            qs: [0; 4 * QK8_0],
             _src: std::marker::PhantomData,
+        };
+        let qs = &mut out.qs;
+        for p in 0..QK8_0 / 2 {
+            put_word(qs, p, pair_word(&rows, 2 + 2 * p));
         }
+        out
     }
     fn unpack(&self, lane: usize) -> BlockQ8_0 {
         BlockQ8_0 {
@@ -361,7 +364,12 @@ impl PackedBlock for BlockQ6Kx4 {
     }
     fn pack_le(rows: [&[u8]; 4]) -> Self {
         let rows = block_arrays::<{ BlockQ6K::BYTES }>(rows);
-        let mut qs = [0i8; 4 * QK_K];
+        let mut out = BlockQ6Kx4 {
+            d: rows.map(|b| f16_le(b, 208)),
+            scales: std::array::from_fn(|g| rows.map(|b| b[192 + g] as i8 as i16)),
+            qs: [0; 4 * QK_K],
+        };
+        let qs = &mut out.qs;
         // As `q6k_quants`, two columns of the four rows per word: ql at 0,
         // qh at 128, a half (128 elements) at a time.
         for half in 0..2 {
@@ -372,25 +380,13 @@ impl PackedBlock for BlockQ6Kx4 {
                 let at = 64 * half + q;
                 let m4 = bytes(0x0F);
                 let m2 = bytes(0x03);
-                put_word(&mut qs, at, sub_bytes((lo & m4) | ((h & m2) << 4), 32));
-                put_word(&mut qs, at + 16, sub_bytes((hi & m4) | (((h >> 2) & m2) << 4), 32));
-                put_word(
-                    &mut qs,
-                    at + 32,
-                    sub_bytes(((lo >> 4) & m4) | (((h >> 4) & m2) << 4), 32),
-                );
-                put_word(
-                    &mut qs,
-                    at + 48,
-                    sub_bytes(((hi >> 4) & m4) | (((h >> 6) & m2) << 4), 32),
-                );
+                put_word(qs, at, sub_bytes((lo & m4) | ((h & m2) << 4), 32));
+                put_word(qs, at + 16, sub_bytes((hi & m4) | (((h >> 2) & m2) << 4), 32));
+                put_word(qs, at + 32, sub_bytes(((lo >> 4) & m4) | (((h >> 4) & m2) << 4), 32));
+                put_word(qs, at + 48, sub_bytes(((hi >> 4) & m4) | (((h >> 6) & m2) << 4), 32));
             }
         }
-        BlockQ6Kx4 {
-            d: rows.map(|b| f16_le(b, 208)),
-            scales: std::array::from_fn(|g| rows.map(|b| b[192 + g] as i8 as i16)),
-            qs,
-        }
+        out
     }
     fn unpack(&self, lane: usize) -> BlockQ6K {
         // The inverse of `q6k_quant`'s bit layout.
@@ -547,16 +543,17 @@ impl<S> BlockKWidex4<S> {
         }
     }
 
-    /// Packs four rows from their file bytes (Q4_K's and Q5_K's `d`, `dmin`
-    /// and `scales` at 0..16) and their quants, already interleaved.
-    fn from_le_parts(rows: [&[u8]; 4], qs: [u8; 4 * QK_K]) -> Self {
+    /// Packs four rows' scales from their file bytes (Q4_K's and Q5_K's `d`,
+    /// `dmin` and `scales` at 0..16), quants zero (filled in place by the caller).
+    #[inline(always)]
+    fn from_le_scales(rows: [&[u8]; 4]) -> Self {
         let sm = rows.map(|b| scales_mins(b[4..16].try_into().expect("12 scale bytes")));
         BlockKWidex4 {
             d: rows.map(|b| f16_le(b, 0)),
             dmin: rows.map(|b| f16_le(b, 2)),
             scales: std::array::from_fn(|j| sm.map(|r| r.0[j] as i16)),
             min_pairs: std::array::from_fn(|k| std::array::from_fn(|i| sm[i / 2].1[2 * k + i % 2] as i16)),
-            qs,
+            qs: [0; 4 * QK_K],
             _src: std::marker::PhantomData,
         }
     }
@@ -616,17 +613,18 @@ impl PackedBlock for BlockKWidex4<BlockQ4K> {
     }
     fn pack_le(rows: [&[u8]; 4]) -> Self {
         let b = block_arrays::<{ BlockQ4K::BYTES }>(rows);
-        let mut qs = [0u8; 4 * QK_K];
+        let mut out = Self::from_le_scales(rows);
+        let qs = &mut out.qs;
         // Chunk c (qs bytes 32c..32c + 32): column pair 32c + l is the low
         // nibbles of bytes 2l, 2l + 1, pair 32c + 16 + l their high nibbles.
         for c in 0..4 {
             for l in 0..16 {
                 let w = pair_word(&b, 16 + 32 * c + 2 * l);
-                put_word(&mut qs, 32 * c + l, w & bytes(0x0F));
-                put_word(&mut qs, 32 * c + 16 + l, (w >> 4) & bytes(0x0F));
+                put_word(qs, 32 * c + l, w & bytes(0x0F));
+                put_word(qs, 32 * c + 16 + l, (w >> 4) & bytes(0x0F));
             }
         }
-        Self::from_le_parts(rows, qs)
+        out
     }
     fn unpack(&self, lane: usize) -> BlockQ4K {
         let (d, dmin, sc, m, q) = self.lane(lane);
@@ -657,7 +655,8 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
     }
     fn pack_le(rows: [&[u8]; 4]) -> Self {
         let b = block_arrays::<{ BlockQ5K::BYTES }>(rows);
-        let mut qs = [0u8; 4 * QK_K];
+        let mut out = Self::from_le_scales(rows);
+        let qs = &mut out.qs;
         // As Q4_K's (qs at 48), plus the fifth bits: element 64c + 2l + k's
         // is bit 2c of qh[2l + k] (qh at 16), element 64c + 32 + 2l + k's bit 2c + 1.
         for c in 0..4 {
@@ -665,11 +664,11 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
                 let w = pair_word(&b, 48 + 32 * c + 2 * l);
                 let h = pair_word(&b, 16 + 2 * l);
                 let fifth = |bit: usize| ((h >> bit) & bytes(1)) << 4;
-                put_word(&mut qs, 32 * c + l, (w & bytes(0x0F)) | fifth(2 * c));
-                put_word(&mut qs, 32 * c + 16 + l, ((w >> 4) & bytes(0x0F)) | fifth(2 * c + 1));
+                put_word(qs, 32 * c + l, (w & bytes(0x0F)) | fifth(2 * c));
+                put_word(qs, 32 * c + 16 + l, ((w >> 4) & bytes(0x0F)) | fifth(2 * c + 1));
             }
         }
-        Self::from_le_parts(rows, qs)
+        out
     }
     fn unpack(&self, lane: usize) -> BlockQ5K {
         let (d, dmin, sc, m, q) = self.lane(lane);
@@ -734,7 +733,11 @@ impl<P: PackedBlock> Interleaved<P> {
         let mut blocks = Vec::with_capacity(groups * per_row);
         let row_bytes = per_row * src;
         if row_bytes > 0 {
-            // Whole groups of four rows straight from their bytes.
+            // Whole groups of four rows straight from their bytes, each block
+            // built in its place (a push would copy it: 100 + 1 instruction
+            // per byte in wasm, a third of the conversion for the big blocks).
+            let spare = blocks.spare_capacity_mut();
+            let mut n = 0;
             for group in bytes.chunks_exact(4 * row_bytes) {
                 let (r0, rest) = group.split_at(row_bytes);
                 let (r1, rest) = rest.split_at(row_bytes);
@@ -745,9 +748,12 @@ impl<P: PackedBlock> Interleaved<P> {
                     .zip(r2.chunks_exact(src))
                     .zip(r3.chunks_exact(src))
                 {
-                    blocks.push(P::pack_le([a, b, c, d]));
+                    spare[n].write(P::pack_le([a, b, c, d]));
+                    n += 1;
                 }
             }
+            // SAFETY: the loop wrote blocks[0..n] (capacity is every block's).
+            unsafe { blocks.set_len(n) };
         }
         // The last group, if padded, block by block.
         for g in rows / 4..groups {
