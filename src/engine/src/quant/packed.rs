@@ -32,7 +32,7 @@ use half::f16;
 use std::mem::size_of;
 
 /// A block of four rows, built from (and convertible back to) ggml blocks.
-pub trait PackedBlock: Copy + Sized + 'static {
+pub trait PackedBlock: Copy + Sized + 'static + ZeroValid {
     /// The ggml block this packs.
     type Src: Block;
     /// Packs block `j` of four consecutive rows (padding rows are `None`).
@@ -40,13 +40,50 @@ pub trait PackedBlock: Copy + Sized + 'static {
     /// The ggml block of row `lane` (0..4), exactly as it was in the file.
     fn unpack(&self, lane: usize) -> Self::Src;
     /// Packs block `j` of four rows straight from their file bytes (each
-    /// `Src::BYTES` long): the same block as [`PackedBlock::pack`] of the
-    /// blocks [`Block::read`] gives, without building them (the load
-    /// conversion's hot path: whole words, no per-element closures).
-    fn pack_le(rows: [&[u8]; 4]) -> Self {
-        Self::pack(rows.map(|b| Some(Self::Src::read(b))))
+    /// `Src::BYTES` long) into `out`, overwriting every field: the same block
+    /// as [`PackedBlock::pack`] of the blocks [`Block::read`] gives, without
+    /// building them (the load conversion's hot path: whole words, no
+    /// per-element closures, no copy of the block).
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        *out = Self::pack(rows.map(|b| Some(Self::Src::read(b))));
     }
 }
+
+/// Types whose all-zero bytes are a valid value, so a `Vec` of them can come
+/// zeroed from the allocator: for a large allocation that is fresh memory,
+/// zero already, where filling it would cost an instruction per byte in wasm.
+///
+/// # Safety
+/// The all-zero bit pattern must be a valid value of the type (the packed
+/// blocks: integers, floats and arrays of them).
+pub unsafe trait ZeroValid: Sized {}
+
+/// `n` zero values.
+fn zeroed_vec<T: ZeroValid>(n: usize) -> Vec<T> {
+    if n == 0 || size_of::<T>() == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<T>(n).expect("allocation size overflows");
+    // SAFETY: `layout` has a non-zero size; the memory is zero, a valid `T`
+    // (`ZeroValid`), for all `n`; it comes from the global allocator with
+    // `T`'s alignment and `n` of them, as `Vec` allocates.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
+    }
+}
+
+// SAFETY: each is a struct of arrays of f32, i32, i16, i8 and u8 (and a
+// PhantomData), every one of which is valid as zero bytes.
+unsafe impl<S> ZeroValid for BlockQ8x4<S> {}
+unsafe impl ZeroValid for BlockQ4Kx4 {}
+unsafe impl ZeroValid for BlockQ6Kx4 {}
+unsafe impl ZeroValid for BlockQ4_0x4 {}
+unsafe impl ZeroValid for BlockQ5Kx4 {}
+unsafe impl<S> ZeroValid for BlockKWidex4<S> {}
 
 /// `f16` bits as f32, exactly as `half::f16::to_f32` gives them (NaNs
 /// quieted, payload kept), without branches: the exponent and mantissa
@@ -105,10 +142,8 @@ impl WordBytes for u8 {
 impl WordBytes for i8 {
     #[inline(always)]
     fn put(out: &mut [i8], w: u64) {
-        let b = w.to_le_bytes();
-        for (o, v) in out.iter_mut().zip(b) {
-            *o = v as i8;
-        }
+        // One 64-bit store (a byte loop here is split into lane extractions).
+        out.copy_from_slice(&w.to_le_bytes().map(|b| b as i8));
     }
 }
 
@@ -209,13 +244,9 @@ impl PackedBlock for BlockQ4_0Widex4 {
         });
         Self::from_rows(rows.map(|b| b.d.to_f32()), quants)
     }
-    fn pack_le(rows: [&[u8]; 4]) -> Self {
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let rows = block_arrays::<{ BlockQ4_0::BYTES }>(rows);
-        let mut out = BlockQ8x4 {
-            d: rows.map(|b| f16_le(b, 0)),
-            qs: [0; 4 * QK8_0],
-            _src: std::marker::PhantomData,
-        };
+        out.d = rows.map(|b| f16_le(b, 0));
         let qs = &mut out.qs;
         // Column pair p: the low nibbles of bytes 2p, 2p + 1; pair p + 8 their high nibbles.
         for p in 0..QK8_0 / 4 {
@@ -223,7 +254,6 @@ impl PackedBlock for BlockQ4_0Widex4 {
             put_word(qs, p, sub_bytes(w & bytes(0x0F), 8));
             put_word(qs, p + QK8_0 / 4, sub_bytes((w >> 4) & bytes(0x0F), 8));
         }
-        out
     }
     fn unpack(&self, lane: usize) -> BlockQ4_0 {
         let q = self.lane(lane);
@@ -245,18 +275,12 @@ impl PackedBlock for BlockQ8_0x4 {
         });
         Self::from_rows(rows.map(|b| b.d.to_f32()), rows.map(|b| b.qs))
     }
-    fn pack_le(rows: [&[u8]; 4]) -> Self {
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let rows = block_arrays::<{ BlockQ8_0::BYTES }>(rows);
-        let mut out = BlockQ8x4 {
-            d: rows.map(|b| f16_le(b, 0)),
-            qs: [0; 4 * QK8_0],
-            _src: std::marker::PhantomData,
-        };
-        let qs = &mut out.qs;
+        out.d = rows.map(|b| f16_le(b, 0));
         for p in 0..QK8_0 / 2 {
-            put_word(qs, p, pair_word(&rows, 2 + 2 * p));
+            put_word(&mut out.qs, p, pair_word(&rows, 2 + 2 * p));
         }
-        out
     }
     fn unpack(&self, lane: usize) -> BlockQ8_0 {
         BlockQ8_0 {
@@ -362,13 +386,12 @@ impl PackedBlock for BlockQ6Kx4 {
             qs,
         }
     }
-    fn pack_le(rows: [&[u8]; 4]) -> Self {
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let rows = block_arrays::<{ BlockQ6K::BYTES }>(rows);
-        let mut out = BlockQ6Kx4 {
-            d: rows.map(|b| f16_le(b, 208)),
-            scales: std::array::from_fn(|g| rows.map(|b| b[192 + g] as i8 as i16)),
-            qs: [0; 4 * QK_K],
-        };
+        out.d = rows.map(|b| f16_le(b, 208));
+        for (g, s) in out.scales.iter_mut().enumerate() {
+            *s = rows.map(|b| b[192 + g] as i8 as i16);
+        }
         let qs = &mut out.qs;
         // As `q6k_quants`, two columns of the four rows per word: ql at 0,
         // qh at 128, a half (128 elements) at a time.
@@ -386,7 +409,6 @@ impl PackedBlock for BlockQ6Kx4 {
                 put_word(qs, at + 48, sub_bytes(((hi >> 4) & m4) | (((h >> 6) & m2) << 4), 32));
             }
         }
-        out
     }
     fn unpack(&self, lane: usize) -> BlockQ6K {
         // The inverse of `q6k_quant`'s bit layout.
@@ -543,19 +565,15 @@ impl<S> BlockKWidex4<S> {
         }
     }
 
-    /// Packs four rows' scales from their file bytes (Q4_K's and Q5_K's `d`,
-    /// `dmin` and `scales` at 0..16), quants zero (filled in place by the caller).
+    /// Sets everything but the quants from the four rows' file bytes (Q4_K's
+    /// and Q5_K's `d`, `dmin` and `scales` at 0..16).
     #[inline(always)]
-    fn from_le_scales(rows: [&[u8]; 4]) -> Self {
+    fn set_le_scales(&mut self, rows: [&[u8]; 4]) {
         let sm = rows.map(|b| scales_mins(b[4..16].try_into().expect("12 scale bytes")));
-        BlockKWidex4 {
-            d: rows.map(|b| f16_le(b, 0)),
-            dmin: rows.map(|b| f16_le(b, 2)),
-            scales: std::array::from_fn(|j| sm.map(|r| r.0[j] as i16)),
-            min_pairs: std::array::from_fn(|k| std::array::from_fn(|i| sm[i / 2].1[2 * k + i % 2] as i16)),
-            qs: [0; 4 * QK_K],
-            _src: std::marker::PhantomData,
-        }
+        self.d = rows.map(|b| f16_le(b, 0));
+        self.dmin = rows.map(|b| f16_le(b, 2));
+        self.scales = std::array::from_fn(|j| sm.map(|r| r.0[j] as i16));
+        self.min_pairs = std::array::from_fn(|k| std::array::from_fn(|i| sm[i / 2].1[2 * k + i % 2] as i16));
     }
 
     /// Row `lane`.
@@ -611,9 +629,9 @@ impl PackedBlock for BlockKWidex4<BlockQ4K> {
             }
         }))
     }
-    fn pack_le(rows: [&[u8]; 4]) -> Self {
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let b = block_arrays::<{ BlockQ4K::BYTES }>(rows);
-        let mut out = Self::from_le_scales(rows);
+        out.set_le_scales(rows);
         let qs = &mut out.qs;
         // Chunk c (qs bytes 32c..32c + 32): column pair 32c + l is the low
         // nibbles of bytes 2l, 2l + 1, pair 32c + 16 + l their high nibbles.
@@ -624,7 +642,6 @@ impl PackedBlock for BlockKWidex4<BlockQ4K> {
                 put_word(qs, 32 * c + 16 + l, (w >> 4) & bytes(0x0F));
             }
         }
-        out
     }
     fn unpack(&self, lane: usize) -> BlockQ4K {
         let (d, dmin, sc, m, q) = self.lane(lane);
@@ -653,9 +670,9 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
             }
         }))
     }
-    fn pack_le(rows: [&[u8]; 4]) -> Self {
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let b = block_arrays::<{ BlockQ5K::BYTES }>(rows);
-        let mut out = Self::from_le_scales(rows);
+        out.set_le_scales(rows);
         let qs = &mut out.qs;
         // As Q4_K's (qs at 48), plus the fifth bits: element 64c + 2l + k's
         // is bit 2c of qh[2l + k] (qh at 16), element 64c + 32 + 2l + k's bit 2c + 1.
@@ -668,7 +685,6 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
                 put_word(qs, 32 * c + 16 + l, ((w >> 4) & bytes(0x0F)) | fifth(2 * c + 1));
             }
         }
-        out
     }
     fn unpack(&self, lane: usize) -> BlockQ5K {
         let (d, dmin, sc, m, q) = self.lane(lane);
@@ -730,41 +746,37 @@ impl<P: PackedBlock> Interleaved<P> {
             ));
         }
         let groups = rows.div_ceil(4);
-        let mut blocks = Vec::with_capacity(groups * per_row);
+        // Every block is written in its place: building one and moving it
+        // into the Vec would copy it (100 + 1 instruction per byte in wasm).
+        let mut blocks = zeroed_vec::<P>(groups * per_row);
         let row_bytes = per_row * src;
         if row_bytes > 0 {
-            // Whole groups of four rows straight from their bytes, each block
-            // built in its place (a push would copy it: 100 + 1 instruction
-            // per byte in wasm, a third of the conversion for the big blocks).
-            let spare = blocks.spare_capacity_mut();
-            let mut n = 0;
-            for group in bytes.chunks_exact(4 * row_bytes) {
+            let (whole, last) = blocks.split_at_mut(rows / 4 * per_row);
+            // Whole groups of four rows straight from their bytes.
+            for (outs, group) in whole.chunks_exact_mut(per_row).zip(bytes.chunks_exact(4 * row_bytes)) {
                 let (r0, rest) = group.split_at(row_bytes);
                 let (r1, rest) = rest.split_at(row_bytes);
                 let (r2, r3) = rest.split_at(row_bytes);
-                for (((a, b), c), d) in r0
-                    .chunks_exact(src)
+                for ((((out, a), b), c), d) in outs
+                    .iter_mut()
+                    .zip(r0.chunks_exact(src))
                     .zip(r1.chunks_exact(src))
                     .zip(r2.chunks_exact(src))
                     .zip(r3.chunks_exact(src))
                 {
-                    spare[n].write(P::pack_le([a, b, c, d]));
-                    n += 1;
+                    P::pack_le([a, b, c, d], out);
                 }
             }
-            // SAFETY: the loop wrote blocks[0..n] (capacity is every block's).
-            unsafe { blocks.set_len(n) };
-        }
-        // The last group, if padded, block by block.
-        for g in rows / 4..groups {
-            for j in 0..per_row {
-                blocks.push(P::pack(std::array::from_fn(|lane| {
+            // The last group, if padded, block by block.
+            let g = rows / 4;
+            for (j, out) in last.iter_mut().enumerate() {
+                *out = P::pack(std::array::from_fn(|lane| {
                     let r = 4 * g + lane;
                     (r < rows).then(|| {
                         let at = (r * per_row + j) * src;
                         P::Src::read(&bytes[at..at + src])
                     })
-                })));
+                }));
             }
         }
         Ok(Interleaved {
@@ -991,7 +1003,10 @@ mod tests {
         for t in 0..64 {
             let raw = noise(4 * n, seed * 1000 + t);
             let rows: [&[u8]; 4] = std::array::from_fn(|r| &raw[r * n..(r + 1) * n]);
-            let fast = P::pack_le(rows);
+            // Over another block: pack_le must overwrite every field.
+            let other = noise(4 * n, seed * 1000 + t + 500);
+            let mut fast = P::pack(std::array::from_fn(|r| Some(P::Src::read(&other[r * n..(r + 1) * n]))));
+            P::pack_le(rows, &mut fast);
             let slow = P::pack(rows.map(|b| Some(P::Src::read(b))));
             // Through Debug: PartialEq fails on NaN scales (whose bits the exhaustive f16 test covers).
             assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "block {t}");
