@@ -341,6 +341,18 @@ impl PackedBlock for BlockQ4Kx4 {
             qs: rows.map(|b| b.qs),
         }
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ4K::BYTES }>(rows);
+        for (r, b) in rows.iter().enumerate() {
+            let (sc, m) = scales_mins(b[4..16].try_into().expect("12 scale bytes"));
+            out.d[r] = f16_le(*b, 0);
+            out.dmin[r] = f16_le(*b, 2);
+            out.scales[r] = sc.map(i16::from);
+            out.mins[r] = m.map(i16::from);
+            out.qs[r].copy_from_slice(&b[16..144]);
+            out.qcorr[r] = k_offset_correction(&sc, &out.qs[r], None);
+        }
+    }
     fn unpack(&self, lane: usize) -> BlockQ4K {
         BlockQ4K {
             d: f16::from_f32(self.d[lane]),
@@ -455,6 +467,13 @@ impl PackedBlock for BlockQ4_0x4 {
             qs: rows.map(|b| b.qs),
         }
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ4_0::BYTES }>(rows);
+        for (r, b) in rows.iter().enumerate() {
+            out.d[r] = f16_le(*b, 0);
+            out.qs[r].copy_from_slice(&b[2..18]);
+        }
+    }
     fn unpack(&self, lane: usize) -> BlockQ4_0 {
         BlockQ4_0 {
             d: f16::from_f32(self.d[lane]),
@@ -477,6 +496,43 @@ pub struct BlockQ5Kx4 {
     pub qs: [[u8; QK_K / 2]; 4],
 }
 const _: () = assert!(size_of::<BlockQ5Kx4>() == 816);
+
+/// [`BlockQ4Kx4::qcorr`] (`qh` None) or [`BlockQ5Kx4::qcorr`] of one block
+/// from its scales, nibbles and fifth bits, eight quants per word: what
+/// [`q4_k_offset_correction`] and [`q5_k_offset_correction`] give.
+fn k_offset_correction(sc: &[u8; 8], qs: &[u8; QK_K / 2], qh: Option<&[u8; QK_K / 8]>) -> i32 {
+    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("eight bytes"));
+    // The sum of a word's bytes (each at most 60 here).
+    let byte_sum = |x: u64| {
+        let pairs = (x & bytes_u16(0xFF)) + ((x >> 8) & bytes_u16(0xFF));
+        (pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48) as i32
+    };
+    let mut total = 0i32;
+    for c in 0..4 {
+        let (mut lo, mut hi) = (0u64, 0u64);
+        for i in 0..4 {
+            let w = word(&qs[32 * c..], i);
+            lo += w & bytes(0x0F);
+            hi += (w >> 4) & bytes(0x0F);
+        }
+        let (mut lo, mut hi) = (byte_sum(lo), byte_sum(hi));
+        if let Some(qh) = qh {
+            // Sub-block 2c's fifth bits are bit 2c of qh[0..32], 2c + 1's the next.
+            for i in 0..4 {
+                let h = word(qh, i);
+                lo += 16 * ((h >> (2 * c)) & bytes(1)).count_ones() as i32;
+                hi += 16 * ((h >> (2 * c + 1)) & bytes(1)).count_ones() as i32;
+            }
+        }
+        total += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
+    }
+    total * 128
+}
+
+/// Repeats the 16-bit `v` in every 16 bits of a word.
+const fn bytes_u16(v: u16) -> u64 {
+    (v as u64) * 0x0001_0001_0001_0001
+}
 
 /// [`BlockQ5Kx4::qcorr`] of one ggml block.
 fn q5_k_offset_correction(b: &BlockQ5K) -> i32 {
@@ -512,6 +568,19 @@ impl PackedBlock for BlockQ5Kx4 {
             mins: rows.map(|b| scales_mins(&b.scales).1.map(i16::from)),
             qh: rows.map(|b| b.qh),
             qs: rows.map(|b| b.qs),
+        }
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ5K::BYTES }>(rows);
+        for (r, b) in rows.iter().enumerate() {
+            let (sc, m) = scales_mins(b[4..16].try_into().expect("12 scale bytes"));
+            out.d[r] = f16_le(*b, 0);
+            out.dmin[r] = f16_le(*b, 2);
+            out.scales[r] = sc.map(i16::from);
+            out.mins[r] = m.map(i16::from);
+            out.qh[r].copy_from_slice(&b[16..48]);
+            out.qs[r].copy_from_slice(&b[48..176]);
+            out.qcorr[r] = k_offset_correction(&sc, &out.qs[r], Some(&out.qh[r]));
         }
     }
     fn unpack(&self, lane: usize) -> BlockQ5K {
