@@ -745,11 +745,11 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
         let qs = &mut out.qs;
         // As Q4_K's (qs at 48), plus the fifth bits: element 64c + 2l + k's
         // is bit 2c of qh[2l + k] (qh at 16), element 64c + 32 + 2l + k's bit 2c + 1.
-        for c in 0..4 {
-            for l in 0..16 {
+        for l in 0..16 {
+            let h = pair_word(&b, 16 + 2 * l);
+            let fifth = |bit: usize| ((h >> bit) & bytes(1)) << 4;
+            for c in 0..4 {
                 let w = pair_word(&b, 48 + 32 * c + 2 * l);
-                let h = pair_word(&b, 16 + 2 * l);
-                let fifth = |bit: usize| ((h >> bit) & bytes(1)) << 4;
                 put_word(qs, 32 * c + l, (w & bytes(0x0F)) | fifth(2 * c));
                 put_word(qs, 32 * c + 16 + l, ((w >> 4) & bytes(0x0F)) | fifth(2 * c + 1));
             }
