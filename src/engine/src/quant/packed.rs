@@ -21,6 +21,14 @@
 //!   own lane: no horizontal sums, about 6 weighted instructions per 8
 //!   multiply-adds.
 //!
+//! Packing is a one-time load cost, but across the canister's messages it is
+//! counted like everything else: [`Interleaved::from_le_bytes`] packs whole
+//! groups straight from the file bytes into a zeroed matrix
+//! ([`PackedBlock::pack_le`]: two columns of the four rows per 64-bit word,
+//! nibbles and high bits split with masks and shifts), and
+//! [`PackedBlock::pack`] of ggml blocks (also the padded last group) is its
+//! definition, tested equal on random bytes.
+//!
 //! Every packed block can give back the ggml block it came from
 //! ([`PackedBlock::unpack`], bit for bit), so the scalar oracles in
 //! [`crate::kernels::quant`] stay the definition of every dot product and the
