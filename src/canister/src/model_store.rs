@@ -30,25 +30,25 @@ const HASH_COST_PER_BYTE: u64 = 100;
 const READ_COST_PER_BYTE: u64 = 4;
 /// Instructions per byte assumed for converting a tensor of type `ty` into
 /// heap weights (repacking, widening): about 1.5 x what the canister wasm
-/// measured with a per-tensor counter (F32 7.7, F16 34.1 and BF16 13.5 for
-/// matrices interleaved four rows to the lanes; Q8_0 25.8, Q6_K 70.6; Q4_0
-/// 99.7, Q4_K 81.5 and Q5_K 117 into bytes, 11.4, 40.2 and 27.8 as
-/// nibbles), or
+/// measured with a per-tensor counter (qwen3-0.6b shapes: F32 2.5, F16 9.0
+/// and BF16 6.6 for matrices interleaved four rows to the lanes; Q8_0 3.7,
+/// Q6_K 7.3; Q4_0 7.8, Q4_K 7.2 and Q5_K 9.7 into bytes, 2.9, 8.2 and 8.5
+/// as nibbles; tensors of 0.5 to 300 MB), or
 /// what this canister has seen for the type since it started, if more. The
 /// figure must not be low: it lets a message take on a tensor it cannot
 /// finish, and the message traps at the limit (a single 12-per-byte figure
 /// did that once the quantized types were repacked at load: qwen3-0.6b's
-/// 128 MB Q6_K embedding costs 10 B).
+/// 128 MB Q6_K embedding cost 10 B before the repacking was made cheaper).
 fn convert_cost_per_byte(ty: GgmlType) -> u64 {
     let prior = match ty {
-        GgmlType::F32 => 12,
-        GgmlType::BF16 => 20,
-        GgmlType::Q4_0 => 150,
-        GgmlType::Q8_0 => 40,
-        GgmlType::F16 => 52,
-        GgmlType::Q4K => 120,
-        GgmlType::Q6K => 120,
-        GgmlType::Q5K => 175,
+        GgmlType::F32 => 5,
+        GgmlType::BF16 => 10,
+        GgmlType::Q4_0 => 12,
+        GgmlType::Q8_0 => 6,
+        GgmlType::F16 => 14,
+        GgmlType::Q4K => 13,
+        GgmlType::Q6K => 11,
+        GgmlType::Q5K => 15,
         _ => 160,
     };
     SEEN_CONVERT_COST

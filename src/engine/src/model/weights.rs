@@ -10,8 +10,8 @@ use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::RopeTable;
 use crate::quant::packed::{
-    BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved,
-    RowsInLanes,
+    bf16_bits_to_f32, f16_bits_to_f32, BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4,
+    BlockQ8_0x4, Interleaved, RowsInLanes,
 };
 use crate::quant::{quantize_row_bytes, BlockQ4K, BlockQ5K};
 use crate::tensor::GgmlType;
@@ -92,6 +92,19 @@ impl Tensor {
         bytes: &[u8],
         widen_k: bool,
     ) -> Result<Tensor, String> {
+        Tensor::from_le_bytes_with(ty, rows, cols, bytes, widen_k, false)
+    }
+
+    /// As [`Tensor::from_le_bytes_in`]; `widen_f16` widens F16 and BF16
+    /// matrices to f32 rows in lanes (see [`ModelLoader`]) straight from the bytes.
+    fn from_le_bytes_with(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        widen_k: bool,
+        widen_f16: bool,
+    ) -> Result<Tensor, String> {
         rows.checked_mul(cols).ok_or("element count overflows")?;
         if !cols.is_multiple_of(ty.block_size()) {
             return Err(format!(
@@ -105,14 +118,24 @@ impl Tensor {
             return Err(format!("expected {expected} bytes, got {}", bytes.len()));
         }
         let data = match ty {
-            GgmlType::F32 => {
-                let value =
-                    |i: usize| f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
-                if rows > 1 {
-                    TensorData::F32Rows(RowsInLanes::from_fn(rows, cols, value))
-                } else {
-                    TensorData::F32((0..cols).map(value).collect())
-                }
+            GgmlType::F32 if rows > 1 => {
+                TensorData::F32Rows(RowsInLanes::from_le_bytes(bytes, rows, cols, f32::from_le_bytes))
+            }
+            GgmlType::F32 => TensorData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            GgmlType::F16 if widen_f16 && rows > 1 => {
+                TensorData::F32Rows(RowsInLanes::from_le_bytes(bytes, rows, cols, |b| {
+                    f16_bits_to_f32(u16::from_le_bytes(b))
+                }))
+            }
+            GgmlType::BF16 if widen_f16 && rows > 1 => {
+                TensorData::F32Rows(RowsInLanes::from_le_bytes(bytes, rows, cols, |b| {
+                    bf16_bits_to_f32(u16::from_le_bytes(b))
+                }))
             }
             GgmlType::F16 => TensorData::F16(
                 bytes
@@ -638,24 +661,12 @@ impl ModelLoader {
         if n.loaded.is_some() {
             return Err(ModelError::UnexpectedTensor(format!("{name} (already added)")));
         }
-        let mut t = Tensor::from_le_bytes_in(n.info.ty, n.rows, n.cols, bytes, self.widen_k).map_err(|reason| {
-            ModelError::TensorBytes {
+        let t = Tensor::from_le_bytes_with(n.info.ty, n.rows, n.cols, bytes, self.widen_k, self.widen_f16).map_err(
+            |reason| ModelError::TensorBytes {
                 name: name.to_string(),
                 reason,
-            }
-        })?;
-        if self.widen_f16 {
-            let (rows, cols) = (t.rows, t.cols);
-            match &t.data {
-                TensorData::F16(h) if rows > 1 => {
-                    t.data = TensorData::F32Rows(RowsInLanes::new(h, rows, cols, half::f16::to_f32))
-                }
-                TensorData::BF16(h) if rows > 1 => {
-                    t.data = TensorData::F32Rows(RowsInLanes::new(h, rows, cols, half::bf16::to_f32))
-                }
-                _ => {}
-            }
-        }
+            },
+        )?;
         n.loaded = Some(t);
         Ok(())
     }

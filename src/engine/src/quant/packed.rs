@@ -21,6 +21,14 @@
 //!   own lane: no horizontal sums, about 6 weighted instructions per 8
 //!   multiply-adds.
 //!
+//! Packing is a one-time load cost, but across the canister's messages it is
+//! counted like everything else: [`Interleaved::from_le_bytes`] packs whole
+//! groups straight from the file bytes into a zeroed matrix
+//! ([`PackedBlock::pack_le`]: two columns of the four rows per 64-bit word,
+//! nibbles and high bits split with masks and shifts), and
+//! [`PackedBlock::pack`] of ggml blocks (also the padded last group) is its
+//! definition, tested equal on random bytes.
+//!
 //! Every packed block can give back the ggml block it came from
 //! ([`PackedBlock::unpack`], bit for bit), so the scalar oracles in
 //! [`crate::kernels::quant`] stay the definition of every dot product and the
@@ -32,13 +40,141 @@ use half::f16;
 use std::mem::size_of;
 
 /// A block of four rows, built from (and convertible back to) ggml blocks.
-pub trait PackedBlock: Copy + Sized + 'static {
+pub trait PackedBlock: Copy + Sized + 'static + ZeroValid {
     /// The ggml block this packs.
     type Src: Block;
     /// Packs block `j` of four consecutive rows (padding rows are `None`).
     fn pack(rows: [Option<Self::Src>; 4]) -> Self;
     /// The ggml block of row `lane` (0..4), exactly as it was in the file.
     fn unpack(&self, lane: usize) -> Self::Src;
+    /// Packs block `j` of four rows straight from their file bytes (each
+    /// `Src::BYTES` long) into `out`, overwriting every field: the same block
+    /// as [`PackedBlock::pack`] of the blocks [`Block::read`] gives, without
+    /// building them (the load conversion's hot path: whole words, no
+    /// per-element closures, no copy of the block).
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        *out = Self::pack(rows.map(|b| Some(Self::Src::read(b))));
+    }
+}
+
+/// Types whose all-zero bytes are a valid value, so a `Vec` of them can come
+/// zeroed from the allocator: for a large allocation that is fresh memory,
+/// zero already, where filling it would cost an instruction per byte in wasm.
+///
+/// # Safety
+/// The all-zero bit pattern must be a valid value of the type (the packed
+/// blocks: integers, floats and arrays of them).
+pub unsafe trait ZeroValid: Sized {}
+
+/// `n` zero values.
+fn zeroed_vec<T: ZeroValid>(n: usize) -> Vec<T> {
+    if n == 0 || size_of::<T>() == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<T>(n).expect("allocation size overflows");
+    // SAFETY: `layout` has a non-zero size; the memory is zero, a valid `T`
+    // (`ZeroValid`), for all `n`; it comes from the global allocator with
+    // `T`'s alignment and `n` of them, as `Vec` allocates.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
+    }
+}
+
+// SAFETY: each is a struct of arrays of f32, i32, i16, i8 and u8 (and a
+// PhantomData), every one of which is valid as zero bytes.
+unsafe impl<S> ZeroValid for BlockQ8x4<S> {}
+unsafe impl ZeroValid for BlockQ4Kx4 {}
+unsafe impl ZeroValid for BlockQ6Kx4 {}
+unsafe impl ZeroValid for BlockQ4_0x4 {}
+unsafe impl ZeroValid for BlockQ5Kx4 {}
+unsafe impl<S> ZeroValid for BlockKWidex4<S> {}
+
+/// `f16` bits as f32, exactly as `half::f16::to_f32` gives them (NaNs
+/// quieted, payload kept), without branches: the exponent and mantissa
+/// shifted into an f32 are the value times 2^-112 for normals and
+/// subnormals alike (an exact power-of-two scaling), infinities and NaNs get
+/// the f32 exponent forced to all ones.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let em = h & 0x7FFF;
+    let sign = (h & 0x8000) << 16;
+    let finite = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits(); // × 2^112
+    let quiet = if em > 0x7C00 { 0x0040_0000 } else { 0 };
+    let special = (em << 13) | 0x7F80_0000 | quiet;
+    f32::from_bits(sign | if em >= 0x7C00 { special } else { finite })
+}
+
+/// `bf16` bits as f32, exactly as `half::bf16::to_f32` gives them (NaNs quieted).
+#[inline(always)]
+pub fn bf16_bits_to_f32(h: u16) -> f32 {
+    let quiet = if h & 0x7FFF > 0x7F80 { 0x0040 } else { 0 };
+    f32::from_bits(((h | quiet) as u32) << 16)
+}
+
+/// The little-endian f16 at `b[at..at + 2]` as f32.
+#[inline(always)]
+fn f16_le(b: &[u8], at: usize) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Bytes `at`, `at + 1` of each of four rows as one word, row `r` in bytes
+/// `2r`, `2r + 1`: eight bytes of [`interleave_pairs`]'s order.
+#[inline(always)]
+fn pair_word<const N: usize>(rows: &[&[u8; N]; 4], at: usize) -> u64 {
+    // One 16-bit load per row (byte by byte, LLVM merges only row 0's).
+    let h = |r: usize| u16::from_le_bytes(rows[r][at..at + 2].try_into().expect("two bytes")) as u64;
+    h(0) | (h(1) << 16) | (h(2) << 32) | (h(3) << 48)
+}
+
+/// Stores `w` little-endian at `out[8p..8p + 8]` (column pair `p` of four rows).
+#[inline(always)]
+fn put_word<T: WordBytes>(out: &mut [T], p: usize, w: u64) {
+    T::put(&mut out[8 * p..8 * p + 8], w);
+}
+
+/// u8 or i8, for [`put_word`].
+trait WordBytes: Copy {
+    fn put(out: &mut [Self], w: u64);
+}
+impl WordBytes for u8 {
+    #[inline(always)]
+    fn put(out: &mut [u8], w: u64) {
+        out.copy_from_slice(&w.to_le_bytes());
+    }
+}
+impl WordBytes for i8 {
+    #[inline(always)]
+    fn put(out: &mut [i8], w: u64) {
+        // One 64-bit store (a byte loop here is split into lane extractions).
+        out.copy_from_slice(&w.to_le_bytes().map(|b| b as i8));
+    }
+}
+
+/// The four rows' file bytes as arrays of one block's size.
+#[inline(always)]
+fn block_arrays<const N: usize>(rows: [&[u8]; 4]) -> [&[u8; N]; 4] {
+    rows.map(|b| b.try_into().expect("one block of bytes"))
+}
+
+/// Repeats byte `b` in every byte of a word.
+const fn bytes(b: u8) -> u64 {
+    u64::from_le_bytes([b; 8])
+}
+
+/// Each byte `v` of `w` as `v - c` (wrapping). `v - c = v + (-c & 0x7F) +
+/// 0x80` with `-c`'s top bit set (`0 < c <= 0x80`), and the first sum stays
+/// within its byte for the small quants here (`v + (-c & 0x7F) < 0x100`),
+/// so the `+ 0x80` is a flip of each top bit.
+#[inline(always)]
+fn sub_bytes(w: u64, c: u8) -> u64 {
+    let neg = c.wrapping_neg();
+    debug_assert!(neg >= 0x80);
+    (w + bytes(neg & 0x7F)) ^ bytes(0x80)
 }
 
 /// Interleaves four rows of `n` quants by column pairs: `out[8p + 2r + k]
@@ -133,6 +269,17 @@ impl PackedBlock for BlockQ4_0Widex4 {
         });
         Self::from_rows(rows.map(|b| b.d.to_f32()), quants)
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ4_0::BYTES }>(rows);
+        out.d = rows.map(|b| f16_le(b, 0));
+        let qs = &mut out.qs;
+        // Column pair p: the low nibbles of bytes 2p, 2p + 1; pair p + 8 their high nibbles.
+        for p in 0..QK8_0 / 4 {
+            let w = pair_word(&rows, 2 + 2 * p);
+            put_word(qs, p, sub_bytes(w & bytes(0x0F), 8));
+            put_word(qs, p + QK8_0 / 4, sub_bytes((w >> 4) & bytes(0x0F), 8));
+        }
+    }
     fn unpack(&self, lane: usize) -> BlockQ4_0 {
         let q = self.lane(lane);
         BlockQ4_0 {
@@ -152,6 +299,13 @@ impl PackedBlock for BlockQ8_0x4 {
             })
         });
         Self::from_rows(rows.map(|b| b.d.to_f32()), rows.map(|b| b.qs))
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ8_0::BYTES }>(rows);
+        out.d = rows.map(|b| f16_le(b, 0));
+        for p in 0..QK8_0 / 2 {
+            put_word(&mut out.qs, p, pair_word(&rows, 2 + 2 * p));
+        }
     }
     fn unpack(&self, lane: usize) -> BlockQ8_0 {
         BlockQ8_0 {
@@ -212,6 +366,18 @@ impl PackedBlock for BlockQ4Kx4 {
             qs: rows.map(|b| b.qs),
         }
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ4K::BYTES }>(rows);
+        for (r, b) in rows.iter().enumerate() {
+            let (sc, m) = scales_mins(b[4..16].try_into().expect("12 scale bytes"));
+            out.d[r] = f16_le(*b, 0);
+            out.dmin[r] = f16_le(*b, 2);
+            out.scales[r] = sc.map(i16::from);
+            out.mins[r] = m.map(i16::from);
+            out.qs[r].copy_from_slice(&b[16..144]);
+            out.qcorr[r] = k_offset_correction(&sc, &out.qs[r], None);
+        }
+    }
     fn unpack(&self, lane: usize) -> BlockQ4K {
         BlockQ4K {
             d: f16::from_f32(self.d[lane]),
@@ -255,6 +421,30 @@ impl PackedBlock for BlockQ6Kx4 {
             d: rows.map(|b| b.d.to_f32()),
             scales: std::array::from_fn(|g| rows.map(|b| b.scales[g] as i16)),
             qs,
+        }
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ6K::BYTES }>(rows);
+        out.d = rows.map(|b| f16_le(b, 208));
+        for (g, s) in out.scales.iter_mut().enumerate() {
+            *s = rows.map(|b| b[192 + g] as i8 as i16);
+        }
+        let qs = &mut out.qs;
+        // As `q6k_quants`, two columns of the four rows per word: ql at 0,
+        // qh at 128, a half (128 elements) at a time.
+        for half in 0..2 {
+            for q in 0..16 {
+                let lo = pair_word(&rows, 64 * half + 2 * q);
+                let hi = pair_word(&rows, 64 * half + 32 + 2 * q);
+                let h = pair_word(&rows, 128 + 32 * half + 2 * q);
+                let at = 64 * half + q;
+                let m4 = bytes(0x0F);
+                let m2 = bytes(0x03);
+                put_word(qs, at, sub_bytes((lo & m4) | ((h & m2) << 4), 32));
+                put_word(qs, at + 16, sub_bytes((hi & m4) | (((h >> 2) & m2) << 4), 32));
+                put_word(qs, at + 32, sub_bytes(((lo >> 4) & m4) | (((h >> 4) & m2) << 4), 32));
+                put_word(qs, at + 48, sub_bytes(((hi >> 4) & m4) | (((h >> 6) & m2) << 4), 32));
+            }
         }
     }
     fn unpack(&self, lane: usize) -> BlockQ6K {
@@ -302,6 +492,13 @@ impl PackedBlock for BlockQ4_0x4 {
             qs: rows.map(|b| b.qs),
         }
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ4_0::BYTES }>(rows);
+        for (r, b) in rows.iter().enumerate() {
+            out.d[r] = f16_le(*b, 0);
+            out.qs[r].copy_from_slice(&b[2..18]);
+        }
+    }
     fn unpack(&self, lane: usize) -> BlockQ4_0 {
         BlockQ4_0 {
             d: f16::from_f32(self.d[lane]),
@@ -324,6 +521,43 @@ pub struct BlockQ5Kx4 {
     pub qs: [[u8; QK_K / 2]; 4],
 }
 const _: () = assert!(size_of::<BlockQ5Kx4>() == 816);
+
+/// [`BlockQ4Kx4::qcorr`] (`qh` None) or [`BlockQ5Kx4::qcorr`] of one block
+/// from its scales, nibbles and fifth bits, eight quants per word: what
+/// [`q4_k_offset_correction`] and [`q5_k_offset_correction`] give.
+fn k_offset_correction(sc: &[u8; 8], qs: &[u8; QK_K / 2], qh: Option<&[u8; QK_K / 8]>) -> i32 {
+    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("eight bytes"));
+    // The sum of a word's bytes (each at most 60 here).
+    let byte_sum = |x: u64| {
+        let pairs = (x & bytes_u16(0xFF)) + ((x >> 8) & bytes_u16(0xFF));
+        (pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48) as i32
+    };
+    let mut total = 0i32;
+    for c in 0..4 {
+        let (mut lo, mut hi) = (0u64, 0u64);
+        for i in 0..4 {
+            let w = word(&qs[32 * c..], i);
+            lo += w & bytes(0x0F);
+            hi += (w >> 4) & bytes(0x0F);
+        }
+        let (mut lo, mut hi) = (byte_sum(lo), byte_sum(hi));
+        if let Some(qh) = qh {
+            // Sub-block 2c's fifth bits are bit 2c of qh[0..32], 2c + 1's the next.
+            for i in 0..4 {
+                let h = word(qh, i);
+                lo += 16 * ((h >> (2 * c)) & bytes(1)).count_ones() as i32;
+                hi += 16 * ((h >> (2 * c + 1)) & bytes(1)).count_ones() as i32;
+            }
+        }
+        total += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
+    }
+    total * 128
+}
+
+/// Repeats the 16-bit `v` in every 16 bits of a word.
+const fn bytes_u16(v: u16) -> u64 {
+    (v as u64) * 0x0001_0001_0001_0001
+}
 
 /// [`BlockQ5Kx4::qcorr`] of one ggml block.
 fn q5_k_offset_correction(b: &BlockQ5K) -> i32 {
@@ -359,6 +593,19 @@ impl PackedBlock for BlockQ5Kx4 {
             mins: rows.map(|b| scales_mins(&b.scales).1.map(i16::from)),
             qh: rows.map(|b| b.qh),
             qs: rows.map(|b| b.qs),
+        }
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ5K::BYTES }>(rows);
+        for (r, b) in rows.iter().enumerate() {
+            let (sc, m) = scales_mins(b[4..16].try_into().expect("12 scale bytes"));
+            out.d[r] = f16_le(*b, 0);
+            out.dmin[r] = f16_le(*b, 2);
+            out.scales[r] = sc.map(i16::from);
+            out.mins[r] = m.map(i16::from);
+            out.qh[r].copy_from_slice(&b[16..48]);
+            out.qs[r].copy_from_slice(&b[48..176]);
+            out.qcorr[r] = k_offset_correction(&sc, &out.qs[r], Some(&out.qh[r]));
         }
     }
     fn unpack(&self, lane: usize) -> BlockQ5K {
@@ -410,6 +657,17 @@ impl<S> BlockKWidex4<S> {
             qs,
             _src: std::marker::PhantomData,
         }
+    }
+
+    /// Sets everything but the quants from the four rows' file bytes (Q4_K's
+    /// and Q5_K's `d`, `dmin` and `scales` at 0..16).
+    #[inline(always)]
+    fn set_le_scales(&mut self, rows: [&[u8]; 4]) {
+        let sm = rows.map(|b| scales_mins(b[4..16].try_into().expect("12 scale bytes")));
+        self.d = rows.map(|b| f16_le(b, 0));
+        self.dmin = rows.map(|b| f16_le(b, 2));
+        self.scales = std::array::from_fn(|j| sm.map(|r| r.0[j] as i16));
+        self.min_pairs = std::array::from_fn(|k| std::array::from_fn(|i| sm[i / 2].1[2 * k + i % 2] as i16));
     }
 
     /// Row `lane`.
@@ -465,6 +723,20 @@ impl PackedBlock for BlockKWidex4<BlockQ4K> {
             }
         }))
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let b = block_arrays::<{ BlockQ4K::BYTES }>(rows);
+        out.set_le_scales(rows);
+        let qs = &mut out.qs;
+        // Chunk c (qs bytes 32c..32c + 32): column pair 32c + l is the low
+        // nibbles of bytes 2l, 2l + 1, pair 32c + 16 + l their high nibbles.
+        for c in 0..4 {
+            for l in 0..16 {
+                let w = pair_word(&b, 16 + 32 * c + 2 * l);
+                put_word(qs, 32 * c + l, w & bytes(0x0F));
+                put_word(qs, 32 * c + 16 + l, (w >> 4) & bytes(0x0F));
+            }
+        }
+    }
     fn unpack(&self, lane: usize) -> BlockQ4K {
         let (d, dmin, sc, m, q) = self.lane(lane);
         BlockQ4K {
@@ -491,6 +763,22 @@ impl PackedBlock for BlockKWidex4<BlockQ5K> {
                 (b.d, b.dmin, sc, m, q)
             }
         }))
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let b = block_arrays::<{ BlockQ5K::BYTES }>(rows);
+        out.set_le_scales(rows);
+        let qs = &mut out.qs;
+        // As Q4_K's (qs at 48), plus the fifth bits: element 64c + 2l + k's
+        // is bit 2c of qh[2l + k] (qh at 16), element 64c + 32 + 2l + k's bit 2c + 1.
+        for l in 0..16 {
+            let h = pair_word(&b, 16 + 2 * l);
+            let fifth = |bit: usize| ((h >> bit) & bytes(1)) << 4;
+            for c in 0..4 {
+                let w = pair_word(&b, 48 + 32 * c + 2 * l);
+                put_word(qs, 32 * c + l, (w & bytes(0x0F)) | fifth(2 * c));
+                put_word(qs, 32 * c + 16 + l, ((w >> 4) & bytes(0x0F)) | fifth(2 * c + 1));
+            }
+        }
     }
     fn unpack(&self, lane: usize) -> BlockQ5K {
         let (d, dmin, sc, m, q) = self.lane(lane);
@@ -552,16 +840,37 @@ impl<P: PackedBlock> Interleaved<P> {
             ));
         }
         let groups = rows.div_ceil(4);
-        let mut blocks = Vec::with_capacity(groups * per_row);
-        for g in 0..groups {
-            for j in 0..per_row {
-                blocks.push(P::pack(std::array::from_fn(|lane| {
+        // Every block is written in its place: building one and moving it
+        // into the Vec would copy it (100 + 1 instruction per byte in wasm).
+        let mut blocks = zeroed_vec::<P>(groups * per_row);
+        let row_bytes = per_row * src;
+        if row_bytes > 0 {
+            let (whole, last) = blocks.split_at_mut(rows / 4 * per_row);
+            // Whole groups of four rows straight from their bytes.
+            for (outs, group) in whole.chunks_exact_mut(per_row).zip(bytes.chunks_exact(4 * row_bytes)) {
+                let (r0, rest) = group.split_at(row_bytes);
+                let (r1, rest) = rest.split_at(row_bytes);
+                let (r2, r3) = rest.split_at(row_bytes);
+                for ((((out, a), b), c), d) in outs
+                    .iter_mut()
+                    .zip(r0.chunks_exact(src))
+                    .zip(r1.chunks_exact(src))
+                    .zip(r2.chunks_exact(src))
+                    .zip(r3.chunks_exact(src))
+                {
+                    P::pack_le([a, b, c, d], out);
+                }
+            }
+            // The last group, if padded, block by block.
+            let g = rows / 4;
+            for (j, out) in last.iter_mut().enumerate() {
+                *out = P::pack(std::array::from_fn(|lane| {
                     let r = 4 * g + lane;
                     (r < rows).then(|| {
                         let at = (r * per_row + j) * src;
                         P::Src::read(&bytes[at..at + src])
                     })
-                })));
+                }));
             }
         }
         Ok(Interleaved {
@@ -626,6 +935,48 @@ impl RowsInLanes {
     pub fn new<T: Copy>(values: &[T], rows: usize, cols: usize, to_f32: impl Fn(T) -> f32) -> Self {
         assert_eq!(values.len(), rows * cols);
         RowsInLanes::from_fn(rows, cols, |i| to_f32(values[i]))
+    }
+
+    /// Interleaves row-major little-endian file bytes ((rows, cols) elements of
+    /// `N` bytes, converted by `to_f32`): the same as [`RowsInLanes::new`] of
+    /// the values, four rows at a time straight from the bytes.
+    pub fn from_le_bytes<const N: usize>(
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        to_f32: impl Fn([u8; N]) -> f32,
+    ) -> Self {
+        assert_eq!(Some(bytes.len()), rows.checked_mul(cols).and_then(|n| n.checked_mul(N)));
+        let groups = rows.div_ceil(4);
+        let mut data = vec![0.0f32; groups * cols * 4];
+        let row_bytes = cols * N;
+        if row_bytes > 0 {
+            let value = |b: &[u8]| to_f32(b.try_into().expect("one element"));
+            for (out, src) in data.chunks_exact_mut(4 * cols).zip(bytes.chunks(4 * row_bytes)) {
+                if src.len() == 4 * row_bytes {
+                    let (r0, rest) = src.split_at(row_bytes);
+                    let (r1, rest) = rest.split_at(row_bytes);
+                    let (r2, r3) = rest.split_at(row_bytes);
+                    for ((((o, a), b), c), d) in out
+                        .chunks_exact_mut(4)
+                        .zip(r0.chunks_exact(N))
+                        .zip(r1.chunks_exact(N))
+                        .zip(r2.chunks_exact(N))
+                        .zip(r3.chunks_exact(N))
+                    {
+                        o.copy_from_slice(&[value(a), value(b), value(c), value(d)]);
+                    }
+                } else {
+                    // The last group, padded with zero rows.
+                    for (lane, row) in src.chunks_exact(row_bytes).enumerate() {
+                        for (c, v) in row.chunks_exact(N).enumerate() {
+                            out[4 * c + lane] = value(v);
+                        }
+                    }
+                }
+            }
+        }
+        RowsInLanes { data, rows, cols }
     }
 
     /// Interleaves a (rows, cols) matrix whose row-major element `i` is
@@ -706,6 +1057,104 @@ mod tests {
         let per_row = cols / P::Src::ELEMS;
         for r in 0..rows {
             assert_eq!(packed.row_blocks(r), src[r * per_row..(r + 1) * per_row], "row {r}");
+        }
+    }
+
+    #[test]
+    fn f16_and_bf16_bits_widen_as_half_does_for_every_value() {
+        for h in 0..=u16::MAX {
+            assert_eq!(
+                f16_bits_to_f32(h).to_bits(),
+                f16::from_bits(h).to_f32().to_bits(),
+                "f16 {h:#06x}"
+            );
+            assert_eq!(
+                bf16_bits_to_f32(h).to_bits(),
+                half::bf16::from_bits(h).to_f32().to_bits(),
+                "bf16 {h:#06x}"
+            );
+        }
+    }
+
+    /// Pseudo-random bytes (every bit pattern of scales, quants and f16 scales, NaNs included).
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// `pack_le` of raw block bytes is `pack` of the blocks read from them,
+    /// bit for bit (compared through the bytes of every lane's unpacked
+    /// block, which `unpack` reproduces exactly, and the packed fields).
+    fn pack_le_matches_pack<P: PackedBlock + std::fmt::Debug>(seed: u64) {
+        let n = P::Src::BYTES;
+        for t in 0..64 {
+            let raw = noise(4 * n, seed * 1000 + t);
+            let rows: [&[u8]; 4] = std::array::from_fn(|r| &raw[r * n..(r + 1) * n]);
+            // Over another block: pack_le must overwrite every field.
+            let other = noise(4 * n, seed * 1000 + t + 500);
+            let mut fast = P::pack(std::array::from_fn(|r| Some(P::Src::read(&other[r * n..(r + 1) * n]))));
+            P::pack_le(rows, &mut fast);
+            let slow = P::pack(rows.map(|b| Some(P::Src::read(b))));
+            // Through Debug: PartialEq fails on NaN scales (whose bits the exhaustive f16 test covers).
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "block {t}");
+            for lane in 0..4 {
+                let mut a = Vec::new();
+                fast.unpack(lane).write(&mut a);
+                let mut b = Vec::new();
+                slow.unpack(lane).write(&mut b);
+                assert_eq!(a, b, "block {t} lane {lane}");
+            }
+        }
+    }
+
+    #[test]
+    fn packing_from_bytes_gives_the_blocks_packing_from_blocks_gives() {
+        pack_le_matches_pack::<BlockQ8_0x4>(1);
+        pack_le_matches_pack::<BlockQ4_0Widex4>(2);
+        pack_le_matches_pack::<BlockQ4_0x4>(3);
+        pack_le_matches_pack::<BlockQ4Kx4>(4);
+        pack_le_matches_pack::<BlockKWidex4<BlockQ4K>>(5);
+        pack_le_matches_pack::<BlockQ5Kx4>(6);
+        pack_le_matches_pack::<BlockKWidex4<BlockQ5K>>(7);
+        pack_le_matches_pack::<BlockQ6Kx4>(8);
+    }
+
+    #[test]
+    fn rows_in_lanes_from_bytes_is_rows_in_lanes_of_the_values() {
+        for (rows, cols) in [(1, 3), (4, 5), (5, 8), (7, 2), (8, 16), (3, 0)] {
+            let raw = noise(rows * cols * 4, (rows * 100 + cols) as u64);
+            let f32s: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let fast = RowsInLanes::from_le_bytes(&raw, rows, cols, f32::from_le_bytes);
+            let slow = RowsInLanes::new(&f32s, rows, cols, |v| v);
+            assert_eq!(
+                fast.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                slow.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let raw = &raw[..rows * cols * 2];
+            let h: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            let fast = RowsInLanes::from_le_bytes(raw, rows, cols, |b| f16_bits_to_f32(u16::from_le_bytes(b)));
+            let slow = RowsInLanes::new(&h, rows, cols, |v| f16::from_bits(v).to_f32());
+            assert_eq!(
+                fast.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                slow.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let fast = RowsInLanes::from_le_bytes(raw, rows, cols, |b| bf16_bits_to_f32(u16::from_le_bytes(b)));
+            let slow = RowsInLanes::new(&h, rows, cols, |v| half::bf16::from_bits(v).to_f32());
+            assert_eq!(
+                fast.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                slow.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!((fast.rows(), fast.cols()), (rows, cols));
         }
     }
 
