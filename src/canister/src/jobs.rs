@@ -331,7 +331,7 @@ pub fn fail_all_active(reason: &str) {
 }
 
 /// Geometry of KV slots: `(layer, k|v)` regions of `ctx` f32 rows of
-/// `row_bytes`, where a job writes its rows as [`KvCache::encode_rows`]
+/// `row_bytes`, where a job writes its rows as [`KvCache::rows_bytes`]
 /// does (an f32 cache fills them; a q8 cache's rows are shorter and packed
 /// from the start of each region).
 #[derive(Clone, Copy)]
@@ -362,13 +362,11 @@ impl KvGeometry {
 fn save_kv(kv: &KvCache, slot: u32, start: u32, end: u32) {
     let g = KvGeometry::current();
     let mem = memory::get(memory::KV);
-    let mut buf = Vec::new();
     for layer in 0..kv.n_layers() {
         for which in [Which::K, Which::V] {
-            buf.clear();
-            kv.encode_rows(layer, start..end, which, &mut buf);
             let row = kv.row_bytes(which);
-            mem.write(g.offset(slot, layer, which, start as u64, row), &buf);
+            let bytes = kv.rows_bytes(layer, start..end, which);
+            mem.write(g.offset(slot, layer, which, start as u64, row), &bytes);
         }
     }
 }

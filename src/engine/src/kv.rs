@@ -23,9 +23,10 @@
 
 use crate::kernels::{self, AttentionShape};
 use crate::model::ModelConfig;
-use crate::quant::packed::BlockQ8_0x4;
+use crate::quant::packed::{zeroed_vec, BlockQ8_0x4};
 use crate::quant::{self, QK8_0};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// How a cache stores keys and values.
@@ -197,7 +198,8 @@ struct Q8Store {
     /// `head_pad / 32` blocks.
     k: Vec<BlockQ8_0x4>,
     /// Per (layer, kv head): `head_pad / 4` groups of four dimensions, each
-    /// `ctx_pad / 32` blocks of 32 positions; block scales 1.0.
+    /// `ctx_pad / 32` blocks of 32 positions; block scales 1.0 once a
+    /// position in the block is written (0.0 before: all-zero blocks).
     v: Vec<BlockQ8_0x4>,
     /// Per (layer, kv head, position): the value's scale `s_t`.
     v_scale: Vec<f32>,
@@ -291,15 +293,13 @@ impl KvCache {
                 }
             }
             KvType::Q8 => {
+                // Zeroed memory straight from the allocator: nothing is
+                // written (or dirtied) until positions are.
                 let geo = Q8Geometry::new(&shape, ctx);
-                let k_len = heads.checked_mul(geo.k_blocks_per_head())?;
-                let v_len = heads.checked_mul(geo.v_blocks_per_head())?;
-                let empty = BlockQ8_0x4::with_scales([0.0; 4]);
-                let unit = BlockQ8_0x4::with_scales([1.0; 4]);
                 Store::Q8(Q8Store {
                     geo,
-                    k: vec![empty; k_len],
-                    v: vec![unit; v_len],
+                    k: zeroed_vec(heads.checked_mul(geo.k_blocks_per_head())?),
+                    v: zeroed_vec(heads.checked_mul(geo.v_blocks_per_head())?),
                     v_scale: vec![0.0; heads.checked_mul(geo.ctx_pad)?],
                 })
             }
@@ -435,24 +435,62 @@ impl KvCache {
                     unreachable!("a Q8 store gives Q8 layers")
                 };
                 let hd = self.shape.head_dim;
+                let (kb, vb) = (l.store.geo.k_blocks_per_row(), l.store.geo.v_blocks_per_row());
+                // Straight from the packed blocks into the output (this runs
+                // at every checkpoint, for every row written).
+                let mut at = out.len();
+                out.resize(at + positions.len() * self.row_bytes(which), 0);
                 for t in positions.start as usize..positions.end as usize {
+                    let (lane, col) = (t % 4, t % QK8_0);
                     for h in 0..self.shape.n_kv_heads {
                         match which {
                             Which::K => {
-                                for (b, (d, q)) in l.key(h, t).iter().enumerate() {
-                                    out.extend(d.to_le_bytes());
+                                for (b, block) in l.keys(h)[t / 4 * kb..][..kb].iter().enumerate() {
+                                    out[at..at + 4].copy_from_slice(&block.d[lane].to_le_bytes());
+                                    at += 4;
                                     let real = hd.min(QK8_0 * (b + 1)) - QK8_0 * b;
-                                    out.extend(q[..real].iter().map(|&x| x as u8));
+                                    for (c, o) in out[at..at + real].iter_mut().enumerate() {
+                                        *o = block.qs[pair_byte(lane, c)] as u8;
+                                    }
+                                    at += real;
                                 }
                             }
                             Which::V => {
-                                let (s, q) = l.value(h, t);
-                                out.extend(s.to_le_bytes());
-                                out.extend(q[..hd].iter().map(|&x| x as u8));
+                                out[at..at + 4].copy_from_slice(&l.value_scales(h)[t].to_le_bytes());
+                                at += 4;
+                                // Dimension i is byte pair_byte(i % 4, col) of block i / 4.
+                                let first = pair_byte(0, col);
+                                let blocks = l.values(h)[t / QK8_0..].iter().step_by(vb);
+                                for (o, block) in out[at..at + hd].chunks_mut(4).zip(blocks) {
+                                    for (r, o) in o.iter_mut().enumerate() {
+                                        *o = block.qs[first + 2 * r] as u8;
+                                    }
+                                }
+                                at += hd;
                             }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The bytes [`Self::encode_rows`] appends, borrowed without a copy where
+    /// they are the cache's own memory (f32 rows on a little-endian
+    /// platform, as wasm is): a checkpoint writes them straight to stable
+    /// memory.
+    pub fn rows_bytes(&self, layer: usize, positions: Range<u32>, which: Which) -> Cow<'_, [u8]> {
+        match (&self.store, which) {
+            (Store::F32 { k, .. }, Which::K) if cfg!(target_endian = "little") => {
+                Cow::Borrowed(f32_as_bytes(&k[self.f32_span(layer, positions)]))
+            }
+            (Store::F32 { v, .. }, Which::V) if cfg!(target_endian = "little") => {
+                Cow::Borrowed(f32_as_bytes(&v[self.f32_span(layer, positions)]))
+            }
+            _ => {
+                let mut out = Vec::new();
+                self.encode_rows(layer, positions, which, &mut out);
+                Cow::Owned(out)
             }
         }
     }
@@ -505,9 +543,8 @@ impl KvCache {
                             }
                             Which::V => {
                                 s.v_scale[h * s.geo.ctx_pad + t] = scale(take(4));
-                                for (i, &y) in take(hd).iter().enumerate() {
-                                    s.set_value_quant(h, t, i, y as i8);
-                                }
+                                let q = take(hd);
+                                s.set_value_column(h, t, |i| q.get(i).map_or(0, |&y| y as i8));
                             }
                         }
                     }
@@ -559,23 +596,38 @@ impl Q8Store {
     /// with one scale (`q`: scratch of `head_pad`).
     fn set_value(&mut self, head: usize, t: usize, value: &[f32], q: &mut [i8]) {
         self.v_scale[head * self.geo.ctx_pad + t] = quant::quantize_i8_block(value, q);
-        for (i, &x) in q.iter().enumerate() {
-            self.set_value_quant(head, t, i, x);
-        }
+        self.set_value_column(head, t, |i| q[i]);
     }
 
-    fn set_value_quant(&mut self, head: usize, t: usize, i: usize, x: i8) {
+    /// Writes quant `q(i)` of every dimension `i < head_pad` of `head` at
+    /// position `t` (column `t` of the transposed values), and makes the
+    /// blocks it lands in unit-scaled.
+    fn set_value_column(&mut self, head: usize, t: usize, q: impl Fn(usize) -> i8) {
         let vb = self.geo.v_blocks_per_row();
-        let block = &mut self.v[head * self.geo.v_blocks_per_head() + i / 4 * vb + t / QK8_0];
-        block.qs[pair_byte(i % 4, t % QK8_0)] = x;
+        let first = pair_byte(0, t % QK8_0);
+        let start = head * self.geo.v_blocks_per_head() + t / QK8_0;
+        let groups = self.geo.head_pad / 4;
+        for (g, block) in self.v[start..].iter_mut().step_by(vb).take(groups).enumerate() {
+            block.d = [1.0; 4];
+            for r in 0..4 {
+                block.qs[first + 2 * r] = q(4 * g + r);
+            }
+        }
     }
 }
 
 fn f32_le(x: &[f32], out: &mut Vec<u8>) {
-    out.reserve(4 * x.len());
-    for v in x {
-        out.extend(v.to_le_bytes());
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(f32_as_bytes(x));
+    } else {
+        out.extend(x.iter().flat_map(|v| v.to_le_bytes()));
     }
+}
+
+/// `x`'s memory as bytes (its little-endian encoding on a little-endian platform).
+fn f32_as_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
 }
 
 /// The serde form of a cache: its shape and every row as
@@ -678,6 +730,7 @@ mod tests {
                             let mut bytes = Vec::new();
                             kv.encode_rows(layer, range.clone(), which, &mut bytes);
                             assert_eq!(bytes.len(), range.len() * kv.row_bytes(which));
+                            assert_eq!(kv.rows_bytes(layer, range.clone(), which), bytes);
                             assert!(kv.row_bytes(which) <= 4 * shape.kv_dim(), "fits an f32 slot row");
                             rebuilt.decode_rows(layer, range.start, which, &bytes).unwrap();
                         }

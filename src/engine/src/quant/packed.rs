@@ -67,7 +67,7 @@ pub trait PackedBlock: Copy + Sized + 'static + ZeroValid {
 pub unsafe trait ZeroValid: Sized {}
 
 /// `n` zero values.
-fn zeroed_vec<T: ZeroValid>(n: usize) -> Vec<T> {
+pub(crate) fn zeroed_vec<T: ZeroValid>(n: usize) -> Vec<T> {
     if n == 0 || size_of::<T>() == 0 {
         return Vec::new();
     }
@@ -232,12 +232,6 @@ impl<S> BlockQ8x4<S> {
         let mut q = [0; QK8_0];
         pair_lane(&self.qs, lane, &mut q);
         q
-    }
-
-    /// A block of zero quants with scales `d` (the int8 KV cache's blocks
-    /// before anything is written).
-    pub(crate) fn with_scales(d: [f32; 4]) -> Self {
-        Self::from_rows(d, [[0; QK8_0]; 4])
     }
 
     /// Sets row `lane`'s scale and quants (the int8 KV cache writes one
