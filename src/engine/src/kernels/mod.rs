@@ -34,6 +34,7 @@ pub use attention::{attention, attention_q8, attention_q8_scalar, AttentionShape
 pub use rope::{llama3_rope_freq_factors, rope, rope_heads, RopeStyle, RopeTable};
 
 use crate::model::{Tensor, TensorData};
+use crate::quant::packed::{Interleaved, PackedBlock};
 use crate::quant::{dequantize_blocks, quantize_act_q8, quantize_act_q8k, BlockQ8A, BlockQ8K};
 use crate::tensor::GgmlType;
 
@@ -238,6 +239,90 @@ fn matvec_whole(w: &Tensor, x: &[f32], xq: &PreparedActs, out: &mut [f32]) -> bo
     true
 }
 
+/// The byte layouts of a prompt batch (Q8_0, and Q4_0/Q4_K/Q5_K widened):
+/// the weight-stationary kernels ([`simd_quant::matmul_q8_0`],
+/// [`simd_quant::matmul_k_wide`]) on 8 tokens at a time, then 4, the rest
+/// one by one; every value is [`matvec_whole`]'s. False (nothing written)
+/// for other weights or a single token.
+fn matmul_whole(w: &Tensor, xqs: &[PreparedActs], out: &mut [f32]) -> bool {
+    if xqs.len() < 2 {
+        return false;
+    }
+    let (q8, q8k) = (|| q8_acts(xqs), || q8k_acts(xqs));
+    use simd_quant::{matmul_k_wide as kw, matmul_q8_0 as q8_0};
+    match &w.data {
+        TensorData::Q8_0(p) => q8().map(|a| batched(p, &a, out, q8_0::<_, 8>, q8_0::<_, 4>, simd_quant::matvec_q8_0)),
+        TensorData::Q4_0Wide(p) => {
+            q8().map(|a| batched(p, &a, out, q8_0::<_, 8>, q8_0::<_, 4>, simd_quant::matvec_q8_0))
+        }
+        TensorData::Q4KWide(p) => q8k().map(|a| batched(p, &a, out, kw::<_, 8>, kw::<_, 4>, simd_quant::matvec_k_wide)),
+        TensorData::Q5KWide(p) => q8k().map(|a| batched(p, &a, out, kw::<_, 8>, kw::<_, 4>, simd_quant::matvec_k_wide)),
+        _ => None,
+    }
+    .is_some()
+}
+
+/// Every token's Q8 activation blocks, if that is how they were prepared.
+fn q8_acts(xqs: &[PreparedActs]) -> Option<Vec<&[BlockQ8A]>> {
+    xqs.iter()
+        .map(|a| match a {
+            PreparedActs::Q8(v) => Some(v.as_slice()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every token's Q8_K activation blocks, if that is how they were prepared.
+fn q8k_acts(xqs: &[PreparedActs]) -> Option<Vec<&[BlockQ8K]>> {
+    xqs.iter()
+        .map(|a| match a {
+            PreparedActs::Q8K(v) => Some(v.as_slice()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batched kernel on `T` tokens: the weights, `T` tokens' activations and outputs.
+type Batched<P, A, const T: usize> = fn(&Interleaved<P>, [&[A]; T], [&mut [f32]; T]);
+
+/// `out` (tokens, rows) for every token of `acts`: `eight` on 8 tokens at a
+/// time, then `four`, then `one` per token.
+fn batched<P: PackedBlock, A>(
+    p: &Interleaved<P>,
+    mut acts: &[&[A]],
+    mut out: &mut [f32],
+    eight: Batched<P, A, 8>,
+    four: Batched<P, A, 4>,
+    one: fn(&Interleaved<P>, &[A], &mut [f32]),
+) {
+    fn take<P: PackedBlock, A, const T: usize>(
+        p: &Interleaved<P>,
+        acts: &mut &[&[A]],
+        out: &mut &mut [f32],
+        kernel: Batched<P, A, T>,
+    ) {
+        let (x, rest) = acts.split_at(T);
+        *acts = rest;
+        let (o, rest) = std::mem::take(out).split_at_mut(T * p.rows());
+        *out = rest;
+        let mut rows = o.chunks_exact_mut(p.rows());
+        kernel(
+            p,
+            std::array::from_fn(|t| x[t]),
+            std::array::from_fn(|_| rows.next().expect("a row per token")),
+        );
+    }
+    while acts.len() >= 8 {
+        take(p, &mut acts, &mut out, eight);
+    }
+    if acts.len() >= 4 {
+        take(p, &mut acts, &mut out, four);
+    }
+    for (x, o) in acts.iter().zip(out.chunks_exact_mut(p.rows())) {
+        one(p, x, o);
+    }
+}
+
 /// `out = W x`: `w` (rows, cols), `x` (cols), `out` (rows).
 /// Quantized weights: `x` is quantized once, then every row reuses it.
 pub fn matvec(w: &Tensor, x: &[f32], out: &mut [f32]) {
@@ -325,6 +410,9 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
     let n_tokens = xs.len() / cols;
     debug_assert_eq!(out.len(), n_tokens * rows);
     let xqs = acts.prepared(w.ty);
+    if matmul_whole(w, xqs, out) {
+        return;
+    }
     if xqs
         .first()
         .is_some_and(|xq| matvec_whole(w, &xs[..cols], xq, &mut out[..rows]))
@@ -358,22 +446,7 @@ pub fn matmul_shared(w: &Tensor, acts: &mut SharedActs, out: &mut [f32]) {
 /// group is the same kernel call [`dot_4rows_prepared`] makes, so the values
 /// are the same. Returns false (nothing written) for other weights.
 fn packed_groups(w: &Tensor, xqs: &[PreparedActs], rows4: usize, out: &mut [f32]) -> bool {
-    let q8 = || -> Option<Vec<&[BlockQ8A]>> {
-        xqs.iter()
-            .map(|a| match a {
-                PreparedActs::Q8(v) => Some(v.as_slice()),
-                _ => None,
-            })
-            .collect()
-    };
-    let q8k = || -> Option<Vec<&[BlockQ8K]>> {
-        xqs.iter()
-            .map(|a| match a {
-                PreparedActs::Q8K(v) => Some(v.as_slice()),
-                _ => None,
-            })
-            .collect()
-    };
+    let (q8, q8k) = (|| q8_acts(xqs), || q8k_acts(xqs));
     let rows = w.rows;
     match &w.data {
         TensorData::Q4_0(p) => {

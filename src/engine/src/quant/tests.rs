@@ -347,20 +347,25 @@ fn float_types_dot_exactly_like_f32() {
 
 #[test]
 fn matmul_is_bit_identical_to_matvec_for_every_type() {
-    let (rows, cols, n_tokens) = (6, 512, 4);
+    let cols = 512;
     let all = [GgmlType::F32, GgmlType::F16, GgmlType::BF16]
         .into_iter()
         .chain(QUANT_TYPES);
     for (i, ty) in all.enumerate() {
-        let w = Tensor::quantize_from_f32(ty, rows, cols, &gaussian(rows * cols, 160 + i as u64)).unwrap();
-        let xs = gaussian(n_tokens * cols, 180 + i as u64);
-        let mut batched = vec![0.0; n_tokens * rows];
-        kernels::matmul(&w, &xs, &mut batched);
-        for t in 0..n_tokens {
-            let mut single = vec![0.0; rows];
-            kernels::matvec(&w, &xs[t * cols..(t + 1) * cols], &mut single);
-            for r in 0..rows {
-                assert_eq!(single[r].to_bits(), batched[t * rows + r].to_bits(), "{}", ty.name());
+        // Token counts that take the 8- and 4-token passes of the byte
+        // layouts and leave remainders; row counts with and without padding.
+        for (rows, n_tokens) in [(6, 4), (8, 1), (8, 3), (8, 13), (12, 8), (4, 5)] {
+            let w = Tensor::quantize_from_f32(ty, rows, cols, &gaussian(rows * cols, 160 + i as u64)).unwrap();
+            let xs = gaussian(n_tokens * cols, 180 + i as u64);
+            let mut batched = vec![0.0; n_tokens * rows];
+            kernels::matmul(&w, &xs, &mut batched);
+            for t in 0..n_tokens {
+                let mut single = vec![0.0; rows];
+                kernels::matvec(&w, &xs[t * cols..(t + 1) * cols], &mut single);
+                for r in 0..rows {
+                    let (a, b) = (single[r].to_bits(), batched[t * rows + r].to_bits());
+                    assert_eq!(a, b, "{} rows {rows} tokens {n_tokens}: token {t} row {r}", ty.name());
+                }
             }
         }
     }
