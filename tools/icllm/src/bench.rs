@@ -128,7 +128,7 @@ pub struct BenchArgs {
 }
 
 /// Bump when the synthetic files' contents change on purpose.
-const SYNTH_CACHE_VERSION: u32 = 1;
+const SYNTH_CACHE_VERSION: u32 = 2;
 
 /// Where synthesized models are kept between runs.
 fn synth_cache_dir() -> PathBuf {

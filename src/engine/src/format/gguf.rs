@@ -690,8 +690,11 @@ pub mod writer {
             Value::Bool(x) => out.push(*x as u8),
             Value::String(s) => put_string(out, s),
             Value::Array(items) => {
-                // An empty array is written as an array of u8.
-                let elem = items.first().map(value_type).unwrap_or(0);
+                // An empty array (which keeps no element type here) is written
+                // as an array of strings: the empty arrays GGUF files carry
+                // are string lists (a BPE vocabulary's `tokenizer.ggml.merges`),
+                // and llama.cpp refuses merges of any other type.
+                let elem = items.first().map(value_type).unwrap_or(8);
                 out.extend_from_slice(&elem.to_le_bytes());
                 out.extend_from_slice(&(items.len() as u64).to_le_bytes());
                 for it in items {
@@ -749,6 +752,18 @@ mod tests {
         let b = g.tensor("b").unwrap();
         assert_eq!(b.offset % 32, 0);
         assert_eq!(&bytes[b.byte_range()], &[2u8; 6][..]);
+    }
+
+    #[test]
+    fn an_empty_array_is_written_as_a_string_array() {
+        let md = vec![("tokenizer.ggml.merges".to_string(), Value::Array(Vec::new()))];
+        let bytes = write(&md, &[]);
+        // magic, version, n_tensors, n_kv, key (len + bytes), value type 9,
+        // then the element type: 8 (string), as llama.cpp requires of merges.
+        let at = 4 + 4 + 8 + 8 + 8 + "tokenizer.ggml.merges".len() + 4;
+        assert_eq!(u32::from_le_bytes(bytes[at - 4..at].try_into().unwrap()), 9);
+        assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 8);
+        assert_eq!(Gguf::parse(&bytes).unwrap().get_array("tokenizer.ggml.merges").unwrap().len(), 0);
     }
 
     #[test]
