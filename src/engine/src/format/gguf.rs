@@ -763,7 +763,14 @@ mod tests {
         let at = 4 + 4 + 8 + 8 + 8 + "tokenizer.ggml.merges".len() + 4;
         assert_eq!(u32::from_le_bytes(bytes[at - 4..at].try_into().unwrap()), 9);
         assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 8);
-        assert_eq!(Gguf::parse(&bytes).unwrap().get_array("tokenizer.ggml.merges").unwrap().len(), 0);
+        assert_eq!(
+            Gguf::parse(&bytes)
+                .unwrap()
+                .get_array("tokenizer.ggml.merges")
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]
