@@ -18,10 +18,11 @@
 use super::simd::F32x4;
 use crate::quant::packed::RowsInLanes;
 
-/// Columns per stationary chunk (32 per lane class): the accumulators' load
-/// and store and the per-group loop are spread over 512 multiply-adds.
-const CHUNK: usize = 128;
-/// The smaller chunk that takes most of what is left of a row.
+/// Columns per stationary chunk (64 per lane class): the accumulators' load
+/// and store and the per-group loop are spread over 1,024 multiply-adds.
+const CHUNK: usize = 256;
+/// The smaller chunks that take most of what is left of a row.
+const MEDIUM: usize = 32;
 const SMALL: usize = 16;
 
 /// `out = W x` for a float matrix in the rows-in-lanes layout.
@@ -62,7 +63,10 @@ pub fn matvec_rows_in_lanes(w: &RowsInLanes, x: &[f32], out: &mut [f32]) {
         }};
     }
     while c0 + CHUNK <= n4 {
-        pass!(chunk128, CHUNK);
+        pass!(chunk256, CHUNK);
+    }
+    while c0 + MEDIUM <= n4 {
+        pass!(chunk32, MEDIUM);
     }
     while c0 + SMALL <= n4 {
         pass!(chunk16, SMALL);
@@ -127,13 +131,15 @@ macro_rules! chunk_fn {
     };
 }
 chunk_fn!(
-    chunk128,
+    chunk256,
     CHUNK,
     [
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
-        30, 31
+        30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
+        58, 59, 60, 61, 62, 63
     ]
 );
+chunk_fn!(chunk32, MEDIUM, [0, 1, 2, 3, 4, 5, 6, 7]);
 chunk_fn!(chunk16, SMALL, [0, 1, 2, 3]);
 
 #[cfg(test)]
