@@ -666,11 +666,15 @@ impl TryFrom<KvWire> for KvCache {
     type Error = String;
     fn try_from(w: KvWire) -> Result<KvCache, String> {
         let mut c = KvCache::with_type(w.shape, w.ctx, w.ty).ok_or("KV cache shape too large")?;
-        let layers = c.n_layers().max(1);
         for (which, bytes) in [(Which::K, &w.k), (Which::V, &w.v)] {
             let per_layer = c.row_bytes(which) * c.ctx as usize;
             if bytes.len() != per_layer * c.n_layers() {
-                return Err(format!("{} bytes of KV rows for a {layers}-layer cache", bytes.len()));
+                return Err(format!(
+                    "{} bytes of KV rows for a {}-layer cache of {} positions",
+                    bytes.len(),
+                    c.n_layers(),
+                    c.ctx
+                ));
             }
             for layer in 0..c.n_layers() {
                 c.decode_rows(layer, 0, which, &bytes[layer * per_layer..][..per_layer])?;

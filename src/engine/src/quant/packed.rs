@@ -363,9 +363,8 @@ impl PackedBlock for BlockQ4Kx4 {
     fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let rows = block_arrays::<{ BlockQ4K::BYTES }>(rows);
         for (r, b) in rows.iter().enumerate() {
-            let (sc, m) = scales_mins(b[4..16].try_into().expect("12 scale bytes"));
-            out.d[r] = f16_le(*b, 0);
-            out.dmin[r] = f16_le(*b, 2);
+            let (d, dmin, sc, m) = k_head_le(*b);
+            (out.d[r], out.dmin[r]) = (d, dmin);
             out.scales[r] = sc.map(i16::from);
             out.mins[r] = m.map(i16::from);
             out.qs[r].copy_from_slice(&b[16..144]);
@@ -592,9 +591,8 @@ impl PackedBlock for BlockQ5Kx4 {
     fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let rows = block_arrays::<{ BlockQ5K::BYTES }>(rows);
         for (r, b) in rows.iter().enumerate() {
-            let (sc, m) = scales_mins(b[4..16].try_into().expect("12 scale bytes"));
-            out.d[r] = f16_le(*b, 0);
-            out.dmin[r] = f16_le(*b, 2);
+            let (d, dmin, sc, m) = k_head_le(*b);
+            (out.d[r], out.dmin[r]) = (d, dmin);
             out.scales[r] = sc.map(i16::from);
             out.mins[r] = m.map(i16::from);
             out.qh[r].copy_from_slice(&b[16..48]);
@@ -657,11 +655,11 @@ impl<S> BlockKWidex4<S> {
     /// and Q5_K's `d`, `dmin` and `scales` at 0..16).
     #[inline(always)]
     fn set_le_scales(&mut self, rows: [&[u8]; 4]) {
-        let sm = rows.map(|b| scales_mins(b[4..16].try_into().expect("12 scale bytes")));
-        self.d = rows.map(|b| f16_le(b, 0));
-        self.dmin = rows.map(|b| f16_le(b, 2));
-        self.scales = std::array::from_fn(|j| sm.map(|r| r.0[j] as i16));
-        self.min_pairs = std::array::from_fn(|k| std::array::from_fn(|i| sm[i / 2].1[2 * k + i % 2] as i16));
+        let heads = rows.map(k_head_le);
+        self.d = heads.map(|h| h.0);
+        self.dmin = heads.map(|h| h.1);
+        self.scales = std::array::from_fn(|j| heads.map(|h| h.2[j] as i16));
+        self.min_pairs = std::array::from_fn(|k| std::array::from_fn(|i| heads[i / 2].3[2 * k + i % 2] as i16));
     }
 
     /// Row `lane`.
@@ -679,6 +677,12 @@ impl<S> BlockKWidex4<S> {
 }
 
 /// The 6-bit scales and mins of a K-quant block as plain integers.
+/// The head of a Q4_K or Q5_K block's file bytes: `(d, dmin, scales, mins)`.
+fn k_head_le(b: &[u8]) -> (f32, f32, [u8; 8], [u8; 8]) {
+    let (sc, m) = scales_mins(b[4..16].try_into().expect("12 scale bytes"));
+    (f16_le(b, 0), f16_le(b, 2), sc, m)
+}
+
 fn scales_mins(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
     (sm.map(|v| v.0), sm.map(|v| v.1))
