@@ -1,12 +1,12 @@
 //! The icllm canister wasm in the local IC runtime: what README and design
-//! promise dApps. Golden outputs come from ../shared/README.md.
+//! promise dApps. Golden outputs come from models/README.md.
 
 use candid::Principal;
 use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
 use icllm_api::*;
 use std::sync::OnceLock;
 
-/// From ../shared/README.md: greedy continuation of "Joe loves writing stories".
+/// From models/README.md: greedy continuation of "Joe loves writing stories".
 const GOLDEN_PROMPT: &str = "Joe loves writing stories";
 const GOLDEN_IDS: [u32; 10] = [426, 346, 397, 355, 267, 337, 335, 345, 267, 422];
 const GOLDEN_TEXT: &str = ". He liked to play with his toy";
@@ -648,7 +648,7 @@ fn max_context_lets_jobs_run_past_the_trained_context() {
     let v = c.run_job(controller(), id, |_| {}).unwrap();
     assert_eq!(v.status, JobStatus::Done("max_tokens".into()));
     assert_eq!(v.generated_tokens, 200);
-    // From BOS alone, llama2.c's reference story (../shared/README.md).
+    // From BOS alone, llama2.c's reference story (models/README.md).
     assert!(
         v.text
             .starts_with("Once upon a time, there was a little girl named Lily."),

@@ -2,36 +2,33 @@
 //!
 //! Expected strings are written by hand from each template's documented
 //! format, not taken from this project's output:
-//! - `../shared/tokenizers/qwen2.5/tokenizer_config.json` carries the
+//! - `testdata/tokenizers/qwen2.5/tokenizer_config.json` carries the
 //!   ChatML template of the Qwen3 generation (with `<think>` handling, and
 //!   no default system prompt: with no system message the text starts at
 //!   the user turn);
-//! - Llama 3.2 Instruct's template (tests/data, see its README): a system
+//! - Llama 3.2 Instruct's template (`testdata/templates`, see its README): a system
 //!   header always comes first, dated "26 Jul 2024" because `strftime_now`
 //!   is not defined (see `chat.rs`).
 
 use icllm_engine::chat::{ChatTemplate, Message};
 use std::path::PathBuf;
 
-fn shared(path: &str) -> String {
+fn testdata(path: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
+        .join("../../testdata")
         .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn qwen() -> ChatTemplate {
-    ChatTemplate::from_tokenizer_config(&shared("tokenizers/qwen2.5/tokenizer_config.json"), None)
+    ChatTemplate::from_tokenizer_config(&testdata("tokenizers/qwen2.5/tokenizer_config.json"), None)
         .unwrap()
         .expect("the Qwen tokenizer_config has a chat_template")
 }
 
 fn llama() -> ChatTemplate {
-    let template = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama3.2-instruct.chat_template.jinja"),
-    )
-    .unwrap();
-    let config = shared("tokenizers/llama3.2/tokenizer_config.json");
+    let template = testdata("templates/llama3.2-instruct.chat_template.jinja");
+    let config = testdata("tokenizers/llama3.2/tokenizer_config.json");
     // The base model's config has no template of its own …
     assert!(ChatTemplate::from_tokenizer_config(&config, None).unwrap().is_none());
     // … so the Instruct template is supplied as a separate file, with the config's tokens.

@@ -1,5 +1,5 @@
 //! Generation on the shipped stories260K model: golden outputs from
-//! ../shared/README.md (llama2.c's reference), and the resumability promises:
+//! models/README.md (llama2.c's reference), and the resumability promises:
 //! chunked == monolithic, serialize/restore between steps, batch size
 //! independence.
 

@@ -32,7 +32,7 @@ fn greedy_ids(model: &Model, prompt: &[u32], n: u32) -> Vec<u32> {
     job.state.generated().to_vec()
 }
 
-/// BOS + "Joe loves writing stories" (from ../shared/README.md).
+/// BOS + "Joe loves writing stories" (from models/README.md).
 const GOLDEN_PROMPT: [u32; 16] = [
     1, 410, 454, 414, 411, 401, 360, 419, 263, 420, 275, 299, 349, 304, 417, 406,
 ];

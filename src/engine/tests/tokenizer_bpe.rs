@@ -1,10 +1,8 @@
 //! Byte-level BPE conformance: llama.cpp's tokenizer test vectors for every
-//! BPE vocabulary in `../shared/vocab` that has them, and the Qwen2 / Llama 3
+//! BPE vocabulary in `testdata/vocab` that has them, and the Qwen2 / Llama 3
 //! vectors against the Hugging Face tokenizer.json files in
-//! `../shared/tokenizers`.
+//! `testdata/tokenizers`.
 //!
-//! Vector files without a vocabulary here (so not tested): chameleon,
-//! command-r, deepseek-r1-qwen, roberta-bpe (their `.gguf` is absent).
 
 use icllm_engine::chat::{encode_chat, ChatTemplate, Message};
 use icllm_engine::format::gguf::{writer, Gguf, Value};
@@ -13,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 mod common;
-use common::{read, root, vectors, vocab_file};
+use common::{read, testdata, vectors, vocab_file};
 
 fn load_gguf(name: &str) -> Tokenizer {
     let bytes = read(vocab_file(name));
@@ -21,7 +19,7 @@ fn load_gguf(name: &str) -> Tokenizer {
 }
 
 fn hf_dir(model: &str) -> PathBuf {
-    root().join("../shared/tokenizers").join(model)
+    testdata("tokenizers").join(model)
 }
 
 fn load_hf(model: &str) -> Tokenizer {
@@ -193,12 +191,8 @@ fn tokenizer_json_converted_to_gguf_gives_the_same_ids() {
             .unwrap();
         let config = String::from_utf8(read(hf_dir(model).join("tokenizer_config.json"))).unwrap();
         // Llama 3.2's base config has no template: the Instruct one comes as a separate file.
-        let separate = (model == "llama3.2").then(|| {
-            String::from_utf8(read(
-                root().join("src/engine/tests/data/llama3.2-instruct.chat_template.jinja"),
-            ))
-            .unwrap()
-        });
+        let separate = (model == "llama3.2")
+            .then(|| String::from_utf8(read(testdata("templates/llama3.2-instruct.chat_template.jinja"))).unwrap());
         let hf_template = ChatTemplate::from_tokenizer_config(&config, separate.as_deref())
             .unwrap()
             .unwrap();

@@ -1,5 +1,5 @@
 //! SentencePiece conformance: llama.cpp's tokenizer test vectors (from
-//! `<root>/../shared/vocab`) and the stories260K golden prompt.
+//! `testdata/vocab`) and the stories260K golden prompt.
 
 use icllm_engine::format::gguf::Gguf;
 use icllm_engine::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};

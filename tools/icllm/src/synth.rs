@@ -2,8 +2,8 @@
 //! published model (see `icllm_engine::synth` for shapes and quant mixes).
 //!
 //! Tokenizer metadata comes from a real vocabulary where one is at hand in
-//! the shared directory (`--shared`, `$ICLLM_SHARED`, or `../shared` beside
-//! the project): the llama SPM vocab GGUF for 32000-token shapes, the
+//! the tokenizer data directory (`--tokenizer-data`, `$ICLLM_TOKENIZER_DATA`,
+//! or the repository's `testdata/`, see its README): the llama SPM vocab GGUF for 32000-token shapes, the
 //! Qwen2.5 `tokenizer.json` for Qwen shapes (Qwen3 adds 4 tokens Qwen2.5
 //! lacks; the rest is padding either way), the Llama 3.2 `tokenizer.json` for
 //! llama3.2, and GPT-2's BPE cut to 49152 tokens for SmolLM2 (whose own
@@ -37,9 +37,10 @@ pub struct SynthArgs {
     /// Write only the first N layers (quick tests).
     #[arg(long)]
     layers: Option<usize>,
-    /// Directory with vocab/ and tokenizers/ (default: $ICLLM_SHARED or ../shared).
-    #[arg(long)]
-    shared: Option<PathBuf>,
+    /// Directory with vocab/ and tokenizers/ (default: $ICLLM_TOKENIZER_DATA,
+    /// else the repository's testdata/).
+    #[arg(long, value_name = "DIR")]
+    tokenizer_data: Option<PathBuf>,
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -64,11 +65,11 @@ pub fn run(args: SynthArgs) -> Result<()> {
     opts.threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let shared = args.shared.clone().or_else(default_shared_dir);
-    match shared.as_deref().map(|dir| tokenizer_metadata(shape, dir)) {
+    let data = args.tokenizer_data.clone().or_else(default_tokenizer_data);
+    match data.as_deref().map(|dir| tokenizer_metadata(shape, dir)) {
         Some(Ok(md)) => opts.tokenizer = md,
         Some(Err(e)) => eprintln!("synth: no real tokenizer ({e:#}); writing a synthetic byte-level vocabulary"),
-        None => eprintln!("synth: shared directory not found; writing a synthetic byte-level vocabulary"),
+        None => eprintln!("synth: tokenizer data not found; writing a synthetic byte-level vocabulary"),
     }
     let started = Instant::now();
     let file = std::fs::File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
@@ -89,31 +90,29 @@ pub fn run(args: SynthArgs) -> Result<()> {
     Ok(())
 }
 
-/// `$ICLLM_SHARED`, else `../shared` beside the project (or the current directory).
-fn default_shared_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("ICLLM_SHARED") {
+/// `$ICLLM_TOKENIZER_DATA`, else the `testdata/` of the repository this
+/// binary was built from (absent when the binary was copied elsewhere).
+fn default_tokenizer_data() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ICLLM_TOKENIZER_DATA") {
         return Some(PathBuf::from(dir));
     }
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    [project.join("../shared"), PathBuf::from("../shared")]
-        .into_iter()
-        .find(|p| p.join("vocab").is_dir())
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")).filter(|p| p.join("vocab").is_dir())
 }
 
-/// The `tokenizer.*` metadata for `shape` from the shared directory.
-pub fn tokenizer_metadata(shape: &Shape, shared: &Path) -> Result<Vec<(String, Value)>> {
+/// The `tokenizer.*` metadata for `shape` from the tokenizer data directory.
+pub fn tokenizer_metadata(shape: &Shape, data: &Path) -> Result<Vec<(String, Value)>> {
     let md = match shape.vocab {
-        Vocab::LlamaSpm => gguf_tokenizer(&shared.join("vocab/ggml-vocab-llama-spm.gguf"))?,
-        Vocab::SmolLm => truncated_gpt2(&shared.join("vocab/ggml-vocab-gpt-2.gguf"), shape.vocab_size)?,
+        Vocab::LlamaSpm => gguf_tokenizer(&data.join("vocab/ggml-vocab-llama-spm.gguf"))?,
+        Vocab::SmolLm => truncated_gpt2(&data.join("vocab/ggml-vocab-gpt-2.gguf"), shape.vocab_size)?,
         Vocab::Qwen2 => hf_tokenizer(
-            &shared.join("tokenizers/qwen2.5"),
+            &data.join("tokenizers/qwen2.5"),
             shape.vocab_size,
             "qwen2",
             None,
             "<|im_end|>",
         )?,
         Vocab::Llama3 => hf_tokenizer(
-            &shared.join("tokenizers/llama3.2"),
+            &data.join("tokenizers/llama3.2"),
             shape.vocab_size,
             "llama-bpe",
             Some("<|begin_of_text|>"),

@@ -1,5 +1,5 @@
 //! `icllm generate` as a user runs it, against the golden outputs of
-//! ../shared/README.md.
+//! models/README.md.
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -33,7 +33,7 @@ fn tmp_dir(name: &str) -> PathBuf {
 }
 
 /// BOS + "Joe loves writing stories" and the first greedy token after it
-/// (../shared/README.md).
+/// (models/README.md).
 const GOLDEN_PROMPT: &str = "1,410,454,414,411,401,360,419,263,420,275,299,349,304,417,406";
 const GOLDEN_NEXT: usize = 426;
 
@@ -167,7 +167,7 @@ fn hf_checkpoint_of_stories_gives_the_same_logits() {
 
     // inspect describes the checkpoint.
     std::fs::copy(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tokenizers/qwen2.5/tokenizer_config.json"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tokenizers/qwen2.5/tokenizer_config.json"),
         dir.join("tokenizer_config.json"),
     )
     .unwrap();

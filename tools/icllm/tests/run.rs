@@ -1,5 +1,5 @@
 //! `icllm run`: the main command, through the real canister wasm in the local
-//! IC runtime. Golden text from ../shared/README.md.
+//! IC runtime. Golden text from models/README.md.
 
 use std::process::Command;
 

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn shared(path: &str) -> String {
+fn testdata(path: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
+        .join("../../testdata")
         .join(path)
         .to_str()
         .unwrap()
@@ -27,7 +27,7 @@ fn tokenize(args: &[&str]) -> Vec<u32> {
 
 #[test]
 fn qwen_tokenizer_json_recognizes_chat_markers_and_adds_no_bos() {
-    let json = shared("tokenizers/qwen2.5/tokenizer.json");
+    let json = testdata("tokenizers/qwen2.5/tokenizer.json");
     let ids = tokenize(&[
         "--tokenizer",
         &json,
@@ -51,7 +51,7 @@ fn qwen_tokenizer_json_recognizes_chat_markers_and_adds_no_bos() {
 
 #[test]
 fn llama3_tokenizer_json_adds_bos_unless_told_not_to() {
-    let json = shared("tokenizers/llama3.2/tokenizer.json");
+    let json = testdata("tokenizers/llama3.2/tokenizer.json");
     assert_eq!(
         tokenize(&["--tokenizer", &json, "--text", "Hello world"]),
         [128000, 9906, 1917]
@@ -69,13 +69,13 @@ fn llama3_tokenizer_json_adds_bos_unless_told_not_to() {
 
 #[test]
 fn gguf_vocabularies_work_too() {
-    let gpt2 = shared("vocab/ggml-vocab-gpt-2.gguf");
+    let gpt2 = testdata("vocab/ggml-vocab-gpt-2.gguf");
     // GPT-2 adds no BOS; <|endoftext|> in the text is its control token.
     assert_eq!(
         tokenize(&["--model", &gpt2, "--text", "Hello world<|endoftext|>"]),
         [15496, 995, 50256]
     );
-    let spm = shared("vocab/ggml-vocab-llama-spm.gguf");
+    let spm = testdata("vocab/ggml-vocab-llama-spm.gguf");
     let ids = tokenize(&["--model", &spm, "--text", "Hello world"]);
     assert_eq!(ids[0], 1, "SPM adds BOS");
     assert_eq!(

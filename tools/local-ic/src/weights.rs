@@ -1,6 +1,5 @@
-//! The replica's per-instruction weights (see `/work/shared/docs/ic-facts.md`,
-//! "How instructions are counted", taken from dfinity/ic
-//! `rs/embedders/src/wasm_utils/instrumentation.rs`).
+//! The replica's per-instruction weights, as dfinity/ic's
+//! `rs/embedders/src/wasm_utils/instrumentation.rs` assigns them.
 //!
 //! Only the weight of each operator lives here; where the charges are placed
 //! (basic blocks, function entry, bulk-memory byte counts) is decided by

@@ -13,8 +13,13 @@ pub fn read(path: PathBuf) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// A file of the repository's test data (`testdata/`, see its README).
+pub fn testdata(path: &str) -> PathBuf {
+    root().join("testdata").join(path)
+}
+
 pub fn vocab_file(name: &str) -> PathBuf {
-    root().join("../shared/vocab").join(name)
+    testdata("vocab").join(name)
 }
 
 /// The cases of `<name>.inp` / `<name>.out`: each text is followed by
