@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command: format check, every wasm built once, all tests
-# (engine, runtime, canister in the runtime, CLI), then clippy.
+# (engine, runtime, canister in the runtime, CLI, repository guard), then
+# clippy. Installs what a machine with only rustup's stable toolchain lacks
+# (the wasm32 target, rustfmt, clippy), so it passes on a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tools/setup.sh
 cargo fmt --all --check
 tools/build-wasm.sh
 cargo test --workspace --release
