@@ -31,8 +31,30 @@ pub fn default_wasm_path() -> PathBuf {
     target.join("wasm32-unknown-unknown/canister/icllm_canister.wasm")
 }
 
+/// The Rust toolchain's standard library for wasm32, without which cargo
+/// fails with "can't find crate for `core`": checked first, to say what to do.
+fn check_wasm32_target() -> Result<()> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = std::process::Command::new(&rustc)
+        .current_dir(workspace_root())
+        .args(["--print", "sysroot"])
+        .output()
+        .with_context(|| format!("running {rustc} --print sysroot"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && !sysroot.join("lib/rustlib/wasm32-unknown-unknown").is_dir() {
+        bail!(
+            "the canister is built for wasm32-unknown-unknown, which this Rust toolchain ({}) lacks; \
+             install it with `rustup target add wasm32-unknown-unknown` (or tools/setup.sh), \
+             or pass --wasm FILE with a prebuilt canister",
+            sysroot.display()
+        );
+    }
+    Ok(())
+}
+
 /// Builds the canister wasm with cargo (release profile `canister`, SIMD128).
 pub fn build_wasm() -> Result<PathBuf> {
+    check_wasm32_target()?;
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())
         .args([

@@ -44,8 +44,26 @@ enum Command {
     Convert(convert::ConvertArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; a user error prints its chain of causes on one line
+/// (`error: reading x: No such file`) and exits with 1. The backtrace that
+/// anyhow captures under `RUST_BACKTRACE` is printed only when asked for with
+/// `ICLLM_BACKTRACE=1`: it helps whoever debugs icllm, not its users.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if std::env::var_os("ICLLM_BACKTRACE").is_some_and(|v| v == "1") {
+                eprintln!("error: {e:?}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Run(args) => run::run(args),

@@ -10,18 +10,27 @@
 //! the rolled-back state. Installation problems and bad options end the run
 //! with an error (exit code 1). Canister debug output and `--stats` go to
 //! stderr.
+//!
+//! When the wasm carries its candid interface (the `candid:service` custom
+//! section, as dfx and icp-cli read it), arguments are typed by the method's
+//! parameter types (`(0.5)` becomes a `float32` where one is expected, a
+//! record's missing `opt` fields become `null`) and replies print with their
+//! field and variant names, as `dfx canister call` does. Without it, arguments
+//! are typed as written and replies show hashed field ids.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use candid::types::{Type, TypeEnv};
 use candid::{IDLArgs, Principal};
+use candid_parser::utils::{instantiate_candid, CandidSource};
 use clap::{ArgMatches, Args};
 use local_ic::{Error, Limits, MessageKind, MessageReport, Reply, Runtime, RuntimeConfig};
 
 #[derive(Args, Debug)]
-#[command(after_help = "Candid arguments are typed as written: a method taking nat64 \
-    needs '(42 : nat64)'; a bare '(42)' is an int and the canister's decoder rejects it.\n\
+#[command(after_help = "Candid arguments are typed by the wasm's candid:service metadata \
+    when it has one; otherwise as written: a method taking nat64 needs '(42 : nat64)'.\n\
     Set LOCAL_IC_MODULE_CACHE=DIR to keep compiled modules between runs.\n\
     Example: icllm sim --wasm counter.wasm --init '(0 : nat64)' --call 'increment' \
     --query 'get' --upgrade --advance-time 5")]
@@ -122,8 +131,57 @@ fn step_order_from_cli(args: &SimArgs) -> anyhow::Result<Vec<Step>> {
     Ok(ordered_steps(args, &matches))
 }
 
-/// Splits `method (args)` into the method name and candid-encoded args.
-fn parse_call(text: &str) -> anyhow::Result<(String, Vec<u8>)> {
+/// The canister's candid interface, from the wasm's `candid:service` section.
+struct Interface {
+    env: TypeEnv,
+    init: Vec<Type>,
+    service: Type,
+}
+
+impl Interface {
+    /// `None` when the wasm has no `candid:service` section (public or private).
+    fn from_wasm(wasm: &[u8]) -> anyhow::Result<Option<Interface>> {
+        let Some(did) = candid_service_section(wasm)? else {
+            return Ok(None);
+        };
+        let (init, (env, service)) = instantiate_candid(CandidSource::Text(&did))
+            .map_err(|e| anyhow!("the wasm's candid:service metadata does not parse: {e}"))?;
+        Ok(Some(Interface { env, init, service }))
+    }
+
+    /// The parameter and result types of `method`, if the interface has it.
+    fn method(&self, method: &str) -> Option<(&[Type], &[Type])> {
+        let methods = self.env.as_service(&self.service).ok()?;
+        let (_, ty) = methods.iter().find(|(name, _)| name == method)?;
+        let func = self.env.as_func(ty).ok()?;
+        Some((&func.args, &func.rets))
+    }
+
+    /// The environment and the install/upgrade argument types.
+    fn init_types(&self) -> (&TypeEnv, &[Type]) {
+        (&self.env, &self.init)
+    }
+}
+
+/// The text of the `icp:public candid:service` (or `icp:private …`) section.
+fn candid_service_section(wasm: &[u8]) -> anyhow::Result<Option<String>> {
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::CustomSection(section) = payload.context("the canister wasm does not parse")? {
+            if matches!(
+                section.name(),
+                "icp:public candid:service" | "icp:private candid:service"
+            ) {
+                let text = String::from_utf8(section.data().to_vec()).context("candid:service is not UTF-8")?;
+                return Ok(Some(text));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Splits `method (args)` into the method name and candid-encoded args,
+/// typed by the interface when it has the method.
+fn parse_call(text: &str, interface: Option<&Interface>) -> anyhow::Result<(String, Vec<u8>)> {
     let text = text.trim();
     let split = text.find(|c: char| c.is_whitespace() || c == '(').unwrap_or(text.len());
     let (method, rest) = text.split_at(split);
@@ -131,20 +189,30 @@ fn parse_call(text: &str) -> anyhow::Result<(String, Vec<u8>)> {
         bail!("missing method name in {text:?}");
     }
     let rest = rest.trim();
-    let bytes = encode_args(if rest.is_empty() { "()" } else { rest })?;
+    let types = interface.and_then(|i| Some((&i.env, i.method(method)?.0)));
+    let bytes = encode_args(if rest.is_empty() { "()" } else { rest }, types)?;
     Ok((method.to_string(), bytes))
 }
 
-fn encode_args(text: &str) -> anyhow::Result<Vec<u8>> {
+/// Candid text to bytes, typed by `types` (an environment and the parameter
+/// types) when given, else as written.
+fn encode_args(text: &str, types: Option<(&TypeEnv, &[Type])>) -> anyhow::Result<Vec<u8>> {
     let args =
         candid_parser::parse_idl_args(text).with_context(|| format!("cannot parse candid arguments {text:?}"))?;
-    args.to_bytes()
-        .with_context(|| format!("cannot encode candid arguments {text:?}"))
+    let bytes = match types {
+        Some((env, types)) => args
+            .annotate_types(true, env, types)
+            .and_then(|args| args.to_bytes_with_types(env, types)),
+        None => args.to_bytes(),
+    };
+    bytes.with_context(|| format!("cannot encode candid arguments {text:?}"))
 }
 
-/// Candid text of a reply (raw hex if it is not candid).
-fn reply_text(bytes: &[u8]) -> String {
-    match IDLArgs::from_bytes(bytes) {
+/// Candid text of a reply, with names from `types` (an environment and the
+/// result types) when given; raw hex if it is not candid.
+fn reply_text(bytes: &[u8], types: Option<(&TypeEnv, &[Type])>) -> String {
+    let typed = types.and_then(|(env, types)| IDLArgs::from_bytes_with_types(bytes, env, types).ok());
+    match typed.map_or_else(|| IDLArgs::from_bytes(bytes), Ok) {
         Ok(args) => one_line(&args.to_string()),
         Err(_) => format!(
             "(raw 0x{})",
@@ -161,12 +229,12 @@ fn error_line(e: &Error) -> String {
     e.to_string().replace('\n', "\\n")
 }
 
-fn call_line(result: Result<Reply, Error>) -> String {
+fn call_line(result: Result<Reply, Error>, rets: Option<(&TypeEnv, &[Type])>) -> String {
     match result {
         Ok(reply) => {
             let mut line = format!(
                 "{} instructions={}",
-                reply_text(&reply.bytes),
+                reply_text(&reply.bytes, rets),
                 reply.report.instructions
             );
             if reply.messages.len() > 1 {
@@ -230,7 +298,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         print_debug: args.debug_print,
         ..RuntimeConfig::default()
     });
-    let init = encode_args(&args.init).context("--init")?;
+    let interface = Interface::from_wasm(&wasm)?;
+    let upgrade_interface = Interface::from_wasm(&upgrade_wasm)?;
+    let rets = |method: &str| interface.as_ref().and_then(|i| Some((&i.env, i.method(method)?.1)));
+    let init = encode_args(&args.init, interface.as_ref().map(Interface::init_types)).context("--init")?;
     let id = rt
         .install(&wasm, init, vec![caller])
         .map_err(|e| anyhow!("install failed: {e}"))?;
@@ -242,15 +313,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
 
     for step in steps {
         let line = match step {
-            Step::Call(text) => match parse_call(&text) {
-                Ok((method, arg)) => call_line(rt.update(id, caller, &method, arg)),
+            Step::Call(text) => match parse_call(&text, interface.as_ref()) {
+                Ok((method, arg)) => call_line(rt.update(id, caller, &method, arg), rets(&method)),
                 Err(e) => format!("error: {e:#}"),
             },
-            Step::Query(text) => match parse_call(&text) {
-                Ok((method, arg)) => call_line(rt.query(id, caller, &method, arg)),
+            Step::Query(text) => match parse_call(&text, interface.as_ref()) {
+                Ok((method, arg)) => call_line(rt.query(id, caller, &method, arg), rets(&method)),
                 Err(e) => format!("error: {e:#}"),
             },
-            Step::Upgrade(text) => match encode_args(&text) {
+            Step::Upgrade(text) => match encode_args(&text, upgrade_interface.as_ref().map(Interface::init_types)) {
                 Ok(arg) => match rt.upgrade(id, &upgrade_wasm, arg, caller) {
                     Ok(report) => format!("upgraded instructions={}", report.instructions),
                     Err(e) => error_line(&e),
@@ -338,13 +409,66 @@ mod tests {
 
     #[test]
     fn call_text_splits_into_method_and_candid() {
-        let (m, bytes) = parse_call("add (5 : nat64)").unwrap();
+        let (m, bytes) = parse_call("add (5 : nat64)", None).unwrap();
         assert_eq!(m, "add");
         assert_eq!(bytes, Encode!(&5u64).unwrap());
-        let (m, bytes) = parse_call("get").unwrap();
+        let (m, bytes) = parse_call("get", None).unwrap();
         assert_eq!(m, "get");
         assert_eq!(bytes, Encode!().unwrap());
-        assert!(parse_call("add (5 : nat64").is_err());
-        assert_eq!(reply_text(&Encode!(&42u64).unwrap()), "(42 : nat64)");
+        assert!(parse_call("add (5 : nat64", None).is_err());
+        assert_eq!(reply_text(&Encode!(&42u64).unwrap(), None), "(42 : nat64)");
+    }
+
+    fn interface(did: &str) -> Interface {
+        let (init, (env, service)) = instantiate_candid(CandidSource::Text(did)).unwrap();
+        Interface { env, init, service }
+    }
+
+    #[test]
+    fn the_interface_types_arguments_and_names_reply_fields() {
+        #[derive(candid::CandidType, serde::Deserialize)]
+        struct Request {
+            prompt: String,
+            max_tokens: u32,
+            temperature: Option<f32>,
+            seed: Option<u64>,
+        }
+        let did = "type Request = record { prompt : text; max_tokens : nat32; temperature : opt float32; \
+                   seed : opt nat64 };\n\
+                   service : (opt nat8) -> { start : (Request) -> (variant { Ok : nat64; Err : text }) }";
+        let i = interface(did);
+        // Untyped numbers and a missing opt field are fitted to the parameter types.
+        let (_, bytes) = parse_call(
+            "start (record { prompt = \"Hi\"; max_tokens = 4; temperature = opt 0.0 })",
+            Some(&i),
+        )
+        .unwrap();
+        let expected = Request {
+            prompt: "Hi".into(),
+            max_tokens: 4,
+            temperature: Some(0.0),
+            seed: None,
+        };
+        assert_eq!(bytes, Encode!(&expected).unwrap());
+        // Without the interface the same text is an int and a float64: another type.
+        assert_ne!(
+            parse_call("start (record { prompt = \"Hi\"; max_tokens = 4 })", None)
+                .unwrap()
+                .1,
+            bytes
+        );
+
+        let reply = Encode!(&Ok::<u64, String>(7)).unwrap();
+        let rets = i.method("start").map(|(_, rets)| (&i.env, rets));
+        assert_eq!(reply_text(&reply, rets), "(variant { Ok = 7 : nat64 })");
+        assert!(
+            reply_text(&reply, None).contains("17_724"),
+            "hashed without the interface"
+        );
+        // Init arguments are typed too.
+        assert_eq!(
+            encode_args("(opt 3)", Some(i.init_types())).unwrap(),
+            Encode!(&Some(3u8)).unwrap()
+        );
     }
 }
