@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The project's test command: format check, every wasm built once, all tests
-# (engine, runtime, canister in the runtime, CLI, repository guard), then
-# clippy. Installs what a machine with only rustup's stable toolchain lacks
+# (engine, runtime, canister in the runtime, CLI, repository guard), icp-cli
+# building the canister from icp.yaml, then clippy. Installs what a machine with only rustup's stable toolchain lacks
 # (the wasm32 target, rustfmt, clippy), so it passes on a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 cargo fmt --all --check
 tools/build-wasm.sh
+tools/icp-cli-check.sh
 cargo test --workspace --release
 cargo clippy --workspace --all-targets --release -- -D warnings
