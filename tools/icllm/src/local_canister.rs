@@ -229,6 +229,13 @@ impl LocalCanister {
         self.update(caller, "step", (id,)).map(|(r,)| r)
     }
 
+    /// Upgrades the canister to `wasm` (another release), which is then the
+    /// one [`LocalCanister::upgrade`] reinstalls.
+    pub fn upgrade_to(&mut self, wasm: Vec<u8>) -> Result<MessageReport> {
+        self.wasm = wasm;
+        self.upgrade()
+    }
+
     /// Upgrades the canister to its own wasm (heap reset, stable memory kept).
     pub fn upgrade(&mut self) -> Result<MessageReport> {
         let arg = encode_args((None::<InitArgs>,))?;
