@@ -147,3 +147,45 @@ fn llama_stop_strings() {
     });
     assert_eq!(ids, vec![128001, 128009]);
 }
+
+/// A template from a hostile model file cannot run without end or fill the
+/// heap: loops stop at the fuel limit, output at `MAX_RENDERED_BYTES`, deep
+/// recursion at minijinja's own depth limit; each with an error. A long real
+/// conversation is far from those limits.
+#[test]
+fn renders_are_bounded_in_time_and_output() {
+    use icllm_engine::chat::{ChatError, MAX_RENDERED_BYTES};
+    let conversation: Vec<Message> = (0..1000)
+        .map(|i| {
+            if i % 2 == 0 {
+                Message::user("How are you today?")
+            } else {
+                Message::assistant("Fine, thanks.")
+            }
+        })
+        .collect();
+    let text = qwen().render(&conversation, true).unwrap();
+    assert!(text.matches("<|im_start|>").count() > 1000, "every turn is rendered");
+
+    let hostile = [
+        (
+            "endless loops",
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        ),
+        (
+            "huge output",
+            "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+        ),
+        ("recursion", "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"),
+    ];
+    for (what, source) in hostile {
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        let started = std::time::Instant::now();
+        let result = template.render(&conversation[..2], true);
+        assert!(matches!(result, Err(ChatError::Render(_))), "{what}: {result:?}");
+        assert!(started.elapsed().as_secs() < 20, "{what} took {:?}", started.elapsed());
+        if what == "huge output" {
+            assert!(format!("{}", result.unwrap_err()).contains(&MAX_RENDERED_BYTES.to_string()));
+        }
+    }
+}
