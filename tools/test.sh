@@ -11,3 +11,8 @@ tools/build-wasm.sh
 tools/icp-cli-check.sh
 cargo test --workspace --release
 cargo clippy --workspace --all-targets --release -- -D warnings
+# A short coverage-guided run of every fuzz target, FUZZ_SECONDS each (CI
+# sets it; 0 or unset skips): nightly and cargo-fuzz are installed if missing.
+if [ "${FUZZ_SECONDS:-0}" -gt 0 ]; then
+  tools/fuzz.sh "$FUZZ_SECONDS"
+fi
