@@ -5,6 +5,11 @@
 //! (with the full KV cache) of recently stepped jobs as a cache; after an
 //! upgrade, or after eviction, it is rebuilt from the record and the slot.
 //! Every step ends with a checkpoint: the KV rows it wrote and the record.
+//!
+//! Hot paths never scan the job table: `put` keeps three indexes in step
+//! with each record (summaries by owner, finished records by finishing
+//! time, per-owner counts), from which `list_jobs`, ownership checks, the
+//! quotas, the per-caller and global caps and the time-to-live are served.
 
 use crate::budget::MessageBudget;
 use crate::memory::{self, Memory};

@@ -1,6 +1,7 @@
 //! The icllm canister: thin IC endpoints over the engine.
 //!
-//! Each endpoint checks the caller, then delegates: `upload` (model blob),
+//! Each endpoint checks the caller and its argument's bounds (`bounds`,
+//! before decoding it in full), then delegates: `upload` (model blob),
 //! `model_store` (blob → heap weights), `jobs` (durable jobs, one bounded
 //! step, checkpoints), `scheduler` (timer-driven background work),
 //! `access` (who may do what). Stable layout: see `memory`.
