@@ -70,8 +70,38 @@ pub struct Limits {
     pub max_kv_bytes: u64,
     /// Largest `max_tokens` a job may ask for.
     pub max_new_tokens: u32,
-    /// Finished jobs kept per caller before the oldest are deleted.
+    /// Finished jobs kept per caller before the oldest are deleted (the
+    /// anonymous callers share one such allowance).
     pub max_finished_jobs_per_caller: u32,
+    /// Job records (finished and unfinished) the canister keeps in all;
+    /// beyond it the oldest finished records are deleted. Default 100,000.
+    pub max_stored_jobs: Option<u64>,
+    /// Seconds a finished job's record is kept before it is deleted.
+    /// Default 7 days.
+    pub finished_job_ttl_seconds: Option<u64>,
+    /// Unfinished jobs the anonymous callers may have at once, all together
+    /// (when the policy allows anonymous callers). Default 2.
+    pub max_active_anonymous_jobs: Option<u32>,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_STORED_JOBS: u64 = 100_000;
+    pub const DEFAULT_FINISHED_JOB_TTL_SECONDS: u64 = 7 * 24 * 3600;
+    pub const DEFAULT_MAX_ACTIVE_ANONYMOUS_JOBS: u32 = 2;
+
+    pub fn max_stored_jobs(&self) -> u64 {
+        self.max_stored_jobs.unwrap_or(Self::DEFAULT_MAX_STORED_JOBS)
+    }
+
+    pub fn finished_job_ttl_seconds(&self) -> u64 {
+        self.finished_job_ttl_seconds
+            .unwrap_or(Self::DEFAULT_FINISHED_JOB_TTL_SECONDS)
+    }
+
+    pub fn max_active_anonymous_jobs(&self) -> u32 {
+        self.max_active_anonymous_jobs
+            .unwrap_or(Self::DEFAULT_MAX_ACTIVE_ANONYMOUS_JOBS)
+    }
 }
 
 impl Default for Limits {
@@ -82,6 +112,9 @@ impl Default for Limits {
             max_kv_bytes: 8 << 30,
             max_new_tokens: 4096,
             max_finished_jobs_per_caller: 100,
+            max_stored_jobs: None,
+            finished_job_ttl_seconds: None,
+            max_active_anonymous_jobs: None,
         }
     }
 }

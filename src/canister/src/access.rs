@@ -34,14 +34,44 @@ pub fn may_start_jobs(caller: Principal, is_controller: bool, policy: &AccessPol
     }
 }
 
-/// May `caller` see or control a job owned by `owner`? Only its owner and
-/// controllers. A stranger gets the same answer as for a missing job, so job
-/// ids reveal nothing.
-pub fn may_access_job(caller: Principal, is_controller: bool, owner: Principal, id: u64) -> ApiResult<()> {
-    if caller == owner || is_controller {
+/// May the caller see or control job `id`? `owner` is the job's owner as far
+/// as the caller can reach it: the caller itself, or the anonymous principal
+/// for a job started anonymously, whose id is a random capability (all
+/// anonymous callers are one principal, so knowing the id is what tells
+/// them apart); None otherwise. Controllers reach every job that `exists`.
+/// A stranger gets the same answer as for a missing job, so ids reveal nothing.
+pub fn may_access_job(is_controller: bool, owner: Option<Principal>, exists: bool, id: u64) -> ApiResult<()> {
+    if owner.is_some() || (is_controller && exists) {
         Ok(())
     } else {
         Err(not_found(id))
+    }
+}
+
+/// Which ingress update calls `inspect_message` accepts, by method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressRule {
+    /// Queries (never as updates), internal and unknown methods.
+    Never,
+    /// Administration: controllers only.
+    Controller,
+    /// Callers the access policy lets start jobs.
+    StartJob,
+    /// Whoever may access the job named by the argument.
+    JobOwner,
+}
+
+pub fn ingress_rule(method: &str) -> IngressRule {
+    match method {
+        "upload_begin"
+        | "upload_chunk"
+        | "upload_finalize"
+        | "set_policy"
+        | "set_limits"
+        | "set_message_instruction_limit" => IngressRule::Controller,
+        "start_job" => IngressRule::StartJob,
+        "step" | "cancel" | "delete_job" => IngressRule::JobOwner,
+        _ => IngressRule::Never,
     }
 }
 
@@ -82,9 +112,28 @@ mod tests {
 
     #[test]
     fn jobs_belong_to_their_owner() {
-        assert!(may_access_job(p(1), false, p(1), 7).is_ok());
-        assert_eq!(may_access_job(p(2), false, p(1), 7), Err(not_found(7)));
-        assert!(may_access_job(p(2), true, p(1), 7).is_ok());
+        assert!(may_access_job(false, Some(p(1)), true, 7).is_ok());
+        assert_eq!(may_access_job(false, None, true, 7), Err(not_found(7)));
+        assert!(may_access_job(true, None, true, 7).is_ok());
+        assert_eq!(may_access_job(true, None, false, 7), Err(not_found(7)));
         assert!(require_controller(p(2), false).is_err());
+    }
+
+    #[test]
+    fn queries_are_never_accepted_as_updates() {
+        for q in [
+            "poll",
+            "list_jobs",
+            "admin_list_jobs",
+            "upload_status",
+            "get_settings",
+            "health",
+            "model_info",
+        ] {
+            assert_eq!(ingress_rule(q), IngressRule::Never, "{q}");
+        }
+        assert_eq!(ingress_rule("<icllm internal> step"), IngressRule::Never);
+        assert_eq!(ingress_rule("start_job"), IngressRule::StartJob);
+        assert_eq!(ingress_rule("delete_job"), IngressRule::JobOwner);
     }
 }

@@ -5,6 +5,11 @@
 //! (with the full KV cache) of recently stepped jobs as a cache; after an
 //! upgrade, or after eviction, it is rebuilt from the record and the slot.
 //! Every step ends with a checkpoint: the KV rows it wrote and the record.
+//!
+//! Hot paths never scan the job table: `put` keeps three indexes in step
+//! with each record (summaries by owner, finished records by finishing
+//! time, per-owner counts), from which `list_jobs`, ownership checks, the
+//! quotas, the per-caller and global caps and the time-to-live are served.
 
 use crate::budget::MessageBudget;
 use crate::memory::{self, Memory};
@@ -52,6 +57,25 @@ pub struct JobRecord {
 thread_local! {
     static JOBS: RefCell<StableBTreeMap<JobId, Cbor<JobRecord>, Memory>> =
         RefCell::new(StableBTreeMap::init(memory::get(memory::JOBS)));
+    /// `(owner, id)` → the job's summary: `list_jobs` and ownership checks
+    /// read the caller's own range, never the whole table.
+    static BY_OWNER: RefCell<StableBTreeMap<(Principal, JobId), Cbor<JobSummary>, Memory>> =
+        RefCell::new(StableBTreeMap::init(memory::get(memory::JOBS_BY_OWNER)));
+    /// `(finished at, id)` → owner of every finished record, oldest first:
+    /// what the time-to-live and the global cap delete.
+    static FINISHED: RefCell<StableBTreeMap<(u64, JobId), Principal, Memory>> =
+        RefCell::new(StableBTreeMap::init(memory::get(memory::JOBS_FINISHED)));
+    /// owner → (unfinished, finished) records it holds.
+    static OWNERS: RefCell<StableBTreeMap<Principal, (u32, u32), Memory>> =
+        RefCell::new(StableBTreeMap::init(memory::get(memory::JOB_OWNERS)));
+}
+
+/// Ids with this bit set are capability ids: drawn at random for anonymous
+/// callers' jobs, so that knowing one is what gives access to the job.
+pub const CAPABILITY_BIT: JobId = 1 << 63;
+
+pub fn is_capability(id: JobId) -> bool {
+    id & CAPABILITY_BIT != 0
 }
 
 pub fn get(id: JobId) -> Option<JobRecord> {
@@ -65,42 +89,129 @@ pub fn get_hot(id: JobId) -> Option<JobRecord> {
     state::read(|s| s.job_cache.get(&id).map(|c| c.record.clone())).or_else(|| get(id))
 }
 
+fn summary(r: &JobRecord) -> JobSummary {
+    JobSummary {
+        id: r.id,
+        owner: r.owner,
+        status: r.status.clone(),
+        prompt_tokens: r.engine.prompt().len() as u32,
+        generated_tokens: r.engine.generated().len() as u32,
+        created_at_ns: r.created_at_ns,
+        updated_at_ns: r.updated_at_ns,
+    }
+}
+
+fn adjust_owner(owner: Principal, active: i64, finished: i64) {
+    OWNERS.with(|o| {
+        let mut o = o.borrow_mut();
+        let (a, f) = o.get(&owner).unwrap_or((0, 0));
+        let a = (a as i64 + active).max(0) as u32;
+        let f = (f as i64 + finished).max(0) as u32;
+        if a == 0 && f == 0 {
+            o.remove(&owner);
+        } else {
+            o.insert(owner, (a, f));
+        }
+    });
+}
+
+/// Writes the record and keeps the indexes in step with its status.
 fn put(rec: &JobRecord) {
+    let key = (rec.owner, rec.id);
+    let was_active = BY_OWNER.with(|b| b.borrow().get(&key)).map(|s| s.0.status.is_active());
+    let is_active = rec.status.is_active();
     JOBS.with(|j| j.borrow_mut().insert(rec.id, Cbor(rec.clone())));
+    BY_OWNER.with(|b| b.borrow_mut().insert(key, Cbor(summary(rec))));
+    match (was_active, is_active) {
+        (None, true) => adjust_owner(rec.owner, 1, 0),
+        (None, false) => adjust_owner(rec.owner, 0, 1),
+        (Some(true), false) => adjust_owner(rec.owner, -1, 1),
+        _ => {}
+    }
+    if was_active != Some(false) && !is_active {
+        FINISHED.with(|f| f.borrow_mut().insert((rec.updated_at_ns, rec.id), rec.owner));
+        // The owner's oldest finished records make way (their cap holds at
+        // all times, not only at the next start_job).
+        prune_owner(rec.owner, settings::read(|s| s.limits.max_finished_jobs_per_caller));
+    }
+}
+
+/// Deletes a record of `owner` from the table and the indexes. Its KV slot
+/// (if active) must have been released already.
+fn remove(owner: Principal, id: JobId) -> bool {
+    let Some(s) = BY_OWNER.with(|b| b.borrow_mut().remove(&(owner, id))) else {
+        return false;
+    };
+    JOBS.with(|j| j.borrow_mut().remove(&id));
+    if s.0.status.is_active() {
+        adjust_owner(owner, -1, 0);
+    } else {
+        FINISHED.with(|f| f.borrow_mut().remove(&(s.0.updated_at_ns, id)));
+        adjust_owner(owner, 0, -1);
+    }
+    true
 }
 
 pub fn count() -> u64 {
     JOBS.with(|j| j.borrow().len())
 }
 
-/// Ids of unfinished jobs, for rebuilding the scheduler's list after an upgrade.
+/// Is `id` a job of `owner`? Reads the index, not the record.
+pub fn owned_by(owner: Principal, id: JobId) -> bool {
+    BY_OWNER.with(|b| b.borrow().contains_key(&(owner, id)))
+}
+
+pub fn exists(id: JobId) -> bool {
+    JOBS.with(|j| j.borrow().contains_key(&id))
+}
+
+/// The owner of `id` among the candidates that may see it: the caller, or
+/// the anonymous principal for a capability id.
+pub fn owner_for(caller: Principal, id: JobId) -> Option<Principal> {
+    let anon = Principal::anonymous();
+    if caller != anon && owned_by(caller, id) {
+        return Some(caller);
+    }
+    (is_capability(id) && owned_by(anon, id)).then_some(anon)
+}
+
+/// Unfinished and finished records of `owner`.
+pub fn owner_counts(owner: Principal) -> (u32, u32) {
+    OWNERS.with(|o| o.borrow().get(&owner)).unwrap_or((0, 0))
+}
+
+/// Unfinished jobs of `owner`.
+pub fn active_count(owner: Principal) -> u32 {
+    owner_counts(owner).0
+}
+
+/// Ids of unfinished jobs, for rebuilding the scheduler's list after an
+/// upgrade: each holds a KV slot, so the slot table lists them all.
 pub fn scan_active() -> Vec<JobId> {
-    JOBS.with(|j| {
-        j.borrow()
-            .iter()
-            .filter(|e| e.value().0.status.is_active())
-            .map(|e| *e.key())
-            .collect()
-    })
+    settings::read(|s| s.kv_slots.iter().flatten().copied().collect())
+}
+
+/// Builds the indexes of a job table written before they existed (once,
+/// after the upgrade that introduces them).
+pub fn rebuild_indexes_if_missing() {
+    let missing = BY_OWNER.with(|b| b.borrow().is_empty()) && count() > 0;
+    if !missing {
+        return;
+    }
+    let records: Vec<JobRecord> = JOBS.with(|j| j.borrow().iter().map(|e| e.value().0).collect());
+    for r in records {
+        put(&r);
+    }
 }
 
 /// Summaries of the jobs of `owner` (all jobs when `owner` is None).
 pub fn list(owner: Option<Principal>) -> Vec<JobSummary> {
-    JOBS.with(|j| {
-        j.borrow()
-            .iter()
-            .map(|e| e.value().0)
-            .filter(|r| owner.is_none_or(|o| r.owner == o))
-            .map(|r| JobSummary {
-                id: r.id,
-                owner: r.owner,
-                status: r.status.clone(),
-                prompt_tokens: r.engine.prompt().len() as u32,
-                generated_tokens: r.engine.generated().len() as u32,
-                created_at_ns: r.created_at_ns,
-                updated_at_ns: r.updated_at_ns,
-            })
-            .collect()
+    BY_OWNER.with(|b| {
+        let b = b.borrow();
+        match owner {
+            Some(o) => b.range((o, 0)..=(o, JobId::MAX)).map(|e| e.value().0).collect(),
+            None => b.iter().map(|e| e.value().0).collect(),
+        }
     })
 }
 
@@ -162,6 +273,10 @@ pub fn create(
         .validate()
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     let tok = &loaded.tokenizer;
+    if req.prompt_tokens.is_none() {
+        // Refused by its size before the tokenizer spends ~1 K instructions a byte on it.
+        crate::bounds::check_prompt_fits(crate::bounds::prompt_text_bytes(req), loaded.max_piece_bytes, ctx_size)?;
+    }
     let (prompt, stop_tokens) = match (&req.prompt_tokens, &req.messages) {
         (Some(_), _) if !req.prompt.is_empty() || req.messages.is_some() => {
             return Err(ApiError::InvalidArgument(
@@ -169,6 +284,12 @@ pub fn create(
             ))
         }
         (Some(ids), _) => {
+            if ids.len() >= ctx_size as usize {
+                return Err(ApiError::InvalidArgument(format!(
+                    "the prompt is {} tokens; the context holds {ctx_size}, leaving no room to generate",
+                    ids.len()
+                )));
+            }
             let vocab = loaded.model.config.vocab_size;
             if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
                 return Err(ApiError::InvalidArgument(format!(
@@ -206,13 +327,9 @@ pub fn create(
     if let Some(stops) = stop_tokens {
         job.set_stop_tokens(stops);
     }
-    let id = settings::mutate(|s| {
-        let id = s.next_job_id;
-        s.next_job_id += 1;
-        id
-    });
     let rec = JobRecord {
-        id,
+        id: 0, // assigned by `insert_new`, so that refused requests use no id
+
         owner,
         status: JobStatus::Queued,
         engine: job.state.clone(),
@@ -231,35 +348,121 @@ pub fn create(
     Ok((rec, job))
 }
 
-/// Claims a KV slot for a new job and stores it. Fails when the slots (the
-/// global cap on active jobs and KV memory) are all taken.
-pub fn insert_new(mut rec: JobRecord, job: Job) -> ApiResult<JobId> {
-    let slot = settings::mutate(|s| {
-        let cap = (s.limits.max_kv_bytes / s.kv_slot_bytes.max(1)).min(s.limits.max_active_jobs as u64) as usize;
-        if let Some(i) = s.kv_slots.iter().position(|o| o.is_none()) {
-            if i < cap {
-                s.kv_slots[i] = Some(rec.id);
-                return Some(i as u32);
-            }
-        }
-        if s.kv_slots.len() < cap {
-            s.kv_slots.push(Some(rec.id));
-            return Some(s.kv_slots.len() as u32 - 1);
-        }
-        None
-    });
-    let Some(slot) = slot else {
-        return Err(ApiError::QuotaExceeded(
-            "the canister is running as many jobs as its KV memory allows; try again later".into(),
-        ));
-    };
-    let slot_bytes = settings::read(|s| s.kv_slot_bytes);
-    if !memory::ensure_size(&memory::get(memory::KV), (slot as u64 + 1) * slot_bytes) {
-        free_slot(slot);
-        return Err(ApiError::QuotaExceeded("stable memory is full".into()));
+/// Why no KV slot is free, in words a caller (or a controller) can act on.
+fn no_slot_reason(s: &settings::Settings) -> String {
+    if s.limits.max_active_jobs == 0 {
+        return "max_active_jobs is 0: a controller has paused new jobs".into();
     }
+    if s.kv_slot_bytes > s.limits.max_kv_bytes {
+        return format!(
+            "max_kv_bytes ({}) is less than one job's KV slot ({} bytes for a context of {} positions); \
+             a controller must raise max_kv_bytes or lower max_context",
+            s.limits.max_kv_bytes, s.kv_slot_bytes, s.kv_slot_ctx
+        );
+    }
+    format!(
+        "all {} job slots are taken by unfinished jobs; try again when one finishes",
+        slot_cap(s)
+    )
+}
+
+/// KV slots (unfinished jobs) the canister may hold at once.
+fn slot_cap(s: &settings::Settings) -> u32 {
+    (s.limits.max_kv_bytes / s.kv_slot_bytes.max(1)).min(s.limits.max_active_jobs as u64) as u32
+}
+
+/// A place for one more unfinished job, held from the first check of
+/// `start_job` until its job is stored (or the call fails): concurrent
+/// calls of one principal, interleaved at the `raw_rand` await, each count
+/// against its quota. Released on drop.
+#[must_use]
+pub struct SlotClaim {
+    owner: Principal,
+}
+
+impl SlotClaim {
+    /// Claims a place for `owner` if the per-caller quota (not for
+    /// controllers; one shared quota for all anonymous callers) and the
+    /// global one allow.
+    pub fn take(owner: Principal, is_controller: bool) -> ApiResult<SlotClaim> {
+        let (limits, used, cap, reason) = settings::read(|s| {
+            let used = s.kv_slots.iter().flatten().count() as u32;
+            (s.limits.clone(), used, slot_cap(s), no_slot_reason(s))
+        });
+        let anonymous = owner == Principal::anonymous();
+        let per_caller = if anonymous {
+            limits.max_active_anonymous_jobs()
+        } else {
+            limits.max_active_jobs_per_caller
+        };
+        state::mutate(|s| {
+            let mine = active_count(owner) + s.claims.get(&owner).copied().unwrap_or(0);
+            if !is_controller && mine >= per_caller {
+                return Err(ApiError::QuotaExceeded(if anonymous {
+                    format!(
+                        "anonymous callers already have {per_caller} unfinished jobs (their shared limit); \
+                         sign in, or try again later"
+                    )
+                } else {
+                    format!("you already have {per_caller} unfinished jobs (the limit per caller); cancel one or wait")
+                }));
+            }
+            if used + s.claims_total >= cap {
+                return Err(ApiError::QuotaExceeded(reason));
+            }
+            *s.claims.entry(owner).or_default() += 1;
+            s.claims_total += 1;
+            Ok(SlotClaim { owner })
+        })
+    }
+}
+
+impl Drop for SlotClaim {
+    fn drop(&mut self) {
+        state::mutate(|s| {
+            if let Some(n) = s.claims.get_mut(&self.owner) {
+                *n -= 1;
+                if *n == 0 {
+                    s.claims.remove(&self.owner);
+                }
+            }
+            s.claims_total = s.claims_total.saturating_sub(1);
+        });
+    }
+}
+
+/// Stores a new job under `claim`: gives it its id (`capability`, a random
+/// id for anonymous callers, or the next in sequence) and a KV slot.
+pub fn insert_new(mut rec: JobRecord, job: Job, claim: SlotClaim, capability: Option<JobId>) -> ApiResult<JobId> {
+    let free = settings::read(|s| s.kv_slots.iter().position(|o| o.is_none()).unwrap_or(s.kv_slots.len()));
+    let slot_bytes = settings::read(|s| s.kv_slot_bytes);
+    if !memory::ensure_size(&memory::get(memory::KV), (free as u64 + 1) * slot_bytes) {
+        return Err(ApiError::QuotaExceeded(
+            "stable memory is full: no room for another job's KV slot".into(),
+        ));
+    }
+    if let Some(id) = capability {
+        if exists(id) {
+            return Err(ApiError::QuotaExceeded("a random job id collided; try again".into()));
+        }
+    }
+    let slot = settings::mutate(|s| {
+        let id = capability.unwrap_or_else(|| {
+            let id = s.next_job_id;
+            s.next_job_id += 1;
+            id
+        });
+        rec.id = id;
+        if free == s.kv_slots.len() {
+            s.kv_slots.push(Some(id));
+        } else {
+            s.kv_slots[free] = Some(id);
+        }
+        free as u32
+    });
     rec.kv_slot = Some(slot);
     put(&rec);
+    drop(claim); // the job itself now counts against the quotas
     let id = rec.id;
     state::mutate(|s| {
         s.active.insert(id);
@@ -571,33 +774,48 @@ pub fn view(rec: &JobRecord, since: u32) -> JobView {
     }
 }
 
-/// Deletes the oldest finished jobs of `owner` beyond `keep`.
-pub fn prune_finished(owner: Principal, keep: u32) {
-    let mut done: Vec<(u64, JobId)> = JOBS.with(|j| {
-        j.borrow()
-            .iter()
-            .map(|e| e.value().0)
-            .filter(|r| r.owner == owner && !r.status.is_active())
-            .map(|r| (r.updated_at_ns, r.id))
-            .collect()
-    });
-    if done.len() <= keep as usize {
+/// Deletes the oldest finished records of `owner` beyond `keep`. Walks the
+/// owner's own records only (in id order, which is creation order).
+pub fn prune_owner(owner: Principal, keep: u32) {
+    let (_, finished) = owner_counts(owner);
+    let excess = finished.saturating_sub(keep) as usize;
+    if excess == 0 {
         return;
     }
-    done.sort();
-    let excess = done.len() - keep as usize;
-    JOBS.with(|j| {
-        let mut j = j.borrow_mut();
-        for (_, id) in done.into_iter().take(excess) {
-            j.remove(&id);
-        }
+    let doomed: Vec<JobId> = BY_OWNER.with(|b| {
+        b.borrow()
+            .range((owner, 0)..=(owner, JobId::MAX))
+            .filter(|e| !e.value().0.status.is_active())
+            .take(excess)
+            .map(|e| e.key().1)
+            .collect()
     });
+    for id in doomed {
+        remove(owner, id);
+    }
 }
 
-/// Unfinished jobs of `owner`.
-pub fn active_count(owner: Principal) -> u32 {
-    let ids = state::read(|s| s.active.iter().copied().collect::<Vec<_>>());
-    ids.into_iter()
-        .filter(|id| get(*id).is_some_and(|r| r.owner == owner))
-        .count() as u32
+/// Deletes up to `max` finished records, oldest first, that are older than
+/// `ttl_ns` or beyond `cap` records in all.
+pub fn prune_old(now: u64, ttl_ns: u64, cap: u64, max: usize) {
+    for _ in 0..max {
+        let Some(((at, id), owner)) = FINISHED.with(|f| f.borrow().first_key_value()) else {
+            return;
+        };
+        let expired = at.saturating_add(ttl_ns) < now;
+        if !expired && count() <= cap {
+            return;
+        }
+        remove(owner, id);
+    }
+}
+
+/// Deletes job `id` of `owner` (cancelling it first if unfinished).
+pub fn delete(owner: Principal, id: JobId) -> ApiResult<()> {
+    cancel(id)?;
+    if remove(owner, id) {
+        Ok(())
+    } else {
+        Err(crate::access::not_found(id))
+    }
 }

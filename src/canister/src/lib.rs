@@ -1,11 +1,13 @@
 //! The icllm canister: thin IC endpoints over the engine.
 //!
-//! Each endpoint checks the caller, then delegates: `upload` (model blob),
+//! Each endpoint checks the caller and its argument's bounds (`bounds`,
+//! before decoding it in full), then delegates: `upload` (model blob),
 //! `model_store` (blob → heap weights), `jobs` (durable jobs, one bounded
 //! step, checkpoints), `scheduler` (timer-driven background work),
 //! `access` (who may do what). Stable layout: see `memory`.
 
 pub mod access;
+pub mod bounds;
 pub mod budget;
 pub mod jobs;
 pub mod memory;
@@ -33,6 +35,13 @@ fn require_controller() -> ApiResult<()> {
 
 fn apply_init_args(args: Option<InitArgs>) {
     let Some(a) = args else { return };
+    // Install and upgrade fail (the canister is left as it was) on a bad value.
+    if let Some(l) = &a.limits {
+        settings::validate_limits(l).unwrap_or_else(|e| ic_cdk::trap(format!("init args: {e:?}")));
+    }
+    if let Some(n) = a.message_instruction_limit {
+        settings::validate_message_limit(n).unwrap_or_else(|e| ic_cdk::trap(format!("init args: {e:?}")));
+    }
     settings::mutate(|s| {
         if let Some(p) = a.policy {
             s.policy = p;
@@ -62,43 +71,136 @@ fn init(args: Option<InitArgs>) {
 #[post_upgrade]
 fn post_upgrade(args: Option<InitArgs>) {
     apply_init_args(args);
+    jobs::rebuild_indexes_if_missing();
     let active = jobs::scan_active();
     let model = settings::read(|s| s.active_model.clone());
-    // An upload that was being verified or loaded restarts its pipeline.
+    // An upload that was being verified or loaded restarts its pipeline:
+    // at once, or (when the active model must be reloaded first, so that
+    // its jobs keep running) as soon as that reload is done.
     let pending = settings::read(|s| s.upload.clone())
         .filter(|u| matches!(u.state, UploadState::Verifying | UploadState::Loading));
     state::mutate(|s| {
         s.active = active.into_iter().collect();
         s.pipeline = match (&pending, model) {
-            (Some(u), _) => Some(model_store::Pipeline::verify_and_load(u.target.clone())),
-            (None, Some(m)) => Some(model_store::Pipeline::reload(m)),
+            (_, Some(m)) => Some(model_store::Pipeline::reload(m)),
+            (Some(u), None) => Some(model_store::Pipeline::verify_and_load(u.target.clone())),
             (None, None) => None,
         };
     });
-    // A pending upload replaces the model only after it verifies; meanwhile
-    // the active model must be reloaded first (jobs wait for it).
-    if let (Some(_), Some(m)) = (&pending, settings::read(|s| s.active_model.clone())) {
-        state::mutate(|s| s.pipeline = Some(model_store::Pipeline::reload(m)));
+    if pending.is_some() {
+        // Hashing starts over (its state lived in the heap); the chunks stay.
         settings::mutate(|s| {
             if let Some(u) = s.upload.as_mut() {
-                u.state = UploadState::Failed("interrupted by an upgrade; call upload_finalize again".into());
+                u.state = UploadState::Verifying;
             }
         });
     }
     scheduler::ensure_armed();
 }
 
+/// Decoders for the endpoints' arguments: a size limit and a decoding quota
+/// (see `bounds`), and a malformed argument answered with an `ApiError`
+/// instead of a trap. The candid interface of these endpoints is declared
+/// by the `did_*` functions below (the ic-cdk macro would describe a
+/// `decode_with` endpoint as taking a blob).
+/// `$check` runs first: a caller who may not use the method is refused
+/// before its argument is decoded.
+macro_rules! decoder {
+    ($f:ident, $method:literal, $check:expr, $($t:ty),+) => {
+        fn $f(bytes: Vec<u8>) -> ApiResult<($($t,)+)> {
+            $check?;
+            bounds::decode_args($method, &bytes)
+        }
+    };
+}
+fn anyone() -> ApiResult<()> {
+    Ok(())
+}
+fn may_start_jobs_now() -> ApiResult<()> {
+    let (caller, ctl) = caller_is_controller();
+    may_start_jobs(caller, ctl)
+}
+decoder!(decode_upload_begin, "upload_begin", require_controller(), UploadBegin);
+decoder!(
+    decode_upload_chunk,
+    "upload_chunk",
+    require_controller(),
+    u64,
+    serde_bytes::ByteBuf
+);
+decoder!(decode_start_job, "start_job", may_start_jobs_now(), JobRequest);
+decoder!(decode_step, "step", anyone(), JobId);
+decoder!(decode_poll, "poll", anyone(), JobId, Option<u32>);
+decoder!(decode_cancel, "cancel", anyone(), JobId);
+decoder!(decode_delete_job, "delete_job", anyone(), JobId);
+decoder!(decode_set_policy, "set_policy", require_controller(), AccessPolicy);
+decoder!(decode_set_limits, "set_limits", require_controller(), Limits);
+decoder!(
+    decode_set_message_instruction_limit,
+    "set_message_instruction_limit",
+    require_controller(),
+    u64
+);
+
+/// The candid signatures of the endpoints that decode their own arguments.
+#[allow(dead_code, unused_variables)]
+mod did {
+    use icllm_api::*;
+    #[candid::candid_method(update, rename = "upload_begin")]
+    fn upload_begin(req: UploadBegin) -> ApiResult<UploadStatus> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "upload_chunk")]
+    fn upload_chunk(offset: u64, data: serde_bytes::ByteBuf) -> ApiResult<UploadStatus> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "start_job")]
+    fn start_job(req: JobRequest) -> ApiResult<JobId> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "step")]
+    fn step(id: JobId) -> ApiResult<StepProgress> {
+        unreachable!()
+    }
+    #[candid::candid_method(query, rename = "poll")]
+    fn poll(id: JobId, since: Option<u32>) -> ApiResult<JobView> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "cancel")]
+    fn cancel(id: JobId) -> ApiResult<JobStatus> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "delete_job")]
+    fn delete_job(id: JobId) -> ApiResult<()> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "set_policy")]
+    fn set_policy(policy: AccessPolicy) -> ApiResult<()> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "set_limits")]
+    fn set_limits(limits: Limits) -> ApiResult<()> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "set_message_instruction_limit")]
+    fn set_message_instruction_limit(limit: u64) -> ApiResult<()> {
+        unreachable!()
+    }
+}
+
 // ---------------------------------------------------------------- upload
 
-#[update]
-fn upload_begin(req: UploadBegin) -> ApiResult<UploadStatus> {
+#[update(hidden = true, decode_with = "decode_upload_begin")]
+fn upload_begin(args: ApiResult<(UploadBegin,)>) -> ApiResult<UploadStatus> {
     require_controller()?;
+    let (req,) = args?;
     upload::begin(req)
 }
 
-#[update]
-fn upload_chunk(offset: u64, data: serde_bytes::ByteBuf) -> ApiResult<UploadStatus> {
+#[update(hidden = true, decode_with = "decode_upload_chunk")]
+fn upload_chunk(args: ApiResult<(u64, serde_bytes::ByteBuf)>) -> ApiResult<UploadStatus> {
     require_controller()?;
+    let (offset, data) = args?;
     upload::chunk(offset, &data)
 }
 
@@ -130,55 +232,95 @@ fn ready_model() -> ApiResult<model_store::ModelRef> {
     Err(ApiError::ModelNotReady(why))
 }
 
-#[update]
-async fn start_job(req: JobRequest) -> ApiResult<JobId> {
+/// Cheap checks first (caller, request size, quota), then the `raw_rand`
+/// await, then the same checks again (anything may have changed while
+/// awaiting), then tokenizing. The caller's place is claimed before the
+/// await, so concurrent calls cannot pass the quota together.
+#[update(hidden = true, decode_with = "decode_start_job")]
+async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
     let (caller, ctl) = caller_is_controller();
-    let policy = settings::read(|s| s.policy.clone());
-    access::may_start_jobs(caller, ctl, &policy)?;
-    let limits = settings::read(|s| s.limits.clone());
-    if jobs::active_count(caller) >= limits.max_active_jobs_per_caller && !ctl {
-        return Err(ApiError::QuotaExceeded(format!(
-            "you already have {} unfinished jobs (the limit per caller); cancel one or wait",
-            limits.max_active_jobs_per_caller
-        )));
-    }
+    may_start_jobs(caller, ctl)?;
+    let (req,) = args?;
+    bounds::check_job_request(&req)?;
     ready_model()?;
-    let seed = match req.seed {
-        Some(s) => s,
-        None => random_seed().await?,
+    let claim = jobs::SlotClaim::take(caller, ctl)?;
+    // Anonymous jobs get a random id (a capability: see `access`).
+    let anonymous = caller == Principal::anonymous();
+    let (seed, capability) = if req.seed.is_none() || anonymous {
+        let random = random_bytes().await?;
+        let seed = req.seed.unwrap_or(random.0);
+        (seed, anonymous.then_some(random.1 | jobs::CAPABILITY_BIT))
+    } else {
+        (req.seed.unwrap_or_default(), None)
     };
-    // Re-read after the await: the model may have changed meanwhile.
+    // After the await: the policy, the model and the quotas are read afresh.
+    drop(claim);
+    may_start_jobs(caller, ctl)?;
     let model = ready_model()?;
-    let (rec, job) = jobs::create(&model, caller, &req, seed, ic_cdk::api::time())?;
-    let id = jobs::insert_new(rec, job)?;
-    jobs::prune_finished(caller, limits.max_finished_jobs_per_caller);
+    let claim = jobs::SlotClaim::take(caller, ctl)?;
+    let now = ic_cdk::api::time();
+    let (rec, job) = jobs::create(&model, caller, &req, seed, now)?;
+    let id = jobs::insert_new(rec, job, claim, capability)?;
+    let limits = settings::read(|s| s.limits.clone());
+    jobs::prune_owner(caller, limits.max_finished_jobs_per_caller);
+    jobs::prune_old(
+        now,
+        limits.finished_job_ttl_seconds().saturating_mul(1_000_000_000),
+        limits.max_stored_jobs(),
+        PRUNE_PER_CALL,
+    );
     scheduler::ensure_armed();
     Ok(id)
 }
 
-async fn random_seed() -> ApiResult<u64> {
+/// Old records deleted at most per `start_job` (each call adds one record,
+/// so the store shrinks back to its cap; the bound keeps the call cheap).
+const PRUNE_PER_CALL: usize = 8;
+
+fn may_start_jobs(caller: Principal, ctl: bool) -> ApiResult<()> {
+    access::may_start_jobs(caller, ctl, &settings::read(|s| s.policy.clone()))
+}
+
+/// 16 random bytes from the management canister, as two words.
+async fn random_bytes() -> ApiResult<(u64, u64)> {
     let reply = ic_cdk::call::Call::unbounded_wait(Principal::management_canister(), "raw_rand")
         .await
-        .map_err(|e| ApiError::InvalidArgument(format!("could not draw a random seed ({e}); pass a seed")))?;
+        .map_err(|e| ApiError::InvalidArgument(format!("could not draw random bytes ({e}); try again")))?;
     let bytes: Vec<u8> = reply
         .candid::<serde_bytes::ByteBuf>()
-        .map_err(|e| ApiError::InvalidArgument(format!("raw_rand replied oddly ({e}); pass a seed")))?
+        .map_err(|e| ApiError::InvalidArgument(format!("raw_rand replied oddly ({e}); try again")))?
         .into_vec();
-    let mut seed = [0u8; 8];
-    seed.copy_from_slice(&bytes[..8.min(bytes.len())]);
-    Ok(u64::from_le_bytes(seed))
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        let part = bytes.get(i * 8..(i + 1) * 8).unwrap_or(&[]);
+        w[..part.len()].copy_from_slice(part);
+        u64::from_le_bytes(w)
+    };
+    Ok((word(0), word(1)))
+}
+
+/// The owner of job `id` if the caller may see and control it (see
+/// `access::may_access_job`), from the index: no record is decoded for a
+/// stranger.
+fn job_owner(id: JobId) -> ApiResult<Principal> {
+    let (caller, ctl) = caller_is_controller();
+    let owner = jobs::owner_for(caller, id);
+    access::may_access_job(ctl, owner, jobs::exists(id), id)?;
+    match owner {
+        Some(o) => Ok(o),
+        None => jobs::get(id).map(|r| r.owner).ok_or_else(|| access::not_found(id)),
+    }
 }
 
 fn owned_job(id: JobId) -> ApiResult<jobs::JobRecord> {
-    let (caller, ctl) = caller_is_controller();
-    let rec = jobs::get_hot(id).ok_or_else(|| access::not_found(id))?;
-    access::may_access_job(caller, ctl, rec.owner, id)?;
-    Ok(rec)
+    job_owner(id)?;
+    jobs::get_hot(id).ok_or_else(|| access::not_found(id))
 }
 
 /// Advances the job by as much as this message's budget allows.
-#[update]
-fn step(id: JobId) -> ApiResult<StepProgress> {
+#[update(hidden = true, decode_with = "decode_step")]
+fn step(args: ApiResult<(JobId,)>) -> ApiResult<StepProgress> {
+    let (id,) = args?;
     let rec = owned_job(id)?;
     let model = ready_model()?;
     let mut budget = scheduler::message_budget();
@@ -186,21 +328,38 @@ fn step(id: JobId) -> ApiResult<StepProgress> {
 }
 
 /// The job's state and the text generated from token index `since` on.
-#[query]
-fn poll(id: JobId, since: Option<u32>) -> ApiResult<JobView> {
+#[query(hidden = true, decode_with = "decode_poll")]
+fn poll(args: ApiResult<(JobId, Option<u32>)>) -> ApiResult<JobView> {
+    let (id, since) = args?;
     let rec = owned_job(id)?;
     Ok(jobs::view(&rec, since.unwrap_or(0)))
 }
 
-#[update]
-fn cancel(id: JobId) -> ApiResult<JobStatus> {
-    owned_job(id)?;
+#[update(hidden = true, decode_with = "decode_cancel")]
+fn cancel(args: ApiResult<(JobId,)>) -> ApiResult<JobStatus> {
+    let (id,) = args?;
+    job_owner(id)?;
     jobs::cancel(id)
 }
 
+/// Deletes the job's record (cancelling it first if unfinished): for its
+/// owner, the holder of an anonymous job's id, and controllers.
+#[update(hidden = true, decode_with = "decode_delete_job")]
+fn delete_job(args: ApiResult<(JobId,)>) -> ApiResult<()> {
+    let (id,) = args?;
+    let owner = job_owner(id)?;
+    jobs::delete(owner, id)
+}
+
+/// The caller's jobs. Anonymous callers get none: their jobs are reached
+/// only through their (unguessable) ids.
 #[query]
 fn list_jobs() -> Vec<JobSummary> {
-    jobs::list(Some(msg_caller()))
+    let caller = msg_caller();
+    if caller == Principal::anonymous() {
+        return Vec::new();
+    }
+    jobs::list(Some(caller))
 }
 
 // ---------------------------------------------------------------- admin
@@ -211,16 +370,19 @@ fn admin_list_jobs() -> ApiResult<Vec<JobSummary>> {
     Ok(jobs::list(None))
 }
 
-#[update]
-fn set_policy(policy: AccessPolicy) -> ApiResult<()> {
+#[update(hidden = true, decode_with = "decode_set_policy")]
+fn set_policy(args: ApiResult<(AccessPolicy,)>) -> ApiResult<()> {
     require_controller()?;
+    let (policy,) = args?;
     settings::mutate(|s| s.policy = policy);
     Ok(())
 }
 
-#[update]
-fn set_limits(limits: Limits) -> ApiResult<()> {
+#[update(hidden = true, decode_with = "decode_set_limits")]
+fn set_limits(args: ApiResult<(Limits,)>) -> ApiResult<()> {
     require_controller()?;
+    let (limits,) = args?;
+    settings::validate_limits(&limits)?;
     settings::mutate(|s| s.limits = limits);
     Ok(())
 }
@@ -238,14 +400,11 @@ fn internal_step(id: JobId, shift: u32) {
 
 /// Sets the instructions one message may use (the subnet's limit; lower it to
 /// leave headroom or when running under a smaller limit).
-#[update]
-fn set_message_instruction_limit(limit: u64) -> ApiResult<()> {
+#[update(hidden = true, decode_with = "decode_set_message_instruction_limit")]
+fn set_message_instruction_limit(args: ApiResult<(u64,)>) -> ApiResult<()> {
     require_controller()?;
-    if limit < 10_000_000 {
-        return Err(ApiError::InvalidArgument(
-            "the message instruction limit must be at least 10 M".into(),
-        ));
-    }
+    let (limit,) = args?;
+    settings::validate_message_limit(limit)?;
     settings::mutate(|s| s.message_instruction_limit = limit);
     Ok(())
 }
@@ -326,21 +485,31 @@ fn heap_bytes() -> u64 {
 
 // ---------------------------------------------------------------- ingress filter
 
-/// Drops ingress the endpoint would refuse anyway, before it costs cycles.
+/// Drops ingress the endpoint would refuse anyway, before it costs cycles:
+/// each method only as the kind of call it is (queries are never accepted
+/// as updates), only from callers who may use it, and only with an argument
+/// within its bounds. Canister callers skip this; the endpoints check again.
 #[inspect_message]
 fn inspect_message() {
     let method = ic_cdk::api::msg_method_name();
     let (caller, ctl) = caller_is_controller();
-    let allowed = match method.as_str() {
-        "upload_begin"
-        | "upload_chunk"
-        | "upload_finalize"
-        | "set_policy"
-        | "set_limits"
-        | "set_message_instruction_limit" => ctl,
-        "start_job" => access::may_start_jobs(caller, ctl, &settings::read(|s| s.policy.clone())).is_ok(),
-        "step" | "cancel" => caller != Principal::anonymous() || settings::read(|s| s.policy.allow_anonymous),
-        _ => true,
+    let arg = || ic_cdk::api::msg_arg_data();
+    let allowed = match access::ingress_rule(&method) {
+        access::IngressRule::Never => false,
+        access::IngressRule::Controller => ctl && bounds::check_arg_size(&method, arg().len()).is_ok(),
+        access::IngressRule::StartJob => {
+            may_start_jobs(caller, ctl).is_ok()
+                && bounds::decode_args::<(JobRequest,)>(&method, &arg())
+                    .and_then(|(req,)| bounds::check_job_request(&req))
+                    .is_ok()
+        }
+        access::IngressRule::JobOwner => match bounds::decode_args::<(JobId,)>(&method, &arg()) {
+            Ok((id,)) => {
+                let owner = jobs::owner_for(caller, id);
+                access::may_access_job(ctl, owner, jobs::exists(id), id).is_ok()
+            }
+            Err(_) => false,
+        },
     };
     if allowed {
         ic_cdk::api::accept_message();

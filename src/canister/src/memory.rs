@@ -17,6 +17,12 @@
 //! │              │   a slot holds, per layer, a K then a V region of ctx    │
 //! │              │   f32-sized rows; a job writes its positions there as    │
 //! │              │   KvCache::encode_rows (f32, or shorter q8 rows packed)  │
+//! │ MemoryId 5   │ JOBS_BY_OWNER: StableBTreeMap<(owner, JobId),            │
+//! │              │   Cbor<JobSummary>>: a caller's jobs without a scan      │
+//! │ MemoryId 6   │ JOBS_FINISHED: StableBTreeMap<(finished_at, JobId),      │
+//! │              │   owner>: finished records, oldest first (TTL, cap)      │
+//! │ MemoryId 7   │ JOB_OWNERS: StableBTreeMap<owner, (unfinished,           │
+//! │              │   finished)>: per-caller counts for the quotas           │
 //! └──────────────┴──────────────────────────────────────────────────────────┘
 //! ```
 //! Nothing durable lives only in the heap, so there is no `pre_upgrade`:
@@ -34,6 +40,9 @@ pub const MODEL_SLOT_0: MemoryId = MemoryId::new(1);
 pub const MODEL_SLOT_1: MemoryId = MemoryId::new(2);
 pub const JOBS: MemoryId = MemoryId::new(3);
 pub const KV: MemoryId = MemoryId::new(4);
+pub const JOBS_BY_OWNER: MemoryId = MemoryId::new(5);
+pub const JOBS_FINISHED: MemoryId = MemoryId::new(6);
+pub const JOB_OWNERS: MemoryId = MemoryId::new(7);
 
 /// Heap the model's weights and the cached jobs' KV caches may take together:
 /// wasm32's 4 GiB less room for everything else (the stack, the tensor the

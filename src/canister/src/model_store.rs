@@ -86,6 +86,9 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
     /// The model's own chat template (GGUF `tokenizer.chat_template`), if any.
     pub chat_template: Option<ChatTemplate>,
+    /// Bytes of the vocabulary's longest piece: no token covers more text,
+    /// which bounds a prompt's token count from its byte size.
+    pub max_piece_bytes: usize,
     pub slot: ModelSlot,
     pub info: ModelInfo,
 }
@@ -288,8 +291,13 @@ impl Pipeline {
             Err(e) => return Progress::Failed(format!("chat template: {e}")),
         };
         let info = describe(&gguf, &model, &tokenizer, &self.slot);
+        let max_piece_bytes = (0..tokenizer.vocab_size() as u32)
+            .map(|id| tokenizer.piece(id).len())
+            .max()
+            .unwrap_or(1);
         Progress::Ready(Box::new(LoadedModel {
             model,
+            max_piece_bytes,
             tokenizer,
             chat_template,
             slot: self.slot.clone(),

@@ -224,4 +224,11 @@ fn activate(loaded: LoadedModel, purpose: Purpose) {
         s.pipeline_error = None;
         s.job_cache.clear();
     });
+    // An upload whose verification an upgrade interrupted resumes now that
+    // the active model is back (see `post_upgrade`).
+    let interrupted = settings::read(|s| s.upload.clone())
+        .filter(|u| purpose == Purpose::Reload && matches!(u.state, UploadState::Verifying | UploadState::Loading));
+    if let Some(u) = interrupted {
+        state::mutate(|s| s.pipeline = Some(Pipeline::verify_and_load(u.target)));
+    }
 }

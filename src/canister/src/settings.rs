@@ -3,13 +3,63 @@
 use crate::memory::{self, Memory};
 use ic_stable_structures::storable::Bound;
 use ic_stable_structures::{StableCell, Storable};
-use icllm_api::{AccessMode, AccessPolicy, JobId, Limits, UploadState};
+use icllm_api::{AccessMode, AccessPolicy, ApiError, ApiResult, JobId, Limits, UploadState};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
 use std::cell::RefCell;
 
 /// The IC's per-message instruction limit for updates and timers.
 pub const IC_MESSAGE_INSTRUCTION_LIMIT: u64 = 40_000_000_000;
+/// Fewest instructions a message may be given: stories260K, the smallest
+/// model shipped, needs about this much to load and step.
+pub const MIN_MESSAGE_INSTRUCTION_LIMIT: u64 = 5_000_000;
+/// Fewest bytes `max_kv_bytes` may be: under it no model's KV slot fits.
+pub const MIN_MAX_KV_BYTES: u64 = 1 << 20;
+/// Shortest time-to-live of finished records (callers need time to read them).
+pub const MIN_FINISHED_JOB_TTL_SECONDS: u64 = 60;
+
+fn invalid(msg: String) -> ApiError {
+    ApiError::InvalidArgument(msg)
+}
+
+/// A message limit above the IC's would make every step trap at the
+/// subnet's limit; one below the floor could do no useful work.
+pub fn validate_message_limit(limit: u64) -> ApiResult<()> {
+    if !(MIN_MESSAGE_INSTRUCTION_LIMIT..=IC_MESSAGE_INSTRUCTION_LIMIT).contains(&limit) {
+        return Err(invalid(format!(
+            "the message instruction limit must be between {MIN_MESSAGE_INSTRUCTION_LIMIT} and \
+             {IC_MESSAGE_INSTRUCTION_LIMIT} (the IC's limit for an update message), got {limit}"
+        )));
+    }
+    Ok(())
+}
+
+/// Limits that leave the canister able to run jobs.
+pub fn validate_limits(l: &Limits) -> ApiResult<()> {
+    let at_least_one = [
+        ("max_active_jobs_per_caller", l.max_active_jobs_per_caller as u64),
+        ("max_active_jobs", l.max_active_jobs as u64),
+        ("max_new_tokens", l.max_new_tokens as u64),
+        ("max_finished_jobs_per_caller", l.max_finished_jobs_per_caller as u64),
+        ("max_stored_jobs", l.max_stored_jobs()),
+    ];
+    if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+        return Err(invalid(format!("{name} must be at least 1")));
+    }
+    if l.max_kv_bytes < MIN_MAX_KV_BYTES {
+        return Err(invalid(format!(
+            "max_kv_bytes must be at least {MIN_MAX_KV_BYTES} (one KV slot), got {}",
+            l.max_kv_bytes
+        )));
+    }
+    if l.finished_job_ttl_seconds() < MIN_FINISHED_JOB_TTL_SECONDS {
+        return Err(invalid(format!(
+            "finished_job_ttl_seconds must be at least {MIN_FINISHED_JOB_TTL_SECONDS}, got {}",
+            l.finished_job_ttl_seconds()
+        )));
+    }
+    Ok(())
+}
 
 /// Any serde value stored as CBOR in a stable structure.
 #[derive(Clone, Debug, Default)]

@@ -31,6 +31,9 @@ pub struct HeapState {
     pub step_traps: BTreeMap<JobId, StepTraps>,
     /// Jobs whose background step call is under way.
     pub step_pending: BTreeSet<JobId>,
+    /// Places claimed by `start_job` calls under way, by caller (see `jobs::SlotClaim`).
+    pub claims: BTreeMap<candid::Principal, u32>,
+    pub claims_total: u32,
 }
 
 /// How a job's background steps have been trapping.

@@ -54,17 +54,9 @@ pub fn begin(req: UploadBegin) -> ApiResult<UploadStatus> {
         });
         Ok(())
     })?;
-    if !memory::ensure_size(&memory::model_slot(current().target.slot), req.size) {
-        settings::mutate(|s| s.upload = None);
-        return Err(ApiError::Upload(
-            "not enough stable memory for a model of this size".into(),
-        ));
-    }
+    // Stable memory grows as chunks arrive (see `chunk`): a declared size
+    // costs nothing until bytes are sent.
     Ok(status())
-}
-
-fn current() -> UploadRecord {
-    settings::read(|s| s.upload.clone()).expect("called with an upload under way")
 }
 
 pub fn chunk(offset: u64, data: &[u8]) -> ApiResult<UploadStatus> {
@@ -87,12 +79,16 @@ pub fn chunk(offset: u64, data: &[u8]) -> ApiResult<UploadStatus> {
         .filter(|&e| e <= up.target.size)
         .ok_or_else(|| {
             ApiError::InvalidArgument(format!(
-                "chunk [{offset}, {}) lies outside the file of {} bytes",
-                offset.saturating_add(data.len() as u64),
+                "a chunk of {} bytes at offset {offset} lies outside the file of {} bytes",
+                data.len(),
                 up.target.size
             ))
         })?;
-    memory::model_slot(up.target.slot).write(offset, data);
+    let blob = memory::model_slot(up.target.slot);
+    if !memory::ensure_size(&blob, end) {
+        return Err(ApiError::Upload("stable memory is full: no room for this chunk".into()));
+    }
+    blob.write(offset, data);
     settings::mutate(|s| {
         if let Some(u) = s.upload.as_mut() {
             ranges::insert(&mut u.received, offset, end);

@@ -147,11 +147,16 @@ pub fn apply_repeat_penalty(logits: &mut [f32], history: &[u32], params: &Sampli
     }
 }
 
+/// Temperatures below this sample greedily: dividing logits by a tinier
+/// (or subnormal) one overflows to infinities, and softmax of those is NaN.
+/// At 1e-6 a logit gap of 1e-4 is already e^100 to 1, so nothing is lost.
+pub const GREEDY_BELOW: f32 = 1e-6;
+
 /// Picks the next token from `logits` (vocab_size), modified in place.
 /// `history` is the sequence so far (prompt + generated), for the penalty.
 pub fn sample(logits: &mut [f32], history: &[u32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     apply_repeat_penalty(logits, history, params);
-    if params.temperature == 0.0 || logits.len() <= 1 {
+    if params.temperature < GREEDY_BELOW || logits.len() <= 1 {
         return kernels::argmax(logits) as u32;
     }
 
@@ -212,6 +217,15 @@ mod tests {
             top_p: 1.0,
             min_p: 0.0,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tiny_and_subnormal_temperatures_are_greedy() {
+        for t in [1e-38, f32::MIN_POSITIVE / 2.0, 1e-7] {
+            let mut rng = Rng::new(7);
+            let mut logits = [0.5, 30.0, -2.0, 29.9];
+            assert_eq!(sample(&mut logits, &[], &params(t), &mut rng), 1, "temperature {t}");
         }
     }
 

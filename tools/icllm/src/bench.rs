@@ -476,7 +476,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
 
     // KV slots sized for the jobs run here, not for the trained context
     // (qwen3's 40 960 positions would exceed the canister's KV quota).
-    // The short job must cost a few times the canister's smallest limit
+    // The short job must cost a few times the smallest limit used here
     // (10 M) to take several messages under it: tiny models generate more
     // tokens (a token costs at least one instruction per multiply-add).
     let token_macs = cfg.n_layers as u64
@@ -572,8 +572,8 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         let one = run_job(&mut c, short.clone(), args.trace)?;
         // Room for the job's largest unit three times over (the canister
         // estimates a unit at 1.25 x the highest instructions per MAC it has
-        // seen), with its reserve counted twice (see budget.rs); the canister
-        // accepts no limit under 10 M.
+        // seen), with its reserve counted twice (see budget.rs), and at
+        // least 10 M (the canister accepts no limit under 5 M).
         let largest_unit = forward::attention_block_macs(model, p + g, p as usize)
             .max(forward::ffn_block_macs(model, p as usize))
             .max(forward::head_macs(model)) as f64;

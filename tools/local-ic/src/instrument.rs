@@ -13,7 +13,14 @@
 //!   a genuine `unreachable` by the counter's sign (negative = out of
 //!   instructions), so no host call sits on the hot path;
 //! * `memory.copy` / `memory.fill` / `memory.init` additionally subtract
-//!   their byte count at run time (a scratch local holds the length).
+//!   their byte count at run time (a scratch local holds the length);
+//! * the heap's size as the canister sees it lives in a mutable global of
+//!   its own, the *logical size* in wasm pages: `memory.size` reads it, and
+//!   `memory.grow` raises it, growing the wasmtime memory only when that is
+//!   smaller. The host restores mutable globals when a message traps, so a
+//!   trapped message's growth is rolled back as on the replica, although a
+//!   wasmtime memory cannot shrink (the pages beyond stay mapped, zeroed by
+//!   the heap rollback, and are reused by the next growth).
 //!
 //! The rewrite also exports what the host needs but a Rust canister does not
 //! export: the counter, the memory, the function table (ic-cdk passes
@@ -51,6 +58,10 @@ pub const MEMORY_EXPORT: &str = "__local_ic_memory";
 pub const TABLE_EXPORT: &str = "__local_ic_table";
 /// Prefix of the export names of the module's own mutable globals.
 pub const GLOBAL_EXPORT_PREFIX: &str = "__local_ic_global_";
+/// Export name of the injected logical heap size global (wasm pages).
+pub const HEAP_PAGES_EXPORT: &str = "__local_ic_heap_pages";
+/// Most wasm32 pages (4 GiB).
+const MAX_WASM32_PAGES: i64 = 65536;
 
 /// Prefix of the export names of the per-function profile globals
 /// (profiling builds only), followed by the function index.
@@ -170,6 +181,8 @@ struct Prescan {
     /// Indices of the defined mutable globals.
     mutable_globals: Vec<u32>,
     memory64: bool,
+    /// Initial pages of memory 0.
+    initial_pages: u64,
 }
 
 impl Prescan {
@@ -177,9 +190,14 @@ impl Prescan {
         self.imported_globals + self.defined_globals
     }
 
+    /// The logical heap size global (see the module docs).
+    fn heap_pages_index(&self) -> u32 {
+        self.counter_index() + 1
+    }
+
     /// The profile global of the `defined`-th defined function.
     fn profile_global(&self, defined: usize) -> u32 {
-        self.counter_index() + 1 + defined as u32
+        self.counter_index() + 2 + defined as u32
     }
 }
 
@@ -214,6 +232,7 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
         defined_globals: 0,
         mutable_globals: Vec::new(),
         memory64: false,
+        initial_pages: 0,
     };
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
@@ -253,6 +272,9 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
                 for mem in reader {
                     let mem = mem.map_err(err)?;
                     pre.memory64 |= mem.memory64;
+                    if !pre.info.has_memory {
+                        pre.initial_pages = mem.initial;
+                    }
                     pre.info.has_memory = true;
                 }
             }
@@ -293,6 +315,8 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
         .iter()
         .map(|i| format!("{GLOBAL_EXPORT_PREFIX}{i}"))
         .collect();
+    // Saved and restored with the module's own mutable globals.
+    pre.info.mutable_global_exports.push(HEAP_PAGES_EXPORT.to_string());
     Ok(pre)
 }
 
@@ -334,6 +358,14 @@ impl Rewriter<'_> {
             },
             &ConstExpr::i64_const(COUNTER_INIT),
         );
+        globals.global(
+            GlobalType {
+                val_type: ValType::I32,
+                mutable: true,
+                shared: false,
+            },
+            &ConstExpr::i32_const(self.pre.initial_pages as i32),
+        );
         if self.profile {
             for _ in &self.pre.defined_func_types {
                 globals.global(
@@ -351,6 +383,7 @@ impl Rewriter<'_> {
 
     fn add_exports(&mut self, exports: &mut ExportSection) {
         exports.export(COUNTER_EXPORT, ExportKind::Global, self.pre.counter_index());
+        exports.export(HEAP_PAGES_EXPORT, ExportKind::Global, self.pre.heap_pages_index());
         if self.pre.info.has_memory {
             exports.export(MEMORY_EXPORT, ExportKind::Memory, 0);
         }
@@ -414,6 +447,59 @@ impl Rewriter<'_> {
             f.instruction(&Instruction::I64Add);
             f.instruction(&Instruction::GlobalSet(p));
         }
+    }
+}
+
+impl Rewriter<'_> {
+    /// `memory.size` as the logical size.
+    fn memory_size(&self, f: &mut Function) {
+        f.instruction(&Instruction::GlobalGet(self.pre.heap_pages_index()));
+    }
+
+    /// `memory.grow` on the logical size: `(n) -> old size or -1`, growing
+    /// the wasmtime memory only beyond the pages it already has.
+    fn memory_grow(&self, f: &mut Function, n: u32) {
+        let pages = self.pre.heap_pages_index();
+        let new_size = |f: &mut Function| {
+            f.instruction(&Instruction::GlobalGet(pages));
+            f.instruction(&Instruction::LocalGet(n));
+            f.instruction(&Instruction::I32Add);
+        };
+        f.instruction(&Instruction::LocalSet(n));
+        f.instruction(&Instruction::Block(BlockType::Result(ValType::I32)));
+        // Beyond 4 GiB: fail.
+        f.instruction(&Instruction::GlobalGet(pages));
+        f.instruction(&Instruction::I64ExtendI32U);
+        f.instruction(&Instruction::LocalGet(n));
+        f.instruction(&Instruction::I64ExtendI32U);
+        f.instruction(&Instruction::I64Add);
+        f.instruction(&Instruction::I64Const(MAX_WASM32_PAGES));
+        f.instruction(&Instruction::I64GtU);
+        f.instruction(&Instruction::If(BlockType::Empty));
+        f.instruction(&Instruction::I32Const(-1));
+        f.instruction(&Instruction::Br(1));
+        f.instruction(&Instruction::End);
+        // More than the wasmtime memory has: grow it by the difference.
+        new_size(f);
+        f.instruction(&Instruction::MemorySize(0));
+        f.instruction(&Instruction::I32GtU);
+        f.instruction(&Instruction::If(BlockType::Empty));
+        new_size(f);
+        f.instruction(&Instruction::MemorySize(0));
+        f.instruction(&Instruction::I32Sub);
+        f.instruction(&Instruction::MemoryGrow(0));
+        f.instruction(&Instruction::I32Const(-1));
+        f.instruction(&Instruction::I32Eq);
+        f.instruction(&Instruction::If(BlockType::Empty));
+        f.instruction(&Instruction::I32Const(-1));
+        f.instruction(&Instruction::Br(2));
+        f.instruction(&Instruction::End);
+        f.instruction(&Instruction::End);
+        // The old size is the result; the logical size grows.
+        f.instruction(&Instruction::GlobalGet(pages));
+        new_size(f);
+        f.instruction(&Instruction::GlobalSet(pages));
+        f.instruction(&Instruction::End);
     }
 }
 
@@ -509,6 +595,13 @@ impl Reencode for Rewriter<'_> {
         }
         let scratch = if ops.iter().any(is_bulk) {
             locals.push((1, ValType::I32));
+            local_count += 1;
+            Some(local_count - 1)
+        } else {
+            None
+        };
+        let grow_scratch = if ops.iter().any(|op| matches!(op, Operator::MemoryGrow { .. })) {
+            locals.push((1, ValType::I32));
             Some(local_count)
         } else {
             None
@@ -532,7 +625,13 @@ impl Reencode for Rewriter<'_> {
                     self.charge_dynamic(&mut f, scratch);
                 }
             }
-            f.instruction(&self.instruction(op)?);
+            match (&op, grow_scratch) {
+                (Operator::MemorySize { mem: 0 }, _) => self.memory_size(&mut f),
+                (Operator::MemoryGrow { mem: 0 }, Some(n)) => self.memory_grow(&mut f, n),
+                _ => {
+                    f.instruction(&self.instruction(op)?);
+                }
+            }
         }
         code.function(&f);
         Ok(())
@@ -612,6 +711,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(exports, vec![COUNTER_EXPORT.to_string()]);
+        assert_eq!(exports, vec![COUNTER_EXPORT.to_string(), HEAP_PAGES_EXPORT.to_string()]);
     }
 }

@@ -12,8 +12,10 @@
 //! * **Per-message limits** ([`Limits`]): 40 B update/timer, 5 B query,
 //!   300 B install/upgrade, 200 M inspect_message; exceeding one traps with
 //!   the replica's wording.
-//! * **Rollback**: a trap restores heap, mutable globals and stable memory;
-//!   query changes are always discarded. The heap is a copy-on-write
+//! * **Rollback**: a trap restores heap, mutable globals and stable memory,
+//!   including their sizes (the heap's size the canister sees is a global
+//!   of the instrumented module, see [`instrument`]); query changes are
+//!   always discarded. The heap is a copy-on-write
 //!   mapping of a memfd ([`cow_memory`]), so commit and rollback cost
 //!   follows the pages a message wrote, not the heap size. Where that is
 //!   unavailable, kernel soft-dirty bits or, last, full copies
@@ -23,6 +25,12 @@
 //!   queued and run after the current message; callbacks run as their own
 //!   messages through the module's function table; the global timer fires
 //!   as `canister_global_timer` when the controllable clock passes it.
+//! * **Concurrent calls**: [`Runtime::submit_update`] starts a call and
+//!   leaves what it triggers queued; [`Runtime::await_update`] runs the
+//!   queue until that call is answered, so calls submitted together
+//!   interleave at their awaits as on the IC.
+//! * **Calls from canisters** ([`Runtime::update_from_canister`]): a call
+//!   made as canister `caller`, without `canister_inspect_message`.
 //! * **Reports** per message ([`MessageReport`]) and totals per method
 //!   ([`Runtime::stats`]).
 //! * **Per-function profiles** (opt-in, [`RuntimeConfig::profile`]): every
@@ -53,8 +61,12 @@
 //! written against [`backend::Backend`].
 //!
 //! ## Known deviations from the replica
-//! * A trapped message that grew the heap with `memory.grow` leaves the
-//!   extra pages in place (zeroed): wasm memories cannot shrink.
+//! * A trapped message that grew the heap with `memory.grow` is rolled back
+//!   to the old size as the canister sees it (`memory.size`, and so
+//!   `health`-style reports), but the wasmtime memory keeps the extra pages
+//!   mapped (zeroed) and reuses them for the next growth: an access just
+//!   past the logical size that the replica would trap on succeeds here, as
+//!   do system-API copies into those pages.
 //! * Table mutations (`table.set/grow`) are not rolled back.
 //! * No deterministic time slicing, no cycles accounting beyond a fixed
 //!   balance, no per-message stable-memory access limits, no heartbeats,
@@ -89,7 +101,7 @@ pub mod weights;
 
 pub use candid::Principal;
 pub use profile::{FunctionProfile, Profile};
-pub use runtime::{canister_id, CanisterId, Runtime};
+pub use runtime::{canister_id, CanisterId, PendingCall, Runtime};
 pub use types::{
     Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply, RuntimeConfig, Stats,
     HEAP_DIRTY_PAGE_OVERHEAD,

@@ -76,6 +76,15 @@ enum Queued {
     },
 }
 
+/// An update call under way (see [`Runtime::submit_update`]).
+#[derive(Debug)]
+#[must_use = "await the call with Runtime::await_update"]
+pub struct PendingCall {
+    canister: CanisterId,
+    ingress: u64,
+    first_report: usize,
+}
+
 /// One simulated subnet. See the crate docs for what is modelled.
 pub struct Runtime {
     engine: Engine,
@@ -462,6 +471,66 @@ impl Runtime {
     /// exported), then the method, then everything it triggered (self-calls,
     /// callbacks) until the queue is empty.
     pub fn update(&mut self, id: CanisterId, caller: Principal, method: &str, arg: Vec<u8>) -> Result<Reply, Error> {
+        let pending = self.submit_update(id, caller, method, arg)?;
+        self.await_update(pending)
+    }
+
+    /// Starts an ingress update call without running what it triggers: its
+    /// first message runs (after `canister_inspect_message`), and the calls
+    /// it makes wait in the queue. Submitting several calls before
+    /// [`Self::await_update`] interleaves them as concurrent calls on the IC
+    /// do: every one runs up to its first `await`, then the responses come
+    /// back in turn.
+    pub fn submit_update(
+        &mut self,
+        id: CanisterId,
+        caller: Principal,
+        method: &str,
+        arg: Vec<u8>,
+    ) -> Result<PendingCall, Error> {
+        let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
+        if canister.exports("canister_inspect_message") {
+            let _guard = memory_snapshot::exclusive();
+            self.inspect(id, caller, method, &arg)?;
+        }
+        self.start_call(id, caller, method, arg)
+    }
+
+    /// An update call from canister `caller` (any principal standing for a
+    /// canister; it need not be installed here). As on the IC,
+    /// `canister_inspect_message` does not run for it: this is how a test
+    /// reaches an endpoint's own checks. The reply comes back to the test,
+    /// not to a callback of the caller (for calls between installed
+    /// canisters, see the queue of outgoing calls).
+    pub fn update_from_canister(
+        &mut self,
+        id: CanisterId,
+        caller: Principal,
+        method: &str,
+        arg: Vec<u8>,
+    ) -> Result<Reply, Error> {
+        let pending = self.start_call(id, caller, method, arg)?;
+        self.await_update(pending)
+    }
+
+    /// Runs queued messages until the call `pending` (from
+    /// [`Self::submit_update`]) is answered, and returns its reply.
+    pub fn await_update(&mut self, pending: PendingCall) -> Result<Reply, Error> {
+        {
+            let _guard = memory_snapshot::exclusive();
+            self.drain();
+        }
+        self.finish_call(pending.canister, pending.ingress, pending.first_report)
+    }
+
+    /// Runs the method's first message in a new call context.
+    fn start_call(
+        &mut self,
+        id: CanisterId,
+        caller: Principal,
+        method: &str,
+        arg: Vec<u8>,
+    ) -> Result<PendingCall, Error> {
         let _guard = memory_snapshot::exclusive();
         let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
         let update_export = format!("canister_update {method}");
@@ -481,20 +550,20 @@ impl Runtime {
                 report: None,
             });
         };
-        if canister.exports("canister_inspect_message") {
-            self.inspect(id, caller, method, &arg)?;
-        }
         // The reply's messages start with the call itself (the inspect
         // message, if any, is in `reports()`).
-        let start = self.reports.len();
+        let first_report = self.reports.len();
         let ingress = self.next_ingress;
         self.next_ingress += 1;
         let ctx = self.new_context(id, Origin::Ingress(ingress));
         let limit = self.config.limits.update;
         // The outcome reaches the caller through the call context.
         let _ = self.run_in_context(id, ctx, Entry::Export(export), kind, method, arg, caller, None, limit);
-        self.drain();
-        self.finish_call(id, ingress, start)
+        Ok(PendingCall {
+            canister: id,
+            ingress,
+            first_report,
+        })
     }
 
     fn inspect(&mut self, id: CanisterId, caller: Principal, method: &str, arg: &[u8]) -> Result<(), Error> {

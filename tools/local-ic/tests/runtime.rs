@@ -360,3 +360,63 @@ fn heap_dirty_page_charge_can_be_switched_off() {
     assert_eq!(reply.report.heap_dirty_page_instructions, 0);
     assert_eq!(reply.report.charged_instructions(), reply.report.instructions);
 }
+
+#[test]
+fn heap_growth_of_a_trapped_message_is_rolled_back() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    let before = query_u64(&mut rt, id, "heap_pages");
+    let err = rt
+        .update(id, user(), "grow_heap_then_trap", Encode!(&100u32).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("boom after growing"), "{err}");
+    assert_eq!(
+        query_u64(&mut rt, id, "heap_pages"),
+        before,
+        "the trapped growth is undone"
+    );
+    // The pages left mapped are reused, zeroed, by the next growth.
+    let reply = rt.update(id, user(), "grow_heap", Encode!(&100u32).unwrap()).unwrap();
+    assert_eq!(Decode!(&reply.bytes, u64).unwrap(), before + 100);
+    assert_eq!(query_u64(&mut rt, id, "heap_pages"), before + 100);
+    assert_eq!(call_u64(&mut rt, id, "increment"), 1, "the heap still works");
+}
+
+#[test]
+fn calls_from_canisters_skip_inspect_message() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    let other = local_ic::canister_id(42);
+    let reply = rt
+        .update_from_canister(id, other, "forbidden", Encode!().unwrap())
+        .expect("no inspect_message for canister callers");
+    assert_eq!(Decode!(&reply.bytes, u64).unwrap(), 0);
+    assert_eq!(reply.report.caller, other);
+    assert_eq!(query_u64(&mut rt, id, "get"), 1_000_000, "the update ran");
+    let reply = rt.query(id, other, "whoami", Encode!().unwrap()).unwrap();
+    assert_eq!(Decode!(&reply.bytes, Principal).unwrap(), other);
+}
+
+#[test]
+fn submitted_calls_interleave_at_their_awaits() {
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    let start = rt.reports().len();
+    let pending: Vec<_> = (0..3)
+        .map(|_| rt.submit_update(id, user(), "rand", Encode!().unwrap()).unwrap())
+        .collect();
+    let replies: Vec<Vec<u8>> = pending
+        .into_iter()
+        .map(|p| Decode!(&rt.await_update(p).unwrap().bytes, Vec<u8>).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 3);
+    assert!(replies[0] != replies[1] && replies[1] != replies[2]);
+    // All three first messages ran before any callback.
+    let kinds: Vec<MessageKind> = rt.reports()[start..]
+        .iter()
+        .filter(|r| r.kind != MessageKind::InspectMessage)
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(&kinds[..3], &[MessageKind::Update; 3]);
+    assert!(kinds[3..].iter().all(|k| *k == MessageKind::Callback), "{kinds:?}");
+}

@@ -63,6 +63,40 @@ fn increment_then_trap() -> u64 {
     ic_cdk::trap("boom after mutating");
 }
 
+/// Grows the heap by `pages` wasm pages, then traps: the growth must be
+/// rolled back with the rest of the message.
+#[ic_cdk::update]
+fn grow_heap_then_trap(pages: u32) -> u64 {
+    grow_heap(pages);
+    ic_cdk::trap("boom after growing the heap");
+}
+
+/// Grows the heap by `pages` wasm pages; returns the new size in pages.
+#[ic_cdk::update]
+fn grow_heap(pages: u32) -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        if core::arch::wasm32::memory_grow(0, pages as usize) == usize::MAX {
+            ic_cdk::trap("memory.grow failed");
+        }
+    }
+    let _ = pages;
+    heap_pages()
+}
+
+/// The heap's size in wasm pages (`memory.size`).
+#[ic_cdk::query]
+fn heap_pages() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) as u64
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 /// Mutates state, then loops forever (until the instruction limit).
 #[ic_cdk::update]
 fn increment_then_loop() -> u64 {
