@@ -238,14 +238,21 @@ fn llama2_style_checkpoint_through_convert_logits_generate_and_run() {
         let from_dir = logits(&dir);
         // BOS, then "▁hello" "▁world" "," "▁the" "▁end" in Llama 2's vocabulary.
         assert_eq!(from_dir.ids, [1, 22172, 3186, 29892, 278, 1095]);
-        assert_eq!(logits(&out), from_dir, "tied {tied}: the GGUF gives the checkpoint's logits");
+        assert_eq!(
+            logits(&out),
+            from_dir,
+            "tied {tied}: the GGUF gives the checkpoint's logits"
+        );
 
         let (native, native_text, _) = greedy("generate", &dir);
         let (from_file, _, _) = greedy("generate", &out);
         let (canister, canister_text, _) = greedy("run", &dir);
         assert_eq!(native.len(), 12, "{native:?}");
         assert_eq!(from_file, native, "tied {tied}");
-        assert_eq!(canister, native, "tied {tied}: the canister generates the native tokens");
+        assert_eq!(
+            canister, native,
+            "tied {tied}: the canister generates the native tokens"
+        );
         assert_eq!(canister_text, native_text);
         std::fs::remove_dir_all(&dir).unwrap();
     }

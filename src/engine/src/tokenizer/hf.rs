@@ -322,7 +322,11 @@ fn space_prefix(normalizer: Option<&Value>, pre: Option<&Value>) -> Result<Space
     let (mut prepend, mut replace) = (false, false);
     if let Some(n) = normalizer.filter(|n| !n.is_null()) {
         let list = match type_of(n) {
-            "Sequence" => n.get("normalizers").and_then(Value::as_array).cloned().unwrap_or_default(),
+            "Sequence" => n
+                .get("normalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
             _ => vec![n.clone()],
         };
         for n in &list {
@@ -335,7 +339,11 @@ fn space_prefix(normalizer: Option<&Value>, pre: Option<&Value>) -> Result<Space
                 {
                     replace = true
                 }
-                other => return Err(unsupported(format!("normalizer {other:?} in a SentencePiece-style tokenizer"))),
+                other => {
+                    return Err(unsupported(format!(
+                        "normalizer {other:?} in a SentencePiece-style tokenizer"
+                    )))
+                }
             }
         }
     }
@@ -353,7 +361,9 @@ fn space_prefix(normalizer: Option<&Value>, pre: Option<&Value>) -> Result<Space
         // Splitting into words at each ▁ stops merges across words, which
         // SentencePiece does not do.
         if p.get("split").and_then(Value::as_bool).unwrap_or(true) {
-            return Err(unsupported("Metaspace with split: true (SentencePiece does not split at spaces)"));
+            return Err(unsupported(
+                "Metaspace with split: true (SentencePiece does not split at spaces)",
+            ));
         }
         let scheme = match p.get("prepend_scheme").and_then(Value::as_str) {
             Some(s) => s.to_string(),
@@ -394,7 +404,11 @@ fn check_spm_decoder(decoder: Option<&Value>) -> Result<(), TokenizerError> {
     for d in &list {
         match type_of(d) {
             "Replace" | "ByteFallback" | "Fuse" | "Strip" | "Metaspace" => {}
-            other => return Err(unsupported(format!("decoder {other:?} in a SentencePiece-style tokenizer"))),
+            other => {
+                return Err(unsupported(format!(
+                    "decoder {other:?} in a SentencePiece-style tokenizer"
+                )))
+            }
         }
     }
     Ok(())

@@ -215,7 +215,12 @@ impl SpmTokenizer {
         }
         let mut after_special = true;
         let mut escaped = String::new();
-        for (i, fragment) in self.vocab.split_special(text, opts.parse_special).into_iter().enumerate() {
+        for (i, fragment) in self
+            .vocab
+            .split_special(text, opts.parse_special)
+            .into_iter()
+            .enumerate()
+        {
             match fragment {
                 Fragment::Text(t) => {
                     escaped.clear();
