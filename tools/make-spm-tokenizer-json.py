@@ -10,7 +10,9 @@ Llama 2's tokenizer.model: BPE, byte_fallback, add_dummy_prefix, no
 whitespace cleanup, identity normalization.
 
 Then it checks the result against llama.cpp's vectors with the Hugging Face
-`tokenizers` library and prints how many cases match. Not run by the tests.
+`tokenizers` library and prints how many cases match (writing the library's
+ids as hf.out where any differ), and writes hf-cases.json: the library's ids
+for framed prompts (BOS added, special tokens matched). Not run by the tests.
 
 Usage: python3 tools/make-spm-tokenizer-json.py
 (installs transformers, tokenizers, sentencepiece, protobuf and gguf into a
@@ -24,8 +26,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTDATA = os.path.join(ROOT, "testdata")
-# transformers 4.46 is the last with LlamaConverter taking a slow tokenizer
-# and ordering merges by SentencePiece score, as the Llama 2 files were made.
+# transformers 4.46.3: its LlamaConverter reads a slow tokenizer and orders
+# merges by SentencePiece score, as the Llama 2 files were made (5.x orders
+# them by token id and no longer takes a slow tokenizer).
 PACKAGES = ["transformers==4.46.3", "tokenizers==0.20.3", "sentencepiece", "protobuf", "gguf", "numpy"]
 
 

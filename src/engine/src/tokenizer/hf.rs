@@ -262,8 +262,10 @@ fn byte_level_bpe(mut tj: TokenizerJson<'_>, config: Option<&Value>) -> Result<B
 /// per token: each token scores by the first merge that makes it
 /// ([`merge_scores`]). Hugging Face's converter writes every split of a
 /// token into two tokens as a merge, ordered by SentencePiece score, so
-/// both choose the same merges; they can differ only where one text holds
-/// two different splits of the same token at once.
+/// both choose the same merges. They can differ where one text holds two
+/// different splits of the same token at once (one score here, two ranks
+/// there), and on files whose merges leave some split out (not made by
+/// that converter): SentencePiece merges any pair that makes a token.
 fn sentencepiece_bpe(mut tj: TokenizerJson<'_>, config: Option<&Value>) -> Result<SpmTokenizer, TokenizerError> {
     let space_prefix = space_prefix(tj.normalizer.as_ref(), tj.pre_tokenizer.as_ref())?;
     check_spm_decoder(tj.decoder.as_ref())?;
