@@ -235,6 +235,13 @@ fn llama2_style_checkpoint_through_convert_logits_generate_and_run() {
             stderr.contains("tokenizer 32000 tokens (vocabulary 32000), tokenizer.ggml.pre default"),
             "{stderr}"
         );
+        let (stdout, stderr, ok) = icllm(&["inspect", dir.to_str().unwrap()]);
+        assert!(
+            ok && stdout.contains("BPE with byte fallback (SentencePiece-style)"),
+            "{stdout}{stderr}"
+        );
+        let (stdout, stderr, ok) = icllm(&["inspect", out.to_str().unwrap()]);
+        assert!(ok && stdout.contains("tokenizer:     llama"), "{stdout}{stderr}");
         let from_dir = logits(&dir);
         // BOS, then "▁hello" "▁world" "," "▁the" "▁end" in Llama 2's vocabulary.
         assert_eq!(from_dir.ids, [1, 22172, 3186, 29892, 278, 1095]);
