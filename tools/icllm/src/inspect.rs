@@ -180,7 +180,10 @@ fn inspect_hf(dir: &Path, list: bool) -> anyhow::Result<()> {
         Some(json) => match serde_json::from_str::<serde_json::Value>(&json) {
             Err(e) => println!("tokenizer:     {} is not valid JSON: {e}", hf::TOKENIZER_FILE),
             Ok(t) => {
-                let kind = t["model"]["type"].as_str().unwrap_or("?");
+                let kind = match (t["model"]["type"].as_str(), t["model"]["byte_fallback"].as_bool()) {
+                    (Some("BPE"), Some(true)) => "BPE with byte fallback (SentencePiece-style)",
+                    (kind, _) => kind.unwrap_or("?"),
+                };
                 let vocab = t["model"]["vocab"].as_object().map(|v| v.len()).unwrap_or(0);
                 let added = t["added_tokens"].as_array().map(|a| a.len()).unwrap_or(0);
                 let pre = t["pre_tokenizer"]["type"].as_str().unwrap_or("none");

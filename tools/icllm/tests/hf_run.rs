@@ -207,3 +207,60 @@ fn checkpoints_that_cannot_be_converted_fail_before_anything_runs() {
     assert!(!ok && stderr.contains("matches no tokenizer.ggml.pre name"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[derive(serde::Deserialize, PartialEq, Debug)]
+struct Logits {
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+fn logits(model: &Path) -> Logits {
+    let (stdout, stderr, ok) = icllm(&["logits", "--model", model.to_str().unwrap(), "--prompt", PROMPT]);
+    assert!(ok, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// A Llama-2-style checkpoint (bf16, SentencePiece-style tokenizer.json,
+/// tied or untied head): `convert` writes a `llama` tokenizer, and `logits`,
+/// `generate` and `run` give on the GGUF what they give on the directory.
+#[test]
+fn llama2_style_checkpoint_through_convert_logits_generate_and_run() {
+    for tied in [false, true] {
+        let dir = tmp_dir(&format!("cli-llama2-{tied}"));
+        write_llama2_checkpoint(&dir, &Shape { tied, ..LLAMA2 }, Dtype::BF16, 31);
+        let out = dir.join("llama2.gguf");
+        let (_, stderr, ok) = icllm(&["convert", dir.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert!(ok, "{stderr}");
+        assert!(
+            stderr.contains("tokenizer 32000 tokens (vocabulary 32000), tokenizer.ggml.pre default"),
+            "{stderr}"
+        );
+        let (stdout, stderr, ok) = icllm(&["inspect", dir.to_str().unwrap()]);
+        assert!(
+            ok && stdout.contains("BPE with byte fallback (SentencePiece-style)"),
+            "{stdout}{stderr}"
+        );
+        let (stdout, stderr, ok) = icllm(&["inspect", out.to_str().unwrap()]);
+        assert!(ok && stdout.contains("tokenizer:     llama"), "{stdout}{stderr}");
+        let from_dir = logits(&dir);
+        // BOS, then "▁hello" "▁world" "," "▁the" "▁end" in Llama 2's vocabulary.
+        assert_eq!(from_dir.ids, [1, 22172, 3186, 29892, 278, 1095]);
+        assert_eq!(
+            logits(&out),
+            from_dir,
+            "tied {tied}: the GGUF gives the checkpoint's logits"
+        );
+
+        let (native, native_text, _) = greedy("generate", &dir);
+        let (from_file, _, _) = greedy("generate", &out);
+        let (canister, canister_text, _) = greedy("run", &dir);
+        assert_eq!(native.len(), 12, "{native:?}");
+        assert_eq!(from_file, native, "tied {tied}");
+        assert_eq!(
+            canister, native,
+            "tied {tied}: the canister generates the native tokens"
+        );
+        assert_eq!(canister_text, native_text);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

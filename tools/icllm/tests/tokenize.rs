@@ -67,6 +67,38 @@ fn llama3_tokenizer_json_adds_bos_unless_told_not_to() {
     );
 }
 
+/// Llama 2's and Phi-3's SentencePiece-style tokenizer.json: BOS by
+/// default, chat markers in the text, Phi-3's markers eating the newline
+/// after them, all as the Hugging Face library gives them (hf-cases.json).
+#[test]
+fn sentencepiece_style_tokenizer_json_works_like_hugging_face() {
+    let llama2 = testdata("tokenizers/llama-spm/tokenizer.json");
+    assert_eq!(
+        tokenize(&["--tokenizer", &llama2, "--text", "Hello world"]),
+        [1, 15043, 3186]
+    );
+    assert_eq!(
+        tokenize(&[
+            "--tokenizer",
+            &llama2,
+            "--no-bos",
+            "--text",
+            " Hello<s> world </s> again"
+        ]),
+        [29871, 15043, 1, 29871, 3186, 29871, 2, 29871, 1449]
+    );
+    let phi3 = testdata("tokenizers/phi-3/tokenizer.json");
+    assert_eq!(
+        tokenize(&[
+            "--tokenizer",
+            &phi3,
+            "--text",
+            "<|user|>\nHi there<|end|>\n<|assistant|>\n"
+        ]),
+        [1, 32010, 6324, 727, 32007, 32001]
+    );
+}
+
 #[test]
 fn gguf_vocabularies_work_too() {
     let gpt2 = testdata("vocab/ggml-vocab-gpt-2.gguf");

@@ -1,7 +1,9 @@
 //! Reading a Hugging Face `tokenizer.json` (+ `tokenizer_config.json`) into a
-//! [`BpeTokenizer`].
+//! [`BpeTokenizer`] (byte-level BPE) or an [`SpmTokenizer`]
+//! (SentencePiece-style BPE: `byte_fallback`, spaces as `▁`; see
+//! [`sentencepiece_bpe`]). A Unigram model is refused.
 //!
-//! Supported: `model.type = "BPE"` without byte fallback, merges as
+//! Byte-level BPE: `model.type = "BPE"` without byte fallback, merges as
 //! `"a b"` strings or `["a", "b"]` pairs, `ignore_merges`; pre-tokenizers
 //! `Split` (Regex or String pattern, `Isolated`), `ByteLevel`, `Digits`,
 //! `Punctuation` and `Sequence`s of them; post-processors
@@ -20,8 +22,9 @@
 
 use super::bpe::{split_merge, BpeParts, BpeTokenizer};
 use super::pretok::{PreTokenizer, GPT2_PATTERN};
+use super::spm::{parse_byte_token, SpacePrefix, SpmParts, SpmTokenizer};
 use super::vocab::{Vocab, VocabParts, MAX_VOCAB};
-use super::{TokenType, TokenizerError};
+use super::{TokenType, Tokenizer, TokenizerError};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -55,6 +58,8 @@ struct ModelJson<'a> {
     ignore_merges: bool,
     #[serde(default)]
     byte_fallback: bool,
+    #[serde(default)]
+    unk_token: Option<String>,
     #[serde(default)]
     continuing_subword_prefix: Option<String>,
     #[serde(default)]
@@ -167,6 +172,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Merges<'a> {
     }
 }
 
+/// SentencePiece's visible space.
+const META: &str = "\u{2581}";
+
 fn unsupported(what: impl Into<String>) -> TokenizerError {
     TokenizerError::HfUnsupported { what: what.into() }
 }
@@ -175,14 +183,15 @@ fn type_of(v: &Value) -> &str {
     v.get("type").and_then(Value::as_str).unwrap_or("")
 }
 
-pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeTokenizer, TokenizerError> {
+pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<Tokenizer, TokenizerError> {
     let tj: TokenizerJson = serde_json::from_str(json).map_err(|e| {
         // Models of another kind (Unigram, WordPiece) have another shape:
         // name the kind rather than the first field that does not fit.
         let kind = serde_json::from_str::<Value>(json)
             .ok()
             .and_then(|v| Some(v.get("model")?.get("type")?.as_str()?.to_string()));
-        match kind {
+        match kind.as_deref() {
+            Some("Unigram") => TokenizerError::HfUnigram,
             Some(kind) if kind != "BPE" => unsupported(format!("model type {kind:?}")),
             _ => TokenizerError::HfJson(e.to_string()),
         }
@@ -194,13 +203,11 @@ pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeT
         None => None,
     };
 
-    let model = tj.model;
+    let model = &tj.model;
     match model.kind.as_deref() {
         Some("BPE") | None => {}
+        Some("Unigram") => return Err(TokenizerError::HfUnigram),
         Some(other) => return Err(unsupported(format!("model type {other:?}"))),
-    }
-    if model.byte_fallback {
-        return Err(unsupported("BPE with byte_fallback (SentencePiece-style BPE)"));
     }
     for (name, v) in [
         ("continuing_subword_prefix", &model.continuing_subword_prefix),
@@ -210,14 +217,215 @@ pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeT
             return Err(unsupported(format!("model.{name} {v:?}")));
         }
     }
+    if model.byte_fallback {
+        sentencepiece_bpe(tj, config.as_ref()).map(Tokenizer::Spm)
+    } else {
+        byte_level_bpe(tj, config.as_ref()).map(Tokenizer::Bpe)
+    }
+}
+
+/// GPT-2-style BPE: bytes as characters, a regex pre-tokenizer.
+fn byte_level_bpe(mut tj: TokenizerJson<'_>, config: Option<&Value>) -> Result<BpeTokenizer, TokenizerError> {
     check_normalizer(tj.normalizer.as_ref())?;
     match tj.decoder.as_ref().map(type_of) {
         None | Some("ByteLevel") => {}
         Some(other) => return Err(unsupported(format!("decoder {other:?}"))),
     }
 
-    // Texts and types by id: the model's vocabulary, then the added tokens.
-    let mut texts = model.vocab.0;
+    // Pre-tokenizer.
+    let mut patterns = Vec::new();
+    let mut add_prefix_space = false;
+    if let Some(p) = &tj.pre_tokenizer {
+        collect_pre_tokenizer(p, &mut patterns, &mut add_prefix_space)?;
+    }
+    let pre = PreTokenizer::new(&patterns, add_prefix_space)?;
+
+    let (parts, add_eos) = vocab_parts(&mut tj, config, None)?;
+    let vocab = Vocab::from_parts(parts);
+    let model = tj.model;
+    let merges = model.merges.0;
+    BpeTokenizer::from_parts(BpeParts {
+        vocab,
+        merges: Box::new(merges.iter().map(|(a, b)| Ok((a.as_ref(), b.as_ref())))),
+        pre,
+        pre_name: "hf".to_string(),
+        ignore_merges: model.ignore_merges,
+        add_eos,
+    })
+}
+
+/// SentencePiece's BPE as Hugging Face writes it (Llama 2, Mistral, Phi-3):
+/// spaces escaped as `▁`, characters not in the vocabulary as `<0xNN>`
+/// byte tokens, merges in rank order.
+///
+/// It runs on the SentencePiece tokenizer, whose merge priority is a score
+/// per token: each token scores by the first merge that makes it
+/// ([`merge_scores`]). Hugging Face's converter writes every split of a
+/// token into two tokens as a merge, ordered by SentencePiece score, so
+/// both choose the same merges. They can differ where one text holds two
+/// different splits of the same token at once (one score here, two ranks
+/// there), and on files whose merges leave some split out (not made by
+/// that converter): SentencePiece merges any pair that makes a token.
+fn sentencepiece_bpe(mut tj: TokenizerJson<'_>, config: Option<&Value>) -> Result<SpmTokenizer, TokenizerError> {
+    let space_prefix = space_prefix(tj.normalizer.as_ref(), tj.pre_tokenizer.as_ref())?;
+    check_spm_decoder(tj.decoder.as_ref())?;
+    let unk_text = tj.model.unk_token.clone();
+    let (mut parts, add_eos) = vocab_parts(&mut tj, config, unk_text.as_deref())?;
+    // Byte tokens are the model's `<0xNN>`; the unknown token is the model's.
+    for (i, text) in parts.texts.iter().enumerate() {
+        if parts.types[i] == TokenType::Normal && parse_byte_token(text).is_some() {
+            parts.types[i] = TokenType::Byte;
+        }
+    }
+    if let Some(unk) = parts.unk {
+        parts.types[unk as usize] = TokenType::Unknown;
+    }
+    let vocab = Vocab::from_parts(parts);
+    let scores = merge_scores(&vocab, &tj.model.merges.0);
+    SpmTokenizer::from_parts(SpmParts {
+        vocab,
+        scores,
+        space_prefix,
+        add_eos,
+    })
+}
+
+/// SentencePiece scores from BPE merges in rank order: the token the k-th
+/// merge makes first scores -(k + 1) (higher merges first), so
+/// SentencePiece's "highest score first" picks what "lowest rank first"
+/// does. Tokens no merge makes (characters, bytes, specials) score below
+/// all of them.
+fn merge_scores(vocab: &Vocab, merges: &[(Cow<'_, str>, Cow<'_, str>)]) -> Vec<f32> {
+    let mut scores: Vec<Option<f32>> = vec![None; vocab.len()];
+    let mut made = 0u32;
+    let mut joined = String::new();
+    for (left, right) in merges {
+        if vocab.id(left).is_none() || vocab.id(right).is_none() {
+            continue;
+        }
+        joined.clear();
+        joined.push_str(left);
+        joined.push_str(right);
+        if let Some(id) = vocab.id(&joined) {
+            let score = &mut scores[id as usize];
+            if score.is_none() {
+                made += 1;
+                *score = Some(-(made as f32));
+            }
+        }
+    }
+    let lowest = -(made as f32 + 1.0);
+    scores.into_iter().map(|s| s.unwrap_or(lowest)).collect()
+}
+
+/// How spaces become `▁`: the "legacy" `Prepend` + `Replace` normalizer
+/// (Llama 2, Mistral, Phi-3), or a `Metaspace` pre-tokenizer.
+fn space_prefix(normalizer: Option<&Value>, pre: Option<&Value>) -> Result<SpacePrefix, TokenizerError> {
+    let (mut prepend, mut replace) = (false, false);
+    if let Some(n) = normalizer.filter(|n| !n.is_null()) {
+        let list = match type_of(n) {
+            "Sequence" => n
+                .get("normalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            _ => vec![n.clone()],
+        };
+        for n in &list {
+            let str_field = |k: &str| n.get(k).and_then(Value::as_str);
+            match type_of(n) {
+                "Prepend" if str_field("prepend") == Some(META) => prepend = true,
+                "Replace"
+                    if n.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str) == Some(" ")
+                        && str_field("content") == Some(META) =>
+                {
+                    replace = true
+                }
+                other => {
+                    return Err(unsupported(format!(
+                        "normalizer {other:?} in a SentencePiece-style tokenizer"
+                    )))
+                }
+            }
+        }
+    }
+    let mut metaspace = None;
+    if let Some(p) = pre.filter(|p| !p.is_null()) {
+        if type_of(p) != "Metaspace" {
+            return Err(unsupported(format!(
+                "pre_tokenizer {:?} in a SentencePiece-style tokenizer (expected Metaspace or none)",
+                type_of(p)
+            )));
+        }
+        if p.get("replacement").and_then(Value::as_str).unwrap_or(META) != META {
+            return Err(unsupported("Metaspace with a replacement other than \"▁\""));
+        }
+        // Splitting into words at each ▁ stops merges across words, which
+        // SentencePiece does not do.
+        if p.get("split").and_then(Value::as_bool).unwrap_or(true) {
+            return Err(unsupported(
+                "Metaspace with split: true (SentencePiece does not split at spaces)",
+            ));
+        }
+        let scheme = match p.get("prepend_scheme").and_then(Value::as_str) {
+            Some(s) => s.to_string(),
+            None => match p.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true) {
+                true => "always".into(),
+                false => "never".into(),
+            },
+        };
+        metaspace = Some(match scheme.as_str() {
+            "always" => SpacePrefix::Metaspace { first_only: false },
+            "first" => SpacePrefix::Metaspace { first_only: true },
+            "never" => SpacePrefix::Never,
+            other => return Err(unsupported(format!("Metaspace prepend_scheme {other:?}"))),
+        });
+    }
+    match (prepend, replace, metaspace) {
+        (_, _, Some(_)) if prepend || replace => Err(unsupported(
+            "both a Metaspace pre-tokenizer and a ▁ normalizer (the prefix would be added twice)",
+        )),
+        (_, _, Some(m)) => Ok(m),
+        (true, true, None) => Ok(SpacePrefix::Always),
+        (false, true, None) => Ok(SpacePrefix::Never),
+        (_, false, None) => Err(unsupported(
+            "SentencePiece-style tokenizer whose spaces are not written as \"▁\" (no Replace normalizer, no Metaspace)",
+        )),
+    }
+}
+
+/// The decoders that undo SentencePiece's escaping (what decoding does here).
+fn check_spm_decoder(decoder: Option<&Value>) -> Result<(), TokenizerError> {
+    let Some(d) = decoder.filter(|d| !d.is_null()) else {
+        return Ok(());
+    };
+    let list = match type_of(d) {
+        "Sequence" => d.get("decoders").and_then(Value::as_array).cloned().unwrap_or_default(),
+        _ => vec![d.clone()],
+    };
+    for d in &list {
+        match type_of(d) {
+            "Replace" | "ByteFallback" | "Fuse" | "Strip" | "Metaspace" => {}
+            other => {
+                return Err(unsupported(format!(
+                    "decoder {other:?} in a SentencePiece-style tokenizer"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Texts, types and special ids by id: the model's vocabulary, then the
+/// added tokens (moved out of `tj`). Also whether prompts end with EOS. `model_unk` is the
+/// model's `unk_token`, the unknown token unless the config names one.
+fn vocab_parts(
+    tj: &mut TokenizerJson<'_>,
+    config: Option<&Value>,
+    model_unk: Option<&str>,
+) -> Result<(VocabParts, bool), TokenizerError> {
+    // Moved out, not copied: the vocabulary is large and read only here.
+    let mut texts = std::mem::take(&mut tj.model.vocab.0);
     let max_added = tj.added_tokens.iter().map(|t| t.id as usize + 1).max().unwrap_or(0);
     if max_added > MAX_VOCAB {
         return Err(TokenizerError::HfJson(format!(
@@ -260,14 +468,6 @@ pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeT
         .map(|(i, t)| t.unwrap_or_else(|| format!("[EMPTY_{i}]")))
         .collect();
 
-    // Pre-tokenizer.
-    let mut patterns = Vec::new();
-    let mut add_prefix_space = false;
-    if let Some(p) = &tj.pre_tokenizer {
-        collect_pre_tokenizer(p, &mut patterns, &mut add_prefix_space)?;
-    }
-    let pre = PreTokenizer::new(&patterns, add_prefix_space)?;
-
     // Special ids. The post-processor says which tokens frame a sequence;
     // tokenizer_config.json names BOS/EOS and may override adding them.
     let find = |text: &str| texts.iter().position(|t| t == text).map(|i| i as u32);
@@ -285,7 +485,7 @@ pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeT
     let first_id = frame_id(&framing.first);
     let last_id = frame_id(&framing.last);
     let config_token = |key: &str| -> Option<u32> {
-        let v = config.as_ref()?.get(key)?;
+        let v = config?.get(key)?;
         let text = match v {
             Value::String(s) => s.as_str(),
             Value::Object(o) => o.get("content")?.as_str()?,
@@ -293,12 +493,12 @@ pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeT
         };
         find(text)
     };
-    let config_bool = |key: &str| config.as_ref().and_then(|c| c.get(key)).and_then(Value::as_bool);
+    let config_bool = |key: &str| config.and_then(|c| c.get(key)).and_then(Value::as_bool);
     // BOS: the token the template puts first, else the config's; EOS (what
     // ends generation): the config's, else the token the template puts last.
     let bos = first_id.or(config_token("bos_token"));
     let eos = config_token("eos_token").or(last_id);
-    let unk = config_token("unk_token");
+    let unk = config_token("unk_token").or(model_unk.and_then(find));
     let add_bos = config_bool("add_bos_token").unwrap_or(first_id.is_some());
     let add_eos = config_bool("add_eos_token").unwrap_or(last_id.is_some());
     let n = texts.len();
@@ -309,8 +509,7 @@ pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeT
             )));
         }
     }
-
-    let vocab = Vocab::from_parts(VocabParts {
+    let parts = VocabParts {
         texts,
         types,
         bos,
@@ -319,16 +518,8 @@ pub(crate) fn from_hf_json(json: &str, config_json: Option<&str>) -> Result<BpeT
         eot: None,
         add_bos,
         rstrip,
-    });
-    let merges = model.merges.0;
-    BpeTokenizer::from_parts(BpeParts {
-        vocab,
-        merges: Box::new(merges.iter().map(|(a, b)| Ok((a.as_ref(), b.as_ref())))),
-        pre,
-        pre_name: "hf".to_string(),
-        ignore_merges: model.ignore_merges,
-        add_eos,
-    })
+    };
+    Ok((parts, add_eos))
 }
 
 fn check_normalizer(n: Option<&Value>) -> Result<(), TokenizerError> {

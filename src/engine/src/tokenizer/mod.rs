@@ -33,7 +33,7 @@ mod to_gguf;
 mod vocab;
 
 pub use bpe::BpeTokenizer;
-pub use spm::SpmTokenizer;
+pub use spm::{SpacePrefix, SpmTokenizer};
 pub use to_gguf::GgufVocabOptions;
 pub use vocab::{Vocab, MAX_VOCAB};
 
@@ -88,8 +88,10 @@ pub enum TokenizerError {
     BadPattern { pattern: String, reason: String },
     #[error("tokenizer.json: {0}")]
     HfJson(String),
-    #[error("tokenizer.json: unsupported {what} (supported: byte-level BPE as used by GPT-2, Llama 3, Qwen2)")]
+    #[error("tokenizer.json: unsupported {what} (supported: byte-level BPE as used by GPT-2, Llama 3, Qwen2; SentencePiece-style BPE with byte_fallback as used by Llama 2, TinyLlama, Mistral, Phi-3)")]
     HfUnsupported { what: String },
+    #[error("tokenizer.json: a Unigram model (SentencePiece Unigram, as T5 and ALBERT use) picks the most likely segmentation by token scores, which this engine does not implement; supported are BPE models (byte-level, or SentencePiece-style with byte_fallback)")]
+    HfUnigram,
     #[error("the tokenizer cannot be written as GGUF metadata: {0}")]
     NotGguf(String),
 }
@@ -175,14 +177,15 @@ impl Tokenizer {
         }
     }
 
-    /// Builds a byte-level BPE tokenizer from a Hugging Face `tokenizer.json`
-    /// and, when at hand, its `tokenizer_config.json` (which names BOS/EOS
-    /// and may switch BOS on or off).
+    /// Builds a tokenizer from a Hugging Face `tokenizer.json` (byte-level
+    /// BPE, or SentencePiece-style BPE with byte fallback) and, when at
+    /// hand, its `tokenizer_config.json` (which names BOS/EOS and may
+    /// switch BOS on or off).
     pub fn from_hf_json(
         tokenizer_json: &str,
         tokenizer_config_json: Option<&str>,
     ) -> Result<Tokenizer, TokenizerError> {
-        Ok(Tokenizer::Bpe(hf::from_hf_json(tokenizer_json, tokenizer_config_json)?))
+        hf::from_hf_json(tokenizer_json, tokenizer_config_json)
     }
 
     /// The vocabulary shared by all kinds.
@@ -300,7 +303,7 @@ impl Tokenizer {
     /// it themselves: [`EncodeOptions`] only covers BOS.
     pub fn add_eos_default(&self) -> bool {
         let add = match self {
-            Tokenizer::Spm(_) => false,
+            Tokenizer::Spm(t) => t.add_eos(),
             Tokenizer::Bpe(t) => t.add_eos(),
         };
         add && self.eos_id().is_some()

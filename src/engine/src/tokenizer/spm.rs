@@ -4,7 +4,7 @@
 //! Encoding one raw-text fragment:
 //! 1. spaces become `▁` (U+2581), and a `▁` is put in front when
 //!    `add_space_prefix` is on and the fragment starts the text or follows a
-//!    special token;
+//!    special token (a `tokenizer.json` may say otherwise: [`SpacePrefix`]);
 //! 2. the text is split into UTF-8 characters, the initial symbols;
 //! 3. every adjacent pair whose concatenation is a vocabulary token is a
 //!    candidate; the candidate with the highest token score is merged first
@@ -31,9 +31,11 @@ pub struct SpmTokenizer {
     vocab: Vocab,
     /// Merge priority of each token (higher merges first).
     scores: Vec<f32>,
-    /// Put a `▁` before the text (and after special tokens) when encoding,
-    /// and drop the leading space of the first piece when decoding.
-    add_space_prefix: bool,
+    /// Where encoding puts a `▁` before the text; unless `Never`, decoding
+    /// drops the leading space of the first piece.
+    space_prefix: SpacePrefix,
+    /// Whether prompts end with EOS (`tokenizer.ggml.add_eos_token`).
+    add_eos: bool,
     /// The token each byte value falls back to (`<0xNN>`, else the one-byte
     /// text, else unk); `None`: the byte is dropped.
     byte_ids: Vec<Option<u32>>,
@@ -41,6 +43,32 @@ pub struct SpmTokenizer {
     /// `piece_bytes[piece_offsets[i]..piece_offsets[i + 1]]`.
     piece_bytes: Vec<u8>,
     piece_offsets: Vec<u32>,
+}
+
+/// What a source supplies besides the vocabulary.
+pub(crate) struct SpmParts {
+    pub vocab: Vocab,
+    /// One per token: the merge priority (higher merges first).
+    pub scores: Vec<f32>,
+    pub space_prefix: SpacePrefix,
+    pub add_eos: bool,
+}
+
+/// Which text fragments encoding puts a `▁` in front of (a fragment is raw
+/// text between special tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpacePrefix {
+    /// None.
+    Never,
+    /// Every fragment that starts the text or follows a special token:
+    /// SentencePiece's `add_dummy_prefix` as llama.cpp applies it
+    /// (`tokenizer.ggml.add_space_prefix`), and Hugging Face's "legacy"
+    /// `Prepend("▁")` normalizer.
+    Always,
+    /// Hugging Face's `Metaspace` pre-tokenizer: only a fragment that does
+    /// not already start with a space; with `first_only`
+    /// (`prepend_scheme: "first"`), only the fragment at the text's start.
+    Metaspace { first_only: bool },
 }
 
 impl SpmTokenizer {
@@ -72,7 +100,28 @@ impl SpmTokenizer {
             scores.push(s as f32);
         }
 
-        let add_space_prefix = optional_bool(g, keys::ADD_SPACE_PREFIX)?.unwrap_or(true);
+        SpmTokenizer::from_parts(SpmParts {
+            vocab,
+            scores,
+            space_prefix: match optional_bool(g, keys::ADD_SPACE_PREFIX)?.unwrap_or(true) {
+                true => SpacePrefix::Always,
+                false => SpacePrefix::Never,
+            },
+            add_eos: optional_bool(g, keys::ADD_EOS)?.unwrap_or(false),
+        })
+    }
+
+    /// Builds the byte fallback and decoding tables (`parts.scores` has one
+    /// entry per token).
+    pub(crate) fn from_parts(parts: SpmParts) -> Result<SpmTokenizer, TokenizerError> {
+        let SpmParts {
+            vocab,
+            scores,
+            space_prefix,
+            add_eos,
+        } = parts;
+        let n = vocab.len();
+        check_len(keys::SCORES, scores.len(), n)?;
 
         let byte_ids = (0..=255u8)
             .map(|b| {
@@ -120,7 +169,8 @@ impl SpmTokenizer {
         Ok(SpmTokenizer {
             vocab,
             scores,
-            add_space_prefix,
+            space_prefix,
+            add_eos,
             byte_ids,
             piece_bytes,
             piece_offsets,
@@ -131,8 +181,17 @@ impl SpmTokenizer {
         &self.vocab
     }
 
+    /// Whether encoding puts a `▁` in front of text.
     pub fn add_space_prefix(&self) -> bool {
-        self.add_space_prefix
+        self.space_prefix != SpacePrefix::Never
+    }
+
+    pub fn space_prefix(&self) -> SpacePrefix {
+        self.space_prefix
+    }
+
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
     }
 
     pub fn score(&self, id: u32) -> Option<f32> {
@@ -156,11 +215,16 @@ impl SpmTokenizer {
         }
         let mut after_special = true;
         let mut escaped = String::new();
-        for fragment in self.vocab.split_special(text, opts.parse_special) {
+        for (i, fragment) in self
+            .vocab
+            .split_special(text, opts.parse_special)
+            .into_iter()
+            .enumerate()
+        {
             match fragment {
                 Fragment::Text(t) => {
                     escaped.clear();
-                    if self.add_space_prefix && after_special {
+                    if self.prefixes(t, i, after_special) {
                         escaped.push(SPACE);
                     }
                     escaped.extend(t.chars().map(|c| if c == ' ' { SPACE } else { c }));
@@ -174,6 +238,15 @@ impl SpmTokenizer {
             }
         }
         out
+    }
+
+    /// Whether fragment number `i`, text `t`, gets a `▁` in front.
+    fn prefixes(&self, t: &str, i: usize, after_special: bool) -> bool {
+        match self.space_prefix {
+            SpacePrefix::Never => false,
+            SpacePrefix::Always => after_special,
+            SpacePrefix::Metaspace { first_only } => (i == 0 || !first_only) && !t.starts_with(' '),
+        }
     }
 
     /// Steps 2–4 of the module doc on text whose spaces are already `▁`.
@@ -252,7 +325,7 @@ impl SpmTokenizer {
 }
 
 /// `<0xNN>` → the byte.
-fn parse_byte_token(text: &str) -> Option<u8> {
+pub(crate) fn parse_byte_token(text: &str) -> Option<u8> {
     let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() != 2 {
         return None;

@@ -262,3 +262,120 @@ fn metadata_errors() {
     assert!(!load(&md).unwrap().add_bos_default());
     assert!(tok().add_bos_default());
 }
+
+// ---- SentencePiece-style tokenizer.json: where the ▁ prefix goes ----
+
+/// A tiny SentencePiece-style tokenizer.json; `space` is its normalizer and
+/// pre-tokenizer fields. Token 3 is the only byte token, `<0x41>` ("A").
+fn spm_json(space: &str) -> String {
+    let specials: Vec<String> = ["<unk>", "<s>", "</s>"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                r#"{{"id": {i}, "content": "{c}", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"version": "1.0", "added_tokens": [{}], {space}, "post_processor": null,
+        "decoder": {{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": false}},
+        "model": {{"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true,
+          "vocab": {{"<unk>": 0, "<s>": 1, "</s>": 2, "<0x41>": 3, "▁": 4, "a": 5, "b": 6, "▁a": 7, "ab": 8, "▁ab": 9, "▁▁": 10}},
+          "merges": [["▁", "a"], ["a", "b"], ["▁a", "b"], ["▁", "ab"], ["▁", "▁"]]}}}}"#,
+        specials.join(", ")
+    )
+}
+
+fn metaspace(scheme: &str, split: bool) -> String {
+    format!(
+        r#""normalizer": null, "pre_tokenizer": {{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "{scheme}", "split": {split}}}"#
+    )
+}
+
+const LEGACY: &str = r#""normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+    {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}, "pre_tokenizer": null"#;
+
+/// Each style's ids for the same texts, as the Hugging Face `tokenizers`
+/// library (0.20.3 and 0.23.3) gives them for this file (special tokens
+/// in the text matched, no BOS).
+#[test]
+fn spm_json_space_prefix_follows_hugging_face() {
+    let texts = [" a", "a", "ab b", "<s>a", "a<s>a", " ab<s> b", "A"];
+    let cases: [(String, [&[u32]; 7]); 4] = [
+        (
+            LEGACY.to_string(),
+            [
+                &[4, 7],
+                &[7],
+                &[9, 4, 6],
+                &[1, 7],
+                &[7, 1, 7],
+                &[4, 9, 1, 10, 6],
+                &[4, 3],
+            ],
+        ),
+        (
+            metaspace("always", false),
+            [&[7], &[7], &[9, 4, 6], &[1, 7], &[7, 1, 7], &[9, 1, 4, 6], &[4, 3]],
+        ),
+        (
+            metaspace("first", false),
+            [&[7], &[7], &[9, 4, 6], &[1, 5], &[7, 1, 5], &[9, 1, 4, 6], &[4, 3]],
+        ),
+        (
+            metaspace("never", false),
+            [&[7], &[5], &[8, 4, 6], &[1, 5], &[5, 1, 5], &[9, 1, 4, 6], &[3]],
+        ),
+    ];
+    let opts = EncodeOptions {
+        add_bos: false,
+        parse_special: true,
+    };
+    for (space, want) in &cases {
+        let tok = Tokenizer::from_hf_json(&spm_json(space), None).unwrap();
+        assert_eq!(tok.model_name(), "llama");
+        for (text, want) in texts.iter().zip(want) {
+            assert_eq!(tok.encode_with(text, opts), *want, "{space}: {text:?}");
+        }
+    }
+}
+
+#[test]
+fn spm_json_scores_follow_merge_ranks() {
+    let Tokenizer::Spm(t) = Tokenizer::from_hf_json(&spm_json(LEGACY), None).unwrap() else {
+        panic!("not SentencePiece");
+    };
+    let score = |id| t.score(id).unwrap();
+    // ▁a (rank 0) > ab > ▁ab (ranks 2 and 3: one token, the first counts) > ▁▁.
+    assert!(score(7) > score(8) && score(8) > score(9) && score(9) > score(10));
+    // Tokens no merge makes score below all of them.
+    for id in [0, 1, 3, 4, 5] {
+        assert!(score(id) < score(10), "token {id}");
+    }
+}
+
+#[test]
+fn spm_json_what_sentencepiece_cannot_do_is_refused() {
+    let err = Tokenizer::from_hf_json(&spm_json(&metaspace("always", true)), None).unwrap_err();
+    assert!(
+        matches!(&err, TokenizerError::HfUnsupported { what } if what.contains("split")),
+        "{err}"
+    );
+    let no_escape = r#""normalizer": null, "pre_tokenizer": null"#;
+    let err = Tokenizer::from_hf_json(&spm_json(no_escape), None).unwrap_err();
+    assert!(matches!(err, TokenizerError::HfUnsupported { .. }), "{err}");
+    // Only the legacy prefix (after every special token) has a GGUF key.
+    let first = Tokenizer::from_hf_json(&spm_json(&metaspace("first", false)), None).unwrap();
+    let err = first.gguf_metadata(GgufVocabOptions::default()).unwrap_err();
+    assert!(matches!(err, TokenizerError::NotGguf(_)), "{err}");
+    for space in [LEGACY.to_string(), metaspace("never", false)] {
+        let tok = Tokenizer::from_hf_json(&spm_json(&space), None).unwrap();
+        let md = tok.gguf_metadata(GgufVocabOptions::default()).unwrap();
+        let g = crate::format::gguf::Gguf::parse(&write(&md, &[])).unwrap();
+        let back = Tokenizer::from_gguf(&g).unwrap();
+        for text in [" a", "ab b", "A", " ab<s> b"] {
+            assert_eq!(back.encode(text, false), tok.encode(text, false), "{space}: {text:?}");
+        }
+    }
+}

@@ -3,9 +3,12 @@
 //! exactly like the one written — the tokenizer half of converting a
 //! Hugging Face checkpoint to GGUF (see `format::convert`).
 //!
-//! Only byte-level BPE is written (the only kind a `tokenizer.json` gives
-//! here). What GGUF metadata cannot say is refused with the reason rather
-//! than approximated:
+//! SentencePiece tokenizers (from an SPM-style `tokenizer.json`) are written
+//! as llama.cpp writes a `tokenizer.model`: tokens, scores, types (see
+//! `spm_metadata`); a Metaspace prefix that skips text starting with a
+//! space, and `rstrip` added tokens, are refused. For byte-level BPE, what
+//! GGUF metadata cannot say is refused with the reason rather than
+//! approximated:
 //! - the pre-tokenizer is a *name* in GGUF (`tokenizer.ggml.pre`): the
 //!   tokenizer's splitting patterns and its `ignore_merges` must be exactly
 //!   those of a name this engine (and llama.cpp) knows
@@ -26,6 +29,7 @@
 //! fallback BOS is never added to prompts.
 
 use super::pretok::PreTokenizerSpec;
+use super::spm::{SpacePrefix, SpmTokenizer};
 use super::{keys, TokenType, Tokenizer, TokenizerError};
 use crate::format::gguf::Value;
 
@@ -45,11 +49,7 @@ impl Tokenizer {
     pub fn gguf_metadata(&self, opts: GgufVocabOptions) -> Result<Vec<(String, Value)>, TokenizerError> {
         let bpe = match self {
             Tokenizer::Bpe(t) => t,
-            Tokenizer::Spm(_) => {
-                return Err(TokenizerError::NotGguf(
-                    "only byte-level BPE tokenizers are written (SentencePiece ones come from GGUF already)".into(),
-                ))
-            }
+            Tokenizer::Spm(t) => return self.spm_metadata(t, opts),
         };
         let not_gguf = |what: String| TokenizerError::NotGguf(what);
         let vocab = bpe.vocab();
@@ -76,9 +76,7 @@ impl Tokenizer {
 
         let n = vocab.len();
         let total = n.max(opts.pad_to);
-        let in_range = |id: Option<u32>| id.filter(|&id| (id as usize) < total);
-        let eos = in_range(vocab.eos()).or(in_range(opts.config_eos));
-        let bos = in_range(vocab.bos()).or(in_range(opts.config_bos)).or(eos);
+        let (bos, eos) = special_ids(self, opts, total);
         let (Some(bos), Some(eos)) = (bos, eos) else {
             return Err(not_gguf(
                 "it names no EOS token (tokenizer_config.json eos_token or config.json eos_token_id), and a GGUF \
@@ -130,6 +128,80 @@ impl Tokenizer {
         }
         md.push((keys::ADD_BOS.to_string(), Value::Bool(self.add_bos_default())));
         md.push((keys::ADD_EOS.to_string(), Value::Bool(self.add_eos_default())));
+        Ok(md)
+    }
+}
+
+/// BOS and EOS to write: the tokenizer's own, else config.json's; BOS falls
+/// back to EOS (see the module doc).
+fn special_ids(tok: &Tokenizer, opts: GgufVocabOptions, total: usize) -> (Option<u32>, Option<u32>) {
+    let in_range = |id: Option<u32>| id.filter(|&id| (id as usize) < total);
+    let vocab = tok.vocab();
+    let eos = in_range(vocab.eos()).or(in_range(opts.config_eos));
+    let bos = in_range(vocab.bos()).or(in_range(opts.config_bos)).or(eos);
+    (bos, eos)
+}
+
+impl Tokenizer {
+    /// SentencePiece metadata as llama.cpp's converter writes it for a
+    /// `tokenizer.model` (`tokenizer.ggml.model = "llama"`, `pre = "default"`,
+    /// tokens, scores, token types, padding `[PAD1]`… unused at score
+    /// -1000), with this tokenizer's scores: the merge ranks of a
+    /// tokenizer.json (see `hf::merge_scores`), in the same order as
+    /// SentencePiece's own.
+    fn spm_metadata(&self, spm: &SpmTokenizer, opts: GgufVocabOptions) -> Result<Vec<(String, Value)>, TokenizerError> {
+        let vocab = spm.vocab();
+        if let SpacePrefix::Metaspace { .. } = spm.space_prefix() {
+            return Err(TokenizerError::NotGguf(
+                "its Metaspace pre-tokenizer adds \"▁\" only where the text does not start with a space (the \
+                 non-legacy Llama scheme), which tokenizer.ggml.add_space_prefix cannot say"
+                    .into(),
+            ));
+        }
+        if let Some(&id) = vocab.rstrip_ids().first() {
+            return Err(TokenizerError::NotGguf(format!(
+                "added token {:?} strips the whitespace after it (rstrip), which GGUF metadata cannot say",
+                vocab.text(id).unwrap_or_default()
+            )));
+        }
+        let n = vocab.len();
+        let total = n.max(opts.pad_to);
+        let (bos, eos) = special_ids(self, opts, total);
+
+        let mut tokens = Vec::with_capacity(total);
+        let mut scores = Vec::with_capacity(total);
+        let mut types = Vec::with_capacity(total);
+        for id in 0..n as u32 {
+            tokens.push(Value::String(vocab.text(id).unwrap_or_default().to_string()));
+            scores.push(Value::F32(spm.score(id).unwrap_or(0.0)));
+            types.push(Value::I32(
+                vocab.token_type(id).unwrap_or(TokenType::Undefined).to_gguf(),
+            ));
+        }
+        for i in 1..=total - n {
+            tokens.push(Value::String(format!("[PAD{i}]")));
+            scores.push(Value::F32(-1000.0));
+            types.push(Value::I32(TokenType::Unused.to_gguf()));
+        }
+
+        let mut md = vec![
+            (keys::MODEL.to_string(), Value::String("llama".into())),
+            (keys::PRE.to_string(), Value::String("default".into())),
+            (keys::TOKENS.to_string(), Value::Array(tokens)),
+            (keys::SCORES.to_string(), Value::Array(scores)),
+            (keys::TOKEN_TYPE.to_string(), Value::Array(types)),
+        ];
+        // Absent ids would read back as llama.cpp's SPM defaults (1, 2, 0).
+        for (key, id) in [(keys::BOS_ID, bos), (keys::EOS_ID, eos), (keys::UNK_ID, vocab.unk())] {
+            if let Some(id) = id {
+                md.push((key.to_string(), Value::U32(id)));
+            }
+        }
+        md.push((keys::ADD_BOS.to_string(), Value::Bool(self.add_bos_default())));
+        md.push((keys::ADD_EOS.to_string(), Value::Bool(self.add_eos_default())));
+        if !spm.add_space_prefix() {
+            md.push((keys::ADD_SPACE_PREFIX.to_string(), Value::Bool(false)));
+        }
         Ok(md)
     }
 }

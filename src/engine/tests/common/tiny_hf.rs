@@ -550,3 +550,31 @@ pub fn write_tiny_checkpoint(
     std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
     weights
 }
+
+// ---- a Llama-2-style checkpoint: SentencePiece-style tokenizer.json ----
+
+/// A llama shape with Llama 2's vocabulary of 32,000 tokens.
+pub const LLAMA2: Shape = Shape { vocab: 32_000, ..LLAMA };
+
+/// Texts for the Llama 2 tokenizer: spaces, bytes outside the vocabulary, special-token texts.
+pub const LLAMA2_TEXTS: &[&str] = &[
+    "Hello world",
+    "  two leading spaces and\ttabs\n\nnewlines ",
+    "Cửa Việt 🦙 naïve 你好 ⁂",
+    "<s>[INST] Hi [/INST] sure</s>",
+];
+
+/// Writes a Llama-2-style checkpoint into `dir`: config.json, one
+/// safetensors file, and Llama 2's SentencePiece-style tokenizer.json and
+/// tokenizer_config.json (testdata/tokenizers/llama-spm, made by Hugging
+/// Face's converter). Returns the weights.
+pub fn write_llama2_checkpoint(dir: &Path, s: &Shape, dtype: Dtype, seed: u64) -> Vec<Weight> {
+    let weights = random_weights(s, seed);
+    write_hf(dir, &config_json(s, ""), &weights, dtype, 1);
+    // Both test crates live two levels below the repository root.
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tokenizers/llama-spm");
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    }
+    weights
+}
