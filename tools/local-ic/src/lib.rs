@@ -77,6 +77,7 @@
 
 pub mod backend;
 pub mod canister;
+pub mod charges;
 pub mod cow_memory;
 pub mod instrument;
 pub mod memory_snapshot;
@@ -84,10 +85,12 @@ pub mod profile;
 pub mod runtime;
 pub mod stable;
 pub mod system_api;
+pub mod tracker;
 pub mod types;
 pub mod weights;
 
 pub use candid::Principal;
+pub use charges::MemoryCharges;
 pub use profile::{FunctionProfile, Profile};
 pub use runtime::{canister_id, CanisterId, Runtime};
 pub use types::{
