@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{decode_args, encode_args, Principal};
 use icllm_api::*;
-use local_ic::{CanisterId, Limits, MessageReport, Runtime, RuntimeConfig};
+use local_ic::{CanisterId, Limits, MemoryCharges, MessageKind, MessageReport, Runtime, RuntimeConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -96,13 +96,20 @@ impl LocalCanister {
     /// Installs the canister with `init`, the runtime enforcing `update_limit`
     /// instructions per update/timer message.
     pub fn install(wasm: Vec<u8>, init: InitArgs, update_limit: u64) -> Result<LocalCanister> {
-        Self::install_with(wasm, init, update_limit, false)
+        Self::install_with(wasm, init, update_limit, false, MemoryCharges::default())
     }
 
     /// [`Self::install`], optionally in a profiling runtime
     /// (`RuntimeConfig::profile`: a counter per wasm function, read with
-    /// `rt.profile(id)`; slower, same counts).
-    pub fn install_with(wasm: Vec<u8>, init: InitArgs, update_limit: u64, profile: bool) -> Result<LocalCanister> {
+    /// `rt.profile(id)`; slower, same counts), under the given memory
+    /// charges (`RuntimeConfig::memory_charges`).
+    pub fn install_with(
+        wasm: Vec<u8>,
+        init: InitArgs,
+        update_limit: u64,
+        profile: bool,
+        memory_charges: MemoryCharges,
+    ) -> Result<LocalCanister> {
         let limits = Limits {
             update: update_limit,
             ..Limits::default()
@@ -118,6 +125,7 @@ impl LocalCanister {
             limits,
             module_cache_dir,
             profile,
+            memory_charges,
             ..defaults
         });
         let arg = encode_args((Some(init),))?;
@@ -195,6 +203,16 @@ impl LocalCanister {
         bail!("the upload did not finish")
     }
 
+    /// Sets the instruction limit of update/timer messages, in the runtime
+    /// and in the canister's budget (`set_message_instruction_limit`).
+    pub fn set_message_limit(&mut self, limit: u64) -> Result<()> {
+        let mut limits = self.rt.limits();
+        limits.update = limit;
+        self.rt.set_limits(limits);
+        let (r,): (ApiResult<()>,) = self.update(controller(), "set_message_instruction_limit", (limit,))?;
+        r.map_err(|e| anyhow!("set_message_instruction_limit: {e:?}"))
+    }
+
     pub fn start_job(&mut self, caller: Principal, req: JobRequest) -> Result<ApiResult<JobId>, local_ic::Error> {
         self.update(caller, "start_job", (req,)).map(|(r,)| r)
     }
@@ -250,6 +268,34 @@ impl LocalCanister {
 }
 
 /// SHA-256 of `bytes`.
+/// The canister's internal method that runs one background job step.
+pub const STEP_METHOD: &str = "<icllm internal> step";
+
+/// What went wrong among `reports`: messages that trapped (queries left
+/// out), and job steps re-run after a trapped step (the scheduler retries
+/// with half the budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrapStats {
+    pub traps: u64,
+    pub retries: u64,
+}
+
+pub fn trap_stats(reports: &[MessageReport]) -> TrapStats {
+    let mut stats = TrapStats::default();
+    let mut step_trapped = false;
+    for r in reports.iter().filter(|r| r.kind != MessageKind::Query) {
+        let step = r.method == STEP_METHOD;
+        if step && step_trapped {
+            stats.retries += 1;
+        }
+        if step {
+            step_trapped = r.error.is_some();
+        }
+        stats.traps += r.error.is_some() as u64;
+    }
+    stats
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
