@@ -28,8 +28,8 @@ const MIN_PIECE: u64 = 16 << 10;
 const HASH_COST_PER_BYTE: u64 = 100;
 /// Instructions per byte the replica's memory tracker charges, in-band, for
 /// the first write of a heap page in a message: 16 OS pages × (5,000 access
-/// + 5,000 dirty) per 64 KiB wasm page = 2.44, rounded up. A stable page's
-/// first read costs half of that (1.22).
+/// and 5,000 dirty) per 64 KiB wasm page = 2.44, rounded up. A stable
+/// page's first read costs half of that (1.22).
 const PAGE_COST_PER_BYTE_WRITTEN: u64 = 3;
 /// Instructions per byte assumed for reading weights from stable memory:
 /// the copy (1), the stable pages read (1.22) and the fresh heap pages

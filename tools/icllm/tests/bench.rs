@@ -21,6 +21,7 @@ fn check(r: &serde_json::Value) {
         "instructions_per_token",
         "prefill_instructions_per_token",
         "message_overhead_instructions",
+        "fixed_cost_per_message",
         "tick_overhead_instructions",
         "tokens_per_message",
         "prefill_tokens_per_message",

@@ -46,9 +46,12 @@ fn counter_updates_persist_queries_do_not() {
     // The tracker's in-band page charges come in whole wasm pages (16 OS
     // pages × 5,000 per first access, as much again per first write); the
     // after-message copy charge is 3,000 per dirty OS page, reported apart.
-    assert!(r.page_instructions > 0 && r.page_instructions % 80_000 == 0, "{r:?}");
+    assert!(
+        r.page_instructions > 0 && r.page_instructions.is_multiple_of(80_000),
+        "{r:?}"
+    );
     assert!(r.page_instructions <= r.instructions);
-    assert!(r.heap_dirty_page_instructions > 0 && r.heap_dirty_page_instructions % (16 * 3_000) == 0);
+    assert!(r.heap_dirty_page_instructions > 0 && r.heap_dirty_page_instructions.is_multiple_of(16 * 3_000));
     assert_eq!(r.slices, 1);
     assert_eq!(
         r.charged_instructions(),
