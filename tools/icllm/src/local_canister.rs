@@ -168,6 +168,22 @@ impl LocalCanister {
     /// order given by `order`, default ascending), finalizes, and runs
     /// rounds until the model is verified and loaded.
     pub fn upload_model(&mut self, bytes: &[u8], sha256: [u8; 32]) -> Result<UploadStatus> {
+        // The upload's ingress calls run under the IC's 40 B whatever budget
+        // the canister gives its own background messages: a 2 MB chunk,
+        // copied into fresh heap and stable pages, costs ~20 M under the
+        // memory tracker's charges.
+        let limits = self.rt.limits();
+        self.rt.set_limits(Limits {
+            update: limits.update.max(IC_UPDATE_LIMIT),
+            ..limits
+        });
+        let sent = self.send_upload(bytes, sha256);
+        self.rt.set_limits(limits);
+        sent?;
+        self.finalize_upload()
+    }
+
+    fn send_upload(&mut self, bytes: &[u8], sha256: [u8; 32]) -> Result<()> {
         let begin = UploadBegin {
             size: bytes.len() as u64,
             sha256: sha256.to_vec(),
@@ -183,7 +199,7 @@ impl LocalCanister {
             )?;
             r.map_err(|e| anyhow!("upload_chunk at {offset}: {e:?}"))?;
         }
-        self.finalize_upload()
+        Ok(())
     }
 
     /// Finalizes and runs rounds until the upload is done or failed.
@@ -268,6 +284,9 @@ impl LocalCanister {
 }
 
 /// SHA-256 of `bytes`.
+/// The IC's instruction limit of an update message (ingress included).
+const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
+
 /// The canister's internal method that runs one background job step.
 pub const STEP_METHOD: &str = "<icllm internal> step";
 
