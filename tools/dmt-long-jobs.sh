@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Opt-in check (about an hour per model on the 2-core development machine;
+# Opt-in check (15 to 30 minutes per model on the 2-core development machine;
 # too slow for CI): jobs of 100+ messages at the IC's 40 B limit under the
 # replica's memory charges (dmt, the default) run with no trap and no
 # retry, and no message exceeds 40 B. CI runs the stories15M version
