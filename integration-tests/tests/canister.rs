@@ -4,6 +4,7 @@
 use candid::Principal;
 use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
 use icllm_api::*;
+use local_ic::MemoryCharges;
 use std::sync::OnceLock;
 
 /// From models/README.md: greedy continuation of "Joe loves writing stories".
@@ -28,12 +29,24 @@ fn wasm() -> Vec<u8> {
 
 /// A canister with the stories260K model loaded, running under `limit`
 /// instructions per message (the runtime enforces it; the canister is told).
+///
+/// Below 100 M the runtime applies the legacy memory charges: these tests
+/// cut stories260K's jobs into many messages with limits of a few million
+/// instructions, where the memory tracker's page charges of a message's
+/// fixed work (timer, scheduler state, pipeline buffers: a few million)
+/// would leave no room for a unit. Jobs under the tracker's charges are
+/// tested in `tools/icllm/tests/bench.rs`.
 fn canister_with_model(limit: u64) -> LocalCanister {
     let init = InitArgs {
         message_instruction_limit: Some(limit),
         ..InitArgs::default()
     };
-    let mut c = LocalCanister::install(wasm(), init, limit).expect("install");
+    let charges = if limit < 100_000_000 {
+        MemoryCharges::Legacy
+    } else {
+        MemoryCharges::Dmt
+    };
+    let mut c = LocalCanister::install_with(wasm(), init, limit, false, charges).expect("install");
     let model = model_bytes();
     c.upload_model(model, sha256(model)).expect("upload");
     c

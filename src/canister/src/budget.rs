@@ -4,6 +4,21 @@
 //! the replica's own counter (`performance_counter(0)`), an estimate of the
 //! unit's cost learned from the units already run, and a reserve kept back
 //! for the checkpoint that ends every step.
+//!
+//! **Page charges.** The replica's deterministic memory tracker charges, in
+//! the message and against its limit, the first access of every 64 KiB heap
+//! or stable page the message touches (80,000 instructions) and its first
+//! write (80,000 more). A unit's measured cost includes what it touched
+//! first (its weights, KV rows, scratch), because the counter does. The
+//! estimate uses the highest instructions per multiply-add seen, and the
+//! units of a message's first token are the ones that touch their weights
+//! first, so every estimate covers a unit whose pages are all fresh: later
+//! tokens of the message, whose pages are paid for, come in under it (the
+//! loss is at most one unit at the end of a message). The first message of
+//! a canister learns from the prior, which is above any unit's cost with its
+//! page charges (16 per multiply-add; F32 weights read fresh add 4.9, 1.22
+//! per byte, to their ~2 of compute). The reserve covers the checkpoint:
+//! stable pages of new KV rows, 160,000 per 64 KiB written.
 
 use icllm_engine::job::Phase;
 use std::cell::Cell;

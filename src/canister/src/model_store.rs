@@ -26,8 +26,15 @@ const MIN_PIECE: u64 = 16 << 10;
 /// Instructions per byte assumed for hashing (measured: sha2 costs ~77 per
 /// byte in the canister wasm, stable read included).
 const HASH_COST_PER_BYTE: u64 = 100;
-/// Instructions per byte assumed for reading weights from stable memory.
-const READ_COST_PER_BYTE: u64 = 4;
+/// Instructions per byte the replica's memory tracker charges, in-band, for
+/// the first write of a heap page in a message: 16 OS pages × (5,000 access
+/// and 5,000 dirty) per 64 KiB wasm page = 2.44, rounded up. A stable
+/// page's first read costs half of that (1.22).
+const PAGE_COST_PER_BYTE_WRITTEN: u64 = 3;
+/// Instructions per byte assumed for reading weights from stable memory:
+/// the copy (1), the stable pages read (1.22) and the fresh heap pages
+/// written (2.44), rounded up.
+const READ_COST_PER_BYTE: u64 = 6;
 /// Instructions per byte assumed for converting a tensor of type `ty` into
 /// heap weights (repacking, widening): about 1.5 x what the canister wasm
 /// measured with a per-tensor counter (qwen3-0.6b shapes: F32 2.5, F16 9.0
@@ -51,6 +58,9 @@ fn convert_cost_per_byte(ty: GgmlType) -> u64 {
         GgmlType::Q5K => 15,
         _ => 160,
     };
+    // The converted weights land in fresh heap pages: up to twice the
+    // input's bytes (F16/BF16 widened to f32), each paying its first write.
+    let prior = prior + 2 * PAGE_COST_PER_BYTE_WRITTEN;
     SEEN_CONVERT_COST
         .with(|m| m.borrow().get(&(ty as u32)).copied().unwrap_or(0))
         .max(prior)
@@ -241,6 +251,13 @@ impl Pipeline {
                     // Stage the tensor's bytes piece by piece, then convert it.
                     if (staged.len() as u64) < info.size {
                         let at = staged.len() as u64;
+                        if at == 0 {
+                            // The whole tensor's room at once: growing the
+                            // buffer piece by piece would copy it into fresh
+                            // pages again and again, each copy paying the
+                            // memory tracker's first-write charge.
+                            staged.reserve_exact(info.size as usize);
+                        }
                         let Some(n) = piece(info.size - at, READ_COST_PER_BYTE, remaining(), fresh) else {
                             return too_small("reading weights", fresh);
                         };

@@ -33,7 +33,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use icllm::local_canister::{build_or_read_wasm, controller, sha256, LocalCanister};
+use icllm::local_canister::{build_or_read_wasm, controller, sha256, trap_stats, LocalCanister, STEP_METHOD};
 use icllm_api::{ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView};
 use icllm_engine::model::{forward, Model};
 use icllm_engine::synth::{self, QuantMix, SynthOptions};
@@ -100,12 +100,18 @@ pub struct BenchArgs {
     /// Generated tokens of that job.
     #[arg(long, default_value_t = 8)]
     overhead_gen_tokens: u32,
-    /// Instructions per message for the main run (the IC's 40 B by default).
+    /// Instructions per message for the jobs (the IC's 40 B by default;
+    /// the model itself loads in messages of at least 40 B).
     #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
     instruction_limit: u64,
     /// Skip the runs that measure the fixed cost per message.
     #[arg(long)]
     no_overhead: bool,
+    /// Memory charges of the local runtime: dmt (the replica's deterministic
+    /// memory tracker: every heap or stable page a message touches costs
+    /// instructions in-band) or legacy (1,000 per dirty page after the message).
+    #[arg(long, default_value = "dmt")]
+    memory_charges: local_ic::MemoryCharges,
     /// Per-function profile: the top N functions (default 25) by IC-weighted
     /// instructions per decode token and per prefill token (runs an extra
     /// prefill-only job; the profiling runtime is slower, counts unchanged).
@@ -149,6 +155,13 @@ struct RunTotals {
     heap_dirty_page_instructions: u64,
     max_dirtied_heap_pages: u64,
     stable_bytes_written: u64,
+    /// In-band page charges and slices of the job's step messages.
+    page_instructions: u64,
+    slices: u64,
+    step_messages: u64,
+    /// Messages that trapped while the job ran, and steps retried after one.
+    traps: u64,
+    retries: u64,
 }
 
 fn synthetic_prompt(model: &Model, tokens: Option<Vec<u32>>, n: usize) -> Vec<u32> {
@@ -218,12 +231,20 @@ fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTot
     if let JobStatus::Failed(reason) = &view.status {
         bail!("the job failed: {reason}");
     }
+    let trapped = trap_stats(&c.rt.reports()[first..]);
     let reports: Vec<_> = c.rt.reports()[first..]
         .iter()
         .filter(|r| r.committed && r.method != "start_job")
         .filter(|r| r.kind != local_ic::MessageKind::Query)
         .collect();
+    // The job's own messages (the scheduler's step calls), for the per-message figures.
+    let steps = || reports.iter().filter(|r| r.method == STEP_METHOD);
     Ok(RunTotals {
+        page_instructions: steps().map(|r| r.page_instructions).sum(),
+        slices: steps().map(|r| r.slices).sum(),
+        step_messages: steps().count() as u64,
+        traps: trapped.traps,
+        retries: trapped.retries,
         all_instructions: reports.iter().map(|r| r.instructions).sum(),
         heap_dirty_page_instructions: reports.iter().map(|r| r.heap_dirty_page_instructions).sum(),
         max_dirtied_heap_pages: reports.iter().map(|r| r.dirtied_heap_pages).max().unwrap_or(0),
@@ -233,11 +254,7 @@ fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTot
 }
 
 fn set_limit(c: &mut LocalCanister, limit: u64) -> Result<()> {
-    let mut limits = c.rt.limits();
-    limits.update = limit;
-    c.rt.set_limits(limits);
-    let (r,): (ApiResult<()>,) = c.update(controller(), "set_message_instruction_limit", (limit,))?;
-    r.map_err(|e| anyhow!("set_message_instruction_limit: {e:?}"))
+    c.set_message_limit(limit)
 }
 
 /// The model's name and GGUF bytes: the file (a checkpoint directory
@@ -487,17 +504,23 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         .max(40_000_000u64.div_ceil(token_macs.max(1)))
         .min(trained.saturating_sub(overhead_prompt + 1).max(2) as u64) as u32;
     let max_context = ctx.max(overhead_prompt + overhead_gen + 1);
+    // The model loads in IC-sized messages (a tensor's conversion is one
+    // uninterruptible piece); `--instruction-limit` applies to the jobs.
+    let load_limit = args.instruction_limit.max(IC_UPDATE_LIMIT);
     let init = InitArgs {
-        message_instruction_limit: Some(args.instruction_limit),
+        message_instruction_limit: Some(load_limit),
         max_context: Some(max_context),
         ..InitArgs::default()
     };
-    let mut c = LocalCanister::install_with(wasm, init, args.instruction_limit, args.profile.is_some())?;
+    let mut c = LocalCanister::install_with(wasm, init, load_limit, args.profile.is_some(), args.memory_charges)?;
     t.lap("install");
     c.upload_model(&bytes, sha256(&bytes))?;
     let stable_model_bytes = bytes.len();
     drop(bytes);
     t.lap("upload, verify and load in the canister");
+    if load_limit != args.instruction_limit {
+        set_limit(&mut c, args.instruction_limit)?;
+    }
     let req = JobRequest {
         max_tokens: n_gen,
         temperature: Some(0.0),
@@ -619,13 +642,26 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
                 (many.heap_dirty_page_instructions as f64 / many.view.messages.max(1) as f64).round(),
             "max_dirtied_heap_pages": many.max_dirtied_heap_pages,
             "stable_bytes_written_per_message": many.stable_bytes_written / many.view.messages.max(1),
+            "page_instructions_per_message":
+                (many.page_instructions as f64 / many.step_messages.max(1) as f64).round(),
+            "traps": one.traps + many.traps,
+            "retries": one.retries + many.retries,
         }))
     };
     if overhead.is_some() {
         t.lap("fixed-cost runs");
     }
     let limit = IC_UPDATE_LIMIT as f64;
-    let ovh = overhead.as_ref().map_or(0.0, |o| o["message"].as_f64().unwrap_or(0.0));
+    // The fixed cost of a message: the difference-measured cost, or, where
+    // more, the page charges of one of the main run's messages. Each of
+    // those touched every weight once (as a 40 B decode message does),
+    // while the short job's small messages touch a few units' weights each,
+    // which spreads the weights' first-touch charge over many messages.
+    let main_pages = main.page_instructions as f64 / main.step_messages.max(1) as f64;
+    let ovh = overhead
+        .as_ref()
+        .map_or(0.0, |o| o["message"].as_f64().unwrap_or(0.0))
+        .max(main_pages);
     let tokens_per_message = (limit - ovh) / per_token.max(1.0);
     let prefill_tokens_per_message = (limit - ovh) / per_prompt_token.max(1.0);
 
@@ -643,6 +679,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "instructions_per_token": per_token.round(),
         "prefill_instructions_per_token": per_prompt_token.round(),
         "message_overhead_instructions": overhead.as_ref().map(|o| o["message"].clone()),
+        "fixed_cost_per_message": ovh.round(),
         "tick_overhead_instructions": overhead.as_ref().map(|o| o["tick"].clone()),
         "heap_dirty_page_instructions_per_message":
             overhead.as_ref().map(|o| o["heap_dirty_page_instructions_per_message"].clone()),
@@ -655,6 +692,13 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "prefill_instructions_per_mac": per_prompt_token / prefill_macs_per_token,
         "messages": v.messages,
         "max_message_instructions": v.max_message_instructions,
+        "memory_charges": args.memory_charges.name(),
+        // The main run's messages: a decode message of the limit pays these
+        // for the pages it touches first (weights, KV rows, scratch).
+        "page_instructions_per_message": (main.page_instructions as f64 / main.step_messages.max(1) as f64).round(),
+        "slices_per_message": main.slices as f64 / main.step_messages.max(1) as f64,
+        "traps": main.traps + overhead.as_ref().map_or(0, |o| o["traps"].as_u64().unwrap_or(0)),
+        "retries": main.retries + overhead.as_ref().map_or(0, |o| o["retries"].as_u64().unwrap_or(0)),
         "heap_dirty_page_instructions": main.heap_dirty_page_instructions,
         "max_dirtied_heap_pages": main.max_dirtied_heap_pages,
         "stable_bytes_written": main.stable_bytes_written,
@@ -707,7 +751,7 @@ fn table(args: &BenchArgs, wasm: Vec<u8>) -> Result<()> {
         return Ok(());
     }
     println!(
-        "| model | decode instr/token (position) | prefill instr/token | fixed cost per message (per tick) | heap dirty-page charge per message | decode tokens per 40 B message (target) | prefill tokens per 40 B message | MACs/token | instr/MAC (target) | heap | stable |"
+        "| model | decode instr/token (position) | prefill instr/token | fixed cost per message (per tick) | page charges per message (in-band; after) | decode tokens per 40 B message (target) | prefill tokens per 40 B message | MACs/token | instr/MAC (target) | heap | stable |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (shape, quant, target, reference, r) in rows {
@@ -721,16 +765,19 @@ fn table(args: &BenchArgs, wasm: Vec<u8>) -> Result<()> {
             "q8_0" => " (≤ 0.7)",
             _ => "",
         };
+        // Per tick: the timer's and callback's messages on top of the job's.
         let overhead = match (
+            r["fixed_cost_per_message"].as_f64(),
             r["message_overhead_instructions"].as_f64(),
             r["tick_overhead_instructions"].as_f64(),
         ) {
-            (Some(m), Some(t)) => format!("{} ({})", millions(m), millions(t)),
+            (Some(fixed), Some(m), Some(t)) => format!("{} ({})", millions(fixed), millions(t + fixed - m)),
             _ => "—".into(),
         };
-        let dirty = r["heap_dirty_page_instructions_per_message"]
+        let after = r["heap_dirty_page_instructions_per_message"]
             .as_f64()
             .map_or("—".into(), millions);
+        let dirty = format!("{}; {after}", millions(f("page_instructions_per_message")));
         let prefill_half = if f("prefill_instructions_per_token") <= f("instructions_per_token") / 2.0 {
             "✓"
         } else {

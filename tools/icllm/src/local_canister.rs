@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{decode_args, encode_args, Principal};
 use icllm_api::*;
-use local_ic::{CanisterId, Limits, MessageReport, Runtime, RuntimeConfig};
+use local_ic::{CanisterId, Limits, MemoryCharges, MessageKind, MessageReport, Runtime, RuntimeConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -118,13 +118,20 @@ impl LocalCanister {
     /// Installs the canister with `init`, the runtime enforcing `update_limit`
     /// instructions per update/timer message.
     pub fn install(wasm: Vec<u8>, init: InitArgs, update_limit: u64) -> Result<LocalCanister> {
-        Self::install_with(wasm, init, update_limit, false)
+        Self::install_with(wasm, init, update_limit, false, MemoryCharges::default())
     }
 
     /// [`Self::install`], optionally in a profiling runtime
     /// (`RuntimeConfig::profile`: a counter per wasm function, read with
-    /// `rt.profile(id)`; slower, same counts).
-    pub fn install_with(wasm: Vec<u8>, init: InitArgs, update_limit: u64, profile: bool) -> Result<LocalCanister> {
+    /// `rt.profile(id)`; slower, same counts), under the given memory
+    /// charges (`RuntimeConfig::memory_charges`).
+    pub fn install_with(
+        wasm: Vec<u8>,
+        init: InitArgs,
+        update_limit: u64,
+        profile: bool,
+        memory_charges: MemoryCharges,
+    ) -> Result<LocalCanister> {
         let limits = Limits {
             update: update_limit,
             ..Limits::default()
@@ -140,6 +147,7 @@ impl LocalCanister {
             limits,
             module_cache_dir,
             profile,
+            memory_charges,
             ..defaults
         });
         let arg = encode_args((Some(init),))?;
@@ -182,6 +190,22 @@ impl LocalCanister {
     /// order given by `order`, default ascending), finalizes, and runs
     /// rounds until the model is verified and loaded.
     pub fn upload_model(&mut self, bytes: &[u8], sha256: [u8; 32]) -> Result<UploadStatus> {
+        // The upload's ingress calls run under the IC's 40 B whatever budget
+        // the canister gives its own background messages: a 2 MB chunk,
+        // copied into fresh heap and stable pages, costs ~20 M under the
+        // memory tracker's charges.
+        let limits = self.rt.limits();
+        self.rt.set_limits(Limits {
+            update: limits.update.max(IC_UPDATE_LIMIT),
+            ..limits
+        });
+        let sent = self.send_upload(bytes, sha256);
+        self.rt.set_limits(limits);
+        sent?;
+        self.finalize_upload()
+    }
+
+    fn send_upload(&mut self, bytes: &[u8], sha256: [u8; 32]) -> Result<()> {
         let begin = UploadBegin {
             size: bytes.len() as u64,
             sha256: sha256.to_vec(),
@@ -197,7 +221,7 @@ impl LocalCanister {
             )?;
             r.map_err(|e| anyhow!("upload_chunk at {offset}: {e:?}"))?;
         }
-        self.finalize_upload()
+        Ok(())
     }
 
     /// Finalizes and runs rounds until the upload is done or failed.
@@ -215,6 +239,16 @@ impl LocalCanister {
             status = r.map_err(|e| anyhow!("upload_status: {e:?}"))?;
         }
         bail!("the upload did not finish")
+    }
+
+    /// Sets the instruction limit of update/timer messages, in the runtime
+    /// and in the canister's budget (`set_message_instruction_limit`).
+    pub fn set_message_limit(&mut self, limit: u64) -> Result<()> {
+        let mut limits = self.rt.limits();
+        limits.update = limit;
+        self.rt.set_limits(limits);
+        let (r,): (ApiResult<()>,) = self.update(controller(), "set_message_instruction_limit", (limit,))?;
+        r.map_err(|e| anyhow!("set_message_instruction_limit: {e:?}"))
     }
 
     pub fn start_job(&mut self, caller: Principal, req: JobRequest) -> Result<ApiResult<JobId>, local_ic::Error> {
@@ -279,6 +313,37 @@ impl LocalCanister {
 }
 
 /// SHA-256 of `bytes`.
+/// The IC's instruction limit of an update message (ingress included).
+const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
+
+/// The canister's internal method that runs one background job step.
+pub const STEP_METHOD: &str = "<icllm internal> step";
+
+/// What went wrong among `reports`: messages that trapped (queries left
+/// out), and job steps re-run after a trapped step (the scheduler retries
+/// with half the budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrapStats {
+    pub traps: u64,
+    pub retries: u64,
+}
+
+pub fn trap_stats(reports: &[MessageReport]) -> TrapStats {
+    let mut stats = TrapStats::default();
+    let mut step_trapped = false;
+    for r in reports.iter().filter(|r| r.kind != MessageKind::Query) {
+        let step = r.method == STEP_METHOD;
+        if step && step_trapped {
+            stats.retries += 1;
+        }
+        if step {
+            step_trapped = r.error.is_some();
+        }
+        stats.traps += r.error.is_some() as u64;
+    }
+    stats
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()

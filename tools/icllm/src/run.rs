@@ -7,7 +7,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::Args;
-use icllm::local_canister::{build_or_read_wasm, controller, sha256, LocalCanister};
+use icllm::local_canister::{build_or_read_wasm, controller, sha256, trap_stats, LocalCanister};
 use icllm_api::{ChatMessage, InitArgs, JobRequest, JobStatus};
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,9 +48,15 @@ pub struct RunArgs {
     /// faster attention at long contexts, rounding as int8 activations).
     #[arg(long, default_value = "f32")]
     kv_cache: icllm_engine::kv::KvType,
-    /// Instructions per update/timer message in the local runtime.
+    /// Instructions per update/timer message of the job in the local
+    /// runtime (the model uploads and loads in messages of at least 40 B).
     #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
     instruction_limit: u64,
+    /// Memory charges of the local runtime: dmt (the replica's
+    /// deterministic memory tracker, in-band per touched page) or legacy
+    /// (1,000 per dirty page after the message).
+    #[arg(long, default_value = "dmt")]
+    memory_charges: local_ic::MemoryCharges,
     /// Canister wasm to run (default: built from the workspace with cargo).
     #[arg(long)]
     wasm: Option<PathBuf>,
@@ -63,12 +69,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     // The model first: a checkpoint that cannot be converted fails before the build.
     let model = crate::model_files::canister_model_bytes(&args.model)?;
     let wasm = build_or_read_wasm(args.wasm.as_deref())?;
+    // Uploading and loading in IC-sized messages: an upload chunk alone
+    // (2 MB copied into the heap and into stable memory, every page paying
+    // its first write) costs ~20 M.
+    let load_limit = args.instruction_limit.max(IC_UPDATE_LIMIT);
     let init = InitArgs {
-        message_instruction_limit: Some(args.instruction_limit),
+        message_instruction_limit: Some(load_limit),
         ..InitArgs::default()
     };
-    let mut canister = LocalCanister::install(wasm, init, args.instruction_limit)?;
+    let mut canister = LocalCanister::install_with(wasm, init, load_limit, false, args.memory_charges)?;
     canister.upload_model(&model, sha256(&model))?;
+    if load_limit != args.instruction_limit {
+        canister.set_message_limit(args.instruction_limit)?;
+    }
 
     let prompt = args.prompt.unwrap_or_default();
     let messages = args.chat.then(|| {
@@ -104,12 +117,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Err(anyhow!("the job failed: {reason}"));
     }
 
-    let max_message = canister.rt.reports()[first_report..]
+    let reports = &canister.rt.reports()[first_report..];
+    let max_message = reports
         .iter()
         .filter(|r| r.committed)
         .map(|r| r.instructions)
         .max()
         .unwrap_or(0);
+    let trapped = trap_stats(reports);
+    let page_instructions: u64 = reports
+        .iter()
+        .filter(|r| r.committed)
+        .map(|r| r.page_instructions)
+        .sum();
     let decode_instructions = view.instructions.saturating_sub(view.prompt_instructions);
     let per_token = decode_instructions as f64 / view.generated_tokens.max(1) as f64;
     let per_prompt_token = view.prompt_instructions as f64 / view.prompt_tokens.max(1) as f64;
@@ -122,6 +142,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     eprintln!("prompt_instructions_per_token: {per_prompt_token:.0}");
     eprintln!("tokens_per_message: {:.0}", IC_UPDATE_LIMIT as f64 / per_token.max(1.0));
     eprintln!("max_message_instructions: {max_message}");
+    eprintln!("memory_charges: {}", args.memory_charges.name());
+    eprintln!(
+        "page_instructions_per_message: {:.0}",
+        page_instructions as f64 / view.messages.max(1) as f64
+    );
+    eprintln!("traps: {}", trapped.traps);
+    eprintln!("retries: {}", trapped.retries);
     eprintln!("cycles: {}", view.cycles);
     if args.print_ids {
         eprintln!("generated_ids: {:?}", view.tokens);

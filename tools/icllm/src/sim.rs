@@ -4,8 +4,9 @@
 //! Steps (`--call`, `--query`, `--upgrade`, `--advance-time`, `--tick`) run
 //! in the order they appear on the command line. Each prints exactly one
 //! line: the reply in candid text followed by ` instructions=N` (and
-//! ` heap_dirty_page_instructions=N`, the replica's charge for the heap
-//! pages the messages dirtied, counted apart), or the
+//! ` page_instructions=N`, the in-band page charges included in it, and
+//! ` heap_dirty_page_instructions=N`, the replica's after-message charge for
+//! dirty pages, counted apart; `--memory-charges` picks the rule), or the
 //! error in the IC's wording. A trap does not end the run; later steps see
 //! the rolled-back state. Installation problems and bad options end the run
 //! with an error (exit code 1). Canister debug output and `--stats` go to
@@ -86,6 +87,11 @@ pub struct SimArgs {
     /// Echo the canister's debug_print output to stderr.
     #[arg(long)]
     pub debug_print: bool,
+    /// Memory charges: dmt (the replica's deterministic memory tracker,
+    /// in-band per touched page) or legacy (1,000 per dirty page after the
+    /// message).
+    #[arg(long, default_value = "dmt")]
+    pub memory_charges: local_ic::MemoryCharges,
 }
 
 /// One step of the run, in command-line order.
@@ -244,6 +250,10 @@ fn call_line(result: Result<Reply, Error>, rets: Option<(&TypeEnv, &[Type])>) ->
                     reply.messages.len()
                 ));
             }
+            let pages: u64 = reply.messages.iter().map(|m| m.page_instructions).sum();
+            if pages > 0 {
+                line.push_str(&format!(" page_instructions={pages}"));
+            }
             let dirty: u64 = reply.messages.iter().map(|m| m.heap_dirty_page_instructions).sum();
             if dirty > 0 {
                 line.push_str(&format!(" heap_dirty_page_instructions={dirty}"));
@@ -296,6 +306,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         limits,
         seed: args.seed,
         print_debug: args.debug_print,
+        memory_charges: args.memory_charges,
         ..RuntimeConfig::default()
     });
     let interface = Interface::from_wasm(&wasm)?;

@@ -51,11 +51,14 @@ fn run_prints_the_golden_text_and_statistics() {
         assert!(stat(&stderr, key) > 0, "{key} is zero:\n{stderr}");
     }
     assert!(stat(&stderr, "max_message_instructions") <= 40_000_000_000);
+    assert_eq!(stat(&stderr, "traps"), 0, "{stderr}");
+    assert_eq!(stat(&stderr, "retries"), 0, "{stderr}");
 }
 
 #[test]
 fn run_under_a_small_instruction_limit_gives_the_same_text_in_more_messages() {
-    let limit = 8_000_000u64;
+    // The smallest limit the canister accepts (`set_message_instruction_limit`).
+    let limit = 10_000_000u64;
     let (stdout, stderr) = icllm_run(&["--instruction-limit", &limit.to_string()]);
     assert_eq!(stdout, ". He liked to play with his toy\n");
     // At least as many messages as the limit forces (3 for this job at the

@@ -11,9 +11,15 @@ fn main() {
         std::process::exit(2);
     };
     let wasm = std::fs::read(path).expect("read wasm");
-    let info = local_ic::instrument::instrument_with(&wasm, local_ic::instrument::Options { profile: true })
-        .expect("valid module")
-        .info;
+    let info = local_ic::instrument::instrument_with(
+        &wasm,
+        local_ic::instrument::Options {
+            profile: true,
+            track_pages: false,
+        },
+    )
+    .expect("valid module")
+    .info;
     let imported = info.function_imports.len() as u32;
     let mut index = imported;
     for payload in Parser::new(0).parse_all(&wasm) {

@@ -11,11 +11,29 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::charges::Slicing;
 use crate::cow_memory::{self, CowState};
 use crate::memory_snapshot::HeapTracker;
 use crate::stable::StableMemory;
+use crate::system_api::Hooks;
 use crate::system_api::{self, Callback, HostState, MessageContext};
-use crate::types::ExecError;
+use crate::tracker::{self, Var};
+use crate::types::{ExecError, MessageKind};
+
+/// The slice handler, its globals and the page map, where the rewrite added
+/// them ([`crate::tracker`]).
+fn hooks_of(instance: &Instance, store: &mut Store<HostState>) -> Option<Hooks> {
+    let out_of_instructions = instance.get_func(&mut *store, tracker::OUT_OF_INSTRUCTIONS_EXPORT)?;
+    let mut globals = Vec::with_capacity(Var::ALL.len());
+    for g in Var::ALL {
+        globals.push((g, instance.get_global(&mut *store, &g.export_name())?));
+    }
+    Some(Hooks {
+        out_of_instructions,
+        globals,
+        pages: instance.get_memory(&mut *store, tracker::PAGES_EXPORT),
+    })
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -34,6 +52,11 @@ pub struct Execution {
     pub instructions: u64,
     pub dirtied_heap_pages: u64,
     pub dirtied_stable_pages: u64,
+    /// In-band page charges (see [`crate::MessageReport::page_instructions`]).
+    pub page_instructions: u64,
+    /// Wasm pages (heap and stable) the tracker saw written (dmt only).
+    pub tracked_dirty_wasm_pages: u64,
+    pub slices: u64,
     /// The message context with its staged outputs.
     pub msg: MessageContext,
 }
@@ -172,6 +195,7 @@ impl Canister {
         };
         store.data_mut().memory = memory;
         store.data_mut().counter = Some(counter);
+        store.data_mut().hooks = hooks_of(&instance, &mut store);
         let created = cow_memory::take_created();
         let heap = memory.map(|m| {
             let base = m.data_ptr(&store) as usize;
@@ -248,7 +272,9 @@ impl Canister {
     /// undo log of a previous pending message (upgrade: pre + post).
     pub fn execute(&mut self, entry: &Entry, msg: MessageContext, limit: u64, continue_stable_log: bool) -> Execution {
         let limit_i64 = limit.min(i64::MAX as u64) as i64;
-        if let Err(e) = self.counter.set(&mut self.store, Val::I64(limit_i64)) {
+        self.store.data_mut().msg.kind = msg.kind;
+        let first_slice = self.begin_slices(limit).min(i64::MAX as u64) as i64;
+        if let Err(e) = self.counter.set(&mut self.store, Val::I64(first_slice)) {
             return self.failed_early(msg, ExecError::Internal(e.to_string()));
         }
         for (g, v) in self.globals.iter_mut() {
@@ -282,26 +308,51 @@ impl Canister {
             Entry::Table(cb) => self.table_func(*cb).map(|f| f.call(&mut self.store, cb.env)),
         };
 
-        let left = self.counter.get(&mut self.store).i64().unwrap_or(i64::MIN);
+        let hooks = self.store.data().hooks.clone();
+        let mut left = self.counter.get(&mut self.store).i64().unwrap_or(i64::MIN);
+        if let (Some(h), Ok(Ok(())), true) = (hooks.as_ref(), &call, left < 0) {
+            // The overshoot after the last check point: end the slice there.
+            if h.out_of_instructions.call(&mut self.store, &[], &mut []).is_ok() {
+                left = self.counter.get(&mut self.store).i64().unwrap_or(i64::MIN);
+            }
+        }
+        let failure = hooks.as_ref().and_then(|h| h.failure(&mut self.store, limit));
         let dirtied_heap_pages = match (self.heap.as_mut(), self.memory) {
             (Some(Heap::Shadow(heap)), Some(mem)) => heap.collect(mem.data(&self.store)) as u64,
             (Some(Heap::Cow(cow)), _) => cow.collect() as u64,
             _ => 0,
         };
         let host_trap = self.store.data_mut().msg.trap.take();
-        let result = match call {
-            Err(e) => Err(e),
-            Ok(Ok(())) if left < 0 => Err(ExecError::InstructionLimitExceeded(limit)),
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(host_trap.unwrap_or_else(|| {
-                if left < 0 {
+        let result = match (call, failure) {
+            (Err(e), _) => Err(e),
+            (Ok(Ok(())), Some(f)) => Err(f),
+            (Ok(Ok(())), None) if left < 0 => Err(ExecError::InstructionLimitExceeded(limit)),
+            (Ok(Ok(())), None) => Ok(()),
+            (Ok(Err(err)), failure) => Err(host_trap.or(failure).unwrap_or_else(|| {
+                if left < 0 && hooks.is_none() {
                     ExecError::InstructionLimitExceeded(limit)
                 } else {
                     ExecError::Trapped(trap_text(&err))
                 }
             })),
         };
-        let instructions = if left < 0 { limit } else { (limit_i64 - left) as u64 };
+        let (instructions, slices, wasm_page_instructions) = match hooks.as_ref() {
+            Some(h) => {
+                let slices = h.get(&mut self.store, Var::Slices).max(1) as u64;
+                let pages = h.get(&mut self.store, Var::PageInstructions).max(0) as u64;
+                let used = match &result {
+                    Err(ExecError::InstructionLimitExceeded(_)) => limit,
+                    Err(ExecError::SliceOverrun { instructions, .. }) => {
+                        h.get(&mut self.store, Var::Executed).max(0) as u64 + instructions
+                    }
+                    _ => h.used(&mut self.store, left).min(limit),
+                };
+                (used, slices, pages)
+            }
+            None if left < 0 => (limit, 1, 0),
+            None => ((limit_i64 - left) as u64, 1, 0),
+        };
+        let tracked_dirty_wasm_pages = self.tracked_dirty_heap_pages() + self.store.data().stable.tracked_dirty_pages();
         if let Some(p) = self.profile.as_mut() {
             match profile_before {
                 Some(values) => {
@@ -310,7 +361,7 @@ impl Canister {
                         let _ = g.set(&mut self.store, v);
                     }
                 }
-                None => p.executed += (limit_i64 as i128 - left as i128).max(0) as u64,
+                None => p.executed += instructions,
             }
         }
         let state = self.store.data_mut();
@@ -323,6 +374,9 @@ impl Canister {
             instructions,
             dirtied_heap_pages,
             dirtied_stable_pages: state.stable.dirty_pages(),
+            page_instructions: wasm_page_instructions + msg.page_instructions,
+            tracked_dirty_wasm_pages,
+            slices,
             msg,
         }
     }
@@ -333,8 +387,62 @@ impl Canister {
             instructions: 0,
             dirtied_heap_pages: 0,
             dirtied_stable_pages: 0,
+            page_instructions: 0,
+            tracked_dirty_wasm_pages: 0,
+            slices: 0,
             msg,
         }
+    }
+
+    /// Sets the slice handler's and page tracker's state for a new message
+    /// of `limit` instructions; returns the first slice's limit.
+    fn begin_slices(&mut self, limit: u64) -> u64 {
+        let state = self.store.data();
+        let (kind, mode, max_slice) = (state.msg.kind, state.charges, state.max_slice);
+        let Some(hooks) = state.hooks.clone() else {
+            return limit;
+        };
+        let query = matches!(kind, MessageKind::Query | MessageKind::InspectMessage);
+        let slicing = if query {
+            Slicing::single(limit)
+        } else {
+            Slicing::new(limit, max_slice)
+        };
+        let first = slicing.max_slice.min(limit);
+        let as_i64 = |v: u64| v.min(i64::MAX as u64) as i64;
+        for (g, v) in [
+            (Var::SliceLimit, as_i64(first)),
+            (Var::Executed, 0),
+            (Var::Total, as_i64(limit)),
+            (Var::MaxSlice, as_i64(slicing.max_slice)),
+            (Var::SlicesLeft, as_i64(slicing.max_slices)),
+            (Var::Slices, 1),
+            (Var::Fail, 0),
+            (Var::FailInstructions, 0),
+            (Var::PageInstructions, 0),
+            (Var::TrackDirty, !query as i64),
+            (Var::AccessCost, as_i64(mode.wasm_page_access())),
+            (Var::DirtyCost, as_i64(mode.wasm_page_dirty())),
+        ] {
+            hooks.set(&mut self.store, g, v);
+        }
+        if let Some(pages) = hooks.pages {
+            pages.data_mut(&mut self.store).fill(0);
+        }
+        self.store.data_mut().stable.begin_tracking();
+        first
+    }
+
+    /// Heap wasm pages the page map shows written in this message.
+    fn tracked_dirty_heap_pages(&mut self) -> u64 {
+        let Some(pages) = self.store.data().hooks.as_ref().and_then(|h| h.pages) else {
+            return 0;
+        };
+        pages
+            .data(&self.store)
+            .iter()
+            .filter(|b| **b & tracker::DIRTY != 0)
+            .count() as u64
     }
 
     fn table_func(&mut self, cb: Callback) -> Result<wasmtime::TypedFunc<u32, ()>, ExecError> {

@@ -9,9 +9,13 @@
 //!   (block boundaries and weights: [`crate::weights`]); function entries
 //!   cost [`weights::FUNCTION_ENTRY`] extra;
 //! * at every function entry and loop header the counter is checked: if it is
-//!   negative the code executes `unreachable`. The host tells this trap from
-//!   a genuine `unreachable` by the counter's sign (negative = out of
-//!   instructions), so no host call sits on the hot path;
+//!   negative the code calls the added slice handler
+//!   ([`crate::tracker::out_of_instructions`]), which starts the next slice
+//!   or fails the message, so no host call sits on the hot path;
+//! * with [`Options::track_pages`], every heap load and store first tests a
+//!   per-wasm-page byte map and charges the first access and first write of
+//!   a page in-band ([`crate::tracker`] explains why in wasm, not in a
+//!   signal handler);
 //! * `memory.copy` / `memory.fill` / `memory.init` additionally subtract
 //!   their byte count at run time (a scratch local holds the length);
 //! * the heap's size as the canister sees it lives in a mutable global of
@@ -48,6 +52,7 @@ use wasm_encoder::{
 };
 use wasmparser::{Operator, Payload, TypeRef, Validator, WasmFeatures};
 
+use crate::tracker::{self, Var};
 use crate::weights;
 
 /// Export name of the injected instruction counter global.
@@ -73,6 +78,9 @@ pub struct Options {
     /// Also count each function's charges in a global of its own (see the
     /// module documentation). Slower; counts are unchanged.
     pub profile: bool,
+    /// Track heap pages for the deterministic memory tracker's charges
+    /// ([`crate::tracker`]). Slower; off for the legacy charges.
+    pub track_pages: bool,
 }
 
 /// Initial value of the counter: large, so a start function (rare in
@@ -118,6 +126,11 @@ fn ic_features() -> WasmFeatures {
     WasmFeatures::WASM2 | WasmFeatures::MEMORY64
 }
 
+/// The instrumented module may also use a second memory (the page map).
+fn instrumented_features() -> WasmFeatures {
+    ic_features() | WasmFeatures::MULTI_MEMORY
+}
+
 /// Validates `wasm` against the IC's feature set and instruments it.
 /// Errors are human-readable reasons (without the "not valid" prefix).
 pub fn instrument(wasm: &[u8]) -> Result<Instrumented, String> {
@@ -145,8 +158,10 @@ pub fn instrument_with(wasm: &[u8], options: Options) -> Result<Instrumented, St
             .collect();
         pre.info.function_names = function_names(wasm);
     }
+    let layout = pre.layout(options);
     let mut rewriter = Rewriter {
         pre: &pre,
+        layout,
         profile: options.profile,
         current_profile_global: None,
         next_defined_func: 0,
@@ -160,7 +175,7 @@ pub fn instrument_with(wasm: &[u8], options: Options) -> Result<Instrumented, St
     let out = module.finish();
     // Cheap insurance: a rewrite bug should show up here, not as a confusing
     // wasmtime error.
-    Validator::new_with_features(ic_features())
+    Validator::new_with_features(instrumented_features())
         .validate_all(&out)
         .map_err(|e| format!("internal error: instrumented module is invalid: {e}"))?;
     Ok(Instrumented {
@@ -183,6 +198,8 @@ struct Prescan {
     memory64: bool,
     /// Initial pages of memory 0.
     initial_pages: u64,
+    /// Entries in the type section.
+    types: u32,
 }
 
 impl Prescan {
@@ -198,6 +215,30 @@ impl Prescan {
     /// The profile global of the `defined`-th defined function.
     fn profile_global(&self, defined: usize) -> u32 {
         self.counter_index() + 2 + defined as u32
+    }
+
+    /// Where the added code and its globals go (None: the module has no
+    /// functions, so nothing runs and nothing is added).
+    fn layout(&self, options: Options) -> Option<tracker::Layout> {
+        if self.defined_func_types.is_empty() {
+            return None;
+        }
+        let profile_globals = if options.profile {
+            self.defined_func_types.len() as u32
+        } else {
+            0
+        };
+        let functions = self.info.function_imports.len() as u32 + self.defined_func_types.len() as u32;
+        Some(tracker::Layout {
+            counter: self.counter_index(),
+            first_global: self.counter_index() + 2 + profile_globals,
+            touch: functions + 1,
+            pages_memory: 1,
+            track_pages: options.track_pages && self.info.has_memory,
+            ooi: functions,
+            ooi_type: self.types,
+            touch_type: self.types + 1,
+        })
     }
 }
 
@@ -233,6 +274,7 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
         mutable_globals: Vec::new(),
         memory64: false,
         initial_pages: 0,
+        types: 0,
     };
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
@@ -240,6 +282,7 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
             Payload::TypeSection(reader) => {
                 for ty in reader.into_iter_err_on_gc_types() {
                     pre.type_params.push(ty.map_err(err)?.params().len() as u32);
+                    pre.types += 1;
                 }
             }
             Payload::ImportSection(reader) => {
@@ -322,6 +365,7 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
 
 struct Rewriter<'p> {
     pre: &'p Prescan,
+    layout: Option<tracker::Layout>,
     profile: bool,
     /// The profile global of the function being rewritten (profiling only).
     current_profile_global: Option<u32>,
@@ -378,6 +422,18 @@ impl Rewriter<'_> {
                 );
             }
         }
+        if self.layout.is_some() {
+            for _ in Var::ALL {
+                globals.global(
+                    GlobalType {
+                        val_type: ValType::I64,
+                        mutable: true,
+                        shared: false,
+                    },
+                    &ConstExpr::i64_const(0),
+                );
+            }
+        }
         self.globals_emitted = true;
     }
 
@@ -404,6 +460,15 @@ impl Rewriter<'_> {
                 exports.export(&name, ExportKind::Global, self.pre.profile_global(defined));
             }
         }
+        if let Some(l) = self.layout {
+            exports.export(tracker::OUT_OF_INSTRUCTIONS_EXPORT, ExportKind::Func, l.ooi);
+            for g in Var::ALL {
+                exports.export(&g.export_name(), ExportKind::Global, l.global(g));
+            }
+            if l.track_pages {
+                exports.export(tracker::PAGES_EXPORT, ExportKind::Memory, l.pages_memory);
+            }
+        }
         self.exports_emitted = true;
     }
 
@@ -427,7 +492,10 @@ impl Rewriter<'_> {
         f.instruction(&Instruction::I64Const(0));
         f.instruction(&Instruction::I64LtS);
         f.instruction(&Instruction::If(BlockType::Empty));
-        f.instruction(&Instruction::Unreachable);
+        match self.layout {
+            Some(l) => f.instruction(&Instruction::Call(l.ooi)),
+            None => f.instruction(&Instruction::Unreachable),
+        };
         f.instruction(&Instruction::End);
     }
 
@@ -533,6 +601,64 @@ pub(crate) fn block_charges(ops: &[Operator<'_>], memory64: bool) -> Vec<Option<
 impl Reencode for Rewriter<'_> {
     type Error = std::convert::Infallible;
 
+    fn parse_type_section(
+        &mut self,
+        types: &mut wasm_encoder::TypeSection,
+        section: wasmparser::TypeSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        reencode::utils::parse_type_section(self, types, section)?;
+        if self.layout.is_some() {
+            types.ty().function([], []);
+            types.ty().function([ValType::I32, ValType::I32, ValType::I32], []);
+        }
+        Ok(())
+    }
+
+    fn parse_function_section(
+        &mut self,
+        functions: &mut wasm_encoder::FunctionSection,
+        section: wasmparser::FunctionSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        reencode::utils::parse_function_section(self, functions, section)?;
+        if let Some(l) = self.layout {
+            functions.function(l.ooi_type);
+            functions.function(l.touch_type);
+        }
+        Ok(())
+    }
+
+    fn parse_memory_section(
+        &mut self,
+        memories: &mut wasm_encoder::MemorySection,
+        section: wasmparser::MemorySectionReader<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        reencode::utils::parse_memory_section(self, memories, section)?;
+        if self.layout.is_some_and(|l| l.track_pages) {
+            // One byte per wasm page of a 4 GiB heap.
+            memories.memory(wasm_encoder::MemoryType {
+                minimum: 1,
+                maximum: Some(1),
+                memory64: false,
+                shared: false,
+                page_size_log2: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn parse_code_section(
+        &mut self,
+        code: &mut wasm_encoder::CodeSection,
+        section: wasmparser::CodeSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        reencode::utils::parse_code_section(self, code, section)?;
+        if let Some(l) = self.layout {
+            code.function(&tracker::out_of_instructions(&l));
+            code.function(&tracker::touch_range(&l));
+        }
+        Ok(())
+    }
+
     fn parse_global_section(
         &mut self,
         globals: &mut GlobalSection,
@@ -602,9 +728,19 @@ impl Reencode for Rewriter<'_> {
         };
         let grow_scratch = if ops.iter().any(|op| matches!(op, Operator::MemoryGrow { .. })) {
             locals.push((1, ValType::I32));
-            Some(local_count)
+            local_count += 1;
+            Some(local_count - 1)
         } else {
             None
+        };
+        let tracking = self.layout.filter(|l| l.track_pages);
+        let page_scratch = match tracking {
+            Some(_) if ops.iter().any(|op| tracker::access_of(op).is_some()) => {
+                let (s, decls) = tracker::Scratch::new(local_count);
+                locals.extend(decls);
+                Some(s)
+            }
+            _ => None,
         };
         let charges = block_charges(&ops, self.pre.memory64);
 
@@ -620,6 +756,9 @@ impl Reencode for Rewriter<'_> {
                 self.check(&mut f);
             }
             after_loop = matches!(op, Operator::Loop { .. });
+            if let (Some(l), Some(s), Some(access)) = (tracking, page_scratch.as_ref(), tracker::access_of(&op)) {
+                tracker::track(&mut f, &l, s, access);
+            }
             if is_bulk(&op) {
                 if let Some(scratch) = scratch {
                     self.charge_dynamic(&mut f, scratch);
@@ -711,6 +850,12 @@ mod tests {
                 }
             }
         }
-        assert_eq!(exports, vec![COUNTER_EXPORT.to_string(), HEAP_PAGES_EXPORT.to_string()]);
+        assert_eq!(exports[0], COUNTER_EXPORT);
+        assert!(exports.contains(&HEAP_PAGES_EXPORT.to_string()));
+        assert!(exports.contains(&tracker::OUT_OF_INSTRUCTIONS_EXPORT.to_string()));
+        assert!(
+            !exports.contains(&tracker::PAGES_EXPORT.to_string()),
+            "no memory, no page map"
+        );
     }
 }

@@ -9,6 +9,18 @@
 //!   bulk memory ops and system API calls charge per byte; stable writes
 //!   charge per newly dirtied page. `ic0.performance_counter(0)` returns this
 //!   count. wasmtime fuel is not used.
+//! * **Memory charges** ([`charges`], [`RuntimeConfig::memory_charges`]): by
+//!   default the deterministic memory tracker's, as on mainnet since
+//!   mid-2026: the first access to a 64 KiB heap or stable page in a message
+//!   costs 16 × 5,000 instructions, the first write as much again, in-band
+//!   (against the limits, seen by `performance_counter`); tracked exactly
+//!   by added wasm code ([`tracker`]). [`MemoryCharges::Legacy`] applies the
+//!   older 1,000 per dirty 4 KiB page after the message instead.
+//! * **Deterministic time slicing**: update-like and install messages run in
+//!   slices of 2 B ([`RuntimeConfig::max_slice_instructions`]) with the
+//!   replica's carry-over rule; an operation that overshoots a slice by a
+//!   whole slice fails with `SliceOverrun` (IC0522). Reports give the
+//!   slices and page charges of every message.
 //! * **Per-message limits** ([`Limits`]): 40 B update/timer, 5 B query,
 //!   300 B install/upgrade, 200 M inspect_message; exceeding one traps with
 //!   the replica's wording.
@@ -68,19 +80,21 @@
 //!   past the logical size that the replica would trap on succeeds here, as
 //!   do system-API copies into those pages.
 //! * Table mutations (`table.set/grow`) are not rolled back.
-//! * No deterministic time slicing, no cycles accounting beyond a fixed
+//! * Slices are counted, not interleaved with other messages (a sliced
+//!   message still runs to its end before the next); no cycles accounting beyond a fixed
 //!   balance, no per-message stable-memory access limits, no heartbeats,
 //!   no certificates (`data_certificate_present` is 0), no argument/reply
 //!   size limits (2 MiB / 3 MiB), no module size/global count checks beyond
 //!   validation, wasm32 only (the instrumentation already knows wasm64 load
 //!   and store weights; the ic0 imports would need i64 variants).
-//! * The replica's charge for heap pages a message dirties (1,000
-//!   instructions per 4 KiB page, [`HEAP_DIRTY_PAGE_OVERHEAD`]) is applied
-//!   after the message, as there, and reported apart
-//!   ([`MessageReport::heap_dirty_page_instructions`]); `instructions`
-//!   is what `performance_counter(0)` sees. Dirty pages are the 4 KiB pages
-//!   written; the replica's tracker may count a few more (prefetched pages
-//!   it marks speculatively dirty and keeps when their contents changed).
+//! * The after-message charges for dirty pages (legacy: 1,000 per 4 KiB
+//!   heap page, [`HEAP_DIRTY_PAGE_OVERHEAD`]; dmt: the 3,000 copy overhead
+//!   per dirty OS page) are reported apart
+//!   ([`MessageReport::heap_dirty_page_instructions`]); `instructions` is
+//!   what `performance_counter(0)` sees, in-band page charges included.
+//!   The replica's tracker on hosts with 16 KiB OS pages (arm64 macOS)
+//!   charges per 16 KiB page; this runtime always uses the x86-64 Linux
+//!   replica's 4 KiB.
 //! * Error texts follow the replica's current `HypervisorError` wording
 //!   (`Error from Canister <id>: Canister called ic0.trap with message:
 //!   '...'`) without the trailing help/doc-link sentences.
@@ -89,6 +103,7 @@
 
 pub mod backend;
 pub mod canister;
+pub mod charges;
 pub mod cow_memory;
 pub mod instrument;
 pub mod memory_snapshot;
@@ -96,10 +111,12 @@ pub mod profile;
 pub mod runtime;
 pub mod stable;
 pub mod system_api;
+pub mod tracker;
 pub mod types;
 pub mod weights;
 
 pub use candid::Principal;
+pub use charges::MemoryCharges;
 pub use profile::{FunctionProfile, Profile};
 pub use runtime::{canister_id, CanisterId, PendingCall, Runtime};
 pub use types::{

@@ -48,7 +48,8 @@ impl Profile {
     }
 
     /// The host's system-API charges (`ic0` calls: fixed cost, bytes moved,
-    /// stable pages dirtied): what no function was charged.
+    /// stable pages dirtied) and the in-band page charges
+    /// ([`crate::charges`]): what no function was charged.
     pub fn system_api(&self) -> u64 {
         self.executed.saturating_sub(self.attributed())
     }

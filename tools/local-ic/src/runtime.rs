@@ -159,7 +159,9 @@ fn new_engine() -> Engine {
         .wasm_simd(true)
         .wasm_relaxed_simd(false)
         .wasm_bulk_memory(true)
-        .wasm_multi_value(true);
+        .wasm_multi_value(true)
+        // The instrumented module keeps its page map in a second memory.
+        .wasm_multi_memory(true);
     if crate::cow_memory::supported() {
         // wasmtime's own CoW memory images only work with its mmap memories.
         config
@@ -249,6 +251,7 @@ impl Runtime {
     fn instrument_options(&self) -> instrument::Options {
         instrument::Options {
             profile: self.config.profile,
+            track_pages: self.config.memory_charges == crate::charges::MemoryCharges::Dmt,
         }
     }
 
@@ -293,6 +296,9 @@ impl Runtime {
             canister_version: 1,
             global_timer: 0,
             print_debug: self.config.print_debug,
+            charges: self.config.memory_charges,
+            max_slice: self.config.max_slice_instructions,
+            hooks: None,
             msg: MessageContext::new(MessageKind::Init, "", vec![], Principal::anonymous()),
         };
         let mut canister = Canister::instantiate(&self.engine, &self.linker, &module, info, host)
@@ -398,6 +404,9 @@ impl Runtime {
             canister_version: old.host().canister_version + 1,
             global_timer: 0,
             print_debug: self.config.print_debug,
+            charges: self.config.memory_charges,
+            max_slice: self.config.max_slice_instructions,
+            hooks: None,
             msg: MessageContext::new(MessageKind::PostUpgrade, "", vec![], caller),
         };
         let mut new = match Canister::instantiate(&self.engine, &self.linker, &module, info, host) {
@@ -449,6 +458,8 @@ impl Runtime {
             dirtied_stable_pages: 0,
             dirtied_heap_pages: 0,
             heap_dirty_page_instructions: 0,
+            page_instructions: 0,
+            slices: 0,
             committed: true,
             error: None,
         });
@@ -1044,13 +1055,24 @@ impl Runtime {
             stable_bytes_written: exec.msg.stable_bytes_written,
             dirtied_stable_pages: exec.dirtied_stable_pages,
             dirtied_heap_pages: exec.dirtied_heap_pages,
-            heap_dirty_page_instructions: if exec.msg.kind == MessageKind::Query {
-                0
-            } else {
-                exec.dirtied_heap_pages * self.config.heap_dirty_page_overhead
-            },
+            heap_dirty_page_instructions: self.after_message_charge(exec),
+            page_instructions: exec.page_instructions,
+            slices: exec.slices,
             committed,
             error: exec.result.as_ref().err().map(|e| e.to_string()),
+        }
+    }
+
+    /// The replica's after-message charge for dirty pages (see
+    /// [`MessageReport::heap_dirty_page_instructions`]).
+    fn after_message_charge(&self, exec: &Execution) -> u64 {
+        use crate::charges::{MemoryCharges, DIRTY_PAGE_COPY_OVERHEAD, OS_PAGES_PER_WASM_PAGE};
+        if exec.msg.kind == MessageKind::Query {
+            return 0;
+        }
+        match self.config.memory_charges {
+            MemoryCharges::Legacy => exec.dirtied_heap_pages * self.config.heap_dirty_page_overhead,
+            MemoryCharges::Dmt => exec.tracked_dirty_wasm_pages * OS_PAGES_PER_WASM_PAGE * DIRTY_PAGE_COPY_OVERHEAD,
         }
     }
 

@@ -23,6 +23,9 @@ pub struct StableMemory {
     /// Original contents of the pages written in the message in flight.
     undo: HashMap<u64, Box<[u8]>>,
     pages_at_begin: usize,
+    /// Per-wasm-page bits of the message in flight, for the deterministic
+    /// memory tracker's charges ([`crate::charges::touch_pages`]).
+    pub tracked: HashMap<u64, u8>,
 }
 
 /// Out-of-bounds access (the caller turns it into the replica's trap).
@@ -110,6 +113,20 @@ impl StableMemory {
             done += n;
         }
         Ok(newly_dirty)
+    }
+
+    /// Starts a message execution's page tracking (every execution, also
+    /// the second half of an upgrade).
+    pub fn begin_tracking(&mut self) {
+        self.tracked.clear();
+    }
+
+    /// Wasm pages the message in flight wrote (tracked pages with the dirty bit).
+    pub fn tracked_dirty_pages(&self) -> u64 {
+        self.tracked
+            .values()
+            .filter(|b| **b & crate::tracker::DIRTY != 0)
+            .count() as u64
     }
 
     /// Starts a message: from here on writes are logged.

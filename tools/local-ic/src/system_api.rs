@@ -10,9 +10,11 @@
 //! runtime only when the message commits; stable memory has its own undo log.
 
 use candid::Principal;
-use wasmtime::{Caller, Engine, Global, Linker, Memory, Val};
+use wasmtime::{Caller, Engine, Func, Global, Linker, Memory, Val};
 
+use crate::charges::{self, MemoryCharges};
 use crate::stable::{StableMemory, MAX_PAGES};
+use crate::tracker;
 use crate::types::{ExecError, MessageKind};
 
 /// Replica overheads (instructions) per system API call.
@@ -26,8 +28,9 @@ pub mod overhead {
     pub const STABLE_SIZE: u64 = 20;
     pub const STABLE_READ: u64 = 20;
     pub const STABLE_WRITE: u64 = 20;
-    /// Per 4 KiB stable page first written in a message (application subnet).
-    pub const DIRTY_STABLE_PAGE: u64 = 1_000;
+    /// Per 4 KiB stable page first written in a message (application
+    /// subnet), legacy charges only ([`crate::charges`]).
+    pub const DIRTY_STABLE_PAGE: u64 = crate::charges::LEGACY_DIRTY_PAGE_OVERHEAD;
 }
 
 /// Cycles the replica charges for a call: base fee plus per-byte fee
@@ -144,6 +147,8 @@ pub struct MessageContext {
     pub trap: Option<ExecError>,
     pub stable_bytes_read: u64,
     pub stable_bytes_written: u64,
+    /// In-band page charges of host-side accesses (system-API calls).
+    pub page_instructions: u64,
     pub logs: Vec<String>,
 }
 
@@ -169,6 +174,7 @@ impl MessageContext {
             trap: None,
             stable_bytes_read: 0,
             stable_bytes_written: 0,
+            page_instructions: 0,
             logs: Vec::new(),
         }
     }
@@ -186,7 +192,63 @@ pub struct HostState {
     /// Committed global timer deadline (0 = not set).
     pub global_timer: u64,
     pub print_debug: bool,
+    /// Memory-charging rule ([`crate::RuntimeConfig::memory_charges`]).
+    pub charges: MemoryCharges,
+    /// Largest slice ([`crate::RuntimeConfig::max_slice_instructions`]).
+    pub max_slice: u64,
+    /// The added slice handler and page map ([`crate::tracker`]).
+    pub hooks: Option<Hooks>,
     pub msg: MessageContext,
+}
+
+/// Handles on what the rewrite added to the module ([`crate::tracker`]).
+#[derive(Clone)]
+pub struct Hooks {
+    pub out_of_instructions: Func,
+    pub globals: Vec<(tracker::Var, Global)>,
+    /// The page map (modules with a memory, tracker charges only).
+    pub pages: Option<Memory>,
+}
+
+impl Hooks {
+    pub fn global(&self, g: tracker::Var) -> Option<Global> {
+        self.globals.iter().find(|(x, _)| *x == g).map(|(_, h)| *h)
+    }
+
+    pub fn get(&self, store: impl wasmtime::AsContextMut, g: tracker::Var) -> i64 {
+        let mut store = store;
+        self.global(g).and_then(|h| h.get(&mut store).i64()).unwrap_or(0)
+    }
+
+    pub fn set(&self, store: impl wasmtime::AsContextMut, g: tracker::Var, v: i64) {
+        let mut store = store;
+        if let Some(h) = self.global(g) {
+            // Setting a value of the global's own type cannot fail.
+            let _ = h.set(&mut store, Val::I64(v));
+        }
+    }
+
+    /// Why the slice handler failed the message, if it did.
+    pub fn failure(&self, store: impl wasmtime::AsContextMut, limit: u64) -> Option<ExecError> {
+        let mut store = store;
+        match self.get(&mut store, tracker::Var::Fail) {
+            tracker::FAIL_LIMIT => Some(ExecError::InstructionLimitExceeded(limit)),
+            tracker::FAIL_OVERRUN => Some(ExecError::SliceOverrun {
+                instructions: self.get(&mut store, tracker::Var::FailInstructions).max(0) as u64,
+                limit: self.get(&mut store, tracker::Var::MaxSlice).max(0) as u64,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Instructions of the message so far: finished slices plus the
+    /// current one's.
+    pub fn used(&self, store: impl wasmtime::AsContextMut, counter: i64) -> u64 {
+        let mut store = store;
+        let executed = self.get(&mut store, tracker::Var::Executed);
+        let slice = self.get(&mut store, tracker::Var::SliceLimit);
+        (executed + slice - counter).max(0) as u64
+    }
 }
 
 type Ctx<'a> = Caller<'a, HostState>;
@@ -202,7 +264,9 @@ fn violation<T>(caller: &mut Ctx<'_>, text: String) -> wasmtime::Result<T> {
     fail(caller, ExecError::ContractViolation(text))
 }
 
-/// Subtracts `amount` from the instruction counter; traps at the limit.
+/// Subtracts `amount` from the instruction counter. Running out ends the
+/// slice as a check point in wasm would (the slice handler starts the next
+/// one or fails the message).
 fn charge(caller: &mut Ctx<'_>, amount: u64) -> wasmtime::Result<()> {
     let Some(counter) = caller.data().counter else {
         return Ok(());
@@ -210,9 +274,18 @@ fn charge(caller: &mut Ctx<'_>, amount: u64) -> wasmtime::Result<()> {
     let left = counter.get(&mut *caller).i64().unwrap_or(0);
     let left = left.saturating_sub(amount.min(i64::MAX as u64) as i64);
     counter.set(&mut *caller, Val::I64(left))?;
-    if left < 0 {
-        let limit = caller.data().msg.limit;
+    if left >= 0 {
+        return Ok(());
+    }
+    let limit = caller.data().msg.limit;
+    let Some(hooks) = caller.data().hooks.clone() else {
         return fail(caller, ExecError::InstructionLimitExceeded(limit));
+    };
+    if hooks.out_of_instructions.call(&mut *caller, &[], &mut []).is_err() {
+        let err = hooks
+            .failure(&mut *caller, limit)
+            .unwrap_or(ExecError::InstructionLimitExceeded(limit));
+        return fail(caller, err);
     }
     Ok(())
 }
@@ -225,7 +298,52 @@ fn used(caller: &mut Ctx<'_>) -> u64 {
         .counter
         .map(|c| c.get(&mut *caller).i64().unwrap_or(0))
         .unwrap_or(limit as i64);
-    (limit as i64 - left).max(0) as u64
+    match caller.data().hooks.clone() {
+        Some(hooks) => hooks.used(&mut *caller, left),
+        None => (limit as i64 - left).max(0) as u64,
+    }
+}
+
+/// Whether this message's writes count as dirty pages (queries track none).
+fn tracks_dirty(kind: MessageKind) -> bool {
+    !matches!(kind, MessageKind::Query | MessageKind::InspectMessage)
+}
+
+/// Charges a system-API call's heap access of `[ptr, ptr + len)` on the
+/// module's page map, as the replica's tracker would on the fault.
+fn touch_heap(caller: &mut Ctx<'_>, ptr: u32, len: u32, write: bool) -> wasmtime::Result<()> {
+    let Some(pages) = caller.data().hooks.as_ref().and_then(|h| h.pages) else {
+        return Ok(());
+    };
+    let Some((first, last)) = charges::wasm_pages_of(ptr as u64, len as u64) else {
+        return Ok(());
+    };
+    let (kind, mode) = (caller.data().msg.kind, caller.data().charges);
+    let map = pages.data_mut(&mut *caller);
+    let last = last.min(map.len() as u64 - 1);
+    let cost = charges::touch_pages(map, first, last, write, tracks_dirty(kind), mode);
+    caller.data_mut().msg.page_instructions += cost;
+    charge(caller, cost)
+}
+
+/// Charges a stable-memory access: the tracker's per-page charges, or the
+/// legacy charge per newly dirtied 4 KiB page (`new_dirty_4k`).
+fn touch_stable(caller: &mut Ctx<'_>, offset: u64, len: u64, write: bool, new_dirty_4k: u64) -> wasmtime::Result<()> {
+    let (kind, mode) = (caller.data().msg.kind, caller.data().charges);
+    let cost = match mode {
+        MemoryCharges::Legacy => new_dirty_4k * overhead::DIRTY_STABLE_PAGE,
+        MemoryCharges::Dmt => match charges::wasm_pages_of(offset, len) {
+            Some((first, last)) => {
+                let tracked = &mut caller.data_mut().stable.tracked;
+                charges::touch_pages(tracked, first, last, write, tracks_dirty(kind), mode)
+            }
+            None => 0,
+        },
+    };
+    if mode == MemoryCharges::Dmt {
+        caller.data_mut().msg.page_instructions += cost;
+    }
+    charge(caller, cost)
 }
 
 fn require(caller: &mut Ctx<'_>, api: &str, allowed: &[MessageKind]) -> wasmtime::Result<()> {
@@ -244,6 +362,9 @@ fn read_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, len: u32) -> wasmtime::R
     let Some(memory) = caller.data().memory else {
         return violation(caller, format!("ic0.{api}: the module has no memory"));
     };
+    if (ptr as usize + len as usize) <= memory.data_size(&*caller) {
+        touch_heap(caller, ptr, len, false)?;
+    }
     let data = memory.data(&*caller);
     let (start, end) = (ptr as usize, ptr as usize + len as usize);
     match data.get(start..end) {
@@ -262,6 +383,9 @@ fn write_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, bytes: &[u8]) -> wasmti
     let Some(memory) = caller.data().memory else {
         return violation(caller, format!("ic0.{api}: the module has no memory"));
     };
+    if (ptr as usize + bytes.len()) <= memory.data_size(&*caller) {
+        touch_heap(caller, ptr, bytes.len() as u32, true)?;
+    }
     let data = memory.data_mut(&mut *caller);
     let size = data.len();
     match data.get_mut(ptr as usize..ptr as usize + bytes.len()) {
@@ -318,7 +442,7 @@ fn stable_write(caller: &mut Ctx<'_>, api: &str, offset: u64, src: u32, size: u3
     match caller.data_mut().stable.write(offset, &bytes) {
         Ok(new_pages) => {
             caller.data_mut().msg.stable_bytes_written += size as u64;
-            charge(caller, new_pages * overhead::DIRTY_STABLE_PAGE)
+            touch_stable(caller, offset, size as u64, true, new_pages)
         }
         Err(_) => fail(caller, ExecError::Trapped("stable memory out of bounds".into())),
     }
@@ -331,6 +455,7 @@ fn stable_read(caller: &mut Ctx<'_>, api: &str, dst: u32, offset: u64, size: u32
         return fail(caller, ExecError::Trapped("stable memory out of bounds".into()));
     }
     caller.data_mut().msg.stable_bytes_read += size as u64;
+    touch_stable(caller, offset, size as u64, false, 0)?;
     write_heap(caller, api, dst, &buf)
 }
 
@@ -843,6 +968,9 @@ mod tests {
                 canister_version: 0,
                 global_timer: 0,
                 print_debug: false,
+                charges: MemoryCharges::Dmt,
+                max_slice: charges::MAX_SLICE_INSTRUCTIONS,
+                hooks: None,
                 msg: MessageContext::new(MessageKind::Update, "", vec![], Principal::anonymous()),
             },
         );

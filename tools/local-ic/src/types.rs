@@ -49,7 +49,14 @@ pub struct RuntimeConfig {
     /// Directory for compiled modules, reused across processes (compiling a
     /// real canister takes seconds). Default: `$LOCAL_IC_MODULE_CACHE`, if set.
     pub module_cache_dir: Option<std::path::PathBuf>,
-    /// Instructions the replica charges per 4 KiB heap page an update-type
+    /// Which memory charges apply ([`crate::charges`]): the deterministic
+    /// memory tracker's in-band page charges (default) or the legacy
+    /// after-message dirty-page charge.
+    pub memory_charges: crate::charges::MemoryCharges,
+    /// Largest deterministic-time-slicing slice of update-like and install
+    /// messages ([`crate::charges::MAX_SLICE_INSTRUCTIONS`]).
+    pub max_slice_instructions: u64,
+    /// Legacy charges: instructions per 4 KiB heap page an update-type
     /// message dirties ([`HEAP_DIRTY_PAGE_OVERHEAD`]; 0 switches the charge
     /// off). Reported apart, in [`MessageReport::heap_dirty_page_instructions`].
     pub heap_dirty_page_overhead: u64,
@@ -59,7 +66,8 @@ pub struct RuntimeConfig {
     pub profile: bool,
 }
 
-/// Instructions per 4 KiB wasm32 heap page a message dirties, on application
+/// Legacy charges ([`crate::charges::MemoryCharges::Legacy`]): instructions
+/// per 4 KiB wasm32 heap page a message dirties, on application
 /// (and system) subnets. dfinity/ic: `WasmtimeInstance::run` in
 /// `rs/embedders/src/wasmtime_embedder.rs` ("Charge for dirty wasm heap
 /// pages") subtracts `dirty_page_overhead × wasm_dirty_pages.len()` from the
@@ -76,8 +84,9 @@ pub struct RuntimeConfig {
 /// limit); it does count as executed instructions (cycles). Non-replicated
 /// queries track no modifications and pay nothing. Pages only read cost
 /// nothing on the heap (the replica counts accessed pages for metrics and,
-/// on stable memory, for the 2 GiB per-message access limit).
-pub const HEAP_DIRTY_PAGE_OVERHEAD: u64 = 1_000;
+/// on stable memory, for the 2 GiB per-message access limit). The
+/// deterministic memory tracker replaced this ([`crate::charges`]).
+pub const HEAP_DIRTY_PAGE_OVERHEAD: u64 = crate::charges::LEGACY_DIRTY_PAGE_OVERHEAD;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -89,6 +98,8 @@ impl Default for RuntimeConfig {
             initial_cycles: 100_000_000_000_000,
             print_debug: false,
             module_cache_dir: std::env::var_os("LOCAL_IC_MODULE_CACHE").map(Into::into),
+            memory_charges: crate::charges::MemoryCharges::default(),
+            max_slice_instructions: crate::charges::MAX_SLICE_INSTRUCTIONS,
             heap_dirty_page_overhead: HEAP_DIRTY_PAGE_OVERHEAD,
             profile: false,
         }
@@ -167,11 +178,20 @@ pub struct MessageReport {
     pub dirtied_stable_pages: u64,
     /// 4 KiB heap pages the message wrote.
     pub dirtied_heap_pages: u64,
-    /// What the replica charges for those pages after the message ran
-    /// (`dirtied_heap_pages × RuntimeConfig::heap_dirty_page_overhead`, 0 for
-    /// queries). Not part of [`Self::instructions`]: see
-    /// [`HEAP_DIRTY_PAGE_OVERHEAD`] and [`Self::charged_instructions`].
+    /// What the replica charges after the message ran, for dirty pages (0
+    /// for queries): legacy, `dirtied_heap_pages ×
+    /// RuntimeConfig::heap_dirty_page_overhead`; dmt, the copy overhead of
+    /// every dirty OS page, heap and stable
+    /// ([`crate::charges::DIRTY_PAGE_COPY_OVERHEAD`]). Not part of
+    /// [`Self::instructions`] and never against a limit: see
+    /// [`Self::charged_instructions`].
     pub heap_dirty_page_instructions: u64,
+    /// In-band page charges (dmt: first access and first write of every
+    /// heap and stable wasm page; legacy: the stable dirty-page charge).
+    /// Part of [`Self::instructions`].
+    pub page_instructions: u64,
+    /// Deterministic-time-slicing slices the message ran in (≥ 1).
+    pub slices: u64,
     /// Whether the message's changes were kept (false for traps and queries).
     pub committed: bool,
     /// The error if the message trapped.
@@ -228,6 +248,13 @@ pub enum RejectCode {
 pub enum ExecError {
     #[error("Canister exceeded the limit of {0} instructions for single message execution.")]
     InstructionLimitExceeded(u64),
+    /// IC0522: one operation overshot its slice by a whole slice
+    /// (`rs/canister_sandbox/src/dts.rs`, `HypervisorError::SliceOverrun`).
+    #[error(
+        "Canister attempted to perform a large memory operation that used {instructions} instructions \
+         and exceeded the slice limit {limit}."
+    )]
+    SliceOverrun { instructions: u64, limit: u64 },
     #[error("Canister called `ic0.trap` with message: '{0}'")]
     CalledTrap(String),
     #[error("Canister trapped: {0}")]

@@ -32,6 +32,8 @@ fn runtime(profile: bool) -> Runtime {
     Runtime::new(RuntimeConfig {
         profile,
         module_cache_dir: None,
+        // Page charges go to no function; these tests attribute code only.
+        memory_charges: local_ic::MemoryCharges::Legacy,
         ..RuntimeConfig::default()
     })
 }

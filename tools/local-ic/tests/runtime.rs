@@ -43,11 +43,16 @@ fn counter_updates_persist_queries_do_not() {
         // allocator), not the whole heap.
         assert!(r.dirtied_heap_pages > 0 && r.dirtied_heap_pages < 64, "{r:?}");
     }
-    // The replica's charge for dirtied heap pages, reported apart.
-    assert_eq!(
-        r.heap_dirty_page_instructions,
-        r.dirtied_heap_pages * local_ic::HEAP_DIRTY_PAGE_OVERHEAD
+    // The tracker's in-band page charges come in whole wasm pages (16 OS
+    // pages × 5,000 per first access, as much again per first write); the
+    // after-message copy charge is 3,000 per dirty OS page, reported apart.
+    assert!(
+        r.page_instructions > 0 && r.page_instructions.is_multiple_of(80_000),
+        "{r:?}"
     );
+    assert!(r.page_instructions <= r.instructions);
+    assert!(r.heap_dirty_page_instructions > 0 && r.heap_dirty_page_instructions.is_multiple_of(16 * 3_000));
+    assert_eq!(r.slices, 1);
     assert_eq!(
         r.charged_instructions(),
         r.instructions + r.heap_dirty_page_instructions
@@ -351,9 +356,22 @@ fn inspect_message_filters_ingress_updates() {
 
 #[test]
 fn heap_dirty_page_charge_can_be_switched_off() {
+    let legacy = RuntimeConfig {
+        memory_charges: local_ic::MemoryCharges::Legacy,
+        ..RuntimeConfig::default()
+    };
+    let mut rt = Runtime::new(legacy.clone());
+    let id = install_counter(&mut rt, 1);
+    let r = rt.update(id, user(), "increment", Encode!().unwrap()).unwrap().report;
+    // Legacy: 1,000 per dirtied 4 KiB heap page, after the message.
+    assert_eq!(
+        r.heap_dirty_page_instructions,
+        r.dirtied_heap_pages * local_ic::HEAP_DIRTY_PAGE_OVERHEAD
+    );
+
     let mut rt = Runtime::new(RuntimeConfig {
         heap_dirty_page_overhead: 0,
-        ..RuntimeConfig::default()
+        ..legacy
     });
     let id = install_counter(&mut rt, 1);
     let reply = rt.update(id, user(), "increment", Encode!().unwrap()).unwrap();
