@@ -10,6 +10,7 @@ use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{decode_args, encode_args, Principal};
 use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
 use icllm_api::*;
+use local_ic::MemoryCharges;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -34,12 +35,21 @@ fn wasm() -> Vec<u8> {
         .clone()
 }
 
+/// Costs are measured under the memory tracker's page charges, as mainnet
+/// charges them; below 100 M per message the legacy charges apply, as in
+/// `canister.rs` (stories260K does not load in a few million instructions
+/// once each message pays for the pages its fixed work touches).
 fn canister_with_model(limit: u64) -> LocalCanister {
     let init = InitArgs {
         message_instruction_limit: Some(limit),
         ..InitArgs::default()
     };
-    let mut c = LocalCanister::install(wasm(), init, limit).expect("install");
+    let charges = if limit < 100_000_000 {
+        MemoryCharges::Legacy
+    } else {
+        MemoryCharges::Dmt
+    };
+    let mut c = LocalCanister::install_with(wasm(), init, limit, false, charges).expect("install");
     let model = model_bytes();
     c.upload_model(model, sha256(model)).expect("upload");
     c
@@ -285,15 +295,11 @@ fn costs_do_not_grow_with_stored_jobs(many: usize) {
     let (start_many, list_many) = probe_costs(&mut c, user(101));
     println!("cost start_job with 10 / {many} records: {start_few} / {start_many}");
     println!("cost list_jobs with 10 / {many} records: {list_few} / {list_many}");
-    // A deeper B-tree costs a little; a scan would cost ≥ 64 K per record.
-    assert!(
-        start_many <= start_few + start_few / 4 + 1_000_000,
-        "{start_few} → {start_many}"
-    );
-    assert!(
-        list_many <= list_few + list_few / 4 + 200_000,
-        "{list_few} → {list_many}"
-    );
+    // A deeper B-tree costs a little (a few more 64 KiB pages touched, 80 K
+    // each under the page charges); a scan would cost ≥ 64 K per record,
+    // 640 M for 10,000.
+    assert!(start_many <= 2 * start_few, "{start_few} → {start_many}");
+    assert!(list_many <= 2 * list_few, "{list_few} → {list_many}");
 }
 
 /// Defect 2: `start_job` and `list_jobs` do not read other callers'
@@ -417,7 +423,9 @@ fn d06_queries_are_not_updates_and_strangers_are_refused_early() {
     assert!(matches!(r, Err(ApiError::NotFound(_))), "{r:?}");
     let stranger = stranger.report.instructions;
     println!("cost poll by the owner / by a stranger: {owner} / {stranger}");
-    assert!(stranger < owner && stranger < 500_000, "{stranger} vs {owner}");
+    // Mostly page charges (a query pays 80 K per 64 KiB page it reads); the
+    // stranger's record is not decoded.
+    assert!(stranger < owner && stranger < 1_500_000, "{stranger} vs {owner}");
 }
 
 /// Defects 7 and 13: with every slot taken, `start_job` is refused before
