@@ -6,11 +6,14 @@
 
 use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister};
 use icllm_api::{InitArgs, JobId, JobRequest};
+use local_ic::MemoryCharges;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 
 /// Small enough that the jobs take many messages, so the upgrade finds them
-/// in the middle (the tokens do not depend on it).
+/// in the middle (the tokens do not depend on it). At so few instructions
+/// per message the memory tracker's page charges leave no room for a unit,
+/// so these canisters run under the legacy charges, as in `canister.rs`.
 const LIMIT: u64 = 12_000_000;
 const PREVIOUS_SHA256: &str = "37427e094314f47d5db1930209ed39dadc244370149e6fbcee7bded6b1f4ca0e";
 
@@ -47,7 +50,7 @@ fn canister(wasm: Vec<u8>, requests: &[JobRequest]) -> (LocalCanister, Vec<JobId
         message_instruction_limit: Some(LIMIT),
         ..InitArgs::default()
     };
-    let mut c = LocalCanister::install(wasm, init, LIMIT).expect("install");
+    let mut c = LocalCanister::install_with(wasm, init, LIMIT, false, MemoryCharges::Legacy).expect("install");
     let model = model();
     c.upload_model(&model, sha256(&model)).expect("upload");
     let ids = requests
