@@ -301,6 +301,24 @@ pub fn encode_chat(
     Ok((ids, stops))
 }
 
+/// A render target that refuses to grow past [`MAX_RENDERED_BYTES`].
+struct CappedWriter(Vec<u8>);
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.0.resize(MAX_RENDERED_BYTES, 0);
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,23 +366,5 @@ mod tests {
         assert_eq!(t.render(&[], false).unwrap(), "<s>D");
         assert_eq!(t.stop_strings(), vec!["</s>".to_string()]);
         assert!(ChatTemplate::from_tokenizer_config("{}", None).unwrap().is_none());
-    }
-}
-
-/// A render target that refuses to grow past [`MAX_RENDERED_BYTES`].
-struct CappedWriter(Vec<u8>);
-
-impl std::io::Write for CappedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
-            self.0.resize(MAX_RENDERED_BYTES, 0);
-            return Err(std::io::Error::other("rendered text too long"));
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
