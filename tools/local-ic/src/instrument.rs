@@ -719,20 +719,16 @@ impl Reencode for Rewriter<'_> {
         while !reader.eof() {
             ops.push(reader.read()?);
         }
-        let scratch = if ops.iter().any(is_bulk) {
-            locals.push((1, ValType::I32));
-            local_count += 1;
-            Some(local_count - 1)
-        } else {
-            None
+        // An i32 scratch local, added only when the function needs it.
+        let mut scratch_if = |needed: bool| {
+            needed.then(|| {
+                locals.push((1, ValType::I32));
+                local_count += 1;
+                local_count - 1
+            })
         };
-        let grow_scratch = if ops.iter().any(|op| matches!(op, Operator::MemoryGrow { .. })) {
-            locals.push((1, ValType::I32));
-            local_count += 1;
-            Some(local_count - 1)
-        } else {
-            None
-        };
+        let scratch = scratch_if(ops.iter().any(is_bulk));
+        let grow_scratch = scratch_if(ops.iter().any(|op| matches!(op, Operator::MemoryGrow { .. })));
         let tracking = self.layout.filter(|l| l.track_pages);
         let page_scratch = match tracking {
             Some(_) if ops.iter().any(|op| tracker::access_of(op).is_some()) => {
