@@ -34,7 +34,7 @@
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use icllm::local_canister::{build_or_read_wasm, controller, sha256, trap_stats, LocalCanister, STEP_METHOD};
-use icllm_api::{ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView};
+use icllm_api::{ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView, Limits};
 use icllm_engine::model::{forward, Model};
 use icllm_engine::synth::{self, QuantMix, SynthOptions};
 use icllm_engine::tokenizer::Tokenizer;
@@ -510,6 +510,12 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     let init = InitArgs {
         message_instruction_limit: Some(load_limit),
         max_context: Some(max_context),
+        // Long benchmark jobs (tools/dmt-long-jobs.sh) ask for more tokens
+        // than a caller may by default.
+        limits: Some(Limits {
+            max_new_tokens: Limits::default().max_new_tokens.max(n_gen),
+            ..Limits::default()
+        }),
         ..InitArgs::default()
     };
     let mut c = LocalCanister::install_with(wasm, init, load_limit, args.profile.is_some(), args.memory_charges)?;
