@@ -157,6 +157,10 @@ struct RunTotals {
     stable_bytes_written: u64,
     /// In-band page charges and slices of the job's step messages.
     page_instructions: u64,
+    /// The page charges of the step messages that started with the prompt
+    /// already processed (their first touch of the weights falls on decode
+    /// tokens; the fixed cost per message counts it once).
+    decode_page_instructions: u64,
     slices: u64,
     step_messages: u64,
     /// Messages that trapped while the job ran, and steps retried after one.
@@ -192,7 +196,13 @@ fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTot
     // A job whose messages stop making progress would otherwise run for ever.
     let mut last_progress = (0u32, 0u32, 0u64);
     let mut stuck = false;
+    // How many of the job's messages had run when its prompt was first
+    // seen fully processed: the later ones started with decode.
+    let mut prefill_messages = None;
     let result = c.run_job_while(controller(), id, |v| {
+        if v.prompt_tokens_processed >= v.prompt_tokens && prefill_messages.is_none() {
+            prefill_messages = Some(v.messages as usize);
+        }
         if trace {
             eprintln!(
                 "trace: {:?} prompt {}/{} generated {} messages {} instructions {}",
@@ -241,6 +251,10 @@ fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTot
     let steps = || reports.iter().filter(|r| r.method == STEP_METHOD);
     Ok(RunTotals {
         page_instructions: steps().map(|r| r.page_instructions).sum(),
+        decode_page_instructions: steps()
+            .skip(prefill_messages.unwrap_or(usize::MAX))
+            .map(|r| r.page_instructions)
+            .sum(),
         slices: steps().map(|r| r.slices).sum(),
         step_messages: steps().count() as u64,
         traps: trapped.traps,
@@ -570,9 +584,17 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     let (health,): (Health,) = c.query(controller(), "health", ())?;
     let v = &main.view;
     let gen = v.generated_tokens.max(1) as f64;
+    // Decode tokens net of the page charges of messages that began with
+    // decode: a 40 B message pays for its pages once, in the fixed cost
+    // below, then decodes at this rate.
     let decode_instr = v.instructions.saturating_sub(v.prompt_instructions) as f64;
-    let per_token = decode_instr / gen;
-    let per_prompt_token = v.prompt_instructions as f64 / v.prompt_tokens.max(1) as f64;
+    let per_token = (decode_instr - main.decode_page_instructions as f64) / gen;
+    let per_token_with_pages = decode_instr / gen;
+    // The same for prompt tokens: the messages that began with the prompt
+    // paid the rest of the page charges.
+    let prefill_page_instructions = main.page_instructions.saturating_sub(main.decode_page_instructions);
+    let per_prompt_token =
+        v.prompt_instructions.saturating_sub(prefill_page_instructions) as f64 / v.prompt_tokens.max(1) as f64;
 
     // Multiply-adds from the engine's cost model.
     let layers = cfg.n_layers as u64;
@@ -683,6 +705,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "generated_tokens": v.generated_tokens,
         "decode_context_position": decode_pos,
         "instructions_per_token": per_token.round(),
+        "instructions_per_token_with_page_charges": per_token_with_pages.round(),
         "prefill_instructions_per_token": per_prompt_token.round(),
         "message_overhead_instructions": overhead.as_ref().map(|o| o["message"].clone()),
         "fixed_cost_per_message": ovh.round(),
