@@ -108,3 +108,51 @@ fn jobs_of_the_previous_release_finish_after_the_upgrade_with_the_same_tokens() 
         .expect("a new job");
     assert_eq!(c.run_job(controller(), id, |_| {}).unwrap().tokens, expected[0]);
 }
+
+/// Where the settings record stores its `layout_version` value: the CBOR
+/// key, then the one-byte unsigned integer that follows it.
+fn layout_version_offset(c: &LocalCanister) -> u64 {
+    const KEY: &[u8] = b"\x6elayout_version";
+    let size = c.rt.stable_size(c.id).unwrap() * 65536;
+    let mut offset = 0;
+    while offset < size {
+        let len = (8u64 << 20).min(size - offset) as usize;
+        let bytes = c.rt.read_stable(c.id, offset, len).unwrap();
+        if let Some(at) = bytes.windows(KEY.len()).position(|w| w == KEY) {
+            return offset + (at + KEY.len()) as u64;
+        }
+        offset += len as u64 - KEY.len() as u64;
+    }
+    panic!("no layout_version in stable memory");
+}
+
+/// A stable layout written by a newer release (a downgrade) is refused
+/// with a clear message, and the canister goes on as it was: the IC keeps
+/// the installed wasm when `post_upgrade` traps.
+#[test]
+fn a_stable_layout_newer_than_the_wasm_is_refused_and_nothing_is_lost() {
+    let current = find_or_build_wasm(None).expect("canister wasm");
+    let req = request("Joe loves writing stories", 30, 1, 0.0);
+    let (mut c, ids) = canister(current, std::slice::from_ref(&req));
+    c.upgrade().expect("an upgrade to the same layout");
+    let at = layout_version_offset(&c);
+    assert_eq!(
+        c.rt.read_stable(c.id, at, 1).unwrap(),
+        [2],
+        "this wasm's layout version"
+    );
+    c.rt.write_stable(c.id, at, &[9]).unwrap();
+    let err = c.upgrade().expect_err("a newer layout must be refused").to_string();
+    assert!(
+        err.contains("stable memory has layout version 9") && err.contains("knows layouts up to 2"),
+        "{err}"
+    );
+    // Nothing changed: the job finishes as it would have.
+    let view = c.run_job(user(1), ids[0], |_| {}).expect("the job finishes");
+    let (mut reference, ref_ids) = canister(find_or_build_wasm(None).unwrap(), &[req]);
+    let expected = reference.run_job(user(1), ref_ids[0], |_| {}).unwrap().tokens;
+    assert_eq!(view.tokens, expected);
+    // Once the layout is one it knows, the upgrade goes through.
+    c.rt.write_stable(c.id, at, &[2]).unwrap();
+    c.upgrade().expect("upgrade");
+}

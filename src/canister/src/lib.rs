@@ -70,6 +70,7 @@ fn init(args: Option<InitArgs>) {
 /// rebuild the heap: the active-job list, the model reload, the scheduler.
 #[post_upgrade]
 fn post_upgrade(args: Option<InitArgs>) {
+    settings::claim_stable_layout();
     apply_init_args(args);
     jobs::rebuild_indexes_if_missing();
     let active = jobs::scan_active();

@@ -28,6 +28,9 @@
 //! Nothing durable lives only in the heap, so there is no `pre_upgrade`:
 //! every step checkpoints what it changed before its message ends.
 //! Retired ids: none yet (never reuse an id for another structure).
+//! The layout's version is recorded in the settings record
+//! (`settings::STABLE_LAYOUT_VERSION`): raise it with any change an older
+//! wasm would misread; `post_upgrade` refuses a layout newer than its own.
 
 use ic_stable_structures::memory_manager::{MemoryId, MemoryManager, VirtualMemory};
 use ic_stable_structures::DefaultMemoryImpl;

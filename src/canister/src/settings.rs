@@ -108,7 +108,20 @@ pub struct Settings {
     /// Heap for weights and KV caches (default [`crate::memory::HEAP_BUDGET`]).
     #[serde(default)]
     pub heap_budget: Option<u64>,
+    /// The stable layout these records were last written in
+    /// ([`STABLE_LAYOUT_VERSION`]; 0 = before the version was recorded).
+    /// Every release keeps it a top-level integer of this record, so any
+    /// wasm can read it ([`stored_layout_version`]).
+    #[serde(default)]
+    pub layout_version: u32,
 }
+
+/// Version of the stable-memory layout this wasm reads and writes (see
+/// `memory`): 1 = memory ids 0-4; 2 = ids 0-7 (the job indexes). Releases
+/// before the version was recorded wrote layout 1 or 2, both of which
+/// `post_upgrade` migrates. Raise it with every change that an older wasm
+/// would misread, so that a downgrade is refused instead of corrupting state.
+pub const STABLE_LAYOUT_VERSION: u32 = 2;
 
 impl Settings {
     /// Heap bytes the weights and the cached jobs' KV caches may take together.
@@ -135,8 +148,61 @@ impl Default for Settings {
             kv_row_bytes: 0,
             max_context: None,
             heap_budget: None,
+            layout_version: STABLE_LAYOUT_VERSION,
         }
     }
+}
+
+/// The layout version recorded in a settings cell's raw bytes (the
+/// `StableCell` header, then the CBOR record), read leniently: a newer
+/// release's record, which this wasm might not decode, still yields its
+/// version. `None`: no settings written yet.
+pub fn layout_version_in_cell(cell: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        layout_version: u32,
+    }
+    const HEADER: usize = 8; // b"SCL", cell layout version, u32 LE value length
+    if cell.len() < HEADER || &cell[..3] != b"SCL" {
+        return None;
+    }
+    let len = u32::from_le_bytes(cell[4..8].try_into().expect("4 bytes")) as usize;
+    let value = cell.get(HEADER..HEADER.checked_add(len)?)?;
+    // A record with no version field (or one this probe cannot read) is
+    // older than the field.
+    Some(ciborium::from_reader::<Probe, _>(value).map_or(0, |p| p.layout_version))
+}
+
+/// The layout version in stable memory, read before the settings cell is
+/// opened (opening decodes the whole record).
+pub fn stored_layout_version() -> Option<u32> {
+    use ic_stable_structures::Memory as _;
+    let mem = memory::get(memory::SETTINGS);
+    let size = mem.size() * memory::WASM_PAGE;
+    if size < 8 {
+        return None;
+    }
+    let mut header = [0u8; 8];
+    mem.read(0, &mut header);
+    let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as u64;
+    let total = (8 + len).min(size);
+    let mut cell = vec![0u8; total as usize];
+    mem.read(0, &mut cell);
+    layout_version_in_cell(&cell)
+}
+
+/// Refuses (traps, so the IC keeps the installed wasm) to run on a stable
+/// layout newer than this wasm knows, then records this wasm's layout.
+pub fn claim_stable_layout() {
+    if let Some(found) = stored_layout_version().filter(|&v| v > STABLE_LAYOUT_VERSION) {
+        ic_cdk::trap(format!(
+            "stable memory has layout version {found}, written by a newer icllm release; this wasm \
+             knows layouts up to {STABLE_LAYOUT_VERSION}. Upgrade to that release or a newer one: \
+             a downgrade would misread the stored jobs and model"
+        ));
+    }
+    mutate(|s| s.layout_version = STABLE_LAYOUT_VERSION);
 }
 
 /// A model file held in one of the two blob slots.
@@ -174,4 +240,50 @@ pub fn mutate<R>(f: impl FnOnce(&mut Settings) -> R) -> R {
         cell.set(Cbor(s));
         r
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(value: &impl Serialize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(value, &mut bytes).unwrap();
+        let mut cell = b"SCL\x01".to_vec();
+        cell.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        cell.extend_from_slice(&bytes);
+        cell
+    }
+
+    #[test]
+    fn the_layout_version_is_read_from_any_release_s_record() {
+        assert_eq!(
+            layout_version_in_cell(&cell(&Settings::default())),
+            Some(STABLE_LAYOUT_VERSION)
+        );
+        // Before the field existed.
+        #[derive(Serialize)]
+        struct Older {
+            next_job_id: u64,
+        }
+        assert_eq!(layout_version_in_cell(&cell(&Older { next_job_id: 3 })), Some(0));
+        // A newer release: fields this wasm does not know, other types.
+        #[derive(Serialize)]
+        struct Newer {
+            layout_version: u32,
+            next_job_id: String,
+            shards: Vec<u8>,
+        }
+        let newer = Newer {
+            layout_version: 7,
+            next_job_id: "x".into(),
+            shards: vec![1, 2],
+        };
+        assert_eq!(layout_version_in_cell(&cell(&newer)), Some(7));
+        // Nothing written yet, or a truncated cell.
+        assert_eq!(layout_version_in_cell(&[]), None);
+        assert_eq!(layout_version_in_cell(&[0; 64]), None);
+        let c = cell(&Settings::default());
+        assert_eq!(layout_version_in_cell(&c[..c.len() - 1]), None);
+    }
 }

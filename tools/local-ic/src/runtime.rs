@@ -260,6 +260,32 @@ impl Runtime {
         self.canisters.get(&id).map(|c| c.host().stable.size())
     }
 
+    /// `len` bytes of a canister's stable memory at `offset`, between
+    /// messages (as the IC's canister snapshot download reads them).
+    pub fn read_stable(&self, id: CanisterId, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let c = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
+        let mut buf = vec![0u8; len];
+        c.host()
+            .stable
+            .read(offset, &mut buf)
+            .map_err(|_| out_of_bounds(id, offset, len))?;
+        Ok(buf)
+    }
+
+    /// Overwrites part of a canister's stable memory between messages (as
+    /// the IC's snapshot upload does): tests plant states that no wasm at
+    /// hand would write, such as a newer release's.
+    pub fn write_stable(&mut self, id: CanisterId, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let c = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
+        let stable = &mut c.host_mut().stable;
+        stable.begin();
+        stable
+            .write(offset, data)
+            .map_err(|_| out_of_bounds(id, offset, data.len()))?;
+        stable.commit();
+        Ok(())
+    }
+
     // ------------------------------------------------------------------
     // Install / upgrade
     // ------------------------------------------------------------------
@@ -1109,6 +1135,14 @@ impl Runtime {
 
 /// IC-style canister id for index `n` (0 is `rwlgt-iiaaa-aaaaa-aaaaa-cai`,
 /// the first id the IC ever assigned; installs count up from there).
+fn out_of_bounds(canister: CanisterId, offset: u64, len: usize) -> Error {
+    Error::Rejected {
+        canister,
+        code: RejectCode::CanisterError,
+        message: format!("stable memory access out of bounds at {offset}+{len}"),
+    }
+}
+
 pub fn canister_id(n: u64) -> Principal {
     let mut bytes = [0u8; 10];
     bytes[..8].copy_from_slice(&n.to_be_bytes());
