@@ -8,10 +8,9 @@
 
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{decode_args, encode_args, Principal};
-use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
+use icllm::local_canister::{controller, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
 use icllm_api::*;
-use local_ic::MemoryCharges;
-use std::sync::OnceLock;
+use integration_tests::{canister_with_model, model_bytes, wasm};
 use std::time::Duration;
 
 /// No refused call may cost more, whatever its argument (≤ 2 MB).
@@ -20,40 +19,6 @@ const IC_LIMIT: u64 = 40_000_000_000;
 /// Greedy continuation of "Joe loves writing stories" by stories260K.
 const GOLDEN_PROMPT: &str = "Joe loves writing stories";
 const GOLDEN_IDS: [u32; 10] = [426, 346, 397, 355, 267, 337, 335, 345, 267, 422];
-
-fn model_bytes() -> &'static [u8] {
-    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stories260Ktok512.gguf");
-        std::fs::read(path).expect("models/stories260Ktok512.gguf is shipped")
-    })
-}
-
-fn wasm() -> Vec<u8> {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| find_or_build_wasm(None).expect("canister wasm"))
-        .clone()
-}
-
-/// Costs are measured under the memory tracker's page charges, as mainnet
-/// charges them; below 100 M per message the legacy charges apply, as in
-/// `canister.rs` (stories260K does not load in a few million instructions
-/// once each message pays for the pages its fixed work touches).
-fn canister_with_model(limit: u64) -> LocalCanister {
-    let init = InitArgs {
-        message_instruction_limit: Some(limit),
-        ..InitArgs::default()
-    };
-    let charges = if limit < 100_000_000 {
-        MemoryCharges::Legacy
-    } else {
-        MemoryCharges::Dmt
-    };
-    let mut c = LocalCanister::install_with(wasm(), init, limit, false, charges).expect("install");
-    let model = model_bytes();
-    c.upload_model(model, sha256(model)).expect("upload");
-    c
-}
 
 /// A canister (not installed here) that calls ours: `inspect_message` does
 /// not run for it.

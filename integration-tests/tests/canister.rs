@@ -2,9 +2,9 @@
 //! promise dApps. Golden outputs come from models/README.md.
 
 use candid::Principal;
-use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
+use icllm::local_canister::{controller, sha256, user, LocalCanister, UPLOAD_CHUNK_BYTES};
 use icllm_api::*;
-use local_ic::MemoryCharges;
+use integration_tests::{canister_with_model, model_bytes, wasm};
 use std::sync::OnceLock;
 
 /// From models/README.md: greedy continuation of "Joe loves writing stories".
@@ -12,45 +12,6 @@ const GOLDEN_PROMPT: &str = "Joe loves writing stories";
 const GOLDEN_IDS: [u32; 10] = [426, 346, 397, 355, 267, 337, 335, 345, 267, 422];
 const GOLDEN_TEXT: &str = ". He liked to play with his toy";
 const IC_LIMIT: u64 = 40_000_000_000;
-
-fn model_bytes() -> &'static [u8] {
-    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stories260Ktok512.gguf");
-        std::fs::read(path).expect("models/stories260Ktok512.gguf is shipped")
-    })
-}
-
-fn wasm() -> Vec<u8> {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| find_or_build_wasm(None).expect("canister wasm"))
-        .clone()
-}
-
-/// A canister with the stories260K model loaded, running under `limit`
-/// instructions per message (the runtime enforces it; the canister is told).
-///
-/// Below 100 M the runtime applies the legacy memory charges: these tests
-/// cut stories260K's jobs into many messages with limits of a few million
-/// instructions, where the memory tracker's page charges of a message's
-/// fixed work (timer, scheduler state, pipeline buffers: a few million)
-/// would leave no room for a unit. Jobs under the tracker's charges are
-/// tested in `tools/icllm/tests/bench.rs`.
-fn canister_with_model(limit: u64) -> LocalCanister {
-    let init = InitArgs {
-        message_instruction_limit: Some(limit),
-        ..InitArgs::default()
-    };
-    let charges = if limit < 100_000_000 {
-        MemoryCharges::Legacy
-    } else {
-        MemoryCharges::Dmt
-    };
-    let mut c = LocalCanister::install_with(wasm(), init, limit, false, charges).expect("install");
-    let model = model_bytes();
-    c.upload_model(model, sha256(model)).expect("upload");
-    c
-}
 
 fn greedy(prompt: &str, max_tokens: u32) -> JobRequest {
     JobRequest {

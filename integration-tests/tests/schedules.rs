@@ -10,27 +10,14 @@
 //! `ICLLM_SCHEDULE_SEED=S` replays one. README records the 1,000-schedule run.
 
 use candid::Principal;
-use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister};
+use icllm::local_canister::{controller, sha256, user, LocalCanister};
 use icllm_api::*;
-use local_ic::{Limits as RuntimeLimits, MemoryCharges};
+use integration_tests::{memory_charges_for, model_bytes, wasm};
+use local_ic::Limits as RuntimeLimits;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 const IC_LIMIT: u64 = 40_000_000_000;
-
-fn model_bytes() -> &'static [u8] {
-    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stories260Ktok512.gguf");
-        std::fs::read(path).expect("models/stories260Ktok512.gguf is shipped")
-    })
-}
-
-fn wasm() -> Vec<u8> {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| find_or_build_wasm(None).expect("canister wasm"))
-        .clone()
-}
 
 /// SplitMix64: small, seedable, and the same on every machine.
 struct Rng(u64);
@@ -238,17 +225,11 @@ fn run_schedule(seed: u64) -> Tally {
     let mut rng = Rng(seed);
     let mut tally = Tally::default();
     let limit = *rng.pick(&[6_000_000, 9_000_000, 12_000_000, 25_000_000, 150_000_000, 2_000_000_000]);
-    // The memory tracker's page charges need room: see canister.rs.
-    let charges = if limit < 100_000_000 {
-        MemoryCharges::Legacy
-    } else {
-        MemoryCharges::Dmt
-    };
     let init = InitArgs {
         message_instruction_limit: Some(limit),
         ..InitArgs::default()
     };
-    let mut c = LocalCanister::install_with(wasm(), init, limit, false, charges).expect("install");
+    let mut c = LocalCanister::install_with(wasm(), init, limit, false, memory_charges_for(limit)).expect("install");
     let first_report = c.rt.reports().len();
     upload_with_upgrades(&mut c, &mut rng, &mut tally);
 
