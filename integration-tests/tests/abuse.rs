@@ -662,3 +662,46 @@ fn a_trapped_message_leaves_the_heap_size_as_it_was() {
     println!("heap bytes before / after a trapped start_job / after one that returned: {before} / {after} / {grown}");
     assert!(grown >= before + (16 << 20), "the job's 20 MB KV cache is in the heap");
 }
+
+/// A canister low on cycles refuses new jobs with the reason while those
+/// it runs finish; a top-up lets new jobs in again.
+#[test]
+fn low_cycles_refuse_new_jobs_and_the_running_ones_finish() {
+    let mut c = canister_with_model(IC_LIMIT);
+    let floor: u128 = 200_000_000_000;
+    let limits = Limits {
+        min_liquid_cycles: Some(floor),
+        ..Limits::default()
+    };
+    let (r,): (ApiResult<()>,) = c.update(controller(), "set_limits", (limits,)).unwrap();
+    r.unwrap();
+    let running = c.start_job(user(1), greedy_golden()).unwrap().unwrap();
+    // Drain to just under the floor above the freezing reserve.
+    let balance = c.rt.cycle_balance(c.id).unwrap();
+    let reserve = balance - c.rt.liquid_cycle_balance(c.id).unwrap();
+    c.rt.set_cycle_balance(c.id, reserve + floor - 1).unwrap();
+    let (health,): (Health,) = c.query(user(2), "health", ()).unwrap();
+    assert!(health.liquid_cycle_balance < floor, "{health:?}");
+    match c.start_job(user(2), greedy_golden()).unwrap() {
+        Err(ApiError::QuotaExceeded(m)) => assert!(m.contains("low on cycles"), "{m}"),
+        other => panic!("expected a refusal for low cycles, got {other:?}"),
+    }
+    let v = c.run_job(user(1), running, |_| {}).unwrap();
+    assert_eq!(v.tokens, GOLDEN_IDS);
+    c.rt.set_cycle_balance(c.id, balance).unwrap();
+    let id = c
+        .start_job(user(2), greedy_golden())
+        .unwrap()
+        .expect("accepted after the top-up");
+    assert_eq!(c.run_job(user(2), id, |_| {}).unwrap().tokens, GOLDEN_IDS);
+}
+
+fn greedy_golden() -> JobRequest {
+    JobRequest {
+        prompt: GOLDEN_PROMPT.into(),
+        max_tokens: 10,
+        temperature: Some(0.0),
+        seed: Some(1),
+        ..JobRequest::default()
+    }
+}

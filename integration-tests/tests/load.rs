@@ -44,7 +44,7 @@ fn request(n: u64) -> JobRequest {
     JobRequest {
         prompt: prompts[(n % 4) as usize].into(),
         max_tokens: 8 + (n % 17) as u32,
-        temperature: Some(if n % 3 == 0 { 0.0 } else { 0.9 }),
+        temperature: Some(if n.is_multiple_of(3) { 0.0 } else { 0.9 }),
         seed: Some(n),
         ..JobRequest::default()
     }
@@ -163,7 +163,7 @@ fn many_principals_many_jobs_none_lost_and_stable_memory_does_not_grow() {
             f.max_rounds_between_steps,
             f.max_heap_bytes >> 20,
             health.total_jobs,
-            stable_after[w as usize] * 65536 >> 20
+            (stable_after[w as usize] * 65536) >> 20
         );
         // This wave's records, and none of the waves before (pruned by this one).
         assert_eq!(health.total_jobs, jobs, "expired records were not pruned");

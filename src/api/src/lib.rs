@@ -82,12 +82,21 @@ pub struct Limits {
     /// Unfinished jobs the anonymous callers may have at once, all together
     /// (when the policy allows anonymous callers). Default 2.
     pub max_active_anonymous_jobs: Option<u32>,
+    /// Cycles above the freezing threshold kept for the jobs already
+    /// running: below it, new jobs are refused until the canister is topped
+    /// up. Default 1 T (25 messages of 40 B instructions).
+    pub min_liquid_cycles: Option<u128>,
 }
 
 impl Limits {
     pub const DEFAULT_MAX_STORED_JOBS: u64 = 100_000;
     pub const DEFAULT_FINISHED_JOB_TTL_SECONDS: u64 = 7 * 24 * 3600;
     pub const DEFAULT_MAX_ACTIVE_ANONYMOUS_JOBS: u32 = 2;
+    pub const DEFAULT_MIN_LIQUID_CYCLES: u128 = 1_000_000_000_000;
+
+    pub fn min_liquid_cycles(&self) -> u128 {
+        self.min_liquid_cycles.unwrap_or(Self::DEFAULT_MIN_LIQUID_CYCLES)
+    }
 
     pub fn max_stored_jobs(&self) -> u64 {
         self.max_stored_jobs.unwrap_or(Self::DEFAULT_MAX_STORED_JOBS)
@@ -115,6 +124,7 @@ impl Default for Limits {
             max_stored_jobs: None,
             finished_job_ttl_seconds: None,
             max_active_anonymous_jobs: None,
+            min_liquid_cycles: None,
         }
     }
 }
@@ -288,6 +298,8 @@ pub struct Health {
     pub heap_bytes: u64,
     pub stable_bytes: u64,
     pub cycle_balance: u128,
+    /// The balance above the freezing threshold (what messages can spend).
+    pub liquid_cycle_balance: u128,
     pub message_instruction_limit: u64,
 }
 

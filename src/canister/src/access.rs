@@ -75,12 +75,35 @@ pub fn ingress_rule(method: &str) -> IngressRule {
     }
 }
 
+/// Starting a job is refused while the cycles above the freezing threshold
+/// (`liquid`) are below `floor`: what is left pays for the running jobs.
+pub fn cycles_allow_new_jobs(liquid: u128, floor: u128) -> ApiResult<()> {
+    if liquid >= floor {
+        return Ok(());
+    }
+    Err(ApiError::QuotaExceeded(format!(
+        "the canister is low on cycles ({liquid} above its freezing threshold, below the {floor} kept for \
+         running jobs): new jobs are refused until a controller tops it up"
+    )))
+}
+
 pub fn not_found(id: u64) -> ApiError {
     ApiError::NotFound(format!("no job {id} for this caller"))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn new_jobs_wait_for_cycles_above_the_floor() {
+        assert!(cycles_allow_new_jobs(1_000, 1_000).is_ok());
+        match cycles_allow_new_jobs(999, 1_000) {
+            Err(ApiError::QuotaExceeded(m)) => {
+                assert!(m.contains("low on cycles (999") && m.contains("tops it up"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     use super::*;
 
     fn p(n: u8) -> Principal {

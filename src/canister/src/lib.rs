@@ -244,6 +244,7 @@ async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
     let (req,) = args?;
     bounds::check_job_request(&req)?;
     ready_model()?;
+    cycles_allow_new_jobs()?;
     let claim = jobs::SlotClaim::take(caller, ctl)?;
     // Anonymous jobs get a random id (a capability: see `access`).
     let anonymous = caller == Principal::anonymous();
@@ -258,6 +259,7 @@ async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
     drop(claim);
     may_start_jobs(caller, ctl)?;
     let model = ready_model()?;
+    cycles_allow_new_jobs()?;
     let claim = jobs::SlotClaim::take(caller, ctl)?;
     let now = ic_cdk::api::time();
     let (rec, job) = jobs::create(&model, caller, &req, seed, now)?;
@@ -277,6 +279,13 @@ async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
 /// Old records deleted at most per `start_job` (each call adds one record,
 /// so the store shrinks back to its cap; the bound keeps the call cheap).
 const PRUNE_PER_CALL: usize = 8;
+
+/// New jobs wait while the cycles above the freezing threshold are below
+/// the floor kept for the running ones.
+fn cycles_allow_new_jobs() -> ApiResult<()> {
+    let floor = settings::read(|s| s.limits.min_liquid_cycles());
+    access::cycles_allow_new_jobs(ic_cdk::api::canister_liquid_cycle_balance(), floor)
+}
 
 fn may_start_jobs(caller: Principal, ctl: bool) -> ApiResult<()> {
     access::may_start_jobs(caller, ctl, &settings::read(|s| s.policy.clone()))
@@ -469,6 +478,7 @@ fn health() -> Health {
         heap_bytes: heap_bytes(),
         stable_bytes: ic_cdk::stable::stable_size() * memory::WASM_PAGE,
         cycle_balance: ic_cdk::api::canister_cycle_balance(),
+        liquid_cycle_balance: ic_cdk::api::canister_liquid_cycle_balance(),
         message_instruction_limit: scheduler::message_limit(),
     }
 }

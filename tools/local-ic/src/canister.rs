@@ -222,6 +222,18 @@ impl Canister {
         })
     }
 
+    /// Heap and stable memory in bytes, as the freezing threshold counts them.
+    pub fn memory_bytes(&self) -> u64 {
+        let heap = self.memory.map_or(0, |m| m.data_size(&self.store) as u64);
+        heap + self.host().stable.len()
+    }
+
+    /// The balance above the freezing reserve, as of now.
+    pub fn liquid_cycles(&self) -> u128 {
+        let reserve = crate::cycles::freezing_reserve(self.memory_bytes(), self.host().freezing_threshold_seconds);
+        crate::cycles::liquid(self.host().cycles, reserve)
+    }
+
     pub fn host(&self) -> &HostState {
         self.store.data()
     }
@@ -272,6 +284,8 @@ impl Canister {
     /// undo log of a previous pending message (upgrade: pre + post).
     pub fn execute(&mut self, entry: &Entry, msg: MessageContext, limit: u64, continue_stable_log: bool) -> Execution {
         let limit_i64 = limit.min(i64::MAX as u64) as i64;
+        let reserve = crate::cycles::freezing_reserve(self.memory_bytes(), self.host().freezing_threshold_seconds);
+        self.store.data_mut().freezing_reserve = reserve;
         self.store.data_mut().msg.kind = msg.kind;
         let first_slice = self.begin_slices(limit).min(i64::MAX as u64) as i64;
         if let Err(e) = self.counter.set(&mut self.store, Val::I64(first_slice)) {

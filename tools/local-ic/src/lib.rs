@@ -105,6 +105,7 @@ pub mod backend;
 pub mod canister;
 pub mod charges;
 pub mod cow_memory;
+pub mod cycles;
 pub mod instrument;
 pub mod memory_snapshot;
 pub mod profile;
@@ -117,6 +118,7 @@ pub mod weights;
 
 pub use candid::Principal;
 pub use charges::MemoryCharges;
+pub use cycles::DEFAULT_FREEZING_THRESHOLD_SECONDS;
 pub use profile::{FunctionProfile, Profile};
 pub use runtime::{canister_id, CanisterId, PendingCall, Runtime};
 pub use types::{

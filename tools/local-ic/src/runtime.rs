@@ -260,6 +260,50 @@ impl Runtime {
         self.canisters.get(&id).map(|c| c.host().stable.size())
     }
 
+    /// A canister's cycle balance.
+    pub fn cycle_balance(&self, id: CanisterId) -> Option<u128> {
+        self.canisters.get(&id).map(|c| c.host().cycles)
+    }
+
+    /// Its balance above the freezing reserve ([`crate::cycles`]).
+    pub fn liquid_cycle_balance(&self, id: CanisterId) -> Option<u128> {
+        self.canisters.get(&id).map(|c| c.liquid_cycles())
+    }
+
+    /// Sets a canister's cycle balance (a top-up, or a drain for tests).
+    pub fn set_cycle_balance(&mut self, id: CanisterId, cycles: u128) -> Result<(), Error> {
+        let c = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
+        c.host_mut().cycles = cycles;
+        Ok(())
+    }
+
+    /// Refuses a message the canister could not prepay: the IC withdraws
+    /// the cost of the whole instruction limit before running it (and
+    /// refunds what is left), out of the cycles above the freezing reserve.
+    fn ensure_can_prepay(&self, id: CanisterId, extra: u128) -> Result<(), Error> {
+        let c = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
+        let need = crate::cycles::execution_cost(self.config.limits.update) + extra;
+        let liquid = c.liquid_cycles();
+        if liquid < need {
+            return Err(Error::Rejected {
+                canister: id,
+                code: RejectCode::SysTransient,
+                message: format!(
+                    "Canister {id} is out of cycles: please top up the canister with at least {} additional cycles",
+                    need - liquid
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn charge_cycles(&mut self, id: CanisterId, cycles: u128) {
+        if let Some(c) = self.canisters.get_mut(&id) {
+            let host = c.host_mut();
+            host.cycles = host.cycles.saturating_sub(cycles);
+        }
+    }
+
     /// `len` bytes of a canister's stable memory at `offset`, between
     /// messages (as the IC's canister snapshot download reads them).
     pub fn read_stable(&self, id: CanisterId, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
@@ -319,6 +363,8 @@ impl Runtime {
             memory: None,
             counter: None,
             cycles: self.config.initial_cycles,
+            freezing_threshold_seconds: self.config.freezing_threshold_seconds,
+            freezing_reserve: 0,
             canister_version: 1,
             global_timer: 0,
             print_debug: self.config.print_debug,
@@ -427,6 +473,8 @@ impl Runtime {
             memory: None,
             counter: None,
             cycles: old.host().cycles,
+            freezing_threshold_seconds: old.host().freezing_threshold_seconds,
+            freezing_reserve: 0,
             canister_version: old.host().canister_version + 1,
             global_timer: 0,
             print_debug: self.config.print_debug,
@@ -530,6 +578,10 @@ impl Runtime {
             let _guard = memory_snapshot::exclusive();
             self.inspect(id, caller, method, &arg)?;
         }
+        // Inducted: the canister pays for the message's bytes.
+        let induction = crate::cycles::ingress_induction_cost(method.len() + arg.len());
+        self.ensure_can_prepay(id, induction)?;
+        self.charge_cycles(id, induction);
         self.start_call(id, caller, method, arg)
     }
 
@@ -569,6 +621,7 @@ impl Runtime {
         arg: Vec<u8>,
     ) -> Result<PendingCall, Error> {
         let _guard = memory_snapshot::exclusive();
+        self.ensure_can_prepay(id, 0)?;
         let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
         let update_export = format!("canister_update {method}");
         let query_export = format!("canister_query {method}");
@@ -724,13 +777,18 @@ impl Runtime {
     fn next_due(&self, target: u64) -> Option<(u64, Principal)> {
         self.canisters
             .iter()
-            .filter(|(_, c)| c.exports("canister_global_timer"))
+            .filter(|(id, c)| c.exports("canister_global_timer") && self.ensure_can_prepay(**id, 0).is_ok())
             .map(|(id, c)| (c.host().global_timer, *id))
             .filter(|(t, _)| *t != 0 && *t <= target)
             .min()
     }
 
     fn fire_timer(&mut self, id: Principal) {
+        // A canister that cannot pay for the message keeps its timer for
+        // when it is topped up.
+        if self.ensure_can_prepay(id, 0).is_err() {
+            return;
+        }
         let Some(canister) = self.canisters.get_mut(&id) else {
             return;
         };
@@ -1062,6 +1120,16 @@ impl Runtime {
             }
         }
         let report = self.report_of(canister, &exec, method, commit);
+        if matches!(
+            report.kind,
+            MessageKind::Update | MessageKind::GlobalTimer | MessageKind::Callback | MessageKind::Cleanup
+        ) {
+            // Paid whether or not the message trapped.
+            let host = canister.host_mut();
+            host.cycles = host
+                .cycles
+                .saturating_sub(crate::cycles::execution_cost(report.charged_instructions()));
+        }
         self.record(report.clone());
         (report, exec.result)
     }

@@ -188,6 +188,10 @@ pub struct HostState {
     pub memory: Option<Memory>,
     pub counter: Option<Global>,
     pub cycles: u128,
+    /// Seconds of idle burn the balance must cover ([`crate::cycles`]).
+    pub freezing_threshold_seconds: u64,
+    /// That burn at the start of the message in flight.
+    pub freezing_reserve: u128,
     pub canister_version: u64,
     /// Committed global timer deadline (0 = not set).
     pub global_timer: u64,
@@ -598,7 +602,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         Ok(())
     })?;
 
-    // --- cycles (modelled as a plentiful fixed balance) -------------------
+    // --- cycles (calls carry none; the balance pays for messages, see crate::cycles)
     for name in ["msg_cycles_available128", "msg_cycles_refunded128"] {
         l.func_wrap("ic0", name, move |mut c: Ctx<'_>, dst: u32| {
             charge(&mut c, overhead::DEFAULT)?;
@@ -613,13 +617,20 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             write_heap(&mut c, "msg_cycles_accept128", dst, &0u128.to_le_bytes())
         },
     )?;
-    for name in ["canister_cycle_balance128", "canister_liquid_cycle_balance128"] {
-        l.func_wrap("ic0", name, move |mut c: Ctx<'_>, dst: u32| {
+    l.func_wrap("ic0", "canister_cycle_balance128", move |mut c: Ctx<'_>, dst: u32| {
+        charge(&mut c, overhead::DEFAULT)?;
+        let cycles = c.data().cycles;
+        write_heap(&mut c, "canister_cycle_balance128", dst, &cycles.to_le_bytes())
+    })?;
+    l.func_wrap(
+        "ic0",
+        "canister_liquid_cycle_balance128",
+        move |mut c: Ctx<'_>, dst: u32| {
             charge(&mut c, overhead::DEFAULT)?;
-            let cycles = c.data().cycles;
-            write_heap(&mut c, name, dst, &cycles.to_le_bytes())
-        })?;
-    }
+            let liquid = crate::cycles::liquid(c.data().cycles, c.data().freezing_reserve);
+            write_heap(&mut c, "canister_liquid_cycle_balance128", dst, &liquid.to_le_bytes())
+        },
+    )?;
     l.func_wrap(
         "ic0",
         "cost_call",
@@ -965,6 +976,8 @@ mod tests {
                 memory: None,
                 counter: None,
                 cycles: 0,
+                freezing_threshold_seconds: 0,
+                freezing_reserve: 0,
                 canister_version: 0,
                 global_timer: 0,
                 print_debug: false,

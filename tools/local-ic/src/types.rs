@@ -44,6 +44,8 @@ pub struct RuntimeConfig {
     pub start_time_nanos: u64,
     /// Cycle balance every canister starts with.
     pub initial_cycles: u128,
+    /// Freezing threshold of every canister, in seconds ([`crate::cycles`]).
+    pub freezing_threshold_seconds: u64,
     /// Echo `ic0.debug_print` to stderr (always kept in [`crate::Runtime::logs`]).
     pub print_debug: bool,
     /// Directory for compiled modules, reused across processes (compiling a
@@ -96,6 +98,7 @@ impl Default for RuntimeConfig {
             // 2025-01-01T00:00:00Z: a fixed, realistic time.
             start_time_nanos: 1_735_689_600_000_000_000,
             initial_cycles: 100_000_000_000_000,
+            freezing_threshold_seconds: crate::cycles::DEFAULT_FREEZING_THRESHOLD_SECONDS,
             print_debug: false,
             module_cache_dir: std::env::var_os("LOCAL_IC_MODULE_CACHE").map(Into::into),
             memory_charges: crate::charges::MemoryCharges::default(),

@@ -438,3 +438,45 @@ fn submitted_calls_interleave_at_their_awaits() {
     assert_eq!(&kinds[..3], &[MessageKind::Update; 3]);
     assert!(kinds[3..].iter().all(|k| *k == MessageKind::Callback), "{kinds:?}");
 }
+
+/// Messages are paid from the canister's balance by the replica's fees; a
+/// canister that cannot prepay a message above its freezing reserve is
+/// out of cycles until topped up.
+#[test]
+fn messages_cost_cycles_and_a_frozen_canister_refuses_calls() {
+    use local_ic::cycles::{
+        execution_cost, freezing_reserve, ingress_induction_cost, DEFAULT_FREEZING_THRESHOLD_SECONDS,
+    };
+    let mut rt = runtime();
+    let id = install_counter(&mut rt, 0);
+    let before = rt.cycle_balance(id).unwrap();
+    let arg = Encode!().unwrap();
+    let reply = rt.update(id, user(), "increment", arg.clone()).unwrap();
+    let after = rt.cycle_balance(id).unwrap();
+    assert_eq!(
+        before - after,
+        ingress_induction_cost("increment".len() + arg.len()) + execution_cost(reply.report.charged_instructions())
+    );
+    // Queries are free.
+    query_u64(&mut rt, id, "get");
+    assert_eq!(rt.cycle_balance(id).unwrap(), after);
+
+    // Just short of the reserve plus one message's prepayment at the limit.
+    let liquid = rt.liquid_cycle_balance(id).unwrap();
+    let reserve = after - liquid;
+    let stable_and_heap_reserve_is_30_days = reserve >= freezing_reserve(0, DEFAULT_FREEZING_THRESHOLD_SECONDS);
+    assert!(stable_and_heap_reserve_is_30_days, "reserve {reserve}");
+    let prepay = execution_cost(rt.limits().update) + ingress_induction_cost("increment".len() + arg.len());
+    rt.set_cycle_balance(id, reserve + prepay - 1).unwrap();
+    let err = rt
+        .update(id, user(), "increment", arg.clone())
+        .expect_err("out of cycles");
+    assert!(
+        err.to_string()
+            .contains("is out of cycles: please top up the canister with at least 1 additional cycles"),
+        "{err}"
+    );
+    assert_eq!(query_u64(&mut rt, id, "get"), 1, "the refused call changed nothing");
+    rt.set_cycle_balance(id, reserve + prepay).unwrap();
+    assert_eq!(call_u64(&mut rt, id, "increment"), 2);
+}
