@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gguf hf_checkpoint tokenizer_json chat_template)
+[ ${#targets[@]} -gt 0 ] || targets=(gguf hf_checkpoint tokenizer_json chat_template candid_args upload_ranges)
 
 # The fuzz targets alone need nightly (sanitizer coverage) and cargo-fuzz.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

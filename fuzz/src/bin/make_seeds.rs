@@ -64,4 +64,47 @@ fn main() {
     let qwen: serde_json::Value = serde_json::from_slice(&qwen).unwrap();
     let qwen = qwen["chat_template"].as_str().expect("the Qwen config has a chat_template");
     write("chat_template", "qwen", qwen.as_bytes());
+
+    candid_seeds();
+    // Upload ranges: a file size, then (start, length) chunks.
+    write("upload_ranges", "in-order", &[0x00, 0x01, 0, 0, 0, 1, 0, 1, 0, 1]);
+    write("upload_ranges", "resent-out-of-order", &[0xff, 0x0f, 0, 8, 0, 4, 0, 0, 0, 4, 0, 4, 0, 4, 0, 8, 0, 0]);
+}
+
+/// One valid argument per endpoint the `candid_args` target drives (its
+/// first byte picks the endpoint).
+fn candid_seeds() {
+    use candid::Encode;
+    use icllm_api::*;
+    let request = JobRequest {
+        prompt: "Joe loves writing stories".into(),
+        max_tokens: 10,
+        temperature: Some(0.0),
+        messages: Some(vec![ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        }]),
+        ..JobRequest::default()
+    };
+    let begin = UploadBegin {
+        size: 1 << 20,
+        sha256: vec![7; 32],
+    };
+    let policy = AccessPolicy {
+        mode: AccessMode::Allowlist(vec![candid::Principal::anonymous()]),
+        allow_anonymous: true,
+    };
+    let seeds: [(u8, &str, Vec<u8>); 8] = [
+        (0, "start_job", Encode!(&request).unwrap()),
+        (1, "upload_chunk", Encode!(&0u64, &serde_bytes::ByteBuf::from(vec![1u8; 64])).unwrap()),
+        (2, "upload_begin", Encode!(&begin).unwrap()),
+        (3, "poll", Encode!(&5u64, &Some(3u32)).unwrap()),
+        (4, "step", Encode!(&5u64).unwrap()),
+        (5, "set_policy", Encode!(&policy).unwrap()),
+        (6, "set_limits", Encode!(&Limits::default()).unwrap()),
+        (7, "set_message_instruction_limit", Encode!(&40_000_000_000u64).unwrap()),
+    ];
+    for (endpoint, name, arg) in seeds {
+        write("candid_args", name, &[&[endpoint][..], &arg].concat());
+    }
 }
