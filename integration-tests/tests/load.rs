@@ -81,14 +81,23 @@ fn run_wave(c: &mut LocalCanister, jobs: u64, principals: u64, first: u64) -> Wa
         .map(|p| (first..first + jobs).filter(|n| n % principals == p).rev().collect())
         .collect();
     let mut running: HashMap<JobId, Running> = HashMap::new();
+    // Clients back off as a refusal tells them: a caller at its own limit
+    // waits for one of its jobs to finish; when the canister is full,
+    // everyone waits for any job to finish.
+    let mut at_own_limit = vec![false; principals as usize];
+    let mut canister_full = false;
     while f.finished < jobs {
-        for (p, queue) in pending.iter_mut().enumerate() {
-            // Submit until this principal hits a quota.
-            while let Some(&n) = queue.last() {
+        for k in 0..principals {
+            // A different caller goes first each round.
+            let p = ((k + f.rounds) % principals) as usize;
+            while let Some(&n) = pending[p].last() {
+                if canister_full || at_own_limit[p] {
+                    break;
+                }
                 let owner = principal(p as u64);
                 match c.start_job(owner, request(n)).expect("start_job call") {
                     Ok(id) => {
-                        queue.pop();
+                        pending[p].pop();
                         running.insert(
                             id,
                             Running {
@@ -99,8 +108,13 @@ fn run_wave(c: &mut LocalCanister, jobs: u64, principals: u64, first: u64) -> Wa
                         );
                     }
                     Err(e) => {
-                        *f.refusals.entry(refusal_kind(&e)).or_default() += 1;
-                        break;
+                        let kind = refusal_kind(&e);
+                        if kind.starts_with("all ") {
+                            canister_full = true;
+                        } else {
+                            at_own_limit[p] = true;
+                        }
+                        *f.refusals.entry(kind).or_default() += 1;
                     }
                 }
             }
@@ -126,8 +140,13 @@ fn run_wave(c: &mut LocalCanister, jobs: u64, principals: u64, first: u64) -> Wa
             }
         }
         for id in done {
-            running.remove(&id);
+            let r = running.remove(&id).expect("a running job");
             f.finished += 1;
+            canister_full = false;
+            let p = (0..principals)
+                .find(|&p| principal(p) == r.owner)
+                .expect("a known caller");
+            at_own_limit[p as usize] = false;
         }
         let (health,): (Health,) = c.query(user(0), "health", ()).unwrap();
         f.max_heap_bytes = f.max_heap_bytes.max(health.heap_bytes);
