@@ -43,6 +43,14 @@
 //!   interleave at their awaits as on the IC.
 //! * **Calls from canisters** ([`Runtime::update_from_canister`]): a call
 //!   made as canister `caller`, without `canister_inspect_message`.
+//! * **Cycles** ([`cycles`]): every update-type message pays the replica's
+//!   fees from the canister's balance (5 M + 1 per instruction; ingress
+//!   1.2 M + 2,000 per byte on induction); a canister whose balance above
+//!   its freezing reserve (the storage fee of its memory for 30 days)
+//!   cannot prepay a message at the limit is out of cycles (calls refused
+//!   with the replica's wording, timers held) until topped up
+//!   ([`Runtime::set_cycle_balance`]); `canister_liquid_cycle_balance128`
+//!   reports that balance.
 //! * **Reports** per message ([`MessageReport`]) and totals per method
 //!   ([`Runtime::stats`]).
 //! * **Per-function profiles** (opt-in, [`RuntimeConfig::profile`]): every
@@ -81,8 +89,8 @@
 //!   do system-API copies into those pages.
 //! * Table mutations (`table.set/grow`) are not rolled back.
 //! * Slices are counted, not interleaved with other messages (a sliced
-//!   message still runs to its end before the next); no cycles accounting beyond a fixed
-//!   balance, no per-message stable-memory access limits, no heartbeats,
+//!   message still runs to its end before the next); cycles as [`cycles`]
+//!   lists (no install, transmission or idle storage charges), no per-message stable-memory access limits, no heartbeats,
 //!   no certificates (`data_certificate_present` is 0), no argument/reply
 //!   size limits (2 MiB / 3 MiB), no module size/global count checks beyond
 //!   validation, wasm32 only (the instrumentation already knows wasm64 load
