@@ -270,8 +270,18 @@ mod tests {
         let mut logits = [1.0, 1.0, 1.0, 1.0];
         apply_penalties_and_bias(&mut logits, &[1, 1, 2], &p);
         assert_eq!(logits, [1.0, 1.0 - 0.5 - 0.5, 1.0 - 0.5 - 0.25, -99.0]);
-        assert!(SamplingParams { presence_penalty: 2.5, ..p.clone() }.validate().is_err());
-        assert!(SamplingParams { logit_bias: vec![(0, 101.0)], ..p }.validate().is_err());
+        assert!(SamplingParams {
+            presence_penalty: 2.5,
+            ..p.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(SamplingParams {
+            logit_bias: vec![(0, 101.0)],
+            ..p
+        }
+        .validate()
+        .is_err());
     }
 
     fn params(temperature: f32) -> SamplingParams {
