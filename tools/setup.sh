@@ -2,12 +2,15 @@
 # Installs what the project builds and tests with beyond a plain stable
 # toolchain: the wasm32 target of the canister, rustfmt and clippy, and the
 # official `openai` Python package (pinned, in a venv beside the build:
-# <target>/openai-venv) that the `icllm serve` tests drive the server with.
+# <target>/openai-venv) that the `icllm serve` tests drive the server with,
+# and for the chat page's test Debian's chromium (apt-get, when missing)
+# and puppeteer-core (pinned, from npm into <target>/npm-chat-page).
 # Quiet and quick when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OPENAI_VERSION=1.109.1
+PUPPETEER_VERSION=24.43.1
 
 rust_pieces() {
   if ! command -v rustup >/dev/null 2>&1; then
@@ -38,5 +41,25 @@ openai_client() {
   "$venv/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
 }
 
+chat_page_browser() {
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || {
+        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+      }
+    else
+      echo "setup: chromium is missing; install it (Debian: apt-get install chromium)" >&2
+      exit 1
+    fi
+  fi
+  local prefix="${CARGO_TARGET_DIR:-target}/npm-chat-page"
+  if ! grep -qs "\"version\": \"$PUPPETEER_VERSION\"" "$prefix/node_modules/puppeteer-core/package.json"; then
+    command -v npm >/dev/null 2>&1 || { echo "setup: npm is missing (Debian: apt-get install npm)" >&2; exit 1; }
+    mkdir -p "$prefix"
+    DO_NOT_TRACK=1 npm install --silent --no-save --prefix "$prefix" "puppeteer-core@$PUPPETEER_VERSION" >/dev/null
+  fi
+}
+
 rust_pieces
 openai_client
+chat_page_browser

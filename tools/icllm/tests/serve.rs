@@ -22,7 +22,7 @@ impl Drop for Server {
 
 /// stories260K with a chat template that wraps the user's text as
 /// "<text> stories": the chat message "Joe loves writing" becomes the golden prompt.
-fn chat_model() -> PathBuf {
+fn chat_model(name: &str) -> PathBuf {
     use icllm_engine::format::gguf::{writer, Gguf, Value};
     let bytes = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -45,7 +45,7 @@ fn chat_model() -> PathBuf {
             bytes: bytes[t.byte_range()].to_vec(),
         })
         .collect();
-    let path = std::env::temp_dir().join(format!("icllm-serve-chat-{}.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("icllm-serve-{name}-{}.gguf", std::process::id()));
     std::fs::write(&path, writer::write(&meta, &tensors)).unwrap();
     path
 }
@@ -86,10 +86,15 @@ fn serve(model: &Path, extra: &[&str]) -> Server {
     }
 }
 
+/// The build's target directory (where tools/setup.sh puts the test clients).
+fn target_dir() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_icllm"));
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
 /// The venv tools/setup.sh makes beside the build (`<target>/openai-venv`).
 fn venv_python() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_icllm"));
-    let target = exe.parent().and_then(Path::parent).unwrap();
+    let target = target_dir();
     let python = target.join("openai-venv/bin/python");
     assert!(
         python.exists(),
@@ -112,7 +117,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 
 #[test]
 fn the_openai_python_client_and_curl_drive_icllm_serve() {
-    let model = chat_model();
+    let model = chat_model("openai");
     // The smallest message limit: a reply takes several canister messages,
     // so streams have several events and a job runs long enough to cancel.
     let server = serve(&model, &["--instruction-limit", "10000000"]);
@@ -166,6 +171,49 @@ fn the_openai_python_client_and_curl_drive_icllm_serve() {
     let (_, health) = curl(&[&url("/health")]);
     let v: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(v["active_jobs"], 0, "{health}");
+    drop(server);
+    std::fs::remove_file(&model).unwrap();
+}
+
+/// The chat page in headless Chromium, driven by puppeteer-core (both
+/// installed by tools/setup.sh): screenshots at desktop and phone widths go
+/// to `<target>/test-artefacts/`.
+#[test]
+fn the_chat_page_streams_stops_and_fits_a_phone_in_headless_chromium() {
+    let target = target_dir();
+    let puppeteer = target.join("npm-chat-page/node_modules/puppeteer-core");
+    assert!(
+        puppeteer.exists(),
+        "{} is missing: run tools/setup.sh",
+        puppeteer.display()
+    );
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("chromium is missing: run tools/setup.sh");
+    let shots = target.join("test-artefacts");
+    std::fs::create_dir_all(&shots).unwrap();
+    let model = chat_model("page");
+    // A few tokens per message: a long reply runs long enough to stop. (At
+    // 5 M, the smallest limit the canister takes, stories260K's prompt batch
+    // never fits a message and the job stays in prefill.)
+    let server = serve(&model, &["--instruction-limit", "10000000"]);
+    let out = Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chat_page.mjs"))
+        .env("ICLLM_URL", format!("{}/", server.base))
+        .env("CHROMIUM", chromium)
+        .env("PUPPETEER", puppeteer)
+        .env("SHOTS", &shots)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chat page checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all page checks passed"), "{stdout}");
+    for shot in ["chat-desktop.png", "chat-phone.png"] {
+        assert!(std::fs::metadata(shots.join(shot)).unwrap().len() > 10_000, "{shot}");
+    }
     drop(server);
     std::fs::remove_file(&model).unwrap();
 }

@@ -13,6 +13,7 @@
 //! the canister caller, a self-authenticating principal of the key, so each
 //! key has its own jobs and quota; requests without one share one principal.
 //! `GET /icllm/jobs/{id}` adds what a job cost (tokens, messages, instructions, cycles).
+//! `GET /` is a chat page (`page.html`) that uses these endpoints.
 
 mod backend;
 mod openai;
@@ -36,6 +37,9 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// The chat page at `GET /`: one static file, embedded (no build step).
+const PAGE: &str = include_str!("page.html");
 
 /// The IC's instruction limit per update/timer message.
 const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
@@ -115,6 +119,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 fn router(app: App) -> Router {
     Router::new()
+        .route("/", get(|| async { axum::response::Html(PAGE) }))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/v1/completions", post(completions))
