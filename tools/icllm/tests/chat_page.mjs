@@ -53,13 +53,18 @@ try {
   // A long reply, stopped after its first text.
   await page.$eval("#temperature", (e) => (e.value = "1"));
   await page.$eval("#max-tokens", (e) => (e.value = "400"));
+  // Clicked from inside the page as soon as the reply's bubble appears:
+  // a few tokens into a reply of hundreds.
+  await page.evaluate(() => {
+    new MutationObserver((_, observer) => {
+      if (document.querySelectorAll(".msg.assistant").length === 2) {
+        observer.disconnect();
+        document.getElementById("stop").click();
+      }
+    }).observe(document.getElementById("log"), { childList: true });
+  });
   await page.type("#input", "Once upon a time");
   await page.keyboard.press("Enter");
-  await page.waitForFunction(() => {
-    const all = document.querySelectorAll(".msg.assistant .text");
-    return all.length === 2 && all[1].textContent.length > 0;
-  }, { timeout: 60000 });
-  await page.click("#stop");
   await page.waitForSelector("#send:not([hidden])", { timeout: 30000 });
   const stopped = await page.$$eval(".msg.assistant", (all) => all[1].textContent);
   check("a stopped reply says so", stopped.includes("stopped"), stopped);
