@@ -273,6 +273,9 @@ pub struct UploadStatus {
 pub struct ModelInfo {
     /// `none`, `loading`, `ready` or `failed: …`.
     pub state: String,
+    /// The model's name (GGUF `general.name`, else its architecture): what
+    /// `model` of a completion request must be when given.
+    pub name: String,
     pub architecture: String,
     pub file_size: u64,
     pub sha256: Vec<u8>,
@@ -308,4 +311,105 @@ pub struct SettingsView {
     pub policy: AccessPolicy,
     pub limits: Limits,
     pub message_instruction_limit: u64,
+}
+
+/// OpenAI's text completion request (`POST /v1/completions`), the fields
+/// that make sense on-chain. A field the canister cannot honour is refused
+/// with the reason, never ignored.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, Default)]
+pub struct CompletionRequest {
+    /// The loaded model's name (`model_info().name`), or absent.
+    pub model: Option<String>,
+    /// Text continued as is (the model's BOS added when it wants one).
+    pub prompt: String,
+    /// Tokens to generate at most (default 16, as OpenAI).
+    pub max_tokens: Option<u32>,
+    /// 0 to 2 (0 = greedy). Default 1.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling, in (0, 1]. Default 1 (off).
+    pub top_p: Option<f32>,
+    /// Choices to generate: only 1.
+    pub n: Option<u32>,
+    /// Up to 4 strings; the text ends before the first one generated, which is not returned.
+    pub stop: Option<Vec<String>>,
+    /// Seed of the job's RNG (the same seed and request give the same text).
+    pub seed: Option<u64>,
+    /// -2 to 2, subtracted once from the logits of tokens already generated.
+    pub presence_penalty: Option<f32>,
+    /// -2 to 2, subtracted from a token's logit per time it was generated.
+    pub frequency_penalty: Option<f32>,
+    /// Up to 300 `(token id, bias)` pairs, bias in [-100, 100].
+    pub logit_bias: Option<Vec<(u32, f32)>>,
+    /// Log probabilities of the chosen tokens and this many alternatives: not supported (refused).
+    pub logprobs: Option<u32>,
+    /// The end user, for the caller's own records (at most 256 bytes; not used).
+    pub user: Option<String>,
+}
+
+/// OpenAI's chat completion request (`POST /v1/chat/completions`). Roles
+/// `system`, `user` and `assistant`; tool messages are refused.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ChatCompletionRequest {
+    pub model: Option<String>,
+    /// The conversation, rendered with the model's chat template; the
+    /// assistant's reply is generated and ends at the template's end of turn.
+    pub messages: Vec<ChatMessage>,
+    /// Tokens to generate at most (default: `max_new_tokens` of the limits,
+    /// or until the context is full).
+    pub max_tokens: Option<u32>,
+    /// The same as `max_tokens` (OpenAI's newer name); give at most one.
+    pub max_completion_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<u32>,
+    pub stop: Option<Vec<String>>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<Vec<(u32, f32)>>,
+    /// Log probabilities: not supported (`true` is refused).
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (≤ 5) with `logprobs`: not supported (refused).
+    pub top_logprobs: Option<u32>,
+    pub user: Option<String>,
+}
+
+/// One choice of a completion. `text` for text completions, `message` for
+/// chat; `finish_reason` is absent while the job runs, then `stop` (end of
+/// turn, end of text or a stop string), `length` (`max_tokens` or the
+/// context), `cancelled`, or `error` (the job failed: see `status`).
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: Option<String>,
+    pub message: Option<ChatMessage>,
+    pub finish_reason: Option<String>,
+    /// Always absent: log probabilities are not supported.
+    pub logprobs: Option<()>,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CompletionUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// OpenAI's completion object (`text_completion` or `chat.completion`), as
+/// `get_completion` returns it while the job runs and once it has finished.
+/// While it runs, the text leaves out an ending that may begin a stop string.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// `cmpl-<job>` or `chatcmpl-<job>`.
+    pub id: String,
+    /// The job behind it (for `get_completion`, `poll`, `cancel`).
+    pub job_id: JobId,
+    pub object: String,
+    /// Seconds since the epoch when the job started.
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: CompletionUsage,
+    /// The job's state (icllm's own field: why it failed, if it did).
+    pub status: JobStatus,
 }

@@ -69,7 +69,7 @@ pub fn ingress_rule(method: &str) -> IngressRule {
         | "set_policy"
         | "set_limits"
         | "set_message_instruction_limit" => IngressRule::Controller,
-        "start_job" => IngressRule::StartJob,
+        "start_job" | "completions" | "chat_completions" => IngressRule::StartJob,
         "step" | "cancel" | "delete_job" => IngressRule::JobOwner,
         _ => IngressRule::Never,
     }

@@ -12,6 +12,7 @@
 //! quotas, the per-caller and global caps and the time-to-live are served.
 
 use crate::budget::MessageBudget;
+use crate::completions::{self, OpenAiJob, OpenAiStart};
 use crate::memory::{self, Memory};
 use crate::model_store::{LoadedModel, ModelRef};
 use crate::settings::{self, Cbor};
@@ -52,6 +53,13 @@ pub struct JobRecord {
     pub max_message_instructions: u64,
     pub created_at_ns: u64,
     pub updated_at_ns: u64,
+    /// What an OpenAI-shaped request added (its kind, model name, stop strings).
+    #[serde(default)]
+    pub openai: Option<OpenAiJob>,
+    /// Generated tokens up to the one that completed a stop string (the
+    /// step may have generated more before the text was searched).
+    #[serde(default)]
+    pub tokens_until_stop: Option<u32>,
 }
 
 thread_local! {
@@ -220,6 +228,7 @@ pub fn create(
     loaded: &LoadedModel,
     owner: Principal,
     req: &JobRequest,
+    openai: Option<&OpenAiStart>,
     seed: u64,
     now: u64,
 ) -> ApiResult<(JobRecord, Job)> {
@@ -262,13 +271,20 @@ pub fn create(
             loaded.info.heap_bytes >> 20
         )));
     }
-    let params = SamplingParams {
+    let mut params = SamplingParams {
         temperature: req.temperature.unwrap_or(0.8),
         top_k: req.top_k.unwrap_or(40),
         top_p: req.top_p.unwrap_or(0.95),
         seed,
         ..SamplingParams::default()
     };
+    if let Some(o) = openai {
+        // OpenAI's sampling: temperature and top-p only, and its penalties.
+        params.min_p = 0.0;
+        params.presence_penalty = o.presence_penalty;
+        params.frequency_penalty = o.frequency_penalty;
+        params.logit_bias = o.logit_bias.clone();
+    }
     params
         .validate()
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
@@ -344,6 +360,8 @@ pub fn create(
         max_message_instructions: 0,
         created_at_ns: now,
         updated_at_ns: now,
+        openai: openai.map(|o| o.job.clone()),
+        tokens_until_stop: None,
     };
     Ok((rec, job))
 }
@@ -671,6 +689,7 @@ pub fn step_job<F: Fn() -> u64>(
     let outcome = &report.outcome;
 
     // Text of the new tokens.
+    let searched_text = rec.text.len();
     let new_tokens: Vec<u32> = job.state.generated()[before_generated..].to_vec();
     for &t in &new_tokens {
         let piece = rec.decoder.push(&model.tokenizer, t);
@@ -697,6 +716,19 @@ pub fn step_job<F: Fn() -> u64>(
         }
         StepOutcome::Failed(e) => JobStatus::Failed(e.clone()),
     };
+    // A stop string ends the job; the text ends before it.
+    let stops = rec.openai.as_ref().map_or(&[][..], |o| o.stop.as_slice());
+    if let Some((cut, end)) = completions::find_stop(&rec.text, searched_text, stops) {
+        if !matches!(rec.status, JobStatus::Failed(_)) {
+            let completing = rec.text_ends.iter().position(|&e| e as usize >= end);
+            rec.tokens_until_stop = completing.map(|i| i as u32 + 1);
+            rec.text.truncate(cut);
+            for end in rec.text_ends.iter_mut() {
+                *end = (*end).min(cut as u32);
+            }
+            rec.status = JobStatus::Done("stop".into());
+        }
+    }
     let finished = !rec.status.is_active();
     let keep = if finished {
         retire(&mut rec);

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod bounds;
 pub mod budget;
+pub mod completions;
 pub mod jobs;
 pub mod memory;
 pub mod model_store;
@@ -130,6 +131,19 @@ decoder!(
     serde_bytes::ByteBuf
 );
 decoder!(decode_start_job, "start_job", may_start_jobs_now(), JobRequest);
+decoder!(
+    decode_completions,
+    "completions",
+    may_start_jobs_now(),
+    CompletionRequest
+);
+decoder!(
+    decode_chat_completions,
+    "chat_completions",
+    may_start_jobs_now(),
+    ChatCompletionRequest
+);
+decoder!(decode_get_completion, "get_completion", anyone(), JobId);
 decoder!(decode_step, "step", anyone(), JobId);
 decoder!(decode_poll, "poll", anyone(), JobId, Option<u32>);
 decoder!(decode_cancel, "cancel", anyone(), JobId);
@@ -157,6 +171,18 @@ mod did {
     }
     #[candid::candid_method(update, rename = "start_job")]
     fn start_job(req: JobRequest) -> ApiResult<JobId> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "completions")]
+    fn completions(req: CompletionRequest) -> ApiResult<Completion> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "chat_completions")]
+    fn chat_completions(req: ChatCompletionRequest) -> ApiResult<Completion> {
+        unreachable!()
+    }
+    #[candid::candid_method(query, rename = "get_completion")]
+    fn get_completion(id: JobId) -> ApiResult<Completion> {
         unreachable!()
     }
     #[candid::candid_method(update, rename = "step")]
@@ -233,15 +259,21 @@ fn ready_model() -> ApiResult<model_store::ModelRef> {
     Err(ApiError::ModelNotReady(why))
 }
 
-/// Cheap checks first (caller, request size, quota), then the `raw_rand`
-/// await, then the same checks again (anything may have changed while
-/// awaiting), then tokenizing. The caller's place is claimed before the
-/// await, so concurrent calls cannot pass the quota together.
+/// Starts a job (see `start`).
 #[update(hidden = true, decode_with = "decode_start_job")]
 async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
     let (caller, ctl) = caller_is_controller();
     may_start_jobs(caller, ctl)?;
     let (req,) = args?;
+    start(req, None).await
+}
+
+/// Cheap checks first (caller, request size, quota), then the `raw_rand`
+/// await, then the same checks again (anything may have changed while
+/// awaiting), then tokenizing. The caller's place is claimed before the
+/// await, so concurrent calls cannot pass the quota together.
+async fn start(req: JobRequest, openai: Option<completions::OpenAiStart>) -> ApiResult<JobId> {
+    let (caller, ctl) = caller_is_controller();
     bounds::check_job_request(&req)?;
     ready_model()?;
     cycles_allow_new_jobs()?;
@@ -262,7 +294,7 @@ async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
     cycles_allow_new_jobs()?;
     let claim = jobs::SlotClaim::take(caller, ctl)?;
     let now = ic_cdk::api::time();
-    let (rec, job) = jobs::create(&model, caller, &req, seed, now)?;
+    let (rec, job) = jobs::create(&model, caller, &req, openai.as_ref(), seed, now)?;
     let id = jobs::insert_new(rec, job, claim, capability)?;
     let limits = settings::read(|s| s.limits.clone());
     jobs::prune_owner(caller, limits.max_finished_jobs_per_caller);
@@ -274,6 +306,60 @@ async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
     );
     scheduler::ensure_armed();
     Ok(id)
+}
+
+/// The model a completion request runs on (name and vocabulary).
+fn served(model: &model_store::LoadedModel) -> completions::ServedModel<'_> {
+    completions::ServedModel {
+        name: &model.info.name,
+        vocab_size: model.model.config.vocab_size,
+    }
+}
+
+/// OpenAI's text completion: starts a job and returns the completion object
+/// as it stands (no text yet); `get_completion` follows it.
+#[update(hidden = true, decode_with = "decode_completions")]
+async fn completions(args: ApiResult<(CompletionRequest,)>) -> ApiResult<Completion> {
+    let (caller, ctl) = caller_is_controller();
+    may_start_jobs(caller, ctl)?;
+    let (req,) = args?;
+    completions::check_completion_bounds(&req)?;
+    let model = ready_model()?;
+    let (job, openai) = completions::from_completion(&req, &served(&model))?;
+    let id = start(job, Some(openai)).await?;
+    completion_of(caller, ctl, id)
+}
+
+/// OpenAI's chat completion: renders the messages with the model's chat
+/// template and starts a job generating the assistant's reply.
+#[update(hidden = true, decode_with = "decode_chat_completions")]
+async fn chat_completions(args: ApiResult<(ChatCompletionRequest,)>) -> ApiResult<Completion> {
+    let (caller, ctl) = caller_is_controller();
+    may_start_jobs(caller, ctl)?;
+    let (req,) = args?;
+    completions::check_chat_bounds(&req)?;
+    let model = ready_model()?;
+    let default_max = settings::read(|s| s.limits.max_new_tokens);
+    let (job, openai) = completions::from_chat(&req, &served(&model), default_max)?;
+    let id = start(job, Some(openai)).await?;
+    completion_of(caller, ctl, id)
+}
+
+/// The job as OpenAI's completion object (text so far, `finish_reason` once done).
+#[query(hidden = true, decode_with = "decode_get_completion")]
+fn get_completion(args: ApiResult<(JobId,)>) -> ApiResult<Completion> {
+    let (id,) = args?;
+    let (caller, ctl) = caller_is_controller();
+    completion_of(caller, ctl, id)
+}
+
+/// The completion object of job `id`, if `caller` may see it (read before
+/// any await: after one, the caller is no longer the message's).
+fn completion_of(caller: Principal, ctl: bool, id: JobId) -> ApiResult<Completion> {
+    job_owner_for(caller, ctl, id)?;
+    let rec = jobs::get_hot(id).ok_or_else(|| access::not_found(id))?;
+    let name = state::read(|s| s.model.as_ref().map(|m| m.info.name.clone())).unwrap_or_default();
+    Ok(completions::completion(&rec, &name))
 }
 
 /// Old records deleted at most per `start_job` (each call adds one record,
@@ -314,6 +400,11 @@ async fn random_bytes() -> ApiResult<(u64, u64)> {
 /// stranger.
 fn job_owner(id: JobId) -> ApiResult<Principal> {
     let (caller, ctl) = caller_is_controller();
+    job_owner_for(caller, ctl, id)
+}
+
+/// [`job_owner`] for a caller read earlier (after an await, read it before).
+fn job_owner_for(caller: Principal, ctl: bool, id: JobId) -> ApiResult<Principal> {
     let owner = jobs::owner_for(caller, id);
     access::may_access_job(ctl, owner, jobs::exists(id), id)?;
     match owner {
@@ -451,6 +542,7 @@ fn model_info() -> ModelInfo {
         },
         None => ModelInfo {
             state,
+            name: String::new(),
             architecture: String::new(),
             file_size: 0,
             sha256: vec![],
@@ -510,9 +602,15 @@ fn inspect_message() {
         access::IngressRule::Controller => ctl && bounds::check_arg_size(&method, arg().len()).is_ok(),
         access::IngressRule::StartJob => {
             may_start_jobs(caller, ctl).is_ok()
-                && bounds::decode_args::<(JobRequest,)>(&method, &arg())
-                    .and_then(|(req,)| bounds::check_job_request(&req))
-                    .is_ok()
+                && match method.as_str() {
+                    "completions" => bounds::decode_args::<(CompletionRequest,)>(&method, &arg())
+                        .and_then(|(req,)| completions::check_completion_bounds(&req)),
+                    "chat_completions" => bounds::decode_args::<(ChatCompletionRequest,)>(&method, &arg())
+                        .and_then(|(req,)| completions::check_chat_bounds(&req)),
+                    _ => bounds::decode_args::<(JobRequest,)>(&method, &arg())
+                        .and_then(|(req,)| bounds::check_job_request(&req)),
+                }
+                .is_ok()
         }
         access::IngressRule::JobOwner => match bounds::decode_args::<(JobId,)>(&method, &arg()) {
             Ok((id,)) => {

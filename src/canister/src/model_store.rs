@@ -403,9 +403,16 @@ fn describe(gguf: &Gguf, model: &Model, tokenizer: &Tokenizer, slot: &ModelSlot)
     for t in &gguf.tensors {
         *types.entry(t.ty.name()).or_default() += 1;
     }
+    let architecture = gguf.get_str("general.architecture").unwrap_or("?").to_string();
     ModelInfo {
         state: "ready".into(),
-        architecture: gguf.get_str("general.architecture").unwrap_or("?").to_string(),
+        name: gguf
+            .get_str("general.name")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&architecture)
+            .to_string(),
+        architecture,
         file_size: slot.size,
         sha256: slot.sha256.clone(),
         n_layers: c.n_layers as u32,

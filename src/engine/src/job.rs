@@ -510,6 +510,7 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             let mut logits = crate::scratch::Scratch::new(c.vocab_size);
             forward::logits(model, last, &mut logits);
             let history: Vec<u32> = s.prompt.iter().chain(&s.generated).copied().collect();
+            sampler::apply_penalties_and_bias(&mut logits, &s.generated, &s.params);
             let token = sampler::sample(&mut logits, &history, &s.params, &mut s.rng);
             end_batch(s);
             if s.stop_tokens.contains(&token) {

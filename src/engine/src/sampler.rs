@@ -25,6 +25,18 @@ pub struct SamplingParams {
     pub repeat_last_n: u32,
     /// Seed of the job's RNG.
     pub seed: u64,
+    /// Subtracted once from the logit of every token generated so far (as
+    /// OpenAI's `presence_penalty`); 0 = off.
+    #[serde(default)]
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated so far
+    /// (as OpenAI's `frequency_penalty`); 0 = off.
+    #[serde(default)]
+    pub frequency_penalty: f32,
+    /// `(token, bias)` added to those tokens' logits before sampling (as
+    /// OpenAI's `logit_bias`); -100 in effect bans a token, 100 forces it.
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -37,6 +49,9 @@ impl Default for SamplingParams {
             repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -67,6 +82,17 @@ impl SamplingParams {
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return Err(SamplingError::RepeatPenalty(self.repeat_penalty));
         }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(SamplingError::Penalty(name, v));
+            }
+        }
+        if let Some(&(token, bias)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return Err(SamplingError::LogitBias(token, bias));
+        }
         Ok(())
     }
 }
@@ -82,6 +108,10 @@ pub enum SamplingError {
     MinP(f32),
     #[error("repeat_penalty must be a finite number > 0 (1 = off), got {0}")]
     RepeatPenalty(f32),
+    #[error("{0} must be between -2 and 2 (0 = off), got {1}")]
+    Penalty(&'static str, f32),
+    #[error("the logit bias of token {0} must be between -100 and 100, got {1}")]
+    LogitBias(u32, f32),
 }
 
 /// xorshift64* generator; its state is plain data saved with the job.
@@ -143,6 +173,25 @@ pub fn apply_repeat_penalty(logits: &mut [f32], history: &[u32], params: &Sampli
             } else {
                 *l * params.repeat_penalty
             };
+        }
+    }
+}
+
+/// Applies OpenAI's presence and frequency penalties (over the `generated`
+/// tokens only, as OpenAI counts them) and the logit bias, in place.
+pub fn apply_penalties_and_bias(logits: &mut [f32], generated: &[u32], params: &SamplingParams) {
+    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+        let mut seen: Vec<u32> = generated.to_vec();
+        seen.sort_unstable();
+        for run in seen.chunk_by(|a, b| a == b) {
+            if let Some(l) = logits.get_mut(run[0] as usize) {
+                *l -= params.presence_penalty + params.frequency_penalty * run.len() as f32;
+            }
+        }
+    }
+    for &(token, bias) in &params.logit_bias {
+        if let Some(l) = logits.get_mut(token as usize) {
+            *l += bias;
         }
     }
 }
@@ -209,6 +258,31 @@ pub fn sample(logits: &mut [f32], history: &[u32], params: &SamplingParams, rng:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_frequency_and_bias_follow_openai() {
+        let p = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            logit_bias: vec![(3, -100.0), (9, 1.0)],
+            ..params(1.0)
+        };
+        let mut logits = [1.0, 1.0, 1.0, 1.0];
+        apply_penalties_and_bias(&mut logits, &[1, 1, 2], &p);
+        assert_eq!(logits, [1.0, 1.0 - 0.5 - 0.5, 1.0 - 0.5 - 0.25, -99.0]);
+        assert!(SamplingParams {
+            presence_penalty: 2.5,
+            ..p.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(SamplingParams {
+            logit_bias: vec![(0, 101.0)],
+            ..p
+        }
+        .validate()
+        .is_err());
+    }
 
     fn params(temperature: f32) -> SamplingParams {
         SamplingParams {

@@ -9,6 +9,7 @@ mod inspect;
 mod logits;
 mod model_files;
 mod run;
+mod serve;
 mod sim;
 mod synth;
 mod tokenize;
@@ -28,6 +29,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run the canister in the local IC runtime: upload the model, generate through timers.
     Run(run::RunArgs),
+    /// Serve the canister over OpenAI-compatible HTTP (completions, chat, streaming).
+    Serve(serve::ServeArgs),
     /// Run any canister wasm in the local IC runtime, one line per step.
     Sim(sim::SimArgs),
     /// Print a prompt's token ids and the logits at its last position, as JSON.
@@ -67,6 +70,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),

@@ -218,6 +218,11 @@ impl Runtime {
         &self.reports
     }
 
+    /// Forgets the reports kept so far (a long-running server keeps none).
+    pub fn clear_reports(&mut self) {
+        self.reports.clear();
+    }
+
     pub fn last_report(&self) -> Option<&MessageReport> {
         self.reports.last()
     }
