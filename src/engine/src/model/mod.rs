@@ -11,11 +11,12 @@ pub mod config;
 pub mod forward;
 pub mod weights;
 
+pub use crate::tensor::Tensor;
 pub use arch::{ArchSpec, Architecture};
 pub use config::ModelConfig;
 pub use weights::{
-    wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, Tensor, TensorData, WantedTensor,
-    F16_WIDEN_MAX_BYTES, K_WIDEN_MAX_BYTES,
+    wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, WantedTensor, F16_WIDEN_MAX_BYTES,
+    K_WIDEN_MAX_BYTES,
 };
 
 use crate::format::gguf::GgufError;
