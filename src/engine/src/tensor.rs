@@ -511,3 +511,16 @@ impl Tensor {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supported_names_come_from_the_table() {
+        assert_eq!(supported_type_names(), "f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K");
+        assert!(type_spec(GgmlType::Q5_0).is_none());
+        let err = Tensor::from_le_bytes(GgmlType::Q5_0, 1, 32, &[0; 22]).unwrap_err();
+        assert!(err.contains("q5_0") && err.contains(&supported_type_names()), "{err}");
+    }
+}

@@ -41,8 +41,14 @@ pub enum ModelError {
         expected: String,
         found: String,
     },
-    #[error("tensor {name:?} has type {ty}, which is not supported yet (supported: f32, f16)")]
-    TensorType { name: String, ty: &'static str },
+    /// `supported` is generated from the loader's type table
+    /// ([`crate::tensor::supported_type_names`]).
+    #[error("tensor {name:?} has type {ty}, which is not supported yet (supported: {supported})")]
+    TensorType {
+        name: String,
+        ty: &'static str,
+        supported: String,
+    },
     #[error("tensor {name:?}: {reason}")]
     TensorBytes { name: String, reason: String },
     #[error("tensor {0:?} is not one the model needs")]

@@ -331,6 +331,7 @@ impl ModelLoader {
                 return Err(ModelError::TensorType {
                     name,
                     ty: info.ty.name(),
+                    supported: crate::tensor::supported_type_names(),
                 });
             }
             needed.push(Needed {
