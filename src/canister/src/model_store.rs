@@ -14,7 +14,7 @@ use icllm_api::ModelInfo;
 use icllm_engine::chat::ChatTemplate;
 use icllm_engine::format::gguf::{Gguf, GgufError};
 use icllm_engine::model::{Model, ModelLoader};
-use icllm_engine::tensor::GgmlType;
+use icllm_engine::tensor::{type_spec, GgmlType};
 use icllm_engine::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
@@ -36,28 +36,16 @@ const PAGE_COST_PER_BYTE_WRITTEN: u64 = 3;
 /// written (2.44), rounded up.
 const READ_COST_PER_BYTE: u64 = 6;
 /// Instructions per byte assumed for converting a tensor of type `ty` into
-/// heap weights (repacking, widening): about 1.5 x what the canister wasm
-/// measured with a per-tensor counter (qwen3-0.6b shapes: F32 2.5, F16 9.0
-/// and BF16 6.6 for matrices interleaved four rows to the lanes; Q8_0 3.7,
-/// Q6_K 7.3; Q4_0 7.8, Q4_K 7.2 and Q5_K 9.7 into bytes, 2.9, 8.2 and 8.5
-/// as nibbles; tensors of 0.5 to 300 MB), or
-/// what this canister has seen for the type since it started, if more. The
-/// figure must not be low: it lets a message take on a tensor it cannot
-/// finish, and the message traps at the limit (a single 12-per-byte figure
-/// did that once the quantized types were repacked at load: qwen3-0.6b's
-/// 128 MB Q6_K embedding cost 10 B before the repacking was made cheaper).
+/// heap weights (repacking, widening): the type table's prior
+/// ([`icllm_engine::tensor::TypeSpec::load_cost_per_byte`]), or what this canister has seen for the
+/// type since it started, if more. The figure must not be low: it lets a
+/// message take on a tensor it cannot finish, and the message traps at the
+/// limit (a single 12-per-byte figure did that once the quantized types were
+/// repacked at load: qwen3-0.6b's 128 MB Q6_K embedding cost 10 B before the
+/// repacking was made cheaper). A type outside the table never gets here
+/// (the header is refused), but would be assumed to cost 160.
 fn convert_cost_per_byte(ty: GgmlType) -> u64 {
-    let prior = match ty {
-        GgmlType::F32 => 5,
-        GgmlType::BF16 => 10,
-        GgmlType::Q4_0 => 12,
-        GgmlType::Q8_0 => 6,
-        GgmlType::F16 => 14,
-        GgmlType::Q4K => 13,
-        GgmlType::Q6K => 11,
-        GgmlType::Q5K => 15,
-        _ => 160,
-    };
+    let prior = type_spec(ty).map_or(160, |s| s.load_cost_per_byte);
     // The converted weights land in fresh heap pages: up to twice the
     // input's bytes (F16/BF16 widened to f32), each paying its first write.
     let prior = prior + 2 * PAGE_COST_PER_BYTE_WRITTEN;

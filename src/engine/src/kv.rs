@@ -24,7 +24,7 @@
 use crate::kernels::{self, AttentionShape};
 use crate::model::ModelConfig;
 use crate::quant::packed::{zeroed_vec, BlockQ8_0x4};
-use crate::quant::{self, QK8_0};
+use crate::quant::QK8_0;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -586,7 +586,7 @@ impl Q8Store {
     /// in blocks of 32 (`q`: scratch of `head_pad`).
     fn set_key(&mut self, head: usize, t: usize, key: &[f32], q: &mut [i8]) {
         for (b, (x, q)) in key.chunks_exact(QK8_0).zip(q.chunks_exact_mut(QK8_0)).enumerate() {
-            let d = quant::quantize_i8_block(x, q);
+            let d = kernels::acts::quantize_i8_block(x, q);
             let q: &[i8; QK8_0] = (&*q).try_into().expect("a block is 32 quants");
             self.key_block_mut(head, t, b).set_lane(t % 4, d, q);
         }
@@ -595,7 +595,7 @@ impl Q8Store {
     /// Quantizes `value` (`head_pad`, zero padded) of `head` at position `t`
     /// with one scale (`q`: scratch of `head_pad`).
     fn set_value(&mut self, head: usize, t: usize, value: &[f32], q: &mut [i8]) {
-        self.v_scale[head * self.geo.ctx_pad + t] = quant::quantize_i8_block(value, q);
+        self.v_scale[head * self.geo.ctx_pad + t] = kernels::acts::quantize_i8_block(value, q);
         self.set_value_column(head, t, |i| q[i]);
     }
 

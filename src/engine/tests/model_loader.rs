@@ -5,7 +5,8 @@
 use icllm_engine::format::gguf::writer::{parts_of, write, Parts};
 use icllm_engine::format::gguf::{Gguf, Value};
 use icllm_engine::job::{step, Job, StepOutcome, Unlimited};
-use icllm_engine::model::{forward, Model, ModelError, TensorData as Weights};
+use icllm_engine::kernels::WeightMatrix;
+use icllm_engine::model::{forward, Model, ModelError};
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tensor::GgmlType;
 use std::path::PathBuf;
@@ -155,8 +156,8 @@ fn f16_weights_load_and_agree_with_f32() {
     let f16_model = Model::from_gguf_bytes_with(&write(&parts.0, &parts.1), |l| l.keep_16_bit_floats())
         .unwrap()
         .0;
-    assert!(matches!(f16_model.layers[0].wq.data, Weights::F16(_)));
-    assert!(matches!(f16_model.tok_embd.data, Weights::F16(_)));
+    assert_eq!(f16_model.layers[0].wq.layout(), "f16");
+    assert_eq!(f16_model.tok_embd.layout(), "f16");
 
     // Logits of the golden prompt's last token agree closely.
     let logits = |model: &Model| {

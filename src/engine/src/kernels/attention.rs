@@ -1,10 +1,11 @@
 //! Attention of one query position over the KV cache.
 
+use super::acts::{quantize_act_q8, quantize_i8_block_scalar};
 use super::simd_quant::matvec_q8_0_view;
 use super::{dot_f32, simd, softmax, softmax_scalar, SIMD};
 use crate::kv::Q8Layer;
 use crate::quant::packed::BlockQ8_0x4;
-use crate::quant::{quantize_act_q8, quantize_i8_block_scalar, BlockQ8A, QK8_0};
+use crate::quant::{BlockQ8A, QK8_0};
 use crate::scratch::Scratch;
 
 /// Head layout of an attention call.

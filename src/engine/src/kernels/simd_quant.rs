@@ -731,10 +731,11 @@ unsafe fn q4_k_row(wb: &BlockQ4Kx4, r: usize, xu: &[I8x16; 16], bsum32: I16x8) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::acts::{quantize_act_q8, quantize_act_q8k};
     use crate::kernels::pseudo;
     use crate::kernels::quant::vec_dot_q8_0_q8_0;
     use crate::quant::packed::{BlockQ8_0x4, Interleaved, PackedBlock};
-    use crate::quant::{blocks_to_le_bytes, quantize_act_q8, quantize_act_q8k, BlockQ8_0};
+    use crate::quant::{blocks_to_le_bytes, BlockQ8_0};
     use half::f16;
 
     /// Random Q8_0 rows plus edge cases: all-zero blocks, -128 quants,
@@ -1000,7 +1001,7 @@ mod tests {
             for n in [16, 32, 256] {
                 let mut want = vec![0i8; n];
                 let mut got = vec![0i8; n];
-                let dw = crate::quant::quantize_i8_block_scalar(&x[..n], &mut want);
+                let dw = crate::kernels::acts::quantize_i8_block_scalar(&x[..n], &mut want);
                 let dg = quantize_block_i8(&x[..n], &mut got);
                 assert_eq!(dg.to_bits(), dw.to_bits(), "seed {seed} n {n}");
                 assert_eq!(got, want, "seed {seed} n {n}");

@@ -11,11 +11,12 @@ pub mod config;
 pub mod forward;
 pub mod weights;
 
+pub use crate::tensor::Tensor;
 pub use arch::{ArchSpec, Architecture};
 pub use config::ModelConfig;
 pub use weights::{
-    wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, Tensor, TensorData, WantedTensor,
-    F16_WIDEN_MAX_BYTES, K_WIDEN_MAX_BYTES,
+    wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, WantedTensor, F16_WIDEN_MAX_BYTES,
+    K_WIDEN_MAX_BYTES,
 };
 
 use crate::format::gguf::GgufError;
@@ -40,8 +41,14 @@ pub enum ModelError {
         expected: String,
         found: String,
     },
-    #[error("tensor {name:?} has type {ty}, which is not supported yet (supported: f32, f16)")]
-    TensorType { name: String, ty: &'static str },
+    /// `supported` is generated from the loader's type table
+    /// ([`crate::tensor::supported_type_names`]).
+    #[error("tensor {name:?} has type {ty}, which is not supported yet (supported: {supported})")]
+    TensorType {
+        name: String,
+        ty: &'static str,
+        supported: String,
+    },
     #[error("tensor {name:?}: {reason}")]
     TensorBytes { name: String, reason: String },
     #[error("tensor {0:?} is not one the model needs")]

@@ -8,237 +8,8 @@ use super::arch::ArchSpec;
 use super::config::ModelConfig;
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
-use crate::kernels::RopeTable;
-use crate::quant::packed::{
-    bf16_bits_to_f32, f16_bits_to_f32, BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4,
-    BlockQ8_0x4, Interleaved, RowsInLanes,
-};
-use crate::quant::{quantize_row_bytes, BlockQ4K, BlockQ5K};
-use crate::tensor::GgmlType;
-
-/// Typed element storage of a tensor.
-///
-/// Quantized types are kept as ggml's blocks (`Vec<Block…>`, row-major: row
-/// `r` is blocks `r * cols / block_size..`), copied field by field out of the
-/// file bytes, so the kernels read them with no alignment assumption and no
-/// conversion; the heap holds the same number of bytes as the file.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TensorData {
-    /// Vectors (one row).
-    F32(Vec<f32>),
-    /// Matrices of f32 (and of f16/bf16 widened at load), four rows per
-    /// group in the lanes (see [`RowsInLanes`]).
-    F32Rows(RowsInLanes),
-    F16(Vec<half::f16>),
-    BF16(Vec<half::bf16>),
-    /// Repacked in groups of four rows with f32 scales (see [`crate::quant::packed`]).
-    Q8_0(Interleaved<BlockQ8_0x4>),
-    /// Repacked, nibbles kept (see [`crate::quant::packed`]).
-    Q4_0(Interleaved<BlockQ4_0x4>),
-    /// Repacked, quants widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
-    Q4_0Wide(Interleaved<BlockQ4_0Widex4>),
-    /// Repacked, nibbles kept (see [`crate::quant::packed`]).
-    Q4K(Interleaved<BlockQ4Kx4>),
-    /// Repacked, quants widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
-    Q4KWide(Interleaved<BlockKWidex4<BlockQ4K>>),
-    /// Repacked, nibbles and fifth bits kept (see [`crate::quant::packed`]).
-    Q5K(Interleaved<BlockQ5Kx4>),
-    /// Repacked, quants widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
-    Q5KWide(Interleaved<BlockKWidex4<BlockQ5K>>),
-    /// Repacked, quants unpacked to int8 (see [`crate::quant::packed`]).
-    Q6K(Interleaved<BlockQ6Kx4>),
-}
-
-/// A weight matrix, row-major (rows, cols). A GGUF tensor with ggml dims
-/// `[cols, rows]` is stored this way (ggml's dims[0] is contiguous).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
-    pub ty: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: TensorData,
-}
-
-impl Tensor {
-    /// Whether the kernels can compute with this type.
-    pub fn supported_type(ty: GgmlType) -> bool {
-        matches!(
-            ty,
-            GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q8_0
-                | GgmlType::Q4_0
-                | GgmlType::Q4K
-                | GgmlType::Q5K
-                | GgmlType::Q6K
-        )
-    }
-
-    /// Copies little-endian file bytes into a typed (rows, cols) tensor,
-    /// Q4_K/Q5_K quants widened to bytes (the faster layout; see
-    /// [`Tensor::from_le_bytes_in`]). For block types, `cols` must be a
-    /// multiple of the block size.
-    pub fn from_le_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Tensor, String> {
-        Tensor::from_le_bytes_in(ty, rows, cols, bytes, true)
-    }
-
-    /// As [`Tensor::from_le_bytes`]; `widen_k` chooses the byte layout
-    /// (`true`) or the nibble layout (`false`, 42 % less heap) for Q4_K and Q5_K.
-    pub fn from_le_bytes_in(
-        ty: GgmlType,
-        rows: usize,
-        cols: usize,
-        bytes: &[u8],
-        widen_k: bool,
-    ) -> Result<Tensor, String> {
-        Tensor::from_le_bytes_with(ty, rows, cols, bytes, widen_k, false)
-    }
-
-    /// As [`Tensor::from_le_bytes_in`]; `widen_f16` widens F16 and BF16
-    /// matrices to f32 rows in lanes (see [`ModelLoader`]) straight from the bytes.
-    fn from_le_bytes_with(
-        ty: GgmlType,
-        rows: usize,
-        cols: usize,
-        bytes: &[u8],
-        widen_k: bool,
-        widen_f16: bool,
-    ) -> Result<Tensor, String> {
-        rows.checked_mul(cols).ok_or("element count overflows")?;
-        if !cols.is_multiple_of(ty.block_size()) {
-            return Err(format!(
-                "rows of {cols} elements are not a whole number of {} blocks ({} elements each)",
-                ty.name(),
-                ty.block_size()
-            ));
-        }
-        let expected = ty.row_bytes(cols).checked_mul(rows).ok_or("byte size overflows")?;
-        if bytes.len() != expected {
-            return Err(format!("expected {expected} bytes, got {}", bytes.len()));
-        }
-        let data = match ty {
-            GgmlType::F32 if rows > 1 => {
-                TensorData::F32Rows(RowsInLanes::from_le_bytes(bytes, rows, cols, f32::from_le_bytes))
-            }
-            GgmlType::F32 => TensorData::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            GgmlType::F16 if widen_f16 && rows > 1 => {
-                TensorData::F32Rows(RowsInLanes::from_le_bytes(bytes, rows, cols, |b| {
-                    f16_bits_to_f32(u16::from_le_bytes(b))
-                }))
-            }
-            GgmlType::BF16 if widen_f16 && rows > 1 => {
-                TensorData::F32Rows(RowsInLanes::from_le_bytes(bytes, rows, cols, |b| {
-                    bf16_bits_to_f32(u16::from_le_bytes(b))
-                }))
-            }
-            GgmlType::F16 => TensorData::F16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                    .collect(),
-            ),
-            GgmlType::BF16 => TensorData::BF16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                    .collect(),
-            ),
-            GgmlType::Q8_0 => TensorData::Q8_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q4_0 if widen_k => TensorData::Q4_0Wide(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q4_0 => TensorData::Q4_0(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q4K if widen_k => TensorData::Q4KWide(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q4K => TensorData::Q4K(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q5K if widen_k => TensorData::Q5KWide(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q5K => TensorData::Q5K(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            GgmlType::Q6K => TensorData::Q6K(Interleaved::from_le_bytes(bytes, rows, cols)?),
-            other => {
-                return Err(format!(
-                    "type {} is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K)",
-                    other.name()
-                ))
-            }
-        };
-        Ok(Tensor { ty, rows, cols, data })
-    }
-
-    /// Quantizes (or converts) row-major f32 values into a (rows, cols)
-    /// tensor of type `ty` with the scalar quantizers (tests, synthetic models).
-    pub fn quantize_from_f32(ty: GgmlType, rows: usize, cols: usize, values: &[f32]) -> Result<Tensor, String> {
-        if values.len() != rows * cols {
-            return Err(format!("{} values for a ({rows}, {cols}) tensor", values.len()));
-        }
-        let mut bytes = Vec::with_capacity(ty.row_bytes(cols) * rows);
-        for row in values.chunks_exact(cols.max(1)) {
-            bytes.extend(quantize_row_bytes(ty, row)?);
-        }
-        Tensor::from_le_bytes(ty, rows, cols, &bytes)
-    }
-
-    /// Heap bytes of the tensor's data.
-    pub fn heap_bytes(&self) -> u64 {
-        (match &self.data {
-            TensorData::F32(v) => v.len() * 4,
-            TensorData::F32Rows(m) => m.heap_bytes(),
-            TensorData::F16(v) => v.len() * 2,
-            TensorData::BF16(v) => v.len() * 2,
-            TensorData::Q8_0(p) => p.heap_bytes(),
-            TensorData::Q4_0(p) => p.heap_bytes(),
-            TensorData::Q4_0Wide(p) => p.heap_bytes(),
-            TensorData::Q4K(p) => p.heap_bytes(),
-            TensorData::Q4KWide(p) => p.heap_bytes(),
-            TensorData::Q5K(p) => p.heap_bytes(),
-            TensorData::Q5KWide(p) => p.heap_bytes(),
-            TensorData::Q6K(p) => p.heap_bytes(),
-        }) as u64
-    }
-
-    /// Heap bytes a (rows, cols) tensor of type `ty` will take once loaded
-    /// ([`Tensor::heap_bytes`]), F16/BF16 widened to f32 if `widen_f16`,
-    /// Q4_K/Q5_K in the byte layout if `widen_k`.
-    pub fn planned_heap_bytes(ty: GgmlType, rows: usize, cols: usize, widen_f16: bool, widen_k: bool) -> u64 {
-        use std::mem::size_of;
-        let (rows, cols) = (rows as u64, cols as u64);
-        let packed = |size: usize, elems: u64| rows.div_ceil(4) * (cols / elems) * size as u64;
-        match ty {
-            GgmlType::F32 if rows > 1 => rows.div_ceil(4) * 4 * cols * 4,
-            GgmlType::F32 => rows * cols * 4,
-            GgmlType::F16 | GgmlType::BF16 if widen_f16 && rows > 1 => rows.div_ceil(4) * 4 * cols * 4,
-            GgmlType::F16 | GgmlType::BF16 => rows * cols * 2,
-            GgmlType::Q8_0 => packed(size_of::<BlockQ8_0x4>(), 32),
-            GgmlType::Q4_0 if widen_k => packed(size_of::<BlockQ4_0Widex4>(), 32),
-            GgmlType::Q4_0 => packed(size_of::<BlockQ4_0x4>(), 32),
-            GgmlType::Q4K if widen_k => packed(size_of::<BlockKWidex4<BlockQ4K>>(), 256),
-            GgmlType::Q4K => packed(size_of::<BlockQ4Kx4>(), 256),
-            GgmlType::Q5K if widen_k => packed(size_of::<BlockKWidex4<BlockQ5K>>(), 256),
-            GgmlType::Q5K => packed(size_of::<BlockQ5Kx4>(), 256),
-            GgmlType::Q6K => packed(size_of::<BlockQ6Kx4>(), 256),
-            _ => ty.row_bytes(cols as usize) as u64 * rows,
-        }
-    }
-
-    /// All values as f32, row-major (dequantizing block types).
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.rows * self.cols];
-        for (r, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
-            crate::kernels::row_to_f32(self, r, row);
-        }
-        out
-    }
-
-    /// The tensor as a plain f32 vector (for norm weights).
-    fn into_f32_vec(self) -> Vec<f32> {
-        match self.data {
-            TensorData::F32(v) => v,
-            _ => self.to_f32_vec(),
-        }
-    }
-}
+use crate::kernels::{RopeTable, WeightMatrix};
+use crate::tensor::{GgmlType, Layout, Tensor};
 
 /// The weights of one transformer block.
 #[derive(Debug, Clone, PartialEq)]
@@ -348,7 +119,7 @@ impl Model {
             .map(|l| {
                 [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
                     .iter()
-                    .map(|t| t.heap_bytes())
+                    .map(|t| t.heap_bytes() as u64)
                     .sum::<u64>()
                     + vec(&l.attn_norm)
                     + vec(&l.ffn_norm)
@@ -356,8 +127,8 @@ impl Model {
                     + l.qk_norm.as_ref().map_or(0, |n| vec(&n.q) + vec(&n.k))
             })
             .sum();
-        self.tok_embd.heap_bytes()
-            + self.output.as_ref().map_or(0, |t| t.heap_bytes())
+        self.tok_embd.heap_bytes() as u64
+            + self.output.as_ref().map_or(0, |t| t.heap_bytes() as u64)
             + vec(&self.output_norm)
             + layers
     }
@@ -506,12 +277,10 @@ struct Needed {
 pub struct ModelLoader {
     config: ModelConfig,
     needed: Vec<Needed>,
-    /// Whether F16 and BF16 matrices are widened to f32 as they are added
-    /// (see [`F16_WIDEN_MAX_BYTES`]).
-    widen_f16: bool,
-    /// Whether Q4_0, Q4_K and Q5_K quants are widened to bytes as they are
-    /// added (see [`K_WIDEN_MAX_BYTES`]).
-    widen_k: bool,
+    /// How matrices are laid out as they are added: F16 and BF16 widened
+    /// to f32 (see [`F16_WIDEN_MAX_BYTES`]), Q4_0, Q4_K and Q5_K quants
+    /// widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
+    layout: Layout,
 }
 
 /// Q4_K, Q5_K and Q4_0 matrices are repacked with one byte per quant
@@ -562,6 +331,7 @@ impl ModelLoader {
                 return Err(ModelError::TensorType {
                     name,
                     ty: info.ty.name(),
+                    supported: crate::tensor::supported_type_names(),
                 });
             }
             needed.push(Needed {
@@ -576,18 +346,17 @@ impl ModelLoader {
         let mut loader = ModelLoader {
             config,
             needed,
-            widen_f16: false,
-            widen_k: false,
+            layout: Layout::default(),
         };
         let has = |l: &ModelLoader, types: &[GgmlType]| l.needed.iter().any(|n| types.contains(&n.info.ty));
-        loader.widen_f16 = has(&loader, &[GgmlType::F16, GgmlType::BF16]) && {
+        loader.layout.widen_floats = has(&loader, &[GgmlType::F16, GgmlType::BF16]) && {
             let mut widened = loader.clone();
-            widened.widen_f16 = true;
+            widened.layout.widen_floats = true;
             widened.heap_bytes() <= F16_WIDEN_MAX_BYTES
         };
-        loader.widen_k = has(&loader, &[GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q5K]) && {
+        loader.layout.widen_nibbles = has(&loader, &[GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q5K]) && {
             let mut widened = loader.clone();
-            widened.widen_k = true;
+            widened.layout.widen_nibbles = true;
             widened.heap_bytes() <= K_WIDEN_MAX_BYTES
         };
         Ok(loader)
@@ -600,24 +369,24 @@ impl ModelLoader {
     /// Keeps F16 and BF16 matrices as they are even when widening them would
     /// fit (half the heap, two to three times the instructions per multiply-add).
     pub fn keep_16_bit_floats(&mut self) {
-        self.widen_f16 = false;
+        self.layout.widen_floats = false;
     }
 
     /// Whether F16 and BF16 matrices will be widened to f32 (see [`F16_WIDEN_MAX_BYTES`]).
     pub fn widens_16_bit_floats(&self) -> bool {
-        self.widen_f16
+        self.layout.widen_floats
     }
 
     /// Keeps Q4_0, Q4_K and Q5_K quants as nibbles even when the byte
     /// layouts would fit (55–70 % of their heap, about 1.6× the instructions
     /// per multiply-add).
     pub fn keep_nibbles(&mut self) {
-        self.widen_k = false;
+        self.layout.widen_nibbles = false;
     }
 
     /// Whether Q4_0, Q4_K and Q5_K quants will be widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
     pub fn widens_nibbles(&self) -> bool {
-        self.widen_k
+        self.layout.widen_nibbles
     }
 
     /// Every tensor the model needs, in file order.
@@ -642,9 +411,7 @@ impl ModelLoader {
             .iter()
             .map(|n| match n.slot {
                 Slot::RopeFreqs => 0,
-                s if s.is_matrix() => {
-                    Tensor::planned_heap_bytes(n.info.ty, n.rows, n.cols, self.widen_f16, self.widen_k)
-                }
+                s if s.is_matrix() => Tensor::planned_heap_bytes(n.info.ty, n.rows, n.cols, self.layout),
                 // Norms and biases end as f32 vectors.
                 _ => (n.rows * n.cols * 4) as u64,
             })
@@ -661,12 +428,12 @@ impl ModelLoader {
         if n.loaded.is_some() {
             return Err(ModelError::UnexpectedTensor(format!("{name} (already added)")));
         }
-        let t = Tensor::from_le_bytes_with(n.info.ty, n.rows, n.cols, bytes, self.widen_k, self.widen_f16).map_err(
-            |reason| ModelError::TensorBytes {
+        let t = Tensor::from_le_bytes_in(n.info.ty, n.rows, n.cols, bytes, self.layout).map_err(|reason| {
+            ModelError::TensorBytes {
                 name: name.to_string(),
                 reason,
-            },
-        )?;
+            }
+        })?;
         n.loaded = Some(t);
         Ok(())
     }
@@ -683,9 +450,9 @@ impl ModelLoader {
             let t = n.loaded.ok_or_else(|| ModelError::Incomplete(n.info.name.clone()))?;
             match n.slot {
                 Slot::TokEmbd => tok_embd = Some(t),
-                Slot::OutputNorm => output_norm = Some(t.into_f32_vec()),
+                Slot::OutputNorm => output_norm = Some(t.to_f32_vec()),
                 Slot::Output => output = Some(t),
-                Slot::RopeFreqs => rope_freqs = Some(t.into_f32_vec()),
+                Slot::RopeFreqs => rope_freqs = Some(t.to_f32_vec()),
                 Slot::AttnNorm(l) => parts[l].attn_norm = Some(t),
                 Slot::Wq(l) => parts[l].wq = Some(t),
                 Slot::Wk(l) => parts[l].wk = Some(t),
@@ -695,11 +462,11 @@ impl ModelLoader {
                 Slot::Gate(l) => parts[l].gate = Some(t),
                 Slot::Up(l) => parts[l].up = Some(t),
                 Slot::Down(l) => parts[l].down = Some(t),
-                Slot::BiasQ(l) => parts[l].bq = Some(t.into_f32_vec()),
-                Slot::BiasK(l) => parts[l].bk = Some(t.into_f32_vec()),
-                Slot::BiasV(l) => parts[l].bv = Some(t.into_f32_vec()),
-                Slot::QNorm(l) => parts[l].q_norm = Some(t.into_f32_vec()),
-                Slot::KNorm(l) => parts[l].k_norm = Some(t.into_f32_vec()),
+                Slot::BiasQ(l) => parts[l].bq = Some(t.to_f32_vec()),
+                Slot::BiasK(l) => parts[l].bk = Some(t.to_f32_vec()),
+                Slot::BiasV(l) => parts[l].bv = Some(t.to_f32_vec()),
+                Slot::QNorm(l) => parts[l].q_norm = Some(t.to_f32_vec()),
+                Slot::KNorm(l) => parts[l].k_norm = Some(t.to_f32_vec()),
             }
         }
         let missing = |what: &str| ModelError::Incomplete(what.to_string());
@@ -715,12 +482,12 @@ impl ModelLoader {
                 _ => None,
             };
             layers.push(LayerWeights {
-                attn_norm: take(p.attn_norm)?.into_f32_vec(),
+                attn_norm: take(p.attn_norm)?.to_f32_vec(),
                 wq: take(p.wq)?,
                 wk: take(p.wk)?,
                 wv: take(p.wv)?,
                 wo: take(p.wo)?,
-                ffn_norm: take(p.ffn_norm)?.into_f32_vec(),
+                ffn_norm: take(p.ffn_norm)?.to_f32_vec(),
                 w_gate: take(p.gate)?,
                 w_up: take(p.up)?,
                 w_down: take(p.down)?,

@@ -20,9 +20,8 @@
 //!
 //! Activations are quantized once per matvec into [`BlockQ8A`] (blocks of 32,
 //! f32 scale: for Q8_0/Q4_0 weights) or [`BlockQ8K`] (blocks of 256 with
-//! per-16 sums: for the K-quants), like ggml's `quantize_row_q8_0` /
-//! `quantize_row_q8_K`. Rounding is ties-to-even (`f32x4.nearest` in wasm),
-//! so a SIMD quantizer can match the scalar one bit for bit.
+//! per-16 sums: for the K-quants) by the quantizers beside the kernels that
+//! use them ([`crate::kernels::acts`]).
 
 mod dequant;
 pub mod packed;
@@ -354,91 +353,6 @@ pub fn pack_scale_min_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
         }
     }
     q
-}
-
-/// Symmetric int8 quantization of one block: `d = max|x| / 127`, `q =
-/// nearest_even(x / d)` clamped to ±127. Returns `d` (0 for an all-zero block).
-/// The canister build runs the SIMD version, which gives the same bits.
-#[inline]
-pub(crate) fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
-    if crate::kernels::SIMD && x.len().is_multiple_of(16) {
-        crate::kernels::simd_quant::quantize_block_i8(x, qs)
-    } else {
-        quantize_i8_block_scalar(x, qs)
-    }
-}
-
-/// The scalar oracle of [`quantize_i8_block`].
-pub(crate) fn quantize_i8_block_scalar(x: &[f32], qs: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for (q, v) in qs.iter_mut().zip(x) {
-        *q = ((v * id).round_ties_even() as i32).clamp(-127, 127) as i8;
-    }
-    d
-}
-
-/// Quantizes activations `x` (a multiple of 32 long) into 32-element int8
-/// blocks, for dot products with Q8_0 and Q4_0 weights.
-pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
-    debug_assert_eq!(x.len() % QK8_0, 0);
-    out.clear();
-    out.extend(x.chunks_exact(QK8_0).map(|c| {
-        let mut b = BlockQ8A {
-            d: 0.0,
-            qs: [0; QK8_0],
-            qw: [0; QK8_0],
-        };
-        b.d = quantize_i8_block(c, &mut b.qs);
-        crate::kernels::simd_quant::widen_i8(&b.qs, &mut b.qw);
-        b
-    }));
-}
-
-/// Quantizes activations `x` (a multiple of 256 long) into Q8_K blocks with
-/// per-16 sums, for dot products with K-quant weights.
-pub fn quantize_act_q8k(x: &[f32], out: &mut Vec<BlockQ8K>) {
-    debug_assert_eq!(x.len() % QK_K, 0);
-    out.clear();
-    out.extend(x.chunks_exact(QK_K).map(|c| {
-        let mut b = BlockQ8K {
-            d: 0.0,
-            qs: [0; QK_K],
-            bsums: [0; QK_K / 16],
-            bsums32: [0; QK_K / 32],
-            qw: [0; QK_K],
-        };
-        b.d = quantize_i8_block(c, &mut b.qs);
-        if crate::kernels::SIMD {
-            crate::kernels::simd_quant::group_sums_16(&b.qs, &mut b.bsums);
-        } else {
-            for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
-                *s = g.iter().map(|&q| q as i16).sum();
-            }
-        }
-        for (s, pair) in b.bsums32.iter_mut().zip(b.bsums.chunks_exact(2)) {
-            *s = pair[0] + pair[1];
-        }
-        crate::kernels::simd_quant::widen_i8(&b.qs, &mut b.qw);
-        b
-    }));
-}
-
-/// Dequantizes activation blocks (for tests: the int8 activations as f32).
-pub fn dequantize_act_q8(blocks: &[BlockQ8A]) -> Vec<f32> {
-    blocks
-        .iter()
-        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
-        .collect()
-}
-
-/// Dequantizes Q8_K activation blocks (for tests).
-pub fn dequantize_act_q8k(blocks: &[BlockQ8K]) -> Vec<f32> {
-    blocks
-        .iter()
-        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
-        .collect()
 }
 
 /// Quantizes a row of `ty` into its file bytes. Float types are converted;

@@ -4,7 +4,8 @@
 //! stays within ggml's typical figures.
 
 use super::*;
-use crate::kernels::{self, quant as qk, PreparedActs};
+use crate::kernels::acts::{dequantize_act_q8, dequantize_act_q8k, quantize_act_q8, quantize_act_q8k};
+use crate::kernels::{self, quant as qk, PreparedActs, WeightMatrix};
 use crate::model::Tensor;
 use crate::synth::Rng;
 
@@ -32,7 +33,8 @@ fn abs_dot_f64(a: &[f32], b: &[f32]) -> f64 {
 
 /// The activations a dot product with `ty` weights actually sees, as f32.
 fn dequantized_acts(ty: GgmlType, x: &[f32]) -> Vec<f32> {
-    match PreparedActs::new(ty, x) {
+    let family = Tensor::quantize_from_f32(ty, 1, x.len(), x).unwrap().acts();
+    match PreparedActs::new(family, x) {
         PreparedActs::Float => x.to_vec(),
         PreparedActs::Q8(b) => dequantize_act_q8(&b),
         PreparedActs::Q8K(b) => dequantize_act_q8k(&b),

@@ -1,0 +1,220 @@
+//! Activations in the form a weight type's dot product consumes: f32 as it
+//! is for float weights, int8 blocks for quantized ones, quantized once per
+//! vector the way ggml's `quantize_row_q8_0` / `quantize_row_q8_K` do.
+//!
+//! Rounding is ties-to-even (`f32x4.nearest` in wasm), so the canister's SIMD
+//! quantizer gives the scalar one's bits.
+
+use super::{simd_quant, SIMD};
+use crate::quant::{BlockQ8A, BlockQ8K, QK8_0, QK_K};
+
+/// Which activation form a weight layout multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActFamily {
+    /// f32 as it is (float weights).
+    Float,
+    /// int8 blocks of 32 with an f32 scale ([`BlockQ8A`]: Q8_0, Q4_0).
+    Q8,
+    /// Q8_K blocks of 256 with per-16 sums ([`BlockQ8K`]: the K-quants).
+    Q8K,
+}
+
+/// An activation vector in the form a weight type's dot product consumes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum PreparedActs {
+    /// Float weights use the f32 vector as it is.
+    #[default]
+    Float,
+    /// For Q8_0 and Q4_0 weights: int8 blocks of 32.
+    Q8(Vec<BlockQ8A>),
+    /// For K-quant weights: Q8_K blocks of 256 with per-16 sums.
+    Q8K(Vec<BlockQ8K>),
+}
+
+impl PreparedActs {
+    /// Prepares `x` for dot products with weights that multiply `family`.
+    pub fn new(family: ActFamily, x: &[f32]) -> PreparedActs {
+        let mut p = PreparedActs::Float;
+        p.prepare(family, x);
+        p
+    }
+
+    /// As [`PreparedActs::new`], reusing this value's buffer when it can.
+    pub fn prepare(&mut self, family: ActFamily, x: &[f32]) {
+        match family {
+            ActFamily::Q8 => {
+                if !matches!(self, PreparedActs::Q8(_)) {
+                    *self = PreparedActs::Q8(Vec::new());
+                }
+                if let PreparedActs::Q8(v) = self {
+                    quantize_act_q8(x, v);
+                }
+            }
+            ActFamily::Q8K => {
+                if !matches!(self, PreparedActs::Q8K(_)) {
+                    *self = PreparedActs::Q8K(Vec::new());
+                }
+                if let PreparedActs::Q8K(v) = self {
+                    quantize_act_q8k(x, v);
+                }
+            }
+            ActFamily::Float => *self = PreparedActs::Float,
+        }
+    }
+}
+
+/// An activation block type: how to find blocks of it in [`PreparedActs`].
+pub trait ActBlock: Sized + 'static {
+    const FAMILY: ActFamily;
+    /// The blocks, if `p` was prepared for this family.
+    fn of(p: &PreparedActs) -> Option<&[Self]>;
+}
+
+impl ActBlock for BlockQ8A {
+    const FAMILY: ActFamily = ActFamily::Q8;
+    fn of(p: &PreparedActs) -> Option<&[Self]> {
+        match p {
+            PreparedActs::Q8(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl ActBlock for BlockQ8K {
+    const FAMILY: ActFamily = ActFamily::Q8K;
+    fn of(p: &PreparedActs) -> Option<&[Self]> {
+        match p {
+            PreparedActs::Q8K(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A batch of activation rows, prepared for each weight family (float, Q8
+/// blocks, Q8_K blocks) the first time a weight of that family asks, so the
+/// projections that read the same input (q, k and v; gate and up) quantize it
+/// once. Preparation depends only on the rows and the family, so sharing it
+/// changes no result.
+pub struct SharedActs<'a> {
+    pub(super) xs: &'a [f32],
+    pub(super) cols: usize,
+    q8: Vec<PreparedActs>,
+    q8k: Vec<PreparedActs>,
+    float: Vec<PreparedActs>,
+}
+
+impl<'a> SharedActs<'a> {
+    /// `xs` is (n_tokens, cols).
+    pub fn new(xs: &'a [f32], cols: usize) -> Self {
+        debug_assert!(cols > 0 && xs.len().is_multiple_of(cols));
+        SharedActs {
+            xs,
+            cols,
+            q8: Vec::new(),
+            q8k: Vec::new(),
+            float: Vec::new(),
+        }
+    }
+
+    /// Each token's activations prepared for weights that multiply `family`.
+    pub(super) fn prepared(&mut self, family: ActFamily) -> &[PreparedActs] {
+        let slot = match family {
+            ActFamily::Q8 => &mut self.q8,
+            ActFamily::Q8K => &mut self.q8k,
+            ActFamily::Float => &mut self.float,
+        };
+        if slot.is_empty() {
+            *slot = self
+                .xs
+                .chunks_exact(self.cols)
+                .map(|x| PreparedActs::new(family, x))
+                .collect();
+        }
+        slot
+    }
+}
+
+/// Symmetric int8 quantization of one block: `d = max|x| / 127`, `q =
+/// nearest_even(x / d)` clamped to ±127. Returns `d` (0 for an all-zero block).
+/// The canister build runs the SIMD version, which gives the same bits.
+#[inline]
+pub fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    if SIMD && x.len().is_multiple_of(16) {
+        simd_quant::quantize_block_i8(x, qs)
+    } else {
+        quantize_i8_block_scalar(x, qs)
+    }
+}
+
+/// The scalar oracle of [`quantize_i8_block`].
+pub fn quantize_i8_block_scalar(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = ((v * id).round_ties_even() as i32).clamp(-127, 127) as i8;
+    }
+    d
+}
+
+/// Quantizes activations `x` (a multiple of 32 long) into 32-element int8
+/// blocks, for dot products with Q8_0 and Q4_0 weights.
+pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
+    debug_assert_eq!(x.len() % QK8_0, 0);
+    out.clear();
+    out.extend(x.chunks_exact(QK8_0).map(|c| {
+        let mut b = BlockQ8A {
+            d: 0.0,
+            qs: [0; QK8_0],
+            qw: [0; QK8_0],
+        };
+        b.d = quantize_i8_block(c, &mut b.qs);
+        simd_quant::widen_i8(&b.qs, &mut b.qw);
+        b
+    }));
+}
+
+/// Quantizes activations `x` (a multiple of 256 long) into Q8_K blocks with
+/// per-16 sums, for dot products with K-quant weights.
+pub fn quantize_act_q8k(x: &[f32], out: &mut Vec<BlockQ8K>) {
+    debug_assert_eq!(x.len() % QK_K, 0);
+    out.clear();
+    out.extend(x.chunks_exact(QK_K).map(|c| {
+        let mut b = BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+            bsums32: [0; QK_K / 32],
+            qw: [0; QK_K],
+        };
+        b.d = quantize_i8_block(c, &mut b.qs);
+        if SIMD {
+            simd_quant::group_sums_16(&b.qs, &mut b.bsums);
+        } else {
+            for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *s = g.iter().map(|&q| q as i16).sum();
+            }
+        }
+        for (s, pair) in b.bsums32.iter_mut().zip(b.bsums.chunks_exact(2)) {
+            *s = pair[0] + pair[1];
+        }
+        simd_quant::widen_i8(&b.qs, &mut b.qw);
+        b
+    }));
+}
+
+/// Dequantizes activation blocks (for tests: the int8 activations as f32).
+pub fn dequantize_act_q8(blocks: &[BlockQ8A]) -> Vec<f32> {
+    blocks
+        .iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+        .collect()
+}
+
+/// Dequantizes Q8_K activation blocks (for tests).
+pub fn dequantize_act_q8k(blocks: &[BlockQ8K]) -> Vec<f32> {
+    blocks
+        .iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+        .collect()
+}
