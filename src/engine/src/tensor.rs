@@ -11,8 +11,8 @@
 use crate::kernels::matrix::{FloatMatrix, PackedKernel, WeightMatrix};
 use crate::kernels::{ActFamily, PreparedActs};
 use crate::quant::packed::{
-    bf16_bits_to_f32, f16_bits_to_f32, BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4,
-    BlockQ8_0x4, Interleaved, RowsInLanes,
+    bf16_bits_to_f32, f16_bits_to_f32, BlockIQ4NLx4, BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4,
+    BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, RowsInLanes,
 };
 use crate::quant::{quantize_row_bytes, Block, BlockQ4K, BlockQ5K};
 use serde::{Deserialize, Serialize};
@@ -36,12 +36,24 @@ pub enum GgmlType {
     Q5K = 13,
     Q6K = 14,
     Q8K = 15,
+    IQ2XXS = 16,
+    IQ2XS = 17,
+    IQ3XXS = 18,
+    IQ1S = 19,
+    IQ4NL = 20,
+    IQ3S = 21,
+    IQ2S = 22,
+    IQ4XS = 23,
     I8 = 24,
     I16 = 25,
     I32 = 26,
     I64 = 27,
     F64 = 28,
+    IQ1M = 29,
     BF16 = 30,
+    TQ1_0 = 34,
+    TQ2_0 = 35,
+    MXFP4 = 39,
 }
 
 impl GgmlType {
@@ -62,12 +74,24 @@ impl GgmlType {
             13 => Q5K,
             14 => Q6K,
             15 => Q8K,
+            16 => IQ2XXS,
+            17 => IQ2XS,
+            18 => IQ3XXS,
+            19 => IQ1S,
+            20 => IQ4NL,
+            21 => IQ3S,
+            22 => IQ2S,
+            23 => IQ4XS,
             24 => I8,
             25 => I16,
             26 => I32,
             27 => I64,
             28 => F64,
+            29 => IQ1M,
             30 => BF16,
+            34 => TQ1_0,
+            35 => TQ2_0,
+            39 => MXFP4,
             _ => return None,
         })
     }
@@ -81,8 +105,9 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL | MXFP4 => 32,
             Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => 256,
+            IQ2XXS | IQ2XS | IQ3XXS | IQ1S | IQ3S | IQ2S | IQ4XS | IQ1M | TQ1_0 | TQ2_0 => 256,
         }
     }
 
@@ -106,6 +131,18 @@ impl GgmlType {
             Q5K => 176,
             Q6K => 210,
             Q8K => 292,
+            IQ2XXS => 66,
+            IQ2XS => 74,
+            IQ3XXS => 98,
+            IQ1S => 50,
+            IQ4NL => 18,
+            IQ3S => 110,
+            IQ2S => 82,
+            IQ4XS => 136,
+            IQ1M => 56,
+            TQ1_0 => 54,
+            TQ2_0 => 66,
+            MXFP4 => 17,
         }
     }
 
@@ -132,6 +169,18 @@ impl GgmlType {
             Q5K => "q5_K",
             Q6K => "q6_K",
             Q8K => "q8_K",
+            IQ2XXS => "iq2_xxs",
+            IQ2XS => "iq2_xs",
+            IQ3XXS => "iq3_xxs",
+            IQ1S => "iq1_s",
+            IQ4NL => "iq4_nl",
+            IQ3S => "iq3_s",
+            IQ2S => "iq2_s",
+            IQ4XS => "iq4_xs",
+            IQ1M => "iq1_m",
+            TQ1_0 => "tq1_0",
+            TQ2_0 => "tq2_0",
+            MXFP4 => "mxfp4",
             I8 => "i8",
             I16 => "i16",
             I32 => "i32",
@@ -228,6 +277,30 @@ pub const SUPPORTED_TYPES: &[TypeSpec] = &[
                 &Packed::<BlockQ4_0x4>::CODEC
             }
         },
+    },
+    // The other 32-element types (llama.cpp's fallbacks for rows that are
+    // not whole K-quant blocks, and older files' Q4_1/Q5_1) are always
+    // widened to one byte per quant: there is no compact layout for them
+    // yet, so they take about 1.1 heap bytes per weight.
+    TypeSpec {
+        ty: GgmlType::Q4_1,
+        load_cost_per_byte: 16,
+        codec: |_, _| &Packed::<BlockQ4_1x4>::CODEC,
+    },
+    TypeSpec {
+        ty: GgmlType::Q5_0,
+        load_cost_per_byte: 16,
+        codec: |_, _| &Packed::<BlockQ5_0x4>::CODEC,
+    },
+    TypeSpec {
+        ty: GgmlType::Q5_1,
+        load_cost_per_byte: 16,
+        codec: |_, _| &Packed::<BlockQ5_1x4>::CODEC,
+    },
+    TypeSpec {
+        ty: GgmlType::IQ4NL,
+        load_cost_per_byte: 16,
+        codec: |_, _| &Packed::<BlockIQ4NLx4>::CODEC,
     },
     TypeSpec {
         ty: GgmlType::Q4K,
@@ -518,9 +591,15 @@ mod tests {
 
     #[test]
     fn supported_names_come_from_the_table() {
-        assert_eq!(supported_type_names(), "f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K");
-        assert!(type_spec(GgmlType::Q5_0).is_none());
-        let err = Tensor::from_le_bytes(GgmlType::Q5_0, 1, 32, &[0; 22]).unwrap_err();
-        assert!(err.contains("q5_0") && err.contains(&supported_type_names()), "{err}");
+        assert_eq!(
+            supported_type_names(),
+            "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q5_K, q6_K"
+        );
+        assert!(type_spec(GgmlType::IQ2XXS).is_none());
+        let err = Tensor::from_le_bytes(GgmlType::IQ2XXS, 1, 256, &[0; 66]).unwrap_err();
+        assert!(
+            err.contains("iq2_xxs") && err.contains(&supported_type_names()),
+            "{err}"
+        );
     }
 }

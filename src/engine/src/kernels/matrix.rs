@@ -16,11 +16,14 @@
 //! called and however many tokens are batched.
 
 use super::acts::{ActBlock, ActFamily, PreparedActs};
-use super::quant::{vec_dot_q4_0_q8_0, vec_dot_q4_k_q8_k, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0};
+use super::quant::{
+    vec_dot_iq4_nl_q8_0, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
+    vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
+};
 use super::{dot_widened, simd, simd_f32, simd_quant, SIMD};
 use crate::quant::packed::{
-    BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, Interleaved,
-    PackedBlock, RowsInLanes,
+    BlockIQ4NLx4, BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4,
+    BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, PackedBlock, RowsInLanes,
 };
 use crate::quant::{dequantize_blocks, Block, BlockQ4K, BlockQ5K, BlockQ8A, BlockQ8K};
 use std::any::Any;
@@ -379,6 +382,52 @@ impl PackedKernel for BlockQ4_0Widex4 {
         batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, simd_quant::matvec_q8_0)
     }
 }
+
+/// A signed-byte layout ([`BlockQ8x4`](crate::quant::packed::BlockQ8x4))
+/// of `$src`: Q8_0's whole-matrix and batched kernels, `$oracle` per row.
+macro_rules! signed_bytes_kernel {
+    ($packed:ty, $layout:literal, $oracle:ident) => {
+        impl PackedKernel for $packed {
+            type Act = BlockQ8A;
+            const LAYOUT: &'static str = $layout;
+            fn dot_row(w: &[Self::Src], x: &[BlockQ8A]) -> f32 {
+                $oracle(w, x)
+            }
+            fn matvec(w: &Interleaved<Self>, x: &[BlockQ8A], out: &mut [f32]) {
+                simd_quant::matvec_q8_0(w, x, out)
+            }
+            fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
+                use simd_quant::matmul_q8_0 as q8_0;
+                batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, simd_quant::matvec_q8_0)
+            }
+        }
+    };
+}
+signed_bytes_kernel!(BlockQ5_0x4, "q5_0 bytes", vec_dot_q5_0_q8_0);
+signed_bytes_kernel!(BlockIQ4NLx4, "iq4_nl bytes", vec_dot_iq4_nl_q8_0);
+
+/// An offset layout ([`BlockQ8Minx4`](crate::quant::packed::BlockQ8Minx4)): one whole-matrix pass per token.
+macro_rules! offset_bytes_kernel {
+    ($packed:ty, $layout:literal, $oracle:ident) => {
+        impl PackedKernel for $packed {
+            type Act = BlockQ8A;
+            const LAYOUT: &'static str = $layout;
+            fn dot_row(w: &[Self::Src], x: &[BlockQ8A]) -> f32 {
+                $oracle(w, x)
+            }
+            fn matvec(w: &Interleaved<Self>, x: &[BlockQ8A], out: &mut [f32]) {
+                simd_quant::matvec_q8_min(w, x, out)
+            }
+            fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
+                for (x, o) in xs.iter().zip(out.chunks_exact_mut(w.rows())) {
+                    simd_quant::matvec_q8_min(w, x, o);
+                }
+            }
+        }
+    };
+}
+offset_bytes_kernel!(BlockQ4_1x4, "q4_1 bytes", vec_dot_q4_1_q8_1);
+offset_bytes_kernel!(BlockQ5_1x4, "q5_1 bytes", vec_dot_q5_1_q8_1);
 
 impl PackedKernel for BlockQ4_0x4 {
     type Act = BlockQ8A;

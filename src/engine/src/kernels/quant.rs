@@ -9,11 +9,16 @@
 //! 2. per block, the integer sums are combined with the integer sub-block
 //!    scales, still in i32 (ranges are checked in the comments);
 //! 3. per block, one f32 step `acc += (d_w * d_x) * isum` (and, for Q4_K/Q5_K,
-//!    `- (dmin_w * d_x) * imin`), blocks in order. Only step 3 rounds, so a
+//!    `- (dmin_w * d_x) * imin`; for Q4_1/Q5_1 `+ m_w * (d_x * Σ x)`, the
+//!    offset times the activations' sum, which is ggml's `block_q8_1.s`),
+//!    blocks in order. Only step 3 rounds, so a
 //!    SIMD kernel that does steps 1–2 in vectors and step 3 in the same
 //!    scalar order gives identical results.
 
-use crate::quant::{scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8A, BlockQ8K, BlockQ8_0, QK8_0};
+use crate::quant::{
+    nibble, quant5, scale_min_k4, BlockIQ4NL, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8A, BlockQ8K, BlockQ8_0, KVALUES_IQ4NL, QK8_0,
+};
 
 /// Σ a[i] · b[i] over int8 values, in i32 (exact).
 #[inline]
@@ -46,6 +51,72 @@ pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8A]) -> f32 {
         acc += (wb.d.to_f32() * xb.d) * isum as f32;
     }
     acc
+}
+
+/// Signed byte quants (32 per block) · Q8 activations: `acc += (d_w ·
+/// d_x) · isum` per block, `quant(block, j)` giving element `j`'s quant.
+/// Per block |isum| ≤ 32 · 127 · 127.
+#[inline]
+fn dot_signed_blocks<B>(w: &[B], x: &[BlockQ8A], d: impl Fn(&B) -> f32, quant: impl Fn(&B, usize) -> i32) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut acc = 0.0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let isum: i32 = (0..QK8_0).map(|j| quant(wb, j) * xb.qs[j] as i32).sum();
+        acc += (d(wb) * xb.d) * isum as f32;
+    }
+    acc
+}
+
+/// Q5_0 weights · Q8 activations: quants `q - 16` in -16..=15.
+pub fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8A]) -> f32 {
+    dot_signed_blocks(w, x, |b| b.d.to_f32(), |b, j| quant5(&b.qh, &b.qs, j) as i32 - 16)
+}
+
+/// IQ4_NL weights · Q8 activations: quants are the levels the indices name.
+pub fn vec_dot_iq4_nl_q8_0(w: &[BlockIQ4NL], x: &[BlockQ8A]) -> f32 {
+    dot_signed_blocks(
+        w,
+        x,
+        |b| b.d.to_f32(),
+        |b, j| KVALUES_IQ4NL[nibble(&b.qs, j) as usize] as i32,
+    )
+}
+
+/// Unsigned quants with an offset (`q · d + m`, 32 per block) · Q8
+/// activations: per block `acc += (d_w · d_x) · isum + m_w · (d_x · xsum)`,
+/// `xsum` the activations' integer sum (ggml's `block_q8_1.s` is
+/// `d_x · xsum`). |isum| ≤ 32 · 31 · 127, |xsum| ≤ 32 · 127.
+#[inline]
+fn dot_offset_blocks<B>(
+    w: &[B],
+    x: &[BlockQ8A],
+    dm: impl Fn(&B) -> (f32, f32),
+    quant: impl Fn(&B, usize) -> i32,
+) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut acc = 0.0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let (d, m) = dm(wb);
+        let isum: i32 = (0..QK8_0).map(|j| quant(wb, j) * xb.qs[j] as i32).sum();
+        let xsum: i32 = xb.qs.iter().map(|&v| v as i32).sum();
+        acc += (d * xb.d) * isum as f32 + m * (xb.d * xsum as f32);
+    }
+    acc
+}
+
+/// Q4_1 weights · Q8 activations (ggml: `vec_dot_q4_1_q8_1`).
+pub fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8A]) -> f32 {
+    dot_offset_blocks(w, x, |b| (b.d.to_f32(), b.m.to_f32()), |b, j| nibble(&b.qs, j) as i32)
+}
+
+/// Q5_1 weights · Q8 activations (ggml: `vec_dot_q5_1_q8_1`).
+pub fn vec_dot_q5_1_q8_1(w: &[BlockQ5_1], x: &[BlockQ8A]) -> f32 {
+    dot_offset_blocks(
+        w,
+        x,
+        |b| (b.d.to_f32(), b.m.to_f32()),
+        |b, j| quant5(&b.qh, &b.qs, j) as i32,
+    )
 }
 
 /// Q4_K weights · Q8_K activations.

@@ -13,7 +13,8 @@
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
 use crate::quant::packed::{
-    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8_0x4, BlockQ8x4, Interleaved, PackedBlock,
+    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8Minx4, BlockQ8_0x4, BlockQ8x4, Interleaved,
+    PackedBlock,
 };
 use crate::quant::{BlockQ8A, BlockQ8K};
 
@@ -393,6 +394,60 @@ where
             let isum = dot_pairs::<16, false>(wb.qs.as_ptr() as *const u8, a);
             let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
             acc = acc.add(dd.mul(isum.to_f32()));
+        }
+        acc
+    }
+}
+
+/// `out = W x` for a Q4_1 or Q5_1 matrix in the byte layout
+/// ([`BlockQ8Minx4`]): each row bit for bit
+/// [`super::quant::vec_dot_q4_1_q8_1`] (or `_q5_1_`). As [`matvec_q8_0`],
+/// with the quants read as unsigned bytes and the offset's term `m_w ·
+/// (d_x · xsum)` added to each block's, the activations' sum `xsum` taken
+/// once per column block.
+pub fn matvec_q8_min<S: 'static>(w: &Interleaved<BlockQ8Minx4<S>>, x: &[BlockQ8A], out: &mut [f32])
+where
+    BlockQ8Minx4<S>: PackedBlock,
+{
+    if w.blocks_per_row().is_multiple_of(2) {
+        matvec_stationary::<Q8MinKernel<S, 2>>(w, x, out)
+    } else {
+        matvec_stationary::<Q8MinKernel<S, 1>>(w, x, out)
+    }
+}
+
+struct Q8MinKernel<S, const N: usize>(std::marker::PhantomData<S>);
+impl<S: 'static, const N: usize> Stationary for Q8MinKernel<S, N>
+where
+    BlockQ8Minx4<S>: PackedBlock,
+{
+    type Block = BlockQ8Minx4<S>;
+    type Act = BlockQ8A;
+    const BLOCKS: usize = N;
+    /// Per block: the activation pairs, `d_x` and `d_x · xsum`, splatted.
+    type State = [([I16x8; 16], F32x4, F32x4); N];
+    #[inline(always)]
+    fn prepare(x: &[BlockQ8A]) -> Self::State {
+        std::array::from_fn(|i| {
+            // SAFETY: qs has 32 elements, qw 32.
+            let (pairs, xsum) = unsafe {
+                let q = x[i].qs.as_ptr();
+                (
+                    pair_splats::<16>(x[i].qw.as_ptr()),
+                    I8x16::load(q).sum() + I8x16::load(q.add(16)).sum(),
+                )
+            };
+            (pairs, F32x4::splat(x[i].d), F32x4::splat(x[i].d * xsum as f32))
+        })
+    }
+    #[inline(always)]
+    unsafe fn step(mut acc: F32x4, w: *const BlockQ8Minx4<S>, s: &Self::State) -> F32x4 {
+        for (i, (a, xd, xs)) in s.iter().enumerate() {
+            let wb = &*w.add(i);
+            let isum = dot_pairs::<16, true>(wb.qs.as_ptr(), a);
+            let scaled = F32x4::load(wb.d.as_ptr()).mul(*xd).mul(isum.to_f32());
+            let offset = F32x4::load(wb.m.as_ptr()).mul(*xs);
+            acc = acc.add(scaled.add(offset));
         }
         acc
     }
@@ -984,6 +1039,77 @@ mod tests {
                 let want = vec_dot_q4_0_q8_0(&blocks[r * per_row..(r + 1) * per_row], &xq);
                 assert_eq!(got.to_bits(), want.to_bits(), "wide ({rows}, {cols}) row {r}");
             }
+        }
+    }
+
+    /// Every row of `kernel` on the packed `blocks` ((rows, cols) of
+    /// `P::Src`) is `oracle` on the original blocks, bit for bit.
+    fn check_q8a<P: PackedBlock>(
+        blocks: &[P::Src],
+        rows: usize,
+        cols: usize,
+        kernel: fn(&Interleaved<P>, &[BlockQ8A], &mut [f32]),
+        oracle: fn(&[P::Src], &[BlockQ8A]) -> f32,
+    ) {
+        let packed = Interleaved::<P>::from_le_bytes(&blocks_to_le_bytes(blocks), rows, cols).unwrap();
+        for seed in 0..3 {
+            let mut x = pseudo(cols, 70 + seed);
+            if seed == 1 {
+                x[5] = 1e30; // one block's activations almost all round to 0
+            }
+            let mut xq = Vec::new();
+            quantize_act_q8(&x, &mut xq);
+            let per_row = cols / 32;
+            let mut got = vec![f32::NAN; rows];
+            kernel(&packed, &xq, &mut got);
+            for (r, got) in got.iter().enumerate() {
+                let want = oracle(&blocks[r * per_row..(r + 1) * per_row], &xq);
+                assert_eq!(got.to_bits(), want.to_bits(), "({rows}, {cols}) row {r} seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_layouts_of_the_32_element_types_are_their_oracles_bit_for_bit() {
+        use crate::kernels::quant::{vec_dot_iq4_nl_q8_0, vec_dot_q4_1_q8_1, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1};
+        use crate::quant::packed::{BlockIQ4NLx4, BlockQ4_1x4, BlockQ5_0x4, BlockQ5_1x4};
+        use crate::quant::{
+            quantize_row_iq4_nl, quantize_row_q4_1, quantize_row_q5_0, quantize_row_q5_1, BlockIQ4NL, BlockQ4_1,
+            BlockQ5_0, BlockQ5_1,
+        };
+        // Odd and even block counts (one and two blocks per step), padded rows.
+        for (rows, cols) in [(4, 32), (5, 96), (8, 288), (7, 256), (12, 64)] {
+            let v = pseudo(rows * cols, 9 + rows as u32 + cols as u32);
+            let n = rows * cols / 32;
+            check_q8a::<BlockQ5_0x4>(&quantize_row_q5_0(&v), rows, cols, matvec_q8_0, vec_dot_q5_0_q8_0);
+            check_q8a::<BlockIQ4NLx4>(&quantize_row_iq4_nl(&v), rows, cols, matvec_q8_0, vec_dot_iq4_nl_q8_0);
+            check_q8a::<BlockQ4_1x4>(&quantize_row_q4_1(&v), rows, cols, matvec_q8_min, vec_dot_q4_1_q8_1);
+            check_q8a::<BlockQ5_1x4>(&quantize_row_q5_1(&v), rows, cols, matvec_q8_min, vec_dot_q5_1_q8_1);
+            // Every bit pattern of quants and high bits; extreme and negative scales.
+            let scales = [65504.0, -3.5, 6.0e-8, 0.0];
+            let d = |i: usize| f16::from_f32(scales[i % 4]);
+            let q5_0: Vec<BlockQ5_0> = raw_blocks(n, cols, |b: BlockQ5_0| BlockQ5_0 {
+                d: d(b.qs[0] as usize),
+                ..b
+            });
+            check_q8a::<BlockQ5_0x4>(&q5_0, rows, cols, matvec_q8_0, vec_dot_q5_0_q8_0);
+            let iq4: Vec<BlockIQ4NL> = raw_blocks(n, rows, |b: BlockIQ4NL| BlockIQ4NL {
+                d: d(b.qs[1] as usize),
+                ..b
+            });
+            check_q8a::<BlockIQ4NLx4>(&iq4, rows, cols, matvec_q8_0, vec_dot_iq4_nl_q8_0);
+            let q4_1: Vec<BlockQ4_1> = raw_blocks(n, cols + 3, |b: BlockQ4_1| BlockQ4_1 {
+                d: d(b.qs[2] as usize),
+                m: d(b.qs[3] as usize + 1),
+                ..b
+            });
+            check_q8a::<BlockQ4_1x4>(&q4_1, rows, cols, matvec_q8_min, vec_dot_q4_1_q8_1);
+            let q5_1: Vec<BlockQ5_1> = raw_blocks(n, cols + 5, |b: BlockQ5_1| BlockQ5_1 {
+                d: d(b.qs[4] as usize),
+                m: d(b.qs[5] as usize + 3),
+                ..b
+            });
+            check_q8a::<BlockQ5_1x4>(&q5_1, rows, cols, matvec_q8_min, vec_dot_q5_1_q8_1);
         }
     }
 

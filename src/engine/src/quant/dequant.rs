@@ -1,7 +1,10 @@
 //! Scalar dequantizers: the oracle for every quantized kernel.
 //! Each writes `blocks.len() * elements_per_block` values into `y`.
 
-use super::{scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
+use super::{
+    nibble, quant5, scale_min_k4, BlockIQ4NL, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+};
 
 /// `y = q * d` per block of 32.
 pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], y: &mut [f32]) {
@@ -22,6 +25,50 @@ pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], y: &mut [f32]) {
         for (j, &q) in b.qs.iter().enumerate() {
             out[j] = ((q & 0xF) as i32 - 8) as f32 * d;
             out[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+/// `y = q * d + m`; nibbles as Q4_0.
+pub fn dequantize_row_q4_1(blocks: &[BlockQ4_1], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK8_0);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK8_0)) {
+        let (d, m) = (b.d.to_f32(), b.m.to_f32());
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = nibble(&b.qs, j) as f32 * d + m;
+        }
+    }
+}
+
+/// `y = (q - 16) * d`, `q` five bits ([`quant5`]).
+pub fn dequantize_row_q5_0(blocks: &[BlockQ5_0], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK8_0);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK8_0)) {
+        let d = b.d.to_f32();
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = (quant5(&b.qh, &b.qs, j) as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+/// `y = q * d + m`, `q` five bits ([`quant5`]).
+pub fn dequantize_row_q5_1(blocks: &[BlockQ5_1], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK8_0);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK8_0)) {
+        let (d, m) = (b.d.to_f32(), b.m.to_f32());
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = quant5(&b.qh, &b.qs, j) as f32 * d + m;
+        }
+    }
+}
+
+/// `y = d * KVALUES_IQ4NL[q]`; nibbles as Q4_0.
+pub fn dequantize_row_iq4_nl(blocks: &[BlockIQ4NL], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK8_0);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK8_0)) {
+        let d = b.d.to_f32();
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = d * KVALUES_IQ4NL[nibble(&b.qs, j) as usize] as f32;
         }
     }
 }

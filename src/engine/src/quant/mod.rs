@@ -7,6 +7,10 @@
 //! |---|---|---|---|
 //! | [`BlockQ8_0`] | 32 | 34 | `d: f16, qs: [i8; 32]`; `x = q * d` |
 //! | [`BlockQ4_0`] | 32 | 18 | `d: f16, qs: [u8; 16]`; low nibbles are elements 0..16, high nibbles 16..32; `x = (q - 8) * d` |
+//! | [`BlockQ4_1`] | 32 | 20 | `d, m: f16, qs: [u8; 16]`; nibbles as Q4_0; `x = q * d + m` |
+//! | [`BlockQ5_0`] | 32 | 22 | `d: f16, qh: [u8; 4], qs: [u8; 16]`; bit `j` of `qh` (little-endian u32) is element `j`'s fifth bit; `x = (q - 16) * d` |
+//! | [`BlockQ5_1`] | 32 | 24 | `d, m: f16, qh: [u8; 4], qs: [u8; 16]`; `x = q * d + m` |
+//! | [`BlockIQ4NL`] | 32 | 18 | `d: f16, qs: [u8; 16]`; nibbles as Q4_0 index [`KVALUES_IQ4NL`]; `x = d * kvalues[q]` |
 //! | [`BlockQ4K`] | 256 | 144 | `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; 8 sub-blocks of 32 with 6-bit scale and min; `x = d * sc * q - dmin * m` |
 //! | [`BlockQ5K`] | 256 | 176 | as Q4_K plus `qh: [u8; 32]`, the fifth bit of each quant |
 //! | [`BlockQ6K`] | 256 | 210 | `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; 16 sub-blocks of 16; `x = d * sc * (q - 32)` |
@@ -28,18 +32,20 @@ pub mod packed;
 mod quantize;
 
 pub use dequant::{
-    dequantize_row_q4_0, dequantize_row_q4_k, dequantize_row_q5_k, dequantize_row_q6_k, dequantize_row_q8_0,
+    dequantize_row_iq4_nl, dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q4_k, dequantize_row_q5_0,
+    dequantize_row_q5_1, dequantize_row_q5_k, dequantize_row_q6_k, dequantize_row_q8_0,
 };
 pub use quantize::{
-    quantize_row_q4_0, quantize_row_q4_k, quantize_row_q4_k_with, quantize_row_q5_k, quantize_row_q5_k_with,
-    quantize_row_q6_k, quantize_row_q6_k_with, quantize_row_q8_0, Search,
+    quantize_row_iq4_nl, quantize_row_q4_0, quantize_row_q4_1, quantize_row_q4_k, quantize_row_q4_k_with,
+    quantize_row_q5_0, quantize_row_q5_1, quantize_row_q5_k, quantize_row_q5_k_with, quantize_row_q6_k,
+    quantize_row_q6_k_with, quantize_row_q8_0, Search,
 };
 
 use crate::tensor::GgmlType;
 use half::f16;
 use std::mem::size_of;
 
-/// Elements per block of the 32-element formats (Q8_0, Q4_0).
+/// Elements per block of the 32-element formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL).
 pub const QK8_0: usize = 32;
 /// Elements per super-block of the K-quants.
 pub const QK_K: usize = 256;
@@ -62,6 +68,88 @@ pub struct BlockQ4_0 {
     pub qs: [u8; QK8_0 / 2],
 }
 const _: () = assert!(size_of::<BlockQ4_0>() == 18);
+
+/// Q4_1: 32 weights in nibbles with a scale and an offset; value `q * d + m`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    /// As [`BlockQ4_0::qs`].
+    pub qs: [u8; QK8_0 / 2],
+}
+const _: () = assert!(size_of::<BlockQ4_1>() == 20);
+
+/// Q5_0: 32 five-bit weights, one f16 scale; value `(q - 16) * d`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    /// Bit `j` of this little-endian u32 is the fifth bit of element `j`.
+    pub qh: [u8; 4],
+    /// The low four bits, as [`BlockQ4_0::qs`].
+    pub qs: [u8; QK8_0 / 2],
+}
+const _: () = assert!(size_of::<BlockQ5_0>() == 22);
+
+/// Q5_1: 32 five-bit weights with a scale and an offset; value `q * d + m`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    /// As [`BlockQ5_0::qh`].
+    pub qh: [u8; 4],
+    pub qs: [u8; QK8_0 / 2],
+}
+const _: () = assert!(size_of::<BlockQ5_1>() == 24);
+
+/// IQ4_NL's 16 levels (ggml's `kvalues_iq4nl`): a non-linear grid, denser
+/// near zero, that the 4-bit indices select.
+pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// IQ4_NL: 32 weights as 4-bit indices into [`KVALUES_IQ4NL`], one f16
+/// scale; value `d * KVALUES_IQ4NL[q]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockIQ4NL {
+    pub d: f16,
+    /// As [`BlockQ4_0::qs`].
+    pub qs: [u8; QK8_0 / 2],
+}
+const _: () = assert!(size_of::<BlockIQ4NL>() == 18);
+
+/// The quant of element `j` (0..32) of the nibble array shared by the
+/// 32-element formats: low nibbles are elements 0..16, high nibbles 16..32.
+#[inline]
+pub(crate) fn nibble(qs: &[u8; QK8_0 / 2], j: usize) -> u8 {
+    if j < 16 {
+        qs[j] & 0xF
+    } else {
+        qs[j - 16] >> 4
+    }
+}
+
+/// Element `j`'s five-bit quant in Q5_0/Q5_1 (`qh` a little-endian u32).
+#[inline]
+pub(crate) fn quant5(qh: &[u8; 4], qs: &[u8; QK8_0 / 2], j: usize) -> u8 {
+    nibble(qs, j) | (((u32::from_le_bytes(*qh) >> j) & 1) << 4) as u8
+}
+
+/// Quants `q[0..32]` (four bits each used) as the nibble array of the
+/// 32-element formats ([`nibble`]'s inverse).
+pub(crate) fn pack_nibbles(q: &[u8; QK8_0]) -> [u8; QK8_0 / 2] {
+    std::array::from_fn(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4))
+}
+
+/// The fifth bits of `q[0..32]` as Q5_0/Q5_1's `qh` ([`quant5`]'s inverse
+/// with [`pack_nibbles`]).
+pub(crate) fn pack_fifth_bits(q: &[u8; QK8_0]) -> [u8; 4] {
+    q.iter()
+        .enumerate()
+        .fold(0u32, |h, (j, &v)| h | (((v as u32 >> 4) & 1) << j))
+        .to_le_bytes()
+}
 
 /// Q4_K: 256 weights in 8 sub-blocks of 32, each with a 6-bit scale and a
 /// 6-bit min; value `d * sc[j] * q - dmin * m[j]`.
@@ -209,6 +297,102 @@ impl Block for BlockQ4_0 {
     }
     fn quantize_row(x: &[f32]) -> Vec<Self> {
         quantize_row_q4_0(x)
+    }
+}
+
+impl Block for BlockQ4_1 {
+    const TYPE: GgmlType = GgmlType::Q4_1;
+    const ELEMS: usize = QK8_0;
+    const BYTES: usize = 20;
+    fn read(b: &[u8]) -> Self {
+        BlockQ4_1 {
+            d: rd_f16(b, 0),
+            m: rd_f16(b, 2),
+            qs: rd_array(b, 4),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.m.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q4_1(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q4_1(x)
+    }
+}
+
+impl Block for BlockQ5_0 {
+    const TYPE: GgmlType = GgmlType::Q5_0;
+    const ELEMS: usize = QK8_0;
+    const BYTES: usize = 22;
+    fn read(b: &[u8]) -> Self {
+        BlockQ5_0 {
+            d: rd_f16(b, 0),
+            qh: rd_array(b, 2),
+            qs: rd_array(b, 6),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.qh);
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q5_0(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q5_0(x)
+    }
+}
+
+impl Block for BlockQ5_1 {
+    const TYPE: GgmlType = GgmlType::Q5_1;
+    const ELEMS: usize = QK8_0;
+    const BYTES: usize = 24;
+    fn read(b: &[u8]) -> Self {
+        BlockQ5_1 {
+            d: rd_f16(b, 0),
+            m: rd_f16(b, 2),
+            qh: rd_array(b, 4),
+            qs: rd_array(b, 8),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.m.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.qh);
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q5_1(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q5_1(x)
+    }
+}
+
+impl Block for BlockIQ4NL {
+    const TYPE: GgmlType = GgmlType::IQ4NL;
+    const ELEMS: usize = QK8_0;
+    const BYTES: usize = 18;
+    fn read(b: &[u8]) -> Self {
+        BlockIQ4NL {
+            d: rd_f16(b, 0),
+            qs: rd_array(b, 2),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_iq4_nl(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_iq4_nl(x)
     }
 }
 
@@ -383,6 +567,10 @@ pub fn quantize_row_bytes_with(ty: GgmlType, x: &[f32], search: Search) -> Resul
             .collect(),
         GgmlType::Q8_0 => blocks_to_le_bytes(&quantize_row_q8_0(x)),
         GgmlType::Q4_0 => blocks_to_le_bytes(&quantize_row_q4_0(x)),
+        GgmlType::Q4_1 => blocks_to_le_bytes(&quantize_row_q4_1(x)),
+        GgmlType::Q5_0 => blocks_to_le_bytes(&quantize_row_q5_0(x)),
+        GgmlType::Q5_1 => blocks_to_le_bytes(&quantize_row_q5_1(x)),
+        GgmlType::IQ4NL => blocks_to_le_bytes(&quantize_row_iq4_nl(x)),
         GgmlType::Q4K => blocks_to_le_bytes(&quantize_row_q4_k_with(x, search)),
         GgmlType::Q5K => blocks_to_le_bytes(&quantize_row_q5_k_with(x, search)),
         GgmlType::Q6K => blocks_to_le_bytes(&quantize_row_q6_k_with(x, search)),

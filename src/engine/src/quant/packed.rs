@@ -35,7 +35,10 @@
 //! SIMD kernels are tested against them on the original blocks.
 
 use super::dequant::q6k_quant;
-use super::{pack_scale_min_k4, scale_min_k4, Block, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
+use super::{
+    nibble, pack_fifth_bits, pack_nibbles, pack_scale_min_k4, quant5, scale_min_k4, Block, BlockIQ4NL, BlockQ4K,
+    BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+};
 use half::f16;
 use std::mem::size_of;
 
@@ -92,6 +95,7 @@ unsafe impl ZeroValid for BlockQ6Kx4 {}
 unsafe impl ZeroValid for BlockQ4_0x4 {}
 unsafe impl ZeroValid for BlockQ5Kx4 {}
 unsafe impl<S> ZeroValid for BlockKWidex4<S> {}
+unsafe impl<S> ZeroValid for BlockQ8Minx4<S> {}
 
 /// `f16` bits as f32, exactly as `half::f16::to_f32` gives them (NaNs
 /// quieted, payload kept), without branches: the exponent and mantissa
@@ -214,6 +218,10 @@ pub struct BlockQ8x4<S> {
 pub type BlockQ8_0x4 = BlockQ8x4<BlockQ8_0>;
 /// Q4_0 for four rows, quants widened to bytes.
 pub type BlockQ4_0Widex4 = BlockQ8x4<BlockQ4_0>;
+/// Q5_0 for four rows, quants widened to bytes `q - 16`.
+pub type BlockQ5_0x4 = BlockQ8x4<BlockQ5_0>;
+/// IQ4_NL for four rows, each index replaced by its level (a signed byte).
+pub type BlockIQ4NLx4 = BlockQ8x4<BlockIQ4NL>;
 const _: () = assert!(size_of::<BlockQ8_0x4>() == 144);
 
 impl<S> BlockQ8x4<S> {
@@ -305,6 +313,137 @@ impl PackedBlock for BlockQ8_0x4 {
         BlockQ8_0 {
             d: f16::from_f32(self.d[lane]),
             qs: self.lane(lane),
+        }
+    }
+}
+
+impl PackedBlock for BlockQ5_0x4 {
+    type Src = BlockQ5_0;
+    fn pack(rows: [Option<BlockQ5_0>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ5_0 {
+                d: f16::ZERO,
+                qh: [0; 4],
+                qs: [0; QK8_0 / 2],
+            })
+        });
+        let quants = rows.map(|b| std::array::from_fn(|j| quant5(&b.qh, &b.qs, j) as i8 - 16));
+        Self::from_rows(rows.map(|b| b.d.to_f32()), quants)
+    }
+    fn unpack(&self, lane: usize) -> BlockQ5_0 {
+        let q = self.lane(lane).map(|v| (v + 16) as u8);
+        BlockQ5_0 {
+            d: f16::from_f32(self.d[lane]),
+            qh: pack_fifth_bits(&q),
+            qs: pack_nibbles(&q),
+        }
+    }
+}
+
+impl PackedBlock for BlockIQ4NLx4 {
+    type Src = BlockIQ4NL;
+    fn pack(rows: [Option<BlockIQ4NL>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockIQ4NL {
+                d: f16::ZERO,
+                qs: [0; QK8_0 / 2],
+            })
+        });
+        let quants = rows.map(|b| std::array::from_fn(|j| KVALUES_IQ4NL[nibble(&b.qs, j) as usize]));
+        Self::from_rows(rows.map(|b| b.d.to_f32()), quants)
+    }
+    fn unpack(&self, lane: usize) -> BlockIQ4NL {
+        // The levels are distinct, so each byte names its index.
+        let q = self
+            .lane(lane)
+            .map(|v| KVALUES_IQ4NL.iter().position(|&k| k == v).expect("an IQ4_NL level") as u8);
+        BlockIQ4NL {
+            d: f16::from_f32(self.d[lane]),
+            qs: pack_nibbles(&q),
+        }
+    }
+}
+
+/// A block of 32 unsigned quants with a scale and an offset (`x = q · d +
+/// m`), for four rows (`S`: Q4_1 or Q5_1): f32 scales and offsets, then the
+/// four rows' quants as bytes interleaved by column pairs, as [`BlockQ8x4`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8Minx4<S> {
+    pub d: [f32; 4],
+    pub m: [f32; 4],
+    pub qs: [u8; 4 * QK8_0],
+    _src: std::marker::PhantomData<S>,
+}
+/// Q4_1 for four rows, quants widened to bytes.
+pub type BlockQ4_1x4 = BlockQ8Minx4<BlockQ4_1>;
+/// Q5_1 for four rows, quants widened to bytes.
+pub type BlockQ5_1x4 = BlockQ8Minx4<BlockQ5_1>;
+const _: () = assert!(size_of::<BlockQ4_1x4>() == 160);
+
+impl<S> BlockQ8Minx4<S> {
+    fn from_rows(d: [f32; 4], m: [f32; 4], quants: [[u8; QK8_0]; 4]) -> Self {
+        let mut qs = [0; 4 * QK8_0];
+        interleave_pairs([0, 1, 2, 3].map(|r| &quants[r][..]), &mut qs);
+        BlockQ8Minx4 {
+            d,
+            m,
+            qs,
+            _src: std::marker::PhantomData,
+        }
+    }
+
+    /// Row `lane`'s 32 quants.
+    fn lane(&self, lane: usize) -> [u8; QK8_0] {
+        let mut q = [0; QK8_0];
+        pair_lane(&self.qs, lane, &mut q);
+        q
+    }
+}
+
+impl PackedBlock for BlockQ4_1x4 {
+    type Src = BlockQ4_1;
+    fn pack(rows: [Option<BlockQ4_1>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ4_1 {
+                d: f16::ZERO,
+                m: f16::ZERO,
+                qs: [0; QK8_0 / 2],
+            })
+        });
+        let quants = rows.map(|b| std::array::from_fn(|j| nibble(&b.qs, j)));
+        Self::from_rows(rows.map(|b| b.d.to_f32()), rows.map(|b| b.m.to_f32()), quants)
+    }
+    fn unpack(&self, lane: usize) -> BlockQ4_1 {
+        BlockQ4_1 {
+            d: f16::from_f32(self.d[lane]),
+            m: f16::from_f32(self.m[lane]),
+            qs: pack_nibbles(&self.lane(lane)),
+        }
+    }
+}
+
+impl PackedBlock for BlockQ5_1x4 {
+    type Src = BlockQ5_1;
+    fn pack(rows: [Option<BlockQ5_1>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ5_1 {
+                d: f16::ZERO,
+                m: f16::ZERO,
+                qh: [0; 4],
+                qs: [0; QK8_0 / 2],
+            })
+        });
+        let quants = rows.map(|b| std::array::from_fn(|j| quant5(&b.qh, &b.qs, j)));
+        Self::from_rows(rows.map(|b| b.d.to_f32()), rows.map(|b| b.m.to_f32()), quants)
+    }
+    fn unpack(&self, lane: usize) -> BlockQ5_1 {
+        let q = self.lane(lane);
+        BlockQ5_1 {
+            d: f16::from_f32(self.d[lane]),
+            m: f16::from_f32(self.m[lane]),
+            qh: pack_fifth_bits(&q),
+            qs: pack_nibbles(&q),
         }
     }
 }
@@ -1122,6 +1261,8 @@ mod tests {
         pack_le_matches_pack::<BlockQ5Kx4>(6);
         pack_le_matches_pack::<BlockKWidex4<BlockQ5K>>(7);
         pack_le_matches_pack::<BlockQ6Kx4>(8);
+        pack_le_matches_pack::<BlockQ5_0x4>(9);
+        pack_le_matches_pack::<BlockIQ4NLx4>(10);
     }
 
     #[test]
@@ -1154,6 +1295,24 @@ mod tests {
             );
             assert_eq!((fast.rows(), fast.cols()), (rows, cols));
         }
+    }
+
+    #[test]
+    fn the_32_element_byte_layouts_unpack_every_row_exactly() {
+        use crate::quant::{BlockIQ4NL, BlockQ4_1, BlockQ5_0, BlockQ5_1};
+        // Raw bytes (every quant, fifth-bit and index pattern), finite f16 scales.
+        fn raw<B: Block>(rows: usize, seed: usize, fix: impl Fn(B) -> B) -> Vec<B> {
+            let raw: Vec<u8> = (0..rows * 3 * B::BYTES)
+                .map(|i| ((i * 131 + seed) % 251) as u8)
+                .collect();
+            raw.chunks_exact(B::BYTES).map(|c| fix(B::read(c))).collect()
+        }
+        let (rows, cols) = (5, 96);
+        let (d, m) = (f16::from_f32(0.75), f16::from_f32(-2.5));
+        roundtrip::<BlockQ5_0x4>(raw(rows, 1, |b: BlockQ5_0| BlockQ5_0 { d, ..b }), rows, cols);
+        roundtrip::<BlockIQ4NLx4>(raw(rows, 2, |b: BlockIQ4NL| BlockIQ4NL { d, ..b }), rows, cols);
+        roundtrip::<BlockQ4_1x4>(raw(rows, 3, |b: BlockQ4_1| BlockQ4_1 { d, m, ..b }), rows, cols);
+        roundtrip::<BlockQ5_1x4>(raw(rows, 4, |b: BlockQ5_1| BlockQ5_1 { d, m, ..b }), rows, cols);
     }
 
     #[test]

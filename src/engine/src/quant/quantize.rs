@@ -2,6 +2,11 @@
 //! (`quantize_row_*_ref`, no importance matrix):
 //! - Q8_0: `d = max|x| / 127`, `q = round(x / d)`.
 //! - Q4_0: `d = max / -8` (the signed value of largest magnitude), `q = min(15, trunc(x / d + 8.5))`.
+//! - Q4_1 / Q5_1: `d = (max - min) / 15` (or `/ 31`), `m = min`, `q = min(levels - 1, trunc((x - min) / d + 0.5))`.
+//! - Q5_0: `d = max / -16`, `q = min(31, trunc(x / d + 16.5))`.
+//! - IQ4_NL: per block of 32 the scale whose nearest [`KVALUES_IQ4NL`]
+//!   levels fit the block best (weights `x²`) among 15 candidates around
+//!   `max / 127` (ggml's `quantize_row_iq4_nl_impl`, `ntry = 7`).
 //! - Q4_K / Q5_K: per sub-block of 32, an affine fit `x ≈ scale * q - min` by
 //!   a weighted least-squares search over candidate scales (ggml's
 //!   `make_qkx2_quants`), then the 8 scales and mins quantized to 6 bits
@@ -11,7 +16,10 @@
 //!   19 candidate scales (`make_qx_quants`, weights `x²`), then the 16 scales
 //!   quantized to int8 against the largest.
 
-use super::{pack_scale_min_k4, scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK8_0, QK_K};
+use super::{
+    pack_fifth_bits, pack_nibbles, pack_scale_min_k4, scale_min_k4, BlockIQ4NL, BlockQ4K, BlockQ4_0, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+};
 use half::f16;
 
 /// How hard the K-quant quantizers search for sub-block scales.
@@ -72,6 +80,157 @@ pub fn quantize_row_q4_0(x: &[f32]) -> Vec<BlockQ4_0> {
             }
         })
         .collect()
+}
+
+/// The value of largest magnitude in `c`, with its sign (the first of equals).
+fn signed_absmax(c: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in c {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// C's `(uint8_t)(int8_t)v` of a float: truncation toward zero, as the
+/// ggml quantizers convert.
+fn trunc_u8(v: f32) -> u8 {
+    v as i8 as u8
+}
+
+/// The min and max of `c` (ggml's loop: `min` from `FLT_MAX`, `max` from `-FLT_MAX`).
+fn min_max(c: &[f32]) -> (f32, f32) {
+    c.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| {
+        (if v < lo { v } else { lo }, if v > hi { v } else { hi })
+    })
+}
+
+/// An affine block of `levels` steps: `(d, min, quants)` as ggml's
+/// `quantize_row_q4_1_ref` / `q5_1_ref` compute them.
+fn affine_block(c: &[f32], levels: u8) -> (f32, f32, [u8; QK8_0]) {
+    let (min, max) = min_max(c);
+    let d = (max - min) / (levels - 1) as f32;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let q = std::array::from_fn(|j| trunc_u8((c[j] - min) * id + 0.5).min(levels - 1));
+    (d, min, q)
+}
+
+pub fn quantize_row_q4_1(x: &[f32]) -> Vec<BlockQ4_1> {
+    assert_eq!(x.len() % QK8_0, 0, "row length must be a multiple of 32");
+    x.chunks_exact(QK8_0)
+        .map(|c| {
+            let (d, min, q) = affine_block(c, 16);
+            BlockQ4_1 {
+                d: f16::from_f32(d),
+                m: f16::from_f32(min),
+                qs: pack_nibbles(&q),
+            }
+        })
+        .collect()
+}
+
+pub fn quantize_row_q5_1(x: &[f32]) -> Vec<BlockQ5_1> {
+    assert_eq!(x.len() % QK8_0, 0, "row length must be a multiple of 32");
+    x.chunks_exact(QK8_0)
+        .map(|c| {
+            let (d, min, q) = affine_block(c, 32);
+            BlockQ5_1 {
+                d: f16::from_f32(d),
+                m: f16::from_f32(min),
+                qh: pack_fifth_bits(&q),
+                qs: pack_nibbles(&q),
+            }
+        })
+        .collect()
+}
+
+pub fn quantize_row_q5_0(x: &[f32]) -> Vec<BlockQ5_0> {
+    assert_eq!(x.len() % QK8_0, 0, "row length must be a multiple of 32");
+    x.chunks_exact(QK8_0)
+        .map(|c| {
+            // The signed value of largest magnitude maps to q = 0 (-16 · d).
+            let d = signed_absmax(c) / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: [u8; QK8_0] = std::array::from_fn(|j| trunc_u8(c[j] * id + 16.5).min(31));
+            BlockQ5_0 {
+                d: f16::from_f32(d),
+                qh: pack_fifth_bits(&q),
+                qs: pack_nibbles(&q),
+            }
+        })
+        .collect()
+}
+
+/// The index of the level of `values` (ascending) nearest `x`, the lower of
+/// two equally near (ggml's `best_index_int8`).
+fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
+    if x <= values[0] as f32 {
+        return 0;
+    }
+    if x >= values[15] as f32 {
+        return 15;
+    }
+    let (mut lo, mut hi) = (0usize, 15usize);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if x < values[mid] as f32 {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    if x - (values[hi - 1] as f32) < values[hi] as f32 - x {
+        (hi - 1) as u8
+    } else {
+        hi as u8
+    }
+}
+
+pub fn quantize_row_iq4_nl(x: &[f32]) -> Vec<BlockIQ4NL> {
+    assert_eq!(x.len() % QK8_0, 0, "row length must be a multiple of 32");
+    x.chunks_exact(QK8_0).map(quantize_block_iq4_nl).collect()
+}
+
+/// One IQ4_NL block as ggml's `quantize_row_iq4_nl_impl` makes it (one
+/// block per super-block, no importance weights, `ntry = 7`).
+fn quantize_block_iq4_nl(c: &[f32]) -> BlockIQ4NL {
+    const NTRY: i32 = 7;
+    let values = &KVALUES_IQ4NL;
+    let weight: [f32; QK8_0] = std::array::from_fn(|j| c[j] * c[j]);
+    let max = signed_absmax(c);
+    let mut scale = 0.0f32;
+    if max.abs() >= GROUP_MAX_EPS {
+        // Σ w q x and Σ w q² of the levels nearest x · id.
+        let fit = |id: f32| {
+            let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+            for j in 0..QK8_0 {
+                let q = values[best_index_int8(values, id * c[j]) as usize] as f32;
+                sumqx += weight[j] * q * c[j];
+                sumq2 += weight[j] * q * q;
+            }
+            (sumqx, sumq2)
+        };
+        let d0 = -max / values[0] as f32;
+        let (sumqx, sumq2) = fit(1.0 / d0);
+        let mut d = sumqx / sumq2;
+        let mut best = d * sumqx;
+        for itry in -NTRY..=NTRY {
+            let (sumqx, sumq2) = fit((itry as f32 + values[0] as f32) / max);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        scale = d;
+    }
+    let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let q: [u8; QK8_0] = std::array::from_fn(|j| best_index_int8(values, id * c[j]));
+    BlockIQ4NL {
+        d: f16::from_f32(scale),
+        qs: pack_nibbles(&q),
+    }
 }
 
 /// Fits `x ≈ scale * L - min` with `L` in `0..=nmax`, minimizing the

@@ -10,9 +10,13 @@ use crate::model::Tensor;
 use crate::synth::Rng;
 
 /// Every quantized weight type, with its name for messages.
-const QUANT_TYPES: [GgmlType; 5] = [
+const QUANT_TYPES: [GgmlType; 9] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::IQ4NL,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
@@ -49,7 +53,8 @@ fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
 /// Offsets of the f16 scale fields in a block of `ty`.
 fn scale_offsets(ty: GgmlType) -> &'static [usize] {
     match ty {
-        GgmlType::Q8_0 | GgmlType::Q4_0 => &[0],
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::IQ4NL => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
         GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
         GgmlType::Q6K => &[208],
         _ => &[],
@@ -100,6 +105,10 @@ fn assert_matches_oracle(w: &Tensor, x: &[f32], what: &str) {
 fn block_sizes_match_the_type_table() {
     assert_eq!(BlockQ8_0::BYTES, GgmlType::Q8_0.block_bytes());
     assert_eq!(BlockQ4_0::BYTES, GgmlType::Q4_0.block_bytes());
+    assert_eq!(BlockQ4_1::BYTES, GgmlType::Q4_1.block_bytes());
+    assert_eq!(BlockQ5_0::BYTES, GgmlType::Q5_0.block_bytes());
+    assert_eq!(BlockQ5_1::BYTES, GgmlType::Q5_1.block_bytes());
+    assert_eq!(BlockIQ4NL::BYTES, GgmlType::IQ4NL.block_bytes());
     assert_eq!(BlockQ4K::BYTES, GgmlType::Q4K.block_bytes());
     assert_eq!(BlockQ5K::BYTES, GgmlType::Q5K.block_bytes());
     assert_eq!(BlockQ6K::BYTES, GgmlType::Q6K.block_bytes());
@@ -122,6 +131,35 @@ fn blocks_round_trip_through_file_bytes() {
     check::<BlockQ4K>(3);
     check::<BlockQ5K>(4);
     check::<BlockQ6K>(5);
+    check::<BlockQ4_1>(6);
+    check::<BlockQ5_0>(7);
+    check::<BlockQ5_1>(8);
+    check::<BlockIQ4NL>(9);
+}
+
+#[test]
+fn q5_0_and_iq4_nl_layouts_by_hand() {
+    // Q5_0: d, then qh as a little-endian u32 (bit j: element j's fifth bit),
+    // then nibbles as Q4_0. Element 17: high nibble of qs[1], bit 17 = byte 2's bit 1.
+    let mut bytes = vec![0u8; 22];
+    bytes[..2].copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
+    bytes[2 + 2] = 0b10; // qh bit 17
+    bytes[6 + 1] = 0x3 << 4; // element 17's low bits: 3
+    bytes[6] = 0x0F; // element 0: 15, fifth bit 0
+    let b = BlockQ5_0::read(&bytes);
+    let mut y = [0.0f32; 32];
+    b.dequantize(&mut y);
+    assert_eq!(y[17], (19 - 16) as f32 * 0.5);
+    assert_eq!(y[0], (15 - 16) as f32 * 0.5);
+    assert_eq!(y[1], -16.0 * 0.5);
+    // IQ4_NL: index 0 is -127, 15 is 113.
+    let mut bytes = vec![0u8; 18];
+    bytes[..2].copy_from_slice(&half::f16::from_f32(0.25).to_bits().to_le_bytes());
+    bytes[2] = 0xF0; // element 0: index 0, element 16: index 15
+    let b = BlockIQ4NL::read(&bytes);
+    let mut y = [0.0f32; 32];
+    b.dequantize(&mut y);
+    assert_eq!((y[0], y[16], y[1]), (-127.0 * 0.25, 113.0 * 0.25, -127.0 * 0.25));
 }
 
 #[test]
@@ -208,6 +246,14 @@ fn round_trip_error_is_within_ggml_figures() {
     assert!(get(GgmlType::Q5K) < 0.04);
     assert!(get(GgmlType::Q4K) < 0.08);
     assert!(get(GgmlType::Q4_0) < 0.095);
+    // q5_0 0.0418, q5_1 0.0378, q4_1 0.0776, iq4_nl 0.0759: an offset (Q4_1,
+    // Q5_1) or a grid denser near zero (IQ4_NL) beats the symmetric Q4_0.
+    assert!(get(GgmlType::Q5_0) < 0.046);
+    assert!(get(GgmlType::Q5_1) < 0.042);
+    assert!(get(GgmlType::Q4_1) < 0.085);
+    assert!(get(GgmlType::IQ4NL) < 0.083);
+    assert!(get(GgmlType::Q5_1) < get(GgmlType::Q5_0) && get(GgmlType::Q5_0) < get(GgmlType::Q4_1));
+    assert!(get(GgmlType::IQ4NL) < get(GgmlType::Q4_0) && get(GgmlType::Q4_1) < get(GgmlType::Q4_0));
     // The expected order.
     assert!(get(GgmlType::Q8_0) < get(GgmlType::Q6K));
     assert!(get(GgmlType::Q6K) < get(GgmlType::Q5K));
@@ -391,6 +437,13 @@ fn block_kernels_are_the_dispatch_targets() {
     };
     assert_eq!(qk::vec_dot_q8_0_q8_0(&quantize_row_q8_0(&v), &q8), one(GgmlType::Q8_0));
     assert_eq!(qk::vec_dot_q4_0_q8_0(&quantize_row_q4_0(&v), &q8), one(GgmlType::Q4_0));
+    assert_eq!(qk::vec_dot_q4_1_q8_1(&quantize_row_q4_1(&v), &q8), one(GgmlType::Q4_1));
+    assert_eq!(qk::vec_dot_q5_0_q8_0(&quantize_row_q5_0(&v), &q8), one(GgmlType::Q5_0));
+    assert_eq!(qk::vec_dot_q5_1_q8_1(&quantize_row_q5_1(&v), &q8), one(GgmlType::Q5_1));
+    assert_eq!(
+        qk::vec_dot_iq4_nl_q8_0(&quantize_row_iq4_nl(&v), &q8),
+        one(GgmlType::IQ4NL)
+    );
     assert_eq!(qk::vec_dot_q4_k_q8_k(&quantize_row_q4_k(&v), &q8k), one(GgmlType::Q4K));
     assert_eq!(qk::vec_dot_q5_k_q8_k(&quantize_row_q5_k(&v), &q8k), one(GgmlType::Q5K));
     assert_eq!(qk::vec_dot_q6_k_q8_k(&quantize_row_q6_k(&v), &q8k), one(GgmlType::Q6K));
@@ -421,4 +474,66 @@ fn rows_that_are_not_whole_blocks_are_refused() {
         );
         assert!(Tensor::quantize_from_f32(ty, 1, cols, &vec![0.0; cols]).is_err());
     }
+}
+
+/// llama.cpp's own Python package (gguf-py) quantizes and dequantizes the
+/// 32-element types exactly as the codecs here do (testdata/quants, made by
+/// tools/make-quant-vectors.py).
+#[test]
+fn block_codecs_match_gguf_py() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/quants/gguf-py-vectors.json"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut checked = 0;
+    for (name, entry) in doc["types"].as_object().unwrap() {
+        let ty = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::IQ4NL,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("unknown type {name}"));
+        for case in entry["quantize"].as_array().unwrap() {
+            let x: Vec<f32> = case["x"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let want = hex(case["bytes"].as_str().unwrap());
+            assert_eq!(
+                quantize_row_bytes(ty, &x).unwrap(),
+                want,
+                "{name}: quantize {:?}…",
+                &x[..4]
+            );
+            checked += 1;
+        }
+        for case in entry["dequantize"].as_array().unwrap() {
+            let bytes = hex(case["bytes"].as_str().unwrap());
+            let want: Vec<u32> = case["y_bits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let t = Tensor::from_le_bytes(ty, 1, want.len(), &bytes).unwrap();
+            let got: Vec<u32> = t.to_f32_vec().iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{name}: dequantize");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 5 * 7 + 6);
 }
