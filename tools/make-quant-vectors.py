@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Writes testdata/quants/gguf-py-vectors.json: reference quantizations and
+"""Writes testdata/quants/ggml-vectors.json: reference quantizations and
 dequantizations of ggml's 32-element block types, made by llama.cpp's own
 Python package `gguf` (gguf-py, its `quants` module follows ggml's reference
 `quantize_row_*_ref` and `dequantize_row_*`), so the engine's block codecs
 are tested against llama.cpp rather than against themselves.
 
     python3 -m venv /tmp/v && /tmp/v/bin/pip install gguf==0.19.0 numpy
-    /tmp/v/bin/python tools/make-quant-vectors.py testdata/quants/gguf-py-vectors.json
+    ggml=$(tools/reference/build-ggml-quantize.sh)
+    /tmp/v/bin/python tools/make-quant-vectors.py testdata/quants/ggml-vectors.json "$ggml"
+
+With ggml's own quantizer (tools/reference/ggml-quantize.c, built from the
+llama-cpp-python source package), every row gguf-py quantizes is checked to
+give ggml's bytes, and the types gguf-py cannot quantize (IQ4_NL) get their
+`quantize` cases from ggml.
 
 For each type: `quantize` cases (f32 rows in, the file bytes gguf-py writes,
 hex) where gguf-py can quantize the type, and `dequantize` cases (random
@@ -14,6 +20,8 @@ block bytes with finite f16 scales in, the f32 values gguf-py reads, as
 their bit patterns).
 """
 import importlib.metadata
+import struct
+import subprocess
 import json
 import sys
 
@@ -42,20 +50,36 @@ def rows(rng):
     return out
 
 
-def main(path):
+def ggml_quantize(harness, name, x):
+    """The row's block bytes from ggml's reference quantizer."""
+    data = struct.pack("<I", len(x)) + np.asarray(x, dtype="<f4").tobytes()
+    return subprocess.run([harness, name.lower()], input=data, capture_output=True, check=True).stdout
+
+
+def main(path, harness=None):
     rng = np.random.default_rng(20261205)
     version = importlib.metadata.version("gguf")
-    doc = {"source": "gguf-py %s (llama.cpp's Python package), tools/make-quant-vectors.py" % version, "types": {}}
+    source = "gguf-py %s (llama.cpp's Python package)" % version
+    if harness:
+        source += " and ggml's quantizers (llama-cpp-python 0.3.36's llama.cpp)"
+    doc = {"source": source + ", tools/make-quant-vectors.py", "types": {}}
     for name in TYPES:
         qtype = T[name]
         block, nbytes = GGML_QUANT_SIZES[qtype]
         entry = {"quantize": [], "dequantize": []}
-        try:
-            for x in rows(rng):
-                q = quants.quantize(x.reshape(1, -1), qtype)
-                entry["quantize"].append({"x": [float(v) for v in x], "bytes": bytes(q.tobytes()).hex()})
-        except (NotImplementedError, quants.QuantError):
-            entry["quantize"] = []
+        for x in rows(rng):
+            try:
+                q = bytes(quants.quantize(x.reshape(1, -1), qtype).tobytes())
+                source = "gguf-py"
+            except (NotImplementedError, quants.QuantError):
+                q, source = None, "ggml"
+            if harness:
+                g = ggml_quantize(harness, name, x)
+                assert q is None or q == g, "%s: gguf-py and ggml quantize differently" % name
+                q = g
+            if q is not None:
+                entry["quantize_source"] = source
+                entry["quantize"].append({"x": [float(v) for v in x], "bytes": q.hex()})
         raw = bytearray(rng.integers(0, 256, 6 * nbytes, dtype=np.uint8).tobytes())
         for b in range(6):
             for off in SCALES[name]:
@@ -72,4 +96,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -220,7 +220,8 @@ pub struct TypeSpec {
     /// (qwen3-0.6b shapes: F32 2.5, F16 9.0 and BF16 6.6 for matrices
     /// interleaved four rows to the lanes; Q8_0 3.7, Q6_K 7.3; Q4_0 7.8, Q4_K
     /// 7.2 and Q5_K 9.7 into bytes, 2.9, 8.2 and 8.5 as nibbles; tensors of
-    /// 0.5 to 300 MB). It must not be low: it lets a message take on a
+    /// 0.5 to 300 MB; qwen2.5-0.5b shapes, 0.5 to 14 MB tensors: Q4_1 13.4,
+    /// Q5_0 21.8, Q5_1 21.2, IQ4_NL 20.2, all into bytes). It must not be low: it lets a message take on a
     /// tensor it cannot finish.
     pub load_cost_per_byte: u64,
     /// The heap layout of a (rows, cols) matrix under `layout`.
@@ -284,22 +285,22 @@ pub const SUPPORTED_TYPES: &[TypeSpec] = &[
     // yet, so they take about 1.1 heap bytes per weight.
     TypeSpec {
         ty: GgmlType::Q4_1,
-        load_cost_per_byte: 16,
+        load_cost_per_byte: 20,
         codec: |_, _| &Packed::<BlockQ4_1x4>::CODEC,
     },
     TypeSpec {
         ty: GgmlType::Q5_0,
-        load_cost_per_byte: 16,
+        load_cost_per_byte: 33,
         codec: |_, _| &Packed::<BlockQ5_0x4>::CODEC,
     },
     TypeSpec {
         ty: GgmlType::Q5_1,
-        load_cost_per_byte: 16,
+        load_cost_per_byte: 32,
         codec: |_, _| &Packed::<BlockQ5_1x4>::CODEC,
     },
     TypeSpec {
         ty: GgmlType::IQ4NL,
-        load_cost_per_byte: 16,
+        load_cost_per_byte: 30,
         codec: |_, _| &Packed::<BlockIQ4NLx4>::CODEC,
     },
     TypeSpec {

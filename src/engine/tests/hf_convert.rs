@@ -292,7 +292,12 @@ fn quantized_conversion_keeps_vectors_f32_and_stays_close() {
     write_tiny_checkpoint(&dir, &s, Dtype::BF16, 1, "", PreStyle::Gpt2, 8);
     let hf_model = hf::load_dir(&dir).unwrap();
     let plain = convert(&dir, None).unwrap();
-    for (mix, name) in [(QuantMix::Uniform(GgmlType::Q8_0), "q8_0"), (QuantMix::Q4KM, "q4_k_m")] {
+    for (mix, name) in [
+        (QuantMix::Uniform(GgmlType::Q8_0), "q8_0"),
+        (QuantMix::Q4KM, "q4_k_m"),
+        (QuantMix::Q5KM, "q5_k_m"),
+        (QuantMix::Uniform(GgmlType::Q5_0), "q5_0"),
+    ] {
         let bytes = convert(&dir, Some(mix)).unwrap();
         let (model, gguf) = Model::from_gguf_bytes(&bytes).unwrap();
         assert_eq!(model.config, hf_model.config);
@@ -301,14 +306,15 @@ fn quantized_conversion_keeps_vectors_f32_and_stays_close() {
             let want = match mix {
                 _ if vector => GgmlType::F32,
                 QuantMix::Uniform(t) => t,
-                QuantMix::Q4KM if tname == "output.weight" => GgmlType::Q6K,
+                QuantMix::Q4KM | QuantMix::Q5KM if tname == "output.weight" => GgmlType::Q6K,
                 // llama.cpp's use_more_bits of 2 layers: layer 1 (the last eighth), not layer 0.
-                QuantMix::Q4KM
+                QuantMix::Q4KM | QuantMix::Q5KM
                     if tname.starts_with("blk.1.") && (tname.contains("attn_v.") || tname.contains("ffn_down.")) =>
                 {
                     GgmlType::Q6K
                 }
                 QuantMix::Q4KM => GgmlType::Q4K,
+                QuantMix::Q5KM => GgmlType::Q5K,
             };
             assert_eq!(ty, want, "{name}: {tname}");
         }

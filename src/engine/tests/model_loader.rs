@@ -102,11 +102,11 @@ fn missing_tensor_is_named() {
 fn unsupported_tensor_type_is_named() {
     let mut parts = stories_parts();
     let t = parts.1.iter_mut().find(|t| t.name == "blk.0.ffn_up.weight").unwrap();
-    t.ty = GgmlType::Q5_0;
-    t.bytes = vec![0; GgmlType::Q5_0.row_bytes(t.dims[0] as usize) * t.dims[1] as usize];
+    t.ty = GgmlType::MXFP4;
+    t.bytes = vec![0; GgmlType::MXFP4.row_bytes(t.dims[0] as usize) * t.dims[1] as usize];
     let err = load(&parts).unwrap_err().to_string();
     assert!(
-        err.contains("blk.0.ffn_up.weight") && err.contains("q5_0") && err.contains("not supported"),
+        err.contains("blk.0.ffn_up.weight") && err.contains("mxfp4") && err.contains("not supported"),
         "{err}"
     );
 }

@@ -122,14 +122,23 @@ fn stories260k_quantized_keeps_f32_predictions() {
     let ref_greedy = greedy(&reference, &STORIES_TOKENS[..16], 10);
     assert_eq!(ref_greedy, STORIES_TOKENS[16..], "the F32 model gives the golden ids");
 
-    for name in ["q8_0", "q4_0", "q4_k_m", "q6_k"] {
+    for name in [
+        "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k_m", "q5_k_m", "q6_k",
+    ] {
         let mix = QuantMix::parse(name).unwrap();
         let bytes = synth::quantize_gguf(&f32_bytes, mix).unwrap();
         let (model, _) = Model::from_gguf_bytes(&bytes).unwrap();
-        // 64-wide rows: Q8_0/Q4_0 as asked, K-quants fall back to Q8_0; 172-wide rows: F16.
+        // 64-wide rows: the 32-element types as asked, K-quants fall back as
+        // llama.cpp's quantizer does (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0);
+        // 172-wide rows: F16.
         let expected_wq = match name {
-            "q4_0" => GgmlType::Q4_0,
-            _ => GgmlType::Q8_0,
+            "q4_k_m" => GgmlType::Q5_0,
+            "q5_k_m" => GgmlType::Q5_1,
+            "q6_k" => GgmlType::Q8_0,
+            other => match QuantMix::parse(other).unwrap() {
+                QuantMix::Uniform(t) => t,
+                _ => unreachable!(),
+            },
         };
         assert_eq!(model.layers[0].wq.ty, expected_wq, "{name}");
         assert_eq!(model.layers[0].w_down.ty, GgmlType::F16, "{name}");
@@ -141,15 +150,21 @@ fn stories260k_quantized_keeps_f32_predictions() {
             a.top1, a.top5, a.min_cosine, g
         );
         match name {
-            "q8_0" | "q6_k" | "q4_k_m" => {
+            "q8_0" | "q6_k" => {
                 assert_eq!(g, ref_greedy, "{name}: greedy ids");
                 assert_eq!(a.top1, 1.0, "{name}");
                 assert!(a.min_cosine > 0.999, "{name}");
             }
             _ => {
-                assert!(a.top1 >= 0.85, "{name}");
+                // Measured (stories260K's 64-wide rows, 26 positions): top-1
+                // 0.85 to 0.96, min cosine 0.987 (iq4_nl) to 0.9985 (q5_1).
+                // IQ4_NL's quantizer (ggml's, byte for byte: see
+                // `block_codecs_match_ggml`) weights its fit by x², which
+                // favours a block's large weights over its many small ones.
+                let min_cosine = if name == "iq4_nl" { 0.985 } else { 0.99 };
+                assert!(a.top1 >= 0.8, "{name}");
                 assert!(a.top5 >= 0.95, "{name}");
-                assert!(a.min_cosine > 0.99, "{name}");
+                assert!(a.min_cosine > min_cosine, "{name}");
             }
         }
     }

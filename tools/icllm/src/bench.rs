@@ -70,7 +70,8 @@ pub struct BenchArgs {
     /// (stories15M, stories110M, smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, ...).
     #[arg(long, conflicts_with = "table")]
     shape: Option<String>,
-    /// Tensor types of `--shape`: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m.
+    /// Tensor types of `--shape`: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0,
+    /// q5_1, iq4_nl, q4_k, q5_k, q6_k, q4_k_m, q5_k_m.
     #[arg(long, default_value = "q8_0")]
     quant: String,
     /// Every shape of the target table, one after the other; prints the

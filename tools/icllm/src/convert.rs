@@ -23,8 +23,10 @@ pub struct ConvertArgs {
     /// The GGUF file to write.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
-    /// Quantize the 2-D weights: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k,
-    /// q6_k or q4_k_m (llama.cpp's mix). Default: the checkpoint's types.
+    /// Quantize the 2-D weights: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0,
+    /// q5_1, iq4_nl, q4_k, q5_k, q6_k, or llama.cpp's mixes q4_k_m and
+    /// q5_k_m (with its fallbacks for rows that are not whole K-quant
+    /// blocks). Default: the checkpoint's types.
     #[arg(long)]
     pub quant: Option<String>,
 }

@@ -148,6 +148,8 @@ impl LocalCanister {
             module_cache_dir,
             profile,
             memory_charges,
+            // The canister's `ic_cdk::println!` output, for debugging.
+            print_debug: std::env::var_os("ICLLM_DEBUG_PRINT").is_some(),
             ..defaults
         });
         let arg = encode_args((Some(init),))?;

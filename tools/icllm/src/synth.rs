@@ -25,7 +25,8 @@ pub struct SynthArgs {
     /// qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, tinyllama-1.1b, qwen3-1.7b.
     #[arg(long)]
     shape: String,
-    /// Tensor types: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m.
+    /// Tensor types: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl,
+    /// q4_k, q5_k, q6_k, q4_k_m, q5_k_m.
     #[arg(long, default_value = "q8_0")]
     quant: String,
     /// Output GGUF file.

@@ -317,6 +317,35 @@ impl PackedBlock for BlockQ8_0x4 {
     }
 }
 
+/// The quants of four rows' 32-element nibble blocks (nibbles at `qs_at`,
+/// Q5's fifth bits as a little-endian u32 at `qh_at`) as unsigned bytes,
+/// column pair by column pair: `put(p, word)` for each pair `p`, the word
+/// in [`interleave_pairs`]'s order. Pair `p < 8` is the low nibbles of
+/// bytes `2p, 2p + 1`, pair `p + 8` their high nibbles.
+#[inline(always)]
+fn quant_pair_words<const N: usize>(
+    rows: &[&[u8; N]; 4],
+    qs_at: usize,
+    qh_at: Option<usize>,
+    mut put: impl FnMut(usize, u64),
+) {
+    let qh = qh_at.map(|at| rows.map(|b| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as u64));
+    // Columns 2p, 2p + 1 of the four rows: their fifth bits moved to bit 4
+    // of bytes 2r and 2r + 1.
+    let fifth = |p: usize| match qh {
+        None => 0,
+        Some(qh) => (0..4).fold(0u64, |w, r| {
+            let h = qh[r] >> (2 * p);
+            w | ((h & 1) << (16 * r + 4)) | (((h >> 1) & 1) << (16 * r + 12))
+        }),
+    };
+    for p in 0..QK8_0 / 4 {
+        let w = pair_word(rows, qs_at + 2 * p);
+        put(p, (w & bytes(0x0F)) | fifth(p));
+        put(p + QK8_0 / 4, ((w >> 4) & bytes(0x0F)) | fifth(p + QK8_0 / 4));
+    }
+}
+
 impl PackedBlock for BlockQ5_0x4 {
     type Src = BlockQ5_0;
     fn pack(rows: [Option<BlockQ5_0>; 4]) -> Self {
@@ -330,6 +359,11 @@ impl PackedBlock for BlockQ5_0x4 {
         let quants = rows.map(|b| std::array::from_fn(|j| quant5(&b.qh, &b.qs, j) as i8 - 16));
         Self::from_rows(rows.map(|b| b.d.to_f32()), quants)
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ5_0::BYTES }>(rows);
+        out.d = rows.map(|b| f16_le(b, 0));
+        quant_pair_words(&rows, 6, Some(2), |p, w| put_word(&mut out.qs, p, sub_bytes(w, 16)));
+    }
     fn unpack(&self, lane: usize) -> BlockQ5_0 {
         let q = self.lane(lane).map(|v| (v + 16) as u8);
         BlockQ5_0 {
@@ -339,6 +373,17 @@ impl PackedBlock for BlockQ5_0x4 {
         }
     }
 }
+
+/// The two IQ4_NL levels a byte of nibbles names: `[low, high]`.
+static IQ4NL_PAIRS: [[i8; 2]; 256] = {
+    let mut t = [[0i8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = [KVALUES_IQ4NL[b & 0xF], KVALUES_IQ4NL[b >> 4]];
+        b += 1;
+    }
+    t
+};
 
 impl PackedBlock for BlockIQ4NLx4 {
     type Src = BlockIQ4NL;
@@ -351,6 +396,20 @@ impl PackedBlock for BlockIQ4NLx4 {
         });
         let quants = rows.map(|b| std::array::from_fn(|j| KVALUES_IQ4NL[nibble(&b.qs, j) as usize]));
         Self::from_rows(rows.map(|b| b.d.to_f32()), quants)
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockIQ4NL::BYTES }>(rows);
+        out.d = rows.map(|b| f16_le(b, 0));
+        // Each file byte j holds elements j and j + 16: one lookup of both
+        // levels, stored at their interleaved places (8·(c / 2) + 2r + c % 2).
+        for (r, b) in rows.iter().enumerate() {
+            for j in 0..QK8_0 / 2 {
+                let [lo, hi] = IQ4NL_PAIRS[b[2 + j] as usize];
+                let at = |c: usize| 8 * (c / 2) + 2 * r + c % 2;
+                out.qs[at(j)] = lo;
+                out.qs[at(j + 16)] = hi;
+            }
+        }
     }
     fn unpack(&self, lane: usize) -> BlockIQ4NL {
         // The levels are distinct, so each byte names its index.
@@ -414,6 +473,12 @@ impl PackedBlock for BlockQ4_1x4 {
         let quants = rows.map(|b| std::array::from_fn(|j| nibble(&b.qs, j)));
         Self::from_rows(rows.map(|b| b.d.to_f32()), rows.map(|b| b.m.to_f32()), quants)
     }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ4_1::BYTES }>(rows);
+        out.d = rows.map(|b| f16_le(b, 0));
+        out.m = rows.map(|b| f16_le(b, 2));
+        quant_pair_words(&rows, 4, None, |p, w| put_word(&mut out.qs, p, w));
+    }
     fn unpack(&self, lane: usize) -> BlockQ4_1 {
         BlockQ4_1 {
             d: f16::from_f32(self.d[lane]),
@@ -436,6 +501,12 @@ impl PackedBlock for BlockQ5_1x4 {
         });
         let quants = rows.map(|b| std::array::from_fn(|j| quant5(&b.qh, &b.qs, j)));
         Self::from_rows(rows.map(|b| b.d.to_f32()), rows.map(|b| b.m.to_f32()), quants)
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ5_1::BYTES }>(rows);
+        out.d = rows.map(|b| f16_le(b, 0));
+        out.m = rows.map(|b| f16_le(b, 2));
+        quant_pair_words(&rows, 8, Some(4), |p, w| put_word(&mut out.qs, p, w));
     }
     fn unpack(&self, lane: usize) -> BlockQ5_1 {
         let q = self.lane(lane);
@@ -1263,6 +1334,8 @@ mod tests {
         pack_le_matches_pack::<BlockQ6Kx4>(8);
         pack_le_matches_pack::<BlockQ5_0x4>(9);
         pack_le_matches_pack::<BlockIQ4NLx4>(10);
+        pack_le_matches_pack::<BlockQ4_1x4>(11);
+        pack_le_matches_pack::<BlockQ5_1x4>(12);
     }
 
     #[test]

@@ -33,11 +33,14 @@ pub enum QuantMix {
     /// llama.cpp's `use_more_bits` picks (the first and last eighth and every
     /// third layer in between).
     Q4KM,
+    /// llama.cpp's Q5_K_M: as Q4_K_M with Q5_K in place of Q4_K.
+    Q5KM,
 }
 
 impl QuantMix {
     /// The `--quant` names.
-    pub const NAMES: &'static str = "f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m";
+    pub const NAMES: &'static str =
+        "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_k, q5_k, q6_k, q4_k_m, q5_k_m";
 
     pub fn parse(name: &str) -> Option<QuantMix> {
         let ty = match name.to_ascii_lowercase().as_str() {
@@ -46,10 +49,15 @@ impl QuantMix {
             "bf16" => GgmlType::BF16,
             "q8_0" => GgmlType::Q8_0,
             "q4_0" => GgmlType::Q4_0,
+            "q4_1" => GgmlType::Q4_1,
+            "q5_0" => GgmlType::Q5_0,
+            "q5_1" => GgmlType::Q5_1,
+            "iq4_nl" => GgmlType::IQ4NL,
             "q4_k" => GgmlType::Q4K,
             "q5_k" => GgmlType::Q5K,
             "q6_k" => GgmlType::Q6K,
             "q4_k_m" => return Some(QuantMix::Q4KM),
+            "q5_k_m" => return Some(QuantMix::Q5KM),
             _ => return None,
         };
         Some(QuantMix::Uniform(ty))
@@ -59,11 +67,16 @@ impl QuantMix {
     pub fn file_type(self) -> u32 {
         match self {
             QuantMix::Q4KM => 15,
+            QuantMix::Q5KM => 17,
             QuantMix::Uniform(ty) => match ty {
                 GgmlType::F32 => 0,
                 GgmlType::F16 => 1,
                 GgmlType::Q4_0 => 2,
+                GgmlType::Q4_1 => 3,
                 GgmlType::Q8_0 => 7,
+                GgmlType::Q5_0 => 8,
+                GgmlType::Q5_1 => 9,
+                GgmlType::IQ4NL => 25,
                 GgmlType::Q4K => 14, // Q4_K_S
                 GgmlType::Q5K => 16, // Q5_K_S
                 GgmlType::Q6K => 18,
@@ -78,7 +91,12 @@ impl QuantMix {
     fn preferred(self, name: &str, n_layers: usize, is_output_head: bool) -> GgmlType {
         match self {
             QuantMix::Uniform(ty) => ty,
-            QuantMix::Q4KM => {
+            QuantMix::Q4KM | QuantMix::Q5KM => {
+                let base = if self == QuantMix::Q4KM {
+                    GgmlType::Q4K
+                } else {
+                    GgmlType::Q5K
+                };
                 let layer = name
                     .strip_prefix("blk.")
                     .and_then(|r| r.split('.').next())
@@ -95,32 +113,40 @@ impl QuantMix {
                     if more_bits(l) {
                         GgmlType::Q6K
                     } else {
-                        GgmlType::Q4K
+                        base
                     }
                 } else {
-                    GgmlType::Q4K
+                    base
                 }
             }
         }
     }
 
     /// The type a 2-D weight gets: the preferred type if its rows split into
-    /// whole blocks, else (like llama.cpp, which falls back to Q5_0/Q5_1/Q8_0
-    /// for K-quants; Q5_x is not supported here) Q8_0 when rows are a
-    /// multiple of 32, else F16 (F32 stays F32).
+    /// whole blocks, else llama.cpp's fallback ([`fallback`]).
     pub fn tensor_type(self, name: &str, cols: usize, n_layers: usize, is_output_head: bool) -> GgmlType {
         fallback(self.preferred(name, n_layers, is_output_head), cols)
     }
 }
 
-/// The type to use for rows of `cols` elements when `ty`'s blocks do not fit.
+/// The type for rows of `cols` elements when `ty`'s blocks may not fit, as
+/// llama.cpp's quantizer chooses it (`llama_tensor_get_type`): a K-quant
+/// falls back to the 32-element type of about its size (Q4_K → Q5_0, Q5_K →
+/// Q5_1, Q6_K → Q8_0, Q2_K/Q3_K/IQ4_XS → IQ4_NL), and a row that is not
+/// whole blocks of that either (or of a 32-element type) is F16. F32 stays F32.
 pub fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
-    if cols.is_multiple_of(ty.block_size()) {
-        ty
-    } else if cols.is_multiple_of(32) {
-        GgmlType::Q8_0
-    } else if ty == GgmlType::F32 {
-        GgmlType::F32
+    if cols.is_multiple_of(ty.block_size()) || ty == GgmlType::F32 {
+        return ty;
+    }
+    let smaller = match ty {
+        GgmlType::Q4K => GgmlType::Q5_0,
+        GgmlType::Q5K => GgmlType::Q5_1,
+        GgmlType::Q6K => GgmlType::Q8_0,
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::IQ4XS => GgmlType::IQ4NL,
+        _ => GgmlType::F16,
+    };
+    if cols.is_multiple_of(smaller.block_size()) {
+        smaller
     } else {
         GgmlType::F16
     }

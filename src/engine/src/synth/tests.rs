@@ -94,21 +94,35 @@ fn q4_k_m_follows_llama_cpp_rules() {
         assert_eq!(ty(&format!("blk.{l}.ffn_down.weight")), want, "layer {l}");
     }
     assert_eq!(ty("blk.0.attn_norm.weight"), GgmlType::F32);
-    // Rows that are not whole super-blocks fall back: 896 = 3.5 × 256.
+    // Rows that are not whole super-blocks fall back as llama.cpp's
+    // quantizer does (896 = 3.5 × 256): Q4_K → Q5_0, Q6_K → Q8_0.
     let g = header(shape("qwen2.5-0.5b").unwrap(), QuantMix::Q4KM, 2);
-    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q8_0);
+    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q5_0);
+    assert_eq!(g.tensor("blk.0.ffn_up.weight").unwrap().ty, GgmlType::Q5_0);
+    assert_eq!(g.tensor("blk.1.attn_v.weight").unwrap().ty, GgmlType::Q8_0);
+    assert_eq!(g.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0);
     // 4864 = 19 × 256; layer 1 of 2 is in the last eighth: Q6_K.
     assert_eq!(g.tensor("blk.1.ffn_down.weight").unwrap().ty, GgmlType::Q6K);
     // Untied: token_embd Q4_K, output Q6_K.
     let g = header(shape("tinyllama-1.1b").unwrap(), QuantMix::Q4KM, 2);
     assert_eq!(g.tensor("token_embd.weight").unwrap().ty, GgmlType::Q4K);
     assert_eq!(g.tensor("output.weight").unwrap().ty, GgmlType::Q6K);
+    // Q5_K_M: Q5_K, falling back to Q5_1.
+    let g = header(shape("tinyllama-1.1b").unwrap(), QuantMix::Q5KM, 2);
+    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q5K);
+    assert_eq!(g.tensor("blk.1.attn_v.weight").unwrap().ty, GgmlType::Q6K);
+    let g = header(shape("qwen2.5-0.5b").unwrap(), QuantMix::Q5KM, 2);
+    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q5_1);
 }
 
 #[test]
 fn fallback_types() {
     assert_eq!(fallback(GgmlType::Q4K, 512), GgmlType::Q4K);
-    assert_eq!(fallback(GgmlType::Q4K, 288), GgmlType::Q8_0);
+    assert_eq!(fallback(GgmlType::Q4K, 288), GgmlType::Q5_0);
+    assert_eq!(fallback(GgmlType::Q5K, 288), GgmlType::Q5_1);
+    assert_eq!(fallback(GgmlType::Q6K, 896), GgmlType::Q8_0);
+    assert_eq!(fallback(GgmlType::Q3K, 640), GgmlType::IQ4NL);
+    assert_eq!(fallback(GgmlType::Q4K, 100), GgmlType::F16);
     assert_eq!(fallback(GgmlType::Q8_0, 172), GgmlType::F16);
     assert_eq!(fallback(GgmlType::F32, 172), GgmlType::F32);
     assert_eq!(fallback(GgmlType::BF16, 172), GgmlType::BF16);
@@ -133,8 +147,8 @@ fn generation_is_seeded_and_streams_what_the_header_says() {
     assert_ne!(a, c);
     let (model, _) = crate::model::Model::from_gguf_bytes(&a).expect("loads");
     assert_eq!(model.config.n_layers, 1);
-    // 288-wide rows are not whole super-blocks: Q8_0, as llama.cpp would fall back.
-    assert_eq!(model.tok_embd.ty, GgmlType::Q8_0);
+    // 288-wide rows are not whole super-blocks: Q5_0, as llama.cpp falls back.
+    assert_eq!(model.tok_embd.ty, GgmlType::Q5_0);
     assert_eq!(model.layers[0].w_down.ty, GgmlType::Q6K);
 }
 
