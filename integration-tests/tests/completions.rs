@@ -72,7 +72,7 @@ fn a_text_completion_gives_the_golden_text_and_openais_object() {
             prompt_tokens: 16,
             completion_tokens: 10,
             total_tokens: 26,
-            prompt_tokens_details: Default::default(),
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 0 }),
         }
     );
     assert!(done.created > 1_700_000_000);

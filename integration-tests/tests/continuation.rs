@@ -79,10 +79,9 @@ fn request(messages: &[ChatMessage], continue_from: Option<JobId>) -> ChatComple
 }
 
 fn start_chat(c: &mut LocalCanister, caller: Principal, req: ChatCompletionRequest) -> ApiResult<(JobId, u64)> {
-    let reply = c
-        .rt
-        .update(c.id, caller, "chat_completions", encode_one(req).unwrap())
-        .expect("chat_completions call");
+    let reply =
+        c.rt.update(c.id, caller, "chat_completions", encode_one(req).unwrap())
+            .expect("chat_completions call");
     let r: ApiResult<Completion> = decode_one(&reply.bytes).unwrap();
     r.map(|done| (done.job_id, reply.report.instructions))
 }
@@ -92,7 +91,10 @@ fn turn(c: &mut LocalCanister, caller: Principal, messages: &[ChatMessage], from
     let view = c.run_job(caller, id, |_| {}).expect("the job finishes");
     let (r,): (ApiResult<Completion>,) = c.query(caller, "get_completion", (id,)).unwrap();
     let usage = r.unwrap().usage;
-    assert_eq!(usage.prompt_tokens_details.cached_tokens, view.cached_prompt_tokens);
+    assert_eq!(
+        usage.prompt_tokens_details.as_ref().unwrap().cached_tokens,
+        view.cached_prompt_tokens.unwrap()
+    );
     Ok(Turn {
         id,
         view,
@@ -148,13 +150,19 @@ fn a_four_turn_chat_prefills_only_its_new_tokens_across_an_upgrade() {
         let warm = turn(&mut c, me, &messages, prev.as_ref().map(|(_, t)| t.id)).unwrap();
         let cold = turn(&mut c, user(100 + n as u8), &messages, None).unwrap();
         assert_eq!(warm.view.prompt_tokens as usize, ids.len(), "turn {n}");
-        assert_eq!(warm.view.tokens, cold.view.tokens, "turn {n}: the same reply, warm or cold");
+        assert_eq!(
+            warm.view.tokens, cold.view.tokens,
+            "turn {n}: the same reply, warm or cold"
+        );
         assert_eq!(warm.view.text, cold.view.text);
-        assert_eq!(cold.view.cached_prompt_tokens, 0);
+        assert_eq!(cold.view.cached_prompt_tokens.unwrap(), 0);
         let expected = prev.as_ref().map_or(0, |(p, t)| cached_expected(p, t, &ids));
-        assert_eq!(warm.view.cached_prompt_tokens, expected, "turn {n}");
-        assert_eq!(warm.usage.prompt_tokens_details.cached_tokens, expected);
-        let new_tokens = ids.len() as u32 - warm.view.cached_prompt_tokens;
+        assert_eq!(warm.view.cached_prompt_tokens.unwrap(), expected, "turn {n}");
+        assert_eq!(
+            warm.usage.prompt_tokens_details.as_ref().unwrap().cached_tokens,
+            expected
+        );
+        let new_tokens = ids.len() as u32 - warm.view.cached_prompt_tokens.unwrap();
         println!(
             "cost turn {n}: new tokens {new_tokens} of {}, warm prefill instructions {}, cold {} \
              (start call: warm {}, cold {})",
@@ -165,7 +173,10 @@ fn a_four_turn_chat_prefills_only_its_new_tokens_across_an_upgrade() {
             cold.start_instructions
         );
         if n > 1 {
-            assert!(expected as usize > ids.len() / 2, "turn {n}: most of the conversation is cached");
+            assert!(
+                expected as usize > ids.len() / 2,
+                "turn {n}: most of the conversation is cached"
+            );
             assert!(
                 warm.view.prompt_instructions * 2 < cold.view.prompt_instructions,
                 "turn {n}: warm prefill {} vs cold {}",
@@ -190,19 +201,19 @@ fn a_slot_is_handed_over_once() {
         msg("user", USER_TURNS[1]),
     ];
     let a = turn(&mut c, me, &next, Some(t1.id)).unwrap();
-    assert!(a.view.cached_prompt_tokens > 0);
+    assert!(a.view.cached_prompt_tokens.unwrap() > 0);
     // The slot went to `a`: a second continuation of t1 starts cold, and
     // still gives the same reply.
     let b = turn(&mut c, me, &next, Some(t1.id)).unwrap();
-    assert_eq!(b.view.cached_prompt_tokens, 0);
-    assert_eq!(b.usage.prompt_tokens_details.cached_tokens, 0);
+    assert_eq!(b.view.cached_prompt_tokens.unwrap(), 0);
+    assert_eq!(b.usage.prompt_tokens_details.as_ref().unwrap().cached_tokens, 0);
     assert_eq!(b.view.tokens, a.view.tokens);
     // `a` left its own rows: continuing it works.
     let mut more = next.clone();
     more.push(msg("assistant", &a.view.text));
     more.push(msg("user", USER_TURNS[2]));
     let d = turn(&mut c, me, &more, Some(a.id)).unwrap();
-    assert!(d.view.cached_prompt_tokens > a.view.prompt_tokens);
+    assert!(d.view.cached_prompt_tokens.unwrap() > a.view.prompt_tokens);
 }
 
 #[test]
@@ -248,7 +259,7 @@ fn continuations_of_jobs_that_are_not_the_callers_finished_ones_are_refused() {
     // (this one was cancelled before its first step: no rows to reuse).
     assert_eq!(health(&mut c).total_jobs, before.total_jobs + 1);
     let after_cancel = turn(&mut c, me, &first, Some(running)).unwrap();
-    assert_eq!(after_cancel.view.cached_prompt_tokens, 0);
+    assert_eq!(after_cancel.view.cached_prompt_tokens.unwrap(), 0);
     assert_eq!(after_cancel.view.tokens, t1.view.tokens);
 }
 
@@ -282,7 +293,7 @@ fn kept_slots_give_way_to_new_jobs_and_stable_memory_does_not_grow() {
     assert_eq!(health(&mut c).stable_bytes, stable, "no slot was added");
     // Their rows are gone: continuing starts cold, with the same reply.
     let t = turn(&mut c, user(1), &first, Some(kept[0].id)).unwrap();
-    assert_eq!(t.view.cached_prompt_tokens, 0);
+    assert_eq!(t.view.cached_prompt_tokens.unwrap(), 0);
     assert_eq!(t.view.tokens, kept[0].view.tokens);
     assert_eq!(health(&mut c).stable_bytes, stable);
 }

@@ -207,8 +207,9 @@ pub struct JobView {
     pub prompt_tokens: u32,
     pub prompt_tokens_processed: u32,
     /// Leading prompt tokens whose KV rows came from `continue_from`'s job
-    /// (not prefilled again; counted in `prompt_tokens_processed`).
-    pub cached_prompt_tokens: u32,
+    /// (not prefilled again; counted in `prompt_tokens_processed`). Absent
+    /// only from canisters released before `continue_from`.
+    pub cached_prompt_tokens: Option<u32>,
     pub generated_tokens: u32,
     /// Update and timer messages that advanced this job.
     pub messages: u64,
@@ -406,7 +407,8 @@ pub struct CompletionUsage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
-    pub prompt_tokens_details: PromptTokensDetails,
+    /// Absent only from canisters released before `continue_from`.
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
 }
 
 /// As OpenAI's `usage.prompt_tokens_details`.

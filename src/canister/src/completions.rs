@@ -381,9 +381,9 @@ pub fn completion(rec: &JobRecord, model_name: &str) -> Completion {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
-            prompt_tokens_details: PromptTokensDetails {
+            prompt_tokens_details: Some(PromptTokensDetails {
                 cached_tokens: rec.cached_prompt_tokens,
-            },
+            }),
         },
         status: rec.status.clone(),
     }

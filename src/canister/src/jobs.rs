@@ -931,7 +931,7 @@ pub fn view(rec: &JobRecord, since: u32) -> JobView {
         next_since: generated.len() as u32,
         prompt_tokens: rec.engine.prompt().len() as u32,
         prompt_tokens_processed: (rec.engine.cursor().pos as usize).min(rec.engine.prompt().len()) as u32,
-        cached_prompt_tokens: rec.cached_prompt_tokens,
+        cached_prompt_tokens: Some(rec.cached_prompt_tokens),
         generated_tokens: generated.len() as u32,
         messages: rec.messages,
         instructions: rec.instructions,

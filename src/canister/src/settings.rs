@@ -6,8 +6,8 @@ use ic_stable_structures::{StableCell, Storable};
 use icllm_api::{AccessMode, AccessPolicy, ApiError, ApiResult, JobId, Limits, UploadState};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// The IC's per-message instruction limit for updates and timers.
 pub const IC_MESSAGE_INSTRUCTION_LIMIT: u64 = 40_000_000_000;

@@ -542,7 +542,10 @@ fn a_next_turn_started_from_the_cached_prefix_equals_computing_it_all() {
             all
         };
         assert_eq!(warm.state.complete_positions(), cold.state.complete_positions());
-        assert!(rows_of(&warm.kv) == rows_of(&cold.kv), "the same rows, computed or reused");
+        assert!(
+            rows_of(&warm.kv) == rows_of(&cold.kv),
+            "the same rows, computed or reused"
+        );
         // Only the new positions were computed: the cold run's multiply-adds
         // minus those of the reused rows' prefill.
         let mut prefix_only = new_job(prompt[..rows].to_vec(), params.clone(), 1, 128);
@@ -571,7 +574,10 @@ fn the_reusable_prefix_is_capped_and_skipping_is_only_for_fresh_jobs() {
 
     let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 5, 64);
     let len = golden_prompt().len() as u32;
-    assert!(matches!(job.skip_cached_prefix(len), Err(JobError::CachedPrefix { .. })));
+    assert!(matches!(
+        job.skip_cached_prefix(len),
+        Err(JobError::CachedPrefix { .. })
+    ));
     step(&s.model, &mut job, &mut UnitBudget::new(1));
     assert!(matches!(job.skip_cached_prefix(1), Err(JobError::CachedPrefix { .. })));
 }

@@ -328,7 +328,9 @@ pub fn usage(c: &Completion) -> Value {
         "prompt_tokens": c.usage.prompt_tokens,
         "completion_tokens": c.usage.completion_tokens,
         "total_tokens": c.usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": c.usage.prompt_tokens_details.cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": c.usage.prompt_tokens_details.as_ref().map_or(0, |d| d.cached_tokens),
+        },
     })
 }
 
@@ -422,7 +424,10 @@ mod tests {
         let chat = |body: &str| parse::<ChatBody>(body.as_bytes()).unwrap().into_request();
         let id = |r: Result<ChatCompletionRequest, HttpError>| r.unwrap().continue_from;
         let msgs = r#""messages": [{"role": "user", "content": "Hi"}]"#;
-        assert_eq!(id(chat(&format!(r#"{{{msgs}, "continue_from": "chatcmpl-7"}}"#))), Some(7));
+        assert_eq!(
+            id(chat(&format!(r#"{{{msgs}, "continue_from": "chatcmpl-7"}}"#))),
+            Some(7)
+        );
         assert_eq!(id(chat(&format!(r#"{{{msgs}, "continue_from": 9}}"#))), Some(9));
         assert_eq!(id(chat(&format!("{{{msgs}}}"))), None);
         assert!(chat(&format!(r#"{{{msgs}, "continue_from": "chatcmpl-x"}}"#)).is_err());
