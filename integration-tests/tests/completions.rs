@@ -71,7 +71,8 @@ fn a_text_completion_gives_the_golden_text_and_openais_object() {
         CompletionUsage {
             prompt_tokens: 16,
             completion_tokens: 10,
-            total_tokens: 26
+            total_tokens: 26,
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 0 }),
         }
     );
     assert!(done.created > 1_700_000_000);

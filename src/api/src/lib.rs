@@ -158,6 +158,11 @@ pub struct JobRequest {
     pub prompt_tokens: Option<Vec<u32>>,
     /// How the job's KV cache stores keys and values (default `F32`).
     pub kv_cache: Option<KvCacheType>,
+    /// A finished (done or cancelled) job of the caller whose KV rows this
+    /// job takes over: the longest common token prefix of the two is not
+    /// prefilled again (`JobView::cached_prompt_tokens`). The old job's
+    /// slot is handed over, not copied, so a job can be continued once.
+    pub continue_from: Option<JobId>,
 }
 
 /// Storage of a job's KV cache.
@@ -201,6 +206,10 @@ pub struct JobView {
     pub next_since: u32,
     pub prompt_tokens: u32,
     pub prompt_tokens_processed: u32,
+    /// Leading prompt tokens whose KV rows came from `continue_from`'s job
+    /// (not prefilled again; counted in `prompt_tokens_processed`). Absent
+    /// only from canisters released before `continue_from`.
+    pub cached_prompt_tokens: Option<u32>,
     pub generated_tokens: u32,
     /// Update and timer messages that advanced this job.
     pub messages: u64,
@@ -344,6 +353,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<u32>,
     /// The end user, for the caller's own records (at most 256 bytes; not used).
     pub user: Option<String>,
+    /// icllm's own: a finished job of the caller to continue (see `JobRequest::continue_from`).
+    pub continue_from: Option<JobId>,
 }
 
 /// OpenAI's chat completion request (`POST /v1/chat/completions`). Roles
@@ -372,6 +383,9 @@ pub struct ChatCompletionRequest {
     /// Alternatives per token (≤ 5) with `logprobs`: not supported (refused).
     pub top_logprobs: Option<u32>,
     pub user: Option<String>,
+    /// icllm's own: a finished job of the caller whose conversation this
+    /// request continues; its KV rows are taken over (see `JobRequest::continue_from`).
+    pub continue_from: Option<JobId>,
 }
 
 /// One choice of a completion. `text` for text completions, `message` for
@@ -393,6 +407,15 @@ pub struct CompletionUsage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// Absent only from canisters released before `continue_from`.
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// As OpenAI's `usage.prompt_tokens_details`.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV rows were taken over from `continue_from`'s job.
+    pub cached_tokens: u32,
 }
 
 /// OpenAI's completion object (`text_completion` or `chat.completion`), as

@@ -14,7 +14,7 @@
 use crate::jobs::JobRecord;
 use icllm_api::{
     ApiError, ApiResult, ChatCompletionRequest, ChatMessage, Completion, CompletionChoice, CompletionRequest,
-    CompletionUsage, JobRequest, JobStatus,
+    CompletionUsage, JobRequest, JobStatus, PromptTokensDetails,
 };
 use serde::{Deserialize, Serialize};
 
@@ -228,6 +228,7 @@ pub fn from_completion(req: &CompletionRequest, model: &ServedModel) -> ApiResul
     let (mut job, start) = prepare(&common_of_completion(req), CompletionKind::Text, model)?;
     job.prompt = req.prompt.clone();
     job.max_tokens = req.max_tokens.unwrap_or(DEFAULT_COMPLETION_MAX_TOKENS);
+    job.continue_from = req.continue_from;
     Ok((job, start))
 }
 
@@ -288,6 +289,7 @@ pub fn from_chat(
     let (mut job, start) = prepare(&common_of_chat(req), CompletionKind::Chat, model)?;
     job.messages = Some(messages);
     job.max_tokens = max_tokens;
+    job.continue_from = req.continue_from;
     Ok((job, start))
 }
 
@@ -379,6 +381,9 @@ pub fn completion(rec: &JobRecord, model_name: &str) -> Completion {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: rec.cached_prompt_tokens,
+            }),
         },
         status: rec.status.clone(),
     }

@@ -6,6 +6,12 @@
 //! upgrade, or after eviction, it is rebuilt from the record and the slot.
 //! Every step ends with a checkpoint: the KV rows it wrote and the record.
 //!
+//! A done or cancelled job's slot keeps its rows (`Settings::kv_kept`) for
+//! a job that continues it (`continue_from`): that job adopts the slot, so
+//! the rows are handed over, never copied, and only its new prompt tokens
+//! are prefilled. Kept rows never block a new job: it takes an empty slot,
+//! a new one under the cap, or else the slot kept longest.
+//!
 //! Hot paths never scan the job table: `put` keeps three indexes in step
 //! with each record (summaries by owner, finished records by finishing
 //! time, per-owner counts), from which `list_jobs`, ownership checks, the
@@ -60,6 +66,10 @@ pub struct JobRecord {
     /// step may have generated more before the text was searched).
     #[serde(default)]
     pub tokens_until_stop: Option<u32>,
+    /// Leading prompt tokens whose KV rows came with the slot of the job
+    /// this one continues (never prefilled by this job).
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
 }
 
 thread_local! {
@@ -151,6 +161,7 @@ fn remove(owner: Principal, id: JobId) -> bool {
         return false;
     };
     JOBS.with(|j| j.borrow_mut().remove(&id));
+    forget_kept(id);
     if s.0.status.is_active() {
         adjust_owner(owner, -1, 0);
     } else {
@@ -223,7 +234,66 @@ pub fn list(owner: Option<Principal>) -> Vec<JobSummary> {
     })
 }
 
-/// Validates a request and turns it into an engine job on `loaded`.
+/// A finished job's KV slot that a new job takes over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    pub slot: u32,
+    /// The job that left its rows there.
+    pub from: JobId,
+}
+
+/// The job `id` that `caller` asks to continue, if it may: its own (else
+/// `NotFound`, as for any job of another caller) and finished, done or
+/// cancelled (a failed job's rows are not kept).
+pub fn continuation_source(caller: Principal, id: JobId) -> ApiResult<JobRecord> {
+    let rec = owner_for(caller, id)
+        .and_then(|_| get_hot(id))
+        .ok_or_else(|| crate::access::not_found(id))?;
+    match &rec.status {
+        s if s.is_active() => Err(ApiError::InvalidArgument(format!(
+            "job {id} is still running: continue from it once it has finished (or cancel it first)"
+        ))),
+        JobStatus::Failed(_) => Err(ApiError::InvalidArgument(format!(
+            "job {id} failed, and a failed job's KV rows are not kept: start without continue_from"
+        ))),
+        _ => Ok(rec),
+    }
+}
+
+/// The slot and rows a new job of `owner` takes over from `continue_from`:
+/// `None` when that job's slot is no longer kept (handed over already,
+/// taken by another job, or the model changed); then nothing is cached.
+fn find_reusable(owner: Principal, continue_from: JobId, job: &Job) -> ApiResult<Option<(Adopted, u32)>> {
+    let old = continuation_source(owner, continue_from)?;
+    let (want, have) = (job.state.kv_type(), old.engine.kv_type());
+    if want != have {
+        return Err(ApiError::InvalidArgument(format!(
+            "job {continue_from} kept a {} KV cache but this request asks for {}: give the same kv_cache",
+            have.name(),
+            want.name()
+        )));
+    }
+    let slot = settings::read(|s| {
+        s.kv_kept
+            .iter()
+            .find(|(_, k)| k.job == continue_from && k.owner == old.owner)
+            .map(|(&slot, _)| slot)
+    });
+    Ok(slot.map(|slot| {
+        let rows = (old.engine.reusable_prefix(job.state.prompt()) as u32).min(old.kv_rows_saved);
+        (
+            Adopted {
+                slot,
+                from: continue_from,
+            },
+            rows,
+        )
+    }))
+}
+
+/// Validates a request and turns it into an engine job on `loaded`; with
+/// `continue_from`, the job starts on the KV rows of that job's slot
+/// ([`Adopted`], for [`insert_new`]).
 pub fn create(
     loaded: &LoadedModel,
     owner: Principal,
@@ -231,7 +301,7 @@ pub fn create(
     openai: Option<&OpenAiStart>,
     seed: u64,
     now: u64,
-) -> ApiResult<(JobRecord, Job)> {
+) -> ApiResult<(JobRecord, Job, Option<Adopted>)> {
     let (limits, ctx_max) = settings::read(|s| (s.limits.clone(), s.kv_slot_ctx));
     if req.max_tokens == 0 || req.max_tokens > limits.max_new_tokens {
         return Err(ApiError::InvalidArgument(format!(
@@ -343,6 +413,16 @@ pub fn create(
     if let Some(stops) = stop_tokens {
         job.set_stop_tokens(stops);
     }
+    let adopted = match req.continue_from {
+        Some(from) => find_reusable(owner, from, &job)?,
+        None => None,
+    };
+    let cached = adopted.map_or(0, |(_, rows)| rows);
+    if let Some((a, rows)) = adopted {
+        load_rows(&mut job.kv, a.slot, rows);
+        job.skip_cached_prefix(rows)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    }
     let rec = JobRecord {
         id: 0, // assigned by `insert_new`, so that refused requests use no id
 
@@ -350,7 +430,7 @@ pub fn create(
         status: JobStatus::Queued,
         engine: job.state.clone(),
         kv_slot: None,
-        kv_rows_saved: 0,
+        kv_rows_saved: cached,
         text: String::new(),
         text_ends: Vec::new(),
         decoder: StreamDecoder::new(tok, context_token),
@@ -362,8 +442,9 @@ pub fn create(
         updated_at_ns: now,
         openai: openai.map(|o| o.job.clone()),
         tokens_until_stop: None,
+        cached_prompt_tokens: cached,
     };
-    Ok((rec, job))
+    Ok((rec, job, adopted.map(|(a, _)| a)))
 }
 
 /// Why no KV slot is free, in words a caller (or a controller) can act on.
@@ -449,10 +530,47 @@ impl Drop for SlotClaim {
     }
 }
 
+/// The slot a new job gets: the one it adopts (still kept for the job it
+/// continues), else an empty slot, else a new one while under the cap,
+/// else the one kept longest (kept rows never stop a job from starting).
+fn pick_slot(s: &settings::Settings, adopted: Option<Adopted>) -> u32 {
+    let free = |slot: u32| s.kv_slots.get(slot as usize).is_some_and(|o| o.is_none());
+    if let Some(a) = adopted {
+        if free(a.slot) && s.kv_kept.get(&a.slot).is_some_and(|k| k.job == a.from) {
+            return a.slot;
+        }
+    }
+    let len = s.kv_slots.len() as u32;
+    if let Some(empty) = (0..len).find(|&i| free(i) && !s.kv_kept.contains_key(&i)) {
+        return empty;
+    }
+    if len < slot_cap(s) {
+        return len;
+    }
+    s.kv_kept
+        .iter()
+        .filter(|(&slot, _)| free(slot))
+        .min_by_key(|(&slot, k)| (k.since, slot))
+        .map_or(len, |(&slot, _)| slot)
+}
+
 /// Stores a new job under `claim`: gives it its id (`capability`, a random
-/// id for anonymous callers, or the next in sequence) and a KV slot.
-pub fn insert_new(mut rec: JobRecord, job: Job, claim: SlotClaim, capability: Option<JobId>) -> ApiResult<JobId> {
-    let free = settings::read(|s| s.kv_slots.iter().position(|o| o.is_none()).unwrap_or(s.kv_slots.len()));
+/// id for anonymous callers, or the next in sequence) and a KV slot (the
+/// `adopted` one if it is still kept: its rows are the job's first ones).
+pub fn insert_new(
+    mut rec: JobRecord,
+    job: Job,
+    adopted: Option<Adopted>,
+    claim: SlotClaim,
+    capability: Option<JobId>,
+) -> ApiResult<JobId> {
+    let free = settings::read(|s| pick_slot(s, adopted)) as usize;
+    if adopted.is_some_and(|a| a.slot as usize != free) && rec.cached_prompt_tokens > 0 {
+        // `create` read rows from a slot that is not this job's after all.
+        return Err(ApiError::InvalidArgument(
+            "the continued job's KV slot was taken meanwhile; try again".into(),
+        ));
+    }
     let slot_bytes = settings::read(|s| s.kv_slot_bytes);
     if !memory::ensure_size(&memory::get(memory::KV), (free as u64 + 1) * slot_bytes) {
         return Err(ApiError::QuotaExceeded(
@@ -471,6 +589,7 @@ pub fn insert_new(mut rec: JobRecord, job: Job, claim: SlotClaim, capability: Op
             id
         });
         rec.id = id;
+        s.kv_kept.remove(&(free as u32));
         if free == s.kv_slots.len() {
             s.kv_slots.push(Some(id));
         } else {
@@ -498,18 +617,31 @@ pub fn insert_new(mut rec: JobRecord, job: Job, claim: SlotClaim, capability: Op
     Ok(id)
 }
 
-fn free_slot(slot: u32) {
-    settings::mutate(|s| {
-        if let Some(o) = s.kv_slots.get_mut(slot as usize) {
-            *o = None;
-        }
-    });
+/// Forgets the KV rows job `id` left in a slot (the slot stays free).
+fn forget_kept(id: JobId) {
+    if settings::read(|s| s.kv_kept.values().any(|k| k.job == id)) {
+        settings::mutate(|s| s.kv_kept.retain(|_, k| k.job != id));
+    }
 }
 
 /// Removes a finished/cancelled job from the active set, cache and KV slot.
+/// A done or cancelled job's slot keeps its rows for a continuation
+/// (`continue_from`) until a new job needs the slot; a failed job's is freed.
 fn retire(rec: &mut JobRecord) {
     if let Some(slot) = rec.kv_slot.take() {
-        free_slot(slot);
+        let kept = matches!(rec.status, JobStatus::Done(_) | JobStatus::Cancelled).then(|| settings::KeptKv {
+            job: rec.id,
+            owner: rec.owner,
+            since: ic_cdk::api::time(),
+        });
+        settings::mutate(|s| {
+            if let Some(o) = s.kv_slots.get_mut(slot as usize) {
+                *o = None;
+            }
+            if let Some(k) = kept {
+                s.kv_kept.insert(slot, k);
+            }
+        });
     }
     state::mutate(|s| {
         s.active.remove(&rec.id);
@@ -602,22 +734,26 @@ fn restore(model: &LoadedModel, rec: &JobRecord) -> Job {
         kv,
     };
     if let Some(slot) = rec.kv_slot {
-        let g = KvGeometry::current();
-        let mem = memory::get(memory::KV);
-        let rows = rec.kv_rows_saved as usize;
-        for layer in 0..job.kv.n_layers() {
-            for which in [Which::K, Which::V] {
-                let row = job.kv.row_bytes(which);
-                let mut buf = vec![0u8; rows * row];
-                mem.read(g.offset(slot, layer, which, 0, row), &mut buf);
-                job.kv
-                    .decode_rows(layer, 0, which, &buf)
-                    .expect("rows fit the cache they came from");
-            }
-        }
-        job.kv.take_dirty();
+        load_rows(&mut job.kv, slot, rec.kv_rows_saved);
     }
     job
+}
+
+/// Reads KV rows `[0, rows)` of every layer from `slot` into `kv` (which
+/// then has nothing dirty: the rows are in the slot already).
+fn load_rows(kv: &mut KvCache, slot: u32, rows: u32) {
+    let g = KvGeometry::current();
+    let mem = memory::get(memory::KV);
+    for layer in 0..kv.n_layers() {
+        for which in [Which::K, Which::V] {
+            let row = kv.row_bytes(which);
+            let mut buf = vec![0u8; rows as usize * row];
+            mem.read(g.offset(slot, layer, which, 0, row), &mut buf);
+            kv.decode_rows(layer, 0, which, &buf)
+                .expect("rows fit the cache they came from");
+        }
+    }
+    kv.take_dirty();
 }
 
 /// Takes the engine job out of the cache (or rebuilds it); the caller puts it back.
@@ -795,6 +931,7 @@ pub fn view(rec: &JobRecord, since: u32) -> JobView {
         next_since: generated.len() as u32,
         prompt_tokens: rec.engine.prompt().len() as u32,
         prompt_tokens_processed: (rec.engine.cursor().pos as usize).min(rec.engine.prompt().len()) as u32,
+        cached_prompt_tokens: Some(rec.cached_prompt_tokens),
         generated_tokens: generated.len() as u32,
         messages: rec.messages,
         instructions: rec.instructions,

@@ -275,6 +275,10 @@ async fn start_job(args: ApiResult<(JobRequest,)>) -> ApiResult<JobId> {
 async fn start(req: JobRequest, openai: Option<completions::OpenAiStart>) -> ApiResult<JobId> {
     let (caller, ctl) = caller_is_controller();
     bounds::check_job_request(&req)?;
+    if let Some(from) = req.continue_from {
+        // Before anything is claimed: another caller's job is not found.
+        jobs::continuation_source(caller, from)?;
+    }
     ready_model()?;
     cycles_allow_new_jobs()?;
     let claim = jobs::SlotClaim::take(caller, ctl)?;
@@ -294,8 +298,8 @@ async fn start(req: JobRequest, openai: Option<completions::OpenAiStart>) -> Api
     cycles_allow_new_jobs()?;
     let claim = jobs::SlotClaim::take(caller, ctl)?;
     let now = ic_cdk::api::time();
-    let (rec, job) = jobs::create(&model, caller, &req, openai.as_ref(), seed, now)?;
-    let id = jobs::insert_new(rec, job, claim, capability)?;
+    let (rec, job, adopted) = jobs::create(&model, caller, &req, openai.as_ref(), seed, now)?;
+    let id = jobs::insert_new(rec, job, adopted, claim, capability)?;
     let limits = settings::read(|s| s.limits.clone());
     jobs::prune_owner(caller, limits.max_finished_jobs_per_caller);
     jobs::prune_old(

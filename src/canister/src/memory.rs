@@ -16,7 +16,9 @@
 //! │ MemoryId 4   │ KV: raw region, KV slot s at s * slot_bytes;             │
 //! │              │   a slot holds, per layer, a K then a V region of ctx    │
 //! │              │   f32-sized rows; a job writes its positions there as    │
-//! │              │   KvCache::encode_rows (f32, or shorter q8 rows packed)  │
+//! │              │   KvCache::encode_rows (f32, or shorter q8 rows packed); │
+//! │              │   a finished job's rows stay until a new job takes the   │
+//! │              │   slot (settings.kv_kept; continue_from adopts them)     │
 //! │ MemoryId 5   │ JOBS_BY_OWNER: StableBTreeMap<(owner, JobId),            │
 //! │              │   Cbor<JobSummary>>: a caller's jobs without a scan      │
 //! │ MemoryId 6   │ JOBS_FINISHED: StableBTreeMap<(finished_at, JobId),      │

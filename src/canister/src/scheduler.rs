@@ -213,6 +213,8 @@ fn activate(loaded: LoadedModel, purpose: Purpose) {
             s.kv_row_bytes = kv_dim * 4;
             s.kv_slot_bytes = layers * 2 * ctx as u64 * kv_dim * 4;
             s.kv_slots.clear();
+            // Rows of the old model mean nothing to the new one.
+            s.kv_kept.clear();
             s.active_model = Some(slot);
             if let Some(u) = s.upload.as_mut() {
                 u.state = UploadState::Done;

@@ -7,6 +7,7 @@ use icllm_api::{AccessMode, AccessPolicy, ApiError, ApiResult, JobId, Limits, Up
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// The IC's per-message instruction limit for updates and timers.
 pub const IC_MESSAGE_INSTRUCTION_LIMIT: u64 = 40_000_000_000;
@@ -97,6 +98,11 @@ pub struct Settings {
     pub next_job_id: JobId,
     /// KV slot `s` belongs to job `kv_slots[s]` (None = free).
     pub kv_slots: Vec<Option<JobId>>,
+    /// Slots whose KV rows a finished job left for a continuation to adopt
+    /// (slot → whose rows). Free in `kv_slots`; a new job takes an empty
+    /// slot first, then a new one under the cap, then the oldest kept one.
+    #[serde(default)]
+    pub kv_kept: BTreeMap<u32, KeptKv>,
     /// Bytes per KV slot, fixed when the active model is chosen.
     pub kv_slot_bytes: u64,
     /// Positions per KV slot (the largest `ctx_size` a job may ask for).
@@ -143,6 +149,7 @@ impl Default for Settings {
             upload: None,
             next_job_id: 1,
             kv_slots: Vec::new(),
+            kv_kept: BTreeMap::new(),
             kv_slot_bytes: 0,
             kv_slot_ctx: 0,
             kv_row_bytes: 0,
@@ -205,6 +212,15 @@ pub fn claim_stable_layout() {
     mutate(|s| s.layout_version = STABLE_LAYOUT_VERSION);
 }
 
+/// The KV rows a finished (`Done` or `Cancelled`) job left in a slot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct KeptKv {
+    pub job: JobId,
+    pub owner: candid::Principal,
+    /// When the job finished (ns): the oldest kept slot is taken first.
+    pub since: u64,
+}
+
 /// A model file held in one of the two blob slots.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelSlot {
@@ -253,6 +269,44 @@ mod tests {
         cell.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         cell.extend_from_slice(&bytes);
         cell
+    }
+
+    #[test]
+    fn settings_written_before_kept_kv_slots_decode() {
+        #[derive(Serialize)]
+        struct Older {
+            policy: AccessPolicy,
+            limits: Limits,
+            message_instruction_limit: u64,
+            active_model: Option<ModelSlot>,
+            upload: Option<UploadRecord>,
+            next_job_id: JobId,
+            kv_slots: Vec<Option<JobId>>,
+            kv_slot_bytes: u64,
+            kv_slot_ctx: u32,
+            kv_row_bytes: u64,
+            max_context: Option<u32>,
+        }
+        let d = Settings::default();
+        let older = Older {
+            policy: d.policy,
+            limits: d.limits,
+            message_instruction_limit: d.message_instruction_limit,
+            active_model: None,
+            upload: None,
+            next_job_id: 9,
+            kv_slots: vec![Some(3), None],
+            kv_slot_bytes: 1 << 20,
+            kv_slot_ctx: 512,
+            kv_row_bytes: 256,
+            max_context: None,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&older, &mut bytes).unwrap();
+        let s: Settings = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(s.next_job_id, 9);
+        assert_eq!(s.kv_slots, vec![Some(3), None]);
+        assert!(s.kv_kept.is_empty());
     }
 
     #[test]

@@ -169,6 +169,11 @@ pub enum JobError {
     ContextTooLarge { ctx_size: u32 },
     #[error("{0}")]
     KvType(String),
+    #[error(
+        "cannot skip {rows} cached positions: only a job that has not stepped can, and at least one of its \
+         {prompt_len} prompt tokens must be prefilled"
+    )]
+    CachedPrefix { rows: u32, prompt_len: usize },
     #[error("invalid sampling parameters: {0}")]
     Sampling(#[from] SamplingError),
 }
@@ -241,6 +246,22 @@ impl JobState {
         } else {
             Phase::Decode
         }
+    }
+
+    /// Positions whose KV rows are complete in every layer: `0..cursor.pos`
+    /// (a batch under way has written some layers' rows only).
+    pub fn complete_positions(&self) -> u32 {
+        self.cursor.pos
+    }
+
+    /// How many leading tokens of `prompt` this job's KV rows already hold:
+    /// the longest common prefix of `prompt` with the tokens at the complete
+    /// positions, capped at `prompt.len() - 1` (the last prompt token is
+    /// always prefilled: its logits give the first generated token).
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        let complete = (self.complete_positions() as usize).min(self.total_tokens());
+        let cap = prompt.len().saturating_sub(1).min(complete);
+        (0..cap).take_while(|&i| self.token_at(i) == prompt[i]).count()
     }
 
     /// Prompt and generated tokens: the sequence the cache is filled with.
@@ -340,6 +361,24 @@ impl Job {
     /// Replaces the stop tokens (default: the model's EOS).
     pub fn set_stop_tokens(&mut self, stop_tokens: Vec<u32>) {
         self.state.stop_tokens = stop_tokens;
+    }
+
+    /// Starts prefill at position `rows`: the caller has put the KV rows of
+    /// positions `0..rows` (computed for the same prompt tokens, e.g. by an
+    /// earlier job, see [`JobState::reusable_prefix`]) into `self.kv`.
+    /// Only before the first step, and `rows` < the prompt's length (the
+    /// last prompt token must run to give logits).
+    pub fn skip_cached_prefix(&mut self, rows: u32) -> Result<(), JobError> {
+        let s = &mut self.state;
+        let fresh = s.units_run == 0 && s.cursor.pos == 0 && s.cursor.batch_len == 0 && s.generated.is_empty();
+        if !fresh || rows as usize >= s.prompt.len() {
+            return Err(JobError::CachedPrefix {
+                rows,
+                prompt_len: s.prompt.len(),
+            });
+        }
+        s.cursor.pos = rows;
+        Ok(())
     }
 
     /// Caps the prompt batch size (at least 1). Takes effect at the next batch.

@@ -491,3 +491,93 @@ fn incremental_loader_builds_the_same_model() {
     assert!(loader.next_needed().is_none());
     assert_eq!(&loader.finish().unwrap(), &stories().model);
 }
+
+/// Runs a job to the end in steps of 7 units; returns its tokens and the
+/// multiply-adds its steps reported.
+fn run_counting_macs(job: &mut Job) -> (Vec<u32>, u64) {
+    let model = &stories().model;
+    let mut macs = 0;
+    loop {
+        let report = step(model, job, &mut UnitBudget::new(7));
+        macs += report.macs;
+        match report.outcome {
+            StepOutcome::Yielded => assert!(report.units > 0, "no progress"),
+            StepOutcome::Finished(_) => return (job.state.generated().to_vec(), macs),
+            StepOutcome::Failed(msg) => panic!("job failed: {msg}"),
+        }
+    }
+}
+
+#[test]
+fn a_next_turn_started_from_the_cached_prefix_equals_computing_it_all() {
+    let s = stories();
+    for params in [SamplingParams::greedy(), sampled()] {
+        // Turn 1.
+        let mut first = new_job(golden_prompt(), params.clone(), 12, 128);
+        let (reply, _) = run_unlimited(&mut first);
+        // Turn 2: the whole conversation so far, then new text.
+        let mut prompt: Vec<u32> = golden_prompt().into_iter().chain(reply.iter().copied()).collect();
+        prompt.extend(s.tok.encode(" Then they went to the park.", false));
+        let rows = first.state.reusable_prefix(&prompt);
+        // Every complete position matches: the prompt, and the reply but its
+        // last token (sampled, never fed back).
+        assert_eq!(rows as u32, first.state.complete_positions());
+        assert_eq!(rows, golden_prompt().len() + reply.len() - 1);
+
+        let mut warm = new_job(prompt.clone(), params.clone(), 20, 128);
+        copy_rows(&first.kv, &mut warm.kv, 0..rows as u32);
+        warm.skip_cached_prefix(rows as u32).unwrap();
+        let (warm_tokens, warm_macs) = run_counting_macs(&mut warm);
+        let mut cold = new_job(prompt.clone(), params.clone(), 20, 128);
+        let (cold_tokens, cold_macs) = run_counting_macs(&mut cold);
+        assert_eq!(warm_tokens, cold_tokens);
+        let rows_of = |kv: &KvCache| {
+            let n = cold.state.complete_positions();
+            let mut all = Vec::new();
+            for layer in 0..kv.n_layers() {
+                for which in [Which::K, Which::V] {
+                    kv.encode_rows(layer, 0..n, which, &mut all);
+                }
+            }
+            all
+        };
+        assert_eq!(warm.state.complete_positions(), cold.state.complete_positions());
+        assert!(
+            rows_of(&warm.kv) == rows_of(&cold.kv),
+            "the same rows, computed or reused"
+        );
+        // Only the new positions were computed: the cold run's multiply-adds
+        // minus those of the reused rows' prefill.
+        let mut prefix_only = new_job(prompt[..rows].to_vec(), params.clone(), 1, 128);
+        let (_, prefix_macs) = run_counting_macs(&mut prefix_only);
+        let head = icllm_engine::model::forward::head_macs(&s.model);
+        assert!(warm_macs < cold_macs, "warm {warm_macs} vs cold {cold_macs}");
+        assert!(
+            warm_macs + prefix_macs - head <= cold_macs + cold_macs / 100,
+            "warm {warm_macs} + prefix {prefix_macs} vs cold {cold_macs}"
+        );
+    }
+}
+
+#[test]
+fn the_reusable_prefix_is_capped_and_skipping_is_only_for_fresh_jobs() {
+    let s = stories();
+    let mut first = new_job(golden_prompt(), SamplingParams::greedy(), 5, 64);
+    run_unlimited(&mut first);
+    // The same prompt again: all but its last token.
+    assert_eq!(first.state.reusable_prefix(&golden_prompt()), golden_prompt().len() - 1);
+    // A prompt that differs at token 3.
+    let mut other = golden_prompt();
+    other[3] = (other[3] + 1) % s.model.config.vocab_size as u32;
+    assert_eq!(first.state.reusable_prefix(&other), 3);
+    assert_eq!(first.state.reusable_prefix(&[]), 0);
+
+    let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 5, 64);
+    let len = golden_prompt().len() as u32;
+    assert!(matches!(
+        job.skip_cached_prefix(len),
+        Err(JobError::CachedPrefix { .. })
+    ));
+    step(&s.model, &mut job, &mut UnitBudget::new(1));
+    assert!(matches!(job.skip_cached_prefix(1), Err(JobError::CachedPrefix { .. })));
+}

@@ -101,6 +101,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         ctx_size: args.ctx_size,
         prompt_tokens: None,
         kv_cache: Some(crate::api_kv_type(args.kv_cache)),
+        continue_from: None,
     };
     let first_report = canister.rt.reports().len();
     let id = canister

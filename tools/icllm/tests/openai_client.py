@@ -108,6 +108,18 @@ text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
 check("chat streamed text", text == GOLDEN_TEXT, repr(text))
 check("chat stream ends with length", chunks[-1].choices[0].finish_reason == "length", chunks[-1])
 
+# A conversation that keeps its KV cache: the next turn continues the first
+# reply's job (icllm's `continue_from`), and gives a cold run's reply.
+turn2 = messages + [{"role": "assistant", "content": r.choices[0].message.content},
+                    {"role": "user", "content": " He went to the park"}]
+warm = client.chat.completions.create(model=model, messages=turn2, max_tokens=10, temperature=0,
+                                      extra_body={"continue_from": r.id})
+cold = other.chat.completions.create(model=model, messages=turn2, max_tokens=10, temperature=0)
+check("continued chat: cached tokens", warm.usage.prompt_tokens_details.cached_tokens > 0, warm.usage)
+check("cold chat: no cached tokens", cold.usage.prompt_tokens_details.cached_tokens == 0, cold.usage)
+check("continued chat: the cold reply", warm.choices[0].message.content == cold.choices[0].message.content,
+      (warm.choices[0].message.content, cold.choices[0].message.content))
+
 # Bad input: OpenAI-style errors with the right status.
 def refused(name, status, call):
     try:
@@ -124,6 +136,9 @@ refused("prompt past the context", 400,
 refused("max_tokens past the limit", 400, lambda: client.completions.create(model=model, prompt="Hi", max_tokens=100000))
 refused("five stop strings", 400,
         lambda: client.completions.create(model=model, prompt="Hi", max_tokens=3, stop=["a", "b", "c", "d", "e"]))
+refused("continuing another caller's chat", 404,
+        lambda: other.chat.completions.create(model=model, messages=turn2, max_tokens=3,
+                                              extra_body={"continue_from": warm.id}))
 refused("n > 1", 400, lambda: client.completions.create(model=model, prompt="Hi", max_tokens=3, n=2))
 refused("tool message", 400,
         lambda: client.chat.completions.create(model=model, messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]))

@@ -29,7 +29,7 @@ pub enum Start {
 }
 
 enum Command {
-    Start(Principal, Start, oneshot::Sender<Call<ApiResult<Completion>>>),
+    Start(Principal, Box<Start>, oneshot::Sender<Call<ApiResult<Completion>>>),
     Get(Principal, JobId, oneshot::Sender<Call<ApiResult<Completion>>>),
     Poll(Principal, JobId, oneshot::Sender<Call<ApiResult<JobView>>>),
     Cancel(Principal, JobId),
@@ -69,7 +69,7 @@ impl Backend {
     }
 
     pub async fn start(&self, caller: Principal, req: Start) -> Call<ApiResult<Completion>> {
-        self.ask(|tx| Command::Start(caller, req, tx)).await
+        self.ask(|tx| Command::Start(caller, Box::new(req), tx)).await
     }
 
     pub async fn get(&self, caller: Principal, id: JobId) -> Call<ApiResult<Completion>> {
@@ -115,11 +115,12 @@ const INGRESS_REFUSED: &str = "the canister refused the request before running i
 
 fn run(c: &mut LocalCanister, cmd: Command) {
     match cmd {
-        Command::Start(caller, Start::Text(req), reply) => {
-            let _ = reply.send(started(c.update(caller, "completions", (req,))));
-        }
-        Command::Start(caller, Start::Chat(req), reply) => {
-            let _ = reply.send(started(c.update(caller, "chat_completions", (req,))));
+        Command::Start(caller, start, reply) => {
+            let r = match *start {
+                Start::Text(req) => c.update(caller, "completions", (req,)),
+                Start::Chat(req) => c.update(caller, "chat_completions", (req,)),
+            };
+            let _ = reply.send(started(r));
         }
         Command::Get(caller, id, reply) => {
             let r = c.query(caller, "get_completion", (id,)).map(|(r,)| r).map_err(err);

@@ -129,6 +129,7 @@ pub struct TextBody {
     echo: Option<bool>,
     suffix: Option<String>,
     best_of: Option<u32>,
+    continue_from: Option<JobRef>,
 }
 
 /// The body of `POST /v1/chat/completions`.
@@ -152,6 +153,34 @@ pub struct ChatBody {
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
     user: Option<String>,
+    continue_from: Option<JobRef>,
+}
+
+/// icllm's `continue_from`: a finished completion whose conversation the
+/// request continues, by its `id` (`chatcmpl-7`, `cmpl-7`) or its job id (7).
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum JobRef {
+    Job(u64),
+    Id(String),
+}
+
+impl JobRef {
+    fn job_id(self) -> Result<u64, HttpError> {
+        match self {
+            JobRef::Job(id) => Ok(id),
+            JobRef::Id(s) => s
+                .strip_prefix("chatcmpl-")
+                .or_else(|| s.strip_prefix("cmpl-"))
+                .unwrap_or(&s)
+                .parse()
+                .map_err(|_| {
+                    HttpError::bad_request(format!(
+                        "continue_from `{s}` is not a completion id (chatcmpl-N, cmpl-N) or a job id"
+                    ))
+                }),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -235,6 +264,7 @@ impl TextBody {
             logit_bias: logit_bias(self.logit_bias)?,
             logprobs: self.logprobs,
             user: self.user,
+            continue_from: self.continue_from.map(JobRef::job_id).transpose()?,
         })
     }
 }
@@ -278,6 +308,7 @@ impl ChatBody {
             logprobs: self.logprobs,
             top_logprobs: self.top_logprobs,
             user: self.user,
+            continue_from: self.continue_from.map(JobRef::job_id).transpose()?,
         })
     }
 }
@@ -297,6 +328,9 @@ pub fn usage(c: &Completion) -> Value {
         "prompt_tokens": c.usage.prompt_tokens,
         "completion_tokens": c.usage.completion_tokens,
         "total_tokens": c.usage.total_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": c.usage.prompt_tokens_details.as_ref().map_or(0, |d| d.cached_tokens),
+        },
     })
 }
 
@@ -383,5 +417,21 @@ mod tests {
         let body: ChatBody =
             parse(br#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}"#).unwrap();
         assert_eq!(body.into_request().unwrap().messages[0].content, "Hi");
+    }
+
+    #[test]
+    fn continue_from_takes_a_completion_id_or_a_job_id() {
+        let chat = |body: &str| parse::<ChatBody>(body.as_bytes()).unwrap().into_request();
+        let id = |r: Result<ChatCompletionRequest, HttpError>| r.unwrap().continue_from;
+        let msgs = r#""messages": [{"role": "user", "content": "Hi"}]"#;
+        assert_eq!(
+            id(chat(&format!(r#"{{{msgs}, "continue_from": "chatcmpl-7"}}"#))),
+            Some(7)
+        );
+        assert_eq!(id(chat(&format!(r#"{{{msgs}, "continue_from": 9}}"#))), Some(9));
+        assert_eq!(id(chat(&format!("{{{msgs}}}"))), None);
+        assert!(chat(&format!(r#"{{{msgs}, "continue_from": "chatcmpl-x"}}"#)).is_err());
+        let text: TextBody = parse(br#"{"prompt": "a", "continue_from": "cmpl-3"}"#).unwrap();
+        assert_eq!(text.into_request().unwrap().continue_from, Some(3));
     }
 }
