@@ -566,12 +566,18 @@ impl KvCache {
     }
 
     /// Attention of one query (`n_heads · head_dim`, rotated) at `layer`
-    /// over positions `0..n_pos`, into `out`.
-    pub fn attend(&self, layer: usize, q: &[f32], n_pos: usize, shape: AttentionShape, out: &mut [f32]) {
+    /// over `positions` (`0..n` causally, a later start for a sliding
+    /// window), into `out`.
+    pub fn attend(&self, layer: usize, q: &[f32], positions: Range<usize>, shape: AttentionShape, out: &mut [f32]) {
+        let (first, n_pos) = (positions.start, positions.end);
+        assert!(first < n_pos, "attention over no position");
         let mut scores = crate::scratch::Scratch::new(n_pos.next_multiple_of(QK8_0));
         match self.layer(layer) {
-            KvLayer::F32 { k, v } => kernels::attention(out, q, k, v, n_pos, shape, &mut scores),
-            KvLayer::Q8(l) => kernels::attention_q8(out, q, &l, n_pos, shape, &mut scores),
+            KvLayer::F32 { k, v } => {
+                let at = first * self.kv_dim();
+                kernels::attention(out, q, &k[at..], &v[at..], n_pos - first, shape, &mut scores)
+            }
+            KvLayer::Q8(l) => kernels::attention_q8(out, q, &l, first, n_pos, shape, &mut scores),
         }
     }
 }

@@ -179,10 +179,15 @@ impl HfConfig {
                 ))
             }
         };
-        Architecture::from_name(&name).ok_or_else(|| ModelError::UnknownArchitecture {
-            name,
-            supported: Architecture::supported_names(),
-        })
+        // Gemma's checkpoints store norm weights as `w` for `x · (1 + w)`
+        // and name tensors otherwise: only the GGUF route takes them.
+        let supported = [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3];
+        Architecture::from_name(&name)
+            .filter(|a| supported.contains(a))
+            .ok_or_else(|| ModelError::UnknownArchitecture {
+                name,
+                supported: supported.map(|a| a.spec().name).join(", "),
+            })
     }
 
     fn rope(&self) -> Option<&HfRopeScaling> {
@@ -275,6 +280,11 @@ impl HfConfig {
             kv_dim: n_kv_heads * head_dim,
             n_kv_groups: n_heads / n_kv_heads,
             eos_token_id: self.eos_token_id.as_ref().and_then(|e| e.ids().first().copied()),
+            sliding_window: 0,
+            swa_layers: Vec::new(),
+            rope_freq_base_swa: None,
+            attention_scale: None,
+            final_logit_softcap: None,
         };
         config.check(|field| {
             match field {
@@ -286,6 +296,7 @@ impl HfConfig {
                 ConfigField::RmsEps => "rms_norm_eps",
                 ConfigField::RopeBase => "rope_theta",
                 ConfigField::RopeScale => "rope_scaling.factor",
+                ConfigField::SlidingWindow => "sliding_window",
             }
             .to_string()
         })?;

@@ -68,8 +68,9 @@ pub fn attention(
     }
 }
 
-/// Causal grouped-query attention for one query over `n_pos` positions of
-/// an int8 KV cache layer ([`crate::kv`], type Q8), per head:
+/// Causal grouped-query attention for one query over positions
+/// `first..n_pos` of an int8 KV cache layer ([`crate::kv`], type Q8; `first`
+/// > 0 for a sliding window), per head:
 /// 1. scores: the key matrix (rows = positions) times the query quantized
 ///    in blocks of 32, times `1 / √head_dim`;
 /// 2. softmax;
@@ -82,6 +83,7 @@ pub fn attention_q8(
     out: &mut [f32],
     q: &[f32],
     layer: &Q8Layer,
+    first: usize,
     n_pos: usize,
     shape: AttentionShape,
     scores: &mut [f32],
@@ -102,22 +104,25 @@ pub fn attention_q8(
         let kv_h = h / group;
         q_head[..hd].copy_from_slice(&q[h * hd..(h + 1) * hd]);
         quantize_act_q8(&q_head, &mut q8);
-        // Whole groups of four positions: the matvec then writes straight
-        // into `scores` (the extra ones are zeroed below).
+        // Whole groups of four positions, from the group holding `first`:
+        // the matvec then writes straight into `scores` (the extra ones are
+        // zeroed below).
+        let (g0, kb) = (first / 4 * 4, hp / QK8_0);
         scores_q8(
-            layer.keys(kv_h),
-            hp / QK8_0,
+            &layer.keys(kv_h)[g0 / 4 * kb..],
+            kb,
             &q8,
-            &mut scores[..n_pos.next_multiple_of(4)],
+            &mut scores[g0..n_pos.next_multiple_of(4)],
         );
-        let s = &mut scores[..n_pos];
+        let s = &mut scores[first..n_pos];
         for x in s.iter_mut() {
             *x *= scale;
         }
         softmax(s);
-        for (x, &v_scale) in s.iter_mut().zip(layer.value_scales(kv_h)) {
+        for (x, &v_scale) in s.iter_mut().zip(&layer.value_scales(kv_h)[first..]) {
             *x *= v_scale;
         }
+        scores[..first].fill(0.0);
         scores[n_pos..].fill(0.0);
         quantize_act_q8(scores, &mut a8);
         values_q8(layer.values(kv_h), layer.ctx_pad() / QK8_0, &a8, &mut o);
@@ -137,7 +142,14 @@ fn values_q8(values: &[BlockQ8_0x4], bpr: usize, a: &[BlockQ8A], out: &mut [f32]
 
 /// The scalar oracle of [`attention_q8`], from each position's key and
 /// value as stored ([`Q8Layer::key`], [`Q8Layer::value`]).
-pub fn attention_q8_scalar(out: &mut [f32], q: &[f32], layer: &Q8Layer, n_pos: usize, shape: AttentionShape) {
+pub fn attention_q8_scalar(
+    out: &mut [f32],
+    q: &[f32],
+    layer: &Q8Layer,
+    first: usize,
+    n_pos: usize,
+    shape: AttentionShape,
+) {
     let AttentionShape {
         n_heads,
         n_kv_heads,
@@ -161,7 +173,7 @@ pub fn attention_q8_scalar(out: &mut [f32], q: &[f32], layer: &Q8Layer, n_pos: u
     for h in 0..n_heads {
         let kv_h = h / group;
         let q8 = quantize(&q[h * hd..(h + 1) * hd]);
-        let mut p: Vec<f32> = (0..n_pos)
+        let mut p: Vec<f32> = (first..n_pos)
             .map(|t| {
                 let key = layer.key(kv_h, t);
                 let dot = key
@@ -172,7 +184,13 @@ pub fn attention_q8_scalar(out: &mut [f32], q: &[f32], layer: &Q8Layer, n_pos: u
             })
             .collect();
         softmax_scalar(&mut p);
-        let a: Vec<f32> = p.iter().enumerate().map(|(t, &p)| p * layer.value(kv_h, t).0).collect();
+        // Positions before the window weigh 0.
+        let a: Vec<f32> = (0..n_pos)
+            .map(|t| match t.checked_sub(first) {
+                Some(i) => p[i] * layer.value(kv_h, t).0,
+                None => 0.0,
+            })
+            .collect();
         let a8 = quantize(&a);
         let values: Vec<Vec<i8>> = (0..n_pos).map(|t| layer.value(kv_h, t).1).collect();
         for i in 0..hd {
@@ -235,14 +253,20 @@ mod tests {
                 panic!("a q8 cache")
             };
             let q = pseudo(shape.n_heads * shape.head_dim, 9);
-            for n_pos in [1, 2, 3, 4, 5, 31, 32, 33, 64, 65, 70] {
+            // Whole prefixes, and sliding windows starting inside and at
+            // the edges of groups of four and blocks of 32.
+            let spans = [1, 2, 3, 4, 5, 31, 32, 33, 64, 65, 70]
+                .map(|n| (0, n))
+                .into_iter()
+                .chain([(1, 5), (3, 4), (4, 33), (5, 70), (31, 64), (32, 65), (37, 70), (69, 70)]);
+            for (first, n_pos) in spans {
                 let mut got = vec![f32::NAN; q.len()];
                 let mut scores = vec![f32::NAN; 96];
-                attention_q8(&mut got, &q, &layer, n_pos, shape, &mut scores);
+                attention_q8(&mut got, &q, &layer, first, n_pos, shape, &mut scores);
                 let mut want = vec![f32::NAN; q.len()];
-                attention_q8_scalar(&mut want, &q, &layer, n_pos, shape);
+                attention_q8_scalar(&mut want, &q, &layer, first, n_pos, shape);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{shape:?} n_pos {n_pos}");
+                assert_eq!(bits(&got), bits(&want), "{shape:?} positions {first}..{n_pos}");
             }
         }
     }
@@ -260,13 +284,13 @@ mod tests {
                 .iter()
                 .map(|x| 3.0 * x)
                 .collect();
-            for n_pos in [1, 7, 50, 200] {
+            for positions in [0..1, 0..7, 0..50, 0..200, 150..200, 13..50] {
                 let mut want = vec![0.0; q.len()];
                 let mut got = vec![0.0; q.len()];
-                exact.attend(1, &q, n_pos, shape, &mut want);
-                approx.attend(1, &q, n_pos, shape, &mut got);
+                exact.attend(1, &q, positions.clone(), shape, &mut want);
+                approx.attend(1, &q, positions.clone(), shape, &mut got);
                 let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-                assert!(worst <= 0.02, "{shape:?} n_pos {n_pos}: off by {worst}");
+                assert!(worst <= 0.02, "{shape:?} positions {positions:?}: off by {worst}");
             }
         }
     }
@@ -309,5 +333,32 @@ mod tests {
         // head 0 prefers pos1 (value 2); head 1 prefers pos0 (value 10).
         assert!((out[0] - 2.0).abs() < 1e-4);
         assert!((out[1] - 10.0).abs() < 1e-4);
+    }
+
+    /// A window of the f32 cache is attention over just those positions.
+    #[test]
+    fn a_window_attends_to_its_positions_only() {
+        let (kv_shape, shape) = shapes()[0];
+        let kv = filled(kv_shape, 40, 40, KvType::F32, 7);
+        let KvLayer::F32 { k, v } = kv.layer(1) else {
+            panic!("an f32 cache")
+        };
+        let q = pseudo(shape.n_heads * shape.head_dim, 3);
+        let kv_dim = kv_shape.kv_dim();
+        let (mut want, mut got) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+        let mut scores = vec![0.0; 40];
+        attention(
+            &mut want,
+            &q,
+            &k[10 * kv_dim..],
+            &v[10 * kv_dim..],
+            25,
+            shape,
+            &mut scores,
+        );
+        kv.attend(1, &q, 10..35, shape, &mut got);
+        assert_eq!(got, want);
+        kv.attend(1, &q, 0..35, shape, &mut got);
+        assert_ne!(got, want, "the positions before the window changed nothing");
     }
 }

@@ -205,6 +205,24 @@ pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU, tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`,
+/// computed as `x · sigmoid(2u)` (the same function) with [`exp::exp`].
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let u = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+    x / (1.0 + exp::exp(-2.0 * u))
+}
+
+/// GeGLU in place: `gate[i] = gelu_tanh(gate[i]) * up[i]`; both (hidden_dim).
+/// Scalar only: it runs once per hidden unit per token, beside matrices of
+/// `dim` multiply-adds each.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(gate.len(), up.len());
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh(*g) * u;
+    }
+}
+
 /// `x += y`, elementwise.
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     debug_assert_eq!(x.len(), y.len());

@@ -17,8 +17,16 @@
 //! - **qwen3**: no biases; q and k RMS-normalized per head (weights of length
 //!   `head_dim`) after projection and before RoPE; NeoX RoPE; `head_dim` is
 //!   given explicitly (128) so `n_heads * head_dim` may differ from `dim`.
+//! - **gemma3** (Gemma 3 text models): embeddings scaled by `√dim`; q and k
+//!   RMS-normalized per head; RMSNorm *after* attention and after the FFN
+//!   as well as before (the GGUF converter already added Gemma's `1 +` to
+//!   every norm weight, so these are plain RMSNorms); a GELU(tanh)-gated
+//!   FFN; NeoX RoPE; sliding-window attention on five layers of every six
+//!   (`attention.sliding_window`, `attention.sliding_window_pattern`), whose
+//!   RoPE base is `rope.freq_base_swa` (10,000 when absent), the global
+//!   layers' `rope.freq_base`; as llama.cpp's `gemma3` reads the file.
 //!
-//! All three may tie the output head to the token embedding.
+//! All four may tie the output head to the token embedding.
 
 use crate::kernels::RopeStyle;
 use serde::{Deserialize, Serialize};
@@ -29,6 +37,16 @@ pub enum Architecture {
     Llama,
     Qwen2,
     Qwen3,
+    Gemma3,
+}
+
+/// The FFN's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnActivation {
+    /// `silu(gate) * up` (SwiGLU).
+    Silu,
+    /// `gelu_tanh(gate) * up` (GeGLU, Gemma).
+    GeluTanh,
 }
 
 /// One row of the architecture table.
@@ -45,6 +63,16 @@ pub struct ArchSpec {
     /// `output.weight` may be absent, in which case the token embedding is
     /// used as the output head (tied embeddings).
     pub output_may_be_tied: bool,
+    /// Embeddings are multiplied by `√dim` (Gemma).
+    pub embed_scale: bool,
+    /// RMSNorms after attention and after the FFN, before each residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    pub ffn_activation: FfnActivation,
+    /// Sliding-window attention on the layers a pattern names: `Some(n)`
+    /// when the file gives a window, with `n` llama.cpp's default period
+    /// (layer `l` slides when `l % n < n - 1`) if the file gives none.
+    pub swa_default_pattern: Option<u32>,
 }
 
 /// Every supported architecture.
@@ -56,6 +84,10 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         qkv_bias: false,
         qk_norm: false,
         output_may_be_tied: true,
+        embed_scale: false,
+        post_norms: false,
+        ffn_activation: FfnActivation::Silu,
+        swa_default_pattern: None,
     },
     ArchSpec {
         name: "qwen2",
@@ -64,6 +96,10 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         qkv_bias: true,
         qk_norm: false,
         output_may_be_tied: true,
+        embed_scale: false,
+        post_norms: false,
+        ffn_activation: FfnActivation::Silu,
+        swa_default_pattern: None,
     },
     ArchSpec {
         name: "qwen3",
@@ -72,6 +108,22 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         qkv_bias: false,
         qk_norm: true,
         output_may_be_tied: true,
+        embed_scale: false,
+        post_norms: false,
+        ffn_activation: FfnActivation::Silu,
+        swa_default_pattern: None,
+    },
+    ArchSpec {
+        name: "gemma3",
+        arch: Architecture::Gemma3,
+        rope_style: RopeStyle::Neox,
+        qkv_bias: false,
+        qk_norm: true,
+        output_may_be_tied: true,
+        embed_scale: true,
+        post_norms: true,
+        ffn_activation: FfnActivation::GeluTanh,
+        swa_default_pattern: Some(6),
     },
 ];
 
@@ -106,6 +158,6 @@ mod tests {
             assert_eq!(spec.arch.spec(), spec);
         }
         assert_eq!(Architecture::from_name("mamba"), None);
-        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3");
+        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3, gemma3");
     }
 }

@@ -24,6 +24,7 @@ pub enum ConfigField {
     RmsEps,
     RopeBase,
     RopeScale,
+    SlidingWindow,
 }
 
 /// Everything the forward pass needs to know about a model's shapes.
@@ -58,6 +59,25 @@ pub struct ModelConfig {
     pub n_kv_groups: usize,
     /// End-of-sequence token (`tokenizer.ggml.eos_token_id`), if the file names one.
     pub eos_token_id: Option<u32>,
+    /// Sliding-window attention: a sliding layer's query at position `p`
+    /// sees positions `p - sliding_window + 1 ..= p` (llama.cpp's standard
+    /// window); 0 when no layer slides.
+    #[serde(default)]
+    pub sliding_window: u32,
+    /// Which layers slide (`n_layers` entries, or none when `sliding_window` is 0).
+    #[serde(default)]
+    pub swa_layers: Vec<bool>,
+    /// RoPE base of the sliding layers (the others use `rope_freq_base`).
+    #[serde(default)]
+    pub rope_freq_base_swa: Option<f32>,
+    /// The attention's score scale when it is not `1 / √head_dim`
+    /// (Gemma 3 27B's `1 / √(dim / n_heads)`).
+    #[serde(default)]
+    pub attention_scale: Option<f32>,
+    /// Final logit soft-capping `c · tanh(logit / c)` (Gemma's
+    /// `final_logit_softcapping`), when the file sets one.
+    #[serde(default)]
+    pub final_logit_softcap: Option<f32>,
 }
 
 impl ModelConfig {
@@ -129,6 +149,16 @@ impl ModelConfig {
         };
 
         let rope_freq_scale = rope_scale_from_gguf(gguf, arch_name)?;
+        let swa = SlidingWindow::from_gguf(gguf, arch_name, arch.spec().swa_default_pattern, n_layers)?;
+        let final_logit_softcap = match optional("final_logit_softcapping") {
+            None => None,
+            Some(v) => {
+                let c = v
+                    .as_f64()
+                    .ok_or_else(|| bad(&key("final_logit_softcapping"), "expected a number"))?;
+                (c != 0.0).then_some(c as f32)
+            }
+        };
         if dim % n_heads != 0 && optional("attention.key_length").is_none() {
             return Err(bad(
                 &key("embedding_length"),
@@ -153,6 +183,11 @@ impl ModelConfig {
             n_kv_groups: n_heads / n_kv_heads,
             eos_token_id,
             rope_freq_scale,
+            sliding_window: swa.window,
+            swa_layers: swa.layers,
+            rope_freq_base_swa: swa.rope_freq_base,
+            attention_scale: gemma3_attention_scale(arch, n_layers, dim, n_heads),
+            final_logit_softcap,
         };
         config.check(|field| {
             key(match field {
@@ -164,9 +199,16 @@ impl ModelConfig {
                 ConfigField::RmsEps => "attention.layer_norm_rms_epsilon",
                 ConfigField::RopeBase => "rope.freq_base",
                 ConfigField::RopeScale => "rope.scaling.factor",
+                ConfigField::SlidingWindow => "attention.sliding_window_pattern",
             })
         })?;
         Ok(config)
+    }
+
+    /// The window of `layer` if it is a sliding-window layer.
+    pub fn attention_window(&self, layer: usize) -> Option<u32> {
+        let slides = self.sliding_window > 0 && self.swa_layers.get(layer).copied().unwrap_or(false);
+        slides.then_some(self.sliding_window)
     }
 
     /// Consistency checks shared by every format; `key` names the field in
@@ -204,6 +246,28 @@ impl ModelConfig {
                 format!("{} is not a positive number", c.rope_freq_base),
             );
         }
+        if let Some(base) = c.rope_freq_base_swa {
+            if !(base.is_finite() && base > 0.0) {
+                return err(
+                    ConfigField::RopeBase,
+                    format!("{base} (sliding layers) is not a positive number"),
+                );
+            }
+        }
+        if c.sliding_window > 0 && c.swa_layers.len() != c.n_layers {
+            return err(
+                ConfigField::SlidingWindow,
+                format!("the pattern names {} layers, not {}", c.swa_layers.len(), c.n_layers),
+            );
+        }
+        for (what, v) in [
+            ("attention scale", c.attention_scale),
+            ("logit soft-cap", c.final_logit_softcap),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return err(ConfigField::Dim, format!("{what} {v} is not a positive number"));
+            }
+        }
         if !(c.rope_freq_scale.is_finite() && c.rope_freq_scale > 0.0) {
             return err(
                 ConfigField::RopeScale,
@@ -212,6 +276,69 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// Which layers attend through a sliding window, as llama.cpp reads it.
+struct SlidingWindow {
+    window: u32,
+    layers: Vec<bool>,
+    rope_freq_base: Option<f32>,
+}
+
+impl SlidingWindow {
+    /// `{arch}.attention.sliding_window` (absent or 0: no window), and
+    /// `{arch}.attention.sliding_window_pattern`: per-layer booleans, or a
+    /// period `n` (layer `l` slides when `l % n < n - 1`; 0: every layer),
+    /// else the architecture's default period. The sliding layers' RoPE
+    /// base is `{arch}.rope.freq_base_swa`, else 10,000 (llama.cpp's default).
+    /// Architectures without sliding layers ignore the keys, as llama.cpp does.
+    fn from_gguf(gguf: &Gguf, arch: &str, default_pattern: Option<u32>, n_layers: usize) -> Result<Self, ModelError> {
+        let none = SlidingWindow {
+            window: 0,
+            layers: Vec::new(),
+            rope_freq_base: None,
+        };
+        let Some(default_pattern) = default_pattern else {
+            return Ok(none);
+        };
+        let window_key = format!("{arch}.attention.sliding_window");
+        let window = match gguf.get(&window_key) {
+            None => 0,
+            Some(v) => as_u64(&window_key, v)?,
+        };
+        if window == 0 {
+            return Ok(none);
+        }
+        let window = u32::try_from(window).map_err(|_| bad(&window_key, &format!("{window} is too large")))?;
+        let pattern_key = format!("{arch}.attention.sliding_window_pattern");
+        let periodic = |n: u64| (0..n_layers as u64).map(|l| n == 0 || l % n < n - 1).collect();
+        let layers = match gguf.get(&pattern_key) {
+            None => periodic(default_pattern as u64),
+            Some(Value::Array(flags)) => flags
+                .iter()
+                .map(|f| f.as_bool())
+                .collect::<Option<Vec<bool>>>()
+                .ok_or_else(|| bad(&pattern_key, "expected booleans"))?,
+            Some(v) => periodic(as_u64(&pattern_key, v)?),
+        };
+        let base_key = format!("{arch}.rope.freq_base_swa");
+        let rope_freq_base = match gguf.get(&base_key) {
+            None => 10_000.0,
+            Some(v) => v.as_f64().ok_or_else(|| bad(&base_key, "expected a number"))? as f32,
+        };
+        Ok(SlidingWindow {
+            window,
+            layers,
+            rope_freq_base: Some(rope_freq_base),
+        })
+    }
+}
+
+/// Gemma 3 27B scales queries by `1 / √(dim / n_heads)` rather than
+/// `1 / √head_dim`; GGUF does not say so, and llama.cpp recognizes the model
+/// by its 62 layers, as here.
+fn gemma3_attention_scale(arch: Architecture, n_layers: usize, dim: usize, n_heads: usize) -> Option<f32> {
+    (arch == Architecture::Gemma3 && n_layers == 62).then(|| 1.0 / ((dim / n_heads) as f32).sqrt())
 }
 
 /// `{arch}.rope.scaling.type` and `.factor`: "none" (or absent) gives 1,

@@ -7,24 +7,30 @@
 //! Every per-token computation is independent of `n` (same kernels, same
 //! summation order), so batching never changes a result.
 
-use super::Model;
+use super::{FfnActivation, Model};
 use crate::kernels::{self, AttentionShape};
 use crate::kv::KvCache;
 use crate::scratch::Scratch;
 
-/// Writes the embeddings of `tokens` into `x` (n_tokens, dim).
+/// Writes the embeddings of `tokens` into `x` (n_tokens, dim), times `√dim`
+/// where the architecture scales them (Gemma).
 /// Token ids must be `< vocab_size` (checked by the job).
 pub fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) {
     let dim = model.config.dim;
+    let scale = model.arch().embed_scale.then(|| (dim as f32).sqrt());
     for (row, &token) in x.chunks_exact_mut(dim).zip(tokens) {
         kernels::row_to_f32(&model.tok_embd, token as usize, row);
+        if let Some(scale) = scale {
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
     }
 }
 
 /// Unit A of layer `layer`: `x += Wo · attention(rope(Wq·norm(x)), cache)`,
 /// writing this batch's K and V rows into the cache. The architecture's
 /// optional steps apply when their weights were loaded: q/k/v biases after
-/// the projections, per-head q/k RMSNorm before RoPE.
+/// the projections, per-head q/k RMSNorm before RoPE, a sliding window,
+/// an RMSNorm of the output before the residual add.
 /// `x` (n, dim) holds the batch at positions `pos0..pos0 + n`.
 pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &mut KvCache) {
     let c = &model.config;
@@ -55,8 +61,8 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
 
     // q/k norm (qwen3): RMSNorm of each head of q and k, before RoPE
     if let Some(norm) = &w.qk_norm {
-        rmsnorm_heads(&mut q, &norm.q, c.rms_eps);
-        rmsnorm_heads(&mut k, &norm.k, c.rms_eps);
+        rmsnorm_rows(&mut q, &norm.q, c.rms_eps);
+        rmsnorm_rows(&mut k, &norm.k, c.rms_eps);
     }
 
     // rope: rotate q and k of each token by its position
@@ -66,13 +72,21 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
             &mut q[t * c.q_dim..(t + 1) * c.q_dim],
             &mut k[t * c.kv_dim..(t + 1) * c.kv_dim],
         );
-        kernels::rope_heads(&mut [q_t, k_t], c.head_dim, pos, &model.rope);
+        kernels::rope_heads(&mut [q_t, k_t], c.head_dim, pos, model.rope_of(layer));
+    }
+
+    // a score scale other than 1/√head_dim (Gemma 3 27B) is applied to q,
+    // as llama.cpp does, and the kernel's own 1/√head_dim undone
+    if let Some(scale) = c.attention_scale {
+        let factor = scale * (c.head_dim as f32).sqrt();
+        q.iter_mut().for_each(|v| *v *= factor);
     }
 
     // write kv: the batch's rows go to the cache at pos0..pos0 + n
     kv.write(layer, pos0, &k, &v);
 
-    // attention: each token attends to positions 0..=its own (causal)
+    // attention: each token attends to positions 0..=its own (causal), or
+    // to the last `window` of them on a sliding layer
     let shape = AttentionShape {
         n_heads: c.n_heads,
         n_kv_heads: c.n_kv_heads,
@@ -81,14 +95,20 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     let mut att = Scratch::new(n * c.q_dim); // (n, q_dim)
     for t in 0..n {
         let n_pos = pos0 as usize + t + 1;
+        let first = c
+            .attention_window(layer)
+            .map_or(0, |w| n_pos.saturating_sub(w as usize));
         let q_t = &q[t * c.q_dim..(t + 1) * c.q_dim];
         let out = &mut att[t * c.q_dim..(t + 1) * c.q_dim];
-        kv.attend(layer, q_t, n_pos, shape, out);
+        kv.attend(layer, q_t, first..n_pos, shape, out);
     }
 
-    // out projection + residual: x += Wo · att
+    // out projection (+ post-norm) + residual: x += [norm](Wo · att)
     let mut o = Scratch::new(n * c.dim);
     kernels::matmul(&w.wo, &att, &mut o);
+    if let Some(norms) = &w.post_norms {
+        rmsnorm_rows(&mut o, &norms.attn, c.rms_eps);
+    }
     kernels::add_in_place(x, &o);
 }
 
@@ -99,8 +119,9 @@ fn add_to_rows(x: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// RMSNorm of every head of `x` (n * heads, head_dim) with `weight` (head_dim).
-fn rmsnorm_heads(x: &mut [f32], weight: &[f32], eps: f32) {
+/// RMSNorm of every row of `x` (n, weight.len()) in place: of every head
+/// for q/k norms, of every token for post-norms.
+fn rmsnorm_rows(x: &mut [f32], weight: &[f32], eps: f32) {
     let mut head = Scratch::new(weight.len());
     for h in x.chunks_exact_mut(weight.len()) {
         head.copy_from_slice(h);
@@ -108,7 +129,9 @@ fn rmsnorm_heads(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Unit B of layer `layer`: `x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))`.
+/// Unit B of layer `layer`: `x += W_down · (act(W_gate·norm(x)) * W_up·norm(x))`
+/// with the architecture's activation (SiLU or GELU), and an RMSNorm of
+/// the result before the add where the architecture has post-norms.
 /// `x` (n, dim).
 pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
     let c = &model.config;
@@ -127,11 +150,17 @@ pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
     let mut acts = kernels::SharedActs::new(&xb, c.dim);
     kernels::matmul_shared(&w.w_gate, &mut acts, &mut gate);
     kernels::matmul_shared(&w.w_up, &mut acts, &mut up);
-    kernels::swiglu(&mut gate, &up);
+    match model.arch().ffn_activation {
+        FfnActivation::Silu => kernels::swiglu(&mut gate, &up),
+        FfnActivation::GeluTanh => kernels::geglu(&mut gate, &up),
+    }
 
     // down projection + residual: x += W_down · gate
     let mut down = Scratch::new(n * c.dim);
     kernels::matmul(&w.w_down, &gate, &mut down);
+    if let Some(norms) = &w.post_norms {
+        rmsnorm_rows(&mut down, &norms.ffn, c.rms_eps);
+    }
     kernels::add_in_place(x, &down);
 }
 
@@ -141,6 +170,11 @@ pub fn logits(model: &Model, x: &[f32], logits: &mut [f32]) {
     let mut xb = Scratch::new(c.dim);
     kernels::rmsnorm(&mut xb, x, &model.output_norm, c.rms_eps);
     kernels::matvec(model.output_weights(), &xb, logits);
+    if let Some(cap) = c.final_logit_softcap {
+        for l in logits.iter_mut() {
+            *l = cap * (*l / cap).tanh();
+        }
+    }
 }
 
 /// Multiply-adds of [`attention_block`] for `n` tokens at `pos0..pos0 + n`:

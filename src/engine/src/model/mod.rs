@@ -12,10 +12,10 @@ pub mod forward;
 pub mod weights;
 
 pub use crate::tensor::Tensor;
-pub use arch::{ArchSpec, Architecture};
+pub use arch::{ArchSpec, Architecture, FfnActivation};
 pub use config::ModelConfig;
 pub use weights::{
-    wanted_tensors, LayerWeights, Model, ModelLoader, QkNorm, QkvBias, WantedTensor, F16_WIDEN_MAX_BYTES,
+    wanted_tensors, LayerWeights, Model, ModelLoader, PostNorms, QkNorm, QkvBias, WantedTensor, F16_WIDEN_MAX_BYTES,
     K_WIDEN_MAX_BYTES,
 };
 

@@ -38,6 +38,19 @@ pub struct LayerWeights {
     /// Per-head RMSNorm weights of q and k, each (head_dim); present when
     /// the architecture has them (qwen3).
     pub qk_norm: Option<QkNorm>,
+    /// RMSNorm weights applied to the attention's and the FFN's output
+    /// before each residual add, each (dim); present when the architecture
+    /// has them (gemma3).
+    pub post_norms: Option<PostNorms>,
+}
+
+/// RMSNorms after attention and after the FFN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostNorms {
+    /// (dim)
+    pub attn: Vec<f32>,
+    /// (dim)
+    pub ffn: Vec<f32>,
 }
 
 /// Bias vectors of the q, k and v projections.
@@ -75,6 +88,9 @@ pub struct Model {
     /// RoPE frequencies derived from the config (and `rope_freqs.weight`
     /// when the model scales them per frequency, as Llama 3.1 does).
     pub rope: RopeTable,
+    /// RoPE frequencies of the sliding-window layers when they have their
+    /// own base (Gemma 3); `None`: every layer uses `rope`.
+    pub rope_swa: Option<RopeTable>,
 }
 
 impl Model {
@@ -125,6 +141,7 @@ impl Model {
                     + vec(&l.ffn_norm)
                     + l.qkv_bias.as_ref().map_or(0, |b| vec(&b.q) + vec(&b.k) + vec(&b.v))
                     + l.qk_norm.as_ref().map_or(0, |n| vec(&n.q) + vec(&n.k))
+                    + l.post_norms.as_ref().map_or(0, |n| vec(&n.attn) + vec(&n.ffn))
             })
             .sum();
         self.tok_embd.heap_bytes() as u64
@@ -135,6 +152,14 @@ impl Model {
 
     pub fn arch(&self) -> &'static ArchSpec {
         self.config.arch.spec()
+    }
+
+    /// The RoPE table of `layer`.
+    pub fn rope_of(&self, layer: usize) -> &RopeTable {
+        match (&self.rope_swa, self.config.attention_window(layer)) {
+            (Some(swa), Some(_)) => swa,
+            _ => &self.rope,
+        }
     }
 }
 
@@ -158,6 +183,8 @@ enum Slot {
     BiasV(usize),
     QNorm(usize),
     KNorm(usize),
+    PostAttnNorm(usize),
+    PostFfnNorm(usize),
     RopeFreqs,
 }
 
@@ -229,6 +256,12 @@ fn wanted(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<(
             wanted.extend([
                 (Slot::QNorm(l), name("attn_q_norm"), 1, c.head_dim),
                 (Slot::KNorm(l), name("attn_k_norm"), 1, c.head_dim),
+            ]);
+        }
+        if spec.post_norms {
+            wanted.extend([
+                (Slot::PostAttnNorm(l), name("post_attention_norm"), 1, c.dim),
+                (Slot::PostFfnNorm(l), name("post_ffw_norm"), 1, c.dim),
             ]);
         }
     }
@@ -467,6 +500,8 @@ impl ModelLoader {
                 Slot::BiasV(l) => parts[l].bv = Some(t.to_f32_vec()),
                 Slot::QNorm(l) => parts[l].q_norm = Some(t.to_f32_vec()),
                 Slot::KNorm(l) => parts[l].k_norm = Some(t.to_f32_vec()),
+                Slot::PostAttnNorm(l) => parts[l].post_attn_norm = Some(t.to_f32_vec()),
+                Slot::PostFfnNorm(l) => parts[l].post_ffn_norm = Some(t.to_f32_vec()),
             }
         }
         let missing = |what: &str| ModelError::Incomplete(what.to_string());
@@ -481,6 +516,10 @@ impl ModelLoader {
                 (Some(q), Some(k)) => Some(QkNorm { q, k }),
                 _ => None,
             };
+            let post_norms = match (p.post_attn_norm, p.post_ffn_norm) {
+                (Some(attn), Some(ffn)) => Some(PostNorms { attn, ffn }),
+                _ => None,
+            };
             layers.push(LayerWeights {
                 attn_norm: take(p.attn_norm)?.to_f32_vec(),
                 wq: take(p.wq)?,
@@ -493,6 +532,7 @@ impl ModelLoader {
                 w_down: take(p.down)?,
                 qkv_bias,
                 qk_norm,
+                post_norms,
             });
         }
         let rope = RopeTable::scaled(
@@ -502,7 +542,13 @@ impl ModelLoader {
             config.rope_freq_scale,
             rope_freqs.as_deref(),
         );
+        // The sliding layers' own base; linear scaling and Llama 3.1's
+        // factors apply to the global layers only, as in llama.cpp.
+        let rope_swa = config
+            .rope_freq_base_swa
+            .map(|base| RopeTable::new(config.arch.spec().rope_style, config.rope_dims, base));
         Ok(Model {
+            rope_swa,
             tok_embd: tok_embd.ok_or_else(|| missing("token_embd.weight"))?,
             output_norm: output_norm.ok_or_else(|| missing("output_norm.weight"))?,
             output,
@@ -530,4 +576,6 @@ struct LayerParts {
     bv: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
 }
