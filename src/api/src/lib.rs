@@ -163,6 +163,10 @@ pub struct JobRequest {
     /// prefilled again (`JobView::cached_prompt_tokens`). The old job's
     /// slot is handed over, not copied, so a job can be continued once.
     pub continue_from: Option<JobId>,
+    /// A built-in chat template by name (`chatml`, `gemma`, `llama3`,
+    /// `phi3`, `zephyr`: llama.cpp's of the same names) for `messages`
+    /// when the model file carries no template; the file's own wins.
+    pub chat_template: Option<String>,
 }
 
 /// Storage of a job's KV cache.
@@ -386,6 +390,9 @@ pub struct ChatCompletionRequest {
     /// icllm's own: a finished job of the caller whose conversation this
     /// request continues; its KV rows are taken over (see `JobRequest::continue_from`).
     pub continue_from: Option<JobId>,
+    /// icllm's own: a built-in chat template by name for a model file that
+    /// carries none (see `JobRequest::chat_template`).
+    pub chat_template: Option<String>,
 }
 
 /// One choice of a completion. `text` for text completions, `message` for

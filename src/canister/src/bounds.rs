@@ -82,6 +82,9 @@ pub fn decode_args<T: for<'a> ArgumentDecoder<'a>>(method: &str, bytes: &[u8]) -
 }
 
 /// Element counts and byte sizes of a job request, before it is tokenized.
+/// Longest built-in chat template name accepted (the names are short words).
+pub const MAX_TEMPLATE_NAME_BYTES: usize = 64;
+
 pub fn check_job_request(req: &JobRequest) -> ApiResult<()> {
     if req.prompt.len() > MAX_PROMPT_BYTES {
         return Err(ApiError::InvalidArgument(format!(
@@ -108,6 +111,16 @@ pub fn check_job_request(req: &JobRequest) -> ApiResult<()> {
                 "the messages hold {content} bytes of content; at most {MAX_PROMPT_BYTES} are accepted"
             )));
         }
+    }
+    if let Some(name) = req
+        .chat_template
+        .as_deref()
+        .filter(|n| n.len() > MAX_TEMPLATE_NAME_BYTES)
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "the chat template name is {} bytes; at most {MAX_TEMPLATE_NAME_BYTES} are accepted",
+            name.len()
+        )));
     }
     if let Some(ids) = &req.prompt_tokens {
         if ids.len() > MAX_PROMPT_TOKENS {

@@ -128,6 +128,7 @@ pub fn check_chat_bounds(req: &ChatCompletionRequest) -> ApiResult<()> {
     check_common_bounds(&common_of_chat(req))?;
     crate::bounds::check_job_request(&JobRequest {
         messages: Some(req.messages.clone()),
+        chat_template: req.chat_template.clone(),
         ..JobRequest::default()
     })
 }
@@ -290,6 +291,7 @@ pub fn from_chat(
     job.messages = Some(messages);
     job.max_tokens = max_tokens;
     job.continue_from = req.continue_from;
+    job.chat_template = req.chat_template.clone();
     Ok((job, start))
 }
 

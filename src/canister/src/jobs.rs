@@ -26,7 +26,7 @@ use crate::state::{self, CachedJob};
 use candid::Principal;
 use ic_stable_structures::{Memory as _, StableBTreeMap};
 use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobSummary, JobView, KvCacheType, StepProgress};
-use icllm_engine::chat::{encode_chat, Message};
+use icllm_engine::chat::{encode_chat, ChatTemplate, Message};
 use icllm_engine::job::{step, FinishReason, Job, JobState, KvCache, KvShape, KvType, Phase, StepOutcome};
 use icllm_engine::kv::Which;
 use icllm_engine::sampler::SamplingParams;
@@ -386,8 +386,17 @@ pub fn create(
         }
         (None, None) => (tok.encode(&req.prompt, tok.add_bos_default()), None),
         (None, Some(messages)) => {
-            let template = loaded.chat_template.as_ref().ok_or_else(|| {
-                ApiError::InvalidArgument("the model has no chat template: send `prompt` instead of `messages`".into())
+            let builtin = match req.chat_template.as_deref() {
+                Some(name) => {
+                    Some(ChatTemplate::builtin_for(name, tok).map_err(|e| ApiError::InvalidArgument(e.to_string()))?)
+                }
+                None => None,
+            };
+            let template = loaded.chat_template.as_ref().or(builtin.as_ref()).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "the model file has no chat template: name a built-in one in `chat_template` ({}) or send `prompt` instead of `messages`",
+                    icllm_engine::chat::builtin_template_names()
+                ))
             })?;
             let messages: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
             let (ids, stops) = encode_chat(tok, template, &messages)

@@ -74,6 +74,68 @@ pub enum ChatError {
     Syntax(String),
     #[error("the chat template failed: {0}")]
     Render(String),
+    #[error("no built-in chat template is named {name:?} (built in: {known})")]
+    UnknownBuiltin { name: String, known: String },
+}
+
+/// Chat templates by name for files that carry none, as llama.cpp's
+/// `--chat-template NAME` has them (`llm_chat_apply_template`): each renders
+/// exactly what llama.cpp's built-in of that name writes. None writes BOS:
+/// [`encode_chat`] adds it when the vocabulary asks for it, as llama.cpp's
+/// tokenizer does. Whitespace between tags is `{{ "\n" }}` so that Jinja's
+/// block trimming cannot eat it.
+pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "chatml",
+        concat!(
+            "{%- for m in messages -%}<|im_start|>{{ m.role }}{{ '\n' }}{{ m.content }}<|im_end|>{{ '\n' }}{%- endfor -%}",
+            "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\n' }}{%- endif -%}"
+        ),
+    ),
+    (
+        // google/gemma-*-it: no system role (its text joins the next user
+        // turn), the assistant is `model`, contents trimmed.
+        "gemma",
+        concat!(
+            "{%- set ns = namespace(system='') -%}",
+            "{%- for m in messages -%}",
+            "{%- if m.role == 'system' -%}{%- set ns.system = ns.system + m.content.strip() -%}",
+            "{%- else -%}",
+            "{%- set role = 'model' if m.role == 'assistant' else m.role -%}",
+            "<start_of_turn>{{ role }}{{ '\n' }}",
+            "{%- if ns.system and role != 'model' -%}{{ ns.system }}{{ '\n\n' }}{%- set ns.system = '' -%}{%- endif -%}",
+            "{{ m.content.strip() }}<end_of_turn>{{ '\n' }}",
+            "{%- endif -%}",
+            "{%- endfor -%}",
+            "{%- if add_generation_prompt -%}<start_of_turn>model{{ '\n' }}{%- endif -%}"
+        ),
+    ),
+    (
+        "llama3",
+        concat!(
+            "{%- for m in messages -%}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ '\n\n' }}{{ m.content.strip() }}<|eot_id|>{%- endfor -%}",
+            "{%- if add_generation_prompt -%}<|start_header_id|>assistant<|end_header_id|>{{ '\n\n' }}{%- endif -%}"
+        ),
+    ),
+    (
+        "phi3",
+        concat!(
+            "{%- for m in messages -%}<|{{ m.role }}|>{{ '\n' }}{{ m.content }}<|end|>{{ '\n' }}{%- endfor -%}",
+            "{%- if add_generation_prompt -%}<|assistant|>{{ '\n' }}{%- endif -%}"
+        ),
+    ),
+    (
+        "zephyr",
+        concat!(
+            "{%- for m in messages -%}<|{{ m.role }}|>{{ '\n' }}{{ m.content }}<|endoftext|>{{ '\n' }}{%- endfor -%}",
+            "{%- if add_generation_prompt -%}<|assistant|>{{ '\n' }}{%- endif -%}"
+        ),
+    ),
+];
+
+/// The names of [`BUILTIN_TEMPLATES`], for messages.
+pub fn builtin_template_names() -> String {
+    BUILTIN_TEMPLATES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
 }
 
 /// A compiled chat template with the special-token texts it may refer to.
@@ -173,6 +235,25 @@ impl ChatTemplate {
             token_text("eos_token").as_deref(),
         )
         .map(Some)
+    }
+
+    /// The built-in template `name` (see [`BUILTIN_TEMPLATES`]) with the
+    /// texts of the model's BOS and EOS tokens.
+    pub fn builtin(name: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<ChatTemplate, ChatError> {
+        let (_, source) = BUILTIN_TEMPLATES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .ok_or_else(|| ChatError::UnknownBuiltin {
+                name: name.to_string(),
+                known: builtin_template_names(),
+            })?;
+        ChatTemplate::new(source, bos_token, eos_token)
+    }
+
+    /// The built-in template `name` with the texts of `tok`'s BOS and EOS.
+    pub fn builtin_for(name: &str, tok: &crate::tokenizer::Tokenizer) -> Result<ChatTemplate, ChatError> {
+        let text = |id: Option<u32>| id.and_then(|id| tok.token_str(id));
+        ChatTemplate::builtin(name, text(tok.bos_id()), text(tok.eos_id()))
     }
 
     /// The template of a GGUF file (`tokenizer.chat_template`), if it has

@@ -189,3 +189,39 @@ fn renders_are_bounded_in_time_and_output() {
         }
     }
 }
+
+/// Each built-in template renders what llama.cpp's built-in of that name
+/// renders (testdata/templates/builtin-llama-cpp.json, made by
+/// tools/reference/make-builtin-chat-vectors.py), with and without the
+/// generation prompt; an unknown name lists the known ones.
+#[test]
+fn builtin_templates_render_as_llama_cpp_builtins() {
+    let doc: serde_json::Value = serde_json::from_str(&testdata("templates/builtin-llama-cpp.json")).unwrap();
+    let mut checked = 0;
+    for (name, cases) in doc["templates"].as_object().unwrap() {
+        let template = ChatTemplate::builtin(name, Some("<bos>"), Some("<eos>")).unwrap();
+        for case in cases.as_array().unwrap() {
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            let add = case["add_generation_prompt"].as_bool().unwrap();
+            assert_eq!(
+                template.render(&messages, add).unwrap(),
+                case["text"].as_str().unwrap(),
+                "{name} {messages:?} add_generation_prompt {add}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 40, "5 templates × 4 conversations × 2");
+    let err = ChatTemplate::builtin("vicuna", None, None).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "no built-in chat template is named \"vicuna\" (built in: chatml, gemma, llama3, phi3, zephyr)"
+    );
+    let gemma = ChatTemplate::builtin("gemma", None, None).unwrap();
+    assert_eq!(gemma.stop_strings(), ["<end_of_turn>"]);
+}

@@ -27,6 +27,11 @@ pub struct GenerateArgs {
     /// stop at its end-of-turn tokens.
     #[arg(long, requires = "prompt")]
     pub chat: bool,
+    /// With --chat: a built-in chat template (chatml, gemma, llama3, phi3,
+    /// zephyr; llama.cpp's of the same names) for a model file that carries
+    /// none. The file's own template wins.
+    #[arg(long, requires = "chat")]
+    pub chat_template: Option<String>,
     /// Maximum number of tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     pub n_predict: u32,
@@ -70,8 +75,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut stop_tokens = None;
     let prompt = match &args.prompt {
         Some(text) if args.chat => {
-            let Some(template) = &loaded.chat_template else {
-                bail!("{} has no chat template: drop --chat", args.model.display());
+            let builtin = match &args.chat_template {
+                Some(name) => Some(icllm_engine::chat::ChatTemplate::builtin_for(name, tok)?),
+                None => None,
+            };
+            let Some(template) = loaded.chat_template.as_ref().or(builtin.as_ref()) else {
+                bail!(
+                    "{} has no chat template: name a built-in one with --chat-template ({}) or drop --chat",
+                    args.model.display(),
+                    icllm_engine::chat::builtin_template_names()
+                );
             };
             let (ids, stops) = crate::model_files::encode_chat(tok, template, text)?;
             stop_tokens = Some(stops);

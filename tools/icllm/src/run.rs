@@ -41,6 +41,11 @@ pub struct RunArgs {
     /// (rendered by the canister) and stop at the end of the assistant's turn.
     #[arg(long)]
     chat: bool,
+    /// With --chat: a built-in chat template (chatml, gemma, llama3, phi3,
+    /// zephyr; llama.cpp's of the same names) for a model file that carries
+    /// none. The file's own template wins.
+    #[arg(long, requires = "chat")]
+    chat_template: Option<String>,
     /// Context size of the job (default: the model's trained context).
     #[arg(long)]
     ctx_size: Option<u32>,
@@ -102,6 +107,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         prompt_tokens: None,
         kv_cache: Some(crate::api_kv_type(args.kv_cache)),
         continue_from: None,
+        chat_template: args.chat_template.clone(),
     };
     let first_report = canister.rt.reports().len();
     let id = canister

@@ -65,11 +65,16 @@ pub struct ServeArgs {
     /// Canister wasm to run (default: built from the workspace with cargo).
     #[arg(long)]
     wasm: Option<PathBuf>,
+    /// Built-in chat template (chatml, gemma, llama3, phi3, zephyr) for chat
+    /// requests that name none, when the model file carries no template.
+    #[arg(long)]
+    chat_template: Option<String>,
 }
 
 #[derive(Clone)]
 struct App {
     backend: Backend,
+    chat_template: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -99,6 +104,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let app = App {
         backend: Backend::spawn(canister),
+        chat_template: args.chat_template.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -229,7 +235,10 @@ async fn completions(State(app): State<App>, headers: HeaderMap, body: Bytes) ->
 }
 
 async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Result<Response, HttpError> {
-    let body: openai::ChatBody = openai::parse(&body)?;
+    let mut body: openai::ChatBody = openai::parse(&body)?;
+    if body.chat_template.is_none() {
+        body.chat_template = app.chat_template.clone();
+    }
     let stream = body.stream.unwrap_or(false);
     let usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
     if body.stream_options.is_some() && !stream {

@@ -154,6 +154,8 @@ pub struct ChatBody {
     top_logprobs: Option<u32>,
     user: Option<String>,
     continue_from: Option<JobRef>,
+    /// icllm's own: a built-in chat template by name (see `JobRequest::chat_template`).
+    pub chat_template: Option<String>,
 }
 
 /// icllm's `continue_from`: a finished completion whose conversation the
@@ -309,6 +311,7 @@ impl ChatBody {
             top_logprobs: self.top_logprobs,
             user: self.user,
             continue_from: self.continue_from.map(JobRef::job_id).transpose()?,
+            chat_template: self.chat_template,
         })
     }
 }
