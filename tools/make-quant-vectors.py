@@ -29,13 +29,16 @@ import numpy as np
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q3_K"]
 # Scale fields (f16, byte offsets) to make finite in random blocks.
-SCALES = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0]}
+SCALES = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0], "Q3_K": [108]}
 
 
-def rows(rng):
-    """Rows of 32·k floats: Gaussian, with the edge cases the quantizers branch on."""
+def rows(rng, block=32):
+    """Rows of 32·k floats: Gaussian, with the edge cases the quantizers branch
+    on; for 256-element types each row is tiled to whole blocks."""
+    if block != 32:
+        return [np.resize(r, block * -(-len(r) // block)) for r in rows(rng)]
     out = [rng.standard_normal(32 * 8).astype(np.float32)]
     out.append((rng.standard_normal(64) * 1e-3).astype(np.float32))
     out.append(np.zeros(32, np.float32))  # an all-zero block
@@ -67,7 +70,7 @@ def main(path, harness=None):
         qtype = T[name]
         block, nbytes = GGML_QUANT_SIZES[qtype]
         entry = {"quantize": [], "dequantize": []}
-        for x in rows(rng):
+        for x in rows(rng, block):
             try:
                 q = bytes(quants.quantize(x.reshape(1, -1), qtype).tobytes())
                 source = "gguf-py"

@@ -11,8 +11,8 @@
 use crate::kernels::matrix::{FloatMatrix, PackedKernel, WeightMatrix};
 use crate::kernels::{ActFamily, PreparedActs};
 use crate::quant::packed::{
-    bf16_bits_to_f32, f16_bits_to_f32, BlockIQ4NLx4, BlockKWidex4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4,
-    BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, RowsInLanes,
+    bf16_bits_to_f32, f16_bits_to_f32, BlockIQ4NLx4, BlockKWidex4, BlockQ3Kx4, BlockQ4Kx4, BlockQ4_0Widex4,
+    BlockQ4_0x4, BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, RowsInLanes,
 };
 use crate::quant::{quantize_row_bytes, Block, BlockQ4K, BlockQ5K};
 use serde::{Deserialize, Serialize};
@@ -326,6 +326,13 @@ pub const SUPPORTED_TYPES: &[TypeSpec] = &[
         },
     },
     TypeSpec {
+        // Unpacked element by element (not yet word-wise as Q6_K): the
+        // prior is what the canister's load measured, with room.
+        ty: GgmlType::Q3K,
+        load_cost_per_byte: 120,
+        codec: |_, _| &Packed::<BlockQ3Kx4>::CODEC,
+    },
+    TypeSpec {
         ty: GgmlType::Q6K,
         load_cost_per_byte: 11,
         codec: |_, _| &Packed::<BlockQ6Kx4>::CODEC,
@@ -594,7 +601,7 @@ mod tests {
     fn supported_names_come_from_the_table() {
         assert_eq!(
             supported_type_names(),
-            "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q5_K, q6_K"
+            "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q5_K, q3_K, q6_K"
         );
         assert!(type_spec(GgmlType::IQ2XXS).is_none());
         let err = Tensor::from_le_bytes(GgmlType::IQ2XXS, 1, 256, &[0; 66]).unwrap_err();

@@ -16,8 +16,8 @@
 //!    scalar order gives identical results.
 
 use crate::quant::{
-    nibble, quant5, scale_min_k4, BlockIQ4NL, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8A, BlockQ8K, BlockQ8_0, KVALUES_IQ4NL, QK8_0,
+    nibble, q3k_quant, q3k_scale, quant5, scale_min_k4, BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8A, BlockQ8K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
 
 /// Σ a[i] · b[i] over int8 values, in i32 (exact).
@@ -208,6 +208,25 @@ pub fn vec_dot_q6_k_q8_k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
             for (g, s) in gs.iter().enumerate() {
                 isc += wb.scales[8 * half + g] as i32 * s;
             }
+        }
+        acc += (wb.d.to_f32() * xb.d) * isc as f32;
+    }
+    acc
+}
+
+/// Q3_K weights · Q8_K activations: `isc = Σ_g (sc_g - 32) · Σ q·x` in
+/// integers over the 16 groups of 16, then `(d · d_x) · isc` per block:
+/// Q6_K's shape ([`vec_dot_q6_k_q8_k`]), so Q3_K runs on Q6_K's kernel.
+pub fn vec_dot_q3_k_q8_k(w: &[BlockQ3K], x: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut acc = 0.0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let mut isc = 0i32;
+        for g in 0..QK_K / 16 {
+            let s: i32 = (16 * g..16 * g + 16)
+                .map(|e| q3k_quant(wb, e) as i32 * xb.qs[e] as i32)
+                .sum();
+            isc += q3k_scale(&wb.scales, g) as i32 * s;
         }
         acc += (wb.d.to_f32() * xb.d) * isc as f32;
     }

@@ -13,7 +13,7 @@
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
 use crate::quant::packed::{
-    BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ6Kx4, BlockQ8Minx4, BlockQ8_0x4, BlockQ8x4, Interleaved,
+    BlockK16x4, BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ8Minx4, BlockQ8_0x4, BlockQ8x4, Interleaved,
     PackedBlock,
 };
 use crate::quant::{BlockQ8A, BlockQ8K};
@@ -598,19 +598,26 @@ where
     }
 }
 
-/// `out = W x` for a packed Q6_K matrix against Q8_K activations: each row
-/// bit for bit [`super::quant::vec_dot_q6_k_q8_k`].
+/// `out = W x` for a packed Q6_K or Q3_K matrix against Q8_K activations:
+/// each row bit for bit [`super::quant::vec_dot_q6_k_q8_k`] (or
+/// [`super::quant::vec_dot_q3_k_q8_k`], the same sums).
 ///
 /// Quants are stored as `q - 32` bytes interleaved by column pairs; each
 /// 16-column group's exact sum (|·| ≤ 16 · 32 · 127) is scaled by the
 /// group's four row scales with `i32x4.mul`.
-pub fn matvec_q6_k(w: &Interleaved<BlockQ6Kx4>, x: &[BlockQ8K], out: &mut [f32]) {
-    matvec_stationary::<Q6KKernel>(w, x, out)
+pub fn matvec_k16<S>(w: &Interleaved<BlockK16x4<S>>, x: &[BlockQ8K], out: &mut [f32])
+where
+    BlockK16x4<S>: PackedBlock,
+{
+    matvec_stationary::<K16Kernel<S>>(w, x, out)
 }
 
-struct Q6KKernel;
-impl Stationary for Q6KKernel {
-    type Block = BlockQ6Kx4;
+struct K16Kernel<S>(std::marker::PhantomData<S>);
+impl<S> Stationary for K16Kernel<S>
+where
+    BlockK16x4<S>: PackedBlock,
+{
+    type Block = BlockK16x4<S>;
     type Act = BlockQ8K;
     const BLOCKS: usize = 1;
     type State = ([[I16x8; 8]; 16], F32x4);
@@ -627,7 +634,7 @@ impl Stationary for Q6KKernel {
         }
     }
     #[inline(always)]
-    unsafe fn step(acc: F32x4, w: *const BlockQ6Kx4, (groups, xd): &Self::State) -> F32x4 {
+    unsafe fn step(acc: F32x4, w: *const BlockK16x4<S>, (groups, xd): &Self::State) -> F32x4 {
         let wb = &*w;
         // Every load below stays inside the block's arrays.
         let q = wb.qs.as_ptr() as *const u8;
@@ -928,12 +935,14 @@ mod tests {
     #[test]
     fn dot4_k_quants_are_the_oracle_bit_for_bit() {
         use crate::kernels::quant::vec_dot_q5_k_q8_k;
-        use crate::kernels::quant::{vec_dot_q4_k_q8_k, vec_dot_q6_k_q8_k};
+        use crate::kernels::quant::{vec_dot_q3_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q6_k_q8_k};
+        use crate::quant::packed::{BlockQ3Kx4, BlockQ6Kx4};
+        use crate::quant::BlockQ3K;
         use crate::quant::{quantize_row_q4_k, quantize_row_q5_k, quantize_row_q6_k, BlockQ4K, BlockQ5K, BlockQ6K};
         for (rows, cols) in [(4, 256), (7, 512), (8, 1024)] {
             let v = pseudo(rows * cols, rows as u32 + cols as u32);
             check_k::<BlockQ4Kx4>(&quantize_row_q4_k(&v), rows, cols, dot4_q4_k, vec_dot_q4_k_q8_k);
-            check_whole::<BlockQ6Kx4>(&quantize_row_q6_k(&v), rows, cols, matvec_q6_k, vec_dot_q6_k_q8_k);
+            check_whole::<BlockQ6Kx4>(&quantize_row_q6_k(&v), rows, cols, matvec_k16, vec_dot_q6_k_q8_k);
             let n = rows * cols / 256;
             let q4: Vec<BlockQ4K> = raw_blocks(n, cols, |b: BlockQ4K| BlockQ4K {
                 d: f16::from_f32(0.01),
@@ -945,7 +954,15 @@ mod tests {
                 d: f16::from_bits(0x0001),
                 ..b
             });
-            check_whole::<BlockQ6Kx4>(&q6, rows, cols, matvec_q6_k, vec_dot_q6_k_q8_k);
+            check_whole::<BlockQ6Kx4>(&q6, rows, cols, matvec_k16, vec_dot_q6_k_q8_k);
+            // Q3_K on Q6_K's kernel: quantized rows and raw bit patterns.
+            let q3 = crate::quant::quantize_row_q3_k(&v);
+            check_whole::<BlockQ3Kx4>(&q3, rows, cols, matvec_k16, vec_dot_q3_k_q8_k);
+            let q3: Vec<BlockQ3K> = raw_blocks(n, rows + 3, |b: BlockQ3K| BlockQ3K {
+                d: f16::from_f32(-1.5),
+                ..b
+            });
+            check_whole::<BlockQ3Kx4>(&q3, rows, cols, matvec_k16, vec_dot_q3_k_q8_k);
             check_k::<BlockQ5Kx4>(&quantize_row_q5_k(&v), rows, cols, dot4_q5_k, vec_dot_q5_k_q8_k);
             let q5: Vec<BlockQ5K> = raw_blocks(n, cols + 1, |b: BlockQ5K| BlockQ5K {
                 d: f16::from_f32(-0.02),

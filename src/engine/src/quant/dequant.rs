@@ -2,8 +2,8 @@
 //! Each writes `blocks.len() * elements_per_block` values into `y`.
 
 use super::{
-    nibble, quant5, scale_min_k4, BlockIQ4NL, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+    nibble, quant5, scale_min_k4, BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
 
 /// `y = q * d` per block of 32.
@@ -111,6 +111,39 @@ pub fn dequantize_row_q5_k(blocks: &[BlockQ5K], y: &mut [f32]) {
                 chunk[l] = d1 * ((ql[l] & 0xF) + h1) as f32 - m1;
                 chunk[l + 32] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
             }
+        }
+    }
+}
+
+/// Scale `j` (0..16) of a Q3_K block, minus 32 (see [`BlockQ3K`]).
+#[inline]
+pub(crate) fn q3k_scale(s: &[u8; 12], j: usize) -> i8 {
+    let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (lo | (hi << 4)) as i8 - 32
+}
+
+/// The quant of element `e` (0..256) of a Q3_K block, in -4..=3.
+#[inline]
+pub(crate) fn q3k_quant(b: &BlockQ3K, e: usize) -> i8 {
+    let (h, r) = (e / 128, e % 128);
+    let (k, l) = (r / 32, r % 32);
+    let low = ((b.qs[32 * h + l] >> (2 * k)) & 3) as i8;
+    let high_set = (b.hmask[l] >> (e / 32)) & 1 == 1;
+    if high_set {
+        low
+    } else {
+        low - 4
+    }
+}
+
+/// Sub-block `j` (16 elements) is `d * (scale_j - 32) * q`.
+pub fn dequantize_row_q3_k(blocks: &[BlockQ3K], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK_K);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = b.d.to_f32();
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = d * q3k_scale(&b.scales, i / 16) as f32 * q3k_quant(b, i) as f32;
         }
     }
 }

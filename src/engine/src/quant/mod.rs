@@ -13,6 +13,7 @@
 //! | [`BlockIQ4NL`] | 32 | 18 | `d: f16, qs: [u8; 16]`; nibbles as Q4_0 index [`KVALUES_IQ4NL`]; `x = d * kvalues[q]` |
 //! | [`BlockQ4K`] | 256 | 144 | `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; 8 sub-blocks of 32 with 6-bit scale and min; `x = d * sc * q - dmin * m` |
 //! | [`BlockQ5K`] | 256 | 176 | as Q4_K plus `qh: [u8; 32]`, the fifth bit of each quant |
+//! | [`BlockQ3K`] | 256 | 110 | `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`; 16 sub-blocks of 16, 6-bit scales; `x = d * (sc - 32) * q`, `q` in -4..=3 |
 //! | [`BlockQ6K`] | 256 | 210 | `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; 16 sub-blocks of 16; `x = d * sc * (q - 32)` |
 //! | [`BlockQ8K`] | 256 | 292 | `d: f32, qs: [i8; 256], bsums: [i16; 16]`: activations for the K-quant dot products |
 //!
@@ -32,13 +33,14 @@ pub mod packed;
 mod quantize;
 
 pub use dequant::{
-    dequantize_row_iq4_nl, dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q4_k, dequantize_row_q5_0,
-    dequantize_row_q5_1, dequantize_row_q5_k, dequantize_row_q6_k, dequantize_row_q8_0,
+    dequantize_row_iq4_nl, dequantize_row_q3_k, dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q4_k,
+    dequantize_row_q5_0, dequantize_row_q5_1, dequantize_row_q5_k, dequantize_row_q6_k, dequantize_row_q8_0,
 };
+pub(crate) use dequant::{q3k_quant, q3k_scale};
 pub use quantize::{
-    quantize_row_iq4_nl, quantize_row_q4_0, quantize_row_q4_1, quantize_row_q4_k, quantize_row_q4_k_with,
-    quantize_row_q5_0, quantize_row_q5_1, quantize_row_q5_k, quantize_row_q5_k_with, quantize_row_q6_k,
-    quantize_row_q6_k_with, quantize_row_q8_0, Search,
+    quantize_row_iq4_nl, quantize_row_q3_k, quantize_row_q4_0, quantize_row_q4_1, quantize_row_q4_k,
+    quantize_row_q4_k_with, quantize_row_q5_0, quantize_row_q5_1, quantize_row_q5_k, quantize_row_q5_k_with,
+    quantize_row_q6_k, quantize_row_q6_k_with, quantize_row_q8_0, Search,
 };
 
 use crate::tensor::GgmlType;
@@ -195,6 +197,24 @@ pub struct BlockQ6K {
     pub d: f16,
 }
 const _: () = assert!(size_of::<BlockQ6K>() == 210);
+
+/// Q3_K: 256 values in 16 groups of 16, each `d * (sc - 32) * q` with a
+/// 6-bit group scale `sc` and a 3-bit quant `q` in -4..=3.
+///
+/// Element `e = 128 h + 32 k + l` (h < 2, k < 4, l < 32): its low two bits
+/// are bits `2k..2k+2` of `qs[32 h + l]`; its high bit, bit `e / 32` of
+/// `hmask[l]`, is *set* for `q ≥ 0` (a clear bit subtracts 4). Scale `j`:
+/// low 4 bits the low (j < 8) or high nibble of `scales[j % 8]`, high 2
+/// bits bits `2 (j / 4)..` of `scales[8 + j % 4]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ3K {
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    pub scales: [u8; 12],
+    pub d: f16,
+}
+const _: () = assert!(size_of::<BlockQ3K>() == 110);
 
 /// Q8_K: ggml's activation block for the K-quant dot products: 256 int8
 /// values, an f32 scale, and the sum of each group of 16 quants (so a dot
@@ -450,6 +470,32 @@ impl Block for BlockQ5K {
     }
 }
 
+impl Block for BlockQ3K {
+    const TYPE: GgmlType = GgmlType::Q3K;
+    const ELEMS: usize = QK_K;
+    const BYTES: usize = 110;
+    fn read(b: &[u8]) -> Self {
+        BlockQ3K {
+            hmask: rd_array(b, 0),
+            qs: rd_array(b, 32),
+            scales: rd_array(b, 96),
+            d: rd_f16(b, 108),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.hmask);
+        out.extend_from_slice(&self.qs);
+        out.extend_from_slice(&self.scales);
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q3_k(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q3_k(x)
+    }
+}
+
 impl Block for BlockQ6K {
     const TYPE: GgmlType = GgmlType::Q6K;
     const ELEMS: usize = QK_K;
@@ -574,6 +620,7 @@ pub fn quantize_row_bytes_with(ty: GgmlType, x: &[f32], search: Search) -> Resul
         GgmlType::Q4K => blocks_to_le_bytes(&quantize_row_q4_k_with(x, search)),
         GgmlType::Q5K => blocks_to_le_bytes(&quantize_row_q5_k_with(x, search)),
         GgmlType::Q6K => blocks_to_le_bytes(&quantize_row_q6_k_with(x, search)),
+        GgmlType::Q3K => blocks_to_le_bytes(&quantize_row_q3_k(x)),
         other => return Err(format!("cannot quantize to {}", other.name())),
     })
 }

@@ -36,8 +36,9 @@
 
 use super::dequant::q6k_quant;
 use super::{
-    nibble, pack_fifth_bits, pack_nibbles, pack_scale_min_k4, quant5, scale_min_k4, Block, BlockIQ4NL, BlockQ4K,
-    BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+    nibble, pack_fifth_bits, pack_nibbles, pack_scale_min_k4, q3k_quant, q3k_scale, quant5, scale_min_k4, Block,
+    BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    KVALUES_IQ4NL, QK8_0, QK_K,
 };
 use half::f16;
 use std::mem::size_of;
@@ -91,7 +92,7 @@ pub(crate) fn zeroed_vec<T: ZeroValid>(n: usize) -> Vec<T> {
 // PhantomData), every one of which is valid as zero bytes.
 unsafe impl<S> ZeroValid for BlockQ8x4<S> {}
 unsafe impl ZeroValid for BlockQ4Kx4 {}
-unsafe impl ZeroValid for BlockQ6Kx4 {}
+unsafe impl<S> ZeroValid for BlockK16x4<S> {}
 unsafe impl ZeroValid for BlockQ4_0x4 {}
 unsafe impl ZeroValid for BlockQ5Kx4 {}
 unsafe impl<S> ZeroValid for BlockKWidex4<S> {}
@@ -591,20 +592,90 @@ impl PackedBlock for BlockQ4Kx4 {
     }
 }
 
-/// Q6_K for four rows: f32 scale, the sixteen sub-block scales widened to
-/// i16 (`scales[g]` = the four rows' scales of group `g`, for
-/// `i32x4.load16x4_s`), and each 6-bit quant unpacked to one signed byte
-/// `q - 32`, the rows interleaved by column pairs (a third more bytes than
-/// the file's bit planes, but the kernel then reads plain int8 like Q8_0's
-/// instead of reassembling bits per weight).
+/// Sixteen groups of sixteen signed byte quants with one i16 scale each,
+/// for four rows (`S`: Q6_K, or Q3_K, whose values have the same shape):
+/// f32 scale, the sixteen sub-block scales widened to i16 (`scales[g]` =
+/// the four rows' scales of group `g`, for `i32x4.load16x4_s`), and each
+/// quant unpacked to one signed byte (Q6_K `q - 32`, Q3_K `q` in -4..=3),
+/// the rows interleaved by column pairs (more bytes than the file's bit
+/// planes, but the kernel then reads plain int8 like Q8_0's instead of
+/// reassembling bits per weight).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
-pub struct BlockQ6Kx4 {
+pub struct BlockK16x4<S> {
     pub d: [f32; 4],
     pub scales: [[i16; 4]; QK_K / 16],
     pub qs: [i8; 4 * QK_K],
+    _src: std::marker::PhantomData<S>,
 }
+/// Q6_K for four rows, quants as bytes `q - 32`.
+pub type BlockQ6Kx4 = BlockK16x4<BlockQ6K>;
+/// Q3_K for four rows, quants as bytes in -4..=3 and scales `sc - 32`.
+pub type BlockQ3Kx4 = BlockK16x4<BlockQ3K>;
 const _: () = assert!(size_of::<BlockQ6Kx4>() == 1168);
+
+impl<S> BlockK16x4<S> {
+    fn from_rows(d: [f32; 4], scales: [[i8; QK_K / 16]; 4], quants: [[i8; QK_K]; 4]) -> Self {
+        let mut qs = [0; 4 * QK_K];
+        interleave_pairs([0, 1, 2, 3].map(|r| &quants[r][..]), &mut qs);
+        BlockK16x4 {
+            d,
+            scales: std::array::from_fn(|g| scales.map(|s| s[g] as i16)),
+            qs,
+            _src: std::marker::PhantomData,
+        }
+    }
+}
+
+impl PackedBlock for BlockQ3Kx4 {
+    type Src = BlockQ3K;
+    fn pack(rows: [Option<BlockQ3K>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ3K {
+                hmask: [0; QK_K / 8],
+                qs: [0; QK_K / 4],
+                scales: [0; 12],
+                d: f16::ZERO,
+            })
+        });
+        BlockK16x4::from_rows(
+            rows.map(|b| b.d.to_f32()),
+            rows.map(|b| std::array::from_fn(|g| q3k_scale(&b.scales, g))),
+            rows.map(|b| std::array::from_fn(|e| q3k_quant(&b, e))),
+        )
+    }
+    fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
+        let rows = block_arrays::<{ BlockQ3K::BYTES }>(rows);
+        *out = Self::pack(rows.map(|b| Some(BlockQ3K::read(b))));
+    }
+    fn unpack(&self, lane: usize) -> BlockQ3K {
+        let mut b = BlockQ3K {
+            hmask: [0; QK_K / 8],
+            qs: [0; QK_K / 4],
+            scales: [0; 12],
+            d: f16::from_f32(self.d[lane]),
+        };
+        for (j, s) in self.scales.iter().enumerate() {
+            let q = (s[lane] + 32) as u8;
+            if j < 8 {
+                b.scales[j] |= q & 0xF;
+            } else {
+                b.scales[j - 8] |= (q & 0xF) << 4;
+            }
+            b.scales[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+        }
+        let mut quants = [0i8; QK_K];
+        pair_lane(&self.qs, lane, &mut quants);
+        for (e, &q) in quants.iter().enumerate() {
+            if q >= 0 {
+                b.hmask[e % 32] |= 1 << (e / 32);
+            }
+            let low = (q & 3) as u8;
+            b.qs[32 * (e / 128) + e % 32] |= low << (2 * ((e % 128) / 32));
+        }
+        b
+    }
+}
 
 impl PackedBlock for BlockQ6Kx4 {
     type Src = BlockQ6K;
@@ -617,14 +688,11 @@ impl PackedBlock for BlockQ6Kx4 {
                 d: f16::ZERO,
             })
         });
-        let quants = rows.map(|b| q6k_quants(&b));
-        let mut qs = [0; 4 * QK_K];
-        interleave_pairs([0, 1, 2, 3].map(|r| &quants[r][..]), &mut qs);
-        BlockQ6Kx4 {
-            d: rows.map(|b| b.d.to_f32()),
-            scales: std::array::from_fn(|g| rows.map(|b| b.scales[g] as i16)),
-            qs,
-        }
+        BlockK16x4::from_rows(
+            rows.map(|b| b.d.to_f32()),
+            rows.map(|b| b.scales),
+            rows.map(|b| q6k_quants(&b)),
+        )
     }
     fn pack_le(rows: [&[u8]; 4], out: &mut Self) {
         let rows = block_arrays::<{ BlockQ6K::BYTES }>(rows);

@@ -17,8 +17,8 @@
 //!   quantized to int8 against the largest.
 
 use super::{
-    pack_fifth_bits, pack_nibbles, pack_scale_min_k4, scale_min_k4, BlockIQ4NL, BlockQ4K, BlockQ4_0, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+    pack_fifth_bits, pack_nibbles, pack_scale_min_k4, scale_min_k4, BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0,
+    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
 use half::f16;
 
@@ -308,6 +308,127 @@ fn make_qkx2_quants(
         }
     }
     (scale, -min)
+}
+
+/// ggml's `make_q3_quants` with its least-squares refinement (`do_rmse`):
+/// `x ≈ scale * L`, `L` in `-nmax..nmax` (stored as `L + nmax`), weights
+/// `x²`, starting from the levels nearest `nmax / max` and moving one level
+/// at a time while the weighted fit improves (at most five passes). The
+/// arithmetic is ggml's, operation for operation, so the bytes are its bytes.
+fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for (li, &v) in l.iter_mut().zip(x) {
+        let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        *li = q as i8;
+        let w = v * v;
+        sumlx += w * v * q as f32;
+        suml2 += w * q as f32 * q as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for (li, &v) in l.iter_mut().zip(x) {
+            let w = v * v;
+            let q = *li as f32;
+            let mut slx = sumlx - w * v * q;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * q * q;
+                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != *li as i32 {
+                    slx += w * v * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *li = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for li in l.iter_mut() {
+        *li += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// ggml's reference Q3_K quantizer (`quantize_row_q3_K_ref`): each group's
+/// scale by [`make_q3_quants`], the scales to 6 bits against the largest,
+/// then every quant again against its group's quantized scale.
+pub fn quantize_row_q3_k(x: &[f32]) -> Vec<BlockQ3K> {
+    assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
+    x.chunks_exact(QK_K)
+        .map(|c| {
+            let mut l = [0i8; QK_K];
+            let mut scales = [0.0f32; 16];
+            let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
+            for (j, s) in scales.iter_mut().enumerate() {
+                *s = make_q3_quants(4, &c[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+                if s.abs() > amax {
+                    amax = s.abs();
+                    max_scale = *s;
+                }
+            }
+            let mut b = BlockQ3K {
+                hmask: [0; QK_K / 8],
+                qs: [0; QK_K / 4],
+                scales: [0; 12],
+                d: f16::from_f32(0.0),
+            };
+            if max_scale != 0.0 {
+                let iscale = -32.0 / max_scale;
+                for (j, s) in scales.iter().enumerate() {
+                    let q = (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8;
+                    if j < 8 {
+                        b.scales[j] = q & 0xF;
+                    } else {
+                        b.scales[j - 8] |= (q & 0xF) << 4;
+                    }
+                    b.scales[8 + j % 4] |= (q >> 4) << (2 * (j / 4));
+                }
+                b.d = f16::from_f32(1.0 / iscale);
+            }
+            for j in 0..16 {
+                let d = b.d.to_f32() * super::dequant::q3k_scale(&b.scales, j) as f32;
+                if d == 0.0 {
+                    continue;
+                }
+                for i in 16 * j..16 * j + 16 {
+                    l[i] = (nearest_int(c[i] / d).clamp(-4, 3) + 4) as i8;
+                }
+            }
+            for (e, &q) in l.iter().enumerate() {
+                let low = if q > 3 {
+                    b.hmask[e % 32] |= 1 << (e / 32);
+                    q - 4
+                } else {
+                    q
+                };
+                b.qs[32 * (e / 128) + e % 32] |= (low as u8) << (2 * ((e % 128) / 32));
+            }
+            b
+        })
+        .collect()
 }
 
 /// Fits `x ≈ scale * L` with `L` in `-nmax..nmax` (stored as `L + nmax`),

@@ -10,13 +10,14 @@ use crate::model::Tensor;
 use crate::synth::Rng;
 
 /// Every quantized weight type, with its name for messages.
-const QUANT_TYPES: [GgmlType; 9] = [
+const QUANT_TYPES: [GgmlType; 10] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::IQ4NL,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
@@ -57,6 +58,7 @@ fn scale_offsets(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
         GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
         GgmlType::Q6K => &[208],
+        GgmlType::Q3K => &[108],
         _ => &[],
     }
 }
@@ -112,6 +114,7 @@ fn block_sizes_match_the_type_table() {
     assert_eq!(BlockQ4K::BYTES, GgmlType::Q4K.block_bytes());
     assert_eq!(BlockQ5K::BYTES, GgmlType::Q5K.block_bytes());
     assert_eq!(BlockQ6K::BYTES, GgmlType::Q6K.block_bytes());
+    assert_eq!(BlockQ3K::BYTES, GgmlType::Q3K.block_bytes());
     // ggml's Q8_K fields first, then the in-memory extras (sums per 32, i16 quants).
     assert_eq!(std::mem::offset_of!(BlockQ8K, bsums32), GgmlType::Q8K.block_bytes());
     assert_eq!(BlockQ4K::ELEMS, GgmlType::Q4K.block_size());
@@ -135,6 +138,7 @@ fn blocks_round_trip_through_file_bytes() {
     check::<BlockQ5_0>(7);
     check::<BlockQ5_1>(8);
     check::<BlockIQ4NL>(9);
+    check::<BlockQ3K>(10);
 }
 
 #[test]
@@ -245,6 +249,9 @@ fn round_trip_error_is_within_ggml_figures() {
     assert!(get(GgmlType::Q6K) < 0.02);
     assert!(get(GgmlType::Q5K) < 0.04);
     assert!(get(GgmlType::Q4K) < 0.08);
+    // q3_K 0.1519: one bit fewer than q4_K, about twice its error.
+    assert!(get(GgmlType::Q3K) < 0.17);
+    assert!(get(GgmlType::Q4K) < get(GgmlType::Q3K));
     assert!(get(GgmlType::Q4_0) < 0.095);
     // q5_0 0.0418, q5_1 0.0378, q4_1 0.0776, iq4_nl 0.0759: an offset (Q4_1,
     // Q5_1) or a grid denser near zero (IQ4_NL) beats the symmetric Q4_0.
@@ -498,9 +505,10 @@ fn block_codecs_match_ggml() {
             GgmlType::Q5_1,
             GgmlType::Q8_0,
             GgmlType::IQ4NL,
+            GgmlType::Q3K,
         ]
         .into_iter()
-        .find(|t| t.name() == name)
+        .find(|t| t.name().eq_ignore_ascii_case(name))
         .unwrap_or_else(|| panic!("unknown type {name}"));
         for case in entry["quantize"].as_array().unwrap() {
             let x: Vec<f32> = case["x"]
@@ -532,5 +540,5 @@ fn block_codecs_match_ggml() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 6 * 7 + 6);
+    assert_eq!(checked, 7 * 7 + 7);
 }

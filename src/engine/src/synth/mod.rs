@@ -40,7 +40,7 @@ pub enum QuantMix {
 impl QuantMix {
     /// The `--quant` names.
     pub const NAMES: &'static str =
-        "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_k, q5_k, q6_k, q4_k_m, q5_k_m";
+        "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q3_k, q4_k, q5_k, q6_k, q4_k_m, q5_k_m";
 
     pub fn parse(name: &str) -> Option<QuantMix> {
         let ty = match name.to_ascii_lowercase().as_str() {
@@ -56,6 +56,7 @@ impl QuantMix {
             "q4_k" => GgmlType::Q4K,
             "q5_k" => GgmlType::Q5K,
             "q6_k" => GgmlType::Q6K,
+            "q3_k" => GgmlType::Q3K,
             "q4_k_m" => return Some(QuantMix::Q4KM),
             "q5_k_m" => return Some(QuantMix::Q5KM),
             _ => return None,
@@ -77,6 +78,7 @@ impl QuantMix {
                 GgmlType::Q5_0 => 8,
                 GgmlType::Q5_1 => 9,
                 GgmlType::IQ4NL => 25,
+                GgmlType::Q3K => 11, // Q3_K_S
                 GgmlType::Q4K => 14, // Q4_K_S
                 GgmlType::Q5K => 16, // Q5_K_S
                 GgmlType::Q6K => 18,
