@@ -316,14 +316,8 @@ fn make_qkx2_quants(
 /// at a time while the weighted fit improves (at most five passes). The
 /// arithmetic is ggml's, operation for operation, so the bytes are its bytes.
 fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = signed_absmax(x);
+    let amax = max.abs();
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
@@ -381,14 +375,10 @@ pub fn quantize_row_q3_k(x: &[f32]) -> Vec<BlockQ3K> {
         .map(|c| {
             let mut l = [0i8; QK_K];
             let mut scales = [0.0f32; 16];
-            let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
             for (j, s) in scales.iter_mut().enumerate() {
                 *s = make_q3_quants(4, &c[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
-                if s.abs() > amax {
-                    amax = s.abs();
-                    max_scale = *s;
-                }
             }
+            let max_scale = signed_absmax(&scales);
             let mut b = BlockQ3K {
                 hmask: [0; QK_K / 8],
                 qs: [0; QK_K / 4],
@@ -436,14 +426,8 @@ pub fn quantize_row_q3_k(x: &[f32]) -> Vec<BlockQ3K> {
 /// least-squares one. Returns the scale (negative when the largest-magnitude
 /// value is positive, as in ggml).
 fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], search: Search) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let max = signed_absmax(x);
+    let amax = max.abs();
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
@@ -595,15 +579,11 @@ pub fn quantize_row_q6_k_with(x: &[f32], search: Search) -> Vec<BlockQ6K> {
         .map(|c| {
             let mut l = [0i8; QK_K];
             let mut scales = [0.0f32; 16];
-            let mut max_scale = 0.0f32;
-            let mut max_abs_scale = 0.0f32;
             for (j, s) in scales.iter_mut().enumerate() {
                 *s = make_qx_quants(32, &c[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16], search);
-                if s.abs() > max_abs_scale {
-                    max_abs_scale = s.abs();
-                    max_scale = *s;
-                }
             }
+            let max_scale = signed_absmax(&scales);
+            let max_abs_scale = max_scale.abs();
             let mut b = BlockQ6K {
                 ql: [0; QK_K / 2],
                 qh: [0; QK_K / 4],
