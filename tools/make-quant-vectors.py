@@ -11,7 +11,7 @@ are tested against llama.cpp rather than against themselves.
 
 With ggml's own quantizer (tools/reference/ggml-quantize.c, built from the
 llama-cpp-python source package), every row gguf-py quantizes is checked to
-give ggml's bytes, and the types gguf-py cannot quantize (IQ4_NL) get their
+give ggml's bytes, and the types gguf-py cannot quantize (IQ4_NL, the K-quants) get their
 `quantize` cases from ggml.
 
 For each type: `quantize` cases (f32 rows in, the file bytes gguf-py writes,
@@ -29,9 +29,10 @@ import numpy as np
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q3_K"]
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q3_K", "Q2_K", "IQ4_XS"]
 # Scale fields (f16, byte offsets) to make finite in random blocks.
-SCALES = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0], "Q3_K": [108]}
+SCALES = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0], "Q3_K": [108],
+          "Q2_K": [80, 82], "IQ4_XS": [0]}
 
 
 def rows(rng, block=32):

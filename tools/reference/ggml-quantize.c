@@ -4,7 +4,7 @@
 // row's block bytes to stdout. Built by tools/reference/build-ggml-quantize.sh
 // from a llama.cpp source package; never committed as a build.
 //
-//     ggml-quantize <type>     type: q4_0 q4_1 q5_0 q5_1 q8_0 iq4_nl q3_k
+//     ggml-quantize <type>     type: q4_0 q4_1 q5_0 q5_1 q8_0 iq4_nl q3_k q2_k iq4_xs
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +26,8 @@ static size_t block_bytes(enum ggml_type t, int64_t * blck) {
         case GGML_TYPE_Q8_0: *blck = 32; return 34;
         case GGML_TYPE_IQ4_NL: *blck = 32; return 18;
         case GGML_TYPE_Q3_K: *blck = 256; return 110;
+        case GGML_TYPE_Q2_K: *blck = 256; return 84;
+        case GGML_TYPE_IQ4_XS: *blck = 256; return 136;
         default: fprintf(stderr, "type %d not in the harness\n", (int) t); abort();
     }
 }
@@ -49,6 +51,9 @@ int main(int argc, char ** argv) {
     else if (!strcmp(t, "q8_0")) { quantize_row_q8_0_ref(x, (block_q8_0 *) out, n); bytes = n / 32 * 34; }
     else if (!strcmp(t, "iq4_nl")) { bytes = quantize_iq4_nl(x, out, 1, n, NULL); }
     else if (!strcmp(t, "q3_k")) { quantize_row_q3_K_ref(x, (block_q3_K *) out, n); bytes = n / 256 * 110; }
+    else if (!strcmp(t, "q2_k")) { quantize_row_q2_K_ref(x, (block_q2_K *) out, n); bytes = n / 256 * 84; }
+    // As llama-quantize without an importance matrix (quantize_iq4_xs, ntry 7).
+    else if (!strcmp(t, "iq4_xs")) { bytes = quantize_iq4_xs(x, out, 1, n, NULL); }
     else { fprintf(stderr, "unknown type %s\n", t); return 2; }
     fwrite(out, 1, bytes, stdout);
     return 0;

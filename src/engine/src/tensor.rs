@@ -11,8 +11,9 @@
 use crate::kernels::matrix::{FloatMatrix, PackedKernel, WeightMatrix};
 use crate::kernels::{ActFamily, PreparedActs};
 use crate::quant::packed::{
-    bf16_bits_to_f32, f16_bits_to_f32, BlockIQ4NLx4, BlockKWidex4, BlockQ3Kx4, BlockQ4Kx4, BlockQ4_0Widex4,
-    BlockQ4_0x4, BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, RowsInLanes,
+    bf16_bits_to_f32, f16_bits_to_f32, BlockIQ4NLx4, BlockIQ4XSx4, BlockKWidex4, BlockQ2Kx4, BlockQ3Kx4, BlockQ4Kx4,
+    BlockQ4_0Widex4, BlockQ4_0x4, BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4,
+    Interleaved, RowsInLanes,
 };
 use crate::quant::{quantize_row_bytes, Block, BlockQ4K, BlockQ5K};
 use serde::{Deserialize, Serialize};
@@ -333,6 +334,18 @@ pub const SUPPORTED_TYPES: &[TypeSpec] = &[
         codec: |_, _| &Packed::<BlockQ3Kx4>::CODEC,
     },
     TypeSpec {
+        // As Q3_K: unpacked element by element.
+        ty: GgmlType::Q2K,
+        load_cost_per_byte: 160,
+        codec: |_, _| &Packed::<BlockQ2Kx4>::CODEC,
+    },
+    TypeSpec {
+        // As Q3_K: unpacked element by element.
+        ty: GgmlType::IQ4XS,
+        load_cost_per_byte: 120,
+        codec: |_, _| &Packed::<BlockIQ4XSx4>::CODEC,
+    },
+    TypeSpec {
         ty: GgmlType::Q6K,
         load_cost_per_byte: 11,
         codec: |_, _| &Packed::<BlockQ6Kx4>::CODEC,
@@ -601,7 +614,7 @@ mod tests {
     fn supported_names_come_from_the_table() {
         assert_eq!(
             supported_type_names(),
-            "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q5_K, q3_K, q6_K"
+            "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q5_K, q3_K, q2_K, iq4_xs, q6_K"
         );
         assert!(type_spec(GgmlType::IQ2XXS).is_none());
         let err = Tensor::from_le_bytes(GgmlType::IQ2XXS, 1, 256, &[0; 66]).unwrap_err();

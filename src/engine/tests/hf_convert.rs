@@ -315,6 +315,7 @@ fn quantized_conversion_keeps_vectors_f32_and_stays_close() {
                 }
                 QuantMix::Q4KM => GgmlType::Q4K,
                 QuantMix::Q5KM => GgmlType::Q5K,
+                QuantMix::Q3KM => unreachable!("not among the mixes above"),
             };
             assert_eq!(ty, want, "{name}: {tname}");
         }

@@ -123,7 +123,7 @@ fn stories260k_quantized_keeps_f32_predictions() {
     assert_eq!(ref_greedy, STORIES_TOKENS[16..], "the F32 model gives the golden ids");
 
     for name in [
-        "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k_m", "q5_k_m", "q6_k",
+        "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k_m", "q5_k_m", "q6_k", "q3_k_m", "q2_k", "iq4_xs",
     ] {
         let mix = QuantMix::parse(name).unwrap();
         let bytes = synth::quantize_gguf(&f32_bytes, mix).unwrap();
@@ -135,6 +135,7 @@ fn stories260k_quantized_keeps_f32_predictions() {
             "q4_k_m" => GgmlType::Q5_0,
             "q5_k_m" => GgmlType::Q5_1,
             "q6_k" => GgmlType::Q8_0,
+            "q3_k_m" | "q2_k" | "iq4_xs" => GgmlType::IQ4NL,
             other => match QuantMix::parse(other).unwrap() {
                 QuantMix::Uniform(t) => t,
                 _ => unreachable!(),
@@ -161,7 +162,11 @@ fn stories260k_quantized_keeps_f32_predictions() {
                 // IQ4_NL's quantizer (ggml's, byte for byte: see
                 // `block_codecs_match_ggml`) weights its fit by x², which
                 // favours a block's large weights over its many small ones.
-                let min_cosine = if name == "iq4_nl" { 0.985 } else { 0.99 };
+                let min_cosine = if matches!(name, "iq4_nl" | "q3_k_m" | "q2_k" | "iq4_xs") {
+                    0.985
+                } else {
+                    0.99
+                };
                 assert!(a.top1 >= 0.8, "{name}");
                 assert!(a.top5 >= 0.95, "{name}");
                 assert!(a.min_cosine > min_cosine, "{name}");
@@ -213,24 +218,32 @@ fn synthetic_model_in_every_type_tracks_its_f32_version() {
     let reference = build(QuantMix::Uniform(GgmlType::F32));
     let tokens: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
     let ref_logits = all_logits(&reference, &tokens);
-    // (type, min top-1 agreement, min cosine). Random weights give flat
-    // logits (small top-1 margins), so top-1 agreement is noisy; the cosine
-    // tracks the weight error. Measured (64 positions, seed 42): f16 1.000 /
-    // 1.00000, bf16 0.984 / 0.99999, q8_0 0.953 / 0.99980, q6_k 0.922 /
-    // 0.99837, q5_k 0.766 / 0.99196, q4_k 0.672 / 0.97790, q4_0 0.578 /
-    // 0.96763, q4_k_m 0.750 / 0.97803; the reference's top-1 is in the top 5
-    // at >= 95% of positions for every type.
+    // (type, min top-1 agreement, min share of positions whose reference
+    // top-1 is in the top 5, min cosine). Random weights give flat logits
+    // (small top-1 margins), so top-1 agreement is noisy; the cosine tracks
+    // the weight error. Measured (64 positions, seed 42), top-1 / top-5 /
+    // cosine: f16 1.000 / 1.000 / 1.00000, bf16 0.984 / 1.000 / 0.99999,
+    // q8_0 0.953 / 1.000 / 0.99981, q6_k 0.922 / 1.000 / 0.99837, q5_k
+    // 0.766 / 1.000 / 0.99196, q4_k 0.641 / 0.953 / 0.97790, q4_0 0.594 /
+    // 0.984 / 0.96757, q4_k_m 0.734 / 0.953 / 0.97798, iq4_xs 0.484 / 0.953
+    // / 0.97226, q3_k_m 0.531 / 0.922 / 0.95460, q3_k 0.453 / 0.781 /
+    // 0.90309, q2_k 0.141 / 0.391 / 0.65563 (two bits on Gaussian weights:
+    // the per-weight RMSE is 0.29σ, see `round_trip_error_is_within_ggml_figures`).
     let cases = [
-        ("f16", 1.0, 0.99999),
-        ("bf16", 0.95, 0.9999),
-        ("q8_0", 0.9, 0.9995),
-        ("q6_k", 0.85, 0.997),
-        ("q5_k", 0.7, 0.99),
-        ("q4_k", 0.6, 0.975),
-        ("q4_0", 0.5, 0.96),
-        ("q4_k_m", 0.65, 0.975),
+        ("f16", 1.0, 0.95, 0.99999),
+        ("bf16", 0.95, 0.95, 0.9999),
+        ("q8_0", 0.9, 0.95, 0.9995),
+        ("q6_k", 0.85, 0.95, 0.997),
+        ("q5_k", 0.7, 0.95, 0.99),
+        ("q4_k", 0.6, 0.95, 0.975),
+        ("q4_0", 0.5, 0.95, 0.96),
+        ("q4_k_m", 0.65, 0.95, 0.975),
+        ("q3_k", 0.4, 0.75, 0.89),
+        ("q3_k_m", 0.45, 0.9, 0.945),
+        ("iq4_xs", 0.42, 0.93, 0.965),
+        ("q2_k", 0.1, 0.3, 0.6),
     ];
-    for (name, min_top1, min_cos) in cases {
+    for (name, min_top1, min_top5, min_cos) in cases {
         let model = build(QuantMix::parse(name).unwrap());
         let a = agreement(&ref_logits, &all_logits(&model, &tokens));
         eprintln!(
@@ -238,7 +251,7 @@ fn synthetic_model_in_every_type_tracks_its_f32_version() {
             a.top1, a.top5, a.min_cosine
         );
         assert!(a.top1 >= min_top1, "{name}: top-1 agreement {}", a.top1);
-        assert!(a.top5 >= 0.95, "{name}: top-5 {}", a.top5);
+        assert!(a.top5 >= min_top5, "{name}: top-5 {}", a.top5);
         assert!(a.min_cosine >= min_cos, "{name}: cosine {}", a.min_cosine);
     }
 }
@@ -286,7 +299,9 @@ fn nibble_quants_widened_to_bytes_at_load_give_the_nibble_kernels_bits() {
 
 #[test]
 fn the_loader_knows_the_heap_a_model_will_take() {
-    for mix in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"] {
+    for mix in [
+        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m", "q3_k", "q2_k", "iq4_xs", "q3_k_m",
+    ] {
         let bytes = synth_256_bytes(QuantMix::parse(mix).unwrap());
         for keep in [false, true] {
             let mut planned = 0;

@@ -71,7 +71,8 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "table")]
     shape: Option<String>,
     /// Tensor types of `--shape`: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0,
-    /// q5_1, iq4_nl, q3_k, q4_k, q5_k, q6_k, q4_k_m, q5_k_m.
+    /// q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, q3_k_m, q4_k_m,
+    /// q5_k_m.
     #[arg(long, default_value = "q8_0")]
     quant: String,
     /// Every shape of the target table, one after the other; prints the

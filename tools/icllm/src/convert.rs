@@ -24,8 +24,8 @@ pub struct ConvertArgs {
     #[arg(long, short = 'o')]
     pub output: PathBuf,
     /// Quantize the 2-D weights: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0,
-    /// q5_1, iq4_nl, q4_k, q5_k, q6_k, or llama.cpp's mixes q4_k_m and
-    /// q5_k_m (with its fallbacks for rows that are not whole K-quant
+    /// q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, or llama.cpp's
+    /// mixes q3_k_m, q4_k_m and q5_k_m (with its fallbacks for rows that are not whole K-quant
     /// blocks). Default: the checkpoint's types.
     #[arg(long)]
     pub quant: Option<String>,

@@ -26,7 +26,8 @@ pub struct SynthArgs {
     #[arg(long)]
     shape: String,
     /// Tensor types: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl,
-    /// q3_k, q4_k, q5_k, q6_k, q4_k_m, q5_k_m.
+    /// iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, and llama.cpp's mixes q3_k_m,
+    /// q4_k_m, q5_k_m.
     #[arg(long, default_value = "q8_0")]
     quant: String,
     /// Output GGUF file.

@@ -149,9 +149,9 @@ fn convert_writes_the_gguf_that_run_uploads() {
         "-o",
         q8.to_str().unwrap(),
         "--quant",
-        "q2_k",
+        "iq2_xxs",
     ]);
-    assert!(!ok && stderr.contains("unknown --quant \"q2_k\""), "{stderr}");
+    assert!(!ok && stderr.contains("unknown --quant \"iq2_xxs\""), "{stderr}");
 
     // bench measures the checkpoint through the canister, converted in memory.
     let (stdout, stderr, ok) = icllm(&[

@@ -17,13 +17,14 @@
 
 use super::acts::{ActBlock, ActFamily, PreparedActs};
 use super::quant::{
-    vec_dot_iq4_nl_q8_0, vec_dot_q3_k_q8_k, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0,
-    vec_dot_q5_1_q8_1, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k, vec_dot_q8_0_q8_0,
+    vec_dot_iq4_nl_q8_0, vec_dot_iq4_xs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k, vec_dot_q4_0_q8_0,
+    vec_dot_q4_1_q8_1, vec_dot_q4_k_q8_k, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1, vec_dot_q5_k_q8_k, vec_dot_q6_k_q8_k,
+    vec_dot_q8_0_q8_0,
 };
 use super::{dot_widened, simd, simd_f32, simd_quant, SIMD};
 use crate::quant::packed::{
-    BlockIQ4NLx4, BlockKWidex4, BlockQ3Kx4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4, BlockQ4_1x4, BlockQ5Kx4,
-    BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, PackedBlock, RowsInLanes,
+    BlockIQ4NLx4, BlockIQ4XSx4, BlockKWidex4, BlockQ2Kx4, BlockQ3Kx4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4,
+    BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, PackedBlock, RowsInLanes,
 };
 use crate::quant::{dequantize_blocks, Block, BlockQ4K, BlockQ5K, BlockQ8A, BlockQ8K};
 use std::any::Any;
@@ -506,6 +507,40 @@ impl PackedKernel for BlockQ6Kx4 {
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8K]], out: &mut [f32]) {
         for (x, o) in xs.iter().zip(out.chunks_exact_mut(w.rows())) {
             simd_quant::matvec_k16(w, x, o);
+        }
+    }
+}
+
+impl PackedKernel for BlockIQ4XSx4 {
+    type Act = BlockQ8K;
+    const LAYOUT: &'static str = "iq4_xs bytes";
+    fn dot_row(w: &[Self::Src], x: &[BlockQ8K]) -> f32 {
+        vec_dot_iq4_xs_q8_k(w, x)
+    }
+    fn matvec(w: &Interleaved<Self>, x: &[BlockQ8K], out: &mut [f32]) {
+        simd_quant::matvec_k16(w, x, out)
+    }
+    /// Q6_K's kernel: one whole-matrix pass per token.
+    fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8K]], out: &mut [f32]) {
+        for (x, o) in xs.iter().zip(out.chunks_exact_mut(w.rows())) {
+            simd_quant::matvec_k16(w, x, o);
+        }
+    }
+}
+
+impl PackedKernel for BlockQ2Kx4 {
+    type Act = BlockQ8K;
+    const LAYOUT: &'static str = "q2_K bytes";
+    fn dot_row(w: &[Self::Src], x: &[BlockQ8K]) -> f32 {
+        vec_dot_q2_k_q8_k(w, x)
+    }
+    fn matvec(w: &Interleaved<Self>, x: &[BlockQ8K], out: &mut [f32]) {
+        simd_quant::matvec_q2_k(w, x, out)
+    }
+    /// One whole-matrix pass per token, as Q6_K.
+    fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8K]], out: &mut [f32]) {
+        for (x, o) in xs.iter().zip(out.chunks_exact_mut(w.rows())) {
+            simd_quant::matvec_q2_k(w, x, o);
         }
     }
 }

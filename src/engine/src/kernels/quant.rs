@@ -16,8 +16,9 @@
 //!    scalar order gives identical results.
 
 use crate::quant::{
-    nibble, q3k_quant, q3k_scale, quant5, scale_min_k4, BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8A, BlockQ8K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+    iq4xs_index, iq4xs_scale, nibble, q2k_quant, q3k_quant, q3k_scale, quant5, scale_min_k4, BlockIQ4NL, BlockIQ4XS,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8A, BlockQ8K,
+    BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
 
 /// Σ a[i] · b[i] over int8 values, in i32 (exact).
@@ -227,6 +228,49 @@ pub fn vec_dot_q3_k_q8_k(w: &[BlockQ3K], x: &[BlockQ8K]) -> f32 {
                 .map(|e| q3k_quant(wb, e) as i32 * xb.qs[e] as i32)
                 .sum();
             isc += q3k_scale(&wb.scales, g) as i32 * s;
+        }
+        acc += (wb.d.to_f32() * xb.d) * isc as f32;
+    }
+    acc
+}
+
+/// Q2_K weights · Q8_K activations: `isc = Σ_g sc_g · Σ q·x` and `imin =
+/// Σ_g m_g · bsum_g` in integers over the 16 groups of 16 (|isc| ≤ 16 · 15 ·
+/// 16 · 3 · 128), then `acc += (d · d_x) · isc - (dmin · d_x) · imin` per
+/// block: ggml's `vec_dot_q2_K_q8_K`, operation for operation.
+pub fn vec_dot_q2_k_q8_k(w: &[BlockQ2K], x: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut acc = 0.0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let (mut isc, mut imin) = (0i32, 0i32);
+        for g in 0..QK_K / 16 {
+            let s: i32 = (16 * g..16 * g + 16)
+                .map(|e| q2k_quant(wb, e) as i32 * xb.qs[e] as i32)
+                .sum();
+            isc += (wb.scales[g] & 0xF) as i32 * s;
+            imin += (wb.scales[g] >> 4) as i32 * xb.bsums[g] as i32;
+        }
+        acc += (wb.d.to_f32() * xb.d) * isc as f32 - (wb.dmin.to_f32() * xb.d) * imin as f32;
+    }
+    acc
+}
+
+/// IQ4_XS weights · Q8_K activations: `isc = Σ_j (ls_j - 32) · Σ
+/// kvalues[q]·x` in integers over the 8 sub-blocks of 32 (|isc| ≤ 8 · 32 ·
+/// 32 · 127 · 128), then `acc += (d · d_x) · isc` per block (ggml's SIMD
+/// kernels' shape; its scalar one rounds per sub-block instead). Each
+/// sub-block is two groups of 16 with one scale: Q6_K's shape, so IQ4_XS
+/// runs on Q6_K's kernel.
+pub fn vec_dot_iq4_xs_q8_k(w: &[BlockIQ4XS], x: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut acc = 0.0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let mut isc = 0i32;
+        for j in 0..QK_K / 32 {
+            let s: i32 = (32 * j..32 * j + 32)
+                .map(|e| KVALUES_IQ4NL[iq4xs_index(wb, e) as usize] as i32 * xb.qs[e] as i32)
+                .sum();
+            isc += iq4xs_scale(wb, j) as i32 * s;
         }
         acc += (wb.d.to_f32() * xb.d) * isc as f32;
     }

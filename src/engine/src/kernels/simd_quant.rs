@@ -13,8 +13,8 @@
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
 use crate::quant::packed::{
-    BlockK16x4, BlockKWidex4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ8Minx4, BlockQ8_0x4, BlockQ8x4, Interleaved,
-    PackedBlock,
+    BlockK16x4, BlockKWidex4, BlockQ2Kx4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ8Minx4, BlockQ8_0x4, BlockQ8x4,
+    Interleaved, PackedBlock,
 };
 use crate::quant::{BlockQ8A, BlockQ8K};
 
@@ -623,20 +623,32 @@ where
     type State = ([[I16x8; 8]; 16], F32x4);
     #[inline(always)]
     fn prepare(x: &[BlockQ8K]) -> Self::State {
-        let xb = &x[0];
-        // SAFETY: qw has 256 elements.
-        unsafe {
-            let a = xb.qw.as_ptr();
-            (
-                std::array::from_fn(|g| pair_splats::<8>(a.add(16 * g))),
-                F32x4::splat(xb.d),
-            )
-        }
+        (k16_groups(&x[0]), F32x4::splat(x[0].d))
     }
     #[inline(always)]
     unsafe fn step(acc: F32x4, w: *const BlockK16x4<S>, (groups, xd): &Self::State) -> F32x4 {
         let wb = &*w;
-        // Every load below stays inside the block's arrays.
+        let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
+        acc.add(dd.mul(k16_scaled_sums(wb, groups).to_f32()))
+    }
+}
+
+/// The 16 activation groups of a Q8_K block as column pairs ([`pair_splats`]).
+#[inline(always)]
+fn k16_groups(xb: &BlockQ8K) -> [[I16x8; 8]; 16] {
+    // SAFETY: qw has 256 elements.
+    unsafe {
+        let a = xb.qw.as_ptr();
+        std::array::from_fn(|g| pair_splats::<8>(a.add(16 * g)))
+    }
+}
+
+/// `Σ_g scale_g · Σ q·x` over a [`BlockK16x4`]'s 16 groups, each row's in
+/// its lane (exact in i32).
+#[inline(always)]
+fn k16_scaled_sums<S>(wb: &BlockK16x4<S>, groups: &[[I16x8; 8]; 16]) -> I32x4 {
+    // SAFETY: every load below stays inside the block's arrays.
+    unsafe {
         let q = wb.qs.as_ptr() as *const u8;
         let group =
             |g: usize| dot_pairs::<8, false>(q.add(64 * g), &groups[g]).mul(I32x4::load_i16x4(wb.scales[g].as_ptr()));
@@ -644,8 +656,44 @@ where
         unroll!(g in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
             isc = isc.add(group(g));
         });
-        let dd = F32x4::load(wb.d.as_ptr()).mul(*xd);
-        acc.add(dd.mul(isc.to_f32()))
+        isc
+    }
+}
+
+/// `out = W x` for a packed Q2_K matrix against Q8_K activations: each row
+/// bit for bit [`super::quant::vec_dot_q2_k_q8_k`]. Q6_K's group sums
+/// ([`k16_scaled_sums`], quants 0..=3 as bytes), and the mins times the
+/// per-16 activation sums by `i32x4.dot_i16x8_s` over group pairs.
+pub fn matvec_q2_k(w: &Interleaved<BlockQ2Kx4>, x: &[BlockQ8K], out: &mut [f32]) {
+    matvec_stationary::<Q2KKernel>(w, x, out)
+}
+
+struct Q2KKernel;
+impl Stationary for Q2KKernel {
+    type Block = BlockQ2Kx4;
+    type Act = BlockQ8K;
+    const BLOCKS: usize = 1;
+    /// The groups' column pairs, the group sums by pairs, `d_x`.
+    type State = ([[I16x8; 8]; 16], [I16x8; 8], F32x4);
+    #[inline(always)]
+    fn prepare(x: &[BlockQ8K]) -> Self::State {
+        let xb = &x[0];
+        // SAFETY: bsums has 16 elements.
+        let bsums = unsafe { pair_splats::<8>(xb.bsums.as_ptr()) };
+        (k16_groups(xb), bsums, F32x4::splat(xb.d))
+    }
+    #[inline(always)]
+    unsafe fn step(acc: F32x4, w: *const BlockQ2Kx4, (groups, bsums, xd): &Self::State) -> F32x4 {
+        let wb = &*w;
+        let isc = k16_scaled_sums(&wb.k16, groups);
+        let min = |k: usize| I32x4::dot(I16x8::load(wb.min_pairs[k].as_ptr()), bsums[k]);
+        let mut imin = min(0);
+        unroll!(k in [1, 2, 3, 4, 5, 6, 7] {
+            imin = imin.add(min(k));
+        });
+        let dd = F32x4::load(wb.k16.d.as_ptr()).mul(*xd);
+        let dm = F32x4::load(wb.dmin.as_ptr()).mul(*xd);
+        acc.add(dd.mul(isc.to_f32()).sub(dm.mul(imin.to_f32())))
     }
 }
 
@@ -935,10 +983,12 @@ mod tests {
     #[test]
     fn dot4_k_quants_are_the_oracle_bit_for_bit() {
         use crate::kernels::quant::vec_dot_q5_k_q8_k;
-        use crate::kernels::quant::{vec_dot_q3_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q6_k_q8_k};
-        use crate::quant::packed::{BlockQ3Kx4, BlockQ6Kx4};
-        use crate::quant::BlockQ3K;
+        use crate::kernels::quant::{
+            vec_dot_iq4_xs_q8_k, vec_dot_q2_k_q8_k, vec_dot_q3_k_q8_k, vec_dot_q4_k_q8_k, vec_dot_q6_k_q8_k,
+        };
+        use crate::quant::packed::{BlockIQ4XSx4, BlockQ3Kx4, BlockQ6Kx4};
         use crate::quant::{quantize_row_q4_k, quantize_row_q5_k, quantize_row_q6_k, BlockQ4K, BlockQ5K, BlockQ6K};
+        use crate::quant::{BlockIQ4XS, BlockQ2K, BlockQ3K};
         for (rows, cols) in [(4, 256), (7, 512), (8, 1024)] {
             let v = pseudo(rows * cols, rows as u32 + cols as u32);
             check_k::<BlockQ4Kx4>(&quantize_row_q4_k(&v), rows, cols, dot4_q4_k, vec_dot_q4_k_q8_k);
@@ -963,6 +1013,38 @@ mod tests {
                 ..b
             });
             check_whole::<BlockQ3Kx4>(&q3, rows, cols, matvec_k16, vec_dot_q3_k_q8_k);
+            // Q2_K (Q6_K's group sums plus mins) and IQ4_XS (Q6_K's kernel).
+            let q2 = crate::quant::quantize_row_q2_k(&v);
+            check_whole::<BlockQ2Kx4>(&q2, rows, cols, matvec_q2_k, vec_dot_q2_k_q8_k);
+            let q2: Vec<BlockQ2K> = raw_blocks(n, rows + 5, |b: BlockQ2K| BlockQ2K {
+                d: f16::from_f32(0.75),
+                dmin: f16::from_bits(0x7BFF),
+                ..b
+            });
+            check_whole::<BlockQ2Kx4>(&q2, rows, cols, matvec_q2_k, vec_dot_q2_k_q8_k);
+            // Every scale and min 15, every quant 3: the largest sums.
+            let q2: Vec<BlockQ2K> = raw_blocks(n, 1, |b: BlockQ2K| BlockQ2K {
+                scales: [0xFF; 16],
+                qs: [0xFF; 64],
+                d: f16::from_f32(-2.0),
+                ..b
+            });
+            check_whole::<BlockQ2Kx4>(&q2, rows, cols, matvec_q2_k, vec_dot_q2_k_q8_k);
+            let iq4 = crate::quant::quantize_row_iq4_xs(&v);
+            check_whole::<BlockIQ4XSx4>(&iq4, rows, cols, matvec_k16, vec_dot_iq4_xs_q8_k);
+            let iq4: Vec<BlockIQ4XS> = raw_blocks(n, rows + 7, |b: BlockIQ4XS| BlockIQ4XS {
+                d: f16::from_f32(-0.125),
+                ..b
+            });
+            check_whole::<BlockIQ4XSx4>(&iq4, rows, cols, matvec_k16, vec_dot_iq4_xs_q8_k);
+            // Scale -32 and level -127 everywhere: the largest magnitudes.
+            let iq4: Vec<BlockIQ4XS> = raw_blocks(n, 2, |_: BlockIQ4XS| BlockIQ4XS {
+                d: f16::from_f32(3.0),
+                scales_h: 0,
+                scales_l: [0; 4],
+                qs: [0; 128],
+            });
+            check_whole::<BlockIQ4XSx4>(&iq4, rows, cols, matvec_k16, vec_dot_iq4_xs_q8_k);
             check_k::<BlockQ5Kx4>(&quantize_row_q5_k(&v), rows, cols, dot4_q5_k, vec_dot_q5_k_q8_k);
             let q5: Vec<BlockQ5K> = raw_blocks(n, cols + 1, |b: BlockQ5K| BlockQ5K {
                 d: f16::from_f32(-0.02),

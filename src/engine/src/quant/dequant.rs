@@ -2,8 +2,8 @@
 //! Each writes `blocks.len() * elements_per_block` values into `y`.
 
 use super::{
-    nibble, quant5, scale_min_k4, BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+    nibble, quant5, scale_min_k4, BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
 
 /// `y = q * d` per block of 32.
@@ -110,6 +110,58 @@ pub fn dequantize_row_q5_k(blocks: &[BlockQ5K], y: &mut [f32]) {
                 let h2 = if b.qh[l] & u2 != 0 { 16 } else { 0 };
                 chunk[l] = d1 * ((ql[l] & 0xF) + h1) as f32 - m1;
                 chunk[l + 32] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// The quant of element `e` (0..256) of a Q2_K block, in 0..=3.
+#[inline]
+pub(crate) fn q2k_quant(b: &BlockQ2K, e: usize) -> u8 {
+    let (h, r) = (e / 128, e % 128);
+    (b.qs[32 * h + r % 32] >> (2 * (r / 32))) & 3
+}
+
+/// Group `g` (16 elements) is `(d * sc_g) * q - dmin * m_g`, in ggml's
+/// order of operations.
+pub fn dequantize_row_q2_k(blocks: &[BlockQ2K], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK_K);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+        for (g, group) in out.chunks_exact_mut(16).enumerate() {
+            let sc = b.scales[g];
+            let (dl, ml) = (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32);
+            for (i, o) in group.iter_mut().enumerate() {
+                *o = dl * q2k_quant(b, 16 * g + i) as f32 - ml;
+            }
+        }
+    }
+}
+
+/// Sub-block `j`'s (0..8) scale of an IQ4_XS block, minus 32.
+#[inline]
+pub(crate) fn iq4xs_scale(b: &BlockIQ4XS, j: usize) -> i8 {
+    let lo = (b.scales_l[j / 2] >> (4 * (j % 2))) & 0xF;
+    let hi = ((b.scales_h >> (2 * j)) & 3) as u8;
+    (lo | (hi << 4)) as i8 - 32
+}
+
+/// The [`KVALUES_IQ4NL`] index of element `e` (0..256) of an IQ4_XS block.
+#[inline]
+pub(crate) fn iq4xs_index(b: &BlockIQ4XS, e: usize) -> u8 {
+    let qs: &[u8; 16] = b.qs[16 * (e / 32)..16 * (e / 32) + 16].try_into().expect("16 bytes");
+    nibble(qs, e % 32)
+}
+
+/// Sub-block `j` (32 elements) is `(d * (ls_j - 32)) * kvalues[q]`.
+pub fn dequantize_row_iq4_xs(blocks: &[BlockIQ4XS], y: &mut [f32]) {
+    debug_assert_eq!(y.len(), blocks.len() * QK_K);
+    for (b, out) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = b.d.to_f32();
+        for (j, sub) in out.chunks_exact_mut(32).enumerate() {
+            let dl = d * iq4xs_scale(b, j) as f32;
+            for (i, o) in sub.iter_mut().enumerate() {
+                *o = dl * KVALUES_IQ4NL[iq4xs_index(b, 32 * j + i) as usize] as f32;
             }
         }
     }

@@ -14,6 +14,8 @@
 //! | [`BlockQ4K`] | 256 | 144 | `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; 8 sub-blocks of 32 with 6-bit scale and min; `x = d * sc * q - dmin * m` |
 //! | [`BlockQ5K`] | 256 | 176 | as Q4_K plus `qh: [u8; 32]`, the fifth bit of each quant |
 //! | [`BlockQ3K`] | 256 | 110 | `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`; 16 sub-blocks of 16, 6-bit scales; `x = d * (sc - 32) * q`, `q` in -4..=3 |
+//! | [`BlockQ2K`] | 256 | 84 | `scales: [u8; 16], qs: [u8; 64], d, dmin: f16`; 16 sub-blocks of 16 with 4-bit scale and min; `x = d * sc * q - dmin * m`, `q` in 0..=3 |
+//! | [`BlockIQ4XS`] | 256 | 136 | `d: f16, scales_h: u16, scales_l: [u8; 4], qs: [u8; 128]`; 8 sub-blocks of 32 with 6-bit scales, nibbles index [`KVALUES_IQ4NL`]; `x = d * (ls - 32) * kvalues[q]` |
 //! | [`BlockQ6K`] | 256 | 210 | `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; 16 sub-blocks of 16; `x = d * sc * (q - 32)` |
 //! | [`BlockQ8K`] | 256 | 292 | `d: f32, qs: [i8; 256], bsums: [i16; 16]`: activations for the K-quant dot products |
 //!
@@ -33,14 +35,15 @@ pub mod packed;
 mod quantize;
 
 pub use dequant::{
-    dequantize_row_iq4_nl, dequantize_row_q3_k, dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q4_k,
-    dequantize_row_q5_0, dequantize_row_q5_1, dequantize_row_q5_k, dequantize_row_q6_k, dequantize_row_q8_0,
+    dequantize_row_iq4_nl, dequantize_row_iq4_xs, dequantize_row_q2_k, dequantize_row_q3_k, dequantize_row_q4_0,
+    dequantize_row_q4_1, dequantize_row_q4_k, dequantize_row_q5_0, dequantize_row_q5_1, dequantize_row_q5_k,
+    dequantize_row_q6_k, dequantize_row_q8_0,
 };
-pub(crate) use dequant::{q3k_quant, q3k_scale};
+pub(crate) use dequant::{iq4xs_index, iq4xs_scale, q2k_quant, q3k_quant, q3k_scale};
 pub use quantize::{
-    quantize_row_iq4_nl, quantize_row_q3_k, quantize_row_q4_0, quantize_row_q4_1, quantize_row_q4_k,
-    quantize_row_q4_k_with, quantize_row_q5_0, quantize_row_q5_1, quantize_row_q5_k, quantize_row_q5_k_with,
-    quantize_row_q6_k, quantize_row_q6_k_with, quantize_row_q8_0, Search,
+    quantize_row_iq4_nl, quantize_row_iq4_xs, quantize_row_q2_k, quantize_row_q3_k, quantize_row_q4_0,
+    quantize_row_q4_1, quantize_row_q4_k, quantize_row_q4_k_with, quantize_row_q5_0, quantize_row_q5_1,
+    quantize_row_q5_k, quantize_row_q5_k_with, quantize_row_q6_k, quantize_row_q6_k_with, quantize_row_q8_0, Search,
 };
 
 use crate::tensor::GgmlType;
@@ -215,6 +218,37 @@ pub struct BlockQ3K {
     pub d: f16,
 }
 const _: () = assert!(size_of::<BlockQ3K>() == 110);
+
+/// Q2_K: 256 values in 16 groups of 16, each `d * sc * q - dmin * m` with a
+/// 4-bit scale `sc` (low nibble of `scales[g]`), a 4-bit min `m` (high
+/// nibble) and a 2-bit quant `q`.
+///
+/// Element `e = 128 h + 32 k + l` (h < 2, k < 4, l < 32) is bits `2k..2k+2`
+/// of `qs[32 h + l]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ2K {
+    pub scales: [u8; QK_K / 16],
+    pub qs: [u8; QK_K / 4],
+    pub d: f16,
+    pub dmin: f16,
+}
+const _: () = assert!(size_of::<BlockQ2K>() == 84);
+
+/// IQ4_XS: 256 values in 8 sub-blocks of 32, each `d * (ls - 32) *
+/// KVALUES_IQ4NL[q]` with a 6-bit sub-block scale `ls` (low 4 bits: nibble
+/// `j % 2` of `scales_l[j / 2]`; high 2 bits: bits `2j..2j+2` of
+/// `scales_h`) and 4-bit indices arranged per sub-block as IQ4_NL's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockIQ4XS {
+    pub d: f16,
+    pub scales_h: u16,
+    pub scales_l: [u8; QK_K / 64],
+    /// Sub-block `j`'s 32 indices in `qs[16j..16j + 16]`, as [`nibble`] reads them.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(size_of::<BlockIQ4XS>() == 136);
 
 /// Q8_K: ggml's activation block for the K-quant dot products: 256 int8
 /// values, an f32 scale, and the sum of each group of 16 quants (so a dot
@@ -496,6 +530,58 @@ impl Block for BlockQ3K {
     }
 }
 
+impl Block for BlockQ2K {
+    const TYPE: GgmlType = GgmlType::Q2K;
+    const ELEMS: usize = QK_K;
+    const BYTES: usize = 84;
+    fn read(b: &[u8]) -> Self {
+        BlockQ2K {
+            scales: rd_array(b, 0),
+            qs: rd_array(b, 16),
+            d: rd_f16(b, 80),
+            dmin: rd_f16(b, 82),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.scales);
+        out.extend_from_slice(&self.qs);
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.dmin.to_bits().to_le_bytes());
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_q2_k(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_q2_k(x)
+    }
+}
+
+impl Block for BlockIQ4XS {
+    const TYPE: GgmlType = GgmlType::IQ4XS;
+    const ELEMS: usize = QK_K;
+    const BYTES: usize = 136;
+    fn read(b: &[u8]) -> Self {
+        BlockIQ4XS {
+            d: rd_f16(b, 0),
+            scales_h: u16::from_le_bytes([b[2], b[3]]),
+            scales_l: rd_array(b, 4),
+            qs: rd_array(b, 8),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.d.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.scales_h.to_le_bytes());
+        out.extend_from_slice(&self.scales_l);
+        out.extend_from_slice(&self.qs);
+    }
+    fn dequantize(&self, out: &mut [f32]) {
+        dequantize_row_iq4_xs(std::slice::from_ref(self), out)
+    }
+    fn quantize_row(x: &[f32]) -> Vec<Self> {
+        quantize_row_iq4_xs(x)
+    }
+}
+
 impl Block for BlockQ6K {
     const TYPE: GgmlType = GgmlType::Q6K;
     const ELEMS: usize = QK_K;
@@ -621,6 +707,8 @@ pub fn quantize_row_bytes_with(ty: GgmlType, x: &[f32], search: Search) -> Resul
         GgmlType::Q5K => blocks_to_le_bytes(&quantize_row_q5_k_with(x, search)),
         GgmlType::Q6K => blocks_to_le_bytes(&quantize_row_q6_k_with(x, search)),
         GgmlType::Q3K => blocks_to_le_bytes(&quantize_row_q3_k(x)),
+        GgmlType::Q2K => blocks_to_le_bytes(&quantize_row_q2_k(x)),
+        GgmlType::IQ4XS => blocks_to_le_bytes(&quantize_row_iq4_xs(x)),
         other => return Err(format!("cannot quantize to {}", other.name())),
     })
 }

@@ -36,9 +36,9 @@
 
 use super::dequant::q6k_quant;
 use super::{
-    nibble, pack_fifth_bits, pack_nibbles, pack_scale_min_k4, q3k_quant, q3k_scale, quant5, scale_min_k4, Block,
-    BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
-    KVALUES_IQ4NL, QK8_0, QK_K,
+    iq4xs_index, iq4xs_scale, nibble, pack_fifth_bits, pack_nibbles, pack_scale_min_k4, q2k_quant, q3k_quant,
+    q3k_scale, quant5, scale_min_k4, Block, BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
 use half::f16;
 use std::mem::size_of;
@@ -93,6 +93,7 @@ pub(crate) fn zeroed_vec<T: ZeroValid>(n: usize) -> Vec<T> {
 unsafe impl<S> ZeroValid for BlockQ8x4<S> {}
 unsafe impl ZeroValid for BlockQ4Kx4 {}
 unsafe impl<S> ZeroValid for BlockK16x4<S> {}
+unsafe impl ZeroValid for BlockQ2Kx4 {}
 unsafe impl ZeroValid for BlockQ4_0x4 {}
 unsafe impl ZeroValid for BlockQ5Kx4 {}
 unsafe impl<S> ZeroValid for BlockKWidex4<S> {}
@@ -612,6 +613,9 @@ pub struct BlockK16x4<S> {
 pub type BlockQ6Kx4 = BlockK16x4<BlockQ6K>;
 /// Q3_K for four rows, quants as bytes in -4..=3 and scales `sc - 32`.
 pub type BlockQ3Kx4 = BlockK16x4<BlockQ3K>;
+/// IQ4_XS for four rows: quants as the levels their indices name
+/// ([`KVALUES_IQ4NL`]), each sub-block's scale `ls - 32` on its two groups of 16.
+pub type BlockIQ4XSx4 = BlockK16x4<BlockIQ4XS>;
 const _: () = assert!(size_of::<BlockQ6Kx4>() == 1168);
 
 impl<S> BlockK16x4<S> {
@@ -624,6 +628,104 @@ impl<S> BlockK16x4<S> {
             qs,
             _src: std::marker::PhantomData,
         }
+    }
+}
+
+/// Q2_K for four rows: the quants (0..=3) and 4-bit scales as Q6_K's byte
+/// layout ([`BlockK16x4`]), plus the mins' super-scale and the 4-bit mins
+/// by group pairs (`min_pairs[k][2r + i]` = row `r`'s min of group `2k +
+/// i`, for `i32x4.dot_i16x8_s` against two groups' activation sums).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ2Kx4 {
+    pub k16: BlockK16x4<BlockQ2K>,
+    pub dmin: [f32; 4],
+    pub min_pairs: [[i16; 8]; 8],
+}
+const _: () = assert!(size_of::<BlockQ2Kx4>() == 1312);
+
+impl PackedBlock for BlockQ2Kx4 {
+    type Src = BlockQ2K;
+    fn pack(rows: [Option<BlockQ2K>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockQ2K {
+                scales: [0; QK_K / 16],
+                qs: [0; QK_K / 4],
+                d: f16::ZERO,
+                dmin: f16::ZERO,
+            })
+        });
+        BlockQ2Kx4 {
+            k16: BlockK16x4::from_rows(
+                rows.map(|b| b.d.to_f32()),
+                rows.map(|b| b.scales.map(|s| (s & 0xF) as i8)),
+                rows.map(|b| std::array::from_fn(|e| q2k_quant(&b, e) as i8)),
+            ),
+            dmin: rows.map(|b| b.dmin.to_f32()),
+            min_pairs: std::array::from_fn(|k| {
+                std::array::from_fn(|i| (rows[i / 2].scales[2 * k + i % 2] >> 4) as i16)
+            }),
+        }
+    }
+    fn unpack(&self, lane: usize) -> BlockQ2K {
+        let mut b = BlockQ2K {
+            scales: std::array::from_fn(|g| {
+                self.k16.scales[g][lane] as u8 | ((self.min_pairs[g / 2][2 * lane + g % 2] as u8) << 4)
+            }),
+            qs: [0; QK_K / 4],
+            d: f16::from_f32(self.k16.d[lane]),
+            dmin: f16::from_f32(self.dmin[lane]),
+        };
+        let mut quants = [0i8; QK_K];
+        pair_lane(&self.k16.qs, lane, &mut quants);
+        for (e, &q) in quants.iter().enumerate() {
+            b.qs[32 * (e / 128) + e % 32] |= (q as u8) << (2 * ((e % 128) / 32));
+        }
+        b
+    }
+}
+
+impl PackedBlock for BlockIQ4XSx4 {
+    type Src = BlockIQ4XS;
+    fn pack(rows: [Option<BlockIQ4XS>; 4]) -> Self {
+        let rows = rows.map(|b| {
+            b.unwrap_or(BlockIQ4XS {
+                d: f16::ZERO,
+                scales_h: 0,
+                scales_l: [0; QK_K / 64],
+                qs: [0; QK_K / 2],
+            })
+        });
+        BlockK16x4::from_rows(
+            rows.map(|b| b.d.to_f32()),
+            rows.map(|b| std::array::from_fn(|g| iq4xs_scale(&b, g / 2))),
+            rows.map(|b| std::array::from_fn(|e| KVALUES_IQ4NL[iq4xs_index(&b, e) as usize])),
+        )
+    }
+    fn unpack(&self, lane: usize) -> BlockIQ4XS {
+        let mut b = BlockIQ4XS {
+            d: f16::from_f32(self.d[lane]),
+            scales_h: 0,
+            scales_l: [0; QK_K / 64],
+            qs: [0; QK_K / 2],
+        };
+        for j in 0..QK_K / 32 {
+            let l = (self.scales[2 * j][lane] + 32) as u8;
+            b.scales_l[j / 2] |= (l & 0xF) << (4 * (j % 2));
+            b.scales_h |= ((l >> 4) as u16) << (2 * j);
+        }
+        let mut levels = [0i8; QK_K];
+        pair_lane(&self.qs, lane, &mut levels);
+        for (j, sub) in levels.chunks_exact(32).enumerate() {
+            let q: [u8; QK8_0] = std::array::from_fn(|i| {
+                KVALUES_IQ4NL
+                    .iter()
+                    .position(|&v| v == sub[i])
+                    .expect("a level of the grid") as u8
+            });
+            b.qs[16 * j..16 * j + 16].copy_from_slice(&pack_nibbles(&q));
+        }
+        b
     }
 }
 
@@ -1404,6 +1506,45 @@ mod tests {
         pack_le_matches_pack::<BlockIQ4NLx4>(10);
         pack_le_matches_pack::<BlockQ4_1x4>(11);
         pack_le_matches_pack::<BlockQ5_1x4>(12);
+        pack_le_matches_pack::<BlockQ3Kx4>(13);
+        pack_le_matches_pack::<BlockQ2Kx4>(14);
+        pack_le_matches_pack::<BlockIQ4XSx4>(15);
+    }
+
+    /// Every lane of a packed block unpacks to the file bytes it was packed
+    /// from (random bytes; the f16 scales at `scales` made finite, since a
+    /// NaN need not keep its payload through f32).
+    fn unpack_inverts_pack<P: PackedBlock>(seed: u64, scales: &[usize]) {
+        let n = P::Src::BYTES;
+        for t in 0..64 {
+            let mut raw = noise(4 * n, seed * 1000 + t);
+            for (i, block) in raw.chunks_exact_mut(n).enumerate() {
+                for &at in scales {
+                    let d = f16::from_f32((i as f32 - 1.5) * 0.37 * (t as f32 + 1.0)).to_bits();
+                    block[at..at + 2].copy_from_slice(&d.to_le_bytes());
+                }
+            }
+            let packed = P::pack(std::array::from_fn(|r| Some(P::Src::read(&raw[r * n..(r + 1) * n]))));
+            for lane in 0..4 {
+                let mut back = Vec::new();
+                packed.unpack(lane).write(&mut back);
+                assert_eq!(
+                    back,
+                    raw[lane * n..(lane + 1) * n],
+                    "{} block {t} lane {lane}",
+                    P::Src::TYPE.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packed_blocks_unpack_to_their_file_bytes() {
+        unpack_inverts_pack::<BlockQ3Kx4>(1, &[108]);
+        unpack_inverts_pack::<BlockQ2Kx4>(2, &[80, 82]);
+        unpack_inverts_pack::<BlockIQ4XSx4>(3, &[0]);
+        unpack_inverts_pack::<BlockQ6Kx4>(4, &[208]);
+        unpack_inverts_pack::<BlockKWidex4<BlockQ4K>>(5, &[0, 2]);
     }
 
     #[test]

@@ -12,13 +12,19 @@
 //!   `make_qkx2_quants`), then the 8 scales and mins quantized to 6 bits
 //!   against the super-block maxima, then the quants recomputed with the
 //!   rounded scales.
+//! - Q2_K: as Q4_K with sub-blocks of 16, quants 0..=3, weights `|x|`, the
+//!   fit's error in absolute (not squared) differences, and 4-bit scales and
+//!   mins (`quantize_row_q2_K_ref`).
+//! - IQ4_XS: each sub-block of 32 fitted as an IQ4_NL block, then the eight
+//!   scales quantized to 6 bits against the largest, and the indices chosen
+//!   again against the rounded scales (`quantize_iq4_xs`, `ntry = 7`).
 //! - Q6_K: per sub-block of 16, a symmetric fit with a weighted search over
 //!   19 candidate scales (`make_qx_quants`, weights `x²`), then the 16 scales
 //!   quantized to int8 against the largest.
 
 use super::{
-    pack_fifth_bits, pack_nibbles, pack_scale_min_k4, scale_min_k4, BlockIQ4NL, BlockQ3K, BlockQ4K, BlockQ4_0,
-    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
+    pack_fifth_bits, pack_nibbles, pack_scale_min_k4, scale_min_k4, BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K,
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
 use half::f16;
 
@@ -196,48 +202,91 @@ pub fn quantize_row_iq4_nl(x: &[f32]) -> Vec<BlockIQ4NL> {
 /// One IQ4_NL block as ggml's `quantize_row_iq4_nl_impl` makes it (one
 /// block per super-block, no importance weights, `ntry = 7`).
 fn quantize_block_iq4_nl(c: &[f32]) -> BlockIQ4NL {
-    const NTRY: i32 = 7;
-    let values = &KVALUES_IQ4NL;
-    let weight: [f32; QK8_0] = std::array::from_fn(|j| c[j] * c[j]);
-    let max = signed_absmax(c);
-    let mut scale = 0.0f32;
-    if max.abs() >= GROUP_MAX_EPS {
-        // Σ w q x and Σ w q² of the levels nearest x · id.
-        let fit = |id: f32| {
-            let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-            for j in 0..QK8_0 {
-                let q = values[best_index_int8(values, id * c[j]) as usize] as f32;
-                sumqx += weight[j] * q * c[j];
-                sumq2 += weight[j] * q * q;
-            }
-            (sumqx, sumq2)
-        };
-        let d0 = -max / values[0] as f32;
-        let (sumqx, sumq2) = fit(1.0 / d0);
-        let mut d = sumqx / sumq2;
-        let mut best = d * sumqx;
-        for itry in -NTRY..=NTRY {
-            let (sumqx, sumq2) = fit((itry as f32 + values[0] as f32) / max);
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
-            }
-        }
-        scale = d;
-    }
+    let scale = iq4_nl_scale(c);
     let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    let q: [u8; QK8_0] = std::array::from_fn(|j| best_index_int8(values, id * c[j]));
+    let q: [u8; QK8_0] = std::array::from_fn(|j| best_index_int8(&KVALUES_IQ4NL, id * c[j]));
     BlockIQ4NL {
         d: f16::from_f32(scale),
         qs: pack_nibbles(&q),
     }
 }
 
+/// The scale whose nearest [`KVALUES_IQ4NL`] levels fit the 32 values `c`
+/// best (weights `x²`): ggml's search in `quantize_row_iq4_nl_impl` with
+/// `ntry = 7`, from `max / -127` and 15 candidates around it.
+fn iq4_nl_scale(c: &[f32]) -> f32 {
+    const NTRY: i32 = 7;
+    let values = &KVALUES_IQ4NL;
+    let weight: [f32; QK8_0] = std::array::from_fn(|j| c[j] * c[j]);
+    let max = signed_absmax(c);
+    if max.abs() < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    // Σ w q x and Σ w q² of the levels nearest x · id.
+    let fit = |id: f32| {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for j in 0..QK8_0 {
+            let q = values[best_index_int8(values, id * c[j]) as usize] as f32;
+            sumqx += weight[j] * q * c[j];
+            sumq2 += weight[j] * q * q;
+        }
+        (sumqx, sumq2)
+    };
+    let d0 = -max / values[0] as f32;
+    let (sumqx, sumq2) = fit(1.0 / d0);
+    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for itry in -NTRY..=NTRY {
+        let (sumqx, sumq2) = fit((itry as f32 + values[0] as f32) / max);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+/// ggml's IQ4_XS quantizer (`quantize_iq4_xs` without an importance
+/// matrix): each sub-block's scale as IQ4_NL's ([`iq4_nl_scale`]), the
+/// super-block scale `-max / 32` of the scale of largest magnitude, each
+/// sub-block scale rounded to `l` in -32..=31 of it, and the indices chosen
+/// against `d · l` (`d` before its rounding to f16, as ggml does).
+pub fn quantize_row_iq4_xs(x: &[f32]) -> Vec<BlockIQ4XS> {
+    assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
+    x.chunks_exact(QK_K)
+        .map(|c| {
+            let scales: [f32; 8] = std::array::from_fn(|j| iq4_nl_scale(&c[32 * j..32 * j + 32]));
+            let d = -signed_absmax(&scales) / 32.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut b = BlockIQ4XS {
+                d: f16::from_f32(d),
+                scales_h: 0,
+                scales_l: [0; QK_K / 64],
+                qs: [0; QK_K / 2],
+            };
+            for (j, s) in scales.iter().enumerate() {
+                let l = nearest_int(id * s).clamp(-32, 31);
+                let dl = d * l as f32;
+                let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+                let sub = &c[32 * j..32 * j + 32];
+                let q: [u8; QK8_0] = std::array::from_fn(|i| best_index_int8(&KVALUES_IQ4NL, idl * sub[i]));
+                b.qs[16 * j..16 * j + 16].copy_from_slice(&pack_nibbles(&q));
+                let l = (l + 32) as u8;
+                b.scales_l[j / 2] |= (l & 0xF) << (4 * (j % 2));
+                b.scales_h |= ((l >> 4) as u16) << (2 * j);
+            }
+            b
+        })
+        .collect()
+}
+
 /// Fits `x ≈ scale * L - min` with `L` in `0..=nmax`, minimizing the
 /// `weights`-weighted squared error: starts from the min/max grid, then tries
 /// `nstep + 1` scales `(nmax + rmin + rdelta * i) / (max - min)` and for each
 /// solves the 2×2 least-squares problem for scale and min given the rounded
-/// `L`. Returns `(scale, min)` (min ≥ 0, subtracted) and fills `l`.
+/// `L`, keeping the candidate of least weighted error (absolute differences
+/// with `use_mad`, squared otherwise). Returns `(scale, min)` (min ≥ 0,
+/// subtracted) and fills `l`.
 #[allow(clippy::too_many_arguments)]
 fn make_qkx2_quants(
     nmax: i32,
@@ -247,7 +296,9 @@ fn make_qkx2_quants(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    use_mad: bool,
 ) -> (f32, f32) {
+    let loss = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
     let n = x.len();
     let mut min = x.iter().copied().fold(f32::INFINITY, f32::min);
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -267,7 +318,7 @@ fn make_qkx2_quants(
     for i in 0..n {
         l[i] = quant(iscale, min, x[i]);
         let diff = scale * l[i] as f32 + min - x[i];
-        best_error += weights[i] * diff * diff;
+        best_error += weights[i] * loss(diff);
     }
     if nstep < 1 {
         return (scale, -min);
@@ -296,7 +347,7 @@ fn make_qkx2_quants(
             let err: f32 = (0..n)
                 .map(|i| {
                     let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                    weights[i] * diff * diff
+                    weights[i] * loss(diff)
                 })
                 .sum();
             if err < best_error {
@@ -364,6 +415,63 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     } else {
         0.0
     }
+}
+
+/// ggml's reference Q2_K quantizer (`quantize_row_q2_K_ref`): each group's
+/// affine fit by [`make_qkx2_quants`] (weights `|x|`, absolute error), the
+/// scales and mins to 4 bits against their maxima, then every quant again
+/// against its group's rounded scale and min.
+pub fn quantize_row_q2_k(x: &[f32]) -> Vec<BlockQ2K> {
+    assert_eq!(x.len() % QK_K, 0, "row length must be a multiple of 256");
+    x.chunks_exact(QK_K)
+        .map(|c| {
+            let mut l = [0u8; QK_K];
+            let (mut scales, mut mins) = ([0.0f32; 16], [0.0f32; 16]);
+            for j in 0..16 {
+                let xs = &c[16 * j..16 * j + 16];
+                let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
+                (scales[j], mins[j]) =
+                    make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
+            }
+            // ggml's loops: maxima from 0, strictly greater.
+            let max_scale = scales.iter().fold(0.0f32, |m, &s| if s > m { s } else { m });
+            let max_min = mins.iter().fold(0.0f32, |m, &s| if s > m { s } else { m });
+            let mut b = BlockQ2K {
+                scales: [0; 16],
+                qs: [0; QK_K / 4],
+                d: f16::from_f32(0.0),
+                dmin: f16::from_f32(0.0),
+            };
+            if max_scale > 0.0 {
+                let iscale = 15.0 / max_scale;
+                for (q, s) in b.scales.iter_mut().zip(&scales) {
+                    *q = nearest_int(iscale * s) as u8;
+                }
+                b.d = f16::from_f32(max_scale / 15.0);
+            }
+            if max_min > 0.0 {
+                let iscale = 15.0 / max_min;
+                for (q, m) in b.scales.iter_mut().zip(&mins) {
+                    *q |= (nearest_int(iscale * m) as u8) << 4;
+                }
+                b.dmin = f16::from_f32(max_min / 15.0);
+            }
+            for j in 0..16 {
+                let d = b.d.to_f32() * (b.scales[j] & 0xF) as f32;
+                if d == 0.0 {
+                    continue;
+                }
+                let dm = b.dmin.to_f32() * (b.scales[j] >> 4) as f32;
+                for i in 16 * j..16 * j + 16 {
+                    l[i] = nearest_int((c[i] + dm) / d).clamp(0, 3) as u8;
+                }
+            }
+            for (e, &q) in l.iter().enumerate() {
+                b.qs[32 * (e / 128) + e % 32] |= q << (2 * ((e % 128) / 32));
+            }
+            b
+        })
+        .collect()
 }
 
 /// ggml's reference Q3_K quantizer (`quantize_row_q3_K_ref`): each group's
@@ -490,7 +598,16 @@ fn quantize_superblock_kx(
         let av_x = (xs.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
         let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
         let nstep = if search == Search::Fast { 0 } else { nstep };
-        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], rmin, rdelta, nstep);
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            rdelta,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
     }

@@ -10,14 +10,16 @@ use crate::model::Tensor;
 use crate::synth::Rng;
 
 /// Every quantized weight type, with its name for messages.
-const QUANT_TYPES: [GgmlType; 10] = [
+const QUANT_TYPES: [GgmlType; 12] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::IQ4NL,
+    GgmlType::Q2K,
     GgmlType::Q3K,
+    GgmlType::IQ4XS,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
@@ -59,6 +61,8 @@ fn scale_offsets(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
         GgmlType::Q6K => &[208],
         GgmlType::Q3K => &[108],
+        GgmlType::Q2K => &[80, 82],
+        GgmlType::IQ4XS => &[0],
         _ => &[],
     }
 }
@@ -115,6 +119,8 @@ fn block_sizes_match_the_type_table() {
     assert_eq!(BlockQ5K::BYTES, GgmlType::Q5K.block_bytes());
     assert_eq!(BlockQ6K::BYTES, GgmlType::Q6K.block_bytes());
     assert_eq!(BlockQ3K::BYTES, GgmlType::Q3K.block_bytes());
+    assert_eq!(BlockQ2K::BYTES, GgmlType::Q2K.block_bytes());
+    assert_eq!(BlockIQ4XS::BYTES, GgmlType::IQ4XS.block_bytes());
     // ggml's Q8_K fields first, then the in-memory extras (sums per 32, i16 quants).
     assert_eq!(std::mem::offset_of!(BlockQ8K, bsums32), GgmlType::Q8K.block_bytes());
     assert_eq!(BlockQ4K::ELEMS, GgmlType::Q4K.block_size());
@@ -139,6 +145,8 @@ fn blocks_round_trip_through_file_bytes() {
     check::<BlockQ5_1>(8);
     check::<BlockIQ4NL>(9);
     check::<BlockQ3K>(10);
+    check::<BlockQ2K>(11);
+    check::<BlockIQ4XS>(12);
 }
 
 #[test]
@@ -252,6 +260,11 @@ fn round_trip_error_is_within_ggml_figures() {
     // q3_K 0.1519: one bit fewer than q4_K, about twice its error.
     assert!(get(GgmlType::Q3K) < 0.17);
     assert!(get(GgmlType::Q4K) < get(GgmlType::Q3K));
+    // q2_K 0.2934: another bit fewer, about twice q3_K's again.
+    assert!(get(GgmlType::Q2K) < 0.32);
+    assert!(get(GgmlType::Q3K) < get(GgmlType::Q2K));
+    // iq4_xs 0.0765: IQ4_NL's grid with 6-bit scales relative to one f16.
+    assert!(get(GgmlType::IQ4XS) < 0.084);
     assert!(get(GgmlType::Q4_0) < 0.095);
     // q5_0 0.0418, q5_1 0.0378, q4_1 0.0776, iq4_nl 0.0759: an offset (Q4_1,
     // Q5_1) or a grid denser near zero (IQ4_NL) beats the symmetric Q4_0.
@@ -454,6 +467,12 @@ fn block_kernels_are_the_dispatch_targets() {
     assert_eq!(qk::vec_dot_q4_k_q8_k(&quantize_row_q4_k(&v), &q8k), one(GgmlType::Q4K));
     assert_eq!(qk::vec_dot_q5_k_q8_k(&quantize_row_q5_k(&v), &q8k), one(GgmlType::Q5K));
     assert_eq!(qk::vec_dot_q6_k_q8_k(&quantize_row_q6_k(&v), &q8k), one(GgmlType::Q6K));
+    assert_eq!(qk::vec_dot_q3_k_q8_k(&quantize_row_q3_k(&v), &q8k), one(GgmlType::Q3K));
+    assert_eq!(qk::vec_dot_q2_k_q8_k(&quantize_row_q2_k(&v), &q8k), one(GgmlType::Q2K));
+    assert_eq!(
+        qk::vec_dot_iq4_xs_q8_k(&quantize_row_iq4_xs(&v), &q8k),
+        one(GgmlType::IQ4XS)
+    );
 }
 
 #[test]
@@ -506,6 +525,8 @@ fn block_codecs_match_ggml() {
             GgmlType::Q8_0,
             GgmlType::IQ4NL,
             GgmlType::Q3K,
+            GgmlType::Q2K,
+            GgmlType::IQ4XS,
         ]
         .into_iter()
         .find(|t| t.name().eq_ignore_ascii_case(name))
@@ -540,5 +561,5 @@ fn block_codecs_match_ggml() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7 * 7 + 7);
+    assert_eq!(checked, 9 * 7 + 9);
 }

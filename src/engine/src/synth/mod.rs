@@ -35,12 +35,16 @@ pub enum QuantMix {
     Q4KM,
     /// llama.cpp's Q5_K_M: as Q4_K_M with Q5_K in place of Q4_K.
     Q5KM,
+    /// llama.cpp's Q3_K_M: Q3_K, with Q6_K for the output head, Q4_K for
+    /// `attn_output` and `ffn_down` (Q5_K in the first sixteenth of the
+    /// layers), and Q5_K / Q4_K for `attn_v` in the first two / other layers.
+    Q3KM,
 }
 
 impl QuantMix {
     /// The `--quant` names.
     pub const NAMES: &'static str =
-        "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q3_k, q4_k, q5_k, q6_k, q4_k_m, q5_k_m";
+        "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, q3_k_m, q4_k_m, q5_k_m";
 
     pub fn parse(name: &str) -> Option<QuantMix> {
         let ty = match name.to_ascii_lowercase().as_str() {
@@ -57,6 +61,9 @@ impl QuantMix {
             "q5_k" => GgmlType::Q5K,
             "q6_k" => GgmlType::Q6K,
             "q3_k" => GgmlType::Q3K,
+            "q2_k" => GgmlType::Q2K,
+            "iq4_xs" => GgmlType::IQ4XS,
+            "q3_k_m" => return Some(QuantMix::Q3KM),
             "q4_k_m" => return Some(QuantMix::Q4KM),
             "q5_k_m" => return Some(QuantMix::Q5KM),
             _ => return None,
@@ -69,6 +76,7 @@ impl QuantMix {
         match self {
             QuantMix::Q4KM => 15,
             QuantMix::Q5KM => 17,
+            QuantMix::Q3KM => 12,
             QuantMix::Uniform(ty) => match ty {
                 GgmlType::F32 => 0,
                 GgmlType::F16 => 1,
@@ -78,6 +86,8 @@ impl QuantMix {
                 GgmlType::Q5_0 => 8,
                 GgmlType::Q5_1 => 9,
                 GgmlType::IQ4NL => 25,
+                GgmlType::IQ4XS => 30,
+                GgmlType::Q2K => 21, // Q2_K_S: uniform, unlike llama.cpp's Q2_K mix
                 GgmlType::Q3K => 11, // Q3_K_S
                 GgmlType::Q4K => 14, // Q4_K_S
                 GgmlType::Q5K => 16, // Q5_K_S
@@ -91,36 +101,33 @@ impl QuantMix {
     /// The type of a 2-D weight `name` with rows of `cols` elements in a
     /// model of `n_layers` layers, before the row-length fallback.
     fn preferred(self, name: &str, n_layers: usize, is_output_head: bool) -> GgmlType {
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok());
+        let role = |r: &str| name.contains(r);
         match self {
             QuantMix::Uniform(ty) => ty,
+            _ if is_output_head => GgmlType::Q6K,
             QuantMix::Q4KM | QuantMix::Q5KM => {
                 let base = if self == QuantMix::Q4KM {
                     GgmlType::Q4K
                 } else {
                     GgmlType::Q5K
                 };
-                let layer = name
-                    .strip_prefix("blk.")
-                    .and_then(|r| r.split('.').next())
-                    .and_then(|l| l.parse::<usize>().ok());
-                // llama.cpp's use_more_bits: the first and last eighth, and every
-                // third layer in between.
-                let more_bits = |i: usize| {
-                    let (lo, hi) = (n_layers / 8, 7 * n_layers / 8);
-                    i < lo || i >= hi || (i - lo) % 3 == 2
-                };
-                if is_output_head {
-                    GgmlType::Q6K
-                } else if let Some(l) = layer.filter(|_| name.contains("attn_v.") || name.contains("ffn_down.")) {
-                    if more_bits(l) {
-                        GgmlType::Q6K
-                    } else {
-                        base
-                    }
-                } else {
-                    base
+                match layer.filter(|_| role("attn_v.") || role("ffn_down.")) {
+                    Some(l) if use_more_bits(l, n_layers) => GgmlType::Q6K,
+                    _ => base,
                 }
             }
+            QuantMix::Q3KM => match layer {
+                Some(l) if role("attn_v.") && l < 2 => GgmlType::Q5K,
+                Some(l) if role("ffn_down.") && l < n_layers / 16 => GgmlType::Q5K,
+                Some(_) if role("attn_v.") || role("ffn_down.") || role("attn_output.") || role("attn_qkv.") => {
+                    GgmlType::Q4K
+                }
+                _ => GgmlType::Q3K,
+            },
         }
     }
 
@@ -129,6 +136,13 @@ impl QuantMix {
     pub fn tensor_type(self, name: &str, cols: usize, n_layers: usize, is_output_head: bool) -> GgmlType {
         fallback(self.preferred(name, n_layers, is_output_head), cols)
     }
+}
+
+/// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and
+/// every third layer in between.
+fn use_more_bits(layer: usize, n_layers: usize) -> bool {
+    let (lo, hi) = (n_layers / 8, 7 * n_layers / 8);
+    layer < lo || layer >= hi || (layer - lo) % 3 == 2
 }
 
 /// The type for rows of `cols` elements when `ty`'s blocks may not fit, as

@@ -116,12 +116,42 @@ fn q4_k_m_follows_llama_cpp_rules() {
 }
 
 #[test]
+fn q3_k_m_follows_llama_cpp_rules() {
+    // llama3.2-1b: 16 layers, tied embedding (the output head: Q6_K).
+    let s = shape("llama3.2-1b").unwrap();
+    let g = header(s, QuantMix::Q3KM, s.n_layers);
+    let ty = |n: &str| g.tensor(n).unwrap().ty;
+    assert_eq!(ty("token_embd.weight"), GgmlType::Q6K);
+    assert_eq!(ty("blk.3.attn_q.weight"), GgmlType::Q3K);
+    assert_eq!(ty("blk.3.ffn_gate.weight"), GgmlType::Q3K);
+    assert_eq!(ty("blk.3.ffn_up.weight"), GgmlType::Q3K);
+    assert_eq!(ty("blk.3.attn_output.weight"), GgmlType::Q4K);
+    // attn_v: Q5_K in the first two layers; ffn_down: Q5_K in the first
+    // sixteenth (layer 0 of 16), Q4_K elsewhere.
+    assert_eq!(ty("blk.0.attn_v.weight"), GgmlType::Q5K);
+    assert_eq!(ty("blk.1.attn_v.weight"), GgmlType::Q5K);
+    assert_eq!(ty("blk.2.attn_v.weight"), GgmlType::Q4K);
+    assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::Q5K);
+    assert_eq!(ty("blk.1.ffn_down.weight"), GgmlType::Q4K);
+    assert_eq!(ty("blk.15.ffn_down.weight"), GgmlType::Q4K);
+    // 896-wide rows fall back: Q3_K → IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1.
+    let g = header(shape("qwen2.5-0.5b").unwrap(), QuantMix::Q3KM, 2);
+    assert_eq!(g.tensor("blk.1.attn_q.weight").unwrap().ty, GgmlType::IQ4NL);
+    assert_eq!(g.tensor("blk.1.attn_output.weight").unwrap().ty, GgmlType::Q5_0);
+    assert_eq!(g.tensor("blk.0.attn_v.weight").unwrap().ty, GgmlType::Q5_1);
+    assert_eq!(QuantMix::Q3KM.file_type(), 12);
+    assert_eq!(QuantMix::parse("Q3_K_M"), Some(QuantMix::Q3KM));
+}
+
+#[test]
 fn fallback_types() {
     assert_eq!(fallback(GgmlType::Q4K, 512), GgmlType::Q4K);
     assert_eq!(fallback(GgmlType::Q4K, 288), GgmlType::Q5_0);
     assert_eq!(fallback(GgmlType::Q5K, 288), GgmlType::Q5_1);
     assert_eq!(fallback(GgmlType::Q6K, 896), GgmlType::Q8_0);
     assert_eq!(fallback(GgmlType::Q3K, 640), GgmlType::IQ4NL);
+    assert_eq!(fallback(GgmlType::Q2K, 896), GgmlType::IQ4NL);
+    assert_eq!(fallback(GgmlType::IQ4XS, 896), GgmlType::IQ4NL);
     assert_eq!(fallback(GgmlType::Q4K, 100), GgmlType::F16);
     assert_eq!(fallback(GgmlType::Q8_0, 172), GgmlType::F16);
     assert_eq!(fallback(GgmlType::F32, 172), GgmlType::F32);
