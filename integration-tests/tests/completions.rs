@@ -202,3 +202,44 @@ fn another_callers_completion_is_not_found_and_cancelling_is_reported() {
     let done = get(&mut c, user(1), id).unwrap();
     assert_eq!(done.choices[0].finish_reason.as_deref(), Some("cancelled"));
 }
+
+/// Logprobs are kept with the job's tokens: a job upgraded in the middle
+/// shows the same ones as a job that was not, `poll` carries them beside
+/// its tokens, and greedy's chosen token is its own top alternative.
+#[test]
+fn logprobs_survive_an_upgrade_and_poll_carries_them() {
+    let mut c = canister();
+    c.set_message_limit(10_000_000).expect("limit");
+    let req = CompletionRequest {
+        logprobs: Some(5),
+        ..greedy(GOLDEN_PROMPT, 10)
+    };
+    let plain = complete(&mut c, controller(), req.clone()).unwrap();
+    let plain = finish(&mut c, controller(), plain.job_id);
+    let upgraded = complete(&mut c, controller(), req).unwrap();
+    let id = upgraded.job_id;
+    while c.poll(controller(), id, 0).unwrap().unwrap().generated_tokens < 4 {
+        c.round();
+    }
+    assert!(
+        c.poll(controller(), id, 0).unwrap().unwrap().status.is_active(),
+        "upgraded mid-job"
+    );
+    c.upgrade().expect("upgrade");
+    let upgraded = finish(&mut c, controller(), id);
+    assert_eq!(upgraded.choices[0].text.as_deref(), Some(GOLDEN_TEXT));
+    let (a, b) = (plain.choices[0].logprobs.clone(), upgraded.choices[0].logprobs.clone());
+    let a = a.expect("logprobs");
+    assert_eq!(Some(a.clone()), b);
+    assert_eq!(a.tokens.as_ref().map(Vec::len), Some(10));
+    let view = c.poll(controller(), id, 7).unwrap().unwrap();
+    let rows = view.logprobs.expect("poll carries logprobs");
+    assert_eq!(rows.len(), view.tokens.len());
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(Some(row.logprob), a.token_logprobs.as_ref().map(|l| l[7 + k]));
+        assert_eq!(row.top_logprobs[0].logprob, row.logprob, "greedy picks the most likely");
+        assert_eq!(row.top_logprobs.len(), 5);
+    }
+    let none = complete(&mut c, controller(), greedy(GOLDEN_PROMPT, 3)).unwrap();
+    assert!(finish(&mut c, controller(), none.job_id).choices[0].logprobs.is_none());
+}

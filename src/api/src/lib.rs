@@ -226,6 +226,9 @@ pub struct JobView {
     pub prompt_instructions: u64,
     pub created_at_ns: u64,
     pub updated_at_ns: u64,
+    /// One per token of `tokens`, when the job keeps log-probabilities
+    /// (a completion request that asked for `logprobs`).
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// What one `step` did.
@@ -353,7 +356,8 @@ pub struct CompletionRequest {
     pub frequency_penalty: Option<f32>,
     /// Up to 300 `(token id, bias)` pairs, bias in [-100, 100].
     pub logit_bias: Option<Vec<(u32, f32)>>,
-    /// Log probabilities of the chosen tokens and this many alternatives: not supported (refused).
+    /// Log-probabilities of the chosen tokens and of this many (≤ 5) most
+    /// likely alternatives (`choices[0].logprobs`).
     pub logprobs: Option<u32>,
     /// The end user, for the caller's own records (at most 256 bytes; not used).
     pub user: Option<String>,
@@ -382,9 +386,9 @@ pub struct ChatCompletionRequest {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<Vec<(u32, f32)>>,
-    /// Log probabilities: not supported (`true` is refused).
+    /// Log-probabilities of the chosen tokens (`choices[0].logprobs.content`).
     pub logprobs: Option<bool>,
-    /// Alternatives per token (≤ 5) with `logprobs`: not supported (refused).
+    /// The most likely alternatives (≤ 5) shown per token; needs `logprobs`.
     pub top_logprobs: Option<u32>,
     pub user: Option<String>,
     /// icllm's own: a finished job of the caller whose conversation this
@@ -405,8 +409,44 @@ pub struct CompletionChoice {
     pub text: Option<String>,
     pub message: Option<ChatMessage>,
     pub finish_reason: Option<String>,
-    /// Always absent: log probabilities are not supported.
-    pub logprobs: Option<()>,
+    /// Present when the request asked for `logprobs`.
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// A choice's log-probabilities, in OpenAI's shape for its kind: `content`
+/// for chat; `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`
+/// for text completions. Natural logs of the model's raw distribution
+/// (before temperature, penalties, bias and top-p), one entry per token
+/// whose text the choice shows so far.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ChoiceLogprobs {
+    pub content: Option<Vec<TokenLogprob>>,
+    pub tokens: Option<Vec<String>>,
+    pub token_logprobs: Option<Vec<f32>>,
+    /// Per token, the `logprobs` most likely tokens and the chosen one if
+    /// not among them (OpenAI's maps from token to logprob, as lists).
+    pub top_logprobs: Option<Vec<Vec<TopLogprob>>>,
+    /// Where each token's text begins in the choice's text (bytes).
+    pub text_offset: Option<Vec<u32>>,
+}
+
+/// A generated token: its text, log-probability, UTF-8 bytes (a token may
+/// hold part of a character) and the most likely alternatives.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    /// Most likely first (ties: lower token id).
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One token of a distribution and its log-probability.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
 }
 
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -13,9 +13,10 @@
 
 use crate::jobs::JobRecord;
 use icllm_api::{
-    ApiError, ApiResult, ChatCompletionRequest, ChatMessage, Completion, CompletionChoice, CompletionRequest,
-    CompletionUsage, JobRequest, JobStatus, PromptTokensDetails,
+    ApiError, ApiResult, ChatCompletionRequest, ChatMessage, ChoiceLogprobs, Completion, CompletionChoice,
+    CompletionRequest, CompletionUsage, JobRequest, JobStatus, PromptTokensDetails, TokenLogprob, TopLogprob,
 };
+use icllm_engine::logprobs::Logprobs;
 use serde::{Deserialize, Serialize};
 
 /// Stop strings a request may give (as OpenAI).
@@ -56,6 +57,8 @@ pub struct OpenAiStart {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub logit_bias: Vec<(u32, f32)>,
+    /// Alternatives per token whose log-probabilities the job keeps, if asked.
+    pub logprobs: Option<u32>,
 }
 
 /// The fields text and chat requests share.
@@ -214,6 +217,7 @@ fn prepare(c: &Common, kind: CompletionKind, model: &ServedModel) -> ApiResult<(
         presence_penalty: c.presence_penalty.unwrap_or(0.0),
         frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         logit_bias,
+        logprobs: None,
     };
     Ok((req, start))
 }
@@ -221,12 +225,11 @@ fn prepare(c: &Common, kind: CompletionKind, model: &ServedModel) -> ApiResult<(
 /// A text completion request as a job request (`jobs::create` checks
 /// `max_tokens` against the limits and the prompt against the context).
 pub fn from_completion(req: &CompletionRequest, model: &ServedModel) -> ApiResult<(JobRequest, OpenAiStart)> {
-    if req.logprobs.is_some() {
-        return Err(invalid(
-            "logprobs are not supported: the canister does not keep the distributions it samples from".into(),
-        ));
+    if let Some(k) = req.logprobs {
+        check_top_logprobs("logprobs", k)?;
     }
-    let (mut job, start) = prepare(&common_of_completion(req), CompletionKind::Text, model)?;
+    let (mut job, mut start) = prepare(&common_of_completion(req), CompletionKind::Text, model)?;
+    start.logprobs = req.logprobs;
     job.prompt = req.prompt.clone();
     job.max_tokens = req.max_tokens.unwrap_or(DEFAULT_COMPLETION_MAX_TOKENS);
     job.continue_from = req.continue_from;
@@ -241,16 +244,12 @@ pub fn from_chat(
     default_max_tokens: u32,
 ) -> ApiResult<(JobRequest, OpenAiStart)> {
     if let Some(k) = req.top_logprobs {
-        if k > MAX_TOP_LOGPROBS {
+        check_top_logprobs("top_logprobs", k)?;
+        if req.logprobs != Some(true) {
             return Err(invalid(format!(
-                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {k}"
+                "top_logprobs ({k}) needs logprobs: true (it says how many alternatives each token's logprobs show)"
             )));
         }
-    }
-    if req.logprobs == Some(true) || req.top_logprobs.is_some_and(|k| k > 0) {
-        return Err(invalid(
-            "logprobs are not supported: the canister does not keep the distributions it samples from".into(),
-        ));
     }
     let max_tokens = match (req.max_tokens, req.max_completion_tokens) {
         (Some(a), Some(b)) if a != b => {
@@ -287,12 +286,20 @@ pub fn from_chat(
             content: m.content.clone(),
         });
     }
-    let (mut job, start) = prepare(&common_of_chat(req), CompletionKind::Chat, model)?;
+    let (mut job, mut start) = prepare(&common_of_chat(req), CompletionKind::Chat, model)?;
+    start.logprobs = (req.logprobs == Some(true)).then_some(req.top_logprobs.unwrap_or(0));
     job.messages = Some(messages);
     job.max_tokens = max_tokens;
     job.continue_from = req.continue_from;
     job.chat_template = req.chat_template.clone();
     Ok((job, start))
+}
+
+fn check_top_logprobs(name: &str, k: u32) -> ApiResult<()> {
+    if k > MAX_TOP_LOGPROBS {
+        return Err(invalid(format!("{name} must be at most {MAX_TOP_LOGPROBS}, got {k}")));
+    }
+    Ok(())
 }
 
 /// Where the first stop string begins and ends in `text`, searching
@@ -338,9 +345,90 @@ pub fn finish_reason(status: &JobStatus) -> Option<&'static str> {
     }
 }
 
+/// A token as OpenAI shows it: its piece's text (lossy for a piece that
+/// holds part of a character) and bytes.
+fn top_logprob(piece: &dyn Fn(u32) -> Vec<u8>, token: u32, logprob: f32) -> TopLogprob {
+    let bytes = piece(token);
+    TopLogprob {
+        token: String::from_utf8_lossy(&bytes).into_owned(),
+        logprob,
+        bytes,
+    }
+}
+
+/// Chat's `logprobs.content` (and `poll`'s) for `tokens`, whose rows in
+/// `kept` start at index `from`.
+pub fn token_logprobs(
+    kept: &Logprobs,
+    tokens: &[u32],
+    from: usize,
+    piece: &dyn Fn(u32) -> Vec<u8>,
+) -> Vec<TokenLogprob> {
+    let rows = (from..).map_while(|i| kept.get(i));
+    tokens
+        .iter()
+        .zip(rows)
+        .map(|(&t, row)| {
+            let chosen = top_logprob(piece, t, row.logprob);
+            TokenLogprob {
+                token: chosen.token,
+                logprob: chosen.logprob,
+                bytes: chosen.bytes,
+                top_logprobs: row.top.iter().map(|&(id, lp)| top_logprob(piece, id, lp)).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Text completions' `logprobs`: OpenAI's legacy shape, whose maps hold
+/// the chosen token too when it is not among the most likely (up to
+/// `logprobs` + 1 entries, as OpenAI documents). `ends[i]` is where token
+/// `i`'s text ends in the choice's text.
+fn text_logprobs(content: Vec<TokenLogprob>, ends: &[u32]) -> ChoiceLogprobs {
+    let text_offset = (0..content.len())
+        .map(|i| if i == 0 { 0 } else { ends[i - 1] })
+        .collect();
+    let mut out = ChoiceLogprobs {
+        text_offset: Some(text_offset),
+        ..ChoiceLogprobs::default()
+    };
+    let (mut tokens, mut token_logprobs, mut top_logprobs) = (vec![], vec![], vec![]);
+    for t in content {
+        let mut top = t.top_logprobs;
+        if !top.iter().any(|a| a.bytes == t.bytes && a.logprob == t.logprob) {
+            top.push(TopLogprob {
+                token: t.token.clone(),
+                logprob: t.logprob,
+                bytes: t.bytes,
+            });
+        }
+        tokens.push(t.token);
+        token_logprobs.push(t.logprob);
+        top_logprobs.push(top);
+    }
+    out.tokens = Some(tokens);
+    out.token_logprobs = Some(token_logprobs);
+    out.top_logprobs = Some(top_logprobs);
+    out
+}
+
+/// Tokens whose log-probabilities a completion shows: while the job runs,
+/// those whose text is shown (`visible` bytes); once it has finished, the
+/// tokens `usage` counts.
+fn shown_tokens(rec: &JobRecord, visible: usize) -> usize {
+    let generated = rec.engine.generated().len();
+    if rec.status.is_active() {
+        rec.text_ends.partition_point(|&e| e as usize <= visible)
+    } else {
+        rec.tokens_until_stop.map_or(generated, |n| n as usize).min(generated)
+    }
+}
+
 /// The job as OpenAI's completion object. A job started by `start_job` is
-/// shown as a text completion of `model_name`.
-pub fn completion(rec: &JobRecord, model_name: &str) -> Completion {
+/// shown as a text completion of `model_name`. `piece` gives a token's
+/// bytes, for the log-probabilities of a job that keeps them (`None`: the
+/// model that generated them is not loaded, and they are left out).
+pub fn completion(rec: &JobRecord, model_name: &str, piece: Option<&dyn Fn(u32) -> Vec<u8>>) -> Completion {
     let (kind, model, stops) = match &rec.openai {
         Some(o) => (o.kind, o.model.clone(), o.stop.as_slice()),
         None => (CompletionKind::Text, model_name.to_string(), &[][..]),
@@ -351,6 +439,17 @@ pub fn completion(rec: &JobRecord, model_name: &str) -> Completion {
         &rec.text
     }
     .to_string();
+    let logprobs = rec.engine.logprobs().zip(piece).map(|(kept, piece)| {
+        let n = shown_tokens(rec, text.len());
+        let content = token_logprobs(kept, &rec.engine.generated()[..n], 0, piece);
+        match kind {
+            CompletionKind::Chat => ChoiceLogprobs {
+                content: Some(content),
+                ..ChoiceLogprobs::default()
+            },
+            CompletionKind::Text => text_logprobs(content, &rec.text_ends),
+        }
+    });
     let (id, object, text, message) = match kind {
         CompletionKind::Text => (format!("cmpl-{}", rec.id), "text_completion", Some(text), None),
         CompletionKind::Chat => (
@@ -377,7 +476,7 @@ pub fn completion(rec: &JobRecord, model_name: &str) -> Completion {
             text,
             message,
             finish_reason: finish_reason(&rec.status).map(str::to_string),
-            logprobs: None,
+            logprobs,
         }],
         usage: CompletionUsage {
             prompt_tokens,
@@ -444,7 +543,7 @@ mod tests {
                 ..ok.clone()
             },
             CompletionRequest {
-                logprobs: Some(1),
+                logprobs: Some(6),
                 ..ok.clone()
             },
             CompletionRequest {
@@ -510,10 +609,17 @@ mod tests {
             },
             ChatCompletionRequest {
                 logprobs: Some(true),
+                top_logprobs: Some(6),
+                ..ok.clone()
+            },
+            // top_logprobs says how many alternatives logprobs shows: alone it means nothing.
+            ChatCompletionRequest {
+                top_logprobs: Some(2),
                 ..ok.clone()
             },
             ChatCompletionRequest {
-                top_logprobs: Some(6),
+                logprobs: Some(false),
+                top_logprobs: Some(0),
                 ..ok.clone()
             },
         ];
@@ -523,5 +629,62 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    #[test]
+    fn logprobs_requests_set_how_many_alternatives_the_job_keeps() {
+        let text = CompletionRequest {
+            prompt: "Once".into(),
+            logprobs: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(from_completion(&text, &MODEL).unwrap().1.logprobs, Some(3));
+        let msg = ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        };
+        let chat = |logprobs, top_logprobs| ChatCompletionRequest {
+            messages: vec![msg.clone()],
+            logprobs,
+            top_logprobs,
+            ..Default::default()
+        };
+        let kept = |r| from_chat(&r, &MODEL, 16).unwrap().1.logprobs;
+        assert_eq!(kept(chat(Some(true), Some(5))), Some(5));
+        assert_eq!(kept(chat(Some(true), None)), Some(0));
+        assert_eq!(kept(chat(Some(false), None)), None);
+        assert_eq!(kept(chat(None, None)), None);
+    }
+
+    #[test]
+    fn text_logprobs_have_openais_legacy_shape() {
+        use icllm_engine::logprobs::TokenLogprobs;
+        let mut kept = Logprobs::new(2).unwrap();
+        kept.push(&TokenLogprobs {
+            logprob: -0.1,
+            top: vec![(7, -0.1), (8, -2.5)],
+        });
+        kept.push(&TokenLogprobs {
+            logprob: -3.0,
+            top: vec![(7, -0.2), (8, -1.9)],
+        });
+        let piece = |t: u32| format!("<{t}>").into_bytes();
+        let content = token_logprobs(&kept, &[7, 9], 0, &piece);
+        assert_eq!(content[1].token, "<9>");
+        assert_eq!(content[1].top_logprobs.len(), 2);
+        // poll's rows start at its `since`.
+        assert_eq!(token_logprobs(&kept, &[9], 1, &piece), content[1..]);
+        let text = text_logprobs(content, &[3, 6]);
+        assert_eq!(text.tokens, Some(vec!["<7>".to_string(), "<9>".to_string()]));
+        assert_eq!(text.token_logprobs, Some(vec![-0.1, -3.0]));
+        assert_eq!(text.text_offset, Some(vec![0, 3]));
+        let top = text.top_logprobs.unwrap();
+        // The chosen token is added when it is not among the most likely.
+        assert_eq!(top[0].len(), 2);
+        assert_eq!(
+            top[1].iter().map(|t| (t.token.as_str(), t.logprob)).collect::<Vec<_>>(),
+            [("<7>", -0.2), ("<8>", -1.9), ("<9>", -3.0)]
+        );
+        assert!(text.content.is_none());
     }
 }

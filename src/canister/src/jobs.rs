@@ -422,6 +422,10 @@ pub fn create(
     if let Some(stops) = stop_tokens {
         job.set_stop_tokens(stops);
     }
+    if let Some(top_n) = openai.and_then(|o| o.logprobs) {
+        job.keep_logprobs(top_n as usize)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    }
     let adopted = match req.continue_from {
         Some(from) => find_reusable(owner, from, &job)?,
         None => None,
@@ -923,8 +927,10 @@ fn progress(rec: &JobRecord, units: u32, new_tokens: u32, instructions: u64) -> 
     }
 }
 
-/// The job as `poll` shows it, with only the tokens from index `since` on.
-pub fn view(rec: &JobRecord, since: u32) -> JobView {
+/// The job as `poll` shows it, with only the tokens from index `since` on
+/// (and their log-probabilities, if it keeps them and `piece` is given, as
+/// for [`completions::completion`]).
+pub fn view(rec: &JobRecord, since: u32, piece: Option<&dyn Fn(u32) -> Vec<u8>>) -> JobView {
     let generated = rec.engine.generated();
     let since = (since as usize).min(generated.len());
     let text_from = if since == 0 {
@@ -949,6 +955,11 @@ pub fn view(rec: &JobRecord, since: u32) -> JobView {
         prompt_instructions: rec.prompt_instructions,
         created_at_ns: rec.created_at_ns,
         updated_at_ns: rec.updated_at_ns,
+        logprobs: rec
+            .engine
+            .logprobs()
+            .zip(piece)
+            .map(|(kept, piece)| completions::token_logprobs(kept, &generated[since..], since, piece)),
     }
 }
 

@@ -362,8 +362,21 @@ fn get_completion(args: ApiResult<(JobId,)>) -> ApiResult<Completion> {
 fn completion_of(caller: Principal, ctl: bool, id: JobId) -> ApiResult<Completion> {
     job_owner_for(caller, ctl, id)?;
     let rec = jobs::get_hot(id).ok_or_else(|| access::not_found(id))?;
-    let name = state::read(|s| s.model.as_ref().map(|m| m.info.name.clone())).unwrap_or_default();
-    Ok(completions::completion(&rec, &name))
+    let model = state::read(|s| s.model.clone());
+    let name = model.as_ref().map(|m| m.info.name.clone()).unwrap_or_default();
+    let piece = pieces_for(&rec, model.as_deref());
+    Ok(completions::completion(&rec, &name, piece.as_ref().map(|p| p as _)))
+}
+
+/// Token bytes from the loaded model's tokenizer, if it is the model (by
+/// name) that generated `rec`'s tokens: what a job's log-probabilities are
+/// shown with.
+fn pieces_for<'a>(
+    rec: &jobs::JobRecord,
+    model: Option<&'a model_store::LoadedModel>,
+) -> Option<impl Fn(u32) -> Vec<u8> + 'a> {
+    let model = model.filter(|m| rec.openai.as_ref().is_none_or(|o| o.model == m.info.name))?;
+    Some(move |t: u32| model.tokenizer.piece(t).to_vec())
 }
 
 /// Old records deleted at most per `start_job` (each call adds one record,
@@ -437,7 +450,9 @@ fn step(args: ApiResult<(JobId,)>) -> ApiResult<StepProgress> {
 fn poll(args: ApiResult<(JobId, Option<u32>)>) -> ApiResult<JobView> {
     let (id, since) = args?;
     let rec = owned_job(id)?;
-    Ok(jobs::view(&rec, since.unwrap_or(0)))
+    let model = state::read(|s| s.model.clone());
+    let piece = pieces_for(&rec, model.as_deref());
+    Ok(jobs::view(&rec, since.unwrap_or(0), piece.as_ref().map(|p| p as _)))
 }
 
 #[update(hidden = true, decode_with = "decode_cancel")]

@@ -17,6 +17,7 @@
 //! the batch's most expensive unit (asked before the first unit runs). Generated tokens go one at a time. Results are bit-identical
 //! whatever the batch sizes and wherever the job was interrupted.
 
+use crate::logprobs::{self, Logprobs, TooManyAlternatives};
 use crate::model::forward;
 use crate::model::Model;
 use crate::sampler::{self, Rng, SamplingError, SamplingParams};
@@ -176,6 +177,10 @@ pub enum JobError {
     CachedPrefix { rows: u32, prompt_len: usize },
     #[error("invalid sampling parameters: {0}")]
     Sampling(#[from] SamplingError),
+    #[error("{0}")]
+    Logprobs(#[from] TooManyAlternatives),
+    #[error("log-probabilities must be asked for before the job generates a token")]
+    LogprobsTooLate,
 }
 
 /// Everything about a job except its KV cache: small, serde.
@@ -200,6 +205,10 @@ pub struct JobState {
     finished: Option<FinishReason>,
     /// Units run over the job's life.
     units_run: u64,
+    /// Log-probabilities of the generated tokens, one row each, when the
+    /// job asked for them; absent (not even serialized) otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Logprobs>,
 }
 
 impl JobState {
@@ -236,6 +245,10 @@ impl JobState {
     }
     pub fn units_run(&self) -> u64 {
         self.units_run
+    }
+    /// Log-probabilities of the generated tokens, if the job keeps them.
+    pub fn logprobs(&self) -> Option<&Logprobs> {
+        self.logprobs.as_ref()
     }
 
     /// The phase of the unit at the cursor: prefill while the current (or
@@ -354,6 +367,7 @@ impl Job {
             hidden: Vec::new(),
             finished: (max_new_tokens == 0).then_some(FinishReason::MaxTokens),
             units_run: 0,
+            logprobs: None,
         };
         Ok(Job { state, kv })
     }
@@ -378,6 +392,17 @@ impl Job {
             });
         }
         s.cursor.pos = rows;
+        Ok(())
+    }
+
+    /// Keeps the log-probability of every generated token and of its
+    /// `top_n` (≤ 5) most likely alternatives (see [`crate::logprobs`]).
+    /// Only before the first token is generated.
+    pub fn keep_logprobs(&mut self, top_n: usize) -> Result<(), JobError> {
+        if !self.state.generated.is_empty() {
+            return Err(JobError::LogprobsTooLate);
+        }
+        self.state.logprobs = Some(Logprobs::new(top_n)?);
         Ok(())
     }
 
@@ -408,6 +433,9 @@ impl Job {
             || cur.layer as usize >= c.n_layers
             || s.hidden.len() != cur.batch_len as usize * c.dim
             || s.max_batch == 0
+            || s.logprobs
+                .as_ref()
+                .is_some_and(|l| !l.is_consistent() || l.len() != s.generated.len())
         {
             return Err(format!(
                 "job cursor {cur:?} is inconsistent with its tokens or the model"
@@ -548,6 +576,8 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             // Every element is written by the head (scratch: not zeroed first).
             let mut logits = crate::scratch::Scratch::new(c.vocab_size);
             forward::logits(model, last, &mut logits);
+            // Log-probabilities come from the raw logits, which sampling modifies.
+            let raw_logits = s.logprobs.is_some().then(|| logits.to_vec());
             let history: Vec<u32> = s.prompt.iter().chain(&s.generated).copied().collect();
             sampler::apply_penalties_and_bias(&mut logits, &s.generated, &s.params);
             let token = sampler::sample(&mut logits, &history, &s.params, &mut s.rng);
@@ -557,6 +587,9 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
                 return Ok(Some(UnitDone { macs, token: None }));
             }
             s.generated.push(token);
+            if let (Some(kept), Some(raw)) = (&mut s.logprobs, raw_logits) {
+                kept.push(&logprobs::token_logprobs(&raw, token, kept.top_n()));
+            }
             if s.generated.len() >= s.max_new_tokens as usize {
                 s.finished = Some(FinishReason::MaxTokens);
             } else if s.cursor.pos >= s.ctx_size {

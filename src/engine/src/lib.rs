@@ -13,6 +13,7 @@
 //! - [`kernels`]: pure math (matvec, rmsnorm, rope, softmax, …), scalar oracles first.
 //! - [`model`]: resolved config, architecture table, weights, forward-pass stages.
 //! - [`sampler`]: logits → token, with explicit serializable RNG state.
+//! - [`logprobs`]: the log-softmax of raw logits a job keeps per generated token when asked.
 //! - [`job`]: the resumable generation state machine and the budget trait.
 
 pub mod chat;
@@ -20,6 +21,7 @@ pub mod format;
 pub mod job;
 pub mod kernels;
 pub mod kv;
+pub mod logprobs;
 pub mod model;
 pub mod quant;
 pub mod sampler;

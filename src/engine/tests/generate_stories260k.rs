@@ -581,3 +581,88 @@ fn the_reusable_prefix_is_capped_and_skipping_is_only_for_fresh_jobs() {
     step(&s.model, &mut job, &mut UnitBudget::new(1));
     assert!(matches!(job.skip_cached_prefix(1), Err(JobError::CachedPrefix { .. })));
 }
+
+/// Logits of the token after `ids`, computed as one batch (as `icllm logits`).
+fn last_logits(ids: &[u32]) -> Vec<f32> {
+    use icllm_engine::model::forward;
+    let model = &stories().model;
+    let c = &model.config;
+    let mut kv = KvCache::new(KvShape::of(c), ids.len() as u32).unwrap();
+    let mut x = vec![0.0f32; ids.len() * c.dim];
+    forward::embed(model, ids, &mut x);
+    for layer in 0..c.n_layers {
+        forward::attention_block(model, layer, 0, &mut x, &mut kv);
+        forward::ffn_block(model, layer, &mut x);
+    }
+    let mut logits = vec![0.0f32; c.vocab_size];
+    forward::logits(model, &x[(ids.len() - 1) * c.dim..], &mut logits);
+    logits
+}
+
+#[test]
+fn logprobs_are_kept_only_when_asked_and_change_no_token() {
+    // A penalty and a bias change what is sampled, not the reported (raw) distribution.
+    let params = SamplingParams {
+        presence_penalty: 0.5,
+        logit_bias: vec![(GOLDEN_IDS[1], -3.0)],
+        ..sampled()
+    };
+    let plain = run_unlimited(&mut new_job(golden_prompt(), params.clone(), 12, 128));
+    let mut asked = new_job(golden_prompt(), params, 12, 128);
+    asked.keep_logprobs(5).unwrap();
+    // Interrupted and restored through CBOR between every unit, as checkpoints are.
+    let got = loop {
+        let report = step(&stories().model, &mut asked, &mut UnitBudget::new(1));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&asked, &mut bytes).unwrap();
+        asked = ciborium::from_reader(bytes.as_slice()).unwrap();
+        if let StepOutcome::Finished(reason) = report.outcome {
+            break (asked.state.generated().to_vec(), reason);
+        }
+    };
+    assert_eq!(got, plain, "asking for logprobs changes no token");
+    let kept = asked.state.logprobs().expect("kept");
+    assert_eq!(kept.len(), got.0.len());
+    let mut context = golden_prompt();
+    for (i, &token) in got.0.iter().enumerate() {
+        let logits = last_logits(&context);
+        // An independent log-softmax, with the max taken out in f64.
+        let max = logits.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+        let row = kept.get(i).unwrap();
+        assert!((row.logprob as f64 - (logits[token as usize] as f64 - lse)).abs() < 1e-4);
+        assert_eq!(row.top.len(), 5);
+        for w in row.top.windows(2) {
+            assert!(w[0].1 >= w[1].1, "{:?}", row.top);
+        }
+        for &(id, lp) in &row.top {
+            assert!((lp as f64 - (logits[id as usize] as f64 - lse)).abs() < 1e-4);
+        }
+        assert!(row.top.iter().map(|&(_, lp)| (lp as f64).exp()).sum::<f64>() <= 1.0 + 1e-6);
+        context.push(token);
+    }
+    // Greedy: the chosen token is the top alternative.
+    let mut greedy = new_job(golden_prompt(), SamplingParams::greedy(), 10, 128);
+    greedy.keep_logprobs(2).unwrap();
+    let (ids, _) = run_unlimited(&mut greedy);
+    assert_eq!(ids, GOLDEN_IDS);
+    let kept = greedy.state.logprobs().unwrap();
+    for (i, &token) in ids.iter().enumerate() {
+        let row = kept.get(i).unwrap();
+        assert_eq!(row.top[0], (token, row.logprob));
+    }
+    // A job that does not ask serializes exactly as before the field existed.
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&new_job(golden_prompt(), sampled(), 4, 128).state, &mut bytes).unwrap();
+    let state: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
+    let has_field = state
+        .as_map()
+        .unwrap()
+        .iter()
+        .any(|(k, _)| k.as_text() == Some("logprobs"));
+    assert!(!has_field);
+    assert!(matches!(
+        new_job(golden_prompt(), sampled(), 4, 128).keep_logprobs(6),
+        Err(JobError::Logprobs(_))
+    ));
+}

@@ -8,6 +8,7 @@ Every check raises on failure; the script prints one line per check.
 """
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -108,6 +109,72 @@ text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
 check("chat streamed text", text == GOLDEN_TEXT, repr(text))
 check("chat stream ends with length", chunks[-1].choices[0].finish_reason == "length", chunks[-1])
 
+# Log-probabilities: the log-softmax of the model's raw logits, checked
+# against `icllm logits` (the engine natively, log-softmax taken here).
+def token_ids(text):
+    out = subprocess.run([ICLLM, "tokenize", "--model", MODEL_FILE, "--text", text],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def log_softmax_of_logits(ids):
+    out = subprocess.run([ICLLM, "logits", "--model", MODEL_FILE, "--ids", ",".join(map(str, ids))],
+                         check=True, capture_output=True, text=True).stdout
+    logits = json.loads(out)["logits"]
+    m = max(logits)
+    lse = m + math.log(sum(math.exp(l - m) for l in logits))
+    return [l - lse for l in logits]
+
+
+def expected_greedy_logprobs(n):
+    """(chosen logprob, top-5 logprobs) of n greedy tokens after the golden prompt."""
+    ids, rows = token_ids(GOLDEN_PROMPT), []
+    for _ in range(n):
+        lp = log_softmax_of_logits(ids)
+        best = max(range(len(lp)), key=lambda i: (lp[i], -i))
+        rows.append((lp[best], sorted(lp, reverse=True)[:5]))
+        ids.append(best)
+    return rows
+
+
+def check_rows(name, got, want, k):
+    """got: [(chosen logprob, [alternative logprobs])] as the client parsed them."""
+    check(f"{name}: one entry per token", len(got) == len(want), (len(got), len(want)))
+    for (chosen, top), (w_chosen, w_top) in zip(got, want):
+        check(f"{name}: {k} alternatives, sorted", len(top) == k and top == sorted(top, reverse=True), top)
+        check(f"{name}: all ≤ 0", chosen <= 0 and all(t <= 0 for t in top), (chosen, top))
+        check(f"{name}: greedy picks the top-1", k == 0 or chosen == top[0], (chosen, top))
+        check(f"{name}: top-5 mass ≤ 1", sum(math.exp(t) for t in top) <= 1 + 1e-6, top)
+        check(f"{name}: matches icllm logits", abs(chosen - w_chosen) < 1e-4
+              and all(abs(a - b) < 1e-4 for a, b in zip(top, w_top)), ((chosen, top), (w_chosen, w_top)))
+
+
+want = expected_greedy_logprobs(10)
+r = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0,
+                                   logprobs=True, top_logprobs=5)
+content = r.choices[0].logprobs.content
+check_rows("chat logprobs", [(t.logprob, [a.logprob for a in t.top_logprobs]) for t in content], want, 5)
+check("chat logprobs: tokens spell the reply", "".join(t.token for t in content).strip() == GOLDEN_TEXT.strip()
+      and all(bytes(t.bytes).decode() == t.token for t in content), [t.token for t in content])
+stream = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0,
+                                        logprobs=True, top_logprobs=3, stream=True)
+streamed = [t for ch in stream if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+check_rows("streamed chat logprobs", [(t.logprob, [a.logprob for a in t.top_logprobs]) for t in streamed],
+           [(c, top[:3]) for c, top in want], 3)
+c = client.completions.create(model=model, prompt=GOLDEN_PROMPT, max_tokens=10, temperature=0, logprobs=5)
+lp = c.choices[0].logprobs
+check_rows("completion logprobs", [(t, sorted(m.values(), reverse=True)) for t, m in zip(lp.token_logprobs, lp.top_logprobs)],
+           want, 5)
+check("completion logprobs: tokens and offsets",
+      "".join(lp.tokens) == c.choices[0].text and lp.text_offset == [sum(len(t.encode()) for t in lp.tokens[:i]) for i in range(10)],
+      (lp.tokens, lp.text_offset))
+stream = client.completions.create(model=model, prompt=GOLDEN_PROMPT, max_tokens=10, temperature=0, logprobs=2, stream=True)
+streamed = [(t, sorted(m.values(), reverse=True)) for ch in stream if ch.choices and ch.choices[0].logprobs
+            for t, m in zip(ch.choices[0].logprobs.token_logprobs, ch.choices[0].logprobs.top_logprobs)]
+check_rows("streamed completion logprobs", streamed, [(c, top[:2]) for c, top in want], 2)
+plain = client.chat.completions.create(model=model, messages=messages, max_tokens=3, temperature=0)
+check("no logprobs unless asked", plain.choices[0].logprobs is None, plain.choices[0])
+
 # A conversation that keeps its KV cache: the next turn continues the first
 # reply's job (icllm's `continue_from`), and gives a cold run's reply.
 turn2 = messages + [{"role": "assistant", "content": r.choices[0].message.content},
@@ -142,7 +209,11 @@ refused("continuing another caller's chat", 404,
 refused("n > 1", 400, lambda: client.completions.create(model=model, prompt="Hi", max_tokens=3, n=2))
 refused("tool message", 400,
         lambda: client.chat.completions.create(model=model, messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]))
-refused("logprobs", 400, lambda: client.chat.completions.create(model=model, messages=messages, logprobs=True))
+refused("top_logprobs > 5", 400,
+        lambda: client.chat.completions.create(model=model, messages=messages, logprobs=True, top_logprobs=6))
+refused("top_logprobs without logprobs", 400,
+        lambda: client.chat.completions.create(model=model, messages=messages, top_logprobs=2))
+refused("logprobs > 5", 400, lambda: client.completions.create(model=model, prompt="Hi", max_tokens=3, logprobs=6))
 refused("unsupported parameter", 400,
         lambda: client.chat.completions.create(model=model, messages=messages, tools=[{"type": "function", "function": {"name": "f"}}]))
 

@@ -316,7 +316,7 @@ async fn stream_job(
     usage: bool,
 ) {
     let (caller, id) = (guard.caller, guard.id);
-    let mut sent = 0usize;
+    let (mut sent, mut sent_logprobs) = (0usize, 0usize);
     if started.object == "chat.completion" && tx.send(event(openai::chunk(&started, None, true, None))).await.is_err() {
         return;
     }
@@ -333,15 +333,20 @@ async fn stream_job(
             }
         };
         let text = openai::text_of(&c);
-        if text.len() > sent {
+        let logprobs = openai::logprob_count(&c);
+        if text.len() > sent || logprobs > sent_logprobs {
+            let lp = match logprobs > sent_logprobs {
+                true => openai::logprobs_json(&c, sent_logprobs),
+                false => serde_json::Value::Null,
+            };
             if tx
-                .send(event(openai::chunk(&c, Some(&text[sent..]), false, None)))
+                .send(event(openai::chunk_with(&c, Some(&text[sent..]), lp, false, None)))
                 .await
                 .is_err()
             {
                 return;
             }
-            sent = text.len();
+            (sent, sent_logprobs) = (text.len(), logprobs);
         }
         if let Some(reason) = c.choices[0].finish_reason.clone() {
             guard.armed = false;

@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use icllm_api::{ApiError, ChatCompletionRequest, ChatMessage, Completion, CompletionRequest};
+use icllm_api::{ApiError, ChatCompletionRequest, ChatMessage, Completion, CompletionRequest, TopLogprob};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -341,13 +341,61 @@ fn is_chat(c: &Completion) -> bool {
     c.object == "chat.completion"
 }
 
+/// Tokens the choice's logprobs cover so far (0 without logprobs).
+pub fn logprob_count(c: &Completion) -> usize {
+    let Some(l) = &c.choices[0].logprobs else { return 0 };
+    l.content
+        .as_ref()
+        .map_or(0, Vec::len)
+        .max(l.tokens.as_ref().map_or(0, Vec::len))
+}
+
+fn top_json(t: &TopLogprob) -> Value {
+    json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes})
+}
+
+/// The choice's `logprobs` in OpenAI's JSON from token `from` on: chat's
+/// `{content: [...]}`, or the legacy `{tokens, token_logprobs,
+/// top_logprobs: [{token: logprob}], text_offset}`; null when not asked.
+pub fn logprobs_json(c: &Completion, from: usize) -> Value {
+    let Some(l) = &c.choices[0].logprobs else {
+        return Value::Null;
+    };
+    if let Some(content) = &l.content {
+        let entries: Vec<Value> = content
+            .iter()
+            .skip(from)
+            .map(|t| {
+                let top: Vec<Value> = t.top_logprobs.iter().map(top_json).collect();
+                json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes, "top_logprobs": top})
+            })
+            .collect();
+        return json!({"content": entries, "refusal": null});
+    }
+    fn tail<T: Clone>(v: &Option<Vec<T>>, from: usize) -> Vec<T> {
+        v.iter().flatten().skip(from).cloned().collect()
+    }
+    let maps: Vec<Value> = tail(&l.top_logprobs, from)
+        .into_iter()
+        .map(|alternatives: Vec<TopLogprob>| {
+            Value::Object(alternatives.into_iter().map(|t| (t.token, json!(t.logprob))).collect())
+        })
+        .collect();
+    json!({
+        "tokens": tail(&l.tokens, from),
+        "token_logprobs": tail(&l.token_logprobs, from),
+        "top_logprobs": maps,
+        "text_offset": tail(&l.text_offset, from),
+    })
+}
+
 /// The finished completion as OpenAI's JSON object.
 pub fn object(c: &Completion) -> Value {
     let choice = &c.choices[0];
     let mut choice_json = json!({
         "index": choice.index,
         "finish_reason": choice.finish_reason,
-        "logprobs": null,
+        "logprobs": logprobs_json(c, 0),
     });
     if is_chat(c) {
         choice_json["message"] = json!({"role": "assistant", "content": text_of(c)});
@@ -365,9 +413,19 @@ pub fn object(c: &Completion) -> Value {
     })
 }
 
-/// One streamed chunk: new text (`delta`), the role first (chat), or the
-/// finish reason last.
+/// One streamed chunk: new text (`delta`) with the logprobs of its tokens
+/// (`logprobs`, null if none), the role first (chat), or the finish reason last.
 pub fn chunk(c: &Completion, delta: Option<&str>, role: bool, finish_reason: Option<&str>) -> Value {
+    chunk_with(c, delta, Value::Null, role, finish_reason)
+}
+
+pub fn chunk_with(
+    c: &Completion,
+    delta: Option<&str>,
+    logprobs: Value,
+    role: bool,
+    finish_reason: Option<&str>,
+) -> Value {
     let choice = if is_chat(c) {
         let mut d = json!({});
         if role {
@@ -377,9 +435,9 @@ pub fn chunk(c: &Completion, delta: Option<&str>, role: bool, finish_reason: Opt
         if let Some(t) = delta {
             d["content"] = json!(t);
         }
-        json!({"index": 0, "delta": d, "finish_reason": finish_reason, "logprobs": null})
+        json!({"index": 0, "delta": d, "finish_reason": finish_reason, "logprobs": logprobs})
     } else {
-        json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish_reason, "logprobs": null})
+        json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish_reason, "logprobs": logprobs})
     };
     json!({
         "id": c.id,
