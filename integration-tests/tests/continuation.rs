@@ -1,7 +1,9 @@
 //! Conversations that keep their KV cache: a chat request that continues a
 //! finished job of the caller (`continue_from`) takes over that job's KV
-//! slot and prefills only its new tokens. Every warm turn is compared with
-//! a fresh caller's cold run of the same full prompt.
+//! slot and prefills only its new tokens; without `continue_from`, a request
+//! that goes on with one of the caller's kept conversations does the same.
+//! Every warm turn is compared with a fresh caller's cold run of the same
+//! full prompt.
 
 use candid::{decode_one, encode_one, Principal};
 use icllm::local_canister::{controller, sha256, user, LocalCanister};
@@ -190,6 +192,43 @@ fn a_four_turn_chat_prefills_only_its_new_tokens_across_an_upgrade() {
 }
 
 #[test]
+fn a_stateless_client_resending_the_history_gets_its_rows_without_asking() {
+    let mut c = canister();
+    let (me, other) = (user(1), user(2));
+    let first = vec![msg("user", USER_TURNS[0])];
+    let t1 = turn(&mut c, me, &first, None).unwrap();
+    let next = vec![
+        msg("user", USER_TURNS[0]),
+        msg("assistant", &t1.view.text),
+        msg("user", USER_TURNS[1]),
+    ];
+    // Another caller sending the same history matches nothing of `me`'s.
+    let stranger = turn(&mut c, other, &next, None).unwrap();
+    assert_eq!(stranger.view.cached_prompt_tokens.unwrap(), 0);
+    // `me` resends the whole conversation with no `continue_from`: the
+    // canister finds the kept rows of `t1` and prefills only the rest.
+    let warm = turn(&mut c, me, &next, None).unwrap();
+    let expected = cached_expected(&prompt_ids(&first), &t1, &prompt_ids(&next));
+    assert!(expected > 0);
+    assert_eq!(warm.view.cached_prompt_tokens.unwrap(), expected);
+    assert_eq!(warm.view.tokens, stranger.view.tokens, "the same reply, warm or cold");
+    assert!(warm.view.prompt_instructions * 2 < stranger.view.prompt_instructions);
+    // A new conversation that shares less than half of a kept one's rows
+    // leaves it alone, and its own continuation still finds them.
+    let unrelated = vec![msg("user", " The sun was warm.")];
+    let u = turn(&mut c, me, &unrelated, None).unwrap();
+    assert_eq!(u.view.cached_prompt_tokens.unwrap(), 0);
+    let mut more = next.clone();
+    more.push(msg("assistant", &warm.view.text));
+    more.push(msg("user", USER_TURNS[2]));
+    let third = turn(&mut c, me, &more, None).unwrap();
+    assert_eq!(
+        third.view.cached_prompt_tokens.unwrap(),
+        cached_expected(&prompt_ids(&next), &warm, &prompt_ids(&more))
+    );
+}
+
+#[test]
 fn a_slot_is_handed_over_once() {
     let mut c = canister();
     let me = user(1);
@@ -236,6 +275,9 @@ fn continuations_of_jobs_that_are_not_the_callers_finished_ones_are_refused() {
         ..request(&first, None)
     };
     let (running, _) = start_chat(&mut c, me, long).unwrap();
+    // It sends t1's prompt again, so it went on with t1's rows on its own.
+    let running_cached = c.poll(me, running, 0).unwrap().unwrap().cached_prompt_tokens.unwrap();
+    assert!(running_cached > 0);
     match start_chat(&mut c, me, request(&first, Some(running))) {
         Err(ApiError::InvalidArgument(m)) => assert!(m.contains("still running"), "{m}"),
         other => panic!("{other:?}"),
@@ -255,11 +297,12 @@ fn continuations_of_jobs_that_are_not_the_callers_finished_ones_are_refused() {
         Err(ApiError::InvalidArgument(m)) => assert!(m.contains("KV cache") && m.contains("q8"), "{m}"),
         other => panic!("{other:?}"),
     }
-    // Nothing refused left a job behind. A cancelled job can be continued
-    // (this one was cancelled before its first step: no rows to reuse).
+    // Nothing refused left a job behind. A cancelled job can be continued:
+    // this one was cancelled before its first step, so it hands on the rows
+    // it took from t1 and no more.
     assert_eq!(health(&mut c).total_jobs, before.total_jobs + 1);
     let after_cancel = turn(&mut c, me, &first, Some(running)).unwrap();
-    assert_eq!(after_cancel.view.cached_prompt_tokens.unwrap(), 0);
+    assert_eq!(after_cancel.view.cached_prompt_tokens.unwrap(), running_cached);
     assert_eq!(after_cancel.view.tokens, t1.view.tokens);
 }
 

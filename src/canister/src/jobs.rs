@@ -9,8 +9,11 @@
 //! A done or cancelled job's slot keeps its rows (`Settings::kv_kept`) for
 //! a job that continues it (`continue_from`): that job adopts the slot, so
 //! the rows are handed over, never copied, and only its new prompt tokens
-//! are prefilled. Kept rows never block a new job: it takes an empty slot,
-//! a new one under the cap, or else the slot kept longest.
+//! are prefilled. Without `continue_from`, a request that goes on with one
+//! of the caller's kept conversations adopts it the same way
+//! ([`find_continued_conversation`]). Kept rows never block a new job: it
+//! takes an empty slot, a new one under the cap, or else the slot kept
+//! longest.
 //!
 //! Hot paths never scan the job table: `put` keeps three indexes in step
 //! with each record (summaries by owner, finished records by finishing
@@ -291,6 +294,38 @@ fn find_reusable(owner: Principal, continue_from: JobId, job: &Job) -> ApiResult
     }))
 }
 
+/// Without `continue_from`: the kept slot of one of `owner`'s finished jobs
+/// whose tokens cover the longest prefix of the new prompt, provided that
+/// prefix is at least half of the rows that job kept. Then the request goes
+/// on with that conversation (a stateless client such as an OpenAI one
+/// sends the whole history again each turn) rather than merely sharing a
+/// system prompt with it, whose own continuation would lose its rows.
+/// Anonymous callers share one principal, so theirs are never matched: the
+/// cached count would tell one of them what another sent. The candidates
+/// are the kept slots (at most the slot cap), not the job table.
+fn find_continued_conversation(owner: Principal, job: &Job) -> Option<(Adopted, u32)> {
+    if owner == Principal::anonymous() {
+        return None;
+    }
+    let kept: Vec<(u32, JobId)> = settings::read(|s| {
+        s.kv_kept
+            .iter()
+            .filter(|(_, k)| k.owner == owner)
+            .map(|(&slot, k)| (slot, k.job))
+            .collect()
+    });
+    kept.into_iter()
+        .filter_map(|(slot, from)| {
+            let old = get_hot(from)?;
+            if old.engine.kv_type() != job.state.kv_type() {
+                return None;
+            }
+            let rows = (old.engine.reusable_prefix(job.state.prompt()) as u32).min(old.kv_rows_saved);
+            (rows > 0 && 2 * rows >= old.kv_rows_saved).then_some((Adopted { slot, from }, rows))
+        })
+        .max_by_key(|(a, rows)| (*rows, a.from))
+}
+
 /// Validates a request and turns it into an engine job on `loaded`; with
 /// `continue_from`, the job starts on the KV rows of that job's slot
 /// ([`Adopted`], for [`insert_new`]).
@@ -428,7 +463,7 @@ pub fn create(
     }
     let adopted = match req.continue_from {
         Some(from) => find_reusable(owner, from, &job)?,
-        None => None,
+        None => find_continued_conversation(owner, &job),
     };
     let cached = adopted.map_or(0, |(_, rows)| rows);
     if let Some((a, rows)) = adopted {

@@ -68,18 +68,23 @@ check(
 )
 check("object and id", c.object == "text_completion" and c.id.startswith("cmpl-"), c)
 
-# Streamed: the same text in several events (one per canister message), then [DONE].
+# Streamed: the same text in several events (one per scheduler round that
+# brought new text), then [DONE]. Long enough that the rounds cannot all pass
+# before the stream's first look at the job.
+STREAM_TOKENS = 48
+whole = client.completions.create(model=model, prompt=GOLDEN_PROMPT, max_tokens=STREAM_TOKENS, temperature=0)
+check("longer greedy text goes on from the golden text", whole.choices[0].text.startswith(GOLDEN_TEXT), whole.choices[0].text)
 stream = client.completions.create(
-    model=model, prompt=GOLDEN_PROMPT, max_tokens=10, temperature=0, stream=True,
+    model=model, prompt=GOLDEN_PROMPT, max_tokens=STREAM_TOKENS, temperature=0, stream=True,
     stream_options={"include_usage": True},
 )
 chunks = list(stream)
 text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
-check("streamed text", text == GOLDEN_TEXT, repr(text))
+check("streamed text", text == whole.choices[0].text, repr(text))
 check("streamed in several events", sum(1 for ch in chunks if ch.choices and ch.choices[0].text) > 1, len(chunks))
 finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
 check("stream ends with length", finals == ["length"], finals)
-check("stream usage chunk", chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10, chunks[-1])
+check("stream usage chunk", chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == STREAM_TOKENS, chunks[-1])
 
 # Stop strings: the text ends before the first one, which is not returned.
 c = client.completions.create(model=model, prompt=GOLDEN_PROMPT, max_tokens=10, temperature=0, stop=[" play", "xyz"])
@@ -177,15 +182,29 @@ check("no logprobs unless asked", plain.choices[0].logprobs is None, plain.choic
 
 # A conversation that keeps its KV cache: the next turn continues the first
 # reply's job (icllm's `continue_from`), and gives a cold run's reply.
-turn2 = messages + [{"role": "assistant", "content": r.choices[0].message.content},
+first_turn = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0)
+turn2 = messages + [{"role": "assistant", "content": first_turn.choices[0].message.content},
                     {"role": "user", "content": " He went to the park"}]
 warm = client.chat.completions.create(model=model, messages=turn2, max_tokens=10, temperature=0,
-                                      extra_body={"continue_from": r.id})
+                                      extra_body={"continue_from": first_turn.id})
 cold = other.chat.completions.create(model=model, messages=turn2, max_tokens=10, temperature=0)
 check("continued chat: cached tokens", warm.usage.prompt_tokens_details.cached_tokens > 0, warm.usage)
 check("cold chat: no cached tokens", cold.usage.prompt_tokens_details.cached_tokens == 0, cold.usage)
 check("continued chat: the cold reply", warm.choices[0].message.content == cold.choices[0].message.content,
       (warm.choices[0].message.content, cold.choices[0].message.content))
+# A client that only resends the history (as OpenAI clients do) gets the
+# rows of its API key's conversation without naming it.
+turn3 = turn2 + [{"role": "assistant", "content": warm.choices[0].message.content},
+                 {"role": "user", "content": " The sun was warm"}]
+resent = client.chat.completions.create(model=model, messages=turn3, max_tokens=10, temperature=0)
+third = openai.OpenAI(base_url=BASE, api_key="key-three", max_retries=0)
+cold3 = third.chat.completions.create(model=model, messages=turn3, max_tokens=10, temperature=0)
+check("a key of its own: no cached tokens", cold3.usage.prompt_tokens_details.cached_tokens == 0, cold3.usage)
+check("resent history: cached tokens", resent.usage.prompt_tokens_details.cached_tokens
+      > warm.usage.prompt_tokens_details.cached_tokens, (resent.usage, warm.usage))
+check("resent history: the reply of a run that reused nothing",
+      resent.choices[0].message.content == cold3.choices[0].message.content,
+      (resent.choices[0].message.content, cold3.choices[0].message.content))
 
 # Bad input: OpenAI-style errors with the right status.
 def refused(name, status, call):
