@@ -219,6 +219,31 @@ fn gemma3_270m_q4_k_m_agrees_with_llama_cpp() {
                 "{name}: logit of {id} is {got}, llama.cpp's {want}"
             );
         }
+        // A greedy step is decided by the top logit's lead over the second.
+        // icllm's lead differs from llama.cpp's by up to a tenth (here at
+        // the prompt's end: `lead_error`, 0.03 to 0.095 measured; llama.cpp's
+        // own F16 and F32 KV caches differ by as much), so greedy ids must be llama.cpp's up to
+        // the first step llama.cpp decides by less than CLEAR_LEAD: after a
+        // near tie either choice is faithful and the texts part.
+        const CLEAR_LEAD: f64 = 0.2;
+        let lead = |l: &[f32]| l[top[0] as usize] - l[top[1] as usize];
+        let want_logits: Vec<f32> = case["top_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap() as f32)
+            .collect();
+        let lead_error = (lead(&logits) - (want_logits[0] - want_logits[1])).abs();
+        assert!(
+            (lead_error as f64) < CLEAR_LEAD / 2.0,
+            "{name}: lead {lead_error} from llama.cpp's"
+        );
+        let steps = case["greedy_margin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take_while(|m| m.as_f64().unwrap() >= CLEAR_LEAD)
+            .count();
         let want = ids(&case["greedy"]);
         let mut job = Job::new(
             &model,
@@ -230,7 +255,17 @@ fn gemma3_270m_q4_k_m_agrees_with_llama_cpp() {
         .unwrap();
         let report = step(&model, &mut job, &mut Unlimited);
         assert!(matches!(report.outcome, StepOutcome::Finished(_)), "{report:?}");
-        assert_eq!(job.state.generated(), want, "{name}: greedy continuation");
+        eprintln!(
+            "{name}: top-2 lead {lead_error:.4} from llama.cpp's; greedy ids checked for {steps} of {} steps, equal for {}",
+            want.len(),
+            job.state.generated().iter().zip(&want).take_while(|(a, b)| a == b).count()
+        );
+        assert!(steps >= 3, "{name}: too few clear steps ({steps}) to compare");
+        assert_eq!(
+            job.state.generated()[..steps],
+            want[..steps],
+            "{name}: greedy continuation (llama.cpp: {want:?})"
+        );
     }
 }
 

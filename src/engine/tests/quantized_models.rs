@@ -2,70 +2,12 @@
 //! (whose 172-wide FFN rows stay F16, like llama.cpp's fallback) and a
 //! synthetic llama with dims that are multiples of 256 in every type.
 
-use icllm_engine::job::KvCache;
-use icllm_engine::model::{forward, Model};
-use icllm_engine::synth::{self, Arch, QuantMix, Shape, SynthOptions, Vocab};
+use icllm_engine::model::Model;
+use icllm_engine::synth::{self, QuantMix};
 use icllm_engine::tensor::GgmlType;
-use std::path::PathBuf;
-
-fn stories_bytes() -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260Ktok512.gguf");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// Logits at every position of `tokens` (one batch through every layer).
-fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let c = &model.config;
-    let mut kv = KvCache::new(icllm_engine::kv::KvShape::of(c), tokens.len() as u32 + 1).unwrap();
-    let mut x = vec![0.0f32; tokens.len() * c.dim];
-    forward::embed(model, tokens, &mut x);
-    for l in 0..c.n_layers {
-        forward::attention_block(model, l, 0, &mut x, &mut kv);
-        forward::ffn_block(model, l, &mut x);
-    }
-    x.chunks_exact(c.dim)
-        .map(|row| {
-            let mut out = vec![0.0f32; c.vocab_size];
-            forward::logits(model, row, &mut out);
-            out
-        })
-        .collect()
-}
-
-/// Greedy continuation of `prompt` for `n` tokens.
-fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let c = &model.config;
-    let mut kv = KvCache::new(icllm_engine::kv::KvShape::of(c), (prompt.len() + n) as u32).unwrap();
-    let mut tokens = prompt.to_vec();
-    let mut pos0 = 0usize;
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let batch = &tokens[pos0..];
-        let mut x = vec![0.0f32; batch.len() * c.dim];
-        forward::embed(model, batch, &mut x);
-        for l in 0..c.n_layers {
-            forward::attention_block(model, l, pos0 as u32, &mut x, &mut kv);
-            forward::ffn_block(model, l, &mut x);
-        }
-        let mut logits = vec![0.0f32; c.vocab_size];
-        forward::logits(model, &x[(batch.len() - 1) * c.dim..], &mut logits);
-        let next = argmax(&logits);
-        pos0 = tokens.len();
-        tokens.push(next);
-        out.push(next);
-    }
-    out
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+#[path = "common/quant_models.rs"]
+mod quant_models;
+use quant_models::{all_logits, argmax, greedy, stories_bytes, synth_256_bytes};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
@@ -129,13 +71,15 @@ fn stories260k_quantized_keeps_f32_predictions() {
         let bytes = synth::quantize_gguf(&f32_bytes, mix).unwrap();
         let (model, _) = Model::from_gguf_bytes(&bytes).unwrap();
         // 64-wide rows: the 32-element types as asked, K-quants fall back as
-        // llama.cpp's quantizer does (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0);
+        // llama.cpp's quantizer does (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
+        // Q3_K/Q2_K → Q4_0, IQ4_XS → IQ4_NL);
         // 172-wide rows: F16.
         let expected_wq = match name {
             "q4_k_m" => GgmlType::Q5_0,
             "q5_k_m" => GgmlType::Q5_1,
             "q6_k" => GgmlType::Q8_0,
-            "q3_k_m" | "q2_k" | "iq4_xs" => GgmlType::IQ4NL,
+            "q3_k_m" | "q2_k" => GgmlType::Q4_0,
+            "iq4_xs" => GgmlType::IQ4NL,
             other => match QuantMix::parse(other).unwrap() {
                 QuantMix::Uniform(t) => t,
                 _ => unreachable!(),
@@ -173,43 +117,6 @@ fn stories260k_quantized_keeps_f32_predictions() {
             }
         }
     }
-}
-
-/// A small llama with every matrix dimension a multiple of 256.
-const SYNTH_SHAPE: Shape = Shape {
-    name: "test-256",
-    source: "test",
-    arch: Arch::Llama,
-    dim: 256,
-    n_layers: 2,
-    n_heads: 4,
-    n_kv_heads: 2,
-    explicit_head_dim: None,
-    hidden_dim: 768,
-    vocab_size: 512,
-    context_length: 128,
-    rope_theta: 10000.0,
-    rms_eps: 1e-5,
-    tied_embeddings: false,
-    llama3_rope: None,
-    vocab: Vocab::LlamaSpm,
-};
-
-/// [`SYNTH_SHAPE`] in `quant` (seed 42) as GGUF bytes, with the stories260K
-/// vocabulary (512 tokens) as the tokenizer.
-fn synth_256_bytes(quant: QuantMix) -> Vec<u8> {
-    let (_, gguf) = Model::from_gguf_bytes(&stories_bytes()).unwrap();
-    let mut opts = SynthOptions::new(quant);
-    opts.seed = 42;
-    opts.tokenizer = gguf
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.starts_with("tokenizer."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut bytes = Vec::new();
-    synth::write_gguf(&SYNTH_SHAPE, &opts, &mut bytes).unwrap();
-    bytes
 }
 
 #[test]

@@ -13,7 +13,9 @@ use crate::quant::{BlockQ8A, BlockQ8K, QK8_0, QK_K};
 pub enum ActFamily {
     /// f32 as it is (float weights).
     Float,
-    /// int8 blocks of 32 with an f32 scale ([`BlockQ8A`]: Q8_0, Q4_0).
+    /// int8 blocks of 32 with a scale that is an f16 value, as ggml's
+    /// `block_q8_0` / `block_q8_1` ([`BlockQ8A`], [`quantize_act_q8_0`]:
+    /// the 32-element weight types).
     Q8,
     /// Q8_K blocks of 256 with per-16 sums ([`BlockQ8K`]: the K-quants).
     Q8K,
@@ -47,7 +49,7 @@ impl PreparedActs {
                     *self = PreparedActs::Q8(Vec::new());
                 }
                 if let PreparedActs::Q8(v) = self {
-                    quantize_act_q8(x, v);
+                    quantize_act_q8_0(x, v);
                 }
             }
             ActFamily::Q8K => {
@@ -172,6 +174,17 @@ pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
         simd_quant::widen_i8(&b.qs, &mut b.qw);
         b
     }));
+}
+
+/// Quantizes activations `x` (a multiple of 32 long) as ggml does for its
+/// 32-element weight types: [`quantize_act_q8`], with each block's scale
+/// rounded to f16 as `block_q8_0` stores it (the quants come from the f32
+/// scale, as in `quantize_row_q8_0`), so that a dot product is llama.cpp's.
+pub fn quantize_act_q8_0(x: &[f32], out: &mut Vec<BlockQ8A>) {
+    quantize_act_q8(x, out);
+    for b in out.iter_mut() {
+        b.d = half::f16::from_f32(b.d).to_f32();
+    }
 }
 
 /// Quantizes activations `x` (a multiple of 256 long) into Q8_K blocks with

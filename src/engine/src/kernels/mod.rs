@@ -213,13 +213,27 @@ pub fn gelu_tanh(x: f32) -> f32 {
     x / (1.0 + exp::exp(-2.0 * u))
 }
 
-/// GeGLU in place: `gate[i] = gelu_tanh(gate[i]) * up[i]`; both (hidden_dim).
-/// Scalar only: it runs once per hidden unit per token, beside matrices of
-/// `dim` multiply-adds each.
+/// GELU as llama.cpp's CPU backend applies it (`GGML_GELU_FP16`): its
+/// input rounded to f16, [`gelu_tanh`] of that, the result rounded to f16
+/// (ggml looks both up in a 64K-entry table made that way); 0 at or below
+/// -10 and `x` at or above 10.
+pub fn gelu_tanh_f16(x: f32) -> f32 {
+    use half::f16;
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32()
+    }
+}
+
+/// GeGLU in place: `gate[i] = gelu_tanh_f16(gate[i]) * up[i]`; both
+/// (hidden_dim), as llama.cpp's `ggml_vec_geglu_f32`.
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
     for (g, u) in gate.iter_mut().zip(up) {
-        *g = gelu_tanh(*g) * u;
+        *g = gelu_tanh_f16(*g) * u;
     }
 }
 

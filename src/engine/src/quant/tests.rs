@@ -4,7 +4,7 @@
 //! stays within ggml's typical figures.
 
 use super::*;
-use crate::kernels::acts::{dequantize_act_q8, dequantize_act_q8k, quantize_act_q8, quantize_act_q8k};
+use crate::kernels::acts::{dequantize_act_q8, dequantize_act_q8k, quantize_act_q8_0, quantize_act_q8k};
 use crate::kernels::{self, quant as qk, PreparedActs, WeightMatrix};
 use crate::model::Tensor;
 use crate::synth::Rng;
@@ -445,7 +445,7 @@ fn block_kernels_are_the_dispatch_targets() {
     let cols = 512;
     let x = gaussian(cols, 200);
     let mut q8 = Vec::new();
-    quantize_act_q8(&x, &mut q8);
+    quantize_act_q8_0(&x, &mut q8);
     let mut q8k = Vec::new();
     quantize_act_q8k(&x, &mut q8k);
     let v = gaussian(cols, 201);

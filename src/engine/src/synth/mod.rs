@@ -147,9 +147,11 @@ fn use_more_bits(layer: usize, n_layers: usize) -> bool {
 
 /// The type for rows of `cols` elements when `ty`'s blocks may not fit, as
 /// llama.cpp's quantizer chooses it (`llama_tensor_get_type`): a K-quant
-/// falls back to the 32-element type of about its size (Q4_K → Q5_0, Q5_K →
-/// Q5_1, Q6_K → Q8_0, Q2_K/Q3_K/IQ4_XS → IQ4_NL), and a row that is not
-/// whole blocks of that either (or of a 32-element type) is F16. F32 stays F32.
+/// falls back to a 32-element type (`tensor_type_fallback`: Q4_K → Q5_0,
+/// Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → Q4_0, IQ4_XS → IQ4_NL; older
+/// llama.cpp releases chose IQ4_NL for Q2_K/Q3_K too, and icllm reads both),
+/// and a row that is not whole blocks of that either (or of a 32-element
+/// type) is F16. F32 stays F32.
 pub fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
     if cols.is_multiple_of(ty.block_size()) || ty == GgmlType::F32 {
         return ty;
@@ -158,7 +160,8 @@ pub fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q5K => GgmlType::Q5_1,
         GgmlType::Q6K => GgmlType::Q8_0,
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::IQ4XS => GgmlType::IQ4NL,
+        GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+        GgmlType::IQ4XS => GgmlType::IQ4NL,
         _ => GgmlType::F16,
     };
     if cols.is_multiple_of(smaller.block_size()) {
@@ -516,9 +519,7 @@ fn llama3_rope_factors(shape: &Shape, n: usize) -> Vec<f32> {
 /// (norms, biases, `rope_freqs`) and all metadata are kept, except
 /// `general.file_type`. The values pass through f32 (dequantized first).
 pub fn quantize_gguf(bytes: &[u8], mix: QuantMix) -> Result<Vec<u8>, String> {
-    use crate::format::gguf::Gguf;
-    use crate::model::Tensor;
-    let gguf = Gguf::parse(bytes).map_err(|e| e.to_string())?;
+    let gguf = crate::format::gguf::Gguf::parse(bytes).map_err(|e| e.to_string())?;
     let n_layers = gguf
         .tensors
         .iter()
@@ -526,13 +527,35 @@ pub fn quantize_gguf(bytes: &[u8], mix: QuantMix) -> Result<Vec<u8>, String> {
         .max()
         .map_or(0, |l| l + 1);
     let tied = gguf.tensor("output.weight").is_none();
+    quantize_gguf_with(bytes, mix.file_type(), |name, dims, ty| {
+        let is_matrix = dims.len() == 2 && name.ends_with(".weight");
+        let is_head = name == "output.weight" || (tied && name == "token_embd.weight");
+        match is_matrix {
+            true => mix.tensor_type(name, dims[0] as usize, n_layers, is_head),
+            false => ty,
+        }
+    })
+}
+
+/// `bytes` (a GGUF file) with each tensor in the type `type_of(name, dims,
+/// its type)` gives, quantized from its values by ggml's reference
+/// quantizers, and `general.file_type` set to `file_type`. A tensor whose
+/// type stays is copied as it is.
+pub fn quantize_gguf_with(
+    bytes: &[u8],
+    file_type: u32,
+    type_of: impl Fn(&str, &[u64], GgmlType) -> GgmlType,
+) -> Result<Vec<u8>, String> {
+    use crate::format::gguf::Gguf;
+    use crate::model::Tensor;
+    let gguf = Gguf::parse(bytes).map_err(|e| e.to_string())?;
     let mut md: Vec<(String, Value)> = gguf
         .metadata
         .iter()
         .filter(|(k, _)| k.as_str() != "general.file_type")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    md.push(("general.file_type".into(), Value::U32(mix.file_type())));
+    md.push(("general.file_type".into(), Value::U32(file_type)));
     let mut tensors = Vec::with_capacity(gguf.tensors.len());
     for info in &gguf.tensors {
         let data = bytes.get(info.byte_range()).ok_or("tensor outside the file")?;
@@ -541,13 +564,7 @@ pub fn quantize_gguf(bytes: &[u8], mix: QuantMix) -> Result<Vec<u8>, String> {
             info.dims.iter().skip(1).product::<u64>() as usize,
         );
         let src = Tensor::from_le_bytes(info.ty, rows, cols, data).map_err(|e| format!("{}: {e}", info.name))?;
-        let is_matrix = info.dims.len() == 2 && info.name.ends_with(".weight");
-        let is_head = info.name == "output.weight" || (tied && info.name == "token_embd.weight");
-        let ty = if is_matrix {
-            mix.tensor_type(&info.name, cols, n_layers, is_head)
-        } else {
-            info.ty
-        };
+        let ty = type_of(&info.name, &info.dims, info.ty);
         let out = if ty == info.ty {
             data.to_vec()
         } else {

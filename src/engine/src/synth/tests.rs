@@ -134,9 +134,9 @@ fn q3_k_m_follows_llama_cpp_rules() {
     assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::Q5K);
     assert_eq!(ty("blk.1.ffn_down.weight"), GgmlType::Q4K);
     assert_eq!(ty("blk.15.ffn_down.weight"), GgmlType::Q4K);
-    // 896-wide rows fall back: Q3_K → IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1.
+    // 896-wide rows fall back: Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1.
     let g = header(shape("qwen2.5-0.5b").unwrap(), QuantMix::Q3KM, 2);
-    assert_eq!(g.tensor("blk.1.attn_q.weight").unwrap().ty, GgmlType::IQ4NL);
+    assert_eq!(g.tensor("blk.1.attn_q.weight").unwrap().ty, GgmlType::Q4_0);
     assert_eq!(g.tensor("blk.1.attn_output.weight").unwrap().ty, GgmlType::Q5_0);
     assert_eq!(g.tensor("blk.0.attn_v.weight").unwrap().ty, GgmlType::Q5_1);
     assert_eq!(QuantMix::Q3KM.file_type(), 12);
@@ -149,8 +149,8 @@ fn fallback_types() {
     assert_eq!(fallback(GgmlType::Q4K, 288), GgmlType::Q5_0);
     assert_eq!(fallback(GgmlType::Q5K, 288), GgmlType::Q5_1);
     assert_eq!(fallback(GgmlType::Q6K, 896), GgmlType::Q8_0);
-    assert_eq!(fallback(GgmlType::Q3K, 640), GgmlType::IQ4NL);
-    assert_eq!(fallback(GgmlType::Q2K, 896), GgmlType::IQ4NL);
+    assert_eq!(fallback(GgmlType::Q3K, 640), GgmlType::Q4_0);
+    assert_eq!(fallback(GgmlType::Q2K, 896), GgmlType::Q4_0);
     assert_eq!(fallback(GgmlType::IQ4XS, 896), GgmlType::IQ4NL);
     assert_eq!(fallback(GgmlType::Q4K, 100), GgmlType::F16);
     assert_eq!(fallback(GgmlType::Q8_0, 172), GgmlType::F16);
