@@ -58,6 +58,14 @@ fn msg(role: &str, content: &str) -> ChatMessage {
     }
 }
 
+/// `history` followed by the assistant's `reply` and the user's next message.
+fn reply_and_ask(history: &[ChatMessage], reply: &str, next: &str) -> Vec<ChatMessage> {
+    let mut messages = history.to_vec();
+    messages.push(msg("assistant", reply));
+    messages.push(msg("user", next));
+    messages
+}
+
 /// One finished chat turn.
 #[derive(Debug)]
 struct Turn {
@@ -197,11 +205,7 @@ fn a_stateless_client_resending_the_history_gets_its_rows_without_asking() {
     let (me, other) = (user(1), user(2));
     let first = vec![msg("user", USER_TURNS[0])];
     let t1 = turn(&mut c, me, &first, None).unwrap();
-    let next = vec![
-        msg("user", USER_TURNS[0]),
-        msg("assistant", &t1.view.text),
-        msg("user", USER_TURNS[1]),
-    ];
+    let next = reply_and_ask(&first, &t1.view.text, USER_TURNS[1]);
     // Another caller sending the same history matches nothing of `me`'s.
     let stranger = turn(&mut c, other, &next, None).unwrap();
     assert_eq!(stranger.view.cached_prompt_tokens.unwrap(), 0);
@@ -218,9 +222,7 @@ fn a_stateless_client_resending_the_history_gets_its_rows_without_asking() {
     let unrelated = vec![msg("user", " The sun was warm.")];
     let u = turn(&mut c, me, &unrelated, None).unwrap();
     assert_eq!(u.view.cached_prompt_tokens.unwrap(), 0);
-    let mut more = next.clone();
-    more.push(msg("assistant", &warm.view.text));
-    more.push(msg("user", USER_TURNS[2]));
+    let more = reply_and_ask(&next, &warm.view.text, USER_TURNS[2]);
     let third = turn(&mut c, me, &more, None).unwrap();
     assert_eq!(
         third.view.cached_prompt_tokens.unwrap(),
@@ -234,11 +236,7 @@ fn a_slot_is_handed_over_once() {
     let me = user(1);
     let first = vec![msg("user", USER_TURNS[0])];
     let t1 = turn(&mut c, me, &first, None).unwrap();
-    let next = vec![
-        msg("user", USER_TURNS[0]),
-        msg("assistant", &t1.view.text),
-        msg("user", USER_TURNS[1]),
-    ];
+    let next = reply_and_ask(&first, &t1.view.text, USER_TURNS[1]);
     let a = turn(&mut c, me, &next, Some(t1.id)).unwrap();
     assert!(a.view.cached_prompt_tokens.unwrap() > 0);
     // The slot went to `a`: a second continuation of t1 starts cold, and
@@ -248,9 +246,7 @@ fn a_slot_is_handed_over_once() {
     assert_eq!(b.usage.prompt_tokens_details.as_ref().unwrap().cached_tokens, 0);
     assert_eq!(b.view.tokens, a.view.tokens);
     // `a` left its own rows: continuing it works.
-    let mut more = next.clone();
-    more.push(msg("assistant", &a.view.text));
-    more.push(msg("user", USER_TURNS[2]));
+    let more = reply_and_ask(&next, &a.view.text, USER_TURNS[2]);
     let d = turn(&mut c, me, &more, Some(a.id)).unwrap();
     assert!(d.view.cached_prompt_tokens.unwrap() > a.view.prompt_tokens);
 }

@@ -10,19 +10,11 @@ testdata/gemma3/.
 pip builds llama.cpp from the llama-cpp-python source package (cmake and a
 C compiler; about 25 minutes on 2 cores). Nothing built is committed.
 """
-import llama_cpp, llama_cpp.llama_cpp as llama_low, numpy as np, json, sys
+import numpy as np, json, sys
 
-# As make-llama-quantize-references.py: no weight repacking (it crashes on
-# CPUs with AMX) and an F32 KV cache, as icllm's default.
-_default_model_params = llama_low.llama_model_default_params
-def _model_params_without_repacking():
-    params = _default_model_params()
-    params.use_extra_bufts = False
-    return params
-llama_low.llama_model_default_params = _model_params_without_repacking
+import llama_reference
 
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=2048, logits_all=True, verbose=False, n_threads=2,
-                      type_k=0, type_v=0, flash_attn=False)
+llm = llama_reference.load(sys.argv[1], n_ctx=2048, n_threads=2)
 long_text = " ".join(f"Item {i}: the {['red','green','blue','yellow'][i%4]} box holds {i*7%13} stones." for i in range(60)) + " Question: what does item 3 hold? Answer:"
 cases = []
 for name, text in [("france", "The capital of France is"), ("story", "Once upon a time, in a small village,"), ("long", long_text)]:

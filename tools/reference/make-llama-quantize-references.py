@@ -22,22 +22,9 @@ import ctypes, hashlib, json, os, sys, tempfile
 
 import gguf
 import llama_cpp
-import llama_cpp.llama_cpp as llama_low
 import numpy as np
 
-# No weight repacking into CPU-specific buffers: on CPUs with AMX (and this
-# build's native flags) evaluating a repacked quantized model crashes. The
-# plain ggml CPU kernels are the reference anyway.
-_default_model_params = llama_low.llama_model_default_params
-
-
-def _model_params_without_repacking():
-    params = _default_model_params()
-    params.use_extra_bufts = False
-    return params
-
-
-llama_low.llama_model_default_params = _model_params_without_repacking
+import llama_reference
 
 STORIES, SYNTH, OUT = sys.argv[1:4]
 # BOS + "Joe loves writing stories" in the stories260K vocabulary (both bases use it).
@@ -77,9 +64,7 @@ def margin(row):
 
 
 def run(path):
-    # An F32 KV cache, as icllm's default (llama.cpp's own default is F16).
-    llm = llama_cpp.Llama(model_path=path, n_ctx=128, n_batch=128, logits_all=True, verbose=False, n_threads=1,
-                          type_k=0, type_v=0, flash_attn=False)
+    llm = llama_reference.load(path, n_ctx=128, n_threads=1, n_batch=128)
     greedy = []
     for t in llm.generate(PROMPT, top_k=1, temp=0.0, reset=True):
         greedy.append(int(t))

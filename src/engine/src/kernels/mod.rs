@@ -219,19 +219,28 @@ pub fn gelu_tanh(x: f32) -> f32 {
 /// table over the 65,536 f16 values (256 KiB, built once per process: about
 /// 10 M instructions in the canister, against hundreds per call computed).
 pub fn gelu_tanh_f16(x: f32) -> f32 {
+    gelu_f16_lookup(gelu_f16_table(), x)
+}
+
+/// [`gelu_tanh`] of every f16 value, rounded to f16, by f16 bits.
+fn gelu_f16_table() -> &'static [f32] {
     use half::f16;
     static TABLE: std::sync::OnceLock<Box<[f32]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())).to_f32())
+            .collect()
+    })
+}
+
+#[inline]
+fn gelu_f16_lookup(table: &[f32], x: f32) -> f32 {
     if x <= -10.0 {
         0.0
     } else if x >= 10.0 {
         x
     } else {
-        let table = TABLE.get_or_init(|| {
-            (0..=u16::MAX)
-                .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())).to_f32())
-                .collect()
-        });
-        table[f16::from_f32(x).to_bits() as usize]
+        table[half::f16::from_f32(x).to_bits() as usize]
     }
 }
 
@@ -239,8 +248,9 @@ pub fn gelu_tanh_f16(x: f32) -> f32 {
 /// (hidden_dim), as llama.cpp's `ggml_vec_geglu_f32`.
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
+    let table = gelu_f16_table();
     for (g, u) in gate.iter_mut().zip(up) {
-        *g = gelu_tanh_f16(*g) * u;
+        *g = gelu_f16_lookup(table, *g) * u;
     }
 }
 
