@@ -4,13 +4,15 @@
 # official `openai` Python package (pinned, in a venv beside the build:
 # <target>/openai-venv) that the `icllm serve` tests drive the server with,
 # and for the chat page's test Debian's chromium (apt-get, when missing)
-# and puppeteer-core (pinned, from npm into <target>/npm-chat-page).
+# and puppeteer-core (pinned, from npm into <target>/npm-chat-page), and
+# @icp-sdk/core (pinned, into <target>/npm-agent) for the network tests.
 # Quiet and quick when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OPENAI_VERSION=1.109.1
 PUPPETEER_VERSION=24.43.1
+ICP_SDK_CORE_VERSION=6.1.0
 
 rust_pieces() {
   if ! command -v rustup >/dev/null 2>&1; then
@@ -60,6 +62,18 @@ chat_page_browser() {
   fi
 }
 
+# The JS agent (@icp-sdk/core, successor of @dfinity/agent) that the
+# network tests call the canister with through `icllm replica`.
+js_agent() {
+  local prefix="${CARGO_TARGET_DIR:-target}/npm-agent"
+  if ! grep -qs "\"version\": \"$ICP_SDK_CORE_VERSION\"" "$prefix/node_modules/@icp-sdk/core/package.json"; then
+    command -v npm >/dev/null 2>&1 || { echo "setup: npm is missing (Debian: apt-get install npm)" >&2; exit 1; }
+    mkdir -p "$prefix"
+    DO_NOT_TRACK=1 npm install --silent --no-save --prefix "$prefix" "@icp-sdk/core@$ICP_SDK_CORE_VERSION" >/dev/null
+  fi
+}
+
 rust_pieces
 openai_client
 chat_page_browser
+js_agent

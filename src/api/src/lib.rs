@@ -283,6 +283,9 @@ pub struct UploadStatus {
     pub missing: Vec<(u64, u64)>,
     /// Bytes hashed (while verifying) or loaded (while loading).
     pub progress_bytes: u64,
+    /// SHA-256 the upload under way declared (absent when idle, and from
+    /// canisters released before it): an uploader resumes only its own file.
+    pub sha256: Option<Vec<u8>>,
 }
 
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug)]

@@ -143,6 +143,7 @@ pub fn status() -> UploadStatus {
             received_bytes: 0,
             missing: vec![],
             progress_bytes: 0,
+            sha256: None,
         },
         Some(u) => UploadStatus {
             missing: ranges::missing(&u.received, u.target.size),
@@ -150,6 +151,7 @@ pub fn status() -> UploadStatus {
             size: u.target.size,
             state: u.state,
             progress_bytes: progress,
+            sha256: Some(u.target.sha256),
         },
     }
 }

@@ -2,3 +2,4 @@
 //! CLI subcommands and the integration tests.
 
 pub mod local_canister;
+pub mod remote;

@@ -8,6 +8,8 @@ mod generate;
 mod inspect;
 mod logits;
 mod model_files;
+mod remote_cmd;
+mod replica;
 mod run;
 mod serve;
 mod sim;
@@ -45,6 +47,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a Hugging Face checkpoint directory to one GGUF file (optionally quantized).
     Convert(convert::ConvertArgs),
+    /// Serve the local IC runtime over the IC's HTTP interface (for agents, dfx, icp-cli).
+    Replica(replica::ReplicaArgs),
+    /// Install or upgrade the icllm canister on a network; prints its id.
+    Deploy(remote_cmd::DeployArgs),
+    /// Upload a model to a deployed canister (parallel, resumable, verified).
+    Upload(remote_cmd::UploadArgs),
+    /// Start, follow, poll or cancel jobs of a deployed canister.
+    Job(remote_cmd::JobArgs),
 }
 
 /// Runs the command; a user error prints its chain of causes on one line
@@ -78,6 +88,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Replica(args) => replica::run(args),
+        Command::Deploy(args) => remote_cmd::deploy(args),
+        Command::Upload(args) => remote_cmd::upload(args),
+        Command::Job(args) => remote_cmd::job(args),
     }
 }
 

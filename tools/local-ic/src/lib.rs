@@ -116,6 +116,7 @@ pub mod cow_memory;
 pub mod cycles;
 pub mod instrument;
 pub mod memory_snapshot;
+pub mod network;
 pub mod profile;
 pub mod runtime;
 pub mod stable;

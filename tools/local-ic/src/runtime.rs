@@ -347,8 +347,32 @@ impl Runtime {
         init_arg: Vec<u8>,
         controllers: Vec<Principal>,
     ) -> Result<CanisterId, Error> {
-        let _guard = memory_snapshot::exclusive();
+        let id = self.reserve_canister_id();
+        self.install_at(id, wasm, init_arg, controllers)?;
+        Ok(id)
+    }
+
+    /// The next canister id, taken for good (as `create_canister` does on
+    /// the IC before any code is installed).
+    pub fn reserve_canister_id(&mut self) -> CanisterId {
         let id = canister_id(self.next_canister);
+        self.next_canister += 1;
+        id
+    }
+
+    /// Installs `wasm` as canister `id` (a reserved id, or one freed by
+    /// [`Runtime::uninstall`]) and runs `canister_init(init_arg)`.
+    pub fn install_at(
+        &mut self,
+        id: CanisterId,
+        wasm: &[u8],
+        init_arg: Vec<u8>,
+        controllers: Vec<Principal>,
+    ) -> Result<(), Error> {
+        let _guard = memory_snapshot::exclusive();
+        if self.canisters.contains_key(&id) {
+            return Err(Error::Unsupported(format!("canister {id} already has code installed")));
+        }
         let fail = |reason| Error::Canister {
             canister: id,
             reason,
@@ -380,7 +404,6 @@ impl Runtime {
         };
         let mut canister = Canister::instantiate(&self.engine, &self.linker, &module, info, host)
             .map_err(|failure| fail(failure.0))?;
-        self.next_canister += 1;
         if canister.exports("canister_init") {
             let caller = controllers.first().copied().unwrap_or(Principal::anonymous());
             let mut msg = MessageContext::new(MessageKind::Init, "canister_init", init_arg, caller);
@@ -397,7 +420,56 @@ impl Runtime {
             }
         }
         self.canisters.insert(id, canister);
-        Ok(id)
+        Ok(())
+    }
+
+    /// Removes canister `id`'s code and state (heap, stable memory, timer),
+    /// as `uninstall_code` does; returns its controllers and cycles, which
+    /// outlive the code on the IC. `None` if it holds no code.
+    pub fn uninstall(&mut self, id: CanisterId) -> Option<(Vec<Principal>, u128)> {
+        let _guard = memory_snapshot::exclusive();
+        let canister = self.canisters.remove(&id)?;
+        Some((canister.host().controllers.clone(), canister.host().cycles))
+    }
+
+    /// Replaces canister `id`'s code and state with a fresh install of
+    /// `wasm` (`install_code` in mode `reinstall`), keeping its controllers
+    /// and cycles; if `canister_init` fails the canister stays as it was.
+    pub fn reinstall(&mut self, id: CanisterId, wasm: &[u8], init_arg: Vec<u8>) -> Result<(), Error> {
+        let old = self.canisters.remove(&id).ok_or(Error::CanisterNotFound(id))?;
+        let (controllers, cycles) = (old.host().controllers.clone(), old.host().cycles);
+        let result = self.install_at(id, wasm, init_arg, controllers);
+        let _guard = memory_snapshot::exclusive();
+        match result {
+            Ok(()) => {
+                self.canisters.get_mut(&id).expect("just installed").host_mut().cycles = cycles;
+                drop(old);
+                Ok(())
+            }
+            Err(e) => {
+                self.canisters.insert(id, old);
+                Err(e)
+            }
+        }
+    }
+
+    /// A canister's controllers (`None` if it holds no code).
+    pub fn controllers(&self, id: CanisterId) -> Option<Vec<Principal>> {
+        self.canisters.get(&id).map(|c| c.host().controllers.clone())
+    }
+
+    /// Replaces a canister's controllers (`update_settings`).
+    pub fn set_controllers(&mut self, id: CanisterId, controllers: Vec<Principal>) -> Result<(), Error> {
+        let c = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
+        c.host_mut().controllers = controllers;
+        Ok(())
+    }
+
+    /// Moves the clock forward to `nanos` without running anything: a
+    /// caller that follows real time sets it, then runs a round with
+    /// [`Runtime::tick`]. Never moves it back.
+    pub fn set_time_nanos(&mut self, nanos: u64) {
+        self.now = self.now.max(nanos);
     }
 
     /// Upgrades `id` to `wasm`: `canister_pre_upgrade` on the old instance,

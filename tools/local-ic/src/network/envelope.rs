@@ -1,0 +1,259 @@
+//! Authenticated request envelopes (interface spec, "Authentication"):
+//! CBOR `{content, sender_pubkey?, sender_sig?, sender_delegation?}`, the
+//! request id over `content`, the sender's signature through its
+//! delegations, and the ingress expiry window.
+
+use super::keys::{self, self_authenticating};
+use super::request_id::hash_map;
+use candid::Principal;
+use ciborium::Value;
+
+/// How far ahead of the replica's clock an expiry may be: the IC's
+/// 5-minute ingress TTL plus its permitted drift of 60 s.
+pub const MAX_EXPIRY_AHEAD_NANOS: u64 = (5 * 60 + 60) * 1_000_000_000;
+/// Most delegations a chain may hold (the spec's limit).
+const MAX_DELEGATIONS: usize = 20;
+
+/// A request the replica refuses before executing anything, with the HTTP
+/// status it answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> Refusal {
+    Refusal {
+        status: 400,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Request {
+    Call {
+        canister_id: Principal,
+        method_name: String,
+        arg: Vec<u8>,
+    },
+    Query {
+        canister_id: Principal,
+        method_name: String,
+        arg: Vec<u8>,
+    },
+    ReadState {
+        paths: Vec<Vec<Vec<u8>>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub request_id: [u8; 32],
+    pub sender: Principal,
+    pub ingress_expiry: u64,
+    pub request: Request,
+}
+
+fn field<'a>(map: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
+    map.iter()
+        .find(|(k, _)| matches!(k, Value::Text(t) if t == name))
+        .map(|(_, v)| v)
+}
+
+fn untag(v: &Value) -> &Value {
+    match v {
+        Value::Tag(_, inner) => untag(inner),
+        other => other,
+    }
+}
+
+fn as_map<'a>(v: &'a Value, what: &str) -> Result<&'a [(Value, Value)], Refusal> {
+    match untag(v) {
+        Value::Map(m) => Ok(m),
+        _ => Err(bad(format!("Could not parse body as {what}: expected a map"))),
+    }
+}
+
+fn bytes<'a>(map: &'a [(Value, Value)], name: &str) -> Result<&'a [u8], Refusal> {
+    match field(map, name).map(untag) {
+        Some(Value::Bytes(b)) => Ok(b),
+        Some(_) => Err(bad(format!("Could not parse body: field `{name}` is not a blob"))),
+        None => Err(bad(format!("Could not parse body: missing field `{name}`"))),
+    }
+}
+
+fn nat(map: &[(Value, Value)], name: &str) -> Result<u64, Refusal> {
+    match field(map, name).map(untag) {
+        Some(Value::Integer(i)) => {
+            u64::try_from(*i).map_err(|_| bad(format!("Could not parse body: field `{name}` is out of range")))
+        }
+        Some(_) => Err(bad(format!("Could not parse body: field `{name}` is not a natural"))),
+        None => Err(bad(format!("Could not parse body: missing field `{name}`"))),
+    }
+}
+
+fn text(map: &[(Value, Value)], name: &str) -> Result<String, Refusal> {
+    match field(map, name).map(untag) {
+        Some(Value::Text(t)) => Ok(t.clone()),
+        Some(_) => Err(bad(format!("Could not parse body: field `{name}` is not text"))),
+        None => Err(bad(format!("Could not parse body: missing field `{name}`"))),
+    }
+}
+
+fn principal(map: &[(Value, Value)], name: &str) -> Result<Principal, Refusal> {
+    Principal::try_from_slice(bytes(map, name)?).map_err(|e| bad(format!("Could not parse body: `{name}`: {e}")))
+}
+
+/// Decodes and authenticates an envelope at replica time `now` (nanos).
+pub fn authenticate(body: &[u8], now: u64) -> Result<Envelope, Refusal> {
+    let value: Value =
+        ciborium::from_reader(body).map_err(|e| bad(format!("Could not parse body as read request: {e}")))?;
+    let envelope = as_map(&value, "an envelope")?;
+    let content = as_map(
+        field(envelope, "content").ok_or_else(|| bad("Could not parse body: missing field `content`"))?,
+        "content",
+    )?;
+    let request_id = hash_map(content).map_err(|e| bad(format!("Could not parse body: {e}")))?;
+    let sender = principal(content, "sender")?;
+    let ingress_expiry = nat(content, "ingress_expiry")?;
+    let request = match text(content, "request_type")?.as_str() {
+        kind @ ("call" | "query") => {
+            let canister_id = principal(content, "canister_id")?;
+            let method_name = text(content, "method_name")?;
+            let arg = bytes(content, "arg")?.to_vec();
+            if kind == "call" {
+                Request::Call {
+                    canister_id,
+                    method_name,
+                    arg,
+                }
+            } else {
+                Request::Query {
+                    canister_id,
+                    method_name,
+                    arg,
+                }
+            }
+        }
+        "read_state" => {
+            let Some(Value::Array(paths)) = field(content, "paths").map(untag) else {
+                return Err(bad("Could not parse body: `paths` must be an array"));
+            };
+            let mut parsed = Vec::with_capacity(paths.len());
+            for path in paths {
+                let Value::Array(labels) = untag(path) else {
+                    return Err(bad("Could not parse body: a path must be an array of blobs"));
+                };
+                let mut p = Vec::with_capacity(labels.len());
+                for label in labels {
+                    match untag(label) {
+                        Value::Bytes(b) => p.push(b.clone()),
+                        _ => return Err(bad("Could not parse body: a path label must be a blob")),
+                    }
+                }
+                parsed.push(p);
+            }
+            Request::ReadState { paths: parsed }
+        }
+        other => return Err(bad(format!("Could not parse body: unknown request_type `{other}`"))),
+    };
+
+    let max = now.saturating_add(MAX_EXPIRY_AHEAD_NANOS);
+    if ingress_expiry < now || ingress_expiry > max {
+        return Err(bad(format!(
+            "Invalid request expiry: Specified ingress_expiry not within expected range: \
+             Minimum allowed expiry: {now}, Maximum allowed expiry: {max}, Provided expiry: {ingress_expiry}"
+        )));
+    }
+
+    let target = match &request {
+        Request::Call { canister_id, .. } | Request::Query { canister_id, .. } => Some(*canister_id),
+        Request::ReadState { .. } => None,
+    };
+    verify_sender(envelope, sender, &request_id, target, now)?;
+    Ok(Envelope {
+        request_id,
+        sender,
+        ingress_expiry,
+        request,
+    })
+}
+
+/// The sender's signature of the request id, through its delegations.
+fn verify_sender(
+    envelope: &[(Value, Value)],
+    sender: Principal,
+    request_id: &[u8; 32],
+    target: Option<Principal>,
+    now: u64,
+) -> Result<(), Refusal> {
+    let pubkey = field(envelope, "sender_pubkey").map(untag);
+    let sig = field(envelope, "sender_sig").map(untag);
+    if sender == Principal::anonymous() {
+        if pubkey.is_some() || sig.is_some() {
+            return Err(bad(
+                "Invalid signature: an anonymous request must not carry a public key or signature",
+            ));
+        }
+        return Ok(());
+    }
+    let (Some(Value::Bytes(pubkey)), Some(Value::Bytes(sig))) = (pubkey, sig) else {
+        return Err(bad(format!(
+            "Invalid signature: request from {sender} is not signed (missing sender_pubkey or sender_sig)"
+        )));
+    };
+    let derived = self_authenticating(pubkey);
+    if derived != sender {
+        return Err(bad(format!(
+            "Invalid user id: the sender {sender} does not match the principal {derived} of the public key"
+        )));
+    }
+    let mut key = pubkey.clone();
+    if let Some(chain) = field(envelope, "sender_delegation").map(untag) {
+        let Value::Array(chain) = chain else {
+            return Err(bad("Could not parse body: `sender_delegation` must be an array"));
+        };
+        if chain.len() > MAX_DELEGATIONS {
+            return Err(bad(format!(
+                "Invalid delegation: chain of {} delegations is longer than {MAX_DELEGATIONS}",
+                chain.len()
+            )));
+        }
+        for signed in chain {
+            let signed = as_map(signed, "a signed delegation")?;
+            let delegation = as_map(
+                field(signed, "delegation").ok_or_else(|| bad("Invalid delegation: missing `delegation`"))?,
+                "a delegation",
+            )?;
+            let signature = bytes(signed, "signature")?;
+            let hash = hash_map(delegation).map_err(|e| bad(format!("Invalid delegation: {e}")))?;
+            let msg = [keys::DELEGATION_DOMAIN, &hash[..]].concat();
+            keys::verify(&key, &msg, signature)
+                .map_err(|e| bad(format!("Invalid delegation: Invalid signature: {e}")))?;
+            let expiration = nat(delegation, "expiration")?;
+            if expiration < now {
+                return Err(bad(format!(
+                    "Invalid delegation: Invalid delegation expiry: Specified sender delegation has expired: \
+                     Provided expiry: {expiration}, Local replica timestamp: {now}"
+                )));
+            }
+            if let Some(Value::Array(targets)) = field(delegation, "targets").map(untag) {
+                let allowed = target.is_none_or(|t| {
+                    targets
+                        .iter()
+                        .any(|v| matches!(untag(v), Value::Bytes(b) if b.as_slice() == t.as_slice()))
+                });
+                if !allowed {
+                    return Err(bad(format!(
+                        "Invalid delegation: Canister {} is not one of the delegation targets.",
+                        target.expect("checked above")
+                    )));
+                }
+            }
+            key = bytes(delegation, "pubkey")?.to_vec();
+        }
+    }
+    let msg = [keys::REQUEST_DOMAIN, &request_id[..]].concat();
+    keys::verify(&key, &msg, sig).map_err(|e| bad(format!("Invalid signature: {e}")))
+}
