@@ -128,6 +128,38 @@ fn ic_agent_deploys_uploads_with_resumption_and_gets_the_golden_ids() {
         // the two canisters differ in history (an upgrade, the callers,
         // the clock), which moves a few thousand instructions of bookkeeping.
         assert_eq!(view.messages, local.messages);
+
+        // The canister's HTTP face through the replica's raw gateway.
+        let get = |path: &str, host: Option<String>| {
+            let url = replica.url().to_string();
+            let path = path.to_string();
+            std::thread::spawn(move || {
+                let mut request = reqwest::blocking::Client::new().get(format!("{url}{path}"));
+                if let Some(host) = host {
+                    request = request.header("host", host);
+                }
+                let response = request.send().expect("the gateway answers");
+                let status = response.status().as_u16();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&response.bytes().unwrap()).unwrap(),
+                )
+            })
+            .join()
+            .unwrap()
+        };
+        let (status, health) = get(&format!("/health?canisterId={id}"), None);
+        assert_eq!(
+            (status, health["model_state"].as_str()),
+            (200, Some("ready")),
+            "{health}"
+        );
+        let (status, models) = get("/v1/models", Some(format!("{id}.raw.localhost")));
+        assert_eq!(status, 200, "{models}");
+        assert_eq!(models["data"][0]["object"], "model", "{models}");
+        // Gateway requests are anonymous: a signed-in user's job is not theirs.
+        let (status, err) = get(&format!("/v1/jobs/{job}?canisterId={id}"), None);
+        assert_eq!(status, 404, "{err}");
         let close = |a: u64, b: u64| a.abs_diff(b) * 1000 <= b;
         assert!(
             close(view.instructions, local.instructions)

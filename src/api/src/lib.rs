@@ -486,3 +486,24 @@ pub struct Completion {
     /// The job's state (icllm's own field: why it failed, if it did).
     pub status: JobStatus,
 }
+
+/// A request through the IC's HTTP gateway (`http_request`, as the HTTP
+/// gateway protocol defines it).
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    pub certificate_version: Option<u16>,
+}
+
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
+pub struct HttpResponse {
+    pub status_code: u16,
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    pub upgrade: Option<bool>,
+}

@@ -10,6 +10,7 @@ pub mod access;
 pub mod bounds;
 pub mod budget;
 pub mod completions;
+pub mod http;
 pub mod jobs;
 pub mod memory;
 pub mod model_store;
@@ -148,6 +149,7 @@ decoder!(decode_step, "step", anyone(), JobId);
 decoder!(decode_poll, "poll", anyone(), JobId, Option<u32>);
 decoder!(decode_cancel, "cancel", anyone(), JobId);
 decoder!(decode_delete_job, "delete_job", anyone(), JobId);
+decoder!(decode_http_request, "http_request", anyone(), HttpRequest);
 decoder!(decode_set_policy, "set_policy", require_controller(), AccessPolicy);
 decoder!(decode_set_limits, "set_limits", require_controller(), Limits);
 decoder!(
@@ -211,6 +213,10 @@ mod did {
     }
     #[candid::candid_method(update, rename = "set_message_instruction_limit")]
     fn set_message_instruction_limit(limit: u64) -> ApiResult<()> {
+        unreachable!()
+    }
+    #[candid::candid_method(query, rename = "http_request")]
+    fn http_request(req: HttpRequest) -> HttpResponse {
         unreachable!()
     }
 }
@@ -602,6 +608,34 @@ fn heap_bytes() -> u64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
         0
+    }
+}
+
+// ---------------------------------------------------------------- HTTP
+
+struct HttpSource;
+
+impl http::Source for HttpSource {
+    fn health(&self) -> Health {
+        health()
+    }
+    fn model_info(&self) -> ModelInfo {
+        model_info()
+    }
+    fn job(&self, id: JobId) -> ApiResult<JobView> {
+        let rec = owned_job(id)?;
+        let model = state::read(|s| s.model.clone());
+        let piece = pieces_for(&rec, model.as_deref());
+        Ok(jobs::view(&rec, 0, piece.as_ref().map(|p| p as _)))
+    }
+}
+
+/// GET /health, /v1/models and /v1/jobs/<id> through an HTTP gateway.
+#[query(hidden = true, decode_with = "decode_http_request")]
+fn http_request(args: ApiResult<(HttpRequest,)>) -> HttpResponse {
+    match args {
+        Ok((req,)) => http::respond(&req, &HttpSource),
+        Err(e) => http::error(400, "invalid_request", &format!("{e:?}")),
     }
 }
 

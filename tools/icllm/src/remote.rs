@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{decode_args, encode_args, CandidType, Deserialize, Nat, Principal};
 use futures_util::stream::{self, StreamExt};
-use ic_agent::identity::{AnonymousIdentity, BasicIdentity, Secp256k1Identity};
+use ic_agent::identity::{AnonymousIdentity, BasicIdentity, Prime256v1Identity, Secp256k1Identity};
 use ic_agent::{Agent, AgentError, Identity};
 use icllm_api::*;
 use sha2::{Digest, Sha256};
@@ -36,7 +36,8 @@ pub fn network_url(network: &str) -> String {
 }
 
 /// An identity from a PEM file as dfx (`~/.config/dfx/identity/<name>/identity.pem`)
-/// and icp-cli write them: Ed25519 (PKCS#8) or secp256k1 (SEC1 `EC PRIVATE KEY`).
+/// and icp-cli write them: Ed25519 (PKCS#8), secp256k1 (SEC1 `EC PRIVATE KEY`
+/// or PKCS#8) or P-256.
 /// `None`: the anonymous identity.
 pub fn load_identity(pem: Option<&Path>) -> Result<Arc<dyn Identity>> {
     let Some(path) = pem else {
@@ -50,14 +51,21 @@ pub fn load_identity(pem: Option<&Path>) -> Result<Arc<dyn Identity>> {
             path.display()
         );
     }
-    if text.contains("BEGIN EC PRIVATE KEY") || text.contains("BEGIN EC PARAMETERS") {
-        let id = Secp256k1Identity::from_pem(text.as_bytes())
-            .with_context(|| format!("{} is not a secp256k1 identity", path.display()))?;
+    // dfx writes Ed25519 keys as PKCS#8 and secp256k1 keys as SEC1 (`EC
+    // PRIVATE KEY`); icp-cli may write either curve as PKCS#8: try each.
+    if let Ok(id) = Secp256k1Identity::from_pem(text.as_bytes()) {
         return Ok(Arc::new(id));
     }
-    let id = BasicIdentity::from_pem(text.as_bytes())
-        .with_context(|| format!("{} is neither an Ed25519 nor a secp256k1 PEM identity", path.display()))?;
-    Ok(Arc::new(id))
+    if let Ok(id) = BasicIdentity::from_pem(text.as_bytes()) {
+        return Ok(Arc::new(id));
+    }
+    if let Ok(id) = Prime256v1Identity::from_pem(text.as_bytes()) {
+        return Ok(Arc::new(id));
+    }
+    bail!(
+        "{} holds no Ed25519, secp256k1 or P-256 private key in PEM form",
+        path.display()
+    )
 }
 
 /// A path, or the name of a dfx identity.

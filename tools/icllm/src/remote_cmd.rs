@@ -26,7 +26,12 @@ pub struct NetworkArgs {
 impl NetworkArgs {
     async fn agent(&self) -> Result<ic_agent::Agent> {
         let identity = remote::load_identity(self.identity.as_deref())?;
-        remote::connect(&remote::network_url(&self.network), identity).await
+        let url = remote::network_url(&self.network);
+        let sender = identity
+            .sender()
+            .map_err(|e| anyhow!("the identity has no principal: {e}"))?;
+        eprintln!("network: {url}\nidentity: {sender}");
+        remote::connect(&url, identity).await
     }
 }
 

@@ -257,3 +257,129 @@ fn verify_sender(
     let msg = [keys::REQUEST_DOMAIN, &request_id[..]].concat();
     keys::verify(&key, &msg, sig).map_err(|e| bad(format!("Invalid signature: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    const NOW: u64 = 1_800_000_000_000_000_000;
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn der(key: &SigningKey) -> Vec<u8> {
+        [&keys::ED25519_DER_PREFIX[..], key.verifying_key().as_bytes()].concat()
+    }
+
+    fn content(sender: Principal, canister: Principal) -> Vec<(Value, Value)> {
+        vec![
+            (text("request_type"), text("call")),
+            (text("sender"), Value::Bytes(sender.as_slice().to_vec())),
+            (text("ingress_expiry"), Value::Integer((NOW + 60_000_000_000).into())),
+            (text("canister_id"), Value::Bytes(canister.as_slice().to_vec())),
+            (text("method_name"), text("health")),
+            (text("arg"), Value::Bytes(b"DIDL\x00\x00".to_vec())),
+        ]
+    }
+
+    /// An envelope from `root`'s principal, signed by `session` through a
+    /// delegation `root` → `session` with `expiration` and `targets`.
+    fn delegated(root: &SigningKey, session: &SigningKey, expiration: u64, targets: Option<Vec<Principal>>) -> Vec<u8> {
+        let canister = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
+        let content = content(self_authenticating(&der(root)), canister);
+        let rid = hash_map(&content).unwrap();
+        let mut delegation = vec![
+            (text("pubkey"), Value::Bytes(der(session))),
+            (text("expiration"), Value::Integer(expiration.into())),
+        ];
+        if let Some(t) = targets {
+            let t = t.iter().map(|p| Value::Bytes(p.as_slice().to_vec())).collect();
+            delegation.push((text("targets"), Value::Array(t)));
+        }
+        let dsig = root.sign(&[keys::DELEGATION_DOMAIN, &hash_map(&delegation).unwrap()[..]].concat());
+        let sig = session.sign(&[keys::REQUEST_DOMAIN, &rid[..]].concat());
+        let envelope = Value::Tag(
+            55799,
+            Box::new(Value::Map(vec![
+                (text("content"), Value::Map(content)),
+                (text("sender_pubkey"), Value::Bytes(der(root))),
+                (text("sender_sig"), Value::Bytes(sig.to_bytes().to_vec())),
+                (
+                    text("sender_delegation"),
+                    Value::Array(vec![Value::Map(vec![
+                        (text("delegation"), Value::Map(delegation)),
+                        (text("signature"), Value::Bytes(dsig.to_bytes().to_vec())),
+                    ])]),
+                ),
+            ])),
+        );
+        let mut out = Vec::new();
+        ciborium::into_writer(&envelope, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_session_key_signs_for_its_root_identity_through_a_delegation() {
+        let (root, session) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let canister = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
+        let env = authenticate(
+            &delegated(&root, &session, NOW + 3_600_000_000_000, Some(vec![canister])),
+            NOW,
+        )
+        .expect("a valid delegation chain");
+        assert_eq!(env.sender, self_authenticating(&der(&root)));
+    }
+
+    #[test]
+    fn expired_untargeted_and_wrongly_signed_delegations_are_refused() {
+        let (root, session) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let later = NOW + 3_600_000_000_000;
+        let err = authenticate(&delegated(&root, &session, NOW - 1, None), NOW).unwrap_err();
+        assert!(err.message.contains("has expired"), "{err}");
+        let elsewhere = Principal::from_slice(&[9; 10]);
+        let err = authenticate(&delegated(&root, &session, later, Some(vec![elsewhere])), NOW).unwrap_err();
+        assert!(err.message.contains("not one of the delegation targets"), "{err}");
+        let stranger = SigningKey::from_bytes(&[3; 32]);
+        let mut bytes = delegated(&root, &session, later, None);
+        // Re-sign the request with a key the delegation does not name.
+        let Value::Tag(_, inner) = ciborium::from_reader::<Value, _>(&bytes[..]).unwrap() else {
+            unreachable!()
+        };
+        let Value::Map(mut fields) = *inner else { unreachable!() };
+        let rid = hash_map(as_map(&fields[0].1, "content").unwrap()).unwrap();
+        fields[2].1 = Value::Bytes(
+            stranger
+                .sign(&[keys::REQUEST_DOMAIN, &rid[..]].concat())
+                .to_bytes()
+                .to_vec(),
+        );
+        bytes.clear();
+        ciborium::into_writer(&Value::Map(fields), &mut bytes).unwrap();
+        let err = authenticate(&bytes, NOW).unwrap_err();
+        assert!(err.message.starts_with("Invalid signature"), "{err}");
+    }
+
+    #[test]
+    fn anonymous_requests_carry_no_signature_and_signed_ones_must() {
+        let canister = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
+        let encode = |fields: Vec<(Value, Value)>| {
+            let mut out = Vec::new();
+            ciborium::into_writer(&Value::Map(fields), &mut out).unwrap();
+            out
+        };
+        let anonymous = content(Principal::anonymous(), canister);
+        let env = authenticate(&encode(vec![(text("content"), Value::Map(anonymous.clone()))]), NOW).unwrap();
+        assert_eq!(env.sender, Principal::anonymous());
+        let with_sig = encode(vec![
+            (text("content"), Value::Map(anonymous)),
+            (text("sender_sig"), Value::Bytes(vec![0; 64])),
+        ]);
+        assert!(authenticate(&with_sig, NOW).is_err());
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let unsigned = content(self_authenticating(&der(&key)), canister);
+        let err = authenticate(&encode(vec![(text("content"), Value::Map(unsigned))]), NOW).unwrap_err();
+        assert!(err.message.contains("is not signed"), "{err}");
+    }
+}

@@ -6,8 +6,9 @@
 //!   agents verify every certificate with.
 //! * One node signs query responses with Ed25519; its key is in the state
 //!   tree under `/subnet/<id>/node/<node id>/public_key`.
-//! * Senders sign with Ed25519 or ECDSA secp256k1 keys (what dfx and
-//!   icp-cli identities hold), optionally through a chain of delegations.
+//! * Senders sign with Ed25519, ECDSA secp256k1 or ECDSA P-256 keys (what
+//!   dfx, icp-cli and Internet Identity sessions hold), optionally through a
+//!   chain of delegations.
 
 use candid::Principal;
 use sha2::{Digest, Sha224};
@@ -108,7 +109,7 @@ impl ReplicaKeys {
 /// Why a signature did not verify.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
-    #[error("unsupported public key (expected a DER Ed25519 or ECDSA secp256k1 key)")]
+    #[error("unsupported public key (expected a DER Ed25519, ECDSA secp256k1 or ECDSA P-256 key)")]
     UnsupportedKey,
     #[error("malformed public key: {0}")]
     MalformedKey(String),
@@ -132,9 +133,16 @@ pub fn verify(der: &[u8], message: &[u8], signature: &[u8]) -> Result<(), Signat
     }
     use k256::ecdsa::signature::Verifier;
     use k256::pkcs8::DecodePublicKey;
-    let key = k256::ecdsa::VerifyingKey::from_public_key_der(der).map_err(|_| SignatureError::UnsupportedKey)?;
-    let sig = k256::ecdsa::Signature::from_slice(signature).map_err(|_| SignatureError::MalformedSignature)?;
-    key.verify(message, &sig).map_err(|_| SignatureError::Invalid)
+    // ECDSA over SHA-256 of the message; the DER names the curve.
+    if let Ok(key) = k256::ecdsa::VerifyingKey::from_public_key_der(der) {
+        let sig = k256::ecdsa::Signature::from_slice(signature).map_err(|_| SignatureError::MalformedSignature)?;
+        return key.verify(message, &sig).map_err(|_| SignatureError::Invalid);
+    }
+    if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+        let sig = p256::ecdsa::Signature::from_slice(signature).map_err(|_| SignatureError::MalformedSignature)?;
+        return key.verify(message, &sig).map_err(|_| SignatureError::Invalid);
+    }
+    Err(SignatureError::UnsupportedKey)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! * `POST /api/{v2,v3}/canister/<id>/read_state` and
 //!   `/api/{v2,v3}/subnet/<id>/read_state`: `time`, `request_status`,
 //!   `subnet`, `canister_ranges`, `canister/<id>/{module_hash,controllers,metadata}`.
+//! * Anything else: the `raw` HTTP gateway ([`gateway`]), e.g.
+//!   `http://<canister-id>.raw.localhost:<port>/health`.
 //!
 //! Every request is authenticated ([`envelope`]): request id, sender
 //! signature (Ed25519, secp256k1, delegations, anonymous) and ingress
@@ -26,6 +28,7 @@
 //! in memory only (a restart starts empty).
 
 pub mod envelope;
+mod gateway;
 pub mod hash_tree;
 pub mod keys;
 mod management;
@@ -222,6 +225,31 @@ impl State {
             },
         );
         (outcome, true)
+    }
+
+    /// A call from the HTTP gateway: anonymous, a query unless `update`.
+    fn gateway_call(&mut self, canister: Principal, method: &str, arg: Vec<u8>, update: bool) -> Outcome {
+        self.rt.set_time_nanos(wall_clock_nanos());
+        if !self
+            .canisters
+            .get(&canister)
+            .is_some_and(|r| r.running && r.module_hash.is_some())
+        {
+            return Outcome::Rejected {
+                code: 3,
+                message: format!("Canister {canister} not found, stopped, or empty"),
+                error_code: "IC0301".into(),
+            };
+        }
+        let result = if update {
+            self.rt.update(canister, Principal::anonymous(), method, arg)
+        } else {
+            self.rt.query(canister, Principal::anonymous(), method, arg)
+        };
+        match result {
+            Ok(reply) => Outcome::Replied(reply.bytes),
+            Err(e) => outcome_of_error(&e),
+        }
     }
 
     fn prune_requests(&mut self) {
@@ -569,6 +597,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/{version}/canister/{id}/query", post(query))
         .route("/api/{version}/canister/{id}/read_state", post(read_state))
         .route("/api/{version}/subnet/{id}/read_state", post(read_state))
+        .fallback({
+            let shared = shared.clone();
+            move |method, uri, headers, body| gateway::serve(shared.clone(), method, uri, headers, body)
+        })
         .layer(axum::extract::DefaultBodyLimit::max(4 << 20))
         .with_state(shared)
 }
