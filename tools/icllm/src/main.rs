@@ -55,6 +55,8 @@ enum Command {
     Upload(remote_cmd::UploadArgs),
     /// Start, follow, poll or cancel jobs of a deployed canister.
     Job(remote_cmd::JobArgs),
+    /// Chat with a deployed canister: a turn per line of stdin, replies streamed.
+    Chat(remote_cmd::ChatArgs),
 }
 
 /// Runs the command; a user error prints its chain of causes on one line
@@ -92,6 +94,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => remote_cmd::deploy(args),
         Command::Upload(args) => remote_cmd::upload(args),
         Command::Job(args) => remote_cmd::job(args),
+        Command::Chat(args) => remote_cmd::chat(args),
     }
 }
 

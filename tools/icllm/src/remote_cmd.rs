@@ -197,6 +197,97 @@ pub fn upload(args: UploadArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+pub struct ChatArgs {
+    #[arg(long)]
+    canister_id: String,
+    #[command(flatten)]
+    net: NetworkArgs,
+    /// A system message opening the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    /// A built-in chat template (chatml, gemma, llama3, phi3, zephyr) for a
+    /// model file that carries none.
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// Tokens per reply at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n: u32,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// A conversation with a deployed canister: one user turn per line of
+/// stdin, each reply streamed by polling; every turn continues the previous
+/// job (`continue_from`), so the canister prefills only the new text.
+pub fn chat(args: ChatArgs) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let canister = principal(&args.canister_id)?;
+    tokio()?.block_on(async {
+        let agent = args.net.agent().await?;
+        let mut messages: Vec<icllm_api::ChatMessage> = args
+            .system
+            .iter()
+            .map(|s| icllm_api::ChatMessage {
+                role: "system".into(),
+                content: s.clone(),
+            })
+            .collect();
+        let mut previous = None;
+        let stdin = std::io::stdin();
+        let interactive = std::io::IsTerminal::is_terminal(&stdin);
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let Some(line) = lines.next().transpose()? else {
+                return Ok(());
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            messages.push(icllm_api::ChatMessage {
+                role: "user".into(),
+                content: line,
+            });
+            let req = JobRequest {
+                messages: Some(messages.clone()),
+                max_tokens: args.n,
+                temperature: Some(args.temperature),
+                seed: args.seed,
+                continue_from: previous,
+                chat_template: args.chat_template.clone(),
+                ..JobRequest::default()
+            };
+            let id = remote::start_job(&agent, canister, req).await?;
+            let mut reply = String::new();
+            let view = remote::follow(&agent, canister, id, |v| {
+                print!("{}", v.text);
+                let _ = std::io::stdout().flush();
+                reply.push_str(&v.text);
+            })
+            .await?;
+            println!();
+            eprintln!(
+                "[job {id}: {:?}, {} prompt tokens ({} cached), {} generated, {} messages]",
+                view.status,
+                view.prompt_tokens,
+                view.cached_prompt_tokens.unwrap_or(0),
+                view.generated_tokens,
+                view.messages
+            );
+            messages.push(icllm_api::ChatMessage {
+                role: "assistant".into(),
+                content: reply,
+            });
+            previous = Some(id);
+        }
+    })
+}
+
+#[derive(clap::Args)]
 pub struct JobArgs {
     #[command(subcommand)]
     action: JobAction,

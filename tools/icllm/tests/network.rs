@@ -150,6 +150,33 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
     assert!(stdout.starts_with(". He liked to play"), "{stdout}");
     assert!(stat(&stderr, "max_message_instructions") > 0);
 
+    // A two-turn chat from stdin: the second turn continues the first job.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_icllm"))
+        .args(["chat", "--canister-id", &id, "--network", &replica.url, "--identity"])
+        .arg(repo("testdata/identities/ed25519.pem"))
+        .args(["--chat-template", "chatml", "-n", "6", "--temperature", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("icllm chat starts");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Joe loves writing\nTell me more\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let turns: Vec<&str> = stderr.lines().filter(|l| l.starts_with("[job ")).collect();
+    assert_eq!(turns.len(), 2, "{stderr}");
+    assert!(
+        turns[0].contains("(0 cached)") && !turns[1].contains("(0 cached)"),
+        "{stderr}"
+    );
+
     // Upgrading keeps the model: deploy again to the same id.
     let (stdout, stderr) = ok(&[
         "deploy",

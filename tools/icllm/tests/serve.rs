@@ -60,9 +60,15 @@ fn free_port() -> u16 {
 
 /// Starts `icllm serve` and waits for its `listening on` line.
 fn serve(model: &Path, extra: &[&str]) -> Server {
+    serve_with(&["--model", model.to_str().unwrap()], extra)
+}
+
+fn serve_with(source: &[&str], extra: &[&str]) -> Server {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_icllm"))
-        .args(["serve", "--model", model.to_str().unwrap(), "--port", &port.to_string()])
+        .arg("serve")
+        .args(source)
+        .args(["--port", &port.to_string()])
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -172,6 +178,87 @@ fn the_openai_python_client_and_curl_drive_icllm_serve() {
     let v: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(v["active_jobs"], 0, "{health}");
     drop(server);
+    std::fs::remove_file(&model).unwrap();
+}
+
+/// `icllm replica --port 0`, killed on drop, and its URL.
+fn replica() -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_icllm"))
+        .args(["replica", "--port", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("icllm replica starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .find_map(|l| l.ok()?.strip_prefix("listening on ").map(str::to_string))
+        .expect("the replica says where it listens");
+    std::thread::spawn(move || lines.for_each(drop));
+    (
+        Server {
+            child,
+            base: url.clone(),
+        },
+        url,
+    )
+}
+
+fn icllm_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_icllm"))
+        .args(args)
+        .output()
+        .expect("icllm runs");
+    assert!(
+        out.status.success(),
+        "icllm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The same `openai` checks against `icllm serve --canister-id`, in front
+/// of a canister deployed to `icllm replica` (over ic-agent: per-key
+/// principals, certified calls, polling instead of watching rounds).
+#[test]
+fn the_openai_python_client_drives_icllm_serve_in_front_of_a_deployed_canister() {
+    let model = chat_model("remote");
+    let (_replica, url) = replica();
+    let identity = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/identities/ed25519.pem");
+    let id = icllm_ok(&["deploy", "--network", &url, "--identity", identity]);
+    let id = id.trim();
+    icllm_ok(&[
+        "upload",
+        model.to_str().unwrap(),
+        "--canister-id",
+        id,
+        "--network",
+        &url,
+        "--identity",
+        identity,
+    ]);
+    // Several canister messages per reply, as in the local test.
+    let canister = candid::Principal::from_text(id).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pem = icllm::remote::load_identity(Some(Path::new(identity))).unwrap();
+        let agent = icllm::remote::connect(&url, pem).await.unwrap();
+        let (r,): (icllm_api::ApiResult<()>,) =
+            icllm::remote::update(&agent, canister, "set_message_instruction_limit", (10_000_000u64,))
+                .await
+                .unwrap();
+        r.unwrap();
+    });
+    let server = serve_with(&["--canister-id", id, "--network", &url, "--identity", identity], &[]);
+    let out = Command::new(venv_python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
+        .env("ICLLM_BASE_URL", format!("{}/v1", server.base))
+        .env("ICLLM_BIN", env!("CARGO_BIN_EXE_icllm"))
+        .env("ICLLM_MODEL", &model)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
     std::fs::remove_file(&model).unwrap();
 }
 

@@ -7,13 +7,14 @@
 //! rather than fire a backlog of rounds at once. After every round the
 //! round counter ([`Backend::rounds`]) moves on, which is what streams wait for.
 
+use super::remote;
 use candid::Principal;
 use icllm::local_canister::{controller, LocalCanister};
 use icllm_api::{
     ApiError, ApiResult, ChatCompletionRequest, Completion, CompletionRequest, Health, JobId, JobStatus, JobView,
     ModelInfo,
 };
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
@@ -36,11 +37,18 @@ enum Command {
     Info(oneshot::Sender<Call<(ModelInfo, Health)>>),
 }
 
-/// A handle on the runtime thread; cheap to clone.
+/// The canister the server fronts: the embedded one on its runtime thread,
+/// or a deployed one reached over the network. Cheap to clone.
 #[derive(Clone)]
 pub struct Backend {
-    tx: mpsc::Sender<Command>,
+    target: Target,
     rounds: watch::Receiver<u64>,
+}
+
+#[derive(Clone)]
+enum Target {
+    Local(mpsc::Sender<Command>),
+    Remote(Arc<remote::Remote>),
 }
 
 impl Backend {
@@ -52,41 +60,88 @@ impl Backend {
             .name("icllm-canister".into())
             .spawn(move || drive(canister, rx, rounds_tx))
             .expect("spawning the canister thread");
-        Backend { tx, rounds }
+        Backend {
+            target: Target::Local(tx),
+            rounds,
+        }
     }
 
-    /// Scheduler rounds run so far; `changed()` wakes after the next.
+    /// A deployed canister (see [`remote::Remote`]); call within a tokio runtime.
+    pub fn remote(remote: remote::Remote) -> Backend {
+        let (rounds_tx, rounds) = watch::channel(0);
+        // No rounds to watch from outside the subnet: poll at a steady pace.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(remote::POLL_INTERVAL);
+            loop {
+                tick.tick().await;
+                if rounds_tx.is_closed() {
+                    return;
+                }
+                rounds_tx.send_modify(|r| *r += 1);
+            }
+        });
+        Backend {
+            target: Target::Remote(Arc::new(remote)),
+            rounds,
+        }
+    }
+
+    /// Scheduler rounds run so far; `changed()` wakes after the next (for a
+    /// remote canister: after the next polling interval).
     pub fn rounds(&self) -> watch::Receiver<u64> {
         self.rounds.clone()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Call<T>>) -> Command) -> Call<T> {
+        let Target::Local(tx_cmd) = &self.target else {
+            unreachable!("only the local canister takes commands")
+        };
         let (tx, rx) = oneshot::channel();
-        self.tx
+        tx_cmd
             .send(make(tx))
             .map_err(|_| "the canister thread has stopped".to_string())?;
         rx.await.map_err(|_| "the canister thread has stopped".to_string())?
     }
 
     pub async fn start(&self, caller: Principal, req: Start) -> Call<ApiResult<Completion>> {
-        self.ask(|tx| Command::Start(caller, Box::new(req), tx)).await
+        match &self.target {
+            Target::Remote(r) => r.start(caller, req).await,
+            Target::Local(_) => self.ask(|tx| Command::Start(caller, Box::new(req), tx)).await,
+        }
     }
 
     pub async fn get(&self, caller: Principal, id: JobId) -> Call<ApiResult<Completion>> {
-        self.ask(|tx| Command::Get(caller, id, tx)).await
+        match &self.target {
+            Target::Remote(r) => r.get(caller, id).await,
+            Target::Local(_) => self.ask(|tx| Command::Get(caller, id, tx)).await,
+        }
     }
 
     pub async fn poll(&self, caller: Principal, id: JobId) -> Call<ApiResult<JobView>> {
-        self.ask(|tx| Command::Poll(caller, id, tx)).await
+        match &self.target {
+            Target::Remote(r) => r.poll(caller, id).await,
+            Target::Local(_) => self.ask(|tx| Command::Poll(caller, id, tx)).await,
+        }
     }
 
     pub async fn info(&self) -> Call<(ModelInfo, Health)> {
-        self.ask(Command::Info).await
+        match &self.target {
+            Target::Remote(r) => r.info().await,
+            Target::Local(_) => self.ask(Command::Info).await,
+        }
     }
 
     /// Cancels the job (fire and forget: from `Drop` of an abandoned request).
     pub fn cancel(&self, caller: Principal, id: JobId) {
-        let _ = self.tx.send(Command::Cancel(caller, id));
+        match &self.target {
+            Target::Remote(r) => {
+                let r = r.clone();
+                tokio::spawn(async move { r.cancel(caller, id).await });
+            }
+            Target::Local(tx) => {
+                let _ = tx.send(Command::Cancel(caller, id));
+            }
+        }
     }
 }
 
@@ -109,7 +164,8 @@ fn started(r: Result<(ApiResult<Completion>,), local_ic::Error>) -> Call<ApiResu
 }
 
 /// Why ingress was dropped: the bounds `inspect_message` checks.
-const INGRESS_REFUSED: &str = "the canister refused the request before running it: it is outside the canister's \
+pub(super) const INGRESS_REFUSED: &str =
+    "the canister refused the request before running it: it is outside the canister's \
      bounds (at most 4 stop strings of 256 bytes each, 300 logit_bias entries, 256 bytes of user and model, \
      128 KiB of prompt or message text, 256 messages with roles of at most 64 bytes)";
 

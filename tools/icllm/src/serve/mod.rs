@@ -17,6 +17,7 @@
 
 mod backend;
 mod openai;
+mod remote;
 
 use anyhow::{anyhow, Context, Result};
 use axum::body::Bytes;
@@ -48,8 +49,19 @@ const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 pub struct ServeArgs {
     /// GGUF model file, or Hugging Face checkpoint directory (converted to
     /// GGUF in memory before the upload). Default: the shipped stories260K.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "canister_id")]
     model: Option<PathBuf>,
+    /// Front a deployed canister instead of running one (its model is
+    /// served; `icllm upload` puts one there).
+    #[arg(long)]
+    canister_id: Option<String>,
+    /// With --canister-id: `local`, `ic` or a replica URL.
+    #[arg(long, default_value = "local", requires = "canister_id")]
+    network: String,
+    /// With --canister-id: the PEM identity whose key, with each API key,
+    /// derives the principal that key's requests are signed as.
+    #[arg(long, requires = "canister_id")]
+    identity: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8000)]
@@ -78,6 +90,9 @@ struct App {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if let Some(id) = args.canister_id.clone() {
+        return run_remote(args, &id);
+    }
     let model_path = args
         .model
         .clone()
@@ -117,6 +132,32 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("listening on {addr}"))?;
         let local = listener.local_addr()?;
         eprintln!("listening on http://{local}");
+        axum::serve(listener, router(app))
+            .await
+            .map_err(|e| anyhow!("serving: {e}"))
+    })
+}
+
+/// `serve` in front of a deployed canister.
+fn run_remote(args: ServeArgs, id: &str) -> Result<()> {
+    let canister = Principal::from_text(id).map_err(|e| anyhow!("{id} is not a principal: {e}"))?;
+    let url = icllm::remote::network_url(&args.network);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let remote = remote::Remote::connect(url.clone(), canister, args.identity.as_deref()).await?;
+        let app = App {
+            backend: Backend::remote(remote),
+            chat_template: args.chat_template.clone(),
+        };
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        eprintln!("fronting canister {canister} on {url}");
+        eprintln!("listening on http://{}", listener.local_addr()?);
         axum::serve(listener, router(app))
             .await
             .map_err(|e| anyhow!("serving: {e}"))
