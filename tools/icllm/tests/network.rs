@@ -114,6 +114,72 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
     assert_eq!(stat(&stderr, "chunks_sent"), 8, "{stderr}");
     assert_eq!(stat(&stderr, "bytes_resumed"), 400_000, "{stderr}");
 
+    // A real kill: the process dies mid-upload (a new upload of the same
+    // file, in 4 KB chunks one at a time), and the rerun sends only the rest.
+    let tiny = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_icllm"));
+        c.args([
+            "upload",
+            &model,
+            "--canister-id",
+            &id,
+            "--network",
+            &replica.url,
+            "--identity",
+            &identity,
+        ]);
+        c.args(["--chunk-bytes", "4096", "--parallel", "1"]).args(extra);
+        c
+    };
+    let begin = Command::new(env!("CARGO_BIN_EXE_icllm"))
+        .args([
+            "upload",
+            &repo("testdata/identities/ed25519.pem"),
+            "--canister-id",
+            &id,
+            "--network",
+            &replica.url,
+        ])
+        .args(["--identity", &identity, "--stop-after-chunks", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        !begin.status.success(),
+        "stopping before any chunk reports an interrupted upload"
+    );
+    let mut child = tiny(&[]).stderr(Stdio::null()).spawn().unwrap();
+    let canister = candid::Principal::from_text(&id).unwrap();
+    let received = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pem = icllm::remote::load_identity(Some(std::path::Path::new(&identity))).unwrap();
+        let agent = icllm::remote::connect(&replica.url, pem).await.unwrap();
+        loop {
+            let (r,): (icllm_api::ApiResult<icllm_api::UploadStatus>,) =
+                icllm::remote::query(&agent, canister, "upload_status", ())
+                    .await
+                    .unwrap();
+            let status = r.unwrap();
+            if status.sha256.as_deref() == Some(&icllm::local_canister::sha256(&std::fs::read(&model).unwrap())[..])
+                && status.received_bytes >= 40_960
+            {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                let (r,): (icllm_api::ApiResult<icllm_api::UploadStatus>,) =
+                    icllm::remote::query(&agent, canister, "upload_status", ())
+                        .await
+                        .unwrap();
+                break r.unwrap().received_bytes;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let size = std::fs::metadata(&model).unwrap().len();
+    assert!(received < size, "killed before the end: {received} of {size}");
+    let out = tiny(&[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stat(&stderr, "bytes_resumed"), received, "{stderr}");
+    assert_eq!(stat(&stderr, "bytes_sent"), size - received, "{stderr}");
+
     // Another identity (dfx's Ed25519 format) is not a controller.
     let (success, _, stderr) = icllm(&[
         "upload",
