@@ -4,7 +4,7 @@
 //! signature) and the JS agent `@icp-sdk/core` under Node; and raw
 //! envelopes for what a replica must refuse.
 
-use candid::{Encode, Principal};
+use candid::{Decode, Encode, Principal};
 use ic_agent::identity::{AnonymousIdentity, BasicIdentity, Secp256k1Identity};
 use ic_agent::{Agent, Identity};
 use icllm::remote::{self, UploadOptions};
@@ -173,11 +173,17 @@ fn ic_agent_deploys_uploads_with_resumption_and_gets_the_golden_ids() {
     });
 }
 
+/// A controller's update call that the canister accepts and answers
+/// (setting the message limit to its default).
+fn limit_call(agent: &Agent, canister: Principal) -> ic_agent::agent::UpdateBuilder<'_> {
+    agent
+        .update(&canister, "set_message_instruction_limit")
+        .with_arg(Encode!(&40_000_000_000u64).unwrap())
+}
+
 /// A signed call envelope from `identity`, as CBOR, ready to be altered.
 async fn signed_call(agent: &Agent, canister: Principal, expire_after: Duration) -> ciborium::Value {
-    let signed = agent
-        .update(&canister, "health")
-        .with_arg(Encode!().unwrap())
+    let signed = limit_call(agent, canister)
         .expire_after(expire_after)
         .sign()
         .expect("sign");
@@ -255,6 +261,35 @@ fn forged_expired_and_tampered_requests_are_refused_with_the_ics_errors() {
     // a broken path).
     let (status, body) = post(&url, id, &envelope);
     assert_eq!(status, 200, "{body}");
+    assert!(body.contains("replied") && body.contains("certificate"), "{body}");
+
+    // The asynchronous v2 endpoint: 202, then the certified reply through
+    // read_state, for the sender only.
+    let signed = limit_call(&agent, id).sign().expect("sign");
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{url}/api/v2/canister/{id}/call"))
+        .header("content-type", "application/cbor")
+        .body(signed.signed_update.clone())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    rt.block_on(async {
+        let (status, _) = agent
+            .request_status_raw(&signed.request_id, id)
+            .await
+            .expect("read_state");
+        let ic_agent::agent::RequestStatusResponse::Replied(reply) = status else {
+            panic!("the call has replied: {status:?}")
+        };
+        let result = Decode!(&reply.arg, ApiResult<()>).expect("the method's reply");
+        assert_eq!(result, Ok(()));
+        let other = remote::connect(&url, ed25519(6)).await.unwrap();
+        let err = other
+            .request_status_raw(&signed.request_id, id)
+            .await
+            .expect_err("another sender cannot read the status");
+        assert!(err.to_string().contains("403"), "{err}");
+    });
 }
 
 #[test]
