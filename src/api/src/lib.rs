@@ -311,6 +311,29 @@ pub struct ModelInfo {
     pub heap_bytes: u64,
 }
 
+impl ModelInfo {
+    /// What `model_info` says while no model is loaded.
+    pub fn none(state: String) -> ModelInfo {
+        ModelInfo {
+            state,
+            name: String::new(),
+            architecture: String::new(),
+            file_size: 0,
+            sha256: vec![],
+            n_layers: 0,
+            dim: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            ffn_dim: 0,
+            vocab_size: 0,
+            context_length: 0,
+            tensor_types: vec![],
+            tokenizer: String::new(),
+            heap_bytes: 0,
+        }
+    }
+}
+
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug)]
 pub struct Health {
     pub model_state: String,

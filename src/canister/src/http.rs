@@ -107,21 +107,9 @@ mod tests {
         }
         fn model_info(&self) -> ModelInfo {
             ModelInfo {
-                state: "ready".into(),
                 name: "stories260K".into(),
                 architecture: "llama".into(),
-                file_size: 0,
-                sha256: vec![],
-                n_layers: 0,
-                dim: 0,
-                n_heads: 0,
-                n_kv_heads: 0,
-                ffn_dim: 0,
-                vocab_size: 0,
-                context_length: 0,
-                tensor_types: vec![],
-                tokenizer: String::new(),
-                heap_bytes: 0,
+                ..ModelInfo::none("ready".into())
             }
         }
         fn job(&self, id: JobId) -> ApiResult<JobView> {

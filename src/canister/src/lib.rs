@@ -565,23 +565,7 @@ fn model_info() -> ModelInfo {
             state,
             ..m.info.clone()
         },
-        None => ModelInfo {
-            state,
-            name: String::new(),
-            architecture: String::new(),
-            file_size: 0,
-            sha256: vec![],
-            n_layers: 0,
-            dim: 0,
-            n_heads: 0,
-            n_kv_heads: 0,
-            ffn_dim: 0,
-            vocab_size: 0,
-            context_length: 0,
-            tensor_types: vec![],
-            tokenizer: String::new(),
-            heap_bytes: 0,
-        },
+        None => ModelInfo::none(state),
     }
 }
 

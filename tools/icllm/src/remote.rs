@@ -121,6 +121,10 @@ fn api_error(method: &str, canister: Principal, e: ApiError) -> anyhow::Error {
     }
 }
 
+fn decode_reply<R: for<'a> ArgumentDecoder<'a>>(method: &str, bytes: &[u8]) -> Result<R> {
+    decode_args(bytes).with_context(|| format!("decoding the reply of {method}"))
+}
+
 /// Calls `method` as an update and decodes the reply.
 pub async fn update<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
     agent: &Agent,
@@ -128,13 +132,26 @@ pub async fn update<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
     method: &str,
     args: A,
 ) -> Result<R> {
+    update_at(agent, canister, canister, method, args).await
+}
+
+/// An update to `canister` routed by `effective` (the target canister of a
+/// management canister call).
+async fn update_at<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
+    agent: &Agent,
+    canister: Principal,
+    effective: Principal,
+    method: &str,
+    args: A,
+) -> Result<R> {
     let bytes = agent
         .update(&canister, method)
+        .with_effective_canister_id(effective)
         .with_arg(encode_args(args)?)
         .call_and_wait()
         .await
-        .map_err(|e| agent_error(method, canister, e))?;
-    decode_args(&bytes).with_context(|| format!("decoding the reply of {method}"))
+        .map_err(|e| agent_error(method, effective, e))?;
+    decode_reply(method, &bytes)
 }
 
 /// Calls `method` as a query and decodes the reply.
@@ -150,7 +167,7 @@ pub async fn query<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
         .call()
         .await
         .map_err(|e| agent_error(method, canister, e))?;
-    decode_args(&bytes).with_context(|| format!("decoding the reply of {method}"))
+    decode_reply(method, &bytes)
 }
 
 async fn management<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
@@ -159,14 +176,7 @@ async fn management<A: ArgumentEncoder, R: for<'a> ArgumentDecoder<'a>>(
     method: &str,
     args: A,
 ) -> Result<R> {
-    let bytes = agent
-        .update(&Principal::management_canister(), method)
-        .with_effective_canister_id(effective)
-        .with_arg(encode_args(args)?)
-        .call_and_wait()
-        .await
-        .map_err(|e| agent_error(method, effective, e))?;
-    decode_args(&bytes).with_context(|| format!("decoding the reply of {method}"))
+    update_at(agent, Principal::management_canister(), effective, method, args).await
 }
 
 #[derive(CandidType, Deserialize)]

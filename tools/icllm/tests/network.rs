@@ -5,47 +5,18 @@
 //! (tools/fetch-models) also a 253 MB upload whose model continues as
 //! llama.cpp does.
 
+mod common;
+
 use candid::Decode;
-use std::io::{BufRead, BufReader};
+use common::{cached_model, ReplicaProcess};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// From models/README.md: llama.cpp's greedy continuation of "Joe loves writing stories".
 const GOLDEN_IDS: [u32; 10] = [426, 346, 397, 355, 267, 337, 335, 345, 267, 422];
 
 fn repo(path: &str) -> String {
     format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `icllm replica --port 0`, killed on drop.
-struct ReplicaProcess {
-    child: Child,
-    url: String,
-}
-
-impl ReplicaProcess {
-    fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_icllm"))
-            .args(["replica", "--port", "0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("icllm replica starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = lines
-            .by_ref()
-            .find_map(|l| l.ok()?.strip_prefix("listening on ").map(str::to_string))
-            .expect("the replica says where it listens");
-        // Keep draining its stderr so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, url }
-    }
-}
-
-impl Drop for ReplicaProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn icllm(args: &[&str]) -> (bool, String, String) {
@@ -161,16 +132,17 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
             if status.sha256.as_deref() == Some(&icllm::local_canister::sha256(&std::fs::read(&model).unwrap())[..])
                 && status.received_bytes >= 40_960
             {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                let (r,): (icllm_api::ApiResult<icllm_api::UploadStatus>,) =
-                    icllm::remote::query(&agent, canister, "upload_status", ())
-                        .await
-                        .unwrap();
-                break r.unwrap().received_bytes;
+                break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (r,): (icllm_api::ApiResult<icllm_api::UploadStatus>,) =
+            icllm::remote::query(&agent, canister, "upload_status", ())
+                .await
+                .unwrap();
+        r.unwrap().received_bytes
     });
     let size = std::fs::metadata(&model).unwrap().len();
     assert!(received < size, "killed before the end: {received} of {size}");
@@ -255,14 +227,6 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
     ]);
     assert_eq!(stdout.trim(), id);
     assert!(stderr.contains("upgraded icllm"), "{stderr}");
-}
-
-fn cached_model(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("ICLLM_MODEL_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/icllm/models")))?;
-    let path = dir.join(file);
-    path.exists().then_some(path)
 }
 
 /// A 253 MB model over the network: uploaded in 1.9 MB chunks, verified,

@@ -4,16 +4,10 @@
 //! skipped otherwise. References: llama.cpp on the same file
 //! (testdata/gemma3, made by tools/reference/make-gemma3-reference.py).
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn cached_model(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("ICLLM_MODEL_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/icllm/models")))?;
-    let path = dir.join(file);
-    path.exists().then_some(path)
-}
+use common::cached_model;
+use std::process::Command;
 
 fn icllm(args: &[&str]) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_icllm"))

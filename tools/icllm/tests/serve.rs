@@ -2,6 +2,8 @@
 //! Python package (installed by tools/setup.sh into a venv beside the build)
 //! and curl.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -110,6 +112,21 @@ fn venv_python() -> PathBuf {
     python
 }
 
+/// tests/openai_client.py against `server`, which serves `model`.
+fn run_openai_client(server: &Server, model: &Path) {
+    let out = Command::new(venv_python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
+        .env("ICLLM_BASE_URL", format!("{}/v1", server.base))
+        .env("ICLLM_BIN", env!("CARGO_BIN_EXE_icllm"))
+        .env("ICLLM_MODEL", model)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
 fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "-N", "--max-time", "120", "-w", "\n%{http_code}"])
@@ -127,17 +144,7 @@ fn the_openai_python_client_and_curl_drive_icllm_serve() {
     // The smallest message limit: a reply takes several canister messages,
     // so streams have several events and a job runs long enough to cancel.
     let server = serve(&model, &["--instruction-limit", "10000000"]);
-    let out = Command::new(venv_python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
-        .env("ICLLM_BASE_URL", format!("{}/v1", server.base))
-        .env("ICLLM_BIN", env!("CARGO_BIN_EXE_icllm"))
-        .env("ICLLM_MODEL", &model)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    run_openai_client(&server, &model);
 
     let url = |p: &str| format!("{}{p}", server.base);
     let json = ["-H", "content-type: application/json", "-d"];
@@ -181,28 +188,6 @@ fn the_openai_python_client_and_curl_drive_icllm_serve() {
     std::fs::remove_file(&model).unwrap();
 }
 
-/// `icllm replica --port 0`, killed on drop, and its URL.
-fn replica() -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_icllm"))
-        .args(["replica", "--port", "0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("icllm replica starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = lines
-        .by_ref()
-        .find_map(|l| l.ok()?.strip_prefix("listening on ").map(str::to_string))
-        .expect("the replica says where it listens");
-    std::thread::spawn(move || lines.for_each(drop));
-    (
-        Server {
-            child,
-            base: url.clone(),
-        },
-        url,
-    )
-}
-
 fn icllm_ok(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_icllm"))
         .args(args)
@@ -222,7 +207,8 @@ fn icllm_ok(args: &[&str]) -> String {
 #[test]
 fn the_openai_python_client_drives_icllm_serve_in_front_of_a_deployed_canister() {
     let model = chat_model("remote");
-    let (_replica, url) = replica();
+    let replica = common::ReplicaProcess::start();
+    let url = replica.url.clone();
     let identity = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/identities/ed25519.pem");
     let id = icllm_ok(&["deploy", "--network", &url, "--identity", identity]);
     let id = id.trim();
@@ -248,17 +234,7 @@ fn the_openai_python_client_drives_icllm_serve_in_front_of_a_deployed_canister()
         r.unwrap();
     });
     let server = serve_with(&["--canister-id", id, "--network", &url, "--identity", identity], &[]);
-    let out = Command::new(venv_python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
-        .env("ICLLM_BASE_URL", format!("{}/v1", server.base))
-        .env("ICLLM_BIN", env!("CARGO_BIN_EXE_icllm"))
-        .env("ICLLM_MODEL", &model)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    run_openai_client(&server, &model);
     std::fs::remove_file(&model).unwrap();
 }
 
