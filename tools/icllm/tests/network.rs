@@ -58,40 +58,12 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
     let identity = repo("testdata/identities/secp256k1.pem");
     let id = deploy(&replica.url, &identity);
     let model = repo("models/stories260Ktok512.gguf");
-    let upload = |extra: &[&str]| {
-        let mut args = vec![
-            "upload",
-            &model,
-            "--canister-id",
-            &id,
-            "--network",
-            &replica.url,
-            "--identity",
-            &identity,
-            "--chunk-bytes",
-            "100000",
-        ];
-        args.extend_from_slice(extra);
-        icllm(&args)
-    };
-    let (success, _, stderr) = upload(&["--stop-after-chunks", "4"]);
-    assert!(
-        !success && stderr.contains("upload interrupted after 4 chunks"),
-        "{stderr}"
-    );
-    let (success, _, stderr) = upload(&[]);
-    assert!(success, "{stderr}");
-    // 1,185,376 bytes in 100,000-byte chunks: 12, of which 4 had arrived.
-    assert_eq!(stat(&stderr, "chunks_sent"), 8, "{stderr}");
-    assert_eq!(stat(&stderr, "bytes_resumed"), 400_000, "{stderr}");
-
-    // A real kill: the process dies mid-upload (a new upload of the same
-    // file, in 4 KB chunks one at a time), and the rerun sends only the rest.
-    let tiny = |extra: &[&str]| {
+    // `icllm upload` of `file` to the canister as its controller.
+    let upload_cmd = |file: &str, extra: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_icllm"));
         c.args([
             "upload",
-            &model,
+            file,
             "--canister-id",
             &id,
             "--network",
@@ -99,26 +71,36 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
             "--identity",
             &identity,
         ]);
-        c.args(["--chunk-bytes", "4096", "--parallel", "1"]).args(extra);
+        c.args(extra);
         c
     };
-    let begin = Command::new(env!("CARGO_BIN_EXE_icllm"))
-        .args([
-            "upload",
-            &repo("testdata/identities/ed25519.pem"),
-            "--canister-id",
-            &id,
-            "--network",
-            &replica.url,
-        ])
-        .args(["--identity", &identity, "--stop-after-chunks", "0"])
-        .output()
-        .unwrap();
+    let upload = |extra: &[&str]| {
+        let out = upload_cmd(&model, &[&["--chunk-bytes", "100000"], extra].concat())
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (success, stderr) = upload(&["--stop-after-chunks", "4"]);
+    assert!(
+        !success && stderr.contains("upload interrupted after 4 chunks"),
+        "{stderr}"
+    );
+    let (success, stderr) = upload(&[]);
+    assert!(success, "{stderr}");
+    // 1,185,376 bytes in 100,000-byte chunks: 12, of which 4 had arrived.
+    assert_eq!(stat(&stderr, "chunks_sent"), 8, "{stderr}");
+    assert_eq!(stat(&stderr, "bytes_resumed"), 400_000, "{stderr}");
+
+    // A real kill: the process dies mid-upload (a new upload of the same
+    // file, in 4 KB chunks one at a time), and the rerun sends only the rest.
+    let tiny = || upload_cmd(&model, &["--chunk-bytes", "4096", "--parallel", "1"]);
+    let pem = repo("testdata/identities/ed25519.pem");
+    let begin = upload_cmd(&pem, &["--stop-after-chunks", "0"]).output().unwrap();
     assert!(
         !begin.status.success(),
         "stopping before any chunk reports an interrupted upload"
     );
-    let mut child = tiny(&[]).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = tiny().stderr(Stdio::null()).spawn().unwrap();
     let canister = candid::Principal::from_text(&id).unwrap();
     let received = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let pem = icllm::remote::load_identity(Some(std::path::Path::new(&identity))).unwrap();
@@ -146,7 +128,7 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
     });
     let size = std::fs::metadata(&model).unwrap().len();
     assert!(received < size, "killed before the end: {received} of {size}");
-    let out = tiny(&[]).output().unwrap();
+    let out = tiny().output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stat(&stderr, "bytes_resumed"), received, "{stderr}");
@@ -238,17 +220,9 @@ fn gemma3_270m_uploads_over_the_network_and_continues_as_llama_cpp_does() {
         eprintln!("skipped: gemma-3-270m-q4_k_m.gguf is not in the model cache (run tools/fetch-models)");
         return;
     };
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo("testdata/gemma3/gemma3-270m-llama-cpp.json")).unwrap())
-            .unwrap();
-    let case = &doc["cases"][0];
+    let case = &common::gemma3_reference()["cases"][0];
     let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
-    let clear_steps = case["greedy_margin"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take_while(|m| m.as_f64().unwrap() >= 0.2)
-        .count();
+    let clear_steps = common::clear_steps(case);
 
     let replica = ReplicaProcess::start();
     let identity = repo("testdata/identities/ed25519.pem");

@@ -52,11 +52,7 @@ fn gemma3_270m_in_the_canister_continues_as_llama_cpp_does() {
         return;
     };
     let model = model.to_str().unwrap();
-    let reference = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/gemma3/gemma3-270m-llama-cpp.json"
-    );
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
+    let doc = common::gemma3_reference();
     // The 795-token prompt takes about two minutes here: with ICLLM_LONG_TESTS=1.
     let long = std::env::var_os("ICLLM_LONG_TESTS").is_some();
     for case in doc["cases"].as_array().unwrap() {
@@ -81,12 +77,7 @@ fn gemma3_270m_in_the_canister_continues_as_llama_cpp_does() {
             "1024",
             "--print-ids",
         ]);
-        let clear_steps = case["greedy_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .take_while(|m| m.as_f64().unwrap() >= 0.2)
-            .count();
+        let clear_steps = common::clear_steps(case);
         let got = generated_ids(&stderr);
         assert_eq!(got.len(), want.len(), "{stderr}");
         assert_eq!(got[..clear_steps], want[..clear_steps], "{}: {stderr}", case["name"]);

@@ -47,3 +47,24 @@ impl Drop for ReplicaProcess {
         let _ = self.child.wait();
     }
 }
+
+/// llama.cpp on gemma-3-270m (testdata/gemma3, made by
+/// tools/reference/make-gemma3-reference.py).
+pub fn gemma3_reference() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/gemma3/gemma3-270m-llama-cpp.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The greedy steps llama.cpp decides by a top-2 lead of at least 0.2:
+/// the ones a port with other rounding must reproduce.
+pub fn clear_steps(case: &serde_json::Value) -> usize {
+    case["greedy_margin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take_while(|m| m.as_f64().unwrap() >= 0.2)
+        .count()
+}
