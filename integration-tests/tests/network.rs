@@ -383,3 +383,68 @@ fn the_js_agent_calls_health_start_job_and_poll() {
     let tokens: Vec<u32> = serde_json::from_value(reply["tokens"].clone()).unwrap();
     assert_eq!(tokens[..10], GOLDEN_IDS, "{reply}");
 }
+
+/// A proxy in front of the replica that answers every third call request
+/// with HTTP 500 itself (a flaky network or boundary node), passing all
+/// else through. The uploader's retries carry the upload through.
+#[test]
+fn an_upload_through_a_failing_network_retries_its_chunks_and_completes() {
+    let replica = start_replica();
+    let upstream = replica.url().to_string();
+    let rt = tokio();
+    let (proxy_url, id, owner_url) = rt.block_on(async {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method, uri: axum::http::Uri, body: axum::body::Bytes| {
+                let (calls, client, upstream) = (calls.clone(), client.clone(), upstream.clone());
+                async move {
+                    use axum::response::IntoResponse;
+                    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+                    if path.ends_with("/call") && calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 3 == 2 {
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response();
+                    }
+                    let response = client
+                        .request(method, format!("{upstream}{path}"))
+                        .header("content-type", "application/cbor")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = axum::http::StatusCode::from_u16(response.status().as_u16()).unwrap();
+                    (status, response.bytes().await.unwrap()).into_response()
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let owner = remote::connect(replica.url(), ed25519(11)).await.unwrap();
+        (proxy_url, deploy(&owner).await, replica.url().to_string())
+    });
+    rt.block_on(async {
+        let flaky = remote::connect(&proxy_url, ed25519(11)).await.unwrap();
+        let opts = UploadOptions {
+            chunk_bytes: 65_536,
+            parallel: 2,
+            ..UploadOptions::default()
+        };
+        let summary = remote::upload(&flaky, id, model_bytes(), &opts, &())
+            .await
+            .expect("the upload completes");
+        assert!(summary.finished);
+        assert!(
+            summary.retries >= 5,
+            "a third of 19 chunk calls failed once: {summary:?}"
+        );
+        assert_eq!(summary.bytes_sent, model_bytes().len() as u64);
+        // The model is the file (upload checked the SHA-256); it answers.
+        let direct = remote::connect(&owner_url, ed25519(11)).await.unwrap();
+        let job = remote::start_job(&direct, id, greedy(GOLDEN_PROMPT, 10)).await.unwrap();
+        let mut tokens = Vec::new();
+        remote::follow(&direct, id, job, |v| tokens.extend_from_slice(&v.tokens))
+            .await
+            .unwrap();
+        assert_eq!(tokens, GOLDEN_IDS);
+    });
+}

@@ -385,6 +385,29 @@ pub fn chunk_ranges(missing: &[(u64, u64)], chunk: usize) -> Vec<(u64, u64)> {
     out
 }
 
+/// Runs `op` until it succeeds or has failed `attempts` times, with a
+/// growing pause; `retries` counts the failed attempts. Only for calls
+/// that are safe to send again (queries, and updates whose effect a
+/// resend repeats harmlessly).
+async fn with_retries<T, F: std::future::Future<Output = Result<T>>>(
+    attempts: u32,
+    retries: &std::sync::atomic::AtomicUsize,
+    mut op: impl FnMut() -> F,
+) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= attempts => return Err(e.context(format!("failed {attempt} times"))),
+            Err(_) => {
+                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+            }
+        }
+    }
+}
+
 /// Uploads `bytes` as the canister's model: resumes an interrupted upload
 /// of the same file (same size and SHA-256) by sending only the missing
 /// ranges, sends chunks in parallel with retries, then finalizes and
@@ -401,8 +424,13 @@ pub async fn upload(
     }
     let sha: [u8; 32] = Sha256::digest(bytes).into();
     let size = bytes.len() as u64;
-    let (status,): (ApiResult<UploadStatus>,) = query(agent, canister, "upload_status", ()).await?;
-    let status = status.map_err(|e| api_error("upload_status", canister, e))?;
+    let retries = std::sync::atomic::AtomicUsize::new(0);
+    let status_now = || async {
+        let (r,): (ApiResult<UploadStatus>,) =
+            with_retries(opts.attempts, &retries, || query(agent, canister, "upload_status", ())).await?;
+        r.map_err(|e| api_error("upload_status", canister, e))
+    };
+    let status = status_now().await?;
     let same_file = status.size == size && status.sha256.as_deref() == Some(&sha[..]);
     let missing = match status.state {
         UploadState::Receiving if same_file => status.missing.clone(),
@@ -412,7 +440,11 @@ pub async fn upload(
                 size,
                 sha256: sha.to_vec(),
             };
-            let (r,): (ApiResult<UploadStatus>,) = update(agent, canister, "upload_begin", (begin,)).await?;
+            // A resent upload_begin only begins the same empty upload again.
+            let (r,): (ApiResult<UploadStatus>,) = with_retries(opts.attempts, &retries, || {
+                update(agent, canister, "upload_begin", (begin.clone(),))
+            })
+            .await?;
             r.map_err(|e| api_error("upload_begin", canister, e))?.missing
         }
     };
@@ -424,33 +456,20 @@ pub async fn upload(
     if let Some(n) = opts.stop_after_chunks {
         ranges.truncate(n);
     }
-    let retries = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Result<u64>> = stream::iter(ranges.iter().copied())
         .map(|(start, end)| {
             let retries = &retries;
             async move {
                 let chunk = serde_bytes::ByteBuf::from(bytes[start as usize..end as usize].to_vec());
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let sent: Result<(ApiResult<UploadStatus>,)> =
-                        update(agent, canister, "upload_chunk", (start, chunk.clone())).await;
-                    match sent {
-                        Ok((Ok(_),)) => {
-                            progress.sent(end - start);
-                            return Ok(end - start);
-                        }
-                        // The canister's refusal will not change on a resend.
-                        Ok((Err(e),)) => return Err(api_error("upload_chunk", canister, e)),
-                        Err(e) if attempt >= opts.attempts => {
-                            return Err(e.context(format!("upload_chunk at {start} failed {attempt} times")))
-                        }
-                        Err(_) => {
-                            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
-                        }
-                    }
-                }
+                let (r,): (ApiResult<UploadStatus>,) = with_retries(opts.attempts, retries, || {
+                    update(agent, canister, "upload_chunk", (start, chunk.clone()))
+                })
+                .await
+                .with_context(|| format!("upload_chunk at {start}"))?;
+                // The canister's refusal will not change on a resend.
+                r.map_err(|e| api_error("upload_chunk", canister, e))?;
+                progress.sent(end - start);
+                Ok(end - start)
             }
         })
         .buffer_unordered(opts.parallel.max(1))
@@ -467,24 +486,38 @@ pub async fn upload(
         chunks_sent: results.len(),
         bytes_sent,
         bytes_resumed: resumed,
-        retries: retries.into_inner(),
+        retries: retries.load(std::sync::atomic::Ordering::Relaxed),
         finished: false,
     };
     if interrupted {
         return Ok(summary);
     }
-    let (r,): (ApiResult<UploadStatus>,) = query(agent, canister, "upload_status", ()).await?;
-    let status = r.map_err(|e| api_error("upload_status", canister, e))?;
-    if status.state == UploadState::Receiving {
+    let mut finalize_attempts = 0;
+    loop {
+        let status = status_now().await?;
+        if status.state != UploadState::Receiving {
+            break;
+        }
         if !status.missing.is_empty() {
             bail!("the canister still misses {:?} after the upload", status.missing);
         }
-        let (r,): (ApiResult<UploadStatus>,) = update(agent, canister, "upload_finalize", ()).await?;
-        r.map_err(|e| api_error("upload_finalize", canister, e))?;
+        // Sent again only while the canister says it has not started.
+        finalize_attempts += 1;
+        let sent: Result<(ApiResult<UploadStatus>,)> = update(agent, canister, "upload_finalize", ()).await;
+        match sent {
+            Ok((r,)) => {
+                r.map_err(|e| api_error("upload_finalize", canister, e))?;
+                break;
+            }
+            Err(e) if finalize_attempts >= opts.attempts => return Err(e),
+            Err(_) => {
+                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200 << finalize_attempts.min(5))).await;
+            }
+        }
     }
     loop {
-        let (r,): (ApiResult<UploadStatus>,) = query(agent, canister, "upload_status", ()).await?;
-        let status = r.map_err(|e| api_error("upload_status", canister, e))?;
+        let status = status_now().await?;
         progress.finalizing(&status);
         match &status.state {
             UploadState::Done => break,
@@ -493,7 +526,8 @@ pub async fn upload(
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-    let (info,): (ModelInfo,) = query(agent, canister, "model_info", ()).await?;
+    let (info,): (ModelInfo,) =
+        with_retries(opts.attempts, &retries, || query(agent, canister, "model_info", ())).await?;
     if info.sha256 != sha {
         bail!(
             "the canister's active model has SHA-256 {} but the file has {}",
@@ -502,6 +536,7 @@ pub async fn upload(
         );
     }
     summary.finished = true;
+    summary.retries = retries.load(std::sync::atomic::Ordering::Relaxed);
     Ok(summary)
 }
 
