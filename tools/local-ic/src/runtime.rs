@@ -1063,7 +1063,12 @@ impl Runtime {
             });
             return;
         }
-        let export = format!("canister_update {}", call.method);
+        // A query called by a canister runs as an update (replicated), as on the IC.
+        let export = ["canister_update", "canister_query", "canister_composite_query"]
+            .map(|kind| format!("{kind} {}", call.method))
+            .into_iter()
+            .find(|e| self.canisters.get(&callee).is_some_and(|c| c.exports(e)))
+            .unwrap_or_else(|| format!("canister_update {}", call.method));
         let reject = match self.canisters.get(&callee) {
             None => Some((RejectCode::DestinationInvalid, format!("Canister {callee} not found"))),
             Some(c) if !c.exports(&export) => Some((

@@ -1,0 +1,147 @@
+//! A dApp calling icllm: the example canister
+//! `integration-tests/canisters/storyteller` (built on `icllm-client`)
+//! installed beside icllm in one local runtime, asking for the golden
+//! continuation by inter-canister calls and waiting with timers and polls;
+//! icllm upgraded mid-job and the dApp upgraded mid-wait change nothing.
+
+use candid::{CandidType, Decode, Deserialize, Encode, Principal};
+use icllm::local_canister::{controller, user, LocalCanister};
+use integration_tests::canister_with_model;
+use std::time::Duration;
+
+/// From models/README.md: llama.cpp's greedy continuation of "Joe loves writing stories".
+const GOLDEN_PROMPT: &str = "Joe loves writing stories";
+const GOLDEN_IDS: [u32; 10] = [426, 346, 397, 355, 267, 337, 335, 345, 267, 422];
+
+#[derive(CandidType, Deserialize, Debug, Clone)]
+struct Story {
+    prompt: String,
+    max_tokens: u32,
+    job: Option<u64>,
+    status: String,
+    text: String,
+    tokens: Vec<u32>,
+}
+
+/// The storyteller wasm (built by tools/build-wasm.sh with the other test canisters).
+fn storyteller_wasm() -> Vec<u8> {
+    let target =
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
+    let path = format!("{target}/wasm32-unknown-unknown/canister/storyteller.wasm");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--profile",
+            "canister",
+            "--target",
+            "wasm32-unknown-unknown",
+            "-p",
+            "test-canister-storyteller",
+        ])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the storyteller canister");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn install_dapp(c: &mut LocalCanister, wasm: &[u8]) -> Principal {
+    c.rt.install(wasm, Encode!(&c.id, &5u64).unwrap(), vec![user(1)])
+        .expect("the dApp installs")
+}
+
+fn story(c: &mut LocalCanister, dapp: Principal, ticket: u64) -> Story {
+    let reply =
+        c.rt.query(dapp, user(2), "story", Encode!(&ticket).unwrap())
+            .expect("story");
+    Decode!(&reply.bytes, Option<Story>)
+        .unwrap()
+        .expect("the ticket exists")
+}
+
+/// Runs rounds (1 ms of clock each: one icllm scheduler tick; the dApp
+/// polls every 5) until `until` holds for the story.
+fn run_until(c: &mut LocalCanister, dapp: Principal, ticket: u64, until: impl Fn(&Story) -> bool) -> Story {
+    for _ in 0..20_000 {
+        let s = story(c, dapp, ticket);
+        if until(&s) {
+            return s;
+        }
+        c.rt.advance_time(Duration::from_millis(1));
+    }
+    panic!("the story never got there: {:?}", story(c, dapp, ticket));
+}
+
+fn tell(c: &mut LocalCanister, dapp: Principal, max_tokens: u32) -> u64 {
+    let reply =
+        c.rt.update(dapp, user(2), "tell", Encode!(&GOLDEN_PROMPT, &max_tokens).unwrap())
+            .expect("tell");
+    Decode!(&reply.bytes, u64).unwrap()
+}
+
+#[test]
+fn a_dapp_gets_the_golden_continuation_by_inter_canister_calls() {
+    let wasm = storyteller_wasm();
+    let mut c = canister_with_model(40_000_000_000);
+    let dapp = install_dapp(&mut c, &wasm);
+    let ticket = tell(&mut c, dapp, 16);
+    let s = run_until(&mut c, dapp, ticket, |s| s.status != "asking" && s.status != "waiting");
+    assert_eq!(s.status, "done", "{s:?}");
+    assert_eq!(s.tokens[..10], GOLDEN_IDS, "{s:?}");
+    assert!(s.text.starts_with(". He liked to play"), "{s:?}");
+    // The job is the dApp's own: icllm counts it under the dApp's principal.
+    assert!(s.job.is_some());
+}
+
+#[test]
+fn icllm_upgraded_mid_job_and_the_dapp_upgraded_mid_wait_end_with_the_same_answer() {
+    let wasm = storyteller_wasm();
+    let init = icllm_api::InitArgs {
+        // Small messages: the job spans many, so upgrades land mid-job.
+        message_instruction_limit: Some(10_000_000),
+        ..Default::default()
+    };
+    let mut c = LocalCanister::install_with(
+        integration_tests::wasm(),
+        init,
+        10_000_000,
+        false,
+        integration_tests::memory_charges_for(10_000_000),
+    )
+    .expect("install");
+    let model = integration_tests::model_bytes();
+    c.upload_model(model, icllm::local_canister::sha256(model))
+        .expect("upload");
+    let dapp = install_dapp(&mut c, &wasm);
+    let ticket = tell(&mut c, dapp, 40);
+    let s = run_until(&mut c, dapp, ticket, |s| s.status == "waiting");
+    let job = s.job.unwrap();
+
+    let active = |c: &mut LocalCanister| {
+        let view = c
+            .poll(controller(), job, 0)
+            .expect("poll")
+            .expect("a controller sees the job");
+        view.status.is_active()
+    };
+    // icllm upgraded while the job runs.
+    assert!(active(&mut c));
+    c.upgrade().expect("icllm upgrades");
+    // A little later, the dApp upgraded while it waits (its task is gone;
+    // post_upgrade resumes from the kept job id).
+    for _ in 0..3 {
+        c.rt.advance_time(Duration::from_millis(1));
+    }
+    assert!(active(&mut c));
+    assert_eq!(story(&mut c, dapp, ticket).status, "waiting");
+    c.rt.upgrade(dapp, &wasm, vec![], user(1)).expect("the dApp upgrades");
+    let s = run_until(&mut c, dapp, ticket, |s| s.status != "waiting");
+    assert_eq!(s.status, "done", "{s:?}");
+
+    // The same request run alone, without upgrades.
+    let mut alone = canister_with_model(40_000_000_000);
+    let dapp_alone = install_dapp(&mut alone, &wasm);
+    let t = tell(&mut alone, dapp_alone, 40);
+    let want = run_until(&mut alone, dapp_alone, t, |s| s.status == "done");
+    assert_eq!(s.tokens, want.tokens);
+    assert_eq!(s.tokens[..10], GOLDEN_IDS);
+}

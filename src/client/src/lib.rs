@@ -1,0 +1,253 @@
+//! # icllm-client: icllm from your canister
+//!
+//! Typed calls to the icllm canister over inter-canister calls, with the
+//! candid types of `icllm-api` re-exported ([`api`]):
+//!
+//! ```ignore
+//! use icllm_client::Icllm;
+//! ic_cdk::futures::spawn_migratory(async move {
+//!     let reply = Icllm::new(icllm_id)
+//!         .complete("Once upon a time")
+//!         .max_tokens(64)
+//!         .temperature(0.0)
+//!         .send()
+//!         .await;
+//!     // store reply.text …
+//! });
+//! ```
+//!
+//! [`Request::send`] starts a job (`start_job`) and waits for it by
+//! polling (`poll`, a query that runs as an update when a canister calls
+//! it), sleeping between polls on an `ic-cdk-timers` timer. The waiting
+//! task outlives the method that started it, so spawn it with
+//! `ic_cdk::futures::spawn_migratory` (or run it from a timer): a protected
+//! task of an update method would trap when its call context ends. A job
+//! outlives upgrades of both canisters: keep its id ([`Icllm::start`]) and
+//! resume waiting with [`Icllm::wait`] after your canister's upgrade.
+//!
+//! Versioned with the canister's interface (`candid/icllm.did`).
+
+pub use icllm_api as api;
+
+use api::{ApiError, ApiResult, ChatMessage, JobId, JobRequest, JobStatus, JobView};
+use candid::Principal;
+use ic_cdk::call::Call;
+use std::time::Duration;
+
+/// Why a request did not give a finished reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// The call did not complete: rejected by the system or icllm trapped
+    /// (the reject's text), or its reply did not decode.
+    Call(String),
+    /// icllm refused the request (not allowed, a quota, a bad argument, no model yet).
+    Api(ApiError),
+    /// The job failed, with icllm's reason.
+    JobFailed(String),
+    /// The job was cancelled.
+    Cancelled,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Call(m) => write!(f, "the call to icllm failed: {m}"),
+            Error::Api(e) => write!(f, "icllm refused: {e:?}"),
+            Error::JobFailed(m) => write!(f, "the job failed: {m}"),
+            Error::Cancelled => write!(f, "the job was cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A finished job: its text and token ids, why it stopped, its last view.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub job_id: JobId,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    /// `eos`, `max_tokens` or `context_full`.
+    pub finish_reason: String,
+    pub view: JobView,
+}
+
+/// The icllm canister at a principal.
+#[derive(Debug, Clone, Copy)]
+pub struct Icllm {
+    canister: Principal,
+    poll_interval: Duration,
+}
+
+async fn call<A: candid::utils::ArgumentEncoder, R: candid::CandidType + for<'de> candid::Deserialize<'de>>(
+    canister: Principal,
+    method: &str,
+    args: &A,
+) -> Result<R, Error> {
+    let response = Call::unbounded_wait(canister, method)
+        .with_args(args)
+        .await
+        .map_err(|e| Error::Call(format!("{method}: {e}")))?;
+    response
+        .candid::<R>()
+        .map_err(|e| Error::Call(format!("{method}: {e}")))
+}
+
+/// Sleeps on a one-shot timer (the task resumes in the timer's message).
+async fn sleep(d: Duration) {
+    let (tx, rx) = futures_channel::oneshot::channel::<()>();
+    ic_cdk_timers::set_timer(d, async move {
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+impl Icllm {
+    /// Polls every second by default ([`Icllm::poll_interval`]).
+    pub fn new(canister: Principal) -> Self {
+        Icllm {
+            canister,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// How long [`Icllm::wait`] sleeps between polls.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    pub fn canister(&self) -> Principal {
+        self.canister
+    }
+
+    /// A text completion of `prompt` (send it with [`Request::send`]).
+    pub fn complete(&self, prompt: impl Into<String>) -> Request {
+        Request {
+            icllm: *self,
+            req: JobRequest {
+                prompt: prompt.into(),
+                max_tokens: 128,
+                ..JobRequest::default()
+            },
+        }
+    }
+
+    /// The assistant's next turn of a conversation, through the model's chat template.
+    pub fn chat(&self, messages: Vec<ChatMessage>) -> Request {
+        Request {
+            icllm: *self,
+            req: JobRequest {
+                messages: Some(messages),
+                max_tokens: 128,
+                ..JobRequest::default()
+            },
+        }
+    }
+
+    /// Starts a job; its id.
+    pub async fn start(&self, req: &JobRequest) -> Result<JobId, Error> {
+        let r: ApiResult<JobId> = call(self.canister, "start_job", &(req,)).await?;
+        r.map_err(Error::Api)
+    }
+
+    /// The job's state and the text from token `since` on.
+    pub async fn poll(&self, id: JobId, since: u32) -> Result<JobView, Error> {
+        let r: ApiResult<JobView> = call(self.canister, "poll", &(id, Some(since))).await?;
+        r.map_err(Error::Api)
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<JobStatus, Error> {
+        let r: ApiResult<JobStatus> = call(self.canister, "cancel", &(id,)).await?;
+        r.map_err(Error::Api)
+    }
+
+    /// Waits for job `id` to end, handing each new piece of text to
+    /// `on_text`; the finished reply, or why there is none.
+    pub async fn wait(&self, id: JobId, mut on_text: impl FnMut(&str)) -> Result<Reply, Error> {
+        let (mut text, mut tokens, mut since) = (String::new(), Vec::new(), 0);
+        loop {
+            let view = self.poll(id, since).await?;
+            if !view.text.is_empty() {
+                on_text(&view.text);
+            }
+            text.push_str(&view.text);
+            tokens.extend_from_slice(&view.tokens);
+            since = view.next_since;
+            match &view.status {
+                JobStatus::Done(reason) => {
+                    return Ok(Reply {
+                        job_id: id,
+                        text,
+                        tokens,
+                        finish_reason: reason.clone(),
+                        view,
+                    })
+                }
+                JobStatus::Failed(reason) => return Err(Error::JobFailed(reason.clone())),
+                JobStatus::Cancelled => return Err(Error::Cancelled),
+                JobStatus::Queued | JobStatus::Prefilling | JobStatus::Generating => {}
+            }
+            sleep(self.poll_interval).await;
+        }
+    }
+}
+
+/// A job request being built.
+#[derive(Debug, Clone)]
+pub struct Request {
+    icllm: Icllm,
+    req: JobRequest,
+}
+
+impl Request {
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.req.max_tokens = n;
+        self
+    }
+    /// 0 is greedy.
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.req.temperature = Some(t);
+        self
+    }
+    pub fn top_k(mut self, k: u32) -> Self {
+        self.req.top_k = Some(k);
+        self
+    }
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.req.top_p = Some(p);
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.req.seed = Some(seed);
+        self
+    }
+    /// A built-in chat template (chatml, gemma, llama3, phi3, zephyr) for a
+    /// model file that carries none.
+    pub fn chat_template(mut self, name: impl Into<String>) -> Self {
+        self.req.chat_template = Some(name.into());
+        self
+    }
+    /// Continue a finished job of this canister (its KV rows are reused).
+    pub fn continue_from(mut self, job: JobId) -> Self {
+        self.req.continue_from = Some(job);
+        self
+    }
+
+    /// The request as it will be sent.
+    pub fn request(&self) -> &JobRequest {
+        &self.req
+    }
+
+    /// Starts the job and waits for its end (see the crate docs on where
+    /// to await this).
+    pub async fn send(self) -> Result<Reply, Error> {
+        self.stream(|_| {}).await
+    }
+
+    /// Like [`Request::send`], handing each new piece of text to `on_text`.
+    pub async fn stream(self, on_text: impl FnMut(&str)) -> Result<Reply, Error> {
+        let id = self.icllm.start(&self.req).await?;
+        self.icllm.wait(id, on_text).await
+    }
+}
