@@ -37,6 +37,7 @@ const jobId = unwrap(
     kv_cache: [],
     continue_from: [],
     chat_template: [],
+    notify: [],
   }),
   "start_job",
 );

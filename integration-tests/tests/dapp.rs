@@ -44,8 +44,13 @@ fn storyteller_wasm() -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// The dApp, polling every 5 ms.
 fn install_dapp(c: &mut LocalCanister, wasm: &[u8]) -> Principal {
-    c.rt.install(wasm, Encode!(&c.id, &5u64).unwrap(), vec![user(1)])
+    install_dapp_polling_every(c, wasm, 5)
+}
+
+fn install_dapp_polling_every(c: &mut LocalCanister, wasm: &[u8], poll_ms: u64) -> Principal {
+    c.rt.install(wasm, Encode!(&c.id, &poll_ms).unwrap(), vec![user(1)])
         .expect("the dApp installs")
 }
 
@@ -72,9 +77,13 @@ fn run_until(c: &mut LocalCanister, dapp: Principal, ticket: u64, until: impl Fn
 }
 
 fn tell(c: &mut LocalCanister, dapp: Principal, max_tokens: u32) -> u64 {
-    let reply =
-        c.rt.update(dapp, user(2), "tell", Encode!(&GOLDEN_PROMPT, &max_tokens).unwrap())
-            .expect("tell");
+    tell_by(c, dapp, "tell", max_tokens)
+}
+
+/// The golden prompt through the dApp's `method` (`tell` or `tell_and_notify`).
+fn tell_by(c: &mut LocalCanister, dapp: Principal, method: &str, max_tokens: u32) -> u64 {
+    let arg = Encode!(&GOLDEN_PROMPT, &max_tokens).unwrap();
+    let reply = c.rt.update(dapp, user(2), method, arg).expect(method);
     Decode!(&reply.bytes, u64).unwrap()
 }
 
@@ -144,4 +153,76 @@ fn icllm_upgraded_mid_job_and_the_dapp_upgraded_mid_wait_end_with_the_same_answe
     let want = run_until(&mut alone, dapp_alone, t, |s| s.status == "done");
     assert_eq!(s.tokens, want.tokens);
     assert_eq!(s.tokens[..10], GOLDEN_IDS);
+}
+
+/// The dApp polls once an hour: what finishes its story is icllm's call
+/// to `on_job_done` when the job ends.
+#[test]
+fn a_completion_callback_brings_the_answer_without_polling() {
+    let wasm = storyteller_wasm();
+    let mut c = canister_with_model(40_000_000_000);
+    let dapp = install_dapp_polling_every(&mut c, &wasm, 3_600_000);
+    let ticket = tell_by(&mut c, dapp, "tell_and_notify", 16);
+    let s = run_until(&mut c, dapp, ticket, |s| s.status == "done");
+    assert_eq!(s.tokens[..10], GOLDEN_IDS, "{s:?}");
+    // Users cannot ask to be called back.
+    let mut req = icllm_api::JobRequest {
+        prompt: GOLDEN_PROMPT.into(),
+        max_tokens: 4,
+        notify: Some("on_job_done".into()),
+        ..Default::default()
+    };
+    let refused = c.start_job(user(3), req.clone()).expect("the call runs");
+    assert!(
+        matches!(refused, Err(icllm_api::ApiError::InvalidArgument(ref m)) if m.contains("only canisters")),
+        "{refused:?}"
+    );
+    req.notify = None;
+    assert!(c.start_job(user(3), req).expect("the call runs").is_ok());
+}
+
+/// A dApp that traps when called back: icllm's job is done all the same,
+/// and icllm goes on serving (the dApp can still poll for its text).
+#[test]
+fn a_dapp_that_traps_in_its_callback_changes_nothing_in_icllm() {
+    let wasm = storyteller_wasm();
+    let mut c = canister_with_model(40_000_000_000);
+    let dapp = install_dapp_polling_every(&mut c, &wasm, 3_600_000);
+    c.rt.update(dapp, user(1), "set_trap_on_notify", Encode!(&true).unwrap())
+        .expect("set");
+    let ticket = tell_by(&mut c, dapp, "tell_and_notify", 16);
+    let s = run_until(&mut c, dapp, ticket, |s| s.job.is_some());
+    let job = s.job.unwrap();
+    for _ in 0..200 {
+        c.rt.advance_time(Duration::from_millis(1));
+    }
+    let trapped =
+        c.rt.reports()
+            .iter()
+            .any(|r| r.canister == dapp && r.method == "on_job_done" && r.error.is_some());
+    assert!(trapped, "the dApp's callback ran and trapped");
+    let view = c.poll(controller(), job, 0).expect("poll").expect("the job");
+    assert_eq!(view.status, icllm_api::JobStatus::Done("max_tokens".into()));
+    assert_eq!(view.tokens[..10], GOLDEN_IDS);
+    assert_eq!(
+        story(&mut c, dapp, ticket).status,
+        "waiting",
+        "the news was lost, as the dApp chose"
+    );
+    // icllm serves on: another job finishes.
+    let id = c
+        .start_job(
+            user(4),
+            icllm_api::JobRequest {
+                prompt: GOLDEN_PROMPT.into(),
+                max_tokens: 10,
+                temperature: Some(0.0),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    let mut tokens = Vec::new();
+    c.run_job(user(4), id, |v| tokens.extend_from_slice(&v.tokens)).unwrap();
+    assert_eq!(tokens, GOLDEN_IDS);
 }

@@ -106,12 +106,6 @@ fn ic_agent_deploys_uploads_with_resumption_and_gets_the_golden_ids() {
         assert_eq!(rest.bytes_resumed, 5 * chunk as u64);
         assert_eq!(rest.bytes_sent + rest.bytes_resumed, model.len() as u64);
 
-        // Upgraded over the network (the id holds icllm now): the model stays.
-        let (again, action) = remote::deploy(&controller, Some(id), &wasm(), null_init(), null_init(), |_| {})
-            .await
-            .expect("upgrade");
-        assert_eq!((again, action), (id, remote::Deployed::Upgraded));
-
         let user = remote::connect(replica.url(), ed25519(4)).await.expect("agent");
         let req = greedy(GOLDEN_PROMPT, 24);
         let job = remote::start_job(&user, id, req.clone()).await.expect("start_job");
@@ -122,12 +116,39 @@ fn ic_agent_deploys_uploads_with_resumption_and_gets_the_golden_ids() {
         assert_eq!(view.status, JobStatus::Done("max_tokens".into()));
         assert_eq!(tokens[..10], GOLDEN_IDS);
 
+        // Upgraded over the network (the id holds icllm now): the model
+        // reloads from stable memory and serves the same ids.
+        let (again, action) = remote::deploy(&controller, Some(id), &wasm(), null_init(), null_init(), |_| {})
+            .await
+            .expect("upgrade");
+        assert_eq!((again, action), (id, remote::Deployed::Upgraded));
+        let job2 = remote::start_job(&user, id, req.clone())
+            .await
+            .expect("start_job after the upgrade");
+        let mut tokens2 = Vec::new();
+        remote::follow(&user, id, job2, |v| tokens2.extend_from_slice(&v.tokens))
+            .await
+            .expect("job ends");
+        assert_eq!(tokens2, tokens);
+
         let (local_tokens, local) = in_process(req);
         assert_eq!(tokens, local_tokens, "the network path gives the in-process ids");
         // The same counts, reported the same way; not to the instruction:
-        // the two canisters differ in history (an upgrade, the callers,
-        // the clock), which moves a few thousand instructions of bookkeeping.
+        // the memory tracker charges 80,000 per 64 KiB page a message first
+        // touches, and where the heap put things follows the upload's
+        // chunking and arrival order (4 chunks in flight), so a few pages
+        // differ from run to run.
         assert_eq!(view.messages, local.messages);
+        let close = |a: u64, b: u64| a.abs_diff(b) * 100 <= b;
+        assert!(
+            close(view.instructions, local.instructions)
+                && close(view.max_message_instructions, local.max_message_instructions),
+            "network {} / {} vs in process {} / {}",
+            view.instructions,
+            view.max_message_instructions,
+            local.instructions,
+            local.max_message_instructions
+        );
 
         // The canister's HTTP face through the replica's raw gateway.
         let get = |path: &str, host: Option<String>| {
@@ -160,16 +181,6 @@ fn ic_agent_deploys_uploads_with_resumption_and_gets_the_golden_ids() {
         // Gateway requests are anonymous: a signed-in user's job is not theirs.
         let (status, err) = get(&format!("/v1/jobs/{job}?canisterId={id}"), None);
         assert_eq!(status, 404, "{err}");
-        let close = |a: u64, b: u64| a.abs_diff(b) * 1000 <= b;
-        assert!(
-            close(view.instructions, local.instructions)
-                && close(view.max_message_instructions, local.max_message_instructions),
-            "network {} / {} vs in process {} / {}",
-            view.instructions,
-            view.max_message_instructions,
-            local.instructions,
-            local.max_message_instructions
-        );
     });
 }
 

@@ -167,6 +167,12 @@ pub struct JobRequest {
     /// `phi3`, `zephyr`: llama.cpp's of the same names) for `messages`
     /// when the model file carries no template; the file's own wins.
     pub chat_template: Option<String>,
+    /// For canister callers: a method of the caller that icllm calls once
+    /// when the job ends, with `(job id : nat64, status : JobStatus)`, as a
+    /// best-effort bounded-wait one-way call without cycles (its result is
+    /// ignored; a trap or reject there changes nothing in icllm). Polling
+    /// keeps working.
+    pub notify: Option<String>,
 }
 
 /// Storage of a job's KV cache.

@@ -84,6 +84,8 @@ pub fn decode_args<T: for<'a> ArgumentDecoder<'a>>(method: &str, bytes: &[u8]) -
 /// Element counts and byte sizes of a job request, before it is tokenized.
 /// Longest built-in chat template name accepted (the names are short words).
 pub const MAX_TEMPLATE_NAME_BYTES: usize = 64;
+/// Longest `notify` method name accepted.
+pub const MAX_NOTIFY_METHOD_BYTES: usize = 256;
 
 pub fn check_job_request(req: &JobRequest) -> ApiResult<()> {
     if req.prompt.len() > MAX_PROMPT_BYTES {
@@ -121,6 +123,14 @@ pub fn check_job_request(req: &JobRequest) -> ApiResult<()> {
             "the chat template name is {} bytes; at most {MAX_TEMPLATE_NAME_BYTES} are accepted",
             name.len()
         )));
+    }
+    if let Some(method) = &req.notify {
+        if method.is_empty() || method.len() > MAX_NOTIFY_METHOD_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "notify names a method of 1 to {MAX_NOTIFY_METHOD_BYTES} bytes (got {})",
+                method.len()
+            )));
+        }
     }
     if let Some(ids) = &req.prompt_tokens {
         if ids.len() > MAX_PROMPT_TOKENS {

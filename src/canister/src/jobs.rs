@@ -24,6 +24,7 @@ use crate::budget::MessageBudget;
 use crate::completions::{self, OpenAiJob, OpenAiStart};
 use crate::memory::{self, Memory};
 use crate::model_store::{LoadedModel, ModelRef};
+use crate::scheduler;
 use crate::settings::{self, Cbor};
 use crate::state::{self, CachedJob};
 use candid::Principal;
@@ -73,6 +74,9 @@ pub struct JobRecord {
     /// this one continues (never prefilled by this job).
     #[serde(default)]
     pub cached_prompt_tokens: u32,
+    /// The owner's method to call when the job ends (`JobRequest::notify`).
+    #[serde(default)]
+    pub notify: Option<String>,
 }
 
 thread_local! {
@@ -338,6 +342,11 @@ pub fn create(
     now: u64,
 ) -> ApiResult<(JobRecord, Job, Option<Adopted>)> {
     let (limits, ctx_max) = settings::read(|s| (s.limits.clone(), s.kv_slot_ctx));
+    if req.notify.is_some() && !is_canister(owner) {
+        return Err(ApiError::InvalidArgument(
+            "notify names a method of the calling canister: only canisters can be notified (users poll)".into(),
+        ));
+    }
     if req.max_tokens == 0 || req.max_tokens > limits.max_new_tokens {
         return Err(ApiError::InvalidArgument(format!(
             "max_tokens must be between 1 and {} (got {})",
@@ -491,6 +500,7 @@ pub fn create(
         openai: openai.map(|o| o.job.clone()),
         tokens_until_stop: None,
         cached_prompt_tokens: cached,
+        notify: req.notify.clone(),
     };
     Ok((rec, job, adopted.map(|(a, _)| a)))
 }
@@ -672,6 +682,11 @@ fn forget_kept(id: JobId) {
     }
 }
 
+/// Canister ids are opaque principals (their last byte is 0x01).
+fn is_canister(p: Principal) -> bool {
+    p.as_slice().last() == Some(&0x01)
+}
+
 /// Removes a finished/cancelled job from the active set, cache and KV slot.
 /// A done or cancelled job's slot keeps its rows for a continuation
 /// (`continue_from`) until a new job needs the slot; a failed job's is freed.
@@ -694,7 +709,13 @@ fn retire(rec: &mut JobRecord) {
     state::mutate(|s| {
         s.active.remove(&rec.id);
         s.job_cache.remove(&rec.id);
+        if let Some(method) = rec.notify.clone() {
+            s.notifications.push((rec.owner, method, rec.id, rec.status.clone()));
+        }
     });
+    if rec.notify.is_some() {
+        scheduler::ensure_armed();
+    }
 }
 
 pub fn cancel(id: JobId) -> ApiResult<JobStatus> {

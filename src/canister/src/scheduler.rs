@@ -39,7 +39,23 @@ pub fn message_budget() -> MessageBudget<fn() -> u64> {
 }
 
 fn has_work() -> bool {
-    state::read(|s| s.pipeline.is_some() || (s.model.is_some() && !s.active.is_empty()))
+    state::read(|s| s.pipeline.is_some() || (s.model.is_some() && !s.active.is_empty()) || !s.notifications.is_empty())
+}
+
+/// How long a notified canister may take before the call is given up.
+const NOTIFY_TIMEOUT_SECONDS: u32 = 60;
+
+/// Sends the queued end-of-job calls: one-way (no reply is awaited, so a
+/// caller that traps, rejects or never answers costs icllm nothing more),
+/// bounded-wait, without cycles. A call the system refuses outright is
+/// dropped: notifications are best effort, polling stays authoritative.
+fn send_notifications() {
+    for (owner, method, id, status) in state::mutate(|s| std::mem::take(&mut s.notifications)) {
+        let _ = ic_cdk::call::Call::bounded_wait(owner, &method)
+            .change_timeout(NOTIFY_TIMEOUT_SECONDS)
+            .with_args(&(id, status))
+            .oneway();
+    }
 }
 
 /// Arms the scheduler if there is work and it is not armed.
@@ -63,12 +79,14 @@ pub const STEP_METHOD: &str = "<icllm internal> step";
 
 /// One scheduler message: the model pipeline, then one job's step.
 pub async fn tick() {
+    send_notifications();
     advance_pipeline();
     if state::read(|s| s.model.is_some()) {
         if let Some(id) = next_job() {
             background_step(id).await;
         }
     }
+    send_notifications();
     if !has_work() {
         if let Some(id) = state::mutate(|s| s.scheduler.take()) {
             ic_cdk_timers::clear_timer(id);

@@ -34,6 +34,9 @@ pub struct HeapState {
     /// Places claimed by `start_job` calls under way, by caller (see `jobs::SlotClaim`).
     pub claims: BTreeMap<candid::Principal, u32>,
     pub claims_total: u32,
+    /// Ended jobs whose owner asked to be called (`JobRequest::notify`):
+    /// owner, method, job, status; sent by the scheduler's next tick.
+    pub notifications: Vec<(candid::Principal, String, icllm_api::JobId, icllm_api::JobStatus)>,
 }
 
 /// How a job's background steps have been trapping.

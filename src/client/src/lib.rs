@@ -228,6 +228,13 @@ impl Request {
         self.req.chat_template = Some(name.into());
         self
     }
+    /// Have icllm call `method` of this canister once the job ends, with
+    /// `(job id : nat64, status : JobStatus)` (best effort, one-way: keep
+    /// polling as the fallback). Start such a job with [`Icllm::start`].
+    pub fn notify(mut self, method: impl Into<String>) -> Self {
+        self.req.notify = Some(method.into());
+        self
+    }
     /// Continue a finished job of this canister (its KV rows are reused).
     pub fn continue_from(mut self, job: JobId) -> Self {
         self.req.continue_from = Some(job);

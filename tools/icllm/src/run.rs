@@ -108,6 +108,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         kv_cache: Some(crate::api_kv_type(args.kv_cache)),
         continue_from: None,
         chat_template: args.chat_template.clone(),
+        notify: None,
     };
     let first_report = canister.rt.reports().len();
     let id = canister

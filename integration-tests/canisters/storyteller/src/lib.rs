@@ -27,6 +27,8 @@ struct State {
     poll_ms: u64,
     next: u64,
     stories: BTreeMap<u64, Story>,
+    /// For tests: `on_job_done` traps (a careless dApp).
+    trap_on_notify: bool,
 }
 
 thread_local! {
@@ -69,19 +71,7 @@ fn init(icllm: Principal, poll_ms: u64) {
 /// Asks for a story; its ticket.
 #[ic_cdk::update]
 fn tell(prompt: String, max_tokens: u32) -> u64 {
-    let ticket = STATE.with_borrow_mut(|s| {
-        s.next += 1;
-        s.stories.insert(
-            s.next,
-            Story {
-                prompt: prompt.clone(),
-                max_tokens,
-                status: "asking".into(),
-                ..Story::default()
-            },
-        );
-        s.next
-    });
+    let ticket = new_ticket(&prompt, max_tokens);
     ic_cdk::futures::spawn_migratory(async move {
         let request = icllm().complete(prompt).max_tokens(max_tokens).temperature(0.0).seed(1);
         let job = match icllm().start(request.request()).await {
@@ -95,6 +85,66 @@ fn tell(prompt: String, max_tokens: u32) -> u64 {
         finish(ticket, icllm().wait(job, |_| {}).await);
     });
     ticket
+}
+
+fn new_ticket(prompt: &str, max_tokens: u32) -> u64 {
+    STATE.with_borrow_mut(|s| {
+        s.next += 1;
+        s.stories.insert(
+            s.next,
+            Story {
+                prompt: prompt.to_string(),
+                max_tokens,
+                status: "asking".into(),
+                ..Story::default()
+            },
+        );
+        s.next
+    })
+}
+
+/// Asks for a story and lets icllm call `on_job_done` when it ends,
+/// instead of polling for it.
+#[ic_cdk::update]
+fn tell_and_notify(prompt: String, max_tokens: u32) -> u64 {
+    let ticket = new_ticket(&prompt, max_tokens);
+    ic_cdk::futures::spawn_migratory(async move {
+        let request = icllm()
+            .complete(prompt)
+            .max_tokens(max_tokens)
+            .temperature(0.0)
+            .seed(1)
+            .notify("on_job_done");
+        match icllm().start(request.request()).await {
+            Ok(job) => update_story(ticket, |story| {
+                story.job = Some(job);
+                story.status = "waiting".into();
+            }),
+            Err(e) => finish(ticket, Err(e)),
+        }
+    });
+    ticket
+}
+
+/// icllm's call when a job ends: fetch the text once.
+#[ic_cdk::update]
+fn on_job_done(job: u64, status: icllm_client::api::JobStatus) {
+    let (from_icllm, trap) = STATE.with_borrow(|s| (s.icllm == Some(ic_cdk::api::msg_caller()), s.trap_on_notify));
+    if !from_icllm {
+        ic_cdk::trap("only icllm reports jobs here");
+    }
+    if trap {
+        ic_cdk::trap(format!("careless dApp: trapped on the news of job {job} ({status:?})"));
+    }
+    let ticket = STATE.with_borrow(|s| s.stories.iter().find(|(_, st)| st.job == Some(job)).map(|(t, _)| *t));
+    if let Some(ticket) = ticket {
+        ic_cdk::futures::spawn_migratory(async move { finish(ticket, icllm().wait(job, |_| {}).await) });
+    }
+}
+
+#[ic_cdk::update]
+fn set_trap_on_notify(trap: bool) {
+    STATE.with_borrow_mut(|s| s.trap_on_notify = trap);
 }
 
 #[ic_cdk::query]
