@@ -260,56 +260,9 @@ fn verify_sender(
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::{der, text, NOW};
+    use super::tests_support::{content, delegated, der, text, NOW};
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
-
-    fn content(sender: Principal, canister: Principal) -> Vec<(Value, Value)> {
-        vec![
-            (text("request_type"), text("call")),
-            (text("sender"), Value::Bytes(sender.as_slice().to_vec())),
-            (text("ingress_expiry"), Value::Integer((NOW + 60_000_000_000).into())),
-            (text("canister_id"), Value::Bytes(canister.as_slice().to_vec())),
-            (text("method_name"), text("health")),
-            (text("arg"), Value::Bytes(b"DIDL\x00\x00".to_vec())),
-        ]
-    }
-
-    /// An envelope from `root`'s principal, signed by `session` through a
-    /// delegation `root` → `session` with `expiration` and `targets`.
-    fn delegated(root: &SigningKey, session: &SigningKey, expiration: u64, targets: Option<Vec<Principal>>) -> Vec<u8> {
-        let canister = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
-        let content = content(self_authenticating(&der(root)), canister);
-        let rid = hash_map(&content).unwrap();
-        let mut delegation = vec![
-            (text("pubkey"), Value::Bytes(der(session))),
-            (text("expiration"), Value::Integer(expiration.into())),
-        ];
-        if let Some(t) = targets {
-            let t = t.iter().map(|p| Value::Bytes(p.as_slice().to_vec())).collect();
-            delegation.push((text("targets"), Value::Array(t)));
-        }
-        let dsig = root.sign(&[keys::DELEGATION_DOMAIN, &hash_map(&delegation).unwrap()[..]].concat());
-        let sig = session.sign(&[keys::REQUEST_DOMAIN, &rid[..]].concat());
-        let envelope = Value::Tag(
-            55799,
-            Box::new(Value::Map(vec![
-                (text("content"), Value::Map(content)),
-                (text("sender_pubkey"), Value::Bytes(der(root))),
-                (text("sender_sig"), Value::Bytes(sig.to_bytes().to_vec())),
-                (
-                    text("sender_delegation"),
-                    Value::Array(vec![Value::Map(vec![
-                        (text("delegation"), Value::Map(delegation)),
-                        (text("signature"), Value::Bytes(dsig.to_bytes().to_vec())),
-                    ])]),
-                ),
-            ])),
-        );
-        let mut out = Vec::new();
-        ciborium::into_writer(&envelope, &mut out).unwrap();
-        out
-    }
 
     #[test]
     fn a_session_key_signs_for_its_root_identity_through_a_delegation() {
@@ -379,13 +332,15 @@ mod tests {
 mod mutation_tests {
     use super::tests_support::*;
     use super::*;
+    use ed25519_dalek::SigningKey;
 
     /// Thousands of corruptions of a valid delegated envelope (flipped
     /// bits, cut ends, spliced bytes, seeded): none panics, and none is
     /// accepted as a request other than the original.
     #[test]
     fn corrupted_envelopes_are_refused_never_misread() {
-        let original = valid_delegated_envelope();
+        let (root, session) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let original = delegated(&root, &session, NOW + 3_600_000_000_000, None);
         let reference = authenticate(&original, NOW).expect("the original is valid");
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = || {
@@ -441,33 +396,43 @@ mod tests_support {
         [&keys::ED25519_DER_PREFIX[..], key.verifying_key().as_bytes()].concat()
     }
 
-    /// A call signed by a session key through one delegation.
-    pub fn valid_delegated_envelope() -> Vec<u8> {
-        let (root, session) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
-        let content = vec![
+    pub fn content(sender: Principal, canister: Principal) -> Vec<(Value, Value)> {
+        vec![
             (text("request_type"), text("call")),
-            (
-                text("sender"),
-                Value::Bytes(self_authenticating(&der(&root)).as_slice().to_vec()),
-            ),
+            (text("sender"), Value::Bytes(sender.as_slice().to_vec())),
             (text("ingress_expiry"), Value::Integer((NOW + 60_000_000_000).into())),
-            (text("canister_id"), Value::Bytes(vec![0, 0, 0, 0, 0, 0, 0, 1, 1, 1])),
+            (text("canister_id"), Value::Bytes(canister.as_slice().to_vec())),
             (text("method_name"), text("health")),
             (text("arg"), Value::Bytes(b"DIDL\x00\x00".to_vec())),
-            (text("nonce"), Value::Bytes(vec![7; 8])),
-        ];
+        ]
+    }
+
+    /// An envelope from `root`'s principal, signed by `session` through a
+    /// delegation `root` → `session` with `expiration` and `targets`.
+    pub fn delegated(
+        root: &SigningKey,
+        session: &SigningKey,
+        expiration: u64,
+        targets: Option<Vec<Principal>>,
+    ) -> Vec<u8> {
+        let canister = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
+        let content = content(self_authenticating(&der(root)), canister);
         let rid = hash_map(&content).unwrap();
-        let delegation = vec![
-            (text("pubkey"), Value::Bytes(der(&session))),
-            (text("expiration"), Value::Integer((NOW + 3_600_000_000_000).into())),
+        let mut delegation = vec![
+            (text("pubkey"), Value::Bytes(der(session))),
+            (text("expiration"), Value::Integer(expiration.into())),
         ];
+        if let Some(t) = targets {
+            let t = t.iter().map(|p| Value::Bytes(p.as_slice().to_vec())).collect();
+            delegation.push((text("targets"), Value::Array(t)));
+        }
         let dsig = root.sign(&[keys::DELEGATION_DOMAIN, &hash_map(&delegation).unwrap()[..]].concat());
         let sig = session.sign(&[keys::REQUEST_DOMAIN, &rid[..]].concat());
         let envelope = Value::Tag(
             55799,
             Box::new(Value::Map(vec![
                 (text("content"), Value::Map(content)),
-                (text("sender_pubkey"), Value::Bytes(der(&root))),
+                (text("sender_pubkey"), Value::Bytes(der(root))),
                 (text("sender_sig"), Value::Bytes(sig.to_bytes().to_vec())),
                 (
                     text("sender_delegation"),
