@@ -536,3 +536,15 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
     pub upgrade: Option<bool>,
 }
+
+/// A whole generation run inside one query (`generate_query`).
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct QueryGeneration {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    /// `eos`, `max_tokens` or `context_full`.
+    pub finish_reason: String,
+    pub prompt_tokens: u32,
+    /// Instructions the query spent.
+    pub instructions: u64,
+}

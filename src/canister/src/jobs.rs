@@ -965,7 +965,7 @@ fn is_prefilling(s: &JobState) -> bool {
     s.generated().is_empty() && s.finish_reason().is_none()
 }
 
-fn finish_name(r: &FinishReason) -> &'static str {
+pub(crate) fn finish_name(r: &FinishReason) -> &'static str {
     match r {
         FinishReason::Eos => "eos",
         FinishReason::MaxTokens => "max_tokens",

@@ -14,6 +14,7 @@ pub mod http;
 pub mod jobs;
 pub mod memory;
 pub mod model_store;
+pub mod query_mode;
 pub mod ranges;
 pub mod scheduler;
 pub mod settings;
@@ -150,6 +151,12 @@ decoder!(decode_poll, "poll", anyone(), JobId, Option<u32>);
 decoder!(decode_cancel, "cancel", anyone(), JobId);
 decoder!(decode_delete_job, "delete_job", anyone(), JobId);
 decoder!(decode_http_request, "http_request", anyone(), HttpRequest);
+decoder!(
+    decode_generate_query,
+    "generate_query",
+    may_start_jobs_now(),
+    JobRequest
+);
 decoder!(decode_set_policy, "set_policy", require_controller(), AccessPolicy);
 decoder!(decode_set_limits, "set_limits", require_controller(), Limits);
 decoder!(
@@ -217,6 +224,10 @@ mod did {
     }
     #[candid::candid_method(query, rename = "http_request")]
     fn http_request(req: HttpRequest) -> HttpResponse {
+        unreachable!()
+    }
+    #[candid::candid_method(query, rename = "generate_query")]
+    fn generate_query(req: JobRequest) -> ApiResult<QueryGeneration> {
         unreachable!()
     }
 }
@@ -316,6 +327,19 @@ async fn start(req: JobRequest, openai: Option<completions::OpenAiStart>) -> Api
     );
     scheduler::ensure_armed();
     Ok(id)
+}
+
+/// A whole generation inside this query, when it fits the query limit (or
+/// the canister's message limit, if lower); refused with the numbers
+/// otherwise. Changes nothing.
+#[query(hidden = true, decode_with = "decode_generate_query")]
+fn generate_query(args: ApiResult<(JobRequest,)>) -> ApiResult<QueryGeneration> {
+    let (req,) = args?;
+    bounds::check_job_request(&req)?;
+    let model = ready_model()?;
+    let (caller, _) = caller_is_controller();
+    let limit = query_mode::QUERY_INSTRUCTION_LIMIT.min(scheduler::message_limit());
+    query_mode::generate(&model, caller, &req, ic_cdk::api::time(), limit, scheduler::counter)
 }
 
 /// The model a completion request runs on (name and vocabulary).
