@@ -37,12 +37,7 @@ impl Remote {
     ) -> anyhow::Result<Remote> {
         let secret: [u8; 32] = match identity {
             Some(path) => Sha256::digest(std::fs::read(path)?).into(),
-            None => {
-                let mut seed = [0u8; 32];
-                use std::io::Read;
-                std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
-                seed
-            }
+            None => local_ic::network::keys::random_seed(),
         };
         let own = remote::connect(&url, remote::load_identity(identity)?).await?;
         let root_key = own.read_root_key();

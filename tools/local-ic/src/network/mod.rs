@@ -34,8 +34,6 @@ pub mod keys;
 mod management;
 pub mod request_id;
 
-pub use management::{CanisterSettings, CanisterStatus, InstallMode};
-
 use crate::{Error, ExecError, MessageKind, RejectCode, Runtime, RuntimeConfig};
 use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
@@ -145,11 +143,6 @@ pub struct State {
 }
 
 impl State {
-    /// The runtime, for tests and tools that look behind the interface.
-    pub fn runtime(&mut self) -> &mut Runtime {
-        &mut self.rt
-    }
-
     fn follow_clock(&mut self) {
         self.rt.set_time_nanos(wall_clock_nanos());
         let reports = self.rt.tick();
@@ -484,7 +477,6 @@ impl Default for ReplicaConfig {
 pub struct Replica {
     url: String,
     root_key: Vec<u8>,
-    shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<std::thread::JoinHandle<()>>,
 }
@@ -521,7 +513,7 @@ impl Replica {
             })?;
         let shared = Arc::new(Shared { keys, commands });
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        let app = router(shared.clone());
+        let app = router(shared);
         let server = std::thread::Builder::new()
             .name("local-ic http".into())
             .spawn(move || {
@@ -542,7 +534,6 @@ impl Replica {
         Ok(Replica {
             url,
             root_key,
-            shared,
             shutdown: Some(shutdown),
             server: Some(server),
         })
@@ -556,18 +547,6 @@ impl Replica {
     /// The DER root key certificates verify under.
     pub fn root_key(&self) -> &[u8] {
         &self.root_key
-    }
-
-    /// Runs `f` on the runtime thread, between messages.
-    pub fn with_state<R: Send + 'static>(&self, f: impl FnOnce(&mut State) -> R + Send + 'static) -> R {
-        let (tx, rx) = mpsc::channel();
-        self.shared
-            .commands
-            .send(Box::new(move |state| {
-                let _ = tx.send(f(state));
-            }))
-            .expect("the runtime thread is alive");
-        rx.recv().expect("the runtime thread answers")
     }
 
     /// Serves until the process ends.
