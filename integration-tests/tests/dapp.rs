@@ -5,7 +5,7 @@
 //! icllm upgraded mid-job and the dApp upgraded mid-wait change nothing.
 
 use candid::{CandidType, Decode, Deserialize, Encode, Principal};
-use icllm::local_canister::{controller, user, LocalCanister};
+use icllm::local_canister::{build_package_wasm, canister_wasm_path, controller, user, LocalCanister};
 use integration_tests::canister_with_model;
 use std::time::Duration;
 
@@ -23,25 +23,12 @@ struct Story {
     tokens: Vec<u32>,
 }
 
-/// The storyteller wasm (built by tools/build-wasm.sh with the other test canisters).
+/// The storyteller wasm, kept current (tools/build-wasm.sh builds it with
+/// the other test canisters).
 fn storyteller_wasm() -> Vec<u8> {
-    let target =
-        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
-    let path = format!("{target}/wasm32-unknown-unknown/canister/storyteller.wasm");
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--profile",
-            "canister",
-            "--target",
-            "wasm32-unknown-unknown",
-            "-p",
-            "test-canister-storyteller",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the storyteller canister");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    build_package_wasm("test-canister-storyteller").expect("the storyteller builds");
+    let path = canister_wasm_path("storyteller");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The dApp, polling every 5 ms.

@@ -25,10 +25,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Where `tools/build-wasm.sh` puts the canister wasm.
 pub fn default_wasm_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    target.join("wasm32-unknown-unknown/canister/icllm_canister.wasm")
+    canister_wasm_path("icllm_canister")
 }
 
 /// The Rust toolchain's standard library for wasm32, without which cargo
@@ -52,8 +49,19 @@ fn check_wasm32_target() -> Result<()> {
     Ok(())
 }
 
-/// Builds the canister wasm with cargo (release profile `canister`, SIMD128).
-pub fn build_wasm() -> Result<PathBuf> {
+/// Where the `canister` profile puts the wasm of a workspace canister (its
+/// library name: `icllm_canister`, `storyteller`, …).
+pub fn canister_wasm_path(lib_name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join(format!("wasm32-unknown-unknown/canister/{lib_name}.wasm"))
+}
+
+/// Builds a workspace canister with cargo (profile `canister`, SIMD128):
+/// the product (`icllm-canister`) or a test canister. Its wasm is at
+/// [`canister_wasm_path`].
+pub fn build_package_wasm(package: &str) -> Result<()> {
     check_wasm32_target()?;
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())
@@ -64,13 +72,19 @@ pub fn build_wasm() -> Result<PathBuf> {
             "--target",
             "wasm32-unknown-unknown",
             "-p",
-            "icllm-canister",
+            package,
         ])
         .status()
-        .context("running cargo to build the canister wasm (pass --wasm FILE to use a prebuilt one)")?;
+        .with_context(|| format!("running cargo to build {package} (pass --wasm FILE to use a prebuilt one)"))?;
     if !status.success() {
-        bail!("building the canister wasm failed ({status})");
+        bail!("building {package} failed ({status})");
     }
+    Ok(())
+}
+
+/// Builds the canister wasm with cargo (release profile `canister`, SIMD128).
+pub fn build_wasm() -> Result<PathBuf> {
+    build_package_wasm("icllm-canister")?;
     Ok(default_wasm_path())
 }
 

@@ -47,6 +47,31 @@ fn stat(stderr: &str, key: &str) -> u64 {
         .unwrap()
 }
 
+/// `icllm job start --wait --print-ids`, greedy: the ids, stdout and stderr.
+fn greedy_job(url: &str, id: &str, identity: &str, prompt: &str, n: usize) -> (Vec<u32>, String, String) {
+    let n = n.to_string();
+    let (stdout, stderr) = ok(&[
+        "job",
+        "start",
+        "--canister-id",
+        id,
+        "--network",
+        url,
+        "--identity",
+        identity,
+        "--prompt",
+        prompt,
+        "-n",
+        &n,
+        "--temperature",
+        "0",
+        "--wait",
+        "--print-ids",
+    ]);
+    let ids = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    (ids, stdout, stderr)
+}
+
 fn deploy(url: &str, identity: &str) -> String {
     let (stdout, _) = ok(&["deploy", "--network", url, "--identity", identity]);
     stdout.trim().to_string()
@@ -143,29 +168,11 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
         "--network",
         &replica.url,
         "--identity",
-        &repo("testdata/identities/ed25519.pem"),
+        &pem,
     ]);
     assert!(!success && stderr.contains("not a controller"), "{stderr}");
 
-    let (stdout, stderr) = ok(&[
-        "job",
-        "start",
-        "--canister-id",
-        &id,
-        "--network",
-        &replica.url,
-        "--identity",
-        &repo("testdata/identities/ed25519.pem"),
-        "--prompt",
-        "Joe loves writing stories",
-        "-n",
-        "16",
-        "--temperature",
-        "0",
-        "--wait",
-        "--print-ids",
-    ]);
-    let ids: Vec<u32> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (ids, stdout, stderr) = greedy_job(&replica.url, &id, &pem, "Joe loves writing stories", 16);
     assert_eq!(ids[..10], GOLDEN_IDS, "{stdout}{stderr}");
     assert!(stdout.starts_with(". He liked to play"), "{stdout}");
     assert!(stat(&stderr, "max_message_instructions") > 0);
@@ -173,7 +180,7 @@ fn deploy_upload_resume_and_generate_through_the_cli() {
     // A two-turn chat from stdin: the second turn continues the first job.
     let mut child = Command::new(env!("CARGO_BIN_EXE_icllm"))
         .args(["chat", "--canister-id", &id, "--network", &replica.url, "--identity"])
-        .arg(repo("testdata/identities/ed25519.pem"))
+        .arg(&pem)
         .args(["--chat-template", "chatml", "-n", "6", "--temperature", "0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -238,26 +245,7 @@ fn gemma3_270m_uploads_over_the_network_and_continues_as_llama_cpp_does() {
         &identity,
     ]);
     assert!(stat(&stderr, "bytes_sent") > 100_000_000, "{stderr}");
-    let n = want.len().to_string();
-    let (stdout, stderr) = ok(&[
-        "job",
-        "start",
-        "--canister-id",
-        &id,
-        "--network",
-        &replica.url,
-        "--identity",
-        &identity,
-        "--prompt",
-        case["text"].as_str().unwrap(),
-        "-n",
-        &n,
-        "--temperature",
-        "0",
-        "--wait",
-        "--print-ids",
-    ]);
-    let got: Vec<u32> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (got, stdout, stderr) = greedy_job(&replica.url, &id, &identity, case["text"].as_str().unwrap(), want.len());
     assert_eq!(got[..clear_steps], want[..clear_steps], "{stdout}{stderr}");
     assert!(stat(&stderr, "max_message_instructions") <= 40_000_000_000, "{stderr}");
 }
