@@ -131,6 +131,6 @@ pub use cycles::DEFAULT_FREEZING_THRESHOLD_SECONDS;
 pub use profile::{FunctionProfile, Profile};
 pub use runtime::{canister_id, CanisterId, PendingCall, Runtime};
 pub use types::{
-    Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply, RuntimeConfig, Stats,
-    HEAP_DIRTY_PAGE_OVERHEAD,
+    CanisterStatus, Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply,
+    RuntimeConfig, Stats, HEAP_DIRTY_PAGE_OVERHEAD,
 };

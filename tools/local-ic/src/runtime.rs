@@ -6,7 +6,7 @@
 //! Every public operation (install, update, query, advance_time, ...) runs
 //! until the queue is empty (bounded by [`Limits::max_messages_per_operation`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -51,6 +51,12 @@ struct CallContext {
     outstanding: usize,
     instructions: u64,
     deadline: u64,
+    /// Cycles the caller attached that no committed message accepted: the
+    /// refund that goes back with the response.
+    cycles_available: u128,
+    /// A bounded-wait caller already got `SYS_UNKNOWN` (deadline expired):
+    /// whatever this context answers later is dropped.
+    caller_released: bool,
 }
 
 /// How a call context ended.
@@ -73,7 +79,22 @@ enum Queued {
         ctx: CtxId,
         call: OutgoingCall,
         result: Result<Vec<u8>, (RejectCode, String)>,
+        /// Attached cycles the callee did not accept.
+        refund: u128,
     },
+}
+
+/// The reject a bounded-wait caller gets when its deadline passes first
+/// (the replica's synthetic response).
+const DEADLINE_EXPIRED: &str = "Call deadline has expired.";
+
+impl Queued {
+    fn receiver(&self) -> Principal {
+        match self {
+            Queued::Request { call, .. } => call.callee,
+            Queued::Response { to, .. } => *to,
+        }
+    }
 }
 
 /// An update call under way (see [`Runtime::submit_update`]).
@@ -102,6 +123,12 @@ pub struct Runtime {
     reports: Vec<MessageReport>,
     stats: Stats,
     logs: Vec<(Principal, String)>,
+    /// Canisters not running (absent = running).
+    status: HashMap<Principal, CanisterStatus>,
+    /// Canisters whose incoming messages wait in `held` (see
+    /// [`Runtime::hold_messages_to`]).
+    holding: BTreeSet<Principal>,
+    held: Vec<Queued>,
 }
 
 /// The wasmtime configuration: Cranelift at full speed, SIMD on, relaxed
@@ -193,6 +220,9 @@ impl Runtime {
             reports: Vec::new(),
             stats: Stats::new(),
             logs: Vec::new(),
+            status: HashMap::new(),
+            holding: BTreeSet::new(),
+            held: Vec::new(),
         }
     }
 
@@ -472,6 +502,117 @@ impl Runtime {
         self.now = self.now.max(nanos);
     }
 
+    /// Whether the canister runs, is stopping or is stopped.
+    pub fn canister_status(&self, id: CanisterId) -> Option<CanisterStatus> {
+        self.canisters
+            .contains_key(&id)
+            .then(|| self.status.get(&id).copied().unwrap_or_default())
+    }
+
+    /// `stop_canister`: from now on the canister refuses calls (ingress and
+    /// inter-canister) and fires no timers; it is stopped once the call
+    /// contexts it has open are answered. Returns the status reached.
+    pub fn stop_canister(&mut self, id: CanisterId) -> Result<CanisterStatus, Error> {
+        if !self.canisters.contains_key(&id) {
+            return Err(Error::CanisterNotFound(id));
+        }
+        if self.canister_status(id) == Some(CanisterStatus::Running) {
+            self.status.insert(id, CanisterStatus::Stopping);
+        }
+        self.finish_stopping();
+        Ok(self.canister_status(id).unwrap_or_default())
+    }
+
+    /// `start_canister`: the canister runs again (a stopping one keeps its
+    /// open call contexts).
+    pub fn start_canister(&mut self, id: CanisterId) -> Result<(), Error> {
+        if !self.canisters.contains_key(&id) {
+            return Err(Error::CanisterNotFound(id));
+        }
+        self.status.remove(&id);
+        Ok(())
+    }
+
+    /// Holds every message to `id` (requests and responses) instead of
+    /// delivering it, as if `id` sat on a subnet that is slow to reach:
+    /// bounded-wait calls waiting on a held message give up when their
+    /// deadline passes ([`Self::advance_time`]).
+    pub fn hold_messages_to(&mut self, id: CanisterId) {
+        self.holding.insert(id);
+    }
+
+    /// Delivers the messages held for `id` and runs what they trigger.
+    pub fn release_messages_to(&mut self, id: CanisterId) {
+        let _guard = memory_snapshot::exclusive();
+        self.holding.remove(&id);
+        let (release, keep): (Vec<Queued>, Vec<Queued>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|m| m.receiver() == id);
+        self.held = keep;
+        self.queue.extend(release);
+        self.drain();
+    }
+
+    /// Why `id` refuses a new call, if it does (the replica's wording).
+    fn refusal(&self, id: CanisterId) -> Option<String> {
+        match self.status.get(&id)? {
+            CanisterStatus::Running => None,
+            CanisterStatus::Stopping => Some(format!("Canister {id} is stopping")),
+            CanisterStatus::Stopped => Some(format!("Canister {id} is stopped")),
+        }
+    }
+
+    fn is_running(&self, id: CanisterId) -> bool {
+        self.refusal(id).is_none()
+    }
+
+    /// Stopping canisters with no open call context are stopped.
+    fn finish_stopping(&mut self) {
+        let open: BTreeSet<Principal> = self.contexts.values().map(|c| c.canister).collect();
+        for (id, status) in self.status.iter_mut() {
+            if *status == CanisterStatus::Stopping && !open.contains(id) {
+                *status = CanisterStatus::Stopped;
+            }
+        }
+    }
+
+    /// Bounded-wait calls whose deadline has passed get `SYS_UNKNOWN`: a
+    /// request not yet delivered is dropped (its cycles refunded); a callee
+    /// still at work may finish, but its answer is dropped (no refund); a
+    /// held response is replaced by the reject.
+    fn expire_deadlines(&mut self) {
+        let now = self.now;
+        let mut rejects = Vec::new();
+        let queue = std::mem::take(&mut self.queue);
+        self.queue = expire_queued(queue, now, &mut rejects).into();
+        let held = std::mem::take(&mut self.held);
+        self.held = expire_queued(held, now, &mut rejects);
+        let expired = |call: &OutgoingCall| call.deadline != 0 && call.deadline <= now;
+        let mut ids: Vec<CtxId> = self.contexts.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(c) = self.contexts.get_mut(&id) else { continue };
+            if let Origin::Canister {
+                caller,
+                caller_ctx,
+                call,
+            } = &c.origin
+            {
+                if expired(call) && !c.responded && !c.caller_released {
+                    c.caller_released = true;
+                    rejects.push(Queued::Response {
+                        to: *caller,
+                        ctx: *caller_ctx,
+                        call: call.clone(),
+                        result: Err((RejectCode::SysUnknown, DEADLINE_EXPIRED.into())),
+                        refund: 0,
+                    });
+                }
+            }
+        }
+        self.queue.extend(rejects);
+    }
+
     /// Upgrades `id` to `wasm`: `canister_pre_upgrade` on the old instance,
     /// a fresh instance (empty heap, global timer cleared, stable memory
     /// kept), `canister_post_upgrade(arg)`. Both hooks share the install
@@ -698,6 +839,13 @@ impl Runtime {
         arg: Vec<u8>,
     ) -> Result<PendingCall, Error> {
         let _guard = memory_snapshot::exclusive();
+        if let Some(message) = self.refusal(id) {
+            return Err(Error::Rejected {
+                canister: id,
+                code: RejectCode::CanisterError,
+                message,
+            });
+        }
         self.ensure_can_prepay(id, 0)?;
         let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
         let update_export = format!("canister_update {method}");
@@ -725,7 +873,8 @@ impl Runtime {
         let ctx = self.new_context(id, Origin::Ingress(ingress));
         let limit = self.config.limits.update;
         // The outcome reaches the caller through the call context.
-        let _ = self.run_in_context(id, ctx, Entry::Export(export), kind, method, arg, caller, None, limit);
+        let msg = MessageContext::new(kind, method, arg, caller);
+        let _ = self.run_in_context(id, ctx, Entry::Export(export), msg, limit);
         Ok(PendingCall {
             canister: id,
             ingress,
@@ -758,6 +907,13 @@ impl Runtime {
     /// A query call (non-replicated): changes are always discarded.
     pub fn query(&mut self, id: CanisterId, caller: Principal, method: &str, arg: Vec<u8>) -> Result<Reply, Error> {
         let _guard = memory_snapshot::exclusive();
+        if let Some(message) = self.refusal(id) {
+            return Err(Error::Rejected {
+                canister: id,
+                code: RejectCode::CanisterError,
+                message,
+            });
+        }
         let canister = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
         let export = [
             format!("canister_query {method}"),
@@ -819,6 +975,7 @@ impl Runtime {
         let mut fired = 0usize;
         while let Some((deadline, id)) = self.next_due(target) {
             self.now = self.now.max(deadline);
+            self.expire_deadlines();
             self.fire_timer(id);
             self.drain();
             fired += 1;
@@ -827,6 +984,8 @@ impl Runtime {
             }
         }
         self.now = target;
+        self.expire_deadlines();
+        self.drain();
         self.reports[start..].to_vec()
     }
 
@@ -835,12 +994,13 @@ impl Runtime {
     pub fn tick(&mut self) -> Vec<MessageReport> {
         let _guard = memory_snapshot::exclusive();
         let start = self.reports.len();
+        self.expire_deadlines();
         let due: Vec<Principal> = self
             .canisters
             .iter()
-            .filter(|(_, c)| {
+            .filter(|(id, c)| {
                 let t = c.host().global_timer;
-                t != 0 && t <= self.now && c.exports("canister_global_timer")
+                t != 0 && t <= self.now && c.exports("canister_global_timer") && self.is_running(**id)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -854,7 +1014,9 @@ impl Runtime {
     fn next_due(&self, target: u64) -> Option<(u64, Principal)> {
         self.canisters
             .iter()
-            .filter(|(id, c)| c.exports("canister_global_timer") && self.ensure_can_prepay(**id, 0).is_ok())
+            .filter(|(id, c)| {
+                c.exports("canister_global_timer") && self.is_running(**id) && self.ensure_can_prepay(**id, 0).is_ok()
+            })
             .map(|(id, c)| (c.host().global_timer, *id))
             .filter(|(t, _)| *t != 0 && *t <= target)
             .min()
@@ -874,17 +1036,8 @@ impl Runtime {
         let ctx = self.new_context(id, Origin::System);
         let limit = self.config.limits.update;
         // A failed timer message is visible in its report; nobody waits for it.
-        let _ = self.run_in_context(
-            id,
-            ctx,
-            Entry::Export("canister_global_timer".into()),
-            MessageKind::GlobalTimer,
-            "canister_global_timer",
-            vec![],
-            id,
-            None,
-            limit,
-        );
+        let msg = MessageContext::new(MessageKind::GlobalTimer, "canister_global_timer", vec![], id);
+        let _ = self.run_in_context(id, ctx, Entry::Export("canister_global_timer".into()), msg, limit);
     }
 
     // ------------------------------------------------------------------
@@ -903,39 +1056,37 @@ impl Runtime {
                 outstanding: 0,
                 instructions: 0,
                 deadline: 0,
+                cycles_available: 0,
+                caller_released: false,
             },
         );
         id
     }
 
     /// Runs one message in call context `ctx` and settles the context.
-    #[allow(clippy::too_many_arguments)]
+    /// `msg` carries the message's own inputs; the context adds the rest.
     fn run_in_context(
         &mut self,
         id: Principal,
         ctx: CtxId,
         entry: Entry,
-        kind: MessageKind,
-        method: &str,
-        arg: Vec<u8>,
-        caller: Principal,
-        reject: Option<(u32, String)>,
+        mut msg: MessageContext,
         limit: u64,
     ) -> Result<(), ExecError> {
         let Some(mut canister) = self.canisters.remove(&id) else {
             return Err(ExecError::Internal(format!("canister {id} vanished")));
         };
-        let (responded, ctx_instructions, deadline) = self
+        let (responded, ctx_instructions, deadline, cycles_available) = self
             .contexts
             .get(&ctx)
-            .map(|c| (c.responded, c.instructions, c.deadline))
-            .unwrap_or((true, 0, 0));
-        let mut msg = MessageContext::new(kind, method, arg, caller);
+            .map(|c| (c.responded, c.instructions, c.deadline, c.cycles_available))
+            .unwrap_or((true, 0, 0, 0));
+        let (kind, method) = (msg.kind, msg.method.clone());
         msg.time = self.now;
-        msg.reject = reject;
         msg.call_context_instructions = ctx_instructions;
         msg.deadline = deadline;
         msg.can_respond = msg.can_respond && !responded;
+        msg.cycles_available = cycles_available;
         let exec = canister.execute(&entry, msg, limit, false);
         let instructions = exec.instructions;
         let committed = exec.result.is_ok() && kind != MessageKind::Query;
@@ -944,13 +1095,20 @@ impl Runtime {
         } else {
             None
         };
-        let calls = if committed { exec.msg.calls.clone() } else { Vec::new() };
-        let (_, result) = self.conclude(&mut canister, exec, method, committed);
+        let mut calls = if committed { exec.msg.calls.clone() } else { Vec::new() };
+        let accepted = if committed { exec.msg.cycles_accepted } else { 0 };
+        let (_, result) = self.conclude(&mut canister, exec, &method, committed);
         self.canisters.insert(id, canister);
 
         if let Some(c) = self.contexts.get_mut(&ctx) {
             c.instructions += instructions;
             c.outstanding += calls.len();
+            c.cycles_available -= accepted;
+        }
+        for call in calls.iter_mut() {
+            if let Some(seconds) = call.timeout_seconds {
+                call.deadline = self.now + seconds as u64 * 1_000_000_000;
+            }
         }
         for call in calls {
             self.queue.push_back(Queued::Request {
@@ -991,6 +1149,7 @@ impl Runtime {
         if let Some(c) = self.contexts.get(&ctx) {
             if c.responded && c.outstanding == 0 {
                 self.contexts.remove(&ctx);
+                self.finish_stopping();
             }
         }
     }
@@ -1001,6 +1160,10 @@ impl Runtime {
         };
         c.responded = true;
         let canister = c.canister;
+        let refund = c.cycles_available;
+        if c.caller_released {
+            return;
+        }
         match &c.origin {
             Origin::System => {}
             Origin::Ingress(ingress) => {
@@ -1030,6 +1193,7 @@ impl Runtime {
                     ctx: *caller_ctx,
                     call: call.clone(),
                     result,
+                    refund,
                 });
             }
         }
@@ -1044,9 +1208,19 @@ impl Runtime {
                 self.queue.push_front(item);
                 break;
             }
+            if self.holding.contains(&item.receiver()) {
+                self.held.push(item);
+                continue;
+            }
             match item {
                 Queued::Request { from, from_ctx, call } => self.deliver_request(from, from_ctx, call),
-                Queued::Response { to, ctx, call, result } => self.deliver_response(to, ctx, call, result),
+                Queued::Response {
+                    to,
+                    ctx,
+                    call,
+                    result,
+                    refund,
+                } => self.deliver_response(to, ctx, call, result, refund),
             }
         }
     }
@@ -1054,12 +1228,15 @@ impl Runtime {
     fn deliver_request(&mut self, from: Principal, from_ctx: CtxId, call: OutgoingCall) {
         let callee = call.callee;
         if callee == Principal::management_canister() {
+            // raw_rand takes no cycles: all of them go back.
             let result = self.management_call(&call);
+            let refund = call.cycles;
             self.queue.push_back(Queued::Response {
                 to: from,
                 ctx: from_ctx,
                 call,
                 result,
+                refund,
             });
             return;
         }
@@ -1071,6 +1248,7 @@ impl Runtime {
             .unwrap_or_else(|| format!("canister_update {}", call.method));
         let reject = match self.canisters.get(&callee) {
             None => Some((RejectCode::DestinationInvalid, format!("Canister {callee} not found"))),
+            Some(_) if !self.is_running(callee) => self.refusal(callee).map(|m| (RejectCode::CanisterError, m)),
             Some(c) if !c.exports(&export) => Some((
                 RejectCode::CanisterError,
                 Error::Canister {
@@ -1086,20 +1264,19 @@ impl Runtime {
             Some(_) => None,
         };
         if let Some(result) = reject {
+            // Never delivered: every attached cycle goes back.
+            let refund = call.cycles;
             self.queue.push_back(Queued::Response {
                 to: from,
                 ctx: from_ctx,
                 call,
                 result: Err(result),
+                refund,
             });
             return;
         }
-        let deadline = call
-            .timeout_seconds
-            .map(|s| self.now + s as u64 * 1_000_000_000)
-            .unwrap_or(0);
-        let method = call.method.clone();
-        let arg = call.arg.clone();
+        let msg = MessageContext::new(MessageKind::Update, &call.method, call.arg.clone(), from);
+        let (deadline, cycles) = (call.deadline, call.cycles);
         let ctx = self.new_context(
             callee,
             Origin::Canister {
@@ -1110,64 +1287,45 @@ impl Runtime {
         );
         if let Some(c) = self.contexts.get_mut(&ctx) {
             c.deadline = deadline;
+            c.cycles_available = cycles;
         }
         let limit = self.config.limits.update;
-        let _ = self.run_in_context(
-            callee,
-            ctx,
-            Entry::Export(export),
-            MessageKind::Update,
-            &method,
-            arg,
-            from,
-            None,
-            limit,
-        );
+        let _ = self.run_in_context(callee, ctx, Entry::Export(export), msg, limit);
     }
 
+    /// Runs the reply or reject callback of `call` in the caller's context
+    /// `ctx`, with the unaccepted cycles back in the caller's balance first
+    /// (they stay there even if the callback traps).
     fn deliver_response(
         &mut self,
         to: Principal,
         ctx: CtxId,
         call: OutgoingCall,
         result: Result<Vec<u8>, (RejectCode, String)>,
+        refund: u128,
     ) {
         if let Some(c) = self.contexts.get_mut(&ctx) {
             c.outstanding = c.outstanding.saturating_sub(1);
         }
-        if !self.canisters.contains_key(&to) {
+        let Some(canister) = self.canisters.get_mut(&to) else {
             return;
-        }
+        };
+        let host = canister.host_mut();
+        host.cycles = host.cycles.saturating_add(refund);
         let (callback, arg, reject, label) = match result {
             Ok(bytes) => (call.on_reply, bytes, None, "reply callback"),
             Err((code, message)) => (call.on_reject, vec![], Some((code as u32, message)), "reject callback"),
         };
         let method = format!("{} ({label})", call.method);
         let limit = self.config.limits.update;
-        let result = self.run_in_context(
-            to,
-            ctx,
-            Entry::Table(callback),
-            MessageKind::Callback,
-            &method,
-            arg,
-            call.callee,
-            reject,
-            limit,
-        );
+        let mut msg = MessageContext::new(MessageKind::Callback, &method, arg, call.callee);
+        msg.reject = reject;
+        msg.cycles_refunded = refund;
+        let result = self.run_in_context(to, ctx, Entry::Table(callback), msg, limit);
         if let (Err(_), Some(cleanup)) = (result, call.on_cleanup) {
             let method = format!("{} (cleanup)", call.method);
-            let _ = self.run_in_context(
-                to,
-                ctx,
-                Entry::Table(cleanup),
-                MessageKind::Cleanup,
-                &method,
-                vec![],
-                call.callee,
-                None,
-                limit,
-            );
+            let msg = MessageContext::new(MessageKind::Cleanup, &method, vec![], call.callee);
+            let _ = self.run_in_context(to, ctx, Entry::Table(cleanup), msg, limit);
         }
     }
 
@@ -1197,9 +1355,11 @@ impl Runtime {
         let commit = commit_if_ok && exec.result.is_ok();
         canister.finish(commit);
         if commit {
+            let host = canister.host_mut();
             if let Some(t) = exec.msg.timer {
-                canister.host_mut().global_timer = t;
+                host.global_timer = t;
             }
+            host.cycles = (host.cycles + exec.msg.cycles_accepted).saturating_sub(exec.msg.cycles_withdrawn);
         }
         let report = self.report_of(canister, &exec, method, commit);
         if matches!(
@@ -1291,6 +1451,39 @@ fn out_of_bounds(canister: CanisterId, offset: u64, len: usize) -> Error {
         code: RejectCode::CanisterError,
         message: format!("stable memory access out of bounds at {offset}+{len}"),
     }
+}
+
+/// Expires the bounded-wait messages of `list` whose deadline is past (see
+/// [`Runtime::expire_deadlines`]): a request becomes a `SYS_UNKNOWN` reject
+/// to its caller, pushed onto `rejects`; a response is replaced by one.
+fn expire_queued(list: impl IntoIterator<Item = Queued>, now: u64, rejects: &mut Vec<Queued>) -> Vec<Queued> {
+    let expired = |call: &OutgoingCall| call.deadline != 0 && call.deadline <= now;
+    let deadline_reject = || Err((RejectCode::SysUnknown, DEADLINE_EXPIRED.to_string()));
+    let mut kept = Vec::new();
+    for item in list {
+        match item {
+            Queued::Request { from, from_ctx, call } if expired(&call) => rejects.push(Queued::Response {
+                to: from,
+                ctx: from_ctx,
+                refund: call.cycles,
+                call,
+                result: deadline_reject(),
+            }),
+            Queued::Response {
+                to, ctx, call, result, ..
+            } if expired(&call) && !matches!(&result, Err((_, m)) if m == DEADLINE_EXPIRED) => {
+                kept.push(Queued::Response {
+                    to,
+                    ctx,
+                    call,
+                    result: deadline_reject(),
+                    refund: 0,
+                })
+            }
+            other => kept.push(other),
+        }
+    }
+    kept
 }
 
 pub fn canister_id(n: u64) -> Principal {

@@ -15,7 +15,7 @@ use wasmtime::{Caller, Engine, Func, Global, Linker, Memory, Val};
 use crate::charges::{self, MemoryCharges};
 use crate::stable::{StableMemory, MAX_PAGES};
 use crate::tracker;
-use crate::types::{ExecError, MessageKind};
+use crate::types::{ExecError, MessageKind, RejectCode};
 
 /// Replica overheads (instructions) per system API call.
 pub mod overhead {
@@ -111,6 +111,9 @@ pub struct OutgoingCall {
     pub cycles: u128,
     /// Set by `call_with_best_effort_response`.
     pub timeout_seconds: Option<u32>,
+    /// When a bounded-wait call gives up (nanoseconds; 0 = guaranteed
+    /// response): set when the call is queued, `now + timeout`.
+    pub deadline: u64,
 }
 
 /// How the message answered its call context.
@@ -137,10 +140,20 @@ pub struct MessageContext {
     pub deadline: u64,
     /// Whether the call context can still be answered.
     pub can_respond: bool,
+    /// Cycles the caller attached that the call context has not accepted yet.
+    pub cycles_available: u128,
+    /// Cycles the response brought back (reply and reject callbacks).
+    pub cycles_refunded: u128,
     // Outputs.
     pub reply_data: Vec<u8>,
     pub response: Option<Response>,
     pub accepted: bool,
+    /// Cycles taken with `msg_cycles_accept128`: credited when the message
+    /// commits, as the withdrawals are.
+    pub cycles_accepted: u128,
+    /// Fees and attached cycles of the calls made: debited at commit, so a
+    /// trap keeps the balance as it was.
+    pub cycles_withdrawn: u128,
     pub timer: Option<u64>,
     pub new_call: Option<OutgoingCall>,
     pub calls: Vec<OutgoingCall>,
@@ -165,9 +178,13 @@ impl MessageContext {
             call_context_instructions: 0,
             deadline: 0,
             can_respond: matches!(kind, MessageKind::Update | MessageKind::Query | MessageKind::Callback),
+            cycles_available: 0,
+            cycles_refunded: 0,
             reply_data: Vec::new(),
             response: None,
             accepted: false,
+            cycles_accepted: 0,
+            cycles_withdrawn: 0,
             timer: None,
             new_call: None,
             calls: Vec::new(),
@@ -203,6 +220,14 @@ pub struct HostState {
     /// The added slice handler and page map ([`crate::tracker`]).
     pub hooks: Option<Hooks>,
     pub msg: MessageContext,
+}
+
+impl HostState {
+    /// The balance as the message in flight sees it: what it accepted is in,
+    /// what its calls took is out (both become final when it commits).
+    pub fn balance_in_message(&self) -> u128 {
+        (self.cycles + self.msg.cycles_accepted).saturating_sub(self.msg.cycles_withdrawn)
+    }
 }
 
 /// Handles on what the rewrite added to the module ([`crate::tracker`]).
@@ -602,24 +627,40 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         Ok(())
     })?;
 
-    // --- cycles (calls carry none; the balance pays for messages, see crate::cycles)
-    for name in ["msg_cycles_available128", "msg_cycles_refunded128"] {
-        l.func_wrap("ic0", name, move |mut c: Ctx<'_>, dst: u32| {
-            charge(&mut c, overhead::DEFAULT)?;
-            write_heap(&mut c, name, dst, &0u128.to_le_bytes())
-        })?;
-    }
+    // --- cycles: attached to calls, accepted by the callee, refunded with
+    // the response; balance changes take effect when the message commits.
+    l.func_wrap("ic0", "msg_cycles_available128", |mut c: Ctx<'_>, dst: u32| {
+        charge(&mut c, overhead::DEFAULT)?;
+        let msg = &c.data().msg;
+        let left = msg.cycles_available - msg.cycles_accepted;
+        write_heap(&mut c, "msg_cycles_available128", dst, &left.to_le_bytes())
+    })?;
+    l.func_wrap("ic0", "msg_cycles_refunded128", |mut c: Ctx<'_>, dst: u32| {
+        charge(&mut c, overhead::DEFAULT)?;
+        if c.data().msg.kind != MessageKind::Callback {
+            return violation(
+                &mut c,
+                "ic0.msg_cycles_refunded128 can only be called in a callback".into(),
+            );
+        }
+        let refunded = c.data().msg.cycles_refunded;
+        write_heap(&mut c, "msg_cycles_refunded128", dst, &refunded.to_le_bytes())
+    })?;
     l.func_wrap(
         "ic0",
         "msg_cycles_accept128",
-        |mut c: Ctx<'_>, _high: u64, _low: u64, dst: u32| {
+        |mut c: Ctx<'_>, high: u64, low: u64, dst: u32| {
             charge(&mut c, overhead::DEFAULT)?;
-            write_heap(&mut c, "msg_cycles_accept128", dst, &0u128.to_le_bytes())
+            let max = ((high as u128) << 64) | low as u128;
+            let msg = &mut c.data_mut().msg;
+            let amount = max.min(msg.cycles_available - msg.cycles_accepted);
+            msg.cycles_accepted += amount;
+            write_heap(&mut c, "msg_cycles_accept128", dst, &amount.to_le_bytes())
         },
     )?;
     l.func_wrap("ic0", "canister_cycle_balance128", move |mut c: Ctx<'_>, dst: u32| {
         charge(&mut c, overhead::DEFAULT)?;
-        let cycles = c.data().cycles;
+        let cycles = c.data().balance_in_message();
         write_heap(&mut c, "canister_cycle_balance128", dst, &cycles.to_le_bytes())
     })?;
     l.func_wrap(
@@ -627,7 +668,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         "canister_liquid_cycle_balance128",
         move |mut c: Ctx<'_>, dst: u32| {
             charge(&mut c, overhead::DEFAULT)?;
-            let liquid = crate::cycles::liquid(c.data().cycles, c.data().freezing_reserve);
+            let liquid = crate::cycles::liquid(c.data().balance_in_message(), c.data().freezing_reserve);
             write_heap(&mut c, "canister_liquid_cycle_balance128", dst, &liquid.to_le_bytes())
         },
     )?;
@@ -760,6 +801,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
                 on_cleanup: None,
                 cycles: 0,
                 timeout_seconds: None,
+                deadline: 0,
             });
             Ok(())
         },
@@ -803,9 +845,14 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         charge(&mut c, overhead::CALL_PERFORM)?;
         match c.data_mut().msg.new_call.take() {
             Some(call) => {
-                let extra = CALL_BASE_FEE + CALL_BYTE_FEE * (call.method.len() + call.arg.len()) as u128 + call.cycles;
+                let cost = CALL_BASE_FEE + CALL_BYTE_FEE * (call.method.len() + call.arg.len()) as u128 + call.cycles;
                 let state = c.data_mut();
-                state.cycles = state.cycles.saturating_sub(extra);
+                // The replica refuses a call the balance above the freezing
+                // reserve cannot pay for: SYS_TRANSIENT, nothing withdrawn.
+                if crate::cycles::liquid(state.balance_in_message(), state.freezing_reserve) < cost {
+                    return Ok(RejectCode::SysTransient as u32);
+                }
+                state.msg.cycles_withdrawn += cost;
                 state.msg.calls.push(call);
                 Ok(0)
             }

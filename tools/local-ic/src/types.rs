@@ -235,6 +235,18 @@ pub struct Reply {
     pub messages: Vec<MessageReport>,
 }
 
+/// A canister's run status, as `canister_status` reports it. A stopping
+/// canister refuses new calls but still takes the responses its open call
+/// contexts wait for; it is stopped once none is open. Timers fire only
+/// while running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CanisterStatus {
+    #[default]
+    Running,
+    Stopping,
+    Stopped,
+}
+
 /// Reject codes of the IC interface specification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectCode {
