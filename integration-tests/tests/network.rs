@@ -459,3 +459,66 @@ fn an_upload_through_a_failing_network_retries_its_chunks_and_completes() {
         assert_eq!(tokens, GOLDEN_IDS);
     });
 }
+
+/// `stop_canister` through ic-agent: the canister refuses calls with the
+/// replica's IC0508 until `start_canister`, and keeps its state.
+#[test]
+fn a_stopped_canister_refuses_calls_until_it_is_started() {
+    #[derive(candid::CandidType, serde::Deserialize)]
+    struct CanisterIdRecord {
+        canister_id: Principal,
+    }
+    #[derive(candid::CandidType, serde::Deserialize, Debug, PartialEq)]
+    enum RunStatus {
+        #[serde(rename = "running")]
+        Running,
+        #[serde(rename = "stopping")]
+        Stopping,
+        #[serde(rename = "stopped")]
+        Stopped,
+    }
+    /// The part of `canister_status`'s reply this test reads.
+    #[derive(candid::CandidType, serde::Deserialize)]
+    struct Status {
+        status: RunStatus,
+    }
+    let replica = start_replica();
+    tokio().block_on(async {
+        let owner = remote::connect(replica.url(), ed25519(7)).await.unwrap();
+        let id = deploy(&owner).await;
+        let management = |method: &'static str| {
+            let owner = &owner;
+            async move {
+                owner
+                    .update(&Principal::management_canister(), method)
+                    .with_effective_canister_id(id)
+                    .with_arg(Encode!(&CanisterIdRecord { canister_id: id }).unwrap())
+                    .call_and_wait()
+                    .await
+                    .unwrap_or_else(|e| panic!("{method}: {e}"))
+            }
+        };
+        let run_status = |reply: Vec<u8>| Decode!(&reply, Status).unwrap().status;
+        let health = || remote::query::<_, (Health,)>(&owner, id, "health", ());
+        assert!(health().await.is_ok());
+
+        management("stop_canister").await;
+        assert_eq!(run_status(management("canister_status").await), RunStatus::Stopped);
+        let refused = format!("{:#}", health().await.expect_err("a stopped canister answers no query"));
+        assert!(refused.contains(&format!("Canister {id} is stopped")), "{refused}");
+        let refused = format!(
+            "{:#}",
+            remote::start_job(&owner, id, greedy("Hi", 2))
+                .await
+                .expect_err("nor an update")
+        );
+        assert!(
+            refused.contains("IC0508") && refused.contains("is stopped"),
+            "{refused}"
+        );
+
+        management("start_canister").await;
+        assert_eq!(run_status(management("canister_status").await), RunStatus::Running);
+        assert!(health().await.is_ok(), "running again");
+    });
+}

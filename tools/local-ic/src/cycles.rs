@@ -15,9 +15,13 @@
 //! pays its execution fee and instructions once it has run, where the
 //! replica prepays the limit's worth and refunds the rest (the balance
 //! after the message is the same); a message only runs if the liquid
-//! balance covers that prepayment, as on the IC. Install, upgrade and
-//! inter-canister transmission fees are not charged, and idle storage is
-//! not charged over time: it only sets the freezing threshold.
+//! balance covers that prepayment, as on the IC. A call pays
+//! [`call_cost`] when it is made (the replica also prepays the response's
+//! execution and refunds what is left of it); the cycles it carries move
+//! from caller to callee as far as the callee accepts them, the rest come
+//! back with the response. Install and upgrade fees are not charged, and
+//! idle storage is not charged over time: it only sets the freezing
+//! threshold.
 
 /// Charged for every executed update-type message.
 pub const UPDATE_MESSAGE_EXECUTION_FEE: u128 = 5_000_000;
@@ -32,7 +36,18 @@ pub const BASE_PER_SECOND_FEE: u128 = 10_000;
 /// The default freezing threshold, in seconds (30 days).
 pub const DEFAULT_FREEZING_THRESHOLD_SECONDS: u64 = 30 * 24 * 3600;
 
+/// Charged for every inter-canister call, plus per byte of method name and
+/// argument (`xnet_call_fee`, `xnet_byte_transmission_fee`).
+pub const XNET_CALL_FEE: u128 = 260_000;
+pub const XNET_BYTE_TRANSMISSION_FEE: u128 = 1_000;
+
 const GIB: u128 = 1 << 30;
+
+/// What a call with `bytes` of method name and argument costs its caller
+/// (`ic0.cost_call`), besides the cycles it carries.
+pub fn call_cost(bytes: usize) -> u128 {
+    XNET_CALL_FEE + bytes as u128 * XNET_BYTE_TRANSMISSION_FEE
+}
 
 /// What executing `instructions` in one update-type message costs.
 pub fn execution_cost(instructions: u64) -> u128 {

@@ -98,7 +98,7 @@ impl Queued {
 }
 
 /// An update call under way (see [`Runtime::submit_update`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[must_use = "await the call with Runtime::await_update"]
 pub struct PendingCall {
     canister: CanisterId,
@@ -459,6 +459,7 @@ impl Runtime {
     pub fn uninstall(&mut self, id: CanisterId) -> Option<(Vec<Principal>, u128)> {
         let _guard = memory_snapshot::exclusive();
         let canister = self.canisters.remove(&id)?;
+        self.status.remove(&id);
         Some((canister.host().controllers.clone(), canister.host().cycles))
     }
 

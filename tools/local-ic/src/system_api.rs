@@ -33,11 +33,6 @@ pub mod overhead {
     pub const DIRTY_STABLE_PAGE: u64 = crate::charges::LEGACY_DIRTY_PAGE_OVERHEAD;
 }
 
-/// Cycles the replica charges for a call: base fee plus per-byte fee
-/// (13-node subnet), as `ic0.cost_call` reports them.
-const CALL_BASE_FEE: u128 = 260_000;
-const CALL_BYTE_FEE: u128 = 1_000;
-
 /// The `ic0` functions this runtime provides. A module importing anything
 /// else is refused at install time, naming the missing functions.
 pub const PROVIDED: &[&str] = &[
@@ -677,7 +672,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         "cost_call",
         |mut c: Ctx<'_>, method_name_size: u64, payload_size: u64, dst: u32| {
             charge(&mut c, overhead::DEFAULT)?;
-            let cost = CALL_BASE_FEE + CALL_BYTE_FEE * (method_name_size as u128 + payload_size as u128);
+            let cost = crate::cycles::call_cost((method_name_size + payload_size) as usize);
             write_heap(&mut c, "cost_call", dst, &cost.to_le_bytes())
         },
     )?;
@@ -845,7 +840,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         charge(&mut c, overhead::CALL_PERFORM)?;
         match c.data_mut().msg.new_call.take() {
             Some(call) => {
-                let cost = CALL_BASE_FEE + CALL_BYTE_FEE * (call.method.len() + call.arg.len()) as u128 + call.cycles;
+                let cost = crate::cycles::call_cost(call.method.len() + call.arg.len()) + call.cycles;
                 let state = c.data_mut();
                 // The replica refuses a call the balance above the freezing
                 // reserve cannot pay for: SYS_TRANSIENT, nothing withdrawn.

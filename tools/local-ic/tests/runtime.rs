@@ -480,3 +480,227 @@ fn messages_cost_cycles_and_a_frozen_canister_refuses_calls() {
     rt.set_cycle_balance(id, reserve + prepay).unwrap();
     assert_eq!(call_u64(&mut rt, id, "increment"), 2);
 }
+
+/// What the counter's `relay` saw of its call.
+#[derive(candid::CandidType, candid::Deserialize, Debug)]
+struct Relayed {
+    reply: Option<Vec<u8>>,
+    reject_code: Option<u32>,
+    reject_message: String,
+    refunded: u128,
+}
+
+fn relay_arg(callee: Principal, method: &str, arg: Vec<u8>, cycles: u128, timeout_seconds: Option<u32>) -> Vec<u8> {
+    Encode!(&callee, &method.to_string(), &arg, &cycles, &timeout_seconds).unwrap()
+}
+
+/// `from` calls `callee.method(arg)` with `cycles` attached (guaranteed
+/// response); returns what `from` saw and the reply with every message run.
+fn relay(
+    rt: &mut Runtime,
+    from: Principal,
+    callee: Principal,
+    method: &str,
+    arg: Vec<u8>,
+    cycles: u128,
+) -> (Relayed, local_ic::Reply) {
+    let reply = rt
+        .update(from, user(), "relay", relay_arg(callee, method, arg, cycles, None))
+        .expect("relay");
+    (Decode!(&reply.bytes, Relayed).unwrap(), reply)
+}
+
+/// What the messages of `reply` that ran on `id` cost it.
+fn execution_on(reply: &local_ic::Reply, id: Principal) -> u128 {
+    use local_ic::cycles::execution_cost;
+    reply
+        .messages
+        .iter()
+        .filter(|m| m.canister == id && m.kind != MessageKind::InspectMessage)
+        .map(|m| execution_cost(m.charged_instructions()))
+        .sum()
+}
+
+/// Cycles attached to a call reach the callee as far as it accepts them;
+/// the rest come back with the response, all of them when it rejects or
+/// traps. Every balance change is accounted for to the cycle.
+#[test]
+fn cycles_move_with_calls_as_far_as_the_callee_accepts() {
+    use local_ic::cycles::{call_cost, ingress_induction_cost};
+    let mut rt = runtime();
+    let (a, b) = (install_counter(&mut rt, 0), install_counter(&mut rt, 0));
+    let balances = |rt: &Runtime| (rt.cycle_balance(a).unwrap(), rt.cycle_balance(b).unwrap());
+    // What `a` pays for relaying besides the cycles that stay with `b`.
+    let relay_fees = |reply: &local_ic::Reply, method: &str, arg: &[u8]| {
+        let relay_arg_len = relay_arg(b, method, arg.to_vec(), 1_000, None).len();
+        ingress_induction_cost("relay".len() + relay_arg_len)
+            + execution_on(reply, a)
+            + call_cost(method.len() + arg.len())
+    };
+
+    let (a0, b0) = balances(&rt);
+    let arg = Encode!(&300u128).unwrap();
+    let (seen, reply) = relay(&mut rt, a, b, "accept_cycles", arg.clone(), 1_000);
+    assert_eq!(Decode!(&seen.reply.unwrap(), u128).unwrap(), 300);
+    assert_eq!(seen.refunded, 700);
+    let (a1, b1) = balances(&rt);
+    assert_eq!(b1, b0 + 300 - execution_on(&reply, b));
+    assert_eq!(a0 - a1, 300 + relay_fees(&reply, "accept_cycles", &arg));
+
+    // Accepting more than was attached takes what there is.
+    let arg = Encode!(&u128::MAX).unwrap();
+    let (seen, reply) = relay(&mut rt, a, b, "accept_cycles", arg.clone(), 1_000);
+    assert_eq!(Decode!(&seen.reply.unwrap(), u128).unwrap(), 1_000);
+    assert_eq!(seen.refunded, 0);
+    let (a2, b2) = balances(&rt);
+    assert_eq!(b2, b1 + 1_000 - execution_on(&reply, b));
+    assert_eq!(a1 - a2, 1_000 + relay_fees(&reply, "accept_cycles", &arg));
+
+    // A trap after accepting undoes the acceptance: all cycles come back.
+    let arg = Encode!(&u128::MAX).unwrap();
+    let (seen, reply) = relay(&mut rt, a, b, "accept_cycles_then_trap", arg.clone(), 1_000);
+    assert_eq!(seen.reject_code, Some(5), "{seen:?}");
+    assert!(seen.reject_message.contains("boom after accepting cycles"), "{seen:?}");
+    assert_eq!(seen.refunded, 1_000);
+    let (a3, b3) = balances(&rt);
+    assert_eq!(
+        b3,
+        b2 - execution_on(&reply, b),
+        "the callee pays for its trapped message only"
+    );
+    assert_eq!(a2 - a3, relay_fees(&reply, "accept_cycles_then_trap", &arg));
+
+    // A reject before anything runs (no such method) refunds all too.
+    let (seen, reply) = relay(&mut rt, a, b, "no_such_method", vec![], 1_000);
+    assert_eq!(seen.reject_code, Some(5), "{seen:?}");
+    assert_eq!(seen.refunded, 1_000);
+    assert_eq!(balances(&rt), (a3 - relay_fees(&reply, "no_such_method", &[]), b3));
+
+    // Ingress carries no cycles: nothing to accept.
+    let reply = rt.update(b, user(), "accept_cycles", Encode!(&5u128).unwrap()).unwrap();
+    assert_eq!(Decode!(&reply.bytes, u128).unwrap(), 0);
+
+    // A call the liquid balance cannot pay for is not made.
+    let (a4, _) = balances(&rt);
+    let err = rt
+        .update(
+            a,
+            user(),
+            "relay",
+            relay_arg(b, "accept_cycles", Encode!(&0u128).unwrap(), a4, None),
+        )
+        .expect_err("cannot attach the whole balance");
+    assert!(err.to_string().contains("insufficient liquid cycles balance"), "{err}");
+    let report = err.report().expect("the relay ran").clone();
+    assert!(!report.committed);
+    let bytes = "relay".len() + relay_arg(b, "accept_cycles", Encode!(&0u128).unwrap(), a4, None).len();
+    assert_eq!(
+        a4 - rt.cycle_balance(a).unwrap(),
+        ingress_induction_cost(bytes) + local_ic::cycles::execution_cost(report.charged_instructions())
+    );
+}
+
+/// A stopped canister refuses ingress and inter-canister calls (code 5,
+/// the replica's wording) and fires no timers; a stopping one finishes the
+/// calls it has open first. Started again, it runs as before.
+#[test]
+fn stopping_waits_for_open_calls_and_a_stopped_canister_refuses_calls_and_timers() {
+    use local_ic::CanisterStatus;
+    let mut rt = runtime();
+    let (a, b) = (install_counter(&mut rt, 0), install_counter(&mut rt, 41));
+
+    // `rand` waits on raw_rand: stopping `b` now leaves it stopping.
+    let pending = rt.submit_update(b, user(), "rand", Encode!().unwrap()).unwrap();
+    assert_eq!(rt.stop_canister(b).unwrap(), CanisterStatus::Stopping);
+    let err = rt.update(b, user(), "increment", Encode!().unwrap()).unwrap_err();
+    assert!(err.to_string().contains(&format!("Canister {b} is stopping")), "{err}");
+    let reply = rt.await_update(pending).expect("the open call finishes");
+    assert_eq!(Decode!(&reply.bytes, Vec<u8>).unwrap().len(), 32);
+    assert_eq!(rt.canister_status(b), Some(CanisterStatus::Stopped));
+
+    let err = rt.update(b, user(), "increment", Encode!().unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Rejected { code: local_ic::RejectCode::CanisterError, message, .. }
+            if message == &format!("Canister {b} is stopped")),
+        "{err}"
+    );
+    assert!(rt.query(b, user(), "get", Encode!().unwrap()).is_err());
+    let (seen, _) = relay(&mut rt, a, b, "increment", Encode!().unwrap(), 77);
+    assert_eq!(seen.reject_code, Some(5), "{seen:?}");
+    assert_eq!(seen.reject_message, format!("Canister {b} is stopped"));
+    assert_eq!(seen.refunded, 77);
+
+    rt.start_canister(b).unwrap();
+    assert_eq!(rt.canister_status(b), Some(CanisterStatus::Running));
+    assert_eq!(call_u64(&mut rt, b, "increment"), 42, "nothing was lost");
+
+    // Timers wait while the canister is stopped and fire once it runs.
+    let t = rt.install(&wasm("timers"), vec![], vec![controller()]).unwrap();
+    rt.update(t, user(), "start_chain", Encode!(&2u64, &1u64, &10u32).unwrap())
+        .unwrap();
+    assert_eq!(rt.stop_canister(t).unwrap(), CanisterStatus::Stopped);
+    let reports = rt.advance_time(Duration::from_secs(5));
+    assert!(reports.iter().all(|r| r.canister != t), "{reports:?}");
+    rt.start_canister(t).unwrap();
+    rt.advance_time(Duration::from_secs(5));
+    let fired = Decode!(
+        &rt.query(t, user(), "fired", Encode!().unwrap()).unwrap().bytes,
+        Vec<u64>
+    )
+    .unwrap();
+    assert_eq!(fired, vec![0, 1]);
+}
+
+/// A bounded-wait call whose callee does not answer in time gets
+/// SYS_UNKNOWN "Call deadline has expired.": with its cycles back if the
+/// request was never delivered, without them if the callee had it (its
+/// later answer is dropped).
+#[test]
+fn bounded_wait_calls_give_up_at_their_deadline() {
+    let mut rt = runtime();
+    let (a, b, c) = (
+        install_counter(&mut rt, 0),
+        install_counter(&mut rt, 0),
+        install_counter(&mut rt, 0),
+    );
+    let sys_unknown = 6;
+
+    // The request waits in a held queue past its deadline.
+    rt.hold_messages_to(b);
+    let arg = relay_arg(b, "increment", Encode!().unwrap(), 500, Some(10));
+    let pending = rt.submit_update(a, user(), "relay", arg).unwrap();
+    rt.tick();
+    rt.advance_time(Duration::from_secs(9));
+    assert!(
+        rt.await_update(pending.clone()).is_err(),
+        "still waiting before the deadline"
+    );
+    rt.advance_time(Duration::from_secs(2));
+    let seen = Decode!(&rt.await_update(pending).unwrap().bytes, Relayed).unwrap();
+    assert_eq!(seen.reject_code, Some(sys_unknown), "{seen:?}");
+    assert_eq!(seen.reject_message, "Call deadline has expired.");
+    assert_eq!(seen.refunded, 500);
+    rt.release_messages_to(b);
+    assert_eq!(query_u64(&mut rt, b, "get"), 0, "the expired request was dropped");
+
+    // `b` has the request but waits on `c` (unbounded): `a` gives up, and
+    // `b`'s answer, when it comes, is dropped.
+    rt.hold_messages_to(c);
+    let inner = relay_arg(c, "increment", Encode!().unwrap(), 0, None);
+    let arg = relay_arg(b, "relay", inner, 500, Some(10));
+    let pending = rt.submit_update(a, user(), "relay", arg).unwrap();
+    rt.tick();
+    rt.advance_time(Duration::from_secs(11));
+    let seen = Decode!(&rt.await_update(pending).unwrap().bytes, Relayed).unwrap();
+    assert_eq!(seen.reject_code, Some(sys_unknown), "{seen:?}");
+    assert_eq!(seen.refunded, 0, "the callee holds the cycles");
+    let start = rt.reports().len();
+    rt.release_messages_to(c);
+    assert_eq!(query_u64(&mut rt, c, "get"), 1, "the inner call ran");
+    let late: Vec<_> = rt.reports()[start..].iter().map(|r| (r.canister, r.kind)).collect();
+    assert!(late.contains(&(b, MessageKind::Callback)), "b finished: {late:?}");
+    assert!(
+        !late.iter().any(|&(id, _)| id == a),
+        "nothing reached a again: {late:?}"
+    );
+}

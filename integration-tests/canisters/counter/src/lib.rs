@@ -182,3 +182,66 @@ fn forbidden() -> u64 {
     COUNTER.with(|c| c.set(c.get() + 1_000_000));
     0
 }
+
+/// What [`relay`] saw of its call.
+#[derive(candid::CandidType)]
+struct Relayed {
+    reply: Option<Vec<u8>>,
+    reject_code: Option<u32>,
+    reject_message: String,
+    /// Cycles the response brought back (`msg_cycles_refunded`).
+    refunded: u128,
+}
+
+/// Calls `callee.method(arg)` with `cycles` attached, bounded-wait when
+/// `timeout_seconds` is given, and reports how the call ended.
+#[ic_cdk::update]
+async fn relay(
+    callee: candid::Principal,
+    method: String,
+    arg: Vec<u8>,
+    cycles: u128,
+    timeout_seconds: Option<u32>,
+) -> Relayed {
+    use ic_cdk::call::{Call, CallFailed};
+    let call = match timeout_seconds {
+        Some(t) => Call::bounded_wait(callee, &method).change_timeout(t),
+        None => Call::unbounded_wait(callee, &method),
+    };
+    let result = call.with_raw_args(&arg).with_cycles(cycles).await;
+    // Only a callback may ask for the refund: a call that was never made
+    // (insufficient cycles) traps here instead.
+    match result {
+        Ok(reply) => Relayed {
+            reply: Some(reply.into_bytes()),
+            reject_code: None,
+            reject_message: String::new(),
+            refunded: ic_cdk::api::msg_cycles_refunded(),
+        },
+        Err(CallFailed::CallRejected(r)) => Relayed {
+            reply: None,
+            reject_code: Some(r.raw_reject_code()),
+            reject_message: r.reject_message().to_string(),
+            refunded: ic_cdk::api::msg_cycles_refunded(),
+        },
+        Err(e) => ic_cdk::trap(format!("relay: {e}")),
+    }
+}
+
+/// Accepts up to `max` of the cycles the caller attached; returns how many.
+#[ic_cdk::update]
+fn accept_cycles(max: u128) -> u128 {
+    ic_cdk::api::msg_cycles_accept(max)
+}
+
+/// Accepts up to `max` attached cycles, then traps: the caller gets all back.
+#[ic_cdk::update]
+fn accept_cycles_then_trap(max: u128) -> u128 {
+    ic_cdk::api::msg_cycles_accept(max);
+    ic_cdk::trap("boom after accepting cycles");
+}
+
+#[ic_cdk::query]
+fn balance() -> u128 {
+    ic_cdk::api::canister_cycle_balance()
+}

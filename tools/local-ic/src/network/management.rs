@@ -255,13 +255,14 @@ pub fn call(state: &mut State, sender: Principal, method: &str, arg: &[u8]) -> O
             let id = args.canister_id;
             let stable = state.rt.stable_size(id).unwrap_or(0);
             let cycles = state.rt.cycle_balance(id);
+            let status = match state.status(id) {
+                crate::CanisterStatus::Running => CanisterStatusType::Running,
+                crate::CanisterStatus::Stopping => CanisterStatusType::Stopping,
+                crate::CanisterStatus::Stopped => CanisterStatusType::Stopped,
+            };
             with_controlled(state, sender, id, |record| {
                 reply(&CanisterStatus {
-                    status: if record.running {
-                        CanisterStatusType::Running
-                    } else {
-                        CanisterStatusType::Stopped
-                    },
+                    status,
                     settings: DefiniteCanisterSettings {
                         controllers: record.controllers.clone(),
                         compute_allocation: 0u8.into(),
@@ -290,11 +291,22 @@ pub fn call(state: &mut State, sender: Principal, method: &str, arg: &[u8]) -> O
                 Ok(a) => a,
                 Err(e) => return payload_error(method, e),
             };
-            let running = method == "start_canister";
-            with_controlled(state, sender, args.canister_id, |record| {
-                record.running = running;
+            let id = args.canister_id;
+            let stop = method == "stop_canister";
+            let outcome = with_controlled(state, sender, id, |record| {
+                record.stopped = stop;
                 empty_reply()
-            })
+            });
+            if matches!(outcome, Outcome::Replied(_)) {
+                // A canister without code is not in the runtime; the record
+                // alone says whether it runs.
+                let _ = if stop {
+                    state.rt.stop_canister(id).map(|_| ())
+                } else {
+                    state.rt.start_canister(id)
+                };
+            }
+            outcome
         }
         "update_settings" => {
             let args = match Decode!(arg, UpdateSettingsArgs) {
@@ -376,7 +388,7 @@ fn create(state: &mut State, sender: Principal, args: CreateArgs) -> Outcome {
             module_hash: None,
             module_size: 0,
             metadata: Default::default(),
-            running: true,
+            stopped: false,
             chunks: Default::default(),
         },
     );
@@ -452,10 +464,13 @@ fn install(
         (InstallMode::Upgrade(_), true) => state.rt.upgrade(id, &wasm, arg, sender).map(|_| ()),
         (InstallMode::Reinstall, true) => state.rt.reinstall(id, &wasm, arg),
         (InstallMode::Install | InstallMode::Reinstall, false) => {
-            let cycles = record.cycles;
+            let (cycles, stopped) = (record.cycles, record.stopped);
             let result = state.rt.install_at(id, &wasm, arg, controllers);
             if result.is_ok() {
                 let _ = state.rt.set_cycle_balance(id, cycles);
+                if stopped {
+                    let _ = state.rt.stop_canister(id);
+                }
             }
             result
         }

@@ -24,8 +24,9 @@
 //! a time, so timers run in real time while calls interleave.
 //!
 //! Deviations: one node; no query statistics or cycles accounting beyond
-//! the runtime's; a stopped canister still fires its timers; state lives
-//! in memory only (a restart starts empty).
+//! the runtime's; `stop_canister` answers at once (the canister may still
+//! be stopping, as `canister_status` shows) where the replica answers once
+//! it is stopped; state lives in memory only (a restart starts empty).
 
 pub mod envelope;
 mod gateway;
@@ -34,7 +35,7 @@ pub mod keys;
 mod management;
 pub mod request_id;
 
-use crate::{Error, ExecError, MessageKind, RejectCode, Runtime, RuntimeConfig};
+use crate::{CanisterStatus, Error, ExecError, MessageKind, RejectCode, Runtime, RuntimeConfig};
 use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::http::{header, StatusCode};
@@ -123,7 +124,9 @@ pub struct CanisterRecord {
     module_hash: Option<[u8; 32]>,
     module_size: usize,
     metadata: BTreeMap<String, Vec<u8>>,
-    running: bool,
+    /// Set by `stop_canister`, cleared by `start_canister`; while the
+    /// canister holds code the runtime tracks stopping → stopped.
+    stopped: bool,
     chunks: BTreeMap<[u8; 32], Vec<u8>>,
 }
 
@@ -175,17 +178,14 @@ impl State {
         self.rt.set_time_nanos(wall_clock_nanos());
         let outcome = if canister_id == Principal::management_canister() {
             management::call(self, env.sender, method, &arg)
+        } else if let Some(refused) = self.refusal(canister_id) {
+            refused
         } else {
             match self.canisters.get(&canister_id) {
                 None => Outcome::Rejected {
                     code: 3,
                     message: format!("Canister {canister_id} not found"),
                     error_code: "IC0301".into(),
-                },
-                Some(r) if !r.running => Outcome::Rejected {
-                    code: 5,
-                    message: format!("Canister {canister_id} is stopped and therefore does not have a CallContextManager"),
-                    error_code: "IC0508".into(),
                 },
                 Some(r) if r.module_hash.is_none() => Outcome::Rejected {
                     code: 5,
@@ -220,14 +220,34 @@ impl State {
         (outcome, true)
     }
 
+    /// The canister's run status: the runtime's while it holds code (it
+    /// sees open call contexts close), the management record's otherwise.
+    fn status(&self, id: Principal) -> CanisterStatus {
+        match (self.rt.canister_status(id), self.canisters.get(&id)) {
+            (Some(status), _) => status,
+            (None, Some(r)) if r.stopped => CanisterStatus::Stopped,
+            _ => CanisterStatus::Running,
+        }
+    }
+
+    /// How the replica refuses a message to a canister that is not running.
+    fn refusal(&self, id: Principal) -> Option<Outcome> {
+        let (state, error_code) = match self.status(id) {
+            CanisterStatus::Running => return None,
+            CanisterStatus::Stopping => ("stopping", "IC0509"),
+            CanisterStatus::Stopped => ("stopped", "IC0508"),
+        };
+        Some(Outcome::Rejected {
+            code: 5,
+            message: format!("Canister {id} is {state} and therefore does not have a CallContextManager"),
+            error_code: error_code.into(),
+        })
+    }
+
     /// A call from the HTTP gateway: anonymous, a query unless `update`.
     fn gateway_call(&mut self, canister: Principal, method: &str, arg: Vec<u8>, update: bool) -> Outcome {
         self.rt.set_time_nanos(wall_clock_nanos());
-        if !self
-            .canisters
-            .get(&canister)
-            .is_some_and(|r| r.running && r.module_hash.is_some())
-        {
+        if !self.canisters.get(&canister).is_some_and(|r| r.module_hash.is_some()) || self.refusal(canister).is_some() {
             return Outcome::Rejected {
                 code: 3,
                 message: format!("Canister {canister} not found, stopped, or empty"),
@@ -253,16 +273,14 @@ impl State {
 
     fn query(&mut self, env: &Envelope, canister_id: Principal, method: &str, arg: Vec<u8>) -> Outcome {
         self.rt.set_time_nanos(wall_clock_nanos());
+        if let Some(refused) = self.refusal(canister_id) {
+            return refused;
+        }
         match self.canisters.get(&canister_id) {
             None => Outcome::Rejected {
                 code: 3,
                 message: format!("Canister {canister_id} not found"),
                 error_code: "IC0301".into(),
-            },
-            Some(r) if !r.running => Outcome::Rejected {
-                code: 5,
-                message: format!("Canister {canister_id} is stopped"),
-                error_code: "IC0508".into(),
             },
             Some(_) => match self.rt.query(canister_id, env.sender, method, arg) {
                 Ok(reply) => Outcome::Replied(reply.bytes),
