@@ -247,7 +247,7 @@ impl State {
     /// A call from the HTTP gateway: anonymous, a query unless `update`.
     fn gateway_call(&mut self, canister: Principal, method: &str, arg: Vec<u8>, update: bool) -> Outcome {
         self.rt.set_time_nanos(wall_clock_nanos());
-        if !self.canisters.get(&canister).is_some_and(|r| r.module_hash.is_some()) || self.refusal(canister).is_some() {
+        if self.canisters.get(&canister).is_none_or(|r| r.module_hash.is_none()) || self.refusal(canister).is_some() {
             return Outcome::Rejected {
                 code: 3,
                 message: format!("Canister {canister} not found, stopped, or empty"),
