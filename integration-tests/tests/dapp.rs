@@ -7,6 +7,7 @@
 use candid::{CandidType, Decode, Deserialize, Encode, Principal};
 use icllm::local_canister::{build_package_wasm, canister_wasm_path, controller, user, LocalCanister};
 use integration_tests::canister_with_model;
+use local_ic::CanisterStatus;
 use std::time::Duration;
 
 /// From models/README.md: llama.cpp's greedy continuation of "Joe loves writing stories".
@@ -88,11 +89,10 @@ fn a_dapp_gets_the_golden_continuation_by_inter_canister_calls() {
     assert!(s.job.is_some());
 }
 
-#[test]
-fn icllm_upgraded_mid_job_and_the_dapp_upgraded_mid_wait_end_with_the_same_answer() {
-    let wasm = storyteller_wasm();
+/// icllm with the shipped model and 10 M-instruction messages: a job spans
+/// many, so upgrades and stops land mid-job.
+fn icllm_with_small_messages() -> LocalCanister {
     let init = icllm_api::InitArgs {
-        // Small messages: the job spans many, so upgrades land mid-job.
         message_instruction_limit: Some(10_000_000),
         ..Default::default()
     };
@@ -107,6 +107,13 @@ fn icllm_upgraded_mid_job_and_the_dapp_upgraded_mid_wait_end_with_the_same_answe
     let model = integration_tests::model_bytes();
     c.upload_model(model, icllm::local_canister::sha256(model))
         .expect("upload");
+    c
+}
+
+#[test]
+fn icllm_upgraded_mid_job_and_the_dapp_upgraded_mid_wait_end_with_the_same_answer() {
+    let wasm = storyteller_wasm();
+    let mut c = icllm_with_small_messages();
     let dapp = install_dapp(&mut c, &wasm);
     let ticket = tell(&mut c, dapp, 40);
     let s = run_until(&mut c, dapp, ticket, |s| s.status == "waiting");
@@ -212,4 +219,112 @@ fn a_dapp_that_traps_in_its_callback_changes_nothing_in_icllm() {
     let mut tokens = Vec::new();
     c.run_job(user(4), id, |v| tokens.extend_from_slice(&v.tokens)).unwrap();
     assert_eq!(tokens, GOLDEN_IDS);
+}
+
+/// A stopped icllm refuses the dApp's request with the replica's reason.
+/// Upgraded the way dfx and icp-cli upgrade (stop, install, start) while
+/// the dApp waits, nothing is lost: the dApp's polls are refused while it
+/// is stopped and retried. Stopped for longer than the dApp's patience,
+/// the story fails with the reason.
+#[test]
+fn a_dapp_rides_out_icllm_stopped_for_an_upgrade_and_is_told_when_it_is_stopped() {
+    let wasm = storyteller_wasm();
+    let mut c = icllm_with_small_messages();
+    let dapp = install_dapp(&mut c, &wasm);
+    let icllm = c.id;
+
+    assert_eq!(c.rt.stop_canister(icllm).unwrap(), CanisterStatus::Stopped);
+    let ticket = tell(&mut c, dapp, 8);
+    let s = run_until(&mut c, dapp, ticket, |s| s.status != "asking");
+    assert!(
+        s.status.starts_with("failed:") && s.status.contains(&format!("Canister {icllm} is stopped")),
+        "{s:?}"
+    );
+    assert!(s.job.is_none());
+    c.rt.start_canister(icllm).unwrap();
+
+    let ticket = tell(&mut c, dapp, 40);
+    let s = run_until(&mut c, dapp, ticket, |s| s.status == "waiting");
+    let job = s.job.unwrap();
+    assert_eq!(c.rt.stop_canister(icllm).unwrap(), CanisterStatus::Stopped);
+    c.upgrade().expect("icllm upgrades while stopped");
+    let start = c.rt.reports().len();
+    for _ in 0..50 {
+        c.rt.advance_time(Duration::from_millis(1));
+    }
+    let window = &c.rt.reports()[start..];
+    assert!(
+        window.iter().all(|r| r.canister != icllm),
+        "a stopped icllm runs nothing"
+    );
+    let polls = window
+        .iter()
+        .filter(|r| r.canister == dapp && r.kind == local_ic::MessageKind::Callback)
+        .count();
+    assert!(polls >= 5, "the dApp's polls were refused and retried: {polls}");
+    assert_eq!(story(&mut c, dapp, ticket).status, "waiting");
+    c.rt.start_canister(icllm).unwrap();
+    let s = run_until(&mut c, dapp, ticket, |s| s.status != "waiting");
+    assert_eq!(s.status, "done", "{s:?}");
+    assert_eq!(s.job, Some(job));
+    assert_eq!(s.tokens.len(), 40);
+    assert_eq!(s.tokens[..10], GOLDEN_IDS);
+
+    // Stopped for good: after its retries (120 polls, 5 ms apart) the
+    // dApp gives up with the reason.
+    let ticket = tell(&mut c, dapp, 40);
+    run_until(&mut c, dapp, ticket, |s| s.status == "waiting");
+    c.rt.stop_canister(icllm).unwrap();
+    let s = run_until(&mut c, dapp, ticket, |s| s.status != "waiting");
+    assert!(
+        s.status.starts_with("failed:") && s.status.contains("is stopped") && s.status.contains("code 5"),
+        "{s:?}"
+    );
+}
+
+/// icllm's call back to a dApp it cannot reach in time (its messages held,
+/// as on a congested subnet) gives up after its 60 s bounded wait: icllm is
+/// left with nothing open, the late news is dropped, and the dApp's own
+/// slow polling still brings the story.
+#[test]
+fn a_call_back_to_an_unreachable_dapp_expires_and_icllm_is_unaffected() {
+    let wasm = storyteller_wasm();
+    let mut c = canister_with_model(40_000_000_000);
+    let dapp = install_dapp_polling_every(&mut c, &wasm, 3_600_000);
+    let icllm = c.id;
+    let ticket = tell_by(&mut c, dapp, "tell_and_notify", 16);
+    let job = run_until(&mut c, dapp, ticket, |s| s.job.is_some()).job.unwrap();
+
+    c.rt.hold_messages_to(dapp);
+    let done = |c: &mut LocalCanister| {
+        let view = c.poll(controller(), job, 0).expect("poll").expect("the job");
+        !view.status.is_active()
+    };
+    while !done(&mut c) {
+        c.rt.advance_time(Duration::from_millis(1));
+    }
+    // The call back is under way: icllm cannot stop before it ends.
+    c.rt.advance_time(Duration::from_millis(1));
+    assert_eq!(c.rt.stop_canister(icllm).unwrap(), CanisterStatus::Stopping);
+    c.rt.advance_time(Duration::from_secs(59));
+    assert_eq!(c.rt.canister_status(icllm), Some(CanisterStatus::Stopping));
+    c.rt.advance_time(Duration::from_secs(2));
+    assert_eq!(
+        c.rt.canister_status(icllm),
+        Some(CanisterStatus::Stopped),
+        "the bounded wait ended"
+    );
+    c.rt.start_canister(icllm).unwrap();
+
+    let start = c.rt.reports().len();
+    c.rt.release_messages_to(dapp);
+    assert!(
+        !c.rt.reports()[start..].iter().any(|r| r.method == "on_job_done"),
+        "the expired call back is never delivered"
+    );
+    assert_eq!(story(&mut c, dapp, ticket).status, "waiting");
+    c.rt.advance_time(Duration::from_secs(3600));
+    let s = story(&mut c, dapp, ticket);
+    assert_eq!(s.status, "done", "{s:?}");
+    assert_eq!(s.tokens[..10], GOLDEN_IDS);
 }

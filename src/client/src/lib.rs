@@ -31,14 +31,18 @@ pub use icllm_api as api;
 
 use api::{ApiError, ApiResult, ChatMessage, JobId, JobRequest, JobStatus, JobView};
 use candid::Principal;
-use ic_cdk::call::Call;
+use ic_cdk::call::{Call, CallFailed};
 use std::time::Duration;
 
 /// Why a request did not give a finished reply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
-    /// The call did not complete: rejected by the system or icllm trapped
-    /// (the reject's text), or its reply did not decode.
+    /// The call was rejected: by the system (icllm stopped, out of cycles,
+    /// unreachable) or because icllm trapped. `code` is the IC's reject code
+    /// (2 SYS_TRANSIENT, 3 DESTINATION_INVALID, 5 CANISTER_ERROR, …).
+    Rejected { method: String, code: u32, message: String },
+    /// The call could not be made (this canister lacks the cycles), or its
+    /// reply did not decode.
     Call(String),
     /// icllm refused the request (not allowed, a quota, a bad argument, no model yet).
     Api(ApiError),
@@ -51,6 +55,12 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Error::Rejected { method, code, message } => {
+                write!(
+                    f,
+                    "the call to icllm failed: {method}: rejected (code {code}): {message}"
+                )
+            }
             Error::Call(m) => write!(f, "the call to icllm failed: {m}"),
             Error::Api(e) => write!(f, "icllm refused: {e:?}"),
             Error::JobFailed(m) => write!(f, "the job failed: {m}"),
@@ -60,6 +70,23 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// Whether the same call may well succeed later: icllm is stopping or
+    /// stopped (as during an upgrade by dfx or icp-cli), or the system was
+    /// momentarily unable to deliver (SYS_TRANSIENT).
+    pub fn is_transient(&self) -> bool {
+        const SYS_TRANSIENT: u32 = 2;
+        const CANISTER_ERROR: u32 = 5;
+        match self {
+            Error::Rejected { code, message, .. } => {
+                *code == SYS_TRANSIENT
+                    || (*code == CANISTER_ERROR && (message.contains("is stopped") || message.contains("is stopping")))
+            }
+            _ => false,
+        }
+    }
+}
 
 /// A finished job: its text and token ids, why it stopped, its last view.
 #[derive(Debug, Clone)]
@@ -77,6 +104,7 @@ pub struct Reply {
 pub struct Icllm {
     canister: Principal,
     poll_interval: Duration,
+    poll_retries: u32,
 }
 
 async fn call<A: candid::utils::ArgumentEncoder, R: candid::CandidType + for<'de> candid::Deserialize<'de>>(
@@ -87,7 +115,14 @@ async fn call<A: candid::utils::ArgumentEncoder, R: candid::CandidType + for<'de
     let response = Call::unbounded_wait(canister, method)
         .with_args(args)
         .await
-        .map_err(|e| Error::Call(format!("{method}: {e}")))?;
+        .map_err(|e| match e {
+            CallFailed::CallRejected(r) => Error::Rejected {
+                method: method.to_string(),
+                code: r.raw_reject_code(),
+                message: r.reject_message().to_string(),
+            },
+            other => Error::Call(format!("{method}: {other}")),
+        })?;
     response
         .candid::<R>()
         .map_err(|e| Error::Call(format!("{method}: {e}")))
@@ -108,7 +143,17 @@ impl Icllm {
         Icllm {
             canister,
             poll_interval: Duration::from_secs(1),
+            poll_retries: 120,
         }
+    }
+
+    /// How many polls in a row [`Icllm::wait`] lets fail transiently
+    /// ([`Error::is_transient`]: icllm stopped for an upgrade, a full
+    /// queue) before it gives up; 120 by default (two minutes at the
+    /// default interval). Polling is idempotent, so a retry loses nothing.
+    pub fn poll_retries(mut self, n: u32) -> Self {
+        self.poll_retries = n;
+        self
     }
 
     /// How long [`Icllm::wait`] sleeps between polls.
@@ -163,11 +208,22 @@ impl Icllm {
     }
 
     /// Waits for job `id` to end, handing each new piece of text to
-    /// `on_text`; the finished reply, or why there is none.
+    /// `on_text`; the finished reply, or why there is none. Rides out
+    /// icllm being stopped for a while ([`Icllm::poll_retries`]).
     pub async fn wait(&self, id: JobId, mut on_text: impl FnMut(&str)) -> Result<Reply, Error> {
         let (mut text, mut tokens, mut since) = (String::new(), Vec::new(), 0);
+        let mut failures = 0;
         loop {
-            let view = self.poll(id, since).await?;
+            let view = match self.poll(id, since).await {
+                Ok(view) => view,
+                Err(e) if e.is_transient() && failures < self.poll_retries => {
+                    failures += 1;
+                    sleep(self.poll_interval).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            failures = 0;
             if !view.text.is_empty() {
                 on_text(&view.text);
             }

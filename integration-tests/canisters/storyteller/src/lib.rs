@@ -103,8 +103,8 @@ fn new_ticket(prompt: &str, max_tokens: u32) -> u64 {
     })
 }
 
-/// Asks for a story and lets icllm call `on_job_done` when it ends,
-/// instead of polling for it.
+/// Asks for a story and lets icllm call `on_job_done` when it ends, so
+/// the dApp can poll seldom.
 #[ic_cdk::update]
 fn tell_and_notify(prompt: String, max_tokens: u32) -> u64 {
     let ticket = new_ticket(&prompt, max_tokens);
@@ -115,13 +115,17 @@ fn tell_and_notify(prompt: String, max_tokens: u32) -> u64 {
             .temperature(0.0)
             .seed(1)
             .notify("on_job_done");
-        match icllm().start(request.request()).await {
-            Ok(job) => update_story(ticket, |story| {
-                story.job = Some(job);
-                story.status = "waiting".into();
-            }),
-            Err(e) => finish(ticket, Err(e)),
-        }
+        let job = match icllm().start(request.request()).await {
+            Ok(job) => job,
+            Err(e) => return finish(ticket, Err(e)),
+        };
+        update_story(ticket, |story| {
+            story.job = Some(job);
+            story.status = "waiting".into();
+        });
+        // The call back is best effort: polling (at the dApp's slow pace)
+        // is the fallback if it never arrives.
+        finish(ticket, icllm().wait(job, |_| {}).await);
     });
     ticket
 }
