@@ -328,3 +328,59 @@ fn a_call_back_to_an_unreachable_dapp_expires_and_icllm_is_unaffected() {
     assert_eq!(s.status, "done", "{s:?}");
     assert_eq!(s.tokens[..10], GOLDEN_IDS);
 }
+
+/// icllm takes no payment in cycles: cycles a caller attaches to a call
+/// come back with the reply, and the job runs all the same.
+#[test]
+fn cycles_attached_to_a_call_come_back() {
+    #[derive(CandidType, Deserialize, Debug)]
+    struct Relayed {
+        reply: Option<Vec<u8>>,
+        reject_code: Option<u32>,
+        reject_message: String,
+        refunded: u128,
+    }
+    build_package_wasm("test-canister-counter").expect("the counter builds");
+    let counter = std::fs::read(canister_wasm_path("counter")).expect("counter wasm");
+    let mut c = canister_with_model(40_000_000_000);
+    let caller = c.rt.install(&counter, Encode!(&0u64).unwrap(), vec![user(1)]).unwrap();
+    let request = icllm_api::JobRequest {
+        prompt: GOLDEN_PROMPT.into(),
+        max_tokens: 10,
+        temperature: Some(0.0),
+        // A seed given: icllm makes no raw_rand call, so its balance moves
+        // by its own messages' execution alone.
+        seed: Some(1),
+        ..Default::default()
+    };
+    let attached = 1_000_000_000u128;
+    let before = c.rt.cycle_balance(c.id).unwrap();
+    let arg = Encode!(
+        &c.id,
+        &"start_job",
+        &Encode!(&request).unwrap(),
+        &attached,
+        &None::<u32>
+    )
+    .unwrap();
+    let reply = c.rt.update(caller, user(2), "relay", arg).expect("relay");
+    let seen = Decode!(&reply.bytes, Relayed).unwrap();
+    assert_eq!(seen.refunded, attached, "{seen:?}");
+    let job = Decode!(&seen.reply.expect("start_job replied"), icllm_api::ApiResult<u64>)
+        .unwrap()
+        .expect("the job started");
+    let spent: u128 = reply
+        .messages
+        .iter()
+        .filter(|m| m.canister == c.id)
+        .map(|m| local_ic::cycles::execution_cost(m.charged_instructions()))
+        .sum();
+    assert_eq!(
+        c.rt.cycle_balance(c.id).unwrap(),
+        before - spent,
+        "icllm paid for its messages and kept none of the cycles"
+    );
+    let mut tokens = Vec::new();
+    c.run_job(caller, job, |v| tokens.extend_from_slice(&v.tokens)).unwrap();
+    assert_eq!(tokens, GOLDEN_IDS);
+}

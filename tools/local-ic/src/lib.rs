@@ -50,7 +50,16 @@
 //!   cannot prepay a message at the limit is out of cycles (calls refused
 //!   with the replica's wording, timers held) until topped up
 //!   ([`Runtime::set_cycle_balance`]); `canister_liquid_cycle_balance128`
-//!   reports that balance.
+//!   reports that balance. Calls carry cycles: the callee accepts what it
+//!   wants (undone if it traps), the rest is refunded with the response.
+//! * **Canister status** ([`Runtime::stop_canister`],
+//!   [`Runtime::start_canister`]): a stopping or stopped canister refuses
+//!   new calls with the replica's wording and fires no timers; it is
+//!   stopped once its open call contexts end.
+//! * **Bounded-wait calls** give up at their deadline with `SYS_UNKNOWN`
+//!   (cycles refunded only if the request was never delivered; a late
+//!   answer is dropped). [`Runtime::hold_messages_to`] delays every
+//!   message to a canister, as a congested subnet would.
 //! * **Reports** per message ([`MessageReport`]) and totals per method
 //!   ([`Runtime::stats`]).
 //! * **Per-function profiles** (opt-in, [`RuntimeConfig::profile`]): every
@@ -90,7 +99,9 @@
 //! * Table mutations (`table.set/grow`) are not rolled back.
 //! * Slices are counted, not interleaved with other messages (a sliced
 //!   message still runs to its end before the next); cycles as [`cycles`]
-//!   lists (no install, transmission or idle storage charges), no per-message stable-memory access limits, no heartbeats,
+//!   lists (no install or idle storage charges, no refund of the unused
+//!   response prepayment), no per-message stable-memory access limits, no
+//!   heartbeats,
 //!   no certificates (`data_certificate_present` is 0), no argument/reply
 //!   size limits (2 MiB / 3 MiB), no module size/global count checks beyond
 //!   validation, wasm32 only (the instrumentation already knows wasm64 load
