@@ -99,8 +99,8 @@
 //! * Table mutations (`table.set/grow`) are not rolled back.
 //! * Slices are counted, not interleaved with other messages (a sliced
 //!   message still runs to its end before the next); cycles as [`cycles`]
-//!   lists (no install or idle storage charges, no refund of the unused
-//!   response prepayment), no per-message stable-memory access limits, no
+//!   lists (no install or idle storage charges, nor the response's
+//!   per-byte transmission fee), no per-message stable-memory access limits, no
 //!   heartbeats,
 //!   no certificates (`data_certificate_present` is 0), no argument/reply
 //!   size limits (2 MiB / 3 MiB), no module size/global count checks beyond
