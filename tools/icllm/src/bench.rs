@@ -34,7 +34,7 @@
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use icllm::local_canister::{build_or_read_wasm, controller, sha256, trap_stats, LocalCanister, STEP_METHOD};
-use icllm_api::{ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView, Limits};
+use icllm_api::{ApiError, ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView, Limits, QueryGeneration};
 use icllm_engine::model::{forward, Model};
 use icllm_engine::synth::{self, QuantMix, SynthOptions};
 use icllm_engine::tokenizer::Tokenizer;
@@ -109,6 +109,12 @@ pub struct BenchArgs {
     /// Skip the runs that measure the fixed cost per message.
     #[arg(long)]
     no_overhead: bool,
+    /// Measure query mode instead: the most tokens one `generate_query`
+    /// (5 B instructions) generates, greedily, after a `--prompt-tokens`
+    /// prompt (found by the canister's refusal, then confirmed by a query
+    /// that asks for exactly that many).
+    #[arg(long, conflicts_with_all = ["table", "profile"])]
+    query: bool,
     /// Memory charges of the local runtime: dmt (the replica's deterministic
     /// memory tracker: every heap or stable page a message touches costs
     /// instructions in-band) or legacy (1,000 per dirty page after the message).
@@ -363,6 +369,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let wasm = build_or_read_wasm(args.wasm.as_deref())?;
     if args.table {
         return table(&args, wasm);
+    }
+    if args.query {
+        let report = bench_query(&args, wasm)?;
+        print_report(&report, args.json);
+        return Ok(());
     }
     let (report, profiles) = bench_one(&args, wasm)?;
     print_report(&report, args.json);
@@ -739,6 +750,81 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "wall_seconds": t.json(),
     });
     Ok((report, profiles))
+}
+
+/// Tokens one 5 B `generate_query` generates after `--prompt-tokens`.
+fn bench_query(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
+    /// More than any model here generates in one query.
+    const MOST_TOKENS_ASKED: u32 = 1024;
+    let (name, bytes) = model_bytes(args)?;
+    let (model, gguf) = Model::from_gguf_bytes(&bytes).map_err(|e| anyhow!("cannot load {name}: {e}"))?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).ok();
+    drop(gguf);
+    let trained = model.config.context_length as u32;
+    let n_prompt = args.prompt_tokens.max(1).min(trained / 2);
+    let asked = MOST_TOKENS_ASKED.min(trained - n_prompt - 1);
+    let text_ids = tokenizer
+        .as_ref()
+        .map(|t| crate::model_files::encode_prompt(t, "Once upon a time, there was a little girl named Lily."));
+    let prompt = synthetic_prompt(&model, text_ids, n_prompt as usize);
+    drop(model);
+    let init = InitArgs {
+        message_instruction_limit: Some(IC_UPDATE_LIMIT),
+        max_context: Some(n_prompt + asked + 1),
+        limits: Some(Limits {
+            max_new_tokens: Limits::default().max_new_tokens.max(asked),
+            ..Limits::default()
+        }),
+        ..InitArgs::default()
+    };
+    let mut c = LocalCanister::install_with(wasm, init, IC_UPDATE_LIMIT, false, args.memory_charges)?;
+    c.upload_model(&bytes, sha256(&bytes))?;
+    drop(bytes);
+    let mut generate = |max_tokens: u32| -> Result<ApiResult<QueryGeneration>> {
+        let req = JobRequest {
+            max_tokens,
+            temperature: Some(0.0),
+            seed: Some(1),
+            ctx_size: Some(n_prompt + max_tokens + 1),
+            prompt_tokens: Some(prompt.clone()),
+            kv_cache: Some(crate::api_kv_type(args.kv_cache)),
+            ..JobRequest::default()
+        };
+        let (r,): (ApiResult<QueryGeneration>,) = c.query(controller(), "generate_query", (req,))?;
+        Ok(r)
+    };
+    let (tokens, fitted, context_bound) = match generate(asked)? {
+        Ok(g) if g.finish_reason == "max_tokens" => (asked, g, true),
+        Ok(g) => bail!(
+            "the generation ended early ({}, {} tokens)",
+            g.finish_reason,
+            g.tokens.len()
+        ),
+        Err(ApiError::QuotaExceeded(m)) => {
+            let done: u32 = m
+                .split_once("after ")
+                .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+                .ok_or_else(|| anyhow!("unexpected refusal: {m}"))?;
+            if done == 0 {
+                bail!("not one token fits a query after a {n_prompt}-token prompt: {m}");
+            }
+            match generate(done)? {
+                Ok(g) if g.tokens.len() == done as usize => (done, g, false),
+                other => bail!("asking for the {done} tokens that fitted: {other:?}"),
+            }
+        }
+        Err(e) => bail!("generate_query: {e:?}"),
+    };
+    Ok(serde_json::json!({
+        "model": name,
+        "kv_cache": args.kv_cache.name(),
+        "memory_charges": args.memory_charges.name(),
+        "prompt_tokens": n_prompt,
+        "tokens_per_query": tokens,
+        // True when the context, not the query limit, capped the count.
+        "limited_by_context": context_bound,
+        "query_instructions": fitted.instructions,
+    }))
 }
 
 fn millions(x: f64) -> String {

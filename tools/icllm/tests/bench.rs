@@ -104,3 +104,33 @@ fn stories15m_jobs_never_trap_under_page_charges() {
         }
     }
 }
+
+/// `--query`: stories15M F32 fills one 5 B query (the count found by the
+/// canister's refusal and confirmed by a query asking for exactly it).
+#[test]
+fn bench_query_counts_the_tokens_one_query_generates() {
+    let out = Command::new(env!("CARGO_BIN_EXE_icllm"))
+        .args([
+            "bench",
+            "--shape",
+            "stories15M",
+            "--quant",
+            "f32",
+            "--prompt-tokens",
+            "16",
+            "--query",
+            "--json",
+        ])
+        .output()
+        .expect("icllm runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["limited_by_context"], false, "{r}");
+    let tokens = r["tokens_per_query"].as_u64().unwrap();
+    assert!((100..240).contains(&tokens), "{r}");
+    let spent = r["query_instructions"].as_u64().unwrap();
+    assert!(
+        spent <= 5_000_000_000 && spent > 4_000_000_000,
+        "the query limit nearly filled: {r}"
+    );
+}
