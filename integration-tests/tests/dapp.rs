@@ -110,6 +110,30 @@ fn icllm_with_small_messages() -> LocalCanister {
     c
 }
 
+/// Two dApps at once: icllm runs their jobs side by side, and each gets
+/// llama.cpp's golden continuation.
+#[test]
+fn two_dapps_asking_at_once_both_get_the_golden_continuation() {
+    let wasm = storyteller_wasm();
+    let mut c = icllm_with_small_messages();
+    let (first, second) = (install_dapp(&mut c, &wasm), install_dapp(&mut c, &wasm));
+    let t1 = tell(&mut c, first, 12);
+    let t2 = tell(&mut c, second, 10);
+    let j1 = run_until(&mut c, first, t1, |s| s.job.is_some()).job.unwrap();
+    let j2 = run_until(&mut c, second, t2, |s| s.job.is_some()).job.unwrap();
+    let active = |c: &mut LocalCanister, job| c.poll(controller(), job, 0).unwrap().unwrap().status.is_active();
+    assert!(active(&mut c, j1) && active(&mut c, j2), "both jobs under way at once");
+    let s1 = run_until(&mut c, first, t1, |s| s.status != "waiting");
+    let s2 = run_until(&mut c, second, t2, |s| s.status != "waiting");
+    assert_eq!(
+        (s1.status.as_str(), s2.status.as_str()),
+        ("done", "done"),
+        "{s1:?} {s2:?}"
+    );
+    assert_eq!(s1.tokens[..10], GOLDEN_IDS);
+    assert_eq!(s2.tokens, GOLDEN_IDS);
+}
+
 #[test]
 fn icllm_upgraded_mid_job_and_the_dapp_upgraded_mid_wait_end_with_the_same_answer() {
     let wasm = storyteller_wasm();

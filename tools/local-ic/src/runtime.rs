@@ -1262,7 +1262,12 @@ impl Runtime {
                 }
                 .to_string(),
             )),
-            Some(_) => None,
+            // A callee that cannot prepay the message is out of cycles
+            // (IC0207, so SYS_TRANSIENT).
+            Some(_) => match self.ensure_can_prepay(callee, 0) {
+                Err(Error::Rejected { code, message, .. }) => Some((code, message)),
+                _ => None,
+            },
         };
         if let Some(result) = reject {
             // Never delivered: every attached cycle goes back.

@@ -576,6 +576,26 @@ fn cycles_move_with_calls_as_far_as_the_callee_accepts() {
     assert_eq!(seen.refunded, 1_000);
     assert_eq!(balances(&rt), (a3 - relay_fees(&reply, "no_such_method", &[]), b3));
 
+    // A callee too poor to run the message rejects it, SYS_TRANSIENT
+    // (IC0207), without running: every cycle comes back.
+    let (a5, b5) = balances(&rt);
+    let b_reserve = b5 - rt.liquid_cycle_balance(b).unwrap();
+    rt.set_cycle_balance(b, b_reserve + 1_000).unwrap();
+    let (seen, reply) = relay(&mut rt, a, b, "accept_cycles", Encode!(&5u128).unwrap(), 1_000);
+    assert_eq!(seen.reject_code, Some(2), "{seen:?}");
+    assert!(
+        seen.reject_message.contains(&format!("Canister {b} is out of cycles")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.refunded, 1_000);
+    assert_eq!(execution_on(&reply, b), 0, "nothing ran on b");
+    assert_eq!(rt.cycle_balance(b).unwrap(), b_reserve + 1_000);
+    assert_eq!(
+        a5 - rt.cycle_balance(a).unwrap(),
+        relay_fees(&reply, "accept_cycles", &Encode!(&5u128).unwrap())
+    );
+    rt.set_cycle_balance(b, b5).unwrap();
+
     // Ingress carries no cycles: nothing to accept.
     let reply = rt.update(b, user(), "accept_cycles", Encode!(&5u128).unwrap()).unwrap();
     assert_eq!(Decode!(&reply.bytes, u128).unwrap(), 0);
