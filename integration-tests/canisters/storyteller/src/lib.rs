@@ -71,9 +71,19 @@ fn init(icllm: Principal, poll_ms: u64) {
 /// Asks for a story; its ticket.
 #[ic_cdk::update]
 fn tell(prompt: String, max_tokens: u32) -> u64 {
+    ask(prompt, max_tokens, None)
+}
+
+/// Starts the story's job and waits for it in a task that outlives the
+/// call; with `notify`, icllm also calls that method when the job ends (best
+/// effort: the polling, at the dApp's pace, is the fallback).
+fn ask(prompt: String, max_tokens: u32, notify: Option<&'static str>) -> u64 {
     let ticket = new_ticket(&prompt, max_tokens);
     ic_cdk::futures::spawn_migratory(async move {
-        let request = icllm().complete(prompt).max_tokens(max_tokens).temperature(0.0).seed(1);
+        let mut request = icllm().complete(prompt).max_tokens(max_tokens).temperature(0.0).seed(1);
+        if let Some(method) = notify {
+            request = request.notify(method);
+        }
         let job = match icllm().start(request.request()).await {
             Ok(job) => job,
             Err(e) => return finish(ticket, Err(e)),
@@ -107,27 +117,7 @@ fn new_ticket(prompt: &str, max_tokens: u32) -> u64 {
 /// the dApp can poll seldom.
 #[ic_cdk::update]
 fn tell_and_notify(prompt: String, max_tokens: u32) -> u64 {
-    let ticket = new_ticket(&prompt, max_tokens);
-    ic_cdk::futures::spawn_migratory(async move {
-        let request = icllm()
-            .complete(prompt)
-            .max_tokens(max_tokens)
-            .temperature(0.0)
-            .seed(1)
-            .notify("on_job_done");
-        let job = match icllm().start(request.request()).await {
-            Ok(job) => job,
-            Err(e) => return finish(ticket, Err(e)),
-        };
-        update_story(ticket, |story| {
-            story.job = Some(job);
-            story.status = "waiting".into();
-        });
-        // The call back is best effort: polling (at the dApp's slow pace)
-        // is the fallback if it never arrives.
-        finish(ticket, icllm().wait(job, |_| {}).await);
-    });
-    ticket
+    ask(prompt, max_tokens, Some("on_job_done"))
 }
 
 /// icllm's call when a job ends: fetch the text once.
