@@ -1449,8 +1449,7 @@ impl Runtime {
     }
 }
 
-/// IC-style canister id for index `n` (0 is `rwlgt-iiaaa-aaaaa-aaaaa-cai`,
-/// the first id the IC ever assigned; installs count up from there).
+/// A stable memory read or write outside the canister's stable memory.
 fn out_of_bounds(canister: CanisterId, offset: u64, len: usize) -> Error {
     Error::Rejected {
         canister,
@@ -1492,6 +1491,8 @@ fn expire_queued(list: impl IntoIterator<Item = Queued>, now: u64, rejects: &mut
     kept
 }
 
+/// IC-style canister id for index `n` (0 is `rwlgt-iiaaa-aaaaa-aaaaa-cai`,
+/// the first id the IC ever assigned; installs count up from there).
 pub fn canister_id(n: u64) -> Principal {
     let mut bytes = [0u8; 10];
     bytes[..8].copy_from_slice(&n.to_be_bytes());
