@@ -563,6 +563,18 @@ impl Runtime {
         }
     }
 
+    /// The refusal of a call to a canister that is not running.
+    fn ensure_running(&self, id: CanisterId) -> Result<(), Error> {
+        match self.refusal(id) {
+            None => Ok(()),
+            Some(message) => Err(Error::Rejected {
+                canister: id,
+                code: RejectCode::CanisterError,
+                message,
+            }),
+        }
+    }
+
     fn is_running(&self, id: CanisterId) -> bool {
         self.refusal(id).is_none()
     }
@@ -588,7 +600,6 @@ impl Runtime {
         self.queue = expire_queued(queue, now, &mut rejects).into();
         let held = std::mem::take(&mut self.held);
         self.held = expire_queued(held, now, &mut rejects);
-        let expired = |call: &OutgoingCall| call.deadline != 0 && call.deadline <= now;
         let mut ids: Vec<CtxId> = self.contexts.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -599,7 +610,7 @@ impl Runtime {
                 call,
             } = &c.origin
             {
-                if expired(call) && !c.responded && !c.caller_released {
+                if deadline_passed(call, now) && !c.responded && !c.caller_released {
                     c.caller_released = true;
                     rejects.push(Queued::Response {
                         to: *caller,
@@ -840,13 +851,7 @@ impl Runtime {
         arg: Vec<u8>,
     ) -> Result<PendingCall, Error> {
         let _guard = memory_snapshot::exclusive();
-        if let Some(message) = self.refusal(id) {
-            return Err(Error::Rejected {
-                canister: id,
-                code: RejectCode::CanisterError,
-                message,
-            });
-        }
+        self.ensure_running(id)?;
         self.ensure_can_prepay(id, 0)?;
         let canister = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
         let update_export = format!("canister_update {method}");
@@ -908,13 +913,7 @@ impl Runtime {
     /// A query call (non-replicated): changes are always discarded.
     pub fn query(&mut self, id: CanisterId, caller: Principal, method: &str, arg: Vec<u8>) -> Result<Reply, Error> {
         let _guard = memory_snapshot::exclusive();
-        if let Some(message) = self.refusal(id) {
-            return Err(Error::Rejected {
-                canister: id,
-                code: RejectCode::CanisterError,
-                message,
-            });
-        }
+        self.ensure_running(id)?;
         let canister = self.canisters.get_mut(&id).ok_or(Error::CanisterNotFound(id))?;
         let export = [
             format!("canister_query {method}"),
@@ -1096,7 +1095,7 @@ impl Runtime {
         } else {
             None
         };
-        let mut calls = if committed { exec.msg.calls.clone() } else { Vec::new() };
+        let calls = if committed { exec.msg.calls.clone() } else { Vec::new() };
         let accepted = if committed { exec.msg.cycles_accepted } else { 0 };
         let (_, result) = self.conclude(&mut canister, exec, &method, committed);
         self.canisters.insert(id, canister);
@@ -1106,12 +1105,10 @@ impl Runtime {
             c.outstanding += calls.len();
             c.cycles_available -= accepted;
         }
-        for call in calls.iter_mut() {
+        for mut call in calls {
             if let Some(seconds) = call.timeout_seconds {
                 call.deadline = self.now + seconds as u64 * 1_000_000_000;
             }
-        }
-        for call in calls {
             self.queue.push_back(Queued::Request {
                 from: id,
                 from_ctx: ctx,
@@ -1458,11 +1455,16 @@ fn out_of_bounds(canister: CanisterId, offset: u64, len: usize) -> Error {
     }
 }
 
+/// Whether `call` is bounded-wait and its deadline is past at `now`.
+fn deadline_passed(call: &OutgoingCall, now: u64) -> bool {
+    call.deadline != 0 && call.deadline <= now
+}
+
 /// Expires the bounded-wait messages of `list` whose deadline is past (see
 /// [`Runtime::expire_deadlines`]): a request becomes a `SYS_UNKNOWN` reject
 /// to its caller, pushed onto `rejects`; a response is replaced by one.
 fn expire_queued(list: impl IntoIterator<Item = Queued>, now: u64, rejects: &mut Vec<Queued>) -> Vec<Queued> {
-    let expired = |call: &OutgoingCall| call.deadline != 0 && call.deadline <= now;
+    let expired = |call: &OutgoingCall| deadline_passed(call, now);
     let deadline_reject = || Err((RejectCode::SysUnknown, DEADLINE_EXPIRED.to_string()));
     let mut kept = Vec::new();
     for item in list {
