@@ -7,6 +7,12 @@ use serde::Serialize;
 
 pub type JobId = u64;
 
+/// Instructions the IC allows one update message (an update call, a timer,
+/// a callback): the budget every step of a job is cut to.
+pub const IC_UPDATE_INSTRUCTION_LIMIT: u64 = 40_000_000_000;
+/// Instructions the IC allows one query (`generate_query`'s budget).
+pub const IC_QUERY_INSTRUCTION_LIMIT: u64 = 5_000_000_000;
+
 /// Every refusal the canister gives for bad input or missing rights.
 /// Each carries a message a user can act on.
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]

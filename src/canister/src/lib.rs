@@ -338,7 +338,7 @@ fn generate_query(args: ApiResult<(JobRequest,)>) -> ApiResult<QueryGeneration> 
     bounds::check_job_request(&req)?;
     let model = ready_model()?;
     let (caller, _) = caller_is_controller();
-    let limit = query_mode::QUERY_INSTRUCTION_LIMIT.min(scheduler::message_limit());
+    let limit = icllm_api::IC_QUERY_INSTRUCTION_LIMIT.min(scheduler::message_limit());
     query_mode::generate(&model, caller, &req, ic_cdk::api::time(), limit, scheduler::counter)
 }
 

@@ -12,9 +12,6 @@ use candid::Principal;
 use icllm_api::{ApiError, ApiResult, JobRequest, QueryGeneration};
 use icllm_engine::job::{step, StepOutcome};
 
-/// The IC's instruction limit for a query message.
-pub const QUERY_INSTRUCTION_LIMIT: u64 = 5_000_000_000;
-
 /// Runs `req` to its end within `limit` instructions, as `caller` (whose
 /// kept conversations may lend it cached rows, as for a job). Without a
 /// seed the RNG starts from 0: a query cannot draw randomness.

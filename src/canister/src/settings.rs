@@ -3,14 +3,14 @@
 use crate::memory::{self, Memory};
 use ic_stable_structures::storable::Bound;
 use ic_stable_structures::{StableCell, Storable};
-use icllm_api::{AccessMode, AccessPolicy, ApiError, ApiResult, JobId, Limits, UploadState};
+use icllm_api::{
+    AccessMode, AccessPolicy, ApiError, ApiResult, JobId, Limits, UploadState, IC_UPDATE_INSTRUCTION_LIMIT,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-/// The IC's per-message instruction limit for updates and timers.
-pub const IC_MESSAGE_INSTRUCTION_LIMIT: u64 = 40_000_000_000;
 /// Fewest instructions a message may be given: stories260K, the smallest
 /// model shipped, needs about this much to load and step.
 pub const MIN_MESSAGE_INSTRUCTION_LIMIT: u64 = 5_000_000;
@@ -26,10 +26,10 @@ fn invalid(msg: String) -> ApiError {
 /// A message limit above the IC's would make every step trap at the
 /// subnet's limit; one below the floor could do no useful work.
 pub fn validate_message_limit(limit: u64) -> ApiResult<()> {
-    if !(MIN_MESSAGE_INSTRUCTION_LIMIT..=IC_MESSAGE_INSTRUCTION_LIMIT).contains(&limit) {
+    if !(MIN_MESSAGE_INSTRUCTION_LIMIT..=IC_UPDATE_INSTRUCTION_LIMIT).contains(&limit) {
         return Err(invalid(format!(
             "the message instruction limit must be between {MIN_MESSAGE_INSTRUCTION_LIMIT} and \
-             {IC_MESSAGE_INSTRUCTION_LIMIT} (the IC's limit for an update message), got {limit}"
+             {IC_UPDATE_INSTRUCTION_LIMIT} (the IC's limit for an update message), got {limit}"
         )));
     }
     Ok(())
@@ -144,7 +144,7 @@ impl Default for Settings {
                 allow_anonymous: false,
             },
             limits: Limits::default(),
-            message_instruction_limit: IC_MESSAGE_INSTRUCTION_LIMIT,
+            message_instruction_limit: IC_UPDATE_INSTRUCTION_LIMIT,
             active_model: None,
             upload: None,
             next_job_id: 1,

@@ -34,6 +34,7 @@
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use icllm::local_canister::{build_or_read_wasm, controller, sha256, trap_stats, LocalCanister, STEP_METHOD};
+use icllm_api::IC_UPDATE_INSTRUCTION_LIMIT;
 use icllm_api::{ApiError, ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView, Limits, QueryGeneration};
 use icllm_engine::model::{forward, Model};
 use icllm_engine::synth::{self, QuantMix, SynthOptions};
@@ -41,8 +42,6 @@ use icllm_engine::tokenizer::Tokenizer;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The IC's instruction limit per update/timer message.
-const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 /// The canister's minimum checkpoint reserve (scheduler::reserve).
 const MIN_RESERVE: u64 = 1_500_000;
 /// Job messages without progress after which a run is declared stuck.
@@ -104,7 +103,7 @@ pub struct BenchArgs {
     overhead_gen_tokens: u32,
     /// Instructions per message for the jobs (the IC's 40 B by default;
     /// the model itself loads in messages of at least 40 B).
-    #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
+    #[arg(long, default_value_t = IC_UPDATE_INSTRUCTION_LIMIT)]
     instruction_limit: u64,
     /// Skip the runs that measure the fixed cost per message.
     #[arg(long)]
@@ -533,7 +532,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     let max_context = ctx.max(overhead_prompt + overhead_gen + 1);
     // The model loads in IC-sized messages (a tensor's conversion is one
     // uninterruptible piece); `--instruction-limit` applies to the jobs.
-    let load_limit = args.instruction_limit.max(IC_UPDATE_LIMIT);
+    let load_limit = args.instruction_limit.max(IC_UPDATE_INSTRUCTION_LIMIT);
     let init = InitArgs {
         message_instruction_limit: Some(load_limit),
         max_context: Some(max_context),
@@ -692,7 +691,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     if overhead.is_some() {
         t.lap("fixed-cost runs");
     }
-    let limit = IC_UPDATE_LIMIT as f64;
+    let limit = IC_UPDATE_INSTRUCTION_LIMIT as f64;
     // The fixed cost of a message: the difference-measured cost, or, where
     // more, the page charges of one of the main run's messages. Each of
     // those touched every weight once (as a 40 B decode message does),
@@ -769,7 +768,7 @@ fn bench_query(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
     let prompt = synthetic_prompt(&model, text_ids, n_prompt as usize);
     drop(model);
     let init = InitArgs {
-        message_instruction_limit: Some(IC_UPDATE_LIMIT),
+        message_instruction_limit: Some(IC_UPDATE_INSTRUCTION_LIMIT),
         max_context: Some(n_prompt + asked + 1),
         limits: Some(Limits {
             max_new_tokens: Limits::default().max_new_tokens.max(asked),
@@ -777,7 +776,7 @@ fn bench_query(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
         }),
         ..InitArgs::default()
     };
-    let mut c = LocalCanister::install_with(wasm, init, IC_UPDATE_LIMIT, false, args.memory_charges)?;
+    let mut c = LocalCanister::install_with(wasm, init, IC_UPDATE_INSTRUCTION_LIMIT, false, args.memory_charges)?;
     c.upload_model(&bytes, sha256(&bytes))?;
     drop(bytes);
     let mut generate = |max_tokens: u32| -> Result<ApiResult<QueryGeneration>> {

@@ -5,6 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{decode_args, encode_args, Principal};
+use icllm_api::IC_UPDATE_INSTRUCTION_LIMIT;
 use icllm_api::*;
 use local_ic::{CanisterId, Limits, MemoryCharges, MessageKind, MessageReport, Runtime, RuntimeConfig};
 use std::path::{Path, PathBuf};
@@ -212,7 +213,7 @@ impl LocalCanister {
         // memory tracker's charges.
         let limits = self.rt.limits();
         self.rt.set_limits(Limits {
-            update: limits.update.max(IC_UPDATE_LIMIT),
+            update: limits.update.max(IC_UPDATE_INSTRUCTION_LIMIT),
             ..limits
         });
         let sent = self.send_upload(bytes, sha256);
@@ -327,10 +328,6 @@ impl LocalCanister {
         bail!("job {id} did not finish")
     }
 }
-
-/// SHA-256 of `bytes`.
-/// The IC's instruction limit of an update message (ingress included).
-const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 
 /// The canister's internal method that runs one background job step.
 pub const STEP_METHOD: &str = "<icllm internal> step";

@@ -8,12 +8,10 @@
 use anyhow::{anyhow, Result};
 use clap::Args;
 use icllm::local_canister::{build_or_read_wasm, controller, sha256, trap_stats, LocalCanister};
+use icllm_api::IC_UPDATE_INSTRUCTION_LIMIT;
 use icllm_api::{ChatMessage, InitArgs, JobRequest, JobStatus};
 use std::io::Write;
 use std::path::PathBuf;
-
-/// The IC's instruction limit per update/timer message.
-const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -55,7 +53,7 @@ pub struct RunArgs {
     kv_cache: icllm_engine::kv::KvType,
     /// Instructions per update/timer message of the job in the local
     /// runtime (the model uploads and loads in messages of at least 40 B).
-    #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
+    #[arg(long, default_value_t = IC_UPDATE_INSTRUCTION_LIMIT)]
     instruction_limit: u64,
     /// Memory charges of the local runtime: dmt (the replica's
     /// deterministic memory tracker, in-band per touched page) or legacy
@@ -77,7 +75,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Uploading and loading in IC-sized messages: an upload chunk alone
     // (2 MB copied into the heap and into stable memory, every page paying
     // its first write) costs ~20 M.
-    let load_limit = args.instruction_limit.max(IC_UPDATE_LIMIT);
+    let load_limit = args.instruction_limit.max(IC_UPDATE_INSTRUCTION_LIMIT);
     let init = InitArgs {
         message_instruction_limit: Some(load_limit),
         ..InitArgs::default()
@@ -148,7 +146,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     eprintln!("instructions: {}", view.instructions);
     eprintln!("instructions_per_token: {per_token:.0}");
     eprintln!("prompt_instructions_per_token: {per_prompt_token:.0}");
-    eprintln!("tokens_per_message: {:.0}", IC_UPDATE_LIMIT as f64 / per_token.max(1.0));
+    eprintln!(
+        "tokens_per_message: {:.0}",
+        IC_UPDATE_INSTRUCTION_LIMIT as f64 / per_token.max(1.0)
+    );
     eprintln!("max_message_instructions: {max_message}");
     eprintln!("memory_charges: {}", args.memory_charges.name());
     eprintln!(

@@ -31,6 +31,7 @@ use backend::{Backend, Start};
 use candid::Principal;
 use clap::Args;
 use icllm::local_canister::{build_or_read_wasm, sha256, LocalCanister};
+use icllm_api::IC_UPDATE_INSTRUCTION_LIMIT;
 use icllm_api::{Completion, InitArgs, JobId};
 use openai::HttpError;
 use serde_json::json;
@@ -41,9 +42,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// The chat page at `GET /`: one static file, embedded (no build step).
 const PAGE: &str = include_str!("page.html");
-
-/// The IC's instruction limit per update/timer message.
-const IC_UPDATE_LIMIT: u64 = 40_000_000_000;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -69,7 +67,7 @@ pub struct ServeArgs {
     /// Instructions per canister message (the IC's limit by default). A
     /// stream gets one event per message: lower it for smoother streams,
     /// at the cost of more messages (each with its fixed cost) per reply.
-    #[arg(long, default_value_t = IC_UPDATE_LIMIT)]
+    #[arg(long, default_value_t = IC_UPDATE_INSTRUCTION_LIMIT)]
     instruction_limit: u64,
     /// Memory charges of the local runtime (dmt or legacy).
     #[arg(long, default_value = "dmt")]
@@ -100,7 +98,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let model = crate::model_files::canister_model_bytes(&model_path)?;
     let wasm = build_or_read_wasm(args.wasm.as_deref())?;
     // The model uploads and loads in IC-sized messages, then jobs run under the chosen limit.
-    let load_limit = args.instruction_limit.max(IC_UPDATE_LIMIT);
+    let load_limit = args.instruction_limit.max(IC_UPDATE_INSTRUCTION_LIMIT);
     let init = InitArgs {
         message_instruction_limit: Some(load_limit),
         ..InitArgs::default()
