@@ -10,6 +10,7 @@ pub mod access;
 pub mod bounds;
 pub mod budget;
 pub mod completions;
+pub mod env;
 pub mod http;
 pub mod jobs;
 pub mod memory;
@@ -19,9 +20,12 @@ pub mod ranges;
 pub mod scheduler;
 pub mod settings;
 pub mod state;
+#[cfg(test)]
+mod test_support;
 pub mod upload;
 
 use candid::Principal;
+use env::{Env, Ic};
 use ic_cdk::api::{is_controller, msg_caller};
 use ic_cdk::{init, inspect_message, post_upgrade, query, update};
 use icllm_api::*;
@@ -314,7 +318,7 @@ async fn start(req: JobRequest, openai: Option<completions::OpenAiStart>) -> Api
     let model = ready_model()?;
     cycles_allow_new_jobs()?;
     let claim = jobs::SlotClaim::take(caller, ctl)?;
-    let now = ic_cdk::api::time();
+    let now = Ic.now_ns();
     let (rec, job, adopted) = jobs::create(&model, caller, &req, openai.as_ref(), seed, now)?;
     let id = jobs::insert_new(rec, job, adopted, claim, capability)?;
     let limits = settings::read(|s| s.limits.clone());
@@ -339,7 +343,7 @@ fn generate_query(args: ApiResult<(JobRequest,)>) -> ApiResult<QueryGeneration> 
     let model = ready_model()?;
     let (caller, _) = caller_is_controller();
     let limit = icllm_api::IC_QUERY_INSTRUCTION_LIMIT.min(scheduler::message_limit());
-    query_mode::generate(&model, caller, &req, ic_cdk::api::time(), limit, scheduler::counter)
+    query_mode::generate(&model, caller, &req, &Ic, limit)
 }
 
 /// The model a completion request runs on (name and vocabulary).
@@ -471,8 +475,10 @@ fn step(args: ApiResult<(JobId,)>) -> ApiResult<StepProgress> {
     let (id,) = args?;
     let rec = owned_job(id)?;
     let model = ready_model()?;
-    let mut budget = scheduler::message_budget();
-    jobs::step_job(&model, rec, &mut budget, &scheduler::counter)
+    let mut budget = scheduler::message_budget(&Ic);
+    let progress = jobs::step_job(&Ic, &model, rec, &mut budget);
+    scheduler::ensure_armed(); // for the notification of a job that ended
+    progress
 }
 
 /// The job's state and the text generated from token index `since` on.
@@ -489,7 +495,9 @@ fn poll(args: ApiResult<(JobId, Option<u32>)>) -> ApiResult<JobView> {
 fn cancel(args: ApiResult<(JobId,)>) -> ApiResult<JobStatus> {
     let (id,) = args?;
     job_owner(id)?;
-    jobs::cancel(id)
+    let status = jobs::cancel(&Ic, id);
+    scheduler::ensure_armed();
+    status
 }
 
 /// Deletes the job's record (cancelling it first if unfinished): for its
@@ -498,7 +506,9 @@ fn cancel(args: ApiResult<(JobId,)>) -> ApiResult<JobStatus> {
 fn delete_job(args: ApiResult<(JobId,)>) -> ApiResult<()> {
     let (id,) = args?;
     let owner = job_owner(id)?;
-    jobs::delete(owner, id)
+    let deleted = jobs::delete(&Ic, owner, id);
+    scheduler::ensure_armed();
+    deleted
 }
 
 /// The caller's jobs. Anonymous callers get none: their jobs are reached
@@ -545,7 +555,7 @@ fn internal_step(id: JobId, shift: u32) {
     if msg_caller() != ic_cdk::api::canister_self() {
         ic_cdk::trap("only the canister's own scheduler calls this method");
     }
-    scheduler::run_background_step(id, shift);
+    scheduler::run_background_step(&Ic, id, shift);
 }
 
 /// Sets the instructions one message may use (the subnet's limit; lower it to

@@ -108,6 +108,8 @@ pub enum Phase {
         prefix_len: u64,
     },
     Tensors {
+        /// [`Progress::NeedsRoom`] was reported (or is not needed).
+        room_asked: bool,
         gguf: Box<Gguf>,
         loader: Box<ModelLoader>,
         tokenizer: Box<Tokenizer>,
@@ -126,6 +128,13 @@ pub struct Pipeline {
 pub enum Progress {
     /// More messages needed; `bytes` processed so far in the current phase.
     Working {
+        bytes: u64,
+    },
+    /// The heap must have `bytes` free beside what is in use by the active
+    /// model and its jobs before this pipeline goes on; the caller frees
+    /// them (or sees that they are free) and calls `advance` again. Asked
+    /// once, by a new upload, before it loads its first tensor.
+    NeedsRoom {
         bytes: u64,
     },
     Ready(Box<LoadedModel>),
@@ -225,11 +234,19 @@ impl Pipeline {
                     }
                 }
                 Phase::Tensors {
+                    room_asked,
                     loader,
                     staged,
                     loaded_bytes,
                     ..
                 } => {
+                    if !*room_asked {
+                        *room_asked = true;
+                        let largest = loader.needed().map(|t| t.size).max().unwrap_or(0);
+                        return Progress::NeedsRoom {
+                            bytes: loader.heap_bytes() + largest,
+                        };
+                    }
                     let Some(info) = loader.next_needed().cloned() else {
                         if remaining() < FINISH_COST {
                             return Progress::Working { bytes: *loaded_bytes };
@@ -334,26 +351,12 @@ fn start_loading(gguf: Gguf, purpose: Purpose) -> Result<Phase, String> {
             budget >> 20
         ));
     }
-    // The active model keeps serving while a new upload loads, unless the
-    // two (with the active jobs' KV caches) do not fit the heap together:
-    // then it makes way now. Its jobs fail with the reason; if this load
-    // fails, the scheduler reloads it from its slot.
-    let in_use = crate::state::read(|s| {
-        s.model.as_ref().map_or(0, |m| m.info.heap_bytes)
-            + s.job_cache.values().map(|c| c.job.kv.heap_bytes()).sum::<u64>()
-    });
-    if purpose == Purpose::Activate && in_use > 0 && weights + staged + in_use > budget {
-        crate::jobs::fail_all_active(
-            "the model is being replaced by a new upload, and the two do not fit the heap together",
-        );
-        crate::state::mutate(|s| {
-            s.model = None;
-            s.job_cache.clear();
-        });
-    }
     // Built now: a bad tokenizer is refused before gigabytes are loaded.
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| format!("tokenizer: {e}"))?;
     Ok(Phase::Tensors {
+        // A new upload asks for its room before its first tensor: the
+        // active model and its jobs' caches may have to make way.
+        room_asked: purpose == Purpose::Reload,
         gguf: Box::new(gguf),
         loader: Box::new(loader),
         tokenizer: Box::new(tokenizer),

@@ -6,6 +6,7 @@
 //! never trapped: the budget stops before the limit.
 
 use crate::budget::MessageBudget;
+use crate::env::Env;
 use crate::jobs;
 use crate::model_store::LoadedModel;
 use candid::Principal;
@@ -19,17 +20,16 @@ pub fn generate(
     model: &LoadedModel,
     caller: Principal,
     req: &JobRequest,
-    now: u64,
+    env: &impl Env,
     limit: u64,
-    counter: fn() -> u64,
 ) -> ApiResult<QueryGeneration> {
     if req.continue_from.is_some() || req.notify.is_some() {
         return Err(ApiError::InvalidArgument(
             "continue_from and notify need a job: use start_job".into(),
         ));
     }
-    let (mut rec, mut job, _) = jobs::create(model, caller, req, None, req.seed.unwrap_or(0), now)?;
-    let mut budget = MessageBudget::new(counter, limit, crate::scheduler::reserve(limit));
+    let (mut rec, mut job, _) = jobs::create(model, caller, req, None, req.seed.unwrap_or(0), env.now_ns())?;
+    let mut budget = MessageBudget::new(|| env.instructions(), limit, crate::scheduler::reserve(limit));
     let report = step(&model.model, &mut job, &mut budget);
     let generated = job.state.generated().to_vec();
     let reason = match &report.outcome {
@@ -43,7 +43,7 @@ pub fn generate(
                 req.max_tokens,
                 job.state.prompt().len(),
                 (job.state.cursor().pos as usize).min(job.state.prompt().len()),
-                counter(),
+                env.instructions(),
             )))
         }
     };
@@ -57,6 +57,6 @@ pub fn generate(
         tokens: generated,
         finish_reason: jobs::finish_name(&reason).into(),
         prompt_tokens: job.state.prompt().len() as u32,
-        instructions: counter(),
+        instructions: env.instructions(),
     })
 }

@@ -6,9 +6,11 @@
 //! creates work (a job, a finalize, `post_upgrade`).
 
 use crate::budget::MessageBudget;
+use crate::env::{Env, Ic};
 use crate::model_store::{LoadedModel, Pipeline, Progress, Purpose};
 use crate::{jobs, settings, state};
 use icllm_api::{JobId, UploadState};
+use icllm_engine::job::KvShape;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -24,18 +26,14 @@ pub fn reserve(limit: u64) -> u64 {
     (limit / 100).clamp(1_500_000, 400_000_000)
 }
 
-pub fn counter() -> u64 {
-    ic_cdk::api::performance_counter(0)
-}
-
 pub fn message_limit() -> u64 {
     settings::read(|s| s.message_instruction_limit)
 }
 
 /// A budget for the rest of this message.
-pub fn message_budget() -> MessageBudget<fn() -> u64> {
+pub fn message_budget(env: &impl Env) -> MessageBudget<impl Fn() -> u64 + '_> {
     let limit = message_limit();
-    MessageBudget::new(counter as fn() -> u64, limit, reserve(limit))
+    MessageBudget::new(|| env.instructions(), limit, reserve(limit))
 }
 
 fn has_work() -> bool {
@@ -80,7 +78,7 @@ pub const STEP_METHOD: &str = "<icllm internal> step";
 /// One scheduler message: the model pipeline, then one job's step.
 pub async fn tick() {
     send_notifications();
-    advance_pipeline();
+    advance_pipeline(&Ic);
     if state::read(|s| s.model.is_some()) {
         if let Some(id) = next_job() {
             background_step(id).await;
@@ -134,6 +132,7 @@ async fn background_step(id: JobId) {
     if let Some(t) = failed {
         state::mutate(|s| s.step_traps.remove(&id));
         jobs::fail(
+            &Ic,
             id,
             &format!(
                 "its step trapped {} times in a row, the last with 1/{} of the message instruction limit",
@@ -149,13 +148,13 @@ async fn background_step(id: JobId) {
 
 /// The body of [`STEP_METHOD`]: one step of job `id` with the message limit
 /// halved `shift` times.
-pub fn run_background_step(id: JobId, shift: u32) {
+pub fn run_background_step(env: &impl Env, id: JobId, shift: u32) {
     let (Some(model), Some(rec)) = (state::read(|s| s.model.clone()), jobs::get_hot(id)) else {
         return;
     };
     let limit = (message_limit() >> shift.min(32)).max(1);
-    let mut budget = MessageBudget::new(counter as fn() -> u64, limit, reserve(limit).min(limit / 2));
-    let _ = jobs::step_job(&model, rec, &mut budget, &counter);
+    let mut budget = MessageBudget::new(|| env.instructions(), limit, reserve(limit).min(limit / 2));
+    let _ = jobs::step_job(env, &model, rec, &mut budget);
 }
 
 /// The active job after the last one served (round-robin).
@@ -175,24 +174,29 @@ fn next_job() -> Option<u64> {
 }
 
 /// Advances the model pipeline as far as this message allows.
-pub fn advance_pipeline() {
+pub fn advance_pipeline(env: &impl Env) {
     let Some(mut pipeline) = state::mutate(|s| s.pipeline.take()) else {
         return;
     };
     let limit = message_limit();
     let usable = limit.saturating_sub(reserve(limit));
-    let remaining = move || usable.saturating_sub(counter());
+    let remaining = move || usable.saturating_sub(env.instructions());
     // A fresh message also pays the scheduler's own overhead: leave 10 %.
-    let progress = pipeline.advance(&remaining, usable / 10 * 9);
+    let mut progress = pipeline.advance(&remaining, usable / 10 * 9);
+    while let Progress::NeedsRoom { bytes } = progress {
+        make_room_for_upload(env, bytes);
+        progress = pipeline.advance(&remaining, usable / 10 * 9);
+    }
     let purpose = pipeline.purpose;
     match progress {
+        Progress::NeedsRoom { .. } => unreachable!("answered above"),
         Progress::Working { .. } => {
             if purpose == Purpose::Activate && !pipeline.is_hashing() {
                 set_upload_state(UploadState::Loading);
             }
             state::mutate(|s| s.pipeline = Some(pipeline));
         }
-        Progress::Ready(loaded) => activate(*loaded, purpose),
+        Progress::Ready(loaded) => activate(env, *loaded, purpose),
         Progress::Failed(reason) => {
             if purpose == Purpose::Activate {
                 set_upload_state(UploadState::Failed(reason.clone()));
@@ -210,6 +214,23 @@ pub fn advance_pipeline() {
     }
 }
 
+/// The active model keeps serving while a new upload loads, unless the two
+/// (with the cached jobs' KV caches) do not fit the heap together: then it
+/// makes way now. Its jobs fail with the reason; if the upload fails to
+/// load, [`advance_pipeline`] reloads the active model from its slot.
+fn make_room_for_upload(env: &impl Env, bytes: u64) {
+    let in_use = state::read(|s| s.model.as_ref().map_or(0, |m| m.info.heap_bytes)) + jobs::cache::kv_heap_bytes();
+    let budget = settings::read(|s| s.heap_budget());
+    if in_use > 0 && bytes + in_use > budget {
+        jobs::fail_all_active(
+            env,
+            "the model is being replaced by a new upload, and the two do not fit the heap together",
+        );
+        state::mutate(|s| s.model = None);
+        jobs::cache::clear();
+    }
+}
+
 fn set_upload_state(st: UploadState) {
     settings::mutate(|s| {
         if let Some(u) = s.upload.as_mut() {
@@ -219,20 +240,16 @@ fn set_upload_state(st: UploadState) {
 }
 
 /// Makes a loaded model the one jobs run on.
-fn activate(loaded: LoadedModel, purpose: Purpose) {
+pub(crate) fn activate(env: &impl Env, loaded: LoadedModel, purpose: Purpose) {
     if purpose == Purpose::Activate {
-        jobs::fail_all_active("the model was replaced by a new upload");
+        jobs::fail_all_active(env, "the model was replaced by a new upload");
         let c = &loaded.model.config;
+        let ctx = settings::read(|s| s.max_context)
+            .unwrap_or(c.context_length as u32)
+            .max(1);
+        jobs::kv_slots::configure(KvShape::of(c), ctx);
         let slot = loaded.slot.clone();
-        let (layers, kv_dim, trained_ctx) = (c.n_layers as u64, c.kv_dim as u64, c.context_length as u32);
         settings::mutate(|s| {
-            let ctx = s.max_context.unwrap_or(trained_ctx).max(1);
-            s.kv_slot_ctx = ctx;
-            s.kv_row_bytes = kv_dim * 4;
-            s.kv_slot_bytes = layers * 2 * ctx as u64 * kv_dim * 4;
-            s.kv_slots.clear();
-            // Rows of the old model mean nothing to the new one.
-            s.kv_kept.clear();
             s.active_model = Some(slot);
             if let Some(u) = s.upload.as_mut() {
                 u.state = UploadState::Done;
@@ -242,13 +259,79 @@ fn activate(loaded: LoadedModel, purpose: Purpose) {
     state::mutate(|s| {
         s.model = Some(Rc::new(loaded));
         s.pipeline_error = None;
-        s.job_cache.clear();
     });
+    jobs::cache::clear();
     // An upload whose verification an upgrade interrupted resumes now that
     // the active model is back (see `post_upgrade`).
     let interrupted = settings::read(|s| s.upload.clone())
         .filter(|u| purpose == Purpose::Reload && matches!(u.state, UploadState::Verifying | UploadState::Loading));
     if let Some(u) = interrupted {
         state::mutate(|s| s.pipeline = Some(Pipeline::verify_and_load(u.target)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{activate_upload, env_at, store_blob, stories260k};
+    use candid::Principal;
+    use icllm_api::{JobRequest, JobStatus};
+
+    /// Starts a job of `owner` on the active model and steps it once.
+    fn running_job(env: &crate::env::FakeEnv, owner: u8) -> JobId {
+        let model = state::read(|s| s.model.clone()).unwrap();
+        let owner = Principal::from_slice(&[owner; 29]);
+        let req = JobRequest {
+            prompt: "Once upon a time".into(),
+            max_tokens: 200,
+            ..JobRequest::default()
+        };
+        let claim = jobs::SlotClaim::take(owner, false).unwrap();
+        let (rec, job, adopted) = jobs::create(&model, owner, &req, None, 1, env.now_ns()).unwrap();
+        let id = jobs::insert_new(rec, job, adopted, claim, None).unwrap();
+        run_background_step(env, id, 13); // 40 B / 2^13: about 5 M instructions
+        assert!(jobs::get(id).unwrap().status.is_active());
+        id
+    }
+
+    fn failure(id: JobId) -> String {
+        match jobs::get(id).unwrap().status {
+            JobStatus::Failed(reason) => reason,
+            other => panic!("job {id} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_upload_that_fits_beside_the_active_model_replaces_it_once_loaded() {
+        let env = env_at(0);
+        let first = activate_upload(&env, store_blob(0, &stories260k()));
+        let id = running_job(&env, 1);
+        let second = activate_upload(&env, store_blob(1, &stories260k()));
+        assert_eq!(failure(id), "the model was replaced by a new upload");
+        assert!(!std::rc::Rc::ptr_eq(&first, &second));
+        assert_eq!(settings::read(|s| s.active_model.clone()), Some(second.slot.clone()));
+    }
+
+    #[test]
+    fn a_new_upload_that_does_not_fit_beside_the_active_model_makes_it_give_way_first() {
+        let env = env_at(0);
+        let first = activate_upload(&env, store_blob(0, &stories260k()));
+        let id = running_job(&env, 1);
+        // Room for one model and a job's cache, not for two models.
+        let budget = 2 * first.info.heap_bytes - 1;
+        settings::mutate(|s| s.heap_budget = Some(budget));
+        let slot = store_blob(1, &stories260k());
+        state::mutate(|s| s.pipeline = Some(Pipeline::verify_and_load(slot.clone())));
+        while state::read(|s| s.pipeline.is_some()) {
+            env.next_message(1_000_000);
+            advance_pipeline(&env);
+        }
+        // Its jobs failed with the reason it gave way, not at activation.
+        assert_eq!(
+            failure(id),
+            "the model is being replaced by a new upload, and the two do not fit the heap together"
+        );
+        assert_eq!(state::read(|s| s.model.as_ref().map(|m| m.slot.clone())), Some(slot));
+        assert_eq!(jobs::cache::kv_heap_bytes(), 0);
     }
 }

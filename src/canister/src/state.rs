@@ -1,9 +1,9 @@
-//! Heap state: hot copies and caches of what stable memory holds durably.
-//! Lost on upgrade by design; `post_upgrade` rebuilds it.
+//! Heap state: the model, the pipeline and what the scheduler works on.
+//! Lost on upgrade by design; `post_upgrade` rebuilds it from stable memory
+//! (the job cache, also heap only, is `jobs::cache`).
 
 use crate::model_store::{ModelRef, Pipeline};
 use icllm_api::JobId;
-use icllm_engine::job::Job;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,8 +15,6 @@ pub struct HeapState {
     pub pipeline: Option<Pipeline>,
     /// Why the last pipeline failed (shown by `model_info`/`health` until the next one starts).
     pub pipeline_error: Option<String>,
-    /// Engine jobs (with their KV cache) of recently stepped active jobs.
-    pub job_cache: BTreeMap<JobId, CachedJob>,
     /// Ids of unfinished jobs (the scheduler's work list).
     pub active: BTreeSet<JobId>,
     /// The job the scheduler served last (round-robin continues after it).
@@ -25,8 +23,6 @@ pub struct HeapState {
     pub stepping: BTreeSet<JobId>,
     /// The scheduler's interval timer, while armed.
     pub scheduler: Option<ic_cdk_timers::TimerId>,
-    /// Monotonic use counter for LRU eviction of `job_cache`.
-    pub clock: u64,
     /// Background steps that trapped, by job (see `scheduler::background_step`).
     pub step_traps: BTreeMap<JobId, StepTraps>,
     /// Jobs whose background step call is under way.
@@ -46,15 +42,6 @@ pub struct StepTraps {
     pub in_a_row: u32,
     /// Halvings of the message budget this job's steps use from now on.
     pub shift: u32,
-}
-
-pub struct CachedJob {
-    pub job: Job,
-    pub last_used: u64,
-    /// The job's record as last written to stable memory (every write of a
-    /// cached job's record goes through `jobs`, which keeps this in step),
-    /// so the scheduler need not decode it from the job table each message.
-    pub record: crate::jobs::JobRecord,
 }
 
 thread_local! {

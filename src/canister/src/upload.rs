@@ -129,7 +129,7 @@ pub fn finalize() -> ApiResult<UploadStatus> {
         s.pipeline = Some(Pipeline::verify_and_load(up.target.clone()));
         s.pipeline_error = None;
     });
-    scheduler::advance_pipeline();
+    scheduler::advance_pipeline(&crate::env::Ic);
     scheduler::ensure_armed();
     Ok(status())
 }
