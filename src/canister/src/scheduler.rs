@@ -10,7 +10,6 @@ use crate::env::{Env, Ic};
 use crate::model_store::{LoadedModel, Pipeline, Progress, Purpose};
 use crate::{jobs, settings, state};
 use icllm_api::{JobId, UploadState};
-use icllm_engine::job::KvShape;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -247,7 +246,7 @@ pub(crate) fn activate(env: &impl Env, loaded: LoadedModel, purpose: Purpose) {
         let ctx = settings::read(|s| s.max_context)
             .unwrap_or(c.context_length as u32)
             .max(1);
-        jobs::kv_slots::configure(KvShape::of(c), ctx);
+        jobs::kv_slots::configure(jobs::kv_slots::job_shape(&loaded), ctx);
         let slot = loaded.slot.clone();
         settings::mutate(|s| {
             s.active_model = Some(slot);

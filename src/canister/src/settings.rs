@@ -109,6 +109,12 @@ pub struct Settings {
     pub kv_slot_ctx: u32,
     /// Bytes of one KV row (`kv_dim` f32).
     pub kv_row_bytes: u64,
+    /// Rows of each layer's K (and V) region in a slot, fixed with the
+    /// slot size: fewer than `kv_slot_ctx` for a sliding-window layer, which
+    /// keeps position `p` at row `p % rows`. Empty: `kv_slot_ctx` for every
+    /// layer (slots sized before sliding layers kept only their window).
+    #[serde(default)]
+    pub kv_layer_rows: Vec<u32>,
     /// Largest context a job may ask for (default: the model's trained context).
     pub max_context: Option<u32>,
     /// Heap for weights and KV caches (default [`crate::memory::HEAP_BUDGET`]).
@@ -153,6 +159,7 @@ impl Default for Settings {
             kv_slot_bytes: 0,
             kv_slot_ctx: 0,
             kv_row_bytes: 0,
+            kv_layer_rows: Vec::new(),
             max_context: None,
             heap_budget: None,
             layout_version: STABLE_LAYOUT_VERSION,

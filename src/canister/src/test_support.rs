@@ -53,3 +53,38 @@ pub fn env_at(now: u64) -> FakeEnv {
     assert_eq!(env.now_ns(), now);
     env
 }
+
+/// stories260K rewritten as a gemma3 file whose layers 0, 1, 3 and 4 slide
+/// with a window of `window` (layer 2 is global), with q/k norms and
+/// post-norms near 1: a job's sliding layers keep a ring of rows.
+pub fn sliding_stories(window: u32) -> Vec<u8> {
+    use icllm_engine::format::gguf::writer::{parts_of, write, TensorData};
+    use icllm_engine::format::gguf::Value;
+    use icllm_engine::tensor::GgmlType;
+    let (mut metadata, mut tensors) = parts_of(&stories260k()).unwrap();
+    for (k, v) in metadata.iter_mut() {
+        if let Some(rest) = k.strip_prefix("llama.") {
+            *k = format!("gemma3.{rest}");
+        }
+        if k == "general.architecture" {
+            *v = Value::String("gemma3".into());
+        }
+    }
+    metadata.push(("gemma3.attention.sliding_window".into(), Value::U32(window)));
+    metadata.push(("gemma3.attention.sliding_window_pattern".into(), Value::U32(3)));
+    let vector = |name: String, len: usize, seed: usize| TensorData {
+        name,
+        dims: vec![len as u64],
+        ty: GgmlType::F32,
+        bytes: (0..len)
+            .flat_map(|i| (1.0 + 0.25 * (((i * 7 + seed * 13) % 11) as f32 / 11.0 - 0.5)).to_le_bytes())
+            .collect(),
+    };
+    for l in 0..5 {
+        tensors.push(vector(format!("blk.{l}.attn_q_norm.weight"), 8, l));
+        tensors.push(vector(format!("blk.{l}.attn_k_norm.weight"), 8, l + 1));
+        tensors.push(vector(format!("blk.{l}.post_attention_norm.weight"), 64, l + 2));
+        tensors.push(vector(format!("blk.{l}.post_ffw_norm.weight"), 64, l + 3));
+    }
+    write(&metadata, &tensors)
+}

@@ -345,7 +345,8 @@ impl Job {
             });
         }
         params.validate()?;
-        let shape = KvShape::of(c);
+        // Sliding layers keep their window and one prompt batch.
+        let shape = KvShape::of_job(c, DEFAULT_MAX_BATCH);
         shape.check(kv_type).map_err(JobError::KvType)?;
         let kv = KvCache::with_type(shape, ctx_size, kv_type).ok_or(JobError::ContextTooLarge { ctx_size })?;
         let state = JobState {
@@ -415,11 +416,16 @@ impl Job {
     /// (it may have been restored from storage).
     fn check(&self, model: &Model) -> Result<(), String> {
         let (c, s, kv) = (&model.config, &self.state, &self.kv);
-        if kv.shape() != KvShape::of(c) {
+        // A full cache serves any model; a ring only the one it was made for.
+        let expected = match kv.shape().ring {
+            Some(r) => KvShape::of_job(c, r.batch),
+            None => KvShape::of(c),
+        };
+        if kv.shape() != expected {
             return Err(format!(
                 "KV cache is {:?} but the model's is {:?}",
                 kv.shape(),
-                KvShape::of(c)
+                expected
             ));
         }
         if !kv.is_consistent() || kv.ctx() != s.ctx_size || kv.kv_type() != s.kv_type {
@@ -502,7 +508,10 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
         // Start a batch: the largest the budget accepts for layer 0's attention.
         let pending = s.total_tokens() - cur.pos as usize;
         let room = (s.ctx_size - cur.pos) as usize;
-        let max_n = pending.min(s.max_batch as usize).min(room);
+        let max_n = pending
+            .min(s.max_batch as usize)
+            .min(room)
+            .min(kv.shape().max_write() as usize);
         if max_n == 0 {
             return Err(format!("no token to process at position {}", cur.pos));
         }

@@ -20,6 +20,14 @@
 //!
 //! Either type is saved and restored as the same per-position bytes
 //! ([`KvCache::encode_rows`]), so a cache survives stable memory bit for bit.
+//!
+//! **Sliding-window layers** (Gemma 3's local layers) of a job's cache keep
+//! only their last positions ([`Ring`]): a layer's rows hold positions
+//! `base..base + rows`, and when a write runs past them the kept ones move
+//! to the front and `base` jumps forward, always by whole blocks of 32
+//! positions. Attention then reads the same contiguous rows, with the same
+//! block boundaries, as in a full cache: the results are bit for bit those
+//! of a cache that keeps everything.
 
 use crate::kernels::{self, AttentionShape};
 use crate::model::ModelConfig;
@@ -65,15 +73,108 @@ pub struct KvShape {
     pub n_layers: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// The sliding layers that keep only their window; `None`: every layer
+    /// keeps every position.
+    #[serde(default)]
+    pub ring: Option<Ring>,
+}
+
+/// Which layers slide and how many positions they keep: the window, plus a
+/// write of up to `batch` positions, plus up to 31 positions below the
+/// window (the base moves in blocks of 32), plus [`RING_SLACK`] so that the
+/// kept rows move only once every 64 positions or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ring {
+    /// A query at position `p` sees positions `p + 1 - window ..= p`.
+    pub window: u32,
+    /// The most positions one write adds (a job's prompt batch).
+    pub batch: u32,
+    /// Bit `l` set: layer `l` slides (from the model's config; a layer past
+    /// the 128th keeps every position).
+    pub layers: u128,
+}
+
+/// Positions a ring keeps beyond what its window and batch need.
+pub const RING_SLACK: u32 = 64;
+
+impl Ring {
+    /// Rows a sliding layer holds.
+    pub fn rows(&self) -> u32 {
+        (self.window + self.batch + 30).next_multiple_of(QK8_0 as u32) + RING_SLACK
+    }
+
+    pub fn slides(&self, layer: usize) -> bool {
+        layer < 128 && self.layers >> layer & 1 == 1
+    }
+
+    /// The first position a sliding layer keeps once positions `0..end` are
+    /// written: a multiple of 32 at most `window + batch - 1` below `end`,
+    /// so that the next write (at `end`, or a batch that ends at `end` and
+    /// was cut short) finds every position its queries see.
+    pub fn keep_from(&self, end: u32) -> u32 {
+        let keep = end.saturating_sub(self.window + self.batch - 1);
+        keep / QK8_0 as u32 * QK8_0 as u32
+    }
 }
 
 impl KvShape {
+    /// Every layer keeps every position (direct users of the forward pass,
+    /// which may write batches of any size).
     pub fn of(c: &ModelConfig) -> KvShape {
         KvShape {
             n_layers: c.n_layers,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
+            ring: None,
         }
+    }
+
+    /// A job's cache: sliding layers keep their window (plus a prompt batch
+    /// of up to `batch` positions).
+    pub fn of_job(c: &ModelConfig, batch: u32) -> KvShape {
+        let layers = (0..c.n_layers.min(128))
+            .filter(|&l| c.attention_window(l).is_some())
+            .fold(0u128, |m, l| m | 1 << l);
+        let ring = (layers != 0).then(|| Ring {
+            window: c.sliding_window,
+            batch: batch.max(1),
+            layers,
+        });
+        KvShape { ring, ..KvShape::of(c) }
+    }
+
+    /// The ring if `layer` slides.
+    fn ring_of(&self, layer: usize) -> Option<Ring> {
+        self.ring.filter(|r| r.slides(layer))
+    }
+
+    /// Rows `layer` holds in a cache of `ctx` positions.
+    pub fn layer_rows(&self, layer: usize, ctx: u32) -> u32 {
+        self.ring_of(layer).map_or(ctx, |r| r.rows().min(ctx))
+    }
+
+    /// The positions `layer` keeps once `0..end` are written: what a
+    /// checkpoint saves and a restore reads.
+    pub fn kept(&self, layer: usize, end: u32) -> Range<u32> {
+        self.ring_of(layer).map_or(0, |r| r.keep_from(end))..end
+    }
+
+    /// Of the rows `0..rows` that a cache which wrote `0..saved` left (in a
+    /// checkpoint), how many a new cache can start from: `rows`, unless a
+    /// sliding layer no longer holds positions the new cache would keep.
+    pub fn restorable(&self, rows: u32, saved: u32) -> u32 {
+        let rows = rows.min(saved);
+        let held = (0..self.n_layers).all(|l| self.kept(l, rows).start >= self.kept(l, saved).start);
+        if held {
+            rows
+        } else {
+            0
+        }
+    }
+
+    /// The most positions one write may add (`u32::MAX` without a ring).
+    pub fn max_write(&self) -> u32 {
+        self.ring.map_or(u32::MAX, |r| r.batch)
     }
 
     /// Width of one position's K (or V) row: `n_kv_heads · head_dim`.
@@ -81,13 +182,13 @@ impl KvShape {
         self.n_kv_heads * self.head_dim
     }
 
-    /// Heap bytes of a `ty` cache of `ctx` positions (saturating).
-    pub fn heap_bytes(&self, ty: KvType, ctx: u32) -> u64 {
-        let heads = self.n_layers as u64 * self.n_kv_heads as u64;
+    /// Heap bytes of one layer holding `rows` positions.
+    fn layer_heap_bytes(&self, ty: KvType, rows: u32) -> u64 {
+        let heads = self.n_kv_heads as u64;
         match ty {
-            KvType::F32 => 2 * heads * ctx as u64 * self.head_dim as u64 * 4,
+            KvType::F32 => 2 * heads * rows as u64 * self.head_dim as u64 * 4,
             KvType::Q8 => {
-                let g = Q8Geometry::new(self, ctx);
+                let g = Q8Geometry::new(self, rows);
                 let block = std::mem::size_of::<BlockQ8_0x4>() as u64;
                 let per_head = (g.k_blocks_per_head() + g.v_blocks_per_head()) as u64 * block + g.ctx_pad as u64 * 4;
                 heads.saturating_mul(per_head)
@@ -95,15 +196,31 @@ impl KvShape {
         }
     }
 
-    /// The most positions a `ty` cache can hold within `bytes` of heap.
+    /// Heap bytes of a `ty` cache of `ctx` positions (saturating).
+    pub fn heap_bytes(&self, ty: KvType, ctx: u32) -> u64 {
+        (0..self.n_layers).fold(0u64, |sum, l| {
+            sum.saturating_add(self.layer_heap_bytes(ty, self.layer_rows(l, ctx)))
+        })
+    }
+
+    /// The most positions a `ty` cache can hold within `bytes` of heap (at
+    /// most `u32::MAX`: a cache whose every layer slides never outgrows it).
     pub fn max_ctx(&self, ty: KvType, bytes: u64) -> u64 {
-        // Q8 grows by whole blocks of 32 positions; F32 by single positions.
-        let step = match ty {
-            KvType::F32 => 1,
-            KvType::Q8 => QK8_0 as u32,
-        };
-        let per_step = self.heap_bytes(ty, step).max(1);
-        bytes / per_step * step as u64
+        // heap_bytes grows with ctx: the largest ctx that fits, by bisection.
+        let fits = |ctx: u64| self.heap_bytes(ty, ctx as u32) <= bytes;
+        let (mut lo, mut hi) = (0u64, u32::MAX as u64);
+        if fits(hi) {
+            return hi;
+        }
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Bytes of one position's K (`which` = 0) or V (1) row of one layer
@@ -170,20 +287,25 @@ impl Q8Geometry {
     }
 }
 
-/// Keys and values of every layer for every position of a job.
+/// Keys and values of every layer for every position of a job (of the
+/// last positions, on a sliding layer of a job's cache: see [`Ring`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(into = "KvWire", try_from = "KvWire")]
 pub struct KvCache {
     shape: KvShape,
     ctx: u32,
     store: Store,
+    /// Per layer: the first row's position (0 unless the layer slides).
+    bases: Vec<u32>,
+    /// Per layer: its first row among all layers' rows.
+    row0: Vec<usize>,
     /// Positions written (in any layer) since the last [`KvCache::take_dirty`].
     dirty: Option<Range<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Store {
-    /// Each (n_layers, ctx, kv_dim).
+    /// Each: every layer's rows of kv_dim, layer after layer.
     F32 {
         k: Vec<f32>,
         v: Vec<f32>,
@@ -193,7 +315,7 @@ enum Store {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Q8Store {
-    geo: Q8Geometry,
+    layers: Vec<Q8LayerAt>,
     /// Per (layer, kv head): `ctx_pad / 4` groups of four positions, each
     /// `head_pad / 32` blocks.
     k: Vec<BlockQ8_0x4>,
@@ -205,9 +327,31 @@ struct Q8Store {
     v_scale: Vec<f32>,
 }
 
-/// One layer of a cache, as attention reads it.
+/// Where one layer of a Q8 store lies: its geometry (its `ctx_pad` from
+/// the rows it holds) and the index of its head 0 in `k`, `v`, `v_scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Q8LayerAt {
+    geo: Q8Geometry,
+    k: usize,
+    v: usize,
+    s: usize,
+}
+
+impl Q8LayerAt {
+    fn key_at(&self, h: usize) -> usize {
+        self.k + h * self.geo.k_blocks_per_head()
+    }
+    fn value_at(&self, h: usize) -> usize {
+        self.v + h * self.geo.v_blocks_per_head()
+    }
+    fn scale_at(&self, h: usize) -> usize {
+        self.s + h * self.geo.ctx_pad
+    }
+}
+
+/// One layer of a cache, as attention reads it: rows from the layer's base.
 pub enum KvLayer<'a> {
-    /// `k`, `v`: (ctx, kv_dim).
+    /// `k`, `v`: (rows, kv_dim).
     F32 {
         k: &'a [f32],
         v: &'a [f32],
@@ -218,45 +362,41 @@ pub enum KvLayer<'a> {
 /// One layer of a Q8 cache.
 pub struct Q8Layer<'a> {
     store: &'a Q8Store,
-    /// Index of (this layer, kv head 0).
-    head0: usize,
+    at: Q8LayerAt,
 }
 
 impl<'a> Q8Layer<'a> {
     /// Head size padded to whole blocks of 32.
     pub fn head_pad(&self) -> usize {
-        self.store.geo.head_pad
+        self.at.geo.head_pad
     }
     /// Positions the value matrices have room for (a multiple of 32).
     pub fn ctx_pad(&self) -> usize {
-        self.store.geo.ctx_pad
+        self.at.geo.ctx_pad
     }
     /// Key matrix of kv head `h`: rows are positions, `head_pad / 32` blocks each.
     pub fn keys(&self, h: usize) -> &'a [BlockQ8_0x4] {
-        let n = self.store.geo.k_blocks_per_head();
-        &self.store.k[(self.head0 + h) * n..][..n]
+        &self.store.k[self.at.key_at(h)..][..self.at.geo.k_blocks_per_head()]
     }
     /// Transposed value matrix of kv head `h`: rows are dimensions
     /// (`head_pad`), `ctx_pad / 32` blocks each.
     pub fn values(&self, h: usize) -> &'a [BlockQ8_0x4] {
-        let n = self.store.geo.v_blocks_per_head();
-        &self.store.v[(self.head0 + h) * n..][..n]
+        &self.store.v[self.at.value_at(h)..][..self.at.geo.v_blocks_per_head()]
     }
     /// Value scales of kv head `h`, one per position.
     pub fn value_scales(&self, h: usize) -> &'a [f32] {
-        let n = self.store.geo.ctx_pad;
-        &self.store.v_scale[(self.head0 + h) * n..][..n]
+        &self.store.v_scale[self.at.scale_at(h)..][..self.at.geo.ctx_pad]
     }
-    /// Key of kv head `h` at position `t`: per block of 32, its scale and
+    /// Key of kv head `h` at row `t`: per block of 32, its scale and
     /// quants (the padding zero).
     pub fn key(&self, h: usize, t: usize) -> Vec<(f32, [i8; QK8_0])> {
-        let kb = self.store.geo.k_blocks_per_row();
+        let kb = self.at.geo.k_blocks_per_row();
         let group = &self.keys(h)[t / 4 * kb..][..kb];
         group.iter().map(|b| (b.d[t % 4], b.lane(t % 4))).collect()
     }
-    /// Value of kv head `h` at position `t`: its scale and `head_pad` quants.
+    /// Value of kv head `h` at row `t`: its scale and `head_pad` quants.
     pub fn value(&self, h: usize, t: usize) -> (f32, Vec<i8>) {
-        let vb = self.store.geo.v_blocks_per_row();
+        let vb = self.at.geo.v_blocks_per_row();
         let values = self.values(h);
         let q = (0..self.head_pad())
             .map(|i| values[i / 4 * vb + t / QK8_0].qs[pair_byte(i % 4, t % QK8_0)])
@@ -271,6 +411,11 @@ fn pair_byte(lane: usize, col: usize) -> usize {
     8 * (col / 2) + 2 * lane + col % 2
 }
 
+/// A block of zero quants and zero scales: a Q8 row never written.
+fn zero_block() -> BlockQ8_0x4 {
+    zeroed_vec::<BlockQ8_0x4>(1)[0]
+}
+
 impl KvCache {
     /// A zeroed f32 cache; `None` if its size overflows this platform's memory.
     pub fn new(shape: KvShape, ctx: u32) -> Option<KvCache> {
@@ -281,11 +426,20 @@ impl KvCache {
     /// platform's memory (see [`KvShape::check`] for the shapes Q8 takes).
     pub fn with_type(shape: KvShape, ctx: u32, ty: KvType) -> Option<KvCache> {
         shape.check(ty).ok()?;
-        let heads = shape.n_layers.checked_mul(shape.n_kv_heads)?;
         usize::try_from(shape.heap_bytes(ty, ctx)).ok()?;
+        let rows: Vec<usize> = (0..shape.n_layers).map(|l| shape.layer_rows(l, ctx) as usize).collect();
+        let row0: Vec<usize> = rows
+            .iter()
+            .scan(0usize, |at, &r| {
+                let first = *at;
+                *at += r;
+                Some(first)
+            })
+            .collect();
+        let total_rows: usize = rows.iter().sum();
         let store = match ty {
             KvType::F32 => {
-                let len = heads.checked_mul(ctx as usize)?.checked_mul(shape.head_dim)?;
+                let len = total_rows.checked_mul(shape.kv_dim())?;
                 len.checked_mul(2 * std::mem::size_of::<f32>())?;
                 Store::F32 {
                     k: vec![0.0; len],
@@ -293,14 +447,23 @@ impl KvCache {
                 }
             }
             KvType::Q8 => {
+                let heads = shape.n_kv_heads;
+                let mut layers = Vec::with_capacity(shape.n_layers);
+                let (mut k, mut v, mut s) = (0usize, 0usize, 0usize);
+                for &r in &rows {
+                    let geo = Q8Geometry::new(&shape, r as u32);
+                    layers.push(Q8LayerAt { geo, k, v, s });
+                    k = k.checked_add(heads.checked_mul(geo.k_blocks_per_head())?)?;
+                    v = v.checked_add(heads.checked_mul(geo.v_blocks_per_head())?)?;
+                    s = s.checked_add(heads.checked_mul(geo.ctx_pad)?)?;
+                }
                 // Zeroed memory straight from the allocator: nothing is
                 // written (or dirtied) until positions are.
-                let geo = Q8Geometry::new(&shape, ctx);
                 Store::Q8(Q8Store {
-                    geo,
-                    k: zeroed_vec(heads.checked_mul(geo.k_blocks_per_head())?),
-                    v: zeroed_vec(heads.checked_mul(geo.v_blocks_per_head())?),
-                    v_scale: vec![0.0; heads.checked_mul(geo.ctx_pad)?],
+                    layers,
+                    k: zeroed_vec(k),
+                    v: zeroed_vec(v),
+                    v_scale: vec![0.0; s],
                 })
             }
         };
@@ -308,6 +471,8 @@ impl KvCache {
             shape,
             ctx,
             store,
+            bases: vec![0; shape.n_layers],
+            row0,
             dirty: None,
         })
     }
@@ -336,25 +501,48 @@ impl KvCache {
         self.shape.heap_bytes(self.kv_type(), self.ctx)
     }
 
-    /// Whether the storage has the size its shape, type and context imply.
-    pub fn is_consistent(&self) -> bool {
-        let heads = self.shape.n_layers * self.shape.n_kv_heads;
-        match &self.store {
-            Store::F32 { k, v } => k.len() == v.len() && k.len() == heads * self.ctx as usize * self.shape.head_dim,
-            Store::Q8(s) => {
-                s.geo == Q8Geometry::new(&self.shape, self.ctx)
-                    && s.k.len() == heads * s.geo.k_blocks_per_head()
-                    && s.v.len() == heads * s.geo.v_blocks_per_head()
-                    && s.v_scale.len() == heads * s.geo.ctx_pad
-            }
-        }
+    /// Rows `layer` holds.
+    fn rows(&self, layer: usize) -> u32 {
+        self.shape.layer_rows(layer, self.ctx)
     }
 
-    /// The whole of `layer`, for attention.
+    /// The positions `layer`'s rows hold now (written or not).
+    pub fn held(&self, layer: usize) -> Range<u32> {
+        let base = self.bases[layer];
+        base..base + self.rows(layer)
+    }
+
+    /// Whether the storage has the size its shape, type and context imply.
+    pub fn is_consistent(&self) -> bool {
+        let fresh = KvCache::with_type(self.shape, self.ctx, self.kv_type());
+        let layout_ok = fresh.is_some_and(|f| {
+            f.row0 == self.row0
+                && match (&f.store, &self.store) {
+                    (Store::F32 { k: a, .. }, Store::F32 { k, v }) => k.len() == a.len() && v.len() == a.len(),
+                    (Store::Q8(a), Store::Q8(s)) => {
+                        a.layers == s.layers
+                            && a.k.len() == s.k.len()
+                            && a.v.len() == s.v.len()
+                            && a.v_scale.len() == s.v_scale.len()
+                    }
+                    _ => false,
+                }
+        });
+        let bases_ok = self.bases.len() == self.n_layers()
+            && self
+                .bases
+                .iter()
+                .enumerate()
+                .all(|(l, &b)| b.is_multiple_of(QK8_0 as u32) && (b == 0 || self.shape.ring_of(l).is_some()));
+        layout_ok && bases_ok
+    }
+
+    /// The whole of `layer`'s rows, for attention (row `t` holds position
+    /// `held(layer).start + t`).
     pub fn layer(&self, layer: usize) -> KvLayer<'_> {
         match &self.store {
             Store::F32 { k, v } => {
-                let s = self.f32_span(layer, 0..self.ctx);
+                let s = self.f32_rows(layer, 0..self.rows(layer) as usize);
                 KvLayer::F32 {
                     k: &k[s.clone()],
                     v: &v[s],
@@ -362,16 +550,83 @@ impl KvCache {
             }
             Store::Q8(store) => KvLayer::Q8(Q8Layer {
                 store,
-                head0: layer * self.shape.n_kv_heads,
+                at: store.layers[layer],
             }),
         }
     }
 
-    /// Index range in an f32 store of `positions` of `layer`.
-    fn f32_span(&self, layer: usize, positions: Range<u32>) -> Range<usize> {
-        let base = layer * self.ctx as usize;
+    /// Index range in an f32 store of rows `rows` of `layer`.
+    fn f32_rows(&self, layer: usize, rows: Range<usize>) -> Range<usize> {
         let kv_dim = self.kv_dim();
-        (base + positions.start as usize) * kv_dim..(base + positions.end as usize) * kv_dim
+        let first = self.row0[layer];
+        (first + rows.start) * kv_dim..(first + rows.end) * kv_dim
+    }
+
+    /// The rows of `positions` in `layer`; panics unless it holds them.
+    fn rows_of(&self, layer: usize, positions: Range<u32>) -> Range<usize> {
+        let held = self.held(layer);
+        assert!(
+            layer < self.n_layers() && positions.end <= self.ctx,
+            "KV rows outside the cache"
+        );
+        assert!(
+            positions.is_empty() || (held.start <= positions.start && positions.end <= held.end),
+            "positions {positions:?} of layer {layer} are not among those it holds ({held:?})"
+        );
+        let base = held.start as usize;
+        (positions.start as usize).saturating_sub(base)..(positions.end as usize).saturating_sub(base)
+    }
+
+    /// Makes `layer` hold positions up to `end`: a sliding layer whose rows
+    /// end before moves its kept positions ([`Ring::keep_from`]) to the front.
+    fn make_room(&mut self, layer: usize, end: u32) {
+        let Some(ring) = self.shape.ring_of(layer) else { return };
+        if end <= self.held(layer).end {
+            return;
+        }
+        let new_base = ring.keep_from(end);
+        let old_base = self.bases[layer];
+        assert!(new_base >= old_base, "a sliding layer's positions only move forward");
+        let shift = (new_base - old_base) as usize;
+        let rows = self.rows(layer) as usize;
+        match &mut self.store {
+            Store::F32 { k, v } => {
+                let kv_dim = self.shape.kv_dim();
+                let layer_span = self.row0[layer] * kv_dim..(self.row0[layer] + rows) * kv_dim;
+                for x in [k, v] {
+                    let x = &mut x[layer_span.clone()];
+                    let moved = rows.saturating_sub(shift) * kv_dim;
+                    x.copy_within(x.len() - moved.., 0);
+                    x[moved..].fill(0.0);
+                }
+            }
+            Store::Q8(s) => {
+                let at = s.layers[layer];
+                let g = at.geo;
+                let zero = zero_block();
+                for h in 0..self.shape.n_kv_heads {
+                    // Keys: groups of four positions, `head_pad / 32` blocks each.
+                    let keys = &mut s.k[at.key_at(h)..][..g.k_blocks_per_head()];
+                    let by = (shift / 4 * g.k_blocks_per_row()).min(keys.len());
+                    keys.copy_within(by.., 0);
+                    let n = keys.len();
+                    keys[n - by..].fill(zero);
+                    // Values: per row of dimensions, blocks of 32 positions.
+                    let vb = g.v_blocks_per_row();
+                    let by = (shift / QK8_0).min(vb);
+                    for row in s.v[at.value_at(h)..][..g.v_blocks_per_head()].chunks_exact_mut(vb) {
+                        row.copy_within(by.., 0);
+                        row[vb - by..].fill(zero);
+                    }
+                    let scales = &mut s.v_scale[at.scale_at(h)..][..g.ctx_pad];
+                    let by = shift.min(scales.len());
+                    scales.copy_within(by.., 0);
+                    let n = scales.len();
+                    scales[n - by..].fill(0.0);
+                }
+            }
+        }
+        self.bases[layer] = new_base;
     }
 
     /// Writes `k`, `v` (n, kv_dim) at positions `pos0..pos0 + n` of `layer`
@@ -380,24 +635,31 @@ impl KvCache {
         let kv_dim = self.kv_dim();
         let n = (k.len() / kv_dim) as u32;
         assert!(k.len() == v.len() && pos0 + n <= self.ctx, "KV rows outside the cache");
-        let span = self.f32_span(layer, pos0..pos0 + n);
-        let (shape, head0) = (self.shape, layer * self.shape.n_kv_heads);
+        assert!(
+            n <= self.shape.max_write(),
+            "a write of {n} positions exceeds the ring's batch"
+        );
+        self.make_room(layer, pos0 + n);
+        let rows = self.rows_of(layer, pos0..pos0 + n);
+        let span = self.f32_rows(layer, rows.clone());
+        let shape = self.shape;
         match &mut self.store {
             Store::F32 { k: kc, v: vc } => {
                 kc[span.clone()].copy_from_slice(k);
                 vc[span].copy_from_slice(v);
             }
             Store::Q8(s) => {
+                let at = s.layers[layer];
                 let hd = shape.head_dim;
-                let mut padded = vec![0.0f32; s.geo.head_pad];
-                let mut q = vec![0i8; s.geo.head_pad];
+                let mut padded = vec![0.0f32; at.geo.head_pad];
+                let mut q = vec![0i8; at.geo.head_pad];
                 for (i, (k_row, v_row)) in k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)).enumerate() {
-                    let t = pos0 as usize + i;
+                    let t = rows.start + i;
                     for h in 0..shape.n_kv_heads {
                         padded[..hd].copy_from_slice(&k_row[h * hd..(h + 1) * hd]);
-                        s.set_key(head0 + h, t, &padded, &mut q);
+                        s.set_key(at, h, t, &padded, &mut q);
                         padded[..hd].copy_from_slice(&v_row[h * hd..(h + 1) * hd]);
-                        s.set_value(head0 + h, t, &padded, &mut q);
+                        s.set_value(at, h, t, &padded, &mut q);
                     }
                 }
             }
@@ -421,26 +683,24 @@ impl KvCache {
     /// after position, [`Self::row_bytes`] each: f32 little-endian for F32;
     /// for Q8 per kv head the block scales (f32 LE) each followed by its
     /// quants (K), or the scale then the quants (V), without padding.
-    /// Panics if out of range (callers persist ranges from [`Self::take_dirty`]).
+    /// Panics unless the layer holds them ([`Self::held`]; callers persist
+    /// [`KvShape::kept`] positions of ranges from [`Self::take_dirty`]).
     pub fn encode_rows(&self, layer: usize, positions: Range<u32>, which: Which, out: &mut Vec<u8>) {
-        assert!(
-            layer < self.n_layers() && positions.end <= self.ctx,
-            "KV rows outside the cache"
-        );
+        let rows = self.rows_of(layer, positions);
         match (&self.store, which) {
-            (Store::F32 { k, .. }, Which::K) => f32_le(&k[self.f32_span(layer, positions)], out),
-            (Store::F32 { v, .. }, Which::V) => f32_le(&v[self.f32_span(layer, positions)], out),
+            (Store::F32 { k, .. }, Which::K) => f32_le(&k[self.f32_rows(layer, rows)], out),
+            (Store::F32 { v, .. }, Which::V) => f32_le(&v[self.f32_rows(layer, rows)], out),
             (Store::Q8(_), _) => {
                 let KvLayer::Q8(l) = self.layer(layer) else {
                     unreachable!("a Q8 store gives Q8 layers")
                 };
                 let hd = self.shape.head_dim;
-                let (kb, vb) = (l.store.geo.k_blocks_per_row(), l.store.geo.v_blocks_per_row());
+                let (kb, vb) = (l.at.geo.k_blocks_per_row(), l.at.geo.v_blocks_per_row());
                 // Straight from the packed blocks into the output (this runs
                 // at every checkpoint, for every row written).
                 let mut at = out.len();
-                out.resize(at + positions.len() * self.row_bytes(which), 0);
-                for t in positions.start as usize..positions.end as usize {
+                out.resize(at + rows.len() * self.row_bytes(which), 0);
+                for t in rows {
                     let (lane, col) = (t % 4, t % QK8_0);
                     for h in 0..self.shape.n_kv_heads {
                         match which {
@@ -482,10 +742,10 @@ impl KvCache {
     pub fn rows_bytes(&self, layer: usize, positions: Range<u32>, which: Which) -> Cow<'_, [u8]> {
         match (&self.store, which) {
             (Store::F32 { k, .. }, Which::K) if cfg!(target_endian = "little") => {
-                Cow::Borrowed(f32_as_bytes(&k[self.f32_span(layer, positions)]))
+                Cow::Borrowed(f32_as_bytes(&k[self.f32_rows(layer, self.rows_of(layer, positions))]))
             }
             (Store::F32 { v, .. }, Which::V) if cfg!(target_endian = "little") => {
-                Cow::Borrowed(f32_as_bytes(&v[self.f32_span(layer, positions)]))
+                Cow::Borrowed(f32_as_bytes(&v[self.f32_rows(layer, self.rows_of(layer, positions))]))
             }
             _ => {
                 let mut out = Vec::new();
@@ -496,7 +756,8 @@ impl KvCache {
     }
 
     /// Restores rows written by [`Self::encode_rows`] at positions `pos0..`
-    /// of `layer` (does not mark them dirty).
+    /// of `layer` (does not mark them dirty). A sliding layer first moves
+    /// on, as a write would, if they run past its rows.
     pub fn decode_rows(&mut self, layer: usize, pos0: u32, which: Which, bytes: &[u8]) -> Result<(), String> {
         let row = self.row_bytes(which);
         if !bytes.len().is_multiple_of(row) {
@@ -506,8 +767,17 @@ impl KvCache {
         if layer >= self.n_layers() || end > self.ctx as u64 {
             return Err(format!("rows {pos0}..{end} of layer {layer} are outside the cache"));
         }
-        let span = self.f32_span(layer, pos0..end as u32);
-        let (shape, head0) = (self.shape, layer * self.shape.n_kv_heads);
+        let end = end as u32;
+        self.make_room(layer, end);
+        let held = self.held(layer);
+        if pos0 < held.start || end > held.end {
+            return Err(format!(
+                "rows {pos0}..{end} of layer {layer} are not among the positions it keeps ({held:?})"
+            ));
+        }
+        let rows = self.rows_of(layer, pos0..end);
+        let span = self.f32_rows(layer, rows.clone());
+        let shape = self.shape;
         match &mut self.store {
             Store::F32 { k, v } => {
                 let dst = match which {
@@ -519,6 +789,7 @@ impl KvCache {
                 }
             }
             Store::Q8(s) => {
+                let at = s.layers[layer];
                 let hd = shape.head_dim;
                 let mut rd = bytes;
                 let mut take = |n: usize| {
@@ -527,24 +798,24 @@ impl KvCache {
                     a
                 };
                 let scale = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                for t in pos0 as usize..end as usize {
-                    for h in head0..head0 + shape.n_kv_heads {
+                for t in rows {
+                    for h in 0..shape.n_kv_heads {
                         match which {
                             Which::K => {
-                                for b in 0..s.geo.k_blocks_per_row() {
+                                for b in 0..at.geo.k_blocks_per_row() {
                                     let d = scale(take(4));
                                     let real = hd.min(QK8_0 * (b + 1)) - QK8_0 * b;
                                     let mut q = [0i8; QK8_0];
                                     for (x, &y) in q.iter_mut().zip(take(real)) {
                                         *x = y as i8;
                                     }
-                                    s.key_block_mut(h, t, b).set_lane(t % 4, d, &q);
+                                    s.key_block_mut(at, h, t, b).set_lane(t % 4, d, &q);
                                 }
                             }
                             Which::V => {
-                                s.v_scale[h * s.geo.ctx_pad + t] = scale(take(4));
+                                s.v_scale[at.scale_at(h) + t] = scale(take(4));
                                 let q = take(hd);
-                                s.set_value_column(h, t, |i| q.get(i).map_or(0, |&y| y as i8));
+                                s.set_value_column(at, h, t, |i| q.get(i).map_or(0, |&y| y as i8));
                             }
                         }
                     }
@@ -569,8 +840,9 @@ impl KvCache {
     /// over `positions` (`0..n` causally, a later start for a sliding
     /// window), into `out`.
     pub fn attend(&self, layer: usize, q: &[f32], positions: Range<usize>, shape: AttentionShape, out: &mut [f32]) {
-        let (first, n_pos) = (positions.start, positions.end);
-        assert!(first < n_pos, "attention over no position");
+        assert!(positions.start < positions.end, "attention over no position");
+        let rows = self.rows_of(layer, positions.start as u32..positions.end as u32);
+        let (first, n_pos) = (rows.start, rows.end);
         let mut scores = crate::scratch::Scratch::new(n_pos.next_multiple_of(QK8_0));
         match self.layer(layer) {
             KvLayer::F32 { k, v } => {
@@ -583,36 +855,36 @@ impl KvCache {
 }
 
 impl Q8Store {
-    fn key_block_mut(&mut self, head: usize, t: usize, b: usize) -> &mut BlockQ8_0x4 {
-        let kb = self.geo.k_blocks_per_row();
-        &mut self.k[head * self.geo.k_blocks_per_head() + t / 4 * kb + b]
+    fn key_block_mut(&mut self, at: Q8LayerAt, h: usize, t: usize, b: usize) -> &mut BlockQ8_0x4 {
+        let kb = at.geo.k_blocks_per_row();
+        &mut self.k[at.key_at(h) + t / 4 * kb + b]
     }
 
-    /// Quantizes `key` (`head_pad`, zero padded) of `head` at position `t`
+    /// Quantizes `key` (`head_pad`, zero padded) of head `h` at row `t`
     /// in blocks of 32 (`q`: scratch of `head_pad`).
-    fn set_key(&mut self, head: usize, t: usize, key: &[f32], q: &mut [i8]) {
+    fn set_key(&mut self, at: Q8LayerAt, h: usize, t: usize, key: &[f32], q: &mut [i8]) {
         for (b, (x, q)) in key.chunks_exact(QK8_0).zip(q.chunks_exact_mut(QK8_0)).enumerate() {
             let d = kernels::acts::quantize_i8_block(x, q);
             let q: &[i8; QK8_0] = (&*q).try_into().expect("a block is 32 quants");
-            self.key_block_mut(head, t, b).set_lane(t % 4, d, q);
+            self.key_block_mut(at, h, t, b).set_lane(t % 4, d, q);
         }
     }
 
-    /// Quantizes `value` (`head_pad`, zero padded) of `head` at position `t`
+    /// Quantizes `value` (`head_pad`, zero padded) of head `h` at row `t`
     /// with one scale (`q`: scratch of `head_pad`).
-    fn set_value(&mut self, head: usize, t: usize, value: &[f32], q: &mut [i8]) {
-        self.v_scale[head * self.geo.ctx_pad + t] = kernels::acts::quantize_i8_block(value, q);
-        self.set_value_column(head, t, |i| q[i]);
+    fn set_value(&mut self, at: Q8LayerAt, h: usize, t: usize, value: &[f32], q: &mut [i8]) {
+        self.v_scale[at.scale_at(h) + t] = kernels::acts::quantize_i8_block(value, q);
+        self.set_value_column(at, h, t, |i| q[i]);
     }
 
-    /// Writes quant `q(i)` of every dimension `i < head_pad` of `head` at
-    /// position `t` (column `t` of the transposed values), and makes the
-    /// blocks it lands in unit-scaled.
-    fn set_value_column(&mut self, head: usize, t: usize, q: impl Fn(usize) -> i8) {
-        let vb = self.geo.v_blocks_per_row();
+    /// Writes quant `q(i)` of every dimension `i < head_pad` of head `h` at
+    /// row `t` (column `t` of the transposed values), and makes the blocks
+    /// it lands in unit-scaled.
+    fn set_value_column(&mut self, at: Q8LayerAt, h: usize, t: usize, q: impl Fn(usize) -> i8) {
+        let vb = at.geo.v_blocks_per_row();
         let first = pair_byte(0, t % QK8_0);
-        let start = head * self.geo.v_blocks_per_head() + t / QK8_0;
-        let groups = self.geo.head_pad / 4;
+        let start = at.value_at(h) + t / QK8_0;
+        let groups = at.geo.head_pad / 4;
         for (g, block) in self.v[start..].iter_mut().step_by(vb).take(groups).enumerate() {
             block.d = [1.0; 4];
             for r in 0..4 {
@@ -636,8 +908,8 @@ fn f32_as_bytes(x: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
 }
 
-/// The serde form of a cache: its shape and every row as
-/// [`KvCache::encode_rows`] writes them.
+/// The serde form of a cache: its shape, each layer's base and every row
+/// it holds as [`KvCache::encode_rows`] writes them.
 #[derive(Serialize, Deserialize)]
 struct KvWire {
     shape: KvShape,
@@ -648,14 +920,18 @@ struct KvWire {
     #[serde(with = "crate::serde_bytes")]
     v: Vec<u8>,
     dirty: Option<Range<u32>>,
+    #[serde(default)]
+    bases: Vec<u32>,
 }
 
 impl From<KvCache> for KvWire {
     fn from(c: KvCache) -> KvWire {
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for layer in 0..c.n_layers() {
-            c.encode_rows(layer, 0..c.ctx, Which::K, &mut k);
-            c.encode_rows(layer, 0..c.ctx, Which::V, &mut v);
+            let held = c.held(layer);
+            let held = held.start..held.end.min(c.ctx);
+            c.encode_rows(layer, held.clone(), Which::K, &mut k);
+            c.encode_rows(layer, held, Which::V, &mut v);
         }
         KvWire {
             shape: c.shape,
@@ -664,6 +940,7 @@ impl From<KvCache> for KvWire {
             k,
             v,
             dirty: c.dirty,
+            bases: c.bases,
         }
     }
 }
@@ -672,9 +949,25 @@ impl TryFrom<KvWire> for KvCache {
     type Error = String;
     fn try_from(w: KvWire) -> Result<KvCache, String> {
         let mut c = KvCache::with_type(w.shape, w.ctx, w.ty).ok_or("KV cache shape too large")?;
+        if !w.bases.is_empty() {
+            if w.bases.len() != c.n_layers() {
+                return Err(format!("{} layer bases for {} layers", w.bases.len(), c.n_layers()));
+            }
+            c.bases = w.bases;
+            if !c.is_consistent() {
+                return Err("a KV layer base is not a block boundary of a sliding layer".into());
+            }
+        }
         for (which, bytes) in [(Which::K, &w.k), (Which::V, &w.v)] {
-            let per_layer = c.row_bytes(which) * c.ctx as usize;
-            if bytes.len() != per_layer * c.n_layers() {
+            let row = c.row_bytes(which);
+            let spans: Vec<Range<u32>> = (0..c.n_layers())
+                .map(|l| {
+                    let h = c.held(l);
+                    h.start..h.end.min(c.ctx)
+                })
+                .collect();
+            let want: usize = spans.iter().map(|s| s.len() * row).sum();
+            if bytes.len() != want {
                 return Err(format!(
                     "{} bytes of KV rows for a {}-layer cache of {} positions",
                     bytes.len(),
@@ -682,8 +975,11 @@ impl TryFrom<KvWire> for KvCache {
                     c.ctx
                 ));
             }
-            for layer in 0..c.n_layers() {
-                c.decode_rows(layer, 0, which, &bytes[layer * per_layer..][..per_layer])?;
+            let mut at = 0;
+            for (layer, span) in spans.into_iter().enumerate() {
+                let n = span.len() * row;
+                c.decode_rows(layer, span.start, which, &bytes[at..at + n])?;
+                at += n;
             }
         }
         c.dirty = w.dirty;
@@ -694,23 +990,26 @@ impl TryFrom<KvWire> for KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::pseudo;
+    use crate::kernels::{pseudo, AttentionShape};
 
     const SHAPES: [KvShape; 3] = [
         KvShape {
             n_layers: 2,
             n_kv_heads: 2,
             head_dim: 64,
+            ring: None,
         },
         KvShape {
             n_layers: 3,
             n_kv_heads: 4,
             head_dim: 8,
+            ring: None,
         },
         KvShape {
             n_layers: 1,
             n_kv_heads: 3,
             head_dim: 48,
+            ring: None,
         },
     ];
 
@@ -820,5 +1119,138 @@ mod tests {
             SHAPES[0].heap_bytes(KvType::Q8, 4096),
         );
         assert!(f32 as f64 / q8 as f64 > 3.4, "{f32} vs {q8}");
+    }
+
+    /// Two layers of 2 kv heads of 64 (4 query heads); layer 1 slides with
+    /// a window of 40 and batches of up to 8: it holds 160 positions
+    /// (40 + 8 + 30 rounded up to 32, plus the slack of 64).
+    fn ringed() -> (KvShape, AttentionShape) {
+        let ring = Ring {
+            window: 40,
+            batch: 8,
+            layers: 0b10,
+        };
+        let shape = KvShape {
+            ring: Some(ring),
+            ..SHAPES[0]
+        };
+        let att = AttentionShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+        };
+        (shape, att)
+    }
+
+    /// Writes positions `range` to every layer of each cache in batches of
+    /// `batch`, and after each batch attends every new position of every
+    /// layer (the window on the sliding layer): the outputs of all caches.
+    fn write_and_attend(caches: &mut [&mut KvCache], range: Range<u32>, batch: u32, seed: u32) -> Vec<Vec<f32>> {
+        let (shape, att) = ringed();
+        let mut outs = vec![Vec::new(); caches.len()];
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = batch.min(range.end - pos);
+            for layer in 0..shape.n_layers {
+                let rows = n as usize * shape.kv_dim();
+                let (k, v) = (
+                    pseudo(rows, seed + pos * 7 + layer as u32),
+                    pseudo(rows, seed + pos * 11 + 99),
+                );
+                for (kv, out) in caches.iter_mut().zip(outs.iter_mut()) {
+                    kv.write(layer, pos, &k, &v);
+                    for p in pos..pos + n {
+                        let q = pseudo(att.n_heads * att.head_dim, p * 3 + layer as u32);
+                        let first = if layer == 1 { (p + 1).saturating_sub(40) } else { 0 };
+                        let mut o = vec![0.0; q.len()];
+                        kv.attend(layer, &q, first as usize..p as usize + 1, att, &mut o);
+                        out.extend(o);
+                    }
+                }
+            }
+            pos += n;
+        }
+        outs
+    }
+
+    #[test]
+    fn a_ring_attends_bit_for_bit_as_a_cache_that_keeps_everything() {
+        let (shape, _) = ringed();
+        assert_eq!(shape.layer_rows(1, 1000), 160);
+        for ty in [KvType::F32, KvType::Q8] {
+            let full_shape = KvShape { ring: None, ..shape };
+            let mut full = KvCache::with_type(full_shape, 1000, ty).unwrap();
+            let mut ring = KvCache::with_type(shape, 1000, ty).unwrap();
+            assert!(ring.heap_bytes() < full.heap_bytes() * 6 / 10, "{ty:?}");
+            // Batches of every size up to the ring's, across several moves.
+            let mut pos = 0;
+            for (i, batch) in [1, 8, 3, 8, 5, 7, 2, 8].into_iter().cycle().take(70).enumerate() {
+                let outs = write_and_attend(&mut [&mut full, &mut ring], pos..pos + batch, batch, i as u32);
+                assert!(outs[0] == outs[1], "{ty:?}: positions {pos}.. differ");
+                pos += batch;
+            }
+            assert!(ring.held(1).start >= 256, "the ring moved on: {:?}", ring.held(1));
+            assert_eq!(ring.held(0), 0..1000);
+            assert!(ring.is_consistent());
+        }
+    }
+
+    #[test]
+    fn a_ring_restored_from_its_kept_positions_goes_on_as_the_original() {
+        let (shape, _) = ringed();
+        for ty in [KvType::F32, KvType::Q8] {
+            let mut original = KvCache::with_type(shape, 600, ty).unwrap();
+            write_and_attend(&mut [&mut original], 0..203, 7, 1);
+            let end = original.take_dirty().unwrap().end;
+            // What a checkpoint saves and a restore reads: each layer's kept positions.
+            let mut restored = KvCache::with_type(shape, 600, ty).unwrap();
+            for layer in 0..shape.n_layers {
+                let kept = shape.kept(layer, end);
+                assert_eq!(kept.start, if layer == 1 { (203 - 47) / 32 * 32 } else { 0 });
+                for which in [Which::K, Which::V] {
+                    let mut bytes = Vec::new();
+                    original.encode_rows(layer, kept.clone(), which, &mut bytes);
+                    restored.decode_rows(layer, kept.start, which, &bytes).unwrap();
+                }
+            }
+            let outs = write_and_attend(&mut [&mut original, &mut restored], 203..400, 8, 2);
+            assert!(outs[0] == outs[1], "{ty:?}");
+            // And through serde, as a whole: the same rows (a Q8 block
+            // never written comes back unit-scaled, its quants still zero).
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&original, &mut bytes).unwrap();
+            let back: KvCache = ciborium::from_reader(bytes.as_slice()).unwrap();
+            assert_eq!(
+                (back.bases.clone(), back.dirty()),
+                (original.bases.clone(), original.dirty())
+            );
+            for layer in 0..shape.n_layers {
+                for which in [Which::K, Which::V] {
+                    let held = original.held(layer);
+                    let held = held.start..held.end.min(600);
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    original.encode_rows(layer, held.clone(), which, &mut a);
+                    back.encode_rows(layer, held, which, &mut b);
+                    assert!(a == b, "{ty:?} layer {layer}");
+                }
+            }
+            // Positions the ring no longer holds are refused, not invented.
+            let e = restored.decode_rows(1, 0, Which::K, &vec![0; restored.row_bytes(Which::K)]);
+            assert!(e.unwrap_err().contains("keeps"), "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn only_rows_a_ring_still_holds_are_restorable() {
+        let (shape, _) = ringed();
+        // Saved 0..500: the sliding layer kept 448..500 (a multiple of 32
+        // at most window + batch - 1 = 47 below 500).
+        assert_eq!(shape.kept(1, 500), 448..500);
+        assert_eq!(shape.restorable(499, 500), 499);
+        assert_eq!(shape.restorable(480, 500), 0, "would need 416..480");
+        assert_eq!(shape.restorable(600, 500), 500);
+        assert_eq!(KvShape { ring: None, ..shape }.restorable(100, 500), 100);
+        // A ring of a cache shorter than its rows keeps everything.
+        assert_eq!(shape.layer_rows(1, 50), 50);
     }
 }

@@ -5,8 +5,8 @@
 
 use icllm_engine::format::gguf::writer::{parts_of, write, Parts, TensorData};
 use icllm_engine::format::gguf::Value;
-use icllm_engine::job::{step, Job, StepOutcome, Unlimited};
-use icllm_engine::kv::{KvCache, KvShape, KvType};
+use icllm_engine::job::{step, FinishReason, Job, StepOutcome, UnitBudget, Unlimited};
+use icllm_engine::kv::{KvCache, KvShape, KvType, Which};
 use icllm_engine::model::{forward, Architecture, Model};
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tensor::GgmlType;
@@ -166,6 +166,55 @@ fn windows_are_independent_of_batching() {
                 .enumerate()
                 .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
             assert_eq!(ids[0], argmax.0 as u32);
+        }
+    }
+}
+
+/// A job's sliding layers keep only their window (a ring of 192 rows for a
+/// window of 16 and prompt batches of 64): generating far past it, in
+/// steps of a few units with the job through CBOR between steps (what a
+/// checkpoint and an upgrade do), gives bit for bit the tokens and the
+/// cache rows of a job whose cache keeps every position, in one go.
+#[test]
+fn a_ring_job_generates_what_a_full_cache_generates() {
+    let model = load(&gemma3_parts(Some(16), Some(Value::U32(3))));
+    let c = &model.config;
+    let p = prompt(150);
+    for kv in [KvType::F32, KvType::Q8] {
+        let new = || Job::with_kv_type(&model, p.clone(), SamplingParams::greedy(), 250, 420, kv).unwrap();
+        let mut full = new();
+        full.kv = KvCache::with_type(KvShape::of(c), 420, kv).unwrap();
+        assert!(step(&model, &mut full, &mut Unlimited).outcome == StepOutcome::Finished(FinishReason::MaxTokens));
+
+        let mut ring = new();
+        let shape = ring.kv.shape();
+        assert_eq!(shape.layer_rows(0, 420), 192, "layer 0 slides");
+        assert_eq!(shape.layer_rows(2, 420), 420, "layer 2 is global");
+        assert!(ring.kv.heap_bytes() * 10 < full.kv.heap_bytes() * 7, "{kv:?}");
+        let mut steps = 0;
+        loop {
+            let report = step(&model, &mut ring, &mut UnitBudget::new(5));
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&ring, &mut bytes).unwrap();
+            ring = ciborium::from_reader(bytes.as_slice()).unwrap();
+            steps += 1;
+            if report.outcome != StepOutcome::Yielded {
+                assert_eq!(report.outcome, StepOutcome::Finished(FinishReason::MaxTokens));
+                break;
+            }
+        }
+        assert!(steps > 100, "{steps}");
+        assert_eq!(ring.state.generated(), full.state.generated(), "{kv:?}");
+        assert!(ring.kv.held(0).start >= 192, "the ring moved on: {:?}", ring.kv.held(0));
+        // The rows the ring keeps are the full cache's, bit for bit.
+        for layer in 0..c.n_layers {
+            let kept = shape.kept(layer, 399);
+            for which in [Which::K, Which::V] {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                ring.kv.encode_rows(layer, kept.clone(), which, &mut a);
+                full.kv.encode_rows(layer, kept.clone(), which, &mut b);
+                assert!(a == b, "{kv:?} layer {layer} {which:?}");
+            }
         }
     }
 }

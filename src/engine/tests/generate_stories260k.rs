@@ -454,6 +454,7 @@ fn a_job_for_another_model_fails_instead_of_panicking() {
         n_layers: 3,
         n_kv_heads: 4,
         head_dim: 8,
+        ring: None,
     };
     job.kv = KvCache::new(shape, 128).unwrap();
     let report = step(model, &mut job, &mut Unlimited);

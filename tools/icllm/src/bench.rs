@@ -36,6 +36,8 @@ use clap::Args;
 use icllm::local_canister::{build_or_read_wasm, controller, sha256, trap_stats, LocalCanister, STEP_METHOD};
 use icllm_api::IC_UPDATE_INSTRUCTION_LIMIT;
 use icllm_api::{ApiError, ApiResult, Health, InitArgs, JobRequest, JobStatus, JobView, Limits, QueryGeneration};
+use icllm_engine::job::DEFAULT_MAX_BATCH;
+use icllm_engine::kv::KvShape;
 use icllm_engine::model::{forward, Model};
 use icllm_engine::synth::{self, QuantMix, SynthOptions};
 use icllm_engine::tokenizer::Tokenizer;
@@ -713,6 +715,11 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "vocab_size": cfg.vocab_size,
         "weights_type": format!("{:?}", model.layers.first().map(|l| l.wq.ty)),
         "kv_cache": args.kv_cache.name(),
+        // The job's KV cache in the heap at its context (sliding layers keep
+        // their window), and what it would take if every layer kept every position.
+        "kv_context": ctx,
+        "kv_heap_bytes": KvShape::of_job(cfg, DEFAULT_MAX_BATCH).heap_bytes(args.kv_cache, ctx),
+        "kv_heap_bytes_keeping_every_position": KvShape::of(cfg).heap_bytes(args.kv_cache, ctx),
         "prompt_tokens": v.prompt_tokens,
         "generated_tokens": v.generated_tokens,
         "decode_context_position": decode_pos,

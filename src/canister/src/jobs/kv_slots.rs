@@ -20,6 +20,7 @@ use ic_stable_structures::Memory as _;
 use icllm_api::{ApiError, ApiResult, JobId};
 use icllm_engine::job::{Job, KvCache, KvShape, KvType};
 use icllm_engine::kv::Which;
+use std::ops::Range;
 
 /// A finished job's KV slot that a new job takes over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,18 +36,27 @@ pub fn scan_active() -> Vec<JobId> {
     settings::read(|s| s.kv_slots.iter().flatten().copied().collect())
 }
 
-/// Sizes the slots for a newly activated model whose jobs may use up to
-/// `ctx` positions: each slot holds, per layer, `ctx` K rows and `ctx` V rows
-/// of the widest (f32) encoding. Every slot of the previous model, taken or
-/// kept, is dropped: its rows mean nothing to the new one.
+/// The KV shape of every job on `model` (sliding layers keep their window).
+pub fn job_shape(model: &LoadedModel) -> KvShape {
+    KvShape::of_job(&model.model.config, icllm_engine::job::DEFAULT_MAX_BATCH)
+}
+
+/// Sizes the slots for a newly activated model whose jobs (of KV shape
+/// `shape`, see [`KvShape::of_job`]) may use up to `ctx` positions: each
+/// slot holds, per layer, as many K rows and V rows of the widest (f32)
+/// encoding as the layer keeps in the heap (`ctx`, or a sliding layer's
+/// window). Every slot of the previous model, taken or kept, is dropped:
+/// its rows mean nothing to the new one.
 pub fn configure(shape: KvShape, ctx: u32) {
     let row_bytes = shape
         .row_bytes(KvType::F32, Which::K)
         .max(shape.row_bytes(KvType::F32, Which::V)) as u64;
+    let layer_rows: Vec<u32> = (0..shape.n_layers).map(|l| shape.layer_rows(l, ctx)).collect();
     settings::mutate(|s| {
         s.kv_slot_ctx = ctx;
         s.kv_row_bytes = row_bytes;
-        s.kv_slot_bytes = shape.n_layers as u64 * 2 * ctx as u64 * row_bytes;
+        s.kv_slot_bytes = layer_rows.iter().map(|&r| 2 * r as u64 * row_bytes).sum();
+        s.kv_layer_rows = layer_rows;
         s.kv_slots.clear();
         s.kv_kept.clear();
     });
@@ -232,51 +242,86 @@ pub fn forget_kept(id: JobId) {
     }
 }
 
-/// Geometry of KV slots: `(layer, k|v)` regions of `ctx` f32 rows of
-/// `row_bytes`, where a job writes its rows as [`KvCache::rows_bytes`]
-/// does (an f32 cache fills them; a q8 cache's rows are shorter and packed
-/// from the start of each region).
-#[derive(Clone, Copy)]
+/// Geometry of KV slots: per layer a K region and a V region of
+/// `rows[layer]` f32 rows of `row_bytes`, where a job writes position `p`
+/// of the layer at row `p % rows[layer]`, as [`KvCache::rows_bytes`]
+/// encodes it (an f32 cache fills the row; a q8 cache's rows are shorter
+/// and packed from the start of the region).
 struct KvGeometry {
     slot_bytes: u64,
-    ctx: u64,
     row_bytes: u64,
+    rows: Vec<u32>,
+    /// Per layer: its K region's offset in a slot.
+    first: Vec<u64>,
 }
 
 impl KvGeometry {
-    fn current() -> KvGeometry {
-        settings::read(|s| KvGeometry {
-            slot_bytes: s.kv_slot_bytes,
-            ctx: s.kv_slot_ctx as u64,
-            row_bytes: s.kv_row_bytes,
+    fn current(n_layers: usize) -> KvGeometry {
+        settings::read(|s| {
+            let rows = if s.kv_layer_rows.is_empty() {
+                vec![s.kv_slot_ctx; n_layers]
+            } else {
+                s.kv_layer_rows.clone()
+            };
+            let first = rows
+                .iter()
+                .scan(0u64, |at, &r| {
+                    let here = *at;
+                    *at += 2 * r as u64 * s.kv_row_bytes;
+                    Some(here)
+                })
+                .collect();
+            KvGeometry {
+                slot_bytes: s.kv_slot_bytes,
+                row_bytes: s.kv_row_bytes,
+                rows,
+                first,
+            }
         })
     }
 
-    /// Offset of row `pos` of `which` of `layer` in `slot`, for rows of
-    /// `row` bytes ([`KvCache::row_bytes`], at most `row_bytes`).
-    fn offset(&self, slot: u32, layer: usize, which: Which, pos: u64, row: usize) -> u64 {
-        let region = layer as u64 * 2 + matches!(which, Which::V) as u64;
-        slot as u64 * self.slot_bytes + region * self.ctx * self.row_bytes + pos * row as u64
+    /// The runs of `positions` of `which` of `layer` in `slot`, each
+    /// contiguous there: `(first position, offset)`; two when the positions
+    /// wrap around a sliding layer's region. `row`: bytes per row
+    /// ([`KvCache::row_bytes`], at most `row_bytes`).
+    fn runs(&self, slot: u32, layer: usize, which: Which, positions: Range<u32>, row: usize) -> Vec<(Range<u32>, u64)> {
+        let rows = self.rows[layer].max(1);
+        let region = slot as u64 * self.slot_bytes
+            + self.first[layer]
+            + matches!(which, Which::V) as u64 * rows as u64 * self.row_bytes;
+        let mut runs = Vec::with_capacity(2);
+        let mut p = positions.start;
+        while p < positions.end {
+            let end = positions.end.min(p - p % rows + rows);
+            runs.push((p..end, region + (p % rows) as u64 * row as u64));
+            p = end;
+        }
+        runs
     }
 }
 
-/// Writes KV rows `[start, end)` of every layer to the job's slot.
-pub fn save_rows(kv: &KvCache, slot: u32, start: u32, end: u32) {
-    let g = KvGeometry::current();
+/// Writes the KV rows of `dirty` positions that each layer keeps to the job's slot.
+pub fn save_rows(kv: &KvCache, slot: u32, dirty: Range<u32>) {
+    let g = KvGeometry::current(kv.n_layers());
     let mem = memory::get(memory::KV);
+    let shape = kv.shape();
     for layer in 0..kv.n_layers() {
+        let kept = shape.kept(layer, dirty.end);
+        let held = kv.held(layer);
+        let start = dirty.start.max(kept.start).max(held.start);
+        let end = dirty.end.min(held.end);
         for which in [Which::K, Which::V] {
             let row = kv.row_bytes(which);
-            let bytes = kv.rows_bytes(layer, start..end, which);
-            mem.write(g.offset(slot, layer, which, start as u64, row), &bytes);
+            for (run, offset) in g.runs(slot, layer, which, start..end, row) {
+                mem.write(offset, &kv.rows_bytes(layer, run, which));
+            }
         }
     }
 }
 
 /// Rebuilds an engine job from its record and KV slot.
 pub fn restore(model: &LoadedModel, rec: &JobRecord) -> Job {
-    let c = &model.model.config;
-    let kv = KvCache::with_type(KvShape::of(c), rec.engine.ctx_size(), rec.engine.kv_type())
+    let kv = KvCache::with_type(job_shape(model), rec.engine.ctx_size(), rec.engine.kv_type())
         .expect("a KV cache this size was allocated when the job started");
     let mut job = Job {
         state: rec.engine.clone(),
@@ -288,17 +333,24 @@ pub fn restore(model: &LoadedModel, rec: &JobRecord) -> Job {
     job
 }
 
-/// Reads KV rows `[0, rows)` of every layer from `slot` into `kv` (which
-/// then has nothing dirty: the rows are in the slot already).
+/// Reads the KV rows each layer keeps of positions `[0, rows)` from `slot`
+/// into `kv` (which then has nothing dirty: the rows are in the slot already).
 pub fn load_rows(kv: &mut KvCache, slot: u32, rows: u32) {
-    let g = KvGeometry::current();
+    let g = KvGeometry::current(kv.n_layers());
     let mem = memory::get(memory::KV);
+    let shape = kv.shape();
     for layer in 0..kv.n_layers() {
+        let kept = shape.kept(layer, rows);
         for which in [Which::K, Which::V] {
             let row = kv.row_bytes(which);
-            let mut buf = vec![0u8; rows as usize * row];
-            mem.read(g.offset(slot, layer, which, 0, row), &mut buf);
-            kv.decode_rows(layer, 0, which, &buf)
+            let mut buf = vec![0u8; kept.len() * row];
+            let mut at = 0;
+            for (run, offset) in g.runs(slot, layer, which, kept.clone(), row) {
+                let n = run.len() * row;
+                mem.read(offset, &mut buf[at..at + n]);
+                at += n;
+            }
+            kv.decode_rows(layer, kept.start, which, &buf)
                 .expect("rows fit the cache they came from");
         }
     }

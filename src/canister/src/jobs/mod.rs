@@ -94,7 +94,10 @@ fn find_reusable(owner: Principal, continue_from: JobId, job: &Job) -> ApiResult
         )));
     }
     Ok(kv_slots::kept_for(old.owner, continue_from).map(|slot| {
-        let rows = (old.engine.reusable_prefix(job.state.prompt()) as u32).min(old.kv_rows_saved);
+        let rows = job
+            .kv
+            .shape()
+            .restorable(old.engine.reusable_prefix(job.state.prompt()) as u32, old.kv_rows_saved);
         (
             Adopted {
                 slot,
@@ -125,7 +128,10 @@ fn find_continued_conversation(owner: Principal, job: &Job) -> Option<(Adopted, 
             if old.engine.kv_type() != job.state.kv_type() {
                 return None;
             }
-            let rows = (old.engine.reusable_prefix(job.state.prompt()) as u32).min(old.kv_rows_saved);
+            let rows = job
+                .kv
+                .shape()
+                .restorable(old.engine.reusable_prefix(job.state.prompt()) as u32, old.kv_rows_saved);
             (rows > 0 && 2 * rows >= old.kv_rows_saved).then_some((Adopted { slot, from }, rows))
         })
         .max_by_key(|(a, rows)| (*rows, a.from))
@@ -159,7 +165,7 @@ pub fn create(
         KvCacheType::F32 => KvType::F32,
         KvCacheType::Q8 => KvType::Q8,
     };
-    let kv_shape = KvShape::of(c);
+    let kv_shape = kv_slots::job_shape(loaded);
     kv_shape.check(kv_type).map_err(ApiError::InvalidArgument)?;
     // The job's KV cache lives in the heap beside the weights while it runs.
     let kv_room = settings::read(|s| s.heap_budget()).saturating_sub(loaded.info.heap_bytes);
@@ -401,10 +407,9 @@ fn take_job(model: &LoadedModel, rec: &JobRecord) -> Job {
     if let Some(job) = cache::take(rec.id) {
         return job;
     }
-    let c = &model.model.config;
     make_room(
         model,
-        KvShape::of(c).heap_bytes(rec.engine.kv_type(), rec.engine.ctx_size()),
+        kv_slots::job_shape(model).heap_bytes(rec.engine.kv_type(), rec.engine.ctx_size()),
     );
     kv_slots::restore(model, rec)
 }
@@ -449,7 +454,7 @@ pub fn step_job<F: Fn() -> u64>(
 
     // Checkpoint: the KV rows this step wrote, then the record.
     if let (Some(slot), Some(dirty)) = (rec.kv_slot, job.kv.take_dirty()) {
-        kv_slots::save_rows(&job.kv, slot, dirty.start, dirty.end);
+        kv_slots::save_rows(&job.kv, slot, dirty.clone());
         rec.kv_rows_saved = rec.kv_rows_saved.max(dirty.end);
     }
     rec.engine = job.state.clone();
@@ -654,6 +659,69 @@ mod tests {
             assert_eq!(rec.updated_at_ns, env.now_ns());
             assert!(rec.max_message_instructions <= limit);
             assert!(rec.instructions > rec.prompt_instructions && rec.prompt_instructions > 0);
+        }
+    }
+
+    /// On a model whose sliding layers keep a ring of 192 rows (window 16),
+    /// a job that runs far past it in small messages, its heap copy evicted
+    /// every other message (so it is rebuilt from its slot, whose sliding
+    /// regions wrap), generates bit for bit what the engine generates in
+    /// one go with a cache that keeps every position.
+    #[test]
+    fn a_ring_job_checkpointed_in_small_messages_generates_what_a_full_cache_does() {
+        use crate::test_support::sliding_stories;
+        use icllm_engine::job::{KvCache, Unlimited};
+        use icllm_engine::kv::Which;
+        let env = env_at(1_000 * SECOND);
+        // Past stories260K's trained 128 positions, as llama.cpp allows.
+        settings::mutate(|s| s.max_context = Some(512));
+        let model = activate_upload(&env, store_blob(0, &sliding_stories(16)));
+        let rows = settings::read(|s| s.kv_layer_rows.clone());
+        assert_eq!(rows, [192, 192, 512, 192, 192]);
+        for kv in [KvCacheType::F32, KvCacheType::Q8] {
+            let req = JobRequest {
+                max_tokens: 300,
+                ctx_size: Some(512),
+                ..request(kv)
+            };
+            let id = start(&env, &model, owner(1), &req);
+            let mut messages = 0;
+            while get(id).unwrap().status.is_active() {
+                if messages % 2 == 1 {
+                    cache::clear();
+                }
+                step_message(&env, &model, id, 8_000_000);
+                messages += 1;
+            }
+            let (_, mut full, _) = create(&model, owner(9), &req, None, 7, 0).unwrap();
+            full.kv = KvCache::with_type(KvShape::of(&model.model.config), 512, full.kv.kv_type()).unwrap();
+            assert!(matches!(
+                step(&model.model, &mut full, &mut Unlimited).outcome,
+                StepOutcome::Finished(_)
+            ));
+            let rec = get(id).unwrap();
+            assert_eq!(rec.status, JobStatus::Done("max_tokens".into()), "{kv:?}");
+            assert_eq!(
+                rec.engine.generated(),
+                full.state.generated(),
+                "{kv:?} after {messages} messages"
+            );
+            assert!(rec.engine.generated().len() + rec.engine.prompt().len() > 300);
+            // The checkpoint in its (kept) slot holds the full cache's rows of
+            // every position each layer keeps, bit for bit.
+            let slot = settings::read(|s| s.kv_kept.iter().find(|(_, k)| k.job == id).map(|(&slot, _)| slot));
+            let mut saved = KvCache::with_type(kv_slots::job_shape(&model), 512, full.kv.kv_type()).unwrap();
+            kv_slots::load_rows(&mut saved, slot.unwrap(), rec.kv_rows_saved);
+            for layer in 0..saved.n_layers() {
+                let kept = saved.shape().kept(layer, rec.kv_rows_saved);
+                assert!(layer == 2 || kept.start >= 192, "layer {layer} slides: {kept:?}");
+                for which in [Which::K, Which::V] {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    saved.encode_rows(layer, kept.clone(), which, &mut a);
+                    full.kv.encode_rows(layer, kept.clone(), which, &mut b);
+                    assert!(a == b, "{kv:?} layer {layer} {which:?}");
+                }
+            }
         }
     }
 

@@ -233,6 +233,7 @@ mod tests {
                         n_layers: 2,
                         n_kv_heads,
                         head_dim,
+                        ring: None,
                     },
                     AttentionShape {
                         n_heads,
