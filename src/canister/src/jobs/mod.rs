@@ -54,7 +54,7 @@ use crate::state;
 use candid::Principal;
 use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobView, KvCacheType, StepProgress};
 use icllm_engine::chat::{encode_chat, ChatTemplate, Message};
-use icllm_engine::job::{step, FinishReason, Job, JobState, KvShape, KvType, Phase, StepOutcome};
+use icllm_engine::job::{step, FinishReason, Job, JobState, KvType, Phase, StepOutcome};
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
 use records::put;
@@ -670,7 +670,7 @@ mod tests {
     #[test]
     fn a_ring_job_checkpointed_in_small_messages_generates_what_a_full_cache_does() {
         use crate::test_support::sliding_stories;
-        use icllm_engine::job::{KvCache, Unlimited};
+        use icllm_engine::job::{KvCache, KvShape, Unlimited};
         use icllm_engine::kv::Which;
         let env = env_at(1_000 * SECOND);
         // Past stories260K's trained 128 positions, as llama.cpp allows.
