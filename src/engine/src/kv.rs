@@ -68,9 +68,11 @@ pub struct KvShape {
 }
 
 impl KvShape {
+    /// The cache of `c`'s attention layers ([`ModelConfig::kv_layer`]):
+    /// short-convolution layers have no rows.
     pub fn of(c: &ModelConfig) -> KvShape {
         KvShape {
-            n_layers: c.n_layers,
+            n_layers: c.n_kv_layers(),
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
         }

@@ -156,7 +156,7 @@ fn f16_weights_load_and_agree_with_f32() {
     let f16_model = Model::from_gguf_bytes_with(&write(&parts.0, &parts.1), |l| l.keep_16_bit_floats())
         .unwrap()
         .0;
-    assert_eq!(f16_model.layers[0].wq.layout(), "f16");
+    assert_eq!(f16_model.layers[0].attention().unwrap().wq.layout(), "f16");
     assert_eq!(f16_model.tok_embd.layout(), "f16");
 
     // Logits of the golden prompt's last token agree closely.

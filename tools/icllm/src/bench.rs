@@ -711,7 +711,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "dim": cfg.dim,
         "n_layers": cfg.n_layers,
         "vocab_size": cfg.vocab_size,
-        "weights_type": format!("{:?}", model.layers.first().map(|l| l.wq.ty)),
+        "weights_type": format!("{:?}", model.layers.iter().find_map(|l| l.attention()).map(|a| a.wq.ty)),
         "kv_cache": args.kv_cache.name(),
         "prompt_tokens": v.prompt_tokens,
         "generated_tokens": v.generated_tokens,
