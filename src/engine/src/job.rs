@@ -260,6 +260,10 @@ impl JobState {
     pub fn units_run(&self) -> u64 {
         self.units_run
     }
+    /// The short-convolution layers' last inputs (empty for models without them).
+    pub fn conv_state(&self) -> &[f32] {
+        &self.conv_state
+    }
     /// Log-probabilities of the generated tokens, if the job keeps them.
     pub fn logprobs(&self) -> Option<&Logprobs> {
         self.logprobs.as_ref()

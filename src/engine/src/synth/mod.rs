@@ -528,7 +528,9 @@ pub fn quantize_gguf(bytes: &[u8], mix: QuantMix) -> Result<Vec<u8>, String> {
         .map_or(0, |l| l + 1);
     let tied = gguf.tensor("output.weight").is_none();
     quantize_gguf_with(bytes, mix.file_type(), |name, dims, ty| {
-        let is_matrix = dims.len() == 2 && name.ends_with(".weight");
+        // LFM2's conv kernels stay F32, as llama.cpp's quantizer keeps them
+        // (ggml's `ssm_conv` reads F32 only).
+        let is_matrix = dims.len() == 2 && name.ends_with(".weight") && !name.contains("shortconv.conv");
         let is_head = name == "output.weight" || (tied && name == "token_embd.weight");
         match is_matrix {
             true => mix.tensor_type(name, dims[0] as usize, n_layers, is_head),
