@@ -5,11 +5,14 @@
 //! [`Budget`] refuses the next one, then returns; the next call resumes at the
 //! cursor. Between calls the whole job is plain data: [`JobState`] (small,
 //! serde) and [`KvCache`] (large, with a dirty range so only the rows written
-//! since the last checkpoint need saving).
+//! since the last checkpoint need saving). On a model with short-convolution
+//! layers (LFM2) the job state also carries each conv layer's last inputs
+//! (a few rows of `dim`), updated by the unit that consumes them, so a job
+//! stopped between any two units resumes to the same bits.
 //!
 //! Units, in order, for a batch of tokens at positions `pos..pos + n`:
 //! ```text
-//! for layer in 0..n_layers: Attention(layer), Ffn(layer)
+//! for layer in 0..n_layers: Attention(layer) (or its short conv), Ffn(layer)
 //! Head   (only when the batch ends with the last known token: final norm, logits, sample)
 //! ```
 //! Prompt tokens go through the layers in batches whose size is chosen when
@@ -96,7 +99,8 @@ impl Budget for UnitBudget {
 /// Which unit of the current batch runs next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stage {
-    /// attn_norm + qkv → rope → write kv → attention → out proj + residual
+    /// attn_norm + qkv → rope → write kv → attention → out proj + residual;
+    /// on a conv layer, norm → in proj → short conv → out proj + residual
     Attention,
     /// ffn_norm + SwiGLU FFN + residual
     Ffn,
@@ -181,6 +185,11 @@ pub enum JobError {
     Logprobs(#[from] TooManyAlternatives),
     #[error("log-probabilities must be asked for before the job generates a token")]
     LogprobsTooLate,
+    #[error(
+        "cannot skip {rows} cached positions: the model's short-convolution layers keep a state that \
+         the KV rows do not hold"
+    )]
+    CachedPrefixWithConvState { rows: u32 },
 }
 
 /// Everything about a job except its KV cache: small, serde.
@@ -202,6 +211,11 @@ pub struct JobState {
     /// Hidden state of the current batch between units: (batch_len, dim).
     #[serde(with = "f32_bytes")]
     hidden: Vec<f32>,
+    /// The short-convolution layers' last inputs (LFM2), oldest first:
+    /// (n_conv_layers, conv_kernel - 1, dim); a conv layer's rows cover
+    /// positions up to the last one it processed. Empty for other models.
+    #[serde(default, with = "f32_bytes")]
+    conv_state: Vec<f32>,
     finished: Option<FinishReason>,
     /// Units run over the job's life.
     units_run: u64,
@@ -246,6 +260,10 @@ impl JobState {
     pub fn units_run(&self) -> u64 {
         self.units_run
     }
+    /// The short-convolution layers' last inputs (empty for models without them).
+    pub fn conv_state(&self) -> &[f32] {
+        &self.conv_state
+    }
     /// Log-probabilities of the generated tokens, if the job keeps them.
     pub fn logprobs(&self) -> Option<&Logprobs> {
         self.logprobs.as_ref()
@@ -271,7 +289,12 @@ impl JobState {
     /// the longest common prefix of `prompt` with the tokens at the complete
     /// positions, capped at `prompt.len() - 1` (the last prompt token is
     /// always prefilled: its logits give the first generated token).
+    /// None on a model with short-convolution layers: their state at the
+    /// prefix's end is not kept.
     pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        if !self.conv_state.is_empty() {
+            return 0;
+        }
         let complete = (self.complete_positions() as usize).min(self.total_tokens());
         let cap = prompt.len().saturating_sub(1).min(complete);
         (0..cap).take_while(|&i| self.token_at(i) == prompt[i]).count()
@@ -366,6 +389,7 @@ impl Job {
                 stage: Stage::Attention,
             },
             hidden: Vec::new(),
+            conv_state: vec![0.0; c.conv_state_len()],
             finished: (max_new_tokens == 0).then_some(FinishReason::MaxTokens),
             units_run: 0,
             logprobs: None,
@@ -385,6 +409,9 @@ impl Job {
     /// last prompt token must run to give logits).
     pub fn skip_cached_prefix(&mut self, rows: u32) -> Result<(), JobError> {
         let s = &mut self.state;
+        if rows > 0 && !s.conv_state.is_empty() {
+            return Err(JobError::CachedPrefixWithConvState { rows });
+        }
         let fresh = s.units_run == 0 && s.cursor.pos == 0 && s.cursor.batch_len == 0 && s.generated.is_empty();
         if !fresh || rows as usize >= s.prompt.len() {
             return Err(JobError::CachedPrefix {
@@ -438,6 +465,7 @@ impl Job {
         if cur.pos as usize + cur.batch_len as usize > s.total_tokens().min(s.ctx_size as usize)
             || cur.layer as usize >= c.n_layers
             || s.hidden.len() != cur.batch_len as usize * c.dim
+            || s.conv_state.len() != c.conv_state_len()
             || s.max_batch == 0
             || s.logprobs
                 .as_ref()
@@ -517,11 +545,11 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
         }
         // The budget is asked with the batch's most expensive unit, so that a
         // batch it accepts now can also run its later units in later calls.
-        let largest_unit = |n| forward::attention_block_macs(model, cur.pos, n).max(forward::ffn_block_macs(model, n));
+        let largest_unit = |n| forward::largest_unit_macs(model, cur.pos, n);
         let Some(n) = (1..=max_n).rev().find(|&n| budget.can_afford_batch(largest_unit(n))) else {
             return Ok(None);
         };
-        let macs = forward::attention_block_macs(model, cur.pos, n);
+        let macs = forward::mixer_block_macs(model, 0, cur.pos, n);
         budget.unit_started(s.phase(), macs);
         let tokens: Vec<u32> = (cur.pos as usize..cur.pos as usize + n)
             .map(|i| s.token_at(i))
@@ -529,10 +557,10 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(format!("token id {t} is outside the vocabulary of {}", c.vocab_size));
         }
-        // embed → hidden (n, dim), then layer 0's attention unit
+        // embed → hidden (n, dim), then layer 0's attention (or conv) unit
         s.hidden = vec![0.0; n * c.dim];
         forward::embed(model, &tokens, &mut s.hidden);
-        forward::attention_block(model, 0, cur.pos, &mut s.hidden, kv);
+        forward::mixer_block(model, 0, cur.pos, &mut s.hidden, kv, &mut s.conv_state);
         s.cursor = Cursor {
             pos: cur.pos,
             batch_len: n as u32,
@@ -546,12 +574,12 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
     let n = cur.batch_len as usize;
     match cur.stage {
         Stage::Attention => {
-            let macs = forward::attention_block_macs(model, cur.pos, n);
+            let macs = forward::mixer_block_macs(model, layer, cur.pos, n);
             if !budget.can_afford(macs) {
                 return Ok(None);
             }
             budget.unit_started(s.phase(), macs);
-            forward::attention_block(model, layer, cur.pos, &mut s.hidden, kv);
+            forward::mixer_block(model, layer, cur.pos, &mut s.hidden, kv, &mut s.conv_state);
             s.cursor.stage = Stage::Ffn;
             Ok(Some(UnitDone { macs, token: None }))
         }

@@ -118,11 +118,13 @@ impl Ring {
 }
 
 impl KvShape {
-    /// Every layer keeps every position (direct users of the forward pass,
-    /// which may write batches of any size).
+    /// The cache of `c`'s attention layers ([`ModelConfig::kv_layer`]:
+    /// short-convolution layers have no rows), every one keeping every
+    /// position (direct users of the forward pass, which may write batches
+    /// of any size).
     pub fn of(c: &ModelConfig) -> KvShape {
         KvShape {
-            n_layers: c.n_layers,
+            n_layers: c.n_kv_layers(),
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             ring: None,
@@ -132,9 +134,11 @@ impl KvShape {
     /// A job's cache: sliding layers keep their window (plus a prompt batch
     /// of up to `batch` positions).
     pub fn of_job(c: &ModelConfig, batch: u32) -> KvShape {
-        let layers = (0..c.n_layers.min(128))
+        let layers = (0..c.n_layers)
             .filter(|&l| c.attention_window(l).is_some())
-            .fold(0u128, |m, l| m | 1 << l);
+            .filter_map(|l| c.kv_layer(l))
+            .filter(|&k| k < 128)
+            .fold(0u128, |m, k| m | 1 << k);
         let ring = (layers != 0).then(|| Ring {
             window: c.sliding_window,
             batch: batch.max(1),

@@ -53,7 +53,7 @@ fn unknown_architecture_is_named() {
     assert!(matches!(err, ModelError::UnknownArchitecture { ref name, .. } if name == "mamba"));
     assert_eq!(
         err.to_string(),
-        "model architecture \"mamba\" is not supported (supported: llama, qwen2, qwen3, gemma3)"
+        "model architecture \"mamba\" is not supported (supported: llama, qwen2, qwen3, gemma3, lfm2)"
     );
 }
 
@@ -156,7 +156,7 @@ fn f16_weights_load_and_agree_with_f32() {
     let f16_model = Model::from_gguf_bytes_with(&write(&parts.0, &parts.1), |l| l.keep_16_bit_floats())
         .unwrap()
         .0;
-    assert_eq!(f16_model.layers[0].wq.layout(), "f16");
+    assert_eq!(f16_model.layers[0].attention().unwrap().wq.layout(), "f16");
     assert_eq!(f16_model.tok_embd.layout(), "f16");
 
     // Logits of the golden prompt's last token agree closely.

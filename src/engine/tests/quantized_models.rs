@@ -85,7 +85,7 @@ fn stories260k_quantized_keeps_f32_predictions() {
                 _ => unreachable!(),
             },
         };
-        assert_eq!(model.layers[0].wq.ty, expected_wq, "{name}");
+        assert_eq!(model.layers[0].attention().unwrap().wq.ty, expected_wq, "{name}");
         assert_eq!(model.layers[0].w_down.ty, GgmlType::F16, "{name}");
         let logits = all_logits(&model, &STORIES_TOKENS);
         let a = agreement(&ref_logits, &logits);
@@ -169,12 +169,12 @@ fn f16_widened_at_load_gives_the_f16_kernels_bits() {
     let bytes = synth::quantize_gguf(&stories_bytes(), QuantMix::parse("f16").unwrap()).unwrap();
     let (widened, _) = Model::from_gguf_bytes(&bytes).unwrap();
     let (kept, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_16_bit_floats()).unwrap();
-    assert_eq!(widened.layers[0].wq.ty, GgmlType::F16);
+    assert_eq!(widened.layers[0].attention().unwrap().wq.ty, GgmlType::F16);
     assert!(
-        widened.layers[0].wq.layout() == "f32 rows in lanes",
+        widened.layers[0].attention().unwrap().wq.layout() == "f32 rows in lanes",
         "a small model is widened"
     );
-    assert_eq!(kept.layers[0].wq.layout(), "f16");
+    assert_eq!(kept.layers[0].attention().unwrap().wq.layout(), "f16");
     let (a, b) = (
         all_logits(&widened, &STORIES_TOKENS),
         all_logits(&kept, &STORIES_TOKENS),
@@ -192,10 +192,13 @@ fn nibble_quants_widened_to_bytes_at_load_give_the_nibble_kernels_bits() {
         let (wide, _) = Model::from_gguf_bytes(&bytes).unwrap();
         let (nibbles, _) = Model::from_gguf_bytes_with(&bytes, |l| l.keep_nibbles()).unwrap();
         assert!(
-            wide.layers[0].wq.layout().ends_with(" bytes"),
+            wide.layers[0].attention().unwrap().wq.layout().ends_with(" bytes"),
             "{mix}: a small model gets the byte layout"
         );
-        assert!(nibbles.layers[0].wq.layout().ends_with(" nibbles"), "{mix}");
+        assert!(
+            nibbles.layers[0].attention().unwrap().wq.layout().ends_with(" nibbles"),
+            "{mix}"
+        );
         let tokens: Vec<u32> = (0..16u32).map(|i| (i * 37 + 5) % 512).collect();
         let (a, b) = (all_logits(&wide, &tokens), all_logits(&nibbles, &tokens));
         for (ra, rb) in a.iter().zip(&b) {

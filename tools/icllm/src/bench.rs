@@ -713,7 +713,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "dim": cfg.dim,
         "n_layers": cfg.n_layers,
         "vocab_size": cfg.vocab_size,
-        "weights_type": format!("{:?}", model.layers.first().map(|l| l.wq.ty)),
+        "weights_type": format!("{:?}", model.layers.iter().find_map(|l| l.attention()).map(|a| a.wq.ty)),
         "kv_cache": args.kv_cache.name(),
         // The job's KV cache in the heap at its context (sliding layers keep
         // their window), and what it would take if every layer kept every position.

@@ -113,6 +113,7 @@ pub fn tokenizer_metadata(shape: &Shape, data: &Path) -> Result<Vec<(String, Val
             None,
             "<|im_end|>",
         )?,
+        Vocab::Synthetic => icllm_engine::synth::synthetic_vocab(shape.vocab_size),
         Vocab::Llama3 => hf_tokenizer(
             &data.join("tokenizers/llama3.2"),
             shape.vocab_size,

@@ -285,6 +285,8 @@ impl HfConfig {
             rope_freq_base_swa: None,
             attention_scale: None,
             final_logit_softcap: None,
+            conv_layers: Vec::new(),
+            conv_kernel: 0,
         };
         config.check(|field| {
             match field {

@@ -21,6 +21,7 @@
 
 pub mod acts;
 mod attention;
+mod conv;
 pub mod exp;
 pub mod matrix;
 pub mod quant;
@@ -34,6 +35,7 @@ pub(crate) mod simd_quant;
 pub(crate) const SIMD: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 
 pub use attention::{attention, attention_q8, attention_q8_scalar, AttentionShape};
+pub use conv::short_conv;
 pub use rope::{llama3_rope_freq_factors, rope, rope_heads, RopeStyle, RopeTable};
 
 pub use acts::{ActFamily, PreparedActs, SharedActs};

@@ -25,8 +25,17 @@
 //!   (`attention.sliding_window`, `attention.sliding_window_pattern`), whose
 //!   RoPE base is `rope.freq_base_swa` (10,000 when absent), the global
 //!   layers' `rope.freq_base`; as llama.cpp's `gemma3` reads the file.
+//! - **lfm2** (Liquid AI's LFM2 and LFM2.5): a hybrid. The layers whose
+//!   entry in the per-layer `attention.head_count_kv` array is 0 are gated
+//!   short convolutions (`shortconv.in_proj` to `3·dim` split into b, c, x;
+//!   `c ⊙ conv(b ⊙ x)` with a depthwise causal kernel of
+//!   `shortconv.l_cache` taps; `shortconv.out_proj`), the others GQA
+//!   attention with per-head q/k RMSNorm and NeoX RoPE, no biases; SwiGLU
+//!   FFN everywhere. The final norm is stored as `token_embd_norm.weight`
+//!   (llama.cpp's `LLM_TENSOR_OUTPUT_NORM_LFM2`); as llama.cpp's `lfm2`
+//!   reads the file (`src/models/lfm2.cpp`).
 //!
-//! All four may tie the output head to the token embedding.
+//! All five may tie the output head to the token embedding.
 
 use crate::kernels::RopeStyle;
 use serde::{Deserialize, Serialize};
@@ -38,6 +47,7 @@ pub enum Architecture {
     Qwen2,
     Qwen3,
     Gemma3,
+    Lfm2,
 }
 
 /// The FFN's gate activation.
@@ -73,6 +83,11 @@ pub struct ArchSpec {
     /// when the file gives a window, with `n` llama.cpp's default period
     /// (layer `l` slides when `l % n < n - 1`) if the file gives none.
     pub swa_default_pattern: Option<u32>,
+    /// Layers with no kv heads (`attention.head_count_kv` 0 in the
+    /// per-layer array) are short-convolution blocks (LFM2).
+    pub short_conv: bool,
+    /// GGUF name of the final RMSNorm's weight.
+    pub output_norm: &'static str,
 }
 
 /// Every supported architecture.
@@ -88,6 +103,8 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: false,
         ffn_activation: FfnActivation::Silu,
         swa_default_pattern: None,
+        short_conv: false,
+        output_norm: "output_norm.weight",
     },
     ArchSpec {
         name: "qwen2",
@@ -100,6 +117,8 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: false,
         ffn_activation: FfnActivation::Silu,
         swa_default_pattern: None,
+        short_conv: false,
+        output_norm: "output_norm.weight",
     },
     ArchSpec {
         name: "qwen3",
@@ -112,6 +131,8 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: false,
         ffn_activation: FfnActivation::Silu,
         swa_default_pattern: None,
+        short_conv: false,
+        output_norm: "output_norm.weight",
     },
     ArchSpec {
         name: "gemma3",
@@ -124,6 +145,25 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: true,
         ffn_activation: FfnActivation::GeluTanh,
         swa_default_pattern: Some(6),
+        short_conv: false,
+        output_norm: "output_norm.weight",
+    },
+    ArchSpec {
+        name: "lfm2",
+        arch: Architecture::Lfm2,
+        rope_style: RopeStyle::Neox,
+        qkv_bias: false,
+        qk_norm: true,
+        output_may_be_tied: true,
+        embed_scale: false,
+        post_norms: false,
+        ffn_activation: FfnActivation::Silu,
+        swa_default_pattern: None,
+        short_conv: true,
+        // The converter maps HF's `embedding_norm` (applied after the last
+        // layer) to the token-embedding-norm name; llama.cpp reads it as the
+        // output norm.
+        output_norm: "token_embd_norm.weight",
     },
 ];
 
@@ -158,6 +198,6 @@ mod tests {
             assert_eq!(spec.arch.spec(), spec);
         }
         assert_eq!(Architecture::from_name("mamba"), None);
-        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3, gemma3");
+        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3, gemma3, lfm2");
     }
 }

@@ -11,6 +11,7 @@ const MAX_DIM: usize = 1 << 16;
 const MAX_LAYERS: usize = 1 << 10;
 const MAX_HEADS: usize = 1 << 10;
 const MAX_VOCAB: usize = 1 << 22;
+const MAX_CONV_KERNEL: usize = 64;
 
 /// The hyperparameter a config check is about, so each format can name its
 /// own key in the error (GGUF `llama.attention.head_count`, HF `num_attention_heads`).
@@ -78,6 +79,14 @@ pub struct ModelConfig {
     /// `final_logit_softcapping`), when the file sets one.
     #[serde(default)]
     pub final_logit_softcap: Option<f32>,
+    /// Which layers are short convolutions rather than attention (LFM2):
+    /// `n_layers` entries, or none when every layer attends.
+    #[serde(default)]
+    pub conv_layers: Vec<bool>,
+    /// Taps of the short convolution (`shortconv.l_cache`; 0 without conv
+    /// layers): each conv layer keeps its last `conv_kernel - 1` input rows.
+    #[serde(default)]
+    pub conv_kernel: usize,
 }
 
 impl ModelConfig {
@@ -102,14 +111,33 @@ impl ModelConfig {
         let n_layers = count("block_count", MAX_LAYERS)?;
         let hidden_dim = count("feed_forward_length", MAX_DIM * 8)?;
         let n_heads = count("attention.head_count", MAX_HEADS)?;
-        let n_kv_heads = match optional("attention.head_count_kv") {
-            None => n_heads,
-            Some(v) => positive(
-                &key("attention.head_count_kv"),
-                as_u64(&key("attention.head_count_kv"), v)?,
-                MAX_HEADS,
-            )?,
+        let kv_key = key("attention.head_count_kv");
+        let (n_kv_heads, conv_layers) = match optional("attention.head_count_kv") {
+            None => (n_heads, Vec::new()),
+            Some(Value::Array(per_layer)) => kv_heads_per_layer(&kv_key, per_layer, n_layers, arch.spec().short_conv)?,
+            Some(v) => (positive(&kv_key, as_u64(&kv_key, v)?, MAX_HEADS)?, Vec::new()),
         };
+        let conv_kernel = if conv_layers.is_empty() {
+            0
+        } else {
+            let k = key("shortconv.l_cache");
+            let taps = gguf.get_u64(&k)?;
+            if !(2..=MAX_CONV_KERNEL as u64).contains(&taps) {
+                return Err(bad(&k, &format!("{taps} is outside 2..={MAX_CONV_KERNEL}")));
+            }
+            taps as usize
+        };
+        // llama.cpp's lfm2 slides the window of every attention layer when
+        // the file gives one (LFM2.5's audio tokenizer); not supported here.
+        if arch.spec().short_conv {
+            let k = key("attention.sliding_window");
+            if let Some(w) = gguf.get(&k).and_then(|v| v.as_u64()).filter(|&w| w > 0) {
+                return Err(bad(
+                    &k,
+                    &format!("a sliding window ({w}) is not supported for {arch_name}"),
+                ));
+            }
+        }
         let rms_eps = gguf.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32;
         let rope_freq_base = match optional("rope.freq_base") {
             None => 10000.0,
@@ -188,6 +216,8 @@ impl ModelConfig {
             rope_freq_base_swa: swa.rope_freq_base,
             attention_scale: gemma3_attention_scale(arch, n_layers, dim, n_heads),
             final_logit_softcap,
+            conv_layers,
+            conv_kernel,
         };
         config.check(|field| {
             key(match field {
@@ -203,6 +233,36 @@ impl ModelConfig {
             })
         })?;
         Ok(config)
+    }
+
+    /// Whether `layer` is a short-convolution layer (no attention, no KV rows).
+    pub fn is_conv(&self, layer: usize) -> bool {
+        self.conv_layers.get(layer).copied().unwrap_or(false)
+    }
+
+    /// The KV cache's layer index of `layer`: the cache holds the attention
+    /// layers only, in order; `None` for a conv layer.
+    pub fn kv_layer(&self, layer: usize) -> Option<usize> {
+        (!self.is_conv(layer)).then(|| (0..layer).filter(|&l| !self.is_conv(l)).count())
+    }
+
+    /// Layers with KV rows (attention layers).
+    pub fn n_kv_layers(&self) -> usize {
+        (0..self.n_layers).filter(|&l| !self.is_conv(l)).count()
+    }
+
+    /// Index of a conv layer among the conv layers (its slot in the job's
+    /// conv state); `None` for an attention layer.
+    pub fn conv_layer(&self, layer: usize) -> Option<usize> {
+        self.is_conv(layer)
+            .then(|| (0..layer).filter(|&l| self.is_conv(l)).count())
+    }
+
+    /// Floats of a job's conv state: `conv_kernel - 1` rows of `dim` per
+    /// conv layer (0 without conv layers).
+    pub fn conv_state_len(&self) -> usize {
+        let n_conv = self.conv_layers.iter().filter(|&&c| c).count();
+        n_conv * self.conv_kernel.saturating_sub(1) * self.dim
     }
 
     /// The window of `layer` if it is a sliding-window layer.
@@ -260,6 +320,17 @@ impl ModelConfig {
                 format!("the pattern names {} layers, not {}", c.swa_layers.len(), c.n_layers),
             );
         }
+        if !c.conv_layers.is_empty() && (c.conv_layers.len() != c.n_layers || c.conv_kernel < 2) {
+            return err(
+                ConfigField::KvHeads,
+                format!(
+                    "{} conv-layer flags for {} layers, kernel {}",
+                    c.conv_layers.len(),
+                    c.n_layers,
+                    c.conv_kernel
+                ),
+            );
+        }
         for (what, v) in [
             ("attention scale", c.attention_scale),
             ("logit soft-cap", c.final_logit_softcap),
@@ -276,6 +347,47 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// A per-layer `attention.head_count_kv` array: the kv head count of the
+/// attention layers (one count for all: the KV cache has one row width) and,
+/// when the architecture has short-convolution layers, which layers have 0
+/// (those are conv layers, as llama.cpp's `lfm2` reads it).
+fn kv_heads_per_layer(
+    key: &str,
+    per_layer: &[Value],
+    n_layers: usize,
+    short_conv: bool,
+) -> Result<(usize, Vec<bool>), ModelError> {
+    if per_layer.len() != n_layers {
+        return Err(bad(key, &format!("{} entries for {n_layers} layers", per_layer.len())));
+    }
+    let counts = per_layer
+        .iter()
+        .map(|v| as_u64(key, v))
+        .collect::<Result<Vec<u64>, _>>()?;
+    let mut attending = counts.iter().filter(|&&n| n > 0);
+    let Some(&first) = attending.next() else {
+        return Err(bad(key, "no layer has kv heads"));
+    };
+    if attending.any(|&n| n != first) {
+        return Err(bad(
+            key,
+            &format!("differing kv head counts {counts:?} are not supported"),
+        ));
+    }
+    let n_kv_heads = positive(key, first, MAX_HEADS)?;
+    let conv_layers: Vec<bool> = counts.iter().map(|&n| n == 0).collect();
+    if !conv_layers.contains(&true) {
+        return Ok((n_kv_heads, Vec::new()));
+    }
+    if !short_conv {
+        return Err(bad(
+            key,
+            "a layer with 0 kv heads needs an architecture with short-convolution layers",
+        ));
+    }
+    Ok((n_kv_heads, conv_layers))
 }
 
 /// Which layers attend through a sliding window, as llama.cpp reads it.

@@ -2,12 +2,13 @@
 //!
 //! A batch of `n` consecutive tokens at positions `pos0..pos0 + n` flows
 //! through the layers as its hidden state `x` (n, dim). Per layer there are
-//! two units, [`attention_block`] and [`ffn_block`]; after the last layer,
+//! two units, [`mixer_block`] (attention, or a short convolution on LFM2's
+//! conv layers) and [`ffn_block`]; after the last layer,
 //! [`logits`] turns one hidden row into scores over the vocabulary.
 //! Every per-token computation is independent of `n` (same kernels, same
 //! summation order), so batching never changes a result.
 
-use super::{FfnActivation, Model};
+use super::{FfnActivation, Mixer, Model};
 use crate::kernels::{self, AttentionShape};
 use crate::kv::KvCache;
 use crate::scratch::Scratch;
@@ -26,16 +27,85 @@ pub fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) {
     }
 }
 
-/// Unit A of layer `layer`: `x += Wo · attention(rope(Wq·norm(x)), cache)`,
+/// Unit A of layer `layer`: attention ([`attention_block`]) or, on a conv
+/// layer, the gated short convolution ([`short_conv_block`]), which reads and
+/// updates the layer's rows of `conv_state` (the job's, see
+/// [`crate::model::ModelConfig::conv_state_len`]).
+pub fn mixer_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &mut KvCache, conv_state: &mut [f32]) {
+    let c = &model.config;
+    match c.conv_layer(layer) {
+        None => attention_block(model, layer, pos0, x, kv),
+        Some(i) => {
+            let per_layer = (c.conv_kernel - 1) * c.dim;
+            short_conv_block(model, layer, x, &mut conv_state[i * per_layer..(i + 1) * per_layer]);
+        }
+    }
+}
+
+/// Unit A of a conv layer (LFM2): `x += W_out · (c ⊙ conv(b ⊙ x'))` where
+/// `b, c, x' = W_in · norm(x)`; `state` ((conv_kernel - 1), dim) holds the
+/// layer's last `b ⊙ x'` rows before this batch and is left holding the
+/// batch's own.
+///
+/// # Panics
+/// If `layer` is an attention layer.
+pub fn short_conv_block(model: &Model, layer: usize, x: &mut [f32], state: &mut [f32]) {
+    let c = &model.config;
+    let w = &model.layers[layer];
+    let Mixer::ShortConv(sc) = &w.mixer else {
+        panic!("layer {layer} is an attention layer, not a short convolution");
+    };
+    let (n, dim) = (x.len() / c.dim, c.dim);
+
+    // operator norm: xb (n, dim)
+    let mut xb = Scratch::new(n * dim);
+    for (out, row) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        kernels::rmsnorm(out, row, &w.attn_norm, c.rms_eps);
+    }
+
+    // in projection: bcx (n, 3·dim), each row [b | c | x']
+    let mut bcx = Scratch::new(n * 3 * dim);
+    kernels::matmul(&sc.in_proj, &xb, &mut bcx);
+
+    // bx = b ⊙ x' (n, dim): the convolution's input
+    let mut bx = Scratch::new(n * dim);
+    for (out, row) in bx.chunks_exact_mut(dim).zip(bcx.chunks_exact(3 * dim)) {
+        for ((o, b), xv) in out.iter_mut().zip(&row[..dim]).zip(&row[2 * dim..]) {
+            *o = b * xv;
+        }
+    }
+
+    // causal depthwise conv over the state and the batch, then gate by c
+    let mut y = Scratch::new(n * dim);
+    kernels::short_conv(state, &bx, &sc.conv, dim, &mut y);
+    for (out, row) in y.chunks_exact_mut(dim).zip(bcx.chunks_exact(3 * dim)) {
+        for (o, cv) in out.iter_mut().zip(&row[dim..2 * dim]) {
+            *o *= cv;
+        }
+    }
+
+    // out projection + residual: x += W_out · y
+    let mut o = Scratch::new(n * dim);
+    kernels::matmul(&sc.out_proj, &y, &mut o);
+    kernels::add_in_place(x, &o);
+}
+
+/// `x += Wo · attention(rope(Wq·norm(x)), cache)` for attention layer `layer`,
 /// writing this batch's K and V rows into the cache. The architecture's
 /// optional steps apply when their weights were loaded: q/k/v biases after
 /// the projections, per-head q/k RMSNorm before RoPE, a sliding window,
 /// an RMSNorm of the output before the residual add.
 /// `x` (n, dim) holds the batch at positions `pos0..pos0 + n`.
+///
+/// # Panics
+/// If `layer` is a short-convolution layer.
 pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &mut KvCache) {
     let c = &model.config;
     let w = &model.layers[layer];
     let n = x.len() / c.dim;
+    let (Mixer::Attention(a), Some(kv_layer)) = (&w.mixer, c.kv_layer(layer)) else {
+        panic!("layer {layer} is a short convolution, not an attention layer");
+    };
 
     // attn_norm: xb (n, dim)
     let mut xb = Scratch::new(n * c.dim);
@@ -48,9 +118,9 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     let mut k = Scratch::new(n * c.kv_dim);
     let mut v = Scratch::new(n * c.kv_dim);
     let mut acts = kernels::SharedActs::new(&xb, c.dim);
-    kernels::matmul_shared(&w.wq, &mut acts, &mut q);
-    kernels::matmul_shared(&w.wk, &mut acts, &mut k);
-    kernels::matmul_shared(&w.wv, &mut acts, &mut v);
+    kernels::matmul_shared(&a.wq, &mut acts, &mut q);
+    kernels::matmul_shared(&a.wk, &mut acts, &mut k);
+    kernels::matmul_shared(&a.wv, &mut acts, &mut v);
 
     // qkv bias (qwen2): added to every token's row
     if let Some(b) = &w.qkv_bias {
@@ -83,7 +153,7 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
     }
 
     // write kv: the batch's rows go to the cache at pos0..pos0 + n
-    kv.write(layer, pos0, &k, &v);
+    kv.write(kv_layer, pos0, &k, &v);
 
     // attention: each token attends to positions 0..=its own (causal), or
     // to the last `window` of them on a sliding layer
@@ -100,12 +170,12 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
             .map_or(0, |w| n_pos.saturating_sub(w as usize));
         let q_t = &q[t * c.q_dim..(t + 1) * c.q_dim];
         let out = &mut att[t * c.q_dim..(t + 1) * c.q_dim];
-        kv.attend(layer, q_t, first..n_pos, shape, out);
+        kv.attend(kv_layer, q_t, first..n_pos, shape, out);
     }
 
     // out projection (+ post-norm) + residual: x += [norm](Wo · att)
     let mut o = Scratch::new(n * c.dim);
-    kernels::matmul(&w.wo, &att, &mut o);
+    kernels::matmul(&a.wo, &att, &mut o);
     if let Some(norms) = &w.post_norms {
         rmsnorm_rows(&mut o, &norms.attn, c.rms_eps);
     }
@@ -186,6 +256,34 @@ pub fn attention_block_macs(model: &Model, pos0: u32, n: usize) -> u64 {
     let n = n as u64;
     let positions = n * (pos0 as u64 + 1) + n * (n - 1) / 2;
     n * proj + positions * 2 * c.q_dim as u64
+}
+
+/// Multiply-adds of [`short_conv_block`] for `n` tokens: the in and out
+/// projections and the taps.
+pub fn short_conv_block_macs(model: &Model, n: usize) -> u64 {
+    let c = &model.config;
+    n as u64 * (4 * c.dim * c.dim + c.conv_kernel * c.dim) as u64
+}
+
+/// Multiply-adds of [`mixer_block`] of `layer` for `n` tokens at `pos0..pos0 + n`.
+pub fn mixer_block_macs(model: &Model, layer: usize, pos0: u32, n: usize) -> u64 {
+    match model.config.is_conv(layer) {
+        false => attention_block_macs(model, pos0, n),
+        true => short_conv_block_macs(model, n),
+    }
+}
+
+/// Multiply-adds of the most expensive unit of a batch of `n` tokens at
+/// `pos0..pos0 + n` (over the kinds of layers the model has).
+pub fn largest_unit_macs(model: &Model, pos0: u32, n: usize) -> u64 {
+    let c = &model.config;
+    let attention = (c.n_kv_layers() > 0).then(|| attention_block_macs(model, pos0, n));
+    let conv = (c.n_kv_layers() < c.n_layers).then(|| short_conv_block_macs(model, n));
+    [attention, conv, Some(ffn_block_macs(model, n))]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
 }
 
 /// Multiply-adds of [`ffn_block`] for `n` tokens.

@@ -15,8 +15,8 @@ pub use crate::tensor::Tensor;
 pub use arch::{ArchSpec, Architecture, FfnActivation};
 pub use config::ModelConfig;
 pub use weights::{
-    wanted_tensors, LayerWeights, Model, ModelLoader, PostNorms, QkNorm, QkvBias, WantedTensor, F16_WIDEN_MAX_BYTES,
-    K_WIDEN_MAX_BYTES,
+    wanted_tensors, AttentionWeights, LayerWeights, Mixer, Model, ModelLoader, PostNorms, QkNorm, QkvBias,
+    ShortConvWeights, WantedTensor, F16_WIDEN_MAX_BYTES, K_WIDEN_MAX_BYTES,
 };
 
 use crate::format::gguf::GgufError;

@@ -14,16 +14,10 @@ use crate::tensor::{GgmlType, Layout, Tensor};
 /// The weights of one transformer block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerWeights {
-    /// (dim)
+    /// RMSNorm before the mixer (attention or short conv; LFM2's `operator_norm`): (dim)
     pub attn_norm: Vec<f32>,
-    /// (q_dim, dim)
-    pub wq: Tensor,
-    /// (kv_dim, dim)
-    pub wk: Tensor,
-    /// (kv_dim, dim)
-    pub wv: Tensor,
-    /// (dim, q_dim)
-    pub wo: Tensor,
+    /// What mixes positions: attention, or a short convolution (LFM2).
+    pub mixer: Mixer,
     /// (dim)
     pub ffn_norm: Vec<f32>,
     /// (hidden_dim, dim)
@@ -42,6 +36,48 @@ pub struct LayerWeights {
     /// before each residual add, each (dim); present when the architecture
     /// has them (gemma3).
     pub post_norms: Option<PostNorms>,
+}
+
+/// The part of a block that mixes positions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mixer {
+    Attention(AttentionWeights),
+    ShortConv(ShortConvWeights),
+}
+
+/// The projections of an attention block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionWeights {
+    /// (q_dim, dim)
+    pub wq: Tensor,
+    /// (kv_dim, dim)
+    pub wk: Tensor,
+    /// (kv_dim, dim)
+    pub wv: Tensor,
+    /// (dim, q_dim)
+    pub wo: Tensor,
+}
+
+/// A gated short-convolution block (LFM2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShortConvWeights {
+    /// (3·dim, dim): rows `0..dim` give the gate b, `dim..2·dim` the gate c,
+    /// `2·dim..3·dim` the input x.
+    pub in_proj: Tensor,
+    /// (dim, conv_kernel): each channel's taps, oldest position first.
+    pub conv: Vec<f32>,
+    /// (dim, dim)
+    pub out_proj: Tensor,
+}
+
+impl LayerWeights {
+    /// The attention projections, unless this is a conv layer.
+    pub fn attention(&self) -> Option<&AttentionWeights> {
+        match &self.mixer {
+            Mixer::Attention(a) => Some(a),
+            Mixer::ShortConv(_) => None,
+        }
+    }
 }
 
 /// RMSNorms after attention and after the FFN.
@@ -133,10 +169,18 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|t| t.heap_bytes() as u64)
-                    .sum::<u64>()
+                let mixer = match &l.mixer {
+                    Mixer::Attention(a) => [&a.wq, &a.wk, &a.wv, &a.wo]
+                        .iter()
+                        .map(|t| t.heap_bytes() as u64)
+                        .sum::<u64>(),
+                    Mixer::ShortConv(c) => (c.in_proj.heap_bytes() + c.out_proj.heap_bytes()) as u64 + vec(&c.conv),
+                };
+                mixer
+                    + [&l.w_gate, &l.w_up, &l.w_down]
+                        .iter()
+                        .map(|t| t.heap_bytes() as u64)
+                        .sum::<u64>()
                     + vec(&l.attn_norm)
                     + vec(&l.ffn_norm)
                     + l.qkv_bias.as_ref().map_or(0, |b| vec(&b.q) + vec(&b.k) + vec(&b.v))
@@ -185,6 +229,9 @@ enum Slot {
     KNorm(usize),
     PostAttnNorm(usize),
     PostFfnNorm(usize),
+    ConvInProj(usize),
+    ConvKernel(usize),
+    ConvOutProj(usize),
     RopeFreqs,
 }
 
@@ -202,6 +249,8 @@ impl Slot {
                 | Slot::Gate(_)
                 | Slot::Up(_)
                 | Slot::Down(_)
+                | Slot::ConvInProj(_)
+                | Slot::ConvOutProj(_)
         )
     }
 }
@@ -223,7 +272,7 @@ fn wanted(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<(
     let spec = c.arch.spec();
     let mut wanted: Vec<(Slot, String, usize, usize)> = vec![
         (Slot::TokEmbd, "token_embd.weight".into(), c.vocab_size, c.dim),
-        (Slot::OutputNorm, "output_norm.weight".into(), 1, c.dim),
+        (Slot::OutputNorm, spec.output_norm.into(), 1, c.dim),
     ];
     if has_output || !spec.output_may_be_tied {
         wanted.push((Slot::Output, "output.weight".into(), c.vocab_size, c.dim));
@@ -235,14 +284,25 @@ fn wanted(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<(
         let name = |s: &str| format!("blk.{l}.{s}.weight");
         wanted.extend([
             (Slot::AttnNorm(l), name("attn_norm"), 1, c.dim),
-            (Slot::Wq(l), name("attn_q"), c.q_dim, c.dim),
-            (Slot::Wk(l), name("attn_k"), c.kv_dim, c.dim),
-            (Slot::Wv(l), name("attn_v"), c.kv_dim, c.dim),
-            (Slot::Wo(l), name("attn_output"), c.dim, c.q_dim),
             (Slot::FfnNorm(l), name("ffn_norm"), 1, c.dim),
             (Slot::Gate(l), name("ffn_gate"), c.hidden_dim, c.dim),
             (Slot::Up(l), name("ffn_up"), c.hidden_dim, c.dim),
             (Slot::Down(l), name("ffn_down"), c.dim, c.hidden_dim),
+        ]);
+        if c.is_conv(l) {
+            // The conv kernel is (dim, taps): ggml dims [taps, dim].
+            wanted.extend([
+                (Slot::ConvInProj(l), name("shortconv.in_proj"), 3 * c.dim, c.dim),
+                (Slot::ConvKernel(l), name("shortconv.conv"), c.dim, c.conv_kernel),
+                (Slot::ConvOutProj(l), name("shortconv.out_proj"), c.dim, c.dim),
+            ]);
+            continue;
+        }
+        wanted.extend([
+            (Slot::Wq(l), name("attn_q"), c.q_dim, c.dim),
+            (Slot::Wk(l), name("attn_k"), c.kv_dim, c.dim),
+            (Slot::Wv(l), name("attn_v"), c.kv_dim, c.dim),
+            (Slot::Wo(l), name("attn_output"), c.dim, c.q_dim),
         ]);
         if spec.qkv_bias {
             let bias = |s: &str| format!("blk.{l}.{s}.bias");
@@ -502,6 +562,9 @@ impl ModelLoader {
                 Slot::KNorm(l) => parts[l].k_norm = Some(t.to_f32_vec()),
                 Slot::PostAttnNorm(l) => parts[l].post_attn_norm = Some(t.to_f32_vec()),
                 Slot::PostFfnNorm(l) => parts[l].post_ffn_norm = Some(t.to_f32_vec()),
+                Slot::ConvInProj(l) => parts[l].conv_in = Some(t),
+                Slot::ConvKernel(l) => parts[l].conv_kernel = Some(t.to_f32_vec()),
+                Slot::ConvOutProj(l) => parts[l].conv_out = Some(t),
             }
         }
         let missing = |what: &str| ModelError::Incomplete(what.to_string());
@@ -520,12 +583,23 @@ impl ModelLoader {
                 (Some(attn), Some(ffn)) => Some(PostNorms { attn, ffn }),
                 _ => None,
             };
+            let mixer = if config.is_conv(l) {
+                Mixer::ShortConv(ShortConvWeights {
+                    in_proj: take(p.conv_in)?,
+                    conv: p.conv_kernel.ok_or_else(|| missing(&format!("block {l}")))?,
+                    out_proj: take(p.conv_out)?,
+                })
+            } else {
+                Mixer::Attention(AttentionWeights {
+                    wq: take(p.wq)?,
+                    wk: take(p.wk)?,
+                    wv: take(p.wv)?,
+                    wo: take(p.wo)?,
+                })
+            };
             layers.push(LayerWeights {
                 attn_norm: take(p.attn_norm)?.to_f32_vec(),
-                wq: take(p.wq)?,
-                wk: take(p.wk)?,
-                wv: take(p.wv)?,
-                wo: take(p.wo)?,
+                mixer,
                 ffn_norm: take(p.ffn_norm)?.to_f32_vec(),
                 w_gate: take(p.gate)?,
                 w_up: take(p.up)?,
@@ -550,7 +624,7 @@ impl ModelLoader {
         Ok(Model {
             rope_swa,
             tok_embd: tok_embd.ok_or_else(|| missing("token_embd.weight"))?,
-            output_norm: output_norm.ok_or_else(|| missing("output_norm.weight"))?,
+            output_norm: output_norm.ok_or_else(|| missing(config.arch.spec().output_norm))?,
             output,
             layers,
             rope,
@@ -578,4 +652,7 @@ struct LayerParts {
     k_norm: Option<Vec<f32>>,
     post_attn_norm: Option<Vec<f32>>,
     post_ffn_norm: Option<Vec<f32>>,
+    conv_in: Option<Tensor>,
+    conv_kernel: Option<Vec<f32>>,
+    conv_out: Option<Tensor>,
 }

@@ -11,7 +11,7 @@ mod rng;
 mod shapes;
 
 pub use rng::Rng;
-pub use shapes::{shape, Arch, Shape, Vocab, SHAPES};
+pub use shapes::{shape, Arch, Shape, Vocab, CONV_TAPS, SHAPES};
 
 use crate::format::gguf::writer::{self, TensorHeader};
 use crate::format::gguf::Value;
@@ -254,6 +254,13 @@ pub fn plan(shape: &Shape, quant: QuantMix, n_layers: usize) -> Vec<PlannedTenso
         ty: GgmlType::F32,
         init,
     };
+    let push_ffn = |out: &mut Vec<PlannedTensor>, l: usize| {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        out.push(vector(n("ffn_norm.weight"), dim, Init::Ones));
+        out.push(matrix(n("ffn_gate.weight"), dim, hidden, false));
+        out.push(matrix(n("ffn_up.weight"), dim, hidden, false));
+        out.push(matrix(n("ffn_down.weight"), hidden, dim, false));
+    };
     // With tied embeddings the token embedding is the output head (llama.cpp
     // quantizes it as such).
     out.push(matrix("token_embd.weight".into(), dim, vocab, shape.tied_embeddings));
@@ -267,6 +274,19 @@ pub fn plan(shape: &Shape, quant: QuantMix, n_layers: usize) -> Vec<PlannedTenso
     for l in 0..n_layers {
         let n = |s: &str| format!("blk.{l}.{s}");
         out.push(vector(n("attn_norm.weight"), dim, Init::Ones));
+        if shape.is_conv(l) {
+            out.push(matrix(n("shortconv.in_proj.weight"), dim, 3 * dim, false));
+            // The taps stay F32, as llama.cpp's quantizer keeps them.
+            out.push(PlannedTensor {
+                name: n("shortconv.conv.weight"),
+                dims: vec![CONV_TAPS as u64, dim],
+                ty: GgmlType::F32,
+                init: Init::Normal(0.5),
+            });
+            out.push(matrix(n("shortconv.out_proj.weight"), dim, dim, false));
+            push_ffn(&mut out, l);
+            continue;
+        }
         out.push(matrix(n("attn_q.weight"), dim, q_dim, false));
         if shape.arch == Arch::Qwen2 {
             out.push(vector(n("attn_q.bias"), q_dim, Init::Normal(WEIGHT_STD)));
@@ -279,17 +299,19 @@ pub fn plan(shape: &Shape, quant: QuantMix, n_layers: usize) -> Vec<PlannedTenso
         if shape.arch == Arch::Qwen2 {
             out.push(vector(n("attn_v.bias"), kv_dim, Init::Normal(WEIGHT_STD)));
         }
-        if shape.arch == Arch::Qwen3 {
+        if matches!(shape.arch, Arch::Qwen3 | Arch::Lfm2) {
             out.push(vector(n("attn_q_norm.weight"), head_dim, Init::Ones));
             out.push(vector(n("attn_k_norm.weight"), head_dim, Init::Ones));
         }
         out.push(matrix(n("attn_output.weight"), q_dim, dim, false));
-        out.push(vector(n("ffn_norm.weight"), dim, Init::Ones));
-        out.push(matrix(n("ffn_gate.weight"), dim, hidden, false));
-        out.push(matrix(n("ffn_up.weight"), dim, hidden, false));
-        out.push(matrix(n("ffn_down.weight"), hidden, dim, false));
+        push_ffn(&mut out, l);
     }
-    out.push(vector("output_norm.weight".into(), dim, Init::Ones));
+    // LFM2's converter names the final norm as the embedding norm.
+    let output_norm = match shape.arch {
+        Arch::Lfm2 => "token_embd_norm.weight",
+        _ => "output_norm.weight",
+    };
+    out.push(vector(output_norm.into(), dim, Init::Ones));
     if !shape.tied_embeddings {
         out.push(matrix("output.weight".into(), dim, vocab, true));
     }
@@ -319,6 +341,20 @@ pub fn metadata(shape: &Shape, opts: &SynthOptions, n_layers: usize) -> Vec<(Str
         (k("rope.freq_base"), Value::F32(shape.rope_theta)),
         (k("attention.layer_norm_rms_epsilon"), Value::F32(shape.rms_eps)),
     ];
+    if shape.arch == Arch::Lfm2 {
+        // As LFM2's converter writes them: kv heads per layer, 0 for a conv layer.
+        let per_layer = (0..n_layers)
+            .map(|l| Value::I32(if shape.is_conv(l) { 0 } else { shape.n_kv_heads as i32 }))
+            .collect();
+        for (key, v) in md.iter_mut() {
+            if *key == k("attention.head_count_kv") {
+                *v = Value::Array(per_layer);
+                break;
+            }
+        }
+        md.push((k("shortconv.l_cache"), u(CONV_TAPS)));
+        md.push((k("vocab_size"), u(shape.vocab_size)));
+    }
     if shape.arch == Arch::Llama {
         md.push((k("vocab_size"), u(shape.vocab_size)));
         md.push((k("rope.dimension_count"), u(shape.head_dim())));
@@ -528,7 +564,9 @@ pub fn quantize_gguf(bytes: &[u8], mix: QuantMix) -> Result<Vec<u8>, String> {
         .map_or(0, |l| l + 1);
     let tied = gguf.tensor("output.weight").is_none();
     quantize_gguf_with(bytes, mix.file_type(), |name, dims, ty| {
-        let is_matrix = dims.len() == 2 && name.ends_with(".weight");
+        // LFM2's conv kernels stay F32, as llama.cpp's quantizer keeps them
+        // (ggml's `ssm_conv` reads F32 only).
+        let is_matrix = dims.len() == 2 && name.ends_with(".weight") && !name.contains("shortconv.conv");
         let is_head = name == "output.weight" || (tied && name == "token_embd.weight");
         match is_matrix {
             true => mix.tensor_type(name, dims[0] as usize, n_layers, is_head),

@@ -9,6 +9,9 @@ pub enum Arch {
     Qwen2,
     /// Llama plus per-head RMS norms on Q and K, explicit head_dim.
     Qwen3,
+    /// LFM2: gated short convolutions on the layers `conv_layers` names,
+    /// GQA attention with q/k norms on the others.
+    Lfm2,
 }
 
 impl Arch {
@@ -17,6 +20,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Lfm2 => "lfm2",
         }
     }
 }
@@ -32,6 +36,9 @@ pub enum Vocab {
     Qwen2,
     /// Llama 3's 128256-token byte-level BPE.
     Llama3,
+    /// A synthetic byte-level vocabulary of the shape's size
+    /// ([`super::synthetic_vocab`]): the model's own is not in `testdata/`.
+    Synthetic,
 }
 
 /// llama3-style RoPE scaling (`rope_scaling.rope_type = "llama3"`).
@@ -64,9 +71,17 @@ pub struct Shape {
     pub tied_embeddings: bool,
     pub llama3_rope: Option<Llama3Rope>,
     pub vocab: Vocab,
+    /// Short-convolution layers (LFM2's `layer_types` "conv"); empty when
+    /// every layer attends.
+    pub conv_layers: &'static [usize],
 }
 
 impl Shape {
+    /// Whether `layer` is a short-convolution layer.
+    pub fn is_conv(&self, layer: usize) -> bool {
+        self.conv_layers.contains(&layer)
+    }
+
     pub fn head_dim(&self) -> usize {
         self.explicit_head_dim.unwrap_or(self.dim / self.n_heads)
     }
@@ -79,13 +94,20 @@ impl Shape {
         let mut layer = d * q + 2 * d * kv + q * d + 3 * d * h + 2 * d;
         match self.arch {
             Arch::Qwen2 => layer += q + 2 * kv,
-            Arch::Qwen3 => layer += 2 * hd,
+            Arch::Qwen3 | Arch::Lfm2 => layer += 2 * hd,
             Arch::Llama => {}
         }
+        // A conv layer: in_proj (3d, d), the taps (d, 3), out_proj (d, d),
+        // the FFN and two norms.
+        let conv_layer = 4 * d * d + CONV_TAPS as u64 * d + 3 * d * h + 2 * d;
+        let n_conv = self.conv_layers.len() as u64;
         let head = if self.tied_embeddings { 0 } else { v * d };
-        v * d + self.n_layers as u64 * layer + d + head
+        v * d + (self.n_layers as u64 - n_conv) * layer + n_conv * conv_layer + d + head
     }
 }
+
+/// LFM2's short-convolution taps (`conv_L_cache`).
+pub const CONV_TAPS: usize = 3;
 
 const STORIES: &str = "karpathy/llama2.c README (model table) and the tinyllamas checkpoints";
 
@@ -108,6 +130,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: false,
         llama3_rope: None,
         vocab: Vocab::LlamaSpm,
+        conv_layers: &[],
     },
     Shape {
         name: "stories42M",
@@ -126,6 +149,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: false,
         llama3_rope: None,
         vocab: Vocab::LlamaSpm,
+        conv_layers: &[],
     },
     Shape {
         name: "stories110M",
@@ -144,6 +168,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: false,
         llama3_rope: None,
         vocab: Vocab::LlamaSpm,
+        conv_layers: &[],
     },
     Shape {
         name: "smollm2-135m",
@@ -162,6 +187,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: true,
         llama3_rope: None,
         vocab: Vocab::SmolLm,
+        conv_layers: &[],
     },
     Shape {
         name: "smollm2-360m",
@@ -180,6 +206,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: true,
         llama3_rope: None,
         vocab: Vocab::SmolLm,
+        conv_layers: &[],
     },
     Shape {
         name: "qwen2.5-0.5b",
@@ -198,6 +225,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: true,
         llama3_rope: None,
         vocab: Vocab::Qwen2,
+        conv_layers: &[],
     },
     Shape {
         name: "qwen3-0.6b",
@@ -216,6 +244,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: true,
         llama3_rope: None,
         vocab: Vocab::Qwen2,
+        conv_layers: &[],
     },
     Shape {
         name: "llama3.2-1b",
@@ -239,6 +268,7 @@ pub const SHAPES: &[Shape] = &[
             original_context: 8192,
         }),
         vocab: Vocab::Llama3,
+        conv_layers: &[],
     },
     Shape {
         name: "tinyllama-1.1b",
@@ -257,6 +287,7 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: false,
         llama3_rope: None,
         vocab: Vocab::LlamaSpm,
+        conv_layers: &[],
     },
     Shape {
         name: "qwen3-1.7b",
@@ -275,6 +306,52 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: true,
         llama3_rope: None,
         vocab: Vocab::Qwen2,
+        conv_layers: &[],
+    },
+    Shape {
+        name: "lfm2.5-1.2b",
+        // block_ff_dim 12288 with block_auto_adjust_ff_dim: int(2/3 · 12288)
+        // rounded up to block_multiple_of 256 = 8192, as the converter
+        // writes feed_forward_length; full_attn_idxs [2, 5, 8, 10, 12, 14].
+        source: "LiquidAI/LFM2-1.2B config.json (LFM2.5-1.2B has the same shape)",
+        arch: Arch::Lfm2,
+        dim: 2048,
+        n_layers: 16,
+        n_heads: 32,
+        n_kv_heads: 8,
+        explicit_head_dim: None,
+        hidden_dim: 8192,
+        vocab_size: 65536,
+        context_length: 128000,
+        rope_theta: 1000000.0,
+        rms_eps: 1e-5,
+        tied_embeddings: true,
+        llama3_rope: None,
+        vocab: Vocab::Synthetic,
+        conv_layers: &[0, 1, 3, 4, 6, 7, 9, 11, 13, 15],
+    },
+    Shape {
+        name: "lfm2.5-2.6b",
+        // block_ff_dim 10752 without auto-adjust; attention at layers
+        // 2, 5, 9, 13, 17, 21, 24, 27.
+        source: "LiquidAI/LFM2-2.6B config.json (LFM2.5 keeps the shape)",
+        arch: Arch::Lfm2,
+        dim: 2048,
+        n_layers: 30,
+        n_heads: 32,
+        n_kv_heads: 8,
+        explicit_head_dim: None,
+        hidden_dim: 10752,
+        vocab_size: 65536,
+        context_length: 128000,
+        rope_theta: 1000000.0,
+        rms_eps: 1e-5,
+        tied_embeddings: true,
+        llama3_rope: None,
+        vocab: Vocab::Synthetic,
+        conv_layers: &[
+            0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16, 18, 19, 20, 22, 23, 25, 26, 28, 29,
+        ],
     },
 ];
 

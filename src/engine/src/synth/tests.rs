@@ -32,20 +32,26 @@ fn every_shape_has_its_published_geometry() {
         let embd = g.tensor("token_embd.weight").unwrap();
         assert_eq!(embd.dims, vec![s.dim as u64, s.vocab_size as u64], "{}", s.name);
         assert_eq!(g.tensor("output.weight").is_none(), s.tied_embeddings, "{}", s.name);
-        let q = g.tensor("blk.0.attn_q.weight").unwrap();
+        let attn = (0..s.n_layers).find(|&l| !s.is_conv(l)).unwrap();
+        let q = g.tensor(&format!("blk.{attn}.attn_q.weight")).unwrap();
         assert_eq!(q.dims, vec![s.dim as u64, (s.n_heads * s.head_dim()) as u64]);
         assert_eq!(
-            g.tensor("blk.0.attn_q.bias").is_some(),
+            g.tensor(&format!("blk.{attn}.attn_q.bias")).is_some(),
             s.arch == Arch::Qwen2,
             "{}",
             s.name
         );
         assert_eq!(
-            g.tensor("blk.0.attn_k_norm.weight").is_some(),
-            s.arch == Arch::Qwen3,
+            g.tensor(&format!("blk.{attn}.attn_k_norm.weight")).is_some(),
+            matches!(s.arch, Arch::Qwen3 | Arch::Lfm2),
             "{}",
             s.name
         );
+        for l in 0..s.n_layers {
+            let conv = g.tensor(&format!("blk.{l}.shortconv.in_proj.weight")).is_some();
+            assert_eq!(conv, s.is_conv(l), "{} layer {l}", s.name);
+            assert_eq!(g.tensor(&format!("blk.{l}.attn_q.weight")).is_none(), conv);
+        }
         let params: u64 = g
             .tensors
             .iter()
@@ -76,6 +82,9 @@ fn every_shape_has_its_published_geometry() {
     assert!((p("llama3.2-1b") - 1235.8).abs() < 1.0, "{}", p("llama3.2-1b"));
     assert!((p("tinyllama-1.1b") - 1100.0).abs() < 5.0, "{}", p("tinyllama-1.1b"));
     assert!((p("qwen3-1.7b") - 1720.0).abs() < 10.0, "{}", p("qwen3-1.7b"));
+    // Liquid AI's model cards: 1.17B and 2.57B parameters.
+    assert!((p("lfm2.5-1.2b") - 1170.0).abs() < 5.0, "{}", p("lfm2.5-1.2b"));
+    assert!((p("lfm2.5-2.6b") - 2570.0).abs() < 10.0, "{}", p("lfm2.5-2.6b"));
 }
 
 #[test]

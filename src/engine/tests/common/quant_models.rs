@@ -31,6 +31,7 @@ pub const SYNTH_SHAPE: Shape = Shape {
     tied_embeddings: false,
     llama3_rope: None,
     vocab: Vocab::LlamaSpm,
+    conv_layers: &[],
 };
 
 /// The shipped stories260K model (F32).
