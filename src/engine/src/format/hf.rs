@@ -285,6 +285,8 @@ impl HfConfig {
             rope_freq_base_swa: None,
             attention_scale: None,
             final_logit_softcap: None,
+            rope_attn_factor: 1.0,
+            longrope_context: None,
         };
         config.check(|field| {
             match field {

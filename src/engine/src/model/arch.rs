@@ -25,8 +25,16 @@
 //!   (`attention.sliding_window`, `attention.sliding_window_pattern`), whose
 //!   RoPE base is `rope.freq_base_swa` (10,000 when absent), the global
 //!   layers' `rope.freq_base`; as llama.cpp's `gemma3` reads the file.
+//! - **phi3** (Phi-3, Phi-3.5 mini): no biases; NeoX RoPE; Q, K and V are
+//!   usually one `attn_qkv` matrix (Q rows, then K, then V) and `ffn_up`
+//!   holds the gate rows then the up rows (no `ffn_gate`); the loader splits
+//!   both, so the forward pass sees ordinary matrices. The 128k variants
+//!   carry LongRoPE factors (`rope_factors_short`/`_long`) and an
+//!   `attn_factor` multiplying RoPE's cos and sin. `attention.sliding_window`
+//!   is ignored: llama.cpp disables sliding-window attention for phi3
+//!   (its converter's window does not match the model's), and so does icllm.
 //!
-//! All four may tie the output head to the token embedding.
+//! All five may tie the output head to the token embedding.
 
 use crate::kernels::RopeStyle;
 use serde::{Deserialize, Serialize};
@@ -38,6 +46,7 @@ pub enum Architecture {
     Qwen2,
     Qwen3,
     Gemma3,
+    Phi3,
 }
 
 /// The FFN's gate activation.
@@ -73,6 +82,15 @@ pub struct ArchSpec {
     /// when the file gives a window, with `n` llama.cpp's default period
     /// (layer `l` slides when `l % n < n - 1`) if the file gives none.
     pub swa_default_pattern: Option<u32>,
+    /// Q, K and V may come as one `attn_qkv.weight` of `q_dim + 2 * kv_dim`
+    /// rows (Q rows, then K, then V) instead of `attn_q`/`attn_k`/`attn_v`.
+    pub fused_qkv: bool,
+    /// `ffn_up.weight` has `2 * hidden_dim` rows, the gate's then the up
+    /// projection's, and there is no `ffn_gate.weight` (Phi-3's `gate_up_proj`).
+    pub fused_gate_up: bool,
+    /// The file may carry LongRoPE frequency factors (`rope_factors_short.weight`,
+    /// `rope_factors_long.weight`, `rope_dims / 2` each).
+    pub longrope_factors: bool,
 }
 
 /// Every supported architecture.
@@ -88,6 +106,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: false,
         ffn_activation: FfnActivation::Silu,
         swa_default_pattern: None,
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
     },
     ArchSpec {
         name: "qwen2",
@@ -100,6 +121,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: false,
         ffn_activation: FfnActivation::Silu,
         swa_default_pattern: None,
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
     },
     ArchSpec {
         name: "qwen3",
@@ -112,6 +136,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: false,
         ffn_activation: FfnActivation::Silu,
         swa_default_pattern: None,
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
     },
     ArchSpec {
         name: "gemma3",
@@ -124,6 +151,26 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         post_norms: true,
         ffn_activation: FfnActivation::GeluTanh,
         swa_default_pattern: Some(6),
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
+    },
+    ArchSpec {
+        name: "phi3",
+        arch: Architecture::Phi3,
+        rope_style: RopeStyle::Neox,
+        qkv_bias: false,
+        qk_norm: false,
+        output_may_be_tied: true,
+        embed_scale: false,
+        post_norms: false,
+        ffn_activation: FfnActivation::Silu,
+        // None: `phi3.attention.sliding_window` is ignored, as llama.cpp
+        // ignores it (see the module doc).
+        swa_default_pattern: None,
+        fused_qkv: true,
+        fused_gate_up: true,
+        longrope_factors: true,
     },
 ];
 
@@ -158,6 +205,6 @@ mod tests {
             assert_eq!(spec.arch.spec(), spec);
         }
         assert_eq!(Architecture::from_name("mamba"), None);
-        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3, gemma3");
+        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3, gemma3, phi3");
     }
 }
