@@ -9,6 +9,9 @@ pub enum Arch {
     Qwen2,
     /// Llama plus per-head RMS norms on Q and K, explicit head_dim.
     Qwen3,
+    /// Llama with Q, K, V fused into `attn_qkv` and gate and up into
+    /// `ffn_up` (as llama.cpp's converter writes Phi-3), NeoX RoPE.
+    Phi3,
 }
 
 impl Arch {
@@ -17,6 +20,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 }
@@ -32,6 +36,9 @@ pub enum Vocab {
     Qwen2,
     /// Llama 3's 128256-token byte-level BPE.
     Llama3,
+    /// Phi-3's SentencePiece vocabulary: Llama 2's 32000 pieces plus 64
+    /// added tokens (chat markers and padding), 32064.
+    Phi3,
 }
 
 /// llama3-style RoPE scaling (`rope_scaling.rope_type = "llama3"`).
@@ -80,7 +87,8 @@ impl Shape {
         match self.arch {
             Arch::Qwen2 => layer += q + 2 * kv,
             Arch::Qwen3 => layer += 2 * hd,
-            Arch::Llama => {}
+            // Fused matrices hold the same parameters as separate ones.
+            Arch::Llama | Arch::Phi3 => {}
         }
         let head = if self.tied_embeddings { 0 } else { v * d };
         v * d + self.n_layers as u64 * layer + d + head
@@ -275,6 +283,24 @@ pub const SHAPES: &[Shape] = &[
         tied_embeddings: true,
         llama3_rope: None,
         vocab: Vocab::Qwen2,
+    },
+    Shape {
+        name: "phi-3-mini-4k",
+        source: "microsoft/Phi-3-mini-4k-instruct config.json",
+        arch: Arch::Phi3,
+        dim: 3072,
+        n_layers: 32,
+        n_heads: 32,
+        n_kv_heads: 32,
+        explicit_head_dim: None,
+        hidden_dim: 8192,
+        vocab_size: 32064,
+        context_length: 4096,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+        tied_embeddings: false,
+        llama3_rope: None,
+        vocab: Vocab::Phi3,
     },
 ];
 

@@ -32,8 +32,19 @@ fn every_shape_has_its_published_geometry() {
         let embd = g.tensor("token_embd.weight").unwrap();
         assert_eq!(embd.dims, vec![s.dim as u64, s.vocab_size as u64], "{}", s.name);
         assert_eq!(g.tensor("output.weight").is_none(), s.tied_embeddings, "{}", s.name);
-        let q = g.tensor("blk.0.attn_q.weight").unwrap();
-        assert_eq!(q.dims, vec![s.dim as u64, (s.n_heads * s.head_dim()) as u64]);
+        let q_dim = (s.n_heads * s.head_dim()) as u64;
+        if s.arch == Arch::Phi3 {
+            // Fused as llama.cpp's converter writes them.
+            let kv_dim = (s.n_kv_heads * s.head_dim()) as u64;
+            let qkv = g.tensor("blk.0.attn_qkv.weight").unwrap();
+            assert_eq!(qkv.dims, vec![s.dim as u64, q_dim + 2 * kv_dim]);
+            let up = g.tensor("blk.0.ffn_up.weight").unwrap();
+            assert_eq!(up.dims, vec![s.dim as u64, 2 * s.hidden_dim as u64]);
+            assert!(g.tensor("blk.0.ffn_gate.weight").is_none() && g.tensor("blk.0.attn_q.weight").is_none());
+        } else {
+            let q = g.tensor("blk.0.attn_q.weight").unwrap();
+            assert_eq!(q.dims, vec![s.dim as u64, q_dim]);
+        }
         assert_eq!(
             g.tensor("blk.0.attn_q.bias").is_some(),
             s.arch == Arch::Qwen2,
@@ -76,6 +87,7 @@ fn every_shape_has_its_published_geometry() {
     assert!((p("llama3.2-1b") - 1235.8).abs() < 1.0, "{}", p("llama3.2-1b"));
     assert!((p("tinyllama-1.1b") - 1100.0).abs() < 5.0, "{}", p("tinyllama-1.1b"));
     assert!((p("qwen3-1.7b") - 1720.0).abs() < 10.0, "{}", p("qwen3-1.7b"));
+    assert!((p("phi-3-mini-4k") - 3821.1).abs() < 0.1, "{}", p("phi-3-mini-4k"));
 }
 
 #[test]
@@ -113,6 +125,23 @@ fn q4_k_m_follows_llama_cpp_rules() {
     assert_eq!(g.tensor("blk.1.attn_v.weight").unwrap().ty, GgmlType::Q6K);
     let g = header(shape("qwen2.5-0.5b").unwrap(), QuantMix::Q5KM, 2);
     assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q5_1);
+    // A fused QKV (phi3) gets one step more in every layer: Q5_K for
+    // Q4_K_M, Q6_K for Q5_K_M; its fused gate-up is an ordinary ffn_up.
+    let phi3 = shape("phi-3-mini-4k").unwrap();
+    let g = header(phi3, QuantMix::Q4KM, phi3.n_layers);
+    let ty = |n: &str| g.tensor(n).unwrap().ty;
+    for l in [0, 5, 31] {
+        assert_eq!(ty(&format!("blk.{l}.attn_qkv.weight")), GgmlType::Q5K, "layer {l}");
+        assert_eq!(ty(&format!("blk.{l}.ffn_up.weight")), GgmlType::Q4K, "layer {l}");
+    }
+    assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::Q6K);
+    assert_eq!(ty("blk.5.ffn_down.weight"), GgmlType::Q4K);
+    assert_eq!(
+        (ty("token_embd.weight"), ty("output.weight")),
+        (GgmlType::Q4K, GgmlType::Q6K)
+    );
+    let g = header(phi3, QuantMix::Q5KM, 2);
+    assert_eq!(g.tensor("blk.1.attn_qkv.weight").unwrap().ty, GgmlType::Q6K);
 }
 
 #[test]
