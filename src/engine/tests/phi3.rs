@@ -152,6 +152,7 @@ fn longrope_uses_the_short_factors_and_refuses_longer_contexts() {
     let (model, _) = Model::from_gguf_bytes(&Phi3File::F32LongRope.bytes()).unwrap();
     let c = &model.config;
     assert_eq!(c.longrope_context, Some(LONGROPE_ORIGINAL_CONTEXT));
+    assert_eq!(c.usable_context(), LONGROPE_ORIGINAL_CONTEXT as usize);
     assert!(
         (c.rope_attn_factor - 1.5f32.sqrt()).abs() < 1e-6,
         "{}",

@@ -232,6 +232,15 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// The longest context a job of this model may use by default: the
+    /// trained `context_length`, or less when the file's LongRoPE factors
+    /// limit it (see [`ModelConfig::longrope_context`]). Default context
+    /// sizes should not exceed it.
+    pub fn usable_context(&self) -> usize {
+        let limit = self.longrope_context.map_or(usize::MAX, |l| l as usize);
+        self.context_length.min(limit)
+    }
+
     /// The window of `layer` if it is a sliding-window layer.
     pub fn attention_window(&self, layer: usize) -> Option<u32> {
         let slides = self.sliding_window > 0 && self.swa_layers.get(layer).copied().unwrap_or(false);
