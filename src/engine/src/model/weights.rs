@@ -543,7 +543,10 @@ impl ModelLoader {
         };
         let parts = n.slot.parts(&self.config, n.rows);
         let row_counts: Vec<usize> = parts.iter().map(|&(_, rows)| rows).collect();
-        let pieces = split_rows(bytes, n.rows, &row_counts).map_err(bad_bytes)?;
+        let pieces = match parts.len() {
+            1 => vec![bytes],
+            _ => split_rows(bytes, n.rows, &row_counts).map_err(bad_bytes)?,
+        };
         let mut loaded = Vec::with_capacity(parts.len());
         for ((slot, rows), piece) in parts.into_iter().zip(pieces) {
             let t = Tensor::from_le_bytes_in(n.info.ty, rows, n.cols, piece, self.layout).map_err(bad_bytes)?;
