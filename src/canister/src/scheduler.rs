@@ -244,7 +244,7 @@ pub(crate) fn activate(env: &impl Env, loaded: LoadedModel, purpose: Purpose) {
         jobs::fail_all_active(env, "the model was replaced by a new upload");
         let c = &loaded.model.config;
         let ctx = settings::read(|s| s.max_context)
-            .unwrap_or(c.context_length as u32)
+            .unwrap_or(c.usable_context() as u32)
             .max(1);
         jobs::kv_slots::configure(jobs::kv_slots::job_shape(&loaded), ctx);
         let slot = loaded.slot.clone();

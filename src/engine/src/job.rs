@@ -170,6 +170,11 @@ pub enum JobError {
         token: u32,
         vocab_size: usize,
     },
+    #[error(
+        "a context of {ctx_size} positions needs this model's long LongRoPE factors, which are not supported: \
+         use at most {limit} (its original context length)"
+    )]
+    ContextBeyondLongRope { ctx_size: u32, limit: u32 },
     #[error("a KV cache of {ctx_size} positions does not fit in memory on this platform")]
     ContextTooLarge { ctx_size: u32 },
     #[error("{0}")]
@@ -355,6 +360,11 @@ impl Job {
                 prompt_len: prompt_tokens.len(),
                 ctx_size,
             });
+        }
+        // llama.cpp picks LongRoPE's long factors for contexts beyond the
+        // original length; only the short ones are implemented.
+        if let Some(limit) = c.longrope_context.filter(|&limit| ctx_size > limit) {
+            return Err(JobError::ContextBeyondLongRope { ctx_size, limit });
         }
         if let Some((index, &token)) = prompt_tokens
             .iter()

@@ -53,7 +53,7 @@ fn unknown_architecture_is_named() {
     assert!(matches!(err, ModelError::UnknownArchitecture { ref name, .. } if name == "mamba"));
     assert_eq!(
         err.to_string(),
-        "model architecture \"mamba\" is not supported (supported: llama, qwen2, qwen3, gemma3, lfm2)"
+        "model architecture \"mamba\" is not supported (supported: llama, qwen2, qwen3, gemma3, lfm2, phi3)"
     );
 }
 

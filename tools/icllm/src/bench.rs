@@ -499,7 +499,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     let model = &model;
     let cfg = &model.config;
     let (mut n_prompt, n_gen) = (args.prompt_tokens.max(1), args.gen_tokens.max(1));
-    let trained = cfg.context_length as u32;
+    let trained = cfg.usable_context() as u32;
     let ctx = args.ctx.unwrap_or(trained.min(n_prompt + n_gen + 1));
     if n_gen + 1 >= ctx {
         bail!("a context of {ctx} holds no prompt beside {n_gen} generated tokens");
@@ -766,7 +766,7 @@ fn bench_query(args: &BenchArgs, wasm: Vec<u8>) -> Result<serde_json::Value> {
     let (model, gguf) = Model::from_gguf_bytes(&bytes).map_err(|e| anyhow!("cannot load {name}: {e}"))?;
     let tokenizer = Tokenizer::from_gguf(&gguf).ok();
     drop(gguf);
-    let trained = model.config.context_length as u32;
+    let trained = model.config.usable_context() as u32;
     let n_prompt = args.prompt_tokens.max(1).min(trained / 2);
     let asked = MOST_TOKENS_ASKED.min(trained - n_prompt - 1);
     let text_ids = tokenizer

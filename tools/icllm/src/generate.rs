@@ -108,7 +108,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let ctx_size = match args.ctx_size {
         Some(c) => c,
-        None => u32::try_from(model.config.context_length).unwrap_or(u32::MAX),
+        None => u32::try_from(model.config.usable_context()).unwrap_or(u32::MAX),
     };
     let mut job = Job::with_kv_type(model, prompt.clone(), params, args.n_predict, ctx_size, args.kv_cache)?;
     if let Some(stops) = stop_tokens {

@@ -3,7 +3,8 @@
 //!
 //! Tokenizer metadata comes from a real vocabulary where one is at hand in
 //! the tokenizer data directory (`--tokenizer-data`, `$ICLLM_TOKENIZER_DATA`,
-//! or the repository's `testdata/`, see its README): the llama SPM vocab GGUF for 32000-token shapes, the
+//! or the repository's `testdata/`, see its README): the llama SPM vocab GGUF for 32000-token shapes,
+//! Phi-3's vocab GGUF for phi-3-mini-4k, the
 //! Qwen2.5 `tokenizer.json` for Qwen shapes (Qwen3 adds 4 tokens Qwen2.5
 //! lacks; the rest is padding either way), the Llama 3.2 `tokenizer.json` for
 //! llama3.2, and GPT-2's BPE cut to 49152 tokens for SmolLM2 (whose own
@@ -22,7 +23,7 @@ use std::time::Instant;
 #[derive(Args)]
 pub struct SynthArgs {
     /// Published shape: stories15M, stories42M, stories110M, smollm2-135m, smollm2-360m,
-    /// qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, tinyllama-1.1b, qwen3-1.7b.
+    /// qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, tinyllama-1.1b, qwen3-1.7b, phi-3-mini-4k.
     #[arg(long)]
     shape: String,
     /// Tensor types: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl,
@@ -105,6 +106,7 @@ fn default_tokenizer_data() -> Option<PathBuf> {
 pub fn tokenizer_metadata(shape: &Shape, data: &Path) -> Result<Vec<(String, Value)>> {
     let md = match shape.vocab {
         Vocab::LlamaSpm => gguf_tokenizer(&data.join("vocab/ggml-vocab-llama-spm.gguf"))?,
+        Vocab::Phi3 => gguf_tokenizer(&data.join("vocab/ggml-vocab-phi-3.gguf"))?,
         Vocab::SmolLm => truncated_gpt2(&data.join("vocab/ggml-vocab-gpt-2.gguf"), shape.vocab_size)?,
         Vocab::Qwen2 => hf_tokenizer(
             &data.join("tokenizers/qwen2.5"),

@@ -177,7 +177,7 @@ pub fn create(
     let ctx_default = (ctx_fits / 4).max(ctx_fits.min(2048));
     let ctx_size = req
         .ctx_size
-        .unwrap_or((c.context_length as u32).min(ctx_max).min(ctx_default));
+        .unwrap_or((c.usable_context() as u32).min(ctx_max).min(ctx_default));
     if ctx_size == 0 || ctx_size > ctx_max {
         return Err(ApiError::InvalidArgument(format!(
             "ctx_size must be between 1 and {ctx_max} on this canister (got {ctx_size})"

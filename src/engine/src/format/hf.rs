@@ -287,6 +287,8 @@ impl HfConfig {
             final_logit_softcap: None,
             conv_layers: Vec::new(),
             conv_kernel: 0,
+            rope_attn_factor: 1.0,
+            longrope_context: None,
         };
         config.check(|field| {
             match field {

@@ -19,6 +19,9 @@ pub struct RopeTable {
     pub rope_dims: usize,
     /// (rope_dims / 2): `inv_freq[j] = base^(-2j / rope_dims) · freq_scale / factor[j]`.
     inv_freq: Vec<f64>,
+    /// Multiplies every cos and sin (ggml's `attn_factor` without YaRN;
+    /// 1 for most models, Phi-3 128k's LongRoPE scale otherwise).
+    attn_factor: f32,
 }
 
 impl RopeTable {
@@ -51,13 +54,21 @@ impl RopeTable {
             style,
             rope_dims,
             inv_freq,
+            attn_factor: 1.0,
         }
+    }
+
+    /// This table with every cos and sin multiplied by `attn_factor`, as
+    /// ggml's `rope_ext` applies it when YaRN is off (`ext_factor` 0).
+    pub fn with_attn_factor(self, attn_factor: f32) -> RopeTable {
+        RopeTable { attn_factor, ..self }
     }
 
     /// `(cos, sin)` of the angle of pair `j` at position `pos`.
     fn cos_sin(&self, j: usize, pos: u32) -> (f32, f32) {
         let theta = pos as f64 * self.inv_freq[j];
-        (theta.cos() as f32, theta.sin() as f32)
+        let f = self.attn_factor;
+        (theta.cos() as f32 * f, theta.sin() as f32 * f)
     }
 }
 
@@ -175,6 +186,19 @@ mod tests {
         // pair 0: 1 · 0.5 / 2; pair 1: 0.01 · 0.5 / 4
         assert!((scaled.inv_freq[0] - 0.25).abs() < 1e-12);
         assert!((scaled.inv_freq[1] - plain.inv_freq[1] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn attn_factor_scales_the_rotated_pairs_only() {
+        let table = RopeTable::new(RopeStyle::Neox, 4, 10000.0).with_attn_factor(1.5);
+        let mut x = [1.0, 0.0, 0.0, 0.0, 7.0, 8.0];
+        rope(&mut x, 6, 1, &table);
+        assert!((x[0] - 1.5 * 1f32.cos()).abs() < 1e-6 && (x[2] - 1.5 * 1f32.sin()).abs() < 1e-6);
+        // dims past rope_dims are left alone, at position 0 too
+        assert_eq!(&x[4..], &[7.0, 8.0]);
+        let mut y = [2.0, 0.0, 0.0, 0.0, 7.0, 8.0];
+        rope(&mut y, 6, 0, &table);
+        assert_eq!(y, [3.0, 0.0, 0.0, 0.0, 7.0, 8.0]);
     }
 
     #[test]

@@ -34,6 +34,14 @@
 //!   FFN everywhere. The final norm is stored as `token_embd_norm.weight`
 //!   (llama.cpp's `LLM_TENSOR_OUTPUT_NORM_LFM2`); as llama.cpp's `lfm2`
 //!   reads the file (`src/models/lfm2.cpp`).
+//! - **phi3** (Phi-3, Phi-3.5 mini): no biases; NeoX RoPE; Q, K and V are
+//!   usually one `attn_qkv` matrix (Q rows, then K, then V) and `ffn_up`
+//!   holds the gate rows then the up rows (no `ffn_gate`); the loader splits
+//!   both, so the forward pass sees ordinary matrices. The 128k variants
+//!   carry LongRoPE factors (`rope_factors_short`/`_long`) and an
+//!   `attn_factor` multiplying RoPE's cos and sin. `attention.sliding_window`
+//!   is ignored: llama.cpp disables sliding-window attention for phi3
+//!   (its converter's window does not match the model's), and so does icllm.
 //!
 //! All five may tie the output head to the token embedding.
 
@@ -48,6 +56,7 @@ pub enum Architecture {
     Qwen3,
     Gemma3,
     Lfm2,
+    Phi3,
 }
 
 /// The FFN's gate activation.
@@ -88,6 +97,15 @@ pub struct ArchSpec {
     pub short_conv: bool,
     /// GGUF name of the final RMSNorm's weight.
     pub output_norm: &'static str,
+    /// Q, K and V may come as one `attn_qkv.weight` of `q_dim + 2 * kv_dim`
+    /// rows (Q rows, then K, then V) instead of `attn_q`/`attn_k`/`attn_v`.
+    pub fused_qkv: bool,
+    /// `ffn_up.weight` has `2 * hidden_dim` rows, the gate's then the up
+    /// projection's, and there is no `ffn_gate.weight` (Phi-3's `gate_up_proj`).
+    pub fused_gate_up: bool,
+    /// The file may carry LongRoPE frequency factors (`rope_factors_short.weight`,
+    /// `rope_factors_long.weight`, `rope_dims / 2` each).
+    pub longrope_factors: bool,
 }
 
 /// Every supported architecture.
@@ -105,6 +123,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         swa_default_pattern: None,
         short_conv: false,
         output_norm: "output_norm.weight",
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
     },
     ArchSpec {
         name: "qwen2",
@@ -119,6 +140,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         swa_default_pattern: None,
         short_conv: false,
         output_norm: "output_norm.weight",
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
     },
     ArchSpec {
         name: "qwen3",
@@ -133,6 +157,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         swa_default_pattern: None,
         short_conv: false,
         output_norm: "output_norm.weight",
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
     },
     ArchSpec {
         name: "gemma3",
@@ -147,6 +174,9 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         swa_default_pattern: Some(6),
         short_conv: false,
         output_norm: "output_norm.weight",
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
     },
     ArchSpec {
         name: "lfm2",
@@ -164,6 +194,28 @@ pub const ARCHITECTURES: &[ArchSpec] = &[
         // layer) to the token-embedding-norm name; llama.cpp reads it as the
         // output norm.
         output_norm: "token_embd_norm.weight",
+        fused_qkv: false,
+        fused_gate_up: false,
+        longrope_factors: false,
+    },
+    ArchSpec {
+        name: "phi3",
+        arch: Architecture::Phi3,
+        rope_style: RopeStyle::Neox,
+        qkv_bias: false,
+        qk_norm: false,
+        output_may_be_tied: true,
+        embed_scale: false,
+        post_norms: false,
+        ffn_activation: FfnActivation::Silu,
+        // None: `phi3.attention.sliding_window` is ignored, as llama.cpp
+        // ignores it (see the module doc).
+        swa_default_pattern: None,
+        short_conv: false,
+        output_norm: "output_norm.weight",
+        fused_qkv: true,
+        fused_gate_up: true,
+        longrope_factors: true,
     },
 ];
 
@@ -198,6 +250,9 @@ mod tests {
             assert_eq!(spec.arch.spec(), spec);
         }
         assert_eq!(Architecture::from_name("mamba"), None);
-        assert_eq!(Architecture::supported_names(), "llama, qwen2, qwen3, gemma3, lfm2");
+        assert_eq!(
+            Architecture::supported_names(),
+            "llama, qwen2, qwen3, gemma3, lfm2, phi3"
+        );
     }
 }

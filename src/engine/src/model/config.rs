@@ -87,6 +87,23 @@ pub struct ModelConfig {
     /// layers): each conv layer keeps its last `conv_kernel - 1` input rows.
     #[serde(default)]
     pub conv_kernel: usize,
+    /// Multiplies RoPE's cos and sin (`rope.scaling.attn_factor`, 1 when
+    /// absent), as ggml's `rope_ext` applies its `attn_factor` without YaRN:
+    /// Phi-3 128k's `√(1 + ln(scale) / ln(original context))`.
+    #[serde(default = "one")]
+    pub rope_attn_factor: f32,
+    /// Set when the file carries LongRoPE factors (Phi-3 128k): the original
+    /// context length (`rope.scaling.original_context_length`, else
+    /// `context_length`). llama.cpp rotates with the short factors when a
+    /// sequence's context is at most this long, with the long ones beyond;
+    /// icllm implements the short factors only, so a job's context may not
+    /// exceed this.
+    #[serde(default)]
+    pub longrope_context: Option<u32>,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl ModelConfig {
@@ -187,6 +204,14 @@ impl ModelConfig {
                 (c != 0.0).then_some(c as f32)
             }
         };
+        let rope_attn_factor = match optional("rope.scaling.attn_factor") {
+            None => 1.0,
+            Some(v) => {
+                v.as_f64()
+                    .ok_or_else(|| bad(&key("rope.scaling.attn_factor"), "expected a number"))? as f32
+            }
+        };
+        let longrope_context = longrope_context_from_gguf(gguf, arch_name, arch, context_length)?;
         if dim % n_heads != 0 && optional("attention.key_length").is_none() {
             return Err(bad(
                 &key("embedding_length"),
@@ -218,6 +243,8 @@ impl ModelConfig {
             final_logit_softcap,
             conv_layers,
             conv_kernel,
+            rope_attn_factor,
+            longrope_context,
         };
         config.check(|field| {
             key(match field {
@@ -263,6 +290,15 @@ impl ModelConfig {
     pub fn conv_state_len(&self) -> usize {
         let n_conv = self.conv_layers.iter().filter(|&&c| c).count();
         n_conv * self.conv_kernel.saturating_sub(1) * self.dim
+    }
+
+    /// The longest context a job of this model may use by default: the
+    /// trained `context_length`, or less when the file's LongRoPE factors
+    /// limit it (see [`ModelConfig::longrope_context`]). Default context
+    /// sizes should not exceed it.
+    pub fn usable_context(&self) -> usize {
+        let limit = self.longrope_context.map_or(usize::MAX, |l| l as usize);
+        self.context_length.min(limit)
     }
 
     /// The window of `layer` if it is a sliding-window layer.
@@ -338,6 +374,12 @@ impl ModelConfig {
             if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
                 return err(ConfigField::Dim, format!("{what} {v} is not a positive number"));
             }
+        }
+        if !(c.rope_attn_factor.is_finite() && c.rope_attn_factor > 0.0) {
+            return err(
+                ConfigField::RopeScale,
+                format!("attention factor {} is not a positive number", c.rope_attn_factor),
+            );
         }
         if !(c.rope_freq_scale.is_finite() && c.rope_freq_scale > 0.0) {
             return err(
@@ -451,6 +493,34 @@ impl SlidingWindow {
 /// by its 62 layers, as here.
 fn gemma3_attention_scale(arch: Architecture, n_layers: usize, dim: usize, n_heads: usize) -> Option<f32> {
     (arch == Architecture::Gemma3 && n_layers == 62).then(|| 1.0 / ((dim / n_heads) as f32).sqrt())
+}
+
+/// The names of the LongRoPE factor tensors (global, `rope_dims / 2` values each).
+pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+
+/// The original context length of a file with LongRoPE factors (either
+/// tensor present, for an architecture that has them):
+/// `{arch}.rope.scaling.original_context_length`, else `context_length`,
+/// as llama.cpp's `n_ctx_orig_yarn` defaults. `None` without factors.
+fn longrope_context_from_gguf(
+    gguf: &Gguf,
+    arch_name: &str,
+    arch: Architecture,
+    context_length: usize,
+) -> Result<Option<u32>, ModelError> {
+    let has_factors = [ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG]
+        .iter()
+        .any(|name| gguf.tensor(name).is_some());
+    if !(arch.spec().longrope_factors && has_factors) {
+        return Ok(None);
+    }
+    let key = format!("{arch_name}.rope.scaling.original_context_length");
+    let original = match gguf.get(&key) {
+        None => context_length as u64,
+        Some(v) => positive(&key, as_u64(&key, v)?, u32::MAX as usize)? as u64,
+    };
+    Ok(Some(original.min(u32::MAX as u64) as u32))
 }
 
 /// `{arch}.rope.scaling.type` and `.factor`: "none" (or absent) gives 1,

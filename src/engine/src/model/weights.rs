@@ -5,7 +5,7 @@
 //! takes tensors one at a time so a canister can feed them across messages.
 
 use super::arch::ArchSpec;
-use super::config::ModelConfig;
+use super::config::{ModelConfig, ROPE_FACTORS_SHORT};
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::{RopeTable, WeightMatrix};
@@ -122,7 +122,8 @@ pub struct Model {
     /// (vocab_size, dim); `None` when tied to `tok_embd`
     pub output: Option<Tensor>,
     /// RoPE frequencies derived from the config (and `rope_freqs.weight`
-    /// when the model scales them per frequency, as Llama 3.1 does).
+    /// when the model scales them per frequency, as Llama 3.1 does, or
+    /// `rope_factors_short.weight`, Phi-3 128k's LongRoPE factors).
     pub rope: RopeTable,
     /// RoPE frequencies of the sliding-window layers when they have their
     /// own base (Gemma 3); `None`: every layer uses `rope`.
@@ -233,6 +234,13 @@ enum Slot {
     ConvKernel(usize),
     ConvOutProj(usize),
     RopeFreqs,
+    /// LongRoPE's short factors (Phi-3 128k).
+    RopeFactorsShort,
+    /// A fused `attn_qkv` matrix: split into Wq, Wk, Wv when added.
+    Qkv(usize),
+    /// A fused `ffn_up` matrix holding the gate's rows then the up
+    /// projection's: split into Gate and Up when added.
+    GateUp(usize),
 }
 
 impl Slot {
@@ -251,8 +259,44 @@ impl Slot {
                 | Slot::Down(_)
                 | Slot::ConvInProj(_)
                 | Slot::ConvOutProj(_)
+                | Slot::Qkv(_)
+                | Slot::GateUp(_)
         )
     }
+
+    /// The slots a tensor of this slot is split into, with their row counts
+    /// (in order, from the first row): three for a fused QKV, two for a
+    /// fused gate-up, else the slot itself with all its `rows`.
+    fn parts(self, config: &ModelConfig, rows: usize) -> Vec<(Slot, usize)> {
+        let c = config;
+        match self {
+            Slot::Qkv(l) => vec![(Slot::Wq(l), c.q_dim), (Slot::Wk(l), c.kv_dim), (Slot::Wv(l), c.kv_dim)],
+            Slot::GateUp(l) => vec![(Slot::Gate(l), c.hidden_dim), (Slot::Up(l), c.hidden_dim)],
+            s => vec![(s, rows)],
+        }
+    }
+}
+
+/// Splits the data of a matrix of `rows` rows into consecutive runs of
+/// `parts[i]` rows each (a fused matrix into its projections). Every row of
+/// a GGUF tensor, quantized or not, takes the same whole number of bytes,
+/// so a row is `bytes.len() / rows` bytes.
+fn split_rows<'a>(bytes: &'a [u8], rows: usize, parts: &[usize]) -> Result<Vec<&'a [u8]>, String> {
+    if parts.iter().sum::<usize>() != rows {
+        return Err(format!("cannot split {rows} rows into {parts:?}"));
+    }
+    if rows == 0 || !bytes.len().is_multiple_of(rows) {
+        return Err(format!("{} bytes are not {rows} rows of equal size", bytes.len()));
+    }
+    let row_bytes = bytes.len() / rows;
+    let mut rest = bytes;
+    let mut out = Vec::with_capacity(parts.len());
+    for &n in parts {
+        let (part, tail) = rest.split_at(n * row_bytes);
+        out.push(part);
+        rest = tail;
+    }
+    Ok(out)
 }
 
 /// A tensor a model needs: its GGUF-style name and its dims in ggml order
@@ -264,12 +308,17 @@ pub struct WantedTensor {
 }
 
 /// The tensors (name, slot, rows, cols) a model with this config needs.
-/// `has_output`: the file has an output head (else it is tied to the
-/// embedding, which the architecture must allow); `has_rope_freqs`: the
-/// file has Llama 3.1's per-frequency RoPE factors.
-fn wanted(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<(Slot, String, usize, usize)> {
+/// `has(name)` says whether the file has an optional tensor: the output
+/// head (else it is tied to the embedding, which the architecture must
+/// allow), Llama 3.1's per-frequency RoPE factors, LongRoPE's short
+/// factors, a layer's fused `attn_qkv` (else separate q, k, v).
+fn wanted(config: &ModelConfig, has: &dyn Fn(&str) -> bool) -> Vec<(Slot, String, usize, usize)> {
     let c = config;
     let spec = c.arch.spec();
+    let has_output = has("output.weight");
+    // llama.cpp reads `rope_freqs` for the llama family and LongRoPE
+    // factors for phi3, never both.
+    let has_rope_freqs = !spec.longrope_factors && has("rope_freqs.weight");
     let mut wanted: Vec<(Slot, String, usize, usize)> = vec![
         (Slot::TokEmbd, "token_embd.weight".into(), c.vocab_size, c.dim),
         (Slot::OutputNorm, spec.output_norm.into(), 1, c.dim),
@@ -280,15 +329,24 @@ fn wanted(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<(
     if has_rope_freqs {
         wanted.push((Slot::RopeFreqs, "rope_freqs.weight".into(), 1, c.rope_dims / 2));
     }
+    // Only the short factors: jobs are held to the contexts they serve
+    // (see `ModelConfig::longrope_context`).
+    if c.longrope_context.is_some() && has(ROPE_FACTORS_SHORT) {
+        wanted.push((Slot::RopeFactorsShort, ROPE_FACTORS_SHORT.into(), 1, c.rope_dims / 2));
+    }
     for l in 0..c.n_layers {
         let name = |s: &str| format!("blk.{l}.{s}.weight");
-        wanted.extend([
-            (Slot::AttnNorm(l), name("attn_norm"), 1, c.dim),
-            (Slot::FfnNorm(l), name("ffn_norm"), 1, c.dim),
-            (Slot::Gate(l), name("ffn_gate"), c.hidden_dim, c.dim),
-            (Slot::Up(l), name("ffn_up"), c.hidden_dim, c.dim),
-            (Slot::Down(l), name("ffn_down"), c.dim, c.hidden_dim),
-        ]);
+        wanted.push((Slot::AttnNorm(l), name("attn_norm"), 1, c.dim));
+        wanted.push((Slot::FfnNorm(l), name("ffn_norm"), 1, c.dim));
+        if spec.fused_gate_up {
+            wanted.push((Slot::GateUp(l), name("ffn_up"), 2 * c.hidden_dim, c.dim));
+        } else {
+            wanted.extend([
+                (Slot::Gate(l), name("ffn_gate"), c.hidden_dim, c.dim),
+                (Slot::Up(l), name("ffn_up"), c.hidden_dim, c.dim),
+            ]);
+        }
+        wanted.push((Slot::Down(l), name("ffn_down"), c.dim, c.hidden_dim));
         if c.is_conv(l) {
             // The conv kernel is (dim, taps): ggml dims [taps, dim].
             wanted.extend([
@@ -298,12 +356,16 @@ fn wanted(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<(
             ]);
             continue;
         }
-        wanted.extend([
-            (Slot::Wq(l), name("attn_q"), c.q_dim, c.dim),
-            (Slot::Wk(l), name("attn_k"), c.kv_dim, c.dim),
-            (Slot::Wv(l), name("attn_v"), c.kv_dim, c.dim),
-            (Slot::Wo(l), name("attn_output"), c.dim, c.q_dim),
-        ]);
+        if spec.fused_qkv && has(&name("attn_qkv")) {
+            wanted.push((Slot::Qkv(l), name("attn_qkv"), c.q_dim + 2 * c.kv_dim, c.dim));
+        } else {
+            wanted.extend([
+                (Slot::Wq(l), name("attn_q"), c.q_dim, c.dim),
+                (Slot::Wk(l), name("attn_k"), c.kv_dim, c.dim),
+                (Slot::Wv(l), name("attn_v"), c.kv_dim, c.dim),
+            ]);
+        }
+        wanted.push((Slot::Wo(l), name("attn_output"), c.dim, c.q_dim));
         if spec.qkv_bias {
             let bias = |s: &str| format!("blk.{l}.{s}.bias");
             wanted.extend([
@@ -340,7 +402,12 @@ fn ggml_dims(rows: usize, cols: usize) -> Vec<u64> {
 /// Every tensor a model with this config needs (see [`ModelLoader::from_tensors`]),
 /// so that other formats can check shapes in their own terms.
 pub fn wanted_tensors(config: &ModelConfig, has_output: bool, has_rope_freqs: bool) -> Vec<WantedTensor> {
-    wanted(config, has_output, has_rope_freqs)
+    let has = |name: &str| match name {
+        "output.weight" => has_output,
+        "rope_freqs.weight" => has_rope_freqs,
+        _ => false,
+    };
+    wanted(config, &has)
         .into_iter()
         .map(|(_, name, rows, cols)| WantedTensor {
             name,
@@ -357,7 +424,8 @@ struct Needed {
     /// Row-major shape: (rows, cols); vectors are (1, len).
     rows: usize,
     cols: usize,
-    loaded: Option<Tensor>,
+    /// The tensor once added, as the slots it fills (several for a fused matrix).
+    loaded: Option<Vec<(Slot, Tensor)>>,
 }
 
 /// Loads a model tensor by tensor.
@@ -402,15 +470,15 @@ impl ModelLoader {
     /// A loader for `config` over a file whose tensors `lookup` describes by
     /// GGUF-style name. The output head is expected when `lookup` has
     /// `output.weight` (else tied), the RoPE factors when it has
-    /// `rope_freqs.weight`. `TensorInfo::offset` orders the tensors.
+    /// `rope_freqs.weight` (or LongRoPE's), a fused QKV where it has a
+    /// layer's `attn_qkv.weight`. `TensorInfo::offset` orders the tensors.
     pub fn from_tensors<'a>(
         config: ModelConfig,
         lookup: impl Fn(&str) -> Option<&'a TensorInfo>,
     ) -> Result<ModelLoader, ModelError> {
-        let has_output = lookup("output.weight").is_some();
-        let has_rope_freqs = lookup("rope_freqs.weight").is_some();
+        let has = |name: &str| lookup(name).is_some();
         let mut needed = Vec::new();
-        for (slot, name, rows, cols) in wanted(&config, has_output, has_rope_freqs) {
+        for (slot, name, rows, cols) in wanted(&config, &has) {
             let info = lookup(&name).ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
             let expected = ggml_dims(rows, cols);
             if info.dims != expected {
@@ -503,8 +571,12 @@ impl ModelLoader {
         self.needed
             .iter()
             .map(|n| match n.slot {
-                Slot::RopeFreqs => 0,
-                s if s.is_matrix() => Tensor::planned_heap_bytes(n.info.ty, n.rows, n.cols, self.layout),
+                Slot::RopeFreqs | Slot::RopeFactorsShort => 0,
+                s if s.is_matrix() => s
+                    .parts(&self.config, n.rows)
+                    .into_iter()
+                    .map(|(_, rows)| Tensor::planned_heap_bytes(n.info.ty, rows, n.cols, self.layout))
+                    .sum(),
                 // Norms and biases end as f32 vectors.
                 _ => (n.rows * n.cols * 4) as u64,
             })
@@ -521,13 +593,22 @@ impl ModelLoader {
         if n.loaded.is_some() {
             return Err(ModelError::UnexpectedTensor(format!("{name} (already added)")));
         }
-        let t = Tensor::from_le_bytes_in(n.info.ty, n.rows, n.cols, bytes, self.layout).map_err(|reason| {
-            ModelError::TensorBytes {
-                name: name.to_string(),
-                reason,
-            }
-        })?;
-        n.loaded = Some(t);
+        let bad_bytes = |reason| ModelError::TensorBytes {
+            name: name.to_string(),
+            reason,
+        };
+        let parts = n.slot.parts(&self.config, n.rows);
+        let row_counts: Vec<usize> = parts.iter().map(|&(_, rows)| rows).collect();
+        let pieces = match parts.len() {
+            1 => vec![bytes],
+            _ => split_rows(bytes, n.rows, &row_counts).map_err(bad_bytes)?,
+        };
+        let mut loaded = Vec::with_capacity(parts.len());
+        for ((slot, rows), piece) in parts.into_iter().zip(pieces) {
+            let t = Tensor::from_le_bytes_in(n.info.ty, rows, n.cols, piece, self.layout).map_err(bad_bytes)?;
+            loaded.push((slot, t));
+        }
+        n.loaded = Some(loaded);
         Ok(())
     }
 
@@ -539,13 +620,17 @@ impl ModelLoader {
         let mut output = None;
         let mut rope_freqs = None;
         let mut parts: Vec<LayerParts> = (0..config.n_layers).map(|_| LayerParts::default()).collect();
+        let mut pieces = Vec::new();
         for n in self.needed {
-            let t = n.loaded.ok_or_else(|| ModelError::Incomplete(n.info.name.clone()))?;
-            match n.slot {
+            pieces.extend(n.loaded.ok_or_else(|| ModelError::Incomplete(n.info.name.clone()))?);
+        }
+        for (slot, t) in pieces {
+            match slot {
                 Slot::TokEmbd => tok_embd = Some(t),
                 Slot::OutputNorm => output_norm = Some(t.to_f32_vec()),
                 Slot::Output => output = Some(t),
-                Slot::RopeFreqs => rope_freqs = Some(t.to_f32_vec()),
+                // At most one of the two is wanted (see `wanted`).
+                Slot::RopeFreqs | Slot::RopeFactorsShort => rope_freqs = Some(t.to_f32_vec()),
                 Slot::AttnNorm(l) => parts[l].attn_norm = Some(t),
                 Slot::Wq(l) => parts[l].wq = Some(t),
                 Slot::Wk(l) => parts[l].wk = Some(t),
@@ -565,6 +650,7 @@ impl ModelLoader {
                 Slot::ConvInProj(l) => parts[l].conv_in = Some(t),
                 Slot::ConvKernel(l) => parts[l].conv_kernel = Some(t.to_f32_vec()),
                 Slot::ConvOutProj(l) => parts[l].conv_out = Some(t),
+                Slot::Qkv(_) | Slot::GateUp(_) => unreachable!("add_tensor splits fused matrices"),
             }
         }
         let missing = |what: &str| ModelError::Incomplete(what.to_string());
@@ -615,7 +701,8 @@ impl ModelLoader {
             config.rope_freq_base,
             config.rope_freq_scale,
             rope_freqs.as_deref(),
-        );
+        )
+        .with_attn_factor(config.rope_attn_factor);
         // The sliding layers' own base; linear scaling and Llama 3.1's
         // factors apply to the global layers only, as in llama.cpp.
         let rope_swa = config
@@ -655,4 +742,29 @@ struct LayerParts {
     conv_in: Option<Tensor>,
     conv_kernel: Option<Vec<f32>>,
     conv_out: Option<Tensor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_rows;
+
+    #[test]
+    fn fused_rows_split_in_order() {
+        // 5 rows of 3 bytes into Q (2 rows), K (1), V (2).
+        let bytes: Vec<u8> = (0..15).collect();
+        let parts = split_rows(&bytes, 5, &[2, 1, 2]).unwrap();
+        assert_eq!(parts, [&bytes[0..6], &bytes[6..9], &bytes[9..15]]);
+        // Q8_0-sized rows (34 bytes per 32 values): gate then up.
+        let bytes: Vec<u8> = (0..4 * 34).map(|i| i as u8).collect();
+        let parts = split_rows(&bytes, 4, &[2, 2]).unwrap();
+        assert_eq!((parts[0], parts[1]), (&bytes[..68], &bytes[68..]));
+    }
+
+    #[test]
+    fn a_split_that_does_not_fit_is_refused() {
+        let bytes = [0u8; 12];
+        assert!(split_rows(&bytes, 4, &[2, 1]).is_err(), "parts must cover every row");
+        assert!(split_rows(&bytes, 5, &[2, 3]).is_err(), "rows must be of equal size");
+        assert!(split_rows(&[], 0, &[]).is_err());
+    }
 }

@@ -31,9 +31,10 @@ pub enum QuantMix {
     /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output head (or the tied
     /// token embedding) and for `attn_v` / `ffn_down` in the layers
     /// llama.cpp's `use_more_bits` picks (the first and last eighth and every
-    /// third layer in between).
+    /// third layer in between), and Q5_K for a fused `attn_qkv`.
     Q4KM,
-    /// llama.cpp's Q5_K_M: as Q4_K_M with Q5_K in place of Q4_K.
+    /// llama.cpp's Q5_K_M: as Q4_K_M with Q5_K in place of Q4_K (and Q6_K
+    /// for a fused `attn_qkv`).
     Q5KM,
     /// llama.cpp's Q3_K_M: Q3_K, with Q6_K for the output head, Q4_K for
     /// `attn_output` and `ffn_down` (Q5_K in the first sixteenth of the
@@ -115,6 +116,14 @@ impl QuantMix {
                 } else {
                     GgmlType::Q5K
                 };
+                // llama.cpp gives a fused QKV one step more than the base.
+                if role("attn_qkv.") {
+                    return if self == QuantMix::Q4KM {
+                        GgmlType::Q5K
+                    } else {
+                        GgmlType::Q6K
+                    };
+                }
                 match layer.filter(|_| role("attn_v.") || role("ffn_down.")) {
                     Some(l) if use_more_bits(l, n_layers) => GgmlType::Q6K,
                     _ => base,
@@ -287,6 +296,16 @@ pub fn plan(shape: &Shape, quant: QuantMix, n_layers: usize) -> Vec<PlannedTenso
             push_ffn(&mut out, l);
             continue;
         }
+        if shape.arch == Arch::Phi3 {
+            // As llama.cpp's converter writes Phi-3: the checkpoint's fused
+            // `qkv_proj` (Q rows, K, V) and `gate_up_proj` (gate rows, up).
+            out.push(matrix(n("attn_qkv.weight"), dim, q_dim + 2 * kv_dim, false));
+            out.push(matrix(n("attn_output.weight"), q_dim, dim, false));
+            out.push(vector(n("ffn_norm.weight"), dim, Init::Ones));
+            out.push(matrix(n("ffn_up.weight"), dim, 2 * hidden, false));
+            out.push(matrix(n("ffn_down.weight"), hidden, dim, false));
+            continue;
+        }
         out.push(matrix(n("attn_q.weight"), dim, q_dim, false));
         if shape.arch == Arch::Qwen2 {
             out.push(vector(n("attn_q.bias"), q_dim, Init::Normal(WEIGHT_STD)));
@@ -358,6 +377,14 @@ pub fn metadata(shape: &Shape, opts: &SynthOptions, n_layers: usize) -> Vec<(Str
     if shape.arch == Arch::Llama {
         md.push((k("vocab_size"), u(shape.vocab_size)));
         md.push((k("rope.dimension_count"), u(shape.head_dim())));
+    }
+    if shape.arch == Arch::Phi3 {
+        // As llama.cpp's converter writes Phi-3 mini 4k: the original
+        // context is the context (no LongRoPE factors), and the config's
+        // sliding window of 2047 is written but ignored by llama.cpp and icllm.
+        md.push((k("rope.dimension_count"), u(shape.head_dim())));
+        md.push((k("rope.scaling.original_context_length"), u(shape.context_length)));
+        md.push((k("attention.sliding_window"), u(2047)));
     }
     if shape.explicit_head_dim.is_some() {
         md.push((k("attention.key_length"), u(shape.head_dim())));

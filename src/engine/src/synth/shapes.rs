@@ -12,6 +12,9 @@ pub enum Arch {
     /// LFM2: gated short convolutions on the layers `conv_layers` names,
     /// GQA attention with q/k norms on the others.
     Lfm2,
+    /// Llama with Q, K, V fused into `attn_qkv` and gate and up into
+    /// `ffn_up` (as llama.cpp's converter writes Phi-3), NeoX RoPE.
+    Phi3,
 }
 
 impl Arch {
@@ -21,6 +24,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Lfm2 => "lfm2",
+            Arch::Phi3 => "phi3",
         }
     }
 }
@@ -39,6 +43,9 @@ pub enum Vocab {
     /// A synthetic byte-level vocabulary of the shape's size
     /// ([`super::synthetic_vocab`]): the model's own is not in `testdata/`.
     Synthetic,
+    /// Phi-3's SentencePiece vocabulary: Llama 2's 32000 pieces plus 64
+    /// added tokens (chat markers and padding), 32064.
+    Phi3,
 }
 
 /// llama3-style RoPE scaling (`rope_scaling.rope_type = "llama3"`).
@@ -95,7 +102,8 @@ impl Shape {
         match self.arch {
             Arch::Qwen2 => layer += q + 2 * kv,
             Arch::Qwen3 | Arch::Lfm2 => layer += 2 * hd,
-            Arch::Llama => {}
+            // Fused matrices hold the same parameters as separate ones.
+            Arch::Llama | Arch::Phi3 => {}
         }
         // A conv layer: in_proj (3d, d), the taps (d, 3), out_proj (d, d),
         // the FFN and two norms.
@@ -352,6 +360,25 @@ pub const SHAPES: &[Shape] = &[
         conv_layers: &[
             0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16, 18, 19, 20, 22, 23, 25, 26, 28, 29,
         ],
+    },
+    Shape {
+        name: "phi-3-mini-4k",
+        source: "microsoft/Phi-3-mini-4k-instruct config.json",
+        arch: Arch::Phi3,
+        dim: 3072,
+        n_layers: 32,
+        n_heads: 32,
+        n_kv_heads: 32,
+        explicit_head_dim: None,
+        hidden_dim: 8192,
+        vocab_size: 32064,
+        context_length: 4096,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+        tied_embeddings: false,
+        llama3_rope: None,
+        vocab: Vocab::Phi3,
+        conv_layers: &[],
     },
 ];
 

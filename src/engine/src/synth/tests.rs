@@ -32,9 +32,20 @@ fn every_shape_has_its_published_geometry() {
         let embd = g.tensor("token_embd.weight").unwrap();
         assert_eq!(embd.dims, vec![s.dim as u64, s.vocab_size as u64], "{}", s.name);
         assert_eq!(g.tensor("output.weight").is_none(), s.tied_embeddings, "{}", s.name);
+        let q_dim = (s.n_heads * s.head_dim()) as u64;
         let attn = (0..s.n_layers).find(|&l| !s.is_conv(l)).unwrap();
-        let q = g.tensor(&format!("blk.{attn}.attn_q.weight")).unwrap();
-        assert_eq!(q.dims, vec![s.dim as u64, (s.n_heads * s.head_dim()) as u64]);
+        if s.arch == Arch::Phi3 {
+            // Fused as llama.cpp's converter writes them.
+            let kv_dim = (s.n_kv_heads * s.head_dim()) as u64;
+            let qkv = g.tensor("blk.0.attn_qkv.weight").unwrap();
+            assert_eq!(qkv.dims, vec![s.dim as u64, q_dim + 2 * kv_dim]);
+            let up = g.tensor("blk.0.ffn_up.weight").unwrap();
+            assert_eq!(up.dims, vec![s.dim as u64, 2 * s.hidden_dim as u64]);
+            assert!(g.tensor("blk.0.ffn_gate.weight").is_none() && g.tensor("blk.0.attn_q.weight").is_none());
+        } else {
+            let q = g.tensor(&format!("blk.{attn}.attn_q.weight")).unwrap();
+            assert_eq!(q.dims, vec![s.dim as u64, q_dim]);
+        }
         assert_eq!(
             g.tensor(&format!("blk.{attn}.attn_q.bias")).is_some(),
             s.arch == Arch::Qwen2,
@@ -50,7 +61,9 @@ fn every_shape_has_its_published_geometry() {
         for l in 0..s.n_layers {
             let conv = g.tensor(&format!("blk.{l}.shortconv.in_proj.weight")).is_some();
             assert_eq!(conv, s.is_conv(l), "{} layer {l}", s.name);
-            assert_eq!(g.tensor(&format!("blk.{l}.attn_q.weight")).is_none(), conv);
+            // Phi-3's attention is the fused `attn_qkv`.
+            let attn_q = if s.arch == Arch::Phi3 { "attn_qkv" } else { "attn_q" };
+            assert_eq!(g.tensor(&format!("blk.{l}.{attn_q}.weight")).is_none(), conv);
         }
         let params: u64 = g
             .tensors
@@ -85,6 +98,7 @@ fn every_shape_has_its_published_geometry() {
     // Liquid AI's model cards: 1.17B and 2.57B parameters.
     assert!((p("lfm2.5-1.2b") - 1170.0).abs() < 5.0, "{}", p("lfm2.5-1.2b"));
     assert!((p("lfm2.5-2.6b") - 2570.0).abs() < 10.0, "{}", p("lfm2.5-2.6b"));
+    assert!((p("phi-3-mini-4k") - 3821.1).abs() < 0.1, "{}", p("phi-3-mini-4k"));
 }
 
 #[test]
@@ -122,6 +136,23 @@ fn q4_k_m_follows_llama_cpp_rules() {
     assert_eq!(g.tensor("blk.1.attn_v.weight").unwrap().ty, GgmlType::Q6K);
     let g = header(shape("qwen2.5-0.5b").unwrap(), QuantMix::Q5KM, 2);
     assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q5_1);
+    // A fused QKV (phi3) gets one step more in every layer: Q5_K for
+    // Q4_K_M, Q6_K for Q5_K_M; its fused gate-up is an ordinary ffn_up.
+    let phi3 = shape("phi-3-mini-4k").unwrap();
+    let g = header(phi3, QuantMix::Q4KM, phi3.n_layers);
+    let ty = |n: &str| g.tensor(n).unwrap().ty;
+    for l in [0, 5, 31] {
+        assert_eq!(ty(&format!("blk.{l}.attn_qkv.weight")), GgmlType::Q5K, "layer {l}");
+        assert_eq!(ty(&format!("blk.{l}.ffn_up.weight")), GgmlType::Q4K, "layer {l}");
+    }
+    assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::Q6K);
+    assert_eq!(ty("blk.5.ffn_down.weight"), GgmlType::Q4K);
+    assert_eq!(
+        (ty("token_embd.weight"), ty("output.weight")),
+        (GgmlType::Q4K, GgmlType::Q6K)
+    );
+    let g = header(phi3, QuantMix::Q5KM, 2);
+    assert_eq!(g.tensor("blk.1.attn_qkv.weight").unwrap().ty, GgmlType::Q6K);
 }
 
 #[test]
