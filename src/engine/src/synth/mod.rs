@@ -11,7 +11,7 @@ mod rng;
 mod shapes;
 
 pub use rng::Rng;
-pub use shapes::{shape, Arch, Shape, Vocab, CONV_TAPS, SHAPES};
+pub use shapes::{shape, Arch, Shape, Vocab, CONV_TAPS, GEMMA3_WINDOW, SHAPES};
 
 use crate::format::gguf::writer::{self, TensorHeader};
 use crate::format::gguf::Value;
@@ -318,12 +318,16 @@ pub fn plan(shape: &Shape, quant: QuantMix, n_layers: usize) -> Vec<PlannedTenso
         if shape.arch == Arch::Qwen2 {
             out.push(vector(n("attn_v.bias"), kv_dim, Init::Normal(WEIGHT_STD)));
         }
-        if matches!(shape.arch, Arch::Qwen3 | Arch::Lfm2) {
+        if matches!(shape.arch, Arch::Qwen3 | Arch::Lfm2 | Arch::Gemma3) {
             out.push(vector(n("attn_q_norm.weight"), head_dim, Init::Ones));
             out.push(vector(n("attn_k_norm.weight"), head_dim, Init::Ones));
         }
         out.push(matrix(n("attn_output.weight"), q_dim, dim, false));
         push_ffn(&mut out, l);
+        if shape.arch == Arch::Gemma3 {
+            out.push(vector(n("post_attention_norm.weight"), dim, Init::Ones));
+            out.push(vector(n("post_ffw_norm.weight"), dim, Init::Ones));
+        }
     }
     // LFM2's converter names the final norm as the embedding norm.
     let output_norm = match shape.arch {
@@ -385,6 +389,11 @@ pub fn metadata(shape: &Shape, opts: &SynthOptions, n_layers: usize) -> Vec<(Str
         md.push((k("rope.dimension_count"), u(shape.head_dim())));
         md.push((k("rope.scaling.original_context_length"), u(shape.context_length)));
         md.push((k("attention.sliding_window"), u(2047)));
+    }
+    if shape.arch == Arch::Gemma3 {
+        // llama.cpp derives the pattern (five sliding layers of six) and the
+        // local layers' RoPE base (10,000) when the file names neither.
+        md.push((k("attention.sliding_window"), u(GEMMA3_WINDOW)));
     }
     if shape.explicit_head_dim.is_some() {
         md.push((k("attention.key_length"), u(shape.head_dim())));

@@ -15,6 +15,9 @@ pub enum Arch {
     /// Llama with Q, K, V fused into `attn_qkv` and gate and up into
     /// `ffn_up` (as llama.cpp's converter writes Phi-3), NeoX RoPE.
     Phi3,
+    /// Gemma 3: q/k norms, norms after attention and the FFN, GELU gate,
+    /// sliding-window attention on five layers of six ([`GEMMA3_WINDOW`]).
+    Gemma3,
 }
 
 impl Arch {
@@ -25,6 +28,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Lfm2 => "lfm2",
             Arch::Phi3 => "phi3",
+            Arch::Gemma3 => "gemma3",
         }
     }
 }
@@ -102,6 +106,7 @@ impl Shape {
         match self.arch {
             Arch::Qwen2 => layer += q + 2 * kv,
             Arch::Qwen3 | Arch::Lfm2 => layer += 2 * hd,
+            Arch::Gemma3 => layer += 2 * hd + 2 * d,
             // Fused matrices hold the same parameters as separate ones.
             Arch::Llama | Arch::Phi3 => {}
         }
@@ -113,6 +118,9 @@ impl Shape {
         v * d + (self.n_layers as u64 - n_conv) * layer + n_conv * conv_layer + d + head
     }
 }
+
+/// Gemma 3's `sliding_window` (its 270M to 27B configs).
+pub const GEMMA3_WINDOW: usize = 512;
 
 /// LFM2's short-convolution taps (`conv_L_cache`).
 pub const CONV_TAPS: usize = 3;
@@ -360,6 +368,26 @@ pub const SHAPES: &[Shape] = &[
         conv_layers: &[
             0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16, 18, 19, 20, 22, 23, 25, 26, 28, 29,
         ],
+    },
+    Shape {
+        name: "gemma-3-270m",
+        source: "google/gemma-3-270m config.json",
+        arch: Arch::Gemma3,
+        dim: 640,
+        n_layers: 18,
+        n_heads: 4,
+        n_kv_heads: 1,
+        explicit_head_dim: Some(256),
+        hidden_dim: 2048,
+        vocab_size: 262144,
+        context_length: 32768,
+        rope_theta: 1_000_000.0,
+        rms_eps: 1e-6,
+        tied_embeddings: true,
+        llama3_rope: None,
+        // Gemma's own tokenizer is not in testdata/.
+        vocab: Vocab::Synthetic,
+        conv_layers: &[],
     },
     Shape {
         name: "phi-3-mini-4k",

@@ -54,7 +54,7 @@ fn every_shape_has_its_published_geometry() {
         );
         assert_eq!(
             g.tensor(&format!("blk.{attn}.attn_k_norm.weight")).is_some(),
-            matches!(s.arch, Arch::Qwen3 | Arch::Lfm2),
+            matches!(s.arch, Arch::Qwen3 | Arch::Lfm2 | Arch::Gemma3),
             "{}",
             s.name
         );
@@ -99,6 +99,8 @@ fn every_shape_has_its_published_geometry() {
     assert!((p("lfm2.5-1.2b") - 1170.0).abs() < 5.0, "{}", p("lfm2.5-1.2b"));
     assert!((p("lfm2.5-2.6b") - 2570.0).abs() < 10.0, "{}", p("lfm2.5-2.6b"));
     assert!((p("phi-3-mini-4k") - 3821.1).abs() < 0.1, "{}", p("phi-3-mini-4k"));
+    // Google's model card: 270M (170M embedding, 100M transformer).
+    assert!((p("gemma-3-270m") - 268.1).abs() < 1.0, "{}", p("gemma-3-270m"));
 }
 
 #[test]
