@@ -415,6 +415,65 @@ fn pair_byte(lane: usize, col: usize) -> usize {
     8 * (col / 2) + 2 * lane + col % 2
 }
 
+/// Where each layer of a cache lies, computed without allocating it.
+struct Layout {
+    /// Per layer: its first row among all layers' rows.
+    row0: Vec<usize>,
+    /// F32: elements of `k` (and of `v`).
+    f32_len: usize,
+    /// Q8: each layer's geometry and the lengths of `k`, `v`, `v_scale`.
+    q8: Option<Q8Layout>,
+}
+
+struct Q8Layout {
+    layers: Vec<Q8LayerAt>,
+    k: usize,
+    v: usize,
+    scales: usize,
+}
+
+impl Layout {
+    /// `None` if the cache overflows this platform's memory (or Q8 cannot
+    /// serve the shape, see [`KvShape::check`]).
+    fn of(shape: KvShape, ctx: u32, ty: KvType) -> Option<Layout> {
+        shape.check(ty).ok()?;
+        usize::try_from(shape.heap_bytes(ty, ctx)).ok()?;
+        let rows: Vec<usize> = (0..shape.n_layers).map(|l| shape.layer_rows(l, ctx) as usize).collect();
+        let row0 = rows
+            .iter()
+            .scan(0usize, |at, &r| {
+                let first = *at;
+                *at += r;
+                Some(first)
+            })
+            .collect();
+        let f32_len = rows.iter().sum::<usize>().checked_mul(shape.kv_dim())?;
+        f32_len.checked_mul(2 * std::mem::size_of::<f32>())?;
+        let q8 = match ty {
+            KvType::F32 => None,
+            KvType::Q8 => {
+                let heads = shape.n_kv_heads;
+                let mut layers = Vec::with_capacity(shape.n_layers);
+                let (mut k, mut v, mut s) = (0usize, 0usize, 0usize);
+                for &r in &rows {
+                    let geo = Q8Geometry::new(&shape, r as u32);
+                    layers.push(Q8LayerAt { geo, k, v, s });
+                    k = k.checked_add(heads.checked_mul(geo.k_blocks_per_head())?)?;
+                    v = v.checked_add(heads.checked_mul(geo.v_blocks_per_head())?)?;
+                    s = s.checked_add(heads.checked_mul(geo.ctx_pad)?)?;
+                }
+                Some(Q8Layout {
+                    layers,
+                    k,
+                    v,
+                    scales: s,
+                })
+            }
+        };
+        Some(Layout { row0, f32_len, q8 })
+    }
+}
+
 /// A block of zero quants and zero scales: a Q8 row never written.
 fn zero_block() -> BlockQ8_0x4 {
     zeroed_vec::<BlockQ8_0x4>(1)[0]
@@ -429,54 +488,27 @@ impl KvCache {
     /// A zeroed cache of type `ty`; `None` if its size overflows this
     /// platform's memory (see [`KvShape::check`] for the shapes Q8 takes).
     pub fn with_type(shape: KvShape, ctx: u32, ty: KvType) -> Option<KvCache> {
-        shape.check(ty).ok()?;
-        usize::try_from(shape.heap_bytes(ty, ctx)).ok()?;
-        let rows: Vec<usize> = (0..shape.n_layers).map(|l| shape.layer_rows(l, ctx) as usize).collect();
-        let row0: Vec<usize> = rows
-            .iter()
-            .scan(0usize, |at, &r| {
-                let first = *at;
-                *at += r;
-                Some(first)
-            })
-            .collect();
-        let total_rows: usize = rows.iter().sum();
-        let store = match ty {
-            KvType::F32 => {
-                let len = total_rows.checked_mul(shape.kv_dim())?;
-                len.checked_mul(2 * std::mem::size_of::<f32>())?;
-                Store::F32 {
-                    k: vec![0.0; len],
-                    v: vec![0.0; len],
-                }
-            }
-            KvType::Q8 => {
-                let heads = shape.n_kv_heads;
-                let mut layers = Vec::with_capacity(shape.n_layers);
-                let (mut k, mut v, mut s) = (0usize, 0usize, 0usize);
-                for &r in &rows {
-                    let geo = Q8Geometry::new(&shape, r as u32);
-                    layers.push(Q8LayerAt { geo, k, v, s });
-                    k = k.checked_add(heads.checked_mul(geo.k_blocks_per_head())?)?;
-                    v = v.checked_add(heads.checked_mul(geo.v_blocks_per_head())?)?;
-                    s = s.checked_add(heads.checked_mul(geo.ctx_pad)?)?;
-                }
-                // Zeroed memory straight from the allocator: nothing is
-                // written (or dirtied) until positions are.
-                Store::Q8(Q8Store {
-                    layers,
-                    k: zeroed_vec(k),
-                    v: zeroed_vec(v),
-                    v_scale: vec![0.0; s],
-                })
-            }
+        let layout = Layout::of(shape, ctx, ty)?;
+        let store = match layout.q8 {
+            None => Store::F32 {
+                k: vec![0.0; layout.f32_len],
+                v: vec![0.0; layout.f32_len],
+            },
+            // Zeroed memory straight from the allocator: nothing is
+            // written (or dirtied) until positions are.
+            Some(q8) => Store::Q8(Q8Store {
+                k: zeroed_vec(q8.k),
+                v: zeroed_vec(q8.v),
+                v_scale: vec![0.0; q8.scales],
+                layers: q8.layers,
+            }),
         };
         Some(KvCache {
             shape,
             ctx,
             store,
             bases: vec![0; shape.n_layers],
-            row0,
+            row0: layout.row0,
             dirty: None,
         })
     }
@@ -518,16 +550,12 @@ impl KvCache {
 
     /// Whether the storage has the size its shape, type and context imply.
     pub fn is_consistent(&self) -> bool {
-        let fresh = KvCache::with_type(self.shape, self.ctx, self.kv_type());
-        let layout_ok = fresh.is_some_and(|f| {
-            f.row0 == self.row0
-                && match (&f.store, &self.store) {
-                    (Store::F32 { k: a, .. }, Store::F32 { k, v }) => k.len() == a.len() && v.len() == a.len(),
-                    (Store::Q8(a), Store::Q8(s)) => {
-                        a.layers == s.layers
-                            && a.k.len() == s.k.len()
-                            && a.v.len() == s.v.len()
-                            && a.v_scale.len() == s.v_scale.len()
+        let layout_ok = Layout::of(self.shape, self.ctx, self.kv_type()).is_some_and(|l| {
+            l.row0 == self.row0
+                && match (&l.q8, &self.store) {
+                    (None, Store::F32 { k, v }) => k.len() == l.f32_len && v.len() == l.f32_len,
+                    (Some(q8), Store::Q8(s)) => {
+                        q8.layers == s.layers && q8.k == s.k.len() && q8.v == s.v.len() && q8.scales == s.v_scale.len()
                     }
                     _ => false,
                 }
