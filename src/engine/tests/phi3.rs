@@ -7,13 +7,15 @@
 
 #[path = "common/phi3_models.rs"]
 mod phi3_models;
+#[path = "common/quant_models.rs"]
+mod quant_models;
 
 use icllm_engine::format::gguf::writer::write;
 use icllm_engine::job::{step, Job, JobError, StepOutcome, UnitBudget, Unlimited};
-use icllm_engine::kv::{KvCache, KvShape};
-use icllm_engine::model::{forward, Architecture, Model};
+use icllm_engine::model::{Architecture, Model};
 use icllm_engine::sampler::SamplingParams;
 use phi3_models::{phi3_parts, Phi3File, LONGROPE_ORIGINAL_CONTEXT};
+use quant_models::{all_logits, argmax};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -51,29 +53,6 @@ fn correlation(a: &[f32], b: &[f32]) -> f64 {
     let cov: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb)).sum();
     let var = |v: &[f32], m: f64| v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>();
     cov / (var(a, ma) * var(b, mb)).sqrt()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
-}
-
-/// Logits at every position of `tokens` (one batch from position 0).
-fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let c = &model.config;
-    let mut kv = KvCache::new(KvShape::of(c), tokens.len() as u32).unwrap();
-    let mut x = vec![0.0; tokens.len() * c.dim];
-    forward::embed(model, tokens, &mut x);
-    for l in 0..c.n_layers {
-        forward::attention_block(model, l, 0, &mut x, &mut kv);
-        forward::ffn_block(model, l, &mut x);
-    }
-    x.chunks_exact(c.dim)
-        .map(|row| {
-            let mut out = vec![0.0; c.vocab_size];
-            forward::logits(model, row, &mut out);
-            out
-        })
-        .collect()
 }
 
 /// Runs `job` to the end, `budget()` units per step; the generated ids.
