@@ -6,7 +6,7 @@ prompt's token ids, the last position's logits (all 512), the argmax at
 every prompt position, and a greedy continuation of 16 tokens with each
 step's top-2 lead. For the LongRoPE file, also the last logits with a
 context above its original length (llama.cpp then rotates with the long
-factors), which the engine does not implement. Into testdata/phi3/.
+factors). Into testdata/phi3/.
 
     python3 -m venv v && v/bin/pip install llama-cpp-python==0.3.36 numpy
     cargo run --release -p icllm-engine --example write-phi3-tests -- /tmp/phi3

@@ -170,11 +170,6 @@ pub enum JobError {
         token: u32,
         vocab_size: usize,
     },
-    #[error(
-        "a context of {ctx_size} positions needs this model's long LongRoPE factors, which are not supported: \
-         use at most {limit} (its original context length)"
-    )]
-    ContextBeyondLongRope { ctx_size: u32, limit: u32 },
     #[error("a KV cache of {ctx_size} positions does not fit in memory on this platform")]
     ContextTooLarge { ctx_size: u32 },
     #[error("{0}")]
@@ -361,11 +356,6 @@ impl Job {
                 ctx_size,
             });
         }
-        // llama.cpp picks LongRoPE's long factors for contexts beyond the
-        // original length; only the short ones are implemented.
-        if let Some(limit) = c.longrope_context.filter(|&limit| ctx_size > limit) {
-            return Err(JobError::ContextBeyondLongRope { ctx_size, limit });
-        }
         if let Some((index, &token)) = prompt_tokens
             .iter()
             .enumerate()
@@ -410,6 +400,19 @@ impl Job {
     /// Replaces the stop tokens (default: the model's EOS).
     pub fn set_stop_tokens(&mut self, stop_tokens: Vec<u32>) {
         self.state.stop_tokens = stop_tokens;
+    }
+
+    /// How many of `earlier`'s KV rows this fresh job may start from
+    /// ([`Job::skip_cached_prefix`]), `saved` of them being stored: its
+    /// prompt's shared prefix, as far as this job's cache can hold it, and
+    /// none when the two contexts rotate K differently (LongRoPE's short
+    /// and long factors).
+    pub fn adoptable_rows(&self, model: &Model, earlier: &JobState, saved: u32) -> u32 {
+        if model.uses_long_rope(earlier.ctx_size) != model.uses_long_rope(self.state.ctx_size) {
+            return 0;
+        }
+        let prefix = earlier.reusable_prefix(&self.state.prompt) as u32;
+        self.kv.shape().restorable(prefix, saved)
     }
 
     /// Starts prefill at position `rows`: the caller has put the KV rows of

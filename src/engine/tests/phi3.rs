@@ -2,8 +2,8 @@
 //! converter writes Phi-3 (fused `attn_qkv`, fused gate-up `ffn_up`, see
 //! common/phi3_models.rs) against llama.cpp's logits and greedy ids for the
 //! same files (testdata/phi3/phi3-llama-cpp.json, made by
-//! tools/reference/make-phi3-reference.py); LongRoPE's short factors and
-//! attention factor; fused and separate projections alike; resumable jobs.
+//! tools/reference/make-phi3-reference.py); LongRoPE's short and long
+//! factors and attention factor; fused and separate projections alike; resumable jobs.
 
 #[path = "common/phi3_models.rs"]
 mod phi3_models;
@@ -11,11 +11,11 @@ mod phi3_models;
 mod quant_models;
 
 use icllm_engine::format::gguf::writer::write;
-use icllm_engine::job::{step, Job, JobError, StepOutcome, UnitBudget, Unlimited};
+use icllm_engine::job::{step, Job, StepOutcome, UnitBudget, Unlimited};
 use icllm_engine::model::{Architecture, Model};
 use icllm_engine::sampler::SamplingParams;
 use phi3_models::{phi3_parts, Phi3File, LONGROPE_ORIGINAL_CONTEXT};
-use quant_models::{all_logits, argmax};
+use quant_models::{all_logits, all_logits_in_context, argmax};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -122,12 +122,12 @@ fn phi3_files_run_as_llama_cpp_runs_them() {
     }
 }
 
-/// With a context above the original one llama.cpp rotates with the long
-/// factors, which icllm does not implement: it refuses such jobs (and
-/// llama.cpp's logits with the long factors are far from icllm's, so the
-/// short ones are really what is used).
+/// As llama.cpp, a sequence whose context is at most the original one
+/// rotates with the short factors and a longer one with the long factors,
+/// whatever the position: both match llama.cpp's logits for the same
+/// context (and differ from each other, so each set really is used).
 #[test]
-fn longrope_uses_the_short_factors_and_refuses_longer_contexts() {
+fn longrope_picks_the_short_or_long_factors_by_the_context() {
     let (model, _) = Model::from_gguf_bytes(&Phi3File::F32LongRope.bytes()).unwrap();
     let c = &model.config;
     assert_eq!(c.longrope_context, Some(LONGROPE_ORIGINAL_CONTEXT));
@@ -137,16 +137,6 @@ fn longrope_uses_the_short_factors_and_refuses_longer_contexts() {
         "{}",
         c.rope_attn_factor
     );
-    let prompt = vec![1, 403, 407];
-    let limit = LONGROPE_ORIGINAL_CONTEXT;
-    assert!(Job::new(&model, prompt.clone(), SamplingParams::greedy(), 4, limit).is_ok());
-    assert_eq!(
-        Job::new(&model, prompt, SamplingParams::greedy(), 4, limit + 1).unwrap_err(),
-        JobError::ContextBeyondLongRope {
-            ctx_size: limit + 1,
-            limit
-        }
-    );
     let doc = references();
     let case = doc["cases"]
         .as_array()
@@ -154,16 +144,50 @@ fn longrope_uses_the_short_factors_and_refuses_longer_contexts() {
         .iter()
         .find(|c| c["name"] == Phi3File::F32LongRope.name())
         .unwrap();
-    let last = all_logits(&model, &ids(&case["ids"])).pop().unwrap();
-    let long = correlation(&last, &floats(&case["logits_long_factors"]));
-    let short = correlation(&last, &floats(&case["logits"]));
-    assert!(long < 0.99 && short > 0.999, "long {long}, short {short}");
-    // The plain file has no factors and no limit.
+    let prompt = ids(&case["ids"]);
+    let (short_want, long_want) = (floats(&case["logits"]), floats(&case["logits_long_factors"]));
+    let original = LONGROPE_ORIGINAL_CONTEXT;
+    // llama.cpp ran the long case with twice the original context.
+    for (ctx, want, other) in [
+        (original, &short_want, &long_want),
+        (2 * original, &long_want, &short_want),
+    ] {
+        let last = all_logits_in_context(&model, &prompt, ctx).pop().unwrap();
+        let (corr, corr_other) = (correlation(&last, want), correlation(&last, other));
+        eprintln!("ctx {ctx}: correlation {corr:.7} (with the other set's {corr_other:.4})");
+        assert!(corr >= 0.999 && corr_other < 0.99, "ctx {ctx}: {corr}, {corr_other}");
+        assert_eq!(argmax(&last), argmax(want), "ctx {ctx}");
+    }
+    // A job of the longer context generates with the long factors.
+    let long_logits_argmax = argmax(&long_want);
+    let mut job = Job::new(&model, prompt.clone(), SamplingParams::greedy(), 1, 2 * original).unwrap();
+    assert_eq!(run(&model, &mut job, || Box::new(Unlimited)), vec![long_logits_argmax]);
+    // The plain file has no factors and no original context.
     let (plain, _) = Model::from_gguf_bytes(&Phi3File::F32.bytes()).unwrap();
     assert_eq!(
         (plain.config.longrope_context, plain.config.rope_attn_factor),
         (None, 1.0)
     );
+    assert!(!plain.uses_long_rope(u32::MAX));
+}
+
+/// K rows cached under one set of factors are not adopted by a job of the
+/// other: a continuation across the original context starts afresh.
+#[test]
+fn rows_rotated_with_other_factors_are_not_adopted() {
+    let (model, _) = Model::from_gguf_bytes(&Phi3File::F32LongRope.bytes()).unwrap();
+    let original = LONGROPE_ORIGINAL_CONTEXT;
+    let prompt = vec![1, 403, 407, 300, 290];
+    let mut first = Job::new(&model, prompt.clone(), SamplingParams::greedy(), 4, original).unwrap();
+    run(&model, &mut first, || Box::new(Unlimited));
+    let mut next_prompt = prompt.clone();
+    next_prompt.extend(first.state.generated());
+    next_prompt.push(403);
+    let saved = first.state.complete_positions();
+    let same = Job::new(&model, next_prompt.clone(), SamplingParams::greedy(), 4, original).unwrap();
+    assert_eq!(same.adoptable_rows(&model, &first.state, saved), saved);
+    let longer = Job::new(&model, next_prompt, SamplingParams::greedy(), 4, original + 1).unwrap();
+    assert_eq!(longer.adoptable_rows(&model, &first.state, saved), 0);
 }
 
 /// llama.cpp also accepts separate `attn_q`/`attn_k`/`attn_v` for phi3:

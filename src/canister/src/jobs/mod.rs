@@ -55,6 +55,7 @@ use candid::Principal;
 use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobView, KvCacheType, StepProgress};
 use icllm_engine::chat::{encode_chat, ChatTemplate, Message};
 use icllm_engine::job::{step, FinishReason, Job, JobState, KvType, Phase, StepOutcome};
+use icllm_engine::model::Model;
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
 use records::put;
@@ -83,7 +84,12 @@ pub fn continuation_source(caller: Principal, id: JobId) -> ApiResult<JobRecord>
 /// The slot and rows a new job of `owner` takes over from `continue_from`:
 /// `None` when that job's slot is no longer kept (handed over already,
 /// taken by another job, or the model changed); then nothing is cached.
-fn find_reusable(owner: Principal, continue_from: JobId, job: &Job) -> ApiResult<Option<(Adopted, u32)>> {
+fn find_reusable(
+    model: &Model,
+    owner: Principal,
+    continue_from: JobId,
+    job: &Job,
+) -> ApiResult<Option<(Adopted, u32)>> {
     let old = continuation_source(owner, continue_from)?;
     let (want, have) = (job.state.kv_type(), old.engine.kv_type());
     if want != have {
@@ -94,10 +100,7 @@ fn find_reusable(owner: Principal, continue_from: JobId, job: &Job) -> ApiResult
         )));
     }
     Ok(kv_slots::kept_for(old.owner, continue_from).map(|slot| {
-        let rows = job
-            .kv
-            .shape()
-            .restorable(old.engine.reusable_prefix(job.state.prompt()) as u32, old.kv_rows_saved);
+        let rows = job.adoptable_rows(model, &old.engine, old.kv_rows_saved);
         (
             Adopted {
                 slot,
@@ -117,7 +120,7 @@ fn find_reusable(owner: Principal, continue_from: JobId, job: &Job) -> ApiResult
 /// Anonymous callers share one principal, so theirs are never matched: the
 /// cached count would tell one of them what another sent. The candidates
 /// are the kept slots (at most the slot cap), not the job table.
-fn find_continued_conversation(owner: Principal, job: &Job) -> Option<(Adopted, u32)> {
+fn find_continued_conversation(model: &Model, owner: Principal, job: &Job) -> Option<(Adopted, u32)> {
     if owner == Principal::anonymous() {
         return None;
     }
@@ -128,10 +131,7 @@ fn find_continued_conversation(owner: Principal, job: &Job) -> Option<(Adopted, 
             if old.engine.kv_type() != job.state.kv_type() {
                 return None;
             }
-            let rows = job
-                .kv
-                .shape()
-                .restorable(old.engine.reusable_prefix(job.state.prompt()) as u32, old.kv_rows_saved);
+            let rows = job.adoptable_rows(model, &old.engine, old.kv_rows_saved);
             (rows > 0 && 2 * rows >= old.kv_rows_saved).then_some((Adopted { slot, from }, rows))
         })
         .max_by_key(|(a, rows)| (*rows, a.from))
@@ -278,8 +278,8 @@ pub fn create(
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     }
     let adopted = match req.continue_from {
-        Some(from) => find_reusable(owner, from, &job)?,
-        None => find_continued_conversation(owner, &job),
+        Some(from) => find_reusable(&loaded.model, owner, from, &job)?,
+        None => find_continued_conversation(&loaded.model, owner, &job),
     };
     let cached = adopted.map_or(0, |(_, rows)| rows);
     if let Some((a, rows)) = adopted {

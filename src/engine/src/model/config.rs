@@ -94,10 +94,9 @@ pub struct ModelConfig {
     pub rope_attn_factor: f32,
     /// Set when the file carries LongRoPE factors (Phi-3 128k): the original
     /// context length (`rope.scaling.original_context_length`, else
-    /// `context_length`). llama.cpp rotates with the short factors when a
-    /// sequence's context is at most this long, with the long ones beyond;
-    /// icllm implements the short factors only, so a job's context may not
-    /// exceed this.
+    /// `context_length`). A sequence whose context is at most this long
+    /// rotates with the short factors, a longer one with the long factors,
+    /// as in llama.cpp.
     #[serde(default)]
     pub longrope_context: Option<u32>,
 }
@@ -292,10 +291,10 @@ impl ModelConfig {
         n_conv * self.conv_kernel.saturating_sub(1) * self.dim
     }
 
-    /// The longest context a job of this model may use by default: the
-    /// trained `context_length`, or less when the file's LongRoPE factors
-    /// limit it (see [`ModelConfig::longrope_context`]). Default context
-    /// sizes should not exceed it.
+    /// The longest context a job of this model gets by default: the
+    /// trained `context_length`, or the original one when the file has
+    /// LongRoPE factors (see [`ModelConfig::longrope_context`]), so that a
+    /// job asks for the long factors explicitly.
     pub fn usable_context(&self) -> usize {
         let limit = self.longrope_context.map_or(usize::MAX, |l| l as usize);
         self.context_length.min(limit)

@@ -142,7 +142,7 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
             &mut q[t * c.q_dim..(t + 1) * c.q_dim],
             &mut k[t * c.kv_dim..(t + 1) * c.kv_dim],
         );
-        kernels::rope_heads(&mut [q_t, k_t], c.head_dim, pos, model.rope_of(layer));
+        kernels::rope_heads(&mut [q_t, k_t], c.head_dim, pos, model.rope_of(layer, kv.ctx()));
     }
 
     // a score scale other than 1/√head_dim (Gemma 3 27B) is applied to q,

@@ -5,7 +5,7 @@
 //! takes tensors one at a time so a canister can feed them across messages.
 
 use super::arch::ArchSpec;
-use super::config::{ModelConfig, ROPE_FACTORS_SHORT};
+use super::config::{ModelConfig, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT};
 use super::ModelError;
 use crate::format::gguf::{Gguf, TensorInfo};
 use crate::kernels::{RopeTable, WeightMatrix};
@@ -123,11 +123,14 @@ pub struct Model {
     pub output: Option<Tensor>,
     /// RoPE frequencies derived from the config (and `rope_freqs.weight`
     /// when the model scales them per frequency, as Llama 3.1 does, or
-    /// `rope_factors_short.weight`, Phi-3 128k's LongRoPE factors).
+    /// `rope_factors_short.weight`, Phi-3 128k's short LongRoPE factors).
     pub rope: RopeTable,
     /// RoPE frequencies of the sliding-window layers when they have their
     /// own base (Gemma 3); `None`: every layer uses `rope`.
     pub rope_swa: Option<RopeTable>,
+    /// The global layers' RoPE with LongRoPE's long factors, when the file
+    /// has LongRoPE factors (see [`Model::rope_of`]).
+    pub rope_long: Option<RopeTable>,
 }
 
 impl Model {
@@ -199,12 +202,21 @@ impl Model {
         self.config.arch.spec()
     }
 
-    /// The RoPE table of `layer`.
-    pub fn rope_of(&self, layer: usize) -> &RopeTable {
+    /// The RoPE table of `layer` in a sequence of `ctx` positions: as
+    /// llama.cpp, LongRoPE's long factors when the context exceeds the
+    /// original one, the short ones otherwise (whatever the position).
+    pub fn rope_of(&self, layer: usize, ctx: u32) -> &RopeTable {
         match (&self.rope_swa, self.config.attention_window(layer)) {
             (Some(swa), Some(_)) => swa,
+            _ if self.uses_long_rope(ctx) => self.rope_long.as_ref().unwrap_or(&self.rope),
             _ => &self.rope,
         }
+    }
+
+    /// Whether a sequence of `ctx` positions rotates with LongRoPE's long
+    /// factors: K rows cached under one choice are wrong under the other.
+    pub fn uses_long_rope(&self, ctx: u32) -> bool {
+        self.config.longrope_context.is_some_and(|original| ctx > original)
     }
 }
 
@@ -236,6 +248,8 @@ enum Slot {
     RopeFreqs,
     /// LongRoPE's short factors (Phi-3 128k).
     RopeFactorsShort,
+    /// LongRoPE's long factors, for contexts beyond the original one.
+    RopeFactorsLong,
     /// A fused `attn_qkv` matrix: split into Wq, Wk, Wv when added.
     Qkv(usize),
     /// A fused `ffn_up` matrix holding the gate's rows then the up
@@ -310,8 +324,8 @@ pub struct WantedTensor {
 /// The tensors (name, slot, rows, cols) a model with this config needs.
 /// `has(name)` says whether the file has an optional tensor: the output
 /// head (else it is tied to the embedding, which the architecture must
-/// allow), Llama 3.1's per-frequency RoPE factors, LongRoPE's short
-/// factors, a layer's fused `attn_qkv` (else separate q, k, v).
+/// allow), Llama 3.1's per-frequency RoPE factors, LongRoPE's short and
+/// long factors, a layer's fused `attn_qkv` (else separate q, k, v).
 fn wanted(config: &ModelConfig, has: &dyn Fn(&str) -> bool) -> Vec<(Slot, String, usize, usize)> {
     let c = config;
     let spec = c.arch.spec();
@@ -329,10 +343,16 @@ fn wanted(config: &ModelConfig, has: &dyn Fn(&str) -> bool) -> Vec<(Slot, String
     if has_rope_freqs {
         wanted.push((Slot::RopeFreqs, "rope_freqs.weight".into(), 1, c.rope_dims / 2));
     }
-    // Only the short factors: jobs are held to the contexts they serve
-    // (see `ModelConfig::longrope_context`).
-    if c.longrope_context.is_some() && has(ROPE_FACTORS_SHORT) {
-        wanted.push((Slot::RopeFactorsShort, ROPE_FACTORS_SHORT.into(), 1, c.rope_dims / 2));
+    // Both LongRoPE sets: a job's context picks one (see `Model::rope_of`).
+    if c.longrope_context.is_some() {
+        for (slot, name) in [
+            (Slot::RopeFactorsShort, ROPE_FACTORS_SHORT),
+            (Slot::RopeFactorsLong, ROPE_FACTORS_LONG),
+        ] {
+            if has(name) {
+                wanted.push((slot, name.into(), 1, c.rope_dims / 2));
+            }
+        }
     }
     for l in 0..c.n_layers {
         let name = |s: &str| format!("blk.{l}.{s}.weight");
@@ -573,7 +593,7 @@ impl ModelLoader {
         self.needed
             .iter()
             .map(|n| match n.slot {
-                Slot::RopeFreqs | Slot::RopeFactorsShort => 0,
+                Slot::RopeFreqs | Slot::RopeFactorsShort | Slot::RopeFactorsLong => 0,
                 s if s.is_matrix() => s
                     .parts(&self.config, n.rows)
                     .into_iter()
@@ -621,6 +641,7 @@ impl ModelLoader {
         let mut output_norm = None;
         let mut output = None;
         let mut rope_freqs = None;
+        let mut rope_factors_long = None;
         let mut parts: Vec<LayerParts> = (0..config.n_layers).map(|_| LayerParts::default()).collect();
         let mut pieces = Vec::new();
         for n in self.needed {
@@ -633,6 +654,7 @@ impl ModelLoader {
                 Slot::Output => output = Some(t),
                 // At most one of the two is wanted (see `wanted`).
                 Slot::RopeFreqs | Slot::RopeFactorsShort => rope_freqs = Some(t.to_f32_vec()),
+                Slot::RopeFactorsLong => rope_factors_long = Some(t.to_f32_vec()),
                 Slot::AttnNorm(l) => parts[l].attn_norm = Some(t),
                 Slot::Wq(l) => parts[l].wq = Some(t),
                 Slot::Wk(l) => parts[l].wk = Some(t),
@@ -697,14 +719,22 @@ impl ModelLoader {
                 post_norms,
             });
         }
-        let rope = RopeTable::scaled(
-            config.arch.spec().rope_style,
-            config.rope_dims,
-            config.rope_freq_base,
-            config.rope_freq_scale,
-            rope_freqs.as_deref(),
-        )
-        .with_attn_factor(config.rope_attn_factor);
+        let global_rope = |factors: Option<&[f32]>| {
+            RopeTable::scaled(
+                config.arch.spec().rope_style,
+                config.rope_dims,
+                config.rope_freq_base,
+                config.rope_freq_scale,
+                factors,
+            )
+            .with_attn_factor(config.rope_attn_factor)
+        };
+        let rope = global_rope(rope_freqs.as_deref());
+        // Without a long set, llama.cpp rotates longer contexts with no
+        // factors at all.
+        let rope_long = config
+            .longrope_context
+            .map(|_| global_rope(rope_factors_long.as_deref()));
         // The sliding layers' own base; linear scaling and Llama 3.1's
         // factors apply to the global layers only, as in llama.cpp.
         let rope_swa = config
@@ -712,6 +742,7 @@ impl ModelLoader {
             .map(|base| RopeTable::new(config.arch.spec().rope_style, config.rope_dims, base));
         Ok(Model {
             rope_swa,
+            rope_long,
             tok_embd: tok_embd.ok_or_else(|| missing("token_embd.weight"))?,
             output_norm: output_norm.ok_or_else(|| missing(config.arch.spec().output_norm))?,
             output,

@@ -59,8 +59,14 @@ pub fn synth_256_bytes(quant: QuantMix) -> Vec<u8> {
 
 /// Logits at every position of `tokens` (one batch through every layer).
 pub fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
+    all_logits_in_context(model, tokens, tokens.len() as u32 + 1)
+}
+
+/// [`all_logits`] in a sequence of `ctx` positions (which picks LongRoPE's
+/// factors).
+pub fn all_logits_in_context(model: &Model, tokens: &[u32], ctx: u32) -> Vec<Vec<f32>> {
     let c = &model.config;
-    let mut kv = KvCache::new(icllm_engine::kv::KvShape::of(c), tokens.len() as u32 + 1).unwrap();
+    let mut kv = KvCache::new(icllm_engine::kv::KvShape::of(c), ctx).unwrap();
     let mut x = vec![0.0f32; tokens.len() * c.dim];
     forward::embed(model, tokens, &mut x);
     for l in 0..c.n_layers {
