@@ -498,38 +498,272 @@ impl Job {
 /// refuses even the first unit, the step returns `Yielded` with zero units:
 /// the caller decides whether to retry with a larger budget.
 pub fn step(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> StepReport {
-    let mut report = StepReport {
-        outcome: StepOutcome::Yielded,
-        units: 0,
-        macs: 0,
-        tokens: Vec::new(),
-    };
+    let mut report = StepReport::new();
+    if start_report(model, job, &mut report) {
+        run_alone(model, job, budget, &mut report, |_| false);
+    }
+    report
+}
+
+/// Runs several jobs of `model` under one `budget`, those that are
+/// generating together: one pass over each layer's weights for all their
+/// tokens (one per job, each with its own cache, position and sampler).
+/// Every job's tokens are bit for bit those it generates alone, wherever
+/// the budget stops it (see [`crate::model::forward`]).
+///
+/// Jobs still reading their prompt run first, alone, in order, until they
+/// generate (the caller decides which jobs share a budget, and so their
+/// shares). Then the
+/// generating jobs at the cursor most of them share form the group; the
+/// other generating jobs first catch up with it alone, unit by unit.
+/// Returns one report per job, as [`step`] would.
+pub fn step_together(model: &Model, jobs: &mut [&mut Job], budget: &mut dyn Budget) -> Vec<StepReport> {
+    let mut reports: Vec<StepReport> = jobs.iter().map(|_| StepReport::new()).collect();
+    let mut open: Vec<bool> = jobs
+        .iter()
+        .zip(&mut reports)
+        .map(|(job, report)| start_report(model, job, report))
+        .collect();
+    let key_of = |job: &Job| decode_key(model, &job.state);
+    for (i, job) in jobs.iter_mut().enumerate() {
+        if open[i] && key_of(job).is_none() {
+            open[i] = run_alone(model, job, budget, &mut reports[i], |j| key_of(j).is_some());
+        }
+    }
+    let keys: Vec<Option<GroupKey>> = jobs
+        .iter()
+        .zip(&open)
+        .map(|(j, &o)| o.then(|| key_of(j)).flatten())
+        .collect();
+    // Ties go to the earliest job's cursor.
+    let group_key = keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| Some((i, (*k)?)))
+        .max_by_key(|&(i, k)| (keys.iter().filter(|&&o| o == Some(k)).count(), std::cmp::Reverse(i)))
+        .map(|(_, k)| k);
+    if let Some(mut key) = group_key {
+        for (i, job) in jobs.iter_mut().enumerate() {
+            if open[i] && keys[i].is_some_and(|k| k != key) {
+                open[i] = run_alone(model, job, budget, &mut reports[i], |j| key_of(j) == Some(key));
+            }
+        }
+        loop {
+            let members: Vec<usize> = (0..jobs.len())
+                .filter(|&i| open[i] && key_of(jobs[i]) == Some(key))
+                .collect();
+            if members.is_empty() {
+                break;
+            }
+            let mut group: Vec<&mut Job> = jobs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| members.contains(i))
+                .map(|(_, j)| &mut **j)
+                .collect();
+            let Some(done) = run_group_unit(model, &mut group, budget) else {
+                break;
+            };
+            for (&i, d) in members.iter().zip(done) {
+                open[i] = record(&mut jobs[i].state, &mut reports[i], d);
+            }
+            match members.iter().find(|&&i| open[i]) {
+                Some(&i) => key = key_of(jobs[i]).expect("a generating job stays in its group"),
+                None => break,
+            }
+        }
+    }
+    reports
+}
+
+impl StepReport {
+    fn new() -> StepReport {
+        StepReport {
+            outcome: StepOutcome::Yielded,
+            units: 0,
+            macs: 0,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Reports a finished or inconsistent job before any unit: false if it
+/// cannot run.
+fn start_report(model: &Model, job: &Job, report: &mut StepReport) -> bool {
     if let Some(reason) = job.state.finished {
         report.outcome = StepOutcome::Finished(reason);
-        return report;
+        return false;
     }
     if let Err(msg) = job.check(model) {
         report.outcome = StepOutcome::Failed(msg);
-        return report;
+        return false;
     }
-    loop {
+    true
+}
+
+/// Runs units of `job` alone until the budget refuses one, the job ends,
+/// or `arrived(job)`; true while the job can go on.
+fn run_alone(
+    model: &Model,
+    job: &mut Job,
+    budget: &mut dyn Budget,
+    report: &mut StepReport,
+    arrived: impl Fn(&Job) -> bool,
+) -> bool {
+    while !arrived(job) {
         match run_unit(model, job, budget) {
             Err(msg) => {
                 report.outcome = StepOutcome::Failed(msg);
-                return report;
+                return false;
             }
-            Ok(None) => return report,
+            Ok(None) => return true,
             Ok(Some(done)) => {
-                report.units += 1;
-                report.macs += done.macs;
-                job.state.units_run += 1;
-                report.tokens.extend(done.token);
-                if let Some(reason) = job.state.finished {
-                    report.outcome = StepOutcome::Finished(reason);
-                    return report;
+                if !record(&mut job.state, report, done) {
+                    return false;
                 }
             }
         }
+    }
+    true
+}
+
+/// Adds a unit that ran to the job and its report: false once the job ended.
+fn record(s: &mut JobState, report: &mut StepReport, done: UnitDone) -> bool {
+    report.units += 1;
+    report.macs += done.macs;
+    s.units_run += 1;
+    report.tokens.extend(done.token);
+    match s.finished {
+        Some(reason) => {
+            report.outcome = StepOutcome::Finished(reason);
+            false
+        }
+        None => true,
+    }
+}
+
+/// Where a job generating one token at a time is in its token's units:
+/// (batch length, layer, stage). Jobs with the same key run their next
+/// unit together. `None` while the job reads its prompt.
+type GroupKey = (u32, u32, Stage);
+
+fn decode_key(model: &Model, s: &JobState) -> Option<GroupKey> {
+    let cur = s.cursor;
+    let one_token = match cur.batch_len {
+        0 => s.total_tokens() == cur.pos as usize + 1,
+        n => n == 1,
+    };
+    let in_vocab = s.token_at(cur.pos as usize) < model.config.vocab_size as u32;
+    (one_token && in_vocab && s.phase() == Phase::Decode).then_some((cur.batch_len, cur.layer, cur.stage))
+}
+
+/// Runs the unit at the group's shared cursor for every job of `group`
+/// (each generating one token) if the budget accepts their summed cost;
+/// what each did, in order, or `None` if refused.
+fn run_group_unit(model: &Model, group: &mut [&mut Job], budget: &mut dyn Budget) -> Option<Vec<UnitDone>> {
+    let c = &model.config;
+    let cur = group[0].state.cursor;
+    let layer = cur.layer as usize;
+    let macs: Vec<u64> = group
+        .iter()
+        .map(|j| match (cur.batch_len, cur.stage) {
+            (0, _) | (_, Stage::Attention) => forward::mixer_block_macs(model, layer, j.state.cursor.pos, 1),
+            (_, Stage::Ffn) => forward::ffn_block_macs(model, 1),
+            (_, Stage::Head) => forward::head_macs(model),
+        })
+        .collect();
+    let total = macs.iter().sum();
+    let accepted = match cur.batch_len {
+        // As a batch start alone: asked with the token's largest unit.
+        0 => budget.can_afford_batch(
+            group
+                .iter()
+                .map(|j| forward::largest_unit_macs(model, j.state.cursor.pos, 1))
+                .sum(),
+        ),
+        _ => budget.can_afford(total),
+    };
+    if !accepted {
+        return None;
+    }
+    budget.unit_started(Phase::Decode, total);
+    let mut tokens = vec![None; group.len()];
+    if cur.batch_len == 0 {
+        let ids: Vec<u32> = group
+            .iter()
+            .map(|j| j.state.token_at(j.state.cursor.pos as usize))
+            .collect();
+        let mut x = vec![0.0; ids.len() * c.dim];
+        forward::embed(model, &ids, &mut x);
+        mixer_of_group(model, 0, group, &mut x);
+        scatter_hidden(group, &x, |s| {
+            s.cursor.batch_len = 1;
+            s.cursor.stage = Stage::Ffn;
+        });
+    } else {
+        let mut x: Vec<f32> = group.iter().flat_map(|j| j.state.hidden.iter().copied()).collect();
+        match cur.stage {
+            Stage::Attention => {
+                mixer_of_group(model, layer, group, &mut x);
+                scatter_hidden(group, &x, |s| s.cursor.stage = Stage::Ffn);
+            }
+            Stage::Ffn => {
+                forward::ffn_block(model, layer, &mut x);
+                scatter_hidden(group, &x, |s| match layer + 1 < c.n_layers {
+                    true => {
+                        s.cursor.layer += 1;
+                        s.cursor.stage = Stage::Attention;
+                    }
+                    // A generated token is always its sequence's last.
+                    false => s.cursor.stage = Stage::Head,
+                });
+            }
+            Stage::Head => {
+                let mut logits = vec![0.0; group.len() * c.vocab_size];
+                forward::logits_of_rows(model, &x, &mut logits);
+                for ((job, row), token) in group
+                    .iter_mut()
+                    .zip(logits.chunks_exact_mut(c.vocab_size))
+                    .zip(&mut tokens)
+                {
+                    *token = sample_and_end_batch(&mut job.state, row);
+                }
+            }
+        }
+    }
+    Some(
+        macs.into_iter()
+            .zip(tokens)
+            .map(|(macs, token)| UnitDone { macs, token })
+            .collect(),
+    )
+}
+
+/// Layer `layer`'s mixer unit over the group's rows `x`, each job with its
+/// own position, cache and convolution state.
+fn mixer_of_group(model: &Model, layer: usize, group: &mut [&mut Job], x: &mut [f32]) {
+    let mut seqs: Vec<forward::Sequence> = group
+        .iter_mut()
+        .map(|j| {
+            let Job { state, kv } = &mut **j;
+            forward::Sequence {
+                pos0: state.cursor.pos,
+                n: 1,
+                kv,
+                conv_state: &mut state.conv_state,
+            }
+        })
+        .collect();
+    forward::mixer_block_of(model, layer, x, &mut seqs);
+}
+
+/// Gives each job of the group its row of `x` and moves its cursor.
+fn scatter_hidden(group: &mut [&mut Job], x: &[f32], advance: impl Fn(&mut JobState)) {
+    let dim = x.len() / group.len();
+    for (job, row) in group.iter_mut().zip(x.chunks_exact(dim)) {
+        job.state.hidden.clear();
+        job.state.hidden.extend_from_slice(row);
+        advance(&mut job.state);
     }
 }
 
@@ -626,31 +860,36 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
             // Every element is written by the head (scratch: not zeroed first).
             let mut logits = crate::scratch::Scratch::new(c.vocab_size);
             forward::logits(model, last, &mut logits);
-            // Log-probabilities come from the raw logits, which sampling modifies.
-            let raw_logits = s.logprobs.is_some().then(|| logits.to_vec());
-            let history: Vec<u32> = s.prompt.iter().chain(&s.generated).copied().collect();
-            sampler::apply_penalties_and_bias(&mut logits, &s.generated, &s.params);
-            let token = sampler::sample(&mut logits, &history, &s.params, &mut s.rng);
-            end_batch(s);
-            if s.stop_tokens.contains(&token) {
-                s.finished = Some(FinishReason::Eos);
-                return Ok(Some(UnitDone { macs, token: None }));
-            }
-            s.generated.push(token);
-            if let (Some(kept), Some(raw)) = (&mut s.logprobs, raw_logits) {
-                kept.push(&logprobs::token_logprobs(&raw, token, kept.top_n()));
-            }
-            if s.generated.len() >= s.max_new_tokens as usize {
-                s.finished = Some(FinishReason::MaxTokens);
-            } else if s.cursor.pos >= s.ctx_size {
-                s.finished = Some(FinishReason::ContextFull);
-            }
-            Ok(Some(UnitDone {
-                macs,
-                token: Some(token),
-            }))
+            let token = sample_and_end_batch(s, &mut logits);
+            Ok(Some(UnitDone { macs, token }))
         }
     }
+}
+
+/// Samples the next token from the batch's last `logits` (modified on the
+/// way), ends the batch, and records the token or the job's end; the
+/// token generated, if any.
+fn sample_and_end_batch(s: &mut JobState, logits: &mut [f32]) -> Option<u32> {
+    // Log-probabilities come from the raw logits, which sampling modifies.
+    let raw_logits = s.logprobs.is_some().then(|| logits.to_vec());
+    let history: Vec<u32> = s.prompt.iter().chain(&s.generated).copied().collect();
+    sampler::apply_penalties_and_bias(logits, &s.generated, &s.params);
+    let token = sampler::sample(logits, &history, &s.params, &mut s.rng);
+    end_batch(s);
+    if s.stop_tokens.contains(&token) {
+        s.finished = Some(FinishReason::Eos);
+        return None;
+    }
+    s.generated.push(token);
+    if let (Some(kept), Some(raw)) = (&mut s.logprobs, raw_logits) {
+        kept.push(&logprobs::token_logprobs(&raw, token, kept.top_n()));
+    }
+    if s.generated.len() >= s.max_new_tokens as usize {
+        s.finished = Some(FinishReason::MaxTokens);
+    } else if s.cursor.pos >= s.ctx_size {
+        s.finished = Some(FinishReason::ContextFull);
+    }
+    Some(token)
 }
 
 /// The batch's tokens are in the cache for every layer: move past them.

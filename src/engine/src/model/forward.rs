@@ -7,6 +7,11 @@
 //! [`logits`] turns one hidden row into scores over the vocabulary.
 //! Every per-token computation is independent of `n` (same kernels, same
 //! summation order), so batching never changes a result.
+//!
+//! A batch may also hold several sequences (jobs decoding together, see
+//! [`crate::job::step_together`]): each [`Sequence`] brings its rows'
+//! positions, its KV cache and its convolution state, and the weight
+//! matrices are read once for all of them.
 
 use super::{FfnActivation, Mixer, Model};
 use crate::kernels::{self, AttentionShape};
@@ -27,19 +32,62 @@ pub fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) {
     }
 }
 
+/// One sequence's rows of a batch: `n` consecutive tokens at positions
+/// `pos0..pos0 + n`, with the sequence's KV cache and its convolution state
+/// (the job's, see [`crate::model::ModelConfig::conv_state_len`]; empty on
+/// a model without conv layers).
+pub struct Sequence<'a> {
+    pub pos0: u32,
+    pub n: usize,
+    pub kv: &'a mut KvCache,
+    pub conv_state: &'a mut [f32],
+}
+
 /// Unit A of layer `layer`: attention ([`attention_block`]) or, on a conv
 /// layer, the gated short convolution ([`short_conv_block`]), which reads and
 /// updates the layer's rows of `conv_state` (the job's, see
 /// [`crate::model::ModelConfig::conv_state_len`]).
 pub fn mixer_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &mut KvCache, conv_state: &mut [f32]) {
+    let n = x.len() / model.config.dim;
+    mixer_block_of(
+        model,
+        layer,
+        x,
+        &mut [Sequence {
+            pos0,
+            n,
+            kv,
+            conv_state,
+        }],
+    );
+}
+
+/// [`mixer_block`] for a batch of several sequences: `x` holds their rows in
+/// order.
+pub fn mixer_block_of(model: &Model, layer: usize, x: &mut [f32], seqs: &mut [Sequence]) {
     let c = &model.config;
+    debug_assert_eq!(x.len(), seqs.iter().map(|s| s.n).sum::<usize>() * c.dim);
     match c.conv_layer(layer) {
-        None => attention_block(model, layer, pos0, x, kv),
+        None => attention_block_of(model, layer, x, seqs),
         Some(i) => {
             let per_layer = (c.conv_kernel - 1) * c.dim;
-            short_conv_block(model, layer, x, &mut conv_state[i * per_layer..(i + 1) * per_layer]);
+            let lens: Vec<usize> = seqs.iter().map(|s| s.n).collect();
+            let mut states: Vec<&mut [f32]> = seqs
+                .iter_mut()
+                .map(|s| &mut s.conv_state[i * per_layer..(i + 1) * per_layer])
+                .collect();
+            short_conv_block_of(model, layer, x, &lens, &mut states);
         }
     }
+}
+
+/// The rows of each sequence of lengths `lens` in a batch: `start..end` pairs.
+fn row_ranges(lens: &[usize]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    lens.iter().scan(0, |start, &n| {
+        let r = *start..*start + n;
+        *start += n;
+        Some(r)
+    })
 }
 
 /// Unit A of a conv layer (LFM2): `x += W_out · (c ⊙ conv(b ⊙ x'))` where
@@ -50,6 +98,13 @@ pub fn mixer_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &m
 /// # Panics
 /// If `layer` is an attention layer.
 pub fn short_conv_block(model: &Model, layer: usize, x: &mut [f32], state: &mut [f32]) {
+    let n = x.len() / model.config.dim;
+    short_conv_block_of(model, layer, x, &[n], &mut [state]);
+}
+
+/// [`short_conv_block`] for several sequences of `lens` rows, each with its
+/// own state.
+fn short_conv_block_of(model: &Model, layer: usize, x: &mut [f32], lens: &[usize], states: &mut [&mut [f32]]) {
     let c = &model.config;
     let w = &model.layers[layer];
     let Mixer::ShortConv(sc) = &w.mixer else {
@@ -75,9 +130,12 @@ pub fn short_conv_block(model: &Model, layer: usize, x: &mut [f32], state: &mut 
         }
     }
 
-    // causal depthwise conv over the state and the batch, then gate by c
+    // causal depthwise conv over each sequence's state and rows, then gate by c
     let mut y = Scratch::new(n * dim);
-    kernels::short_conv(state, &bx, &sc.conv, dim, &mut y);
+    for (rows, state) in row_ranges(lens).zip(states.iter_mut()) {
+        let span = rows.start * dim..rows.end * dim;
+        kernels::short_conv(state, &bx[span.clone()], &sc.conv, dim, &mut y[span]);
+    }
     for (out, row) in y.chunks_exact_mut(dim).zip(bcx.chunks_exact(3 * dim)) {
         for (o, cv) in out.iter_mut().zip(&row[dim..2 * dim]) {
             *o *= cv;
@@ -100,6 +158,24 @@ pub fn short_conv_block(model: &Model, layer: usize, x: &mut [f32], state: &mut 
 /// # Panics
 /// If `layer` is a short-convolution layer.
 pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv: &mut KvCache) {
+    let n = x.len() / model.config.dim;
+    let conv_state = &mut [];
+    attention_block_of(
+        model,
+        layer,
+        x,
+        &mut [Sequence {
+            pos0,
+            n,
+            kv,
+            conv_state,
+        }],
+    );
+}
+
+/// [`attention_block`] for several sequences: the projections run once over
+/// every row, RoPE, the cache writes and attention per sequence.
+fn attention_block_of(model: &Model, layer: usize, x: &mut [f32], seqs: &mut [Sequence]) {
     let c = &model.config;
     let w = &model.layers[layer];
     let n = x.len() / c.dim;
@@ -135,14 +211,17 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
         rmsnorm_rows(&mut k, &norm.k, c.rms_eps);
     }
 
-    // rope: rotate q and k of each token by its position
-    for t in 0..n {
-        let pos = pos0 + t as u32;
-        let (q_t, k_t) = (
-            &mut q[t * c.q_dim..(t + 1) * c.q_dim],
-            &mut k[t * c.kv_dim..(t + 1) * c.kv_dim],
-        );
-        kernels::rope_heads(&mut [q_t, k_t], c.head_dim, pos, model.rope_of(layer, kv.ctx()));
+    // rope: rotate q and k of each token by its position in its sequence
+    let lens: Vec<usize> = seqs.iter().map(|s| s.n).collect();
+    for (seq, rows) in seqs.iter().zip(row_ranges(&lens)) {
+        let rope = model.rope_of(layer, seq.kv.ctx());
+        for (i, t) in rows.enumerate() {
+            let (q_t, k_t) = (
+                &mut q[t * c.q_dim..(t + 1) * c.q_dim],
+                &mut k[t * c.kv_dim..(t + 1) * c.kv_dim],
+            );
+            kernels::rope_heads(&mut [q_t, k_t], c.head_dim, seq.pos0 + i as u32, rope);
+        }
     }
 
     // a score scale other than 1/√head_dim (Gemma 3 27B) is applied to q,
@@ -152,25 +231,27 @@ pub fn attention_block(model: &Model, layer: usize, pos0: u32, x: &mut [f32], kv
         q.iter_mut().for_each(|v| *v *= factor);
     }
 
-    // write kv: the batch's rows go to the cache at pos0..pos0 + n
-    kv.write(kv_layer, pos0, &k, &v);
-
-    // attention: each token attends to positions 0..=its own (causal), or
-    // to the last `window` of them on a sliding layer
+    // write kv, then attention: each sequence's rows go to its cache at
+    // pos0..pos0 + n; each token attends to positions 0..=its own (causal),
+    // or to the last `window` of them on a sliding layer
     let shape = AttentionShape {
         n_heads: c.n_heads,
         n_kv_heads: c.n_kv_heads,
         head_dim: c.head_dim,
     };
     let mut att = Scratch::new(n * c.q_dim); // (n, q_dim)
-    for t in 0..n {
-        let n_pos = pos0 as usize + t + 1;
-        let first = c
-            .attention_window(layer)
-            .map_or(0, |w| n_pos.saturating_sub(w as usize));
-        let q_t = &q[t * c.q_dim..(t + 1) * c.q_dim];
-        let out = &mut att[t * c.q_dim..(t + 1) * c.q_dim];
-        kv.attend(kv_layer, q_t, first..n_pos, shape, out);
+    for (seq, rows) in seqs.iter_mut().zip(row_ranges(&lens)) {
+        let kv_rows = rows.start * c.kv_dim..rows.end * c.kv_dim;
+        seq.kv.write(kv_layer, seq.pos0, &k[kv_rows.clone()], &v[kv_rows]);
+        for (i, t) in rows.enumerate() {
+            let n_pos = seq.pos0 as usize + i + 1;
+            let first = c
+                .attention_window(layer)
+                .map_or(0, |w| n_pos.saturating_sub(w as usize));
+            let q_t = &q[t * c.q_dim..(t + 1) * c.q_dim];
+            let out = &mut att[t * c.q_dim..(t + 1) * c.q_dim];
+            seq.kv.attend(kv_layer, q_t, first..n_pos, shape, out);
+        }
     }
 
     // out projection (+ post-norm) + residual: x += [norm](Wo · att)
@@ -236,10 +317,22 @@ pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
 
 /// Final norm and output head for one hidden row `x` (dim) → `logits` (vocab_size).
 pub fn logits(model: &Model, x: &[f32], logits: &mut [f32]) {
+    logits_of_rows(model, x, logits)
+}
+
+/// [`logits`] of every row of `xs` (n, dim) → `logits` (n, vocab_size), the
+/// head's weights read once for all rows; each row's logits are the ones
+/// [`logits`] gives it alone.
+pub fn logits_of_rows(model: &Model, xs: &[f32], logits: &mut [f32]) {
     let c = &model.config;
-    let mut xb = Scratch::new(c.dim);
-    kernels::rmsnorm(&mut xb, x, &model.output_norm, c.rms_eps);
-    kernels::matvec(model.output_weights(), &xb, logits);
+    let mut xb = Scratch::new(xs.len());
+    for (out, row) in xb.chunks_exact_mut(c.dim).zip(xs.chunks_exact(c.dim)) {
+        kernels::rmsnorm(out, row, &model.output_norm, c.rms_eps);
+    }
+    match xs.len() / c.dim {
+        1 => kernels::matvec(model.output_weights(), &xb, logits),
+        _ => kernels::matmul(model.output_weights(), &xb, logits),
+    }
     if let Some(cap) = c.final_logit_softcap {
         for l in logits.iter_mut() {
             *l = cap * (*l / cap).tanh();
