@@ -547,15 +547,15 @@ fn set_limits(args: ApiResult<(Limits,)>) -> ApiResult<()> {
     Ok(())
 }
 
-/// One background step of a job, called by the scheduler on this canister
-/// itself so that a step that traps comes back to it as a reject (see
-/// `scheduler::background_step`). Not part of the interface.
+/// One background step of jobs stepped together, called by the scheduler
+/// on this canister itself so that a step that traps comes back to it as a
+/// reject (see `scheduler::background_step`). Not part of the interface.
 #[update(name = "<icllm internal> step", hidden = true)]
-fn internal_step(id: JobId, shift: u32) {
+fn internal_step(ids: Vec<JobId>, shift: u32) {
     if msg_caller() != ic_cdk::api::canister_self() {
         ic_cdk::trap("only the canister's own scheduler calls this method");
     }
-    scheduler::run_background_step(&Ic, id, shift);
+    scheduler::run_background_step(&Ic, &ids, shift);
 }
 
 /// Sets the instructions one message may use (the subnet's limit; lower it to

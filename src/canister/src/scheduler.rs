@@ -1,13 +1,15 @@
 //! Background work: one interval timer that, in each of its messages, advances
-//! the model pipeline (upload verification / loading) or one active job by a
-//! bounded step, round-robin. An interval timer is rescheduled by the timer
+//! the model pipeline (upload verification / loading) and one active job by a
+//! bounded step, round-robin, together with the other generating jobs when
+//! that job generates (see [`decode_group`]). An interval timer is rescheduled by the timer
 //! library before its task runs, so a task that traps does not stop the
 //! scheduler. It is disarmed when no work is left and re-armed by whatever
 //! creates work (a job, a finalize, `post_upgrade`).
 
 use crate::budget::MessageBudget;
 use crate::env::{Env, Ic};
-use crate::model_store::{LoadedModel, Pipeline, Progress, Purpose};
+use crate::model_store::{LoadedModel, ModelRef, Pipeline, Progress, Purpose};
+use crate::state::StepTraps;
 use crate::{jobs, settings, state};
 use icllm_api::{JobId, UploadState};
 use std::rc::Rc;
@@ -74,13 +76,18 @@ pub const MAX_STEP_TRAPS: u32 = 8;
 /// The internal method that runs one background step (see [`background_step`]).
 pub const STEP_METHOD: &str = "<icllm internal> step";
 
-/// One scheduler message: the model pipeline, then one job's step.
+/// Jobs stepped together at most: one pass over the weights per layer
+/// for their tokens (their KV caches must fit the heap together).
+pub const MAX_DECODE_GROUP: usize = 8;
+
+/// One scheduler message: the model pipeline, then one step of the next
+/// job in turn, with the other generating jobs when it generates.
 pub async fn tick() {
     send_notifications();
     advance_pipeline(&Ic);
-    if state::read(|s| s.model.is_some()) {
+    if let Some(model) = state::read(|s| s.model.clone()) {
         if let Some(id) = next_job() {
-            background_step(id).await;
+            background_step(decode_group(&model, id)).await;
         }
     }
     send_notifications();
@@ -91,44 +98,91 @@ pub async fn tick() {
     }
 }
 
-/// Steps job `id` in a message of its own: a call from the canister to
-/// itself ([`STEP_METHOD`]).
+/// `lead` and, when it generates, up to [`MAX_DECODE_GROUP`] - 1 other
+/// generating jobs (in round-robin order after it) whose KV caches fit the
+/// heap beside it: decode steps share each pass over the weights, so every
+/// job of the group advances as far as it would alone, for a fraction of
+/// the instructions. A job whose last step trapped goes alone until one
+/// of its own returns.
+fn decode_group(model: &ModelRef, lead: JobId) -> Vec<JobId> {
+    let clean = |id: JobId| {
+        state::read(|s| s.step_traps.get(&id).is_none_or(|t| t.in_a_row == 0) && !s.step_pending.contains(&id))
+    };
+    let Some(rec) = jobs::get_hot(lead) else {
+        return vec![lead];
+    };
+    if !(clean(lead) && jobs::steps_together(model, &rec)) {
+        return vec![lead];
+    }
+    let shape = jobs::kv_slots::job_shape(model);
+    let kv_bytes = |r: &jobs::JobRecord| shape.heap_bytes(r.engine.kv_type(), r.engine.ctx_size());
+    let room = settings::read(|s| s.heap_budget()).saturating_sub(model.info.heap_bytes);
+    let mut used = kv_bytes(&rec);
+    let mut group = vec![lead];
+    let others: Vec<JobId> = state::read(|s| {
+        let after = s.active.range(lead + 1..);
+        after.chain(s.active.range(..lead)).copied().collect()
+    });
+    for id in others {
+        if group.len() == MAX_DECODE_GROUP {
+            break;
+        }
+        let Some(r) = jobs::get_hot(id).filter(|r| clean(id) && jobs::steps_together(model, r)) else {
+            continue;
+        };
+        if used + kv_bytes(&r) <= room {
+            used += kv_bytes(&r);
+            group.push(id);
+        }
+    }
+    group
+}
+
+/// Steps the jobs `ids` in a message of their own: a call from the canister
+/// to itself ([`STEP_METHOD`]).
 ///
 /// A trap rolls back everything its message did, so a step that traps inside
 /// the scheduler's message would leave no trace: the round-robin would pick
 /// the same job again every round and starve the others. Run as a call, the
 /// step's trap comes back here as a reject, in a message of its own that
-/// does not trap: the trap is counted, the next attempt gets half the
-/// budget, and after [`MAX_STEP_TRAPS`] in a row the job fails.
-async fn background_step(id: JobId) {
-    let Some(shift) = state::mutate(|s| {
-        if !s.step_pending.insert(id) {
-            return None; // a step of this job is already under way
-        }
-        let t = s.step_traps.entry(id).or_default();
-        Some(t.shift)
-    }) else {
-        return;
-    };
-    let reply = ic_cdk::call::Call::unbounded_wait(ic_cdk::api::canister_self(), STEP_METHOD)
-        .with_args(&(id, shift))
-        .await;
-    let failed = state::mutate(|s| {
-        s.step_pending.remove(&id);
-        let t = s.step_traps.entry(id).or_default();
-        match reply {
-            Ok(_) => {
-                t.in_a_row = 0;
-                None
-            }
-            Err(_) => {
-                t.in_a_row += 1;
-                t.shift = t.shift.max(t.in_a_row);
-                (t.in_a_row >= MAX_STEP_TRAPS).then_some(*t)
-            }
-        }
+/// does not trap: the trap is counted against every job of the step, its
+/// jobs' next attempts go alone with half the budget, and after
+/// [`MAX_STEP_TRAPS`] in a row a job fails.
+async fn background_step(ids: Vec<JobId>) {
+    let (ids, shift) = state::mutate(|s| {
+        let ids: Vec<JobId> = ids.into_iter().filter(|&id| s.step_pending.insert(id)).collect();
+        let shift = ids
+            .iter()
+            .map(|id| s.step_traps.get(id).map_or(0, |t| t.shift))
+            .max()
+            .unwrap_or(0);
+        (ids, shift)
     });
-    if let Some(t) = failed {
+    if ids.is_empty() {
+        return; // their steps are already under way
+    }
+    let reply = ic_cdk::call::Call::unbounded_wait(ic_cdk::api::canister_self(), STEP_METHOD)
+        .with_args(&(ids.clone(), shift))
+        .await;
+    let failed: Vec<(JobId, StepTraps)> = state::mutate(|s| {
+        let mut failed = Vec::new();
+        for &id in &ids {
+            s.step_pending.remove(&id);
+            let t = s.step_traps.entry(id).or_default();
+            match reply {
+                Ok(_) => t.in_a_row = 0,
+                Err(_) => {
+                    t.in_a_row += 1;
+                    t.shift = t.shift.max(t.in_a_row);
+                    if t.in_a_row >= MAX_STEP_TRAPS {
+                        failed.push((id, *t));
+                    }
+                }
+            }
+        }
+        failed
+    });
+    for (id, t) in failed {
         state::mutate(|s| s.step_traps.remove(&id));
         jobs::fail(
             &Ic,
@@ -140,20 +194,26 @@ async fn background_step(id: JobId) {
             ),
         );
     }
-    if !state::read(|s| s.active.contains(&id)) {
-        state::mutate(|s| s.step_traps.remove(&id));
+    for id in ids {
+        if !state::read(|s| s.active.contains(&id)) {
+            state::mutate(|s| s.step_traps.remove(&id));
+        }
     }
 }
 
-/// The body of [`STEP_METHOD`]: one step of job `id` with the message limit
-/// halved `shift` times.
-pub fn run_background_step(env: &impl Env, id: JobId, shift: u32) {
-    let (Some(model), Some(rec)) = (state::read(|s| s.model.clone()), jobs::get_hot(id)) else {
+/// The body of [`STEP_METHOD`]: one step of the jobs `ids` together with
+/// the message limit halved `shift` times.
+pub fn run_background_step(env: &impl Env, ids: &[JobId], shift: u32) {
+    let Some(model) = state::read(|s| s.model.clone()) else {
         return;
     };
+    let recs: Vec<jobs::JobRecord> = ids.iter().filter_map(|&id| jobs::get_hot(id)).collect();
+    if recs.is_empty() {
+        return;
+    }
     let limit = (message_limit() >> shift.min(32)).max(1);
     let mut budget = MessageBudget::new(|| env.instructions(), limit, reserve(limit).min(limit / 2));
-    let _ = jobs::step_job(env, &model, rec, &mut budget);
+    let _ = jobs::step_jobs(env, &model, recs, &mut budget);
 }
 
 /// The active job after the last one served (round-robin).
@@ -288,7 +348,7 @@ mod tests {
         let claim = jobs::SlotClaim::take(owner, false).unwrap();
         let (rec, job, adopted) = jobs::create(&model, owner, &req, None, 1, env.now_ns()).unwrap();
         let id = jobs::insert_new(rec, job, adopted, claim, None).unwrap();
-        run_background_step(env, id, 13); // 40 B / 2^13: about 5 M instructions
+        run_background_step(env, &[id], 13); // 40 B / 2^13: about 5 M instructions
         assert!(jobs::get(id).unwrap().status.is_active());
         id
     }
@@ -298,6 +358,84 @@ mod tests {
             JobStatus::Failed(reason) => reason,
             other => panic!("job {id} is {other:?}"),
         }
+    }
+
+    /// Jobs of several callers (different prompts, sampling, KV types and
+    /// contexts) run by the scheduler's rounds, generating ones in groups,
+    /// in messages of about 5 M instructions, the heap cache emptied every
+    /// third round: each generates what the engine generates for it alone;
+    /// groups form; every message's instructions are charged to its jobs.
+    #[test]
+    fn generating_jobs_stepped_in_groups_generate_what_each_generates_alone() {
+        use icllm_api::KvCacheType;
+        use icllm_engine::job::{step, StepOutcome, Unlimited};
+        let env = env_at(0);
+        let model = activate_upload(&env, store_blob(0, &stories260k()));
+        let requests: Vec<JobRequest> = (0..5u8)
+            .map(|i| JobRequest {
+                prompt: [
+                    "Once upon a time",
+                    "Joe loves writing stories",
+                    "The sun",
+                    "A big red dog ran",
+                    "Lily",
+                ][i as usize]
+                    .into(),
+                max_tokens: 20 + 7 * i as u32,
+                temperature: Some(if i % 2 == 0 { 0.0 } else { 0.8 }),
+                seed: Some(i as u64),
+                ctx_size: Some(64 + 16 * i as u32),
+                kv_cache: Some(if i % 2 == 0 { KvCacheType::F32 } else { KvCacheType::Q8 }),
+                ..JobRequest::default()
+            })
+            .collect();
+        let alone: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|req| {
+                let (_, mut job, _) = jobs::create(&model, Principal::anonymous(), req, None, 1, 0).unwrap();
+                assert!(matches!(
+                    step(&model.model, &mut job, &mut Unlimited).outcome,
+                    StepOutcome::Finished(_)
+                ));
+                job.state.generated().to_vec()
+            })
+            .collect();
+        let ids: Vec<JobId> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, req)| {
+                let owner = Principal::from_slice(&[i as u8 + 1; 29]);
+                let claim = jobs::SlotClaim::take(owner, false).unwrap();
+                let (rec, job, adopted) = jobs::create(&model, owner, req, None, 1, env.now_ns()).unwrap();
+                jobs::insert_new(rec, job, adopted, claim, None).unwrap()
+            })
+            .collect();
+        let (mut rounds, mut largest_group, mut charged) = (0, 0, 0);
+        while let Some(lead) = next_job() {
+            let group = decode_group(&model, lead);
+            largest_group = largest_group.max(group.len());
+            if rounds % 3 == 2 {
+                jobs::cache::clear();
+            }
+            env.next_message(1_000_000);
+            let before: u64 = ids.iter().map(|&id| jobs::get_hot(id).unwrap().instructions).sum();
+            run_background_step(&env, &group, 13);
+            let after: u64 = ids.iter().map(|&id| jobs::get_hot(id).unwrap().instructions).sum();
+            // The message's count as the step read it last (this read adds
+            // one more); shares are rounded down, by less than one each.
+            let used = env.instructions() - 20_000;
+            assert!(after - before <= used && after - before + group.len() as u64 >= used);
+            charged += after - before;
+            rounds += 1;
+            assert!(rounds < 2_000, "the jobs do not finish");
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            let rec = jobs::get(id).unwrap();
+            assert!(matches!(rec.status, JobStatus::Done(_)), "{:?}", rec.status);
+            assert_eq!(rec.engine.generated(), alone[i].as_slice(), "job {i}");
+        }
+        assert!(largest_group >= 4, "groups of {largest_group} at most");
+        assert!(charged > 0);
     }
 
     #[test]

@@ -279,6 +279,12 @@ impl JobState {
         }
     }
 
+    /// Whether the job generates one token at a time, and so can share
+    /// passes over the weights with other such jobs ([`step_together`]).
+    pub fn can_step_together(&self, model: &Model) -> bool {
+        self.finished.is_none() && decode_key(model, self).is_some()
+    }
+
     /// Positions whose KV rows are complete in every layer: `0..cursor.pos`
     /// (a batch under way has written some layers' rows only).
     pub fn complete_positions(&self) -> u32 {

@@ -54,7 +54,7 @@ use crate::state;
 use candid::Principal;
 use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobView, KvCacheType, StepProgress};
 use icllm_engine::chat::{encode_chat, ChatTemplate, Message};
-use icllm_engine::job::{step, FinishReason, Job, JobState, KvType, Phase, StepOutcome};
+use icllm_engine::job::{step, step_together, FinishReason, Job, JobState, KvType, Phase, StepOutcome};
 use icllm_engine::model::Model;
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
@@ -402,14 +402,15 @@ pub fn fail_all_active(env: &impl Env, reason: &str) {
 }
 
 /// Takes the engine job out of the cache, or rebuilds it from its record
-/// and KV slot; the caller puts it back.
-fn take_job(model: &LoadedModel, rec: &JobRecord) -> Job {
+/// and KV slot, with room for `in_hand` bytes of KV caches already taken
+/// out for the same step; the caller puts it back.
+fn take_job(model: &LoadedModel, rec: &JobRecord, in_hand: u64) -> Job {
     if let Some(job) = cache::take(rec.id) {
         return job;
     }
     make_room(
         model,
-        kv_slots::job_shape(model).heap_bytes(rec.engine.kv_type(), rec.engine.ctx_size()),
+        in_hand + kv_slots::job_shape(model).heap_bytes(rec.engine.kv_type(), rec.engine.ctx_size()),
     );
     kv_slots::restore(model, rec)
 }
@@ -427,22 +428,111 @@ fn make_room(model: &LoadedModel, bytes: u64) {
 pub fn step_job<F: Fn() -> u64>(
     env: &impl Env,
     model: &ModelRef,
-    mut rec: JobRecord,
+    rec: JobRecord,
     budget: &mut MessageBudget<F>,
 ) -> ApiResult<StepProgress> {
-    let id = rec.id;
-    if !rec.status.is_active() {
-        return Ok(progress(&rec, 0, 0, 0));
-    }
-    let Some(_guard) = state::JobGuard::acquire(id) else {
-        return Ok(progress(&rec, 0, 0, 0));
-    };
-    let mut job = take_job(model, &rec);
-    let before_generated = job.state.generated().len();
-    let was_prefilling = is_prefilling(&job.state);
-    let report = step(&model.model, &mut job, budget);
-    let outcome = &report.outcome;
+    Ok(step_jobs(env, model, vec![rec], budget)
+        .pop()
+        .expect("one record, one progress"))
+}
 
+/// Advances the jobs of `recs` together under `budget` (the engine's
+/// `step_together`: the generating ones share each pass over the weights),
+/// then checkpoints each. The message's instructions are charged to the
+/// jobs in proportion to the multiply-adds each ran. One progress per
+/// record, in order; a job that is not active, or is being stepped by
+/// another message, makes none.
+pub fn step_jobs<F: Fn() -> u64>(
+    env: &impl Env,
+    model: &ModelRef,
+    recs: Vec<JobRecord>,
+    budget: &mut MessageBudget<F>,
+) -> Vec<StepProgress> {
+    let mut idle: Vec<(usize, StepProgress)> = Vec::new();
+    let mut taken: Vec<(usize, JobRecord, Job, state::JobGuard)> = Vec::new();
+    let mut in_hand = 0;
+    for (i, rec) in recs.into_iter().enumerate() {
+        let guard = match rec.status.is_active() {
+            true => state::JobGuard::acquire(rec.id),
+            false => None,
+        };
+        let Some(guard) = guard else {
+            idle.push((i, progress(&rec, 0, 0, 0)));
+            continue;
+        };
+        let job = take_job(model, &rec, in_hand);
+        in_hand += job.kv.heap_bytes();
+        taken.push((i, rec, job, guard));
+    }
+    let before: Vec<(usize, bool)> = taken
+        .iter()
+        .map(|(_, _, job, _)| (job.state.generated().len(), is_prefilling(&job.state)))
+        .collect();
+    let reports = match taken.as_mut_slice() {
+        [] => Vec::new(),
+        [(_, _, job, _)] => vec![step(&model.model, job, budget)],
+        many => {
+            let mut group: Vec<&mut Job> = many.iter_mut().map(|(_, _, job, _)| job).collect();
+            step_together(&model.model, &mut group, budget)
+        }
+    };
+    let mut ended: Vec<(usize, JobRecord, Option<Job>, u32, state::JobGuard)> = Vec::new();
+    for ((i, rec, job, guard), (report, &(generated, _))) in taken.into_iter().zip(reports.iter().zip(&before)) {
+        let (rec, keep, new_tokens) = conclude(env, model, rec, job, &report.outcome, generated);
+        ended.push((i, rec, keep, new_tokens, guard));
+    }
+    // Accounting: the units' instructions by phase; the rest of the step
+    // (restoring, decoding text, checkpointing) goes to the phase of its
+    // last unit. Several jobs share the message by multiply-adds.
+    let last_phase = budget.finish();
+    let used = env.instructions();
+    let total_macs: u64 = reports.iter().map(|r| r.macs).sum();
+    let n = ended.len() as u64;
+    let mut out = idle;
+    for ((i, mut rec, keep, new_tokens, guard), (report, &(_, was_prefilling))) in
+        ended.into_iter().zip(reports.iter().zip(&before))
+    {
+        let (charged, prompt_part) = if n == 1 {
+            let overhead = used.saturating_sub(budget.prefill_instructions + budget.decode_instructions);
+            let overhead_is_prefill = last_phase.map_or(was_prefilling, |p| p == Phase::Prefill);
+            (
+                used,
+                budget.prefill_instructions + if overhead_is_prefill { overhead } else { 0 },
+            )
+        } else {
+            let share = match total_macs {
+                0 => used / n,
+                _ => (used as u128 * report.macs as u128 / total_macs as u128) as u64,
+            };
+            (share, if was_prefilling { share } else { 0 })
+        };
+        rec.messages += 1;
+        rec.instructions += charged;
+        rec.prompt_instructions += prompt_part;
+        rec.max_message_instructions = rec.max_message_instructions.max(used);
+        put(&rec);
+        out.push((i, progress(&rec, report.units, new_tokens, charged)));
+        if let Some(job) = keep {
+            cache::insert(rec.id, job, rec);
+        }
+        drop(guard);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, p)| p).collect()
+}
+
+/// After a step of `job` that ended with `outcome`: the text of the tokens
+/// generated since `before_generated`, the checkpoint of the KV rows the
+/// step wrote, the record's new status (a stop string ends the job). The
+/// record, the job if it goes on (for the cache), and the new tokens.
+fn conclude(
+    env: &impl Env,
+    model: &ModelRef,
+    mut rec: JobRecord,
+    mut job: Job,
+    outcome: &StepOutcome,
+    before_generated: usize,
+) -> (JobRecord, Option<Job>, u32) {
     // Text of the new tokens.
     let searched_text = rec.text.len();
     let new_tokens: Vec<u32> = job.state.generated()[before_generated..].to_vec();
@@ -452,7 +542,7 @@ pub fn step_job<F: Fn() -> u64>(
         rec.text_ends.push(rec.text.len() as u32);
     }
 
-    // Checkpoint: the KV rows this step wrote, then the record.
+    // Checkpoint: the KV rows this step wrote, then (by the caller) the record.
     if let (Some(slot), Some(dirty)) = (rec.kv_slot, job.kv.take_dirty()) {
         kv_slots::save_rows(&job.kv, slot, dirty.clone());
         rec.kv_rows_saved = rec.kv_rows_saved.max(dirty.end);
@@ -486,6 +576,7 @@ pub fn step_job<F: Fn() -> u64>(
         _ => status,
     };
     let now = env.now_ns();
+    rec.updated_at_ns = now;
     let keep = if status.is_active() {
         rec.status = status;
         Some(job)
@@ -493,23 +584,13 @@ pub fn step_job<F: Fn() -> u64>(
         finish(&mut rec, status, now);
         None
     };
-    // Accounting: the units' instructions by phase; the rest of this step
-    // (restoring, decoding text, checkpointing) goes to the phase of its last unit.
-    let last_phase = budget.finish();
-    let used = env.instructions();
-    let overhead = used.saturating_sub(budget.prefill_instructions + budget.decode_instructions);
-    let overhead_is_prefill = last_phase.map_or(was_prefilling, |p| p == Phase::Prefill);
-    rec.messages += 1;
-    rec.instructions += used;
-    rec.prompt_instructions += budget.prefill_instructions + if overhead_is_prefill { overhead } else { 0 };
-    rec.max_message_instructions = rec.max_message_instructions.max(env.instructions());
-    rec.updated_at_ns = now;
-    put(&rec);
-    let progress = progress(&rec, report.units, new_tokens.len() as u32, used);
-    if let Some(job) = keep {
-        cache::insert(id, job, rec);
-    }
-    Ok(progress)
+    (rec, keep, new_tokens.len() as u32)
+}
+
+/// Whether job `rec` can take part in a group step: it generates one
+/// token at a time.
+pub fn steps_together(model: &ModelRef, rec: &JobRecord) -> bool {
+    rec.status.is_active() && rec.engine.can_step_together(&model.model)
 }
 
 /// A job is prefilling until its first token is sampled.
