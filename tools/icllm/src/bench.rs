@@ -126,6 +126,12 @@ pub struct BenchArgs {
     /// prefill-only job; the profiling runtime is slower, counts unchanged).
     #[arg(long, num_args = 0..=1, default_missing_value = "25", value_name = "N", conflicts_with = "table")]
     profile: Option<usize>,
+    /// Also run N copies of the job at once (the scheduler steps generating
+    /// jobs together, one pass over the weights for all their tokens) and
+    /// report their aggregate decode tokens per message beside one job's;
+    /// every copy must generate the one job's tokens.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    jobs: u32,
     /// Print one JSON object instead of `key: value` lines.
     #[arg(long)]
     json: bool,
@@ -274,6 +280,40 @@ fn run_job(c: &mut LocalCanister, req: JobRequest, trace: bool) -> Result<RunTot
         stable_bytes_written: reports.iter().map(|r| r.stable_bytes_written).sum(),
         view,
     })
+}
+
+/// `n` copies of `req` started at once and run by the scheduler to the end;
+/// each must generate `solo` (the tokens of the job alone). Their decode
+/// instructions and tokens, summed, and the step messages that ran.
+fn run_together(c: &mut LocalCanister, req: &JobRequest, n: u32, solo: &[u32]) -> Result<(u64, u64, u64)> {
+    let first = c.rt.reports().len();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(c.start_job(controller(), req.clone())?.map_err(|e| anyhow!("start_job: {e:?}"))?);
+    }
+    let mut views = Vec::new();
+    for round in 0.. {
+        views = ids
+            .iter()
+            .map(|&id| c.poll(controller(), id, 0)?.map_err(|e| anyhow!("poll: {e:?}")))
+            .collect::<Result<Vec<JobView>>>()?;
+        if views.iter().all(|v| !v.status.is_active()) {
+            break;
+        }
+        if round > 1_000_000 {
+            bail!("the {n} concurrent jobs did not finish");
+        }
+        c.round();
+    }
+    for v in &views {
+        if v.tokens != solo {
+            bail!("job {} of {n} run together generated {:?}, alone {:?}", v.id, v.tokens, solo);
+        }
+    }
+    let decode: u64 = views.iter().map(|v| v.instructions - v.prompt_instructions).sum();
+    let tokens: u64 = views.iter().map(|v| v.generated_tokens as u64).sum();
+    let steps = c.rt.reports()[first..].iter().filter(|r| r.method == STEP_METHOD && r.committed).count();
+    Ok((decode, tokens, steps as u64))
 }
 
 fn set_limit(c: &mut LocalCanister, limit: u64) -> Result<()> {
@@ -542,6 +582,8 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         // than a caller may by default.
         limits: Some(Limits {
             max_new_tokens: Limits::default().max_new_tokens.max(n_gen),
+            max_active_jobs_per_caller: Limits::default().max_active_jobs_per_caller.max(args.jobs),
+            max_active_jobs: Limits::default().max_active_jobs.max(args.jobs),
             ..Limits::default()
         }),
         ..InitArgs::default()
@@ -567,6 +609,14 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     let profile_start = c.rt.profile(c.id);
     let main = run_job(&mut c, req.clone(), args.trace)?;
     t.lap("main run");
+    let together = match args.jobs {
+        1 => None,
+        n => {
+            let v = run_together(&mut c, &req, n, &main.view.tokens)?;
+            t.lap("concurrent jobs");
+            Some(v)
+        }
+    };
     let profiles = match profile_start {
         Some(start) if args.profile.is_some() => {
             let mid = c.rt.profile(c.id).expect("a profiling runtime");
@@ -707,7 +757,26 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     let tokens_per_message = (limit - ovh) / per_token.max(1.0);
     let prefill_tokens_per_message = (limit - ovh) / per_prompt_token.max(1.0);
 
-    let report = serde_json::json!({
+    // One job's decode instructions per token as the job saw them (page
+    // charges and every message's fixed costs included), the measure the
+    // concurrent run is compared by.
+    let observed = |instructions_per_token: f64| (limit / instructions_per_token.max(1.0)).floor();
+    let concurrent = together.map(|(instructions, tokens, messages)| {
+        let aggregate = instructions as f64 / tokens.max(1) as f64;
+        let n = args.jobs as f64;
+        serde_json::json!({
+            "jobs": args.jobs,
+            "aggregate_instructions_per_token": aggregate.round(),
+            "aggregate_tokens_per_message": observed(aggregate),
+            "one_job_tokens_per_message": observed(per_token_with_pages),
+            "speedup": per_token_with_pages / aggregate,
+            // Each job's own pace: it gets one token per pass of the group.
+            "tokens_per_message_per_job": (observed(aggregate) / n * 10.0).floor() / 10.0,
+            "step_messages": messages,
+        })
+    });
+
+    let mut report = serde_json::json!({
         "model": name,
         "architecture": format!("{:?}", cfg.arch),
         "dim": cfg.dim,
@@ -755,6 +824,10 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "model_file_bytes": stable_model_bytes,
         "wall_seconds": t.json(),
     });
+    if let Some(concurrent) = concurrent {
+        report["aggregate_tokens_per_message"] = concurrent["aggregate_tokens_per_message"].clone();
+        report["concurrent"] = concurrent;
+    }
     Ok((report, profiles))
 }
 
