@@ -550,12 +550,25 @@ fn set_limits(args: ApiResult<(Limits,)>) -> ApiResult<()> {
 /// One background step of jobs stepped together, called by the scheduler
 /// on this canister itself so that a step that traps comes back to it as a
 /// reject (see `scheduler::background_step`). Not part of the interface.
-#[update(name = "<icllm internal> step", hidden = true)]
-fn internal_step(ids: Vec<JobId>, shift: u32) {
+#[update(name = "<icllm internal> step", hidden = true, decode_with = "decode_internal_step")]
+fn internal_step(args: (Vec<JobId>, u32)) {
     if msg_caller() != ic_cdk::api::canister_self() {
         ic_cdk::trap("only the canister's own scheduler calls this method");
     }
+    let (ids, shift) = args;
     scheduler::run_background_step(&Ic, &ids, shift);
+}
+
+/// `(vec nat64, nat32)`, or the `(nat64, nat32)` of a wasm that stepped one
+/// job at a time (its call may be under way across an upgrade).
+fn decode_internal_step(bytes: Vec<u8>) -> (Vec<JobId>, u32) {
+    if let Ok(args) = candid::decode_args::<(Vec<JobId>, u32)>(&bytes) {
+        return args;
+    }
+    match candid::decode_args::<(JobId, u32)>(&bytes) {
+        Ok((id, shift)) => (vec![id], shift),
+        Err(e) => ic_cdk::trap(format!("a background step's argument is not valid: {e}")),
+    }
 }
 
 /// Sets the instructions one message may use (the subnet's limit; lower it to
@@ -719,5 +732,15 @@ mod interface_tests {
         if let Err(e) = service_equal(CandidSource::Text(&generated), CandidSource::Text(&file)) {
             panic!("candid/icllm.did is out of date ({e}). The code's interface is:\n{generated}");
         }
+    }
+
+    /// A background step's argument: the group form, and the one-job form
+    /// of the wasm before group steps.
+    #[test]
+    fn a_background_step_decodes_a_group_and_the_older_single_job() {
+        let group = candid::encode_args((vec![3u64, 9], 2u32)).unwrap();
+        assert_eq!(super::decode_internal_step(group), (vec![3, 9], 2));
+        let single = candid::encode_args((7u64, 1u32)).unwrap();
+        assert_eq!(super::decode_internal_step(single), (vec![7], 1));
     }
 }

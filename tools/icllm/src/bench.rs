@@ -289,7 +289,10 @@ fn run_together(c: &mut LocalCanister, req: &JobRequest, n: u32, solo: &[u32]) -
     let first = c.rt.reports().len();
     let mut ids = Vec::new();
     for _ in 0..n {
-        ids.push(c.start_job(controller(), req.clone())?.map_err(|e| anyhow!("start_job: {e:?}"))?);
+        ids.push(
+            c.start_job(controller(), req.clone())?
+                .map_err(|e| anyhow!("start_job: {e:?}"))?,
+        );
     }
     let mut views = Vec::new();
     for round in 0.. {
@@ -307,12 +310,20 @@ fn run_together(c: &mut LocalCanister, req: &JobRequest, n: u32, solo: &[u32]) -
     }
     for v in &views {
         if v.tokens != solo {
-            bail!("job {} of {n} run together generated {:?}, alone {:?}", v.id, v.tokens, solo);
+            bail!(
+                "job {} of {n} run together generated {:?}, alone {:?}",
+                v.id,
+                v.tokens,
+                solo
+            );
         }
     }
     let decode: u64 = views.iter().map(|v| v.instructions - v.prompt_instructions).sum();
     let tokens: u64 = views.iter().map(|v| v.generated_tokens as u64).sum();
-    let steps = c.rt.reports()[first..].iter().filter(|r| r.method == STEP_METHOD && r.committed).count();
+    let steps = c.rt.reports()[first..]
+        .iter()
+        .filter(|r| r.method == STEP_METHOD && r.committed)
+        .count();
     Ok((decode, tokens, steps as u64))
 }
 
