@@ -6,12 +6,12 @@
 //! through one seam, [`dot_row_prepared`] (and [`matvec`] / [`matmul`] built on
 //! it), which call the [`WeightMatrix`] trait ([`matrix`]).
 //!
-//! Float weights (F32, F16, BF16) multiply the f32 activations directly.
-//! Quantized weights multiply int8 activations: [`PreparedActs::new`]
-//! quantizes a vector once for the weight layout (Q8 blocks of 32 for
-//! Q8_0/Q4_0, Q8_K blocks of 256 for the K-quants, as ggml does; see
-//! [`acts`]), and every row's dot product reuses it (see [`quant`] for the
-//! block kernels).
+//! F32 weights multiply the f32 activations directly; the others multiply
+//! them in the form ggml converts them to: [`PreparedActs::new`] prepares a
+//! vector once for the weight layout (rounded to f16 or bf16 for F16 and
+//! BF16 weights, Q8 blocks of 32 for Q8_0/Q4_0, Q8_K blocks of 256 for the
+//! K-quants; see [`acts`]), and every row's dot product reuses it (see
+//! [`quant`] for the block kernels).
 //!
 //! Determinism: the result of a dot product depends only on its two inputs,
 //! never on how many tokens are batched together or where a job was
