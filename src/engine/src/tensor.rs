@@ -437,9 +437,10 @@ impl Codec for Lanes<f32> {
 
 impl Codec for Lanes<half::f16> {
     fn load(&self, bytes: &[u8], rows: usize, cols: usize) -> Result<Box<dyn WeightMatrix>, String> {
-        Ok(Box::new(RowsInLanes::from_le_bytes(bytes, rows, cols, |b| {
-            f16_bits_to_f32(u16::from_le_bytes(b))
-        })))
+        Ok(Box::new(
+            RowsInLanes::from_le_bytes(bytes, rows, cols, |b| f16_bits_to_f32(u16::from_le_bytes(b)))
+                .multiplying(ActFamily::F16),
+        ))
     }
     fn heap_bytes(&self, rows: usize, cols: usize) -> u64 {
         lanes_heap_bytes(rows, cols)
@@ -448,9 +449,10 @@ impl Codec for Lanes<half::f16> {
 
 impl Codec for Lanes<half::bf16> {
     fn load(&self, bytes: &[u8], rows: usize, cols: usize) -> Result<Box<dyn WeightMatrix>, String> {
-        Ok(Box::new(RowsInLanes::from_le_bytes(bytes, rows, cols, |b| {
-            bf16_bits_to_f32(u16::from_le_bytes(b))
-        })))
+        Ok(Box::new(
+            RowsInLanes::from_le_bytes(bytes, rows, cols, |b| bf16_bits_to_f32(u16::from_le_bytes(b)))
+                .multiplying(ActFamily::BF16),
+        ))
     }
     fn heap_bytes(&self, rows: usize, cols: usize) -> u64 {
         lanes_heap_bytes(rows, cols)

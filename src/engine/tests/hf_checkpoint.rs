@@ -53,9 +53,13 @@ fn llama_without_the_permutation_would_differ() {
 
 #[test]
 fn llama_f16_and_bf16_sharded_checkpoints() {
-    check_round_trip("llama-f16", LLAMA, Dtype::F16, 1, "", 1e-4);
-    // BF16 is widened to F32 at load: exactly the F32 GGUF of the rounded values.
-    check_round_trip("llama-bf16-3shards", LLAMA, Dtype::BF16, 3, "", 0.0);
+    // F16 and BF16 weights multiply activations rounded to their type (as
+    // llama.cpp's CPU backend does), so they are the F32 GGUF of the rounded
+    // values up to that rounding (largest logit difference measured: 0.004
+    // for F16, 0.024 for BF16); their own conversions, F16 and BF16, are the
+    // same bits (hf_convert.rs).
+    check_round_trip("llama-f16", LLAMA, Dtype::F16, 1, "", 0.01);
+    check_round_trip("llama-bf16-3shards", LLAMA, Dtype::BF16, 3, "", 0.05);
 }
 
 #[test]

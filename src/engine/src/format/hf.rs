@@ -19,9 +19,11 @@
 //! - **RoPE scaling.** `rope_scaling` of type `llama3` becomes the
 //!   `rope_freqs.weight` tensor the converter would write
 //!   ([`llama3_rope_freq_factors`]); `linear` becomes a frequency scale;
-//! - **BF16** tensors are widened to F32 as they are added (exact; the BF16
-//!   kernels widen each weight the same way, so [`super::convert`], which
-//!   keeps them BF16 in the GGUF file, loads to bit-identical logits).
+//! - **F16 and BF16** tensors are kept in their type, as [`super::convert`]
+//!   keeps them in the GGUF file, so both load to the same matrices (widened
+//!   to f32 rows at load when they fit, as any GGUF's) and bit-identical
+//!   logits: their activations are rounded to f16 or bf16, as llama.cpp's
+//!   CPU backend rounds them for such weights.
 //!
 //! Loading is incremental like GGUF's: [`HfLoader::new`] takes the config and
 //! the shard headers (a few kilobytes at the start of each file, see
@@ -395,14 +397,6 @@ impl HfDtype {
             HfDtype::BF16 => GgmlType::BF16,
         }
     }
-
-    /// The ggml type the loader stores it as (BF16 is widened to F32).
-    fn stored_as(self) -> GgmlType {
-        match self {
-            HfDtype::F32 | HfDtype::BF16 => GgmlType::F32,
-            HfDtype::F16 => GgmlType::F16,
-        }
-    }
 }
 
 /// One tensor entry of a shard header.
@@ -655,7 +649,7 @@ impl HfLoader {
                 (RopeStyle::Normal, Some("attn_k")) if wanted.name.ends_with(".weight") => Some(config.n_kv_heads),
                 _ => None,
             };
-            let ty = dtype.stored_as();
+            let ty = dtype.ggml_type();
             infos.insert(
                 wanted.name.clone(),
                 TensorInfo {
@@ -726,20 +720,10 @@ impl HfLoader {
             }
             .into());
         }
-        let mut data = match src.dtype {
-            HfDtype::F32 | HfDtype::F16 => bytes.to_vec(),
-            HfDtype::BF16 => bytes
-                .chunks_exact(2)
-                .flat_map(|c| {
-                    half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))
-                        .to_f32()
-                        .to_le_bytes()
-                })
-                .collect(),
-        };
+        let mut data = bytes.to_vec();
         if let Some(heads) = src.permute_heads {
             let cols = *src.shape.last().unwrap_or(&1) as usize;
-            let elem = src.dtype.stored_as().block_bytes();
+            let elem = src.dtype.ggml_type().block_bytes();
             data = permute_rope_halves_to_pairs(&data, heads, cols * elem);
         }
         let loader_name = loader_name.clone();

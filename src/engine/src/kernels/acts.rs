@@ -1,6 +1,8 @@
 //! Activations in the form a weight type's dot product consumes: f32 as it
-//! is for float weights, int8 blocks for quantized ones, quantized once per
-//! vector the way ggml's `quantize_row_q8_0` / `quantize_row_q8_K` do.
+//! is for f32 weights, rounded to f16 or bf16 for F16 and BF16 weights,
+//! int8 blocks for quantized ones; prepared once per vector the way ggml's
+//! CPU backend converts them to the weight type's `vec_dot_type`
+//! (`fp32_to_fp16`, `fp32_to_bf16`, `quantize_row_q8_0`, `quantize_row_q8_K`).
 //!
 //! Rounding is ties-to-even (`f32x4.nearest` in wasm), so the canister's SIMD
 //! quantizer gives the scalar one's bits.
@@ -11,8 +13,14 @@ use crate::quant::{BlockQ8A, BlockQ8K, QK8_0, QK_K};
 /// Which activation form a weight layout multiplies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActFamily {
-    /// f32 as it is (float weights).
+    /// f32 as it is (f32 weights).
     Float,
+    /// Each value rounded to f16 (to nearest, ties to even), as ggml
+    /// converts activations for F16 weights before their dot products.
+    F16,
+    /// Each value rounded to bf16 (to nearest, ties to even), as ggml
+    /// converts activations for BF16 weights.
+    BF16,
     /// int8 blocks of 32 with a scale that is an f16 value, as ggml's
     /// `block_q8_0` / `block_q8_1` ([`BlockQ8A`], [`quantize_act_q8_0`]:
     /// the 32-element weight types).
@@ -24,9 +32,13 @@ pub enum ActFamily {
 /// An activation vector in the form a weight type's dot product consumes.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum PreparedActs {
-    /// Float weights use the f32 vector as it is.
+    /// f32 weights use the f32 vector as it is.
     #[default]
     Float,
+    /// For F16 weights: the values rounded to f16, held as f32.
+    F16(Vec<f32>),
+    /// For BF16 weights: the values rounded to bf16, held as f32.
+    BF16(Vec<f32>),
     /// For Q8_0 and Q4_0 weights: int8 blocks of 32.
     Q8(Vec<BlockQ8A>),
     /// For K-quant weights: Q8_K blocks of 256 with per-16 sums.
@@ -60,9 +72,47 @@ impl PreparedActs {
                     quantize_act_q8k(x, v);
                 }
             }
+            ActFamily::F16 => {
+                if !matches!(self, PreparedActs::F16(_)) {
+                    *self = PreparedActs::F16(Vec::new());
+                }
+                if let PreparedActs::F16(v) = self {
+                    round_acts(x, v, |x| half::f16::from_f32(x).to_f32());
+                }
+            }
+            ActFamily::BF16 => {
+                if !matches!(self, PreparedActs::BF16(_)) {
+                    *self = PreparedActs::BF16(Vec::new());
+                }
+                if let PreparedActs::BF16(v) = self {
+                    round_acts(x, v, |x| half::bf16::from_f32(x).to_f32());
+                }
+            }
             ActFamily::Float => *self = PreparedActs::Float,
         }
     }
+
+    /// The f32 values a float weight type multiplies: `x` itself for
+    /// [`ActFamily::Float`], else its rounding for `family`, taken from
+    /// `self` when it was prepared for that family (the hot path), else
+    /// computed here.
+    pub fn float_values<'a>(&'a self, family: ActFamily, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        use std::borrow::Cow;
+        match (family, self) {
+            (ActFamily::F16, PreparedActs::F16(v)) | (ActFamily::BF16, PreparedActs::BF16(v)) => Cow::Borrowed(v),
+            (ActFamily::F16 | ActFamily::BF16, _) => match PreparedActs::new(family, x) {
+                PreparedActs::F16(v) | PreparedActs::BF16(v) => Cow::Owned(v),
+                _ => unreachable!("prepared for a 16-bit float family"),
+            },
+            _ => Cow::Borrowed(x),
+        }
+    }
+}
+
+/// `out = round(x)`, elementwise, reusing `out`'s buffer.
+fn round_acts(x: &[f32], out: &mut Vec<f32>, round: impl Fn(f32) -> f32) {
+    out.clear();
+    out.extend(x.iter().map(|&v| round(v)));
 }
 
 /// An activation block type: how to find blocks of it in [`PreparedActs`].
@@ -103,6 +153,8 @@ pub struct SharedActs<'a> {
     q8: Vec<PreparedActs>,
     q8k: Vec<PreparedActs>,
     float: Vec<PreparedActs>,
+    f16: Vec<PreparedActs>,
+    bf16: Vec<PreparedActs>,
 }
 
 impl<'a> SharedActs<'a> {
@@ -115,6 +167,8 @@ impl<'a> SharedActs<'a> {
             q8: Vec::new(),
             q8k: Vec::new(),
             float: Vec::new(),
+            f16: Vec::new(),
+            bf16: Vec::new(),
         }
     }
 
@@ -124,6 +178,8 @@ impl<'a> SharedActs<'a> {
             ActFamily::Q8 => &mut self.q8,
             ActFamily::Q8K => &mut self.q8k,
             ActFamily::Float => &mut self.float,
+            ActFamily::F16 => &mut self.f16,
+            ActFamily::BF16 => &mut self.bf16,
         };
         if slot.is_empty() {
             *slot = self

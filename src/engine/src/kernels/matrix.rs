@@ -111,6 +111,8 @@ impl Clone for Box<dyn WeightMatrix> {
 /// A float element kept as it is in a [`FloatMatrix`].
 pub trait FloatElem: Copy + Debug + PartialEq + Send + Sync + 'static {
     const LAYOUT: &'static str;
+    /// The activations the type multiplies (ggml's `vec_dot_type`).
+    const ACTS: ActFamily;
     fn to_f32(self) -> f32;
     /// `a · x` in [`super::dot_f32`]'s lane order (the build's kernel).
     fn dot(a: &[Self], x: &[f32]) -> f32;
@@ -122,6 +124,7 @@ pub trait FloatElem: Copy + Debug + PartialEq + Send + Sync + 'static {
 
 impl FloatElem for f32 {
     const LAYOUT: &'static str = "f32";
+    const ACTS: ActFamily = ActFamily::Float;
     fn to_f32(self) -> f32 {
         self
     }
@@ -143,6 +146,7 @@ impl FloatElem for f32 {
 
 impl FloatElem for half::f16 {
     const LAYOUT: &'static str = "f16";
+    const ACTS: ActFamily = ActFamily::F16;
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
     }
@@ -164,6 +168,7 @@ impl FloatElem for half::f16 {
 
 impl FloatElem for half::bf16 {
     const LAYOUT: &'static str = "bf16";
+    const ACTS: ActFamily = ActFamily::BF16;
     fn to_f32(self) -> f32 {
         half::bf16::to_f32(self)
     }
@@ -212,7 +217,7 @@ impl<T: FloatElem> WeightMatrix for FloatMatrix<T> {
         self.cols
     }
     fn acts(&self) -> ActFamily {
-        ActFamily::Float
+        T::ACTS
     }
     fn layout(&self) -> &'static str {
         T::LAYOUT
@@ -225,11 +230,11 @@ impl<T: FloatElem> WeightMatrix for FloatMatrix<T> {
             *o = v.to_f32();
         }
     }
-    fn dot_row(&self, row: usize, x: &[f32], _: &PreparedActs) -> f32 {
-        T::dot(self.row(row), x)
+    fn dot_row(&self, row: usize, x: &[f32], xq: &PreparedActs) -> f32 {
+        T::dot(self.row(row), &xq.float_values(T::ACTS, x))
     }
-    fn dot_4rows(&self, row: usize, x: &[f32], _: &PreparedActs) -> [f32; 4] {
-        T::dot4([0, 1, 2, 3].map(|i| self.row(row + i)), x)
+    fn dot_4rows(&self, row: usize, x: &[f32], xq: &PreparedActs) -> [f32; 4] {
+        T::dot4([0, 1, 2, 3].map(|i| self.row(row + i)), &xq.float_values(T::ACTS, x))
     }
 }
 
@@ -241,7 +246,7 @@ impl WeightMatrix for RowsInLanes {
         RowsInLanes::cols(self)
     }
     fn acts(&self) -> ActFamily {
-        ActFamily::Float
+        RowsInLanes::acts(self)
     }
     fn layout(&self) -> &'static str {
         "f32 rows in lanes"
@@ -252,18 +257,18 @@ impl WeightMatrix for RowsInLanes {
     fn row_to_f32(&self, row: usize, out: &mut [f32]) {
         self.row(row, out)
     }
-    fn dot_row(&self, row: usize, x: &[f32], _: &PreparedActs) -> f32 {
+    fn dot_row(&self, row: usize, x: &[f32], xq: &PreparedActs) -> f32 {
         let mut r = vec![0.0; RowsInLanes::cols(self)];
         self.row(row, &mut r);
-        super::dot_f32(&r, x)
+        super::dot_f32(&r, &xq.float_values(RowsInLanes::acts(self), x))
     }
-    fn matvec(&self, x: &[f32], _: &PreparedActs, out: &mut [f32]) {
-        simd_f32::matvec_rows_in_lanes(self, x, out)
+    fn matvec(&self, x: &[f32], xq: &PreparedActs, out: &mut [f32]) {
+        simd_f32::matvec_rows_in_lanes(self, &xq.float_values(RowsInLanes::acts(self), x), out)
     }
-    fn matmul(&self, xs: &[f32], _: &[PreparedActs], out: &mut [f32]) {
+    fn matmul(&self, xs: &[f32], xqs: &[PreparedActs], out: &mut [f32]) {
         let (rows, cols) = (RowsInLanes::rows(self), RowsInLanes::cols(self));
-        for (x, o) in xs.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
-            simd_f32::matvec_rows_in_lanes(self, x, o);
+        for ((x, xq), o) in xs.chunks_exact(cols).zip(xqs).zip(out.chunks_exact_mut(rows)) {
+            simd_f32::matvec_rows_in_lanes(self, &xq.float_values(RowsInLanes::acts(self), x), o);
         }
     }
 }

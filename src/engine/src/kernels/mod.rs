@@ -6,12 +6,12 @@
 //! through one seam, [`dot_row_prepared`] (and [`matvec`] / [`matmul`] built on
 //! it), which call the [`WeightMatrix`] trait ([`matrix`]).
 //!
-//! Float weights (F32, F16, BF16) multiply the f32 activations directly.
-//! Quantized weights multiply int8 activations: [`PreparedActs::new`]
-//! quantizes a vector once for the weight layout (Q8 blocks of 32 for
-//! Q8_0/Q4_0, Q8_K blocks of 256 for the K-quants, as ggml does; see
-//! [`acts`]), and every row's dot product reuses it (see [`quant`] for the
-//! block kernels).
+//! F32 weights multiply the f32 activations directly; the others multiply
+//! them in the form ggml converts them to: [`PreparedActs::new`] prepares a
+//! vector once for the weight layout (rounded to f16 or bf16 for F16 and
+//! BF16 weights, Q8 blocks of 32 for Q8_0/Q4_0, Q8_K blocks of 256 for the
+//! K-quants; see [`acts`]), and every row's dot product reuses it (see
+//! [`quant`] for the block kernels).
 //!
 //! Determinism: the result of a dot product depends only on its two inputs,
 //! never on how many tokens are batched together or where a job was
@@ -309,6 +309,58 @@ mod tests {
         let a32: Vec<f32> = a16.iter().map(|h| h.to_f32()).collect();
         let b = pseudo(37, 4);
         assert_eq!(dot_f16(&a16, &b).to_bits(), dot_f32(&a32, &b).to_bits());
+    }
+
+    /// F16 and BF16 weights multiply the activations rounded to their own
+    /// type, as ggml's CPU backend converts them (`vec_dot_type`) before its
+    /// dot products: kept as they are or widened at load, one token or a
+    /// batch, every row is `dot_f32(widened row, rounded x)` bit for bit.
+    #[test]
+    fn sixteen_bit_float_weights_multiply_activations_rounded_to_their_type() {
+        use crate::quant::packed::RowsInLanes;
+        let (rows, cols, n_tokens) = (6, 37, 3);
+        let values = pseudo(rows * cols, 7);
+        // Activations with more bits than f16 or bf16 keep.
+        let xs: Vec<f32> = pseudo(n_tokens * cols, 8).iter().map(|v| v * 3.7 + 1e-4).collect();
+        let f16_rows: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let bf16_rows: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        // (kept as they are, widened at load, the widened values, the rounding)
+        type Case = (Box<dyn WeightMatrix>, Box<dyn WeightMatrix>, Vec<f32>, fn(f32) -> f32);
+        let cases: [Case; 2] = [
+            (
+                Box::new(matrix::FloatMatrix::new(f16_rows.clone(), rows, cols)),
+                Box::new(RowsInLanes::new(&f16_rows, rows, cols, half::f16::to_f32).multiplying(ActFamily::F16)),
+                f16_rows.iter().map(|h| h.to_f32()).collect(),
+                |v| half::f16::from_f32(v).to_f32(),
+            ),
+            (
+                Box::new(matrix::FloatMatrix::new(bf16_rows.clone(), rows, cols)),
+                Box::new(RowsInLanes::new(&bf16_rows, rows, cols, half::bf16::to_f32).multiplying(ActFamily::BF16)),
+                bf16_rows.iter().map(|h| h.to_f32()).collect(),
+                |v| half::bf16::from_f32(v).to_f32(),
+            ),
+        ];
+        for (kept, widened, wide, round) in cases {
+            let mut changed = false;
+            for w in [&kept, &widened] {
+                let mut batched = vec![0.0; n_tokens * rows];
+                matmul(w.as_ref(), &xs, &mut batched);
+                for (t, x) in xs.chunks_exact(cols).enumerate() {
+                    let rounded: Vec<f32> = x.iter().map(|&v| round(v)).collect();
+                    let mut single = vec![0.0; rows];
+                    matvec(w.as_ref(), x, &mut single);
+                    for r in 0..rows {
+                        let want = dot_f32(&wide[r * cols..(r + 1) * cols], &rounded);
+                        let layout = w.layout();
+                        assert_eq!(single[r].to_bits(), want.to_bits(), "{layout} row {r} token {t}");
+                        assert_eq!(batched[t * rows + r].to_bits(), want.to_bits(), "{layout} batched");
+                        assert_eq!(dot_row(w.as_ref(), r, x).to_bits(), want.to_bits(), "{layout} dot_row");
+                        changed |= want != dot_f32(&wide[r * cols..(r + 1) * cols], x);
+                    }
+                }
+            }
+            assert!(changed, "rounding the activations changed nothing");
+        }
     }
 
     #[test]

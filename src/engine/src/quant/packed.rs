@@ -40,6 +40,7 @@ use super::{
     q3k_scale, quant5, scale_min_k4, Block, BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
     BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, KVALUES_IQ4NL, QK8_0, QK_K,
 };
+use crate::kernels::ActFamily;
 use half::f16;
 use std::mem::size_of;
 
@@ -1301,11 +1302,16 @@ impl<P: PackedBlock> Interleaved<P> {
 /// `v128.load` then gives column `c` of four rows, and multiplying it by
 /// `x[c]` splatted accumulates each row in its own lane
 /// ([`crate::kernels::simd_f32`]). Padding rows are zero.
+///
+/// The values may come from F16 or BF16 weights widened at load; `acts`
+/// then says their activations are rounded to that type, as for the
+/// weights kept as they are (see [`RowsInLanes::multiplying`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowsInLanes {
     data: Vec<f32>,
     rows: usize,
     cols: usize,
+    acts: ActFamily,
 }
 
 impl RowsInLanes {
@@ -1354,7 +1360,12 @@ impl RowsInLanes {
                 }
             }
         }
-        RowsInLanes { data, rows, cols }
+        RowsInLanes {
+            data,
+            rows,
+            cols,
+            acts: ActFamily::Float,
+        }
     }
 
     /// Interleaves a (rows, cols) matrix whose row-major element `i` is
@@ -1368,7 +1379,25 @@ impl RowsInLanes {
                 data[(g * cols + c) * 4 + lane] = value(r * cols + c);
             }
         }
-        RowsInLanes { data, rows, cols }
+        RowsInLanes {
+            data,
+            rows,
+            cols,
+            acts: ActFamily::Float,
+        }
+    }
+
+    /// These values multiplying activations of `acts` (the source type's:
+    /// [`ActFamily::F16`] for widened F16 weights, [`ActFamily::BF16`] for
+    /// BF16; [`ActFamily::Float`], the default, for f32).
+    pub fn multiplying(mut self, acts: ActFamily) -> Self {
+        self.acts = acts;
+        self
+    }
+
+    /// The activation form the values multiply (see [`RowsInLanes::multiplying`]).
+    pub fn acts(&self) -> ActFamily {
+        self.acts
     }
 
     /// Row `row` into `out` (cols).
