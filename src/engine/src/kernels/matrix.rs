@@ -370,7 +370,15 @@ impl PackedKernel for BlockQ8_0x4 {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
         use simd_quant::matmul_q8_0 as q8_0;
-        batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, q8_0::<_, 2>, simd_quant::matvec_q8_0)
+        batched(
+            w,
+            xs,
+            out,
+            q8_0::<_, 8>,
+            q8_0::<_, 4>,
+            q8_0::<_, 2>,
+            simd_quant::matvec_q8_0,
+        )
     }
 }
 
@@ -385,7 +393,15 @@ impl PackedKernel for BlockQ4_0Widex4 {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
         use simd_quant::matmul_q8_0 as q8_0;
-        batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, q8_0::<_, 2>, simd_quant::matvec_q8_0)
+        batched(
+            w,
+            xs,
+            out,
+            q8_0::<_, 8>,
+            q8_0::<_, 4>,
+            q8_0::<_, 2>,
+            simd_quant::matvec_q8_0,
+        )
     }
 }
 
@@ -404,7 +420,15 @@ macro_rules! signed_bytes_kernel {
             }
             fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
                 use simd_quant::matmul_q8_0 as q8_0;
-                batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, q8_0::<_, 2>, simd_quant::matvec_q8_0)
+                batched(
+                    w,
+                    xs,
+                    out,
+                    q8_0::<_, 8>,
+                    q8_0::<_, 4>,
+                    q8_0::<_, 2>,
+                    simd_quant::matvec_q8_0,
+                )
             }
         }
     };
@@ -479,7 +503,15 @@ impl PackedKernel for BlockKWidex4<BlockQ4K> {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8K]], out: &mut [f32]) {
         use simd_quant::matmul_k_wide as kw;
-        batched(w, xs, out, kw::<_, 8>, kw::<_, 4>, kw::<_, 2>, simd_quant::matvec_k_wide)
+        batched(
+            w,
+            xs,
+            out,
+            kw::<_, 8>,
+            kw::<_, 4>,
+            kw::<_, 2>,
+            simd_quant::matvec_k_wide,
+        )
     }
 }
 
@@ -494,7 +526,15 @@ impl PackedKernel for BlockKWidex4<BlockQ5K> {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8K]], out: &mut [f32]) {
         use simd_quant::matmul_k_wide as kw;
-        batched(w, xs, out, kw::<_, 8>, kw::<_, 4>, kw::<_, 2>, simd_quant::matvec_k_wide)
+        batched(
+            w,
+            xs,
+            out,
+            kw::<_, 8>,
+            kw::<_, 4>,
+            kw::<_, 2>,
+            simd_quant::matvec_k_wide,
+        )
     }
 }
 
