@@ -370,15 +370,7 @@ impl PackedKernel for BlockQ8_0x4 {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
         use simd_quant::matmul_q8_0 as q8_0;
-        batched(
-            w,
-            xs,
-            out,
-            q8_0::<_, 8>,
-            q8_0::<_, 4>,
-            q8_0::<_, 2>,
-            simd_quant::matvec_q8_0,
-        )
+        batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, simd_quant::matvec_q8_0)
     }
 }
 
@@ -393,15 +385,7 @@ impl PackedKernel for BlockQ4_0Widex4 {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
         use simd_quant::matmul_q8_0 as q8_0;
-        batched(
-            w,
-            xs,
-            out,
-            q8_0::<_, 8>,
-            q8_0::<_, 4>,
-            q8_0::<_, 2>,
-            simd_quant::matvec_q8_0,
-        )
+        batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, simd_quant::matvec_q8_0)
     }
 }
 
@@ -420,15 +404,7 @@ macro_rules! signed_bytes_kernel {
             }
             fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8A]], out: &mut [f32]) {
                 use simd_quant::matmul_q8_0 as q8_0;
-                batched(
-                    w,
-                    xs,
-                    out,
-                    q8_0::<_, 8>,
-                    q8_0::<_, 4>,
-                    q8_0::<_, 2>,
-                    simd_quant::matvec_q8_0,
-                )
+                batched(w, xs, out, q8_0::<_, 8>, q8_0::<_, 4>, simd_quant::matvec_q8_0)
             }
         }
     };
@@ -503,15 +479,7 @@ impl PackedKernel for BlockKWidex4<BlockQ4K> {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8K]], out: &mut [f32]) {
         use simd_quant::matmul_k_wide as kw;
-        batched(
-            w,
-            xs,
-            out,
-            kw::<_, 8>,
-            kw::<_, 4>,
-            kw::<_, 2>,
-            simd_quant::matvec_k_wide,
-        )
+        batched(w, xs, out, kw::<_, 8>, kw::<_, 4>, simd_quant::matvec_k_wide)
     }
 }
 
@@ -526,15 +494,7 @@ impl PackedKernel for BlockKWidex4<BlockQ5K> {
     }
     fn matmul(w: &Interleaved<Self>, xs: &[&[BlockQ8K]], out: &mut [f32]) {
         use simd_quant::matmul_k_wide as kw;
-        batched(
-            w,
-            xs,
-            out,
-            kw::<_, 8>,
-            kw::<_, 4>,
-            kw::<_, 2>,
-            simd_quant::matvec_k_wide,
-        )
+        batched(w, xs, out, kw::<_, 8>, kw::<_, 4>, simd_quant::matvec_k_wide)
     }
 }
 
@@ -626,14 +586,16 @@ fn each_group<A>(rows: usize, rows4: usize, acts: &[A], out: &mut [f32], dot: im
 type Batched<P, A, const T: usize> = fn(&Interleaved<P>, [&[A]; T], [&mut [f32]; T]);
 
 /// `out` (tokens, rows) for every token of `acts`: `eight` on 8 tokens at a
-/// time, then `four`, then `two`, then `one` for a last token.
+/// time, then `four`, then `one` per token. (A pass on 2 tokens saves
+/// nothing: a weight read back from a local costs what loading it again
+/// does; two jobs decoding together measured 0.98 of one job's tokens per
+/// message with it, 0.99 without.)
 fn batched<P: PackedBlock, A>(
     p: &Interleaved<P>,
     mut acts: &[&[A]],
     mut out: &mut [f32],
     eight: Batched<P, A, 8>,
     four: Batched<P, A, 4>,
-    two: Batched<P, A, 2>,
     one: fn(&Interleaved<P>, &[A], &mut [f32]),
 ) {
     fn take<P: PackedBlock, A, const T: usize>(
@@ -658,10 +620,6 @@ fn batched<P: PackedBlock, A>(
     }
     if acts.len() >= 4 {
         take(p, &mut acts, &mut out, four);
-    }
-    // Jobs decoding together bring 2, 3, 5, 6 or 7 tokens.
-    if acts.len() >= 2 {
-        take(p, &mut acts, &mut out, two);
     }
     for (x, o) in acts.iter().zip(out.chunks_exact_mut(p.rows())) {
         one(p, x, o);

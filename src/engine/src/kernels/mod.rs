@@ -106,7 +106,7 @@ pub fn matvec(w: &dyn WeightMatrix, x: &[f32], out: &mut [f32]) {
 /// Each token's activations are prepared once per batch, as [`matvec`]
 /// prepares them, and each (row, token) value is the one [`matvec`] gives,
 /// so a token's result does not depend on the batch it is in. The
-/// byte-layout types run weight-stationary kernels on 8, 4 or 2 tokens at a
+/// byte-layout types run weight-stationary kernels on 8 or 4 tokens at a
 /// time, or [`matvec`]'s whole-matrix pass per token; the others read each
 /// row once per batch (the row loop is outside).
 pub fn matmul(w: &dyn WeightMatrix, xs: &[f32], out: &mut [f32]) {
