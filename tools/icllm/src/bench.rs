@@ -575,9 +575,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     // The short job must cost a few times the smallest limit used here
     // (10 M) to take several messages under it: tiny models generate more
     // tokens (a token costs at least one instruction per multiply-add).
-    let token_macs = cfg.n_layers as u64
-        * (forward::attention_block_macs(model, 0, 1) + forward::ffn_block_macs(model, 1))
-        + forward::head_macs(model);
+    let token_macs = forward::batch_macs(model, 0, 1);
     let overhead_prompt = args.overhead_prompt_tokens.max(1);
     let overhead_gen = (args.overhead_gen_tokens.max(2) as u64)
         .max(40_000_000u64.div_ceil(token_macs.max(1)))
@@ -671,16 +669,11 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
     let per_prompt_token =
         v.prompt_instructions.saturating_sub(prefill_page_instructions) as f64 / v.prompt_tokens.max(1) as f64;
 
-    // Multiply-adds from the engine's cost model.
-    let layers = cfg.n_layers as u64;
+    // Multiply-adds from the engine's cost model (each layer's own mixer:
+    // sliding windows and short convolutions counted as they run).
     let decode_pos = n_prompt + n_gen / 2;
-    let macs_per_token = layers
-        * (forward::attention_block_macs(model, decode_pos, 1) + forward::ffn_block_macs(model, 1))
-        + forward::head_macs(model);
-    let prefill_macs = layers
-        * (forward::attention_block_macs(model, 0, n_prompt as usize)
-            + forward::ffn_block_macs(model, n_prompt as usize))
-        + forward::head_macs(model);
+    let macs_per_token = forward::batch_macs(model, decode_pos, 1);
+    let prefill_macs = forward::batch_macs(model, 0, n_prompt as usize);
     let prefill_macs_per_token = prefill_macs as f64 / n_prompt as f64;
     let ipm = per_token / macs_per_token as f64;
 

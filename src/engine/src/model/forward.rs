@@ -340,15 +340,40 @@ pub fn logits_of_rows(model: &Model, xs: &[f32], logits: &mut [f32]) {
     }
 }
 
-/// Multiply-adds of [`attention_block`] for `n` tokens at `pos0..pos0 + n`:
-/// the four projections plus scores and weighted sums over the cache.
+/// Multiply-adds of [`attention_block`] for `n` tokens at `pos0..pos0 + n`
+/// on a global layer: the four projections plus scores and weighted sums
+/// over the cache.
 pub fn attention_block_macs(model: &Model, pos0: u32, n: usize) -> u64 {
+    attention_macs(model, pos0, n, None)
+}
+
+/// [`attention_block_macs`] on a layer that attends to the last `window`
+/// positions at most (every position without one).
+fn attention_macs(model: &Model, pos0: u32, n: usize, window: Option<u32>) -> u64 {
     let c = &model.config;
     let proj = (c.dim * (c.q_dim + 2 * c.kv_dim) + c.q_dim * c.dim) as u64;
-    // Σ over the batch of (pos + 1) positions × (q·k and a·v) per head element.
-    let n = n as u64;
-    let positions = n * (pos0 as u64 + 1) + n * (n - 1) / 2;
-    n * proj + positions * 2 * c.q_dim as u64
+    // Σ over the batch of the positions each token attends to × (q·k and
+    // a·v) per head element.
+    n as u64 * proj + attended_positions(pos0, n, window) * 2 * c.q_dim as u64
+}
+
+/// Σ over the tokens at `pos0..pos0 + n` of the positions each attends to:
+/// `min(pos + 1, window)`.
+fn attended_positions(pos0: u32, n: usize, window: Option<u32>) -> u64 {
+    let (first, last) = (pos0 as u64 + 1, pos0 as u64 + n as u64);
+    if n == 0 {
+        return 0;
+    }
+    let w = window.map_or(u64::MAX, u64::from);
+    // Tokens attending to pos + 1 ≤ w positions sum an arithmetic run; the
+    // others attend to w each.
+    let unclipped_end = last.min(w);
+    let unclipped = match unclipped_end >= first {
+        true => (first + unclipped_end) * (unclipped_end - first + 1) / 2,
+        false => 0,
+    };
+    let clipped = last - unclipped_end.max(first - 1);
+    unclipped + clipped * w.min(last)
 }
 
 /// Multiply-adds of [`short_conv_block`] for `n` tokens: the in and out
@@ -360,10 +385,22 @@ pub fn short_conv_block_macs(model: &Model, n: usize) -> u64 {
 
 /// Multiply-adds of [`mixer_block`] of `layer` for `n` tokens at `pos0..pos0 + n`.
 pub fn mixer_block_macs(model: &Model, layer: usize, pos0: u32, n: usize) -> u64 {
-    match model.config.is_conv(layer) {
-        false => attention_block_macs(model, pos0, n),
+    let c = &model.config;
+    match c.is_conv(layer) {
+        false => attention_macs(model, pos0, n, c.attention_window(layer)),
         true => short_conv_block_macs(model, n),
     }
+}
+
+/// Multiply-adds of a batch of `n` tokens at `pos0..pos0 + n` through every
+/// layer (each with its own mixer: attention over all positions or a
+/// window, or a short convolution), plus the head once.
+pub fn batch_macs(model: &Model, pos0: u32, n: usize) -> u64 {
+    let c = &model.config;
+    (0..c.n_layers)
+        .map(|l| mixer_block_macs(model, l, pos0, n) + ffn_block_macs(model, n))
+        .sum::<u64>()
+        + head_macs(model)
 }
 
 /// Multiply-adds of the most expensive unit of a batch of `n` tokens at
@@ -389,4 +426,23 @@ pub fn ffn_block_macs(model: &Model, n: usize) -> u64 {
 pub fn head_macs(model: &Model) -> u64 {
     let c = &model.config;
     (c.dim * c.vocab_size + c.vocab_size) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attended_positions;
+
+    #[test]
+    fn attended_positions_is_the_sum_of_each_tokens_span() {
+        for window in [None, Some(1), Some(5), Some(16), Some(40)] {
+            for pos0 in [0u32, 1, 3, 4, 5, 15, 16, 30] {
+                for n in [0usize, 1, 2, 7, 20] {
+                    let want: u64 = (pos0 as u64 + 1..=pos0 as u64 + n as u64)
+                        .map(|p| p.min(window.map_or(u64::MAX, u64::from)))
+                        .sum();
+                    assert_eq!(attended_positions(pos0, n, window), want, "{pos0} {n} {window:?}");
+                }
+            }
+        }
+    }
 }
