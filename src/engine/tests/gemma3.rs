@@ -11,6 +11,10 @@
 
 #[path = "common/gemma3_tiny.rs"]
 mod gemma3_tiny;
+#[path = "common/llama_cpp_reference.rs"]
+mod llama_cpp_reference;
+#[path = "common/quant_models.rs"]
+mod quant_models;
 
 use gemma3_tiny::{gemma3_parts, Gemma3File, TINY_GLOBAL_ROPE_BASE, TINY_SLIDING, TINY_WINDOW};
 use icllm_engine::format::gguf::writer::{write, Parts};
@@ -20,7 +24,10 @@ use icllm_engine::kv::{KvCache, KvShape, KvType, Which};
 use icllm_engine::model::{forward, Architecture, Model};
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::Tokenizer;
-use sha2::{Digest, Sha256};
+use llama_cpp_reference::{
+    case, correlation, floats as json_floats, hex_sha256, ids as json_ids, max_diff, read_reference, step_through_cbor,
+};
+use quant_models::{all_logits, argmax};
 use std::path::PathBuf;
 
 fn load(parts: &Parts) -> Model {
@@ -193,70 +200,11 @@ fn a_ring_job_generates_what_a_full_cache_generates() {
 }
 
 fn tiny_reference() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/gemma3/gemma3-tiny-llama-cpp.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    read_reference("gemma3/gemma3-tiny-llama-cpp.json")
 }
 
 fn tiny_case(doc: &serde_json::Value, file: Gemma3File) -> &serde_json::Value {
-    doc["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == file.name())
-        .unwrap()
-}
-
-fn json_ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn json_floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b }) as u32
-}
-
-/// Pearson correlation.
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let (ma, mb) = (mean(a), mean(b));
-    let cov: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb)).sum();
-    let var = |v: &[f32], m: f64| v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>();
-    cov / (var(a, ma) * var(b, mb)).sqrt()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-/// Logits at every position of `tokens` (from position 0), in one batch.
-fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let c = &model.config;
-    let mut kv = KvCache::with_type(KvShape::of(c), tokens.len() as u32, KvType::F32).unwrap();
-    let mut x = vec![0.0; tokens.len() * c.dim];
-    forward::embed(model, tokens, &mut x);
-    for l in 0..c.n_layers {
-        forward::attention_block(model, l, 0, &mut x, &mut kv);
-        forward::ffn_block(model, l, &mut x);
-    }
-    x.chunks_exact(c.dim)
-        .map(|row| {
-            let mut out = vec![0.0; c.vocab_size];
-            forward::logits(model, row, &mut out);
-            out
-        })
-        .collect()
+    case(doc, file.name())
 }
 
 /// The tiny file is read as llama.cpp reads it (its log of the same file:
@@ -301,7 +249,7 @@ fn gemma3_tiny_files_run_as_llama_cpp_runs_them() {
         let name = file.name();
         let case = tiny_case(&doc, file);
         let bytes = file.bytes();
-        let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha = hex_sha256(&bytes);
         assert_eq!(
             sha,
             case["sha256"].as_str().unwrap(),
@@ -391,24 +339,7 @@ fn chunked_and_restored_equals_uninterrupted(file: Gemma3File) {
     );
     assert_eq!(whole.state.generated().len(), 20);
     for (max_batch, units) in [(16, 1), (16, 3), (5, 2)] {
-        let mut job = new_job(max_batch);
-        let (mut mid_prompt, mut mid_decode) = (0, 0);
-        for _ in 0..10_000 {
-            let report = step(&model, &mut job, &mut UnitBudget::new(units));
-            let cur = job.state.cursor();
-            if cur.batch_len > 0 && (cur.pos as usize) < prompt.len() {
-                mid_prompt += 1;
-            } else if cur.batch_len > 0 {
-                mid_decode += 1;
-            }
-            let mut bytes = Vec::new();
-            ciborium::into_writer(&job, &mut bytes).unwrap();
-            job = ciborium::from_reader(bytes.as_slice()).unwrap();
-            if let StepOutcome::Finished(_) = report.outcome {
-                break;
-            }
-            assert_eq!(report.outcome, StepOutcome::Yielded);
-        }
+        let (job, mid_prompt, mid_decode) = step_through_cbor(&model, new_job(max_batch), units, prompt.len());
         assert!(mid_prompt > 0 && mid_decode > 0, "{file:?}: {mid_prompt} {mid_decode}");
         if max_batch == 16 {
             assert_eq!(job, whole, "{file:?}: max batch {max_batch}, {units} units per step");

@@ -6,56 +6,24 @@
 
 #[path = "common/lfm2_tiny.rs"]
 mod lfm2_tiny;
+#[path = "common/llama_cpp_reference.rs"]
+mod llama_cpp_reference;
 
-use icllm_engine::job::{step, Job, JobError, StepOutcome, UnitBudget, Unlimited};
+use icllm_engine::job::{step, Job, JobError, StepOutcome, Unlimited};
 use icllm_engine::kv::{KvCache, KvShape, KvType};
 use icllm_engine::model::{forward, Architecture, Model};
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::synth::QuantMix;
 use icllm_engine::tensor::GgmlType;
 use lfm2_tiny::{lfm2_tiny_bytes, CONV_LAYERS};
-use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use llama_cpp_reference::{correlation, floats, hex_sha256, ids, read_reference, step_through_cbor};
 
 fn reference() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/lfm2/lfm2-tiny-llama-cpp.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    read_reference("lfm2/lfm2-tiny-llama-cpp.json")
 }
 
 fn argmax(x: &[f32]) -> usize {
     (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b })
-}
-
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (
-        a.iter().map(|&x| x as f64).sum::<f64>() / n,
-        b.iter().map(|&x| x as f64).sum::<f64>() / n,
-    );
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    sab / (saa * sbb).sqrt()
 }
 
 /// Logits at every position of `tokens`, fed as batches of `batch`.
@@ -111,7 +79,7 @@ fn agrees_with_llama_cpp(mix: Option<QuantMix>, key: &str, min_correlation: f64)
     let doc = reference();
     let want = &doc[key];
     let bytes = lfm2_tiny_bytes(mix);
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha = hex_sha256(&bytes);
     assert_eq!(
         sha,
         want["sha256"].as_str().unwrap(),
@@ -206,24 +174,7 @@ fn chunked_and_restored_equals_uninterrupted() {
     assert!(whole.state.conv_state().iter().any(|&v| v != 0.0));
 
     for (max_batch, units) in [(16, 1), (16, 3), (5, 2)] {
-        let mut job = new_job(max_batch);
-        let (mut mid_prompt, mut mid_decode) = (0, 0);
-        for _ in 0..10_000 {
-            let report = step(&model, &mut job, &mut UnitBudget::new(units));
-            let cur = job.state.cursor();
-            if cur.batch_len > 0 && (cur.pos as usize) < prompt.len() {
-                mid_prompt += 1;
-            } else if cur.batch_len > 0 {
-                mid_decode += 1;
-            }
-            let mut bytes = Vec::new();
-            ciborium::into_writer(&job, &mut bytes).unwrap();
-            job = ciborium::from_reader(bytes.as_slice()).unwrap();
-            if let StepOutcome::Finished(_) = report.outcome {
-                break;
-            }
-            assert_eq!(report.outcome, StepOutcome::Yielded);
-        }
+        let (job, mid_prompt, mid_decode) = step_through_cbor(&model, new_job(max_batch), units, prompt.len());
         assert!(mid_prompt > 0 && mid_decode > 0, "{mid_prompt} {mid_decode}");
         if max_batch == 16 {
             assert_eq!(job, whole, "max batch {max_batch}, {units} units per step");

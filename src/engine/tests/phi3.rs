@@ -5,6 +5,8 @@
 //! tools/reference/make-phi3-reference.py); LongRoPE's short and long
 //! factors and attention factor; fused and separate projections alike; resumable jobs.
 
+#[path = "common/llama_cpp_reference.rs"]
+mod llama_cpp_reference;
 #[path = "common/phi3_models.rs"]
 mod phi3_models;
 #[path = "common/quant_models.rs"]
@@ -14,45 +16,13 @@ use icllm_engine::format::gguf::writer::write;
 use icllm_engine::job::{step, Job, StepOutcome, UnitBudget, Unlimited};
 use icllm_engine::model::{Architecture, Model};
 use icllm_engine::sampler::SamplingParams;
+use llama_cpp_reference::{correlation, floats, hex_sha256, ids, read_reference};
 use phi3_models::{phi3_parts, Phi3File, LONGROPE_ORIGINAL_CONTEXT};
 use quant_models::{all_logits, all_logits_in_context, argmax};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 
 fn references() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/phi3/phi3-llama-cpp.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Pearson correlation.
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let (ma, mb) = (mean(a), mean(b));
-    let cov: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb)).sum();
-    let var = |v: &[f32], m: f64| v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>();
-    cov / (var(a, ma) * var(b, mb)).sqrt()
+    read_reference("phi3/phi3-llama-cpp.json")
 }
 
 /// Runs `job` to the end, `budget()` units per step; the generated ids.
