@@ -519,10 +519,9 @@ pub fn step(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> StepReport
 ///
 /// Jobs still reading their prompt run first, alone, in order, until they
 /// generate (the caller decides which jobs share a budget, and so their
-/// shares). Then the
-/// generating jobs at the cursor most of them share form the group; the
-/// other generating jobs first catch up with it alone, unit by unit.
-/// Returns one report per job, as [`step`] would.
+/// shares). Then the generating jobs at the cursor most of them share form
+/// the group; the other generating jobs first catch up with it alone, unit
+/// by unit. Returns one report per job, as [`step`] would.
 pub fn step_together(model: &Model, jobs: &mut [&mut Job], budget: &mut dyn Budget) -> Vec<StepReport> {
     let mut reports: Vec<StepReport> = jobs.iter().map(|_| StepReport::new()).collect();
     let mut open: Vec<bool> = jobs
@@ -573,8 +572,9 @@ pub fn step_together(model: &Model, jobs: &mut [&mut Job], budget: &mut dyn Budg
             for (&i, d) in members.iter().zip(done) {
                 open[i] = record(&mut jobs[i].state, &mut reports[i], d);
             }
-            match members.iter().find(|&&i| open[i]) {
-                Some(&i) => key = key_of(jobs[i]).expect("a generating job stays in its group"),
+            // The members still going share their next cursor.
+            match members.iter().find(|&&i| open[i]).and_then(|&i| key_of(jobs[i])) {
+                Some(next) => key = next,
                 None => break,
             }
         }
