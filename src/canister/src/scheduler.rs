@@ -102,22 +102,29 @@ pub async fn tick() {
 /// generating jobs (in round-robin order after it) whose KV caches fit the
 /// heap beside it: decode steps share each pass over the weights, so every
 /// job of the group advances as far as it would alone, for a fraction of
-/// the instructions. A job whose last step trapped goes alone until one
-/// of its own returns.
+/// the instructions. Only jobs in the heap cache are looked at (a record
+/// read from stable memory, for every active job on every tick, would cost
+/// more than grouping saves); a job whose last step trapped goes alone
+/// until one of its own returns.
 fn decode_group(model: &ModelRef, lead: JobId) -> Vec<JobId> {
-    let clean = |id: JobId| {
-        state::read(|s| s.step_traps.get(&id).is_none_or(|t| t.in_a_row == 0) && !s.step_pending.contains(&id))
-    };
-    let Some(rec) = jobs::get_hot(lead) else {
-        return vec![lead];
-    };
-    if !(clean(lead) && jobs::steps_together(model, &rec)) {
-        return vec![lead];
-    }
     let shape = jobs::kv_slots::job_shape(model);
-    let kv_bytes = |r: &jobs::JobRecord| shape.heap_bytes(r.engine.kv_type(), r.engine.ctx_size());
+    // The KV bytes of a cached job that can join a group, if it can.
+    let joinable = |id: JobId| {
+        let clean =
+            state::read(|s| s.step_traps.get(&id).is_none_or(|t| t.in_a_row == 0) && !s.step_pending.contains(&id));
+        clean
+            .then(|| {
+                jobs::cache::with_record(id, |r| {
+                    jobs::steps_together(model, r).then(|| shape.heap_bytes(r.engine.kv_type(), r.engine.ctx_size()))
+                })
+            })
+            .flatten()
+            .flatten()
+    };
+    let Some(mut used) = joinable(lead) else {
+        return vec![lead];
+    };
     let room = settings::read(|s| s.heap_budget()).saturating_sub(model.info.heap_bytes);
-    let mut used = kv_bytes(&rec);
     let mut group = vec![lead];
     let others: Vec<JobId> = state::read(|s| {
         let after = s.active.range(lead + 1..);
@@ -127,11 +134,8 @@ fn decode_group(model: &ModelRef, lead: JobId) -> Vec<JobId> {
         if group.len() == MAX_DECODE_GROUP {
             break;
         }
-        let Some(r) = jobs::get_hot(id).filter(|r| clean(id) && jobs::steps_together(model, r)) else {
-            continue;
-        };
-        if used + kv_bytes(&r) <= room {
-            used += kv_bytes(&r);
+        if let Some(bytes) = joinable(id).filter(|&b| used + b <= room) {
+            used += bytes;
             group.push(id);
         }
     }
@@ -363,7 +367,8 @@ mod tests {
     /// Jobs of several callers (different prompts, sampling, KV types and
     /// contexts) run by the scheduler's rounds, generating ones in groups,
     /// in messages of about 5 M instructions, the heap cache emptied every
-    /// third round: each generates what the engine generates for it alone;
+    /// twelfth round (only cached jobs join a group): each generates what
+    /// the engine generates for it alone;
     /// groups form; every message's instructions are charged to its jobs.
     #[test]
     fn generating_jobs_stepped_in_groups_generate_what_each_generates_alone() {
@@ -414,7 +419,7 @@ mod tests {
         while let Some(lead) = next_job() {
             let group = decode_group(&model, lead);
             largest_group = largest_group.max(group.len());
-            if rounds % 3 == 2 {
+            if rounds % 12 == 11 {
                 jobs::cache::clear();
             }
             env.next_message(1_000_000);

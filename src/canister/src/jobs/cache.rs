@@ -50,6 +50,11 @@ pub fn record(id: JobId) -> Option<JobRecord> {
     CACHE.with(|c| c.borrow().jobs.get(&id).map(|c| c.record.clone()))
 }
 
+/// `f` of the cached record of job `id`, without copying it.
+pub fn with_record<R>(id: JobId, f: impl FnOnce(&JobRecord) -> R) -> Option<R> {
+    CACHE.with(|c| c.borrow().jobs.get(&id).map(|c| f(&c.record)))
+}
+
 /// Takes job `id` out of the cache; the caller puts it back with [`insert`].
 pub fn take(id: JobId) -> Option<Job> {
     CACHE.with(|c| c.borrow_mut().jobs.remove(&id)).map(|c| c.job)
