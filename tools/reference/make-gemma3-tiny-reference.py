@@ -33,19 +33,8 @@ GREEDY = 16
 
 def run(path):
     llm = llama_reference.load(path, n_ctx=N_CTX, n_threads=1)
-    llm.reset()
-    llm.eval(PROMPT)
-    scores = np.array(llm.scores[:len(PROMPT)])
-    last = scores[-1].copy()
-    gen, leads = [], []
-    row = last
-    for _ in range(GREEDY):
-        top2 = np.sort(row)[-2:]
-        t = int(np.argmax(row))
-        gen.append(t)
-        leads.append(round(float(top2[1] - top2[0]), 5))
-        llm.eval([t])
-        row = np.array(llm.scores[llm.n_tokens - 1])
+    scores, gen, leads, row = llama_reference.prompt_and_greedy(llm, PROMPT, GREEDY)
+    last = scores[-1]
     return {"sha256": hashlib.sha256(open(path, "rb").read()).hexdigest(), "n_ctx": N_CTX,
             "ids": PROMPT, "argmax": [int(i) for i in scores.argmax(axis=1)],
             "argmax_lead": [round(float(r[-1] - r[-2]), 5) for r in np.sort(scores, axis=1)],
