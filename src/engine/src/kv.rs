@@ -896,7 +896,7 @@ impl Q8Store {
     /// in blocks of 32 (`q`: scratch of `head_pad`).
     fn set_key(&mut self, at: Q8LayerAt, h: usize, t: usize, key: &[f32], q: &mut [i8]) {
         for (b, (x, q)) in key.chunks_exact(QK8_0).zip(q.chunks_exact_mut(QK8_0)).enumerate() {
-            let d = kernels::acts::quantize_i8_block(x, q);
+            let d = kernels::acts::q8_scale(kernels::acts::quantize_i8_block(x, q));
             let q: &[i8; QK8_0] = (&*q).try_into().expect("a block is 32 quants");
             self.key_block_mut(at, h, t, b).set_lane(t % 4, d, q);
         }
@@ -905,7 +905,7 @@ impl Q8Store {
     /// Quantizes `value` (`head_pad`, zero padded) of head `h` at row `t`
     /// with one scale (`q`: scratch of `head_pad`).
     fn set_value(&mut self, at: Q8LayerAt, h: usize, t: usize, value: &[f32], q: &mut [i8]) {
-        self.v_scale[at.scale_at(h) + t] = kernels::acts::quantize_i8_block(value, q);
+        self.v_scale[at.scale_at(h) + t] = kernels::acts::q8_scale(kernels::acts::quantize_i8_block(value, q));
         self.set_value_column(at, h, t, |i| q[i]);
     }
 

@@ -192,9 +192,14 @@ impl<'a> SharedActs<'a> {
     }
 }
 
-/// Symmetric int8 quantization of one block: `d = max|x| / 127`, `q =
-/// nearest_even(x / d)` clamped to ±127. Returns `d` (0 for an all-zero block).
-/// The canister build runs the SIMD version, which gives the same bits.
+/// Symmetric int8 quantization of one block as ggml's x86 CPU backend
+/// quantizes activations (`quantize_row_q8_0`, and `quantize_row_q8_K_ref`
+/// up to the sign): `q = nearest_even(x · 127/amax)` clamped to ±127, with
+/// the factor computed as `127 / amax`, not as `1 / (amax / 127)` (the two
+/// differ in the last bit for some `amax`, which moves a quant now and then).
+/// Returns `amax = max |x|` (0 for an all-zero block): [`q8_scale`] and
+/// [`q8k_scale`] give the scale. The canister build runs the SIMD version,
+/// which gives the same bits.
 #[inline]
 pub fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
     if SIMD && x.len().is_multiple_of(16) {
@@ -207,40 +212,68 @@ pub fn quantize_i8_block(x: &[f32], qs: &mut [i8]) -> f32 {
 /// The scalar oracle of [`quantize_i8_block`].
 pub fn quantize_i8_block_scalar(x: &[f32], qs: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, v) in qs.iter_mut().zip(x) {
         *q = ((v * id).round_ties_even() as i32).clamp(-127, 127) as i8;
     }
-    d
+    amax
+}
+
+/// The scale of a block [`quantize_i8_block`] quantized, as `block_q8_0`
+/// and `block_q8_1` compute it (before rounding it to f16): `amax / 127`.
+#[inline]
+pub fn q8_scale(amax: f32) -> f32 {
+    amax / 127.0
+}
+
+/// The scale of a Q8_K block, as `quantize_row_q8_K_ref` computes it:
+/// `1 / (127 / amax)`, which is not always `amax / 127`.
+#[inline]
+pub fn q8k_scale(amax: f32) -> f32 {
+    if amax != 0.0 {
+        1.0 / (127.0 / amax)
+    } else {
+        0.0
+    }
 }
 
 /// Quantizes activations `x` (a multiple of 32 long) into 32-element int8
-/// blocks, for dot products with Q8_0 and Q4_0 weights.
+/// blocks with f32 scales (icllm's own Q8 attention).
 pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
+    quantize_blocks_q8(x, out, q8_scale);
+}
+
+/// Quantizes activations `x` (a multiple of 32 long) as ggml's x86 backend
+/// does for its 32-element weight types (`quantize_row_q8_0` and
+/// `quantize_row_q8_1`): each block's scale rounded to f16 as the block
+/// stores it (the quants come from the f32 amax), and `s`, what the
+/// offsets of Q4_1 and Q5_1 multiply, the f32 scale times the quants' sum
+/// rounded to f16 (`block_q8_1.s`), so that a dot product is llama.cpp's.
+pub fn quantize_act_q8_0(x: &[f32], out: &mut Vec<BlockQ8A>) {
+    quantize_blocks_q8(x, out, |amax| half::f16::from_f32(q8_scale(amax)).to_f32());
+}
+
+fn quantize_blocks_q8(x: &[f32], out: &mut Vec<BlockQ8A>, scale: impl Fn(f32) -> f32) {
     debug_assert_eq!(x.len() % QK8_0, 0);
     out.clear();
     out.extend(x.chunks_exact(QK8_0).map(|c| {
         let mut b = BlockQ8A {
             d: 0.0,
+            s: 0.0,
             qs: [0; QK8_0],
             qw: [0; QK8_0],
         };
-        b.d = quantize_i8_block(c, &mut b.qs);
+        let amax = quantize_i8_block(c, &mut b.qs);
+        b.d = scale(amax);
+        let sum = if SIMD {
+            simd_quant::sum_i8(&b.qs)
+        } else {
+            b.qs.iter().map(|&q| q as i32).sum()
+        };
+        b.s = half::f16::from_f32(q8_scale(amax) * sum as f32).to_f32();
         simd_quant::widen_i8(&b.qs, &mut b.qw);
         b
     }));
-}
-
-/// Quantizes activations `x` (a multiple of 32 long) as ggml does for its
-/// 32-element weight types: [`quantize_act_q8`], with each block's scale
-/// rounded to f16 as `block_q8_0` stores it (the quants come from the f32
-/// scale, as in `quantize_row_q8_0`), so that a dot product is llama.cpp's.
-pub fn quantize_act_q8_0(x: &[f32], out: &mut Vec<BlockQ8A>) {
-    quantize_act_q8(x, out);
-    for b in out.iter_mut() {
-        b.d = half::f16::from_f32(b.d).to_f32();
-    }
 }
 
 /// Quantizes activations `x` (a multiple of 256 long) into Q8_K blocks with
@@ -256,7 +289,7 @@ pub fn quantize_act_q8k(x: &[f32], out: &mut Vec<BlockQ8K>) {
             bsums32: [0; QK_K / 32],
             qw: [0; QK_K],
         };
-        b.d = quantize_i8_block(c, &mut b.qs);
+        b.d = q8k_scale(quantize_i8_block(c, &mut b.qs));
         if SIMD {
             simd_quant::group_sums_16(&b.qs, &mut b.bsums);
         } else {

@@ -1,6 +1,6 @@
 //! Attention of one query position over the KV cache.
 
-use super::acts::{quantize_act_q8, quantize_i8_block_scalar};
+use super::acts::{q8_scale, quantize_act_q8, quantize_i8_block_scalar};
 use super::simd_quant::matvec_q8_0_view;
 use super::{dot_f32, simd, softmax, softmax_scalar, SIMD};
 use crate::kv::Q8Layer;
@@ -165,7 +165,7 @@ pub fn attention_q8_scalar(
             .chunks_exact(QK8_0)
             .map(|c| {
                 let mut q = vec![0; QK8_0];
-                (quantize_i8_block_scalar(c, &mut q), q)
+                (q8_scale(quantize_i8_block_scalar(c, &mut q)), q)
             })
             .collect()
     };

@@ -84,9 +84,8 @@ pub fn vec_dot_iq4_nl_q8_0(w: &[BlockIQ4NL], x: &[BlockQ8A]) -> f32 {
 }
 
 /// Unsigned quants with an offset (`q · d + m`, 32 per block) · Q8
-/// activations: per block `acc += (d_w · d_x) · isum + m_w · (d_x · xsum)`,
-/// `xsum` the activations' integer sum (ggml's `block_q8_1.s` is
-/// `d_x · xsum`). |isum| ≤ 32 · 31 · 127, |xsum| ≤ 32 · 127.
+/// activations: per block `acc += (d_w · d_x) · isum + m_w · s_x`, `s_x`
+/// the activations' sum as `block_q8_1.s` holds it. |isum| ≤ 32 · 31 · 127.
 #[inline]
 fn dot_offset_blocks<B>(
     w: &[B],
@@ -99,8 +98,7 @@ fn dot_offset_blocks<B>(
     for (wb, xb) in w.iter().zip(x) {
         let (d, m) = dm(wb);
         let isum: i32 = (0..QK8_0).map(|j| quant(wb, j) * xb.qs[j] as i32).sum();
-        let xsum: i32 = xb.qs.iter().map(|&v| v as i32).sum();
-        acc += (d * xb.d) * isum as f32 + m * (xb.d * xsum as f32);
+        acc += (d * xb.d) * isum as f32 + m * xb.s;
     }
     acc
 }

@@ -20,8 +20,9 @@ use crate::quant::{BlockQ8A, BlockQ8K};
 
 /// [`crate::quant`]'s symmetric int8 quantization of one activation block
 /// (`x.len()` a multiple of 16), bit for bit: the same `max |x|` (max is
-/// exact in any order), the same `d` and `1 / d`, each quant
-/// `nearest_even(x · id)` saturated and clamped to ±127. Returns `d`.
+/// exact in any order), the same `127 / amax`, each quant
+/// `nearest_even(x · 127 / amax)` saturated and clamped to ±127. Returns
+/// `amax`.
 #[inline]
 pub fn quantize_block_i8(x: &[f32], qs: &mut [i8]) -> f32 {
     assert!(x.len() == qs.len() && x.len().is_multiple_of(16));
@@ -39,16 +40,22 @@ pub fn quantize_block_i8(x: &[f32], qs: &mut [i8]) -> f32 {
         // Lanes hold |x| ≥ 0; NaN inputs give garbage either way. A compare,
         // not f32::max: that is a libm call (`fmaxf`) in wasm, 18 per lane.
         let amax = l.iter().fold(0.0f32, |a, &v| if v > a { v } else { a });
-        let d = amax / 127.0;
-        let id = F32x4::splat(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let id = F32x4::splat(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let q = |j: usize| F32x4::load(px.add(j)).mul(id).round_to_i32().clamp_sym(127);
         let mut i = 0;
         while i < n {
             I32x4::narrow_to_i8(q(i), q(i + 4), q(i + 8), q(i + 12)).store(qs.as_mut_ptr().add(i));
             i += 16;
         }
-        d
+        amax
     }
+}
+
+/// Σ of the quants of one 32-element block (for `block_q8_1.s`).
+#[inline]
+pub fn sum_i8(qs: &[i8; 32]) -> i32 {
+    // SAFETY: qs has 32 elements.
+    unsafe { I8x16::load(qs.as_ptr()).sum() + I8x16::load(qs.as_ptr().add(16)).sum() }
 }
 
 /// Σ of each group of 16 quants (Q8_K's `bsums`).
@@ -424,20 +431,14 @@ where
     type Block = BlockQ8Minx4<S>;
     type Act = BlockQ8A;
     const BLOCKS: usize = N;
-    /// Per block: the activation pairs, `d_x` and `d_x · xsum`, splatted.
+    /// Per block: the activation pairs, `d_x` and `s_x` (`block_q8_1.s`), splatted.
     type State = [([I16x8; 16], F32x4, F32x4); N];
     #[inline(always)]
     fn prepare(x: &[BlockQ8A]) -> Self::State {
         std::array::from_fn(|i| {
-            // SAFETY: qs has 32 elements, qw 32.
-            let (pairs, xsum) = unsafe {
-                let q = x[i].qs.as_ptr();
-                (
-                    pair_splats::<16>(x[i].qw.as_ptr()),
-                    I8x16::load(q).sum() + I8x16::load(q.add(16)).sum(),
-                )
-            };
-            (pairs, F32x4::splat(x[i].d), F32x4::splat(x[i].d * xsum as f32))
+            // SAFETY: qw has 32 elements.
+            let pairs = unsafe { pair_splats::<16>(x[i].qw.as_ptr()) };
+            (pairs, F32x4::splat(x[i].d), F32x4::splat(x[i].s))
         })
     }
     #[inline(always)]

@@ -268,18 +268,22 @@ pub struct BlockQ8K {
 }
 const _: () = assert!(size_of::<BlockQ8K>() == 820);
 
-/// An activation block of 32 int8 values with an f32 scale: what Q8_0 and
-/// Q4_0 weights are multiplied with. (ggml uses `block_q8_0`, whose f16 scale
-/// loses a little precision; an f32 scale costs nothing here.)
+/// An activation block of 32 int8 values with its scale held as f32: what
+/// the 32-element weight types are multiplied with (the scale then an f16
+/// value, as ggml's `block_q8_0` and `block_q8_1` store it), and what
+/// icllm's Q8 attention uses (the scale exact).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 pub struct BlockQ8A {
     pub d: f32,
+    /// The f32 scale times the quants' sum, rounded to f16 (ggml's
+    /// `block_q8_1.s`): what the offsets of Q4_1 and Q5_1 weights multiply.
+    pub s: f32,
     pub qs: [i8; QK8_0],
     /// `qs` widened to i16 (see [`BlockQ8K::qw`]).
     pub qw: [i16; QK8_0],
 }
-const _: () = assert!(size_of::<BlockQ8A>() == 100);
+const _: () = assert!(size_of::<BlockQ8A>() == 104);
 
 /// A ggml block format: its type, size, byte codec and scalar dequantizer.
 pub trait Block: Copy + Sized + 'static {

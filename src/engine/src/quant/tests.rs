@@ -69,14 +69,14 @@ fn scale_offsets(ty: GgmlType) -> &'static [usize] {
 }
 
 /// A (rows, cols) tensor of `ty` from raw block bytes, with every f16 scale
-/// set by `scale`.
+/// set by `scale`, and its bytes.
 fn tensor_from_random_blocks(
     ty: GgmlType,
     rows: usize,
     cols: usize,
     rng: &mut Rng,
     scale: &mut dyn FnMut(&mut Rng) -> f32,
-) -> Tensor {
+) -> (Tensor, Vec<u8>) {
     let mut bytes = random_bytes(rng, ty.row_bytes(cols) * rows);
     for block in bytes.chunks_exact_mut(ty.block_bytes()) {
         for &off in scale_offsets(ty) {
@@ -84,20 +84,53 @@ fn tensor_from_random_blocks(
             block[off..off + 2].copy_from_slice(&d);
         }
     }
-    Tensor::from_le_bytes(ty, rows, cols, &bytes).unwrap()
+    (Tensor::from_le_bytes(ty, rows, cols, &bytes).unwrap(), bytes)
+}
+
+/// `values` quantized to a (rows, cols) tensor of `ty`, and its bytes.
+fn quantized(ty: GgmlType, rows: usize, cols: usize, values: &[f32]) -> (Tensor, Vec<u8>) {
+    let bytes: Vec<u8> = values
+        .chunks_exact(cols)
+        .flat_map(|r| quantize_row_bytes(ty, r).unwrap())
+        .collect();
+    (Tensor::from_le_bytes(ty, rows, cols, &bytes).unwrap(), bytes)
+}
+
+/// What ggml's Q4_1 and Q5_1 dot products add to the exact product of the
+/// dequantized row and activations: each block's offset `m` times
+/// `block_q8_1.s` (the activations' sum rounded to f16) instead of the
+/// exact sum, with the magnitude of those terms. (0, 0) for other types.
+fn offset_rounding(ty: GgmlType, row_bytes: &[u8], x: &[f32]) -> (f64, f64) {
+    if !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+        return (0.0, 0.0);
+    }
+    let PreparedActs::Q8(acts) = PreparedActs::new(kernels::ActFamily::Q8, x) else {
+        unreachable!("Q8 activations")
+    };
+    let mut shift = 0.0;
+    let mut mag = 0.0;
+    for (block, a) in row_bytes.chunks_exact(ty.block_bytes()).zip(&acts) {
+        let m = half::f16::from_bits(u16::from_le_bytes([block[2], block[3]])).to_f64();
+        let sum: i32 = a.qs.iter().map(|&q| q as i32).sum();
+        shift += m * (a.s as f64 - a.d as f64 * sum as f64);
+        mag += (m * a.s as f64).abs();
+    }
+    (shift, mag)
 }
 
 /// The oracle check: every row's quantized dot product equals
-/// (dequantized row) · (dequantized int8 activations) up to f32 rounding.
-fn assert_matches_oracle(w: &Tensor, x: &[f32], what: &str) {
+/// (dequantized row) · (dequantized int8 activations) up to f32 rounding,
+/// with ggml's f16 activation sums for the offsets of Q4_1 and Q5_1.
+fn assert_matches_oracle((w, bytes): &(Tensor, Vec<u8>), x: &[f32], what: &str) {
     let xd = dequantized_acts(w.ty, x);
     let wd = w.to_f32_vec();
     let mut out = vec![0.0f32; w.rows];
     kernels::matvec(w, x, &mut out);
-    for r in 0..w.rows {
+    for (r, row_bytes) in bytes.chunks_exact(w.ty.row_bytes(w.cols)).enumerate() {
         let row = &wd[r * w.cols..(r + 1) * w.cols];
-        let exact = dot_f64(row, &xd);
-        let mag = abs_dot_f64(row, &xd);
+        let (shift, shift_mag) = offset_rounding(w.ty, row_bytes, x);
+        let exact = dot_f64(row, &xd) + shift;
+        let mag = abs_dot_f64(row, &xd) + shift_mag;
         let tol = 1e-5 * mag + 1e-30;
         assert!(
             (out[r] as f64 - exact).abs() <= tol,
@@ -314,7 +347,7 @@ fn all_zero_rows_quantize_to_zero() {
 fn quantized_dot_matches_the_dequantize_oracle_on_quantized_rows() {
     let (rows, cols) = (7, 512);
     for (i, ty) in QUANT_TYPES.into_iter().enumerate() {
-        let w = Tensor::quantize_from_f32(ty, rows, cols, &gaussian(rows * cols, 20 + i as u64)).unwrap();
+        let w = quantized(ty, rows, cols, &gaussian(rows * cols, 20 + i as u64));
         let x = gaussian(cols, 40 + i as u64);
         assert_matches_oracle(&w, &x, "quantized gaussian rows");
     }
@@ -354,7 +387,7 @@ fn quantized_dot_matches_the_oracle_with_extreme_scales() {
         }
         // Zero scales: only zeros.
         let mut rng = Rng::new(8);
-        let w = tensor_from_random_blocks(ty, rows, cols, &mut rng, &mut |_| 0.0);
+        let (w, _) = tensor_from_random_blocks(ty, rows, cols, &mut rng, &mut |_| 0.0);
         let mut out = [1.0f32; 3];
         kernels::matvec(&w, &gaussian(cols, 9), &mut out);
         assert_eq!(out, [0.0; 3], "{}", ty.name());
@@ -368,7 +401,7 @@ fn activations_with_zero_blocks_and_spikes() {
     x[..256].fill(0.0); // a whole zero super-block
     x[300] = 1e3; // one spike
     for (i, ty) in QUANT_TYPES.into_iter().enumerate() {
-        let w = Tensor::quantize_from_f32(ty, 4, cols, &gaussian(4 * cols, 100 + i as u64)).unwrap();
+        let w = quantized(ty, 4, cols, &gaussian(4 * cols, 100 + i as u64));
         assert_matches_oracle(&w, &x, "zero and spiky activations");
     }
 }
