@@ -727,24 +727,37 @@ fn a_model_that_fits_only_alone_replaces_the_active_one_and_a_failed_one_brings_
 fn a_model_that_fits_only_in_its_compact_layout_is_loaded_compact() {
     use icllm_engine::model::Model;
     use icllm_engine::synth::{self, QuantMix};
-    let f16 = synth::quantize_gguf(model_bytes(), QuantMix::parse("f16").unwrap()).unwrap();
-    let (widened, gguf) = Model::from_gguf_bytes(&f16).unwrap();
-    let (kept, _) = Model::from_gguf_bytes_with(&f16, |l| l.keep_16_bit_floats()).unwrap();
-    let staged = gguf.tensors.iter().map(|t| t.size).max().unwrap();
-    assert!(widened.heap_bytes() > kept.heap_bytes());
-    // Room for the model at 16 bits (and a job's KV cache), not widened to f32.
-    let init = InitArgs {
-        heap_budget: Some((kept.heap_bytes() + widened.heap_bytes()) / 2 + staged),
-        ..InitArgs::default()
-    };
-    let mut c = LocalCanister::install(wasm(), init, IC_LIMIT).unwrap();
-    c.upload_model(&f16, sha256(&f16)).unwrap();
-    let (info,): (ModelInfo,) = c.query(user(9), "model_info", ()).unwrap();
-    assert_eq!(info.heap_bytes, kept.heap_bytes());
-    let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
-    let v = c.run_job(controller(), id, |_| {}).unwrap();
-    assert_eq!(
-        (v.status, v.generated_tokens),
-        (JobStatus::Done("max_tokens".into()), 10)
-    );
+    // F16 kept as 16-bit floats; Q5_0 and IQ4_NL kept as the file's blocks
+    // (their wasm kernels must give the byte layouts' ids).
+    for mix in ["f16", "q5_0", "iq4_nl"] {
+        let file = synth::quantize_gguf(model_bytes(), QuantMix::parse(mix).unwrap()).unwrap();
+        let (widened, gguf) = Model::from_gguf_bytes(&file).unwrap();
+        let (kept, _) = Model::from_gguf_bytes_with(&file, |l| match mix {
+            "f16" => l.keep_16_bit_floats(),
+            _ => l.keep_nibbles(),
+        })
+        .unwrap();
+        let staged = gguf.tensors.iter().map(|t| t.size).max().unwrap();
+        assert!(widened.heap_bytes() > kept.heap_bytes(), "{mix}");
+        let ids = |init: InitArgs| {
+            let mut c = LocalCanister::install(wasm(), init, IC_LIMIT).unwrap();
+            c.upload_model(&file, sha256(&file)).unwrap();
+            let (info,): (ModelInfo,) = c.query(user(9), "model_info", ()).unwrap();
+            let id = start(&mut c, controller(), greedy(GOLDEN_PROMPT, 10));
+            let v = c.run_job(controller(), id, |_| {}).unwrap();
+            assert_eq!(v.status, JobStatus::Done("max_tokens".into()), "{mix}");
+            (info.heap_bytes, v.tokens)
+        };
+        // Room for the compact model (and a job's KV cache), not the widened one.
+        let tight = InitArgs {
+            heap_budget: Some((kept.heap_bytes() + widened.heap_bytes()) / 2 + staged),
+            ..InitArgs::default()
+        };
+        let (heap, compact_ids) = ids(tight);
+        assert_eq!(heap, kept.heap_bytes(), "{mix}");
+        let (heap, wide_ids) = ids(InitArgs::default());
+        assert_eq!(heap, widened.heap_bytes(), "{mix}");
+        assert_eq!(compact_ids, wide_ids, "{mix}");
+        assert_eq!(compact_ids.len(), 10);
+    }
 }

@@ -8,14 +8,14 @@
 //! type means a block struct in [`crate::quant`], its packed block and
 //! [`PackedKernel`] impl, and a row here.
 
-use crate::kernels::matrix::{FloatMatrix, PackedKernel, WeightMatrix};
+use crate::kernels::matrix::{FileBlockKernel, FileBlocks, FloatMatrix, PackedKernel, WeightMatrix};
 use crate::kernels::{ActFamily, PreparedActs};
 use crate::quant::packed::{
     bf16_bits_to_f32, f16_bits_to_f32, BlockIQ4NLx4, BlockIQ4XSx4, BlockKWidex4, BlockQ2Kx4, BlockQ3Kx4, BlockQ4Kx4,
     BlockQ4_0Widex4, BlockQ4_0x4, BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4,
     Interleaved, RowsInLanes,
 };
-use crate::quant::{quantize_row_bytes, Block, BlockQ4K, BlockQ5K};
+use crate::quant::{quantize_row_bytes, Block, BlockIQ4NL, BlockQ4K, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1};
 use serde::{Deserialize, Serialize};
 use std::mem::size_of;
 
@@ -199,8 +199,8 @@ pub struct Layout {
     /// F16 and BF16 matrices widened to f32 rows in lanes (see
     /// [`crate::model::F16_WIDEN_MAX_BYTES`]).
     pub widen_floats: bool,
-    /// Q4_0, Q4_K and Q5_K quants widened to one byte each (see
-    /// [`crate::model::K_WIDEN_MAX_BYTES`]).
+    /// The 4- and 5-bit quants (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K)
+    /// widened to one byte each (see [`crate::model::K_WIDEN_MAX_BYTES`]).
     pub widen_nibbles: bool,
 }
 
@@ -281,28 +281,52 @@ pub const SUPPORTED_TYPES: &[TypeSpec] = &[
         },
     },
     // The other 32-element types (llama.cpp's fallbacks for rows that are
-    // not whole K-quant blocks, and older files' Q4_1/Q5_1) are always
-    // widened to one byte per quant: there is no compact layout for them
-    // yet, so they take about 1.1 heap bytes per weight.
+    // not whole K-quant blocks, and older files' Q4_1/Q5_1) are widened to
+    // one byte per quant (about 1.1 heap bytes per weight) when the model's
+    // byte layouts fit, else kept as the file's blocks.
     TypeSpec {
         ty: GgmlType::Q4_1,
         load_cost_per_byte: 20,
-        codec: |_, _| &Packed::<BlockQ4_1x4>::CODEC,
+        codec: |_, l| {
+            if l.widen_nibbles {
+                &Packed::<BlockQ4_1x4>::CODEC
+            } else {
+                &FileBlockCodec::<BlockQ4_1>::CODEC
+            }
+        },
     },
     TypeSpec {
         ty: GgmlType::Q5_0,
         load_cost_per_byte: 33,
-        codec: |_, _| &Packed::<BlockQ5_0x4>::CODEC,
+        codec: |_, l| {
+            if l.widen_nibbles {
+                &Packed::<BlockQ5_0x4>::CODEC
+            } else {
+                &FileBlockCodec::<BlockQ5_0>::CODEC
+            }
+        },
     },
     TypeSpec {
         ty: GgmlType::Q5_1,
         load_cost_per_byte: 32,
-        codec: |_, _| &Packed::<BlockQ5_1x4>::CODEC,
+        codec: |_, l| {
+            if l.widen_nibbles {
+                &Packed::<BlockQ5_1x4>::CODEC
+            } else {
+                &FileBlockCodec::<BlockQ5_1>::CODEC
+            }
+        },
     },
     TypeSpec {
         ty: GgmlType::IQ4NL,
         load_cost_per_byte: 30,
-        codec: |_, _| &Packed::<BlockIQ4NLx4>::CODEC,
+        codec: |_, l| {
+            if l.widen_nibbles {
+                &Packed::<BlockIQ4NLx4>::CODEC
+            } else {
+                &FileBlockCodec::<BlockIQ4NL>::CODEC
+            }
+        },
     },
     TypeSpec {
         ty: GgmlType::Q4K,
@@ -456,6 +480,21 @@ impl Codec for Lanes<half::bf16> {
     }
     fn heap_bytes(&self, rows: usize, cols: usize) -> u64 {
         lanes_heap_bytes(rows, cols)
+    }
+}
+
+/// Quantized blocks kept as the file has them ([`FileBlocks`]).
+struct FileBlockCodec<S>(std::marker::PhantomData<S>);
+impl<S> FileBlockCodec<S> {
+    const CODEC: Self = FileBlockCodec(std::marker::PhantomData);
+}
+
+impl<S: FileBlockKernel> Codec for FileBlockCodec<S> {
+    fn load(&self, bytes: &[u8], rows: usize, cols: usize) -> Result<Box<dyn WeightMatrix>, String> {
+        Ok(Box::new(FileBlocks::<S>::from_le_bytes(bytes, rows, cols)?))
+    }
+    fn heap_bytes(&self, rows: usize, cols: usize) -> u64 {
+        rows as u64 * (cols / S::ELEMS) as u64 * size_of::<S>() as u64
     }
 }
 

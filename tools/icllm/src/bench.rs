@@ -132,6 +132,12 @@ pub struct BenchArgs {
     /// every copy must generate the one job's tokens.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     jobs: u32,
+    /// The canister's heap budget for weights and KV caches, in MiB
+    /// (`InitArgs.heap_budget`; default: the canister's 3.5 GiB): a model
+    /// whose byte layouts do not fit it loads in the compact layouts
+    /// (nibbles, the file's blocks), which this measures.
+    #[arg(long, value_name = "MIB")]
+    heap_budget_mib: Option<u64>,
     /// Print one JSON object instead of `key: value` lines.
     #[arg(long)]
     json: bool,
@@ -595,6 +601,7 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
             max_active_jobs: Limits::default().max_active_jobs.max(args.jobs),
             ..Limits::default()
         }),
+        heap_budget: args.heap_budget_mib.map(|m| m << 20),
         ..InitArgs::default()
     };
     let mut c = LocalCanister::install_with(wasm, init, load_limit, args.profile.is_some(), args.memory_charges)?;
@@ -828,6 +835,8 @@ fn bench_one(args: &BenchArgs, wasm: Vec<u8>) -> Result<(serde_json::Value, Opti
         "model_file_bytes": stable_model_bytes,
         "wall_seconds": t.json(),
     });
+    // The greedy ids, so that runs in different layouts can be compared.
+    report["generated_ids"] = serde_json::json!(main.view.tokens);
     if let Some(concurrent) = concurrent {
         report["aggregate_tokens_per_message"] = concurrent["aggregate_tokens_per_message"].clone();
         report["concurrent"] = concurrent;

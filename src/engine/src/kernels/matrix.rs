@@ -6,7 +6,9 @@
 //! - quantized weights: [`Interleaved`] over any packed block that
 //!   implements [`PackedKernel`] (its scalar oracle, and how a whole matrix
 //!   is computed: four-row groups for the nibble layouts, one
-//!   activation-stationary pass for the byte layouts).
+//!   activation-stationary pass for the byte layouts), and [`FileBlocks`],
+//!   ggml's blocks as the file has them, for the compact layout of the
+//!   32-element types that have no packed nibble layout.
 //!
 //! A new tensor type is a block struct, a packed block with its
 //! [`PackedKernel`] impl, and one row in the type table ([`crate::tensor`]).
@@ -26,7 +28,9 @@ use crate::quant::packed::{
     BlockIQ4NLx4, BlockIQ4XSx4, BlockKWidex4, BlockQ2Kx4, BlockQ3Kx4, BlockQ4Kx4, BlockQ4_0Widex4, BlockQ4_0x4,
     BlockQ4_1x4, BlockQ5Kx4, BlockQ5_0x4, BlockQ5_1x4, BlockQ6Kx4, BlockQ8_0x4, Interleaved, PackedBlock, RowsInLanes,
 };
-use crate::quant::{dequantize_blocks, Block, BlockQ4K, BlockQ5K, BlockQ8A, BlockQ8K};
+use crate::quant::{
+    dequantize_blocks, Block, BlockIQ4NL, BlockQ4K, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ8A, BlockQ8K,
+};
 use std::any::Any;
 use std::fmt::Debug;
 
@@ -358,6 +362,96 @@ impl<P: PackedKernel> WeightMatrix for Interleaved<P> {
         }
     }
 }
+
+/// A 32-element ggml block type computed straight from the file's blocks
+/// ([`FileBlocks`]): by [`simd_quant::dot4_file_blocks`] in the canister
+/// build and by its scalar oracle elsewhere (the same bits).
+pub trait FileBlockKernel: Block + simd_quant::FileQuants + Debug + PartialEq + Send + Sync {
+    const LAYOUT: &'static str;
+    /// The scalar oracle: one row's blocks against its activations.
+    fn oracle(w: &[Self], x: &[BlockQ8A]) -> f32;
+}
+
+/// A matrix of ggml blocks as the file has them, row-major, computed by the
+/// type's scalar oracle: the compact layout of Q4_1, Q5_0, Q5_1 and IQ4_NL
+/// when their byte layouts do not fit the heap (file size in the heap,
+/// against about 1.1 bytes per weight; several times the instructions per
+/// multiply-add, so only models that need the room get it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileBlocks<S> {
+    blocks: Vec<S>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<S: FileBlockKernel> FileBlocks<S> {
+    /// `bytes`: exactly `rows` rows of `cols` elements in the file's blocks.
+    pub fn from_le_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        let expected = rows * (cols / S::ELEMS) * S::BYTES;
+        if !cols.is_multiple_of(S::ELEMS) || bytes.len() != expected {
+            return Err(format!(
+                "expected {expected} bytes of whole blocks, got {}",
+                bytes.len()
+            ));
+        }
+        let blocks = bytes.chunks_exact(S::BYTES).map(S::read).collect();
+        Ok(FileBlocks { blocks, rows, cols })
+    }
+
+    fn row(&self, row: usize) -> &[S] {
+        let per_row = self.cols / S::ELEMS;
+        &self.blocks[row * per_row..(row + 1) * per_row]
+    }
+}
+
+impl<S: FileBlockKernel> WeightMatrix for FileBlocks<S> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn acts(&self) -> ActFamily {
+        ActFamily::Q8
+    }
+    fn layout(&self) -> &'static str {
+        S::LAYOUT
+    }
+    fn heap_bytes(&self) -> usize {
+        self.blocks.len() * size_of::<S>()
+    }
+    fn row_to_f32(&self, row: usize, out: &mut [f32]) {
+        dequantize_blocks(self.row(row), out)
+    }
+    fn dot_row(&self, row: usize, x: &[f32], xq: &PreparedActs) -> f32 {
+        match BlockQ8A::of(xq) {
+            Some(a) if SIMD => simd_quant::dot_file_blocks(self.row(row), a),
+            Some(a) => S::oracle(self.row(row), a),
+            None => self.dot_row(row, x, &PreparedActs::new(ActFamily::Q8, x)),
+        }
+    }
+    fn dot_4rows(&self, row: usize, x: &[f32], xq: &PreparedActs) -> [f32; 4] {
+        match BlockQ8A::of(xq) {
+            Some(a) if SIMD => simd_quant::dot4_file_blocks([0, 1, 2, 3].map(|i| self.row(row + i)), a),
+            _ => [0, 1, 2, 3].map(|i| self.dot_row(row + i, x, xq)),
+        }
+    }
+}
+
+macro_rules! file_block_kernel {
+    ($block:ty, $layout:literal, $oracle:ident) => {
+        impl FileBlockKernel for $block {
+            const LAYOUT: &'static str = $layout;
+            fn oracle(w: &[Self], x: &[BlockQ8A]) -> f32 {
+                $oracle(w, x)
+            }
+        }
+    };
+}
+file_block_kernel!(BlockQ4_1, "q4_1 file blocks", vec_dot_q4_1_q8_1);
+file_block_kernel!(BlockQ5_0, "q5_0 file blocks", vec_dot_q5_0_q8_0);
+file_block_kernel!(BlockQ5_1, "q5_1 file blocks", vec_dot_q5_1_q8_1);
+file_block_kernel!(BlockIQ4NL, "iq4_nl file blocks", vec_dot_iq4_nl_q8_0);
 
 impl PackedKernel for BlockQ8_0x4 {
     type Act = BlockQ8A;

@@ -229,6 +229,12 @@ mod imp {
         pub fn to_f32(self) -> F32x4 {
             F32x4(f32x4_convert_i32x4(self.0))
         }
+        /// Σ of the four lanes (wrapping; callers keep it exact).
+        #[inline(always)]
+        pub fn sum(self) -> i32 {
+            (i32x4_extract_lane::<0>(self.0).wrapping_add(i32x4_extract_lane::<1>(self.0)))
+                .wrapping_add(i32x4_extract_lane::<2>(self.0).wrapping_add(i32x4_extract_lane::<3>(self.0)))
+        }
     }
     #[allow(clippy::should_implement_trait)]
     impl I8x16 {
@@ -260,6 +266,20 @@ mod imp {
                 u8x16_shr(self.0, b - 4)
             };
             I8x16(v128_and(moved, u8x16_splat(0x10)))
+        }
+        /// Lane `i` = 16 if bit `i` of `bits` is set, else 0.
+        #[inline(always)]
+        pub fn bits_to_16(bits: u16) -> Self {
+            let v = u16x8_splat(bits);
+            let bytes = i8x16_shuffle::<0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1>(v, v);
+            let mask = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+            I8x16(v128_and(i8x16_eq(v128_and(bytes, mask), mask), u8x16_splat(0x10)))
+        }
+        /// Lane `i` = `self[idx[i]]` (`idx` lanes in 0..16): a 16-entry
+        /// table lookup (`i8x16.swizzle`).
+        #[inline(always)]
+        pub fn lookup(self, idx: Self) -> Self {
+            I8x16(i8x16_swizzle(self.0, idx.0))
         }
     }
 
@@ -644,6 +664,10 @@ mod imp {
         pub fn to_f32(self) -> F32x4 {
             F32x4(self.0.map(|v| v as f32))
         }
+        #[inline(always)]
+        pub fn sum(self) -> i32 {
+            (self.0[0].wrapping_add(self.0[1])).wrapping_add(self.0[2].wrapping_add(self.0[3]))
+        }
     }
     #[allow(clippy::should_implement_trait)]
     impl I8x16 {
@@ -666,6 +690,14 @@ mod imp {
         #[inline(always)]
         pub fn bit_to_16(self, b: u32) -> Self {
             I8x16(self.0.map(|v| ((((v as u8) >> b) & 1) << 4) as i8))
+        }
+        #[inline(always)]
+        pub fn bits_to_16(bits: u16) -> Self {
+            I8x16(core::array::from_fn(|i| (((bits >> i) & 1) << 4) as i8))
+        }
+        #[inline(always)]
+        pub fn lookup(self, idx: Self) -> Self {
+            I8x16(idx.0.map(|i| self.0[i as usize & 15]))
         }
     }
 

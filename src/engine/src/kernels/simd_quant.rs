@@ -13,10 +13,10 @@
 
 use super::simd::{F32x4, I16x8, I32x4, I8x16};
 use crate::quant::packed::{
-    BlockK16x4, BlockKWidex4, BlockQ2Kx4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ8Minx4, BlockQ8_0x4, BlockQ8x4,
-    Interleaved, PackedBlock,
+    f16_bits_to_f32, BlockK16x4, BlockKWidex4, BlockQ2Kx4, BlockQ4Kx4, BlockQ4_0x4, BlockQ5Kx4, BlockQ8Minx4,
+    BlockQ8_0x4, BlockQ8x4, Interleaved, PackedBlock,
 };
-use crate::quant::{BlockQ8A, BlockQ8K};
+use crate::quant::{BlockIQ4NL, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8A, BlockQ8K, KVALUES_IQ4NL};
 
 /// [`crate::quant`]'s symmetric int8 quantization of one activation block
 /// (`x.len()` a multiple of 16), bit for bit: the same `max |x|` (max is
@@ -788,6 +788,160 @@ pub fn dot4_q4_0(w: &[BlockQ4_0x4], x: &[BlockQ8A]) -> [f32; 4] {
     acc.lanes()
 }
 
+/// `Σ q · x` over one 32-element block: quants `lo` (elements 0..16) and
+/// `hi` (16..32) against the activation block (|q| ≤ 127: two products per
+/// i16 lane, ≤ 32,258, widened to i32 before the halves meet).
+#[inline(always)]
+fn block_isum(lo: I8x16, hi: I8x16, x: &BlockQ8A) -> i32 {
+    // SAFETY: qs has 32 elements.
+    let (x0, x1) = unsafe { (I8x16::load(x.qs.as_ptr()), I8x16::load(x.qs.as_ptr().add(16))) };
+    I32x4::sum_pairs(dot16_i16(lo, x0))
+        .add(I32x4::sum_pairs(dot16_i16(hi, x1)))
+        .sum()
+}
+
+/// A block's 16 quant bytes as their low nibbles (elements 0..16) and high
+/// nibbles (16..32), as ggml packs the 32-element types.
+#[inline(always)]
+fn nibble_halves(qs: &[u8; 16]) -> (I8x16, I8x16) {
+    // SAFETY: qs has 16 elements.
+    let q = unsafe { I8x16::load(qs.as_ptr() as *const i8) };
+    (q.low_nibbles(), q.high_nibbles())
+}
+
+/// The fifth bits of a Q5 block (`qh`, bit `j` for element `j`) as 16s,
+/// for elements 0..16 and 16..32.
+#[inline(always)]
+fn fifth_bits(qh: &[u8; 4]) -> (I8x16, I8x16) {
+    let h = u32::from_le_bytes(*qh);
+    (I8x16::bits_to_16(h as u16), I8x16::bits_to_16((h >> 16) as u16))
+}
+
+/// A 32-element block type as the file has it, for the four-row kernel
+/// [`dot4_file_blocks`]: its quants as two halves of signed bytes and its
+/// f16 scale (and offset) bits.
+pub trait FileQuants: Copy {
+    /// Whether blocks carry an offset `m` (`x = q · d + m`: Q4_1, Q5_1).
+    const OFFSET: bool;
+    /// Elements 0..16 and 16..32 as signed bytes (`levels`: the IQ4_NL table).
+    fn halves(&self, levels: I8x16) -> (I8x16, I8x16);
+    fn d_bits(&self) -> u16;
+    fn m_bits(&self) -> u16 {
+        0
+    }
+}
+
+impl FileQuants for BlockQ5_0 {
+    const OFFSET: bool = false;
+    #[inline(always)]
+    fn halves(&self, _: I8x16) -> (I8x16, I8x16) {
+        let ((lo, hi), (blo, bhi)) = (nibble_halves(&self.qs), fifth_bits(&self.qh));
+        let sixteen = I8x16::splat(16);
+        (lo.or(blo).sub(sixteen), hi.or(bhi).sub(sixteen))
+    }
+    #[inline(always)]
+    fn d_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
+impl FileQuants for BlockQ5_1 {
+    const OFFSET: bool = true;
+    #[inline(always)]
+    fn halves(&self, _: I8x16) -> (I8x16, I8x16) {
+        let ((lo, hi), (blo, bhi)) = (nibble_halves(&self.qs), fifth_bits(&self.qh));
+        (lo.or(blo), hi.or(bhi))
+    }
+    #[inline(always)]
+    fn d_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+    #[inline(always)]
+    fn m_bits(&self) -> u16 {
+        self.m.to_bits()
+    }
+}
+
+impl FileQuants for BlockQ4_1 {
+    const OFFSET: bool = true;
+    #[inline(always)]
+    fn halves(&self, _: I8x16) -> (I8x16, I8x16) {
+        nibble_halves(&self.qs)
+    }
+    #[inline(always)]
+    fn d_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+    #[inline(always)]
+    fn m_bits(&self) -> u16 {
+        self.m.to_bits()
+    }
+}
+
+impl FileQuants for BlockIQ4NL {
+    const OFFSET: bool = false;
+    #[inline(always)]
+    fn halves(&self, levels: I8x16) -> (I8x16, I8x16) {
+        let (lo, hi) = nibble_halves(&self.qs);
+        (levels.lookup(lo), levels.lookup(hi))
+    }
+    #[inline(always)]
+    fn d_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
+/// One row of file blocks against Q8 activations, bit for bit the type's
+/// scalar oracle (see [`dot4_file_blocks`]).
+pub fn dot_file_blocks<B: FileQuants>(w: &[B], x: &[BlockQ8A]) -> f32 {
+    assert_eq!(w.len(), x.len());
+    // SAFETY: the table has 16 levels.
+    let levels = unsafe { I8x16::load(KVALUES_IQ4NL.as_ptr()) };
+    let mut acc = 0.0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let (lo, hi) = wb.halves(levels);
+        let scaled = (f16_bits_to_f32(wb.d_bits()) * xb.d) * block_isum(lo, hi, xb) as f32;
+        acc += if B::OFFSET {
+            scaled + f16_bits_to_f32(wb.m_bits()) * xb.s
+        } else {
+            scaled
+        };
+    }
+    acc
+}
+
+/// Four rows of file blocks against Q8 activations: lane `r` bit for bit
+/// the row's scalar oracle (`acc += (d · d_x) · isum [+ m · s_x]` per block,
+/// in order). The activation halves are loaded once for the four rows, the
+/// rows' integer sums reduced together ([`I32x4::sum4`]), and the f16
+/// scales converted without branches ([`f16_bits_to_f32`]).
+pub fn dot4_file_blocks<B: FileQuants>(rows: [&[B]; 4], x: &[BlockQ8A]) -> [f32; 4] {
+    assert!(rows.iter().all(|r| r.len() == x.len()));
+    // SAFETY: the table has 16 levels.
+    let levels = unsafe { I8x16::load(KVALUES_IQ4NL.as_ptr()) };
+    let f32x4 = |v: [f32; 4]| unsafe { F32x4::load(v.as_ptr()) };
+    let mut acc = F32x4::zero();
+    for (j, xb) in x.iter().enumerate() {
+        // SAFETY: qs has 32 elements.
+        let (x0, x1) = unsafe { (I8x16::load(xb.qs.as_ptr()), I8x16::load(xb.qs.as_ptr().add(16))) };
+        let blocks = rows.map(|r| &r[j]);
+        let isum = |b: &B| {
+            let (lo, hi) = b.halves(levels);
+            I32x4::sum_pairs(dot16_i16(lo, x0)).add(I32x4::sum_pairs(dot16_i16(hi, x1)))
+        };
+        let isums = I32x4::sum4(isum(blocks[0]), isum(blocks[1]), isum(blocks[2]), isum(blocks[3]));
+        let d = f32x4(blocks.map(|b| f16_bits_to_f32(b.d_bits())));
+        let scaled = d.mul(F32x4::splat(xb.d)).mul(isums.to_f32());
+        acc = if B::OFFSET {
+            let m = f32x4(blocks.map(|b| f16_bits_to_f32(b.m_bits())));
+            acc.add(scaled.add(m.mul(F32x4::splat(xb.s))))
+        } else {
+            acc.add(scaled)
+        };
+    }
+    acc.lanes()
+}
+
 /// Rows `4g..4g + 4` of a packed Q5_K matrix against Q8_K activations: each
 /// lane bit for bit [`super::quant::vec_dot_q5_k_q8_k`] of that row; as
 /// [`dot4_q4_k`] with the fifth bit or-ed into each nibble (products
@@ -1210,6 +1364,67 @@ mod tests {
                 ..b
             });
             check_q8a::<BlockQ5_1x4>(&q5_1, rows, cols, matvec_q8_min, vec_dot_q5_1_q8_1);
+        }
+    }
+
+    /// `n` blocks of `B` from random bytes (every quant and fifth-bit
+    /// pattern), scales replaced by `scale` (f16 bits at `scale_at`).
+    fn random_file_blocks<B: crate::quant::Block>(n: usize, seed: u32, scale_at: &[usize], scale: f32) -> Vec<B> {
+        (0..n)
+            .map(|i| {
+                let mut b: Vec<u8> = (0..B::BYTES)
+                    .map(|j| {
+                        ((i * 131 + j) as u32)
+                            .wrapping_mul(2654435761)
+                            .wrapping_add(seed)
+                            .rotate_right(13) as u8
+                    })
+                    .collect();
+                for &at in scale_at {
+                    b[at..at + 2].copy_from_slice(&f16::from_f32(scale * (1.0 + (i % 7) as f32)).to_le_bytes());
+                }
+                B::read(&b)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn file_block_kernels_are_their_oracles_bit_for_bit() {
+        use crate::kernels::acts::quantize_act_q8_0;
+        use crate::kernels::quant::{vec_dot_iq4_nl_q8_0, vec_dot_q4_1_q8_1, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1};
+        for seed in 0..12u32 {
+            let n = 1 + seed as usize % 9;
+            let scale = [1e-3f32, 1.0, 6.0e-8, -2.5, 6.0e4][seed as usize % 5];
+            let mut x = pseudo(32 * n, seed);
+            if seed % 4 == 3 {
+                x[..32].fill(0.0); // an all-zero activation block
+                x[40] = 1e4; // and a spike
+            }
+            let mut xq = Vec::new();
+            quantize_act_q8_0(&x, &mut xq);
+            fn check<B: FileQuants + crate::quant::Block>(
+                blocks: &[B],
+                xq: &[BlockQ8A],
+                oracle: fn(&[B], &[BlockQ8A]) -> f32,
+                what: &str,
+            ) {
+                let want = oracle(blocks, xq).to_bits();
+                assert_eq!(dot_file_blocks(blocks, xq).to_bits(), want, "{what}");
+                // Four rows: this row in lane 2, others beside it.
+                let n = blocks.len();
+                let other: Vec<B> = blocks.iter().rev().copied().collect();
+                let got = dot4_file_blocks([&other[..n], &other[..n], blocks, &other[..n]], xq);
+                assert_eq!(got[2].to_bits(), want, "{what} (four rows)");
+                assert_eq!(got[0].to_bits(), oracle(&other, xq).to_bits(), "{what} (four rows)");
+            }
+            let q5_0: Vec<BlockQ5_0> = random_file_blocks(n, seed, &[0], scale);
+            check(&q5_0, &xq, vec_dot_q5_0_q8_0, &format!("q5_0 {seed}"));
+            let q5_1: Vec<BlockQ5_1> = random_file_blocks(n, seed, &[0, 2], scale);
+            check(&q5_1, &xq, vec_dot_q5_1_q8_1, &format!("q5_1 {seed}"));
+            let q4_1: Vec<BlockQ4_1> = random_file_blocks(n, seed, &[0, 2], scale);
+            check(&q4_1, &xq, vec_dot_q4_1_q8_1, &format!("q4_1 {seed}"));
+            let iq4: Vec<BlockIQ4NL> = random_file_blocks(n, seed, &[0], scale);
+            check(&iq4, &xq, vec_dot_iq4_nl_q8_0, &format!("iq4_nl {seed}"));
         }
     }
 

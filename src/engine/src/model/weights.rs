@@ -459,7 +459,7 @@ pub struct ModelLoader {
     config: ModelConfig,
     needed: Vec<Needed>,
     /// How matrices are laid out as they are added: F16 and BF16 widened
-    /// to f32 (see [`F16_WIDEN_MAX_BYTES`]), Q4_0, Q4_K and Q5_K quants
+    /// to f32 (see [`F16_WIDEN_MAX_BYTES`]), the 4- and 5-bit quants
     /// widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
     layout: Layout,
 }
@@ -469,6 +469,8 @@ pub struct ModelLoader {
 /// at most this many bytes of heap: about 40 % fewer instructions per
 /// multiply-add than the nibble layouts, the same values, 1.72× (Q4_K),
 /// 1.45× (Q5_K) or 1.8× (Q4_0) the bytes.
+/// Q4_1, Q5_0, Q5_1 and IQ4_NL are widened under the same rule, and
+/// otherwise kept as the file's blocks ([`crate::kernels::matrix::FileBlocks`]).
 /// Larger models keep the nibbles to fit the canister's 4 GiB heap beside
 /// the KV cache and the load buffers: 3 GiB leaves half a GiB of the
 /// canister's 3.5 GiB budget for jobs' KV caches (LFM2.5-2.6B Q4_K_M, 2.7
@@ -537,7 +539,16 @@ impl ModelLoader {
             widened.layout.widen_floats = true;
             widened.heap_bytes() <= F16_WIDEN_MAX_BYTES
         };
-        loader.layout.widen_nibbles = has(&loader, &[GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q5K]) && {
+        let compactable = [
+            GgmlType::Q4_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::IQ4NL,
+        ];
+        loader.layout.widen_nibbles = has(&loader, &compactable) && {
             let mut widened = loader.clone();
             widened.layout.widen_nibbles = true;
             widened.heap_bytes() <= K_WIDEN_MAX_BYTES
@@ -560,14 +571,15 @@ impl ModelLoader {
         self.layout.widen_floats
     }
 
-    /// Keeps Q4_0, Q4_K and Q5_K quants as nibbles even when the byte
-    /// layouts would fit (55–70 % of their heap, about 1.6× the instructions
-    /// per multiply-add).
+    /// Keeps Q4_0, Q4_K and Q5_K quants as nibbles, and Q4_1, Q5_0, Q5_1
+    /// and IQ4_NL as the file's blocks, even when the byte layouts would fit
+    /// (55–70 % of their heap; about 1.6× the instructions per multiply-add
+    /// for the nibbles, several times for the file blocks).
     pub fn keep_nibbles(&mut self) {
         self.layout.widen_nibbles = false;
     }
 
-    /// Whether Q4_0, Q4_K and Q5_K quants will be widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
+    /// Whether the 4- and 5-bit quants will be widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
     pub fn widens_nibbles(&self) -> bool {
         self.layout.widen_nibbles
     }
