@@ -553,9 +553,15 @@ pub fn step_together(model: &Model, jobs: &mut [&mut Job], budget: &mut dyn Budg
                 open[i] = run_alone(model, job, budget, &mut reports[i], |j| key_of(j) == Some(key));
             }
         }
+        // A group the budget refuses is halved until it fits or is one
+        // job, so a message always advances what a solo step would: a
+        // budget that fits one job's unit but not eight must not stall all
+        // eight forever.
+        let mut cap = usize::MAX;
         loop {
             let members: Vec<usize> = (0..jobs.len())
                 .filter(|&i| open[i] && key_of(jobs[i]) == Some(key))
+                .take(cap)
                 .collect();
             if members.is_empty() {
                 break;
@@ -567,7 +573,11 @@ pub fn step_together(model: &Model, jobs: &mut [&mut Job], budget: &mut dyn Budg
                 .map(|(_, j)| &mut **j)
                 .collect();
             let Some(done) = run_group_unit(model, &mut group, budget) else {
-                break;
+                if members.len() == 1 {
+                    break;
+                }
+                cap = members.len() / 2;
+                continue;
             };
             for (&i, d) in members.iter().zip(done) {
                 open[i] = record(&mut jobs[i].state, &mut reports[i], d);
