@@ -176,3 +176,74 @@ fn longrope_jobs_of_both_factor_sets_together_generate_what_each_generates_alone
     assert!(model.uses_long_rope(specs[2].ctx) && !model.uses_long_rope(specs[0].ctx));
     together_equals_alone(&model, &specs, 7, 13, 1);
 }
+
+/// Accepts any unit of at most `max_macs` multiply-adds: one job's, never
+/// a group's.
+struct MacCap {
+    max_macs: u64,
+    asked: Vec<u64>,
+}
+impl icllm_engine::job::Budget for MacCap {
+    fn can_afford(&mut self, macs: u64) -> bool {
+        self.asked.push(macs);
+        macs <= self.max_macs
+    }
+}
+
+/// A budget that fits one job's largest unit but not a group's must still
+/// advance the jobs (the group is halved down to one job), and each job's
+/// ids stay its own. Before, every job of the group was stepped with no
+/// unit run, forever (the 1,000-job load stalled in its 8th wave).
+#[test]
+fn a_budget_too_small_for_the_group_still_advances_its_jobs() {
+    let (model, _) = Model::from_gguf_bytes(&quant_models::stories_bytes()).unwrap();
+    // One-token prompts: every unit a job runs is then one token's.
+    let mut specs = stories_specs();
+    specs.iter_mut().for_each(|s| s.prompt.truncate(1));
+    let want: Vec<Vec<u32>> = specs.iter().map(|s| alone(&model, s)).collect();
+    // The most one job's unit asks for, run alone.
+    let one_job = specs
+        .iter()
+        .map(|s| {
+            let mut budget = MacCap {
+                max_macs: u64::MAX,
+                asked: Vec::new(),
+            };
+            step(&model, &mut new_job(&model, s), &mut budget);
+            budget.asked.into_iter().max().unwrap()
+        })
+        .max()
+        .unwrap();
+    let mut jobs: Vec<Job> = specs.iter().map(|s| new_job(&model, s)).collect();
+    let mut done = vec![false; jobs.len()];
+    for call in 0.. {
+        assert!(call < 100_000, "the jobs stopped advancing");
+        let mut refs: Vec<&mut Job> = jobs
+            .iter_mut()
+            .zip(&done)
+            .filter(|(_, d)| !**d)
+            .map(|(j, _)| j)
+            .collect();
+        if refs.is_empty() {
+            break;
+        }
+        let mut budget = MacCap {
+            max_macs: one_job,
+            asked: Vec::new(),
+        };
+        let reports = step_together(&model, &mut refs, &mut budget);
+        assert!(
+            reports.iter().map(|r| r.units).sum::<u32>() > 0,
+            "call {call} ran no unit: cap {one_job}, asked {:?}, reports {:?}",
+            budget.asked,
+            reports.iter().map(|r| (r.units, &r.outcome)).collect::<Vec<_>>()
+        );
+        let open: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
+        for (i, r) in open.into_iter().zip(&reports) {
+            done[i] = matches!(r.outcome, StepOutcome::Finished(_));
+        }
+    }
+    for (job, want) in jobs.iter().zip(&want) {
+        assert_eq!(job.state.generated(), &want[..]);
+    }
+}
