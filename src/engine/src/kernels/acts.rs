@@ -238,9 +238,10 @@ pub fn q8k_scale(amax: f32) -> f32 {
 }
 
 /// Quantizes activations `x` (a multiple of 32 long) into 32-element int8
-/// blocks with f32 scales (icllm's own Q8 attention).
+/// blocks with f32 scales (icllm's own Q8 attention, which has no use for
+/// `s`: it stays 0, off the per-head hot path).
 pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
-    quantize_blocks_q8(x, out, q8_scale);
+    quantize_blocks_q8(x, out, |amax, _| (q8_scale(amax), 0.0));
 }
 
 /// Quantizes activations `x` (a multiple of 32 long) as ggml's x86 backend
@@ -250,10 +251,22 @@ pub fn quantize_act_q8(x: &[f32], out: &mut Vec<BlockQ8A>) {
 /// offsets of Q4_1 and Q5_1 multiply, the f32 scale times the quants' sum
 /// rounded to f16 (`block_q8_1.s`), so that a dot product is llama.cpp's.
 pub fn quantize_act_q8_0(x: &[f32], out: &mut Vec<BlockQ8A>) {
-    quantize_blocks_q8(x, out, |amax| half::f16::from_f32(q8_scale(amax)).to_f32());
+    quantize_blocks_q8(x, out, |amax, qs| {
+        let sum = if SIMD {
+            simd_quant::sum_i8(qs)
+        } else {
+            qs.iter().map(|&q| q as i32).sum()
+        };
+        (
+            half::f16::from_f32(q8_scale(amax)).to_f32(),
+            half::f16::from_f32(q8_scale(amax) * sum as f32).to_f32(),
+        )
+    });
 }
 
-fn quantize_blocks_q8(x: &[f32], out: &mut Vec<BlockQ8A>, scale: impl Fn(f32) -> f32) {
+/// 32-element int8 blocks of `x`, each block's `(d, s)` from its amax and
+/// quants by `scales`.
+fn quantize_blocks_q8(x: &[f32], out: &mut Vec<BlockQ8A>, scales: impl Fn(f32, &[i8; QK8_0]) -> (f32, f32)) {
     debug_assert_eq!(x.len() % QK8_0, 0);
     out.clear();
     out.extend(x.chunks_exact(QK8_0).map(|c| {
@@ -264,13 +277,7 @@ fn quantize_blocks_q8(x: &[f32], out: &mut Vec<BlockQ8A>, scale: impl Fn(f32) ->
             qw: [0; QK8_0],
         };
         let amax = quantize_i8_block(c, &mut b.qs);
-        b.d = scale(amax);
-        let sum = if SIMD {
-            simd_quant::sum_i8(&b.qs)
-        } else {
-            b.qs.iter().map(|&q| q as i32).sum()
-        };
-        b.s = half::f16::from_f32(q8_scale(amax) * sum as f32).to_f32();
+        (b.d, b.s) = scales(amax, &b.qs);
         simd_quant::widen_i8(&b.qs, &mut b.qw);
         b
     }));

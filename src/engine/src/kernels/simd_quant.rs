@@ -825,10 +825,8 @@ pub trait FileQuants: Copy {
     const OFFSET: bool;
     /// Elements 0..16 and 16..32 as signed bytes (`levels`: the IQ4_NL table).
     fn halves(&self, levels: I8x16) -> (I8x16, I8x16);
-    fn d_bits(&self) -> u16;
-    fn m_bits(&self) -> u16 {
-        0
-    }
+    /// The f16 bits of the scale `d` and the offset `m` (0 without one).
+    fn scale_bits(&self) -> (u16, u16);
 }
 
 impl FileQuants for BlockQ5_0 {
@@ -840,8 +838,8 @@ impl FileQuants for BlockQ5_0 {
         (lo.or(blo).sub(sixteen), hi.or(bhi).sub(sixteen))
     }
     #[inline(always)]
-    fn d_bits(&self) -> u16 {
-        self.d.to_bits()
+    fn scale_bits(&self) -> (u16, u16) {
+        (self.d.to_bits(), 0)
     }
 }
 
@@ -853,12 +851,8 @@ impl FileQuants for BlockQ5_1 {
         (lo.or(blo), hi.or(bhi))
     }
     #[inline(always)]
-    fn d_bits(&self) -> u16 {
-        self.d.to_bits()
-    }
-    #[inline(always)]
-    fn m_bits(&self) -> u16 {
-        self.m.to_bits()
+    fn scale_bits(&self) -> (u16, u16) {
+        (self.d.to_bits(), self.m.to_bits())
     }
 }
 
@@ -869,12 +863,8 @@ impl FileQuants for BlockQ4_1 {
         nibble_halves(&self.qs)
     }
     #[inline(always)]
-    fn d_bits(&self) -> u16 {
-        self.d.to_bits()
-    }
-    #[inline(always)]
-    fn m_bits(&self) -> u16 {
-        self.m.to_bits()
+    fn scale_bits(&self) -> (u16, u16) {
+        (self.d.to_bits(), self.m.to_bits())
     }
 }
 
@@ -886,8 +876,8 @@ impl FileQuants for BlockIQ4NL {
         (levels.lookup(lo), levels.lookup(hi))
     }
     #[inline(always)]
-    fn d_bits(&self) -> u16 {
-        self.d.to_bits()
+    fn scale_bits(&self) -> (u16, u16) {
+        (self.d.to_bits(), 0)
     }
 }
 
@@ -900,9 +890,10 @@ pub fn dot_file_blocks<B: FileQuants>(w: &[B], x: &[BlockQ8A]) -> f32 {
     let mut acc = 0.0f32;
     for (wb, xb) in w.iter().zip(x) {
         let (lo, hi) = wb.halves(levels);
-        let scaled = (f16_bits_to_f32(wb.d_bits()) * xb.d) * block_isum(lo, hi, xb) as f32;
+        let (d, m) = wb.scale_bits();
+        let scaled = (f16_bits_to_f32(d) * xb.d) * block_isum(lo, hi, xb) as f32;
         acc += if B::OFFSET {
-            scaled + f16_bits_to_f32(wb.m_bits()) * xb.s
+            scaled + f16_bits_to_f32(m) * xb.s
         } else {
             scaled
         };
@@ -930,10 +921,11 @@ pub fn dot4_file_blocks<B: FileQuants>(rows: [&[B]; 4], x: &[BlockQ8A]) -> [f32;
             I32x4::sum_pairs(dot16_i16(lo, x0)).add(I32x4::sum_pairs(dot16_i16(hi, x1)))
         };
         let isums = I32x4::sum4(isum(blocks[0]), isum(blocks[1]), isum(blocks[2]), isum(blocks[3]));
-        let d = f32x4(blocks.map(|b| f16_bits_to_f32(b.d_bits())));
+        let bits = blocks.map(|b| b.scale_bits());
+        let d = f32x4(bits.map(|(d, _)| f16_bits_to_f32(d)));
         let scaled = d.mul(F32x4::splat(xb.d)).mul(isums.to_f32());
         acc = if B::OFFSET {
-            let m = f32x4(blocks.map(|b| f16_bits_to_f32(b.m_bits())));
+            let m = f32x4(bits.map(|(_, m)| f16_bits_to_f32(m)));
             acc.add(scaled.add(m.mul(F32x4::splat(xb.s))))
         } else {
             acc.add(scaled)

@@ -277,7 +277,8 @@ const _: () = assert!(size_of::<BlockQ8K>() == 820);
 pub struct BlockQ8A {
     pub d: f32,
     /// The f32 scale times the quants' sum, rounded to f16 (ggml's
-    /// `block_q8_1.s`): what the offsets of Q4_1 and Q5_1 weights multiply.
+    /// `block_q8_1.s`): what the offsets of Q4_1 and Q5_1 weights multiply
+    /// (0 in icllm's own Q8 attention blocks).
     pub s: f32,
     pub qs: [i8; QK8_0],
     /// `qs` widened to i16 (see [`BlockQ8K::qw`]).
