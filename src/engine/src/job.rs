@@ -694,7 +694,7 @@ fn run_group_unit(model: &Model, group: &mut [&mut Job], budget: &mut dyn Budget
         0 => budget.can_afford_batch(
             group
                 .iter()
-                .map(|j| forward::largest_unit_macs(model, j.state.cursor.pos, 1))
+                .map(|j| forward::largest_unit_macs(model, j.state.cursor.pos, 1, true))
                 .sum(),
         ),
         _ => budget.can_afford(total),
@@ -808,7 +808,10 @@ fn run_unit(model: &Model, job: &mut Job, budget: &mut dyn Budget) -> Result<Opt
         }
         // The budget is asked with the batch's most expensive unit, so that a
         // batch it accepts now can also run its later units in later calls.
-        let largest_unit = |n| forward::largest_unit_macs(model, cur.pos, n);
+        let largest_unit = |n| {
+            let ends_with_head = cur.pos as usize + n == s.total_tokens();
+            forward::largest_unit_macs(model, cur.pos, n, ends_with_head)
+        };
         let Some(n) = (1..=max_n).rev().find(|&n| budget.can_afford_batch(largest_unit(n))) else {
             return Ok(None);
         };

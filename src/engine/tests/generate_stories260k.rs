@@ -334,6 +334,39 @@ fn batch_adapts_to_the_budget() {
     assert_eq!(ids, GOLDEN_IDS);
 }
 
+/// A batch that ends with the last known token runs the head too, so its
+/// start is asked with the head's cost when the head is the largest unit
+/// (stories260K: 64 wide, 512 entries). Asked without it, a budget that fits
+/// every layer but not the head started a batch that could not finish.
+#[test]
+fn a_batch_ending_with_the_head_is_asked_for_the_head() {
+    use icllm_engine::model::forward::{attention_block_macs, ffn_block_macs, head_macs};
+    let model = &stories().model;
+    let one_token = attention_block_macs(model, 0, 1).max(ffn_block_macs(model, 1));
+    assert!(head_macs(model) > one_token, "the premise: the head is the largest unit");
+    // A one-token prompt: its only batch ends with the head.
+    let mut job = new_job(golden_prompt()[..1].to_vec(), SamplingParams::greedy(), 3, 64);
+    let before = job.clone();
+    let mut layers_only = MacBudget {
+        max_macs: one_token,
+        units: 100,
+        asked: Vec::new(),
+    };
+    let report = step(model, &mut job, &mut layers_only);
+    assert_eq!((report.outcome, report.units), (StepOutcome::Yielded, 0));
+    assert_eq!(layers_only.asked[0], head_macs(model));
+    assert_eq!(job, before, "no batch started that the budget could not finish");
+    // A prompt batch whose logits nobody needs is asked for its layers only.
+    let mut job = new_job(golden_prompt()[..2].to_vec(), SamplingParams::greedy(), 3, 64);
+    let mut one = MacBudget {
+        max_macs: one_token,
+        units: 1,
+        asked: Vec::new(),
+    };
+    assert_eq!(step(model, &mut job, &mut one).units, 1);
+    assert_eq!(job.state.cursor().batch_len, 1);
+}
+
 #[test]
 fn fresh_job_with_refusing_budget_yields_zero_units() {
     let mut job = new_job(golden_prompt(), SamplingParams::greedy(), 10, 128);

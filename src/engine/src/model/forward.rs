@@ -404,12 +404,15 @@ pub fn batch_macs(model: &Model, pos0: u32, n: usize) -> u64 {
 }
 
 /// Multiply-adds of the most expensive unit of a batch of `n` tokens at
-/// `pos0..pos0 + n` (over the kinds of layers the model has).
-pub fn largest_unit_macs(model: &Model, pos0: u32, n: usize) -> u64 {
+/// `pos0..pos0 + n` (over the kinds of layers the model has), counting the
+/// head when the batch ends with the last known token (`ends_with_head`):
+/// with a large vocabulary and a small width the head is the largest unit.
+pub fn largest_unit_macs(model: &Model, pos0: u32, n: usize, ends_with_head: bool) -> u64 {
     let c = &model.config;
     let attention = (c.n_kv_layers() > 0).then(|| attention_block_macs(model, pos0, n));
     let conv = (c.n_kv_layers() < c.n_layers).then(|| short_conv_block_macs(model, n));
-    [attention, conv, Some(ffn_block_macs(model, n))]
+    let head = ends_with_head.then(|| head_macs(model));
+    [attention, conv, Some(ffn_block_macs(model, n)), head]
         .into_iter()
         .flatten()
         .max()
