@@ -661,10 +661,28 @@ fn k16_scaled_sums<S>(wb: &BlockK16x4<S>, groups: &[[I16x8; 8]; 16]) -> I32x4 {
     }
 }
 
+/// `Σ q·x` over a [`BlockK16x4`]'s 16 groups whose quants already carry
+/// their group's scale ([`BlockQ2Kx4`]), each row's in its lane (exact in
+/// i32: |·| ≤ 256 · 45 · 127).
+#[inline(always)]
+fn k16_prescaled_sums<S>(wb: &BlockK16x4<S>, groups: &[[I16x8; 8]; 16]) -> I32x4 {
+    // SAFETY: every load below stays inside the block's quants.
+    unsafe {
+        let q = wb.qs.as_ptr() as *const u8;
+        let group = |g: usize| dot_pairs::<8, false>(q.add(64 * g), &groups[g]);
+        let mut isc = group(0);
+        unroll!(g in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+            isc = isc.add(group(g));
+        });
+        isc
+    }
+}
+
 /// `out = W x` for a packed Q2_K matrix against Q8_K activations: each row
-/// bit for bit [`super::quant::vec_dot_q2_k_q8_k`]. Q6_K's group sums
-/// ([`k16_scaled_sums`], quants 0..=3 as bytes), and the mins times the
-/// per-16 activation sums by `i32x4.dot_i16x8_s` over group pairs.
+/// bit for bit [`super::quant::vec_dot_q2_k_q8_k`]. Q6_K's group sums over
+/// quants stored times their scales ([`k16_prescaled_sums`]: no per-group
+/// multiply), and the mins times the per-16 activation sums by
+/// `i32x4.dot_i16x8_s` over group pairs.
 pub fn matvec_q2_k(w: &Interleaved<BlockQ2Kx4>, x: &[BlockQ8K], out: &mut [f32]) {
     matvec_stationary::<Q2KKernel>(w, x, out)
 }
@@ -686,7 +704,7 @@ impl Stationary for Q2KKernel {
     #[inline(always)]
     unsafe fn step(acc: F32x4, w: *const BlockQ2Kx4, (groups, bsums, xd): &Self::State) -> F32x4 {
         let wb = &*w;
-        let isc = k16_scaled_sums(&wb.k16, groups);
+        let isc = k16_prescaled_sums(&wb.k16, groups);
         let min = |k: usize| I32x4::dot(I16x8::load(wb.min_pairs[k].as_ptr()), bsums[k]);
         let mut imin = min(0);
         unroll!(k in [1, 2, 3, 4, 5, 6, 7] {

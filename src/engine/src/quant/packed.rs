@@ -632,10 +632,13 @@ impl<S> BlockK16x4<S> {
     }
 }
 
-/// Q2_K for four rows: the quants (0..=3) and 4-bit scales as Q6_K's byte
-/// layout ([`BlockK16x4`]), plus the mins' super-scale and the 4-bit mins
-/// by group pairs (`min_pairs[k][2r + i]` = row `r`'s min of group `2k +
-/// i`, for `i32x4.dot_i16x8_s` against two groups' activation sums).
+/// Q2_K for four rows: Q6_K's byte layout ([`BlockK16x4`]) with each quant
+/// (0..=3) stored already times its group's 4-bit scale (≤ 45, still a
+/// byte), so the kernel sums `Σ sc·q·x` in one run with no per-group scale
+/// multiply; the scales are kept beside for [`PackedBlock::unpack`]. Plus
+/// the mins' super-scale and the 4-bit mins by group pairs
+/// (`min_pairs[k][2r + i]` = row `r`'s min of group `2k + i`, for
+/// `i32x4.dot_i16x8_s` against two groups' activation sums).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 pub struct BlockQ2Kx4 {
@@ -660,7 +663,7 @@ impl PackedBlock for BlockQ2Kx4 {
             k16: BlockK16x4::from_rows(
                 rows.map(|b| b.d.to_f32()),
                 rows.map(|b| b.scales.map(|s| (s & 0xF) as i8)),
-                rows.map(|b| std::array::from_fn(|e| q2k_quant(&b, e) as i8)),
+                rows.map(|b| std::array::from_fn(|e| ((b.scales[e / 16] & 0xF) * q2k_quant(&b, e)) as i8)),
             ),
             dmin: rows.map(|b| b.dmin.to_f32()),
             min_pairs: std::array::from_fn(|k| {
@@ -677,10 +680,12 @@ impl PackedBlock for BlockQ2Kx4 {
             d: f16::from_f32(self.k16.d[lane]),
             dmin: f16::from_f32(self.dmin[lane]),
         };
-        let mut quants = [0i8; QK_K];
-        pair_lane(&self.k16.qs, lane, &mut quants);
-        for (e, &q) in quants.iter().enumerate() {
-            b.qs[32 * (e / 128) + e % 32] |= (q as u8) << (2 * ((e % 128) / 32));
+        let mut scaled = [0i8; QK_K];
+        pair_lane(&self.k16.qs, lane, &mut scaled);
+        for (e, &sq) in scaled.iter().enumerate() {
+            // Quants under a zero scale were stored as 0: the same values.
+            let q = (sq as u8).checked_div(b.scales[e / 16] & 0xF).unwrap_or(0);
+            b.qs[32 * (e / 128) + e % 32] |= q << (2 * ((e % 128) / 32));
         }
         b
     }
@@ -1541,9 +1546,9 @@ mod tests {
     }
 
     /// Every lane of a packed block unpacks to the file bytes it was packed
-    /// from (random bytes; the f16 scales at `scales` made finite, since a
-    /// NaN need not keep its payload through f32).
-    fn unpack_inverts_pack<P: PackedBlock>(seed: u64, scales: &[usize]) {
+    /// from (random bytes, then `fix`; the f16 scales at `scales` made
+    /// finite, since a NaN need not keep its payload through f32).
+    fn unpack_inverts_pack<P: PackedBlock>(seed: u64, scales: &[usize], fix: fn(&mut [u8])) {
         let n = P::Src::BYTES;
         for t in 0..64 {
             let mut raw = noise(4 * n, seed * 1000 + t);
@@ -1552,6 +1557,7 @@ mod tests {
                     let d = f16::from_f32((i as f32 - 1.5) * 0.37 * (t as f32 + 1.0)).to_bits();
                     block[at..at + 2].copy_from_slice(&d.to_le_bytes());
                 }
+                fix(block);
             }
             let packed = P::pack(std::array::from_fn(|r| Some(P::Src::read(&raw[r * n..(r + 1) * n]))));
             for lane in 0..4 {
@@ -1569,11 +1575,31 @@ mod tests {
 
     #[test]
     fn packed_blocks_unpack_to_their_file_bytes() {
-        unpack_inverts_pack::<BlockQ3Kx4>(1, &[108]);
-        unpack_inverts_pack::<BlockQ2Kx4>(2, &[80, 82]);
-        unpack_inverts_pack::<BlockIQ4XSx4>(3, &[0]);
-        unpack_inverts_pack::<BlockQ6Kx4>(4, &[208]);
-        unpack_inverts_pack::<BlockKWidex4<BlockQ4K>>(5, &[0, 2]);
+        let keep = |_: &mut [u8]| {};
+        unpack_inverts_pack::<BlockQ3Kx4>(1, &[108], keep);
+        // Q2_K keeps a quant only times its scale: every scale made nonzero.
+        unpack_inverts_pack::<BlockQ2Kx4>(2, &[80, 82], |b| b[..16].iter_mut().for_each(|s| *s |= 1));
+        unpack_inverts_pack::<BlockIQ4XSx4>(3, &[0], keep);
+        unpack_inverts_pack::<BlockQ6Kx4>(4, &[208], keep);
+        unpack_inverts_pack::<BlockKWidex4<BlockQ4K>>(5, &[0, 2], keep);
+    }
+
+    /// Under a zero Q2_K scale the quants are lost in packing, but the
+    /// values are not: every weight is then `-dmin · m` whatever its quant.
+    #[test]
+    fn q2_k_groups_with_a_zero_scale_unpack_to_the_same_values() {
+        for t in 0..16 {
+            let mut raw = noise(BlockQ2K::BYTES, 700 + t);
+            raw[80..84].copy_from_slice(&[0x00, 0x3C, 0x00, 0x38]); // d = 1, dmin = 0.5
+            raw[..16].iter_mut().step_by(2).for_each(|s| *s &= 0xF0);
+            let block = BlockQ2K::read(&raw);
+            let back = BlockQ2Kx4::pack([Some(block), None, None, None]).unpack(0);
+            let (mut want, mut got) = (vec![0.0; QK_K], vec![0.0; QK_K]);
+            crate::quant::dequantize_row_q2_k(&[block], &mut want);
+            crate::quant::dequantize_row_q2_k(&[back], &mut got);
+            assert_eq!(got, want, "block {t}");
+            assert_ne!(back, block, "block {t}: quants under a zero scale were random");
+        }
     }
 
     #[test]
