@@ -6,6 +6,8 @@
 //! step, checkpoints), `scheduler` (timer-driven background work),
 //! `access` (who may do what). Stable layout: see `memory`.
 
+#![cfg_attr(target_arch = "wasm64", feature(simd_wasm64))]
+
 pub mod access;
 pub mod bounds;
 pub mod budget;
@@ -636,7 +638,11 @@ fn heap_bytes() -> u64 {
     {
         core::arch::wasm32::memory_size(0) as u64 * memory::WASM_PAGE
     }
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(target_arch = "wasm64")]
+    {
+        core::arch::wasm64::memory_size(0) as u64 * memory::WASM_PAGE
+    }
+    #[cfg(not(any(target_arch = "wasm32", target_arch = "wasm64")))]
     {
         0
     }
@@ -713,7 +719,7 @@ ic_cdk::export_candid!();
 
 /// The interface as candid text, embedded in the wasm as the
 /// `icp:public candid:service` custom section that tools read.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", target_arch = "wasm64"))]
 #[unsafe(link_section = "icp:public candid:service")]
 #[used]
 static CANDID_SERVICE: [u8; include_bytes!("../../../candid/icllm.did").len()] =

@@ -50,9 +50,14 @@ pub const JOBS_FINISHED: MemoryId = MemoryId::new(6);
 pub const JOB_OWNERS: MemoryId = MemoryId::new(7);
 
 /// Heap the model's weights and the cached jobs' KV caches may take together:
-/// wasm32's 4 GiB less room for everything else (the stack, the tensor the
-/// load pipeline stages, activations, records, the allocator's slack).
-pub const HEAP_BUDGET: u64 = (4 << 30) - (512 << 20);
+/// the heap's limit less room for everything else (the stack, the tensor
+/// the load pipeline stages, activations, records, the allocator's slack).
+pub const HEAP_BUDGET: u64 = HEAP_LIMIT - (512 << 20);
+
+/// The most heap the canister can have: wasm32's 4 GiB address space, or
+/// the replica's wasm64 limit (`MAX_WASM64_MEMORY_IN_BYTES`, 6 GiB since
+/// dfinity/ic #3748).
+pub const HEAP_LIMIT: u64 = if cfg!(target_arch = "wasm64") { 6 << 30 } else { 4 << 30 };
 
 /// Size of one stable-memory page as `Memory::size` counts it.
 pub const WASM_PAGE: u64 = 65536;

@@ -1,7 +1,9 @@
 //! icllm engine: pure LLM inference with resumable generation jobs.
 //!
 //! No IC dependency: it builds natively (CLI, tests) and for
-//! wasm32-unknown-unknown (the canister). The environment (instruction
+//! wasm32-unknown-unknown (the canister) or wasm64-unknown-unknown (the
+//! canister for models above the wasm32 heap; nightly, whose SIMD
+//! intrinsics for wasm64 are still unstable). The environment (instruction
 //! budget) is passed in through the [`job::Budget`] trait.
 //!
 //! Map:
@@ -15,6 +17,8 @@
 //! - [`sampler`]: logits → token, with explicit serializable RNG state.
 //! - [`logprobs`]: the log-softmax of raw logits a job keeps per generated token when asked.
 //! - [`job`]: the resumable generation state machine and the budget trait.
+
+#![cfg_attr(target_arch = "wasm64", feature(simd_wasm64))]
 
 pub mod chat;
 pub mod format;

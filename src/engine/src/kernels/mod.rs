@@ -30,9 +30,13 @@ pub mod simd;
 pub(crate) mod simd_f32;
 pub(crate) mod simd_quant;
 
-/// The canister build (wasm32 + simd128) runs the [`simd`] kernels; every
-/// other build runs the scalar oracles below. Both give the same bits.
-pub(crate) const SIMD: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
+/// The canister builds (wasm32 or wasm64, + simd128) run the [`simd`]
+/// kernels; every other build runs the scalar oracles below. Both give the
+/// same bits.
+pub(crate) const SIMD: bool = cfg!(all(
+    any(target_arch = "wasm32", target_arch = "wasm64"),
+    target_feature = "simd128"
+));
 
 pub use attention::{attention, attention_q8, attention_q8_scalar, AttentionShape};
 pub use conv::short_conv;

@@ -1,7 +1,7 @@
 //! SIMD versions of the hot kernels, written against a tiny 4-lane type
 //! [`F32x4`].
 //!
-//! On `wasm32` with `simd128` enabled (the canister build), `F32x4` is a
+//! On `wasm32` or `wasm64` with `simd128` enabled (the canister builds), `F32x4` is a
 //! `v128` and every method is one or two wasm SIMD instructions. Elsewhere
 //! it is a plain `[f32; 4]` with the same lane semantics, so native tests run
 //! exactly the lane logic the canister runs and compare it with the scalar
@@ -16,9 +16,12 @@
 //!
 //! No relaxed SIMD (the IC rejects it).
 
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[cfg(all(any(target_arch = "wasm32", target_arch = "wasm64"), target_feature = "simd128"))]
 mod imp {
+    #[cfg(target_arch = "wasm32")]
     use core::arch::wasm32::*;
+    #[cfg(target_arch = "wasm64")]
+    use core::arch::wasm64::*;
 
     /// Four f32 lanes in one `v128`.
     #[derive(Clone, Copy)]
@@ -478,7 +481,7 @@ mod imp {
     }
 }
 
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[cfg(not(all(any(target_arch = "wasm32", target_arch = "wasm64"), target_feature = "simd128")))]
 mod imp {
     /// Four f32 lanes; the portable stand-in for a wasm `v128`.
     #[derive(Clone, Copy)]

@@ -474,8 +474,9 @@ pub struct ModelLoader {
 /// Larger models keep the nibbles to fit the canister's 4 GiB heap beside
 /// the KV cache and the load buffers: 3 GiB leaves half a GiB of the
 /// canister's 3.5 GiB budget for jobs' KV caches (LFM2.5-2.6B Q4_K_M, 2.7
-/// GiB in bytes, decodes 1.5× faster than in nibbles).
-pub const K_WIDEN_MAX_BYTES: u64 = 3 << 30;
+/// GiB in bytes, decodes 1.5× faster than in nibbles). The wasm64 build's
+/// 6 GiB heap moves the line to 5 GiB (half a GiB of its 5.5 GiB budget).
+pub const K_WIDEN_MAX_BYTES: u64 = if cfg!(target_arch = "wasm64") { 5 << 30 } else { 3 << 30 };
 
 /// F16 and BF16 weight matrices are widened to f32 at load when the whole
 /// model then still takes at most this many bytes: the f32 kernels cost
