@@ -343,7 +343,10 @@ fn a_batch_ending_with_the_head_is_asked_for_the_head() {
     use icllm_engine::model::forward::{attention_block_macs, ffn_block_macs, head_macs};
     let model = &stories().model;
     let one_token = attention_block_macs(model, 0, 1).max(ffn_block_macs(model, 1));
-    assert!(head_macs(model) > one_token, "the premise: the head is the largest unit");
+    assert!(
+        head_macs(model) > one_token,
+        "the premise: the head is the largest unit"
+    );
     // A one-token prompt: its only batch ends with the head.
     let mut job = new_job(golden_prompt()[..1].to_vec(), SamplingParams::greedy(), 3, 64);
     let before = job.clone();
