@@ -348,7 +348,7 @@ impl Runtime {
     /// refunds what is left), out of the cycles above the freezing reserve.
     fn ensure_can_prepay(&self, id: CanisterId, extra: u128) -> Result<(), Error> {
         let c = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
-        let need = crate::cycles::execution_cost(self.config.limits.update) + extra;
+        let need = crate::cycles::execution_cost_in(c.info.mode, self.config.limits.update) + extra;
         let liquid = c.liquid_cycles();
         if liquid < need {
             return Err(Error::Rejected {
@@ -1403,10 +1403,9 @@ impl Runtime {
             MessageKind::Update | MessageKind::GlobalTimer | MessageKind::Callback | MessageKind::Cleanup
         ) {
             // Paid whether or not the message trapped.
+            let cost = crate::cycles::execution_cost_in(canister.info.mode, report.charged_instructions());
             let host = canister.host_mut();
-            host.cycles = host
-                .cycles
-                .saturating_sub(crate::cycles::execution_cost(report.charged_instructions()));
+            host.cycles = host.cycles.saturating_sub(cost);
         }
         self.record(report.clone());
         (report, exec.result)
@@ -1427,7 +1426,7 @@ impl Runtime {
             stable_bytes_written: exec.msg.stable_bytes_written,
             dirtied_stable_pages: exec.dirtied_stable_pages,
             dirtied_heap_pages: exec.dirtied_heap_pages,
-            heap_dirty_page_instructions: self.after_message_charge(exec),
+            heap_dirty_page_instructions: self.after_message_charge(canister.info.mode, exec),
             page_instructions: exec.page_instructions,
             slices: exec.slices,
             committed,
@@ -1437,13 +1436,19 @@ impl Runtime {
 
     /// The replica's after-message charge for dirty pages (see
     /// [`MessageReport::heap_dirty_page_instructions`]).
-    fn after_message_charge(&self, exec: &Execution) -> u64 {
-        use crate::charges::{MemoryCharges, DIRTY_PAGE_COPY_OVERHEAD, OS_PAGES_PER_WASM_PAGE};
+    fn after_message_charge(&self, mode: WasmExecutionMode, exec: &Execution) -> u64 {
+        use crate::charges::{
+            MemoryCharges, DIRTY_PAGE_COPY_OVERHEAD, OS_PAGES_PER_WASM_PAGE, WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER,
+        };
         if exec.msg.kind == MessageKind::Query {
             return 0;
         }
+        let legacy_overhead = match mode {
+            WasmExecutionMode::Wasm32 => self.config.heap_dirty_page_overhead,
+            WasmExecutionMode::Wasm64 => self.config.heap_dirty_page_overhead * WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER,
+        };
         match self.config.memory_charges {
-            MemoryCharges::Legacy => exec.dirtied_heap_pages * self.config.heap_dirty_page_overhead,
+            MemoryCharges::Legacy => exec.dirtied_heap_pages * legacy_overhead,
             MemoryCharges::Dmt => exec.tracked_dirty_wasm_pages * OS_PAGES_PER_WASM_PAGE * DIRTY_PAGE_COPY_OVERHEAD,
         }
     }
