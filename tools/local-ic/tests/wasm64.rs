@@ -347,3 +347,60 @@ fn wasm64_modules_may_not_use_the_32_bit_stable_api_nor_exceed_6_gib() {
     rt.install(&at_limit, vec![], vec![]).unwrap();
     assert_eq!(rt.canisters().len(), 1);
 }
+
+/// The ic-cdk 0.20 test canisters built for `wasm64-unknown-unknown`, which
+/// needs a nightly toolchain with `rust-src`, so this test is not run by
+/// default. Build them, then run it with `--ignored`:
+///
+/// ```text
+/// cargo +nightly build -Zbuild-std=std,panic_abort --target wasm64-unknown-unknown \
+///     --profile canister -p test-canister-counter -p test-canister-timers
+/// cargo test --release -p local-ic --test wasm64 -- --ignored
+/// ```
+#[test]
+#[ignore = "needs the test canisters built for wasm64-unknown-unknown with nightly (see the doc comment)"]
+fn ic_cdk_canisters_built_for_wasm64_run_like_wasm32_ones() {
+    use candid::{Decode, Encode};
+    let wasm = |name: &str| {
+        let path = common::target_dir().join(format!("wasm64-unknown-unknown/canister/{name}.wasm"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    };
+    let get = |rt: &mut Runtime, id, method: &str| {
+        Decode!(&rt.query(id, user(), method, Encode!().unwrap()).unwrap().bytes, u64).unwrap()
+    };
+    let mut rt = Runtime::new(config());
+    let id = rt
+        .install(&wasm("counter"), Encode!(&10u64).unwrap(), vec![controller()])
+        .unwrap();
+    assert_eq!(rt.execution_mode(id), Some(WasmExecutionMode::Wasm64));
+    let reply = rt.update(id, user(), "increment", Encode!().unwrap()).unwrap();
+    assert_eq!(Decode!(&reply.bytes, u64).unwrap(), 11);
+    assert_eq!(get(&mut rt, id, "get_and_mutate"), 11, "query changes are discarded");
+    assert_eq!(get(&mut rt, id, "get_stable"), 11);
+    let heap_pages = get(&mut rt, id, "heap_pages");
+    let err = rt
+        .update(id, user(), "grow_heap_then_trap", Encode!(&100u32).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("boom after growing"), "{err}");
+    assert_eq!(
+        get(&mut rt, id, "heap_pages"),
+        heap_pages,
+        "the trapped growth is undone"
+    );
+    rt.upgrade(id, &wasm("counter"), Encode!(&0u64).unwrap(), controller())
+        .unwrap();
+    assert_eq!(get(&mut rt, id, "get_stable"), 11, "stable memory survives the upgrade");
+
+    // ic-cdk-timers: timers as self-calls with i64 callback envs.
+    let timers = rt.install(&wasm("timers"), vec![], vec![controller()]).unwrap();
+    rt.update(
+        timers,
+        user(),
+        "start_chain",
+        Encode!(&5u64, &1u64, &100_000u32).unwrap(),
+    )
+    .unwrap();
+    rt.advance_time(Duration::from_secs(10));
+    let fired = rt.query(timers, user(), "fired", Encode!().unwrap()).unwrap().bytes;
+    assert_eq!(Decode!(&fired, Vec<u64>).unwrap(), vec![0, 1, 2, 3, 4]);
+}
