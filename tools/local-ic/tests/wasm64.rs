@@ -198,6 +198,27 @@ fn loads_and_stores_weigh_two_and_bulk_copies_their_bytes() {
 }
 
 #[test]
+fn profiling_a_wasm64_canister_attributes_its_i64_bulk_bytes_and_changes_no_count() {
+    let run = |profile: bool| {
+        let mut rt = Runtime::new(RuntimeConfig { profile, ..config() });
+        let id = install(&mut rt, "i64");
+        let before = rt.profile(id);
+        let count = update(&mut rt, id, "copy", &100_000u64.to_le_bytes())
+            .report
+            .instructions;
+        let profile = rt.profile(id).map(|after| after.since(&before.unwrap()));
+        (count, profile)
+    };
+    let (plain, none) = run(false);
+    let (profiled, profile) = run(true);
+    assert!(none.is_none());
+    assert_eq!(plain, profiled);
+    let profile = profile.unwrap();
+    assert!(profile.attributed() >= 100_000, "{profile:?}");
+    assert_eq!(profile.executed, profiled);
+}
+
+#[test]
 fn ic0_calls_take_i64_pointers() {
     let mut rt = Runtime::new(config());
     let id = install(&mut rt, "i64");
