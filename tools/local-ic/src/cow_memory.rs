@@ -341,4 +341,30 @@ mod tests {
         assert_eq!(mem[20 * PAGE], 0, "grown page stays, zeroed");
         assert_eq!(state.collect(), 0);
     }
+
+    #[test]
+    fn pages_above_4_gib_commit_and_roll_back() {
+        if !supported() {
+            eprintln!("copy-on-write heap tracking unsupported here; the full-copy fallback is used");
+            return;
+        }
+        // A wasm64 heap of 5 GiB (sparse: only touched pages use memory).
+        let size = 5usize << 30;
+        let state = CowState::new(size, size, size).unwrap();
+        // SAFETY: the whole 5 GiB are mapped read-write.
+        let mem = unsafe { std::slice::from_raw_parts_mut(state.base as *mut u8, size) };
+        let high = (4usize << 30) + 123 * PAGE + 5;
+        mem[high] = 1;
+        assert_eq!(state.collect(), 1);
+        state.commit().unwrap();
+        mem[high] = 2;
+        mem[high + PAGE] = 3;
+        assert_eq!(state.collect(), 2);
+        state.rollback();
+        assert_eq!(
+            (mem[high], mem[high + PAGE]),
+            (1, 0),
+            "the committed byte, not the rolled-back ones"
+        );
+    }
 }
