@@ -18,7 +18,7 @@ use crate::stable::StableMemory;
 use crate::system_api::Hooks;
 use crate::system_api::{self, Callback, HostState, MessageContext};
 use crate::tracker::{self, Var};
-use crate::types::{ExecError, MessageKind};
+use crate::types::{ExecError, MessageKind, WasmExecutionMode};
 
 /// The slice handler, its globals and the page map, where the rewrite added
 /// them ([`crate::tracker`]).
@@ -40,7 +40,8 @@ fn hooks_of(instance: &Instance, store: &mut Store<HostState>) -> Option<Hooks> 
 pub enum Entry {
     /// An exported function `() -> ()` (e.g. `canister_update inc`).
     Export(String),
-    /// A function-table entry `(env: i32) -> ()` (ic0 callbacks).
+    /// A function-table entry `(env: I) -> ()` (ic0 callbacks; `I` is i32
+    /// for wasm32 canisters, i64 for wasm64 ones).
     Table(Callback),
 }
 
@@ -98,6 +99,15 @@ pub fn compile(
     options: instrument::Options,
 ) -> Result<(Module, ModuleInfo), ExecError> {
     let instrumented = instrument::instrument_with(wasm, options).map_err(ExecError::InvalidWasm)?;
+    let wasm32_only = system_api::wasm32_only_imports(&instrumented.info.function_imports, instrumented.info.mode);
+    if !wasm32_only.is_empty() {
+        return Err(ExecError::InvalidWasm(format!(
+            "Wasm module has an invalid import section. A wasm64 (memory64) module may not import \
+             the 32-bit stable memory API, only available to wasm32 canisters: {} (use the \
+             stable64_* functions)",
+            wasm32_only.join(", ")
+        )));
+    }
     let missing = system_api::unsupported_imports(&instrumented.info.function_imports);
     if !missing.is_empty() {
         return Err(ExecError::InvalidWasm(format!(
@@ -319,7 +329,7 @@ impl Canister {
                 .get_typed_func::<(), ()>(&mut self.store, name)
                 .map_err(|e| ExecError::Internal(format!("export {name}: {e}")))
                 .map(|f| f.call(&mut self.store, ())),
-            Entry::Table(cb) => self.table_func(*cb).map(|f| f.call(&mut self.store, cb.env)),
+            Entry::Table(cb) => self.call_table(*cb),
         };
 
         let hooks = self.store.data().hooks.clone();
@@ -459,16 +469,31 @@ impl Canister {
             .count() as u64
     }
 
-    fn table_func(&mut self, cb: Callback) -> Result<wasmtime::TypedFunc<u32, ()>, ExecError> {
-        let not_found = ExecError::FunctionNotFound(0, cb.fun);
+    /// Calls callback `cb` with its env as the module's address type (i32,
+    /// or i64 in wasm64: `Val::I64` in the replica).
+    fn call_table(&mut self, cb: Callback) -> Result<wasmtime::Result<()>, ExecError> {
+        let f = self.table_func(cb)?;
+        let mismatch = |_| ExecError::Trapped("function invocation failed: signature mismatch".into());
+        match self.info.mode {
+            WasmExecutionMode::Wasm32 => {
+                let f = f.typed::<u32, ()>(&self.store).map_err(mismatch)?;
+                Ok(f.call(&mut self.store, cb.env as u32))
+            }
+            WasmExecutionMode::Wasm64 => {
+                let f = f.typed::<u64, ()>(&self.store).map_err(mismatch)?;
+                Ok(f.call(&mut self.store, cb.env))
+            }
+        }
+    }
+
+    fn table_func(&mut self, cb: Callback) -> Result<wasmtime::Func, ExecError> {
+        let not_found = ExecError::FunctionNotFound(0, u32::try_from(cb.fun).unwrap_or(u32::MAX));
         let table = self
             .instance
             .get_table(&mut self.store, TABLE_EXPORT)
             .ok_or(not_found.clone())?;
-        match table.get(&mut self.store, cb.fun as u64) {
-            Some(Ref::Func(Some(f))) => f
-                .typed::<u32, ()>(&self.store)
-                .map_err(|_| ExecError::Trapped("function invocation failed: signature mismatch".into())),
+        match table.get(&mut self.store, cb.fun) {
+            Some(Ref::Func(Some(f))) => Ok(f),
             _ => Err(not_found),
         }
     }

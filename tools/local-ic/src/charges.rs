@@ -47,9 +47,17 @@ pub const DMT_OS_PAGE_DIRTY: u64 = 5_000;
 pub const DIRTY_PAGE_COPY_OVERHEAD: u64 = 3_000;
 
 /// The pre-DMT charge per dirty 4 KiB page (`rs/config/src/subnet_config.rs`,
-/// `DEFAULT_DIRTY_PAGE_OVERHEAD`; wasm64 × 4,
-/// `WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER` in `rs/config/src/embedders.rs`).
+/// `DEFAULT_DIRTY_PAGE_OVERHEAD`; wasm64 heaps × 4,
+/// [`WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER`]).
 pub const LEGACY_DIRTY_PAGE_OVERHEAD: u64 = 1_000;
+
+/// Legacy charges: a wasm64 canister's heap dirty-page overhead is this
+/// many times a wasm32 one's (`rs/config/src/embedders.rs`,
+/// `WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER`, dfinity/ic PR #1725), applied
+/// after the message. Whether a wasm64 factor survives in the deterministic
+/// memory tracker's per-page charges could not be verified: `Dmt` charges
+/// wasm64 pages as wasm32 ones.
+pub const WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER: u64 = 4;
 
 /// Largest slice (`rs/config/src/subnet_config.rs`,
 /// `MAX_INSTRUCTIONS_PER_SLICE = 2 B` on application subnets; install and

@@ -239,7 +239,8 @@ unsafe impl LinearMemory for CowMemory {
 /// Creates [`CowState`]-backed memories for wasmtime.
 pub struct CowMemoryCreator;
 
-// SAFETY: memories reserve `reserved + guard` bytes up front and never move.
+// SAFETY: memories reserve `reserved + guard` bytes up front (a wasm64
+// heap: its whole maximum, at most 6 GiB) and never move.
 unsafe impl MemoryCreator for CowMemoryCreator {
     fn new_memory(
         &self,
@@ -249,11 +250,19 @@ unsafe impl MemoryCreator for CowMemoryCreator {
         reserved_size_in_bytes: Option<usize>,
         guard_size_in_bytes: usize,
     ) -> Result<Box<dyn LinearMemory>, String> {
-        if ty.is_64() || ty.is_shared() {
-            return Err("local-ic: only wasm32, unshared memories".into());
+        if ty.is_shared() {
+            return Err("local-ic: only unshared memories".into());
         }
         const FOUR_GIB: usize = 1 << 32;
-        let reserve = reserved_size_in_bytes.unwrap_or(FOUR_GIB).max(minimum);
+        let reserve = match (ty.is_64(), maximum) {
+            // wasmtime offers a 4 GiB reservation to 64-bit memories too;
+            // the instrumentation gave the heap a maximum of at most 6 GiB
+            // (`crate::instrument`), reserved whole so the heap never moves.
+            (true, Some(max)) => reserved_size_in_bytes.unwrap_or(0).max(max),
+            (true, None) => return Err("local-ic: a 64-bit memory needs a maximum".into()),
+            (false, _) => reserved_size_in_bytes.unwrap_or(FOUR_GIB),
+        }
+        .max(minimum);
         let capacity = maximum.unwrap_or(FOUR_GIB).min(reserve).max(minimum);
         let total = reserve + guard_size_in_bytes;
         let state = CowState::new(capacity, total, minimum).map_err(|e| format!("local-ic heap: {e}"))?;
@@ -331,5 +340,31 @@ mod tests {
         assert_eq!(mem[12 * PAGE], 7);
         assert_eq!(mem[20 * PAGE], 0, "grown page stays, zeroed");
         assert_eq!(state.collect(), 0);
+    }
+
+    #[test]
+    fn pages_above_4_gib_commit_and_roll_back() {
+        if !supported() {
+            eprintln!("copy-on-write heap tracking unsupported here; the full-copy fallback is used");
+            return;
+        }
+        // A wasm64 heap of 5 GiB (sparse: only touched pages use memory).
+        let size = 5usize << 30;
+        let state = CowState::new(size, size, size).unwrap();
+        // SAFETY: the whole 5 GiB are mapped read-write.
+        let mem = unsafe { std::slice::from_raw_parts_mut(state.base as *mut u8, size) };
+        let high = (4usize << 30) + 123 * PAGE + 5;
+        mem[high] = 1;
+        assert_eq!(state.collect(), 1);
+        state.commit().unwrap();
+        mem[high] = 2;
+        mem[high + PAGE] = 3;
+        assert_eq!(state.collect(), 2);
+        state.rollback();
+        assert_eq!(
+            (mem[high], mem[high + PAGE]),
+            (1, 0),
+            "the committed byte, not the rolled-back ones"
+        );
     }
 }

@@ -5,7 +5,11 @@
 //! dfinity/ic `rs/config/src/subnet_config.rs`,
 //! `CyclesAccountManagerConfig::application_subnet`:
 //! `update_message_execution_fee` 5 M, `ten_update_instructions_execution_fee`
-//! 10 (wasm32), `ingress_message_reception_fee` 1.2 M,
+//! 10 (wasm32) and `ten_update_instructions_execution_fee_wasm64` 20
+//! (`WASM64_INSTRUCTION_COST_OVERHEAD` 2 × 10; `rs/cycles_account_manager`,
+//! `convert_instructions_to_cycles(n, WasmExecutionMode)`: a wasm64
+//! instruction costs twice a wasm32 one, the fixed fee is the same),
+//! `ingress_message_reception_fee` 1.2 M,
 //! `ingress_byte_reception_fee` 2,000, `gib_storage_per_second_fee` 317,500
 //! ("10 SDR per GiB per year") and `base_per_second_fee` 10,000. The
 //! default freezing threshold is 30 days (`canister_settings` in the IC
@@ -23,10 +27,18 @@
 //! idle storage is not charged over time: it only sets the freezing
 //! threshold.
 
+use crate::types::WasmExecutionMode;
+
 /// Charged for every executed update-type message.
 pub const UPDATE_MESSAGE_EXECUTION_FEE: u128 = 5_000_000;
 /// Cycles per ten wasm32 instructions.
 pub const TEN_UPDATE_INSTRUCTIONS_EXECUTION_FEE: u128 = 10;
+/// What a wasm64 instruction costs in wasm32 instructions' cycles
+/// (`rs/config/src/subnet_config.rs`).
+pub const WASM64_INSTRUCTION_COST_OVERHEAD: u128 = 2;
+/// Cycles per ten wasm64 instructions.
+pub const TEN_UPDATE_INSTRUCTIONS_EXECUTION_FEE_WASM64: u128 =
+    TEN_UPDATE_INSTRUCTIONS_EXECUTION_FEE * WASM64_INSTRUCTION_COST_OVERHEAD;
 /// Charged when an ingress message is inducted, plus per byte.
 pub const INGRESS_MESSAGE_RECEPTION_FEE: u128 = 1_200_000;
 pub const INGRESS_BYTE_RECEPTION_FEE: u128 = 2_000;
@@ -49,9 +61,26 @@ pub fn call_cost(bytes: usize) -> u128 {
     XNET_CALL_FEE + bytes as u128 * XNET_BYTE_TRANSMISSION_FEE
 }
 
-/// What executing `instructions` in one update-type message costs.
+/// What executing `instructions` in one update-type message of a wasm32
+/// canister costs.
 pub fn execution_cost(instructions: u64) -> u128 {
-    UPDATE_MESSAGE_EXECUTION_FEE + instructions as u128 * TEN_UPDATE_INSTRUCTIONS_EXECUTION_FEE / 10
+    execution_cost_in(WasmExecutionMode::Wasm32, instructions)
+}
+
+/// What executing `instructions` in one update-type message of a canister
+/// of `mode` costs: the fixed fee plus the instructions at the mode's rate.
+pub fn execution_cost_in(mode: WasmExecutionMode, instructions: u64) -> u128 {
+    UPDATE_MESSAGE_EXECUTION_FEE + instructions_cost(mode, instructions)
+}
+
+/// The instructions' part of [`execution_cost_in`]
+/// (`convert_instructions_to_cycles`).
+pub fn instructions_cost(mode: WasmExecutionMode, instructions: u64) -> u128 {
+    let ten_fee = match mode {
+        WasmExecutionMode::Wasm32 => TEN_UPDATE_INSTRUCTIONS_EXECUTION_FEE,
+        WasmExecutionMode::Wasm64 => TEN_UPDATE_INSTRUCTIONS_EXECUTION_FEE_WASM64,
+    };
+    instructions as u128 * ten_fee / 10
 }
 
 /// What inducting an ingress message of `bytes` (method name and argument) costs.
@@ -82,6 +111,9 @@ mod tests {
     #[test]
     fn fees_by_the_replica_s_table() {
         assert_eq!(execution_cost(40_000_000_000), 40_005_000_000);
+        let wasm64 = WasmExecutionMode::Wasm64;
+        assert_eq!(execution_cost_in(wasm64, 40_000_000_000), 80_005_000_000);
+        assert_eq!(execution_cost_in(wasm64, 7), 5_000_014, "the fixed fee is not doubled");
         assert_eq!(ingress_induction_cost(100), 1_400_000);
         // 1 GiB for 30 days: 317,500 × 2,592,000 + the base fee's 25.9 B.
         assert_eq!(

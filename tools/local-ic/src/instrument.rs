@@ -26,6 +26,14 @@
 //!   wasmtime memory cannot shrink (the pages beyond stay mapped, zeroed by
 //!   the heap rollback, and are reused by the next growth).
 //!
+//! **Wasm64** (the module's first memory is a memory64 one, as the
+//! replica's `main_memory_type()` decides; [`ModuleInfo::mode`]): loads and
+//! stores weigh 2 ([`crate::weights`]); the heap's maximum is capped at
+//! 6 GiB (injected where the module declares none, a larger one refused),
+//! so `memory.grow` beyond it returns -1; the logical size global and
+//! `memory.grow`'s scratch are i64, and `memory.copy`/`memory.fill` charge
+//! an i64 byte count (`memory.init`'s stays i32).
+//!
 //! The rewrite also exports what the host needs but a Rust canister does not
 //! export: the counter, the memory, the function table (ic-cdk passes
 //! callbacks as table indices) and every mutable global (so the host can
@@ -53,6 +61,7 @@ use wasm_encoder::{
 use wasmparser::{Operator, Payload, TypeRef, Validator, WasmFeatures};
 
 use crate::tracker::{self, Var};
+use crate::types::WasmExecutionMode;
 use crate::weights;
 
 /// Export name of the injected instruction counter global.
@@ -65,8 +74,6 @@ pub const TABLE_EXPORT: &str = "__local_ic_table";
 pub const GLOBAL_EXPORT_PREFIX: &str = "__local_ic_global_";
 /// Export name of the injected logical heap size global (wasm pages).
 pub const HEAP_PAGES_EXPORT: &str = "__local_ic_heap_pages";
-/// Most wasm32 pages (4 GiB).
-const MAX_WASM32_PAGES: i64 = 65536;
 
 /// Prefix of the export names of the per-function profile globals
 /// (profiling builds only), followed by the function index.
@@ -101,6 +108,8 @@ pub struct ModuleInfo {
     pub has_memory: bool,
     /// Whether the module has a table.
     pub has_table: bool,
+    /// Wasm32 or wasm64, from the module's first memory.
+    pub mode: WasmExecutionMode,
     /// Export names of the mutable globals the rewrite exported.
     pub mutable_global_exports: Vec<String>,
     /// Profiling builds: the index of every defined function, in order (its
@@ -120,8 +129,8 @@ pub struct Instrumented {
 }
 
 /// The features the IC accepts. Relaxed SIMD and threads are rejected (they
-/// are not deterministic), as is everything beyond wasm 2.0 except memory64,
-/// which is parsed so that it can be refused with a clear message.
+/// are not deterministic), as is everything beyond wasm 2.0 except memory64
+/// (wasm64 canisters).
 fn ic_features() -> WasmFeatures {
     WasmFeatures::WASM2 | WasmFeatures::MEMORY64
 }
@@ -195,9 +204,11 @@ struct Prescan {
     defined_globals: u32,
     /// Indices of the defined mutable globals.
     mutable_globals: Vec<u32>,
+    /// Memory 0 is a memory64 (the module is wasm64).
     memory64: bool,
-    /// Initial pages of memory 0.
+    /// Initial and declared maximum pages of memory 0.
     initial_pages: u64,
+    maximum_pages: Option<u64>,
     /// Entries in the type section.
     types: u32,
 }
@@ -238,7 +249,16 @@ impl Prescan {
             ooi: functions,
             ooi_type: self.types,
             touch_type: self.types + 1,
+            addr: self.addr(),
+            max_heap_pages: self.info.mode.max_heap_pages(),
         })
+    }
+
+    /// The heap's address type.
+    fn addr(&self) -> tracker::Addr {
+        tracker::Addr {
+            memory64: self.memory64,
+        }
     }
 }
 
@@ -274,6 +294,7 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
         mutable_globals: Vec::new(),
         memory64: false,
         initial_pages: 0,
+        maximum_pages: None,
         types: 0,
     };
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
@@ -296,7 +317,9 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
                             pre.info.other_imports.push(key);
                         }
                         TypeRef::Memory(m) => {
-                            pre.memory64 |= m.memory64;
+                            if !pre.info.has_memory {
+                                pre.memory64 = m.memory64;
+                            }
                             pre.info.other_imports.push(key);
                         }
                         _ => pre.info.other_imports.push(key),
@@ -314,9 +337,10 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
             Payload::MemorySection(reader) => {
                 for mem in reader {
                     let mem = mem.map_err(err)?;
-                    pre.memory64 |= mem.memory64;
                     if !pre.info.has_memory {
+                        pre.memory64 = mem.memory64;
                         pre.initial_pages = mem.initial;
+                        pre.maximum_pages = mem.maximum;
                     }
                     pre.info.has_memory = true;
                 }
@@ -343,7 +367,21 @@ fn prescan(wasm: &[u8]) -> Result<Prescan, String> {
         }
     }
     if pre.memory64 {
-        return Err("wasm64 (memory64) canisters are not supported by local-ic yet".into());
+        pre.info.mode = WasmExecutionMode::Wasm64;
+        let limit = WasmExecutionMode::Wasm64.max_heap_pages();
+        if let Some(declared) = pre.maximum_pages.filter(|&m| m > limit) {
+            return Err(format!(
+                "Wasm64 module declares a maximum memory of {declared} wasm pages, \
+                 more than the {limit} pages (6 GiB) a wasm64 canister may use"
+            ));
+        }
+        if pre.initial_pages > limit {
+            return Err(format!(
+                "Wasm64 module declares an initial memory of {} wasm pages, \
+                 more than the {limit} pages (6 GiB) a wasm64 canister may use",
+                pre.initial_pages
+            ));
+        }
     }
     if !pre.info.other_imports.is_empty() {
         let names: Vec<String> = pre.info.other_imports.iter().map(|(m, n)| format!("{m}.{n}")).collect();
@@ -402,13 +440,18 @@ impl Rewriter<'_> {
             },
             &ConstExpr::i64_const(COUNTER_INIT),
         );
+        // The logical heap size, of the address type (`memory.size`'s).
+        let initial_pages = match self.pre.memory64 {
+            true => ConstExpr::i64_const(self.pre.initial_pages as i64),
+            false => ConstExpr::i32_const(self.pre.initial_pages as i32),
+        };
         globals.global(
             GlobalType {
-                val_type: ValType::I32,
+                val_type: self.pre.addr().ty(),
                 mutable: true,
                 shared: false,
             },
-            &ConstExpr::i32_const(self.pre.initial_pages as i32),
+            &initial_pages,
         );
         if self.profile {
             for _ in &self.pre.defined_func_types {
@@ -499,19 +542,25 @@ impl Rewriter<'_> {
         f.instruction(&Instruction::End);
     }
 
-    /// Charges the byte count on top of the stack (kept there) to the counter.
-    fn charge_dynamic(&self, f: &mut Function, scratch: u32) {
+    /// Charges the byte count on top of the stack (kept there) to the
+    /// counter; `scratch` is a local of its type (`wide`: i64, else i32).
+    fn charge_dynamic(&self, f: &mut Function, scratch: u32, wide: bool) {
         let counter = self.pre.counter_index();
+        let widen = |f: &mut Function| {
+            if !wide {
+                f.instruction(&Instruction::I64ExtendI32U);
+            }
+        };
         f.instruction(&Instruction::LocalTee(scratch));
         f.instruction(&Instruction::GlobalGet(counter));
         f.instruction(&Instruction::LocalGet(scratch));
-        f.instruction(&Instruction::I64ExtendI32U);
+        widen(f);
         f.instruction(&Instruction::I64Sub);
         f.instruction(&Instruction::GlobalSet(counter));
         if let Some(p) = self.current_profile_global {
             f.instruction(&Instruction::GlobalGet(p));
             f.instruction(&Instruction::LocalGet(scratch));
-            f.instruction(&Instruction::I64ExtendI32U);
+            widen(f);
             f.instruction(&Instruction::I64Add);
             f.instruction(&Instruction::GlobalSet(p));
         }
@@ -525,41 +574,53 @@ impl Rewriter<'_> {
     }
 
     /// `memory.grow` on the logical size: `(n) -> old size or -1`, growing
-    /// the wasmtime memory only beyond the pages it already has.
+    /// the wasmtime memory only beyond the pages it already has. Growing
+    /// beyond the mode's heap limit (4 GiB, or 6 GiB for wasm64, see
+    /// [`WasmExecutionMode::max_heap_bytes`]) returns -1, as on the replica.
     fn memory_grow(&self, f: &mut Function, n: u32) {
         let pages = self.pre.heap_pages_index();
+        let a = self.pre.addr();
+        let max_pages = self.pre.info.mode.max_heap_pages() as i64;
         let new_size = |f: &mut Function| {
             f.instruction(&Instruction::GlobalGet(pages));
             f.instruction(&Instruction::LocalGet(n));
-            f.instruction(&Instruction::I32Add);
+            f.instruction(&a.add());
         };
         f.instruction(&Instruction::LocalSet(n));
-        f.instruction(&Instruction::Block(BlockType::Result(ValType::I32)));
-        // Beyond 4 GiB: fail.
-        f.instruction(&Instruction::GlobalGet(pages));
-        f.instruction(&Instruction::I64ExtendI32U);
-        f.instruction(&Instruction::LocalGet(n));
-        f.instruction(&Instruction::I64ExtendI32U);
-        f.instruction(&Instruction::I64Add);
-        f.instruction(&Instruction::I64Const(MAX_WASM32_PAGES));
+        f.instruction(&Instruction::Block(BlockType::Result(a.ty())));
+        // Beyond the heap limit: fail.
+        if a.memory64 {
+            // n > max - pages (pages <= max), which no n can wrap.
+            f.instruction(&Instruction::LocalGet(n));
+            f.instruction(&Instruction::I64Const(max_pages));
+            f.instruction(&Instruction::GlobalGet(pages));
+            f.instruction(&Instruction::I64Sub);
+        } else {
+            f.instruction(&Instruction::GlobalGet(pages));
+            f.instruction(&Instruction::I64ExtendI32U);
+            f.instruction(&Instruction::LocalGet(n));
+            f.instruction(&Instruction::I64ExtendI32U);
+            f.instruction(&Instruction::I64Add);
+            f.instruction(&Instruction::I64Const(max_pages));
+        }
         f.instruction(&Instruction::I64GtU);
         f.instruction(&Instruction::If(BlockType::Empty));
-        f.instruction(&Instruction::I32Const(-1));
+        f.instruction(&a.konst(-1));
         f.instruction(&Instruction::Br(1));
         f.instruction(&Instruction::End);
         // More than the wasmtime memory has: grow it by the difference.
         new_size(f);
         f.instruction(&Instruction::MemorySize(0));
-        f.instruction(&Instruction::I32GtU);
+        f.instruction(&a.gt_u());
         f.instruction(&Instruction::If(BlockType::Empty));
         new_size(f);
         f.instruction(&Instruction::MemorySize(0));
-        f.instruction(&Instruction::I32Sub);
+        f.instruction(&a.sub());
         f.instruction(&Instruction::MemoryGrow(0));
-        f.instruction(&Instruction::I32Const(-1));
-        f.instruction(&Instruction::I32Eq);
+        f.instruction(&a.konst(-1));
+        f.instruction(&a.eq());
         f.instruction(&Instruction::If(BlockType::Empty));
-        f.instruction(&Instruction::I32Const(-1));
+        f.instruction(&a.konst(-1));
         f.instruction(&Instruction::Br(2));
         f.instruction(&Instruction::End);
         f.instruction(&Instruction::End);
@@ -576,6 +637,13 @@ fn is_bulk(op: &Operator<'_>) -> bool {
         op,
         Operator::MemoryCopy { .. } | Operator::MemoryFill { .. } | Operator::MemoryInit { .. }
     )
+}
+
+/// Whether the byte count of bulk op `op` is an i64: `memory.copy` and
+/// `memory.fill` of a wasm64 module (`CostOperandOnStack::X64Bit` in the
+/// replica's instrumentation); `memory.init`'s is always i32.
+fn bulk_len_is_i64(op: &Operator<'_>, memory64: bool) -> bool {
+    memory64 && matches!(op, Operator::MemoryCopy { .. } | Operator::MemoryFill { .. })
 }
 
 /// Splits a function body into basic blocks: returns, per operator index,
@@ -601,6 +669,21 @@ pub(crate) fn block_charges(ops: &[Operator<'_>], memory64: bool) -> Vec<Option<
 impl Reencode for Rewriter<'_> {
     type Error = std::convert::Infallible;
 
+    /// A wasm64 heap gets the replica's maximum where it declares none
+    /// (larger ones were refused by [`prescan`]), as the replica's
+    /// instrumentation caps it: `memory.grow` beyond it fails.
+    fn memory_type(
+        &mut self,
+        memory_ty: wasmparser::MemoryType,
+    ) -> Result<wasm_encoder::MemoryType, reencode::Error<Self::Error>> {
+        let mut ty = reencode::utils::memory_type(self, memory_ty);
+        if ty.memory64 {
+            let limit = WasmExecutionMode::Wasm64.max_heap_pages();
+            ty.maximum = Some(ty.maximum.unwrap_or(limit).min(limit));
+        }
+        Ok(ty)
+    }
+
     fn parse_type_section(
         &mut self,
         types: &mut wasm_encoder::TypeSection,
@@ -608,8 +691,9 @@ impl Reencode for Rewriter<'_> {
     ) -> Result<(), reencode::Error<Self::Error>> {
         reencode::utils::parse_type_section(self, types, section)?;
         if self.layout.is_some() {
+            let addr = self.pre.addr().ty();
             types.ty().function([], []);
-            types.ty().function([ValType::I32, ValType::I32, ValType::I32], []);
+            types.ty().function([addr, addr, ValType::I32], []);
         }
         Ok(())
     }
@@ -633,11 +717,12 @@ impl Reencode for Rewriter<'_> {
         section: wasmparser::MemorySectionReader<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         reencode::utils::parse_memory_section(self, memories, section)?;
-        if self.layout.is_some_and(|l| l.track_pages) {
-            // One byte per wasm page of a 4 GiB heap.
+        if let Some(l) = self.layout.filter(|l| l.track_pages) {
+            // One byte per wasm page of the largest heap (4 or 6 GiB).
+            let map_pages = l.max_heap_pages.div_ceil(crate::types::WASM_PAGE_SIZE);
             memories.memory(wasm_encoder::MemoryType {
-                minimum: 1,
-                maximum: Some(1),
+                minimum: map_pages,
+                maximum: Some(map_pages),
                 memory64: false,
                 shared: false,
                 page_size_log2: None,
@@ -719,20 +804,28 @@ impl Reencode for Rewriter<'_> {
         while !reader.eof() {
             ops.push(reader.read()?);
         }
-        // An i32 scratch local, added only when the function needs it.
-        let mut scratch_if = |needed: bool| {
+        // Scratch locals, added only when the function needs them.
+        let memory64 = self.pre.memory64;
+        let mut scratch_if = |needed: bool, ty: ValType| {
             needed.then(|| {
-                locals.push((1, ValType::I32));
+                locals.push((1, ty));
                 local_count += 1;
                 local_count - 1
             })
         };
-        let scratch = scratch_if(ops.iter().any(is_bulk));
-        let grow_scratch = scratch_if(ops.iter().any(|op| matches!(op, Operator::MemoryGrow { .. })));
+        let scratch = scratch_if(
+            ops.iter().any(|op| is_bulk(op) && !bulk_len_is_i64(op, memory64)),
+            ValType::I32,
+        );
+        let scratch64 = scratch_if(ops.iter().any(|op| bulk_len_is_i64(op, memory64)), ValType::I64);
+        let grow_scratch = scratch_if(
+            ops.iter().any(|op| matches!(op, Operator::MemoryGrow { .. })),
+            self.pre.addr().ty(),
+        );
         let tracking = self.layout.filter(|l| l.track_pages);
         let page_scratch = match tracking {
             Some(_) if ops.iter().any(|op| tracker::access_of(op).is_some()) => {
-                let (s, decls) = tracker::Scratch::new(local_count);
+                let (s, decls) = tracker::Scratch::new(local_count, self.pre.addr());
                 locals.extend(decls);
                 Some(s)
             }
@@ -756,8 +849,9 @@ impl Reencode for Rewriter<'_> {
                 tracker::track(&mut f, &l, s, access);
             }
             if is_bulk(&op) {
-                if let Some(scratch) = scratch {
-                    self.charge_dynamic(&mut f, scratch);
+                let wide = bulk_len_is_i64(&op, memory64);
+                if let Some(scratch) = if wide { scratch64 } else { scratch } {
+                    self.charge_dynamic(&mut f, scratch, wide);
                 }
             }
             match (&op, grow_scratch) {
@@ -832,6 +926,32 @@ mod tests {
         let threads = wat::parse_str(r#"(module (memory 1 1 shared))"#).unwrap();
         let err = instrument(&threads).unwrap_err();
         assert!(err.contains("thread"), "{err}");
+    }
+
+    #[test]
+    fn wasm64_heaps_get_the_6_gib_maximum() {
+        let maximum = |wat_src: &str| {
+            let out = instrument(&wat::parse_str(wat_src).unwrap()).unwrap();
+            let mut maxima = Vec::new();
+            for payload in wasmparser::Parser::new(0).parse_all(&out.wasm) {
+                if let Payload::MemorySection(r) = payload.unwrap() {
+                    maxima.extend(r.into_iter().map(|m| m.unwrap().maximum));
+                }
+            }
+            (out.info.mode, maxima[0])
+        };
+        let func = r#"(func (export "f") (drop (memory.grow (i64.const 1))))"#;
+        assert_eq!(
+            maximum(&format!("(module (memory i64 1) {func})")),
+            (WasmExecutionMode::Wasm64, Some(98_304))
+        );
+        assert_eq!(
+            maximum(&format!("(module (memory i64 1 10) {func})")),
+            (WasmExecutionMode::Wasm64, Some(10))
+        );
+        assert_eq!(maximum("(module (memory 1))"), (WasmExecutionMode::Wasm32, None));
+        let err = instrument(&wat::parse_str("(module (memory i64 1 98305))").unwrap()).unwrap_err();
+        assert!(err.contains("98305"), "{err}");
     }
 
     #[test]

@@ -62,6 +62,13 @@
 //!   message to a canister, as a congested subnet would.
 //! * **Reports** per message ([`MessageReport`]) and totals per method
 //!   ([`Runtime::stats`]).
+//! * **Wasm64 canisters** ([`WasmExecutionMode`]): a module whose memory is
+//!   a memory64 one runs as on the replica: loads and stores weigh 2, the
+//!   heap may grow to 6 GiB ([`MAX_WASM64_MEMORY_IN_BYTES`]; `memory.grow`
+//!   beyond returns -1), the `ic0` functions take i64 addresses and sizes
+//!   (without the 32-bit stable API), callbacks get an i64 env, and an
+//!   instruction costs 2 cycles instead of 1 ([`cycles`]);
+//!   [`Runtime::execution_mode`] tells a canister's mode.
 //! * **Per-function profiles** (opt-in, [`RuntimeConfig::profile`]): every
 //!   basic block's charge also lands in a counter of the function it belongs
 //!   to ([`profile`], [`Runtime::profile`]); counts are unchanged.
@@ -104,8 +111,10 @@
 //!   heartbeats,
 //!   no certificates (`data_certificate_present` is 0), no argument/reply
 //!   size limits (2 MiB / 3 MiB), no module size/global count checks beyond
-//!   validation, wasm32 only (the instrumentation already knows wasm64 load
-//!   and store weights; the ic0 imports would need i64 variants).
+//!   validation.
+//! * Wasm64 under the deterministic memory tracker pays the same per-page
+//!   charges as wasm32 (whether the replica keeps a wasm64 factor there
+//!   could not be verified; the legacy charges' × 4 is applied).
 //! * The after-message charges for dirty pages (legacy: 1,000 per 4 KiB
 //!   heap page, [`HEAP_DIRTY_PAGE_OVERHEAD`]; dmt: the 3,000 copy overhead
 //!   per dirty OS page) are reported apart
@@ -143,5 +152,5 @@ pub use profile::{FunctionProfile, Profile};
 pub use runtime::{canister_id, CanisterId, PendingCall, Runtime};
 pub use types::{
     CanisterStatus, Error, ExecError, Limits, MessageKind, MessageReport, MethodStats, RejectCode, Reply,
-    RuntimeConfig, Stats, HEAP_DIRTY_PAGE_OVERHEAD,
+    RuntimeConfig, Stats, WasmExecutionMode, HEAP_DIRTY_PAGE_OVERHEAD, MAX_WASM64_MEMORY_IN_BYTES,
 };

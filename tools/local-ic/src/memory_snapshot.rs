@@ -14,6 +14,9 @@
 //! [`HeapTracker::collect`] (the runtime does that per top-level operation;
 //! `cargo test` runs tests on several threads).
 //!
+//! Sizes and page numbers are `usize`, so wasm64 heaps beyond 4 GiB (up to
+//! 6 GiB) are tracked like wasm32 ones.
+//!
 //! Where soft-dirty tracking does not work (kernels without
 //! `CONFIG_MEM_SOFT_DIRTY`, gVisor, non-Linux), [`soft_dirty_supported`] is
 //! false and the tracker falls back to treating every page as dirty, i.e. a

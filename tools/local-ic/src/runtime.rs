@@ -33,11 +33,11 @@ type CtxId = u64;
 enum Origin {
     /// An ingress message of a top-level [`Runtime::update`] call.
     Ingress(u64),
-    /// Another (or the same) canister's call.
+    /// Another (or the same) canister's call (boxed: the largest variant).
     Canister {
         caller: Principal,
         caller_ctx: CtxId,
-        call: OutgoingCall,
+        call: Box<OutgoingCall>,
     },
     /// A system task (timer): nobody waits.
     System,
@@ -109,7 +109,8 @@ pub struct PendingCall {
 /// One simulated subnet. See the crate docs for what is modelled.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<HostState>,
+    /// The `ic0` linkers of wasm32 and of wasm64 canisters.
+    linkers: Linkers,
     config: RuntimeConfig,
     canisters: BTreeMap<Principal, Canister>,
     next_canister: u64,
@@ -131,9 +132,32 @@ pub struct Runtime {
     held: Vec<Queued>,
 }
 
+/// One `ic0` linker per address type ([`system_api::Address`]).
+struct Linkers {
+    wasm32: Linker<HostState>,
+    wasm64: Linker<HostState>,
+}
+
+impl Linkers {
+    fn new(engine: &Engine) -> Self {
+        let linker = |mode| system_api::linker(engine, mode).expect("ic0 linker definitions are valid");
+        Self {
+            wasm32: linker(WasmExecutionMode::Wasm32),
+            wasm64: linker(WasmExecutionMode::Wasm64),
+        }
+    }
+
+    fn of(&self, mode: WasmExecutionMode) -> &Linker<HostState> {
+        match mode {
+            WasmExecutionMode::Wasm32 => &self.wasm32,
+            WasmExecutionMode::Wasm64 => &self.wasm64,
+        }
+    }
+}
+
 /// The wasmtime configuration: Cranelift at full speed, SIMD on, relaxed
-/// SIMD and threads off (the IC rejects them), no fuel (the module counts
-/// its own instructions).
+/// SIMD and threads off (the IC rejects them), memory64 on (wasm64
+/// canisters), no fuel (the module counts its own instructions).
 ///
 /// One engine per process: compiled modules can then be shared between
 /// runtimes (see [`compile_cached`]).
@@ -187,6 +211,7 @@ fn new_engine() -> Engine {
         .wasm_relaxed_simd(false)
         .wasm_bulk_memory(true)
         .wasm_multi_value(true)
+        .wasm_memory64(true)
         // The instrumented module keeps its page map in a second memory.
         .wasm_multi_memory(true);
     if crate::cow_memory::supported() {
@@ -203,10 +228,10 @@ impl Runtime {
         // Probe (once per process) before any message holds the lock.
         memory_snapshot::soft_dirty_supported();
         let engine = engine();
-        let linker = system_api::linker(&engine).expect("ic0 linker definitions are valid");
+        let linkers = Linkers::new(&engine);
         Self {
             engine,
-            linker,
+            linkers,
             now: config.start_time_nanos,
             config,
             canisters: BTreeMap::new(),
@@ -290,6 +315,12 @@ impl Runtime {
         }
     }
 
+    /// Whether the canister is wasm32 or wasm64 (its heap limit is
+    /// [`WasmExecutionMode::max_heap_bytes`]).
+    pub fn execution_mode(&self, id: CanisterId) -> Option<WasmExecutionMode> {
+        self.canisters.get(&id).map(|c| c.info.mode)
+    }
+
     /// Stable memory size in wasm pages.
     pub fn stable_size(&self, id: CanisterId) -> Option<u64> {
         self.canisters.get(&id).map(|c| c.host().stable.size())
@@ -317,7 +348,7 @@ impl Runtime {
     /// refunds what is left), out of the cycles above the freezing reserve.
     fn ensure_can_prepay(&self, id: CanisterId, extra: u128) -> Result<(), Error> {
         let c = self.canisters.get(&id).ok_or(Error::CanisterNotFound(id))?;
-        let need = crate::cycles::execution_cost(self.config.limits.update) + extra;
+        let need = crate::cycles::execution_cost_in(c.info.mode, self.config.limits.update) + extra;
         let liquid = c.liquid_cycles();
         if liquid < need {
             return Err(Error::Rejected {
@@ -432,8 +463,9 @@ impl Runtime {
             hooks: None,
             msg: MessageContext::new(MessageKind::Init, "", vec![], Principal::anonymous()),
         };
-        let mut canister = Canister::instantiate(&self.engine, &self.linker, &module, info, host)
-            .map_err(|failure| fail(failure.0))?;
+        let linker = self.linkers.of(info.mode);
+        let mut canister =
+            Canister::instantiate(&self.engine, linker, &module, info, host).map_err(|failure| fail(failure.0))?;
         if canister.exports("canister_init") {
             let caller = controllers.first().copied().unwrap_or(Principal::anonymous());
             let mut msg = MessageContext::new(MessageKind::Init, "canister_init", init_arg, caller);
@@ -615,7 +647,7 @@ impl Runtime {
                     rejects.push(Queued::Response {
                         to: *caller,
                         ctx: *caller_ctx,
-                        call: call.clone(),
+                        call: call.as_ref().clone(),
                         result: Err((RejectCode::SysUnknown, DEADLINE_EXPIRED.into())),
                         refund: 0,
                     });
@@ -713,7 +745,8 @@ impl Runtime {
             hooks: None,
             msg: MessageContext::new(MessageKind::PostUpgrade, "", vec![], caller),
         };
-        let mut new = match Canister::instantiate(&self.engine, &self.linker, &module, info, host) {
+        let linker = self.linkers.of(info.mode);
+        let mut new = match Canister::instantiate(&self.engine, linker, &module, info, host) {
             Ok(c) => c,
             Err(failure) => {
                 let (reason, mut host) = *failure;
@@ -1189,7 +1222,7 @@ impl Runtime {
                 self.queue.push_back(Queued::Response {
                     to: *caller,
                     ctx: *caller_ctx,
-                    call: call.clone(),
+                    call: call.as_ref().clone(),
                     result,
                     refund,
                 });
@@ -1285,7 +1318,7 @@ impl Runtime {
             Origin::Canister {
                 caller: from,
                 caller_ctx: from_ctx,
-                call,
+                call: Box::new(call),
             },
         );
         if let Some(c) = self.contexts.get_mut(&ctx) {
@@ -1370,10 +1403,9 @@ impl Runtime {
             MessageKind::Update | MessageKind::GlobalTimer | MessageKind::Callback | MessageKind::Cleanup
         ) {
             // Paid whether or not the message trapped.
+            let cost = crate::cycles::execution_cost_in(canister.info.mode, report.charged_instructions());
             let host = canister.host_mut();
-            host.cycles = host
-                .cycles
-                .saturating_sub(crate::cycles::execution_cost(report.charged_instructions()));
+            host.cycles = host.cycles.saturating_sub(cost);
         }
         self.record(report.clone());
         (report, exec.result)
@@ -1394,7 +1426,7 @@ impl Runtime {
             stable_bytes_written: exec.msg.stable_bytes_written,
             dirtied_stable_pages: exec.dirtied_stable_pages,
             dirtied_heap_pages: exec.dirtied_heap_pages,
-            heap_dirty_page_instructions: self.after_message_charge(exec),
+            heap_dirty_page_instructions: self.after_message_charge(canister.info.mode, exec),
             page_instructions: exec.page_instructions,
             slices: exec.slices,
             committed,
@@ -1404,13 +1436,19 @@ impl Runtime {
 
     /// The replica's after-message charge for dirty pages (see
     /// [`MessageReport::heap_dirty_page_instructions`]).
-    fn after_message_charge(&self, exec: &Execution) -> u64 {
-        use crate::charges::{MemoryCharges, DIRTY_PAGE_COPY_OVERHEAD, OS_PAGES_PER_WASM_PAGE};
+    fn after_message_charge(&self, mode: WasmExecutionMode, exec: &Execution) -> u64 {
+        use crate::charges::{
+            MemoryCharges, DIRTY_PAGE_COPY_OVERHEAD, OS_PAGES_PER_WASM_PAGE, WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER,
+        };
         if exec.msg.kind == MessageKind::Query {
             return 0;
         }
+        let legacy_overhead = match mode {
+            WasmExecutionMode::Wasm32 => self.config.heap_dirty_page_overhead,
+            WasmExecutionMode::Wasm64 => self.config.heap_dirty_page_overhead * WASM64_DIRTY_PAGE_OVERHEAD_MULTIPLIER,
+        };
         match self.config.memory_charges {
-            MemoryCharges::Legacy => exec.dirtied_heap_pages * self.config.heap_dirty_page_overhead,
+            MemoryCharges::Legacy => exec.dirtied_heap_pages * legacy_overhead,
             MemoryCharges::Dmt => exec.tracked_dirty_wasm_pages * OS_PAGES_PER_WASM_PAGE * DIRTY_PAGE_COPY_OVERHEAD,
         }
     }

@@ -15,7 +15,39 @@ use wasmtime::{Caller, Engine, Func, Global, Linker, Memory, Val};
 use crate::charges::{self, MemoryCharges};
 use crate::stable::{StableMemory, MAX_PAGES};
 use crate::tracker;
-use crate::types::{ExecError, MessageKind, RejectCode};
+use crate::types::{ExecError, MessageKind, RejectCode, WasmExecutionMode};
+
+/// The type of heap addresses and sizes in `ic0` signatures, `I` in the IC
+/// interface specification (`#system-api-imports`: "I ∈ {i32, i64} …
+/// derived from the bit-width of the declared memory"): `u32` for wasm32
+/// canisters, `u64` for wasm64 ones. Like the replica's linker
+/// (`rs/embedders/src/wasmtime_embedder/linker.rs`, `syscalls::<I>` for
+/// u32 and u64), one generic registration serves both modes. Cycle amounts,
+/// times, stable-memory offsets and codes keep their fixed types.
+pub trait Address: wasmtime::WasmTy + Copy + Into<u64> + Send + Sync + 'static {
+    const MODE: WasmExecutionMode;
+
+    fn to_u64(self) -> u64 {
+        self.into()
+    }
+
+    /// A length the host reports (an argument's, a principal's, ...).
+    fn from_size(n: usize) -> Self;
+}
+
+impl Address for u32 {
+    const MODE: WasmExecutionMode = WasmExecutionMode::Wasm32;
+    fn from_size(n: usize) -> Self {
+        n as u32
+    }
+}
+
+impl Address for u64 {
+    const MODE: WasmExecutionMode = WasmExecutionMode::Wasm64;
+    fn from_size(n: usize) -> Self {
+        n as u64
+    }
+}
 
 /// Replica overheads (instructions) per system API call.
 pub mod overhead {
@@ -33,8 +65,10 @@ pub mod overhead {
     pub const DIRTY_STABLE_PAGE: u64 = crate::charges::LEGACY_DIRTY_PAGE_OVERHEAD;
 }
 
-/// The `ic0` functions this runtime provides. A module importing anything
-/// else is refused at install time, naming the missing functions.
+/// The `ic0` functions this runtime provides to canisters of both modes
+/// (heap addresses and sizes typed by the mode, see [`Address`]), besides
+/// [`WASM32_ONLY`]. A module importing anything else is refused at install
+/// time, naming the missing functions.
 pub const PROVIDED: &[&str] = &[
     "msg_arg_data_size",
     "msg_arg_data_copy",
@@ -68,10 +102,6 @@ pub const PROVIDED: &[&str] = &[
     "call_cycles_add128",
     "call_perform",
     "cost_call",
-    "stable_size",
-    "stable_grow",
-    "stable_read",
-    "stable_write",
     "stable64_size",
     "stable64_grow",
     "stable64_read",
@@ -87,11 +117,21 @@ pub const PROVIDED: &[&str] = &[
     "trap",
 ];
 
-/// A function-table index plus its environment argument (ic0 callbacks).
+/// The `ic0` functions only wasm32 canisters may import: the 32-bit stable
+/// memory API. The replica's validation offers a wasm64 module only
+/// `get_valid_system_apis_common(I64)`, without
+/// `get_valid_system_apis_32_only()`
+/// (`rs/embedders/src/wasm_utils/validation.rs`); the 32-bit cycles
+/// functions, also in that list, are provided to neither mode here.
+pub const WASM32_ONLY: &[&str] = &["stable_size", "stable_grow", "stable_read", "stable_write"];
+
+/// A function-table index plus its environment argument (ic0 callbacks):
+/// i32 values of a wasm32 canister, i64 of a wasm64 one (the callback is
+/// called with its env as that type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Callback {
-    pub fun: u32,
-    pub env: u32,
+    pub fun: u64,
+    pub env: u64,
 }
 
 /// A call the canister made (`call_new` ... `call_perform`).
@@ -335,11 +375,11 @@ fn tracks_dirty(kind: MessageKind) -> bool {
 
 /// Charges a system-API call's heap access of `[ptr, ptr + len)` on the
 /// module's page map, as the replica's tracker would on the fault.
-fn touch_heap(caller: &mut Ctx<'_>, ptr: u32, len: u32, write: bool) -> wasmtime::Result<()> {
+fn touch_heap(caller: &mut Ctx<'_>, ptr: u64, len: u64, write: bool) -> wasmtime::Result<()> {
     let Some(pages) = caller.data().hooks.as_ref().and_then(|h| h.pages) else {
         return Ok(());
     };
-    let Some((first, last)) = charges::wasm_pages_of(ptr as u64, len as u64) else {
+    let Some((first, last)) = charges::wasm_pages_of(ptr, len) else {
         return Ok(());
     };
     let (kind, mode) = (caller.data().msg.kind, caller.data().charges);
@@ -382,16 +422,23 @@ fn require(caller: &mut Ctx<'_>, api: &str, allowed: &[MessageKind]) -> wasmtime
     }
 }
 
-fn read_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+/// The byte range `[ptr, ptr + len)` of a heap of `size` bytes, if inside.
+fn heap_range(ptr: u64, len: u64, size: usize) -> Option<std::ops::Range<usize>> {
+    let end = ptr.checked_add(len)?;
+    (end <= size as u64).then_some(ptr as usize..end as usize)
+}
+
+fn read_heap(caller: &mut Ctx<'_>, api: &str, ptr: impl Into<u64>, len: impl Into<u64>) -> wasmtime::Result<Vec<u8>> {
+    let (ptr, len) = (ptr.into(), len.into());
     let Some(memory) = caller.data().memory else {
         return violation(caller, format!("ic0.{api}: the module has no memory"));
     };
-    if (ptr as usize + len as usize) <= memory.data_size(&*caller) {
+    let range = heap_range(ptr, len, memory.data_size(&*caller));
+    if range.is_some() {
         touch_heap(caller, ptr, len, false)?;
     }
     let data = memory.data(&*caller);
-    let (start, end) = (ptr as usize, ptr as usize + len as usize);
-    match data.get(start..end) {
+    match range.and_then(|r| data.get(r)) {
         Some(bytes) => Ok(bytes.to_vec()),
         None => {
             let size = data.len();
@@ -403,16 +450,18 @@ fn read_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, len: u32) -> wasmtime::R
     }
 }
 
-fn write_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
+fn write_heap(caller: &mut Ctx<'_>, api: &str, ptr: impl Into<u64>, bytes: &[u8]) -> wasmtime::Result<()> {
+    let ptr = ptr.into();
     let Some(memory) = caller.data().memory else {
         return violation(caller, format!("ic0.{api}: the module has no memory"));
     };
-    if (ptr as usize + bytes.len()) <= memory.data_size(&*caller) {
-        touch_heap(caller, ptr, bytes.len() as u32, true)?;
+    let range = heap_range(ptr, bytes.len() as u64, memory.data_size(&*caller));
+    if range.is_some() {
+        touch_heap(caller, ptr, bytes.len() as u64, true)?;
     }
     let data = memory.data_mut(&mut *caller);
     let size = data.len();
-    match data.get_mut(ptr as usize..ptr as usize + bytes.len()) {
+    match range.and_then(|r| data.get_mut(r)) {
         Some(dst) => {
             dst.copy_from_slice(bytes);
             Ok(())
@@ -428,10 +477,21 @@ fn write_heap(caller: &mut Ctx<'_>, api: &str, ptr: u32, bytes: &[u8]) -> wasmti
 }
 
 /// `xxx_copy(dst, offset, size)` from a host-side byte string.
-fn copy_out(caller: &mut Ctx<'_>, api: &str, source: &[u8], dst: u32, offset: u32, size: u32) -> wasmtime::Result<()> {
-    charge(caller, overhead::DEFAULT + size as u64)?;
-    let (start, end) = (offset as usize, offset as usize + size as usize);
-    let Some(chunk) = source.get(start..end) else {
+fn copy_out<I: Address>(
+    caller: &mut Ctx<'_>,
+    api: &str,
+    source: &[u8],
+    dst: I,
+    offset: I,
+    size: I,
+) -> wasmtime::Result<()> {
+    let (offset, size) = (offset.to_u64(), size.to_u64());
+    charge(caller, overhead::DEFAULT.saturating_add(size))?;
+    let chunk = offset
+        .checked_add(size)
+        .filter(|&end| end <= source.len() as u64)
+        .map(|end| &source[offset as usize..end as usize]);
+    let Some(chunk) = chunk else {
         return violation(
             caller,
             format!(
@@ -460,81 +520,92 @@ const HAS_ARG: &[MessageKind] = &[
     MessageKind::Callback,
 ];
 
-fn stable_write(caller: &mut Ctx<'_>, api: &str, offset: u64, src: u32, size: u32) -> wasmtime::Result<()> {
-    charge(caller, overhead::STABLE_WRITE + size as u64)?;
+fn stable_write(caller: &mut Ctx<'_>, api: &str, offset: u64, src: u64, size: u64) -> wasmtime::Result<()> {
+    charge(caller, overhead::STABLE_WRITE.saturating_add(size))?;
     let bytes = read_heap(caller, api, src, size)?;
     match caller.data_mut().stable.write(offset, &bytes) {
         Ok(new_pages) => {
-            caller.data_mut().msg.stable_bytes_written += size as u64;
-            touch_stable(caller, offset, size as u64, true, new_pages)
+            caller.data_mut().msg.stable_bytes_written += size;
+            touch_stable(caller, offset, size, true, new_pages)
         }
         Err(_) => fail(caller, ExecError::Trapped("stable memory out of bounds".into())),
     }
 }
 
-fn stable_read(caller: &mut Ctx<'_>, api: &str, dst: u32, offset: u64, size: u32) -> wasmtime::Result<()> {
-    charge(caller, overhead::STABLE_READ + size as u64)?;
-    let mut buf = vec![0u8; size as usize];
+fn stable_read(caller: &mut Ctx<'_>, api: &str, dst: u64, offset: u64, size: u64) -> wasmtime::Result<()> {
+    charge(caller, overhead::STABLE_READ.saturating_add(size))?;
+    let Some(end) = offset
+        .checked_add(size)
+        .filter(|&end| end <= caller.data().stable.len())
+    else {
+        return fail(caller, ExecError::Trapped("stable memory out of bounds".into()));
+    };
+    let mut buf = vec![0u8; (end - offset) as usize];
     if caller.data().stable.read(offset, &mut buf).is_err() {
         return fail(caller, ExecError::Trapped("stable memory out of bounds".into()));
     }
-    caller.data_mut().msg.stable_bytes_read += size as u64;
-    touch_stable(caller, offset, size as u64, false, 0)?;
+    caller.data_mut().msg.stable_bytes_read += size;
+    touch_stable(caller, offset, size, false, 0)?;
     write_heap(caller, api, dst, &buf)
 }
 
-fn to_u32(caller: &mut Ctx<'_>, api: &str, v: u64) -> wasmtime::Result<u32> {
-    match u32::try_from(v) {
-        Ok(v) => Ok(v),
-        Err(_) => violation(caller, format!("ic0.{api}: address {v} beyond the 32-bit heap")),
+/// A heap address or size the `stable64_*` functions pass as i64: in a
+/// wasm32 canister it must fit the 32-bit heap.
+fn heap_address<I: Address>(caller: &mut Ctx<'_>, api: &str, v: u64) -> wasmtime::Result<u64> {
+    match I::MODE {
+        WasmExecutionMode::Wasm32 if u32::try_from(v).is_err() => {
+            violation(caller, format!("ic0.{api}: address {v} beyond the 32-bit heap"))
+        }
+        _ => Ok(v),
     }
 }
 
-/// Builds the linker with every function of [`PROVIDED`] under `ic0`.
-pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+/// Builds the linker of canisters of `mode`: every function of
+/// [`PROVIDED`] under `ic0`, with the mode's address type, and for wasm32
+/// also those of [`WASM32_ONLY`].
+pub fn linker(engine: &Engine, mode: WasmExecutionMode) -> wasmtime::Result<Linker<HostState>> {
     let mut l = Linker::new(engine);
+    match mode {
+        WasmExecutionMode::Wasm32 => {
+            register::<u32>(&mut l)?;
+            register_wasm32_only(&mut l)?;
+        }
+        WasmExecutionMode::Wasm64 => register::<u64>(&mut l)?,
+    }
+    Ok(l)
+}
 
+/// The functions of [`PROVIDED`], with heap addresses and sizes of type `I`.
+fn register<I: Address>(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // --- message arguments, caller, method name -------------------------
-    l.func_wrap("ic0", "msg_arg_data_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+    l.func_wrap("ic0", "msg_arg_data_size", |mut c: Ctx<'_>| -> wasmtime::Result<I> {
         require(&mut c, "msg_arg_data_size", HAS_ARG)?;
         charge(&mut c, overhead::DEFAULT)?;
-        Ok(c.data().msg.arg.len() as u32)
+        Ok(I::from_size(c.data().msg.arg.len()))
     })?;
-    l.func_wrap(
-        "ic0",
-        "msg_arg_data_copy",
-        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
-            require(&mut c, "msg_arg_data_copy", HAS_ARG)?;
-            let arg = std::mem::take(&mut c.data_mut().msg.arg);
-            let r = copy_out(&mut c, "msg_arg_data_copy", &arg, dst, off, size);
-            c.data_mut().msg.arg = arg;
-            r
-        },
-    )?;
-    l.func_wrap("ic0", "msg_caller_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+    l.func_wrap("ic0", "msg_arg_data_copy", |mut c: Ctx<'_>, dst: I, off: I, size: I| {
+        require(&mut c, "msg_arg_data_copy", HAS_ARG)?;
+        let arg = std::mem::take(&mut c.data_mut().msg.arg);
+        let r = copy_out(&mut c, "msg_arg_data_copy", &arg, dst, off, size);
+        c.data_mut().msg.arg = arg;
+        r
+    })?;
+    l.func_wrap("ic0", "msg_caller_size", |mut c: Ctx<'_>| -> wasmtime::Result<I> {
         charge(&mut c, overhead::DEFAULT)?;
-        Ok(c.data().msg.caller.as_slice().len() as u32)
+        Ok(I::from_size(c.data().msg.caller.as_slice().len()))
     })?;
-    l.func_wrap(
-        "ic0",
-        "msg_caller_copy",
-        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
-            let caller = c.data().msg.caller;
-            copy_out(&mut c, "msg_caller_copy", caller.as_slice(), dst, off, size)
-        },
-    )?;
-    l.func_wrap(
-        "ic0",
-        "msg_method_name_size",
-        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-            charge(&mut c, overhead::DEFAULT)?;
-            Ok(c.data().msg.method.len() as u32)
-        },
-    )?;
+    l.func_wrap("ic0", "msg_caller_copy", |mut c: Ctx<'_>, dst: I, off: I, size: I| {
+        let caller = c.data().msg.caller;
+        copy_out(&mut c, "msg_caller_copy", caller.as_slice(), dst, off, size)
+    })?;
+    l.func_wrap("ic0", "msg_method_name_size", |mut c: Ctx<'_>| -> wasmtime::Result<I> {
+        charge(&mut c, overhead::DEFAULT)?;
+        Ok(I::from_size(c.data().msg.method.len()))
+    })?;
     l.func_wrap(
         "ic0",
         "msg_method_name_copy",
-        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+        |mut c: Ctx<'_>, dst: I, off: I, size: I| {
             let name = c.data().msg.method.clone();
             copy_out(&mut c, "msg_method_name_copy", name.as_bytes(), dst, off, size)
         },
@@ -563,24 +634,20 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         charge(&mut c, overhead::DEFAULT)?;
         Ok(c.data().msg.reject.as_ref().map_or(0, |r| r.0))
     })?;
-    l.func_wrap(
-        "ic0",
-        "msg_reject_msg_size",
-        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-            charge(&mut c, overhead::DEFAULT)?;
-            match c.data().msg.reject.as_ref() {
-                Some((_, m)) => Ok(m.len() as u32),
-                None => violation(
-                    &mut c,
-                    "\"ic0_msg_reject_msg_size\" cannot be executed outside a reject callback".into(),
-                ),
-            }
-        },
-    )?;
+    l.func_wrap("ic0", "msg_reject_msg_size", |mut c: Ctx<'_>| -> wasmtime::Result<I> {
+        charge(&mut c, overhead::DEFAULT)?;
+        match c.data().msg.reject.as_ref() {
+            Some((_, m)) => Ok(I::from_size(m.len())),
+            None => violation(
+                &mut c,
+                "\"ic0_msg_reject_msg_size\" cannot be executed outside a reject callback".into(),
+            ),
+        }
+    })?;
     l.func_wrap(
         "ic0",
         "msg_reject_msg_copy",
-        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+        |mut c: Ctx<'_>, dst: I, off: I, size: I| {
             let Some((_, text)) = c.data().msg.reject.clone() else {
                 return violation(
                     &mut c,
@@ -599,9 +666,9 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         }
         Ok(())
     }
-    l.func_wrap("ic0", "msg_reply_data_append", |mut c: Ctx<'_>, src: u32, size: u32| {
+    l.func_wrap("ic0", "msg_reply_data_append", |mut c: Ctx<'_>, src: I, size: I| {
         check_can_respond(&mut c, "msg_reply_data_append")?;
-        charge(&mut c, overhead::DEFAULT + size as u64)?;
+        charge(&mut c, overhead::DEFAULT.saturating_add(size.to_u64()))?;
         let bytes = read_heap(&mut c, "msg_reply_data_append", src, size)?;
         c.data_mut().msg.reply_data.extend_from_slice(&bytes);
         Ok(())
@@ -613,9 +680,9 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         c.data_mut().msg.response = Some(Response::Reply(data));
         Ok(())
     })?;
-    l.func_wrap("ic0", "msg_reject", |mut c: Ctx<'_>, src: u32, size: u32| {
+    l.func_wrap("ic0", "msg_reject", |mut c: Ctx<'_>, src: I, size: I| {
         check_can_respond(&mut c, "msg_reject")?;
-        charge(&mut c, overhead::DEFAULT + size as u64)?;
+        charge(&mut c, overhead::DEFAULT.saturating_add(size.to_u64()))?;
         let bytes = read_heap(&mut c, "msg_reject", src, size)?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         c.data_mut().msg.response = Some(Response::Reject(text));
@@ -624,13 +691,13 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
 
     // --- cycles: attached to calls, accepted by the callee, refunded with
     // the response; balance changes take effect when the message commits.
-    l.func_wrap("ic0", "msg_cycles_available128", |mut c: Ctx<'_>, dst: u32| {
+    l.func_wrap("ic0", "msg_cycles_available128", |mut c: Ctx<'_>, dst: I| {
         charge(&mut c, overhead::DEFAULT)?;
         let msg = &c.data().msg;
         let left = msg.cycles_available - msg.cycles_accepted;
         write_heap(&mut c, "msg_cycles_available128", dst, &left.to_le_bytes())
     })?;
-    l.func_wrap("ic0", "msg_cycles_refunded128", |mut c: Ctx<'_>, dst: u32| {
+    l.func_wrap("ic0", "msg_cycles_refunded128", |mut c: Ctx<'_>, dst: I| {
         charge(&mut c, overhead::DEFAULT)?;
         if c.data().msg.kind != MessageKind::Callback {
             return violation(
@@ -644,7 +711,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "msg_cycles_accept128",
-        |mut c: Ctx<'_>, high: u64, low: u64, dst: u32| {
+        |mut c: Ctx<'_>, high: u64, low: u64, dst: I| {
             charge(&mut c, overhead::DEFAULT)?;
             let max = ((high as u128) << 64) | low as u128;
             let msg = &mut c.data_mut().msg;
@@ -653,7 +720,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             write_heap(&mut c, "msg_cycles_accept128", dst, &amount.to_le_bytes())
         },
     )?;
-    l.func_wrap("ic0", "canister_cycle_balance128", move |mut c: Ctx<'_>, dst: u32| {
+    l.func_wrap("ic0", "canister_cycle_balance128", move |mut c: Ctx<'_>, dst: I| {
         charge(&mut c, overhead::DEFAULT)?;
         let cycles = c.data().balance_in_message();
         write_heap(&mut c, "canister_cycle_balance128", dst, &cycles.to_le_bytes())
@@ -661,7 +728,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "canister_liquid_cycle_balance128",
-        move |mut c: Ctx<'_>, dst: u32| {
+        move |mut c: Ctx<'_>, dst: I| {
             charge(&mut c, overhead::DEFAULT)?;
             let liquid = crate::cycles::liquid(c.data().balance_in_message(), c.data().freezing_reserve);
             write_heap(&mut c, "canister_liquid_cycle_balance128", dst, &liquid.to_le_bytes())
@@ -670,7 +737,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "cost_call",
-        |mut c: Ctx<'_>, method_name_size: u64, payload_size: u64, dst: u32| {
+        |mut c: Ctx<'_>, method_name_size: u64, payload_size: u64, dst: I| {
             charge(&mut c, overhead::DEFAULT)?;
             let cost = crate::cycles::call_cost((method_name_size + payload_size) as usize);
             write_heap(&mut c, "cost_call", dst, &cost.to_le_bytes())
@@ -678,14 +745,14 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     )?;
 
     // --- canister information ---------------------------------------------
-    l.func_wrap("ic0", "canister_self_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+    l.func_wrap("ic0", "canister_self_size", |mut c: Ctx<'_>| -> wasmtime::Result<I> {
         charge(&mut c, overhead::DEFAULT)?;
-        Ok(c.data().canister_id.as_slice().len() as u32)
+        Ok(I::from_size(c.data().canister_id.as_slice().len()))
     })?;
     l.func_wrap(
         "ic0",
         "canister_self_copy",
-        |mut c: Ctx<'_>, dst: u32, off: u32, size: u32| {
+        |mut c: Ctx<'_>, dst: I, off: I, size: I| {
             let id = c.data().canister_id;
             copy_out(&mut c, "canister_self_copy", id.as_slice(), dst, off, size)
         },
@@ -701,8 +768,8 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "is_controller",
-        |mut c: Ctx<'_>, src: u32, size: u32| -> wasmtime::Result<u32> {
-            charge(&mut c, overhead::IS_CONTROLLER + size as u64)?;
+        |mut c: Ctx<'_>, src: I, size: I| -> wasmtime::Result<u32> {
+            charge(&mut c, overhead::IS_CONTROLLER.saturating_add(size.to_u64()))?;
             let bytes = read_heap(&mut c, "is_controller", src, size)?;
             match Principal::try_from_slice(&bytes) {
                 Ok(p) => Ok(c.data().controllers.contains(&p) as u32),
@@ -719,9 +786,9 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             Ok(!matches!(kind, MessageKind::Query | MessageKind::InspectMessage) as u32)
         },
     )?;
-    l.func_wrap("ic0", "certified_data_set", |mut c: Ctx<'_>, _src: u32, size: u32| {
-        charge(&mut c, overhead::DEFAULT + size as u64)?;
-        if size > 32 {
+    l.func_wrap("ic0", "certified_data_set", |mut c: Ctx<'_>, _src: I, size: I| {
+        charge(&mut c, overhead::DEFAULT.saturating_add(size.to_u64()))?;
+        if size.to_u64() > 32 {
             return violation(
                 &mut c,
                 "ic0_certified_data_set failed because the passed data must be no larger than 32 bytes".into(),
@@ -740,7 +807,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "data_certificate_size",
-        |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        |mut c: Ctx<'_>| -> wasmtime::Result<I> {
             violation(
                 &mut c,
                 "local-ic has no data certificates (data_certificate_present is 0)".into(),
@@ -750,7 +817,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "data_certificate_copy",
-        |mut c: Ctx<'_>, _dst: u32, _off: u32, _size: u32| -> wasmtime::Result<()> {
+        |mut c: Ctx<'_>, _dst: I, _off: I, _size: I| -> wasmtime::Result<()> {
             violation(
                 &mut c,
                 "local-ic has no data certificates (data_certificate_present is 0)".into(),
@@ -763,16 +830,21 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         "ic0",
         "call_new",
         |mut c: Ctx<'_>,
-         callee_src: u32,
-         callee_size: u32,
-         name_src: u32,
-         name_size: u32,
-         reply_fun: u32,
-         reply_env: u32,
-         reject_fun: u32,
-         reject_env: u32| {
+         callee_src: I,
+         callee_size: I,
+         name_src: I,
+         name_size: I,
+         reply_fun: I,
+         reply_env: I,
+         reject_fun: I,
+         reject_env: I| {
             require(&mut c, "call_new", UPDATE_LIKE)?;
-            charge(&mut c, overhead::CALL_NEW + callee_size as u64 + name_size as u64)?;
+            charge(
+                &mut c,
+                overhead::CALL_NEW
+                    .saturating_add(callee_size.to_u64())
+                    .saturating_add(name_size.to_u64()),
+            )?;
             let callee = read_heap(&mut c, "call_new", callee_src, callee_size)?;
             let name = read_heap(&mut c, "call_new", name_src, name_size)?;
             let Ok(callee) = Principal::try_from_slice(&callee) else {
@@ -786,12 +858,12 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
                 method,
                 arg: Vec::new(),
                 on_reply: Callback {
-                    fun: reply_fun,
-                    env: reply_env,
+                    fun: reply_fun.to_u64(),
+                    env: reply_env.to_u64(),
                 },
                 on_reject: Callback {
-                    fun: reject_fun,
-                    env: reject_env,
+                    fun: reject_fun.to_u64(),
+                    env: reject_env.to_u64(),
                 },
                 on_cleanup: None,
                 cycles: 0,
@@ -810,14 +882,17 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             None => violation(c, format!("ic0.{api}: no call is under construction (call_new first)")),
         }
     }
-    l.func_wrap("ic0", "call_on_cleanup", |mut c: Ctx<'_>, fun: u32, env: u32| {
+    l.func_wrap("ic0", "call_on_cleanup", |mut c: Ctx<'_>, fun: I, env: I| {
         charge(&mut c, overhead::DEFAULT)?;
         with_call(&mut c, "call_on_cleanup", |call| {
-            call.on_cleanup = Some(Callback { fun, env })
+            call.on_cleanup = Some(Callback {
+                fun: fun.to_u64(),
+                env: env.to_u64(),
+            })
         })
     })?;
-    l.func_wrap("ic0", "call_data_append", |mut c: Ctx<'_>, src: u32, size: u32| {
-        charge(&mut c, overhead::DEFAULT + size as u64)?;
+    l.func_wrap("ic0", "call_data_append", |mut c: Ctx<'_>, src: I, size: I| {
+        charge(&mut c, overhead::DEFAULT.saturating_add(size.to_u64()))?;
         let bytes = read_heap(&mut c, "call_data_append", src, size)?;
         with_call(&mut c, "call_data_append", |call| call.arg.extend_from_slice(&bytes))
     })?;
@@ -872,8 +947,8 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         "ic0",
         "stable64_write",
         |mut c: Ctx<'_>, offset: u64, src: u64, size: u64| {
-            let src = to_u32(&mut c, "stable64_write", src)?;
-            let size = to_u32(&mut c, "stable64_write", size)?;
+            let src = heap_address::<I>(&mut c, "stable64_write", src)?;
+            let size = heap_address::<I>(&mut c, "stable64_write", size)?;
             stable_write(&mut c, "stable64_write", offset, src, size)
         },
     )?;
@@ -881,48 +956,11 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         "ic0",
         "stable64_read",
         |mut c: Ctx<'_>, dst: u64, offset: u64, size: u64| {
-            let dst = to_u32(&mut c, "stable64_read", dst)?;
-            let size = to_u32(&mut c, "stable64_read", size)?;
+            let dst = heap_address::<I>(&mut c, "stable64_read", dst)?;
+            let size = heap_address::<I>(&mut c, "stable64_read", size)?;
             stable_read(&mut c, "stable64_read", dst, offset, size)
         },
     )?;
-    const MAX_32_BIT_PAGES: u64 = 65536;
-    l.func_wrap("ic0", "stable_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
-        charge(&mut c, overhead::STABLE_SIZE)?;
-        let size = c.data().stable.size();
-        if size > MAX_32_BIT_PAGES {
-            return fail(
-                &mut c,
-                ExecError::Trapped("32 bit stable memory api used on a memory larger than 4GB".into()),
-            );
-        }
-        Ok(size as u32)
-    })?;
-    l.func_wrap(
-        "ic0",
-        "stable_grow",
-        |mut c: Ctx<'_>, pages: u32| -> wasmtime::Result<i32> {
-            charge(&mut c, overhead::DEFAULT)?;
-            let size = c.data().stable.size();
-            if size + pages as u64 > MAX_32_BIT_PAGES.min(MAX_PAGES) {
-                return Ok(-1);
-            }
-            Ok(c.data_mut().stable.grow(pages as u64) as i32)
-        },
-    )?;
-    l.func_wrap(
-        "ic0",
-        "stable_write",
-        |mut c: Ctx<'_>, offset: u32, src: u32, size: u32| {
-            stable_write(&mut c, "stable_write", offset as u64, src, size)
-        },
-    )?;
-    l.func_wrap(
-        "ic0",
-        "stable_read",
-        |mut c: Ctx<'_>, dst: u32, offset: u32, size: u32| stable_read(&mut c, "stable_read", dst, offset as u64, size),
-    )?;
-
     // --- time, timer, counters --------------------------------------------
     l.func_wrap("ic0", "time", |mut c: Ctx<'_>| -> wasmtime::Result<u64> {
         charge(&mut c, overhead::DEFAULT)?;
@@ -967,8 +1005,8 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     )?;
 
     // --- debugging and traps -----------------------------------------------
-    l.func_wrap("ic0", "debug_print", |mut c: Ctx<'_>, src: u32, size: u32| {
-        charge(&mut c, overhead::DEBUG_PRINT + size as u64)?;
+    l.func_wrap("ic0", "debug_print", |mut c: Ctx<'_>, src: I, size: I| {
+        charge(&mut c, overhead::DEBUG_PRINT.saturating_add(size.to_u64()))?;
         let bytes = read_heap(&mut c, "debug_print", src, size)?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         if c.data().print_debug {
@@ -980,23 +1018,81 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         "ic0",
         "trap",
-        |mut c: Ctx<'_>, src: u32, size: u32| -> wasmtime::Result<()> {
-            charge(&mut c, overhead::DEFAULT + size as u64)?;
+        |mut c: Ctx<'_>, src: I, size: I| -> wasmtime::Result<()> {
+            charge(&mut c, overhead::DEFAULT.saturating_add(size.to_u64()))?;
             let bytes = read_heap(&mut c, "trap", src, size)?;
             let text = String::from_utf8_lossy(&bytes).into_owned();
             fail(&mut c, ExecError::CalledTrap(text))
         },
     )?;
 
-    Ok(l)
+    Ok(())
+}
+
+/// The functions of [`WASM32_ONLY`]: 32-bit stable memory.
+fn register_wasm32_only(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    const MAX_32_BIT_PAGES: u64 = 65536;
+    l.func_wrap("ic0", "stable_size", |mut c: Ctx<'_>| -> wasmtime::Result<u32> {
+        charge(&mut c, overhead::STABLE_SIZE)?;
+        let size = c.data().stable.size();
+        if size > MAX_32_BIT_PAGES {
+            return fail(
+                &mut c,
+                ExecError::Trapped("32 bit stable memory api used on a memory larger than 4GB".into()),
+            );
+        }
+        Ok(size as u32)
+    })?;
+    l.func_wrap(
+        "ic0",
+        "stable_grow",
+        |mut c: Ctx<'_>, pages: u32| -> wasmtime::Result<i32> {
+            charge(&mut c, overhead::DEFAULT)?;
+            let size = c.data().stable.size();
+            if size + pages as u64 > MAX_32_BIT_PAGES.min(MAX_PAGES) {
+                return Ok(-1);
+            }
+            Ok(c.data_mut().stable.grow(pages as u64) as i32)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable_write",
+        |mut c: Ctx<'_>, offset: u32, src: u32, size: u32| {
+            stable_write(&mut c, "stable_write", offset as u64, src as u64, size as u64)
+        },
+    )?;
+    l.func_wrap(
+        "ic0",
+        "stable_read",
+        |mut c: Ctx<'_>, dst: u32, offset: u32, size: u32| {
+            stable_read(&mut c, "stable_read", dst as u64, offset as u64, size as u64)
+        },
+    )?;
+
+    Ok(())
 }
 
 /// Names of `ic0` imports of a module this runtime does not provide, plus
-/// imports from modules other than `ic0`, as `module.name`.
+/// imports from modules other than `ic0`, as `module.name` (the wasm32-only
+/// functions count as provided: see [`wasm32_only_imports`]).
 pub fn unsupported_imports(imports: &[(String, String)]) -> Vec<String> {
     imports
         .iter()
-        .filter(|(m, n)| m != "ic0" || !PROVIDED.contains(&n.as_str()))
+        .filter(|(m, n)| m != "ic0" || !(PROVIDED.contains(&n.as_str()) || WASM32_ONLY.contains(&n.as_str())))
+        .map(|(m, n)| format!("{m}.{n}"))
+        .collect()
+}
+
+/// The imports of a module of `mode` that only wasm32 canisters may have
+/// ([`WASM32_ONLY`]), as `ic0.name`: none for wasm32.
+pub fn wasm32_only_imports(imports: &[(String, String)], mode: WasmExecutionMode) -> Vec<String> {
+    if mode == WasmExecutionMode::Wasm32 {
+        return Vec::new();
+    }
+    imports
+        .iter()
+        .filter(|(m, n)| m == "ic0" && WASM32_ONLY.contains(&n.as_str()))
         .map(|(m, n)| format!("{m}.{n}"))
         .collect()
 }
@@ -1008,7 +1104,6 @@ mod tests {
     #[test]
     fn every_provided_name_is_defined() {
         let engine = Engine::default();
-        let linker = linker(&engine).unwrap();
         let mut store = wasmtime::Store::new(
             &engine,
             HostState {
@@ -1029,8 +1124,18 @@ mod tests {
                 msg: MessageContext::new(MessageKind::Update, "", vec![], Principal::anonymous()),
             },
         );
-        for name in PROVIDED {
-            assert!(linker.get(&mut store, "ic0", name).is_ok(), "{name} missing");
+        for mode in [WasmExecutionMode::Wasm32, WasmExecutionMode::Wasm64] {
+            let linker = linker(&engine, mode).unwrap();
+            for name in PROVIDED {
+                assert!(linker.get(&mut store, "ic0", name).is_ok(), "{name} missing ({mode:?})");
+            }
+            for name in WASM32_ONLY {
+                assert_eq!(
+                    linker.get(&mut store, "ic0", name).is_ok(),
+                    mode == WasmExecutionMode::Wasm32,
+                    "{name} ({mode:?})"
+                );
+            }
         }
         assert_eq!(
             unsupported_imports(&[
@@ -1039,6 +1144,13 @@ mod tests {
                 ("env".into(), "foo".into())
             ]),
             vec!["ic0.mint_cycles".to_string(), "env.foo".to_string()]
+        );
+        let stable_read = [("ic0".to_string(), "stable_read".to_string())];
+        assert!(unsupported_imports(&stable_read).is_empty());
+        assert!(wasm32_only_imports(&stable_read, WasmExecutionMode::Wasm32).is_empty());
+        assert_eq!(
+            wasm32_only_imports(&stable_read, WasmExecutionMode::Wasm64),
+            vec!["ic0.stable_read".to_string()]
         );
     }
 }

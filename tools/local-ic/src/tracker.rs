@@ -19,6 +19,12 @@
 //! next limit check and by `performance_counter`. Host-side heap accesses of
 //! system-API calls update the same map ([`crate::system_api`]).
 //!
+//! **Wasm64.** Heap addresses, the bulk ops' lengths (not `memory.init`'s
+//! source and length, which stay i32) and [`touch_range`]'s range are i64
+//! ([`Addr`]); the map covers the 6 GiB heap (98,304 bytes in two wasm
+//! pages). An address beyond the heap limit is not charged: the access
+//! traps anyway.
+//!
 //! **Slices.** The counter check at function entries and loop headers calls
 //! [`out_of_instructions`] when the counter is negative, which applies the
 //! replica's rule (`rs/canister_sandbox/src/dts.rs`, `try_pause` and
@@ -113,6 +119,96 @@ pub struct Layout {
     /// Type indices of the two added functions.
     pub ooi_type: u32,
     pub touch_type: u32,
+    /// The heap's address type (wasm32 or wasm64).
+    pub addr: Addr,
+    /// Most heap pages of the module's mode (the page map's length).
+    pub max_heap_pages: u64,
+}
+
+/// Instructions on heap addresses and lengths: i32 in wasm32, i64 in wasm64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr {
+    pub memory64: bool,
+}
+
+impl Addr {
+    pub fn ty(self) -> ValType {
+        if self.memory64 {
+            ValType::I64
+        } else {
+            ValType::I32
+        }
+    }
+
+    pub fn konst(self, v: i64) -> I<'static> {
+        if self.memory64 {
+            I::I64Const(v)
+        } else {
+            I::I32Const(v as i32)
+        }
+    }
+
+    pub fn add(self) -> I<'static> {
+        if self.memory64 {
+            I::I64Add
+        } else {
+            I::I32Add
+        }
+    }
+
+    pub fn sub(self) -> I<'static> {
+        if self.memory64 {
+            I::I64Sub
+        } else {
+            I::I32Sub
+        }
+    }
+
+    pub fn gt_u(self) -> I<'static> {
+        if self.memory64 {
+            I::I64GtU
+        } else {
+            I::I32GtU
+        }
+    }
+
+    pub fn eq(self) -> I<'static> {
+        if self.memory64 {
+            I::I64Eq
+        } else {
+            I::I32Eq
+        }
+    }
+
+    pub fn eqz(self) -> I<'static> {
+        if self.memory64 {
+            I::I64Eqz
+        } else {
+            I::I32Eqz
+        }
+    }
+
+    pub fn shr_u(self) -> I<'static> {
+        if self.memory64 {
+            I::I64ShrU
+        } else {
+            I::I32ShrU
+        }
+    }
+
+    /// Widens the address on the stack to i64 (a no-op in wasm64).
+    pub fn to_i64(self, f: &mut Function) {
+        if !self.memory64 {
+            f.instruction(&I::I64ExtendI32U);
+        }
+    }
+
+    /// Narrows the (page number) on the stack to i32 (a no-op in wasm32).
+    pub fn to_i32(self, f: &mut Function) {
+        if self.memory64 {
+            f.instruction(&I::I32WrapI64);
+        }
+    }
 }
 
 impl Layout {
@@ -236,9 +332,10 @@ pub fn out_of_instructions(l: &Layout) -> Function {
     f
 }
 
-/// `(start: i32, len: i32, need: i32) -> ()`: gives every wasm page of the
-/// range the bits `need` (1 read, 3 write), charging the first access and,
-/// where dirty pages are tracked, the first write.
+/// `(start: I, len: I, need: i32) -> ()` (`I` the heap's [`Addr`] type):
+/// gives every wasm page of the range the bits `need` (1 read, 3 write),
+/// charging the first access and, where dirty pages are tracked, the first
+/// write.
 pub fn touch_range(l: &Layout) -> Function {
     let (start, len, need) = (0, 1, 2);
     let (page, last, bits, cost) = (3, 4, 5, 6);
@@ -249,33 +346,45 @@ pub fn touch_range(l: &Layout) -> Function {
         return f;
     }
     let map = map_arg(l);
+    let a = l.addr;
+    let last_page = l.max_heap_pages as i64 - 1;
     f.instruction(&I::LocalGet(len));
-    f.instruction(&I::I32Eqz);
+    f.instruction(&a.eqz());
     f.instruction(&I::If(BlockType::Empty));
     f.instruction(&I::Return);
     f.instruction(&I::End);
-    // page = start >> 16; last = min((start + len - 1) >> 16, 65535), unwrapped.
+    // page = start >> 16; last = min((start + len - 1) >> 16, last heap page), unwrapped.
     f.instruction(&I::LocalGet(start));
-    f.instruction(&I::I64ExtendI32U);
+    a.to_i64(&mut f);
     f.instruction(&I::I64Const(16));
     f.instruction(&I::I64ShrU);
     f.instruction(&I::LocalSet(page));
     f.instruction(&I::LocalGet(start));
-    f.instruction(&I::I64ExtendI32U);
+    a.to_i64(&mut f);
     f.instruction(&I::LocalGet(len));
-    f.instruction(&I::I64ExtendI32U);
+    a.to_i64(&mut f);
     f.instruction(&I::I64Add);
     f.instruction(&I::I64Const(1));
     f.instruction(&I::I64Sub);
     f.instruction(&I::I64Const(16));
     f.instruction(&I::I64ShrU);
     f.instruction(&I::LocalTee(last));
-    f.instruction(&I::I64Const(65_535));
+    f.instruction(&I::I64Const(last_page));
     f.instruction(&I::LocalGet(last));
-    f.instruction(&I::I64Const(65_535));
+    f.instruction(&I::I64Const(last_page));
     f.instruction(&I::I64LtU);
     f.instruction(&I::Select);
     f.instruction(&I::LocalSet(last));
+    if a.memory64 {
+        // A range starting beyond the heap limit traps when it is accessed:
+        // nothing to charge (and its page is not in the map).
+        f.instruction(&I::LocalGet(page));
+        f.instruction(&I::LocalGet(last));
+        f.instruction(&I::I64GtU);
+        f.instruction(&I::If(BlockType::Empty));
+        f.instruction(&I::Return);
+        f.instruction(&I::End);
+    }
     f.instruction(&I::Loop(BlockType::Empty));
     {
         f.instruction(&I::LocalGet(page));
@@ -352,9 +461,11 @@ pub enum Access {
     },
     /// `memory.copy [dst, src, n]`.
     Copy,
-    /// `memory.fill [dst, value, n]` and `memory.init [dst, src, n]`:
-    /// writes `n` bytes at `dst`.
-    FillOrInit,
+    /// `memory.fill [dst, value: i32, n]`: writes `n` bytes at `dst`.
+    Fill,
+    /// `memory.init [dst, src: i32, n: i32]`: writes `n` bytes at `dst`
+    /// (source and length stay i32 in wasm64).
+    Init,
 }
 
 /// The heap access of `op`, if it is a memory-0 access.
@@ -411,7 +522,8 @@ pub fn access_of(op: &wasmparser::Operator<'_>) -> Option<Access> {
         O::V128Store32Lane { memarg, .. } => with(memarg, 4, ValType::V128, true),
         O::V128Store64Lane { memarg, .. } => with(memarg, 8, ValType::V128, true),
         O::MemoryCopy { .. } => Some(Access::Copy),
-        O::MemoryFill { .. } | O::MemoryInit { .. } => Some(Access::FillOrInit),
+        O::MemoryFill { .. } => Some(Access::Fill),
+        O::MemoryInit { .. } => Some(Access::Init),
         _ => None,
     }
 }
@@ -419,10 +531,14 @@ pub fn access_of(op: &wasmparser::Operator<'_>) -> Option<Access> {
 /// Scratch locals of a function with heap accesses.
 #[derive(Debug, Clone, Copy)]
 pub struct Scratch {
-    /// i32: address, effective address, and the three bulk operands.
+    /// Of the address type: address, effective address, and the three bulk
+    /// operands.
     pub addr: u32,
     pub effective: u32,
     pub bulk: [u32; 3],
+    /// i32 bulk operands: fill's value or init's source, init's length (in
+    /// wasm32 the same locals as `bulk[1]` and `bulk[2]`).
+    pub bulk32: [u32; 2],
     pub i32: u32,
     pub i64: u32,
     pub f32: u32,
@@ -433,24 +549,34 @@ pub struct Scratch {
 impl Scratch {
     /// Allocates the locals from index `first` on; returns them and their
     /// declarations.
-    pub fn new(first: u32) -> (Self, Vec<(u32, ValType)>) {
+    pub fn new(first: u32, addr: Addr) -> (Self, Vec<(u32, ValType)>) {
+        let bulk = [first + 2, first + 3, first + 4];
         let s = Self {
             addr: first,
             effective: first + 1,
-            bulk: [first + 2, first + 3, first + 4],
+            bulk,
+            bulk32: if addr.memory64 {
+                [first + 10, first + 11]
+            } else {
+                [bulk[1], bulk[2]]
+            },
             i32: first + 5,
             i64: first + 6,
             f32: first + 7,
             f64: first + 8,
             v128: first + 9,
         };
-        let decls = vec![
-            (6, ValType::I32),
+        let mut decls = vec![
+            (5, addr.ty()),
+            (1, ValType::I32),
             (1, ValType::I64),
             (1, ValType::F32),
             (1, ValType::F64),
             (1, ValType::V128),
         ];
+        if addr.memory64 {
+            decls.push((2, ValType::I32));
+        }
         (s, decls)
     }
 
@@ -469,17 +595,22 @@ impl Scratch {
 /// [`touch_range`] when they lack `need`.
 fn check_pages(f: &mut Function, l: &Layout, s: &Scratch, size: u32, need: u8) {
     let map = map_arg(l);
+    let a = l.addr;
+    // In wasm64 a page number beyond the map wraps to some page of it: the
+    // access traps anyway, and `touch_range` charges nothing for it.
     f.instruction(&I::LocalGet(s.effective));
-    f.instruction(&I::I32Const(16));
-    f.instruction(&I::I32ShrU);
+    f.instruction(&a.konst(16));
+    f.instruction(&a.shr_u());
+    a.to_i32(f);
     f.instruction(&I::I32Load8U(map));
     if size > 1 {
         // An unaligned access may end in the next wasm page.
         f.instruction(&I::LocalGet(s.effective));
-        f.instruction(&I::I32Const(size as i32 - 1));
-        f.instruction(&I::I32Add);
-        f.instruction(&I::I32Const(16));
-        f.instruction(&I::I32ShrU);
+        f.instruction(&a.konst(size as i64 - 1));
+        f.instruction(&a.add());
+        f.instruction(&a.konst(16));
+        f.instruction(&a.shr_u());
+        a.to_i32(f);
         f.instruction(&I::I32Load8U(map));
         f.instruction(&I::I32And);
     }
@@ -489,23 +620,29 @@ fn check_pages(f: &mut Function, l: &Layout, s: &Scratch, size: u32, need: u8) {
     f.instruction(&I::I32Ne);
     f.instruction(&I::If(BlockType::Empty));
     f.instruction(&I::LocalGet(s.effective));
-    f.instruction(&I::I32Const(size as i32));
+    f.instruction(&a.konst(size as i64));
     f.instruction(&I::I32Const(need as i32));
     f.instruction(&I::Call(l.touch));
     f.instruction(&I::End);
 }
 
-/// `effective = addr + offset` (wrapping: an access beyond 4 GiB traps anyway).
-fn effective_address(f: &mut Function, s: &Scratch, offset: u64) {
+/// `effective = addr + offset` (wrapping: an access beyond the heap limit
+/// traps anyway).
+fn effective_address(f: &mut Function, a: Addr, s: &Scratch, offset: u64) {
     f.instruction(&I::LocalTee(s.addr));
-    f.instruction(&I::I32Const(offset as u32 as i32));
-    f.instruction(&I::I32Add);
+    f.instruction(&a.konst(offset as i64));
+    f.instruction(&a.add());
     f.instruction(&I::LocalSet(s.effective));
 }
 
-fn touch_local(f: &mut Function, l: &Layout, start: u32, len: u32, need: u8) {
+/// Calls [`touch_range`] on `[start, start + len)`; `len_i32`: the length
+/// local is an i32 even in wasm64 (`memory.init`).
+fn touch_local(f: &mut Function, l: &Layout, start: u32, len: u32, len_i32: bool, need: u8) {
     f.instruction(&I::LocalGet(start));
     f.instruction(&I::LocalGet(len));
+    if len_i32 && l.addr.memory64 {
+        f.instruction(&I::I64ExtendI32U);
+    }
     f.instruction(&I::I32Const(need as i32));
     f.instruction(&I::Call(l.touch));
 }
@@ -515,7 +652,7 @@ pub fn track(f: &mut Function, l: &Layout, s: &Scratch, access: Access) {
     let write = ACCESSED | DIRTY;
     match access {
         Access::Load { offset, size } => {
-            effective_address(f, s, offset);
+            effective_address(f, l.addr, s, offset);
             check_pages(f, l, s, size, ACCESSED);
             f.instruction(&I::LocalGet(s.addr));
         }
@@ -527,20 +664,26 @@ pub fn track(f: &mut Function, l: &Layout, s: &Scratch, access: Access) {
         } => {
             let value = s.value(ty);
             f.instruction(&I::LocalSet(value));
-            effective_address(f, s, offset);
+            effective_address(f, l.addr, s, offset);
             check_pages(f, l, s, size, if w { write } else { ACCESSED });
             f.instruction(&I::LocalGet(s.addr));
             f.instruction(&I::LocalGet(value));
         }
-        Access::Copy | Access::FillOrInit => {
-            let [dst, src, len] = s.bulk;
+        Access::Copy | Access::Fill | Access::Init => {
+            // The operands' locals: [dst, src/value, n] by their types.
+            let [dst, src, len] = match access {
+                Access::Copy => s.bulk,
+                Access::Fill => [s.bulk[0], s.bulk32[0], s.bulk[2]],
+                _ => [s.bulk[0], s.bulk32[0], s.bulk32[1]],
+            };
+            let len_i32 = access == Access::Init;
             f.instruction(&I::LocalSet(len));
             f.instruction(&I::LocalSet(src));
             f.instruction(&I::LocalSet(dst));
             if access == Access::Copy {
-                touch_local(f, l, src, len, ACCESSED);
+                touch_local(f, l, src, len, false, ACCESSED);
             }
-            touch_local(f, l, dst, len, write);
+            touch_local(f, l, dst, len, len_i32, write);
             f.instruction(&I::LocalGet(dst));
             f.instruction(&I::LocalGet(src));
             f.instruction(&I::LocalGet(len));

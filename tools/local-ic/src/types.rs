@@ -34,6 +34,51 @@ impl Default for Limits {
     }
 }
 
+/// Most heap a wasm32 canister can address: 4 GiB.
+pub const MAX_WASM32_MEMORY_IN_BYTES: u64 = 1 << 32;
+
+/// Most heap a wasm64 canister may use: 6 GiB (dfinity/ic
+/// `rs/config/src/embedders.rs`, `max_wasm64_memory_size` =
+/// `MAX_WASM64_MEMORY_IN_BYTES`, raised to 6 GiB by PR #3748; the open
+/// PR #11445 would allow 18 GiB with 6 GiB accessible per message).
+pub const MAX_WASM64_MEMORY_IN_BYTES: u64 = 6 << 30;
+
+/// Bytes in a wasm page.
+pub const WASM_PAGE_SIZE: u64 = 65_536;
+
+/// Whether a canister's heap is addressed with 32- or 64-bit pointers. As
+/// in the replica (`main_memory_type()` in
+/// `rs/embedders/src/wasm_utils/instrumentation.rs`), a module is wasm64
+/// when its first memory is a memory64 one. The mode sets the weight of
+/// loads and stores ([`crate::weights`]), the heap limit, the `ic0`
+/// signatures ([`crate::system_api`]) and the cycles per instruction
+/// ([`crate::cycles`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WasmExecutionMode {
+    #[default]
+    Wasm32,
+    Wasm64,
+}
+
+impl WasmExecutionMode {
+    pub fn is_wasm64(self) -> bool {
+        self == WasmExecutionMode::Wasm64
+    }
+
+    /// The largest heap a module of this mode can have, in bytes.
+    pub fn max_heap_bytes(self) -> u64 {
+        match self {
+            WasmExecutionMode::Wasm32 => MAX_WASM32_MEMORY_IN_BYTES,
+            WasmExecutionMode::Wasm64 => MAX_WASM64_MEMORY_IN_BYTES,
+        }
+    }
+
+    /// [`Self::max_heap_bytes`] in wasm pages (65,536 or 98,304).
+    pub fn max_heap_pages(self) -> u64 {
+        self.max_heap_bytes() / WASM_PAGE_SIZE
+    }
+}
+
 /// Configuration of a [`crate::Runtime`].
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
