@@ -326,4 +326,16 @@ mod tests {
         );
         assert_eq!(words.concat(), text);
     }
+
+    /// `\b` is a Unicode word boundary, as in the Oniguruma patterns of
+    /// Hugging Face's `Split` (found by the `tokenizer_json` fuzz target:
+    /// without the boundary tables the regex engine panicked mid-match).
+    #[test]
+    fn word_boundaries_are_unicode_aware() {
+        let pre = PreTokenizer::new(&[r"\b\w+\b(?!\S)".to_string(), r"\b+(?!\S)|\s+".to_string()], false).unwrap();
+        let (mut words, mut scratch) = (Vec::new(), Vec::new());
+        let text = "héllo wörld née ";
+        pre.split(text, &mut words, &mut scratch);
+        assert_eq!(words, ["héllo", " ", "wörld", " ", "née", " "]);
+    }
 }
