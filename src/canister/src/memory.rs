@@ -35,10 +35,51 @@
 //! wasm would misread; `post_upgrade` refuses a layout newer than its own.
 
 use ic_stable_structures::memory_manager::{MemoryId, MemoryManager, VirtualMemory};
-use ic_stable_structures::DefaultMemoryImpl;
 use std::cell::RefCell;
 
-pub type Memory = VirtualMemory<DefaultMemoryImpl>;
+pub type Memory = VirtualMemory<StableMemory>;
+
+/// The canister's stable memory. ic-stable-structures' `DefaultMemoryImpl`
+/// is the real one only on wasm32 (elsewhere a heap vector, for native
+/// tests): the wasm64 build would otherwise keep everything "stable" in the
+/// heap and lose it at the first upgrade.
+#[cfg(not(target_arch = "wasm64"))]
+pub type StableMemory = ic_stable_structures::DefaultMemoryImpl;
+#[cfg(target_arch = "wasm64")]
+pub use wasm64_stable::StableMemory;
+
+#[cfg(target_arch = "wasm64")]
+mod wasm64_stable {
+    /// Stable memory through the same `ic0.stable64_*` calls as
+    /// ic-stable-structures' wasm32 `Ic0StableMemory`.
+    #[derive(Clone, Copy, Default)]
+    pub struct StableMemory;
+
+    impl ic_stable_structures::Memory for StableMemory {
+        fn size(&self) -> u64 {
+            ic0::stable64_size()
+        }
+
+        fn grow(&self, pages: u64) -> i64 {
+            ic0::stable64_grow(pages) as i64
+        }
+
+        fn read(&self, offset: u64, dst: &mut [u8]) {
+            ic0::stable64_read(dst, offset)
+        }
+
+        /// Without zeroing `dst` first (the trait's default would).
+        unsafe fn read_unsafe(&self, offset: u64, dst: *mut u8, count: usize) {
+            // SAFETY: the caller gives `count` writable bytes at `dst`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst as *mut std::mem::MaybeUninit<u8>, count) };
+            ic0::stable64_read_uninit(dst, offset)
+        }
+
+        fn write(&self, offset: u64, src: &[u8]) {
+            ic0::stable64_write(src, offset)
+        }
+    }
+}
 
 pub const SETTINGS: MemoryId = MemoryId::new(0);
 pub const MODEL_SLOT_0: MemoryId = MemoryId::new(1);
@@ -63,8 +104,8 @@ pub const HEAP_LIMIT: u64 = if cfg!(target_arch = "wasm64") { 6 << 30 } else { 4
 pub const WASM_PAGE: u64 = 65536;
 
 thread_local! {
-    static MANAGER: RefCell<MemoryManager<DefaultMemoryImpl>> =
-        RefCell::new(MemoryManager::init(DefaultMemoryImpl::default()));
+    static MANAGER: RefCell<MemoryManager<StableMemory>> =
+        RefCell::new(MemoryManager::init(StableMemory::default()));
 }
 
 pub fn get(id: MemoryId) -> Memory {
