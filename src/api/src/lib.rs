@@ -231,7 +231,8 @@ pub struct JobView {
     pub messages: u64,
     /// Instructions spent on this job's steps.
     pub instructions: u64,
-    /// Cycles those messages cost (1 per instruction + the per-message fee).
+    /// Cycles those messages cost (1 per instruction, 2 for the wasm64 build,
+    /// + the per-message fee).
     pub cycles: u128,
     /// The most instructions one message spent on this job.
     pub max_message_instructions: u64,

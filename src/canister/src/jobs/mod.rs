@@ -60,8 +60,12 @@ use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
 use records::put;
 
-/// Cycles the IC charges per update message on top of 1 per instruction.
+/// Cycles the IC charges per update message on top of its instructions.
 pub const CYCLES_PER_MESSAGE: u128 = 5_000_000;
+
+/// Cycles per instruction: 1, or 2 for a wasm64 canister
+/// (`WASM64_INSTRUCTION_COST_OVERHEAD`, dfinity/ic `rs/config/src/subnet_config.rs`).
+pub const CYCLES_PER_INSTRUCTION: u128 = if cfg!(target_arch = "wasm64") { 2 } else { 1 };
 
 /// The job `id` that `caller` asks to continue, if it may: its own (else
 /// `NotFound`, as for any job of another caller) and finished, done or
@@ -639,7 +643,7 @@ pub fn view(rec: &JobRecord, since: u32, piece: Option<&dyn Fn(u32) -> Vec<u8>>)
         generated_tokens: generated.len() as u32,
         messages: rec.messages,
         instructions: rec.instructions,
-        cycles: rec.instructions as u128 + rec.messages as u128 * CYCLES_PER_MESSAGE,
+        cycles: rec.instructions as u128 * CYCLES_PER_INSTRUCTION + rec.messages as u128 * CYCLES_PER_MESSAGE,
         max_message_instructions: rec.max_message_instructions,
         prompt_instructions: rec.prompt_instructions,
         created_at_ns: rec.created_at_ns,
