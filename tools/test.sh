@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: format check, every wasm built once, all tests
+# The project's test command: format check, every wasm built once (wasm32,
+# and the canister for wasm64), all tests
 # (engine, runtime, canister in the runtime, CLI, repository guard), icp-cli
 # building the canister from icp.yaml, then clippy. Installs what a machine with only rustup's stable toolchain lacks
 # (the wasm32 target, rustfmt, clippy), so it passes on a fresh clone.
@@ -8,6 +9,9 @@ cd "$(dirname "$0")/.."
 tools/setup.sh
 cargo fmt --all --check
 tools/build-wasm.sh
+# The wasm64 build too (nightly with build-std; installed if missing): its
+# test checks it generates the wasm32 build's tokens at wasm64's prices.
+tools/build-wasm64.sh
 tools/icp-cli-check.sh
 cargo test --workspace --release
 cargo clippy --workspace --all-targets --release -- -D warnings

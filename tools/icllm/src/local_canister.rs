@@ -103,6 +103,33 @@ pub fn find_or_build_wasm(path: Option<&Path>) -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading canister wasm {}", path.display()))
 }
 
+/// Where `tools/build-wasm64.sh` puts the wasm64 build of the canister.
+pub fn wasm64_path() -> PathBuf {
+    canister_wasm_path("icllm_canister")
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .expect("the wasm path has a target directory")
+        .join("wasm64-unknown-unknown/canister/icllm_canister.wasm")
+}
+
+/// The canister's wasm64 build, built with `tools/build-wasm64.sh` (nightly
+/// Rust with build-std) if missing.
+pub fn find_or_build_wasm64() -> Result<Vec<u8>> {
+    let path = wasm64_path();
+    if !path.exists() {
+        eprintln!("building the wasm64 canister (once)…");
+        let status = std::process::Command::new("bash")
+            .arg(workspace_root().join("tools/build-wasm64.sh"))
+            .status()
+            .context("running tools/build-wasm64.sh")?;
+        if !status.success() {
+            bail!("tools/build-wasm64.sh failed ({status})");
+        }
+    }
+    std::fs::read(&path).with_context(|| format!("reading canister wasm {}", path.display()))
+}
+
 /// The canister wasm: `path` if given, else rebuilt from the workspace
 /// sources (a no-op when up to date), so the CLI never runs a stale build.
 pub fn build_or_read_wasm(path: Option<&Path>) -> Result<Vec<u8>> {
