@@ -3,7 +3,7 @@
 # and the canister for wasm64), all tests
 # (engine, runtime, canister in the runtime, CLI, repository guard), icp-cli
 # building the canister from icp.yaml, then clippy. Installs what a machine with only rustup's stable toolchain lacks
-# (the wasm32 target, rustfmt, clippy), so it passes on a fresh clone.
+# (the wasm32 target, rustfmt, clippy; nightly with rust-src for wasm64), so it passes on a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
