@@ -498,6 +498,102 @@ impl Job {
     }
 }
 
+/// A batch of a job of a sharded model on its way through the shards
+/// (see [`Job::pipeline_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineBatch {
+    /// The position of its first token.
+    pub pos0: u32,
+    /// Its tokens' embeddings: (n, dim).
+    pub hidden: Vec<f32>,
+}
+
+/// Sharded generation, the coordinator's side: the coordinator holds the
+/// ends of the model ([`crate::model::ModelPart::ends`]), the job's tokens
+/// and sampler, and no KV rows; each shard holds a layer range and its rows
+/// ([`forward::layers`]). A batch is embedded here, goes through the shards
+/// in order, and comes back to [`Job::pipeline_finish`], whose head samples
+/// the next token when the batch ends with the last known one. Batches and
+/// units are the ones [`step`] runs, so the tokens are the same bits.
+impl Job {
+    /// The next batch, of at most `max_n` tokens (and the job's own
+    /// `max_batch`), embedded by `ends`; `None` once the job has finished.
+    pub fn pipeline_batch(&self, ends: &Model, max_n: usize) -> Result<Option<PipelineBatch>, String> {
+        let s = &self.state;
+        if s.finished.is_some() {
+            return Ok(None);
+        }
+        let pos0 = s.cursor.pos;
+        let n = (s.total_tokens().saturating_sub(pos0 as usize))
+            .min(s.ctx_size.saturating_sub(pos0) as usize)
+            .min(s.max_batch as usize)
+            .min(max_n);
+        if n == 0 {
+            return Err(format!("no token to process at position {pos0}"));
+        }
+        let tokens: Vec<u32> = (pos0 as usize..pos0 as usize + n).map(|i| s.token_at(i)).collect();
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= ends.config.vocab_size) {
+            return Err(format!(
+                "token id {t} is outside the vocabulary of {}",
+                ends.config.vocab_size
+            ));
+        }
+        let mut hidden = vec![0.0; n * ends.config.dim];
+        forward::embed(ends, &tokens, &mut hidden);
+        Ok(Some(PipelineBatch { pos0, hidden }))
+    }
+
+    /// The batch at `pos0` came back through every layer as `hidden` (n,
+    /// dim): the cursor moves past it and, when it ends with the last known
+    /// token, the head samples the next one. A batch that is not the one at
+    /// the cursor (a late or repeated answer) is refused, changing nothing.
+    pub fn pipeline_finish(&mut self, ends: &Model, pos0: u32, hidden: &[f32]) -> Result<StepReport, String> {
+        let (s, dim) = (&mut self.state, ends.config.dim);
+        let n = hidden.len() / dim.max(1);
+        if s.finished.is_some() || s.cursor.pos != pos0 || s.cursor.batch_len != 0 {
+            return Err(format!("the job is not at a batch starting at position {pos0}"));
+        }
+        if n == 0 || hidden.len() != n * dim || pos0 as usize + n > s.total_tokens().min(s.ctx_size as usize) {
+            return Err(format!(
+                "{} values are not a batch of rows of {dim} at position {pos0}",
+                hidden.len()
+            ));
+        }
+        let mut report = StepReport::new();
+        s.cursor.batch_len = n as u32;
+        s.units_run += 1;
+        report.units = 1;
+        if pos0 as usize + n == s.total_tokens() {
+            let mut logits = crate::scratch::Scratch::new(ends.config.vocab_size);
+            forward::logits(ends, &hidden[(n - 1) * dim..], &mut logits);
+            report.macs = forward::head_macs(ends);
+            report.tokens.extend(sample_and_end_batch(s, &mut logits));
+        } else {
+            end_batch(s);
+        }
+        if let Some(reason) = s.finished {
+            report.outcome = StepOutcome::Finished(reason);
+        }
+        Ok(report)
+    }
+
+    /// Moves the cursor back to `pos` (a shard holds the rows of the
+    /// positions before it only, having lost the others): the batches from
+    /// there are sent again, and no token is sampled twice.
+    pub fn pipeline_rewind(&mut self, pos: u32) {
+        let s = &mut self.state;
+        if pos < s.cursor.pos {
+            s.cursor = Cursor {
+                pos,
+                batch_len: 0,
+                layer: 0,
+                stage: Stage::Attention,
+            };
+            s.hidden.clear();
+        }
+    }
+}
+
 /// Runs units of `job` until `budget` refuses one or the job finishes.
 ///
 /// A finished job returns `Finished` again with zero units. If the budget

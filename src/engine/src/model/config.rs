@@ -261,6 +261,20 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// The config of layers `layers` of this model seen as a model of their
+    /// own (a shard's part, see [`crate::model::ModelPart`]): the same widths,
+    /// `n_layers` = the range's length, per-layer choices (sliding, conv)
+    /// those of the range. Layer `i` of the slice is layer `layers.start + i`.
+    pub fn slice_layers(&self, layers: std::ops::Range<usize>) -> ModelConfig {
+        let slice = |v: &[bool]| v.get(layers.clone()).map(<[bool]>::to_vec).unwrap_or_default();
+        ModelConfig {
+            n_layers: layers.len(),
+            swa_layers: slice(&self.swa_layers),
+            conv_layers: slice(&self.conv_layers),
+            ..self.clone()
+        }
+    }
+
     /// Whether `layer` is a short-convolution layer (no attention, no KV rows).
     pub fn is_conv(&self, layer: usize) -> bool {
         self.conv_layers.get(layer).copied().unwrap_or(false)

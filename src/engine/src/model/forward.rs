@@ -315,6 +315,25 @@ pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
     kernels::add_in_place(x, &down);
 }
 
+/// Every layer of `model` over the batch `x` (n, dim) at positions
+/// `pos0..pos0 + n`, with the sequence's cache and convolution state: what a
+/// shard of a sharded model computes for a batch (`model` is its layer
+/// range, see [`super::ModelPart`]). The same units in the same order as a
+/// job's step runs them, so the same bits.
+pub fn layers(model: &Model, pos0: u32, x: &mut [f32], kv: &mut KvCache, conv_state: &mut [f32]) {
+    for layer in 0..model.config.n_layers {
+        mixer_block(model, layer, pos0, x, kv, conv_state);
+        ffn_block(model, layer, x);
+    }
+}
+
+/// Multiply-adds of [`layers`] for `n` tokens at `pos0..pos0 + n`.
+pub fn layers_macs(model: &Model, pos0: u32, n: usize) -> u64 {
+    (0..model.config.n_layers)
+        .map(|l| mixer_block_macs(model, l, pos0, n) + ffn_block_macs(model, n))
+        .sum()
+}
+
 /// Final norm and output head for one hidden row `x` (dim) → `logits` (vocab_size).
 pub fn logits(model: &Model, x: &[f32], logits: &mut [f32]) {
     logits_of_rows(model, x, logits)

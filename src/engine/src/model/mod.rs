@@ -15,7 +15,7 @@ pub use crate::tensor::Tensor;
 pub use arch::{ArchSpec, Architecture, FfnActivation};
 pub use config::ModelConfig;
 pub use weights::{
-    wanted_tensors, AttentionWeights, LayerWeights, Mixer, Model, ModelLoader, PostNorms, QkNorm, QkvBias,
+    wanted_tensors, AttentionWeights, LayerWeights, Mixer, Model, ModelLoader, ModelPart, PostNorms, QkNorm, QkvBias,
     ShortConvWeights, WantedTensor, F16_WIDEN_MAX_BYTES, K_WIDEN_MAX_BYTES,
 };
 

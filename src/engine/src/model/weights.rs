@@ -109,6 +109,49 @@ pub struct QkNorm {
     pub k: Vec<f32>,
 }
 
+/// The part of a model one canister holds when the model is sharded over
+/// canisters: a contiguous range of layers and/or the ends (the token
+/// embedding, the final norm and the output head). A coordinator holds the
+/// ends, each shard a layer range; an unsharded model is
+/// [`ModelPart::whole`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelPart {
+    pub layers: std::ops::Range<usize>,
+    pub ends: bool,
+}
+
+impl ModelPart {
+    pub fn whole(n_layers: usize) -> ModelPart {
+        ModelPart {
+            layers: 0..n_layers,
+            ends: true,
+        }
+    }
+
+    /// The ends alone: what a coordinator holds.
+    pub fn ends() -> ModelPart {
+        ModelPart {
+            layers: 0..0,
+            ends: true,
+        }
+    }
+
+    /// Layers `layers` alone: what a shard holds.
+    pub fn layers(layers: std::ops::Range<usize>) -> ModelPart {
+        ModelPart { layers, ends: false }
+    }
+
+    /// Whether a tensor of slot `slot` belongs to this part. RoPE factors go
+    /// with the layers (attention rotates with them).
+    fn holds(&self, slot: Slot) -> bool {
+        match slot.layer() {
+            Some(l) => self.layers.contains(&l),
+            None if matches!(slot, Slot::TokEmbd | Slot::OutputNorm | Slot::Output) => self.ends,
+            None => !self.layers.is_empty(),
+        }
+    }
+}
+
 /// A loaded model: read-only during generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
@@ -131,6 +174,11 @@ pub struct Model {
     /// The global layers' RoPE with LongRoPE's long factors, when the file
     /// has LongRoPE factors (see [`Model::rope_of`]).
     pub rope_long: Option<RopeTable>,
+    /// What of the file's model this is, in the file's layer numbers
+    /// (`config` and `layers` are the part's own: its layer `i` is the
+    /// file's `part.layers.start + i`). A part without the ends has an
+    /// empty (0-row) embedding and no head.
+    pub part: ModelPart,
 }
 
 impl Model {
@@ -258,6 +306,17 @@ enum Slot {
 }
 
 impl Slot {
+    /// The layer a slot belongs to; `None` for the ends and RoPE factors.
+    fn layer(self) -> Option<usize> {
+        use Slot::*;
+        match self {
+            TokEmbd | OutputNorm | Output | RopeFreqs | RopeFactorsShort | RopeFactorsLong => None,
+            AttnNorm(l) | Wq(l) | Wk(l) | Wv(l) | Wo(l) | FfnNorm(l) | Gate(l) | Up(l) | Down(l) | BiasQ(l)
+            | BiasK(l) | BiasV(l) | QNorm(l) | KNorm(l) | PostAttnNorm(l) | PostFfnNorm(l) | ConvInProj(l)
+            | ConvKernel(l) | ConvOutProj(l) | Qkv(l) | GateUp(l) => Some(l),
+        }
+    }
+
     /// Whether the slot keeps its tensor (a weight matrix) rather than an f32 vector.
     fn is_matrix(self) -> bool {
         matches!(
@@ -462,6 +521,7 @@ pub struct ModelLoader {
     /// to f32 (see [`F16_WIDEN_MAX_BYTES`]), the 4- and 5-bit quants
     /// widened to bytes (see [`K_WIDEN_MAX_BYTES`]).
     layout: Layout,
+    part: ModelPart,
 }
 
 /// Q4_K, Q5_K and Q4_0 matrices are repacked with one byte per quant
@@ -529,11 +589,39 @@ impl ModelLoader {
             });
         }
         needed.sort_by_key(|n| n.info.offset);
+        let part = ModelPart::whole(config.n_layers);
         let mut loader = ModelLoader {
             config,
             needed,
             layout: Layout::default(),
+            part,
         };
+        loader.choose_layout();
+        Ok(loader)
+    }
+
+    /// Loads only `part` of the model (a sharded model's coordinator or
+    /// shard): the other tensors are not needed, and the layouts are chosen
+    /// for the part's own size. Before any tensor is added, and before
+    /// [`ModelLoader::keep_nibbles`] or [`ModelLoader::keep_16_bit_floats`].
+    pub fn select_part(&mut self, part: ModelPart) -> Result<(), ModelError> {
+        let n = self.config.n_layers;
+        if part.layers.start > part.layers.end || part.layers.end > n || (part.layers.is_empty() && !part.ends) {
+            return Err(ModelError::BadConfig {
+                key: "part".into(),
+                reason: format!("layers {:?} are not a part of a model of {n} layers", part.layers),
+            });
+        }
+        self.needed.retain(|t| part.holds(t.slot));
+        self.part = part;
+        self.choose_layout();
+        Ok(())
+    }
+
+    /// Widens what fits (see [`F16_WIDEN_MAX_BYTES`], [`K_WIDEN_MAX_BYTES`]).
+    fn choose_layout(&mut self) {
+        let loader = self;
+        loader.layout = Layout::default();
         let has = |l: &ModelLoader, types: &[GgmlType]| l.needed.iter().any(|n| types.contains(&n.info.ty));
         loader.layout.widen_floats = has(&loader, &[GgmlType::F16, GgmlType::BF16]) && {
             let mut widened = loader.clone();
@@ -554,7 +642,11 @@ impl ModelLoader {
             widened.layout.widen_nibbles = true;
             widened.heap_bytes() <= K_WIDEN_MAX_BYTES
         };
-        Ok(loader)
+    }
+
+    /// The part of the model this loader loads.
+    pub fn part(&self) -> &ModelPart {
+        &self.part
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -649,7 +741,7 @@ impl ModelLoader {
 
     /// Assembles the model once every needed tensor was added.
     pub fn finish(self) -> Result<Model, ModelError> {
-        let config = self.config;
+        let (config, part) = (self.config, self.part);
         let mut tok_embd = None;
         let mut output_norm = None;
         let mut output = None;
@@ -691,8 +783,8 @@ impl ModelLoader {
             }
         }
         let missing = |what: &str| ModelError::Incomplete(what.to_string());
-        let mut layers = Vec::with_capacity(config.n_layers);
-        for (l, p) in parts.into_iter().enumerate() {
+        let mut layers = Vec::with_capacity(part.layers.len());
+        for (l, p) in parts.into_iter().enumerate().filter(|(l, _)| part.layers.contains(l)) {
             let take = |t: Option<Tensor>| t.ok_or_else(|| missing(&format!("block {l}")));
             let qkv_bias = match (p.bq, p.bk, p.bv) {
                 (Some(q), Some(k), Some(v)) => Some(QkvBias { q, k, v }),
@@ -753,15 +845,26 @@ impl ModelLoader {
         let rope_swa = config
             .rope_freq_base_swa
             .map(|base| RopeTable::new(config.arch.spec().rope_style, config.rope_dims, base));
+        let (tok_embd, output_norm) = match part.ends {
+            true => (
+                tok_embd.ok_or_else(|| missing("token_embd.weight"))?,
+                output_norm.ok_or_else(|| missing(config.arch.spec().output_norm))?,
+            ),
+            false => (
+                Tensor::from_f32(0, config.dim, &[]).expect("an empty f32 tensor is valid"),
+                Vec::new(),
+            ),
+        };
         Ok(Model {
             rope_swa,
             rope_long,
-            tok_embd: tok_embd.ok_or_else(|| missing("token_embd.weight"))?,
-            output_norm: output_norm.ok_or_else(|| missing(config.arch.spec().output_norm))?,
+            tok_embd,
+            output_norm,
             output,
             layers,
             rope,
-            config,
+            config: config.slice_layers(part.layers.clone()),
+            part,
         })
     }
 }
