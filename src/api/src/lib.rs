@@ -48,6 +48,71 @@ pub struct InitArgs {
     /// together (default: 3.5 GiB, wasm32's 4 GiB less room for the rest).
     /// Lower it to leave room for other heap state.
     pub heap_budget: Option<u64>,
+    /// This canister's part in a model sharded over canisters (default:
+    /// [`Role::Whole`]). Set at install (or at an upgrade, which reloads the
+    /// model for the new part).
+    pub role: Option<Role>,
+}
+
+/// A canister's part in a model sharded over canisters: a coordinator
+/// holds the embedding, the head, the tokenizer and the jobs; each shard a
+/// contiguous range of layers, their weights and their part of every job's
+/// KV cache. A step sends a job's hidden state through the shards in order
+/// ([`ShardBatch`]). All of them are the same wasm.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub enum Role {
+    /// The whole model in this canister.
+    #[default]
+    Whole,
+    /// The ends of the model and the jobs; `shards` hold the layers, in
+    /// order, covering every layer once.
+    Coordinator { shards: Vec<ShardRef> },
+    /// Layers `first_layer..end_layer` for `coordinator`, the only caller
+    /// of its shard methods (and, besides controllers, of its upload).
+    Shard {
+        coordinator: Principal,
+        first_layer: u32,
+        end_layer: u32,
+    },
+}
+
+/// One shard of a coordinator: a canister and its layers `first_layer..end_layer`.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ShardRef {
+    pub canister: Principal,
+    pub first_layer: u32,
+    pub end_layer: u32,
+}
+
+/// `shard_forward`'s argument: a batch of one job's consecutive tokens at
+/// positions `pos0..`, as the hidden state entering the shard's first layer.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ShardBatch {
+    /// The coordinator's job id (the shard keeps the job's KV rows under it).
+    pub job: JobId,
+    /// The job's context: positions its cache holds.
+    pub ctx_size: u32,
+    pub kv_cache_type: KvCacheType,
+    pub pos0: u32,
+    /// (n, dim) f32, little-endian.
+    #[serde(with = "serde_bytes")]
+    pub hidden: Vec<u8>,
+}
+
+/// What a shard did with a [`ShardBatch`].
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum ShardReply {
+    /// The hidden state leaving the shard's last layer, (n, dim) f32
+    /// little-endian, and the instructions the call took.
+    Forwarded {
+        #[serde(with = "serde_bytes")]
+        hidden: Vec<u8>,
+        instructions: u64,
+    },
+    /// The shard holds the job's KV rows of positions `0..holds` only
+    /// (fewer than `pos0`: it lost later ones, e.g. reinstalled): the
+    /// coordinator sends the batches from `holds` again.
+    Behind { holds: u32 },
 }
 
 /// Who may start jobs.

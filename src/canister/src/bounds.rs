@@ -14,6 +14,8 @@ use icllm_api::{ApiError, ApiResult, JobRequest};
 pub const MAX_ARG_BYTES: usize = MAX_PROMPT_BYTES + 64 * 1024;
 /// Largest argument of `upload_chunk`: a chunk and its candid header.
 pub const MAX_CHUNK_ARG_BYTES: usize = crate::upload::MAX_CHUNK_BYTES + 1024;
+/// Largest argument of `shard_forward`: a batch's hidden state and its header.
+pub const MAX_SHARD_ARG_BYTES: usize = crate::sharding::MAX_BATCH_BYTES + 1024;
 /// Candid decoding budget, in candid's cost units: about 1 per byte of
 /// text, 7 per `nat32` of a vector, 31 per empty chat message (measured
 /// with candid 0.10; a unit costs up to ~115 instructions in the canister).
@@ -42,6 +44,7 @@ pub const MAX_PROMPT_TOKENS: usize = 32 * 1024;
 pub fn max_arg_bytes(method: &str) -> usize {
     match method {
         "upload_chunk" => MAX_CHUNK_ARG_BYTES,
+        "shard_forward" => MAX_SHARD_ARG_BYTES,
         _ => MAX_ARG_BYTES,
     }
 }
@@ -62,10 +65,10 @@ pub fn check_arg_size(method: &str, size: usize) -> ApiResult<()> {
 pub fn decode_args<T: for<'a> ArgumentDecoder<'a>>(method: &str, bytes: &[u8]) -> ApiResult<T> {
     check_arg_size(method, bytes.len())?;
     let bytes: &[u8] = if bytes.is_empty() { b"DIDL\x00\x00" } else { bytes };
-    let quota = if method == "upload_chunk" {
-        CHUNK_DECODING_QUOTA
-    } else {
-        DECODING_QUOTA
+    let quota = match method {
+        "upload_chunk" => CHUNK_DECODING_QUOTA,
+        "shard_forward" => 2 * MAX_SHARD_ARG_BYTES,
+        _ => DECODING_QUOTA,
     };
     let mut config = DecoderConfig::new();
     config

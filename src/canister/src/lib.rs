@@ -21,6 +21,7 @@ pub mod query_mode;
 pub mod ranges;
 pub mod scheduler;
 pub mod settings;
+pub mod sharding;
 pub mod state;
 #[cfg(test)]
 mod test_support;
@@ -42,6 +43,17 @@ fn require_controller() -> ApiResult<()> {
     access::require_controller(caller, ctl)
 }
 
+/// Shard methods: for this shard's coordinator only.
+fn require_coordinator() -> ApiResult<()> {
+    match sharding::role() {
+        Role::Shard { coordinator, .. } if msg_caller() == coordinator => Ok(()),
+        Role::Shard { .. } => Err(ApiError::NotAuthorized(
+            "only this shard's coordinator may call its shard methods".into(),
+        )),
+        _ => Err(ApiError::InvalidArgument("this canister is not a shard".into())),
+    }
+}
+
 fn apply_init_args(args: Option<InitArgs>) {
     let Some(a) = args else { return };
     // Install and upgrade fail (the canister is left as it was) on a bad value.
@@ -50,6 +62,9 @@ fn apply_init_args(args: Option<InitArgs>) {
     }
     if let Some(n) = a.message_instruction_limit {
         settings::validate_message_limit(n).unwrap_or_else(|e| ic_cdk::trap(format!("init args: {e:?}")));
+    }
+    if let Some(r) = &a.role {
+        sharding::validate_role(r).unwrap_or_else(|e| ic_cdk::trap(format!("init args: {e:?}")));
     }
     settings::mutate(|s| {
         if let Some(p) = a.policy {
@@ -67,6 +82,9 @@ fn apply_init_args(args: Option<InitArgs>) {
         if let Some(n) = a.heap_budget.filter(|&n| n > 0) {
             s.heap_budget = Some(n.min(memory::HEAP_BUDGET));
         }
+        if let Some(role) = a.role {
+            s.role = role;
+        }
     });
 }
 
@@ -82,7 +100,11 @@ fn post_upgrade(args: Option<InitArgs>) {
     settings::claim_stable_layout();
     apply_init_args(args);
     jobs::rebuild_indexes_if_missing();
-    let active = jobs::scan_active();
+    // A shard's slots hold the coordinator's jobs, which it does not step.
+    let active = match sharding::role() {
+        Role::Shard { .. } => Vec::new(),
+        _ => jobs::scan_active(),
+    };
     let model = settings::read(|s| s.active_model.clone());
     // An upload that was being verified or loaded restarts its pipeline:
     // at once, or (when the active model must be reloaded first, so that
@@ -163,6 +185,8 @@ decoder!(
     may_start_jobs_now(),
     JobRequest
 );
+decoder!(decode_shard_forward, "shard_forward", require_coordinator(), ShardBatch);
+decoder!(decode_shard_release, "shard_release", require_coordinator(), Vec<JobId>);
 decoder!(decode_set_policy, "set_policy", require_controller(), AccessPolicy);
 decoder!(decode_set_limits, "set_limits", require_controller(), Limits);
 decoder!(
@@ -214,6 +238,14 @@ mod did {
     }
     #[candid::candid_method(update, rename = "delete_job")]
     fn delete_job(id: JobId) -> ApiResult<()> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "shard_forward")]
+    fn shard_forward(batch: ShardBatch) -> ApiResult<ShardReply> {
+        unreachable!()
+    }
+    #[candid::candid_method(update, rename = "shard_release")]
+    fn shard_release(jobs: Vec<JobId>) -> ApiResult<()> {
         unreachable!()
     }
     #[candid::candid_method(update, rename = "set_policy")]
@@ -270,7 +302,17 @@ fn upload_status() -> ApiResult<UploadStatus> {
 
 // ---------------------------------------------------------------- jobs
 
+/// The model jobs run on: refused on a shard, which holds layers only.
 fn ready_model() -> ApiResult<model_store::ModelRef> {
+    if let Role::Shard { coordinator, .. } = sharding::role() {
+        return Err(ApiError::InvalidArgument(format!(
+            "this canister is a shard of a sharded model: jobs go to its coordinator {coordinator}"
+        )));
+    }
+    loaded_model()
+}
+
+fn loaded_model() -> ApiResult<model_store::ModelRef> {
     if let Some(m) = state::read(|s| s.model.clone()) {
         return Ok(m);
     }
@@ -343,6 +385,11 @@ fn generate_query(args: ApiResult<(JobRequest,)>) -> ApiResult<QueryGeneration> 
     let (req,) = args?;
     bounds::check_job_request(&req)?;
     let model = ready_model()?;
+    if sharding::is_coordinator() {
+        return Err(ApiError::InvalidArgument(
+            "a query cannot call the shards of a sharded model: start a job instead".into(),
+        ));
+    }
     let (caller, _) = caller_is_controller();
     let limit = icllm_api::IC_QUERY_INSTRUCTION_LIMIT.min(scheduler::message_limit());
     query_mode::generate(&model, caller, &req, &Ic, limit)
@@ -477,6 +524,13 @@ fn step(args: ApiResult<(JobId,)>) -> ApiResult<StepProgress> {
     let (id,) = args?;
     let rec = owned_job(id)?;
     let model = ready_model()?;
+    if sharding::is_coordinator() {
+        return Err(ApiError::InvalidArgument(
+            "this canister coordinates a sharded model: its jobs advance through the shards in the background \
+             (poll them)"
+                .into(),
+        ));
+    }
     let mut budget = scheduler::message_budget(&Ic);
     let progress = jobs::step_job(&Ic, &model, rec, &mut budget);
     scheduler::ensure_armed(); // for the notification of a job that ended
@@ -546,6 +600,25 @@ fn set_limits(args: ApiResult<(Limits,)>) -> ApiResult<()> {
     let (limits,) = args?;
     settings::validate_limits(&limits)?;
     settings::mutate(|s| s.limits = limits);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- shards
+
+/// A shard's layers over a batch of one of its coordinator's jobs (only
+/// the coordinator may call it).
+#[update(hidden = true, decode_with = "decode_shard_forward")]
+fn shard_forward(args: ApiResult<(ShardBatch,)>) -> ApiResult<ShardReply> {
+    let (batch,) = args?;
+    let model = loaded_model()?;
+    sharding::shard::forward(&Ic, &model, batch)
+}
+
+/// The coordinator's ended jobs: the shard drops their KV rows.
+#[update(hidden = true, decode_with = "decode_shard_release")]
+fn shard_release(args: ApiResult<(Vec<JobId>,)>) -> ApiResult<()> {
+    let (ids,) = args?;
+    ids.into_iter().for_each(sharding::shard::release);
     Ok(())
 }
 

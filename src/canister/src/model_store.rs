@@ -330,6 +330,8 @@ impl Pipeline {
 
 fn start_loading(gguf: Gguf, purpose: Purpose) -> Result<Phase, String> {
     let mut loader = ModelLoader::new(&gguf).map_err(|e| format!("unsupported model: {e}"))?;
+    let part = crate::sharding::part_of(&crate::sharding::role(), loader.config())?;
+    loader.select_part(part).map_err(|e| e.to_string())?;
     let staged = loader.needed().map(|t| t.size).max().unwrap_or(0);
     let budget = crate::settings::read(|s| s.heap_budget());
     // The faster layouts take more heap: drop them if the model only fits without.

@@ -38,7 +38,12 @@ pub fn message_budget(env: &impl Env) -> MessageBudget<impl Fn() -> u64 + '_> {
 }
 
 fn has_work() -> bool {
-    state::read(|s| s.pipeline.is_some() || (s.model.is_some() && !s.active.is_empty()) || !s.notifications.is_empty())
+    state::read(|s| {
+        s.pipeline.is_some()
+            || (s.model.is_some() && !s.active.is_empty())
+            || !s.notifications.is_empty()
+            || !s.shard_releases.is_empty()
+    })
 }
 
 /// How long a notified canister may take before the call is given up.
@@ -49,6 +54,7 @@ const NOTIFY_TIMEOUT_SECONDS: u32 = 60;
 /// bounded-wait, without cycles. A call the system refuses outright is
 /// dropped: notifications are best effort, polling stays authoritative.
 fn send_notifications() {
+    crate::sharding::coordinator::send_releases();
     for (owner, method, id, status) in state::mutate(|s| std::mem::take(&mut s.notifications)) {
         let _ = ic_cdk::call::Call::bounded_wait(owner, &method)
             .change_timeout(NOTIFY_TIMEOUT_SECONDS)
@@ -86,7 +92,11 @@ pub async fn tick() {
     send_notifications();
     advance_pipeline(&Ic);
     if let Some(model) = state::read(|s| s.model.clone()) {
-        if let Some(id) = next_job() {
+        if crate::sharding::is_coordinator() {
+            if let Some(id) = crate::sharding::coordinator::next_job() {
+                crate::sharding::coordinator::step(id).await;
+            }
+        } else if let Some(id) = next_job() {
             background_step(decode_group(&model, id)).await;
         }
     }

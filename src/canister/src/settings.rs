@@ -4,7 +4,7 @@ use crate::memory::{self, Memory};
 use ic_stable_structures::storable::Bound;
 use ic_stable_structures::{StableCell, Storable};
 use icllm_api::{
-    AccessMode, AccessPolicy, ApiError, ApiResult, JobId, Limits, UploadState, IC_UPDATE_INSTRUCTION_LIMIT,
+    AccessMode, AccessPolicy, ApiError, ApiResult, JobId, Limits, Role, UploadState, IC_UPDATE_INSTRUCTION_LIMIT,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
@@ -126,6 +126,23 @@ pub struct Settings {
     /// wasm can read it ([`stored_layout_version`]).
     #[serde(default)]
     pub layout_version: u32,
+    /// This canister's part in a sharded model (see [`icllm_api::Role`]).
+    #[serde(default)]
+    pub role: Role,
+    /// On a shard: the coordinator's jobs whose KV rows it keeps, by job.
+    #[serde(default)]
+    pub shard_jobs: BTreeMap<JobId, ShardJob>,
+}
+
+/// A coordinator's job on a shard: the geometry of its cache and how far
+/// its rows go; the rows are in KV slot `slot` (see `jobs::kv_slots`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct ShardJob {
+    pub ctx_size: u32,
+    pub kv_type: icllm_engine::job::KvType,
+    /// Positions `0..holds` are in the slot, for every layer of the shard.
+    pub holds: u32,
+    pub slot: u32,
 }
 
 /// Version of the stable-memory layout this wasm reads and writes (see
@@ -163,6 +180,8 @@ impl Default for Settings {
             max_context: None,
             heap_budget: None,
             layout_version: STABLE_LAYOUT_VERSION,
+            role: Role::Whole,
+            shard_jobs: BTreeMap::new(),
         }
     }
 }

@@ -33,6 +33,18 @@ pub struct HeapState {
     /// Ended jobs whose owner asked to be called (`JobRequest::notify`):
     /// owner, method, job, status; sent by the scheduler's next tick.
     pub notifications: Vec<(candid::Principal, String, icllm_api::JobId, icllm_api::JobStatus)>,
+    /// On a shard: the KV caches of the coordinator's jobs stepped lately
+    /// (their rows are in their slots too, see `sharding::shard`).
+    pub shard_kv: BTreeMap<JobId, icllm_engine::job::KvCache>,
+    /// On a coordinator: shard calls that failed in a row, by job (see
+    /// `sharding::coordinator`).
+    pub shard_failures: BTreeMap<JobId, u32>,
+    /// On a coordinator: the most instructions per multiply-add a shard
+    /// reported, to size the next batches (0 until a shard answered).
+    pub shard_instructions_per_mac: f64,
+    /// On a coordinator: ended jobs whose rows the shards may drop, sent
+    /// by the scheduler's next tick.
+    pub shard_releases: Vec<JobId>,
 }
 
 /// How a job's background steps have been trapping.

@@ -2,4 +2,5 @@
 //! CLI subcommands and the integration tests.
 
 pub mod local_canister;
+pub mod local_sharded;
 pub mod remote;

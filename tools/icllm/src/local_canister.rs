@@ -150,6 +150,32 @@ pub fn user(n: u8) -> Principal {
     Principal::from_slice(&[0x05, 0xE5, n])
 }
 
+/// A local IC runtime enforcing `update_limit` instructions per
+/// update/timer message, optionally profiling (`RuntimeConfig::profile`),
+/// under the given memory charges.
+pub fn new_runtime(update_limit: u64, profile: bool, memory_charges: MemoryCharges) -> Runtime {
+    let limits = Limits {
+        update: update_limit,
+        ..Limits::default()
+    };
+    // Compiled modules are kept beside the build (`$LOCAL_IC_MODULE_CACHE`
+    // wins): Cranelift needs seconds for the canister, loading milliseconds.
+    let defaults = RuntimeConfig::default();
+    let module_cache_dir = defaults
+        .module_cache_dir
+        .clone()
+        .or_else(|| default_wasm_path().parent().map(|p| p.join("local-ic-module-cache")));
+    Runtime::new(RuntimeConfig {
+        limits,
+        module_cache_dir,
+        profile,
+        memory_charges,
+        // The canister's `ic_cdk::println!` output, for debugging.
+        print_debug: std::env::var_os("ICLLM_DEBUG_PRINT").is_some(),
+        ..defaults
+    })
+}
+
 pub struct LocalCanister {
     pub rt: Runtime,
     pub id: CanisterId,
@@ -174,31 +200,21 @@ impl LocalCanister {
         profile: bool,
         memory_charges: MemoryCharges,
     ) -> Result<LocalCanister> {
-        let limits = Limits {
-            update: update_limit,
-            ..Limits::default()
-        };
-        // Compiled modules are kept beside the build (`$LOCAL_IC_MODULE_CACHE`
-        // wins): Cranelift needs seconds for the canister, loading milliseconds.
-        let defaults = RuntimeConfig::default();
-        let module_cache_dir = defaults
-            .module_cache_dir
-            .clone()
-            .or_else(|| default_wasm_path().parent().map(|p| p.join("local-ic-module-cache")));
-        let mut rt = Runtime::new(RuntimeConfig {
-            limits,
-            module_cache_dir,
-            profile,
-            memory_charges,
-            // The canister's `ic_cdk::println!` output, for debugging.
-            print_debug: std::env::var_os("ICLLM_DEBUG_PRINT").is_some(),
-            ..defaults
-        });
+        let mut rt = new_runtime(update_limit, profile, memory_charges);
         let arg = encode_args((Some(init),))?;
         let id = rt
             .install(&wasm, arg, vec![controller()])
             .map_err(|e| anyhow!("install: {e}"))?;
         Ok(LocalCanister { rt, id, wasm })
+    }
+
+    /// The canister `id` of the same runtime, through this handle's methods
+    /// (another canister of a sharded model, say); then back.
+    pub fn on_canister<R>(&mut self, id: CanisterId, f: impl FnOnce(&mut LocalCanister) -> R) -> R {
+        let own = std::mem::replace(&mut self.id, id);
+        let r = f(self);
+        self.id = own;
+        r
     }
 
     /// An update call with typed arguments and reply.

@@ -54,7 +54,7 @@ use crate::state;
 use candid::Principal;
 use icllm_api::{ApiError, ApiResult, JobId, JobRequest, JobStatus, JobView, KvCacheType, StepProgress};
 use icllm_engine::chat::{encode_chat, ChatTemplate, Message};
-use icllm_engine::job::{step, step_together, FinishReason, Job, JobState, KvType, Phase, StepOutcome};
+use icllm_engine::job::{step, step_together, FinishReason, Job, JobState, KvType, Phase, PipelineBatch, StepOutcome};
 use icllm_engine::model::Model;
 use icllm_engine::sampler::SamplingParams;
 use icllm_engine::tokenizer::StreamDecoder;
@@ -281,9 +281,13 @@ pub fn create(
         job.keep_logprobs(top_n as usize)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     }
-    let adopted = match req.continue_from {
-        Some(from) => find_reusable(&loaded.model, owner, from, &job)?,
-        None => find_continued_conversation(&loaded.model, owner, &job),
+    // A coordinator's rows are on its shards, under the id of the job that
+    // wrote them: its jobs start from position 0.
+    let adopted = match (req.continue_from, crate::sharding::is_coordinator()) {
+        (Some(from), true) => continuation_source(owner, from).map(|_| None)?,
+        (None, true) => None,
+        (Some(from), false) => find_reusable(&loaded.model, owner, from, &job)?,
+        (None, false) => find_continued_conversation(&loaded.model, owner, &job),
     };
     let cached = adopted.map_or(0, |(_, rows)| rows);
     if let Some((a, rows)) = adopted {
@@ -373,8 +377,12 @@ fn finish(rec: &mut JobRecord, status: JobStatus, now: u64) {
         kv_slots::release(slot, kept);
     }
     cache::remove(rec.id);
+    let sharded = crate::sharding::is_coordinator();
     state::mutate(|s| {
         s.active.remove(&rec.id);
+        if sharded {
+            s.shard_releases.push(rec.id);
+        }
         if let Some(method) = rec.notify.clone() {
             s.notifications.push((rec.owner, method, rec.id, rec.status.clone()));
         }
@@ -589,6 +597,79 @@ fn conclude(
         None
     };
     (rec, keep, new_tokens.len() as u32)
+}
+
+/// On a coordinator: the next batch of job `id` to send through the shards
+/// (the engine's `Job::pipeline_batch`, at most `max_n(position)` tokens),
+/// with the job's context and KV type; `None` if the job is not active or
+/// has nothing to send.
+pub fn pipeline_begin(
+    model: &ModelRef,
+    id: JobId,
+    max_n: impl FnOnce(u32) -> usize,
+) -> Option<Result<(PipelineBatch, u32, KvType), String>> {
+    let rec = get_hot(id).filter(|r| r.status.is_active())?;
+    let job = take_job(model, &rec, 0);
+    let batch = job.pipeline_batch(&model.model, max_n(job.state.cursor().pos));
+    let geometry = (job.state.ctx_size(), job.state.kv_type());
+    cache::insert(id, job, rec);
+    match batch {
+        Ok(Some(b)) => Some(Ok((b, geometry.0, geometry.1))),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// On a coordinator: the batch of job `id` at `pos0` came back from the
+/// last shard as `hidden`; the head samples, then the job is checkpointed
+/// as after a step. `instructions` and `messages` are those the batch took
+/// before this message (the coordinator's earlier messages and the
+/// shards'). A batch the job is no longer at (it was rewound, cancelled)
+/// changes nothing.
+pub fn pipeline_end(
+    env: &impl Env,
+    model: &ModelRef,
+    id: JobId,
+    pos0: u32,
+    hidden: &[f32],
+    instructions: u64,
+    messages: u32,
+) {
+    let Some(rec) = get_hot(id).filter(|r| r.status.is_active()) else {
+        return;
+    };
+    let mut job = take_job(model, &rec, 0);
+    let before = job.state.generated().len();
+    let was_prefilling = is_prefilling(&job.state);
+    let report = match job.pipeline_finish(&model.model, pos0, hidden) {
+        Ok(r) => r,
+        Err(_) => return cache::insert(id, job, rec),
+    };
+    let (mut rec, keep, _) = conclude(env, model, rec, job, &report.outcome, before);
+    let used = instructions + env.instructions();
+    rec.messages += messages as u64 + 1;
+    rec.instructions += used;
+    if was_prefilling {
+        rec.prompt_instructions += used;
+    }
+    rec.max_message_instructions = rec.max_message_instructions.max(env.instructions());
+    put(&rec);
+    if let Some(job) = keep {
+        cache::insert(rec.id, job, rec);
+    }
+}
+
+/// On a coordinator: job `id` goes back to position `holds` (a shard holds
+/// no rows after it), see the engine's `Job::pipeline_rewind`.
+pub fn pipeline_rewind(model: &ModelRef, id: JobId, holds: u32) {
+    let Some(mut rec) = get_hot(id).filter(|r| r.status.is_active()) else {
+        return;
+    };
+    let mut job = take_job(model, &rec, 0);
+    job.pipeline_rewind(holds);
+    rec.engine = job.state.clone();
+    put(&rec);
+    cache::insert(id, job, rec);
 }
 
 /// Whether job `rec` can take part in a group step: it generates one

@@ -620,10 +620,10 @@ impl ModelLoader {
 
     /// Widens what fits (see [`F16_WIDEN_MAX_BYTES`], [`K_WIDEN_MAX_BYTES`]).
     fn choose_layout(&mut self) {
+        self.layout = Layout::default();
         let loader = self;
-        loader.layout = Layout::default();
         let has = |l: &ModelLoader, types: &[GgmlType]| l.needed.iter().any(|n| types.contains(&n.info.ty));
-        loader.layout.widen_floats = has(&loader, &[GgmlType::F16, GgmlType::BF16]) && {
+        loader.layout.widen_floats = has(loader, &[GgmlType::F16, GgmlType::BF16]) && {
             let mut widened = loader.clone();
             widened.layout.widen_floats = true;
             widened.heap_bytes() <= F16_WIDEN_MAX_BYTES
@@ -637,7 +637,7 @@ impl ModelLoader {
             GgmlType::Q5_1,
             GgmlType::IQ4NL,
         ];
-        loader.layout.widen_nibbles = has(&loader, &compactable) && {
+        loader.layout.widen_nibbles = has(loader, &compactable) && {
             let mut widened = loader.clone();
             widened.layout.widen_nibbles = true;
             widened.heap_bytes() <= K_WIDEN_MAX_BYTES

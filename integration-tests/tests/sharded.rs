@@ -1,0 +1,281 @@
+//! A model sharded over canisters (a coordinator and 2 or 3 shards, the
+//! real canister wasm each, inter-canister calls in the local runtime)
+//! generates id for id what one canister generates with the whole model:
+//! also while shards are upgraded, stopped (their calls rejected) and
+//! reinstalled (their rows lost, so the job goes back and recomputes).
+//! The model is a synthetic stories15M (6 layers), Q8_0.
+
+use candid::Principal;
+use icllm::local_canister::{controller, find_or_build_wasm, sha256, user, LocalCanister};
+use icllm::local_sharded::{even_ranges, LocalShards};
+use icllm_api::*;
+use icllm_engine::synth::{self, QuantMix, SynthOptions};
+use std::sync::OnceLock;
+
+const LIMIT: u64 = IC_UPDATE_INSTRUCTION_LIMIT;
+
+fn stories15m() -> &'static [u8] {
+    static CELL: OnceLock<Vec<u8>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let shape = synth::shape("stories15M").expect("a known shape");
+        let mut opts = SynthOptions::new(QuantMix::parse("q8_0").unwrap());
+        opts.search = icllm_engine::quant::Search::Fast;
+        let mut bytes = Vec::new();
+        synth::write_gguf(shape, &opts, &mut bytes).expect("synthesis");
+        bytes
+    })
+}
+
+fn request() -> JobRequest {
+    JobRequest {
+        prompt: "Once upon a time there was a little robot".into(),
+        max_tokens: 32,
+        temperature: Some(0.8),
+        seed: Some(11),
+        ..JobRequest::default()
+    }
+}
+
+/// The tokens one canister with the whole model generates.
+fn whole_model_tokens() -> &'static [u32] {
+    static CELL: OnceLock<Vec<u32>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let mut c = LocalCanister::install(find_or_build_wasm(None).unwrap(), InitArgs::default(), LIMIT).unwrap();
+        c.upload_model(stories15m(), sha256(stories15m())).unwrap();
+        let id = c.start_job(user(1), request()).unwrap().unwrap();
+        let view = c.run_job(user(1), id, |_| {}).unwrap();
+        assert_eq!(view.status, JobStatus::Done("max_tokens".into()), "{view:?}");
+        view.tokens
+    })
+}
+
+/// `shard_forward` on shard `i` as a call from `caller` (a canister's
+/// call: ingress to shard methods is refused by `inspect_message`).
+fn shard_call(s: &mut LocalShards, i: usize, caller: Principal, batch: &ShardBatch) -> ApiResult<ShardReply> {
+    let shard = s.shards[i];
+    let reply = s
+        .coordinator
+        .rt
+        .update_from_canister(shard, caller, "shard_forward", candid::encode_args((batch,)).unwrap())
+        .unwrap();
+    candid::decode_one(&reply.bytes).unwrap()
+}
+
+fn sharded(k: u32) -> LocalShards {
+    let mut s = LocalShards::install(
+        find_or_build_wasm(None).unwrap(),
+        InitArgs::default(),
+        LIMIT,
+        &even_ranges(6, k),
+    )
+    .unwrap();
+    s.upload_model(stories15m(), sha256(stories15m())).unwrap();
+    s
+}
+
+#[test]
+fn two_and_three_shards_generate_what_one_canister_generates() {
+    let want = whole_model_tokens();
+    for k in [2, 3] {
+        let mut s = sharded(k);
+        let c = &mut s.coordinator;
+        let id = c.start_job(user(1), request()).unwrap().unwrap();
+        let view = c.run_job(user(1), id, |_| {}).unwrap();
+        assert_eq!(
+            view.status,
+            JobStatus::Done("max_tokens".into()),
+            "{k} shards: {view:?}"
+        );
+        assert_eq!(view.tokens, want, "{k} shards");
+        // 32 batches (the prompt, then a token each), each through every
+        // shard (a message there, a callback here), then the head here.
+        assert_eq!(view.messages, 32 * (2 * k as u64 + 1), "{k} shards");
+        eprintln!(
+            "{k} shards: {} messages, {} instructions for {} tokens",
+            view.messages, view.instructions, view.generated_tokens
+        );
+        // The shards dropped the finished job's rows: asked (as the
+        // coordinator) for a batch past position 0, each holds nothing.
+        for _ in 0..3 {
+            s.coordinator.round();
+        }
+        let coordinator = s.coordinator.id;
+        for i in 0..k as usize {
+            let batch = ShardBatch {
+                job: id,
+                ctx_size: 64,
+                kv_cache_type: KvCacheType::F32,
+                pos0: 5,
+                hidden: vec![0; 288 * 4],
+            };
+            let r = shard_call(&mut s, i, coordinator, &batch);
+            assert_eq!(r, Ok(ShardReply::Behind { holds: 0 }), "shard {i}");
+        }
+    }
+}
+
+#[test]
+fn shards_upgraded_stopped_and_reinstalled_mid_job_change_no_token() {
+    let want = whole_model_tokens();
+    let mut s = sharded(3);
+    let id = s.coordinator.start_job(user(1), request()).unwrap().unwrap();
+    let mut rounds = 0;
+    let mut seen_mid_job = 0;
+    loop {
+        let view = s.coordinator.poll(user(1), id, 0).unwrap().unwrap();
+        if !view.status.is_active() {
+            assert_eq!(view.status, JobStatus::Done("max_tokens".into()), "{view:?}");
+            assert_eq!(view.tokens, want);
+            break;
+        }
+        if (1..32).contains(&view.generated_tokens) {
+            seen_mid_job += 1;
+        }
+        match rounds {
+            // An upgrade: the shard reloads its layers, its rows stay.
+            4 => {
+                s.on_shard(1, |c| c.upgrade()).unwrap();
+            }
+            // Stopped: every call to it is rejected for a while.
+            8 => {
+                s.coordinator.rt.stop_canister(s.shards[2]).unwrap();
+            }
+            14 => s.coordinator.rt.start_canister(s.shards[2]).unwrap(),
+            // Reinstalled: its rows are gone; once it has the model again it
+            // says how far it holds rows (nowhere), and the job goes back.
+            18 => {
+                let shard = s.shards[0];
+                let arg = candid::encode_args((Some(InitArgs {
+                    role: Some(Role::Shard {
+                        coordinator: s.coordinator.id,
+                        first_layer: 0,
+                        end_layer: 2,
+                    }),
+                    ..InitArgs::default()
+                }),))
+                .unwrap();
+                let wasm = s.coordinator.wasm.clone();
+                s.coordinator.rt.reinstall(shard, &wasm, arg).unwrap();
+                s.on_shard(0, |c| c.upload_model(stories15m(), sha256(stories15m())))
+                    .unwrap();
+            }
+            _ => {}
+        }
+        s.coordinator.round();
+        rounds += 1;
+        assert!(rounds < 2_000, "the job did not finish");
+    }
+    assert!(
+        seen_mid_job > 18,
+        "the interruptions came mid-job ({seen_mid_job} rounds)"
+    );
+    let calls: Vec<usize> = s
+        .shards
+        .iter()
+        .map(|&id| {
+            let rt = &s.coordinator.rt;
+            rt.reports()
+                .iter()
+                .filter(|r| r.canister == id && r.method.ends_with("shard_forward"))
+                .count()
+        })
+        .collect();
+    eprintln!("shard_forward messages per shard: {calls:?} in {rounds} rounds");
+    // The coordinator's log says what it went through.
+    let logs: Vec<&str> = s
+        .coordinator
+        .rt
+        .logs()
+        .iter()
+        .filter(|(c, _)| *c == s.coordinator.id)
+        .map(|(_, l)| l.as_str())
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("a shard holds rows up to position 0 only")),
+        "the reinstalled shard sent the job back to 0: {logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("abandoned") && l.contains(&s.shards[2].to_text())),
+        "calls to the stopped shard failed: {logs:?}"
+    );
+}
+
+#[test]
+fn shard_methods_are_for_the_coordinator_and_jobs_for_the_coordinator_only() {
+    let mut s = sharded(2);
+    let batch = ShardBatch {
+        job: 1,
+        ctx_size: 16,
+        kv_cache_type: KvCacheType::F32,
+        pos0: 0,
+        hidden: vec![0; 288 * 4],
+    };
+    for caller in [controller(), user(3), Principal::anonymous()] {
+        let r = shard_call(&mut s, 0, caller, &batch);
+        assert!(
+            matches!(&r, Err(ApiError::NotAuthorized(m)) if m.contains("coordinator")),
+            "{r:?}"
+        );
+    }
+    // Ingress to a shard method never reaches it.
+    let ingress = s.on_shard(0, |c| {
+        c.update::<_, (ApiResult<ShardReply>,)>(user(3), "shard_forward", (batch.clone(),))
+    });
+    assert!(ingress.is_err(), "{ingress:?}");
+    let r = s.on_shard(1, |c| c.start_job(user(1), request())).unwrap();
+    assert!(
+        matches!(&r, Err(ApiError::InvalidArgument(m)) if m.contains("is a shard") && m.contains(&s.coordinator.id.to_text())),
+        "{r:?}"
+    );
+    // The coordinator's jobs advance in the background only.
+    let id = s.coordinator.start_job(user(1), request()).unwrap().unwrap();
+    let r = s.coordinator.step(user(1), id).unwrap();
+    assert!(
+        matches!(&r, Err(ApiError::InvalidArgument(m)) if m.contains("shards")),
+        "{r:?}"
+    );
+    let (r,): (ApiResult<QueryGeneration>,) = s.coordinator.query(user(1), "generate_query", (request(),)).unwrap();
+    assert!(r.is_err());
+}
+
+#[test]
+fn shards_that_do_not_cover_the_model_are_refused_at_load() {
+    // 6 layers, but the shards cover 0..5.
+    let mut s = LocalShards::install(
+        find_or_build_wasm(None).unwrap(),
+        InitArgs::default(),
+        LIMIT,
+        &[0..3, 3..5],
+    )
+    .unwrap();
+    for i in 0..2 {
+        s.on_shard(i, |c| c.upload_model(stories15m(), sha256(stories15m())))
+            .unwrap();
+    }
+    let err = s
+        .coordinator
+        .upload_model(stories15m(), sha256(stories15m()))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the model has 6 layers but the coordinator's shards cover layers 0..5"),
+        "{err}"
+    );
+    // A shard whose range lies outside the model refuses it too.
+    let mut bad = LocalShards::install(
+        find_or_build_wasm(None).unwrap(),
+        InitArgs::default(),
+        LIMIT,
+        &[0..3, 3..7],
+    )
+    .unwrap();
+    let err = bad
+        .on_shard(1, |c| c.upload_model(stories15m(), sha256(stories15m())))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("holds layers 3..7 but the model has 6 layers"),
+        "{err}"
+    );
+}

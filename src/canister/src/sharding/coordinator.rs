@@ -1,0 +1,223 @@
+//! The coordinator's side: each scheduler tick starts one job's batch on
+//! its way ([`step`]): embedded here, sent through the shards in order
+//! (`shard_forward`, one bounded-wait call each, awaited), and back here
+//! for the head, the sampler and the checkpoint, as after a step of an
+//! unsharded job. Ticks do not wait for each other, so several jobs' batches
+//! are on their way at once, each at its own shard: a pipeline.
+//!
+//! A call that fails (rejected, timed out, or its reply lost) abandons the
+//! batch: the job's checkpoint still says where it was, and the next tick
+//! sends the batch again, with half as many tokens after each failure in a
+//! row (a batch too large for a shard's instruction limit traps there).
+//! A shard that lost rows answers `Behind`: the job goes back to where every
+//! shard holds rows. A shard that is loading its model answers
+//! `ModelNotReady`, which is waited out. After [`MAX_SHARD_FAILURES`]
+//! failed calls in a row the job fails with the last reason.
+
+use super::shard::{rows_from_bytes, rows_to_bytes};
+use super::MAX_BATCH_BYTES;
+use crate::env::{Env, Ic};
+use crate::model_store::ModelRef;
+use crate::{jobs, scheduler, state};
+use ic_cdk::call::Call;
+use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, Role, ShardBatch, ShardRef, ShardReply};
+use icllm_engine::job::KvType;
+use icllm_engine::model::forward;
+
+/// Failed shard calls in a row after which a job fails.
+pub const MAX_SHARD_FAILURES: u32 = 64;
+/// How long a shard call may take before the coordinator gives up on it.
+const SHARD_CALL_TIMEOUT_SECONDS: u32 = 300;
+/// Instructions per multiply-add assumed until a shard reports its own.
+const FIRST_INSTRUCTIONS_PER_MAC: f64 = 2.0;
+/// Share of a shard's message limit a batch is sized to use.
+const BATCH_SHARE_OF_LIMIT: f64 = 0.7;
+
+fn shards() -> Vec<ShardRef> {
+    match super::role() {
+        Role::Coordinator { shards } => shards,
+        _ => Vec::new(),
+    }
+}
+
+/// The next active job without a batch on its way, after the last one
+/// served (round-robin).
+pub fn next_job() -> Option<JobId> {
+    state::mutate(|s| {
+        let free = |id: &&JobId| !s.step_pending.contains(id);
+        let next = s
+            .active
+            .range(s.last_served + 1..)
+            .find(free)
+            .or_else(|| s.active.iter().find(free))
+            .copied();
+        if let Some(id) = next {
+            s.last_served = id;
+        }
+        next
+    })
+}
+
+/// Tokens of the largest batch at `pos0` that every shard can run in a
+/// message (by the instructions per multiply-add the shards reported, with
+/// full attention as an upper bound for sliding layers) and whose hidden
+/// state fits a call, halved `failures` times.
+pub fn max_batch(model: &ModelRef, shards: &[ShardRef], pos0: u32, failures: u32) -> usize {
+    let ends = &model.model;
+    let widest = shards.iter().map(|s| s.end_layer - s.first_layer).max().unwrap_or(1) as u64;
+    let per_mac = match state::read(|s| s.shard_instructions_per_mac) {
+        0.0 => FIRST_INSTRUCTIONS_PER_MAC,
+        measured => measured * 1.25,
+    };
+    let budget = scheduler::message_limit() as f64 * BATCH_SHARE_OF_LIMIT;
+    let fits = |n: usize| {
+        let macs = widest * (forward::attention_block_macs(ends, pos0, n) + forward::ffn_block_macs(ends, n));
+        macs as f64 * per_mac <= budget
+    };
+    let by_bytes = MAX_BATCH_BYTES / (4 * ends.config.dim);
+    let largest = (1..=by_bytes.min(icllm_engine::job::DEFAULT_MAX_BATCH as usize))
+        .rev()
+        .find(|&n| fits(n))
+        .unwrap_or(1);
+    (largest >> failures.min(16)).max(1)
+}
+
+/// What became of one batch's trip through the shards.
+enum Trip {
+    /// Every shard answered: the hidden state leaving the last layer.
+    Done(Vec<u8>),
+    /// A call failed; the batch is sent again later.
+    Failed(String),
+    /// A shard is loading its model.
+    NotReady,
+    /// A shard holds rows up to `holds` only.
+    Behind(u32),
+    /// A shard refused the batch: the job cannot go on.
+    Refused(String),
+}
+
+/// Sends one batch of job `id` through the shards and finishes it; returns
+/// once the batch is back (or abandoned).
+pub async fn step(id: JobId) {
+    if !state::mutate(|s| s.step_pending.insert(id)) {
+        return;
+    }
+    drive(id).await;
+    state::mutate(|s| s.step_pending.remove(&id));
+}
+
+async fn drive(id: JobId) {
+    let (Some(model), shards) = (state::read(|s| s.model.clone()), shards()) else {
+        return;
+    };
+    let failures = state::read(|s| s.shard_failures.get(&id).copied().unwrap_or(0));
+    let Some(begun) = jobs::pipeline_begin(&model, id, |pos0| max_batch(&model, &shards, pos0, failures)) else {
+        return;
+    };
+    let (batch, ctx_size, kv_type) = match begun {
+        Ok(b) => b,
+        Err(reason) => return jobs::fail(&Ic, id, &reason),
+    };
+    let pos0 = batch.pos0;
+    let n = batch.hidden.len() / model.model.config.dim;
+    let mut hidden = rows_to_bytes(&batch.hidden);
+    let mut instructions = Ic.instructions();
+    let mut messages = 0;
+    let kv_cache_type = match kv_type {
+        KvType::F32 => KvCacheType::F32,
+        KvType::Q8 => KvCacheType::Q8,
+    };
+    let mut trip = Trip::Done(Vec::new());
+    for shard in &shards {
+        let arg = ShardBatch {
+            job: id,
+            ctx_size,
+            kv_cache_type,
+            pos0,
+            hidden: std::mem::take(&mut hidden),
+        };
+        let reply = Call::bounded_wait(shard.canister, "shard_forward")
+            .change_timeout(SHARD_CALL_TIMEOUT_SECONDS)
+            .with_arg(&arg)
+            .await;
+        messages += 2; // the shard's message and this callback
+        trip = match reply.map(|r| r.candid::<ApiResult<ShardReply>>()) {
+            Err(e) => Trip::Failed(format!("the call to shard {} failed: {e}", shard.canister)),
+            Ok(Err(e)) => Trip::Failed(format!("shard {} replied with unexpected candid: {e}", shard.canister)),
+            Ok(Ok(Err(ApiError::ModelNotReady(_)))) => Trip::NotReady,
+            Ok(Ok(Err(e))) => Trip::Refused(format!("shard {} refused the batch: {e:?}", shard.canister)),
+            Ok(Ok(Ok(ShardReply::Behind { holds }))) => Trip::Behind(holds),
+            Ok(Ok(Ok(ShardReply::Forwarded {
+                hidden: out,
+                instructions: used,
+            }))) => {
+                learn_cost(&model, shard, pos0, n, used);
+                instructions += used;
+                Trip::Done(out)
+            }
+        };
+        match &mut trip {
+            Trip::Done(out) => hidden = std::mem::take(out),
+            _ => break,
+        }
+        instructions += Ic.instructions();
+    }
+    match trip {
+        Trip::Done(_) => {
+            state::mutate(|s| s.shard_failures.remove(&id));
+            match rows_from_bytes(&hidden, model.model.config.dim).filter(|r| r.len() == batch.hidden.len()) {
+                Some(rows) => jobs::pipeline_end(&Ic, &model, id, pos0, &rows, instructions, messages),
+                None => jobs::fail(&Ic, id, "the last shard returned a hidden state of the wrong size"),
+            }
+        }
+        Trip::NotReady => {}
+        Trip::Behind(holds) => {
+            ic_cdk::println!("job {id}: a shard holds rows up to position {holds} only; going back there from {pos0}");
+            jobs::pipeline_rewind(&model, id, holds)
+        }
+        Trip::Refused(reason) => jobs::fail(&Ic, id, &reason),
+        Trip::Failed(reason) => {
+            ic_cdk::println!("job {id}: batch at position {pos0} abandoned: {reason}");
+            let in_a_row = state::mutate(|s| {
+                let f = s.shard_failures.entry(id).or_default();
+                *f += 1;
+                *f
+            });
+            if in_a_row >= MAX_SHARD_FAILURES {
+                state::mutate(|s| s.shard_failures.remove(&id));
+                jobs::fail(
+                    &Ic,
+                    id,
+                    &format!("{in_a_row} shard calls failed in a row, the last: {reason}"),
+                );
+            }
+        }
+    }
+}
+
+/// Keeps the most instructions per multiply-add any shard reported.
+fn learn_cost(model: &ModelRef, shard: &ShardRef, pos0: u32, n: usize, instructions: u64) {
+    let ends = &model.model;
+    let layers = (shard.end_layer - shard.first_layer) as u64;
+    let macs = layers * (forward::attention_block_macs(ends, pos0, n) + forward::ffn_block_macs(ends, n));
+    if macs > 0 {
+        let per_mac = instructions as f64 / macs as f64;
+        state::mutate(|s| s.shard_instructions_per_mac = s.shard_instructions_per_mac.max(per_mac));
+    }
+}
+
+/// Tells every shard that the ended jobs' rows can go (one-way calls:
+/// nothing waits; a shard that misses one keeps the rows until its slots
+/// are reused or it is reinstalled).
+pub fn send_releases() {
+    let ids = state::mutate(|s| std::mem::take(&mut s.shard_releases));
+    if ids.is_empty() {
+        return;
+    }
+    for shard in shards() {
+        let _ = Call::bounded_wait(shard.canister, "shard_release")
+            .change_timeout(SHARD_CALL_TIMEOUT_SECONDS)
+            .with_arg(&ids)
+            .oneway();
+    }
+}
