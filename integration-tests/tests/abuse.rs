@@ -434,6 +434,7 @@ fn d08_an_upgrade_during_verification_resumes_it() {
     let begin = UploadBegin {
         size: model.len() as u64,
         sha256: sha256(model).to_vec(),
+        parts: None,
     };
     let (r,): (ApiResult<UploadStatus>,) = c.update(controller(), "upload_begin", (begin,)).unwrap();
     r.unwrap();
@@ -469,6 +470,7 @@ fn d09_upload_begin_does_not_grow_stable_memory() {
     let begin = UploadBegin {
         size: 64 << 30,
         sha256: vec![0; 32],
+        parts: None,
     };
     let (r,): (ApiResult<UploadStatus>,) = c.update(controller(), "upload_begin", (begin,)).unwrap();
     r.unwrap();
@@ -596,6 +598,7 @@ fn d13_clear_messages_for_bad_settings_and_chunks() {
     let begin = UploadBegin {
         size: 10,
         sha256: vec![0; 32],
+        parts: None,
     };
     let (r,): (ApiResult<UploadStatus>,) = c.update(controller(), "upload_begin", (begin,)).unwrap();
     r.unwrap();

@@ -340,6 +340,7 @@ fn begin(c: &mut LocalCanister, size: usize, sha: [u8; 32]) -> ApiResult<UploadS
             (UploadBegin {
                 size: size as u64,
                 sha256: sha.to_vec(),
+                parts: None,
             },),
         )
         .unwrap();
@@ -466,6 +467,7 @@ fn access_rules() {
             (UploadBegin {
                 size: 10,
                 sha256: vec![0; 32],
+                parts: None,
             },),
         )
         .unwrap();

@@ -168,6 +168,7 @@ fn upload_with_upgrades(c: &mut LocalCanister, rng: &mut Rng, tally: &mut Tally)
     let begin = UploadBegin {
         size: model.len() as u64,
         sha256: sha256(model).to_vec(),
+        parts: None,
     };
     let (r,): (ApiResult<UploadStatus>,) = c.update(controller(), "upload_begin", (begin,)).unwrap();
     r.unwrap();

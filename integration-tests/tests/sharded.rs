@@ -78,6 +78,22 @@ fn two_and_three_shards_generate_what_one_canister_generates() {
     let want = whole_model_tokens();
     for k in [2, 3] {
         let mut s = sharded(k);
+        // Each shard got its part of the file from the coordinator: the
+        // header and its layers, not the embedding and head (most of
+        // stories15M) nor the other shards' layers.
+        let size = stories15m().len() as u64;
+        for i in 0..k as usize {
+            let (st,): (ApiResult<UploadStatus>,) =
+                s.on_shard(i, |c| c.query(controller(), "upload_status", ())).unwrap();
+            let st = st.unwrap();
+            assert_eq!(st.state, UploadState::Done);
+            assert!(st.missing.is_empty() && st.received_bytes > 0, "{st:?}");
+            assert!(
+                st.received_bytes * 2 < size,
+                "shard {i} of {k} received {} of {size} bytes",
+                st.received_bytes
+            );
+        }
         let c = &mut s.coordinator;
         let id = c.start_job(user(1), request()).unwrap().unwrap();
         let view = c.run_job(user(1), id, |_| {}).unwrap();

@@ -89,6 +89,7 @@ fn candid_seeds() {
     let begin = UploadBegin {
         size: 1 << 20,
         sha256: vec![7; 32],
+        parts: None,
     };
     let policy = AccessPolicy {
         mode: AccessMode::Allowlist(vec![candid::Principal::anonymous()]),

@@ -335,6 +335,11 @@ pub struct UploadBegin {
     pub size: u64,
     /// SHA-256 of the whole file (32 bytes).
     pub sha256: Vec<u8>,
+    /// Only these byte ranges `[start, end)` of the file will be sent: a
+    /// shard's part (the header and its layers' tensors), from its
+    /// coordinator, which verified the whole file's SHA-256 itself; the
+    /// shard loads the part without hashing. Refused from anyone else.
+    pub parts: Option<Vec<(u64, u64)>>,
 }
 
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]

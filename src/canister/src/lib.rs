@@ -43,10 +43,24 @@ fn require_controller() -> ApiResult<()> {
     access::require_controller(caller, ctl)
 }
 
+/// Whether the caller is this shard's coordinator.
+fn caller_is_coordinator() -> bool {
+    matches!(sharding::role(), Role::Shard { coordinator, .. } if msg_caller() == coordinator)
+}
+
+/// Uploads: controllers, and on a shard its coordinator (which sends the
+/// shard its part of the model).
+fn require_uploader() -> ApiResult<()> {
+    match caller_is_coordinator() {
+        true => Ok(()),
+        false => require_controller(),
+    }
+}
+
 /// Shard methods: for this shard's coordinator only.
 fn require_coordinator() -> ApiResult<()> {
     match sharding::role() {
-        Role::Shard { coordinator, .. } if msg_caller() == coordinator => Ok(()),
+        Role::Shard { .. } if caller_is_coordinator() => Ok(()),
         Role::Shard { .. } => Err(ApiError::NotAuthorized(
             "only this shard's coordinator may call its shard methods".into(),
         )),
@@ -152,11 +166,11 @@ fn may_start_jobs_now() -> ApiResult<()> {
     let (caller, ctl) = caller_is_controller();
     may_start_jobs(caller, ctl)
 }
-decoder!(decode_upload_begin, "upload_begin", require_controller(), UploadBegin);
+decoder!(decode_upload_begin, "upload_begin", require_uploader(), UploadBegin);
 decoder!(
     decode_upload_chunk,
     "upload_chunk",
-    require_controller(),
+    require_uploader(),
     u64,
     serde_bytes::ByteBuf
 );
@@ -274,14 +288,14 @@ mod did {
 
 #[update(hidden = true, decode_with = "decode_upload_begin")]
 fn upload_begin(args: ApiResult<(UploadBegin,)>) -> ApiResult<UploadStatus> {
-    require_controller()?;
+    require_uploader()?;
     let (req,) = args?;
-    upload::begin(req)
+    upload::begin(req, caller_is_coordinator())
 }
 
 #[update(hidden = true, decode_with = "decode_upload_chunk")]
 fn upload_chunk(args: ApiResult<(u64, serde_bytes::ByteBuf)>) -> ApiResult<UploadStatus> {
-    require_controller()?;
+    require_uploader()?;
     let (offset, data) = args?;
     upload::chunk(offset, &data)
 }
@@ -290,13 +304,13 @@ fn upload_chunk(args: ApiResult<(u64, serde_bytes::ByteBuf)>) -> ApiResult<Uploa
 /// Call `upload_status` (or this again) to follow it.
 #[update]
 fn upload_finalize() -> ApiResult<UploadStatus> {
-    require_controller()?;
+    require_uploader()?;
     upload::finalize()
 }
 
 #[query]
 fn upload_status() -> ApiResult<UploadStatus> {
-    require_controller()?;
+    require_uploader()?;
     Ok(upload::status())
 }
 

@@ -153,6 +153,15 @@ impl Pipeline {
         }
     }
 
+    /// A new upload that needs no hashing here (a shard's part, verified
+    /// by its coordinator): parsed and loaded, then activated.
+    pub fn load_verified(slot: ModelSlot) -> Pipeline {
+        Pipeline {
+            purpose: Purpose::Activate,
+            ..Pipeline::reload(slot)
+        }
+    }
+
     pub fn reload(slot: ModelSlot) -> Pipeline {
         let prefix_len = first_prefix(slot.size);
         Pipeline {
@@ -365,6 +374,22 @@ fn start_loading(gguf: Gguf, purpose: Purpose) -> Result<Phase, String> {
         staged: Vec::new(),
         loaded_bytes: 0,
     })
+}
+
+/// The GGUF header of the file in `slot`, read from stable memory (a
+/// longer prefix each time the header runs past the one read).
+pub fn read_header(slot: &ModelSlot) -> Result<Gguf, String> {
+    let blob = memory::model_slot(slot.slot);
+    let mut n = first_prefix(slot.size);
+    loop {
+        let mut prefix = vec![0u8; n as usize];
+        blob.read(0, &mut prefix);
+        match Gguf::parse_header(&prefix, slot.size) {
+            Ok(gguf) => return Ok(gguf),
+            Err(GgufError::Truncated { .. }) if n < slot.size => n = (n * 4).min(slot.size),
+            Err(e) => return Err(format!("not a usable GGUF file: {e}")),
+        }
+    }
 }
 
 fn first_prefix(size: u64) -> u64 {

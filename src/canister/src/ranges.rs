@@ -44,6 +44,38 @@ pub fn missing(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
     gaps
 }
 
+/// The parts of `wanted` (sorted, merged) that `ranges` do not cover.
+pub fn missing_of(ranges: &[(u64, u64)], wanted: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    for &(a, b) in wanted {
+        let mut pos = a;
+        for &(x, y) in ranges {
+            if y <= pos {
+                continue;
+            }
+            if x >= b {
+                break;
+            }
+            if x > pos {
+                gaps.push((pos, x));
+            }
+            pos = pos.max(y);
+            if pos >= b {
+                break;
+            }
+        }
+        if pos < b {
+            gaps.push((pos, b));
+        }
+    }
+    gaps
+}
+
+/// Whether `[start, end)` lies inside one of `ranges` (sorted, merged).
+pub fn contains(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    ranges.iter().any(|&(a, b)| a <= start && end <= b)
+}
+
 /// Bytes covered by `ranges`.
 pub fn covered(ranges: &[(u64, u64)]) -> u64 {
     ranges.iter().map(|(a, b)| b - a).sum()
@@ -52,6 +84,21 @@ pub fn covered(ranges: &[(u64, u64)]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_of_a_partial_upload_is_what_its_parts_still_lack() {
+        let wanted = [(0, 10), (20, 30), (40, 50)];
+        assert_eq!(missing_of(&[], &wanted), wanted);
+        assert_eq!(missing_of(&[(0, 10), (20, 30), (40, 50)], &wanted), []);
+        assert_eq!(missing_of(&[(5, 25), (45, 60)], &wanted), [(0, 5), (25, 30), (40, 45)]);
+        assert_eq!(
+            missing_of(&[(12, 18)], &wanted),
+            wanted,
+            "a range between parts covers none"
+        );
+        assert!(contains(&wanted, 20, 30) && contains(&wanted, 41, 42));
+        assert!(!contains(&wanted, 9, 11) && !contains(&wanted, 30, 31));
+    }
 
     #[test]
     fn out_of_order_and_resent_chunks_merge() {

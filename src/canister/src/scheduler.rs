@@ -43,7 +43,7 @@ fn has_work() -> bool {
             || (s.model.is_some() && !s.active.is_empty())
             || !s.notifications.is_empty()
             || !s.shard_releases.is_empty()
-    })
+    }) || settings::read(|s| s.fan_out_pending)
 }
 
 /// How long a notified canister may take before the call is given up.
@@ -93,7 +93,9 @@ pub async fn tick() {
     advance_pipeline(&Ic);
     if let Some(model) = state::read(|s| s.model.clone()) {
         if crate::sharding::is_coordinator() {
-            if let Some(id) = crate::sharding::coordinator::next_job() {
+            if settings::read(|s| s.fan_out_pending) {
+                crate::sharding::coordinator::fan_out().await;
+            } else if let Some(id) = crate::sharding::coordinator::next_job() {
                 crate::sharding::coordinator::step(id).await;
             }
         } else if let Some(id) = next_job() {
@@ -322,7 +324,9 @@ pub(crate) fn activate(env: &impl Env, loaded: LoadedModel, purpose: Purpose) {
             .max(1);
         jobs::kv_slots::configure(jobs::kv_slots::job_shape(&loaded), ctx);
         let slot = loaded.slot.clone();
+        let coordinator = crate::sharding::is_coordinator();
         settings::mutate(|s| {
+            s.fan_out_pending = coordinator;
             s.active_model = Some(slot);
             if let Some(u) = s.upload.as_mut() {
                 u.state = UploadState::Done;

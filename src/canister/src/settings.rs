@@ -132,6 +132,10 @@ pub struct Settings {
     /// On a shard: the coordinator's jobs whose KV rows it keeps, by job.
     #[serde(default)]
     pub shard_jobs: BTreeMap<JobId, ShardJob>,
+    /// On a coordinator: the active model's parts still have to reach (or
+    /// be checked on) the shards (see `sharding::coordinator::fan_out`).
+    #[serde(default)]
+    pub fan_out_pending: bool,
 }
 
 /// A coordinator's job on a shard: the geometry of its cache and how far
@@ -182,6 +186,7 @@ impl Default for Settings {
             layout_version: STABLE_LAYOUT_VERSION,
             role: Role::Whole,
             shard_jobs: BTreeMap::new(),
+            fan_out_pending: false,
         }
     }
 }
@@ -261,6 +266,10 @@ pub struct UploadRecord {
     /// Received byte ranges `[start, end)`, sorted and merged.
     pub received: Vec<(u64, u64)>,
     pub state: UploadState,
+    /// A shard's partial upload: the only ranges expected (sorted, merged);
+    /// `None`: the whole file.
+    #[serde(default)]
+    pub parts: Option<Vec<(u64, u64)>>,
 }
 
 thread_local! {

@@ -45,6 +45,8 @@ pub struct HeapState {
     /// On a coordinator: ended jobs whose rows the shards may drop, sent
     /// by the scheduler's next tick.
     pub shard_releases: Vec<JobId>,
+    /// On a coordinator: the model's parts are being sent to the shards.
+    pub fan_out_running: bool,
 }
 
 /// How a job's background steps have been trapping.

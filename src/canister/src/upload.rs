@@ -3,7 +3,9 @@
 //! `begin(size, sha256)` → `chunk(offset, bytes)` in any order, resendable →
 //! `finalize()` starts the pipeline (hash, parse, load) that runs across
 //! messages; the slot becomes active only if all of it succeeds, so a bad
-//! upload never disturbs the model in use.
+//! upload never disturbs the model in use. A shard's coordinator sends only
+//! the shard's part of the file (`UploadBegin::parts`), which the shard loads
+//! without hashing: the coordinator verified the whole file.
 
 use crate::model_store::Pipeline;
 use crate::settings::{self, ModelSlot, UploadRecord};
@@ -20,7 +22,9 @@ fn busy(u: &UploadRecord) -> bool {
     matches!(u.state, UploadState::Verifying | UploadState::Loading)
 }
 
-pub fn begin(req: UploadBegin) -> ApiResult<UploadStatus> {
+/// Starts an upload; `from_coordinator`: the caller is this shard's
+/// coordinator, the only one who may send a partial upload.
+pub fn begin(req: UploadBegin, from_coordinator: bool) -> ApiResult<UploadStatus> {
     if req.sha256.len() != 32 {
         return Err(ApiError::InvalidArgument(format!(
             "sha256 must be 32 bytes, got {}",
@@ -33,6 +37,27 @@ pub fn begin(req: UploadBegin) -> ApiResult<UploadStatus> {
             req.size
         )));
     }
+    let parts = match req.parts {
+        None => None,
+        Some(_) if !from_coordinator => {
+            return Err(ApiError::NotAuthorized(
+                "only a shard's coordinator may send part of a file (`parts`)".into(),
+            ))
+        }
+        Some(list) => {
+            let mut merged = Vec::new();
+            for (start, end) in list {
+                if start >= end || end > req.size {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "part [{start}, {end}) is empty or outside the file of {} bytes",
+                        req.size
+                    )));
+                }
+                ranges::insert(&mut merged, start, end);
+            }
+            Some(merged)
+        }
+    };
     settings::mutate(|s| {
         if s.upload.as_ref().is_some_and(busy) {
             return Err(ApiError::Upload(
@@ -51,6 +76,7 @@ pub fn begin(req: UploadBegin) -> ApiResult<UploadStatus> {
             },
             received: Vec::new(),
             state: UploadState::Receiving,
+            parts,
         });
         Ok(())
     })?;
@@ -84,6 +110,13 @@ pub fn chunk(offset: u64, data: &[u8]) -> ApiResult<UploadStatus> {
                 up.target.size
             ))
         })?;
+    if let Some(parts) = &up.parts {
+        if !ranges::contains(parts, offset, end) {
+            return Err(ApiError::InvalidArgument(format!(
+                "a chunk at [{offset}, {end}) is not inside one of the parts this upload declared"
+            )));
+        }
+    }
     let blob = memory::model_slot(up.target.slot);
     if !memory::ensure_size(&blob, end) {
         return Err(ApiError::Upload("stable memory is full: no room for this chunk".into()));
@@ -110,7 +143,7 @@ pub fn finalize() -> ApiResult<UploadStatus> {
         }
         UploadState::Idle => return Err(ApiError::Upload("no upload under way".into())),
     }
-    let missing = ranges::missing(&up.received, up.target.size);
+    let missing = missing(&up);
     if !missing.is_empty() {
         let bytes: u64 = missing.iter().map(|(a, b)| b - a).sum();
         return Err(ApiError::Upload(format!(
@@ -125,8 +158,12 @@ pub fn finalize() -> ApiResult<UploadStatus> {
             u.state = UploadState::Verifying;
         }
     });
+    let pipeline = match up.parts {
+        Some(_) => Pipeline::load_verified(up.target.clone()),
+        None => Pipeline::verify_and_load(up.target.clone()),
+    };
     state::mutate(|s| {
-        s.pipeline = Some(Pipeline::verify_and_load(up.target.clone()));
+        s.pipeline = Some(pipeline);
         s.pipeline_error = None;
     });
     scheduler::advance_pipeline(&crate::env::Ic);
@@ -146,12 +183,20 @@ pub fn status() -> UploadStatus {
             sha256: None,
         },
         Some(u) => UploadStatus {
-            missing: ranges::missing(&u.received, u.target.size),
+            missing: missing(&u),
             received_bytes: ranges::covered(&u.received),
             size: u.target.size,
             state: u.state,
             progress_bytes: progress,
             sha256: Some(u.target.sha256),
         },
+    }
+}
+
+/// What the upload still lacks: of the whole file, or of its parts.
+fn missing(u: &UploadRecord) -> Vec<(u64, u64)> {
+    match &u.parts {
+        Some(parts) => ranges::missing_of(&u.received, parts),
+        None => ranges::missing(&u.received, u.target.size),
     }
 }

@@ -269,6 +269,7 @@ impl LocalCanister {
         let begin = UploadBegin {
             size: bytes.len() as u64,
             sha256: sha256.to_vec(),
+            parts: None,
         };
         let (r,): (ApiResult<UploadStatus>,) = self.update(controller(), "upload_begin", (begin,))?;
         r.map_err(|e| anyhow!("upload_begin: {e:?}"))?;

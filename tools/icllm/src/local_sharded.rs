@@ -5,7 +5,7 @@
 use crate::local_canister::{controller, new_runtime, LocalCanister};
 use anyhow::{anyhow, Result};
 use candid::encode_args;
-use icllm_api::{InitArgs, Role, ShardRef, UploadStatus};
+use icllm_api::{InitArgs, ModelInfo, Role, ShardRef, UploadStatus};
 use local_ic::{CanisterId, MemoryCharges};
 use std::ops::Range;
 
@@ -86,13 +86,28 @@ impl LocalShards {
         self.coordinator.on_canister(id, f)
     }
 
-    /// Uploads the model to every shard (each loads its layers) and to the
-    /// coordinator (the ends), running rounds until each has loaded it.
+    /// Uploads the model to the coordinator, which sends each shard its
+    /// part; runs rounds until every shard has loaded its part.
     pub fn upload_model(&mut self, bytes: &[u8], sha256: [u8; 32]) -> Result<UploadStatus> {
-        for i in 0..self.shards.len() {
-            self.on_shard(i, |s| s.upload_model(bytes, sha256))
-                .map_err(|e| anyhow!("shard {i}: {e}"))?;
+        let status = self.coordinator.upload_model(bytes, sha256)?;
+        for _ in 0..1_000_000 {
+            if (0..self.shards.len()).all(|i| self.shard_has_model(i)) {
+                return Ok(status);
+            }
+            self.coordinator.round();
         }
-        self.coordinator.upload_model(bytes, sha256)
+        anyhow::bail!("the shards did not load their parts")
+    }
+
+    /// Whether shard `i` has loaded its part of the model (an error if its
+    /// upload failed).
+    pub fn shard_has_model(&mut self, i: usize) -> bool {
+        let (info,): (ModelInfo,) = self
+            .on_shard(i, |c| c.query(controller(), "model_info", ()))
+            .expect("model_info");
+        if info.state.starts_with("failed") {
+            panic!("shard {i}: {}", info.state);
+        }
+        info.state == "ready"
     }
 }

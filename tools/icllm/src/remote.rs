@@ -439,6 +439,7 @@ pub async fn upload(
             let begin = UploadBegin {
                 size,
                 sha256: sha.to_vec(),
+                parts: None,
             };
             // A resent upload_begin only begins the same empty upload again.
             let (r,): (ApiResult<UploadStatus>,) = with_retries(opts.attempts, &retries, || {

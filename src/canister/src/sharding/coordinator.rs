@@ -11,18 +11,27 @@
 //! row (a batch too large for a shard's instruction limit traps there).
 //! A shard that lost rows answers `Behind`: the job goes back to where every
 //! shard holds rows. A shard that is loading its model answers
-//! `ModelNotReady`, which is waited out. After [`MAX_SHARD_FAILURES`]
+//! `ModelNotReady`, which is waited out (and makes the coordinator check
+//! that the shard has its part, see below). After [`MAX_SHARD_FAILURES`]
 //! failed calls in a row the job fails with the last reason.
+//!
+//! The model reaches the shards from here ([`fan_out`]): once an upload to
+//! the coordinator is verified and its ends are loaded, each shard is sent
+//! its part of the file (the header and its layers' tensors) through its
+//! own upload methods, resuming from what the shard says it lacks.
 
 use super::shard::{rows_from_bytes, rows_to_bytes};
 use super::MAX_BATCH_BYTES;
 use crate::env::{Env, Ic};
 use crate::model_store::ModelRef;
-use crate::{jobs, scheduler, state};
+use crate::{jobs, memory, model_store, scheduler, settings, state};
 use ic_cdk::call::Call;
+use ic_stable_structures::Memory as _;
 use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, Role, ShardBatch, ShardRef, ShardReply};
+use icllm_api::{UploadBegin, UploadState, UploadStatus};
 use icllm_engine::job::KvType;
 use icllm_engine::model::forward;
+use icllm_engine::model::{ModelLoader, ModelPart};
 
 /// Failed shard calls in a row after which a job fails.
 pub const MAX_SHARD_FAILURES: u32 = 64;
@@ -144,7 +153,11 @@ async fn drive(id: JobId) {
         trip = match reply.map(|r| r.candid::<ApiResult<ShardReply>>()) {
             Err(e) => Trip::Failed(format!("the call to shard {} failed: {e}", shard.canister)),
             Ok(Err(e)) => Trip::Failed(format!("shard {} replied with unexpected candid: {e}", shard.canister)),
-            Ok(Ok(Err(ApiError::ModelNotReady(_)))) => Trip::NotReady,
+            Ok(Ok(Err(ApiError::ModelNotReady(_)))) => {
+                // A shard that lost its part (reinstalled) gets it again.
+                settings::mutate(|s| s.fan_out_pending = true);
+                Trip::NotReady
+            }
             Ok(Ok(Err(e))) => Trip::Refused(format!("shard {} refused the batch: {e:?}", shard.canister)),
             Ok(Ok(Ok(ShardReply::Behind { holds }))) => Trip::Behind(holds),
             Ok(Ok(Ok(ShardReply::Forwarded {
@@ -220,4 +233,104 @@ pub fn send_releases() {
             .with_arg(&ids)
             .oneway();
     }
+}
+
+/// Bytes of the model file per upload call to a shard.
+const FAN_OUT_CHUNK_BYTES: u64 = 1_900_000;
+
+/// Byte ranges of the file a shard of layers `first..end` needs: the header
+/// and its layers' tensors (and the RoPE factors).
+pub fn shard_parts(gguf: &icllm_engine::format::gguf::Gguf, shard: &ShardRef) -> Result<Vec<(u64, u64)>, String> {
+    let mut loader = ModelLoader::new(gguf).map_err(|e| e.to_string())?;
+    let layers = shard.first_layer as usize..shard.end_layer as usize;
+    loader
+        .select_part(ModelPart::layers(layers))
+        .map_err(|e| e.to_string())?;
+    let mut parts = vec![(0, gguf.data_offset)];
+    for t in loader.needed() {
+        crate::ranges::insert(&mut parts, t.offset, t.offset + t.size);
+    }
+    Ok(parts)
+}
+
+/// Sends every shard its part of the active model, if that is pending and
+/// not under way: a shard that has it (or is loading it) is skipped, one
+/// that has some of it gets the rest. A failure leaves it pending for the
+/// next tick.
+pub async fn fan_out() {
+    let start = state::mutate(|s| !std::mem::replace(&mut s.fan_out_running, true));
+    if !start {
+        return;
+    }
+    let result = fan_out_all().await;
+    state::mutate(|s| s.fan_out_running = false);
+    match result {
+        Ok(()) => settings::mutate(|s| s.fan_out_pending = false),
+        Err(e) => ic_cdk::println!("sending the shards their parts of the model: {e}; again at the next tick"),
+    }
+}
+
+async fn fan_out_all() -> Result<(), String> {
+    let Some(slot) = settings::read(|s| s.active_model.clone()) else {
+        return Ok(());
+    };
+    let gguf = model_store::read_header(&slot)?;
+    for shard in shards() {
+        let parts = shard_parts(&gguf, &shard)?;
+        let to = shard.canister;
+        let status: ApiResult<UploadStatus> = call(to, "upload_status", &()).await?;
+        let missing = match status {
+            Ok(s) if s.sha256.as_ref() == Some(&slot.sha256) && s.size == slot.size => match s.state {
+                UploadState::Done | UploadState::Verifying | UploadState::Loading => continue,
+                UploadState::Receiving => s.missing,
+                UploadState::Idle | UploadState::Failed(_) => begin(to, &slot, &parts).await?,
+            },
+            _ => begin(to, &slot, &parts).await?,
+        };
+        let blob = memory::model_slot(slot.slot);
+        for (start, end) in missing {
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(FAN_OUT_CHUNK_BYTES);
+                let mut bytes = vec![0u8; n as usize];
+                blob.read(at, &mut bytes);
+                let r: ApiResult<UploadStatus> =
+                    call(to, "upload_chunk", &(at, serde_bytes::ByteBuf::from(bytes))).await?;
+                r.map_err(|e| format!("shard {to} refused a chunk at {at}: {e:?}"))?;
+                at += n;
+            }
+        }
+        let r: ApiResult<UploadStatus> = call(to, "upload_finalize", &()).await?;
+        r.map_err(|e| format!("shard {to} could not finalize its part: {e:?}"))?;
+    }
+    Ok(())
+}
+
+async fn begin(
+    to: candid::Principal,
+    slot: &settings::ModelSlot,
+    parts: &[(u64, u64)],
+) -> Result<Vec<(u64, u64)>, String> {
+    let req = UploadBegin {
+        size: slot.size,
+        sha256: slot.sha256.clone(),
+        parts: Some(parts.to_vec()),
+    };
+    let r: ApiResult<UploadStatus> = call(to, "upload_begin", &(req,)).await?;
+    Ok(r.map_err(|e| format!("shard {to} refused the upload: {e:?}"))?.missing)
+}
+
+/// One bounded-wait call to a shard, its reply decoded.
+async fn call<A: candid::utils::ArgumentEncoder, R: candid::CandidType + for<'a> candid::Deserialize<'a>>(
+    to: candid::Principal,
+    method: &str,
+    args: &A,
+) -> Result<R, String> {
+    Call::bounded_wait(to, method)
+        .change_timeout(SHARD_CALL_TIMEOUT_SECONDS)
+        .with_args(args)
+        .await
+        .map_err(|e| format!("{method} on shard {to} failed: {e}"))?
+        .candid::<R>()
+        .map_err(|e| format!("{method} on shard {to} replied with unexpected candid: {e}"))
 }
