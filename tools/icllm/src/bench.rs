@@ -85,17 +85,17 @@ pub struct BenchArgs {
     layers: Option<usize>,
     /// Context size of the job (default: prompt + generated tokens + 1).
     #[arg(long)]
-    ctx: Option<u32>,
+    pub(crate) ctx: Option<u32>,
     /// KV cache storage of the jobs: f32 or q8.
     #[arg(long, default_value = "f32")]
-    kv_cache: icllm_engine::kv::KvType,
+    pub(crate) kv_cache: icllm_engine::kv::KvType,
     /// Prompt tokens (prefill).
     #[arg(long, default_value_t = 120)]
-    prompt_tokens: u32,
+    pub(crate) prompt_tokens: u32,
     /// Generated tokens (decode, greedy); decode is reported at the middle
     /// position, prompt + gen / 2 (128 with the defaults).
     #[arg(long, default_value_t = 16)]
-    gen_tokens: u32,
+    pub(crate) gen_tokens: u32,
     /// Prompt tokens of the short job that measures the fixed cost per
     /// message (more than 1 lets the runs batch the prompt differently).
     #[arg(long, default_value_t = 1)]
@@ -106,7 +106,7 @@ pub struct BenchArgs {
     /// Instructions per message for the jobs (the IC's 40 B by default;
     /// the model itself loads in messages of at least 40 B).
     #[arg(long, default_value_t = IC_UPDATE_INSTRUCTION_LIMIT)]
-    instruction_limit: u64,
+    pub(crate) instruction_limit: u64,
     /// Skip the runs that measure the fixed cost per message.
     #[arg(long)]
     no_overhead: bool,
@@ -137,7 +137,13 @@ pub struct BenchArgs {
     /// whose byte layouts do not fit it loads in the compact layouts
     /// (nibbles, the file's blocks), which this measures.
     #[arg(long, value_name = "MIB")]
-    heap_budget_mib: Option<u64>,
+    pub(crate) heap_budget_mib: Option<u64>,
+    /// Run the model sharded over K canisters (a coordinator with the
+    /// embedding and head, K shards with even layer ranges), the model
+    /// uploaded to the coordinator and sent on to the shards; reports
+    /// instructions, messages and cycles per decode token over all of them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with_all = ["table", "query", "profile"])]
+    pub(crate) shards: Option<u32>,
     /// Print one JSON object instead of `key: value` lines.
     #[arg(long)]
     json: bool,
@@ -430,6 +436,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.query {
         let report = bench_query(&args, wasm)?;
+        print_report(&report, args.json);
+        return Ok(());
+    }
+    if let Some(k) = args.shards {
+        let (label, bytes) = model_bytes(&args)?;
+        let report = crate::bench_sharded::bench_sharded(&args, wasm, label, bytes, k)?;
         print_report(&report, args.json);
         return Ok(());
     }

@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; `main` only parses and dispatches.
 
 mod bench;
+mod bench_sharded;
 mod convert;
 mod generate;
 mod inspect;
