@@ -111,3 +111,16 @@ impl LocalShards {
         info.state == "ready"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::even_ranges;
+
+    #[test]
+    fn even_ranges_cover_every_layer_once_in_order() {
+        assert_eq!(even_ranges(6, 2), [0..3, 3..6]);
+        assert_eq!(even_ranges(6, 3), [0..2, 2..4, 4..6]);
+        assert_eq!(even_ranges(32, 3), [0..11, 11..22, 22..32]);
+        assert_eq!(even_ranges(2, 5), [0..1, 1..2], "no empty shard");
+    }
+}

@@ -86,3 +86,67 @@ pub fn part_of(role: &Role, config: &ModelConfig) -> Result<ModelPart, String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candid::Principal;
+    use icllm_api::ShardRef;
+
+    fn shard(first: u32, end: u32) -> ShardRef {
+        ShardRef {
+            canister: Principal::from_slice(&[first as u8, end as u8, 1]),
+            first_layer: first,
+            end_layer: end,
+        }
+    }
+
+    fn config(n_layers: usize) -> ModelConfig {
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/stories260Ktok512.gguf")).unwrap();
+        let gguf = icllm_engine::format::gguf::Gguf::parse(&bytes).unwrap();
+        let c = ModelConfig::from_gguf(&gguf).unwrap();
+        c.slice_layers(0..n_layers.min(c.n_layers))
+    }
+
+    #[test]
+    fn a_coordinators_shards_follow_each_other_from_layer_0() {
+        let ok = Role::Coordinator {
+            shards: vec![shard(0, 2), shard(2, 5)],
+        };
+        assert!(validate_role(&ok).is_ok());
+        for bad in [vec![], vec![shard(1, 5)], vec![shard(0, 2), shard(3, 5)], vec![shard(0, 2), shard(2, 2)]] {
+            assert!(validate_role(&Role::Coordinator { shards: bad.clone() }).is_err(), "{bad:?}");
+        }
+        let empty = Role::Shard {
+            coordinator: Principal::anonymous(),
+            first_layer: 3,
+            end_layer: 3,
+        };
+        assert!(validate_role(&empty).is_err());
+    }
+
+    #[test]
+    fn each_role_loads_its_part_and_a_model_it_does_not_fit_is_refused() {
+        let c = config(5);
+        assert_eq!(part_of(&Role::Whole, &c), Ok(ModelPart::whole(5)));
+        let coordinator = Role::Coordinator {
+            shards: vec![shard(0, 2), shard(2, 5)],
+        };
+        assert_eq!(part_of(&coordinator, &c), Ok(ModelPart::ends()));
+        let short = Role::Coordinator {
+            shards: vec![shard(0, 2), shard(2, 4)],
+        };
+        assert!(part_of(&short, &c).unwrap_err().contains("shards cover layers 0..4"));
+        let s = |first, end| Role::Shard {
+            coordinator: Principal::anonymous(),
+            first_layer: first,
+            end_layer: end,
+        };
+        assert_eq!(part_of(&s(2, 5), &c), Ok(ModelPart::layers(2..5)));
+        assert!(part_of(&s(3, 6), &c).unwrap_err().contains("the model has 5 layers"));
+        let mut lfm2 = c.clone();
+        lfm2.conv_layers = vec![true, false, true, false, false];
+        assert!(part_of(&s(0, 2), &lfm2).unwrap_err().contains("short-convolution"));
+        assert!(part_of(&Role::Whole, &lfm2).is_ok());
+    }
+}
