@@ -1,25 +1,3 @@
-//! Generation jobs: the durable record, the KV slots, and one bounded step.
-//!
-//! A job's durable state is its [`JobRecord`] (CBOR in `memory::JOBS`) plus
-//! the KV rows in its slot of `memory::KV`. The heap keeps the engine `Job`
-//! (with the full KV cache) of recently stepped jobs as a cache; after an
-//! upgrade, or after eviction, it is rebuilt from the record and the slot.
-//! Every step ends with a checkpoint: the KV rows it wrote and the record.
-//!
-//! A done or cancelled job's slot keeps its rows (`Settings::kv_kept`) for
-//! a job that continues it (`continue_from`): that job adopts the slot, so
-//! the rows are handed over, never copied, and only its new prompt tokens
-//! are prefilled. Without `continue_from`, a request that goes on with one
-//! of the caller's kept conversations adopts it the same way
-//! ([`find_continued_conversation`]). Kept rows never block a new job: it
-//! takes an empty slot, a new one under the cap, or else the slot kept
-//! longest.
-//!
-//! Hot paths never scan the job table: `put` keeps three indexes in step
-//! with each record (summaries by owner, finished records by finishing
-//! time, per-owner counts), from which `list_jobs`, ownership checks, the
-//! quotas, the per-caller and global caps and the time-to-live are served.
-
 //! Generation jobs: their life from a request to its end, one bounded step
 //! at a time.
 //!
@@ -34,6 +12,15 @@
 //! with one of the caller's kept conversations
 //! ([`find_continued_conversation`]), adopts that job's slot: only its new
 //! prompt tokens are prefilled.
+//!
+//! On the coordinator of a sharded model a job's step is a batch on its way
+//! through the shards: [`pipeline_begin`] embeds it, [`pipeline_end`] runs
+//! the head and checkpoints (see `sharding::coordinator`).
+//!
+//! Hot paths never scan the job table: `put` keeps three indexes in step
+//! with each record (summaries by owner, finished records by finishing
+//! time, per-owner counts), from which `list_jobs`, ownership checks, the
+//! quotas, the per-caller and global caps and the time-to-live are served.
 
 pub mod cache;
 pub mod kv_slots;

@@ -102,7 +102,11 @@ mod tests {
     }
 
     fn config(n_layers: usize) -> ModelConfig {
-        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/stories260Ktok512.gguf")).unwrap();
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/stories260Ktok512.gguf"
+        ))
+        .unwrap();
         let gguf = icllm_engine::format::gguf::Gguf::parse(&bytes).unwrap();
         let c = ModelConfig::from_gguf(&gguf).unwrap();
         c.slice_layers(0..n_layers.min(c.n_layers))
@@ -114,8 +118,16 @@ mod tests {
             shards: vec![shard(0, 2), shard(2, 5)],
         };
         assert!(validate_role(&ok).is_ok());
-        for bad in [vec![], vec![shard(1, 5)], vec![shard(0, 2), shard(3, 5)], vec![shard(0, 2), shard(2, 2)]] {
-            assert!(validate_role(&Role::Coordinator { shards: bad.clone() }).is_err(), "{bad:?}");
+        for bad in [
+            vec![],
+            vec![shard(1, 5)],
+            vec![shard(0, 2), shard(3, 5)],
+            vec![shard(0, 2), shard(2, 2)],
+        ] {
+            assert!(
+                validate_role(&Role::Coordinator { shards: bad.clone() }).is_err(),
+                "{bad:?}"
+            );
         }
         let empty = Role::Shard {
             coordinator: Principal::anonymous(),
