@@ -2,7 +2,8 @@
 //! real canister wasm each, inter-canister calls in the local runtime)
 //! generates id for id what one canister generates with the whole model:
 //! also while shards are upgraded, stopped (their calls rejected) and
-//! reinstalled (their rows lost, so the job goes back and recomputes).
+//! reinstalled (their rows lost, so the job goes back and recomputes), and
+//! while the coordinator is stopped, upgraded and started.
 //! The model is a synthetic stories15M (6 layers), Q8_0.
 
 use candid::Principal;
@@ -172,8 +173,23 @@ fn shards_upgraded_stopped_and_reinstalled_mid_job_change_no_token() {
                 .unwrap();
                 let wasm = s.coordinator.wasm.clone();
                 s.coordinator.rt.reinstall(shard, &wasm, arg).unwrap();
-                s.on_shard(0, |c| c.upload_model(stories15m(), sha256(stories15m())))
-                    .unwrap();
+                // The coordinator sends it its part of the model again.
+            }
+            // The coordinator is upgraded the safe way: stopped first (its
+            // calls under way end), upgraded, started; its jobs resume from
+            // their checkpoints.
+            26 => {
+                let c = &mut s.coordinator;
+                c.rt.stop_canister(c.id).unwrap();
+                for _ in 0..100 {
+                    if c.rt.canister_status(c.id) == Some(local_ic::CanisterStatus::Stopped) {
+                        break;
+                    }
+                    c.round();
+                }
+                assert_eq!(c.rt.canister_status(c.id), Some(local_ic::CanisterStatus::Stopped));
+                c.upgrade().unwrap();
+                c.rt.start_canister(c.id).unwrap();
             }
             _ => {}
         }
