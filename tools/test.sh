@@ -15,6 +15,10 @@ tools/build-wasm64.sh
 tools/icp-cli-check.sh
 cargo test --workspace --release
 cargo clippy --workspace --all-targets --release -- -D warnings
+# The wasm64 build's own code (its stable memory over ic0.stable64_*) too.
+rustup +nightly component list --installed | grep -q '^clippy' || rustup +nightly component add clippy
+cargo +nightly clippy -Z build-std=std,panic_abort --profile canister --target wasm64-unknown-unknown \
+  -p icllm-canister -- -D warnings
 # A short coverage-guided run of every fuzz target, FUZZ_SECONDS each (CI
 # sets it; 0 or unset skips): nightly and cargo-fuzz are installed if missing.
 if [ "${FUZZ_SECONDS:-0}" -gt 0 ]; then

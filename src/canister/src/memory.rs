@@ -104,6 +104,9 @@ pub const HEAP_LIMIT: u64 = if cfg!(target_arch = "wasm64") { 6 << 30 } else { 4
 pub const WASM_PAGE: u64 = 65536;
 
 thread_local! {
+    // `StableMemory` is a unit struct on wasm64 only (elsewhere it is
+    // ic-stable-structures' `DefaultMemoryImpl`): one expression for both.
+    #[allow(clippy::default_constructed_unit_structs)]
     static MANAGER: RefCell<MemoryManager<StableMemory>> =
         RefCell::new(MemoryManager::init(StableMemory::default()));
 }
