@@ -336,6 +336,9 @@ pub(crate) fn activate(env: &impl Env, loaded: LoadedModel, purpose: Purpose) {
     state::mutate(|s| {
         s.model = Some(Rc::new(loaded));
         s.pipeline_error = None;
+        if purpose == Purpose::Activate {
+            s.shard_kv.clear();
+        }
     });
     jobs::cache::clear();
     // An upload whose verification an upgrade interrupted resumes now that

@@ -46,7 +46,8 @@ pub fn job_shape(model: &LoadedModel) -> KvShape {
 /// slot holds, per layer, as many K rows and V rows of the widest (f32)
 /// encoding as the layer keeps in the heap (`ctx`, or a sliding layer's
 /// window). Every slot of the previous model, taken or kept, is dropped:
-/// its rows mean nothing to the new one.
+/// its rows mean nothing to the new one (a shard forgets its coordinator's
+/// jobs, whose rows were there).
 pub fn configure(shape: KvShape, ctx: u32) {
     let row_bytes = shape
         .row_bytes(KvType::F32, Which::K)
@@ -59,6 +60,8 @@ pub fn configure(shape: KvShape, ctx: u32) {
         s.kv_layer_rows = layer_rows;
         s.kv_slots.clear();
         s.kv_kept.clear();
+        // A shard's jobs' rows were in those slots.
+        s.shard_jobs.clear();
     });
 }
 

@@ -85,6 +85,9 @@ pub fn forward(env: &impl Env, model: &LoadedModel, batch: ShardBatch) -> ApiRes
             )))
         }
         Some(j) => j,
+        // A batch past position 0 of a job this shard does not know (it
+        // was released, or the shard reinstalled): nothing is claimed.
+        None if batch.pos0 > 0 => return Ok(ShardReply::Behind { holds: 0 }),
         None => new_job(batch.job, batch.ctx_size, kv_type)?,
     };
     if batch.pos0 > job.holds {
