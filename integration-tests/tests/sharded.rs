@@ -28,11 +28,15 @@ fn stories15m() -> &'static [u8] {
 }
 
 fn request() -> JobRequest {
+    request_with(11, "Once upon a time there was a little robot")
+}
+
+fn request_with(seed: u64, prompt: &str) -> JobRequest {
     JobRequest {
-        prompt: "Once upon a time there was a little robot".into(),
+        prompt: prompt.into(),
         max_tokens: 32,
         temperature: Some(0.8),
-        seed: Some(11),
+        seed: Some(seed),
         ..JobRequest::default()
     }
 }
@@ -119,16 +123,59 @@ fn two_and_three_shards_generate_what_one_canister_generates() {
         let coordinator = s.coordinator.id;
         for i in 0..k as usize {
             let batch = ShardBatch {
-                job: id,
-                ctx_size: 64,
-                kv_cache_type: KvCacheType::F32,
-                pos0: 5,
+                seqs: vec![ShardSeq {
+                    job: id,
+                    ctx_size: 64,
+                    kv_cache_type: KvCacheType::F32,
+                    pos0: 5,
+                    n: 1,
+                }],
                 hidden: vec![0; 288 * 4],
             };
             let r = shard_call(&mut s, i, coordinator, &batch);
-            assert_eq!(r, Ok(ShardReply::Behind { holds: 0 }), "shard {i}");
+            assert_eq!(r, Ok(ShardReply::Behind { job: id, holds: 0 }), "shard {i}");
         }
     }
+}
+
+#[test]
+fn concurrent_jobs_share_each_shard_message_and_generate_what_each_generates_alone() {
+    let reqs: Vec<JobRequest> = [
+        (3, "The cat sat"),
+        (4, "A long time ago, in a small town by the sea"),
+        (5, "Hi"),
+    ]
+    .iter()
+    .map(|&(seed, prompt)| request_with(seed, prompt))
+    .collect();
+    let mut whole = LocalCanister::install(find_or_build_wasm(None).unwrap(), InitArgs::default(), LIMIT).unwrap();
+    whole.upload_model(stories15m(), sha256(stories15m())).unwrap();
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| {
+            let id = whole.start_job(user(1), r.clone()).unwrap().unwrap();
+            whole.run_job(user(1), id, |_| {}).unwrap().tokens
+        })
+        .collect();
+    let mut s = sharded(2);
+    let first_report = s.coordinator.rt.reports().len();
+    let ids: Vec<JobId> = reqs
+        .iter()
+        .map(|r| s.coordinator.start_job(user(2), r.clone()).unwrap().unwrap())
+        .collect();
+    for (id, want) in ids.iter().zip(&alone) {
+        let view = s.coordinator.run_job(user(2), *id, |_| {}).unwrap();
+        assert_eq!(&view.tokens, want, "job {id}");
+    }
+    // Three jobs of 32 batches each, but the shards ran them together.
+    let shard_messages = s.coordinator.rt.reports()[first_report..]
+        .iter()
+        .filter(|r| r.canister == s.shards[0] && r.method.ends_with("shard_forward"))
+        .count();
+    assert!(
+        shard_messages <= 40,
+        "{shard_messages} messages on shard 0 for 3 × 32 batches"
+    );
 }
 
 #[test]
@@ -238,10 +285,13 @@ fn shards_upgraded_stopped_and_reinstalled_mid_job_change_no_token() {
 fn shard_methods_are_for_the_coordinator_and_jobs_for_the_coordinator_only() {
     let mut s = sharded(2);
     let batch = ShardBatch {
-        job: 1,
-        ctx_size: 16,
-        kv_cache_type: KvCacheType::F32,
-        pos0: 0,
+        seqs: vec![ShardSeq {
+            job: 1,
+            ctx_size: 16,
+            kv_cache_type: KvCacheType::F32,
+            pos0: 0,
+            n: 1,
+        }],
         hidden: vec![0; 288 * 4],
     };
     for caller in [controller(), user(3), Principal::anonymous()] {

@@ -84,19 +84,27 @@ pub struct ShardRef {
     pub end_layer: u32,
 }
 
-/// `shard_forward`'s argument: a batch of one job's consecutive tokens at
-/// positions `pos0..`, as the hidden state entering the shard's first layer.
+/// `shard_forward`'s argument: consecutive tokens of one or more of the
+/// coordinator's jobs (`seqs`, in order), as the hidden state entering the
+/// shard's first layer. The shard reads its weights once for all of them.
 #[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ShardBatch {
+    pub seqs: Vec<ShardSeq>,
+    /// (Σ n, dim) f32, little-endian: each sequence's rows in turn.
+    #[serde(with = "serde_bytes")]
+    pub hidden: Vec<u8>,
+}
+
+/// One job's rows of a [`ShardBatch`]: `n` tokens at positions `pos0..`.
+#[derive(CandidType, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ShardSeq {
     /// The coordinator's job id (the shard keeps the job's KV rows under it).
     pub job: JobId,
     /// The job's context: positions its cache holds.
     pub ctx_size: u32,
     pub kv_cache_type: KvCacheType,
     pub pos0: u32,
-    /// (n, dim) f32, little-endian.
-    #[serde(with = "serde_bytes")]
-    pub hidden: Vec<u8>,
+    pub n: u32,
 }
 
 /// What a shard did with a [`ShardBatch`].
@@ -109,10 +117,11 @@ pub enum ShardReply {
         hidden: Vec<u8>,
         instructions: u64,
     },
-    /// The shard holds the job's KV rows of positions `0..holds` only
-    /// (fewer than `pos0`: it lost later ones, e.g. reinstalled): the
-    /// coordinator sends the batches from `holds` again.
-    Behind { holds: u32 },
+    /// The shard holds job `job`'s KV rows of positions `0..holds` only
+    /// (fewer than its `pos0`: it lost later ones, e.g. reinstalled): the
+    /// coordinator sends that job's batches from `holds` again. Nothing
+    /// of the batch was run.
+    Behind { job: JobId, holds: u32 },
 }
 
 /// Who may start jobs.

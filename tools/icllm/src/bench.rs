@@ -131,7 +131,7 @@ pub struct BenchArgs {
     /// report their aggregate decode tokens per message beside one job's;
     /// every copy must generate the one job's tokens.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    jobs: u32,
+    pub(crate) jobs: u32,
     /// The canister's heap budget for weights and KV caches, in MiB
     /// (`InitArgs.heap_budget`; default: the canister's 3.5 GiB): a model
     /// whose byte layouts do not fit it loads in the compact layouts

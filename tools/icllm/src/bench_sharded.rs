@@ -1,6 +1,7 @@
 //! `icllm bench --shards K`: the model sharded over a coordinator and K
 //! shards (even layer ranges) in the local runtime, each the real canister
-//! wasm; one greedy job, measured from the runtime's reports of every
+//! wasm; `--jobs` greedy jobs at once (their rows share each shard
+//! message), measured from the runtime's reports of every
 //! canister: instructions, messages and cycles per decode token, the
 //! largest message, and an estimate of tokens per second.
 
@@ -68,34 +69,49 @@ pub fn bench_sharded(
         }),
         ..JobRequest::default()
     };
-    let id = s
-        .coordinator
-        .start_job(controller(), req)?
-        .map_err(|e| anyhow!("start_job: {e:?}"))?;
-    // The decode span: from the round after the first token to the end.
-    let (mut first_report, mut first_balance, mut first_view) = (None, 0u128, None);
-    let view = loop {
-        let v = s
-            .coordinator
-            .poll(controller(), id, 0)?
-            .map_err(|e| anyhow!("poll: {e:?}"))?;
-        if first_report.is_none() && v.generated_tokens >= 1 {
+    // `--jobs` identical jobs at once: the coordinator sends their rows
+    // through the shards together, and each must generate the same tokens.
+    let ids = (0..args.jobs)
+        .map(|_| {
+            s.coordinator
+                .start_job(controller(), req.clone())?
+                .map_err(|e| anyhow!("start_job: {e:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The decode span: from the round after every job's first token to the end.
+    let (mut first_report, mut first_balance, mut at_first) = (None, 0u128, Vec::new());
+    let views = loop {
+        let views = ids
+            .iter()
+            .map(|&id| {
+                s.coordinator
+                    .poll(controller(), id, 0)?
+                    .map_err(|e| anyhow!("poll: {e:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if first_report.is_none() && views.iter().all(|v| v.generated_tokens >= 1) {
             first_report = Some(s.coordinator.rt.reports().len());
             first_balance = balance(&s);
-            first_view = Some(v.clone());
+            at_first = views.clone();
         }
-        if !v.status.is_active() {
-            break v;
+        if views.iter().all(|v| !v.status.is_active()) {
+            break views;
         }
         s.coordinator.round();
     };
-    if view.status != JobStatus::Done("max_tokens".into()) {
-        bail!("the job ended with {:?}", view.status);
+    for v in &views {
+        if v.status != JobStatus::Done("max_tokens".into()) {
+            bail!("job {} ended with {:?}", v.id, v.status);
+        }
+        if v.tokens != views[0].tokens {
+            bail!("job {} generated other tokens than job {}", v.id, views[0].id);
+        }
     }
-    let (Some(first), Some(at_first)) = (first_report, first_view) else {
-        bail!("the job generated no token");
+    let Some(first) = first_report else {
+        bail!("the jobs generated no token");
     };
-    let tokens = (view.generated_tokens - at_first.generated_tokens) as f64;
+    let generated = |vs: &[icllm_api::JobView]| vs.iter().map(|v| v.generated_tokens as u64).sum::<u64>();
+    let tokens = (generated(&views) - generated(&at_first)) as f64;
     if tokens < 1.0 {
         bail!("give --gen-tokens of at least 2: decode is measured after the first token");
     }
@@ -117,12 +133,18 @@ pub fn bench_sharded(
         .map(|r| r.charged_instructions())
         .max()
         .unwrap_or(0);
-    let messages = (view.messages - at_first.messages) as f64 / tokens;
+    let messages = reports
+        .iter()
+        .filter(|r| canisters.contains(&r.canister) && r.committed)
+        .filter(|r| !matches!(r.kind, MessageKind::Query | MessageKind::InspectMessage))
+        .count() as f64
+        / tokens;
     let cycles = (first_balance - balance(&s)) as f64 / tokens;
-    let prefill = at_first.prompt_instructions as f64 / args.prompt_tokens as f64;
+    let prefill = at_first[0].prompt_instructions as f64 / args.prompt_tokens as f64;
     Ok(json!({
         "model": label,
         "shards": k,
+        "jobs": args.jobs,
         "layer_ranges": ranges.iter().map(|r| format!("{}..{}", r.start, r.end)).collect::<Vec<_>>(),
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": tokens,
@@ -134,7 +156,7 @@ pub fn bench_sharded(
         "decode_cycles_per_token": cycles,
         "prefill_instructions_per_token": prefill,
         "estimated_tokens_per_second": SUBNET_INSTRUCTIONS_PER_SECOND / total,
-        "estimated_tokens_per_second_model": "one job; its hops run one after another, each at 2 B instructions per second, subnet-local calls within the round",
+        "estimated_tokens_per_second_model": "all jobs together; a batch's hops run one after another, each at 2 B instructions per second, subnet-local calls within the round",
         "seconds": start.elapsed().as_secs_f64(),
     }))
 }

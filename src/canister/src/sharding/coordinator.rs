@@ -1,14 +1,17 @@
-//! The coordinator's side: each scheduler tick starts one job's batch on
-//! its way ([`step`]): embedded here, sent through the shards in order
-//! (`shard_forward`, one bounded-wait call each, awaited), and back here
-//! for the head, the sampler and the checkpoint, as after a step of an
-//! unsharded job. Ticks do not wait for each other, so several jobs' batches
-//! are on their way at once, each at its own shard: a pipeline.
+//! The coordinator's side: each scheduler tick starts a batch on its way
+//! ([`step`]): the next tokens of the next job in turn and of up to
+//! [`MAX_GROUP`] - 1 other jobs, embedded here, sent through the shards in
+//! order (`shard_forward`, one bounded-wait call each, awaited; each shard
+//! reads its weights once for all the jobs' rows), and back here for each
+//! job's head, sampler and checkpoint, as after a step of an unsharded job.
+//! Ticks do not wait for each other, so batches of other jobs can be on
+//! their way at once, each at its own shard: a pipeline.
 //!
 //! A call that fails (rejected, timed out, or its reply lost) abandons the
-//! batch: the job's checkpoint still says where it was, and the next tick
-//! sends the batch again, with half as many tokens after each failure in a
-//! row (a batch too large for a shard's instruction limit traps there).
+//! batch: the jobs' checkpoints still say where they were, and the next
+//! ticks send their batches again, each job alone and with half as many
+//! tokens after each failure in a row (a batch too large for a shard's
+//! instruction limit traps there; a refusal may concern one job only).
 //! A shard that lost rows answers `Behind`: the job goes back to where every
 //! shard holds rows. A shard that is loading its model answers
 //! `ModelNotReady`, which is waited out (and makes the coordinator check
@@ -27,7 +30,7 @@ use crate::model_store::ModelRef;
 use crate::{jobs, memory, model_store, scheduler, settings, state};
 use ic_cdk::call::Call;
 use ic_stable_structures::Memory as _;
-use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, Role, ShardBatch, ShardRef, ShardReply};
+use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, Role, ShardBatch, ShardRef, ShardReply, ShardSeq};
 use icllm_api::{UploadBegin, UploadState, UploadStatus};
 use icllm_engine::job::KvType;
 use icllm_engine::model::forward;
@@ -99,50 +102,113 @@ enum Trip {
     Failed(String),
     /// A shard is loading its model.
     NotReady,
-    /// A shard holds rows up to `holds` only.
-    Behind(u32),
-    /// A shard refused the batch: the job cannot go on.
+    /// A shard holds job `.0`'s rows up to `.1` only.
+    Behind(JobId, u32),
+    /// A shard refused the batch.
     Refused(String),
 }
 
-/// Sends one batch of job `id` through the shards and finishes it; returns
-/// once the batch is back (or abandoned).
-pub async fn step(id: JobId) {
-    if !state::mutate(|s| s.step_pending.insert(id)) {
-        return;
-    }
-    drive(id).await;
-    state::mutate(|s| s.step_pending.remove(&id));
+/// Jobs whose rows go through the shards in one batch at most: each shard
+/// reads its weights (and pays the memory tracker's first touch of every
+/// page) once for all of them.
+pub const MAX_GROUP: usize = 8;
+
+/// One job's part of a group's batch.
+struct Member {
+    id: JobId,
+    seq: ShardSeq,
+    rows: Vec<f32>,
 }
 
-async fn drive(id: JobId) {
+/// Sends one batch of job `lead`, and of up to [`MAX_GROUP`] - 1 other
+/// active jobs without a batch on their way (those whose last batch went
+/// through), through the shards, and finishes each; returns once the batch
+/// is back (or abandoned).
+pub async fn step(lead: JobId) {
+    let ids = state::mutate(|s| {
+        if s.step_pending.contains(&lead) {
+            return Vec::new();
+        }
+        let alone = s.shard_failures.contains_key(&lead);
+        let others: Vec<JobId> = match alone {
+            true => Vec::new(),
+            false => s
+                .active
+                .range(lead + 1..)
+                .chain(s.active.range(..lead))
+                .filter(|id| !s.step_pending.contains(id) && !s.shard_failures.contains_key(id))
+                .take(MAX_GROUP - 1)
+                .copied()
+                .collect(),
+        };
+        let ids: Vec<JobId> = std::iter::once(lead).chain(others).collect();
+        s.step_pending.extend(ids.iter().copied());
+        ids
+    });
+    if ids.is_empty() {
+        return;
+    }
+    drive(&ids).await;
+    state::mutate(|s| ids.iter().for_each(|id| _ = s.step_pending.remove(id)));
+}
+
+/// The group's batches: each job's next tokens, as many as the rows left of
+/// what a shard can run in one message (the lead's position sizes it).
+fn begin_group(model: &ModelRef, shards: &[ShardRef], ids: &[JobId]) -> Vec<Member> {
+    let failures = state::read(|s| s.shard_failures.get(&ids[0]).copied().unwrap_or(0));
+    let mut left = None;
+    let mut members = Vec::new();
+    for &id in ids {
+        let begun = jobs::pipeline_begin(model, id, |pos0| {
+            *left.get_or_insert_with(|| max_batch(model, shards, pos0, failures))
+        });
+        match begun {
+            None => {}
+            Some(Err(reason)) => jobs::fail(&Ic, id, &reason),
+            Some(Ok((batch, ctx_size, kv_type))) => {
+                let n = batch.hidden.len() / model.model.config.dim;
+                left = left.map(|l| l - n);
+                members.push(Member {
+                    id,
+                    seq: ShardSeq {
+                        job: id,
+                        ctx_size,
+                        kv_cache_type: match kv_type {
+                            KvType::F32 => KvCacheType::F32,
+                            KvType::Q8 => KvCacheType::Q8,
+                        },
+                        pos0: batch.pos0,
+                        n: n as u32,
+                    },
+                    rows: batch.hidden,
+                });
+            }
+        }
+        if left == Some(0) {
+            break;
+        }
+    }
+    members
+}
+
+async fn drive(ids: &[JobId]) {
     let (Some(model), shards) = (state::read(|s| s.model.clone()), shards()) else {
         return;
     };
-    let failures = state::read(|s| s.shard_failures.get(&id).copied().unwrap_or(0));
-    let Some(begun) = jobs::pipeline_begin(&model, id, |pos0| max_batch(&model, &shards, pos0, failures)) else {
+    let members = begin_group(&model, &shards, ids);
+    if members.is_empty() {
         return;
-    };
-    let (batch, ctx_size, kv_type) = match begun {
-        Ok(b) => b,
-        Err(reason) => return jobs::fail(&Ic, id, &reason),
-    };
-    let pos0 = batch.pos0;
-    let n = batch.hidden.len() / model.model.config.dim;
-    let mut hidden = rows_to_bytes(&batch.hidden);
+    }
+    let dim = model.model.config.dim;
+    let total_rows: usize = members.iter().map(|m| m.rows.len() / dim).sum();
+    let mut hidden: Vec<u8> = members.iter().flat_map(|m| rows_to_bytes(&m.rows)).collect();
+    let seqs: Vec<ShardSeq> = members.iter().map(|m| m.seq.clone()).collect();
     let mut instructions = Ic.instructions();
     let mut messages = 0;
-    let kv_cache_type = match kv_type {
-        KvType::F32 => KvCacheType::F32,
-        KvType::Q8 => KvCacheType::Q8,
-    };
     let mut trip = Trip::Done(Vec::new());
     for shard in &shards {
         let arg = ShardBatch {
-            job: id,
-            ctx_size,
-            kv_cache_type,
-            pos0,
+            seqs: seqs.clone(),
             hidden: std::mem::take(&mut hidden),
         };
         let reply = Call::bounded_wait(shard.canister, "shard_forward")
@@ -159,12 +225,12 @@ async fn drive(id: JobId) {
                 Trip::NotReady
             }
             Ok(Ok(Err(e))) => Trip::Refused(format!("shard {} refused the batch: {e:?}", shard.canister)),
-            Ok(Ok(Ok(ShardReply::Behind { holds }))) => Trip::Behind(holds),
+            Ok(Ok(Ok(ShardReply::Behind { job, holds }))) => Trip::Behind(job, holds),
             Ok(Ok(Ok(ShardReply::Forwarded {
                 hidden: out,
                 instructions: used,
             }))) => {
-                learn_cost(&model, shard, pos0, n, used);
+                learn_cost(&model, shard, members[0].seq.pos0, total_rows, used);
                 instructions += used;
                 Trip::Done(out)
             }
@@ -175,34 +241,45 @@ async fn drive(id: JobId) {
         }
         instructions += Ic.instructions();
     }
+    let all: Vec<JobId> = members.iter().map(|m| m.id).collect();
     match trip {
-        Trip::Done(_) => {
-            state::mutate(|s| s.shard_failures.remove(&id));
-            match rows_from_bytes(&hidden, model.model.config.dim).filter(|r| r.len() == batch.hidden.len()) {
-                Some(rows) => jobs::pipeline_end(&Ic, &model, id, pos0, &rows, instructions, messages),
-                None => jobs::fail(&Ic, id, "the last shard returned a hidden state of the wrong size"),
+        Trip::Done(_) => match rows_from_bytes(&hidden, dim).filter(|r| r.len() == total_rows * dim) {
+            Some(rows) => {
+                // The batch's instructions are shared by rows.
+                let mut at = 0;
+                for m in &members {
+                    let n = m.rows.len();
+                    let share = instructions * (n / dim) as u64 / total_rows as u64;
+                    state::mutate(|s| s.shard_failures.remove(&m.id));
+                    jobs::pipeline_end(&Ic, &model, m.id, m.seq.pos0, &rows[at..at + n], share, messages);
+                    at += n;
+                }
             }
-        }
+            None => all
+                .iter()
+                .for_each(|&id| jobs::fail(&Ic, id, "the last shard returned a hidden state of the wrong size")),
+        },
         Trip::NotReady => {}
-        Trip::Behind(holds) => {
-            ic_cdk::println!("job {id}: a shard holds rows up to position {holds} only; going back there from {pos0}");
-            jobs::pipeline_rewind(&model, id, holds)
+        Trip::Behind(job, holds) => {
+            ic_cdk::println!("job {job}: a shard holds rows up to position {holds} only; going back there");
+            jobs::pipeline_rewind(&model, job, holds)
         }
-        Trip::Refused(reason) => jobs::fail(&Ic, id, &reason),
-        Trip::Failed(reason) => {
-            ic_cdk::println!("job {id}: batch at position {pos0} abandoned: {reason}");
-            let in_a_row = state::mutate(|s| {
-                let f = s.shard_failures.entry(id).or_default();
-                *f += 1;
-                *f
-            });
-            if in_a_row >= MAX_SHARD_FAILURES {
-                state::mutate(|s| s.shard_failures.remove(&id));
-                jobs::fail(
-                    &Ic,
-                    id,
-                    &format!("{in_a_row} shard calls failed in a row, the last: {reason}"),
-                );
+        // A refusal may concern one job of a group: the jobs go alone, and
+        // a job alone fails with it.
+        Trip::Refused(reason) if all.len() == 1 => jobs::fail(&Ic, all[0], &reason),
+        Trip::Refused(reason) | Trip::Failed(reason) => {
+            ic_cdk::println!("jobs {all:?}: batch abandoned: {reason}");
+            for id in all {
+                let in_a_row = state::mutate(|s| {
+                    let f = s.shard_failures.entry(id).or_default();
+                    *f += 1;
+                    *f
+                });
+                if in_a_row >= MAX_SHARD_FAILURES {
+                    state::mutate(|s| s.shard_failures.remove(&id));
+                    let why = format!("{in_a_row} shard calls failed in a row, the last: {reason}");
+                    jobs::fail(&Ic, id, &why);
+                }
             }
         }
     }

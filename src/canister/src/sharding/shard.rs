@@ -12,7 +12,7 @@ use crate::jobs::kv_slots;
 use crate::model_store::LoadedModel;
 use crate::settings::{self, ShardJob};
 use crate::state;
-use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, ShardBatch, ShardReply};
+use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, ShardBatch, ShardReply, ShardSeq};
 use icllm_engine::job::{KvCache, KvType};
 use icllm_engine::model::forward;
 
@@ -44,7 +44,9 @@ pub fn rows_to_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Runs `batch` through this shard's layers (see [`ShardReply`]).
+/// Runs `batch` through this shard's layers (see [`ShardReply`]): every
+/// sequence is checked first, then all run together, then each job's new
+/// rows are saved. A refusal or a `Behind` runs nothing.
 pub fn forward(env: &impl Env, model: &LoadedModel, batch: ShardBatch) -> ApiResult<ShardReply> {
     let c = &model.model.config;
     if batch.hidden.len() > MAX_BATCH_BYTES {
@@ -55,65 +57,114 @@ pub fn forward(env: &impl Env, model: &LoadedModel, batch: ShardBatch) -> ApiRes
     }
     let mut x = rows_from_bytes(&batch.hidden, c.dim)
         .ok_or_else(|| invalid(format!("{} bytes are not rows of {} f32", batch.hidden.len(), c.dim)))?;
-    let n = (x.len() / c.dim) as u32;
-    let shape = kv_slots::job_shape(model);
-    let kv_type = kv_type_of(batch.kv_cache_type);
-    let slot_ctx = settings::read(|s| s.kv_slot_ctx);
-    if batch.ctx_size == 0 || batch.ctx_size > slot_ctx {
+    let rows: u64 = batch.seqs.iter().map(|s| s.n as u64).sum();
+    if batch.seqs.is_empty() || rows * c.dim as u64 != x.len() as u64 {
         return Err(invalid(format!(
-            "a context of {} positions is over this shard's {slot_ctx} (its max_context)",
-            batch.ctx_size
+            "the batch's sequences hold {rows} rows but its hidden state {}",
+            x.len() / c.dim
         )));
     }
-    if n > shape.max_write() || batch.pos0 as u64 + n as u64 > batch.ctx_size as u64 {
-        return Err(invalid(format!(
-            "{n} positions from {} do not fit the job's context of {} (or the {} a batch may write)",
-            batch.pos0,
-            batch.ctx_size,
-            shape.max_write()
-        )));
-    }
-    let mut job = match settings::read(|s| s.shard_jobs.get(&batch.job).copied()) {
-        Some(j) if j.ctx_size != batch.ctx_size || j.kv_type != kv_type => {
-            return Err(invalid(format!(
-                "job {} has a {}-position {} cache here, not {} {}",
-                batch.job,
-                j.ctx_size,
-                j.kv_type.name(),
-                batch.ctx_size,
-                kv_type.name()
-            )))
+    let mut jobs = Vec::with_capacity(batch.seqs.len());
+    for (i, seq) in batch.seqs.iter().enumerate() {
+        if batch.seqs[..i].iter().any(|s| s.job == seq.job) {
+            return Err(invalid(format!("job {} is twice in the batch", seq.job)));
         }
-        Some(j) => j,
-        // A batch past position 0 of a job this shard does not know (it
-        // was released, or the shard reinstalled): nothing is claimed.
-        None if batch.pos0 > 0 => return Ok(ShardReply::Behind { holds: 0 }),
-        None => new_job(batch.job, batch.ctx_size, kv_type)?,
-    };
-    if batch.pos0 > job.holds {
-        return Ok(ShardReply::Behind { holds: job.holds });
-    }
-    let mut kv = match state::mutate(|s| s.shard_kv.remove(&batch.job)) {
-        Some(kv) => kv,
-        None => {
-            make_room(model, shape.heap_bytes(kv_type, batch.ctx_size));
-            let mut kv = KvCache::with_type(shape, batch.ctx_size, kv_type)
-                .ok_or_else(|| invalid(format!("a cache of {} positions does not fit", batch.ctx_size)))?;
-            kv_slots::load_rows(&mut kv, job.slot, job.holds);
-            kv
+        match known_job(model, seq)? {
+            Ok(job) => jobs.push(job),
+            Err(holds) => return Ok(ShardReply::Behind { job: seq.job, holds }),
         }
-    };
-    forward::layers(&model.model, batch.pos0, &mut x, &mut kv, &mut []);
-    if let Some(dirty) = kv.take_dirty() {
-        kv_slots::save_rows(&kv, job.slot, dirty);
     }
-    job.holds = job.holds.max(batch.pos0 + n);
-    settings::mutate(|s| s.shard_jobs.insert(batch.job, job));
-    state::mutate(|s| s.shard_kv.insert(batch.job, kv));
+    let mut caches: Vec<KvCache> = Vec::with_capacity(jobs.len());
+    for (seq, job) in batch.seqs.iter().zip(&mut jobs) {
+        let job = match job {
+            Some(j) => *j,
+            None => *job.insert(new_job(seq.job, seq.ctx_size, kv_type_of(seq.kv_cache_type))?),
+        };
+        caches.push(take_cache(model, seq.job, &job, &caches)?);
+    }
+    let mut seqs: Vec<forward::Sequence> = batch
+        .seqs
+        .iter()
+        .zip(&mut caches)
+        .map(|(s, kv)| forward::Sequence {
+            pos0: s.pos0,
+            n: s.n as usize,
+            kv,
+            conv_state: &mut [],
+        })
+        .collect();
+    forward::layers_of(&model.model, &mut x, &mut seqs);
+    for ((seq, job), mut kv) in batch.seqs.iter().zip(jobs).zip(caches) {
+        let mut job = job.expect("every job has its slot by now");
+        if let Some(dirty) = kv.take_dirty() {
+            kv_slots::save_rows(&kv, job.slot, dirty);
+        }
+        job.holds = job.holds.max(seq.pos0 + seq.n);
+        settings::mutate(|s| s.shard_jobs.insert(seq.job, job));
+        state::mutate(|s| s.shard_kv.insert(seq.job, kv));
+    }
     Ok(ShardReply::Forwarded {
         hidden: rows_to_bytes(&x),
         instructions: env.instructions(),
     })
+}
+
+/// Checks one sequence of a batch: `Ok(Ok(job))` with the job's record here
+/// (`None`: a new job, whose slot is claimed once the whole batch passed),
+/// `Ok(Err(holds))` when the shard holds fewer of its rows than its `pos0`.
+fn known_job(model: &LoadedModel, seq: &ShardSeq) -> ApiResult<Result<Option<ShardJob>, u32>> {
+    let shape = kv_slots::job_shape(model);
+    let kv_type = kv_type_of(seq.kv_cache_type);
+    let slot_ctx = settings::read(|s| s.kv_slot_ctx);
+    if seq.ctx_size == 0 || seq.ctx_size > slot_ctx {
+        return Err(invalid(format!(
+            "job {}: a context of {} positions is over this shard's {slot_ctx} (its max_context)",
+            seq.job, seq.ctx_size
+        )));
+    }
+    if seq.n == 0 || seq.n > shape.max_write() || seq.pos0 as u64 + seq.n as u64 > seq.ctx_size as u64 {
+        return Err(invalid(format!(
+            "job {}: {} positions from {} do not fit its context of {} (or the {} a batch may write)",
+            seq.job,
+            seq.n,
+            seq.pos0,
+            seq.ctx_size,
+            shape.max_write()
+        )));
+    }
+    Ok(match settings::read(|s| s.shard_jobs.get(&seq.job).copied()) {
+        Some(j) if j.ctx_size != seq.ctx_size || j.kv_type != kv_type => {
+            return Err(invalid(format!(
+                "job {} has a {}-position {} cache here, not {} {}",
+                seq.job,
+                j.ctx_size,
+                j.kv_type.name(),
+                seq.ctx_size,
+                kv_type.name()
+            )))
+        }
+        Some(j) if seq.pos0 > j.holds => Err(j.holds),
+        Some(j) => Ok(Some(j)),
+        // A batch past position 0 of a job this shard does not know (it
+        // was released, or the shard reinstalled): nothing is claimed.
+        None if seq.pos0 > 0 => Err(0),
+        None => Ok(None),
+    })
+}
+
+/// Job `id`'s cache: from the heap, or rebuilt from its slot (with room
+/// made beside the weights and the caches `in_hand` of the same batch).
+fn take_cache(model: &LoadedModel, id: JobId, job: &ShardJob, in_hand: &[KvCache]) -> ApiResult<KvCache> {
+    if let Some(kv) = state::mutate(|s| s.shard_kv.remove(&id)) {
+        return Ok(kv);
+    }
+    let shape = kv_slots::job_shape(model);
+    let held: u64 = in_hand.iter().map(KvCache::heap_bytes).sum();
+    make_room(model, held + shape.heap_bytes(job.kv_type, job.ctx_size));
+    let mut kv = KvCache::with_type(shape, job.ctx_size, job.kv_type)
+        .ok_or_else(|| invalid(format!("a cache of {} positions does not fit", job.ctx_size)))?;
+    kv_slots::load_rows(&mut kv, job.slot, job.holds);
+    Ok(kv)
 }
 
 /// A job this shard has not seen: a KV slot for its rows.

@@ -321,8 +321,24 @@ pub fn ffn_block(model: &Model, layer: usize, x: &mut [f32]) {
 /// range, see [`super::ModelPart`]). The same units in the same order as a
 /// job's step runs them, so the same bits.
 pub fn layers(model: &Model, pos0: u32, x: &mut [f32], kv: &mut KvCache, conv_state: &mut [f32]) {
+    let n = x.len() / model.config.dim;
+    layers_of(
+        model,
+        x,
+        &mut [Sequence {
+            pos0,
+            n,
+            kv,
+            conv_state,
+        }],
+    );
+}
+
+/// [`layers`] for several sequences (jobs) at once: `x` holds their rows in
+/// order; each layer's weights are read once for all of them.
+pub fn layers_of(model: &Model, x: &mut [f32], seqs: &mut [Sequence]) {
     for layer in 0..model.config.n_layers {
-        mixer_block(model, layer, pos0, x, kv, conv_state);
+        mixer_block_of(model, layer, x, seqs);
         ffn_block(model, layer, x);
     }
 }
