@@ -204,7 +204,7 @@ async fn drive(ids: &[JobId]) {
     let mut hidden: Vec<u8> = members.iter().flat_map(|m| rows_to_bytes(&m.rows)).collect();
     let seqs: Vec<ShardSeq> = members.iter().map(|m| m.seq.clone()).collect();
     let mut instructions = Ic.instructions();
-    let mut messages = 0;
+    let mut messages: u32 = 0;
     let mut trip = Trip::Done(Vec::new());
     for shard in &shards {
         let arg = ShardBatch {
@@ -245,7 +245,9 @@ async fn drive(ids: &[JobId]) {
     match trip {
         Trip::Done(_) => match rows_from_bytes(&hidden, dim).filter(|r| r.len() == total_rows * dim) {
             Some(rows) => {
-                // The batch's instructions are shared by rows.
+                // The batch's instructions are shared by rows, its messages
+                // by jobs (each also pays the message that runs its head).
+                let messages = messages.div_ceil(members.len() as u32);
                 let mut at = 0;
                 for m in &members {
                     let n = m.rows.len();
