@@ -9,7 +9,7 @@ use crate::bench::BenchArgs;
 use anyhow::{anyhow, bail, Result};
 use icllm::local_canister::controller;
 use icllm::local_sharded::{even_ranges, LocalShards};
-use icllm_api::{InitArgs, JobRequest, JobStatus, KvCacheType};
+use icllm_api::{InitArgs, JobRequest, JobStatus};
 use icllm_engine::format::gguf::Gguf;
 use icllm_engine::model::ModelConfig;
 use local_ic::{CanisterId, MessageKind};
@@ -63,10 +63,7 @@ pub fn bench_sharded(
         max_tokens: args.gen_tokens,
         temperature: Some(0.0),
         ctx_size: Some(ctx),
-        kv_cache: Some(match args.kv_cache {
-            icllm_engine::kv::KvType::F32 => KvCacheType::F32,
-            icllm_engine::kv::KvType::Q8 => KvCacheType::Q8,
-        }),
+        kv_cache: Some(crate::api_kv_type(args.kv_cache)),
         ..JobRequest::default()
     };
     // `--jobs` identical jobs at once: the coordinator sends their rows

@@ -100,7 +100,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The canister interface's name for an engine KV cache type.
-fn api_kv_type(t: icllm_engine::kv::KvType) -> icllm_api::KvCacheType {
+pub(crate) fn api_kv_type(t: icllm_engine::kv::KvType) -> icllm_api::KvCacheType {
     match t {
         icllm_engine::kv::KvType::F32 => icllm_api::KvCacheType::F32,
         icllm_engine::kv::KvType::Q8 => icllm_api::KvCacheType::Q8,

@@ -54,6 +54,22 @@ pub const CYCLES_PER_MESSAGE: u128 = 5_000_000;
 /// (`WASM64_INSTRUCTION_COST_OVERHEAD`, dfinity/ic `rs/config/src/subnet_config.rs`).
 pub const CYCLES_PER_INSTRUCTION: u128 = if cfg!(target_arch = "wasm64") { 2 } else { 1 };
 
+/// The engine's KV cache type for the interface's name of it.
+pub fn engine_kv_type(t: KvCacheType) -> KvType {
+    match t {
+        KvCacheType::F32 => KvType::F32,
+        KvCacheType::Q8 => KvType::Q8,
+    }
+}
+
+/// The interface's name for an engine KV cache type.
+pub fn api_kv_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F32 => KvCacheType::F32,
+        KvType::Q8 => KvCacheType::Q8,
+    }
+}
+
 /// The job `id` that `caller` asks to continue, if it may: its own (else
 /// `NotFound`, as for any job of another caller) and finished, done or
 /// cancelled (a failed job's rows are not kept).
@@ -152,10 +168,7 @@ pub fn create(
         )));
     }
     let c = &loaded.model.config;
-    let kv_type = match req.kv_cache.unwrap_or_default() {
-        KvCacheType::F32 => KvType::F32,
-        KvCacheType::Q8 => KvType::Q8,
-    };
+    let kv_type = engine_kv_type(req.kv_cache.unwrap_or_default());
     let kv_shape = kv_slots::job_shape(loaded);
     kv_shape.check(kv_type).map_err(ApiError::InvalidArgument)?;
     // The job's KV cache lives in the heap beside the weights while it runs.

@@ -30,9 +30,8 @@ use crate::model_store::ModelRef;
 use crate::{jobs, memory, model_store, scheduler, settings, state};
 use ic_cdk::call::Call;
 use ic_stable_structures::Memory as _;
-use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, Role, ShardBatch, ShardRef, ShardReply, ShardSeq};
+use icllm_api::{ApiError, ApiResult, JobId, Role, ShardBatch, ShardRef, ShardReply, ShardSeq};
 use icllm_api::{UploadBegin, UploadState, UploadStatus};
-use icllm_engine::job::KvType;
 use icllm_engine::model::forward;
 use icllm_engine::model::{ModelLoader, ModelPart};
 
@@ -173,10 +172,7 @@ fn begin_group(model: &ModelRef, shards: &[ShardRef], ids: &[JobId]) -> Vec<Memb
                     seq: ShardSeq {
                         job: id,
                         ctx_size,
-                        kv_cache_type: match kv_type {
-                            KvType::F32 => KvCacheType::F32,
-                            KvType::Q8 => KvCacheType::Q8,
-                        },
+                        kv_cache_type: jobs::api_kv_type(kv_type),
                         pos0: batch.pos0,
                         n: n as u32,
                     },

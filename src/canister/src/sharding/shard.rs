@@ -8,23 +8,16 @@
 
 use super::MAX_BATCH_BYTES;
 use crate::env::Env;
-use crate::jobs::kv_slots;
+use crate::jobs::{engine_kv_type, kv_slots};
 use crate::model_store::LoadedModel;
 use crate::settings::{self, ShardJob};
 use crate::state;
-use icllm_api::{ApiError, ApiResult, JobId, KvCacheType, ShardBatch, ShardReply, ShardSeq};
+use icllm_api::{ApiError, ApiResult, JobId, ShardBatch, ShardReply, ShardSeq};
 use icllm_engine::job::{KvCache, KvType};
 use icllm_engine::model::forward;
 
 fn invalid(m: String) -> ApiError {
     ApiError::InvalidArgument(m)
-}
-
-pub fn kv_type_of(t: KvCacheType) -> KvType {
-    match t {
-        KvCacheType::F32 => KvType::F32,
-        KvCacheType::Q8 => KvType::Q8,
-    }
 }
 
 /// f32 little-endian bytes → values (a whole number of rows of `dim`).
@@ -78,7 +71,7 @@ pub fn forward(env: &impl Env, model: &LoadedModel, batch: ShardBatch) -> ApiRes
     for (seq, job) in batch.seqs.iter().zip(&mut jobs) {
         let job = match job {
             Some(j) => *j,
-            None => *job.insert(new_job(seq.job, seq.ctx_size, kv_type_of(seq.kv_cache_type))?),
+            None => *job.insert(new_job(seq.job, seq.ctx_size, engine_kv_type(seq.kv_cache_type))?),
         };
         caches.push(take_cache(model, seq.job, &job, &caches)?);
     }
@@ -94,15 +87,18 @@ pub fn forward(env: &impl Env, model: &LoadedModel, batch: ShardBatch) -> ApiRes
         })
         .collect();
     forward::layers_of(&model.model, &mut x, &mut seqs);
+    let mut saved = Vec::with_capacity(jobs.len());
     for ((seq, job), mut kv) in batch.seqs.iter().zip(jobs).zip(caches) {
         let mut job = job.expect("every job has its slot by now");
         if let Some(dirty) = kv.take_dirty() {
             kv_slots::save_rows(&kv, job.slot, dirty);
         }
         job.holds = job.holds.max(seq.pos0 + seq.n);
-        settings::mutate(|s| s.shard_jobs.insert(seq.job, job));
+        saved.push((seq.job, job));
         state::mutate(|s| s.shard_kv.insert(seq.job, kv));
     }
+    // One write of the settings record for the whole batch.
+    settings::mutate(|s| s.shard_jobs.extend(saved));
     Ok(ShardReply::Forwarded {
         hidden: rows_to_bytes(&x),
         instructions: env.instructions(),
@@ -114,7 +110,7 @@ pub fn forward(env: &impl Env, model: &LoadedModel, batch: ShardBatch) -> ApiRes
 /// `Ok(Err(holds))` when the shard holds fewer of its rows than its `pos0`.
 fn known_job(model: &LoadedModel, seq: &ShardSeq) -> ApiResult<Result<Option<ShardJob>, u32>> {
     let shape = kv_slots::job_shape(model);
-    let kv_type = kv_type_of(seq.kv_cache_type);
+    let kv_type = engine_kv_type(seq.kv_cache_type);
     let slot_ctx = settings::read(|s| s.kv_slot_ctx);
     if seq.ctx_size == 0 || seq.ctx_size > slot_ctx {
         return Err(invalid(format!(
