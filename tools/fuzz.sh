@@ -5,7 +5,9 @@
 # (<target dir>/fuzz-corpus/<target>). Prints one line per target: runs,
 # coverage (libFuzzer's cov and ft counters), corpus size, crashes; exits
 # non-zero on a crash, with the input that caused it in fuzz/artifacts/.
-#   tools/fuzz.sh [SECONDS] [TARGET...]
+#   [FUZZ_TIMEOUT=seconds per input, default 10] tools/fuzz.sh [SECONDS] [TARGET...]
+# (a long run beside builds wants a larger FUZZ_TIMEOUT: a starved fuzzer
+# reports timeouts that are not the input's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -27,7 +29,7 @@ for t in "${targets[@]}"; do
   # -rss_limit_mb: a model file may make the loader allocate what it claims,
   # up to what its bytes can back; far more is a bug. -timeout: one input.
   if cargo +nightly fuzz run --fuzz-dir fuzz -O "$t" "$corpus_root/$t" "fuzz/seeds/$t" -- \
-      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+      -max_total_time="$seconds" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     crashes=0
   else
     crashes=1

@@ -149,16 +149,18 @@ pub struct ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// Template instructions one render may execute (minijinja's fuel): a
-/// thousand-message conversation through Qwen's template takes under 1 %
-/// of it (test `renders_are_bounded_in_time_and_output`), a template that
-/// loops without end stops here with an error instead of running to the
-/// message's instruction limit.
-pub const RENDER_FUEL: u64 = 20_000_000;
+/// minijinja fuel one render may spend. Fuel pays for each template
+/// instruction (1) and for each byte of data the engine makes or reads
+/// (1/64: strings and lists built by operators, filter inputs and results,
+/// output), so it bounds both the time and the data of a render: at most
+/// 2 M instructions and 128 MiB made. The largest conversation a real
+/// template renders within [`MAX_RENDERED_BYTES`] takes about a fifth of it
+/// (test `real_templates_fit_the_render_bounds`).
+pub const RENDER_FUEL: u64 = 2_000_000;
 
-/// Bytes a rendered conversation may have: far more than any context
-/// window holds, far less than the heap.
-pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+/// Bytes a rendered conversation may have: eight times the text of a
+/// 128 K-token context window, far less than the heap.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
 
 impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the texts of those

@@ -150,8 +150,9 @@ fn llama_stop_strings() {
 
 /// A template from a hostile model file cannot run without end or fill the
 /// heap: loops stop at the fuel limit, output at `MAX_RENDERED_BYTES`, deep
-/// recursion at minijinja's own depth limit; each with an error. A long real
-/// conversation is far from those limits.
+/// recursion at minijinja's own depth limit, values that double or square
+/// each round at the fuel their bytes cost; each with an error, soon. A long
+/// real conversation is far from those limits.
 #[test]
 fn renders_are_bounded_in_time_and_output() {
     use icllm_engine::chat::{ChatError, MAX_RENDERED_BYTES};
@@ -167,25 +168,80 @@ fn renders_are_bounded_in_time_and_output() {
     let text = qwen().render(&conversation, true).unwrap();
     assert!(text.matches("<|im_start|>").count() > 1000, "every turn is rendered");
 
+    let doubling = |step: &str| {
+        format!(
+            "{{% set ns = namespace(s='ab') %}}{{% for i in range(200) %}}{{% set ns.s = {step} %}}{{% endfor %}}{{{{ ns.s|length }}}}"
+        )
+    };
     let hostile = [
         (
             "endless loops",
-            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".to_string(),
         ),
         (
             "huge output",
-            "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}".to_string(),
         ),
-        ("recursion", "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"),
+        (
+            "recursion",
+            "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}".to_string(),
+        ),
+        ("a doubling string", doubling("ns.s ~ ns.s")),
+        ("a doubling format", doubling("'%s%s'|format(ns.s, ns.s)")),
+        ("a doubling join", doubling("[ns.s, ns.s]|join('')")),
+        ("a squaring replace", doubling("ns.s|replace('a', ns.s)")),
+        (
+            "a repeated conversation",
+            "{% for i in range(1000) %}{% set x = 0 ~ 8800 * messages %}{% endfor %}".to_string(),
+        ),
     ];
     for (what, source) in hostile {
-        let template = ChatTemplate::new(source, None, None).unwrap();
+        let template = ChatTemplate::new(&source, None, None).unwrap();
         let started = std::time::Instant::now();
         let result = template.render(&conversation[..2], true);
-        assert!(matches!(result, Err(ChatError::Render(_))), "{what}: {result:?}");
-        assert!(started.elapsed().as_secs() < 20, "{what} took {:?}", started.elapsed());
-        if what == "huge output" {
-            assert!(format!("{}", result.unwrap_err()).contains(&MAX_RENDERED_BYTES.to_string()));
+        let Err(ChatError::Render(message)) = &result else {
+            panic!("{what}: {result:?}")
+        };
+        assert!(started.elapsed().as_secs() < 10, "{what} took {:?}", started.elapsed());
+        match what {
+            "huge output" => assert!(message.contains(&MAX_RENDERED_BYTES.to_string()), "{message}"),
+            "recursion" => {}
+            _ => assert!(message.contains("ran out of fuel"), "{what}: {message}"),
+        }
+    }
+}
+
+/// The real templates (Qwen, Phi-3, Llama 3.2 and the built-ins) render the
+/// longest conversations the bounds allow, 4,000 turns or one message of
+/// nearly `MAX_RENDERED_BYTES`, within the fuel: the bounds stop hostile
+/// templates, not real ones.
+#[test]
+fn real_templates_fit_the_render_bounds() {
+    use icllm_engine::chat::{BUILTIN_TEMPLATES, MAX_RENDERED_BYTES};
+    let phi3 = ChatTemplate::from_tokenizer_config(&testdata("tokenizers/phi-3/tokenizer_config.json"), None)
+        .unwrap()
+        .unwrap();
+    let mut templates = vec![("qwen2.5", qwen()), ("llama3.2", llama()), ("phi-3", phi3)];
+    for (name, _) in BUILTIN_TEMPLATES {
+        templates.push((name, ChatTemplate::builtin(name, Some("<s>"), Some("</s>")).unwrap()));
+    }
+    let turns: Vec<Message> = (0..4000)
+        .map(|i| {
+            if i % 2 == 0 {
+                Message::user("How are you today?")
+            } else {
+                Message::assistant("Fine.")
+            }
+        })
+        .collect();
+    let long = [Message::user(&"y".repeat(MAX_RENDERED_BYTES - (64 << 10)))];
+    for (name, template) in &templates {
+        for (what, conversation) in [("4,000 turns", &turns[..]), ("one long message", &long[..])] {
+            let text = template
+                .render(conversation, true)
+                .unwrap_or_else(|e| panic!("{name}, {what}: {e}"));
+            let content: usize = conversation.iter().map(|m| m.content.len()).sum();
+            assert!(text.len() > content, "{name}, {what}: every message is in the text");
         }
     }
 }
