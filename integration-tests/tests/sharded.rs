@@ -361,3 +361,99 @@ fn shards_that_do_not_cover_the_model_are_refused_at_load() {
         "{err}"
     );
 }
+
+/// Reinstalls shard `i` (its rows and part gone) with `heap_budget`.
+fn reinstall_shard(s: &mut LocalShards, i: usize, first_layer: u32, end_layer: u32, heap_budget: Option<u64>) {
+    let arg = candid::encode_args((Some(InitArgs {
+        role: Some(Role::Shard {
+            coordinator: s.coordinator.id,
+            first_layer,
+            end_layer,
+        }),
+        heap_budget,
+        ..InitArgs::default()
+    }),))
+    .unwrap();
+    let (shard, wasm) = (s.shards[i], s.coordinator.wasm.clone());
+    s.coordinator.rt.reinstall(shard, &wasm, arg).unwrap();
+}
+
+/// A shard that cannot load its part (reinstalled mid-job with too small a
+/// heap): the coordinator says why in `model_info` and to new jobs, sends
+/// the part again with growing pauses (not every tick), fails the waiting
+/// job with the shard's reason after 30 minutes, and serves new jobs as
+/// before once the shard is mended.
+#[test]
+fn a_shard_that_cannot_load_its_part_fails_waiting_jobs_with_the_reason_and_heals() {
+    let mut s = sharded(2);
+    let id = s.coordinator.start_job(user(1), request()).unwrap().unwrap();
+    for _ in 0..4 {
+        s.coordinator.round();
+    }
+    reinstall_shard(&mut s, 1, 3, 6, Some(1 << 20));
+    let mut rounds = 0;
+    while !s.coordinator_state().contains("could not load its part") {
+        s.coordinator.round();
+        rounds += 1;
+        assert!(
+            rounds < 500,
+            "the coordinator did not notice: {}",
+            s.coordinator_state()
+        );
+    }
+    let state = s.coordinator_state();
+    assert!(
+        state.starts_with("waiting for the shards:") && state.contains(&s.shards[1].to_text()),
+        "{state}"
+    );
+    assert!(state.contains("heap"), "the shard's own reason: {state}");
+    let refused = s.coordinator.start_job(user(2), request()).unwrap();
+    assert!(
+        matches!(&refused, Err(ApiError::ModelNotReady(m)) if m.contains("could not load its part")),
+        "{refused:?}"
+    );
+    assert!(s.coordinator.poll(user(1), id, 0).unwrap().unwrap().status.is_active());
+
+    // Failed attempts are spaced out: 10 s, 20 s, 40 s, …
+    let sends_before = part_sends(&s);
+    s.coordinator.rt.advance_time(std::time::Duration::from_secs(5));
+    assert_eq!(part_sends(&s), sends_before, "no attempt within 10 s of a failure");
+    s.coordinator.rt.advance_time(std::time::Duration::from_secs(6));
+    assert_eq!(part_sends(&s), sends_before + 1, "the next attempt after 10 s");
+    // Half an hour later, the next failed attempt fails the waiting job.
+    s.coordinator.rt.jump_time(std::time::Duration::from_secs(31 * 60));
+    for _ in 0..10 {
+        s.coordinator.round();
+    }
+    let view = s.coordinator.poll(user(1), id, 0).unwrap().unwrap();
+    match &view.status {
+        JobStatus::Failed(why) => assert!(
+            why.contains("the shards have lacked their parts of the model for")
+                && why.contains("could not load its part"),
+            "{why}"
+        ),
+        other => panic!("the waiting job ended {other:?}"),
+    }
+
+    // Mended: the next attempt gives the shard its part; jobs run again.
+    reinstall_shard(&mut s, 1, 3, 6, None);
+    s.coordinator.rt.jump_time(std::time::Duration::from_secs(30 * 60));
+    let mut rounds = 0;
+    while s.coordinator_state() != "ready" {
+        s.coordinator.round();
+        rounds += 1;
+        assert!(rounds < 20_000, "not mended: {}", s.coordinator_state());
+    }
+    let id = s.coordinator.start_job(user(1), request()).unwrap().unwrap();
+    let view = s.coordinator.run_job(user(1), id, |_| {}).unwrap();
+    assert_eq!(view.tokens, whole_model_tokens());
+}
+
+/// `upload_begin` calls the coordinator made to its shards so far.
+fn part_sends(s: &LocalShards) -> usize {
+    let rt = &s.coordinator.rt;
+    rt.reports()
+        .iter()
+        .filter(|r| s.shards.contains(&r.canister) && r.method.ends_with("upload_begin"))
+        .count()
+}

@@ -316,14 +316,19 @@ fn upload_status() -> ApiResult<UploadStatus> {
 
 // ---------------------------------------------------------------- jobs
 
-/// The model jobs run on: refused on a shard, which holds layers only.
+/// The model jobs run on: refused on a shard, which holds layers only, and
+/// on a coordinator until its shards have their parts.
 fn ready_model() -> ApiResult<model_store::ModelRef> {
     if let Role::Shard { coordinator, .. } = sharding::role() {
         return Err(ApiError::InvalidArgument(format!(
             "this canister is a shard of a sharded model: jobs go to its coordinator {coordinator}"
         )));
     }
-    loaded_model()
+    let model = loaded_model()?;
+    match sharding::coordinator::shards_not_ready() {
+        Some(why) => Err(ApiError::ModelNotReady(why)),
+        None => Ok(model),
+    }
 }
 
 fn loaded_model() -> ApiResult<model_store::ModelRef> {
@@ -685,7 +690,10 @@ fn get_settings() -> ApiResult<SettingsView> {
 
 fn model_state() -> String {
     state::read(|s| match (&s.model, &s.pipeline, &s.pipeline_error) {
-        (Some(_), None, _) => "ready".to_string(),
+        (Some(_), None, _) => match sharding::coordinator::shards_not_ready() {
+            Some(why) => format!("waiting for the shards: {why}"),
+            None => "ready".to_string(),
+        },
         (Some(_), Some(_), _) => "ready (an upload is being processed)".to_string(),
         (None, Some(_), _) => "loading".to_string(),
         (None, None, Some(e)) => format!("failed: {e}"),

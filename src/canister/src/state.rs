@@ -47,6 +47,22 @@ pub struct HeapState {
     pub shard_releases: Vec<JobId>,
     /// On a coordinator: the model's parts are being sent to the shards.
     pub fan_out_running: bool,
+    /// On a coordinator: the sending of the model's parts to the shards
+    /// has been failing since (see `sharding::coordinator::fan_out`).
+    pub fan_out_failure: Option<FanOutFailure>,
+}
+
+/// How sending the model's parts to the shards has been failing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FanOutFailure {
+    /// The last attempt's error.
+    pub reason: String,
+    /// When the first attempt of this run of failures failed.
+    pub since_ns: u64,
+    /// Attempts that failed in a row.
+    pub attempts: u32,
+    /// No attempt before this time.
+    pub retry_at_ns: u64,
 }
 
 /// How a job's background steps have been trapping.

@@ -87,16 +87,27 @@ impl LocalShards {
     }
 
     /// Uploads the model to the coordinator, which sends each shard its
-    /// part; runs rounds until every shard has loaded its part.
+    /// part; runs rounds until every shard has loaded its part and the
+    /// coordinator knows it (it takes jobs).
     pub fn upload_model(&mut self, bytes: &[u8], sha256: [u8; 32]) -> Result<UploadStatus> {
         let status = self.coordinator.upload_model(bytes, sha256)?;
         for _ in 0..1_000_000 {
-            if (0..self.shards.len()).all(|i| self.shard_has_model(i)) {
+            if (0..self.shards.len()).all(|i| self.shard_has_model(i)) && self.coordinator_state() == "ready" {
                 return Ok(status);
             }
             self.coordinator.round();
         }
-        anyhow::bail!("the shards did not load their parts")
+        anyhow::bail!("the shards did not load their parts: {}", self.coordinator_state())
+    }
+
+    /// The coordinator's `model_info` state: "ready" once its shards have
+    /// their parts, "waiting for the shards: …" until then.
+    pub fn coordinator_state(&mut self) -> String {
+        let (info,): (ModelInfo,) = self
+            .coordinator
+            .query(controller(), "model_info", ())
+            .expect("model_info");
+        info.state
     }
 
     /// Whether shard `i` has loaded its part of the model (an error if its

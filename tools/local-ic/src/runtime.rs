@@ -1022,6 +1022,13 @@ impl Runtime {
         self.reports[start..].to_vec()
     }
 
+    /// Moves the clock on by `d` and runs nothing, as when a subnet pauses:
+    /// a timer that fell due meanwhile fires once, at the next round
+    /// ([`Self::tick`] or [`Self::advance_time`]), not once per tick missed.
+    pub fn jump_time(&mut self, d: Duration) {
+        self.now = self.now.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64);
+    }
+
     /// One round: every canister whose timer is due fires it, then queued
     /// messages run until the queue is empty.
     pub fn tick(&mut self) -> Vec<MessageReport> {

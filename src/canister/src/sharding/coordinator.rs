@@ -21,7 +21,10 @@
 //! The model reaches the shards from here ([`fan_out`]): once an upload to
 //! the coordinator is verified and its ends are loaded, each shard is sent
 //! its part of the file (the header and its layers' tensors) through its
-//! own upload methods, resuming from what the shard says it lacks.
+//! own upload methods, resuming from what the shard says it lacks. Until
+//! every shard has loaded its part, jobs wait and new ones are refused; a
+//! shard that cannot get or load its part for [`SHARDS_UNREADY_TIMEOUT_NS`]
+//! fails the waiting jobs with the reason.
 
 use super::shard::{rows_from_bytes, rows_to_bytes};
 use super::MAX_BATCH_BYTES;
@@ -330,35 +333,123 @@ pub fn shard_parts(gguf: &icllm_engine::format::gguf::Gguf, shard: &ShardRef) ->
 
 /// Sends every shard its part of the active model, if that is pending and
 /// not under way: a shard that has it (or is loading it) is skipped, one
-/// that has some of it gets the rest. A failure leaves it pending for the
-/// next tick.
+/// that has some of it gets the rest. It stays pending until every shard
+/// has loaded its part; jobs wait meanwhile and new ones are refused. A
+/// failed attempt (a call, or a shard that could not load its part) is
+/// tried again after [`fan_out_backoff_ns`]; once attempts have failed for
+/// [`SHARDS_UNREADY_TIMEOUT_NS`], the waiting jobs fail with the reason
+/// (later attempts go on, so a mended shard serves new jobs).
 pub async fn fan_out() {
-    let start = state::mutate(|s| !std::mem::replace(&mut s.fan_out_running, true));
+    let now = Ic.now_ns();
+    let start = state::mutate(|s| {
+        let waiting = s.fan_out_failure.as_ref().is_some_and(|f| now < f.retry_at_ns);
+        !waiting && !std::mem::replace(&mut s.fan_out_running, true)
+    });
     if !start {
         return;
     }
     let result = fan_out_all().await;
     state::mutate(|s| s.fan_out_running = false);
     match result {
-        Ok(()) => settings::mutate(|s| s.fan_out_pending = false),
-        Err(e) => ic_cdk::println!("sending the shards their parts of the model: {e}; again at the next tick"),
+        Ok(FanOut::Done) => {
+            settings::mutate(|s| s.fan_out_pending = false);
+            state::mutate(|s| s.fan_out_failure = None);
+        }
+        Ok(FanOut::Loading) => {}
+        Err(e) => fan_out_failed(&Ic, e),
     }
 }
 
-async fn fan_out_all() -> Result<(), String> {
+/// How long sending the shards their parts may fail before the jobs
+/// waiting for it fail.
+pub const SHARDS_UNREADY_TIMEOUT_NS: u64 = 30 * 60 * 1_000_000_000;
+
+/// The wait before attempt `attempts` + 1 after `attempts` failed in a row:
+/// 10 s, doubling, at most 30 minutes.
+pub fn fan_out_backoff_ns(attempts: u32) -> u64 {
+    const FIRST_NS: u64 = 10 * 1_000_000_000;
+    const MAX_NS: u64 = 30 * 60 * 1_000_000_000;
+    FIRST_NS
+        .checked_shl(attempts.saturating_sub(1))
+        .map_or(MAX_NS, |ns| ns.min(MAX_NS))
+}
+
+fn fan_out_failed(env: &impl Env, reason: String) {
+    let now = env.now_ns();
+    let failure = state::mutate(|s| {
+        let f = s.fan_out_failure.get_or_insert(state::FanOutFailure {
+            since_ns: now,
+            ..Default::default()
+        });
+        f.attempts += 1;
+        f.reason = reason;
+        f.retry_at_ns = now.saturating_add(fan_out_backoff_ns(f.attempts));
+        f.clone()
+    });
+    ic_cdk::println!(
+        "sending the shards their parts of the model (attempt {}): {}; again in {} s",
+        failure.attempts,
+        failure.reason,
+        (failure.retry_at_ns - now) / 1_000_000_000
+    );
+    if now.saturating_sub(failure.since_ns) >= SHARDS_UNREADY_TIMEOUT_NS {
+        let minutes = (now - failure.since_ns) / 60_000_000_000;
+        let why = format!(
+            "the shards have lacked their parts of the model for {minutes} minutes: {}",
+            failure.reason
+        );
+        jobs::fail_all_active(env, &why);
+    }
+}
+
+/// Why new jobs wait, while the shards are not all ready.
+pub fn shards_not_ready() -> Option<String> {
+    if !settings::read(|s| s.fan_out_pending) {
+        return None;
+    }
+    Some(match state::read(|s| s.fan_out_failure.clone()) {
+        None => "the shards are receiving or loading their parts of the model; try again shortly".into(),
+        Some(f) => format!(
+            "the shards lack their parts of the model: {} ({} attempts have failed)",
+            f.reason, f.attempts
+        ),
+    })
+}
+
+/// Where the shards stand after one pass of [`fan_out_all`].
+enum FanOut {
+    /// Every shard has loaded its part.
+    Done,
+    /// Some shard is still verifying or loading what it was sent.
+    Loading,
+}
+
+async fn fan_out_all() -> Result<FanOut, String> {
     let Some(slot) = settings::read(|s| s.active_model.clone()) else {
-        return Ok(());
+        return Ok(FanOut::Done);
     };
     let gguf = model_store::read_header(&slot)?;
+    let mut outcome = FanOut::Done;
+    let mut failed_loads = Vec::new();
     for shard in shards() {
         let parts = shard_parts(&gguf, &shard)?;
         let to = shard.canister;
         let status: ApiResult<UploadStatus> = call(to, "upload_status", &()).await?;
         let missing = match status {
             Ok(s) if s.sha256.as_ref() == Some(&slot.sha256) && s.size == slot.size => match s.state {
-                UploadState::Done | UploadState::Verifying | UploadState::Loading => continue,
+                UploadState::Done => continue,
+                UploadState::Verifying | UploadState::Loading => {
+                    outcome = FanOut::Loading;
+                    continue;
+                }
                 UploadState::Receiving => s.missing,
-                UploadState::Idle | UploadState::Failed(_) => begin(to, &slot, &parts).await?,
+                UploadState::Failed(reason) => {
+                    // Sent again, but counted as a failure: a shard that
+                    // cannot load its part is not sent it every tick.
+                    failed_loads.push(format!("shard {to} could not load its part: {reason}"));
+                    begin(to, &slot, &parts).await?
+                }
+                UploadState::Idle => begin(to, &slot, &parts).await?,
             },
             _ => begin(to, &slot, &parts).await?,
         };
@@ -377,8 +468,13 @@ async fn fan_out_all() -> Result<(), String> {
         }
         let r: ApiResult<UploadStatus> = call(to, "upload_finalize", &()).await?;
         r.map_err(|e| format!("shard {to} could not finalize its part: {e:?}"))?;
+        outcome = FanOut::Loading;
     }
-    Ok(())
+    if failed_loads.is_empty() {
+        Ok(outcome)
+    } else {
+        Err(failed_loads.join("; "))
+    }
 }
 
 async fn begin(
@@ -408,4 +504,19 @@ async fn call<A: candid::utils::ArgumentEncoder, R: candid::CandidType + for<'a>
         .map_err(|e| format!("{method} on shard {to} failed: {e}"))?
         .candid::<R>()
         .map_err(|e| format!("{method} on shard {to} replied with unexpected candid: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fan_out_backoff_ns;
+
+    #[test]
+    fn failed_fan_outs_wait_longer_each_time_up_to_half_an_hour() {
+        let seconds = |attempts| fan_out_backoff_ns(attempts) / 1_000_000_000;
+        assert_eq!([1, 2, 3, 4].map(seconds), [10, 20, 40, 80]);
+        assert_eq!(seconds(8), 1280);
+        assert_eq!(seconds(9), 1800);
+        assert_eq!(seconds(64), 1800);
+        assert_eq!(seconds(u32::MAX), 1800);
+    }
 }
