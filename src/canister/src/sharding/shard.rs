@@ -67,14 +67,7 @@ pub fn forward(env: &impl Env, model: &LoadedModel, batch: ShardBatch) -> ApiRes
             Err(holds) => return Ok(ShardReply::Behind { job: seq.job, holds }),
         }
     }
-    let mut caches: Vec<KvCache> = Vec::with_capacity(jobs.len());
-    for (seq, job) in batch.seqs.iter().zip(&mut jobs) {
-        let job = match job {
-            Some(j) => *j,
-            None => *job.insert(new_job(seq.job, seq.ctx_size, engine_kv_type(seq.kv_cache_type))?),
-        };
-        caches.push(take_cache(model, seq.job, &job, &caches)?);
-    }
+    let mut caches = open_caches(model, &batch.seqs, &mut jobs)?;
     let mut seqs: Vec<forward::Sequence> = batch
         .seqs
         .iter()
@@ -146,6 +139,35 @@ fn known_job(model: &LoadedModel, seq: &ShardSeq) -> ApiResult<Result<Option<Sha
         None if seq.pos0 > 0 => Err(0),
         None => Ok(None),
     })
+}
+
+/// The batch's caches, each job's from the heap or its slot; new jobs
+/// (`None`) get a slot first. On an error the slots claimed here are freed
+/// again: a refused batch leaves no slot without its job.
+fn open_caches(model: &LoadedModel, seqs: &[ShardSeq], jobs: &mut [Option<ShardJob>]) -> ApiResult<Vec<KvCache>> {
+    let mut caches: Vec<KvCache> = Vec::with_capacity(jobs.len());
+    let mut claimed = Vec::new();
+    let mut open = |seq: &ShardSeq, job: &mut Option<ShardJob>, caches: &[KvCache]| {
+        let job = match job {
+            Some(j) => *j,
+            None => {
+                let new = new_job(seq.job, seq.ctx_size, engine_kv_type(seq.kv_cache_type))?;
+                claimed.push(new.slot);
+                *job.insert(new)
+            }
+        };
+        take_cache(model, seq.job, &job, caches)
+    };
+    for (seq, job) in seqs.iter().zip(jobs.iter_mut()) {
+        match open(seq, job, &caches) {
+            Ok(kv) => caches.push(kv),
+            Err(e) => {
+                claimed.iter().for_each(|&slot| kv_slots::release(slot, None));
+                return Err(e);
+            }
+        }
+    }
+    Ok(caches)
 }
 
 /// Job `id`'s cache: from the heap, or rebuilt from its slot (with room
