@@ -148,6 +148,19 @@ fn llama_stop_strings() {
     assert_eq!(ids, vec![128001, 128009]);
 }
 
+/// `n` turns of a user asking and the assistant answering.
+fn small_talk(n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                Message::user("How are you today?")
+            } else {
+                Message::assistant("Fine, thanks.")
+            }
+        })
+        .collect()
+}
+
 /// A template from a hostile model file cannot run without end or fill the
 /// heap: loops stop at the fuel limit, output at `MAX_RENDERED_BYTES`, deep
 /// recursion at minijinja's own depth limit, values that double or square
@@ -156,15 +169,7 @@ fn llama_stop_strings() {
 #[test]
 fn renders_are_bounded_in_time_and_output() {
     use icllm_engine::chat::{ChatError, MAX_RENDERED_BYTES};
-    let conversation: Vec<Message> = (0..1000)
-        .map(|i| {
-            if i % 2 == 0 {
-                Message::user("How are you today?")
-            } else {
-                Message::assistant("Fine, thanks.")
-            }
-        })
-        .collect();
+    let conversation = small_talk(1000);
     let text = qwen().render(&conversation, true).unwrap();
     assert!(text.matches("<|im_start|>").count() > 1000, "every turn is rendered");
 
@@ -225,15 +230,7 @@ fn real_templates_fit_the_render_bounds() {
     for (name, _) in BUILTIN_TEMPLATES {
         templates.push((name, ChatTemplate::builtin(name, Some("<s>"), Some("</s>")).unwrap()));
     }
-    let turns: Vec<Message> = (0..4000)
-        .map(|i| {
-            if i % 2 == 0 {
-                Message::user("How are you today?")
-            } else {
-                Message::assistant("Fine.")
-            }
-        })
-        .collect();
+    let turns = small_talk(4000);
     let long = [Message::user(&"y".repeat(MAX_RENDERED_BYTES - (64 << 10)))];
     for (name, template) in &templates {
         for (what, conversation) in [("4,000 turns", &turns[..]), ("one long message", &long[..])] {
