@@ -325,6 +325,8 @@ pub(crate) fn activate(env: &impl Env, loaded: LoadedModel, purpose: Purpose) {
         jobs::kv_slots::configure(jobs::kv_slots::job_shape(&loaded), ctx);
         let slot = loaded.slot.clone();
         let coordinator = crate::sharding::is_coordinator();
+        // The shards' failures with the model before do not count for this one.
+        state::mutate(|s| s.fan_out_failure = None);
         settings::mutate(|s| {
             s.fan_out_pending = coordinator;
             s.active_model = Some(slot);
