@@ -369,9 +369,9 @@ pub const SHARDS_UNREADY_TIMEOUT_NS: u64 = 30 * 60 * 1_000_000_000;
 pub fn fan_out_backoff_ns(attempts: u32) -> u64 {
     const FIRST_NS: u64 = 10 * 1_000_000_000;
     const MAX_NS: u64 = 30 * 60 * 1_000_000_000;
-    FIRST_NS
-        .checked_shl(attempts.saturating_sub(1))
-        .map_or(MAX_NS, |ns| ns.min(MAX_NS))
+    // 10 s · 2^8 is past the cap already; more doublings would overflow.
+    let doublings = attempts.saturating_sub(1).min(8);
+    (FIRST_NS << doublings).min(MAX_NS)
 }
 
 fn fan_out_failed(env: &impl Env, reason: String) {
