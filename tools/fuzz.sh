@@ -2,7 +2,7 @@
 # Coverage-guided fuzzing of the parsers users and callers feed icllm
 # (fuzz/README.md): each target runs for SECONDS (default 60) from its
 # committed seeds (fuzz/seeds/<target>) plus the corpus it grew before
-# (<target dir>/fuzz-corpus/<target>). Prints one line per target: runs,
+# (<target dir>/fuzz/corpus/<target>). Prints one line per target: runs,
 # coverage (libFuzzer's cov and ft counters), corpus size, crashes; exits
 # non-zero on a crash, with the input that caused it in fuzz/artifacts/.
 #   [FUZZ_TIMEOUT=seconds per input, default 10] tools/fuzz.sh [SECONDS] [TARGET...]
