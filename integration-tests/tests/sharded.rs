@@ -208,18 +208,7 @@ fn shards_upgraded_stopped_and_reinstalled_mid_job_change_no_token() {
             // Reinstalled: its rows are gone; once it has the model again it
             // says how far it holds rows (nowhere), and the job goes back.
             18 => {
-                let shard = s.shards[0];
-                let arg = candid::encode_args((Some(InitArgs {
-                    role: Some(Role::Shard {
-                        coordinator: s.coordinator.id,
-                        first_layer: 0,
-                        end_layer: 2,
-                    }),
-                    ..InitArgs::default()
-                }),))
-                .unwrap();
-                let wasm = s.coordinator.wasm.clone();
-                s.coordinator.rt.reinstall(shard, &wasm, arg).unwrap();
+                reinstall_shard(&mut s, 0, 0, 2, None);
                 // The coordinator sends it its part of the model again.
             }
             // The coordinator is upgraded the safe way: stopped first (its
