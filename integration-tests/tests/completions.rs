@@ -243,3 +243,46 @@ fn logprobs_survive_an_upgrade_and_poll_carries_them() {
     let none = complete(&mut c, controller(), greedy(GOLDEN_PROMPT, 3)).unwrap();
     assert!(finish(&mut c, controller(), none.job_id).choices[0].logprobs.is_none());
 }
+
+/// A model whose chat template makes data on a path minijinja does not
+/// charge fuel for: the render stops at the engine's heap cap, the call
+/// traps with that reason and is rolled back (no job, nothing held), and
+/// the canister serves the next request.
+#[test]
+fn a_chat_template_that_holds_too_much_heap_traps_its_call_and_loses_nothing() {
+    use icllm_engine::chat::RENDER_HEAP_CAP_IN_CANISTER;
+    use icllm_engine::format::gguf::writer::{parts_of, write};
+    use icllm_engine::format::gguf::Value;
+    let wasm = find_or_build_wasm(None).expect("canister wasm");
+    let mut c = LocalCanister::install(wasm, InitArgs::default(), IC_LIMIT).expect("install");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stories260Ktok512.gguf");
+    let (mut metadata, tensors) = parts_of(&std::fs::read(path).unwrap()).unwrap();
+    metadata.retain(|(k, _)| k != "tokenizer.chat_template");
+    let bomb = "{% set ns = namespace(s=[1]) %}{% for i in range(100) %}{% set ns.s = [ns.s, ns.s] %}{% endfor %}{{ ns.s|tojson }}";
+    metadata.push(("tokenizer.chat_template".into(), Value::String(bomb.into())));
+    let model = write(&metadata, &tensors);
+    c.upload_model(&model, sha256(&model)).expect("upload");
+
+    let request = ChatCompletionRequest {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        }],
+        ..Default::default()
+    };
+    let r: Result<(ApiResult<Completion>,), _> = c.update(user(1), "chat_completions", (request,));
+    let reject = format!("{:?}", r.expect_err("the call traps"));
+    let reason = format!(
+        "the chat template tried to hold more than {} MiB",
+        RENDER_HEAP_CAP_IN_CANISTER >> 20
+    );
+    assert!(reject.contains(&reason), "{reject}");
+
+    let (h,): (Health,) = c.query(controller(), "health", ()).unwrap();
+    assert_eq!((h.active_jobs, h.total_jobs), (0, 0));
+    let id = complete(&mut c, user(1), greedy(GOLDEN_PROMPT, 10)).unwrap().job_id;
+    assert_eq!(
+        finish(&mut c, user(1), id).choices[0].text.as_deref(),
+        Some(GOLDEN_TEXT)
+    );
+}

@@ -162,6 +162,28 @@ pub const RENDER_FUEL: u64 = 2_000_000;
 /// 128 K-token context window, far less than the heap.
 pub const MAX_RENDERED_BYTES: usize = 4 << 20;
 
+/// Heap one render may hold, kept by [`crate::heap_cap`] where the binary
+/// installs its allocator (the CLI, the canister). It backs the two
+/// minijinja paths that make data without paying fuel (flattening a chain
+/// of lists joined with `+`, writing out a value that holds another many
+/// times as `tojson` does). The largest real render holds 15 MiB (Qwen's
+/// template on a 4 MiB message: test `real_templates_fit_the_render_bounds`).
+///
+/// Natively the cap sits above what fuel lets the paid paths hold (160 MiB
+/// at most), so those still end with a "ran out of fuel" error rather than
+/// the abort the cap causes. In the canister a passed cap traps the message,
+/// which is as clean, and the cap must bite before the 40 B instruction
+/// limit does (the `tojson` path holds about 210 MiB at 40 B instructions),
+/// so there it is lower: the canister's prompts are at most 128 KiB.
+pub const RENDER_HEAP_CAP: usize = if cfg!(target_family = "wasm") {
+    RENDER_HEAP_CAP_IN_CANISTER
+} else {
+    256 << 20
+};
+
+/// [`RENDER_HEAP_CAP`] in the canister's wasm.
+pub const RENDER_HEAP_CAP_IN_CANISTER: usize = 64 << 20;
+
 impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the texts of those
     /// tokens (empty when the model has none).
@@ -310,7 +332,10 @@ impl ChatTemplate {
             eos_token => &self.eos_token,
         };
         let mut out = CappedWriter(Vec::new());
-        template.render_captured_to(context, &mut out).map_err(|e| {
+        let rendered = crate::heap_cap::with_cap(RENDER_HEAP_CAP, "the chat template", || {
+            template.render_captured_to(context, &mut out)
+        });
+        rendered.map_err(|e| {
             if out.0.len() >= MAX_RENDERED_BYTES {
                 ChatError::Render(format!("the rendered text exceeds {MAX_RENDERED_BYTES} bytes"))
             } else {

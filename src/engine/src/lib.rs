@@ -8,6 +8,7 @@
 //!
 //! Map:
 //! - [`chat`]: chat templates (minijinja) and their stop strings.
+//! - [`heap_cap`]: a per-thread cap on heap, kept by a global allocator binaries install (bounds chat-template renders).
 //! - [`format`]: GGUF and Hugging Face (config.json + safetensors) readers, the GGUF writer and the HF → GGUF converter; the only place that knows file keys and tensor names.
 //! - [`tensor`]: ggml tensor types.
 //! - [`quant`]: ggml block formats: layouts, scalar dequantizers (oracles) and quantizers.
@@ -22,6 +23,7 @@
 
 pub mod chat;
 pub mod format;
+pub mod heap_cap;
 pub mod job;
 pub mod kernels;
 pub mod kv;

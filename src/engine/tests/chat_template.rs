@@ -11,7 +11,12 @@
 //!   is not defined (see `chat.rs`).
 
 use icllm_engine::chat::{ChatTemplate, Message};
+use icllm_engine::heap_cap::{self, print_and_abort, CappedAlloc};
 use std::path::PathBuf;
+
+/// As in the CLI and the canister: renders hold at most `RENDER_HEAP_CAP`.
+#[global_allocator]
+static ALLOCATOR: CappedAlloc<std::alloc::System> = CappedAlloc::new(std::alloc::System, print_and_abort);
 
 fn testdata(path: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -196,6 +201,11 @@ fn renders_are_bounded_in_time_and_output() {
         ("a doubling join", doubling("[ns.s, ns.s]|join('')")),
         ("a squaring replace", doubling("ns.s|replace('a', ns.s)")),
         (
+            "a list held twice, written out",
+            "{% set ns = namespace(s=[1]) %}{% for i in range(100) %}{% set ns.s = [ns.s, ns.s] %}{% endfor %}{{ ns.s }}"
+                .to_string(),
+        ),
+        (
             "a repeated conversation",
             "{% for i in range(1000) %}{% set x = 0 ~ 8800 * messages %}{% endfor %}".to_string(),
         ),
@@ -203,13 +213,16 @@ fn renders_are_bounded_in_time_and_output() {
     for (what, source) in hostile {
         let template = ChatTemplate::new(&source, None, None).unwrap();
         let started = std::time::Instant::now();
-        let result = template.render(&conversation[..2], true);
+        let (result, held) = heap_cap::peak_of(|| template.render(&conversation[..2], true));
+        eprintln!("{what}: {} MiB held at most", held >> 20);
         let Err(ChatError::Render(message)) = &result else {
             panic!("{what}: {result:?}")
         };
         assert!(started.elapsed().as_secs() < 10, "{what} took {:?}", started.elapsed());
         match what {
-            "huge output" => assert!(message.contains(&MAX_RENDERED_BYTES.to_string()), "{message}"),
+            "huge output" | "a list held twice, written out" => {
+                assert!(message.contains(&MAX_RENDERED_BYTES.to_string()), "{message}")
+            }
             "recursion" => {}
             _ => assert!(message.contains("ran out of fuel"), "{what}: {message}"),
         }
@@ -222,7 +235,7 @@ fn renders_are_bounded_in_time_and_output() {
 /// templates, not real ones.
 #[test]
 fn real_templates_fit_the_render_bounds() {
-    use icllm_engine::chat::{BUILTIN_TEMPLATES, MAX_RENDERED_BYTES};
+    use icllm_engine::chat::{BUILTIN_TEMPLATES, MAX_RENDERED_BYTES, RENDER_HEAP_CAP};
     let phi3 = ChatTemplate::from_tokenizer_config(&testdata("tokenizers/phi-3/tokenizer_config.json"), None)
         .unwrap()
         .unwrap();
@@ -232,14 +245,75 @@ fn real_templates_fit_the_render_bounds() {
     }
     let turns = small_talk(4000);
     let long = [Message::user(&"y".repeat(MAX_RENDERED_BYTES - (64 << 10)))];
+    let mut most_held = 0;
     for (name, template) in &templates {
         for (what, conversation) in [("4,000 turns", &turns[..]), ("one long message", &long[..])] {
-            let text = template
-                .render(conversation, true)
-                .unwrap_or_else(|e| panic!("{name}, {what}: {e}"));
+            let (text, held) = heap_cap::peak_of(|| template.render(conversation, true));
+            let text = text.unwrap_or_else(|e| panic!("{name}, {what}: {e}"));
             let content: usize = conversation.iter().map(|m| m.content.len()).sum();
             assert!(text.len() > content, "{name}, {what}: every message is in the text");
+            eprintln!("{name}, {what}: {} MiB held at most", held >> 20);
+            most_held = most_held.max(held);
         }
+    }
+    assert!(most_held > 0, "the allocator counts");
+    assert!(
+        most_held < RENDER_HEAP_CAP / 8,
+        "a real render holds {most_held} bytes: too close to the cap"
+    );
+}
+
+/// The two minijinja paths that make data without paying fuel (flattening
+/// a long chain of `+`-joined lists; writing out a value that holds another
+/// twice per level) stop at `RENDER_HEAP_CAP`: the allocation that would
+/// pass it is refused, the program ends with the reason, soon. Each runs in
+/// a child process (this test binary, asked for one template), since
+/// passing the cap ends the process.
+#[test]
+fn renders_that_make_data_without_fuel_stop_at_the_heap_cap() {
+    use icllm_engine::chat::RENDER_HEAP_CAP;
+    const CHILD: &str = "ICLLM_TEST_HOSTILE_TEMPLATE";
+    let doubling = |step: &str, show: &str| {
+        format!(
+            "{{% set ns = namespace(s=[1]) %}}{{% for i in range(100) %}}{{% set ns.s = {step} %}}{{% endfor %}}{{{{ ns.s{show} }}}}"
+        )
+    };
+    let hostile = [
+        ("a list joined to itself", doubling("ns.s + ns.s", "|length")),
+        (
+            "a list held twice, written as JSON",
+            doubling("[ns.s, ns.s]", "|tojson"),
+        ),
+    ];
+    if let Ok(which) = std::env::var(CHILD) {
+        let (_, source) = hostile.iter().find(|(what, _)| *what == which).unwrap();
+        let result = ChatTemplate::new(source, None, None)
+            .unwrap()
+            .render(&small_talk(2), true);
+        panic!("{which}: the render ended without passing the cap: {result:?}");
+    }
+    for (what, _) in &hostile {
+        let started = std::time::Instant::now();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "renders_that_make_data_without_fuel_stop_at_the_heap_cap",
+                "--test-threads=1",
+            ])
+            .env(CHILD, what)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        assert!(!child.status.success(), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the chat template tried to hold more than {} MiB of memory",
+                RENDER_HEAP_CAP >> 20
+            )),
+            "{what}: {stderr}"
+        );
+        assert!(started.elapsed().as_secs() < 20, "{what} took {:?}", started.elapsed());
+        eprintln!("{what}: stopped in {:?}", started.elapsed());
     }
 }
 

@@ -18,6 +18,12 @@ mod synth;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
+use icllm_engine::heap_cap::{print_and_abort, CappedAlloc};
+
+/// Keeps the heap cap of chat-template renders (`icllm generate --chat`):
+/// a template that passes it ends the program with the reason.
+#[global_allocator]
+static ALLOCATOR: CappedAlloc<std::alloc::System> = CappedAlloc::new(std::alloc::System, print_and_abort);
 
 #[derive(Parser)]
 #[command(name = "icllm", version, about = "On-chain LLM inference for the Internet Computer")]
