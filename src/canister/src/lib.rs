@@ -28,6 +28,10 @@ mod test_support;
 pub mod upload;
 
 use candid::Principal;
+use env::{Env, Ic};
+use ic_cdk::api::{is_controller, msg_caller};
+use ic_cdk::{init, inspect_message, post_upgrade, query, update};
+use icllm_api::*;
 
 /// Keeps the heap cap of chat-template renders: a template that passes it
 /// traps the message that renders it (rolled back, the reason in the reject).
@@ -35,10 +39,6 @@ use candid::Principal;
 #[global_allocator]
 static ALLOCATOR: icllm_engine::heap_cap::CappedAlloc<std::alloc::System> =
     icllm_engine::heap_cap::CappedAlloc::new(std::alloc::System, |e| ic_cdk::api::trap(e.to_string()));
-use env::{Env, Ic};
-use ic_cdk::api::{is_controller, msg_caller};
-use ic_cdk::{init, inspect_message, post_upgrade, query, update};
-use icllm_api::*;
 
 fn caller_is_controller() -> (Principal, bool) {
     let caller = msg_caller();
