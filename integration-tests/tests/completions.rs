@@ -255,8 +255,7 @@ fn a_chat_template_that_holds_too_much_heap_traps_its_call_and_loses_nothing() {
     use icllm_engine::format::gguf::Value;
     let wasm = find_or_build_wasm(None).expect("canister wasm");
     let mut c = LocalCanister::install(wasm, InitArgs::default(), IC_LIMIT).expect("install");
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stories260Ktok512.gguf");
-    let (mut metadata, tensors) = parts_of(&std::fs::read(path).unwrap()).unwrap();
+    let (mut metadata, tensors) = parts_of(integration_tests::model_bytes()).unwrap();
     metadata.retain(|(k, _)| k != "tokenizer.chat_template");
     let bomb = "{% set ns = namespace(s=[1]) %}{% for i in range(100) %}{% set ns.s = [ns.s, ns.s] %}{% endfor %}{{ ns.s|tojson }}";
     metadata.push(("tokenizer.chat_template".into(), Value::String(bomb.into())));
